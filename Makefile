@@ -1,0 +1,51 @@
+# voicegate: `make run` starts the gateway, `make test` runs every check. Both install what is missing first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PKGS := sip-tester baresip espeak-ng sox
+CONFIG ?= voicegate.yaml
+
+.PHONY: deps run test lint unit integration bench clean
+
+deps: $(VENV)/.installed .apt-ok
+
+# Debian packages the tests and the default agent need; installed only when one is missing.
+.apt-ok: Makefile
+	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
+
+$(VENV)/.installed: setup.cfg requirements.lock
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	@touch $@
+
+run: deps
+	$(VENV)/bin/voicegate serve --config $(CONFIG)
+
+lint: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy telephony media agents
+
+unit: deps
+	$(PY) -m pytest -q tests/unit
+
+integration: deps
+	$(PY) -m pytest -q tests/integration
+
+test: deps
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy telephony media agents
+	$(PY) -m pytest -q tests
+
+bench: deps
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .apt-ok build *.egg-info .pytest_cache .mypy_cache bench/results

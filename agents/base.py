@@ -1,0 +1,94 @@
+"""The interface between a call and an agent backend.
+
+A backend sees a `CallControl`: it speaks, plays audio, waits for call events and acts on the call. It never sees
+RTP, SIP or frames' timing; barge-in, playout and cancellation belong to the session.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Played:
+    """How an utterance ended: `interrupted` by barge-in, a key press or hang-up, after `played_ms` were heard."""
+
+    played_ms: int
+    interrupted: bool
+
+
+@dataclass(frozen=True)
+class Dtmf:
+    digit: str
+
+
+@dataclass(frozen=True)
+class CallerSpeech:
+    """The caller started (`started=True`) or stopped speaking."""
+
+    started: bool
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class BargeIn:
+    """The caller talked over the agent; its audio was already flushed."""
+
+
+@dataclass(frozen=True)
+class HungUp:
+    reason: str
+
+
+AgentEvent = Dtmf | CallerSpeech | BargeIn | HungUp
+
+
+class CallControl(Protocol):
+    call_id: str
+    caller: str
+    called: str
+
+    async def say(self, text: str, interruptible: bool = True, voice: str | None = None) -> Played: ...
+
+    async def play(self, pcm: bytes, rate: int, interruptible: bool = True) -> Played: ...
+
+    async def next_event(self, timeout: float | None = None) -> AgentEvent | None:
+        """The next call event, or None when `timeout` passes first."""
+        ...
+
+    def set_echo(self, on: bool) -> None:
+        """Play the caller's audio straight back (for echo tests)."""
+        ...
+
+    async def hangup(self, reason: str = "agent") -> None: ...
+
+    async def transfer(self, uri: str) -> None: ...
+
+    async def send_dtmf(self, digits: str) -> None: ...
+
+
+class Agent(abc.ABC):
+    """One instance per call, made by the agent's factory."""
+
+    @abc.abstractmethod
+    async def run(self, call: CallControl) -> None:
+        """Drive the call until the agent is done (it then hangs up) or the caller hangs up (run is cancelled)."""
+
+
+class AgentFactory(abc.ABC):
+    """Made once per configured agent; `prepare` renders what every call needs (static prompts)."""
+
+    name: str
+
+    async def prepare(self) -> None:
+        return None
+
+    @abc.abstractmethod
+    def create(self) -> Agent: ...
+
+    @property
+    def barge_in(self) -> bool:
+        """Whether the caller's speech may interrupt this agent's audio."""
+        return True

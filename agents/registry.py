@@ -1,0 +1,17 @@
+"""Agent backends by config type name (baresip-style: a small core, modules registered by name)."""
+
+from __future__ import annotations
+
+from agents.base import AgentFactory
+from agents.config import AgentConfig, EchoAgentConfig, ScriptedAgentConfig
+from agents.echo import EchoFactory
+from agents.scripted import ScriptedFactory
+from agents.speech.tts import PromptCache
+
+
+def make_factory(name: str, cfg: AgentConfig, prompts: PromptCache) -> AgentFactory:
+    if isinstance(cfg, EchoAgentConfig):
+        return EchoFactory(name)
+    if isinstance(cfg, ScriptedAgentConfig):
+        return ScriptedFactory(name, cfg, prompts)
+    raise ValueError(f"agent {name!r}: unknown type {cfg.type!r}")

@@ -1,0 +1,128 @@
+"""The scripted agent: a YAML flow of nodes, each a list of steps (say, play, collect, branch, goto, transfer,
+hangup, echo, pause). Static prompts are rendered once, before the first call is answered."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import wave
+from collections.abc import Mapping
+from pathlib import Path
+
+from agents.base import Agent, AgentFactory, CallControl, Dtmf
+from agents.config import (
+    BranchStep,
+    CollectStep,
+    EchoStep,
+    GotoStep,
+    HangupStep,
+    PauseStep,
+    PlayStep,
+    SayStep,
+    ScriptedAgentConfig,
+    TransferStep,
+)
+from agents.speech.tts import PromptCache
+
+
+class FlowError(Exception):
+    """The flow cannot go on (a missing WAV, an unknown variable): names the node and step."""
+
+
+def render_text(text: str, variables: Mapping[str, str]) -> str:
+    try:
+        return text.format_map(variables)
+    except (KeyError, IndexError, ValueError) as e:
+        raise FlowError(f"prompt {text!r} uses an unknown variable: {e}") from None
+
+
+def _clock_words(t: time.struct_time) -> str:
+    hour = t.tm_hour % 12 or 12
+    return f"{hour}:{t.tm_min:02d} {'AM' if t.tm_hour < 12 else 'PM'}"
+
+
+class ScriptedAgent(Agent):
+    def __init__(self, cfg: ScriptedAgentConfig) -> None:
+        self.cfg = cfg
+
+    async def run(self, call: CallControl) -> None:
+        variables: dict[str, str] = {"caller": call.caller, "called": call.called}
+        node = self.cfg.start
+        while True:
+            nxt = await self._run_node(call, node, variables)
+            if nxt is None:
+                return
+            node = nxt
+
+    async def _run_node(self, call: CallControl, node: str, variables: dict[str, str]) -> str | None:
+        for i, step in enumerate(self.cfg.nodes[node]):
+            variables["time"] = _clock_words(time.localtime())
+            if isinstance(step, SayStep):
+                await call.say(render_text(step.say, variables), step.interruptible, step.lang)
+            elif isinstance(step, PlayStep):
+                pcm, rate = _read_wav(step.play, f"{node}[{i}]")
+                await call.play(pcm, rate, step.interruptible)
+            elif isinstance(step, CollectStep):
+                variables[step.collect] = await _collect(call, step)
+            elif isinstance(step, BranchStep):
+                return step.cases.get(variables.get(step.branch, ""), step.default)
+            elif isinstance(step, GotoStep):
+                return step.goto
+            elif isinstance(step, HangupStep):
+                await call.hangup(step.hangup)
+                return None
+            elif isinstance(step, TransferStep):
+                await call.transfer(step.transfer)
+                return None
+            elif isinstance(step, EchoStep):
+                call.set_echo(True)
+                await asyncio.sleep(step.echo_s)
+                call.set_echo(False)
+            elif isinstance(step, PauseStep):
+                await asyncio.sleep(step.pause_s)
+        await call.hangup("flow_end")
+        return None
+
+
+async def _collect(call: CallControl, step: CollectStep) -> str:
+    """Digits until max_digits, the terminator, or `timeout_s` without a key ('' when none came)."""
+    digits = ""
+    deadline = time.monotonic() + step.timeout_s
+    while len(digits) < step.max_digits:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ev = await call.next_event(left)
+        if isinstance(ev, Dtmf):
+            if ev.digit == step.terminator:
+                break
+            digits += ev.digit
+            deadline = time.monotonic() + step.timeout_s
+    return digits
+
+
+def _read_wav(path: str, where: str) -> tuple[bytes, int]:
+    try:
+        with wave.open(str(Path(path))) as w:
+            if w.getsampwidth() != 2 or w.getnchannels() != 1:
+                raise FlowError(f"{where}: {path} must be 16-bit mono PCM")
+            return w.readframes(w.getnframes()), w.getframerate()
+    except (OSError, wave.Error) as e:
+        raise FlowError(f"{where}: cannot read {path}: {e}") from None
+
+
+class ScriptedFactory(AgentFactory):
+    def __init__(self, name: str, cfg: ScriptedAgentConfig, prompts: PromptCache) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.prompts = prompts
+
+    async def prepare(self) -> None:
+        """Render every prompt with no variables, so calls start speaking at once."""
+        for steps in self.cfg.nodes.values():
+            for step in steps:
+                if isinstance(step, SayStep) and "{" not in step.say:
+                    await self.prompts.render(step.say, step.lang or self.cfg.voice)
+
+    def create(self) -> Agent:
+        return ScriptedAgent(self.cfg)

@@ -1,0 +1,1 @@
+"""Speech engines (TTS now; ASR arrives with the cascaded agent)."""

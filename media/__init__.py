@@ -1,0 +1,1 @@
+"""Per-call media core: pure, sans-IO objects fed one 20 ms frame at a time with a timestamp."""

@@ -1,0 +1,158 @@
+"""Caller speech and barge-in detection: a sans-IO state machine fed one inbound frame per tick.
+
+Written here because no library decides barge-in: VAD libraries say "speech", not "the caller talks over the
+agent and it is not our own echo, a key tone or a backchannel". The decision has three steps:
+
+1. onset: `onset_frames` consecutive frames that the VAD calls speech, above the tracked noise floor, above the
+   echo we expect from what we played in the last 500 ms, and not a pure tone -> `BargeInPaused` (the caller of
+   `process` pauses playout in the same tick);
+2. confirm: `confirm_ms` of speech since onset -> `BargeInConfirmed` (flush playout, cancel the agent's reply);
+3. otherwise, `resume_ms` of non-speech -> `BargeInResumed` (playout continues where it paused).
+
+Echo: the detector keeps the levels of the frames we played; the echo path's gain is tracked as a decaying peak of
+(inbound level - loudest recent played level) over frames that were not caller speech, so a leg that returns our
+audio at -12 dB raises the threshold by that much, and a leg with no echo lowers it to the noise floor.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from media.events import BargeInConfirmed, BargeInPaused, BargeInResumed, MediaEvent, SpeechStarted, SpeechStopped
+from media.frames import FLOOR_DBFS, FRAME_MS
+
+
+@dataclass(frozen=True)
+class DetectorSettings:
+    onset_frames: int = 2
+    confirm_ms: int = 600
+    resume_ms: int = 300
+    echo_margin_db: float = 6.0
+    noise_margin_db: float = 12.0
+    min_level_dbfs: float = -55.0
+    echo_window_ms: int = 500
+    speech_hangover_ms: int = 300
+    dtmf_guard_ms: int = 300
+    initial_echo_gain_db: float = -10.0
+    echo_gain_floor_db: float = -40.0
+    echo_gain_decay_db: float = 0.5
+    """Per frame: how fast the echo estimate falls when the leg stops returning our audio."""
+    tone_ratio: float = 0.85
+    """Share of a frame's energy in its two strongest FFT bins above which the frame is a tone, not speech."""
+
+
+def is_tone(samples: np.ndarray, ratio: float) -> bool:
+    """True for a frame dominated by one or two sinusoids (DTMF, ring-back, fax), which is never speech."""
+    spec = np.abs(np.fft.rfft(samples.astype(np.float32) * np.hanning(samples.size))) ** 2
+    total = float(spec.sum())
+    if total <= 0.0:
+        return False
+    # a sinusoid spreads over ~3 bins with a Hann window; take each peak with its neighbours
+    top = 0.0
+    s = spec.copy()
+    for _ in range(2):
+        k = int(np.argmax(s))
+        lo, hi = max(0, k - 1), min(s.size, k + 2)
+        top += float(s[lo:hi].sum())
+        s[lo:hi] = 0.0
+    return top / total >= ratio
+
+
+class BargeInDetector:
+    """Feed `played()` with every outbound frame's level and `process()` with every inbound frame."""
+
+    def __init__(self, settings: DetectorSettings | None = None) -> None:
+        self.s = settings or DetectorSettings()
+        self._ref: deque[float] = deque(maxlen=max(1, self.s.echo_window_ms // FRAME_MS))
+        self.noise_floor = -70.0
+        self.echo_gain_db = self.s.initial_echo_gain_db
+        self._run = 0
+        self._run_start = 0.0
+        self._quiet_ms = 0
+        self.in_speech = False
+        self._speech_start = 0.0
+        self.paused = False
+        self._onset_t = 0.0
+        self._pause_t = 0.0
+        self._speech_ms = 0
+        self._dtmf_until = -1.0
+
+    def played(self, level_db: float) -> None:
+        """Level of the frame sent to the caller this tick (FLOOR_DBFS for silence)."""
+        self._ref.append(level_db)
+
+    def note_dtmf(self, now: float) -> None:
+        """A key was pressed: tones around it are never speech."""
+        self._dtmf_until = now + self.s.dtmf_guard_ms / 1000.0
+
+    @property
+    def echo_ref_db(self) -> float:
+        return max(self._ref) if self._ref else FLOOR_DBFS
+
+    def threshold_db(self) -> float:
+        """Level an inbound frame must exceed to count as caller speech now."""
+        t = max(self.s.min_level_dbfs, self.noise_floor + self.s.noise_margin_db)
+        ref = self.echo_ref_db
+        if ref > FLOOR_DBFS:
+            t = max(t, ref + self.echo_gain_db + self.s.echo_margin_db)
+        return t
+
+    def process(
+        self, now: float, samples: np.ndarray, level_db: float, vad_speech: bool, agent_speaking: bool
+    ) -> list[MediaEvent]:
+        """One inbound frame at `now` (its start time); `agent_speaking`: agent audio is queued for the caller."""
+        candidate = (
+            vad_speech
+            and level_db > self.threshold_db()
+            and now >= self._dtmf_until
+            and not is_tone(samples, self.s.tone_ratio)
+        )
+        self._track(level_db, candidate)
+        events: list[MediaEvent] = []
+        if candidate:
+            if self._run == 0:
+                self._run_start = now
+            self._run += 1
+            self._quiet_ms = 0
+        else:
+            self._run = 0
+            self._quiet_ms += FRAME_MS
+
+        if not self.in_speech and self._run >= self.s.onset_frames:
+            self.in_speech = True
+            self._speech_start = self._run_start
+            events.append(SpeechStarted(self._run_start))
+            if agent_speaking and not self.paused:
+                self.paused = True
+                self._onset_t = self._run_start
+                self._pause_t = now
+                self._speech_ms = self._run * FRAME_MS
+                events.append(BargeInPaused(now))
+        elif self.paused and candidate:
+            self._speech_ms += FRAME_MS
+
+        if self.paused:
+            if self._speech_ms >= self.s.confirm_ms:
+                self.paused = False
+                events.append(BargeInConfirmed(now, self._onset_t))
+            elif self._quiet_ms >= self.s.resume_ms or now < self._dtmf_until:
+                self.paused = False
+                events.append(BargeInResumed(now, (now - self._pause_t) * 1000.0))
+
+        if self.in_speech and self._quiet_ms >= self.s.speech_hangover_ms:
+            self.in_speech = False
+            end = now - self._quiet_ms / 1000.0 + FRAME_MS / 1000.0
+            events.append(SpeechStopped(end, end - self._speech_start))
+        return events
+
+    def _track(self, level_db: float, candidate: bool) -> None:
+        # minimum statistics: the floor falls at once and rises about 2.5 dB/s, so speech barely moves it
+        self.noise_floor = level_db if level_db < self.noise_floor else self.noise_floor + 0.05
+        ref = self.echo_ref_db
+        if ref > FLOOR_DBFS and not candidate:
+            observed = min(0.0, level_db - ref)
+            decayed = max(self.s.echo_gain_floor_db, self.echo_gain_db - self.s.echo_gain_decay_db)
+            self.echo_gain_db = max(observed, decayed)

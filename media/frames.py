@@ -1,0 +1,30 @@
+"""The one frame format inside voicegate: 16 kHz mono signed 16-bit little-endian, 20 ms."""
+
+from __future__ import annotations
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+FRAME_MS = 20
+FRAME_SAMPLES = SAMPLE_RATE * FRAME_MS // 1000
+FRAME_BYTES = FRAME_SAMPLES * 2
+SILENCE = bytes(FRAME_BYTES)
+FLOOR_DBFS = -100.0
+
+
+def level_dbfs(frame: bytes) -> float:
+    """RMS level of a PCM16 frame in dB relative to full scale (-100 for digital silence)."""
+    a = np.frombuffer(frame, dtype="<i2").astype(np.float32)
+    if a.size == 0:
+        return FLOOR_DBFS
+    ms = float(np.dot(a, a)) / a.size
+    if ms <= 0.0:
+        return FLOOR_DBFS
+    return max(FLOOR_DBFS, 10.0 * float(np.log10(ms / (32768.0 * 32768.0))))
+
+
+def split_frames(pcm: bytes) -> list[bytes]:
+    """Cut PCM16 into whole frames, padding the last one with silence."""
+    if len(pcm) % FRAME_BYTES:
+        pcm = pcm + bytes(FRAME_BYTES - len(pcm) % FRAME_BYTES)
+    return [pcm[i : i + FRAME_BYTES] for i in range(0, len(pcm), FRAME_BYTES)]

@@ -1,0 +1,114 @@
+"""One call's media: inbound frame -> VAD -> barge-in detector; playout buffer -> outbound frame.
+
+`on_inbound` and `next_outbound` run on the media clock thread and do microseconds of work; the pause that a caller
+onset causes takes effect in the same tick. The agent side (another thread) calls `push`, `flush` and
+`set_loopback`; a lock keeps the two sides consistent. Events go to `emit`, which must be thread-safe and quick.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from media.barge_in import BargeInDetector, DetectorSettings
+from media.events import BargeInConfirmed, BargeInPaused, BargeInResumed, MediaEvent
+from media.frames import FLOOR_DBFS, FRAME_BYTES, SILENCE, level_dbfs
+from media.playout import PlayoutBuffer
+from media.vad import Vad
+
+
+@dataclass
+class MediaStats:
+    frames_in: int = 0
+    frames_out: int = 0
+    speech_frames_out: int = 0
+    last_inbound_t: float = 0.0
+
+
+class CallMedia:
+    def __init__(
+        self,
+        emit: Callable[[MediaEvent], None],
+        settings: DetectorSettings | None = None,
+        vad_aggressiveness: int = 2,
+        barge_in: bool = True,
+        on_audio: Callable[[float, bytes], None] | None = None,
+    ) -> None:
+        self._emit = emit
+        self._on_audio = on_audio
+        self._vad = Vad(vad_aggressiveness)
+        self.detector = BargeInDetector(settings)
+        self.playout = PlayoutBuffer()
+        self.barge_in = barge_in
+        self.interruptible = True
+        self._lock = threading.Lock()
+        self._loop: deque[bytes] | None = None
+        self.stats = MediaStats()
+
+    # -- clock thread -------------------------------------------------------------------------------------
+    def on_inbound(self, now: float, frame: bytes) -> None:
+        if len(frame) != FRAME_BYTES:
+            return
+        self.stats.frames_in += 1
+        self.stats.last_inbound_t = now
+        if self._loop is not None:
+            self._loop.append(frame)
+        samples = np.frombuffer(frame, dtype="<i2")
+        level = level_dbfs(frame)
+        speech = self._vad.is_speech(frame)
+        events: list[MediaEvent]
+        with self._lock:
+            speaking = self.barge_in and self.interruptible and self.playout.speaking
+            events = self.detector.process(now, samples, level, speech, speaking)
+            for ev in events:
+                if isinstance(ev, BargeInPaused):
+                    self.playout.pause()
+                elif isinstance(ev, BargeInResumed):
+                    self.playout.resume()
+                elif isinstance(ev, BargeInConfirmed):
+                    events = events + self.playout.flush(now)
+        for ev in events:
+            self._emit(ev)
+        if self._on_audio is not None:
+            self._on_audio(now, frame)
+
+    def next_outbound(self, now: float) -> bytes:
+        loop = self._loop
+        if loop is not None:
+            frame = loop.popleft() if loop else SILENCE
+            self.detector.played(FLOOR_DBFS)
+            self.stats.frames_out += 1
+            return frame
+        with self._lock:
+            out, events = self.playout.next_frame(now)
+        self.detector.played(level_dbfs(out) if out is not None else FLOOR_DBFS)
+        self.stats.frames_out += 1
+        if out is not None:
+            self.stats.speech_frames_out += 1
+        for ev in events:
+            self._emit(ev)
+        return out if out is not None else SILENCE
+
+    # -- agent side ---------------------------------------------------------------------------------------
+    def push(self, pcm: bytes, item: int, last: bool = True, interruptible: bool = True) -> None:
+        with self._lock:
+            self.interruptible = interruptible
+            self.playout.push(pcm, item, last)
+
+    def flush(self, now: float) -> None:
+        with self._lock:
+            events = self.playout.flush(now)
+        for ev in events:
+            self._emit(ev)
+
+    def dtmf(self, now: float) -> None:
+        with self._lock:
+            self.detector.note_dtmf(now)
+
+    def set_loopback(self, on: bool) -> None:
+        """Echo mode: inbound frames go straight back out on the clock thread (at most 3 frames queued)."""
+        self._loop = deque(maxlen=3) if on else None

@@ -1,0 +1,213 @@
+"""The gateway application: SIP stack (pjsua thread) + per-call media (clock thread) + sessions (asyncio).
+
+Threads meet only here: the pjsua thread hands events to the loop with `call_soon_threadsafe`; sessions hand call
+actions to the pjsua thread with `SipStack.submit`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from dataclasses import dataclass
+
+from agents.base import AgentFactory
+from agents.registry import make_factory
+from agents.session import CallSession, SessionTimeouts
+from agents.speech.tts import PromptCache
+from media.barge_in import DetectorSettings
+from media.events import MediaEvent
+from media.pipeline import CallMedia
+from telephony.call import SipCall
+from telephony.config import Config
+from telephony.dtmf import DtmfDeduper
+from telephony.endpoint import Refusal, SipStack
+from telephony.logs import event
+
+
+class SipActions:
+    """CallActions for a SIP call: every action runs on the pjsua thread."""
+
+    def __init__(self, stack: SipStack, call: SipCall) -> None:
+        self.stack = stack
+        self.call = call
+
+    def hangup(self) -> None:
+        self.stack.submit(lambda: self.stack.hangup(self.call))
+
+    def transfer(self, uri: str) -> None:
+        self.stack.submit(lambda: self.stack.transfer(self.call, uri))
+
+    def send_dtmf(self, digits: str) -> None:
+        self.stack.submit(lambda: self.stack.send_dtmf(self.call, digits))
+
+
+@dataclass
+class _Leg:
+    call: SipCall
+    session: CallSession
+    agent: str
+    started: float
+    dtmf: DtmfDeduper
+    end_reason: str = ""
+    task: asyncio.Task[None] | None = None
+
+
+def detector_settings(cfg: Config) -> DetectorSettings:
+    b = cfg.barge_in
+    return DetectorSettings(
+        onset_frames=b.onset_frames,
+        confirm_ms=b.confirm_ms,
+        resume_ms=b.resume_ms,
+        echo_margin_db=b.echo_margin_db,
+        noise_margin_db=b.noise_margin_db,
+    )
+
+
+class Gateway:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.prompts = PromptCache()
+        self.factories: dict[str, AgentFactory] = {
+            name: make_factory(name, a, self.prompts) for name, a in config.agents.items()
+        }
+        self.stack = SipStack(config, self)
+        self.stack.every(1.0, self._check_rtp)
+        self.legs: dict[int, _Leg] = {}
+        self.draining = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        t = config.timeouts
+        self._timeouts = SessionTimeouts(t.max_call_s, t.silence_reprompt_s, t.silence_hangup_s)
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self._stop.set)
+        await asyncio.to_thread(self.stack.start)
+        try:
+            t0 = time.monotonic()
+            await asyncio.gather(*(f.prepare() for f in self.factories.values()))
+            self._ready.set()
+            event("gateway_ready", port=self.config.sip.port, agents=sorted(self.factories),
+                  prepare_s=round(time.monotonic() - t0, 2))
+            await self._stop.wait()
+            await self._drain()
+        finally:
+            await asyncio.to_thread(self.stack.stop)
+            event("gateway_stopped")
+
+    async def _drain(self) -> None:
+        self.draining = True
+        grace = self.config.timeouts.shutdown_grace_s
+        event("gateway_draining", calls=len(self.legs), grace_s=grace)
+        deadline = time.monotonic() + grace
+        while self.legs and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        for leg in list(self.legs.values()):
+            leg.end_reason = leg.end_reason or "shutdown"
+            call = leg.call
+            self.stack.submit(lambda c=call: self.stack.hangup(c))  # type: ignore[misc]
+        deadline = time.monotonic() + 3.0
+        while self.legs and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+
+    # -- pjsua thread -------------------------------------------------------------------------------------
+    def on_incoming(self, call: SipCall, called: str, caller: str) -> Refusal | None:
+        if self.draining:
+            event("call_refused", call=call.call_id, called=called, code=503, reason="shutting down")
+            return Refusal(503, {"Retry-After": "30"})
+        agent = self.config.route(called)
+        if agent is None:
+            event("call_refused", call=call.call_id, called=called, code=404, reason="no route")
+            return Refusal(404)
+        assert self._loop is not None
+        loop = self._loop
+        factory = self.factories[agent]
+        leg_ref: list[_Leg] = []
+
+        def emit(ev: MediaEvent) -> None:
+            loop.call_soon_threadsafe(leg_ref[0].session.on_media_event, ev)
+
+        media = CallMedia(
+            emit,
+            detector_settings(self.config),
+            vad_aggressiveness=self.config.barge_in.vad_aggressiveness,
+            barge_in=self.config.barge_in.enabled and factory.barge_in,
+        )
+        session = CallSession(
+            call.call_id, caller, called, factory, media, SipActions(self.stack, call), self.prompts,
+            event, self._timeouts,
+        )
+        leg = _Leg(call, session, agent, time.monotonic(), DtmfDeduper())
+        leg_ref.append(leg)
+        call.media = media
+        call.listener = self
+        self.legs[id(call)] = leg
+        loop.call_soon_threadsafe(self._answer_when_ready, leg)
+        return None
+
+    def on_media_ready(self, call: SipCall) -> None:
+        leg = self.legs.get(id(call))
+        if leg is not None and leg.task is None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._start_session, leg)
+
+    def on_confirmed(self, call: SipCall) -> None:
+        leg = self.legs.get(id(call))
+        if leg is not None:
+            event("call_answered", call=call.call_id, agent=leg.agent, codec=call.codec,
+                  answer_ms=round((time.monotonic() - leg.started) * 1000, 1))
+
+    def on_dtmf(self, call: SipCall, digit: str, method: str) -> None:
+        leg = self.legs.get(id(call))
+        if leg is None or self._loop is None:
+            return
+        accepted = leg.dtmf.accept(time.monotonic(), digit, method)
+        event("dtmf", call=call.call_id, digit=digit, method=method, duplicate=not accepted)
+        if accepted:
+            self._loop.call_soon_threadsafe(leg.session.on_dtmf, digit)
+
+    def on_disconnected(self, call: SipCall, code: int, reason: str) -> None:
+        leg = self.legs.pop(id(call), None)
+        if leg is None or self._loop is None:
+            return
+        why = leg.end_reason or f"remote_{code}"
+        self._loop.call_soon_threadsafe(self._finish, leg, why, code, reason)
+
+    def _check_rtp(self) -> None:
+        limit = self.config.timeouts.rtp_inactivity_s
+        now = time.monotonic()
+        for leg in list(self.legs.values()):
+            call = leg.call
+            if call.connected_at is None or call.disconnected:
+                continue
+            idle = call.rtp_idle_s(now)
+            if idle >= limit:
+                leg.end_reason = "rtp_timeout"
+                event("call_timeout", call=call.call_id, reason="rtp_timeout", idle_s=round(idle, 1))
+                self.stack.hangup(call)
+
+    # -- loop thread --------------------------------------------------------------------------------------
+    def _answer_when_ready(self, leg: _Leg) -> None:
+        async def answer() -> None:
+            await self._ready.wait()
+            self.stack.submit(lambda: self.stack.answer(leg.call, 200))
+
+        asyncio.ensure_future(answer())
+
+    def _start_session(self, leg: _Leg) -> None:
+        if leg.task is None:
+            leg.task = asyncio.ensure_future(leg.session.run())
+
+    def _finish(self, leg: _Leg, why: str, code: int, reason: str) -> None:
+        if not leg.session.record.end_reason:
+            leg.session.record.end_reason = why
+        leg.session.on_hangup(why)
+        rec = leg.session.record
+        st = leg.session.media.stats
+        event("call_end", call=leg.call.call_id, agent=leg.agent, reason=rec.end_reason, sip_code=code,
+              sip_reason=reason, duration_s=round(time.monotonic() - leg.started, 2), codec=leg.call.codec,
+              barge_ins=rec.barge_ins, resumed=rec.resumed, paused_ms=rec.paused_ms, digits=rec.digits,
+              frames_in=st.frames_in, frames_out=st.frames_out)

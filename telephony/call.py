@@ -1,0 +1,126 @@
+"""One SIP call leg (a pjsua2 Call) and the listener interface the application implements.
+
+Everything here runs on the pjsua thread. Callbacks catch every exception (one crossing into pjsua aborts the
+process) and hand work to the listener, which must return at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any, Protocol
+
+import pjsua2 as pj
+
+from media.pipeline import CallMedia
+from telephony.logs import event
+from telephony.media_port import CallMediaPort, audio_format
+
+
+class CallListener(Protocol):
+    def on_media_ready(self, call: SipCall) -> None: ...
+
+    def on_confirmed(self, call: SipCall) -> None: ...
+
+    def on_dtmf(self, call: SipCall, digit: str, method: str) -> None: ...
+
+    def on_disconnected(self, call: SipCall, code: int, reason: str) -> None: ...
+
+
+_HOLD = (pj.PJSUA_CALL_MEDIA_LOCAL_HOLD, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD, pj.PJSUA_CALL_MEDIA_NONE)
+
+
+class SipCall(pj.Call):  # type: ignore[misc]
+    def __init__(self, account: Any, call_id: int, on_released: Any) -> None:
+        super().__init__(account, call_id)
+        self.call_id = ""
+        self.listener: CallListener | None = None
+        self.media: CallMedia | None = None
+        self.port: CallMediaPort | None = None
+        self._conf: Any = None
+        self.on_hold = False
+        self.codec = ""
+        self.connected_at: float | None = None
+        self.disconnected = False
+        self._on_released = on_released
+        self._rx_pkts = 0
+        self._rx_changed = time.monotonic()
+
+    # -- pjsua callbacks ----------------------------------------------------------------------------------
+    def onCallState(self, prm: Any) -> None:  # noqa: N802
+        try:
+            ci = self.getInfo()
+            if ci.state == pj.PJSIP_INV_STATE_CONFIRMED and self.connected_at is None:
+                self.connected_at = time.monotonic()
+                if self.listener:
+                    self.listener.on_confirmed(self)
+            elif ci.state == pj.PJSIP_INV_STATE_DISCONNECTED and not self.disconnected:
+                self.disconnected = True
+                self._disconnect_media()
+                if self.listener:
+                    self.listener.on_disconnected(self, int(ci.lastStatusCode), str(ci.lastReason))
+                self._on_released(self)
+        except Exception as e:
+            event("sip_callback_error", call=self.call_id, where="onCallState", error=repr(e))
+
+    def onCallMediaState(self, prm: Any) -> None:  # noqa: N802
+        try:
+            ci = self.getInfo()
+            for i, mi in enumerate(ci.media):
+                if mi.type != pj.PJMEDIA_TYPE_AUDIO:
+                    continue
+                self.on_hold = mi.status in _HOLD
+                if mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                    self._connect(i)
+            si = self.getStreamInfo(0) if self.hasMedia() else None
+            if si is not None:
+                self.codec = f"{si.codecName}/{si.codecClockRate}"
+            event("call_media", call=self.call_id, codec=self.codec, hold=self.on_hold)
+        except Exception as e:
+            event("sip_callback_error", call=self.call_id, where="onCallMediaState", error=repr(e))
+
+    def onDtmfDigit(self, prm: Any) -> None:  # noqa: N802
+        try:
+            method = "info" if prm.method == pj.PJSUA_DTMF_METHOD_SIP_INFO else "rfc4733"
+            if self.listener:
+                self.listener.on_dtmf(self, str(prm.digit), method)
+        except Exception as e:
+            event("sip_callback_error", call=self.call_id, where="onDtmfDigit", error=repr(e))
+
+    # -- media --------------------------------------------------------------------------------------------
+    def _connect(self, index: int) -> None:
+        if self.media is None:
+            return
+        aud = self.getAudioMedia(index)
+        if self.port is None:
+            self.port = CallMediaPort(self.media, self.call_id)
+            self.port.createPort(f"vg-{self.call_id[:24]}", audio_format())
+            if self.listener:
+                self.listener.on_media_ready(self)
+        # a re-INVITE can give the stream a new conference slot: (re)connect both directions
+        aud.startTransmit(self.port)
+        self.port.startTransmit(aud)
+        self._conf = aud
+
+    def _disconnect_media(self) -> None:
+        port, self.port = self.port, None
+        aud, self._conf = self._conf, None
+        if port is not None and aud is not None:
+            for a, b in ((aud, port), (port, aud)):
+                with contextlib.suppress(pj.Error):
+                    a.stopTransmit(b)
+        self._dead_port = port  # released with the call object, on the pjsua thread
+
+    def rtp_idle_s(self, now: float) -> float:
+        """Seconds since the last received RTP packet changed the stream's counter (0 while on hold)."""
+        if self.on_hold or self.disconnected or not self.hasMedia():
+            self._rx_changed = now
+            return 0.0
+        try:
+            pkts = int(self.getStreamStat(0).rtcp.rxStat.pkt)
+        except pj.Error:
+            return 0.0
+        if pkts != self._rx_pkts:
+            self._rx_pkts = pkts
+            self._rx_changed = now
+        return now - self._rx_changed

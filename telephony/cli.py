@@ -1,0 +1,60 @@
+"""`voicegate` command: serve, check."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from telephony.config import ConfigError, load_config
+from telephony.errors import VoicegateError
+
+
+def _check(args: argparse.Namespace) -> int:
+    try:
+        load_config(args.config)
+    except ConfigError as e:
+        for issue in e.issues:
+            print(issue, file=sys.stderr)
+        print(f"{args.config}: {len(e.issues)} error(s)", file=sys.stderr)
+        return 1
+    print(f"{args.config}: OK")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from telephony.app import Gateway
+    from telephony.logs import setup_logging
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        for issue in e.issues:
+            print(issue, file=sys.stderr)
+        print(f"voicegate: not starting, {args.config} has {len(e.issues)} error(s)", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log_level)
+    try:
+        import uvloop
+
+        uvloop.run(Gateway(cfg).run())
+    except VoicegateError as e:
+        print(f"voicegate: {e}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="voicegate", description="Telephony gateway for voice AI agents")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve", help="answer calls with the configured agents")
+    s.add_argument("--config", default="voicegate.yaml")
+    s.set_defaults(fn=_serve)
+    c = sub.add_parser("check", help="validate a config file and name every error")
+    c.add_argument("config")
+    c.set_defaults(fn=_check)
+    args = p.parse_args(argv)
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""The gateway's one YAML config, validated into typed objects.
+
+pydantic does the validation; this module only adds what it cannot: the YAML line of each error, so that
+`voicegate check` prints `file:line: field: what is wrong`. Secrets never live in the file: options whose name
+ends in `_env` name an environment variable.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from agents.config import AgentConfig
+
+KNOWN_CODECS = ("G722", "PCMU", "PCMA")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SipConfig(_Strict):
+    listen: str = "0.0.0.0"
+    port: int = Field(5060, ge=1, le=65535)
+    transports: list[Literal["udp", "tcp"]] = ["udp", "tcp"]
+    public_address: str | None = None
+    """Address written into Contact and SDP when the gateway sits behind NAT."""
+    user_agent: str = "voicegate"
+
+    @field_validator("listen")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+
+class RtpConfig(_Strict):
+    port_min: int = Field(20000, ge=1024, le=65534)
+    port_max: int = Field(20999, ge=1025, le=65535)
+
+    @model_validator(mode="after")
+    def _range(self) -> RtpConfig:
+        if self.port_max <= self.port_min:
+            raise ValueError("port_max must be above port_min")
+        return self
+
+
+class MediaConfig(_Strict):
+    codecs: list[str] = list(KNOWN_CODECS)
+    """Preference order; G722 carries real 16 kHz audio, so it comes first when offered."""
+    jitter_buffer_ms: int = Field(40, ge=0, le=500)
+
+    @field_validator("codecs")
+    @classmethod
+    def _codecs(cls, v: list[str]) -> list[str]:
+        bad = [c for c in v if c.upper() not in KNOWN_CODECS]
+        if bad:
+            raise ValueError(f"unknown codec {bad[0]!r}; known: {', '.join(KNOWN_CODECS)}")
+        if not v:
+            raise ValueError("at least one codec is needed")
+        return [c.upper() for c in v]
+
+
+class BargeInConfig(_Strict):
+    enabled: bool = True
+    onset_frames: int = Field(2, ge=1, le=25)
+    """Consecutive 20 ms speech frames that pause playout (same clock tick)."""
+    confirm_ms: int = Field(600, ge=20, le=5000)
+    """Speech that lasts this long confirms the barge-in and cancels the agent's reply."""
+    resume_ms: int = Field(300, ge=20, le=5000)
+    """Silence after a pause that resumes playout where it paused (a backchannel or a click)."""
+    echo_margin_db: float = Field(6.0, ge=0, le=40)
+    """Inbound audio must be this far above the loudest frame we played 0-500 ms ago minus the echo loss."""
+    noise_margin_db: float = Field(12.0, ge=0, le=40)
+    vad_aggressiveness: int = Field(2, ge=0, le=3)
+
+
+class TimeoutsConfig(_Strict):
+    rtp_inactivity_s: float = Field(30.0, gt=0)
+    max_call_s: float = Field(3600.0, gt=0)
+    silence_reprompt_s: float = Field(10.0, gt=0)
+    silence_hangup_s: float = Field(20.0, gt=0)
+    shutdown_grace_s: float = Field(10.0, ge=0)
+
+
+class RouteConfig(_Strict):
+    match: str
+    """Called user part: an exact number, a regular expression in slashes (`/^44/`), or `*` for the default."""
+    agent: str
+
+    @field_validator("match")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        if len(v) > 1 and v.startswith("/") and v.endswith("/"):
+            re.compile(v[1:-1])
+        return v
+
+    def matches(self, user: str) -> bool:
+        if self.match == "*":
+            return True
+        if len(self.match) > 1 and self.match.startswith("/") and self.match.endswith("/"):
+            return re.search(self.match[1:-1], user) is not None
+        return self.match == user
+
+
+class Config(_Strict):
+    sip: SipConfig = SipConfig()
+    rtp: RtpConfig = RtpConfig()
+    media: MediaConfig = MediaConfig()
+    barge_in: BargeInConfig = BargeInConfig()
+    timeouts: TimeoutsConfig = TimeoutsConfig()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    agents: dict[str, AgentConfig]
+    routes: list[RouteConfig]
+
+    @model_validator(mode="after")
+    def _routes(self) -> Config:
+        for i, r in enumerate(self.routes):
+            if r.agent not in self.agents:
+                raise ValueError(f"routes[{i}] names unknown agent {r.agent!r}")
+        return self
+
+    def route(self, user: str) -> str | None:
+        """The agent name for a called user part, or None when no route matches."""
+        for r in self.routes:
+            if r.matches(user):
+                return r.agent
+        return None
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The config file is invalid; `issues` names each fault with its line."""
+
+    def __init__(self, issues: list[ConfigIssue]):
+        self.issues = issues
+        super().__init__("\n".join(str(i) for i in issues))
+
+
+def _line_index(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    out[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            out[(*path, k.value)] = k.start_mark.line + 1
+            _line_index(v, (*path, k.value), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            _line_index(v, (*path, i), out)
+
+
+def _nearest_line(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
+    # pydantic inserts union tags (`SayStep`, `scripted`) into loc; drop parts that are not in the YAML.
+    path: tuple[Any, ...] = ()
+    best = lines.get((), 1)
+    for part in loc:
+        key = (*path, str(part) if not isinstance(part, int) else part)
+        if key in lines:
+            path = key
+            best = lines[key]
+    return best
+
+
+def parse_config(text: str, file: str = "<config>") -> Config:
+    """Validate YAML text; raise ConfigError naming every fault with its line."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 1
+        raise ConfigError([ConfigIssue(file, line, "(yaml)", str(getattr(e, "problem", e)))]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue(file, 1, "(top)", "the config must be a YAML mapping")])
+    lines: dict[tuple[Any, ...], int] = {}
+    if node is not None:
+        _line_index(node, (), lines)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        issues = []
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            field = ".".join(str(p) for p in loc) or "(top)"
+            msg = err["msg"].removeprefix("Value error, ")
+            issues.append(ConfigIssue(file, _nearest_line(lines, loc), field, msg))
+        raise ConfigError(issues) from None
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError([ConfigIssue(str(p), 0, "(file)", e.strerror or str(e))]) from None
+    return parse_config(text, str(p))

@@ -1,0 +1,314 @@
+"""The pjsua2 Endpoint on its own thread, which owns every pjsua2 object.
+
+Rules (DESIGN §2): one Endpoint per process; `threadCnt=0` and `mainThreadOnly=True`, so every SIP callback runs
+inside this thread's `libHandleEvents` loop; other threads never call pjsua2 but `submit()` a function that the
+loop runs; call objects are released by the loop after pjsua has finished with the disconnect; before
+`libDestroy` every pjsua2 object is dropped and collected, or the process crashes at exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pjsua2 as pj
+
+from telephony.call import SipCall
+from telephony.config import Config
+from telephony.errors import PjsuaBuildError, SipStartError
+from telephony.logs import event, event_at
+from telephony.media_port import check_frame_layout
+
+EXPECTED_MAX_CALLS = 4
+CODEC_IDS = {"G722": "G722/16000", "PCMU": "PCMU/8000", "PCMA": "PCMA/8000"}
+_USER_RE = re.compile(r"sips?:([^@;>]+)@")
+
+
+@dataclass(frozen=True)
+class Refusal:
+    code: int
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class IncomingHandler(Protocol):
+    def on_incoming(self, call: SipCall, called: str, caller: str) -> Refusal | None:
+        """None to accept (the handler answers 200 later), or how to refuse the call."""
+        ...
+
+
+def called_user(uri: str) -> str:
+    m = _USER_RE.search(uri)
+    return m.group(1) if m else ""
+
+
+def compiled_max_calls() -> int:
+    """The call limit the loaded pjsua library really applies (after libInit)."""
+    lib = ctypes.CDLL(pj._pjsua2.__file__)
+    lib.pjsua_call_get_max_count.restype = ctypes.c_uint
+    return int(lib.pjsua_call_get_max_count())
+
+
+class _Account(pj.Account):  # type: ignore[misc]
+    def __init__(self, stack: SipStack) -> None:
+        super().__init__()
+        self.stack = stack
+
+    def onIncomingCall(self, prm: Any) -> None:  # noqa: N802
+        try:
+            self.stack._incoming(self, prm)
+        except Exception as e:
+            event("sip_callback_error", where="onIncomingCall", error=repr(e))
+
+
+class _LogWriter(pj.LogWriter):  # type: ignore[misc]
+    def write(self, entry: Any) -> None:
+        msg = str(entry.msg).rstrip()
+        if msg:
+            event_at(30 if entry.level <= 2 else 10, "pjsip", pjlevel=int(entry.level), msg=msg[-400:])
+
+
+class SipStack:
+    def __init__(self, config: Config, handler: IncomingHandler) -> None:
+        self.config = config
+        self.handler = handler
+        self.calls: dict[int, SipCall] = {}
+        self.max_calls = EXPECTED_MAX_CALLS
+        self._cmds: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._released: list[SipCall] = []
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._periodic: list[tuple[float, float, Callable[[], None]]] = []
+        self.ep: Any = None
+        self.account: Any = None
+        self._logwriter: Any = None
+        self.port = config.sip.port
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def start(self, timeout: float = 10.0) -> None:
+        self._thread = threading.Thread(target=self._run, name="pjsua", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise SipStartError(f"pjsua did not start within {timeout:.0f} s")
+        if self._error is not None:
+            raise self._error
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def submit(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the pjsua thread (from any thread)."""
+        self._cmds.put(fn)
+
+    def every(self, interval_s: float, fn: Callable[[], None]) -> None:
+        """Run `fn` on the pjsua thread every `interval_s` seconds (register before start)."""
+        self._periodic.append((interval_s, time.monotonic() + interval_s, fn))
+
+    def _run(self) -> None:
+        try:
+            self._init()
+        except BaseException as e:
+            self._error = e if isinstance(e, (PjsuaBuildError, SipStartError)) else SipStartError(f"pjsua: {e}")
+            self._ready.set()
+            self._destroy()
+            return
+        self._ready.set()
+        try:
+            while not self._stop.is_set():
+                self.ep.libHandleEvents(10)
+                self._drain()
+        finally:
+            self._destroy()
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                fn = self._cmds.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                fn()
+            except Exception as e:
+                event("sip_command_error", error=repr(e))
+        if self._released:
+            # pjsua is done with these calls' disconnects: only now may the Python objects go
+            for call in self._released:
+                self.calls.pop(id(call), None)
+            self._released.clear()
+        now = time.monotonic()
+        for i, (interval, due, fn) in enumerate(self._periodic):
+            if now >= due:
+                self._periodic[i] = (interval, now + interval, fn)
+                try:
+                    fn()
+                except Exception as e:
+                    event("sip_periodic_error", error=repr(e))
+
+    # -- setup --------------------------------------------------------------------------------------------
+    def _init(self) -> None:
+        cfg = self.config
+        check_frame_layout()
+        self.ep = pj.Endpoint()
+        self.ep.libCreate()
+        ec = pj.EpConfig()
+        ec.uaConfig.threadCnt = 0
+        ec.uaConfig.mainThreadOnly = True
+        ec.uaConfig.maxCalls = EXPECTED_MAX_CALLS
+        ec.uaConfig.userAgent = cfg.sip.user_agent
+        self._logwriter = _LogWriter()
+        ec.logConfig.writer = self._logwriter
+        ec.logConfig.level = 3 if cfg.log_level == "debug" else 2
+        ec.logConfig.consoleLevel = 0
+        ec.logConfig.decor = 0
+        mc = ec.medConfig
+        mc.clockRate = 16000
+        mc.sndClockRate = 16000
+        mc.channelCount = 1
+        mc.audioFramePtime = 20
+        mc.ptime = 20
+        mc.noVad = True
+        mc.ecTailLen = 0
+        mc.jbInit = cfg.media.jitter_buffer_ms
+        mc.jbMinPre = 20
+        mc.jbMaxPre = max(cfg.media.jitter_buffer_ms * 2, 60)
+        self.ep.libInit(ec)
+
+        self.max_calls = compiled_max_calls()
+        if self.max_calls != EXPECTED_MAX_CALLS:
+            raise PjsuaBuildError(
+                f"pjsua2 allows {self.max_calls} calls per process, voicegate assumes {EXPECTED_MAX_CALLS}: "
+                "install pjsua2-python==2.15.1.post1 or adjust EXPECTED_MAX_CALLS after testing the new build"
+            )
+
+        for kind in cfg.sip.transports:
+            tc = pj.TransportConfig()
+            tc.port = cfg.sip.port
+            tc.boundAddress = cfg.sip.listen
+            if cfg.sip.public_address:
+                tc.publicAddress = cfg.sip.public_address
+            ttype = pj.PJSIP_TRANSPORT_UDP if kind == "udp" else pj.PJSIP_TRANSPORT_TCP
+            try:
+                self.ep.transportCreate(ttype, tc)
+            except pj.Error as e:
+                raise SipStartError(
+                    f"cannot listen on {kind} {cfg.sip.listen}:{cfg.sip.port}: {e.info()}"
+                ) from None
+        self.ep.libStart()
+        self.ep.audDevManager().setNullDev()
+        self._set_codecs()
+
+        ac = pj.AccountConfig()
+        host = cfg.sip.public_address or cfg.sip.listen
+        ac.idUri = f"sip:voicegate@{host}:{cfg.sip.port}"
+        ac.mediaConfig.transportConfig.port = cfg.rtp.port_min
+        ac.mediaConfig.transportConfig.portRange = cfg.rtp.port_max - cfg.rtp.port_min
+        if cfg.sip.public_address:
+            ac.mediaConfig.transportConfig.publicAddress = cfg.sip.public_address
+        ac.callConfig.timerUse = pj.PJSUA_SIP_TIMER_OPTIONAL
+        ac.callConfig.timerSessExpiresSec = 1800
+        self.account = _Account(self)
+        self.account.create(ac, True)
+        event("sip_started", listen=cfg.sip.listen, port=cfg.sip.port, transports=cfg.sip.transports,
+              max_calls=self.max_calls, pjsip=self.ep.libVersion().full)
+
+    def _set_codecs(self) -> None:
+        wanted = [CODEC_IDS[c] for c in self.config.media.codecs]
+        for ci in self.ep.codecEnum2():
+            cid = str(ci.codecId)
+            base = cid.rsplit("/", 1)[0] if cid.count("/") > 1 else cid
+            prio = 0
+            if base in wanted:
+                prio = 250 - wanted.index(base)
+            elif cid.startswith("telephone-event"):
+                continue
+            self.ep.codecSetPriority(cid, prio)
+
+    # -- calls --------------------------------------------------------------------------------------------
+    def _incoming(self, account: Any, prm: Any) -> None:
+        call = SipCall(account, prm.callId, self._release)
+        ci = call.getInfo()
+        call.call_id = str(ci.callIdString)
+        self.calls[id(call)] = call
+        called = called_user(str(ci.localUri)) or called_user(str(ci.localContact))
+        caller = str(ci.remoteUri)
+        event("call_incoming", call=call.call_id, called=called, caller=caller)
+        refusal = self.handler.on_incoming(call, called, caller)
+        if refusal is not None:
+            self.answer(call, refusal.code, headers=refusal.headers)
+        else:
+            self.answer(call, 180)
+
+    def _release(self, call: SipCall) -> None:
+        self._released.append(call)
+
+    def answer(self, call: SipCall, code: int, reason: str = "", headers: dict[str, str] | None = None) -> None:
+        """Answer (1xx/2xx) or refuse (3xx-6xx) an incoming call; pjsua thread only."""
+        if call.disconnected:
+            return
+        op = pj.CallOpParam(True)
+        op.statusCode = code
+        if reason:
+            op.reason = reason
+        for name, value in (headers or {}).items():
+            h = pj.SipHeader()
+            h.hName = name
+            h.hValue = value
+            op.txOption.headers.append(h)
+        try:
+            call.answer(op)
+        except pj.Error as e:
+            event("sip_answer_error", call=call.call_id, code=code, error=e.info())
+
+    def hangup(self, call: SipCall, code: int = 200) -> None:
+        if call.disconnected:
+            return
+        op = pj.CallOpParam(True)
+        op.statusCode = code
+        try:
+            call.hangup(op)
+        except pj.Error as e:
+            event("sip_hangup_error", call=call.call_id, error=e.info())
+
+    def transfer(self, call: SipCall, uri: str) -> None:
+        try:
+            call.xfer(uri, pj.CallOpParam(True))
+        except pj.Error as e:
+            event("sip_transfer_error", call=call.call_id, target=uri, error=e.info())
+
+    def send_dtmf(self, call: SipCall, digits: str) -> None:
+        try:
+            call.dialDtmf(digits)
+        except pj.Error as e:
+            event("sip_dtmf_error", call=call.call_id, error=e.info())
+
+    def _destroy(self) -> None:
+        if self.ep is None:
+            return
+        try:
+            self.ep.hangupAllCalls()
+            for _ in range(20):
+                self.ep.libHandleEvents(10)
+        except pj.Error:
+            pass
+        self.calls.clear()
+        self._released.clear()
+        if self.account is not None:
+            with contextlib.suppress(pj.Error):
+                self.account.shutdown()
+        self.account = None
+        gc.collect()
+        with contextlib.suppress(pj.Error):
+            self.ep.libDestroy()
+        self.ep = None
+        gc.collect()
