@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -62,9 +62,7 @@ class PauseStep(_Strict):
     pause_s: float = Field(gt=0, le=60)
 
 
-Step = Union[
-    SayStep, PlayStep, CollectStep, BranchStep, GotoStep, HangupStep, TransferStep, EchoStep, PauseStep
-]
+Step = SayStep | PlayStep | CollectStep | BranchStep | GotoStep | HangupStep | TransferStep | EchoStep | PauseStep
 
 
 class ScriptedAgentConfig(_Strict):

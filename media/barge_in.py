@@ -38,8 +38,12 @@ class DetectorSettings:
     dtmf_guard_ms: int = 300
     initial_echo_gain_db: float = -10.0
     echo_gain_floor_db: float = -40.0
-    echo_gain_decay_db: float = 0.5
-    """Per frame: how fast the echo estimate falls when the leg stops returning our audio."""
+    echo_gain_decay_db: float = 0.1
+    """Per frame while we play: how fast the echo estimate falls when the leg stops returning our audio."""
+    echo_gain_rise_db: float = 1.0
+    """Per frame: the most the echo estimate may rise, so a quiet start of caller speech cannot ratchet it up."""
+    ref_active_dbfs: float = -45.0
+    """Played audio below this level teaches nothing about the echo path."""
     tone_ratio: float = 0.85
     """Share of a frame's energy in its two strongest FFT bins above which the frame is a tone, not speech."""
 
@@ -152,7 +156,8 @@ class BargeInDetector:
         # minimum statistics: the floor falls at once and rises about 2.5 dB/s, so speech barely moves it
         self.noise_floor = level_db if level_db < self.noise_floor else self.noise_floor + 0.05
         ref = self.echo_ref_db
-        if ref > FLOOR_DBFS and not candidate:
-            observed = min(0.0, level_db - ref)
+        # learn the echo path only while the caller is silent, or the caller's own voice would teach it
+        if ref > self.s.ref_active_dbfs and not (candidate or self.in_speech or self.paused or self._run):
+            observed = min(0.0, level_db - ref, self.echo_gain_db + self.s.echo_gain_rise_db)
             decayed = max(self.s.echo_gain_floor_db, self.echo_gain_db - self.s.echo_gain_decay_db)
             self.echo_gain_db = max(observed, decayed)

@@ -1,0 +1,1 @@
+"""QA call simulation: a pjsua2 caller that speaks, listens and measures on the wire."""

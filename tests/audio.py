@@ -1,0 +1,86 @@
+"""Speech for the tests, rendered by the packaged engines (piper's joe voice, espeak-ng) and cached per run."""
+
+from __future__ import annotations
+
+import subprocess
+import wave
+from pathlib import Path
+
+import numpy as np
+
+from agents.speech.tts import PiperTts
+from media.frames import SAMPLE_RATE
+from media.resample import resample
+
+AGENT_PROMPT = (
+    "Thank you for calling. This is a long message, so that you can try interrupting me while I am speaking. "
+    "Voicegate listens all the time, and when you start talking it stops at once."
+)
+CALLER_SENTENCE = "Sorry to interrupt, but I need help with my bill."
+BACKCHANNELS = ("uh-huh", "yeah", "okay")
+
+
+def to_array(pcm: bytes) -> np.ndarray:
+    return np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+
+
+def to_pcm(x: np.ndarray) -> bytes:
+    return bytes(np.clip(np.round(x), -32768, 32767).astype("<i2").tobytes())
+
+
+def telephone_band(x: np.ndarray) -> np.ndarray:
+    """What survives G.711: down to 8 kHz and back up."""
+    return to_array(resample(resample(to_pcm(x), SAMPLE_RATE, 8000), 8000, SAMPLE_RATE))
+
+
+def rms_db(x: np.ndarray) -> float:
+    return float(10 * np.log10(np.mean(x.astype(np.float64) ** 2) / 32768.0**2 + 1e-12))
+
+
+def scale_to_db(x: np.ndarray, target_db: float) -> np.ndarray:
+    return x * 10 ** ((target_db - rms_db(x)) / 20)
+
+
+def trim(x: np.ndarray, rel_db: float = -35.0) -> np.ndarray:
+    """Cut leading and trailing silence (frames quieter than rel_db below the peak frame)."""
+    f = x[: len(x) // 320 * 320].reshape(-1, 320)
+    e = 10 * np.log10((f.astype(np.float64) ** 2).mean(axis=1) + 1e-9)
+    keep = np.nonzero(e > e.max() + rel_db)[0]
+    return f[keep[0] : keep[-1] + 1].reshape(-1)
+
+
+def piper(text: str) -> np.ndarray:
+    pcm, rate = PiperTts().synthesize(text)
+    return to_array(resample(pcm, rate))
+
+
+def espeak(text: str, voice: str = "en-us", speed: int = 175) -> np.ndarray:
+    out = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text], capture_output=True,
+                         check=True).stdout
+    import io
+
+    with wave.open(io.BytesIO(out)) as w:
+        pcm, rate = w.readframes(w.getnframes()), w.getframerate()
+    return to_array(resample(pcm, rate))
+
+
+def write_wav(path: Path, x: np.ndarray, rate: int = SAMPLE_RATE) -> Path:
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(to_pcm(x))
+    return path
+
+
+def read_wav(path: Path) -> np.ndarray:
+    with wave.open(str(path)) as w:
+        return to_array(resample(w.readframes(w.getnframes()), w.getframerate()))
+
+
+def onset_index(x: np.ndarray, rel_db: float = -20.0) -> int:
+    """First 20 ms frame (index) within rel_db of the utterance's loudest frame, on the telephone band."""
+    f = telephone_band(x)
+    f = f[: len(f) // 320 * 320].reshape(-1, 320)
+    e = 10 * np.log10((f.astype(np.float64) ** 2).mean(axis=1) + 1e-9)
+    return int(np.nonzero(e >= e.max() + rel_db)[0][0])

@@ -1,0 +1,80 @@
+"""Drive one CallMedia frame by frame with exact timestamps: agent playout, caller speech, echo, noise, tones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from media.barge_in import DetectorSettings
+from media.events import MediaEvent
+from media.frames import FRAME_SAMPLES, SILENCE
+from media.pipeline import CallMedia
+from tests import audio
+
+
+@dataclass
+class SimResult:
+    events: list[MediaEvent]
+    sent: list[bytes]
+    media: CallMedia
+    caller_frame: int | None = None
+    types: list[str] = field(default_factory=list)
+
+    def first(self, kind: type) -> MediaEvent | None:
+        return next((e for e in self.events if isinstance(e, kind)), None)
+
+    def count(self, kind: type) -> int:
+        return sum(isinstance(e, kind) for e in self.events)
+
+    def last_agent_frame_after(self, k: int) -> int:
+        """Index of the last frame at or after k (until the first silent frame) that carried agent audio."""
+        last = k - 1
+        for i in range(k, len(self.sent)):
+            if self.sent[i] == SILENCE:
+                break
+            last = i
+        return last
+
+
+def tone(freqs: tuple[float, float], seconds: float, level_db: float = -20.0) -> np.ndarray:
+    t = np.arange(int(seconds * 16000)) / 16000
+    x = sum(np.sin(2 * np.pi * f * t) for f in freqs)
+    return audio.scale_to_db(np.asarray(x, dtype=np.float64), level_db)
+
+
+def simulate(
+    agent: np.ndarray,
+    caller: np.ndarray | None = None,
+    caller_at_s: float = 2.0,
+    echo_db: float | None = None,
+    echo_delay_ms: int = 100,
+    noise_snr_db: float | None = None,
+    seconds: float = 6.0,
+    settings: DetectorSettings | None = None,
+    seed: int = 0,
+) -> SimResult:
+    events: list[MediaEvent] = []
+    media = CallMedia(events.append, settings)
+    media.push(audio.to_pcm(agent), item=1)
+    rng = np.random.default_rng(seed)
+    noise_db = audio.rms_db(agent) - noise_snr_db if noise_snr_db is not None else None
+    start = int(caller_at_s * 50)
+    sent: list[bytes] = []
+    delay = echo_delay_ms // 20
+    for k in range(int(seconds * 50)):
+        t = k * 0.02
+        sent.append(media.next_outbound(t))
+        x = np.zeros(FRAME_SAMPLES)
+        if caller is not None and k >= start:
+            seg = caller[(k - start) * FRAME_SAMPLES : (k - start + 1) * FRAME_SAMPLES]
+            x[: seg.size] += seg
+        if echo_db is not None and k >= delay:
+            x += audio.to_array(sent[k - delay]) * 10 ** (echo_db / 20)
+        if noise_db is not None:
+            x += rng.standard_normal(FRAME_SAMPLES) * 32768 * 10 ** (noise_db / 20)
+        media.on_inbound(t, audio.to_pcm(x))
+    res = SimResult(events, sent, media)
+    if caller is not None:
+        res.caller_frame = start + audio.onset_index(caller)
+    return res

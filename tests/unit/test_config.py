@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from telephony.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+MINIMAL = """\
+agents:
+  e:
+    type: echo
+routes:
+  - match: "*"
+    agent: e
+"""
+
+
+def test_shipped_default_config_is_valid():
+    cfg = load_config(ROOT / "voicegate.yaml")
+    assert cfg.sip.port == 5060 and cfg.sip.transports == ["udp", "tcp"]
+    assert cfg.route("anything") == "demo"
+    assert cfg.route("echo") == "echo"
+
+
+def test_defaults_fill_in():
+    cfg = parse_config(MINIMAL)
+    assert cfg.media.codecs == ["G722", "PCMU", "PCMA"]
+    assert cfg.barge_in.enabled
+
+
+def test_routes_exact_regex_and_no_match():
+    cfg = parse_config(MINIMAL.replace('"*"', '"/^44\\\\d+$/"'))
+    assert cfg.route("44123") == "e"
+    assert cfg.route("33123") is None
+
+
+def _issues(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "vg.yaml")
+    return [str(i) for i in e.value.issues]
+
+
+def test_every_error_is_named_with_its_line():
+    text = """\
+sip:
+  port: 99999
+media:
+  codecs: [PCMU, OPUS]
+agents:
+  e:
+    type: echo
+  s:
+    type: scripted
+    start: nowhere
+    nodes:
+      a:
+        - say: hi
+routes:
+  - match: "*"
+    agent: missing
+"""
+    issues = _issues(text)
+    assert any(i.startswith("vg.yaml:2: sip.port:") for i in issues), issues
+    assert any(i.startswith("vg.yaml:4: media.codecs:") and "OPUS" in i for i in issues), issues
+    assert any(i.startswith("vg.yaml:9: agents.s") and "nowhere" in i for i in issues), issues
+    assert len(issues) == 3  # the route error shows once the agents are valid
+
+
+def test_unknown_field_and_unknown_agent_type():
+    issues = _issues(MINIMAL.replace("type: echo", "type: echo\n    colour: blue"))
+    assert any(":4: agents.e.echo.colour:" in i for i in issues), issues
+    issues = _issues(MINIMAL.replace("type: echo", "type: robot"))
+    assert any(":3: agents.e:" in i for i in issues), issues
+
+
+def test_route_to_unknown_agent():
+    issues = _issues(MINIMAL.replace("agent: e", "agent: nobody"))
+    assert any("unknown agent 'nobody'" in i for i in issues), issues
+
+
+def test_broken_yaml_names_the_line():
+    issues = _issues("agents:\n  e: [unclosed\nroutes: []\n")
+    assert len(issues) == 1 and issues[0].startswith("vg.yaml:3: (yaml):"), issues
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(tmp_path / "nope.yaml")
+    assert "nope.yaml" in str(e.value)
