@@ -28,28 +28,32 @@ from telephony.logs import event
 class SipActions:
     """CallActions for a SIP call: every action runs on the pjsua thread."""
 
-    def __init__(self, stack: SipStack, call: SipCall) -> None:
+    def __init__(self, stack: SipStack, key: int) -> None:
         self.stack = stack
-        self.call = call
+        self.key = key
 
     def hangup(self) -> None:
-        self.stack.submit(lambda: self.stack.hangup(self.call))
+        self.stack.submit(lambda: self.stack.hangup(self.key))
 
     def transfer(self, uri: str) -> None:
-        self.stack.submit(lambda: self.stack.transfer(self.call, uri))
+        self.stack.submit(lambda: self.stack.transfer(self.key, uri))
 
     def send_dtmf(self, digits: str) -> None:
-        self.stack.submit(lambda: self.stack.send_dtmf(self.call, digits))
+        self.stack.submit(lambda: self.stack.send_dtmf(self.key, digits))
 
 
 @dataclass
 class _Leg:
-    call: SipCall
+    """One call as the loop sees it: no SipCall reference (see SipStack.answer)."""
+
+    key: int
+    call_id: str
     session: CallSession
     agent: str
     started: float
     dtmf: DtmfDeduper
     end_reason: str = ""
+    codec: str = ""
     task: asyncio.Task[None] | None = None
 
 
@@ -108,8 +112,7 @@ class Gateway:
             await asyncio.sleep(0.1)
         for leg in list(self.legs.values()):
             leg.end_reason = leg.end_reason or "shutdown"
-            call = leg.call
-            self.stack.submit(lambda c=call: self.stack.hangup(c))  # type: ignore[misc]
+            self.stack.submit(lambda k=leg.key: self.stack.hangup(k))  # type: ignore[misc]
         deadline = time.monotonic() + 3.0
         while self.legs and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -138,30 +141,30 @@ class Gateway:
             barge_in=self.config.barge_in.enabled and factory.barge_in,
         )
         session = CallSession(
-            call.call_id, caller, called, factory, media, SipActions(self.stack, call), self.prompts,
+            call.call_id, caller, called, factory, media, SipActions(self.stack, call.key), self.prompts,
             event, self._timeouts,
         )
-        leg = _Leg(call, session, agent, time.monotonic(), DtmfDeduper())
+        leg = _Leg(call.key, call.call_id, session, agent, time.monotonic(), DtmfDeduper())
         leg_ref.append(leg)
         call.media = media
         call.listener = self
-        self.legs[id(call)] = leg
+        self.legs[call.key] = leg
         loop.call_soon_threadsafe(self._answer_when_ready, leg)
         return None
 
     def on_media_ready(self, call: SipCall) -> None:
-        leg = self.legs.get(id(call))
+        leg = self.legs.get(call.key)
         if leg is not None and leg.task is None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._start_session, leg)
 
     def on_confirmed(self, call: SipCall) -> None:
-        leg = self.legs.get(id(call))
+        leg = self.legs.get(call.key)
         if leg is not None:
             event("call_answered", call=call.call_id, agent=leg.agent, codec=call.codec,
                   answer_ms=round((time.monotonic() - leg.started) * 1000, 1))
 
     def on_dtmf(self, call: SipCall, digit: str, method: str) -> None:
-        leg = self.legs.get(id(call))
+        leg = self.legs.get(call.key)
         if leg is None or self._loop is None:
             return
         accepted = leg.dtmf.accept(time.monotonic(), digit, method)
@@ -170,30 +173,31 @@ class Gateway:
             self._loop.call_soon_threadsafe(leg.session.on_dtmf, digit)
 
     def on_disconnected(self, call: SipCall, code: int, reason: str) -> None:
-        leg = self.legs.pop(id(call), None)
+        leg = self.legs.pop(call.key, None)
         if leg is None or self._loop is None:
             return
         why = leg.end_reason or f"remote_{code}"
+        leg.codec = call.codec
         self._loop.call_soon_threadsafe(self._finish, leg, why, code, reason)
 
     def _check_rtp(self) -> None:
         limit = self.config.timeouts.rtp_inactivity_s
         now = time.monotonic()
         for leg in list(self.legs.values()):
-            call = leg.call
-            if call.connected_at is None or call.disconnected:
+            call = self.stack.calls.get(leg.key)
+            if call is None or call.connected_at is None or call.disconnected:
                 continue
             idle = call.rtp_idle_s(now)
             if idle >= limit:
                 leg.end_reason = "rtp_timeout"
                 event("call_timeout", call=call.call_id, reason="rtp_timeout", idle_s=round(idle, 1))
-                self.stack.hangup(call)
+                self.stack.hangup(leg.key)
 
     # -- loop thread --------------------------------------------------------------------------------------
     def _answer_when_ready(self, leg: _Leg) -> None:
         async def answer() -> None:
             await self._ready.wait()
-            self.stack.submit(lambda: self.stack.answer(leg.call, 200))
+            self.stack.submit(lambda: self.stack.answer(leg.key, 200))
 
         asyncio.ensure_future(answer())
 
@@ -207,7 +211,7 @@ class Gateway:
         leg.session.on_hangup(why)
         rec = leg.session.record
         st = leg.session.media.stats
-        event("call_end", call=leg.call.call_id, agent=leg.agent, reason=rec.end_reason, sip_code=code,
-              sip_reason=reason, duration_s=round(time.monotonic() - leg.started, 2), codec=leg.call.codec,
+        event("call_end", call=leg.call_id, agent=leg.agent, reason=rec.end_reason, sip_code=code,
+              sip_reason=reason, duration_s=round(time.monotonic() - leg.started, 2), codec=leg.codec,
               barge_ins=rec.barge_ins, resumed=rec.resumed, paused_ms=rec.paused_ms, digits=rec.digits,
               frames_in=st.frames_in, frames_out=st.frames_out)

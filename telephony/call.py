@@ -7,6 +7,7 @@ process) and hand work to the listener, which must return at once.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from typing import Any, Protocol
 
@@ -27,12 +28,14 @@ class CallListener(Protocol):
     def on_disconnected(self, call: SipCall, code: int, reason: str) -> None: ...
 
 
+_KEYS = itertools.count(1)
 _HOLD = (pj.PJSUA_CALL_MEDIA_LOCAL_HOLD, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD, pj.PJSUA_CALL_MEDIA_NONE)
 
 
 class SipCall(pj.Call):  # type: ignore[misc]
     def __init__(self, account: Any, call_id: int, on_released: Any) -> None:
         super().__init__(account, call_id)
+        self.key = next(_KEYS)
         self.call_id = ""
         self.listener: CallListener | None = None
         self.media: CallMedia | None = None

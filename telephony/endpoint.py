@@ -144,7 +144,7 @@ class SipStack:
         if self._released:
             # pjsua is done with these calls' disconnects: only now may the Python objects go
             for call in self._released:
-                self.calls.pop(id(call), None)
+                self.calls.pop(call.key, None)
             self._released.clear()
         now = time.monotonic()
         for i, (interval, due, fn) in enumerate(self._periodic):
@@ -239,22 +239,25 @@ class SipStack:
         call = SipCall(account, prm.callId, self._release)
         ci = call.getInfo()
         call.call_id = str(ci.callIdString)
-        self.calls[id(call)] = call
+        self.calls[call.key] = call
         called = called_user(str(ci.localUri)) or called_user(str(ci.localContact))
         caller = str(ci.remoteUri)
         event("call_incoming", call=call.call_id, called=called, caller=caller)
         refusal = self.handler.on_incoming(call, called, caller)
         if refusal is not None:
-            self.answer(call, refusal.code, headers=refusal.headers)
+            self.answer(call.key, refusal.code, headers=refusal.headers)
         else:
-            self.answer(call, 180)
+            self.answer(call.key, 180)
 
     def _release(self, call: SipCall) -> None:
         self._released.append(call)
 
-    def answer(self, call: SipCall, code: int, reason: str = "", headers: dict[str, str] | None = None) -> None:
+    # Calls are named by `SipCall.key` outside this thread: a SipCall referenced from another thread could be
+    # freed there, and its destructor would call pjlib from an unregistered thread (the process aborts).
+    def answer(self, key: int, code: int, reason: str = "", headers: dict[str, str] | None = None) -> None:
         """Answer (1xx/2xx) or refuse (3xx-6xx) an incoming call; pjsua thread only."""
-        if call.disconnected:
+        call = self.calls.get(key)
+        if call is None or call.disconnected:
             return
         op = pj.CallOpParam(True)
         op.statusCode = code
@@ -270,8 +273,9 @@ class SipStack:
         except pj.Error as e:
             event("sip_answer_error", call=call.call_id, code=code, error=e.info())
 
-    def hangup(self, call: SipCall, code: int = 200) -> None:
-        if call.disconnected:
+    def hangup(self, key: int, code: int = 200) -> None:
+        call = self.calls.get(key)
+        if call is None or call.disconnected:
             return
         op = pj.CallOpParam(True)
         op.statusCode = code
@@ -280,13 +284,19 @@ class SipStack:
         except pj.Error as e:
             event("sip_hangup_error", call=call.call_id, error=e.info())
 
-    def transfer(self, call: SipCall, uri: str) -> None:
+    def transfer(self, key: int, uri: str) -> None:
+        call = self.calls.get(key)
+        if call is None or call.disconnected:
+            return
         try:
             call.xfer(uri, pj.CallOpParam(True))
         except pj.Error as e:
             event("sip_transfer_error", call=call.call_id, target=uri, error=e.info())
 
-    def send_dtmf(self, call: SipCall, digits: str) -> None:
+    def send_dtmf(self, key: int, digits: str) -> None:
+        call = self.calls.get(key)
+        if call is None or call.disconnected:
+            return
         try:
             call.dialDtmf(digits)
         except pj.Error as e:

@@ -148,9 +148,12 @@ def _write_wav(path: str, frames: list[bytes]) -> None:
 
 def run(args: argparse.Namespace) -> Result:
     speech = split_frames(_load_wav16k(args.play)) if args.play else []
-    cue, cue_value = ("at_s", args.speak_at_s) if args.speak_at_s is not None else ("after_agent_ms", args.speak_after_agent_ms or 0)
-    port = _Port(speech, cue if speech else "", cue_value, 10 ** (args.echo_db / 20) if args.echo_db is not None else 0.0,
-                 args.echo_delay_ms // FRAME_MS)
+    if args.speak_at_s is not None:
+        cue, cue_value = "at_s", args.speak_at_s
+    else:
+        cue, cue_value = "after_agent_ms", args.speak_after_agent_ms or 0.0
+    echo_gain = 10 ** (args.echo_db / 20) if args.echo_db is not None else 0.0
+    port = _Port(speech, cue if speech else "", cue_value, echo_gain, args.echo_delay_ms // FRAME_MS)
     ep = pj.Endpoint()
     ep.libCreate()
     ec = pj.EpConfig()

@@ -1,0 +1,127 @@
+"""Real peers for the integration tests: the voicegate process, the pjsua2 test caller, sipp."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on loopback."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind(("127.0.0.1", 0))
+            port = u.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return int(port)
+    raise RuntimeError("no free port")
+
+
+_rtp_next = [41000 + (os.getpid() % 50) * 200]
+
+
+def rtp_range(size: int = 40) -> tuple[int, int]:
+    lo = _rtp_next[0]
+    _rtp_next[0] += size
+    return lo, lo + size - 1
+
+
+@dataclass
+class Gateway:
+    proc: subprocess.Popen[str]
+    port: int
+    config: Path
+    lines: list[str] = field(default_factory=list)
+
+    def events(self, name: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in list(self.lines):
+            if line.startswith("{"):
+                try:
+                    ev = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if name is None or ev.get("event") == name:
+                    out.append(ev)
+        return out
+
+    def wait_event(self, name: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for ev in self.events(name):
+                if all(ev.get(k) == v for k, v in match.items()):
+                    return ev
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no {name} {match} within {timeout}s; log tail:\n" + "\n".join(self.lines[-30:]))
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise AssertionError("voicegate did not stop within %.0f s of SIGTERM" % timeout) from None
+
+
+def start_gateway(config_text: str, tmp: Path, port: int, ready_timeout: float = 90.0) -> Gateway:
+    cfg = tmp / "voicegate.yaml"
+    cfg.write_text(config_text)
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "voicegate"), "serve", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp,
+    )
+    gw = Gateway(proc, port, cfg)
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            gw.lines.append(line.rstrip("\n"))
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        gw.wait_event("gateway_ready", ready_timeout)
+    except AssertionError:
+        gw.stop()
+        raise
+    return gw
+
+
+def call(uri: str, *args: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Run the pjsua2 test caller; returns its JSON result."""
+    lo, _ = rtp_range(100)
+    proc = subprocess.run(
+        [sys.executable, "-m", "telephony.simulator.caller", uri, "--rtp-port", str(lo), *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+    )
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        raise AssertionError(f"caller failed rc={proc.returncode}\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return dict(json.loads(lines[-1]))
+
+
+def sipp(args: list[str], cwd: Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    pcap = cwd / "pcap"
+    if not pcap.exists():
+        pcap.symlink_to("/usr/share/sip-tester")
+    return subprocess.run(["sipp", "-nostdin", "-m", "1", "-l", "1", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)

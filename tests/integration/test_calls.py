@@ -1,0 +1,76 @@
+"""Calls from real peers (the pjsua2 caller, sipp) through a running voicegate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from media.vad import Vad
+from tests import audio
+from tests.integration.peers import Gateway, call, sipp
+
+
+def uri(gw: Gateway, user: str) -> str:
+    return f"sip:{user}@127.0.0.1:{gw.port}"
+
+
+def frames_db(x: np.ndarray) -> np.ndarray:
+    f = x[: len(x) // 320 * 320].reshape(-1, 320).astype(np.float64)
+    return 10 * np.log10((f**2).mean(axis=1) / 32768.0**2 + 1e-12)
+
+
+def test_sipp_calls_echo_route_with_pcap_audio_and_dtmf(gateway: Gateway, workdir: Path):
+    r = sipp(["-sn", "uac_pcap", "-s", "echo", f"127.0.0.1:{gateway.port}", "-mp", "47000"], workdir)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    end = gateway.wait_event("call_end", 10, agent="echo", digits="1")
+    assert end["reason"] == "remote_200" and end["codec"] == "PCMA/8000"
+    assert end["frames_in"] > 300 and end["frames_out"] >= end["frames_in"] - 5
+
+
+def test_echo_returns_the_callers_audio(gateway: Gateway, workdir: Path, clips):
+    wav = audio.write_wav(workdir / "say.wav", clips.caller)
+    res = call(uri(gateway, "echo"), "--play", str(wav), "--speak-at-s", "0.5", "--duration", "5",
+               "--record", str(workdir / "rx.wav"), "--record-sent", str(workdir / "tx.wav"))
+    assert res["status"] == 200 and res["answered"]
+    tx, rx = audio.read_wav(workdir / "tx.wav"), audio.read_wav(workdir / "rx.wav")
+    n = min(len(tx), len(rx))
+    tx, rx = tx[:n], rx[:n]
+    c = np.correlate(rx, tx, mode="full")[n - 1 : n - 1 + 8000]
+    lag = int(np.argmax(c))
+    peak = c[lag] / np.sqrt((tx**2).sum() * (rx**2).sum())
+    assert peak > 0.5, f"echo correlation {peak:.2f}"
+    assert lag / 16 < 200, f"echo delay {lag / 16:.0f} ms"
+
+
+def test_demo_greeting_is_audible_speech_from_the_start(gateway: Gateway, workdir: Path):
+    res = call(uri(gateway, "demo"), "--duration", "4", "--record", str(workdir / "rx.wav"))
+    assert res["status"] == 200
+    rx = audio.read_wav(workdir / "rx.wav")
+    vad = Vad(2)
+    frames = [audio.to_pcm(rx[i : i + 320]) for i in range(0, len(rx) - 319, 320)]
+    speech = sum(vad.is_speech(f) for f in frames)
+    assert speech * 0.02 > 1.5, f"only {speech * 0.02:.2f} s of speech in the greeting"
+    assert res["agent_speech_start_frame"] is not None and res["agent_speech_start_frame"] * 20 < 500
+    gateway.wait_event("call_end", 10, agent="demo")
+
+
+def test_unknown_number_gets_404(gateway: Gateway):
+    res = call(uri(gateway, "nobody-here"), "--duration", "1")
+    assert res["status"] == 404 and not res["answered"]
+
+
+def test_dtmf_rfc4733_selects_the_time_branch(gateway: Gateway):
+    res = call(uri(gateway, "demo"), "--dtmf", "2@1.0", "--duration", "4")
+    assert res["dtmf_sent"] == ["2"]
+    gateway.wait_event("call_end", 10, agent="demo", digits="2")
+    assert any("The time here is" in ev.get("text", "") for ev in gateway.events("agent_say"))
+
+
+def test_dtmf_sip_info_counts_once_and_selects_a_branch(gateway: Gateway):
+    res = call(uri(gateway, "100"), "--dtmf", "9@1.0", "--dtmf-info", "--duration", "4")
+    assert res["status"] == 200
+    end = gateway.wait_event("call_end", 10, agent="demo", digits="9")
+    info = [e for e in gateway.events("dtmf") if e["call"] == end["call"]]
+    assert [e["method"] for e in info] == ["info"]
+    assert any(e.get("text", "").startswith("Sorry, I did not get that") for e in gateway.events("agent_say"))
