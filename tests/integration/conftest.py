@@ -44,7 +44,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gw = start_gateway(gateway_config(port), tmp, port)
     yield gw
     rc = gw.stop()
-    assert rc == 0, "voicegate exited with %d on SIGTERM\n%s" % (rc, "\n".join(gw.lines[-20:]))
+    tail = "\n".join(gw.lines[-20:])
+    assert rc == 0, f"voicegate exited with {rc} on SIGTERM\n{tail}"
     gw.wait_event("gateway_stopped", 1)
 
 

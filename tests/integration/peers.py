@@ -80,7 +80,7 @@ class Gateway:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(5)
-            raise AssertionError("voicegate did not stop within %.0f s of SIGTERM" % timeout) from None
+            raise AssertionError(f"voicegate did not stop within {timeout:.0f} s of SIGTERM") from None
 
 
 def start_gateway(config_text: str, tmp: Path, port: int, ready_timeout: float = 90.0) -> Gateway:
