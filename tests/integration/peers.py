@@ -125,3 +125,41 @@ def sipp(args: list[str], cwd: Path, timeout: float = 60.0) -> subprocess.Comple
         pcap.symlink_to("/usr/share/sip-tester")
     return subprocess.run(["sipp", "-nostdin", "-m", "1", "-l", "1", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=cwd)
+
+
+def invite_scenario(sdp: str, expect: int) -> str:
+    """A sipp UAC scenario: INVITE carrying `sdp`, expect final status `expect`, ACK it."""
+    body = "\n".join(line.strip() for line in sdp.strip().splitlines())
+    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="invite expecting {expect}">
+  <send retrans="500"><![CDATA[
+INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: sip:sipp@[local_ip]:[local_port]
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: [len]
+
+{body}
+]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="{expect}"/>
+  <send><![CDATA[
+ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+CSeq: 1 ACK
+Contact: sip:sipp@[local_ip]:[local_port]
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+</scenario>
+"""
