@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +27,17 @@ class MediaStats:
     frames_out: int = 0
     speech_frames_out: int = 0
     last_inbound_t: float = 0.0
+    last_outbound_t: float = 0.0
+    tick_ms: deque[float] = field(default_factory=lambda: deque(maxlen=3000))
+    """Intervals between outbound ticks (the media clock's jitter), the last minute of them."""
+
+    def tick_percentiles(self) -> dict[str, float]:
+        if not self.tick_ms:
+            return {}
+        a = np.fromiter(self.tick_ms, dtype=np.float64)
+        p50, p99 = np.percentile(a, [50, 99])
+        return {"tick_p50_ms": round(float(p50), 2), "tick_p99_ms": round(float(p99), 2),
+                "tick_max_ms": round(float(a.max()), 2)}
 
 
 class CallMedia:
@@ -77,6 +88,10 @@ class CallMedia:
             self._on_audio(now, frame)
 
     def next_outbound(self, now: float) -> bytes:
+        st = self.stats
+        if st.last_outbound_t:
+            st.tick_ms.append((now - st.last_outbound_t) * 1000.0)
+        st.last_outbound_t = now
         loop = self._loop
         if loop is not None:
             frame = loop.popleft() if loop else SILENCE

@@ -20,9 +20,10 @@ def test_caller_speech_stops_the_agent(gateway: Gateway, workdir: Path, clips):
     r = call(_long(gateway), "--play", str(wav), "--speak-after-agent-ms", "2000", "--duration", "5",
              "--record", str(workdir / "rx.wav"), "--record-sent", str(workdir / "tx.wav"))
     tx, rx = audio.read_wav(workdir / "tx.wav"), audio.read_wav(workdir / "rx.wav")
+    reaction = wire.reaction_ms(tx, rx, r["speak_start_frame"])
+    assert reaction <= WIRE_BOUND_MS, f"agent kept talking {reaction} ms"
     onset = wire.caller_onset_frame(tx, r["speak_start_frame"])
     last = wire.last_agent_frame(rx, onset)
-    assert (last - onset) * 20 <= WIRE_BOUND_MS, f"agent kept talking {(last - onset) * 20} ms"
     assert wire.agent_audio_after(rx, last + 1, 1.5) == 0.0, "agent audio came back after the barge-in"
     end = gateway.wait_event("call_end", 10, call=gateway.events("call_answered")[-1]["call"])
     assert end["barge_ins"] == 1

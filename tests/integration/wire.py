@@ -41,3 +41,9 @@ def agent_audio_after(received: np.ndarray, frame: int, seconds: float, quiet_db
     e = frames_db(received)
     loud = e > e.max() + quiet_db
     return float(loud[frame : frame + int(seconds * 50)].sum() * 0.02)
+
+
+def reaction_ms(sent: np.ndarray, received: np.ndarray, speak_start: int) -> float:
+    """Caller onset -> end of the last agent frame the caller heard."""
+    onset = caller_onset_frame(sent, speak_start)
+    return (last_agent_frame(received, onset) - onset + 1) * 20.0

@@ -1,0 +1,142 @@
+"""`make bench`: calls on loopback through a running voicegate, measured on the caller's side of the wire.
+
+- barge-in reaction: caller speech onset (first frame within 20 dB of the utterance's peak, telephone band) ->
+  last agent frame the caller hears, over BENCH_TRIALS calls (default 20);
+- echo round trip through voicegate's echo agent vs the same caller looped by `sipp -rtp_echo`, in this run;
+- media clock jitter (interval between a call's outbound ticks) with 4 concurrent echo calls.
+Prints a table and writes bench/results/foundation.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tests import audio
+from tests.integration import wire
+from tests.integration.peers import ROOT, Gateway, call, free_port, gateway_config, start_gateway
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return round(float(np.percentile(np.asarray(xs, dtype=np.float64), q)), 1)
+
+
+def _echo_lag_ms(tx: np.ndarray, rx: np.ndarray) -> tuple[float, float]:
+    n = min(len(tx), len(rx))
+    tx, rx = tx[:n], rx[:n]
+    c = np.correlate(rx, tx, mode="full")[n - 1 : n - 1 + 8000]
+    lag = int(np.argmax(c))
+    return lag / 16.0, float(c[lag] / np.sqrt((tx**2).sum() * (rx**2).sum()))
+
+
+def barge_in(gw: Gateway, tmp: Path, trials: int, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
+    caller = audio.scale_to_db(audio.telephone_band(audio.trim(audio.espeak(audio.CALLER_SENTENCE))), -23.0)
+    wav = audio.write_wav(tmp / "caller.wav", caller)
+    reactions: list[float] = []
+    for i in range(trials):
+        after = rng.uniform(1500, 3000)
+        r = call(f"sip:long@127.0.0.1:{gw.port}", "--play", str(wav), "--speak-after-agent-ms", f"{after:.0f}",
+                 "--duration", f"{after / 1000 + 2.5:.1f}", "--record", str(tmp / "rx.wav"),
+                 "--record-sent", str(tmp / "tx.wav"))
+        tx, rx = audio.read_wav(tmp / "tx.wav"), audio.read_wav(tmp / "rx.wav")
+        reactions.append(wire.reaction_ms(tx, rx, r["speak_start_frame"]))
+        print(f"  barge-in trial {i + 1}/{trials}: {reactions[-1]:.0f} ms", flush=True)
+    return {"n": trials, "p50_ms": _pct(reactions, 50), "p95_ms": _pct(reactions, 95), "all_ms": reactions}
+
+
+def echo_round_trip(gw: Gateway, tmp: Path, trials: int) -> dict[str, Any]:
+    speech = audio.scale_to_db(audio.trim(audio.espeak(audio.CALLER_SENTENCE)), -20.0)
+    wav = audio.write_wav(tmp / "speech.wav", speech)
+    sipp_port = free_port()
+    sipp = subprocess.Popen(
+        ["sipp", "-sn", "uas", "-rtp_echo", "-i", "127.0.0.1", "-p", str(sipp_port), "-mp", "48600", "-nostdin",
+         "-m", str(trials), "-timeout", "300"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp,
+    )
+    time.sleep(0.5)
+    out: dict[str, list[float]] = {"voicegate": [], "sipp_rtp_echo": []}
+    try:
+        for _ in range(trials):
+            for name, uri in (("voicegate", f"sip:echo@127.0.0.1:{gw.port}"),
+                              ("sipp_rtp_echo", f"sip:echo@127.0.0.1:{sipp_port}")):
+                call(uri, "--play", str(wav), "--speak-at-s", "0.3", "--duration", "4.5",
+                     "--record", str(tmp / "rx.wav"), "--record-sent", str(tmp / "tx.wav"))
+                lag, peak = _echo_lag_ms(audio.read_wav(tmp / "tx.wav"), audio.read_wav(tmp / "rx.wav"))
+                if peak > 0.3:
+                    out[name].append(lag)
+    finally:
+        sipp.kill()
+        sipp.wait(5)
+    vg, sp = float(np.median(out["voicegate"])), float(np.median(out["sipp_rtp_echo"]))
+    return {"voicegate_ms": round(vg, 1), "sipp_rtp_echo_ms": round(sp, 1), "added_ms": round(vg - sp, 1),
+            "ratio": round(vg / sp, 2) if sp else None, "n": trials}
+
+
+def clock_jitter(gw: Gateway, seconds: float = 10.0) -> dict[str, Any]:
+    before = len(gw.events("call_end"))
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: call(f"sip:echo@127.0.0.1:{gw.port}", "--duration", str(seconds)), range(4)))
+    deadline = time.monotonic() + 10
+    while len(gw.events("call_end")) < before + 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    ends = gw.events("call_end")[before:]
+    return {"calls": len(ends), "tick_p50_ms": max(e.get("tick_p50_ms", 0) for e in ends),
+            "tick_p99_ms": max(e.get("tick_p99_ms", 0) for e in ends),
+            "tick_max_ms": max(e.get("tick_max_ms", 0) for e in ends)}
+
+
+def main() -> int:
+    trials = int(os.environ.get("BENCH_TRIALS", "20"))
+    seed = int(os.environ.get("BENCH_SEED", "1"))
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        port = free_port()
+        gw = start_gateway(gateway_config(port), tmp, port)
+        try:
+            print("barge-in reaction on the wire ...", flush=True)
+            b = barge_in(gw, tmp, trials, seed)
+            print("echo round trip, voicegate vs sipp -rtp_echo ...", flush=True)
+            e = echo_round_trip(gw, tmp, 5)
+            print("media clock jitter, 4 concurrent calls ...", flush=True)
+            j = clock_jitter(gw)
+        finally:
+            gw.stop()
+    rows = [
+        ("barge-in reaction p50 (ms)", b["p50_ms"], "target p95 <= 100"),
+        ("barge-in reaction p95 (ms)", b["p95_ms"], f"n={b['n']}"),
+        ("echo round trip, voicegate (ms)", e["voicegate_ms"], ""),
+        ("echo round trip, sipp -rtp_echo (ms)", e["sipp_rtp_echo_ms"], "baseline, same caller, same run"),
+        ("added by voicegate (ms, round trip)", e["added_ms"], "target <= 60"),
+        ("voicegate / sipp ratio", e["ratio"], ""),
+        ("clock tick p50, 4 calls (ms)", j["tick_p50_ms"], "nominal 20"),
+        ("clock tick p99, 4 calls (ms)", j["tick_p99_ms"], ""),
+    ]
+    width = max(len(r[0]) for r in rows)
+    print()
+    print(f"{'metric':<{width}}  {'value':>8}  note")
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value!s:>8}  {note}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {"bench": "foundation", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seed": seed,
+           "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+           "barge_in": b, "echo_round_trip": e, "clock_jitter": j}
+    (RESULTS / "foundation.json").write_text(json.dumps(out, indent=2))
+    print(f"\nwrote {RESULTS / 'foundation.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
