@@ -16,6 +16,7 @@ import pjsua2 as pj
 from media.pipeline import CallMedia
 from telephony.logs import event
 from telephony.media_port import CallMediaPort, audio_format
+from telephony.sdp import prefer_codec
 
 
 class CallListener(Protocol):
@@ -37,6 +38,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
         super().__init__(account, call_id)
         self.key = next(_KEYS)
         self.call_id = ""
+        self.codec_preference: list[str] = []
         self.listener: CallListener | None = None
         self.media: CallMedia | None = None
         self.port: CallMediaPort | None = None
@@ -65,6 +67,14 @@ class SipCall(pj.Call):  # type: ignore[misc]
                 self._on_released(self)
         except Exception as e:
             event("sip_callback_error", call=self.call_id, where="onCallState", error=repr(e))
+
+    def onCallSdpCreated(self, prm: Any) -> None:  # noqa: N802
+        try:
+            remote = str(prm.remSdp.wholeSdp)
+            if remote and self.codec_preference:
+                prm.sdp.wholeSdp = prefer_codec(str(prm.sdp.wholeSdp), remote, self.codec_preference)
+        except Exception as e:
+            event("sip_callback_error", call=self.call_id, where="onCallSdpCreated", error=repr(e))
 
     def onCallMediaState(self, prm: Any) -> None:  # noqa: N802
         try:

@@ -239,6 +239,7 @@ class SipStack:
         call = SipCall(account, prm.callId, self._release)
         ci = call.getInfo()
         call.call_id = str(ci.callIdString)
+        call.codec_preference = self.config.media.codecs
         self.calls[call.key] = call
         called = called_user(str(ci.localUri)) or called_user(str(ci.localContact))
         caller = str(ci.remoteUri)

@@ -193,6 +193,7 @@ def run(args: argparse.Namespace) -> Result:
     call.makeCall(args.uri, pj.CallOpParam(True))
     dtmf = sorted((float(t), d) for d, t in (x.split("@") for x in args.dtmf)) if args.dtmf else []
     hung_up = False
+    held = [False, False]
     while not call.done.is_set():
         ep.libHandleEvents(10)
         now = time.monotonic()
@@ -205,6 +206,14 @@ def run(args: argparse.Namespace) -> Result:
                 prm.method = pj.PJSUA_DTMF_METHOD_SIP_INFO if args.dtmf_info else pj.PJSUA_DTMF_METHOD_RFC2833
                 call.sendDtmf(prm)
                 res.dtmf_sent.append(digits)
+            if args.hold_at is not None and since >= args.hold_at and not held[0]:
+                held[0] = True
+                call.setHold(pj.CallOpParam(True))
+            if args.unhold_at is not None and since >= args.unhold_at and held[0] and not held[1]:
+                held[1] = True
+                op = pj.CallOpParam(True)
+                op.opt.flag = pj.PJSUA_CALL_UNHOLD
+                call.reinvite(op)
             if since >= args.duration and not hung_up:
                 hung_up = True
                 call.hangup(pj.CallOpParam(True))
@@ -250,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtmf-info", action="store_true", help="send DTMF as SIP INFO instead of RFC 4733")
     p.add_argument("--echo-db", type=float, help="return the agent's audio to it at this gain (dB, e.g. -12)")
     p.add_argument("--echo-delay-ms", type=int, default=100)
+    p.add_argument("--hold-at", type=float, help="put the call on hold this long after the answer (re-INVITE)")
+    p.add_argument("--unhold-at", type=float, help="take it off hold at this time")
     p.add_argument("--codec", default="PCMU", help="comma-separated codec preference, e.g. G722,PCMA")
     p.add_argument("--rtp-port", type=int, default=40000)
     p.add_argument("--tcp", action="store_true")

@@ -74,3 +74,26 @@ def test_dtmf_sip_info_counts_once_and_selects_a_branch(gateway: Gateway):
     info = [e for e in gateway.events("dtmf") if e["call"] == end["call"]]
     assert [e["method"] for e in info] == ["info"]
     assert any(e.get("text", "").startswith("Sorry, I did not get that") for e in gateway.events("agent_say"))
+
+
+def test_g722_is_chosen_when_offered_even_if_not_first(gateway: Gateway):
+    assert call(uri(gateway, "echo"), "--codec", "PCMU,G722", "--duration", "1")["codec"] == "G722/16000"
+    assert call(uri(gateway, "echo"), "--codec", "PCMA", "--duration", "1")["codec"] == "PCMA/8000"
+
+
+def test_sip_over_tcp(gateway: Gateway):
+    res = call(uri(gateway, "echo") + ";transport=tcp", "--tcp", "--duration", "1")
+    assert res["status"] == 200 and res["answered"]
+
+
+def test_hold_and_resume_keep_the_echo_working(gateway: Gateway, workdir: Path, clips):
+    wav = audio.write_wav(workdir / "say.wav", np.tile(clips.caller, 4))
+    res = call(uri(gateway, "echo"), "--play", str(wav), "--speak-at-s", "0.2", "--hold-at", "1.0",
+               "--unhold-at", "2.5", "--duration", "6", "--record", str(workdir / "rx.wav"))
+    assert res["status"] == 200 and not res["remote_hangup"]
+    rx = audio.read_wav(workdir / "rx.wav")
+    e = frames_db(rx)
+    # after the resume (re-INVITE at 2.5 s) the caller hears itself again
+    assert (e[int(3.5 * 50) :] > e.max() - 30).sum() > 50
+    media = [ev for ev in gateway.events("call_media") if ev["call"] == gateway.events("call_answered")[-1]["call"]]
+    assert [m["hold"] for m in media] == [False, True, False]
