@@ -194,3 +194,36 @@ Content-Length: 0
 ]]></send>
 </scenario>
 """
+
+
+def baresip(uri: str, wav: Path, workdir: Path, seconds: float = 10.0) -> tuple[Path, Path]:
+    """Call `uri` with baresip speaking `wav` (16 kHz mono; the call ends when it does); returns the WAVs baresip
+    recorded of what it sent and what it heard (its sndfile module)."""
+    conf = workdir / "baresip"
+    conf.mkdir(exist_ok=True)
+    lo, hi = rtp_range(20)
+    (conf / "config").write_text(
+        "\n".join([
+            "poll_method epoll",
+            f"sip_listen 127.0.0.1:{free_port()}",
+            "audio_player alsa,null",
+            "audio_alert alsa,null",
+            f"audio_source aufile,{wav}",
+            "audio_srate 16000",
+            "audio_channels 1",
+            f"rtp_ports {lo}-{hi}",
+            "module_path /usr/lib/baresip/modules",
+            *(f"module {m}.so" for m in ("g711", "g722", "aufile", "alsa", "sndfile")),
+            "module_app account.so",
+            "module_app menu.so",
+            f"snd_path {conf}",
+        ]) + "\n"
+    )
+    (conf / "accounts").write_text("<sip:baresip@127.0.0.1>;regint=0\n")
+    proc = subprocess.run(["baresip", "-f", str(conf), "-e", f"/dial {uri}", "-t", str(int(seconds))],
+                          capture_output=True, text=True, timeout=seconds + 20, cwd=conf)
+    enc = sorted(conf.glob("dump-*-enc.wav"))
+    dec = sorted(conf.glob("dump-*-dec.wav"))
+    if not enc or not dec:
+        raise AssertionError(f"baresip recorded nothing:\n{proc.stdout[-3000:]}\n{proc.stderr[-1000:]}")
+    return enc[-1], dec[-1]

@@ -8,7 +8,7 @@ import numpy as np
 
 from media.vad import Vad
 from tests import audio
-from tests.integration.peers import Gateway, call, sipp
+from tests.integration.peers import Gateway, baresip, call, sipp
 
 
 def uri(gw: Gateway, user: str) -> str:
@@ -97,3 +97,22 @@ def test_hold_and_resume_keep_the_echo_working(gateway: Gateway, workdir: Path, 
     assert (e[int(3.5 * 50) :] > e.max() - 30).sum() > 50
     media = [ev for ev in gateway.events("call_media") if ev["call"] == gateway.events("call_answered")[-1]["call"]]
     assert [m["hold"] for m in media] == [False, True, False]
+
+
+def test_baresip_hears_its_own_audio_from_the_echo_route(gateway: Gateway, workdir: Path, clips):
+    speech = np.concatenate([np.zeros(8000), clips.caller, np.zeros(16000)])
+    sent, heard = baresip(uri(gateway, "echo"), audio.write_wav(workdir / "in.wav", speech), workdir)
+    tx, rx = audio.read_wav(sent), audio.read_wav(heard)
+    n = min(len(tx), len(rx))
+    c = np.correlate(rx[:n], tx[:n], mode="full")[n - 1 : n - 1 + 8000]
+    lag = int(np.argmax(c))
+    peak = c[lag] / np.sqrt((tx[:n] ** 2).sum() * (rx[:n] ** 2).sum())
+    assert peak > 0.4 and lag / 16 < 200, (peak, lag / 16)
+
+
+def test_baresip_hears_the_demo_greeting(gateway: Gateway, workdir: Path):
+    _, heard = baresip(uri(gateway, "demo"), audio.write_wav(workdir / "quiet.wav", np.zeros(16000 * 4)), workdir)
+    rx = audio.read_wav(heard)
+    vad = Vad(2)
+    speech = sum(vad.is_speech(audio.to_pcm(rx[i : i + 320])) for i in range(0, len(rx) - 319, 320))
+    assert speech * 0.02 > 1.5, f"only {speech * 0.02:.2f} s of speech"
