@@ -42,7 +42,14 @@ class HungUp:
     reason: str
 
 
-AgentEvent = Dtmf | CallerSpeech | BargeIn | HungUp
+@dataclass(frozen=True)
+class TransferFailed:
+    """The far end refused or could not complete a transfer; the call is still ours."""
+
+    code: int
+
+
+AgentEvent = Dtmf | CallerSpeech | BargeIn | HungUp | TransferFailed
 
 
 class CallControl(Protocol):

@@ -52,6 +52,9 @@ class HangupStep(_Strict):
 
 class TransferStep(_Strict):
     transfer: str
+    """SIP URI to transfer the caller to (blind transfer with REFER)."""
+    timeout_s: float = Field(30.0, gt=0)
+    """How long to wait for the transfer's outcome."""
 
 
 class EchoStep(_Strict):

@@ -9,7 +9,7 @@ import wave
 from collections.abc import Mapping
 from pathlib import Path
 
-from agents.base import Agent, AgentFactory, CallControl, Dtmf
+from agents.base import Agent, AgentFactory, CallControl, Dtmf, HungUp, TransferFailed
 from agents.config import (
     BranchStep,
     CollectStep,
@@ -58,7 +58,7 @@ class ScriptedAgent(Agent):
         for i, step in enumerate(self.cfg.nodes[node]):
             variables["time"] = _clock_words(time.localtime())
             if isinstance(step, SayStep):
-                await call.say(render_text(step.say, variables), step.interruptible, step.lang)
+                await call.say(render_text(step.say, variables), step.interruptible, step.lang or self.cfg.voice)
             elif isinstance(step, PlayStep):
                 pcm, rate = _read_wav(step.play, f"{node}[{i}]")
                 await call.play(pcm, rate, step.interruptible)
@@ -73,7 +73,9 @@ class ScriptedAgent(Agent):
                 return None
             elif isinstance(step, TransferStep):
                 await call.transfer(step.transfer)
-                return None
+                if not await _transfer_failed(call, step.timeout_s):
+                    return None  # transferred: the call ends on the SIP side
+                # refused: the flow goes on with the next step (say sorry, go back to the menu)
             elif isinstance(step, EchoStep):
                 call.set_echo(True)
                 await asyncio.sleep(step.echo_s)
@@ -99,6 +101,18 @@ async def _collect(call: CallControl, step: CollectStep) -> str:
             digits += ev.digit
             deadline = time.monotonic() + step.timeout_s
     return digits
+
+
+async def _transfer_failed(call: CallControl, timeout_s: float) -> bool:
+    """Wait for the transfer's outcome: True if it failed, False once the call ended (or the wait timed out)."""
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        ev = await call.next_event(left)
+        if isinstance(ev, TransferFailed):
+            return True
+        if isinstance(ev, HungUp):
+            return False
+    return False
 
 
 def _read_wav(path: str, where: str) -> tuple[bytes, int]:

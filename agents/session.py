@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agents.base import AgentEvent, AgentFactory, BargeIn, CallerSpeech, Dtmf, HungUp, Played
+from agents.base import AgentEvent, AgentFactory, BargeIn, CallerSpeech, Dtmf, HungUp, Played, TransferFailed
 from agents.speech.tts import PromptCache
 from media.events import (
     BargeInConfirmed,
@@ -125,6 +125,10 @@ class CallSession:
             self.media.flush(time.monotonic())  # a key press stops an interruptible prompt
         self._events.put_nowait(Dtmf(digit))
 
+    def on_transfer_result(self, code: int) -> None:
+        self.record.end_reason = ""
+        self._events.put_nowait(TransferFailed(code))
+
     def on_hangup(self, reason: str) -> None:
         if not self.record.end_reason:
             self.record.end_reason = reason
@@ -173,6 +177,7 @@ class CallSession:
         self.actions.hangup()
 
     async def transfer(self, uri: str) -> None:
+        self.log("agent_transfer", call=self.call_id, target=uri)
         self.record.end_reason = self.record.end_reason or f"transfer:{uri}"
         self.actions.transfer(uri)
 

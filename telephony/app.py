@@ -93,7 +93,11 @@ class Gateway:
         await asyncio.to_thread(self.stack.start)
         try:
             t0 = time.monotonic()
-            await asyncio.gather(*(f.prepare() for f in self.factories.values()))
+            await asyncio.gather(
+                *(f.prepare() for f in self.factories.values()),
+                self.prompts.render(self._timeouts.reprompt_text),
+                self.prompts.render(self._timeouts.goodbye_text),
+            )
             self._ready.set()
             event("gateway_ready", port=self.config.sip.port, agents=sorted(self.factories),
                   prepare_s=round(time.monotonic() - t0, 2))
@@ -179,6 +183,17 @@ class Gateway:
         why = leg.end_reason or f"remote_{code}"
         leg.codec = call.codec
         self._loop.call_soon_threadsafe(self._finish, leg, why, code, reason)
+
+    def on_transfer_status(self, call: SipCall, code: int, reason: str) -> None:
+        leg = self.legs.get(call.key)
+        if leg is None or self._loop is None:
+            return
+        event("transfer_result", call=call.call_id, code=code, reason=reason)
+        if 200 <= code < 300:
+            leg.end_reason = "transferred"
+            self.stack.hangup(leg.key)
+        else:
+            self._loop.call_soon_threadsafe(leg.session.on_transfer_result, code)
 
     def _check_rtp(self) -> None:
         limit = self.config.timeouts.rtp_inactivity_s

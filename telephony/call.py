@@ -28,6 +28,8 @@ class CallListener(Protocol):
 
     def on_disconnected(self, call: SipCall, code: int, reason: str) -> None: ...
 
+    def on_transfer_status(self, call: SipCall, code: int, reason: str) -> None: ...
+
 
 _KEYS = itertools.count(1)
 _HOLD = (pj.PJSUA_CALL_MEDIA_LOCAL_HOLD, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD, pj.PJSUA_CALL_MEDIA_NONE)
@@ -99,6 +101,13 @@ class SipCall(pj.Call):  # type: ignore[misc]
                 self.listener.on_dtmf(self, str(prm.digit), method)
         except Exception as e:
             event("sip_callback_error", call=self.call_id, where="onDtmfDigit", error=repr(e))
+
+    def onCallTransferStatus(self, prm: Any) -> None:  # noqa: N802
+        try:
+            if prm.finalNotify and self.listener:
+                self.listener.on_transfer_status(self, int(prm.statusCode), str(prm.reason))
+        except Exception as e:
+            event("sip_callback_error", call=self.call_id, where="onCallTransferStatus", error=repr(e))
 
     # -- media --------------------------------------------------------------------------------------------
     def _connect(self, index: int) -> None:

@@ -38,6 +38,7 @@ class Result:
     agent_speech_start_frame: int | None = None
     codec: str = ""
     dtmf_sent: list[str] = field(default_factory=list)
+    refer_to: list[str] = field(default_factory=list)
     duration_s: float = 0.0
 
 
@@ -99,6 +100,7 @@ class _Call(pj.Call):  # type: ignore[misc]
         self.confirmed_at: float | None = None
         self.done = threading.Event()
         self.codec = ""
+        self.refer_to: list[str] = []
 
     def onCallState(self, prm: Any) -> None:  # noqa: N802
         try:
@@ -111,6 +113,10 @@ class _Call(pj.Call):  # type: ignore[misc]
                 self.done.set()
         except Exception as e:
             print(f"caller state error: {e!r}", file=sys.stderr)
+
+    def onCallTransferRequest(self, prm: Any) -> None:  # noqa: N802
+        self.refer_to.append(str(prm.dstUri))
+        prm.statusCode = 603  # the test caller records transfers and declines them
 
     def onCallMediaState(self, prm: Any) -> None:  # noqa: N802
         try:
@@ -228,6 +234,7 @@ def run(args: argparse.Namespace) -> Result:
     res.answer_s = round(call.confirmed_at - t0, 3) if call.confirmed_at else None
     res.remote_hangup = not hung_up
     res.codec = call.codec
+    res.refer_to = call.refer_to
     res.duration_s = round(time.monotonic() - t0, 3)
     with port.lock:
         res.frames_rx, res.frames_tx = len(port.rx), len(port.tx)

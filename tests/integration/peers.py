@@ -63,7 +63,15 @@ def gateway_config(port: int, **overrides: object) -> str:
         "start": "talk",
         "nodes": {"talk": [{"say": LONG_PROMPT}, {"pause_s": 3}, {"hangup": "done"}]},
     }
+    cfg["agents"]["xfer"] = {
+        "type": "scripted",
+        "voice": "en",
+        "start": "a",
+        "nodes": {"a": [{"say": "Transferring you."}, {"transfer": "sip:operator@example.com"},
+                        {"say": "Sorry, the transfer failed."}, {"hangup": "transfer_failed"}]},
+    }
     cfg["routes"] = [
+        {"match": "xfer", "agent": "xfer"},
         {"match": "echo", "agent": "echo"},
         {"match": "long", "agent": "long"},
         {"match": "/^demo$|^100$/", "agent": "demo"},

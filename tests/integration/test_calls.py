@@ -116,3 +116,12 @@ def test_baresip_hears_the_demo_greeting(gateway: Gateway, workdir: Path):
     vad = Vad(2)
     speech = sum(vad.is_speech(audio.to_pcm(rx[i : i + 320])) for i in range(0, len(rx) - 319, 320))
     assert speech * 0.02 > 1.5, f"only {speech * 0.02:.2f} s of speech"
+
+
+def test_transfer_sends_refer_and_a_refusal_continues_the_flow(gateway: Gateway):
+    res = call(uri(gateway, "xfer"), "--duration", "8")
+    assert res["refer_to"] == ["sip:operator@example.com"]
+    assert res["remote_hangup"]
+    end = gateway.wait_event("call_end", 10, agent="xfer")
+    assert end["reason"] == "transfer_failed"
+    assert gateway.wait_event("transfer_result", 1, call=end["call"])["code"] == 603

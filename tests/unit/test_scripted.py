@@ -1,0 +1,133 @@
+"""The scripted agent driven through a real CallSession and CallMedia, with a fast simulated media clock."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import TypeAdapter
+
+from agents.config import AgentConfig
+from agents.registry import make_factory
+from agents.session import CallSession, SessionTimeouts
+from agents.speech.tts import PromptCache
+from media.frames import SILENCE
+from media.pipeline import CallMedia
+
+FLOW = """
+type: scripted
+voice: en
+start: menu
+nodes:
+  menu:
+    - say: "Press one for sales or two for support. This prompt is long enough to be interrupted by a key."
+      interruptible: {interruptible}
+    - collect: choice
+      timeout_s: 0.6
+    - branch: choice
+      cases: {{"1": sales, "2": support}}
+      default: nothing
+  sales:
+    - say: "Sales."
+    - hangup: sales
+  support:
+    - say: "Support."
+    - hangup: support
+  nothing:
+    - say: "Nothing."
+    - hangup: nothing
+"""
+
+
+class Actions:
+    def __init__(self) -> None:
+        self.hung_up = asyncio.Event()
+
+    def hangup(self) -> None:
+        self.hung_up.set()
+
+    def transfer(self, uri: str) -> None:
+        raise AssertionError("no transfer in this flow")
+
+    def send_dtmf(self, digits: str) -> None:
+        raise AssertionError("no DTMF out in this flow")
+
+
+async def run_call(interruptible: bool, keys: list[tuple[float, str]]) -> tuple[CallSession, list[dict[str, Any]]]:
+    flow = yaml.safe_load(FLOW.format(interruptible=str(interruptible).lower()))
+    cfg = TypeAdapter(AgentConfig).validate_python(flow)
+    prompts = PromptCache()
+    factory = make_factory("t", cfg, prompts)
+    await factory.prepare()
+    logs: list[dict[str, Any]] = []
+    session: CallSession
+
+    def emit(ev: Any) -> None:
+        session.on_media_event(ev)
+
+    media = CallMedia(emit)
+    actions = Actions()
+    session = CallSession("c1", "caller", "100", factory, media, actions, prompts,
+                          lambda name, **f: logs.append({"event": name, **f}), SessionTimeouts())
+
+    async def clock() -> None:
+        """Keys are pressed `at` seconds after the agent's audio starts."""
+        t = 0.0
+        started: float | None = None
+        while True:
+            if media.next_outbound(t) != SILENCE and started is None:
+                started = t
+            media.on_inbound(t, SILENCE)
+            for at, digit in list(keys):
+                if started is not None and t - started >= at:
+                    keys.remove((at, digit))
+                    session.on_dtmf(digit)
+            t += 0.02
+            await asyncio.sleep(0.002)  # 10x faster than real time
+
+    clk = asyncio.create_task(clock())
+    run = asyncio.create_task(session.run())
+    await asyncio.wait_for(actions.hung_up.wait(), 20)
+    session.on_hangup("test")
+    await asyncio.wait_for(run, 5)
+    clk.cancel()
+    return session, logs
+
+
+def said(logs: list[dict[str, Any]]) -> list[str]:
+    return [e["text"] for e in logs if e["event"] == "agent_say"]
+
+
+def frames_of(session: CallSession, texts: list[str]) -> int:
+    return sum(-(-len(session.prompts._done[("en", t)]) // 640) for t in texts)
+
+
+def test_prompts_rendered_at_prepare_are_the_ones_calls_use():
+    session, _ = asyncio.run(run_call(True, []))
+    assert {voice for voice, _ in session.prompts._done} == {"en"}
+
+
+@pytest.mark.timeout(60)
+def test_key_during_interruptible_prompt_stops_it_and_selects_the_branch():
+    session, logs = asyncio.run(run_call(True, [(0.5, "2")]))
+    assert said(logs)[-1] == "Support."
+    assert session.record.end_reason == "support"
+    heard = session.media.stats.speech_frames_out
+    assert heard < frames_of(session, said(logs)) - 50, "the menu prompt was not cut by the key"
+
+
+@pytest.mark.timeout(60)
+def test_protected_prompt_plays_out_but_the_key_still_counts():
+    session, logs = asyncio.run(run_call(False, [(0.5, "1")]))
+    assert said(logs)[-1] == "Sales."
+    assert session.record.digits == "1"
+    assert session.media.stats.speech_frames_out == frames_of(session, said(logs))
+
+
+@pytest.mark.timeout(60)
+def test_no_key_takes_the_default_branch():
+    session, logs = asyncio.run(run_call(True, []))
+    assert said(logs)[-1] == "Nothing."
+    assert session.record.end_reason == "nothing"
