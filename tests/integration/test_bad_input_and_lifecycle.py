@@ -151,3 +151,74 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path):
                            text=True, timeout=60)
     assert r.returncode == 3
     assert f"cannot listen on udp 127.0.0.1:{port}" in r.stderr
+
+
+SESSION_TIMER_CALL = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="call asking for session timers">
+  <send retrans="500"><![CDATA[
+INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 1 INVITE
+Contact: sip:sipp@[local_ip]:[local_port]
+Max-Forwards: 70
+Supported: timer
+Session-Expires: 120;refresher=uac
+Min-SE: 90
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=user1 53655765 2353687637 IN IP4 [local_ip]
+s=-
+c=IN IP4 [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0
+a=rtpmap:0 PCMU/8000
+]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+  <recv response="200" rrs="true">
+    <action>
+      <ereg regexp="[0-9]+;refresher=uac" search_in="hdr" header="Session-Expires:" check_it="true" assign_to="se"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+[last_From:]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 1 ACK
+Contact: sip:sipp@[local_ip]:[local_port]
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <pause milliseconds="500"/>
+  <send retrans="500"><![CDATA[
+BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+[last_From:]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 2 BYE
+Contact: sip:sipp@[local_ip]:[local_port]
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>
+  <Reference variables="se"/>
+</scenario>
+"""
+
+
+def test_session_timer_is_granted(gateway: Gateway, workdir: Path):
+    (workdir / "st.xml").write_text(SESSION_TIMER_CALL)
+    r = sipp(["-sf", "st.xml", "-s", "echo", f"127.0.0.1:{gateway.port}", "-trace_msg", "-message_file", "m.log"],
+             workdir)
+    assert r.returncode == 0, _status_lines(workdir / "m.log")
+    assert re.search(r"Session-Expires: *120;refresher=uac", (workdir / "m.log").read_text())
