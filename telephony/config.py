@@ -54,7 +54,7 @@ class RtpConfig(_Strict):
 class MediaConfig(_Strict):
     codecs: list[str] = list(KNOWN_CODECS)
     """Preference order; G722 carries real 16 kHz audio, so it comes first when offered."""
-    jitter_buffer_ms: int = Field(40, ge=0, le=500)
+    jitter_buffer_ms: int = Field(20, ge=0, le=500)
 
     @field_validator("codecs")
     @classmethod
