@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from media.echo_path import EchoPath
 from media.events import BargeInConfirmed, BargeInPaused, BargeInResumed, MediaEvent, SpeechStarted, SpeechStopped
 from media.frames import FLOOR_DBFS, FRAME_MS
 
@@ -36,7 +37,8 @@ class DetectorSettings:
     echo_window_ms: int = 500
     speech_hangover_ms: int = 300
     dtmf_guard_ms: int = 300
-    initial_echo_gain_db: float = -10.0
+    noise_window_frames: int = 75
+    initial_echo_gain_db: float = -6.0
     echo_gain_floor_db: float = -40.0
     echo_gain_decay_db: float = 0.1
     """Per frame while we play: how fast the echo estimate falls when the leg stops returning our audio."""
@@ -72,6 +74,7 @@ class BargeInDetector:
         self.s = settings or DetectorSettings()
         self._ref: deque[float] = deque(maxlen=max(1, self.s.echo_window_ms // FRAME_MS))
         self.noise_floor = -70.0
+        self._levels: deque[float] = deque(maxlen=self.s.noise_window_frames)
         self.echo_gain_db = self.s.initial_echo_gain_db
         self._run = 0
         self._run_start = 0.0
@@ -83,10 +86,13 @@ class BargeInDetector:
         self._pause_t = 0.0
         self._speech_ms = 0
         self._dtmf_until = -1.0
+        self.echo = EchoPath()
+        self._played_now = FLOOR_DBFS
 
     def played(self, level_db: float) -> None:
         """Level of the frame sent to the caller this tick (FLOOR_DBFS for silence)."""
         self._ref.append(level_db)
+        self._played_now = level_db
 
     def note_dtmf(self, now: float) -> None:
         """A key was pressed: tones around it are never speech."""
@@ -99,7 +105,10 @@ class BargeInDetector:
     def threshold_db(self) -> float:
         """Level an inbound frame must exceed to count as caller speech now."""
         t = max(self.s.min_level_dbfs, self.noise_floor + self.s.noise_margin_db)
-        ref = self.echo_ref_db
+        predicted = self.echo.predicted_db()
+        if predicted is not None:
+            return max(t, predicted + self.s.echo_margin_db)
+        ref = self.echo_ref_db  # echo path not known yet: assume the worst over the whole window
         if ref > FLOOR_DBFS:
             t = max(t, ref + self.echo_gain_db + self.s.echo_margin_db)
         return t
@@ -153,11 +162,15 @@ class BargeInDetector:
         return events
 
     def _track(self, level_db: float, candidate: bool) -> None:
-        # minimum statistics: the floor falls at once and rises about 2.5 dB/s, so speech barely moves it
-        self.noise_floor = level_db if level_db < self.noise_floor else self.noise_floor + 0.05
+        # minimum statistics over the last 1.5 s of frames without caller speech: speech and echo have gaps
+        if not (self.in_speech or self.paused):
+            self._levels.append(level_db)
+            self.noise_floor = min(self._levels)
         ref = self.echo_ref_db
         # learn the echo path only while the caller is silent, or the caller's own voice would teach it
-        if ref > self.s.ref_active_dbfs and not (candidate or self.in_speech or self.paused or self._run):
+        quiet_caller = not (candidate or self.in_speech or self.paused or self._run)
+        self.echo.push(self._played_now, level_db, quiet_caller)
+        if ref > self.s.ref_active_dbfs and quiet_caller:
             observed = min(0.0, level_db - ref, self.echo_gain_db + self.s.echo_gain_rise_db)
             decayed = max(self.s.echo_gain_floor_db, self.echo_gain_db - self.s.echo_gain_decay_db)
             self.echo_gain_db = max(observed, decayed)

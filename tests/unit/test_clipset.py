@@ -1,0 +1,32 @@
+"""The detector's behaviour pinned on the labelled clip set (simulated frames with exact timestamps).
+
+Frame counts in the simulation are deterministic behaviour, not this machine's timing; `make bench` prints the same
+evaluation as a table beside other settings.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests import clipset
+
+
+@pytest.fixture(scope="module")
+def evaluation() -> clipset.Evaluation:
+    return clipset.evaluate()
+
+
+def test_every_interruption_is_confirmed_quickly(evaluation):
+    assert evaluation.missed == 0
+    assert max(evaluation.reaction_frames) <= 8, sorted(evaluation.reaction_frames)
+    assert sorted(evaluation.reaction_frames)[len(evaluation.reaction_frames) // 2] <= 3
+
+
+def test_own_echo_never_pauses_the_agent(evaluation):
+    assert evaluation.echo_calls == 72
+    assert evaluation.echo_false_pauses == 0 and evaluation.echo_false_stops == 0
+
+
+def test_backchannels_do_not_stop_the_agent(evaluation):
+    assert evaluation.backchannel_calls >= 10
+    assert evaluation.backchannel_stops <= 1
