@@ -102,7 +102,8 @@ class CallSession:
             self._touch()
             self._events.put_nowait(CallerSpeech(False, ev.duration_s))
         elif isinstance(ev, BargeInPaused):
-            self.log("barge_in_paused", call=self.call_id)
+            self.log("barge_in_paused", call=self.call_id, level_db=ev.level_db, threshold_db=ev.threshold_db,
+                     echo=ev.echo)
         elif isinstance(ev, BargeInResumed):
             self.record.resumed += 1
             self.record.paused_ms.append(round(ev.paused_ms, 1))

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from media.barge_in import DetectorSettings
+from telephony.simulator import measure as wire
 from tests import audio, clipset
-from tests.integration import wire
 from tests.integration.peers import ROOT, Gateway, call, free_port, gateway_config, start_gateway
 
 RESULTS = ROOT / "bench" / "results"

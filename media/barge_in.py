@@ -117,9 +117,10 @@ class BargeInDetector:
         self, now: float, samples: np.ndarray, level_db: float, vad_speech: bool, agent_speaking: bool
     ) -> list[MediaEvent]:
         """One inbound frame at `now` (its start time); `agent_speaking`: agent audio is queued for the caller."""
+        threshold = self.threshold_db()
         candidate = (
             vad_speech
-            and level_db > self.threshold_db()
+            and level_db > threshold
             and now >= self._dtmf_until
             and not is_tone(samples, self.s.tone_ratio)
         )
@@ -143,7 +144,9 @@ class BargeInDetector:
                 self._onset_t = self._run_start
                 self._pause_t = now
                 self._speech_ms = self._run * FRAME_MS
-                events.append(BargeInPaused(now))
+                e = self.echo
+                events.append(BargeInPaused(now, round(level_db, 1), round(threshold, 1),
+                                            f"{e.state} lag={e.lag} loss={e.loss_db:.1f} corr={e.corr:.2f}"))
         elif self.paused and candidate:
             self._speech_ms += FRAME_MS
 

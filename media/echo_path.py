@@ -28,6 +28,9 @@ class EchoPathSettings:
     min_active_frames: int = 25
     corr_echo: float = 0.6
     corr_none: float = 0.3
+    loss_percentile: float = 90.0
+    spread_frames: int = 2
+    """The echo of one frame is expected within this many frames either side of the estimated lag."""
 
 
 class EchoPath:
@@ -60,7 +63,8 @@ class EchoPath:
         if self.state == "none":
             return FLOOR_DBFS
         i = len(self._ref) - 1 - self.lag
-        return max(self._ref[i - 1], self._ref[i], self._ref[min(i + 1, len(self._ref) - 1)]) + self.loss_db
+        k = self.s.spread_frames
+        return max(self._ref[j] for j in range(i - k, min(i + k, len(self._ref) - 1) + 1)) + self.loss_db
 
     def _estimate(self) -> None:
         s = self.s
@@ -85,7 +89,9 @@ class EchoPath:
         if best_c >= s.corr_echo:
             y = ref[n - best_lag - s.window_frames : n - best_lag]
             self.state, self.lag = "echo", best_lag
-            self.loss_db = float(np.median(x[best_mask] - y[best_mask]))
+            # a high percentile, not the median: codecs, jitter and frames that straddle two of ours spread the
+            # echo's level around its mean by several dB (on the wire, a -12 dB echo came back up to 7 dB louder)
+            self.loss_db = float(np.percentile(x[best_mask] - y[best_mask], self.s.loss_percentile))
         elif best_c < s.corr_none and self._covered(x, ref):
             self.state = "none"
 

@@ -20,9 +20,12 @@ class SpeechStopped:
 
 @dataclass(frozen=True)
 class BargeInPaused:
-    """Caller onset while the agent spoke: playout paused in this very tick."""
+    """Caller onset while the agent spoke: playout paused in this very tick (with what the detector saw)."""
 
     t: float
+    level_db: float = 0.0
+    threshold_db: float = 0.0
+    echo: str = ""
 
 
 @dataclass(frozen=True)

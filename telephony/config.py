@@ -11,7 +11,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agents.config import AgentConfig
 
 KNOWN_CODECS = ("G722", "PCMU", "PCMA")
+M = TypeVar("M", bound=BaseModel)
 
 
 class _Strict(BaseModel):
@@ -176,8 +177,8 @@ def _nearest_line(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> in
     return best
 
 
-def parse_config(text: str, file: str = "<config>") -> Config:
-    """Validate YAML text; raise ConfigError naming every fault with its line."""
+def validate_yaml(text: str, file: str, model: type[M]) -> M:
+    """Validate YAML text into `model`; raise ConfigError naming every fault with its line."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -186,12 +187,12 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         line = mark.line + 1 if mark is not None else 1
         raise ConfigError([ConfigIssue(file, line, "(yaml)", str(getattr(e, "problem", e)))]) from None
     if not isinstance(data, dict):
-        raise ConfigError([ConfigIssue(file, 1, "(top)", "the config must be a YAML mapping")])
+        raise ConfigError([ConfigIssue(file, 1, "(top)", "the file must be a YAML mapping")])
     lines: dict[tuple[Any, ...], int] = {}
     if node is not None:
         _line_index(node, (), lines)
     try:
-        return Config.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
         issues = []
         for err in e.errors():
@@ -202,10 +203,16 @@ def parse_config(text: str, file: str = "<config>") -> Config:
         raise ConfigError(issues) from None
 
 
-def load_config(path: str | Path) -> Config:
-    p = Path(path)
+def parse_config(text: str, file: str = "<config>") -> Config:
+    return validate_yaml(text, file, Config)
+
+
+def read_text(path: str | Path) -> str:
     try:
-        text = p.read_text()
+        return Path(path).read_text()
     except OSError as e:
-        raise ConfigError([ConfigIssue(str(p), 0, "(file)", e.strerror or str(e))]) from None
-    return parse_config(text, str(p))
+        raise ConfigError([ConfigIssue(str(path), 0, "(file)", e.strerror or str(e))]) from None
+
+
+def load_config(path: str | Path) -> Config:
+    return parse_config(read_text(path), str(path))

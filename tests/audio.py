@@ -11,6 +11,9 @@ import numpy as np
 from agents.speech.tts import PiperTts
 from media.frames import SAMPLE_RATE
 from media.resample import resample
+from telephony.simulator.measure import onset_index, telephone_band
+
+__all__ = ["onset_index", "telephone_band"]
 
 AGENT_PROMPT = (
     "Thank you for calling. This is a long message, so that you can try interrupting me while I am speaking. "
@@ -26,11 +29,6 @@ def to_array(pcm: bytes) -> np.ndarray:
 
 def to_pcm(x: np.ndarray) -> bytes:
     return bytes(np.clip(np.round(x), -32768, 32767).astype("<i2").tobytes())
-
-
-def telephone_band(x: np.ndarray) -> np.ndarray:
-    """What survives G.711: down to 8 kHz and back up."""
-    return to_array(resample(resample(to_pcm(x), SAMPLE_RATE, 8000), 8000, SAMPLE_RATE))
 
 
 def rms_db(x: np.ndarray) -> float:
@@ -76,11 +74,3 @@ def write_wav(path: Path, x: np.ndarray, rate: int = SAMPLE_RATE) -> Path:
 def read_wav(path: Path) -> np.ndarray:
     with wave.open(str(path)) as w:
         return to_array(resample(w.readframes(w.getnframes()), w.getframerate()))
-
-
-def onset_index(x: np.ndarray, rel_db: float = -20.0) -> int:
-    """First 20 ms frame (index) within rel_db of the utterance's loudest frame, on the telephone band."""
-    f = telephone_band(x)
-    f = f[: len(f) // 320 * 320].reshape(-1, 320)
-    e = 10 * np.log10((f.astype(np.float64) ** 2).mean(axis=1) + 1e-9)
-    return int(np.nonzero(e >= e.max() + rel_db)[0][0])

@@ -34,7 +34,7 @@ CALLER_TEXTS = (
     "No no, I want to cancel my order.",
 )
 BACKCHANNEL_TEXTS = ("uh-huh", "yeah", "okay", "mm-hmm", "right")
-ECHO_DELAYS_MS = (20, 100, 250, 500)
+ECHO_DELAYS_MS = (20, 110, 250, 490)
 ECHO_LOSS_DB = (6, 12, 20)
 AGENT_DB = -20.0
 CALLER_DB = -23.0

@@ -1,27 +1,22 @@
 """A pjsua2 test caller: dials a SIP URI, speaks a WAV on cue, sends DTMF, records what it hears, frame by frame.
 
-Both directions pass through one AudioMediaPort on the caller's clock, so the sent and received tracks share a
-timeline to the frame: that is what barge-in reaction on the wire is measured from. One call per process (pjsua
-allows one Endpoint per process). Run as `python -m telephony.simulator.caller --help`; prints a JSON result.
+A fixed plan for tests and benchmarks (scripted scenarios are `voicegate simulate`'s). Sent and received tracks
+share one frame clock (see phone.py). Run as `python -m telephony.simulator.caller --help`; prints a JSON result.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import sys
-import threading
 import time
 import wave
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
-import pjsua2 as pj
 
-from media.frames import FRAME_BYTES, FRAME_MS, SAMPLE_RATE, SILENCE, level_dbfs, split_frames
-from telephony.media_port import audio_format, read_buf, write_buf
+from media.frames import FRAME_MS, SAMPLE_RATE, split_frames
+from telephony.simulator.phone import Phone
 
 
 @dataclass
@@ -40,96 +35,6 @@ class Result:
     dtmf_sent: list[str] = field(default_factory=list)
     refer_to: list[str] = field(default_factory=list)
     duration_s: float = 0.0
-
-
-class _Port(pj.AudioMediaPort):  # type: ignore[misc]
-    def __init__(self, speech: list[bytes], cue: str, cue_value: float, echo_gain: float, echo_delay_frames: int):
-        super().__init__()
-        self.rx: list[bytes] = []
-        self.tx: list[bytes] = []
-        self.speech = speech
-        self.cue = cue
-        self.cue_value = cue_value
-        self.echo_gain = echo_gain
-        self.echo_delay = echo_delay_frames
-        self.speak_at: int | None = None
-        self.agent_start: int | None = None
-        self.lock = threading.Lock()
-
-    def onFrameReceived(self, frame: Any) -> None:  # noqa: N802
-        try:
-            data = read_buf(frame.buf, FRAME_BYTES) if frame.size == FRAME_BYTES else SILENCE
-            with self.lock:
-                self.rx.append(data)
-                n = len(self.rx) - 1
-                if self.agent_start is None and level_dbfs(data) > -45.0:
-                    self.agent_start = n
-                    if self.cue == "after_agent_ms" and self.speak_at is None:
-                        self.speak_at = n + int(self.cue_value // FRAME_MS)
-        except Exception as e:  # never into pjmedia
-            print(f"caller rx error: {e!r}", file=sys.stderr)
-
-    def onFrameRequested(self, frame: Any) -> None:  # noqa: N802
-        try:
-            with self.lock:
-                n = len(self.tx)
-                if self.cue == "at_s" and self.speak_at is None:
-                    self.speak_at = int(self.cue_value * 1000 // FRAME_MS)
-                out = SILENCE
-                if self.speak_at is not None and 0 <= n - self.speak_at < len(self.speech):
-                    out = self.speech[n - self.speak_at]
-                if self.echo_gain > 0 and len(self.rx) > self.echo_delay:
-                    echo = np.frombuffer(self.rx[-1 - self.echo_delay], dtype="<i2").astype(np.float32)
-                    mix = np.frombuffer(out, dtype="<i2").astype(np.float32) + echo * self.echo_gain
-                    out = np.clip(mix, -32768, 32767).astype("<i2").tobytes()
-                self.tx.append(out)
-            write_buf(frame.buf, out)
-            frame.size = FRAME_BYTES
-            frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
-        except Exception as e:
-            print(f"caller tx error: {e!r}", file=sys.stderr)
-
-
-class _Call(pj.Call):  # type: ignore[misc]
-    def __init__(self, acc: Any, port: _Port) -> None:
-        super().__init__(acc)
-        self.port = port
-        self.state = ""
-        self.status = 0
-        self.reason = ""
-        self.confirmed_at: float | None = None
-        self.done = threading.Event()
-        self.codec = ""
-        self.refer_to: list[str] = []
-
-    def onCallState(self, prm: Any) -> None:  # noqa: N802
-        try:
-            ci = self.getInfo()
-            self.status = int(ci.lastStatusCode)
-            self.reason = str(ci.lastReason)
-            if ci.state == pj.PJSIP_INV_STATE_CONFIRMED:
-                self.confirmed_at = time.monotonic()
-            if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
-                self.done.set()
-        except Exception as e:
-            print(f"caller state error: {e!r}", file=sys.stderr)
-
-    def onCallTransferRequest(self, prm: Any) -> None:  # noqa: N802
-        self.refer_to.append(str(prm.dstUri))
-        prm.statusCode = 603  # the test caller records transfers and declines them
-
-    def onCallMediaState(self, prm: Any) -> None:  # noqa: N802
-        try:
-            ci = self.getInfo()
-            for i, mi in enumerate(ci.media):
-                if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
-                    aud = self.getAudioMedia(i)
-                    aud.startTransmit(self.port)
-                    self.port.startTransmit(aud)
-            si = self.getStreamInfo(0)
-            self.codec = f"{si.codecName}/{si.codecClockRate}"
-        except Exception as e:
-            print(f"caller media error: {e!r}", file=sys.stderr)
 
 
 def _load_wav16k(path: str) -> bytes:
@@ -154,101 +59,67 @@ def _write_wav(path: str, frames: list[bytes]) -> None:
 
 def run(args: argparse.Namespace) -> Result:
     speech = split_frames(_load_wav16k(args.play)) if args.play else []
-    if args.speak_at_s is not None:
-        cue, cue_value = "at_s", args.speak_at_s
-    else:
-        cue, cue_value = "after_agent_ms", args.speak_after_agent_ms or 0.0
-    echo_gain = 10 ** (args.echo_db / 20) if args.echo_db is not None else 0.0
-    port = _Port(speech, cue if speech else "", cue_value, echo_gain, args.echo_delay_ms // FRAME_MS)
-    ep = pj.Endpoint()
-    ep.libCreate()
-    ec = pj.EpConfig()
-    ec.uaConfig.threadCnt = 0
-    ec.uaConfig.mainThreadOnly = True
-    ec.logConfig.level = 1
-    ec.logConfig.consoleLevel = 1
-    ec.medConfig.clockRate = SAMPLE_RATE
-    ec.medConfig.sndClockRate = SAMPLE_RATE
-    ec.medConfig.noVad = True
-    ec.medConfig.ecTailLen = 0
-    ep.libInit(ec)
-    tc = pj.TransportConfig()
-    tc.port = 0
-    tc.boundAddress = "127.0.0.1"
-    ep.transportCreate(pj.PJSIP_TRANSPORT_TCP if args.tcp else pj.PJSIP_TRANSPORT_UDP, tc)
-    ep.libStart()
-    ep.audDevManager().setNullDev()
-    for ci in ep.codecEnum2():
-        cid = str(ci.codecId)
-        if not cid.startswith("telephone-event"):
-            ep.codecSetPriority(cid, 0)
-    for i, c in enumerate(args.codec.split(",")):
-        for ci in ep.codecEnum2():
-            if str(ci.codecId).upper().startswith(c.upper() + "/"):
-                ep.codecSetPriority(str(ci.codecId), 250 - i)
-    ac = pj.AccountConfig()
-    ac.idUri = "sip:caller@127.0.0.1"
-    ac.mediaConfig.transportConfig.port = args.rtp_port
-    ac.mediaConfig.transportConfig.portRange = 100
-    acc = pj.Account()
-    acc.create(ac)
-    port.createPort("caller", audio_format())
-    call = _Call(acc, port)
-    res = Result()
-    t0 = time.monotonic()
-    call.makeCall(args.uri, pj.CallOpParam(True))
+    phone = Phone(args.rtp_port, args.tcp)
+    phone.set_codecs(args.codec.split(","))
+    call = phone.dial(args.uri)
+    port = call.port
+    if args.echo_db is not None:
+        port.set_echo(10 ** (args.echo_db / 20), args.echo_delay_ms // FRAME_MS)
     dtmf = sorted((float(t), d) for d, t in (x.split("@") for x in args.dtmf)) if args.dtmf else []
+    res = Result()
     hung_up = False
+    spoke = False
     held = [False, False]
-    while not call.done.is_set():
-        ep.libHandleEvents(10)
+    while not call.ended:
+        phone.poll(10)
         now = time.monotonic()
         if call.confirmed_at is not None:
             since = now - call.confirmed_at
+            if speech and not spoke:
+                if args.speak_at_s is not None:
+                    due = since >= args.speak_at_s
+                else:
+                    wait_frames = (args.speak_after_agent_ms or 0) / FRAME_MS
+                    due = port.first_audio >= 0 and len(port.tx) >= port.first_audio + wait_frames
+                if due:
+                    spoke = True
+                    port.speak(speech)
             while dtmf and since >= dtmf[0][0]:
                 _, digits = dtmf.pop(0)
-                prm = pj.CallSendDtmfParam()
-                prm.digits = digits
-                prm.method = pj.PJSUA_DTMF_METHOD_SIP_INFO if args.dtmf_info else pj.PJSUA_DTMF_METHOD_RFC2833
-                call.sendDtmf(prm)
+                phone.send_dtmf(call, digits, args.dtmf_info)
                 res.dtmf_sent.append(digits)
             if args.hold_at is not None and since >= args.hold_at and not held[0]:
                 held[0] = True
-                call.setHold(pj.CallOpParam(True))
+                phone.hold(call, True)
             if args.unhold_at is not None and since >= args.unhold_at and held[0] and not held[1]:
                 held[1] = True
-                op = pj.CallOpParam(True)
-                op.opt.flag = pj.PJSUA_CALL_UNHOLD
-                call.reinvite(op)
+                phone.hold(call, False)
             if since >= args.duration and not hung_up:
                 hung_up = True
-                call.hangup(pj.CallOpParam(True))
-        if now - t0 > args.duration + args.answer_timeout + 5 and not hung_up:
+                phone.hangup(call)
+        if now - call.started > args.duration + args.answer_timeout + 5 and not hung_up:
             hung_up = True
-            call.hangup(pj.CallOpParam(True))
-    for _ in range(10):
-        ep.libHandleEvents(10)
+            phone.hangup(call)
+    phone.finish(call)
     res.status = call.status
     res.reason = call.reason
     res.answered = call.confirmed_at is not None
-    res.answer_s = round(call.confirmed_at - t0, 3) if call.confirmed_at else None
+    res.answer_s = round(call.confirmed_at - call.started, 3) if call.confirmed_at else None
     res.remote_hangup = not hung_up
     res.codec = call.codec
     res.refer_to = call.refer_to
-    res.duration_s = round(time.monotonic() - t0, 3)
+    res.duration_s = round(time.monotonic() - call.started, 3)
     with port.lock:
         res.frames_rx, res.frames_tx = len(port.rx), len(port.tx)
-        res.speak_start_frame, res.agent_speech_start_frame = port.speak_at if speech else None, port.agent_start
+        res.speak_start_frame = port.speech_start if speech else None
+        res.agent_speech_start_frame = port.first_audio if port.first_audio >= 0 else None
         rx, tx = list(port.rx), list(port.tx)
     if args.record:
         _write_wav(args.record, rx)
     if args.record_sent:
         _write_wav(args.record_sent, tx)
-    del call
-    acc.shutdown()
-    del acc, port
-    gc.collect()
-    ep.libDestroy()
+    del call, port
+    phone.close()
     return res
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from telephony.simulator import measure as wire
 from tests import audio
-from tests.integration import wire
 from tests.integration.peers import Gateway, call
 
 WIRE_BOUND_MS = 300  # generous: the benchmark shows the real figure (target: p95 <= 100 ms)

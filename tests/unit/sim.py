@@ -61,16 +61,18 @@ def simulate(
     noise_db = audio.rms_db(agent) - noise_snr_db if noise_snr_db is not None else None
     start = int(caller_at_s * 50)
     sent: list[bytes] = []
-    delay = echo_delay_ms // 20
+    delay = int(echo_delay_ms * 16)  # in samples: phone legs' delays are no multiple of our 20 ms frames
+    sent_x = np.zeros(delay + FRAME_SAMPLES)
     for k in range(int(seconds * 50)):
         t = k * 0.02
         sent.append(media.next_outbound(t))
+        sent_x = np.concatenate([sent_x[FRAME_SAMPLES:], audio.to_array(sent[-1])])
         x = np.zeros(FRAME_SAMPLES)
         if caller is not None and k >= start:
             seg = caller[(k - start) * FRAME_SAMPLES : (k - start + 1) * FRAME_SAMPLES]
             x[: seg.size] += seg
-        if echo_db is not None and k >= delay:
-            x += audio.to_array(sent[k - delay]) * 10 ** (echo_db / 20)
+        if echo_db is not None:
+            x += sent_x[: FRAME_SAMPLES] * 10 ** (echo_db / 20)
         if noise_db is not None:
             x += rng.standard_normal(FRAME_SAMPLES) * 32768 * 10 ** (noise_db / 20)
         media.on_inbound(t, audio.to_pcm(x))

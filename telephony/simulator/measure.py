@@ -1,10 +1,15 @@
-"""Measurements on the caller's side of the wire, from the caller's sent and received tracks (one frame clock)."""
+"""Measurements on the caller's side of the wire, from the caller's sent and received tracks (one frame clock).
+
+Onsets are defined on what the gateway can hear: the first 20 ms frame within 20 dB of the utterance's peak after
+the telephone band (DESIGN §2); never by an absolute level.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 
-from tests import audio
+from media.frames import SAMPLE_RATE
+from media.resample import resample
 
 
 def frames_db(x: np.ndarray) -> np.ndarray:
@@ -12,9 +17,22 @@ def frames_db(x: np.ndarray) -> np.ndarray:
     return np.asarray(10 * np.log10((f**2).mean(axis=1) / 32768.0**2 + 1e-12))
 
 
+def telephone_band(x: np.ndarray) -> np.ndarray:
+    """What survives G.711: down to 8 kHz and back up."""
+    pcm = np.clip(np.round(x), -32768, 32767).astype("<i2").tobytes()
+    out = resample(resample(pcm, SAMPLE_RATE, 8000), 8000, SAMPLE_RATE)
+    return np.frombuffer(out, dtype="<i2").astype(np.float32)
+
+
+def onset_index(x: np.ndarray, rel_db: float = -20.0) -> int:
+    """First 20 ms frame (index) within rel_db of the utterance's loudest frame, on the telephone band."""
+    e = frames_db(telephone_band(x))
+    return int(np.nonzero(e >= e.max() + rel_db)[0][0])
+
+
 def caller_onset_frame(sent: np.ndarray, speak_start: int) -> int:
     """First frame of the caller's utterance within 20 dB of its peak, on the telephone band."""
-    return speak_start + audio.onset_index(sent[speak_start * 320 :])
+    return speak_start + onset_index(sent[speak_start * 320 :])
 
 
 def last_agent_frame(received: np.ndarray, after: int, quiet_db: float = -40.0, gap_frames: int = 10) -> int:

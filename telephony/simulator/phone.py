@@ -1,0 +1,232 @@
+"""The simulator's SIP phone: a pjsua2 endpoint that places calls and exchanges audio frame by frame.
+
+Sent and received audio pass through one AudioMediaPort on the phone's media clock, so both tracks share a frame
+index: what the caller said at frame k and what it heard at frame k are simultaneous on the wire. All pjsua2 calls
+happen on the thread that created the Phone (it runs `poll()`); the port's callbacks run on the clock thread and
+only touch the port's own state under its lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+import pjsua2 as pj
+
+from media.frames import FRAME_BYTES, SAMPLE_RATE, SILENCE, level_dbfs
+from telephony.media_port import audio_format, read_buf, write_buf
+
+AUDIBLE_DBFS = -50.0
+"""Received frames must be at least this loud, and within 35 dB of the loudest so far, to count as agent audio."""
+
+
+class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+        self.rx: list[bytes] = []
+        self.tx: list[bytes] = []
+        self._queue: deque[bytes] = deque()
+        self.speech_start: int | None = None
+        """Frame index at which the current (or last) utterance started."""
+        self.speech_end: int | None = None
+        self.echo_gain = 0.0
+        self.echo_delay = 0
+        self._peak = -100.0
+        self.last_audio = -1
+        """Index of the last received frame that carried agent audio (-1: none yet)."""
+        self.audio_run = 0
+        """Consecutive received frames with agent audio, up to the latest."""
+        self.first_audio = -1
+
+    # -- phone thread -------------------------------------------------------------------------------------
+    def speak(self, frames: list[bytes]) -> None:
+        with self.lock:
+            self._queue.extend(frames)
+            self.speech_start = None
+            self.speech_end = None
+
+    def set_echo(self, gain: float, delay_frames: int) -> None:
+        with self.lock:
+            self.echo_gain, self.echo_delay = gain, delay_frames
+
+    @property
+    def speaking(self) -> bool:
+        with self.lock:
+            return bool(self._queue)
+
+    # -- clock thread -------------------------------------------------------------------------------------
+    def onFrameReceived(self, frame: Any) -> None:  # noqa: N802
+        try:
+            data = read_buf(frame.buf, FRAME_BYTES) if frame.size == FRAME_BYTES else SILENCE
+            level = level_dbfs(data)
+            with self.lock:
+                self.rx.append(data)
+                self._peak = max(self._peak, level)
+                if level > AUDIBLE_DBFS and level > self._peak - 35.0:
+                    self.last_audio = len(self.rx) - 1
+                    self.audio_run += 1
+                    if self.first_audio < 0:
+                        self.first_audio = self.last_audio
+                else:
+                    self.audio_run = 0
+        except Exception as e:  # never into pjmedia
+            print(f"phone rx error: {e!r}", file=sys.stderr)
+
+    def onFrameRequested(self, frame: Any) -> None:  # noqa: N802
+        try:
+            with self.lock:
+                n = len(self.tx)
+                out = SILENCE
+                if self._queue:
+                    if self.speech_start is None:
+                        self.speech_start = n
+                    out = self._queue.popleft()
+                    if not self._queue:
+                        self.speech_end = n
+                if self.echo_gain > 0 and len(self.rx) > self.echo_delay:
+                    echo = np.frombuffer(self.rx[-1 - self.echo_delay], dtype="<i2").astype(np.float32)
+                    mix = np.frombuffer(out, dtype="<i2").astype(np.float32) + echo * self.echo_gain
+                    out = np.clip(mix, -32768, 32767).astype("<i2").tobytes()
+                self.tx.append(out)
+            write_buf(frame.buf, out)
+            frame.size = FRAME_BYTES
+            frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
+        except Exception as e:
+            print(f"phone tx error: {e!r}", file=sys.stderr)
+
+
+class PhoneCall(pj.Call):  # type: ignore[misc]
+    def __init__(self, acc: Any, port: PhonePort) -> None:
+        super().__init__(acc)
+        self.port = port
+        self.status = 0
+        self.reason = ""
+        self.started = time.monotonic()
+        self.confirmed_at: float | None = None
+        self.ended_at: float | None = None
+        self.codec = ""
+        self.refer_to: list[str] = []
+
+    def onCallState(self, prm: Any) -> None:  # noqa: N802
+        try:
+            ci = self.getInfo()
+            self.status = int(ci.lastStatusCode)
+            self.reason = str(ci.lastReason)
+            if ci.state == pj.PJSIP_INV_STATE_CONFIRMED and self.confirmed_at is None:
+                self.confirmed_at = time.monotonic()
+            if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+                self.ended_at = time.monotonic()
+        except Exception as e:
+            print(f"phone state error: {e!r}", file=sys.stderr)
+
+    def onCallTransferRequest(self, prm: Any) -> None:  # noqa: N802
+        self.refer_to.append(str(prm.dstUri))
+        prm.statusCode = 603  # the simulated caller records transfers and declines them
+
+    def onCallMediaState(self, prm: Any) -> None:  # noqa: N802
+        try:
+            ci = self.getInfo()
+            for i, mi in enumerate(ci.media):
+                if mi.type == pj.PJMEDIA_TYPE_AUDIO and mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                    aud = self.getAudioMedia(i)
+                    aud.startTransmit(self.port)
+                    self.port.startTransmit(aud)
+            si = self.getStreamInfo(0)
+            self.codec = f"{si.codecName}/{si.codecClockRate}"
+        except Exception as e:
+            print(f"phone media error: {e!r}", file=sys.stderr)
+
+    @property
+    def ended(self) -> bool:
+        return self.ended_at is not None
+
+
+class Phone:
+    """One pjsua2 endpoint for sequential calls (pjsua allows one endpoint per process)."""
+
+    def __init__(self, rtp_port: int = 40000, tcp: bool = False) -> None:
+        self.ep = pj.Endpoint()
+        self.ep.libCreate()
+        ec = pj.EpConfig()
+        ec.uaConfig.threadCnt = 0
+        ec.uaConfig.mainThreadOnly = True
+        ec.logConfig.level = 1
+        ec.logConfig.consoleLevel = 1
+        ec.medConfig.clockRate = SAMPLE_RATE
+        ec.medConfig.sndClockRate = SAMPLE_RATE
+        ec.medConfig.noVad = True
+        ec.medConfig.ecTailLen = 0
+        self.ep.libInit(ec)
+        tc = pj.TransportConfig()
+        tc.port = 0
+        tc.boundAddress = "127.0.0.1"
+        self.ep.transportCreate(pj.PJSIP_TRANSPORT_TCP if tcp else pj.PJSIP_TRANSPORT_UDP, tc)
+        self.ep.libStart()
+        self.ep.audDevManager().setNullDev()
+        ac = pj.AccountConfig()
+        ac.idUri = "sip:caller@127.0.0.1"
+        ac.mediaConfig.transportConfig.port = rtp_port
+        ac.mediaConfig.transportConfig.portRange = 100
+        self.acc = pj.Account()
+        self.acc.create(ac)
+
+    def set_codecs(self, codecs: list[str]) -> None:
+        """Offer exactly these codecs, in this order (plus telephone-event)."""
+        wanted = [c.upper() for c in codecs]
+        for ci in self.ep.codecEnum2():
+            cid = str(ci.codecId)
+            if cid.startswith("telephone-event"):
+                continue
+            name = cid.split("/")[0].upper()
+            self.ep.codecSetPriority(cid, 250 - wanted.index(name) if name in wanted else 0)
+
+    def dial(self, uri: str) -> PhoneCall:
+        port = PhonePort()
+        port.createPort("phone", audio_format())
+        call = PhoneCall(self.acc, port)
+        call.makeCall(uri, pj.CallOpParam(True))
+        return call
+
+    def poll(self, ms: int = 10) -> None:
+        self.ep.libHandleEvents(ms)
+
+    def send_dtmf(self, call: PhoneCall, digits: str, info: bool = False) -> None:
+        prm = pj.CallSendDtmfParam()
+        prm.digits = digits
+        prm.method = pj.PJSUA_DTMF_METHOD_SIP_INFO if info else pj.PJSUA_DTMF_METHOD_RFC2833
+        call.sendDtmf(prm)
+
+    def hangup(self, call: PhoneCall) -> None:
+        if not call.ended:
+            with contextlib.suppress(pj.Error):
+                call.hangup(pj.CallOpParam(True))
+
+    def hold(self, call: PhoneCall, on: bool) -> None:
+        if on:
+            call.setHold(pj.CallOpParam(True))
+        else:
+            op = pj.CallOpParam(True)
+            op.opt.flag = pj.PJSUA_CALL_UNHOLD
+            call.reinvite(op)
+
+    def finish(self, call: PhoneCall, timeout_s: float = 5.0) -> None:
+        """Hang up if needed and let pjsua finish the call."""
+        self.hangup(call)
+        deadline = time.monotonic() + timeout_s
+        while not call.ended and time.monotonic() < deadline:
+            self.poll(10)
+        for _ in range(5):
+            self.poll(10)
+
+    def close(self) -> None:
+        self.acc.shutdown()
+        del self.acc
+        gc.collect()
+        self.ep.libDestroy()
