@@ -43,6 +43,12 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from telephony.simulator.simulate import main as simulate
+
+    return simulate(args.scripts, args.target, args.junit, args.json, args.rtp_port)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="voicegate", description="Telephony gateway for voice AI agents")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -52,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("check", help="validate a config file and name every error")
     c.add_argument("config")
     c.set_defaults(fn=_check)
+    m = sub.add_parser("simulate", help="run QA call scripts against a SIP target")
+    m.add_argument("scripts", nargs="+", help="script YAML files")
+    m.add_argument("--target", help="SIP URI to call (overrides each script's target)")
+    m.add_argument("--junit", help="write a JUnit XML report here")
+    m.add_argument("--json", help="write a JSON report here")
+    m.add_argument("--rtp-port", type=int, default=40000, help="first RTP port of the simulated phone")
+    m.set_defaults(fn=_simulate)
     args = p.parse_args(argv)
     return int(args.fn(args))
 

@@ -32,7 +32,7 @@ class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
         self.lock = threading.Lock()
         self.rx: list[bytes] = []
         self.tx: list[bytes] = []
-        self._queue: deque[bytes] = deque()
+        self.queue: deque[bytes] = deque()
         self.speech_start: int | None = None
         """Frame index at which the current (or last) utterance started."""
         self.speech_end: int | None = None
@@ -48,7 +48,7 @@ class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
     # -- phone thread -------------------------------------------------------------------------------------
     def speak(self, frames: list[bytes]) -> None:
         with self.lock:
-            self._queue.extend(frames)
+            self.queue.extend(frames)
             self.speech_start = None
             self.speech_end = None
 
@@ -59,7 +59,7 @@ class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
     @property
     def speaking(self) -> bool:
         with self.lock:
-            return bool(self._queue)
+            return bool(self.queue)
 
     # -- clock thread -------------------------------------------------------------------------------------
     def onFrameReceived(self, frame: Any) -> None:  # noqa: N802
@@ -84,11 +84,11 @@ class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
             with self.lock:
                 n = len(self.tx)
                 out = SILENCE
-                if self._queue:
+                if self.queue:
                     if self.speech_start is None:
                         self.speech_start = n
-                    out = self._queue.popleft()
-                    if not self._queue:
+                    out = self.queue.popleft()
+                    if not self.queue:
                         self.speech_end = n
                 if self.echo_gain > 0 and len(self.rx) > self.echo_delay:
                     echo = np.frombuffer(self.rx[-1 - self.echo_delay], dtype="<i2").astype(np.float32)

@@ -154,7 +154,7 @@ class Script(_Strict):
 
 def step_name(step: Step) -> str:
     """The step's keyword (`wait_speech`, `interrupt`, ...)."""
-    return next(iter(step.model_fields_set or type(step).model_fields))
+    return next(iter(type(step).model_fields))
 
 
 def load_script(path: str | Path) -> Script:

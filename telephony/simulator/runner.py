@@ -1,0 +1,269 @@
+"""The script runner: a sans-IO state machine that takes what the phone observes and returns what it must do.
+
+Every ~10 ms the driver passes an `Observation` (frame clock, agent audio heard, own speech, call state) and
+carries out the returned actions. Steps finish with a `StepResult` (pass/fail, message, measurements). Barge-in
+reaction is measured like the benchmark: the caller's onset (first frame within 20 dB of the utterance's peak, on the
+telephone band) to the end of the last agent frame heard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from media.frames import FRAME_MS, split_frames
+from telephony.simulator import measure
+from telephony.simulator.script import (
+    Backchannel,
+    Dtmf,
+    Echo,
+    ExpectHangup,
+    Hangup,
+    Interrupt,
+    Play,
+    Say,
+    Script,
+    Speech,
+    Step,
+    Wait,
+    WaitSilence,
+    WaitSpeech,
+    step_name,
+)
+
+FRAMES_PER_S = 1000 // FRAME_MS
+INTERRUPT_WAIT_MS = 3000
+QUIET_AFTER_STOP = 10
+"""Frames of silence that show the agent really stopped (200 ms)."""
+
+
+@dataclass(frozen=True)
+class Observation:
+    now: float
+    frame: int
+    """Index of the latest received frame; sent frames share the index."""
+    last_audio: int
+    """Last received frame with agent audio (-1: none yet)."""
+    audio_run: int
+    """Consecutive received frames with agent audio, up to the latest."""
+    speaking: bool
+    """Our own utterance is still being sent."""
+    speech_start: int | None
+    speech_end: int | None
+    answered: bool
+    ended: bool
+    status: int
+
+
+@dataclass(frozen=True)
+class Speak:
+    frames: list[bytes]
+
+
+@dataclass(frozen=True)
+class SendDtmf:
+    digits: str
+    info: bool
+
+
+@dataclass(frozen=True)
+class SetEcho:
+    gain: float
+    delay_frames: int
+
+
+@dataclass(frozen=True)
+class HangUp:
+    pass
+
+
+Action = Speak | SendDtmf | SetEcho | HangUp
+
+
+@dataclass
+class StepResult:
+    index: int
+    name: str
+    ok: bool
+    message: str = ""
+    seconds: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class _State:
+    started: float
+    start_frame: int
+    phase: str = "start"
+    onset: int | None = None
+    utter_end: int | None = None
+    resumed_at: int | None = None
+
+
+class ScriptRunner:
+    """Runs one script's steps on one answered call. `render` turns a Speech into 16 kHz PCM."""
+
+    def __init__(self, script: Script, render: Callable[[Speech], bytes]) -> None:
+        self.script = script
+        self.results: list[StepResult] = []
+        self._speech: dict[int, tuple[list[bytes], int]] = {}
+        for i, step in enumerate(script.steps):
+            sp = _speech_of(step)
+            if sp is not None:
+                pcm = render(sp)
+                x = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+                self._speech[i] = (split_frames(pcm), measure.onset_index(x))
+        self._i = 0
+        self._st: _State | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._i >= len(self.script.steps)
+
+    def tick(self, o: Observation) -> list[Action]:
+        actions: list[Action] = []
+        while not self.done:
+            step = self.script.steps[self._i]
+            if self._st is None:
+                self._st = _State(o.now, o.frame)
+            before = len(self.results)
+            actions += self._run(step, self._st, o)
+            if len(self.results) == before:
+                break  # the step waits for more observations
+            self.results[-1].seconds = round(o.now - self._st.started, 3)
+            self._i += 1
+            self._st = None
+            if not self.results[-1].ok:
+                self._skip_rest("an earlier step failed")
+        return actions
+
+    def abort(self, why: str) -> None:
+        """The call ended or timed out: the current and remaining steps fail."""
+        self._skip_rest(why)
+
+    def _skip_rest(self, why: str) -> None:
+        while not self.done:
+            self._finish(False, why)
+            self._i += 1
+
+    def _finish(self, ok: bool, message: str = "", **metrics: float) -> None:
+        step = self.script.steps[self._i]
+        self.results.append(StepResult(self._i, step_name(step), ok, message, 0.0, dict(metrics)))
+
+    # -- steps --------------------------------------------------------------------------------------------
+    def _run(self, step: Step, st: _State, o: Observation) -> list[Action]:
+        waited = o.now - st.started
+        if isinstance(step, WaitSpeech):
+            if o.audio_run >= 2:
+                start = o.frame - o.audio_run + 1
+                self._finish(True, latency_ms=max(0, start - st.start_frame) * FRAME_MS)
+            elif waited > step.wait_speech.timeout_s:
+                self._finish(False, f"no agent speech within {step.wait_speech.timeout_s} s")
+            elif o.ended:
+                self._finish(False, "the call ended while waiting for speech")
+            return []
+        if isinstance(step, WaitSilence):
+            quiet_ms = (o.frame - max(o.last_audio, st.start_frame)) * FRAME_MS
+            if quiet_ms >= step.wait_silence.min_s * 1000:
+                self._finish(True)
+            elif waited > step.wait_silence.timeout_s:
+                self._finish(False, f"the agent did not pause for {step.wait_silence.min_s} s")
+            elif o.ended:
+                self._finish(True, "the call ended")
+            return []
+        if isinstance(step, (Say, Play)):
+            return self._speak(st, o)
+        if isinstance(step, Dtmf):
+            self._finish(True)
+            return [SendDtmf(step.dtmf, step.method == "info")]
+        if isinstance(step, Echo):
+            self._finish(True)
+            if step.echo == "off":
+                return [SetEcho(0.0, 0)]
+            return [SetEcho(10 ** (step.echo.db / 20), step.echo.delay_ms // FRAME_MS)]
+        if isinstance(step, Wait):
+            if waited >= step.wait:
+                self._finish(True)
+            return []
+        if isinstance(step, Hangup):
+            self._finish(True)
+            return [HangUp()]
+        if isinstance(step, ExpectHangup):
+            if o.ended:
+                self._finish(True, after_s=round(waited, 3))
+            elif waited > step.expect_hangup.timeout_s:
+                self._finish(False, f"the agent did not hang up within {step.expect_hangup.timeout_s} s")
+            return []
+        if isinstance(step, Interrupt):
+            return self._interrupt(step, st, o)
+        if isinstance(step, Backchannel):
+            return self._backchannel(step, st, o)
+        raise AssertionError(f"unhandled step {step!r}")
+
+    def _speak(self, st: _State, o: Observation) -> list[Action]:
+        if st.phase == "start":
+            st.phase = "speaking"
+            return [Speak(self._speech[self._i][0])]
+        if not o.speaking and o.speech_end is not None:
+            self._finish(True)
+        elif o.ended:
+            self._finish(False, "the call ended while the caller spoke")
+        return []
+
+    def _interrupt(self, step: Interrupt, st: _State, o: Observation) -> list[Action]:
+        a = step.interrupt
+        if st.phase == "start":
+            if (o.now - st.started) * 1000 < a.after_ms:
+                return []
+            if o.audio_run < 2:  # wait for the agent's next words rather than speak into a pause
+                if (o.now - st.started) * 1000 > a.after_ms + INTERRUPT_WAIT_MS or o.ended:
+                    self._finish(False, "the agent was not speaking, so there was nothing to interrupt")
+                return []
+            st.phase = "speaking"
+            return [Speak(self._speech[self._i][0])]
+        if st.onset is None:
+            if o.speech_start is None:
+                return []
+            st.onset = o.speech_start + self._speech[self._i][1]
+        if o.frame - o.last_audio >= QUIET_AFTER_STOP and o.frame > st.onset:
+            reaction = max(0, o.last_audio - st.onset + 1) * FRAME_MS
+            ok = reaction <= a.expect_stop_ms
+            self._finish(ok, "" if ok else f"the agent stopped {reaction} ms after the caller's onset",
+                         reaction_ms=reaction)
+        elif (o.frame - st.onset) * FRAME_MS > a.expect_stop_ms + 1000 or o.ended:
+            self._finish(False, "the agent did not stop talking", reaction_ms=float("inf"))
+        return []
+
+    def _backchannel(self, step: Backchannel, st: _State, o: Observation) -> list[Action]:
+        a = step.backchannel
+        if st.phase == "start":
+            if (o.now - st.started) * 1000 < a.after_ms:
+                return []
+            st.phase = "speaking"
+            return [Speak(self._speech[self._i][0])]
+        if st.utter_end is None:
+            if o.speaking or o.speech_end is None:
+                return []
+            st.utter_end = o.speech_end
+        if o.last_audio > st.utter_end and st.resumed_at is None:
+            st.resumed_at = o.last_audio
+        deadline = st.utter_end + int(a.expect_continue_s * FRAMES_PER_S)
+        if st.resumed_at is not None:
+            self._finish(True, resumed_after_ms=max(0, st.resumed_at - st.utter_end) * FRAME_MS)
+        elif o.frame >= deadline or o.ended:
+            self._finish(False, f"the agent stopped for a backchannel (silent {a.expect_continue_s} s after it)")
+        return []
+
+
+def _speech_of(step: Step) -> Speech | None:
+    if isinstance(step, Say):
+        return Speech(say=step.say, voice=step.voice)
+    if isinstance(step, Play):
+        return Speech(play=step.play)
+    if isinstance(step, Interrupt):
+        return step.interrupt
+    if isinstance(step, Backchannel):
+        return step.backchannel
+    return None

@@ -1,0 +1,135 @@
+"""`voicegate simulate`: run call scripts against any SIP target and report pass/fail with timings.
+
+One pjsua2 phone runs the scripts one call after another (load mode, with a pool of phone processes, comes next).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import wave
+from dataclasses import asdict
+from pathlib import Path
+
+from agents.speech.tts import engine_for
+from media.resample import resample
+from telephony.config import ConfigError
+from telephony.simulator.phone import Phone, PhoneCall
+from telephony.simulator.report import CallReport, console, junit
+from telephony.simulator.runner import HangUp, Observation, ScriptRunner, SendDtmf, SetEcho, Speak
+from telephony.simulator.script import Script, Speech, load_script
+
+
+class SimulationError(Exception):
+    """A script cannot run (a WAV that does not load, no target): names the script."""
+
+
+def render_speech(sp: Speech, base: Path) -> bytes:
+    """16 kHz PCM of what the caller says."""
+    if sp.play is not None:
+        path = (base / sp.play) if not Path(sp.play).is_absolute() else Path(sp.play)
+        try:
+            with wave.open(str(path)) as w:
+                if w.getsampwidth() != 2 or w.getnchannels() != 1:
+                    raise SimulationError(f"{path}: must be 16-bit mono PCM")
+                return resample(w.readframes(w.getnframes()), w.getframerate())
+        except (OSError, wave.Error) as e:
+            raise SimulationError(f"cannot read {path}: {e}") from None
+    assert sp.say is not None
+    pcm, rate = engine_for(sp.voice).synthesize(sp.say)
+    return resample(pcm, rate)
+
+
+def _observe(call: PhoneCall) -> Observation:
+    p = call.port
+    with p.lock:
+        return Observation(
+            now=time.monotonic(), frame=len(p.rx) - 1, last_audio=p.last_audio, audio_run=p.audio_run,
+            speaking=bool(p.queue), speech_start=p.speech_start, speech_end=p.speech_end,
+            answered=call.confirmed_at is not None, ended=call.ended, status=call.status,
+        )
+
+
+def run_call(phone: Phone, script: Script, file: str, target: str) -> CallReport:
+    base = Path(file).resolve().parent
+    runner = ScriptRunner(script, lambda sp: render_speech(sp, base))
+    phone.set_codecs(script.codecs)
+    call = phone.dial(target)
+    report = CallReport(script.name, file, target, 0, script.expect_status, None, "", 0.0)
+    while True:
+        phone.poll(10)
+        o = _observe(call)
+        if not o.answered:
+            if o.ended:
+                break
+            if o.now - call.started > script.answer_timeout_s:
+                report.error = f"no answer within {script.answer_timeout_s} s"
+                break
+            continue
+        for action in runner.tick(o):
+            if isinstance(action, Speak):
+                call.port.speak(action.frames)
+            elif isinstance(action, SendDtmf):
+                phone.send_dtmf(call, action.digits, action.info)
+            elif isinstance(action, SetEcho):
+                call.port.set_echo(action.gain, action.delay_frames)
+            elif isinstance(action, HangUp):
+                phone.hangup(call)
+        if runner.done:
+            break
+        if o.ended:
+            runner.abort("the call ended")
+            break
+        if o.now - call.started > script.max_duration_s:
+            runner.abort(f"the call passed max_duration_s={script.max_duration_s}")
+            break
+    if not call.confirmed_at and script.expect_status == 200:
+        runner.abort("the call was not answered")
+    phone.finish(call)
+    report.status = call.status if call.confirmed_at is None else 200
+    report.answer_s = round(call.confirmed_at - call.started, 3) if call.confirmed_at else None
+    report.codec = call.codec
+    report.duration_s = round(time.monotonic() - call.started, 3)
+    report.steps = runner.results
+    del call
+    return report
+
+
+def main(paths: list[str], target: str | None, junit_path: str | None, json_path: str | None,
+         rtp_port: int = 40000) -> int:
+    scripts: list[tuple[str, Script]] = []
+    errors = 0
+    for path in paths:
+        try:
+            scripts.append((path, load_script(path)))
+        except ConfigError as e:
+            for issue in e.issues:
+                print(issue, file=sys.stderr)
+            errors += 1
+    if errors:
+        print(f"voicegate simulate: {errors} script(s) with errors, nothing run", file=sys.stderr)
+        return 2
+    for path, s in scripts:
+        if not (target or s.target):
+            print(f"{path}: no target: give --target or `target:` in the script", file=sys.stderr)
+            return 2
+    phone = Phone(rtp_port)
+    reports: list[CallReport] = []
+    try:
+        for path, s in scripts:
+            uri = target or s.target
+            assert uri is not None
+            try:
+                reports.append(run_call(phone, s, path, uri))
+            except SimulationError as e:
+                print(f"{path}: {e}", file=sys.stderr)
+                return 2
+    finally:
+        phone.close()
+    print(console(reports))
+    if junit_path:
+        junit(reports, Path(junit_path))
+    if json_path:
+        Path(json_path).write_text(json.dumps([asdict(r) | {"passed": r.passed} for r in reports], indent=2))
+    return 0 if all(r.passed for r in reports) else 1

@@ -1,0 +1,74 @@
+"""`voicegate simulate` against a running voicegate: pass, fail, and a broken script."""
+
+from __future__ import annotations
+
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from tests.integration.peers import VENV_BIN, Gateway, rtp_range
+
+DEMO = """\
+name: demo menu
+steps:
+  - wait_speech: {timeout_s: 5}
+  - wait_silence: {min_s: 1.2, timeout_s: 20}
+  - dtmf: "3"
+  - wait_speech: {timeout_s: 5}
+  - backchannel: {say: "uh-huh", after_ms: 1500, expect_continue_s: 1.5}
+  - interrupt: {say: "Sorry, can I stop you there?", after_ms: 1500, expect_stop_ms: 500}
+  - hangup: {}
+"""
+
+NO_HANGUP = """\
+name: expects a hang-up that never comes
+steps:
+  - wait_speech: {timeout_s: 5}
+  - expect_hangup: {timeout_s: 1}
+  - say: never said
+"""
+
+
+def simulate(gw: Gateway, tmp: Path, *scripts: str, user: str = "demo") -> tuple[subprocess.CompletedProcess[str],
+                                                                                 Path]:
+    paths = []
+    for i, text in enumerate(scripts):
+        p = tmp / f"s{i}.yaml"
+        p.write_text(text)
+        paths.append(str(p))
+    out = tmp / "junit.xml"
+    lo, _ = rtp_range(100)
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", *paths, "--target", f"sip:{user}@127.0.0.1:{gw.port}",
+                        "--junit", str(out), "--rtp-port", str(lo)], capture_output=True, text=True, timeout=120)
+    return r, out
+
+
+def test_demo_script_passes_with_timings(gateway: Gateway, workdir: Path):
+    r, junit = simulate(gateway, workdir, DEMO)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "1 passed, 0 failed" in r.stdout
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("failures") == "0"
+    names = [c.get("name") for c in suite.iter("testcase")]
+    assert names[0] == "00 dial" and names[-1] == "07 hangup"
+    props = {p.get("name"): float(p.get("value", "nan")) for p in suite.iter("property")}
+    assert props["06 interrupt.reaction_ms"] <= 500
+    assert "01 wait_speech.latency_ms" in props
+
+
+def test_failed_expectation_fails_the_run_and_the_rest(gateway: Gateway, workdir: Path):
+    r, junit = simulate(gateway, workdir, NO_HANGUP)
+    assert r.returncode == 1
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert cases["01 wait_speech"].find("failure") is None
+    assert "did not hang up" in cases["02 expect_hangup"].find("failure").get("message")
+    assert cases["03 say"].find("failure") is not None
+
+
+def test_wrong_status_and_broken_script(gateway: Gateway, workdir: Path):
+    r, _ = simulate(gateway, workdir, "name: unrouted\nexpect_status: 404\n", user="nobody")
+    assert r.returncode == 0, r.stdout
+    bad = "name: x\nsteps:\n  - wait_speech: {timeout_s: -1}\n  - dance: {}\n"
+    r, _ = simulate(gateway, workdir, bad)
+    assert r.returncode == 2
+    assert ":3: steps.0" in r.stderr and ":4: steps.1" in r.stderr
