@@ -46,7 +46,11 @@ def _serve(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from telephony.simulator.simulate import main as simulate
 
-    return simulate(args.scripts, args.target, args.junit, args.json, args.rtp_port)
+    if args.calls is not None and not (1 <= args.calls <= 10000 and 1 <= args.concurrency <= 64 and args.rate > 0):
+        print("voicegate simulate: --calls 1-10000, --concurrency 1-64 and --rate > 0", file=sys.stderr)
+        return 2
+    return simulate(args.scripts, args.target, args.junit, args.json, args.rtp_port, args.calls, args.concurrency,
+                    args.rate)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--junit", help="write a JUnit XML report here")
     m.add_argument("--json", help="write a JSON report here")
     m.add_argument("--rtp-port", type=int, default=40000, help="first RTP port of the simulated phone")
+    m.add_argument("--calls", type=int, help="load mode: place this many calls in all (bounded: at most 10000)")
+    m.add_argument("--concurrency", type=int, default=4, help="load mode: calls at once (one process each)")
+    m.add_argument("--rate", type=float, default=2.0, help="load mode: calls started per second, at most")
     m.set_defaults(fn=_simulate)
     args = p.parse_args(argv)
     return int(args.fn(args))

@@ -6,6 +6,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from telephony.simulator.runner import StepResult
 
 
@@ -46,6 +48,33 @@ def console(reports: list[CallReport]) -> str:
         for s in r.steps:
             lines.append(f"  {'ok' if s.ok else ' x'} {s.index + 1:02d} {s.name} {s.seconds:.2f}s "
                          f"{_fmt_metrics(s.metrics)} {s.message}".rstrip())
+    passed = sum(r.passed for r in reports)
+    lines.append(f"{passed} passed, {len(reports) - passed} failed")
+    return "\n".join(lines)
+
+
+def summary(reports: list[CallReport]) -> str:
+    """Load mode: totals, failures by step, and percentiles of every measurement over all calls."""
+    lines = []
+    failures: dict[str, int] = {}
+    values: dict[str, list[float]] = {"answer_ms": [r.answer_s * 1000 for r in reports if r.answer_s is not None]}
+    for r in reports:
+        if not r.dial_ok:
+            failures["dial"] = failures.get("dial", 0) + 1
+        for s in r.steps:
+            if not s.ok:
+                key = f"{s.index + 1:02d} {s.name}"
+                failures[key] = failures.get(key, 0) + 1
+            for k, v in s.metrics.items():
+                if v != float("inf"):
+                    values.setdefault(f"{s.name}.{k}", []).append(v)
+    for name, vs in values.items():
+        if vs:
+            a = np.asarray(vs, dtype=np.float64)
+            p50, p95 = np.percentile(a, [50, 95])
+            lines.append(f"  {name:<32} n={a.size:<5} p50={p50:8.1f}  p95={p95:8.1f}  max={a.max():8.1f}")
+    for key, n in sorted(failures.items()):
+        lines.append(f"  failed at {key}: {n}")
     passed = sum(r.passed for r in reports)
     lines.append(f"{passed} passed, {len(reports) - passed} failed")
     return "\n".join(lines)

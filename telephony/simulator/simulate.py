@@ -1,22 +1,27 @@
 """`voicegate simulate`: run call scripts against any SIP target and report pass/fail with timings.
 
-One pjsua2 phone runs the scripts one call after another (load mode, with a pool of phone processes, comes next).
+Without `--calls`, one pjsua2 phone runs each script once, one after another. With `--calls N`, a pool of
+`--concurrency` phone processes (one call each at a time: pjsua allows one endpoint per process) places N calls
+at most `--rate` per second, and the report adds percentiles over all calls.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import queue
 import sys
 import time
 import wave
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from agents.speech.tts import engine_for
 from media.resample import resample
 from telephony.config import ConfigError
 from telephony.simulator.phone import Phone, PhoneCall
-from telephony.simulator.report import CallReport, console, junit
+from telephony.simulator.report import CallReport, console, junit, summary
 from telephony.simulator.runner import HangUp, Observation, ScriptRunner, SendDtmf, SetEcho, Speak
 from telephony.simulator.script import Script, Speech, load_script
 
@@ -96,8 +101,62 @@ def run_call(phone: Phone, script: Script, file: str, target: str) -> CallReport
     return report
 
 
+def _worker(jobs: Any, results: Any, t0: float, rate: float, target: str | None, rtp_port: int) -> None:
+    """One load process: its own phone, jobs taken from the queue, each started no earlier than its slot."""
+    phone = Phone(rtp_port)
+    try:
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            index, path, script = job
+            delay = t0 + index / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                results.put(run_call(phone, script, path, target or script.target))
+            except Exception as e:  # a failed call is a result, not the end of the run
+                results.put(CallReport(script.name, path, target or script.target or "", 0, script.expect_status,
+                                       None, "", 0.0, error=repr(e)))
+    finally:
+        phone.close()
+
+
+def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, concurrency: int, rate: float,
+             rtp_port: int) -> list[CallReport]:
+    """`calls` runs of the scripts (in turn), `concurrency` at a time, started at most `rate` per second."""
+    ctx = multiprocessing.get_context("spawn")
+    jobs = ctx.Queue()
+    results = ctx.Queue()
+    for i in range(calls):
+        path, script = scripts[i % len(scripts)]
+        jobs.put((i, path, script))
+    for _ in range(concurrency):
+        jobs.put(None)
+    t0 = time.monotonic() + 1.0
+    procs = [ctx.Process(target=_worker, args=(jobs, results, t0, rate, target, rtp_port + 200 * k), daemon=True)
+             for k in range(concurrency)]
+    for p in procs:
+        p.start()
+    reports: list[CallReport] = []
+    limit = max(s.max_duration_s + s.answer_timeout_s for _, s in scripts) + 30
+    while len(reports) < calls:
+        try:
+            reports.append(results.get(timeout=limit))
+        except queue.Empty:
+            print(f"voicegate simulate: no call finished within {limit:.0f} s; stopping", file=sys.stderr)
+            break
+        passed = sum(r.passed for r in reports)
+        print(f"[{len(reports)}/{calls}] {passed} passed, {len(reports) - passed} failed", file=sys.stderr, flush=True)
+    for p in procs:
+        p.join(10)
+        if p.is_alive():
+            p.kill()
+    return reports
+
+
 def main(paths: list[str], target: str | None, junit_path: str | None, json_path: str | None,
-         rtp_port: int = 40000) -> int:
+         rtp_port: int = 40000, calls: int | None = None, concurrency: int = 1, rate: float = 1.0) -> int:
     scripts: list[tuple[str, Script]] = []
     errors = 0
     for path in paths:
@@ -114,20 +173,23 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
         if not (target or s.target):
             print(f"{path}: no target: give --target or `target:` in the script", file=sys.stderr)
             return 2
-    phone = Phone(rtp_port)
     reports: list[CallReport] = []
-    try:
-        for path, s in scripts:
-            uri = target or s.target
-            assert uri is not None
-            try:
-                reports.append(run_call(phone, s, path, uri))
-            except SimulationError as e:
-                print(f"{path}: {e}", file=sys.stderr)
-                return 2
-    finally:
-        phone.close()
-    print(console(reports))
+    if calls is not None:
+        reports = run_load(scripts, target, calls, concurrency, rate, rtp_port)
+    else:
+        phone = Phone(rtp_port)
+        try:
+            for path, s in scripts:
+                uri = target or s.target
+                assert uri is not None
+                try:
+                    reports.append(run_call(phone, s, path, uri))
+                except SimulationError as e:
+                    print(f"{path}: {e}", file=sys.stderr)
+                    return 2
+        finally:
+            phone.close()
+    print(console(reports) if calls is None else summary(reports))
     if junit_path:
         junit(reports, Path(junit_path))
     if json_path:

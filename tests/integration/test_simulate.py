@@ -72,3 +72,27 @@ def test_wrong_status_and_broken_script(gateway: Gateway, workdir: Path):
     r, _ = simulate(gateway, workdir, bad)
     assert r.returncode == 2
     assert ":3: steps.0" in r.stderr and ":4: steps.1" in r.stderr
+
+
+ECHO_CALL = """\
+name: short echo call
+steps:
+  - say: "testing one two three"
+  - wait: 0.5
+  - hangup: {}
+"""
+
+
+def test_load_mode_places_every_call_and_summarises(gateway: Gateway, workdir: Path):
+    before = len(gateway.events("call_end"))
+    p = workdir / "echo.yaml"
+    p.write_text(ECHO_CALL)
+    lo, _ = rtp_range(100)
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(p),
+                        "--target", f"sip:echo@127.0.0.1:{gateway.port}", "--calls", "8", "--concurrency", "4", "--rate", "4", "--rtp-port", str(lo + 20000),
+                        "--junit", str(workdir / "j.xml")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "8 passed, 0 failed" in r.stdout and "answer_ms" in r.stdout
+    assert len(ET.parse(workdir / "j.xml").getroot().findall("testsuite")) == 8
+    gateway.wait_event("call_end", 10)
+    assert len(gateway.events("call_end")) - before == 8
