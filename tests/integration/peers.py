@@ -39,6 +39,9 @@ _rtp_next = [41000 + (os.getpid() % 50) * 200]
 
 
 def rtp_range(size: int = 40) -> tuple[int, int]:
+    """A block of RTP ports for one peer; blocks wrap within 30000-60999, far from the gateway defaults."""
+    if _rtp_next[0] + size > 61000:
+        _rtp_next[0] = 30000
     lo = _rtp_next[0]
     _rtp_next[0] += size
     return lo, lo + size - 1

@@ -87,10 +87,10 @@ def test_load_mode_places_every_call_and_summarises(gateway: Gateway, workdir: P
     before = len(gateway.events("call_end"))
     p = workdir / "echo.yaml"
     p.write_text(ECHO_CALL)
-    lo, _ = rtp_range(100)
+    lo, _ = rtp_range(1000)  # four phone processes, 200 ports apart
     r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(p),
                         "--target", f"sip:echo@127.0.0.1:{gateway.port}", "--calls", "8", "--concurrency", "4",
-                        "--rate", "4", "--rtp-port", str(lo + 20000),
+                        "--rate", "4", "--rtp-port", str(lo),
                         "--junit", str(workdir / "j.xml")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "8 passed, 0 failed" in r.stdout and "answer_ms" in r.stdout
