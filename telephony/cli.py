@@ -50,7 +50,7 @@ def _simulate(args: argparse.Namespace) -> int:
         print("voicegate simulate: --calls 1-10000, --concurrency 1-64 and --rate > 0", file=sys.stderr)
         return 2
     return simulate(args.scripts, args.target, args.junit, args.json, args.rtp_port, args.calls, args.concurrency,
-                    args.rate)
+                    args.rate, args.html)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--target", help="SIP URI to call (overrides each script's target)")
     m.add_argument("--junit", help="write a JUnit XML report here")
     m.add_argument("--json", help="write a JSON report here")
+    m.add_argument("--html", help="write a self-contained HTML report (timelines per call) here")
     m.add_argument("--rtp-port", type=int, default=40000, help="first RTP port of the simulated phone")
     m.add_argument("--calls", type=int, help="load mode: place this many calls in all (bounded: at most 10000)")
     m.add_argument("--concurrency", type=int, default=4, help="load mode: calls at once (one process each)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
+from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,9 @@ class CallReport:
     duration_s: float
     steps: list[StepResult] = field(default_factory=list)
     error: str = ""
+    sent_db: list[float] = field(default_factory=list)
+    """Level of every frame the caller sent (dBFS, 20 ms each); `heard_db` of every frame it received."""
+    heard_db: list[float] = field(default_factory=list)
 
     @property
     def dial_ok(self) -> bool:
@@ -99,3 +103,61 @@ def junit(reports: list[CallReport], path: Path) -> None:
             if not ok:
                 ET.SubElement(case, "failure", message=message or "failed")
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def _envelope(levels: list[float], x0: float, scale: float, top: float, height: float) -> str:
+    pts = []
+    for i, db in enumerate(levels):
+        v = min(1.0, max(0.0, (db + 60.0) / 60.0))
+        pts.append(f"{x0 + i * scale:.1f},{top + height * (1 - v):.1f}")
+    return " ".join(pts)
+
+
+def timeline_svg(r: CallReport, width: int = 960) -> str:
+    """Caller and agent levels on one frame clock, with each step's span (green passed, red failed)."""
+    n = max(len(r.sent_db), len(r.heard_db), 1)
+    x0, scale = 90.0, (width - 100) / n
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="240" font-family="sans-serif" '
+             f'font-size="11">']
+    for label, levels, top, color in (("caller", r.sent_db, 10, "#1f77b4"), ("agent", r.heard_db, 90, "#ff7f0e")):
+        parts.append(f'<text x="4" y="{top + 40}">{label}</text>')
+        parts.append(f'<rect x="{x0}" y="{top}" width="{n * scale:.1f}" height="70" fill="#f6f6f6"/>')
+        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1" '
+                     f'points="{_envelope(levels, x0, scale, top, 70)}"/>')
+    for s in r.steps:
+        xa, xb = x0 + s.start_frame * scale, x0 + max(s.end_frame, s.start_frame + 1) * scale
+        color = "#2ca02c" if s.ok else "#d62728"
+        parts.append(f'<rect x="{xa:.1f}" y="170" width="{xb - xa:.1f}" height="14" fill="{color}" opacity="0.7">'
+                     f'<title>{escape(s.name)} {escape(s.message)}</title></rect>')
+        y = 198 + (s.index % 3) * 12  # staggered, so short neighbouring steps stay readable
+        parts.append(f'<text x="{xa:.1f}" y="{y}">{s.index + 1} {escape(s.name)}</text>')
+    seconds = n / 50
+    for t in range(0, int(seconds) + 1, max(1, int(seconds // 10) or 1)):
+        parts.append(f'<text x="{x0 + t * 50 * scale:.1f}" y="168" fill="#888">{t}s</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def html(reports: list[CallReport], path: Path, max_calls: int = 50) -> None:
+    """A self-contained page: the summary, then each call's steps and timeline (the first `max_calls`)."""
+    passed = sum(r.passed for r in reports)
+    out = ["<!doctype html><meta charset='utf-8'><title>voicegate simulate</title>",
+           "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+           "td,th{border:1px solid #ccc;padding:2px 6px}.ok{color:#2ca02c}.x{color:#d62728}</style>",
+           f"<h1>voicegate simulate: {passed} passed, {len(reports) - passed} failed</h1>",
+           f"<pre>{escape(summary(reports))}</pre>"]
+    for i, r in enumerate(reports[:max_calls]):
+        cls = "ok" if r.passed else "x"
+        out.append(f"<h2 class='{cls}'>{i + 1}. {escape(r.script)}: {'PASS' if r.passed else 'FAIL'}</h2>")
+        out.append(f"<p>{escape(r.target)}, SIP {r.status}, codec {escape(r.codec or '-')}, answer "
+                   f"{r.answer_s if r.answer_s is not None else '-'} s, {r.duration_s:.1f} s {escape(r.error)}</p>")
+        out.append("<table><tr><th>#</th><th>step</th><th>result</th><th>s</th><th>measured</th><th>why</th></tr>")
+        for s in r.steps:
+            out.append(f"<tr><td>{s.index + 1}</td><td>{escape(s.name)}</td>"
+                       f"<td class='{'ok' if s.ok else 'x'}'>{'ok' if s.ok else 'failed'}</td><td>{s.seconds:.2f}</td>"
+                       f"<td>{escape(_fmt_metrics(s.metrics))}</td><td>{escape(s.message)}</td></tr>")
+        out.append("</table>")
+        out.append(timeline_svg(r))
+    if len(reports) > max_calls:
+        out.append(f"<p>{len(reports) - max_calls} more calls are in the JSON and JUnit reports.</p>")
+    path.write_text("\n".join(out))

@@ -90,6 +90,8 @@ class StepResult:
     message: str = ""
     seconds: float = 0.0
     metrics: dict[str, float] = field(default_factory=dict)
+    start_frame: int = 0
+    end_frame: int = 0
 
 
 @dataclass
@@ -133,6 +135,7 @@ class ScriptRunner:
             if len(self.results) == before:
                 break  # the step waits for more observations
             self.results[-1].seconds = round(o.now - self._st.started, 3)
+            self.results[-1].start_frame, self.results[-1].end_frame = self._st.start_frame, o.frame
             self._i += 1
             self._st = None
             if not self.results[-1].ok:

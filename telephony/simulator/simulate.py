@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from agents.speech.tts import engine_for
+from media.frames import level_dbfs
 from media.resample import resample
 from telephony.config import ConfigError
 from telephony.simulator.phone import Phone, PhoneCall
-from telephony.simulator.report import CallReport, console, junit, summary
+from telephony.simulator.report import CallReport, console, html, junit, summary
 from telephony.simulator.runner import HangUp, Observation, ScriptRunner, SendDtmf, SetEcho, Speak
 from telephony.simulator.script import Script, Speech, load_script
 
@@ -97,6 +98,9 @@ def run_call(phone: Phone, script: Script, file: str, target: str) -> CallReport
     report.codec = call.codec
     report.duration_s = round(time.monotonic() - call.started, 3)
     report.steps = runner.results
+    with call.port.lock:
+        report.sent_db = [round(level_dbfs(f), 1) for f in call.port.tx]
+        report.heard_db = [round(level_dbfs(f), 1) for f in call.port.rx]
     del call
     return report
 
@@ -156,7 +160,8 @@ def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, 
 
 
 def main(paths: list[str], target: str | None, junit_path: str | None, json_path: str | None,
-         rtp_port: int = 40000, calls: int | None = None, concurrency: int = 1, rate: float = 1.0) -> int:
+         rtp_port: int = 40000, calls: int | None = None, concurrency: int = 1, rate: float = 1.0,
+         html_path: str | None = None) -> int:
     scripts: list[tuple[str, Script]] = []
     errors = 0
     for path in paths:
@@ -192,6 +197,8 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
     print(console(reports) if calls is None else summary(reports))
     if junit_path:
         junit(reports, Path(junit_path))
+    if html_path:
+        html(reports, Path(html_path))
     if json_path:
         Path(json_path).write_text(json.dumps([asdict(r) | {"passed": r.passed} for r in reports], indent=2))
     return 0 if all(r.passed for r in reports) else 1

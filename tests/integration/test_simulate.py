@@ -39,7 +39,8 @@ def simulate(gw: Gateway, tmp: Path, *scripts: str, user: str = "demo") -> tuple
     out = tmp / "junit.xml"
     lo, _ = rtp_range(100)
     r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", *paths, "--target", f"sip:{user}@127.0.0.1:{gw.port}",
-                        "--junit", str(out), "--rtp-port", str(lo)], capture_output=True, text=True, timeout=120)
+                        "--junit", str(out), "--html", str(tmp / "report.html"), "--rtp-port", str(lo)],
+                       capture_output=True, text=True, timeout=120)
     return r, out
 
 
@@ -54,6 +55,8 @@ def test_demo_script_passes_with_timings(gateway: Gateway, workdir: Path):
     props = {p.get("name"): float(p.get("value", "nan")) for p in suite.iter("property")}
     assert props["06 interrupt.reaction_ms"] <= 500
     assert "01 wait_speech.latency_ms" in props
+    page = (workdir / "report.html").read_text()
+    assert page.count("<svg") == 1 and "6 interrupt" in page and "polyline" in page
 
 
 def test_failed_expectation_fails_the_run_and_the_rest(gateway: Gateway, workdir: Path):
