@@ -46,11 +46,14 @@ def _serve(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from telephony.simulator.simulate import main as simulate
 
+    if not 0 <= args.loss <= 50:
+        print("voicegate simulate: --loss takes a percentage from 0 to 50", file=sys.stderr)
+        return 2
     if args.calls is not None and not (1 <= args.calls <= 10000 and 1 <= args.concurrency <= 64 and args.rate > 0):
         print("voicegate simulate: --calls 1-10000, --concurrency 1-64 and --rate > 0", file=sys.stderr)
         return 2
     return simulate(args.scripts, args.target, args.junit, args.json, args.rtp_port, args.calls, args.concurrency,
-                    args.rate, args.html)
+                    args.rate, args.html, args.loss, args.record)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--json", help="write a JSON report here")
     m.add_argument("--html", help="write a self-contained HTML report (timelines per call) here")
     m.add_argument("--rtp-port", type=int, default=40000, help="first RTP port of the simulated phone")
+    m.add_argument("--loss", type=float, default=0.0, help="drop this percentage of RTP packets each way")
+    m.add_argument("--record", help="write each call as a stereo WAV (caller left, agent right) into this folder")
     m.add_argument("--calls", type=int, help="load mode: place this many calls in all (bounded: at most 10000)")
     m.add_argument("--concurrency", type=int, default=4, help="load mode: calls at once (one process each)")
     m.add_argument("--rate", type=float, default=2.0, help="load mode: calls started per second, at most")

@@ -151,7 +151,8 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
 class Phone:
     """One pjsua2 endpoint for sequential calls (pjsua allows one endpoint per process)."""
 
-    def __init__(self, rtp_port: int = 40000, tcp: bool = False) -> None:
+    def __init__(self, rtp_port: int = 40000, tcp: bool = False, loss_pct: float = 0.0) -> None:
+        """`loss_pct`: RTP packets dropped in each direction, at random (pjmedia's own impairment)."""
         self.ep = pj.Endpoint()
         self.ep.libCreate()
         ec = pj.EpConfig()
@@ -163,6 +164,8 @@ class Phone:
         ec.medConfig.sndClockRate = SAMPLE_RATE
         ec.medConfig.noVad = True
         ec.medConfig.ecTailLen = 0
+        ec.medConfig.txDropPct = int(round(loss_pct))
+        ec.medConfig.rxDropPct = int(round(loss_pct))
         self.ep.libInit(ec)
         tc = pj.TransportConfig()
         tc.port = 0

@@ -17,8 +17,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from agents.speech.tts import engine_for
-from media.frames import level_dbfs
+from media.frames import SAMPLE_RATE, level_dbfs
 from media.resample import resample
 from telephony.config import ConfigError
 from telephony.simulator.phone import Phone, PhoneCall
@@ -57,7 +59,19 @@ def _observe(call: PhoneCall) -> Observation:
         )
 
 
-def run_call(phone: Phone, script: Script, file: str, target: str) -> CallReport:
+def write_stereo(path: Path, sent: list[bytes], heard: list[bytes]) -> None:
+    """Caller on the left channel, what it heard on the right, on one frame clock."""
+    n = min(len(sent), len(heard))
+    left = np.frombuffer(b"".join(sent[:n]), dtype="<i2")
+    right = np.frombuffer(b"".join(heard[:n]), dtype="<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(2)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(np.column_stack([left, right]).astype("<i2").tobytes())
+
+
+def run_call(phone: Phone, script: Script, file: str, target: str, record: Path | None = None) -> CallReport:
     base = Path(file).resolve().parent
     runner = ScriptRunner(script, lambda sp: render_speech(sp, base))
     phone.set_codecs(script.codecs)
@@ -99,15 +113,27 @@ def run_call(phone: Phone, script: Script, file: str, target: str) -> CallReport
     report.duration_s = round(time.monotonic() - call.started, 3)
     report.steps = runner.results
     with call.port.lock:
-        report.sent_db = [round(level_dbfs(f), 1) for f in call.port.tx]
-        report.heard_db = [round(level_dbfs(f), 1) for f in call.port.rx]
+        sent, heard = list(call.port.tx), list(call.port.rx)
+    report.sent_db = [round(level_dbfs(f), 1) for f in sent]
+    report.heard_db = [round(level_dbfs(f), 1) for f in heard]
+    if record is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        write_stereo(record, sent, heard)
     del call
     return report
 
 
-def _worker(jobs: Any, results: Any, t0: float, rate: float, target: str | None, rtp_port: int) -> None:
+def _recording(record_dir: Path | None, index: int, script: Script) -> Path | None:
+    if record_dir is None:
+        return None
+    safe = "".join(c if c.isalnum() else "-" for c in script.name)[:40]
+    return record_dir / f"{index + 1:04d}-{safe}.wav"
+
+
+def _worker(jobs: Any, results: Any, t0: float, rate: float, target: str | None, rtp_port: int, loss_pct: float,
+            record_dir: Path | None) -> None:
     """One load process: its own phone, jobs taken from the queue, each started no earlier than its slot."""
-    phone = Phone(rtp_port)
+    phone = Phone(rtp_port, loss_pct=loss_pct)
     try:
         while True:
             job = jobs.get()
@@ -118,7 +144,8 @@ def _worker(jobs: Any, results: Any, t0: float, rate: float, target: str | None,
             if delay > 0:
                 time.sleep(delay)
             try:
-                results.put(run_call(phone, script, path, target or script.target))
+                results.put(run_call(phone, script, path, target or script.target,
+                                     _recording(record_dir, index, script)))
             except Exception as e:  # a failed call is a result, not the end of the run
                 results.put(CallReport(script.name, path, target or script.target or "", 0, script.expect_status,
                                        None, "", 0.0, error=repr(e)))
@@ -127,7 +154,7 @@ def _worker(jobs: Any, results: Any, t0: float, rate: float, target: str | None,
 
 
 def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, concurrency: int, rate: float,
-             rtp_port: int) -> list[CallReport]:
+             rtp_port: int, loss_pct: float = 0.0, record_dir: Path | None = None) -> list[CallReport]:
     """`calls` runs of the scripts (in turn), `concurrency` at a time, started at most `rate` per second."""
     ctx = multiprocessing.get_context("spawn")
     jobs = ctx.Queue()
@@ -138,7 +165,8 @@ def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, 
     for _ in range(concurrency):
         jobs.put(None)
     t0 = time.monotonic() + 1.0
-    procs = [ctx.Process(target=_worker, args=(jobs, results, t0, rate, target, rtp_port + 200 * k), daemon=True)
+    procs = [ctx.Process(target=_worker, args=(jobs, results, t0, rate, target, rtp_port + 200 * k, loss_pct,
+                                               record_dir), daemon=True)
              for k in range(concurrency)]
     for p in procs:
         p.start()
@@ -161,7 +189,7 @@ def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, 
 
 def main(paths: list[str], target: str | None, junit_path: str | None, json_path: str | None,
          rtp_port: int = 40000, calls: int | None = None, concurrency: int = 1, rate: float = 1.0,
-         html_path: str | None = None) -> int:
+         html_path: str | None = None, loss_pct: float = 0.0, record_dir: str | None = None) -> int:
     scripts: list[tuple[str, Script]] = []
     errors = 0
     for path in paths:
@@ -179,16 +207,17 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
             print(f"{path}: no target: give --target or `target:` in the script", file=sys.stderr)
             return 2
     reports: list[CallReport] = []
+    rec = Path(record_dir) if record_dir else None
     if calls is not None:
-        reports = run_load(scripts, target, calls, concurrency, rate, rtp_port)
+        reports = run_load(scripts, target, calls, concurrency, rate, rtp_port, loss_pct, rec)
     else:
-        phone = Phone(rtp_port)
+        phone = Phone(rtp_port, loss_pct=loss_pct)
         try:
-            for path, s in scripts:
+            for i, (path, s) in enumerate(scripts):
                 uri = target or s.target
                 assert uri is not None
                 try:
-                    reports.append(run_call(phone, s, path, uri))
+                    reports.append(run_call(phone, s, path, uri, _recording(rec, i, s)))
                 except SimulationError as e:
                     print(f"{path}: {e}", file=sys.stderr)
                     return 2

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import subprocess
+import wave
 import xml.etree.ElementTree as ET
 from pathlib import Path
+
+import numpy as np
 
 from tests.integration.peers import VENV_BIN, Gateway, rtp_range
 
@@ -100,3 +103,19 @@ def test_load_mode_places_every_call_and_summarises(gateway: Gateway, workdir: P
     assert len(ET.parse(workdir / "j.xml").getroot().findall("testsuite")) == 8
     gateway.wait_event("call_end", 10)
     assert len(gateway.events("call_end")) - before == 8
+
+
+def test_lossy_line_and_stereo_recording(gateway: Gateway, workdir: Path):
+    p = workdir / "echo.yaml"
+    p.write_text(ECHO_CALL)
+    lo, _ = rtp_range(100)
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(p), "--target",
+                        f"sip:echo@127.0.0.1:{gateway.port}", "--loss", "5", "--record", str(workdir / "rec"),
+                        "--rtp-port", str(lo)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    [wav] = list((workdir / "rec").glob("*.wav"))
+    with wave.open(str(wav)) as w:
+        assert w.getnchannels() == 2 and w.getframerate() == 16000
+        x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2).astype(np.float64)
+    # the caller's words on the left; their echo, through a lossy line, on the right
+    assert np.abs(x[:, 0]).max() > 1000 and np.abs(x[:, 1]).max() > 300
