@@ -14,6 +14,7 @@ import os
 import platform
 import random
 import subprocess
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +43,7 @@ def _echo_lag_ms(tx: np.ndarray, rx: np.ndarray) -> tuple[float, float]:
     return lag / 16.0, float(c[lag] / np.sqrt((tx**2).sum() * (rx**2).sum()))
 
 
-def barge_in(gw: Gateway, tmp: Path, trials: int, seed: int) -> dict[str, Any]:
+def barge_in(gw: Gateway, tmp: Path, trials: int, seed: int, loss_pct: float = 0.0) -> dict[str, Any]:
     rng = random.Random(seed)
     caller = audio.scale_to_db(audio.telephone_band(audio.trim(audio.espeak(audio.CALLER_SENTENCE))), -23.0)
     wav = audio.write_wav(tmp / "caller.wav", caller)
@@ -52,7 +53,7 @@ def barge_in(gw: Gateway, tmp: Path, trials: int, seed: int) -> dict[str, Any]:
         after = rng.uniform(1500, 3000)
         r = call(f"sip:long@127.0.0.1:{gw.port}", "--play", str(wav), "--speak-after-agent-ms", f"{after:.0f}",
                  "--duration", f"{after / 1000 + 2.5:.1f}", "--record", str(tmp / "rx.wav"),
-                 "--record-sent", str(tmp / "tx.wav"))
+                 "--record-sent", str(tmp / "tx.wav"), "--loss", str(loss_pct))
         tx, rx = audio.read_wav(tmp / "tx.wav"), audio.read_wav(tmp / "rx.wav")
         reaction = wire.reaction_ms(tx, rx, r["speak_start_frame"])
         if reaction <= 0:  # the caller began in a pause between the agent's sentences: nothing to stop
@@ -90,6 +91,39 @@ def echo_round_trip(gw: Gateway, tmp: Path, trials: int) -> dict[str, Any]:
     vg, sp = float(np.median(out["voicegate"])), float(np.median(out["sipp_rtp_echo"]))
     return {"voicegate_ms": round(vg, 1), "sipp_rtp_echo_ms": round(sp, 1), "added_ms": round(vg - sp, 1),
             "ratio": round(vg / sp, 2) if sp else None, "n": trials}
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _four_calls(uri: str, seconds: float) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: call(uri, "--duration", str(seconds)), range(4)))
+
+
+def cpu_per_call_second(gw: Gateway, tmp: Path, seconds: float = 10.0) -> dict[str, Any]:
+    """CPU of the answering process per echo call-second, 4 calls at once: voicegate vs a bare pjsua2 bridge echo."""
+    port = free_port()
+    bridge = subprocess.Popen([sys.executable, "-m", "bench.bridge_echo", str(port), "48400"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    try:
+        assert bridge.stdout is not None
+        for line in bridge.stdout:  # pjlib prints its start-up lines before ours
+            if line.strip() == "ready":
+                break
+        out: dict[str, Any] = {}
+        for name, pid, uri in (("pjsua2_bridge_echo", bridge.pid, f"sip:echo@127.0.0.1:{port}"),
+                               ("voicegate_echo", gw.proc.pid, f"sip:echo@127.0.0.1:{gw.port}")):
+            c0 = _cpu_s(pid)
+            _four_calls(uri, seconds)
+            out[f"{name}_ms"] = round((_cpu_s(pid) - c0) * 1000 / (4 * seconds), 2)
+        out["ratio"] = round(out["voicegate_echo_ms"] / out["pjsua2_bridge_echo_ms"], 2)
+        return out
+    finally:
+        bridge.terminate()
+        bridge.wait(10)
 
 
 def clock_jitter(gw: Gateway, seconds: float = 10.0) -> dict[str, Any]:
@@ -136,6 +170,10 @@ def main() -> int:
             c = clipset_table()
             print("barge-in reaction on the wire ...", flush=True)
             b = barge_in(gw, tmp, trials, seed)
+            print("barge-in on an impaired line (1% RTP loss each way) ...", flush=True)
+            bl = barge_in(gw, tmp, max(10, trials // 2), seed + 1, loss_pct=1.0)
+            print("CPU per echo call-second, 4 calls: voicegate vs pjsua2 bridge echo ...", flush=True)
+            cpu = cpu_per_call_second(gw, tmp)
             print("echo round trip, voicegate vs sipp -rtp_echo ...", flush=True)
             e = echo_round_trip(gw, tmp, 5)
             print("media clock jitter, 4 concurrent calls ...", flush=True)
@@ -145,6 +183,10 @@ def main() -> int:
     rows = [
         ("barge-in reaction p50 (ms)", b["p50_ms"], "target p95 <= 100"),
         ("barge-in reaction p95 (ms)", b["p95_ms"], f"n={b['n']} ({b['agent_silent_at_onset']} began in a pause)"),
+        ("barge-in p50 / p95, 1% loss (ms)", f"{bl['p50_ms']}/{bl['p95_ms']}", f"n={bl['n']}"),
+        ("CPU per echo call-second, voicegate (ms)", cpu["voicegate_echo_ms"], "4 calls at once"),
+        ("CPU per echo call-second, pjsua2 bridge (ms)", cpu["pjsua2_bridge_echo_ms"], "baseline, same run"),
+        ("CPU ratio voicegate / bridge", cpu["ratio"], "target <= 1.5"),
         ("echo round trip, voicegate (ms)", e["voicegate_ms"], ""),
         ("echo round trip, sipp -rtp_echo (ms)", e["sipp_rtp_echo_ms"], "baseline, same caller, same run"),
         ("added by voicegate (ms, round trip)", e["added_ms"], "target <= 60"),
@@ -169,7 +211,8 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"bench": "foundation", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seed": seed,
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-           "barge_in": b, "echo_round_trip": e, "clock_jitter": j, "clipset": c}
+           "barge_in": b, "barge_in_1pct_loss": bl, "cpu_per_call_second": cpu, "echo_round_trip": e,
+           "clock_jitter": j, "clipset": c}
     (RESULTS / "foundation.json").write_text(json.dumps(out, indent=2))
     print(f"\nwrote {RESULTS / 'foundation.json'}")
     return 0

@@ -68,6 +68,7 @@ class CallMedia:
         self.stats.last_inbound_t = now
         if self._loop is not None:
             self._loop.append(frame)
+            return  # echo mode plays the caller back: nothing to detect
         samples = np.frombuffer(frame, dtype="<i2")
         level = level_dbfs(frame)
         speech = self._vad.is_speech(frame)

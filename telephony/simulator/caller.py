@@ -59,7 +59,7 @@ def _write_wav(path: str, frames: list[bytes]) -> None:
 
 def run(args: argparse.Namespace) -> Result:
     speech = split_frames(_load_wav16k(args.play)) if args.play else []
-    phone = Phone(args.rtp_port, args.tcp)
+    phone = Phone(args.rtp_port, args.tcp, args.loss)
     phone.set_codecs(args.codec.split(","))
     call = phone.dial(args.uri)
     port = call.port
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codec", default="PCMU", help="comma-separated codec preference, e.g. G722,PCMA")
     p.add_argument("--rtp-port", type=int, default=40000)
     p.add_argument("--tcp", action="store_true")
+    p.add_argument("--loss", type=float, default=0.0, help="drop this percentage of RTP packets each way")
     args = p.parse_args(argv)
     res = run(args)
     print(json.dumps(asdict(res)))
