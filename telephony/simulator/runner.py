@@ -177,7 +177,7 @@ class ScriptRunner:
                 self._finish(True, "the call ended")
             return []
         if isinstance(step, (Say, Play)):
-            return self._speak(st, o)
+            return self._speak(st, o, step.wait)
         if isinstance(step, Dtmf):
             self._finish(True)
             return [SendDtmf(step.dtmf, step.method == "info")]
@@ -205,9 +205,11 @@ class ScriptRunner:
             return self._backchannel(step, st, o)
         raise AssertionError(f"unhandled step {step!r}")
 
-    def _speak(self, st: _State, o: Observation) -> list[Action]:
+    def _speak(self, st: _State, o: Observation, wait: bool) -> list[Action]:
         if st.phase == "start":
             st.phase = "speaking"
+            if not wait:
+                self._finish(True)
             return [Speak(self._speech[self._i][0])]
         if not o.speaking and o.speech_end is not None:
             self._finish(True)

@@ -67,10 +67,13 @@ class WaitSilence(_Strict):
 class Say(_Strict):
     say: str
     voice: str = "en-us"
+    wait: bool = True
+    """False: the next step starts while the caller is still speaking."""
 
 
 class Play(_Strict):
     play: str
+    wait: bool = True
 
 
 class Dtmf(_Strict):

@@ -47,6 +47,61 @@ def simulate(gw: Gateway, tmp: Path, *scripts: str, user: str = "demo") -> tuple
     return r, out
 
 
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def test_example_scripts_pass_against_voicegate(gateway: Gateway, workdir: Path):
+    paths = sorted(str(p) for p in SCRIPTS.glob("*.yaml"))
+    assert len(paths) >= 3
+    lo, _ = rtp_range(100)
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", *paths, "--target",
+                        f"sip:demo@127.0.0.1:{gateway.port}", "--rtp-port", str(lo)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert f"{len(paths)} passed, 0 failed" in r.stdout
+
+
+def test_a_prompt_that_does_not_stop_in_time_fails_with_the_reason(gateway: Gateway, workdir: Path):
+    strict = DEMO.replace("expect_stop_ms: 500", "expect_stop_ms: 1")
+    r, junit = simulate(gateway, workdir, strict)
+    assert r.returncode == 1
+    case = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}["06 interrupt"]
+    assert "the agent stopped" in case.find("failure").get("message")
+
+
+def test_third_party_peer_sipp_uas(workdir: Path):
+    from tests.integration.peers import free_port
+
+    port = free_port()
+    uas = subprocess.Popen(["sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(port), "-mp", "48200", "-rtp_echo",
+                            "-nostdin", "-m", "1", "-timeout", "60"], cwd=workdir, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        script = ("name: sipp answers\nsteps:\n  - say: hello there\n    wait: false\n"
+                  "  - wait_speech: {timeout_s: 3}\n  - hangup: {}\n")
+        (workdir / "s.yaml").write_text(script)
+        lo, _ = rtp_range(100)
+        r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(workdir / "s.yaml"), "--target",
+                            f"sip:service@127.0.0.1:{port}", "--rtp-port", str(lo)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    finally:
+        uas.kill()
+        uas.wait(5)
+
+
+def test_unreachable_target_fails_the_dial_quickly(workdir: Path):
+    from tests.integration.peers import free_port
+
+    (workdir / "s.yaml").write_text("name: nobody home\nanswer_timeout_s: 3\nsteps:\n  - hangup: {}\n")
+    lo, _ = rtp_range(100)
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(workdir / "s.yaml"), "--target",
+                        f"sip:x@127.0.0.1:{free_port()}", "--rtp-port", str(lo)],
+                       capture_output=True, text=True, timeout=40)
+    assert r.returncode == 1
+    assert "x dial" in r.stdout and "0 passed, 1 failed" in r.stdout
+
+
 def test_demo_script_passes_with_timings(gateway: Gateway, workdir: Path):
     r, junit = simulate(gateway, workdir, DEMO)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
