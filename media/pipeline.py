@@ -34,7 +34,7 @@ class MediaStats:
     def tick_percentiles(self) -> dict[str, float]:
         if not self.tick_ms:
             return {}
-        a = np.fromiter(self.tick_ms, dtype=np.float64)
+        a = np.asarray(tuple(self.tick_ms), dtype=np.float64)  # tuple() copies atomically; the clock appends
         p50, p99 = np.percentile(a, [50, 99])
         return {"tick_p50_ms": round(float(p50), 2), "tick_p99_ms": round(float(p99), 2),
                 "tick_max_ms": round(float(a.max()), 2)}

@@ -15,7 +15,7 @@ import pjsua2 as pj
 
 from media.pipeline import CallMedia
 from telephony.logs import event
-from telephony.media_port import CallMediaPort, audio_format
+from telephony.media_port import CallMediaPort, PortPool
 from telephony.sdp import prefer_codec
 
 
@@ -36,8 +36,9 @@ _HOLD = (pj.PJSUA_CALL_MEDIA_LOCAL_HOLD, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD, pj.PJS
 
 
 class SipCall(pj.Call):  # type: ignore[misc]
-    def __init__(self, account: Any, call_id: int, on_released: Any) -> None:
+    def __init__(self, account: Any, call_id: int, on_released: Any, ports: PortPool) -> None:
         super().__init__(account, call_id)
+        self._ports = ports
         self.key = next(_KEYS)
         self.call_id = ""
         self.codec_preference: list[str] = []
@@ -115,8 +116,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
             return
         aud = self.getAudioMedia(index)
         if self.port is None:
-            self.port = CallMediaPort(self.media, self.call_id)
-            self.port.createPort(f"vg-{self.call_id[:24]}", audio_format())
+            self.port = self._ports.acquire(self.media, self.call_id)
             if self.listener:
                 self.listener.on_media_ready(self)
         # a re-INVITE can give the stream a new conference slot: (re)connect both directions
@@ -127,11 +127,13 @@ class SipCall(pj.Call):  # type: ignore[misc]
     def _disconnect_media(self) -> None:
         port, self.port = self.port, None
         aud, self._conf = self._conf, None
-        if port is not None and aud is not None:
+        if port is None:
+            return
+        if aud is not None:
             for a, b in ((aud, port), (port, aud)):
                 with contextlib.suppress(pj.Error):
                     a.stopTransmit(b)
-        self._dead_port = port  # released with the call object, on the pjsua thread
+        self._ports.release(port)
 
     def rtp_idle_s(self, now: float) -> float:
         """Seconds since the last received RTP packet changed the stream's counter (0 while on hold)."""

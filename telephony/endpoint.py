@@ -25,7 +25,7 @@ from telephony.call import SipCall
 from telephony.config import Config
 from telephony.errors import PjsuaBuildError, SipStartError
 from telephony.logs import event, event_at
-from telephony.media_port import check_frame_layout
+from telephony.media_port import PortPool, check_frame_layout
 
 EXPECTED_MAX_CALLS = 4
 CODEC_IDS = {"G722": "G722/16000", "PCMU": "PCMU/8000", "PCMA": "PCMA/8000"}
@@ -91,6 +91,7 @@ class SipStack:
         self.ep: Any = None
         self.account: Any = None
         self._logwriter: Any = None
+        self.ports = PortPool()
         self.port = config.sip.port
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -236,7 +237,7 @@ class SipStack:
 
     # -- calls --------------------------------------------------------------------------------------------
     def _incoming(self, account: Any, prm: Any) -> None:
-        call = SipCall(account, prm.callId, self._release)
+        call = SipCall(account, prm.callId, self._release, self.ports)
         ci = call.getInfo()
         call.call_id = str(ci.callIdString)
         call.codec_preference = self.config.media.codecs
@@ -312,8 +313,11 @@ class SipStack:
                 self.ep.libHandleEvents(10)
         except pj.Error:
             pass
+        with contextlib.suppress(pj.Error):
+            self.ep.audDevManager().setNoDev()  # stops the media clock, so the ports can go
         self.calls.clear()
         self._released.clear()
+        self.ports.clear()
         if self.account is not None:
             with contextlib.suppress(pj.Error):
                 self.account.shutdown()

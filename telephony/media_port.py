@@ -15,7 +15,7 @@ from typing import Any
 
 import pjsua2 as pj
 
-from media.frames import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
+from media.frames import FRAME_BYTES, FRAME_MS, SAMPLE_RATE, SILENCE
 from media.pipeline import CallMedia
 from telephony.errors import PjsuaBuildError
 from telephony.logs import event
@@ -56,24 +56,31 @@ def audio_format() -> Any:
 
 
 class CallMediaPort(pj.AudioMediaPort):  # type: ignore[misc]
-    """Connects one call's conference slot to its CallMedia."""
+    """Connects one call's conference slot to its CallMedia (`media` None: the port is idle in the pool).
 
-    def __init__(self, media: CallMedia, call_id: str) -> None:
+    Ports are never destroyed while the media clock runs: a port freed by Python while the clock thread was inside
+    its callback crashed the process (seen as "object has no attribute" followed by a segfault). `PortPool`
+    reuses them instead.
+    """
+
+    def __init__(self) -> None:
         super().__init__()
-        self.media = media
-        self.call_id = call_id
+        self.media: CallMedia | None = None
+        self.call_id = ""
         self._errors = 0
 
     def onFrameReceived(self, frame: Any) -> None:  # noqa: N802 (pjsua2's name)
         try:
-            if frame.type == _AUDIO and frame.size == FRAME_BYTES:
-                self.media.on_inbound(time.monotonic(), read_buf(frame.buf, FRAME_BYTES))
+            media = self.media
+            if media is not None and frame.type == _AUDIO and frame.size == FRAME_BYTES:
+                media.on_inbound(time.monotonic(), read_buf(frame.buf, FRAME_BYTES))
         except Exception as e:  # never let an exception cross into pjmedia's clock thread
             self._report(e)
 
     def onFrameRequested(self, frame: Any) -> None:  # noqa: N802
         try:
-            write_buf(frame.buf, self.media.next_outbound(time.monotonic()))
+            media = self.media
+            write_buf(frame.buf, media.next_outbound(time.monotonic()) if media is not None else SILENCE)
             frame.size = FRAME_BYTES
             frame.type = _AUDIO
         except Exception as e:
@@ -83,3 +90,32 @@ class CallMediaPort(pj.AudioMediaPort):  # type: ignore[misc]
         self._errors += 1
         if self._errors <= 3:
             event("media_error", call=self.call_id, error=repr(e))
+
+
+class PortPool:
+    """Media ports made once and reused by later calls; pjsua thread only."""
+
+    def __init__(self) -> None:
+        self._free: list[CallMediaPort] = []
+        self._all: list[CallMediaPort] = []
+
+    def acquire(self, media: CallMedia, call_id: str) -> CallMediaPort:
+        if self._free:
+            port = self._free.pop()
+        else:
+            port = CallMediaPort()
+            port.createPort(f"vg-port-{len(self._all)}", audio_format())
+            self._all.append(port)
+        port.call_id = call_id
+        port._errors = 0
+        port.media = media
+        return port
+
+    def release(self, port: CallMediaPort) -> None:
+        port.media = None
+        self._free.append(port)
+
+    def clear(self) -> None:
+        """Drop every port: only once the media clock has stopped."""
+        self._free.clear()
+        self._all.clear()

@@ -27,9 +27,14 @@ AUDIBLE_DBFS = -50.0
 
 
 class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
+    """One call's audio; reused by later calls (a port freed while the clock runs can crash the process)."""
+
     def __init__(self) -> None:
         super().__init__()
         self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
         self.rx: list[bytes] = []
         self.tx: list[bytes] = []
         self.queue: deque[bytes] = deque()
@@ -179,6 +184,8 @@ class Phone:
         ac.mediaConfig.transportConfig.portRange = 100
         self.acc = pj.Account()
         self.acc.create(ac)
+        self._ports: list[PhonePort] = []
+        self._free: list[PhonePort] = []
 
     def set_codecs(self, codecs: list[str]) -> None:
         """Offer exactly these codecs, in this order (plus telephone-event)."""
@@ -191,8 +198,14 @@ class Phone:
             self.ep.codecSetPriority(cid, 250 - wanted.index(name) if name in wanted else 0)
 
     def dial(self, uri: str) -> PhoneCall:
-        port = PhonePort()
-        port.createPort("phone", audio_format())
+        if self._free:
+            port = self._free.pop()
+            with port.lock:
+                port.reset()
+        else:
+            port = PhonePort()
+            port.createPort(f"phone-{len(self._ports)}", audio_format())
+            self._ports.append(port)
         call = PhoneCall(self.acc, port)
         call.makeCall(uri, pj.CallOpParam(True))
         return call
@@ -227,8 +240,15 @@ class Phone:
             self.poll(10)
         for _ in range(5):
             self.poll(10)
+        if call.port not in self._free:
+            self._free.append(call.port)
 
     def close(self) -> None:
+        with contextlib.suppress(pj.Error):
+            self.ep.hangupAllCalls()
+            self.ep.audDevManager().setNoDev()  # stop the media clock before the ports go
+        self._free.clear()
+        self._ports.clear()
         self.acc.shutdown()
         del self.acc
         gc.collect()
