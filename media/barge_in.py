@@ -9,9 +9,11 @@ agent and it is not our own echo, a key tone or a backchannel". The decision has
 2. confirm: `confirm_ms` of speech since onset -> `BargeInConfirmed` (flush playout, cancel the agent's reply);
 3. otherwise, `resume_ms` of non-speech -> `BargeInResumed` (playout continues where it paused).
 
-Echo: the detector keeps the levels of the frames we played; the echo path's gain is tracked as a decaying peak of
-(inbound level - loudest recent played level) over frames that were not caller speech, so a leg that returns our
-audio at -12 dB raises the threshold by that much, and a leg with no echo lowers it to the noise floor.
+Echo: once `EchoPath` knows the leg's delay and loss (about a second into our speech), caller speech must stand
+`echo_margin_db` above the echo expected of the frames we played that long ago; a leg with no echo leaves only
+the noise floor. Until then the detector assumes the worst over the last 500 ms: the loudest frame we played plus a
+decaying peak of (inbound - that frame) over frames without caller speech, starting at -6 dB.
+The noise floor is the quietest frame of the last 1.5 s without caller speech (minimum statistics).
 """
 
 from __future__ import annotations
