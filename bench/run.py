@@ -93,6 +93,42 @@ def echo_round_trip(gw: Gateway, tmp: Path, trials: int) -> dict[str, Any]:
             "ratio": round(vg / sp, 2) if sp else None, "n": trials}
 
 
+def wire_false_stops(gw: Gateway, tmp: Path, calls: int, seed: int) -> dict[str, Any]:
+    """Callers who only return the agent's echo (20-500 ms, 6-20 dB down), then callers who only say a backchannel."""
+    rng = random.Random(seed)
+
+    def outcome(since: int) -> list[dict[str, Any]]:
+        time.sleep(0.5)
+        return gw.events("call_end")[since:]
+
+    before = len(gw.events("call_end"))
+    for i in range(calls):
+        delay = (20, 100, 250, 500)[i % 4]
+        loss = (6, 12, 20)[i % 3]
+        call(f"sip:long@127.0.0.1:{gw.port}", "--echo-db", str(-loss), "--echo-delay-ms", str(delay),
+             "--duration", "6")
+        print(f"  echo-only call {i + 1}/{calls} ({delay} ms, -{loss} dB)", flush=True)
+    echo_ends = outcome(before)
+    paused_calls = {e["call"] for e in gw.events("barge_in_paused")}
+    words = clipset.backchannels()
+    before = len(gw.events("call_end"))
+    for i in range(calls):
+        wav = audio.write_wav(tmp / "bc.wav", words[i % len(words)])
+        call(f"sip:long@127.0.0.1:{gw.port}", "--play", str(wav), "--speak-after-agent-ms",
+             f"{rng.uniform(1500, 3000):.0f}", "--duration", "6")
+        print(f"  backchannel call {i + 1}/{calls}", flush=True)
+    bc_ends = outcome(before)
+    paused = [p for e in bc_ends for p in e.get("paused_ms", [])]
+    return {
+        "echo_calls": len(echo_ends),
+        "echo_calls_paused": sum(e["call"] in paused_calls for e in echo_ends),
+        "echo_calls_stopped": sum(e["barge_ins"] > 0 for e in echo_ends),
+        "backchannel_calls": len(bc_ends),
+        "backchannel_calls_stopped": sum(e["barge_ins"] > 0 for e in bc_ends),
+        "backchannel_pause_p50_ms": _pct(paused, 50) if paused else 0.0,
+    }
+
+
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -170,6 +206,8 @@ def main() -> int:
             c = clipset_table()
             print("barge-in reaction on the wire ...", flush=True)
             b = barge_in(gw, tmp, trials, seed)
+            print("false stops on the wire: echo-only and backchannel callers ...", flush=True)
+            fs = wire_false_stops(gw, tmp, trials, seed)
             print("barge-in on an impaired line (1% RTP loss each way) ...", flush=True)
             bl = barge_in(gw, tmp, max(10, trials // 2), seed + 1, loss_pct=1.0)
             print("CPU per echo call-second, 4 calls: voicegate vs pjsua2 bridge echo ...", flush=True)
@@ -183,6 +221,10 @@ def main() -> int:
     rows = [
         ("barge-in reaction p50 (ms)", b["p50_ms"], "target p95 <= 100"),
         ("barge-in reaction p95 (ms)", b["p95_ms"], f"n={b['n']} ({b['agent_silent_at_onset']} began in a pause)"),
+        ("echo-only calls paused / stopped", f"{fs['echo_calls_paused']}/{fs['echo_calls_stopped']}",
+         f"of {fs['echo_calls']}; target 0"),
+        ("backchannel calls stopped", fs["backchannel_calls_stopped"], f"of {fs['backchannel_calls']}; target <= 1"),
+        ("backchannel pause p50 (ms)", fs["backchannel_pause_p50_ms"], "audible gap, resumed where it paused"),
         ("barge-in p50 / p95, 1% loss (ms)", f"{bl['p50_ms']}/{bl['p95_ms']}", f"n={bl['n']}"),
         ("CPU per echo call-second, voicegate (ms)", cpu["voicegate_echo_ms"], "4 calls at once"),
         ("CPU per echo call-second, pjsua2 bridge (ms)", cpu["pjsua2_bridge_echo_ms"], "baseline, same run"),
@@ -211,7 +253,8 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"bench": "foundation", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seed": seed,
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-           "barge_in": b, "barge_in_1pct_loss": bl, "cpu_per_call_second": cpu, "echo_round_trip": e,
+           "barge_in": b, "wire_false_stops": fs, "barge_in_1pct_loss": bl, "cpu_per_call_second": cpu,
+           "echo_round_trip": e,
            "clock_jitter": j, "clipset": c}
     (RESULTS / "foundation.json").write_text(json.dumps(out, indent=2))
     print(f"\nwrote {RESULTS / 'foundation.json'}")
