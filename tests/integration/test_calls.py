@@ -28,6 +28,15 @@ def test_sipp_calls_echo_route_with_pcap_audio_and_dtmf(gateway: Gateway, workdi
     assert end["frames_in"] > 300 and end["frames_out"] >= end["frames_in"] - 5
 
 
+def test_sipp_rfc2833_dtmf_selects_a_menu_branch(gateway: Gateway, workdir: Path):
+    # uac_pcap speaks g711a.pcap (about 8 s), then presses 1 (RFC 2833 from dtmf_2833_1.pcap): the echo test branch
+    r = sipp(["-sn", "uac_pcap", "-s", "demo", f"127.0.0.1:{gateway.port}", "-mp", "47100"], workdir)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    end = gateway.wait_event("call_end", 10, agent="demo", digits="1")
+    said = [e["text"] for e in gateway.events("agent_say") if e["call"] == end["call"]]
+    assert any(t.startswith("After the tone, speak") for t in said), said
+
+
 def test_echo_returns_the_callers_audio(gateway: Gateway, workdir: Path, clips):
     wav = audio.write_wav(workdir / "say.wav", clips.caller)
     res = call(uri(gateway, "echo"), "--play", str(wav), "--speak-at-s", "0.5", "--duration", "5",
