@@ -35,14 +35,6 @@ def _pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(np.asarray(xs, dtype=np.float64), q)), 1)
 
 
-def _echo_lag_ms(tx: np.ndarray, rx: np.ndarray) -> tuple[float, float]:
-    n = min(len(tx), len(rx))
-    tx, rx = tx[:n], rx[:n]
-    c = np.correlate(rx, tx, mode="full")[n - 1 : n - 1 + 8000]
-    lag = int(np.argmax(c))
-    return lag / 16.0, float(c[lag] / np.sqrt((tx**2).sum() * (rx**2).sum()))
-
-
 def barge_in(gw: Gateway, tmp: Path, trials: int, seed: int, loss_pct: float = 0.0) -> dict[str, Any]:
     rng = random.Random(seed)
     caller = audio.scale_to_db(audio.telephone_band(audio.trim(audio.espeak(audio.CALLER_SENTENCE))), -23.0)
@@ -82,7 +74,7 @@ def echo_round_trip(gw: Gateway, tmp: Path, trials: int) -> dict[str, Any]:
                               ("sipp_rtp_echo", f"sip:echo@127.0.0.1:{sipp_port}")):
                 call(uri, "--play", str(wav), "--speak-at-s", "0.3", "--duration", "4.5",
                      "--record", str(tmp / "rx.wav"), "--record-sent", str(tmp / "tx.wav"))
-                lag, peak = _echo_lag_ms(audio.read_wav(tmp / "tx.wav"), audio.read_wav(tmp / "rx.wav"))
+                lag, peak = wire.echo_lag(audio.read_wav(tmp / "tx.wav"), audio.read_wav(tmp / "rx.wav"))
                 if peak > 0.3:
                     out[name].append(lag)
     finally:

@@ -65,3 +65,12 @@ def reaction_ms(sent: np.ndarray, received: np.ndarray, speak_start: int) -> flo
     """Caller onset -> end of the last agent frame the caller heard."""
     onset = caller_onset_frame(sent, speak_start)
     return (last_agent_frame(received, onset) - onset + 1) * 20.0
+
+
+def echo_lag(sent: np.ndarray, heard: np.ndarray, max_lag_ms: float = 500.0) -> tuple[float, float]:
+    """Delay (ms) at which `heard` best matches `sent`, and the normalised correlation there (1.0: a copy)."""
+    n = min(len(sent), len(heard))
+    tx, rx = sent[:n].astype(np.float64), heard[:n].astype(np.float64)
+    c = np.correlate(rx, tx, mode="full")[n - 1 : n - 1 + int(max_lag_ms * SAMPLE_RATE / 1000)]
+    lag = int(np.argmax(c))
+    return lag * 1000.0 / SAMPLE_RATE, float(c[lag] / np.sqrt((tx**2).sum() * (rx**2).sum()))

@@ -7,17 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from media.vad import Vad
+from telephony.simulator.measure import echo_lag, frames_db
 from tests import audio
 from tests.integration.peers import Gateway, baresip, call, sipp
 
 
 def uri(gw: Gateway, user: str) -> str:
     return f"sip:{user}@127.0.0.1:{gw.port}"
-
-
-def frames_db(x: np.ndarray) -> np.ndarray:
-    f = x[: len(x) // 320 * 320].reshape(-1, 320).astype(np.float64)
-    return 10 * np.log10((f**2).mean(axis=1) / 32768.0**2 + 1e-12)
 
 
 def test_sipp_calls_echo_route_with_pcap_audio_and_dtmf(gateway: Gateway, workdir: Path):
@@ -42,14 +38,9 @@ def test_echo_returns_the_callers_audio(gateway: Gateway, workdir: Path, clips):
     res = call(uri(gateway, "echo"), "--play", str(wav), "--speak-at-s", "0.5", "--duration", "5",
                "--record", str(workdir / "rx.wav"), "--record-sent", str(workdir / "tx.wav"))
     assert res["status"] == 200 and res["answered"]
-    tx, rx = audio.read_wav(workdir / "tx.wav"), audio.read_wav(workdir / "rx.wav")
-    n = min(len(tx), len(rx))
-    tx, rx = tx[:n], rx[:n]
-    c = np.correlate(rx, tx, mode="full")[n - 1 : n - 1 + 8000]
-    lag = int(np.argmax(c))
-    peak = c[lag] / np.sqrt((tx**2).sum() * (rx**2).sum())
+    lag_ms, peak = echo_lag(audio.read_wav(workdir / "tx.wav"), audio.read_wav(workdir / "rx.wav"))
     assert peak > 0.5, f"echo correlation {peak:.2f}"
-    assert lag / 16 < 200, f"echo delay {lag / 16:.0f} ms"
+    assert lag_ms < 200, f"echo delay {lag_ms:.0f} ms"
 
 
 def test_demo_greeting_is_audible_speech_from_the_start(gateway: Gateway, workdir: Path):
@@ -111,12 +102,8 @@ def test_hold_and_resume_keep_the_echo_working(gateway: Gateway, workdir: Path, 
 def test_baresip_hears_its_own_audio_from_the_echo_route(gateway: Gateway, workdir: Path, clips):
     speech = np.concatenate([np.zeros(8000), clips.caller, np.zeros(16000)])
     sent, heard = baresip(uri(gateway, "echo"), audio.write_wav(workdir / "in.wav", speech), workdir)
-    tx, rx = audio.read_wav(sent), audio.read_wav(heard)
-    n = min(len(tx), len(rx))
-    c = np.correlate(rx[:n], tx[:n], mode="full")[n - 1 : n - 1 + 8000]
-    lag = int(np.argmax(c))
-    peak = c[lag] / np.sqrt((tx[:n] ** 2).sum() * (rx[:n] ** 2).sum())
-    assert peak > 0.4 and lag / 16 < 200, (peak, lag / 16)
+    lag_ms, peak = echo_lag(audio.read_wav(sent), audio.read_wav(heard))
+    assert peak > 0.4 and lag_ms < 200, (peak, lag_ms)
 
 
 def test_baresip_hears_the_demo_greeting(gateway: Gateway, workdir: Path):
