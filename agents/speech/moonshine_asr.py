@@ -1,0 +1,225 @@
+"""Moonshine base-en (the English model inside the `moonshine-cpp` wheel) run by onnxruntime from Python.
+
+Why not the wheel's own library: its `libmoonshine.so` is built with AVX-512 and dies with SIGILL on CPUs without it
+(this machine), and its `.ort` files dequantise every weight on every decoder step (about 100 ms a token, measured).
+So the `.ort` graphs are converted once to ONNX (subgraph names filled in, which the ORT-format export leaves empty)
+into a cache directory; loaded as ONNX, onnxruntime folds the dequantisation into constants at load time and a decoder
+step costs about 16 ms on one core (measured).
+
+Decoding is greedy. A `hint` (the tokens of an earlier pass over a prefix of the same utterance) is verified in one
+teacher-forced decoder pass: the tokens the model still agrees with are kept, decoding continues from the first
+disagreement. The result is exactly what plain greedy decoding gives, at the cost of one pass for the agreed part;
+that is what makes the final transcript of an incrementally transcribed utterance quick.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from agents.speech.asr import SAMPLE_RATE, AsrError, Audio, Transcript
+
+_LAYERS = 8
+_HEADS = 8
+_HEAD_DIM = 52
+_BOS, _EOS = 1, 2
+_TOKENS_PER_S = 6.5
+"""Moonshine's own decode limit is 6 tokens per second of audio; a little slack for fast talkers."""
+
+
+def wheel_model_dir() -> Path:
+    """The base-en model folder inside the installed `moonshine-cpp` wheel (found without importing it)."""
+    spec = importlib.util.find_spec("moonshine_cpp")
+    if spec is None or not spec.submodule_search_locations:
+        raise AsrError("moonshine: the moonshine-cpp package is not installed (pip install moonshine-cpp==0.1.4)")
+    return Path(next(iter(spec.submodule_search_locations))) / "models" / "base-en"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("VOICEGATE_CACHE", Path.home() / ".cache" / "voicegate"))
+
+
+def _convert(ort_path: Path, onnx_path: Path) -> None:
+    """Serialise an ORT-format graph as ONNX and name its unnamed subgraphs (ONNX requires names)."""
+    import onnx
+    import onnxruntime as ort
+
+    raw = onnx_path.with_suffix(".raw.onnx")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.optimized_model_filepath = str(raw)
+    ort.InferenceSession(str(ort_path), so, providers=["CPUExecutionProvider"])
+    model = onnx.load(str(raw))
+
+    def name(graph: Any, path: str) -> None:
+        if not graph.name:
+            graph.name = path
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    name(attr.g, f"{path}/{node.name}/{attr.name}")
+
+    name(model.graph, ort_path.stem)
+    tmp = onnx_path.with_suffix(".tmp")
+    onnx.save(model, str(tmp))
+    tmp.rename(onnx_path)
+    raw.unlink()
+
+
+def prepared_models(model_dir: Path | None = None) -> tuple[Path, Path, Path]:
+    """(encoder.onnx, decoder.onnx, tokenizer.bin), converting the wheel's .ort files on first use."""
+    src = model_dir or wheel_model_dir()
+    ort_files = [src / "encoder_model.ort", src / "decoder_model_merged.ort", src / "tokenizer.bin"]
+    for f in ort_files:
+        if not f.is_file():
+            raise AsrError(f"moonshine: model file {f} is missing")
+    digest = hashlib.sha256()
+    for f in ort_files:
+        st = f.stat()
+        digest.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
+    out = cache_dir() / f"moonshine-base-en-{digest.hexdigest()[:12]}"
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for f in ort_files[:2]:
+        target = out / (f.stem + ".onnx")
+        if not target.exists():
+            try:
+                _convert(f, target)
+            except Exception as e:
+                raise AsrError(f"moonshine: cannot convert {f} to ONNX in {out}: {e}") from e
+        results.append(target)
+    return results[0], results[1], ort_files[2]
+
+
+def load_tokenizer(path: Path) -> list[bytes]:
+    """moonshine's tokenizer.bin: one entry per token id, each a length (1 byte, or 2 as a varint) then the bytes."""
+    data = path.read_bytes()
+    tokens: list[bytes] = []
+    i = 0
+    while i < len(data):
+        n = data[i]
+        i += 1
+        if n >= 0x80:
+            n = (n & 0x7F) | (data[i] << 7)
+            i += 1
+        tokens.append(data[i : i + n])
+        i += n
+    return tokens
+
+
+@dataclass(frozen=True)
+class _Step:
+    logits: npt.NDArray[np.float32]
+    past: dict[str, npt.NDArray[np.float32]]
+
+
+class MoonshineAsr:
+    """English ASR; `threads` is onnxruntime's intra-op thread count."""
+
+    name = "moonshine"
+
+    def __init__(self, model_dir: str | None = None, threads: int = 1) -> None:
+        self._model_dir = Path(model_dir) if model_dir else None
+        self._threads = threads
+        self._lock = threading.Lock()
+        self._sessions: tuple[Any, Any, list[bytes], list[str]] | None = None
+
+    def load(self) -> None:
+        with self._lock:
+            if self._sessions is not None:
+                return
+            import onnxruntime as ort
+
+            enc_path, dec_path, tok_path = prepared_models(self._model_dir)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = self._threads
+            so.inter_op_num_threads = 1
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            try:
+                enc = ort.InferenceSession(str(enc_path), so, providers=["CPUExecutionProvider"])
+                dec = ort.InferenceSession(str(dec_path), so, providers=["CPUExecutionProvider"])
+            except Exception as e:
+                raise AsrError(f"moonshine: cannot load {enc_path.parent}: {e}") from e
+            outputs = [o.name for o in dec.get_outputs()]
+            self._sessions = (enc, dec, load_tokenizer(tok_path), outputs)
+
+    def transcribe(self, audio: Audio, final: bool, hint: Transcript | None = None) -> Transcript:
+        self.load()
+        assert self._sessions is not None
+        enc, dec, vocab, outputs = self._sessions
+        audio_s = len(audio) / SAMPLE_RATE
+        if len(audio) < SAMPLE_RATE // 4:  # the encoder needs a quarter second
+            return Transcript("", "en", 0.0, final, audio_s)
+        hidden = enc.run(None, {"input_values": audio[None, :].astype(np.float32)})[0]
+        limit = int(audio_s * _TOKENS_PER_S) + 4
+        hint_tokens = list(hint.tokens[:limit]) if hint is not None else []
+        tokens, logprobs = self._decode(dec, outputs, hidden, hint_tokens, limit)
+        text = b"".join(vocab[t] for t in tokens if t < len(vocab)).decode("utf-8", "replace")
+        text = text.replace("\u2581", " ").strip()
+        conf = float(np.exp(np.mean(logprobs))) if logprobs else 0.0
+        return Transcript(text, "en", round(conf, 3), final, audio_s, tokens=tuple(tokens))
+
+    @staticmethod
+    def _run(dec: Any, outputs: list[str], ids: list[int], hidden: npt.NDArray[np.float32],
+             past: dict[str, npt.NDArray[np.float32]] | None) -> _Step:
+        if past is None:
+            empty = np.zeros((1, _HEADS, 0, _HEAD_DIM), np.float32)
+            feeds = {f"past_key_values.{layer}.{side}.{kv}": empty
+                     for layer in range(_LAYERS) for side in ("decoder", "encoder") for kv in ("key", "value")}
+        else:
+            feeds = dict(past)
+        res = dec.run(None, {"input_ids": np.asarray([ids], np.int64), "encoder_hidden_states": hidden,
+                             "use_cache_branch": np.asarray([past is not None]), **feeds})
+        new_past = dict(feeds)
+        for name, value in zip(outputs[1:], res[1:], strict=True):
+            if past is not None and ".encoder." in name:
+                continue  # the cross-attention cache is computed once, on the first pass
+            new_past[name.replace("present", "past_key_values")] = value
+        return _Step(res[0][0], new_past)
+
+    def _decode(self, dec: Any, outputs: list[str], hidden: npt.NDArray[np.float32], hint: list[int],
+                limit: int) -> tuple[list[int], list[float]]:
+        step = self._run(dec, outputs, [_BOS, *hint], hidden, None)
+        tokens: list[int] = []
+        logprobs: list[float] = []
+        for i, logits in enumerate(step.logits):
+            tok, lp = _pick(logits)
+            if i < len(hint) and tok == hint[i]:
+                tokens.append(tok)
+                logprobs.append(lp)
+                continue
+            if i < len(hint):  # disagreement: drop the cache past the agreed prefix
+                keep = len(tokens) + 1
+                step = _Step(step.logits, {k: (v[:, :, :keep] if ".decoder." in k else v)
+                                           for k, v in step.past.items()})
+            nxt, nlp = tok, lp
+            break
+        while nxt != _EOS and len(tokens) < limit and not _looping(tokens):
+            tokens.append(nxt)
+            logprobs.append(nlp)
+            step = self._run(dec, outputs, [nxt], hidden, step.past)
+            nxt, nlp = _pick(step.logits[-1])
+        return tokens, logprobs
+
+
+def _pick(logits: npt.NDArray[np.float32]) -> tuple[int, float]:
+    tok = int(logits.argmax())
+    shifted = logits - logits[tok]
+    return tok, -float(np.log(np.exp(shifted).sum()))
+
+
+def _looping(tokens: list[int]) -> bool:
+    """A greedy decoder stuck repeating itself (on noise): the last 4 tokens repeated 3 times."""
+    n = 4
+    if len(tokens) < 3 * n:
+        return False
+    tail = tokens[-n:]
+    return tokens[-2 * n : -n] == tail and tokens[-3 * n : -2 * n] == tail

@@ -1,0 +1,181 @@
+"""An ASR engine in a child process, shared by every call, so recognition can never stall the media clock.
+
+The parent sends requests from any call; the child answers finals before partials, and a newer partial of the same
+stream replaces one still waiting (only the latest partial of an utterance is worth computing). Hand-written
+because `concurrent.futures` pools have neither priorities nor replacement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import multiprocessing as mp
+import threading
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+from agents.speech.asr import AsrEngine, AsrError, Audio, Transcript
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """What the child builds: an engine name (`moonshine`, `whisper`, `vosk`) and its keyword arguments."""
+
+    engine: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+
+def make_engine(spec: EngineSpec) -> AsrEngine:
+    if spec.engine == "moonshine":
+        from agents.speech.moonshine_asr import MoonshineAsr
+
+        m = MoonshineAsr(**dict(spec.options))
+        m.load()
+        return m
+    raise AsrError(f"unknown ASR engine {spec.engine!r} (known: moonshine)")
+
+
+@dataclass(frozen=True)
+class _Request:
+    rid: int
+    stream: str
+    audio: Audio
+    final: bool
+    hint: Transcript | None
+
+
+def _child(conn: Connection, spec: EngineSpec) -> None:
+    try:
+        engine = make_engine(spec)
+    except Exception as e:
+        conn.send(("error", repr(e) if not isinstance(e, AsrError) else str(e)))
+        return
+    conn.send(("ready", spec.engine))
+    finals: deque[_Request] = deque()
+    partials: OrderedDict[str, _Request] = OrderedDict()
+    cond = threading.Condition()
+    closed = False
+
+    def receive() -> None:
+        nonlocal closed
+        while True:
+            try:
+                req = conn.recv()
+            except (EOFError, OSError):
+                req = None
+            with cond:
+                if req is None:
+                    closed = True
+                elif req.final:
+                    finals.append(req)
+                else:
+                    old = partials.pop(req.stream, None)
+                    if old is not None:
+                        conn.send((old.rid, None))  # superseded before it ran
+                    partials[req.stream] = req
+                cond.notify()
+            if req is None:
+                return
+
+    threading.Thread(target=receive, daemon=True).start()
+    while True:
+        with cond:
+            while not (finals or partials or closed):
+                cond.wait()
+            if closed:
+                return
+            req = finals.popleft() if finals else partials.popitem(last=False)[1]
+        try:
+            result: object = engine.transcribe(req.audio, req.final, req.hint)
+        except Exception as e:
+            result = AsrError(f"{spec.engine}: {e!r}")
+        with cond:
+            conn.send((req.rid, result))
+
+
+class AsrWorker:
+    """Parent side: `await transcribe(...)` from the event loop; None means a newer partial replaced this one."""
+
+    def __init__(self, spec: EngineSpec, start_timeout_s: float = 120.0) -> None:
+        self.spec = spec
+        self._timeout = start_timeout_s
+        self._conn: Connection | None = None
+        self._proc: mp.process.BaseProcess | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Transcript | None]] = {}
+        self._send_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def start(self) -> None:
+        ctx = mp.get_context("spawn")  # never fork a process that runs pjsua's threads
+        parent, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_child, args=(child, self.spec), name=f"asr-{self.spec.engine}",
+                                 daemon=True)
+        self._proc.start()
+        child.close()
+        self._conn = parent
+        self._loop = asyncio.get_running_loop()
+        if not await asyncio.to_thread(parent.poll, self._timeout):
+            self.close()
+            raise AsrError(f"{self.spec.engine}: the ASR worker did not start within {self._timeout:.0f} s")
+        kind, detail = parent.recv()
+        if kind != "ready":
+            self.close()
+            raise AsrError(str(detail))
+        threading.Thread(target=self._receive, args=(parent, self._loop), name=f"asr-{self.spec.engine}-rx",
+                         daemon=True).start()
+
+    def _receive(self, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
+        while True:
+            try:
+                rid, result = conn.recv()
+            except (EOFError, OSError):
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(self._fail_all)
+                return
+            try:
+                loop.call_soon_threadsafe(self._resolve, rid, result)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                return
+
+    def _resolve(self, rid: int, result: object) -> None:
+        fut = self._pending.pop(rid, None)
+        if fut is None or fut.done():
+            return
+        if isinstance(result, Exception):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result if isinstance(result, Transcript) else None)
+
+    def _fail_all(self) -> None:
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(AsrError(f"{self.spec.engine}: the ASR worker process died"))
+        self._pending.clear()
+
+    async def transcribe(self, stream: str, audio: Audio, final: bool, hint: Transcript | None = None
+                         ) -> Transcript | None:
+        if self._conn is None or self._proc is None or not self._proc.is_alive():
+            raise AsrError(f"{self.spec.engine}: the ASR worker is not running")
+        rid = next(self._ids)
+        fut: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
+        self._pending[rid] = fut
+        req = _Request(rid, stream, audio, final, hint)
+        with self._send_lock:
+            self._conn.send(req)
+        try:
+            return await fut
+        finally:
+            self._pending.pop(rid, None)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._proc is not None:
+            self._proc.join(timeout=2)
+            if self._proc.is_alive():
+                self._proc.kill()
+            self._proc = None

