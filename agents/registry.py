@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from agents.base import AgentFactory
-from agents.config import AgentConfig, EchoAgentConfig, ScriptedAgentConfig
+from agents.cascaded import CascadedFactory
+from agents.config import AgentConfig, CascadedAgentConfig, EchoAgentConfig, ScriptedAgentConfig
 from agents.echo import EchoFactory
 from agents.scripted import ScriptedFactory
 from agents.speech.tts import PromptCache
@@ -14,4 +15,6 @@ def make_factory(name: str, cfg: AgentConfig, prompts: PromptCache) -> AgentFact
         return EchoFactory(name)
     if isinstance(cfg, ScriptedAgentConfig):
         return ScriptedFactory(name, cfg, prompts)
+    if isinstance(cfg, CascadedAgentConfig):
+        return CascadedFactory(name, cfg)
     raise ValueError(f"agent {name!r}: unknown type {cfg.type!r}")

@@ -10,10 +10,21 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from agents.base import AgentEvent, AgentFactory, BargeIn, CallerSpeech, Dtmf, HungUp, Played, TransferFailed
+from agents.base import (
+    AgentEvent,
+    AgentFactory,
+    BargeIn,
+    CallerAudio,
+    CallerSpeech,
+    Dtmf,
+    HungUp,
+    Played,
+    TransferFailed,
+)
 from agents.speech.tts import PromptCache
 from media.events import (
     BargeInConfirmed,
@@ -59,6 +70,7 @@ class CallRecord:
     paused_ms: list[float] = field(default_factory=list)
     digits: str = ""
     end_reason: str = ""
+    turns: list[dict[str, Any]] = field(default_factory=list)
 
 
 class CallSession:
@@ -92,6 +104,7 @@ class CallSession:
         self._ended = asyncio.Event()
         self._last_activity = time.monotonic()
         self.voice = "joe"
+        self._audio: asyncio.Queue[CallerAudio] | None = None
 
     # -- inputs (loop thread) -----------------------------------------------------------------------------
     def on_media_event(self, ev: MediaEvent) -> None:
@@ -138,6 +151,7 @@ class CallSession:
             if not fut.done():
                 fut.set_result(Played(0, True))
         self._waiting.clear()
+        self.media.set_tap(None)
         self._ended.set()
 
     def _touch(self) -> None:
@@ -153,14 +167,41 @@ class CallSession:
         return await self._play16(resample(pcm, rate), interruptible)
 
     async def _play16(self, pcm: bytes, interruptible: bool) -> Played:
-        if self._ended.is_set():
-            return Played(0, True)
-        item = next(self._items)
+        return await self._enqueue16(pcm, interruptible)
+
+    def _enqueue16(self, pcm: bytes, interruptible: bool) -> asyncio.Future[Played]:
         fut: asyncio.Future[Played] = asyncio.get_running_loop().create_future()
+        if self._ended.is_set():
+            fut.set_result(Played(0, True))
+            return fut
+        item = next(self._items)
         self._waiting[item] = fut
         self._current_interruptible = interruptible
         self.media.push(pcm, item, last=True, interruptible=interruptible)
-        return await fut
+        return fut
+
+    def enqueue(self, pcm: bytes, rate: int, interruptible: bool = True) -> Awaitable[Played]:
+        return self._enqueue16(resample(pcm, rate), interruptible)
+
+    @property
+    def speaking(self) -> bool:
+        return self.media.playout.pending
+
+    def listen(self) -> Awaitable[CallerAudio]:
+        if self._audio is None:
+            queue: asyncio.Queue[CallerAudio] = asyncio.Queue()
+            loop = asyncio.get_running_loop()
+
+            def tap(t: float, pcm: bytes, speech: bool) -> None:  # clock thread
+                loop.call_soon_threadsafe(queue.put_nowait, CallerAudio(t, pcm, speech))
+
+            self._audio = queue
+            self.media.set_tap(tap)
+        return self._audio.get()
+
+    def record_turn(self, turn: dict[str, Any]) -> None:
+        self.record.turns.append(turn)
+        self.log("turn", call=self.call_id, **turn)
 
     async def next_event(self, timeout: float | None = None) -> AgentEvent | None:
         try:

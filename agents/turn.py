@@ -23,10 +23,22 @@ _DIGIT_WORDS = re.compile(
 )
 
 
-def sounds_unfinished(text: str) -> bool:
-    """Whether a partial transcript stops where a speaker would go on (a conjunction, a filler, a digit)."""
+_SHORT_ANSWERS = frozenset({
+    "yes", "yeah", "yep", "no", "nope", "okay", "ok", "sure", "hi", "hello", "hey", "thanks", "bye", "goodbye",
+    "right", "correct", "wrong", "stop", "help", "repeat",
+})
+
+
+def sounds_unfinished(text: str, confidence: float = 1.0) -> bool:
+    """Whether a transcript stops where a speaker would go on: a conjunction, a filler, a digit, or a lone word
+    that is not a usual one-word answer, or words the recogniser is unsure of (the rest is probably coming)."""
     t = text.strip()
-    return bool(t) and bool(_UNFINISHED.search(t) or _DIGIT_WORDS.search(t))
+    if not t:
+        return False
+    words = re.findall(r"[a-z']+", t.lower())
+    if len(words) == 1 and words[0] not in _SHORT_ANSWERS:
+        return True
+    return confidence < 0.5 or bool(_UNFINISHED.search(t) or _DIGIT_WORDS.search(t))
 
 
 @dataclass(frozen=True)
@@ -88,15 +100,16 @@ class TurnDetector:
         self._pause_requested = False
         self._text = ""
         self._text_until = 0.0
+        self._confidence = 1.0
 
     @property
     def in_turn(self) -> bool:
         return self._start is not None
 
-    def transcript(self, text: str, until: float) -> None:
+    def transcript(self, text: str, until: float, confidence: float = 1.0) -> None:
         """A transcript of the utterance's audio up to `until` arrived."""
         if self._start is not None and until >= self._text_until:
-            self._text, self._text_until = text, until
+            self._text, self._text_until, self._confidence = text, until, confidence
 
     def frame(self, now: float, speech: bool) -> list[TurnEvent]:
         """One inbound frame starting at `now`; `speech`: the detector counted it as caller speech."""
@@ -136,7 +149,7 @@ class TurnDetector:
         heard = self._text_until >= self._last_speech - 1e-6
         if not heard:  # the pause's transcript is not back yet: wait for it, up to the hold time
             return self.s.hold_ms
-        return self.s.hold_ms if sounds_unfinished(self._text) else self.s.endpoint_ms
+        return self.s.hold_ms if sounds_unfinished(self._text, self._confidence) else self.s.endpoint_ms
 
     def _end(self, now: float) -> list[TurnEvent]:
         assert self._start is not None

@@ -82,6 +82,8 @@ class BargeInDetector:
         self._run_start = 0.0
         self._quiet_ms = 0
         self.in_speech = False
+        self.candidate = False
+        """Whether the last inbound frame counted as caller speech (VAD, above the noise and echo threshold)."""
         self._speech_start = 0.0
         self.paused = False
         self._onset_t = 0.0
@@ -127,6 +129,7 @@ class BargeInDetector:
             and not is_tone(samples, self.s.tone_ratio)
         )
         self._track(level_db, candidate)
+        self.candidate = candidate
         events: list[MediaEvent] = []
         if candidate:
             if self._run == 0:

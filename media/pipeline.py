@@ -47,10 +47,9 @@ class CallMedia:
         settings: DetectorSettings | None = None,
         vad_aggressiveness: int = 2,
         barge_in: bool = True,
-        on_audio: Callable[[float, bytes], None] | None = None,
     ) -> None:
         self._emit = emit
-        self._on_audio = on_audio
+        self._tap: Callable[[float, bytes, bool], None] | None = None
         self._vad = Vad(vad_aggressiveness)
         self.detector = BargeInDetector(settings)
         self.playout = PlayoutBuffer()
@@ -85,8 +84,9 @@ class CallMedia:
                     events = events + self.playout.flush(now)
         for ev in events:
             self._emit(ev)
-        if self._on_audio is not None:
-            self._on_audio(now, frame)
+        tap = self._tap
+        if tap is not None:
+            tap(now, frame, self.detector.candidate)
 
     def next_outbound(self, now: float) -> bytes:
         st = self.stats
@@ -124,6 +124,10 @@ class CallMedia:
     def dtmf(self, now: float) -> None:
         with self._lock:
             self.detector.note_dtmf(now)
+
+    def set_tap(self, tap: Callable[[float, bytes, bool], None] | None) -> None:
+        """Hand every inbound frame, with whether it counted as caller speech, to `tap` (on the clock thread)."""
+        self._tap = tap
 
     def set_loopback(self, on: bool) -> None:
         """Echo mode: inbound frames go straight back out on the clock thread (at most 3 frames queued)."""

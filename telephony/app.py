@@ -105,6 +105,7 @@ class Gateway:
             await self._drain()
         finally:
             await asyncio.to_thread(self.stack.stop)
+            await asyncio.gather(*(f.close() for f in self.factories.values()), return_exceptions=True)
             event("gateway_stopped")
 
     async def _drain(self) -> None:
@@ -229,4 +230,4 @@ class Gateway:
         event("call_end", call=leg.call_id, agent=leg.agent, reason=rec.end_reason, sip_code=code,
               sip_reason=reason, duration_s=round(time.monotonic() - leg.started, 2), codec=leg.codec,
               barge_ins=rec.barge_ins, resumed=rec.resumed, paused_ms=rec.paused_ms, digits=rec.digits,
-              frames_in=st.frames_in, frames_out=st.frames_out, **st.tick_percentiles())
+              frames_in=st.frames_in, frames_out=st.frames_out, turns=rec.turns, **st.tick_percentiles())

@@ -8,7 +8,9 @@ tokens in one decoder pass). Engines are CPU-heavy and run in a worker process (
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
@@ -17,6 +19,11 @@ import numpy.typing as npt
 SAMPLE_RATE = 16000
 
 Audio = npt.NDArray[np.float32]
+
+
+def cache_dir() -> Path:
+    """Where converted or joined models are kept (`$VOICEGATE_CACHE`, default ~/.cache/voicegate)."""
+    return Path(os.environ.get("VOICEGATE_CACHE", Path.home() / ".cache" / "voicegate"))
 
 
 class AsrError(Exception):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from agents.speech.asr import SAMPLE_RATE, AsrError, Audio, Transcript
+from agents.speech.asr import SAMPLE_RATE, AsrError, Audio, Transcript, cache_dir
 
 _LAYERS = 8
 _HEADS = 8
@@ -41,10 +40,6 @@ def wheel_model_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise AsrError("moonshine: the moonshine-cpp package is not installed (pip install moonshine-cpp==0.1.4)")
     return Path(next(iter(spec.submodule_search_locations))) / "models" / "base-en"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("VOICEGATE_CACHE", Path.home() / ".cache" / "voicegate"))
 
 
 def _convert(ort_path: Path, onnx_path: Path) -> None:

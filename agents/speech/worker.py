@@ -34,7 +34,19 @@ def make_engine(spec: EngineSpec) -> AsrEngine:
         m = MoonshineAsr(**dict(spec.options))
         m.load()
         return m
-    raise AsrError(f"unknown ASR engine {spec.engine!r} (known: moonshine)")
+    if spec.engine == "whisper":
+        from agents.speech.whisper_asr import WhisperAsr
+        from agents.speech.whisper_model import whisper_base_dir
+
+        opts = dict(spec.options)
+        if not opts.get("model_path"):
+            opts["model_path"] = str(whisper_base_dir())
+        return WhisperAsr(**opts)
+    if spec.engine == "vosk":
+        from agents.speech.vosk_asr import VoskAsr
+
+        return VoskAsr(**dict(spec.options))
+    raise AsrError(f"unknown ASR engine {spec.engine!r} (known: moonshine, whisper, vosk)")
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ def gateway_config(port: int, **overrides: object) -> str:
         {"match": "xfer", "agent": "xfer"},
         {"match": "echo", "agent": "echo"},
         {"match": "long", "agent": "long"},
+        {"match": "assistant", "agent": "assistant"},
         {"match": "/^demo$|^100$/", "agent": "demo"},
     ]
     for k, v in overrides.items():

@@ -21,7 +21,8 @@ routes:
 def test_shipped_default_config_is_valid():
     cfg = load_config(ROOT / "voicegate.yaml")
     assert cfg.sip.port == 5060 and cfg.sip.transports == ["udp", "tcp"]
-    assert cfg.route("anything") == "demo"
+    assert cfg.route("anything") == "assistant"
+    assert cfg.route("demo") == "demo"
     assert cfg.route("echo") == "echo"
 
 

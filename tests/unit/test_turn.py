@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from agents.turn import TranscribeDue, TurnDetector, TurnDropped, TurnEnded, TurnSettings, TurnStarted, sounds_unfinished
+from agents.turn import (
+    TranscribeDue,
+    TurnDetector,
+    TurnDropped,
+    TurnEnded,
+    TurnSettings,
+    TurnStarted,
+    sounds_unfinished,
+)
 
 
 def drive(det: TurnDetector, pattern: list[tuple[bool, int]], t0: float = 10.0,
@@ -14,7 +22,7 @@ def drive(det: TurnDetector, pattern: list[tuple[bool, int]], t0: float = 10.0,
     i = 0
     for speech, n in pattern:
         for _ in range(n):
-            for when, until, text in [d for d in due if d[0] == i]:
+            for _when, until, text in [d for d in due if d[0] == i]:
                 det.transcript(text, until)
             for ev in det.frame(t, speech):
                 out.append((t, ev))
@@ -64,7 +72,7 @@ def test_expected_code_waits_longer() -> None:
 
 def test_waits_for_the_pause_transcript_until_hold() -> None:
     det = TurnDetector()
-    ev = drive(det, [(True, 40), (False, 60)], transcripts={20: "thank you"})  # ASR answers 400 ms after the 80 ms pause
+    ev = drive(det, [(True, 40), (False, 60)], transcripts={20: "thank you"})  # ASR: 400 ms after the pause
     [end] = ended(ev)
     assert 470 <= (end.t - end.speech_end) * 1000 <= 530
 
@@ -91,3 +99,6 @@ def test_unfinished_phrases() -> None:
     assert not sounds_unfinished("what time do you open?")
     assert not sounds_unfinished("thank you")
     assert not sounds_unfinished("")
+    assert sounds_unfinished("Press.")  # a lone word that is not an answer: the rest is coming
+    assert not sounds_unfinished("Yes.")
+    assert sounds_unfinished("what time do you open", confidence=0.3)

@@ -1,0 +1,195 @@
+"""What a cascaded agent thinks with: a `Brain` turns a caller turn into reply parts (text to speak, call actions).
+
+Two brains: `LlmBrain` (any OpenAI-compatible streaming endpoint, with tools mapped to call actions) and
+`DialogBrain` (the embedded rule-based dialog, for calls with no LLM configured). A brain yields parts as they come,
+so the first sentence is spoken while the rest is still being written; the agent cancels the iteration on barge-in
+and tells the brain what the caller actually heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from agents.dialog import Dialog, Reply
+from agents.llm import Conversation, LlmClient, LlmError, TextDelta, ToolCall
+from agents.speech.sentences import SentenceSplitter
+from media.paralinguistics import Prosody
+
+
+@dataclass(frozen=True)
+class UserTurn:
+    text: str
+    language: str
+    confidence: float
+    prosody: Prosody | None = None
+
+
+@dataclass(frozen=True)
+class Say:
+    text: str
+
+
+@dataclass(frozen=True)
+class Act:
+    action: Literal["transfer", "hangup", "dtmf"]
+    arg: str = ""
+
+
+Part = Say | Act
+
+
+class Brain(Protocol):
+    expects_code: bool
+    """The next caller turn is a code or a number: the turn detector waits longer and DTMF is welcome."""
+
+    def greeting(self) -> str: ...
+
+    def respond(self, turn: UserTurn) -> AsyncIterator[Part]: ...
+
+    def on_dtmf(self, digit: str) -> AsyncIterator[Part]: ...
+
+    def heard(self, spoken: Sequence[str], interrupted: bool) -> None:
+        """What the caller heard of the last reply (all of it unless `interrupted`)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+CALL_TOOLS: tuple[dict[str, object], ...] = (
+    {"type": "function", "function": {
+        "name": "transfer_call", "description": "Transfer the caller to a person or another number.",
+        "parameters": {"type": "object", "properties": {"target": {"type": "string", "description": "SIP URI"}},
+                       "required": ["target"]}}},
+    {"type": "function", "function": {
+        "name": "end_call", "description": "Hang up after saying goodbye.",
+        "parameters": {"type": "object", "properties": {}}}},
+    {"type": "function", "function": {
+        "name": "send_dtmf", "description": "Send touch-tone digits on the call (to navigate another IVR).",
+        "parameters": {"type": "object", "properties": {"digits": {"type": "string"}}, "required": ["digits"]}}},
+)
+
+
+def _describe(turn: UserTurn) -> str:
+    """The user message: the transcript, with tone of voice when it says something the words do not."""
+    p = turn.prosody
+    if p is None or p.label == "neutral" or not turn.text:
+        return turn.text
+    return f"{turn.text}\n[caller sounds {p.label}: pitch {p.mean_f0_hz:.0f} Hz, {p.syllables_per_s:.1f} syll/s]"
+
+
+class LlmBrain:
+    def __init__(self, client: LlmClient, system_prompt: str, greeting: str, filler: str, filler_after_s: float,
+                 apology: str, transfer_default: str | None = None) -> None:
+        self.client = client
+        self.history = Conversation(system_prompt)
+        self._greeting = greeting
+        self.filler = filler
+        self.filler_after_s = filler_after_s
+        self.apology = apology
+        self.transfer_default = transfer_default
+        self.expects_code = False
+        self.errors = 0
+
+    def greeting(self) -> str:
+        return self._greeting
+
+    async def respond(self, turn: UserTurn) -> AsyncIterator[Part]:
+        self.history.add_user(_describe(turn))
+        async for part in self._complete():
+            yield part
+
+    async def on_dtmf(self, digit: str) -> AsyncIterator[Part]:
+        self.history.add_user(f"[the caller pressed {digit} on the keypad]")
+        async for part in self._complete():
+            yield part
+
+    def heard(self, spoken: Sequence[str], interrupted: bool) -> None:
+        self.history.add_assistant_spoken(list(spoken), interrupted)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def _complete(self) -> AsyncIterator[Part]:
+        splitter = SentenceSplitter()
+        calls: list[ToolCall] = []
+        stream = self.client.stream(self.history.messages, list(CALL_TOOLS))
+        nxt: asyncio.Task[object] | None = None
+        try:
+            async with contextlib.aclosing(stream):
+                first = True
+                while True:
+                    nxt = asyncio.ensure_future(anext(stream))
+                    if first:
+                        done, _ = await asyncio.wait({nxt}, timeout=self.filler_after_s)
+                        if not done:
+                            yield Say(self.filler)  # the caller hears something while the model thinks
+                        first = False
+                    try:
+                        delta = await nxt
+                    except StopAsyncIteration:
+                        break
+                    if isinstance(delta, TextDelta):
+                        for sentence in splitter.feed(delta.text):
+                            yield Say(sentence)
+                    elif isinstance(delta, ToolCall):
+                        calls.append(delta)
+        except LlmError:
+            self.errors += 1
+            yield Say(self.apology)
+            return
+        finally:
+            if nxt is not None and not nxt.done():
+                nxt.cancel()
+        for sentence in splitter.flush():
+            yield Say(sentence)
+        for call in calls:
+            self.history.add_tool_calls([call])
+            self.history.add_tool_result(call.id, "done")
+            if call.name == "transfer_call":
+                target = str(call.arguments.get("target") or self.transfer_default or "")
+                if target:
+                    yield Act("transfer", target)
+            elif call.name == "end_call":
+                yield Act("hangup")
+            elif call.name == "send_dtmf":
+                yield Act("dtmf", str(call.arguments.get("digits", "")))
+
+
+class DialogBrain:
+    """The embedded default: rule-based intents and slot filling (agents.dialog), no network needed."""
+
+    def __init__(self, dialog: Dialog) -> None:
+        self.dialog = dialog
+        self.expects_code = False
+        self._first: Reply | None = None
+
+    def greeting(self) -> str:
+        self._first = self.dialog.start()
+        return self._first.text
+
+    async def respond(self, turn: UserTurn) -> AsyncIterator[Part]:
+        for part in self._parts(self.dialog.on_user(turn.text)):
+            yield part
+
+    async def on_dtmf(self, digit: str) -> AsyncIterator[Part]:
+        for part in self._parts(self.dialog.on_dtmf(digit)):
+            yield part
+
+    def heard(self, spoken: Sequence[str], interrupted: bool) -> None:
+        return None  # the dialog's state does not depend on how much of a reply was heard
+
+    async def close(self) -> None:
+        return None
+
+    def _parts(self, reply: Reply) -> list[Part]:
+        self.expects_code = reply.expect in ("alnum", "digits", "keypad")
+        splitter = SentenceSplitter()
+        parts: list[Part] = [Say(t) for t in [*splitter.feed(reply.text), *splitter.flush()]]
+        act = reply.action
+        if act is not None:
+            parts.append(Act(act.kind, act.arg))
+        return parts

@@ -1,0 +1,274 @@
+"""The cascaded agent: caller speech -> turns + incremental ASR -> a brain (rule-based dialog or LLM) -> TTS.
+
+Every stage streams: the brain's first sentence is rendered and queued while it writes the next, and barge-in (the
+media layer already flushed the audio) cancels the brain's stream and any rendering at once; the brain is told what
+the caller heard. Each turn's timings go to the call record, measured from the end of the caller's speech.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from agents.base import Agent, AgentFactory, BargeIn, CallControl, Dtmf, HungUp, Played
+from agents.brain import Act, Brain, DialogBrain, LlmBrain, Part, Say, UserTurn
+from agents.config import CascadedAgentConfig
+from agents.dialog import Dialog
+from agents.listener import HeardTurn, Listener
+from agents.llm import LlmClient, LlmConfig
+from agents.speech.sentences import SentenceSplitter
+from agents.speech.tts import engine_for
+from agents.speech.worker import AsrWorker, EngineSpec
+from agents.turn import TurnDetector, TurnSettings
+from media.paralinguistics import analyse_pcm
+
+_DEVANAGARI = re.compile(r"[\u0900-\u097F]")
+_SEGMENT = re.compile(r"([\u0900-\u097F][\u0900-\u097F\s\d,.!?।']*)")
+
+
+def split_by_script(text: str) -> list[tuple[str, str]]:
+    """Split mixed Hindi-English text into (language, text) runs: Devanagari is `hi`, the rest `en`."""
+    if not _DEVANAGARI.search(text):
+        return [("en", text)]
+    out: list[tuple[str, str]] = []
+    for piece in _SEGMENT.split(text):
+        piece = piece.strip()
+        if piece and re.search(r"\w", piece):
+            out.append(("hi" if _DEVANAGARI.search(piece) else "en", piece))
+    return out
+
+
+@dataclass
+class _Reply:
+    """One reply being spoken: the sentences queued, and how each ended."""
+
+    sentences: list[str] = field(default_factory=list)
+    played: list[asyncio.Future[Played]] = field(default_factory=list)
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def heard(self) -> tuple[list[str], bool]:
+        spoken: list[str] = []
+        for text, fut in zip(self.sentences, self.played, strict=True):
+            if not fut.done():
+                return spoken, True
+            p = fut.result()
+            if p.played_ms > 0:
+                spoken.append(text)
+            if p.interrupted:
+                return spoken, True
+        return spoken, False
+
+
+class CascadedAgent(Agent):
+    def __init__(self, factory: CascadedFactory) -> None:
+        self.f = factory
+        self.cfg = factory.cfg
+        self.brain: Brain = factory.new_brain()
+        self._reply: asyncio.Task[None] | None = None
+        self._current: _Reply | None = None
+        self._inputs: asyncio.Queue[HeardTurn | str] = asyncio.Queue()
+        self._hangup_requested = False
+
+    async def run(self, call: CallControl) -> None:
+        assert self.f.asr is not None
+        turns = TurnDetector(TurnSettings(endpoint_ms=self.cfg.turn.endpoint_ms, hold_ms=self.cfg.turn.hold_ms))
+        listener = Listener(call, self.f.asr, turns)
+        tasks = [asyncio.create_task(listener.run()), asyncio.create_task(self._pump(listener)),
+                 asyncio.create_task(self._events(call))]
+        try:
+            greeting = self.brain.greeting()
+            await self._speak(call, _parts(Say(greeting)), {})
+            while True:
+                item = await self._inputs.get()
+                turns.expect_code = self.brain.expects_code
+                if isinstance(item, str):
+                    parts = self.brain.on_dtmf(item)
+                    marks: dict[str, float] = {}
+                else:
+                    if call.speaking:
+                        continue  # speech over our audio that was not a barge-in: a backchannel or echo
+                    turn = await self._user_turn(call, item)
+                    if turn is None:
+                        continue
+                    parts = self.brain.respond(turn)
+                    marks = {"speech_end": item.speech_end}
+                reply = self._reply = asyncio.create_task(self._speak(call, parts, marks, item))
+                try:
+                    await asyncio.wait({reply})  # a barge-in cancels the reply, not this loop
+                finally:
+                    self._reply = None
+                if not reply.cancelled() and reply.exception() is not None:
+                    raise reply.exception()  # type: ignore[misc]
+                if self._hangup_requested:
+                    return
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.brain.close()
+
+    async def _pump(self, listener: Listener) -> None:
+        while True:
+            self._inputs.put_nowait(await listener.heard.get())
+
+    async def _events(self, call: CallControl) -> None:
+        while True:
+            ev = await call.next_event()
+            if isinstance(ev, BargeIn) and self._reply is not None:
+                self._reply.cancel()
+            elif isinstance(ev, Dtmf):
+                if self._reply is not None:
+                    self._reply.cancel()
+                self._inputs.put_nowait(ev.digit)
+            elif isinstance(ev, HungUp):
+                return
+
+    async def _user_turn(self, call: CallControl, heard: HeardTurn) -> UserTurn | None:
+        tr = heard.transcript
+        if heard.error:
+            call.record_turn({"error": heard.error})
+            await call.say(self.cfg.apology)
+            return None
+        if not tr.text:
+            return None
+        prosody = analyse_pcm(heard.pcm) if self.cfg.paralinguistics else None
+        return UserTurn(tr.text, tr.language or "en", tr.confidence, prosody)
+
+    def _voice(self, language: str) -> str:
+        return self.cfg.voices.get(language, self.cfg.voice)
+
+    async def _speak(self, call: CallControl, parts: AsyncIterator[Part], marks: dict[str, float],
+                     heard: HeardTurn | str | None = None) -> None:
+        reply = _Reply(marks=marks)
+        self._current = reply
+        t0 = time.monotonic()
+        interrupted = False
+        try:
+            async for part in parts:
+                reply.marks.setdefault("first_part", time.monotonic())
+                if isinstance(part, Say):
+                    for lang, text in split_by_script(part.text):
+                        pcm, rate = await self.f.synthesize(self._voice(lang), text)
+                        reply.marks.setdefault("first_audio", time.monotonic())
+                        reply.sentences.append(text)
+                        reply.played.append(asyncio.ensure_future(call.enqueue(pcm, rate)))
+                elif isinstance(part, Act):
+                    await asyncio.gather(*reply.played)  # finish speaking before acting
+                    await self._act(call, part)
+            if reply.played:
+                await asyncio.gather(*reply.played)
+        except asyncio.CancelledError:
+            interrupted = True
+            raise
+        finally:
+            spoken, cut = reply.heard()
+            self.brain.heard(spoken, cut or interrupted)
+            if isinstance(heard, HeardTurn):
+                call.record_turn(_turn_record(heard, reply, t0, cut or interrupted, spoken))
+
+    async def _act(self, call: CallControl, act: Act) -> None:
+        if act.action == "transfer":
+            await call.transfer(act.arg)
+            self._hangup_requested = True
+        elif act.action == "hangup":
+            await call.hangup("agent")
+            self._hangup_requested = True
+        elif act.action == "dtmf":
+            await call.send_dtmf(act.arg)
+
+
+async def _parts(*parts: Part) -> AsyncIterator[Part]:
+    for p in parts:
+        yield p
+
+
+def _turn_record(heard: HeardTurn, reply: _Reply, t0: float, interrupted: bool, spoken: list[str]) -> dict[str, Any]:
+    end = heard.speech_end
+
+    def ms(t: float | None) -> float | None:
+        return None if t is None else round((t - end) * 1000, 1)
+
+    tr = heard.transcript
+    return {
+        "text": tr.text, "language": tr.language, "confidence": tr.confidence,
+        "speech_s": round(end - heard.start, 2), "asr_passes": heard.passes,
+        "endpoint_ms": ms(heard.endpoint_at), "asr_final_ms": ms(heard.final_at), "brain_start_ms": ms(t0),
+        "first_part_ms": ms(reply.marks.get("first_part")), "first_audio_ms": ms(reply.marks.get("first_audio")),
+        "reply": " ".join(reply.sentences)[:300], "heard": " ".join(spoken)[:300], "interrupted": interrupted,
+    }
+
+
+TTS_CACHE = 256
+
+
+def _fixed_lines(cfg: CascadedAgentConfig) -> list[str]:
+    """Sentences of the dialog's replies and prompts that have no placeholders."""
+    d = cfg.dialog
+    texts = [d.greeting, *(i.reply for i in d.intents.values()),
+             *(slot.prompt for i in d.intents.values() for slot in i.slots)]
+    out: list[str] = []
+    for text in texts:
+        splitter = SentenceSplitter()
+        out.extend(t for t in [*splitter.feed(text), *splitter.flush()] if "{" not in t)
+    return out
+
+
+class CascadedFactory(AgentFactory):
+    _workers: dict[EngineSpec, AsrWorker] = {}
+
+    def __init__(self, name: str, cfg: CascadedAgentConfig) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.asr: AsrWorker | None = None
+        self._tts: OrderedDict[tuple[str, str], tuple[bytes, int]] = OrderedDict()
+
+    async def prepare(self) -> None:
+        spec = self.cfg.asr.spec()
+        worker = CascadedFactory._workers.get(spec)
+        if worker is None:
+            worker = AsrWorker(spec)
+            await worker.start()
+            CascadedFactory._workers[spec] = worker
+        self.asr = worker
+        voices = {self.cfg.voice, *self.cfg.voices.values()}
+        await asyncio.gather(*(asyncio.to_thread(engine_for(v).synthesize, "ready") for v in voices))
+        if self.cfg.llm is None:  # the dialog's fixed lines, rendered before the first call
+            for text in _fixed_lines(self.cfg):
+                await self.synthesize(self.cfg.voice, text)
+
+    async def synthesize(self, voice: str, text: str) -> tuple[bytes, int]:
+        """TTS audio for one sentence; the last `TTS_CACHE` sentences are kept (dialog lines repeat)."""
+        key = (voice, text)
+        hit = self._tts.get(key)
+        if hit is not None:
+            self._tts.move_to_end(key)
+            return hit
+        out = await asyncio.to_thread(engine_for(voice).synthesize, text)
+        self._tts[key] = out
+        if len(self._tts) > TTS_CACHE:
+            self._tts.popitem(last=False)
+        return out
+
+    async def close(self) -> None:
+        for w in CascadedFactory._workers.values():
+            w.close()
+        CascadedFactory._workers.clear()
+
+    def new_brain(self) -> Brain:
+        llm = self.cfg.llm
+        if llm is None:
+            return DialogBrain(Dialog(self.cfg.dialog))
+        key = os.environ.get(llm.api_key_env) if llm.api_key_env else None
+        client = LlmClient(LlmConfig(llm.base_url, llm.model, key, llm.temperature, llm.max_tokens,
+                                     llm.first_token_timeout_s, llm.total_timeout_s))
+        return LlmBrain(client, llm.system_prompt, llm.greeting, llm.filler, llm.filler_after_s, self.cfg.apology,
+                        llm.transfer_target)
+
+    def create(self) -> Agent:
+        return CascadedAgent(self)

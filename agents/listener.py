@@ -1,0 +1,129 @@
+"""The caller's side of a cascaded call: inbound frames -> turns, transcribed while the caller speaks.
+
+Partials run every `partial_every_ms` of speech and a likely-final pass runs as soon as the caller pauses, each
+handing its tokens to the next as a hint, so when the turn detector ends the turn the final transcript is usually
+already there (or one short pass away).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from agents.base import CallControl
+from agents.speech.asr import SAMPLE_RATE, AsrError, Transcript, pcm16_to_float
+from agents.speech.worker import AsrWorker
+from agents.turn import TranscribeDue, TurnDetector, TurnDropped, TurnEnded, TurnStarted
+from media.frames import FRAME_MS
+
+PREROLL_FRAMES = 15
+"""Audio kept from before the onset (300 ms), so the first syllable is not cut."""
+TAIL_S = 0.1
+"""Silence kept after the last speech frame in the audio that is transcribed."""
+
+
+@dataclass(frozen=True)
+class HeardTurn:
+    """One caller turn: its transcript, its audio (16 kHz PCM16) and when things happened (monotonic s)."""
+
+    transcript: Transcript
+    pcm: bytes
+    start: float
+    speech_end: float
+    endpoint_at: float
+    final_at: float
+    passes: int
+    error: str = ""
+    """Why there is no transcript (the ASR engine failed); the agent apologises and the call goes on."""
+
+
+class Listener:
+    def __init__(self, call: CallControl, asr: AsrWorker, turns: TurnDetector) -> None:
+        self.call = call
+        self.asr = asr
+        self.turns = turns
+        self.heard: asyncio.Queue[HeardTurn] = asyncio.Queue()
+        self._preroll: deque[bytes] = deque(maxlen=PREROLL_FRAMES)
+        self._buf: list[bytes] = []
+        self._t0 = 0.0
+        self._turn = 0
+        self._best: Transcript | None = None
+        self._best_until = 0.0
+        self._pause: tuple[float, asyncio.Task[Transcript | None]] | None = None
+        self._passes = 0
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                fr = await self.call.listen()
+                (self._buf if self.turns.in_turn else self._preroll).append(fr.pcm)
+                for ev in self.turns.frame(fr.t, fr.speech):
+                    if isinstance(ev, TurnStarted):
+                        self._begin(fr.t)
+                    elif isinstance(ev, TranscribeDue):
+                        self._transcribe(ev.until + (TAIL_S if ev.at_pause else 0.0), ev.at_pause)
+                    elif isinstance(ev, TurnEnded):
+                        self._keep(asyncio.ensure_future(
+                            self._finish(self._turn, ev, self._audio(ev.speech_end + TAIL_S), self._pause)))
+                    elif isinstance(ev, TurnDropped):
+                        self._buf = []
+        finally:
+            for t in self._tasks:
+                t.cancel()
+
+    def _begin(self, t: float) -> None:
+        self._turn += 1
+        self._buf = list(self._preroll)
+        self._preroll.clear()
+        self._t0 = t - (len(self._buf) - 1) * FRAME_MS / 1000.0
+        self._best, self._best_until, self._pause, self._passes = None, 0.0, None, 0
+
+    def _audio(self, until: float) -> bytes:
+        pcm = b"".join(self._buf)
+        n = int(max(0.0, until - self._t0) * SAMPLE_RATE) * 2
+        return pcm[:n]
+
+    def _keep(self, task: asyncio.Future[Any]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _transcribe(self, until: float, at_pause: bool) -> None:
+        turn, pcm = self._turn, self._audio(until)
+        task = asyncio.ensure_future(self._pass(turn, pcm, until, at_pause))
+        self._keep(task)
+        if at_pause:
+            self._pause = (until, task)
+
+    async def _pass(self, turn: int, pcm: bytes, until: float, final: bool) -> Transcript | None:
+        self._passes += 1
+        try:
+            result = await self.asr.transcribe(self.call.call_id, pcm16_to_float(pcm), final, self._best)
+        except AsrError:
+            if final:
+                raise
+            return None  # a failed partial only costs its hint; the final pass reports the error
+        if result is not None and turn == self._turn and until >= self._best_until:
+            self._best, self._best_until = result, until
+            self.turns.transcript(result.text, until, result.confidence)
+        return result
+
+    async def _finish(self, turn: int, ev: TurnEnded, pcm: bytes,
+                      pause: tuple[float, asyncio.Task[Transcript | None]] | None) -> None:
+        until = ev.speech_end + TAIL_S
+        result: Transcript | None = None
+        error = ""
+        try:
+            if pause is not None and pause[0] >= until - 1e-6:
+                result = await pause[1]
+            if result is None:
+                result = await self._pass(turn, pcm, until, True)
+        except AsrError as e:
+            error = str(e)
+        if result is None:
+            result = Transcript("", "", 0.0, True, len(pcm) / 2 / SAMPLE_RATE)
+        self.heard.put_nowait(HeardTurn(result, pcm, ev.start, ev.speech_end, ev.t, time.monotonic(),
+                                        self._passes, error))

