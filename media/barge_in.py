@@ -26,6 +26,7 @@ import numpy as np
 from media.echo_path import EchoPath
 from media.events import BargeInConfirmed, BargeInPaused, BargeInResumed, MediaEvent, SpeechStarted, SpeechStopped
 from media.frames import FLOOR_DBFS, FRAME_MS
+from media.tones import ToneDetector
 
 
 @dataclass(frozen=True)
@@ -48,25 +49,6 @@ class DetectorSettings:
     """Per frame: the most the echo estimate may rise, so a quiet start of caller speech cannot ratchet it up."""
     ref_active_dbfs: float = -45.0
     """Played audio below this level teaches nothing about the echo path."""
-    tone_ratio: float = 0.85
-    """Share of a frame's energy in its two strongest FFT bins above which the frame is a tone, not speech."""
-
-
-def is_tone(samples: np.ndarray, ratio: float) -> bool:
-    """True for a frame dominated by one or two sinusoids (DTMF, ring-back, fax), which is never speech."""
-    spec = np.abs(np.fft.rfft(samples.astype(np.float32) * np.hanning(samples.size))) ** 2
-    total = float(spec.sum())
-    if total <= 0.0:
-        return False
-    # a sinusoid spreads over ~3 bins with a Hann window; take each peak with its neighbours
-    top = 0.0
-    s = spec.copy()
-    for _ in range(2):
-        k = int(np.argmax(s))
-        lo, hi = max(0, k - 1), min(s.size, k + 2)
-        top += float(s[lo:hi].sum())
-        s[lo:hi] = 0.0
-    return top / total >= ratio
 
 
 class BargeInDetector:
@@ -91,6 +73,7 @@ class BargeInDetector:
         self._speech_ms = 0
         self._dtmf_until = -1.0
         self.echo = EchoPath()
+        self.tones = ToneDetector()
         self._played_now = FLOOR_DBFS
 
     def played(self, level_db: float) -> None:
@@ -122,11 +105,12 @@ class BargeInDetector:
     ) -> list[MediaEvent]:
         """One inbound frame at `now` (its start time); `agent_speaking`: agent audio is queued for the caller."""
         threshold = self.threshold_db()
+        tone = self.tones.process(samples, level_db)  # fed every frame: it compares with the previous one
         candidate = (
             vad_speech
             and level_db > threshold
             and now >= self._dtmf_until
-            and not is_tone(samples, self.s.tone_ratio)
+            and not tone
         )
         self._track(level_db, candidate)
         self.candidate = candidate
