@@ -1,4 +1,8 @@
-"""Simulation reports: a console summary and JUnit XML (one test case per script step, plus the dial)."""
+"""Simulation reports: console, JUnit XML (one test case per script step, plus the dial) and HTML.
+
+What `expect_speech` steps heard is in all of them: on the console line, as the JUnit case's system-out, in the HTML
+step table and as a label on the agent's track of the timeline.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +45,10 @@ def _fmt_metrics(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:g}" for k, v in metrics.items())
 
 
+def _heard(s: StepResult) -> str:
+    return f"heard {s.transcript!r}" if s.transcript is not None else ""
+
+
 def console(reports: list[CallReport]) -> str:
     lines = []
     for r in reports:
@@ -51,7 +59,7 @@ def console(reports: list[CallReport]) -> str:
             lines.append(f"  x dial: expected {r.expected_status}, got {r.status} {r.error}".rstrip())
         for s in r.steps:
             lines.append(f"  {'ok' if s.ok else ' x'} {s.index + 1:02d} {s.name} {s.seconds:.2f}s "
-                         f"{_fmt_metrics(s.metrics)} {s.message}".rstrip())
+                         f"{_fmt_metrics(s.metrics)} {s.message or _heard(s)}".rstrip())
     passed = sum(r.passed for r in reports)
     lines.append(f"{passed} passed, {len(reports) - passed} failed")
     return "\n".join(lines)
@@ -90,6 +98,7 @@ def junit(reports: list[CallReport], path: Path) -> None:
         cases = [("00 dial", r.dial_ok, f"expected SIP {r.expected_status}, got {r.status} {r.error}".strip(),
                   r.answer_s or 0.0)]
         cases += [(f"{s.index + 1:02d} {s.name}", s.ok, s.message, s.seconds) for s in r.steps]
+        heard = {f"{s.index + 1:02d} {s.name}": _heard(s) for s in r.steps if s.transcript is not None}
         suite = ET.SubElement(root, "testsuite", name=r.script, tests=str(len(cases)),
                               failures=str(sum(not ok for _, ok, _, _ in cases)), time=f"{r.duration_s:.3f}")
         metrics = [(f"{s.index + 1:02d} {s.name}", s.metrics) for s in r.steps if s.metrics]
@@ -102,6 +111,8 @@ def junit(reports: list[CallReport], path: Path) -> None:
             case = ET.SubElement(suite, "testcase", classname=r.script, name=name, time=f"{seconds:.3f}")
             if not ok:
                 ET.SubElement(case, "failure", message=message or "failed")
+            if name in heard:
+                ET.SubElement(case, "system-out").text = heard[name]
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
 
 
@@ -131,6 +142,11 @@ def timeline_svg(r: CallReport, width: int = 960) -> str:
                      f'<title>{escape(s.name)} {escape(s.message)}</title></rect>')
         y = 198 + (s.index % 3) * 12  # staggered, so short neighbouring steps stay readable
         parts.append(f'<text x="{xa:.1f}" y="{y}">{s.index + 1} {escape(s.name)}</text>')
+        if s.transcript is not None:  # on the agent's track, cut to the step's span
+            room = max(12, int((xb - xa) / 6))
+            text = s.transcript if len(s.transcript) <= room else s.transcript[: room - 1] + "\u2026"
+            parts.append(f'<text x="{xa:.1f}" y="102" fill="#7a3d00">\u201c{escape(text)}\u201d'
+                         f'<title>{escape(s.transcript)}</title></text>')
     seconds = n / 50
     for t in range(0, int(seconds) + 1, max(1, int(seconds // 10) or 1)):
         parts.append(f'<text x="{x0 + t * 50 * scale:.1f}" y="168" fill="#888">{t}s</text>')
@@ -151,11 +167,13 @@ def html(reports: list[CallReport], path: Path, max_calls: int = 50) -> None:
         out.append(f"<h2 class='{cls}'>{i + 1}. {escape(r.script)}: {'PASS' if r.passed else 'FAIL'}</h2>")
         out.append(f"<p>{escape(r.target)}, SIP {r.status}, codec {escape(r.codec or '-')}, answer "
                    f"{r.answer_s if r.answer_s is not None else '-'} s, {r.duration_s:.1f} s {escape(r.error)}</p>")
-        out.append("<table><tr><th>#</th><th>step</th><th>result</th><th>s</th><th>measured</th><th>why</th></tr>")
+        out.append("<table><tr><th>#</th><th>step</th><th>result</th><th>s</th><th>measured</th><th>heard</th>"
+                   "<th>why</th></tr>")
         for s in r.steps:
             out.append(f"<tr><td>{s.index + 1}</td><td>{escape(s.name)}</td>"
                        f"<td class='{'ok' if s.ok else 'x'}'>{'ok' if s.ok else 'failed'}</td><td>{s.seconds:.2f}</td>"
-                       f"<td>{escape(_fmt_metrics(s.metrics))}</td><td>{escape(s.message)}</td></tr>")
+                       f"<td>{escape(_fmt_metrics(s.metrics))}</td><td>{escape(s.transcript or '')}</td>"
+                       f"<td>{escape(s.message)}</td></tr>")
         out.append("</table>")
         out.append(timeline_svg(r))
     if len(reports) > max_calls:

@@ -3,7 +3,8 @@
 Every ~10 ms the driver passes an `Observation` (frame clock, agent audio heard, own speech, call state) and
 carries out the returned actions. Steps finish with a `StepResult` (pass/fail, message, measurements). Barge-in
 reaction is measured like the benchmark: the caller's onset (first frame within 20 dB of the utterance's peak, on the
-telephone band) to the end of the last agent frame heard.
+telephone band) to the end of the last agent frame heard. `expect_speech` asks the driver to `Transcribe` the agent's
+utterance and waits for the driver to hand the text back through `hear()`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from telephony.simulator.script import (
     Dtmf,
     Echo,
     ExpectHangup,
+    ExpectSpeech,
     Hangup,
     Interrupt,
     Play,
@@ -37,6 +39,7 @@ FRAMES_PER_S = 1000 // FRAME_MS
 INTERRUPT_WAIT_MS = 3000
 QUIET_AFTER_STOP = 10
 """Frames of silence that show the agent really stopped (200 ms)."""
+ASR_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,26 @@ class HangUp:
     pass
 
 
-Action = Speak | SendDtmf | SetEcho | HangUp
+@dataclass(frozen=True)
+class Transcribe:
+    """Transcribe the received frames [start, end] with `engine`, then call `ScriptRunner.hear`."""
+
+    start: int
+    end: int
+    engine: str
+
+
+Action = Speak | SendDtmf | SetEcho | HangUp | Transcribe
+
+
+@dataclass(frozen=True)
+class Heard:
+    """What the ASR made of an utterance; `error` when it failed."""
+
+    text: str
+    confidence: float
+    asr_ms: float = 0.0
+    error: str = ""
 
 
 @dataclass
@@ -92,6 +114,8 @@ class StepResult:
     metrics: dict[str, float] = field(default_factory=dict)
     start_frame: int = 0
     end_frame: int = 0
+    transcript: str | None = None
+    """expect_speech: what the caller heard, as the ASR wrote it."""
 
 
 @dataclass
@@ -102,6 +126,9 @@ class _State:
     onset: int | None = None
     utter_end: int | None = None
     resumed_at: int | None = None
+    latency_ms: float = 0.0
+    started_asr: float = 0.0
+    heard: Heard | None = None
 
 
 class ScriptRunner:
@@ -119,12 +146,26 @@ class ScriptRunner:
                 self._speech[i] = (split_frames(pcm), measure.onset_index(x))
         self._i = 0
         self._st: _State | None = None
+        self._answer_frame: int | None = None
 
     @property
     def done(self) -> bool:
         return self._i >= len(self.script.steps)
 
+    @property
+    def transcribing(self) -> bool:
+        """A `Transcribe` is out and its step waits for `hear()` (even after the call ended)."""
+        return self._st is not None and self._st.phase == "transcribing"
+
+    def hear(self, heard: Heard) -> None:
+        """The transcript the last `Transcribe` asked for; the step checks it on the next tick."""
+        if self.transcribing:
+            assert self._st is not None
+            self._st.heard = heard
+
     def tick(self, o: Observation) -> list[Action]:
+        if self._answer_frame is None:
+            self._answer_frame = o.frame
         actions: list[Action] = []
         while not self.done:
             step = self.script.steps[self._i]
@@ -151,9 +192,10 @@ class ScriptRunner:
             self._finish(False, why)
             self._i += 1
 
-    def _finish(self, ok: bool, message: str = "", **metrics: float) -> None:
+    def _finish(self, ok: bool, message: str = "", transcript: str | None = None, **metrics: float) -> None:
         step = self.script.steps[self._i]
-        self.results.append(StepResult(self._i, step_name(step), ok, message, 0.0, dict(metrics)))
+        self.results.append(StepResult(self._i, step_name(step), ok, message, 0.0, dict(metrics),
+                                       transcript=transcript))
 
     # -- steps --------------------------------------------------------------------------------------------
     def _run(self, step: Step, st: _State, o: Observation) -> list[Action]:
@@ -203,6 +245,8 @@ class ScriptRunner:
             return self._interrupt(step, st, o)
         if isinstance(step, Backchannel):
             return self._backchannel(step, st, o)
+        if isinstance(step, ExpectSpeech):
+            return self._expect_speech(step, st, o)
         raise AssertionError(f"unhandled step {step!r}")
 
     def _speak(self, st: _State, o: Observation, wait: bool) -> list[Action]:
@@ -260,6 +304,50 @@ class ScriptRunner:
         elif o.frame >= deadline or o.ended:
             self._finish(False, f"the agent stopped for a backchannel (silent {a.expect_continue_s} s after it)")
         return []
+
+    def _expect_speech(self, step: ExpectSpeech, st: _State, o: Observation) -> list[Action]:
+        """The agent's next utterance (onset to `silence_s` of quiet), transcribed and checked."""
+        a = step.expect_speech
+        if st.phase == "start":
+            if o.audio_run >= 2:
+                st.onset = o.frame - o.audio_run + 1
+                st.latency_ms = self._turn_latency(st.onset, o)
+                st.phase = "utterance"
+            elif o.now - st.started > a.timeout_s:
+                self._finish(False, f"no agent speech within {a.timeout_s} s")
+            elif o.ended:
+                self._finish(False, "the call ended while waiting for speech")
+            return []
+        assert st.onset is not None
+        if st.phase == "utterance":
+            quiet = (o.frame - o.last_audio) * FRAME_MS >= a.silence_s * 1000
+            long = (o.frame - st.onset + 1) * FRAME_MS >= a.max_s * 1000
+            if not (quiet or long or o.ended):
+                return []
+            st.utter_end = o.frame if long and not quiet else o.last_audio
+            st.phase, st.started_asr = "transcribing", o.now
+            return [Transcribe(st.onset, st.utter_end, a.engine)]
+        assert st.utter_end is not None
+        h = st.heard
+        if h is None:
+            if o.now - st.started_asr > ASR_TIMEOUT_S:
+                self._finish(False, f"no transcript from {a.engine} within {ASR_TIMEOUT_S:g} s")
+            return []
+        metrics = {"latency_ms": st.latency_ms, "duration_s": round((st.utter_end - st.onset + 1) * FRAME_MS / 1000, 2),
+                   "confidence": h.confidence, "asr_ms": h.asr_ms}
+        why = f"ASR failed: {h.error}" if h.error else a.failure(h.text, h.confidence)
+        self._finish(not why, why, h.text, **metrics)
+        return []
+
+    def _turn_latency(self, onset: int, o: Observation) -> float:
+        """The end of the caller's last utterance (else the answer) to the agent's onset; 0 if they overlap."""
+        if o.speaking:
+            return 0.0
+        if o.speech_start is None:
+            return max(0, onset - (self._answer_frame or 0)) * FRAME_MS
+        if o.speech_end is None or o.speech_end >= onset:
+            return 0.0
+        return (onset - o.speech_end - 1) * FRAME_MS
 
 
 def _speech_of(step: Step) -> Speech | None:

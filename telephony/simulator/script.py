@@ -13,6 +13,10 @@ steps:
   - backchannel: {say: "uh-huh", after_ms: 1000}
   - echo: {db: -12, delay_ms: 200}        # from now on the agent hears itself
   - say: "I would like to check my order"
+    voice: joe                            # piper; any other name is an espeak-ng voice (default en-us)
+  - expect_speech:                        # the agent's next utterance, transcribed by the embedded ASR
+      any_of: [order, booking]            # also contains, not_contains, matches (regex), min_confidence
+      timeout_s: 10
   - wait: 1.5
   - hangup: {}
 ```
@@ -20,10 +24,11 @@ steps:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from telephony.config import KNOWN_CODECS, read_text, validate_yaml
 
@@ -131,9 +136,108 @@ class ExpectHangup(_Strict):
     expect_hangup: ExpectHangupArgs = ExpectHangupArgs()
 
 
-Step = (
-    WaitSpeech | WaitSilence | Say | Play | Dtmf | Interrupt | Backchannel | Echo | Wait | Hangup | ExpectHangup
-)
+ASR_ENGINES = ("moonshine",)
+
+
+def normalize(text: str) -> str:
+    """Lower case, apostrophes dropped, other punctuation as spaces: `Harbour Hotel's.` -> `harbour hotels`."""
+    return " ".join(re.sub(r"[\W_]+", " ", re.sub(r"['\u2019]", "", text.lower())).split())
+
+
+class ExpectSpeechArgs(_Strict):
+    contains: list[str] = []
+    """Every phrase must appear (whole words, case and punctuation ignored)."""
+    any_of: list[str] = []
+    not_contains: list[str] = []
+    matches: str | None = None
+    """A regex searched (case-insensitive) in the transcript as the ASR wrote it."""
+    min_confidence: float = Field(0.0, ge=0, le=1)
+    timeout_s: float = Field(10.0, gt=0)
+    """For the agent to start speaking."""
+    silence_s: float = Field(1.0, gt=0)
+    """Quiet this long ends the utterance."""
+    max_s: float = Field(30.0, gt=0)
+    """An utterance is cut (and checked) at this length."""
+    engine: str = "moonshine"
+
+    @field_validator("contains", "any_of", "not_contains")
+    @classmethod
+    def _phrases(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not normalize(p):
+                raise ValueError(f"{p!r} has no words to look for")
+        return v
+
+    @field_validator("matches")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a regular expression: {e}") from None
+        return v
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, v: str) -> str:
+        if v not in ASR_ENGINES:
+            raise ValueError(f"unknown ASR engine {v!r}; expect_speech supports: {', '.join(ASR_ENGINES)}")
+        return v
+
+    def failure(self, text: str, confidence: float) -> str:
+        """Why a transcript fails these expectations ('' when it passes)."""
+        words = f" {normalize(text)} "
+
+        def has(phrase: str) -> bool:
+            return f" {normalize(phrase)} " in words
+
+        for p in self.contains:
+            if not has(p):
+                return f"expected {p!r} in {text!r}"
+        if self.any_of and not any(has(p) for p in self.any_of):
+            return f"expected one of {', '.join(map(repr, self.any_of))} in {text!r}"
+        for p in self.not_contains:
+            if has(p):
+                return f"did not expect {p!r} in {text!r}"
+        if self.matches is not None and not re.search(self.matches, text, re.IGNORECASE):
+            return f"expected /{self.matches}/ to match {text!r}"
+        if confidence < self.min_confidence:
+            return f"ASR confidence {confidence:.2f} is below {self.min_confidence:g} for {text!r}"
+        return ""
+
+
+class ExpectSpeech(_Strict):
+    expect_speech: ExpectSpeechArgs = ExpectSpeechArgs()
+
+
+_STEPS: dict[str, type[_Strict]] = {
+    "wait_speech": WaitSpeech, "wait_silence": WaitSilence, "say": Say, "play": Play, "dtmf": Dtmf,
+    "interrupt": Interrupt, "backchannel": Backchannel, "echo": Echo, "wait": Wait, "hangup": Hangup,
+    "expect_hangup": ExpectHangup, "expect_speech": ExpectSpeech,
+}
+
+
+def _step_kind(v: Any) -> str | None:
+    """The step class's name for a YAML mapping, by its step keyword (`wait` is also an option of say and play)."""
+    if isinstance(v, BaseModel):
+        return type(v).__name__
+    if not isinstance(v, dict):
+        return None
+    kinds = [k for k in v if k in _STEPS]
+    kind = next((k for k in kinds if k != "wait"), kinds[0] if kinds else None)
+    return _STEPS[kind].__name__ if kind else None
+
+
+Step = Annotated[
+    Annotated[WaitSpeech, Tag("WaitSpeech")] | Annotated[WaitSilence, Tag("WaitSilence")]
+    | Annotated[Say, Tag("Say")] | Annotated[Play, Tag("Play")] | Annotated[Dtmf, Tag("Dtmf")]
+    | Annotated[Interrupt, Tag("Interrupt")] | Annotated[Backchannel, Tag("Backchannel")]
+    | Annotated[Echo, Tag("Echo")] | Annotated[Wait, Tag("Wait")] | Annotated[Hangup, Tag("Hangup")]
+    | Annotated[ExpectHangup, Tag("ExpectHangup")] | Annotated[ExpectSpeech, Tag("ExpectSpeech")],
+    Discriminator(_step_kind, custom_error_type="unknown_step",
+                  custom_error_message=f"not a step; steps are {', '.join(_STEPS)}"),
+]
 
 
 class Script(_Strict):
@@ -158,6 +262,11 @@ class Script(_Strict):
 def step_name(step: Step) -> str:
     """The step's keyword (`wait_speech`, `interrupt`, ...)."""
     return next(iter(type(step).model_fields))
+
+
+def uses_asr(script: Script) -> set[str]:
+    """The ASR engines the script's `expect_speech` steps need."""
+    return {s.expect_speech.engine for s in script.steps if isinstance(s, ExpectSpeech)}
 
 
 def load_script(path: str | Path) -> Script:

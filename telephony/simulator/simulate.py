@@ -13,20 +13,32 @@ import queue
 import sys
 import time
 import wave
+from concurrent.futures import Future
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from agents.speech.asr import AsrError
 from agents.speech.tts import engine_for
 from media.frames import SAMPLE_RATE, level_dbfs
 from media.resample import resample
 from telephony.config import ConfigError
+from telephony.simulator.listen import PAD_FRAMES, Ear, ear_for
 from telephony.simulator.phone import Phone, PhoneCall
 from telephony.simulator.report import CallReport, console, html, junit, summary
-from telephony.simulator.runner import HangUp, Observation, ScriptRunner, SendDtmf, SetEcho, Speak
-from telephony.simulator.script import Script, Speech, load_script
+from telephony.simulator.runner import (
+    HangUp,
+    Heard,
+    Observation,
+    ScriptRunner,
+    SendDtmf,
+    SetEcho,
+    Speak,
+    Transcribe,
+)
+from telephony.simulator.script import Script, Speech, load_script, uses_asr
 
 
 class SimulationError(Exception):
@@ -71,15 +83,34 @@ def write_stereo(path: Path, sent: list[bytes], heard: list[bytes]) -> None:
         w.writeframes(np.column_stack([left, right]).astype("<i2").tobytes())
 
 
+def _ears(script: Script) -> dict[str, Ear]:
+    """The loaded ASR engines of the script's `expect_speech` steps (loaded before the call, once per process)."""
+    try:
+        return {engine: ear_for(engine) for engine in uses_asr(script)}
+    except AsrError as e:
+        raise SimulationError(f"expect_speech cannot load its ASR: {e}") from None
+
+
+def _transcribe(ears: dict[str, Ear], call: PhoneCall, t: Transcribe) -> Future[Heard]:
+    with call.port.lock:
+        frames = call.port.rx[max(0, t.start - PAD_FRAMES) : t.end + 1 + PAD_FRAMES]
+    return ears[t.engine].submit(b"".join(frames))
+
+
 def run_call(phone: Phone, script: Script, file: str, target: str, record: Path | None = None) -> CallReport:
     base = Path(file).resolve().parent
     runner = ScriptRunner(script, lambda sp: render_speech(sp, base))
+    ears = _ears(script)
+    asr: Future[Heard] | None = None
     phone.set_codecs(script.codecs)
     call = phone.dial(target)
     report = CallReport(script.name, file, target, 0, script.expect_status, None, "", 0.0)
     while True:
         phone.poll(10)
         o = _observe(call)
+        if asr is not None and asr.done():
+            runner.hear(asr.result())
+            asr = None
         if not o.answered:
             if o.ended:
                 break
@@ -96,9 +127,11 @@ def run_call(phone: Phone, script: Script, file: str, target: str, record: Path 
                 call.port.set_echo(action.gain, action.delay_frames)
             elif isinstance(action, HangUp):
                 phone.hangup(call)
+            elif isinstance(action, Transcribe):
+                asr = _transcribe(ears, call, action)
         if runner.done:
             break
-        if o.ended:
+        if o.ended and not runner.transcribing:  # an utterance cut by the hang-up is still checked
             runner.abort("the call ended")
             break
         if o.now - call.started > script.max_duration_s:

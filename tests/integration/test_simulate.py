@@ -51,7 +51,7 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def test_example_scripts_pass_against_voicegate(gateway: Gateway, workdir: Path):
-    paths = sorted(str(p) for p in SCRIPTS.glob("*.yaml"))
+    paths = sorted(str(p) for p in SCRIPTS.glob("demo-*.yaml"))
     assert len(paths) >= 3
     lo, _ = rtp_range(100)
     r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", *paths, "--target",
@@ -59,6 +59,40 @@ def test_example_scripts_pass_against_voicegate(gateway: Gateway, workdir: Path)
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert f"{len(paths)} passed, 0 failed" in r.stdout
+
+
+HANDOVER = """\
+name: assistant hands over
+steps:
+  - expect_speech: {any_of: [harbour, harbor]}
+  - say: "Can I talk to a person?"
+    voice: joe
+  - expect_speech: {contains: [operator]}
+  - hangup: {}
+"""
+
+
+def test_expect_speech_checks_the_assistants_words(gateway: Gateway, workdir: Path):
+    """The example script passes against the cascaded assistant; an expectation it misses reports what was said."""
+    (workdir / "handover.yaml").write_text(HANDOVER)
+    lo, _ = rtp_range(100)
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(SCRIPTS / "assistant-hours.yaml"),
+                        str(workdir / "handover.yaml"), "--target", f"sip:assistant@127.0.0.1:{gateway.port}",
+                        "--rtp-port", str(lo), "--junit", str(workdir / "j.xml"), "--html", str(workdir / "r.html")],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "PASS assistant opening hours" in r.stdout and "FAIL assistant hands over" in r.stdout, r.stdout
+    hours, handover = ET.parse(workdir / "j.xml").getroot().findall("testsuite")
+    assert hours.get("failures") == "0"
+    cases = {c.get("name"): c for c in hours.iter("testcase")}
+    assert "reception is open" in cases["03 expect_speech"].findtext("system-out", "").lower()
+    props = {p.get("name"): float(p.get("value", "nan")) for p in hours.iter("property")}
+    assert 0 < props["03 expect_speech.latency_ms"] < 3000 and props["03 expect_speech.duration_s"] > 2
+    failed = {c.get("name"): c for c in handover.iter("testcase")}["03 expect_speech"]
+    message = failed.find("failure").get("message")
+    assert message.startswith("expected 'operator' in ") and "through to reception" in message.lower(), message
+    page = (workdir / "r.html").read_text()
+    assert page.count("<svg") == 2 and "through to reception" in page.lower()
 
 
 def test_a_prompt_that_does_not_stop_in_time_fails_with_the_reason(gateway: Gateway, workdir: Path):

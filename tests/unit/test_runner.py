@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
+import xml.etree.ElementTree as ET
+from pathlib import Path
 
-from telephony.simulator.runner import Observation, ScriptRunner, SendDtmf, Speak
-from telephony.simulator.script import Script
+import numpy as np
+import pytest
+
+from telephony.config import ConfigError
+from telephony.simulator.report import CallReport, console, html, junit
+from telephony.simulator.runner import Heard, Observation, ScriptRunner, SendDtmf, Speak, StepResult, Transcribe
+from telephony.simulator.script import ExpectSpeechArgs, Script, load_script
 
 
 def script(steps: list[dict]) -> Script:
@@ -18,10 +24,16 @@ def speech(_sp) -> bytes:
 
 
 class Line:
-    """A fake wire: agent audio in frames [talk_from, talk_to), our speech as the runner asks for it."""
+    """A fake wire: agent audio in frames [talk_from, talk_to), our speech as the runner asks for it.
 
-    def __init__(self, talk_from: int, talk_to: int) -> None:
+    The call ends at frame `end_at`; each `Transcribe` is answered with the next of `heard` on the following frame.
+    """
+
+    def __init__(self, talk_from: int, talk_to: int, heard: list[Heard] | None = None, end_at: int = 10**9) -> None:
         self.talk = (talk_from, talk_to)
+        self.heard = list(heard or [])
+        self.asked: list[Transcribe] = []
+        self.end_at = end_at
         self.frame = 0
         self.queue = 0
         self.speech_start: int | None = None
@@ -41,11 +53,15 @@ class Line:
             if not self.queue:
                 self.speech_end = f
         o = Observation(f * 0.02, f, self.last_audio, self.run, self.queue > 0, self.speech_start, self.speech_end,
-                        True, False, 200)
+                        True, f >= self.end_at, 200)
+        if self.asked and self.heard and runner.transcribing:
+            runner.hear(self.heard.pop(0))
         actions = runner.tick(o)
         for a in actions:
             if isinstance(a, Speak):
                 self.queue, self.speech_start, self.speech_end = len(a.frames), None, None
+            if isinstance(a, Transcribe):
+                self.asked.append(a)
         self.frame += 1
         return actions
 
@@ -90,3 +106,98 @@ def test_backchannel_passes_only_if_the_agent_carries_on():
     r = ScriptRunner(script([{"backchannel": {"say": "x", "after_ms": 100, "expect_continue_s": 1}}]), speech)
     drive(r, Line(0, 20), 400)
     assert not r.results[0].ok
+
+
+HOURS = "Reception is open from seven in the morning to eleven at night."
+
+
+def test_expect_speech_transcribes_the_reply_and_measures_the_turn():
+    # the caller speaks frames 1-50; the agent answers in frames [80, 180)
+    r = ScriptRunner(script([{"say": "x"}, {"expect_speech": {"contains": ["reception is open"], "silence_s": 1}}]),
+                     speech)
+    line = Line(80, 180, [Heard(HOURS, 0.93, 250.0)])
+    drive(r, line, 400)
+    assert line.asked == [Transcribe(80, 179, "moonshine")]
+    res = r.results[1]
+    assert res.ok, res
+    assert res.transcript == HOURS
+    assert res.metrics == {"latency_ms": (80 - 50 - 1) * 20, "duration_s": 2.0, "confidence": 0.93, "asr_ms": 250.0}
+    assert res.end_frame == 179 + 50 + 1  # a second of quiet, then the transcript on the next frame
+
+
+def test_expect_speech_failure_names_the_expectation_and_the_transcript():
+    steps = [{"expect_speech": {"contains": ["operator"]}}, {"dtmf": "1"}]
+    r = ScriptRunner(script(steps), speech)
+    drive(r, Line(30, 100, [Heard("Putting you through to reception.", 0.9)]), 400)
+    assert [x.ok for x in r.results] == [False, False]
+    assert r.results[0].message == "expected 'operator' in 'Putting you through to reception.'"
+    assert r.results[0].transcript == "Putting you through to reception."
+    assert r.results[0].metrics["latency_ms"] == 600  # no caller utterance before it: answer -> speech
+
+
+def test_expect_speech_times_out_without_asking_the_asr():
+    r = ScriptRunner(script([{"expect_speech": {"timeout_s": 1}}]), speech)
+    line = Line(500, 600)
+    drive(r, line, 200)
+    assert not r.results[0].ok and "no agent speech within 1.0 s" in r.results[0].message and not line.asked
+
+
+def test_expect_speech_checks_an_utterance_cut_by_the_hang_up():
+    r = ScriptRunner(script([{"expect_speech": {"any_of": ["goodbye"]}}, {"expect_hangup": {}}]), speech)
+    line = Line(10, 60, [Heard("Thank you for calling, goodbye.", 0.8)], end_at=60)  # no time to pause
+    drive(r, line, 200)
+    assert line.asked == [Transcribe(10, 59, "moonshine")]
+    assert [x.ok for x in r.results] == [True, True], r.results
+
+
+def test_expect_speech_cuts_a_long_utterance_and_reports_asr_errors():
+    r = ScriptRunner(script([{"expect_speech": {"max_s": 1}}]), speech)
+    line = Line(0, 1000, [Heard("", 0.0, error="moonshine: boom")])
+    drive(r, line, 200)
+    assert line.asked == [Transcribe(0, 49, "moonshine")]
+    assert not r.results[0].ok and r.results[0].message == "ASR failed: moonshine: boom"
+
+
+@pytest.mark.parametrize(("expect", "text", "why"), [
+    ({"contains": ["harbour hotel", "help"]}, "Thanks for calling Harbour Hotel. How can I help?", ""),
+    ({"contains": ["HOTEL."]}, "harbour hotel", ""),
+    ({"contains": ["open"]}, "We opened at seven.", "expected 'open' in 'We opened at seven.'"),
+    ({"any_of": ["harbour", "harbor"]}, "Harbor Hotel", ""),
+    ({"any_of": ["a", "b"]}, "c", "expected one of 'a', 'b' in 'c'"),
+    ({"not_contains": ["sorry"]}, "Sorry, I can't.", "did not expect 'sorry' in \"Sorry, I can't.\""),
+    ({"contains": ["what's on"]}, "Whats on tonight", ""),
+    ({"matches": r"harbou?r\s+hotel"}, "HARBOR HOTEL", ""),
+    ({"matches": r"^open"}, "We are open", "expected /^open/ to match 'We are open'"),
+    ({"min_confidence": 0.5}, "hi", "ASR confidence 0.40 is below 0.5 for 'hi'"),
+])
+def test_transcript_checks(expect: dict, text: str, why: str):
+    assert ExpectSpeechArgs.model_validate(expect).failure(text, 0.4 if "min_confidence" in expect else 1.0) == why
+
+
+def test_script_errors_name_the_line(tmp_path: Path):
+    f = tmp_path / "s.yaml"
+    f.write_text("name: x\nsteps:\n  - say: hi\n    voice: joe\n    wait: false\n  - expect_speech:\n"
+                 "      contains: [reception]\n      matchs: open\n  - expect_speech:\n      matches: '(open'\n"
+                 "      engine: whisper\n  - sing: la\n")
+    with pytest.raises(ConfigError) as e:
+        load_script(f)
+    issues = [str(i) for i in e.value.issues]
+    assert len(issues) == 4, issues
+    assert any(i.startswith(f"{f}:8: ") and "matchs" in i and "Extra inputs" in i for i in issues)
+    assert any(i.startswith(f"{f}:10: ") and "not a regular expression" in i for i in issues)
+    assert any(i.startswith(f"{f}:11: ") and "unknown ASR engine 'whisper'" in i for i in issues)
+    assert any(i.startswith(f"{f}:12: steps.3: not a step") for i in issues)
+
+
+def test_reports_show_what_expect_speech_heard(tmp_path: Path):
+    steps = [StepResult(0, "expect_speech", True, "", 3.0, {"latency_ms": 300}, 0, 150, "Harbor Hotel <hi>"),
+             StepResult(1, "expect_speech", False, "expected 'x' in 'y'", 2.0, {}, 150, 250, "y")]
+    r = CallReport("s", "s.yaml", "sip:a@b", 200, 200, 0.1, "PCMU/8000", 5.0, steps, sent_db=[-90.0] * 250,
+                   heard_db=[-20.0] * 250)
+    assert "heard 'Harbor Hotel <hi>'" in console([r]) and "expected 'x' in 'y'" in console([r])
+    junit([r], tmp_path / "j.xml")
+    outs = [c.findtext("system-out") for c in ET.parse(tmp_path / "j.xml").getroot().iter("testcase")]
+    assert outs == [None, "heard 'Harbor Hotel <hi>'", "heard 'y'"]
+    html([r], tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert page.count("Harbor Hotel &lt;hi&gt;") == 3  # the table, the timeline label and its tooltip
