@@ -79,6 +79,11 @@ class CallControl(Protocol):
         """Queue audio behind what is already queued, at once; the result says how it ended."""
         ...
 
+    def flush_playout(self) -> None:
+        """Drop the agent audio queued or playing at once (for a backend whose server detected the interruption);
+        each dropped utterance's `Played` says interrupted."""
+        ...
+
     @property
     def speaking(self) -> bool:
         """Agent audio is queued or playing."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -56,6 +57,10 @@ class Brain(Protocol):
         """What the caller heard of the last reply (all of it unless `interrupted`)."""
         ...
 
+    def retract(self) -> None:
+        """Forget the last turn and reply: the caller had not finished, a longer version of the turn follows."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -93,11 +98,13 @@ class LlmBrain:
         self.transfer_default = transfer_default
         self.expects_code = False
         self.errors = 0
+        self._mark = 0
 
     def greeting(self) -> str:
         return self._greeting
 
     async def respond(self, turn: UserTurn) -> AsyncIterator[Part]:
+        self._mark = len(self.history.history)
         self.history.add_user(_describe(turn))
         async for part in self._complete():
             yield part
@@ -109,6 +116,9 @@ class LlmBrain:
 
     def heard(self, spoken: Sequence[str], interrupted: bool) -> None:
         self.history.add_assistant_spoken(list(spoken), interrupted)
+
+    def retract(self) -> None:
+        del self.history.history[self._mark :]
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -164,6 +174,7 @@ class DialogBrain:
 
     def __init__(self, dialog: Dialog) -> None:
         self.dialog = dialog
+        self._saved: Dialog | None = None
         self.expects_code = False
         self._first: Reply | None = None
 
@@ -172,6 +183,7 @@ class DialogBrain:
         return self._first.text
 
     async def respond(self, turn: UserTurn) -> AsyncIterator[Part]:
+        self._saved = copy.deepcopy(self.dialog)
         for part in self._parts(self.dialog.on_user(turn.text)):
             yield part
 
@@ -181,6 +193,10 @@ class DialogBrain:
 
     def heard(self, spoken: Sequence[str], interrupted: bool) -> None:
         return None  # the dialog's state does not depend on how much of a reply was heard
+
+    def retract(self) -> None:
+        if self._saved is not None:
+            self.dialog, self._saved = self._saved, None
 
     async def close(self) -> None:
         return None

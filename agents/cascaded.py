@@ -51,6 +51,7 @@ class _Reply:
     sentences: list[str] = field(default_factory=list)
     played: list[asyncio.Future[Played]] = field(default_factory=list)
     marks: dict[str, float] = field(default_factory=dict)
+    superseded: bool = False
 
     def heard(self) -> tuple[list[str], bool]:
         spoken: list[str] = []
@@ -74,11 +75,12 @@ class CascadedAgent(Agent):
         self._current: _Reply | None = None
         self._inputs: asyncio.Queue[HeardTurn | str] = asyncio.Queue()
         self._hangup_requested = False
+        self.listener: Listener | None = None
 
     async def run(self, call: CallControl) -> None:
         assert self.f.asr is not None
         turns = TurnDetector(TurnSettings(endpoint_ms=self.cfg.turn.endpoint_ms, hold_ms=self.cfg.turn.hold_ms))
-        listener = Listener(call, self.f.asr, turns)
+        listener = self.listener = Listener(call, self.f.asr, turns)
         tasks = [asyncio.create_task(listener.run()), asyncio.create_task(self._pump(listener)),
                  asyncio.create_task(self._events(call))]
         try:
@@ -91,7 +93,7 @@ class CascadedAgent(Agent):
                     parts = self.brain.on_dtmf(item)
                     marks: dict[str, float] = {}
                 else:
-                    if call.speaking:
+                    if call.speaking and not item.continued:
                         continue  # speech over our audio that was not a barge-in: a backchannel or echo
                     turn = await self._user_turn(call, item)
                     if turn is None:
@@ -156,6 +158,9 @@ class CascadedAgent(Agent):
                     for lang, text in split_by_script(part.text):
                         pcm, rate = await self.f.synthesize(self._voice(lang), text)
                         reply.marks.setdefault("first_audio", time.monotonic())
+                        if not reply.sentences and isinstance(heard, HeardTurn) and not await self._commit(heard):
+                            reply.superseded = True  # the caller went on talking: a longer turn is coming
+                            return
                         reply.sentences.append(text)
                         reply.played.append(asyncio.ensure_future(call.enqueue(pcm, rate)))
                 elif isinstance(part, Act):
@@ -168,9 +173,24 @@ class CascadedAgent(Agent):
             raise
         finally:
             spoken, cut = reply.heard()
-            self.brain.heard(spoken, cut or interrupted)
+            if reply.superseded:
+                self.brain.retract()
+            else:
+                self.brain.heard(spoken, cut or interrupted)
             if isinstance(heard, HeardTurn):
                 call.record_turn(_turn_record(heard, reply, t0, cut or interrupted, spoken))
+
+    async def _commit(self, heard: HeardTurn) -> bool:
+        """Wait until the caller's pause has lasted `commit_ms`; False if the caller resumed the turn meanwhile."""
+        listener = self.listener
+        assert listener is not None
+        commit_at = heard.speech_end + self.cfg.turn.commit_ms / 1000.0
+        while listener.ended == heard.seq and (listener.holding or time.monotonic() < commit_at):
+            await asyncio.sleep(0.01)
+        if listener.ended != heard.seq:
+            return False
+        listener.commit()
+        return True
 
     async def _act(self, call: CallControl, act: Act) -> None:
         if act.action == "transfer":
@@ -201,6 +221,7 @@ def _turn_record(heard: HeardTurn, reply: _Reply, t0: float, interrupted: bool, 
         "endpoint_ms": ms(heard.endpoint_at), "asr_final_ms": ms(heard.final_at), "brain_start_ms": ms(t0),
         "first_part_ms": ms(reply.marks.get("first_part")), "first_audio_ms": ms(reply.marks.get("first_audio")),
         "reply": " ".join(reply.sentences)[:300], "heard": " ".join(spoken)[:300], "interrupted": interrupted,
+        "continued": heard.continued, "superseded": reply.superseded,
     }
 
 

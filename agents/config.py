@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from agents.dialog import DEMO_DIALOG, DialogConfig
+from agents.gemini_live import GeminiLiveConfig
+from agents.openai_realtime import OpenAIRealtimeConfig
 from agents.speech.worker import EngineSpec
 
 
@@ -147,7 +149,11 @@ class LlmAgentConfig(_Strict):
 
 class TurnConfig(_Strict):
     endpoint_ms: int = Field(240, ge=100, le=2000)
+    """Silence after which a turn that sounds finished ends (the reply is prepared from here)."""
     hold_ms: int = Field(900, ge=200, le=5000)
+    """Silence after which a turn that sounds unfinished ends."""
+    commit_ms: int = Field(450, ge=0, le=3000)
+    """Silence after which the prepared reply starts playing; speech before that continues the caller's turn."""
 
 
 class CascadedAgentConfig(_Strict):
@@ -165,5 +171,6 @@ class CascadedAgentConfig(_Strict):
 
 
 AgentConfig = Annotated[
-    EchoAgentConfig | ScriptedAgentConfig | CascadedAgentConfig, Field(discriminator="type")
+    EchoAgentConfig | ScriptedAgentConfig | CascadedAgentConfig | GeminiLiveConfig | OpenAIRealtimeConfig,
+    Field(discriminator="type"),
 ]

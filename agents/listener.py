@@ -3,6 +3,11 @@
 Partials run every `partial_every_ms` of speech and a likely-final pass runs as soon as the caller pauses, each
 handing its tokens to the next as a hint, so when the turn detector ends the turn the final transcript is usually
 already there (or one short pass away).
+
+An ended turn stays open until the agent commits its reply (starts playing it) or `MERGE_WINDOW_S` passes: if the
+caller speaks again before that, the pause was mid-sentence, so the new speech continues the same turn (one buffer,
+one transcript). The agent prepares its reply meanwhile, and before playing it checks `holding` (the caller is
+continuing) and `ended` (a longer version of the turn is coming) to drop a reply to half a sentence.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ PREROLL_FRAMES = 15
 """Audio kept from before the onset (300 ms), so the first syllable is not cut."""
 TAIL_S = 0.1
 """Silence kept after the last speech frame in the audio that is transcribed."""
+MERGE_WINDOW_S = 2.0
+"""How long an ended, uncommitted turn can still be continued by the caller."""
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,9 @@ class HeardTurn:
     endpoint_at: float
     final_at: float
     passes: int
+    seq: int = 0
+    continued: bool = False
+    """This turn continues the previous one (the caller resumed after a pause): it replaces it."""
     error: str = ""
     """Why there is no transcript (the ASR engine failed); the agent apologises and the call goes on."""
 
@@ -45,7 +55,13 @@ class Listener:
         self.call = call
         self.asr = asr
         self.turns = turns
+        self.ended = 0
+        """Turns ended so far; a HeardTurn's `seq` is this count when it ended."""
         self.heard: asyncio.Queue[HeardTurn] = asyncio.Queue()
+        self._open_until: float | None = None
+        """While set, the last turn has ended but may still be continued (until this clock time)."""
+        self._start = 0.0
+        self._continued = False
         self._preroll: deque[bytes] = deque(maxlen=PREROLL_FRAMES)
         self._buf: list[bytes] = []
         self._t0 = 0.0
@@ -60,27 +76,58 @@ class Listener:
         try:
             while True:
                 fr = await self.call.listen()
-                (self._buf if self.turns.in_turn else self._preroll).append(fr.pcm)
+                if self._open_until is not None and fr.t > self._open_until:
+                    self.commit()
+                (self._buf if self.turns.in_turn or self._open_until is not None else self._preroll).append(fr.pcm)
                 for ev in self.turns.frame(fr.t, fr.speech):
                     if isinstance(ev, TurnStarted):
-                        self._begin(fr.t)
+                        if self._open_until is not None:
+                            self._resume()
+                        else:
+                            self._begin(fr.t)
                     elif isinstance(ev, TranscribeDue):
                         self._transcribe(ev.until + (TAIL_S if ev.at_pause else 0.0), ev.at_pause)
                     elif isinstance(ev, TurnEnded):
-                        self._keep(asyncio.ensure_future(
-                            self._finish(self._turn, ev, self._audio(ev.speech_end + TAIL_S), self._pause)))
+                        self.ended += 1
+                        self._open_until = ev.t + MERGE_WINDOW_S
+                        self._keep(asyncio.ensure_future(self._finish(
+                            self._turn, ev, self._audio(ev.speech_end + TAIL_S), self._pause, self._start,
+                            self._continued, self.ended)))
                     elif isinstance(ev, TurnDropped):
-                        self._buf = []
+                        if self._continued:  # a click after a pause: the ended turn is open again
+                            self._open_until = ev.t + MERGE_WINDOW_S
+                        else:
+                            self._buf = []
         finally:
             for t in self._tasks:
                 t.cancel()
+
+    @property
+    def holding(self) -> bool:
+        """The caller resumed an ended turn and is still speaking."""
+        return self._continued and self.turns.in_turn
+
+    def commit(self) -> None:
+        """The agent's reply is being played: the last turn is closed, new speech starts a new one."""
+        if self._open_until is not None:
+            self._open_until = None
+            self._preroll.extend(self._buf[-PREROLL_FRAMES:])
 
     def _begin(self, t: float) -> None:
         self._turn += 1
         self._buf = list(self._preroll)
         self._preroll.clear()
         self._t0 = t - (len(self._buf) - 1) * FRAME_MS / 1000.0
+        self._start = t
+        self._continued = False
         self._best, self._best_until, self._pause, self._passes = None, 0.0, None, 0
+
+    def _resume(self) -> None:
+        """The caller speaks again before the agent answered: the same turn goes on, in the same buffer."""
+        self._open_until = None
+        self._continued = True
+        self._turn += 1  # results of passes over the shorter audio no longer count (but stay usable as hints)
+        self._pause = None
 
     def _audio(self, until: float) -> bytes:
         pcm = b"".join(self._buf)
@@ -106,13 +153,15 @@ class Listener:
             if final:
                 raise
             return None  # a failed partial only costs its hint; the final pass reports the error
-        if result is not None and turn == self._turn and until >= self._best_until:
-            self._best, self._best_until = result, until
-            self.turns.transcript(result.text, until, result.confidence)
+        if result is not None and until >= self._best_until:
+            self._best, self._best_until = result, until  # also a good hint for a continued turn
+            if turn == self._turn:
+                self.turns.transcript(result.text, until, result.confidence)
         return result
 
     async def _finish(self, turn: int, ev: TurnEnded, pcm: bytes,
-                      pause: tuple[float, asyncio.Task[Transcript | None]] | None) -> None:
+                      pause: tuple[float, asyncio.Task[Transcript | None]] | None, start: float, continued: bool,
+                      seq: int) -> None:
         until = ev.speech_end + TAIL_S
         result: Transcript | None = None
         error = ""
@@ -125,5 +174,5 @@ class Listener:
             error = str(e)
         if result is None:
             result = Transcript("", "", 0.0, True, len(pcm) / 2 / SAMPLE_RATE)
-        self.heard.put_nowait(HeardTurn(result, pcm, ev.start, ev.speech_end, ev.t, time.monotonic(),
-                                        self._passes, error))
+        self.heard.put_nowait(HeardTurn(result, pcm, start, ev.speech_end, ev.t, time.monotonic(), self._passes,
+                                        seq, continued, error))

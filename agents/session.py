@@ -183,6 +183,9 @@ class CallSession:
     def enqueue(self, pcm: bytes, rate: int, interruptible: bool = True) -> Awaitable[Played]:
         return self._enqueue16(resample(pcm, rate), interruptible)
 
+    def flush_playout(self) -> None:
+        self.media.flush(time.monotonic())
+
     @property
     def speaking(self) -> bool:
         return self.media.playout.pending

@@ -117,11 +117,10 @@ class LlmServer:
         server.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while (request := await _read_request(reader)) is not None:
+        try:  # one request per connection (responses say `Connection: close`), as simple as HTTP/1.1 allows
+            if (request := await _read_request(reader)) is not None:
                 self.requests.append(request)
-                if not await self._respond(request, reader, writer):
-                    break
+                await self._respond(request, reader, writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -147,7 +146,8 @@ async def _send_events(reply: Reply, reader: asyncio.StreamReader, writer: async
     left = asyncio.ensure_future(reader.read(1))  # b"": the client closed the connection
     try:
         if reply.hang != "before_headers":
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+                         b"Connection: close\r\n\r\n")
         if reply.hang is None and await _stream(reply, writer, left):
             return True
         await left
@@ -155,6 +155,7 @@ async def _send_events(reply: Reply, reader: asyncio.StreamReader, writer: async
         pass
     finally:
         left.cancel()
+        await asyncio.gather(left, return_exceptions=True)
     return False
 
 
@@ -186,7 +187,8 @@ async def _read_request(reader: asyncio.StreamReader) -> Request | None:
 
 async def _send_plain(writer: asyncio.StreamWriter, status: int, body: str) -> None:
     data = body.encode()
-    head = f"HTTP/1.1 {status} Scripted\r\nContent-Type: text/plain\r\nContent-Length: {len(data)}\r\n\r\n"
+    head = (f"HTTP/1.1 {status} Scripted\r\nContent-Type: text/plain\r\nContent-Length: {len(data)}\r\n"
+            "Connection: close\r\n\r\n")
     writer.write(head.encode() + data)
     await writer.drain()
 

@@ -104,7 +104,10 @@ def _child(conn: Connection, spec: EngineSpec) -> None:
         except Exception as e:
             result = AsrError(f"{spec.engine}: {e!r}")
         with cond:
-            conn.send((req.rid, result))
+            try:
+                conn.send((req.rid, result))
+            except (BrokenPipeError, OSError):
+                return  # the gateway is gone
 
 
 class AsrWorker:
@@ -132,7 +135,10 @@ class AsrWorker:
         if not await asyncio.to_thread(parent.poll, self._timeout):
             self.close()
             raise AsrError(f"{self.spec.engine}: the ASR worker did not start within {self._timeout:.0f} s")
-        kind, detail = parent.recv()
+        try:
+            kind, detail = parent.recv()
+        except EOFError:
+            kind, detail = "error", f"{self.spec.engine}: the ASR worker process exited while starting"
         if kind != "ready":
             self.close()
             raise AsrError(str(detail))
@@ -143,7 +149,7 @@ class AsrWorker:
         while True:
             try:
                 rid, result = conn.recv()
-            except (EOFError, OSError):
+            except (EOFError, OSError, TypeError):  # TypeError: closed by close() while waiting
                 if not loop.is_closed():
                     loop.call_soon_threadsafe(self._fail_all)
                 return

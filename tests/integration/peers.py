@@ -36,14 +36,16 @@ def free_port() -> int:
 
 
 _rtp_next = [41000 + (os.getpid() % 50) * 200]
+_rtp_lock = threading.Lock()
 
 
 def rtp_range(size: int = 40) -> tuple[int, int]:
     """A block of RTP ports for one peer; blocks wrap within 30000-60999, far from the gateway defaults."""
-    if _rtp_next[0] + size > 61000:
-        _rtp_next[0] = 30000
-    lo = _rtp_next[0]
-    _rtp_next[0] += size
+    with _rtp_lock:
+        if _rtp_next[0] + size > 61000:
+            _rtp_next[0] = 30000
+        lo = _rtp_next[0]
+        _rtp_next[0] += size
     return lo, lo + size - 1
 
 

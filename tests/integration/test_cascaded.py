@@ -1,0 +1,163 @@
+"""The cascaded agent on real SIP calls: recorded human prompts in, the gateway's transcripts and replies out."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from tests import audio
+from tests.integration.peers import Gateway, call, free_port, gateway_config, start_gateway
+from tests.llm_server import LlmServer, error_reply, text_reply
+from tests.prompts import SOUNDS, prompts, wer
+
+LISTENER = {
+    "type": "cascaded",
+    "dialog": {
+        "greeting": "Hello.",
+        "fallback": "Okay.",
+        "intents": {"ack": {"keywords": ["/\\w/"], "reply": "Okay."}},
+    },
+}
+"""Answers every turn with "Okay.", so a caller can read prompts to it one after another."""
+
+LONG_REPLY = [
+    "Our hotel sits right on the harbour, ", "a short walk from the old town. ",
+    "Every room has a view of the water, ", "and breakfast is served on the terrace from seven. ",
+    "The restaurant opens at noon and serves fresh fish every day. ",
+    "We also have a small spa with a sauna and a pool. ",
+    "Parking is free for guests, and the train station is ten minutes away. ",
+    "If you like walking, the coastal path starts right outside our door. ",
+]
+
+
+def _config(port: int, llm_url: str) -> str:
+    cfg = yaml.safe_load(gateway_config(port))
+    cfg["agents"]["listener"] = LISTENER
+    cfg["agents"]["llm"] = {
+        "type": "cascaded",
+        "llm": {"base_url": llm_url, "model": "test-model", "api_key_env": "VG_TEST_LLM_KEY", "greeting": "Hi.",
+                "first_token_timeout_s": 2.0, "filler_after_s": 1.0},
+    }
+    cfg["routes"] = [{"match": "/^listen\\d$/", "agent": "listener"}, {"match": "llm", "agent": "llm"},
+                     *cfg["routes"]]
+    return yaml.safe_dump(cfg)
+
+
+@pytest.fixture(scope="module")
+def llm() -> Iterator[LlmServer]:
+    with LlmServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, llm: LlmServer) -> Iterator[Gateway]:
+    port = free_port()
+    os.environ["VG_TEST_LLM_KEY"] = "sk-test"
+    g = start_gateway(_config(port, llm.base_url), tmp_path_factory.mktemp("gw-cascaded"), port)
+    yield g
+    assert g.stop() == 0
+
+
+def uri(gw: Gateway, user: str) -> str:
+    return f"sip:{user}@127.0.0.1:{gw.port}"
+
+
+def turns_of(gw: Gateway, called: str, last: bool = False) -> list[dict[str, Any]]:
+    """The turns of every call to `called` (or of the last one), from the gateway's call records."""
+    calls = [e["call"] for e in gw.events("call_incoming") if e["called"] == called]
+    ends = [gw.wait_event("call_end", 15, call=c) for c in (calls[-1:] if last else calls)]
+    return [t for e in ends for t in e["turns"]]
+
+
+def _clip(name: str) -> np.ndarray:
+    return audio.read_wav(SOUNDS / f"{name}.wav")
+
+
+def _sequence(clips: list[tuple[float, np.ndarray]], length_s: float) -> np.ndarray:
+    out = np.zeros(int(length_s * 16000), np.float32)
+    for at, x in clips:
+        i = int(at * 16000)
+        out[i : i + len(x)] += x[: len(out) - i]
+    return out
+
+
+def test_a_recorded_request_for_an_operator_is_transferred(gw: Gateway, tmp_path: Path) -> None:
+    res = call(uri(gw, "assistant"), "--play", str(SOUNDS / "vm-reachoper.wav"), "--speak-at-s", "4.0",
+               "--duration", "15", timeout=40)
+    assert res["refer_to"] == ["sip:reception@pbx.example.com"], res
+    [turn] = turns_of(gw, "assistant", last=True)
+    assert "operator" in turn["text"].lower()
+    assert turn["reply"] == "Putting you through to reception."
+    assert turn["asr_final_ms"] < 1500 and turn["first_audio_ms"] < 3000, turn  # generous: timings are the bench's
+
+
+def test_goodbye_ends_the_call_from_the_agent_side(gw: Gateway, tmp_path: Path) -> None:
+    res = call(uri(gw, "assistant"), "--play", str(SOUNDS / "goodbye.wav"), "--speak-at-s", "4.0",
+               "--duration", "15", timeout=40)
+    assert res["remote_hangup"] and res["duration_s"] < 12, res
+
+
+def test_word_error_rate_of_fifty_prompts_through_g711_calls(gw: Gateway, tmp_path: Path) -> None:
+    ps = prompts(52)
+    groups = [ps[i::4] for i in range(4)]
+    gap_s = 2.6
+
+    def run(i: int) -> None:
+        clips, t = [], 2.5
+        for p in groups[i]:
+            x = _clip(p.name)
+            clips.append((t, x))
+            t += len(x) / 16000 + gap_s
+        wav = audio.write_wav(tmp_path / f"seq{i}.wav", _sequence(clips, t + 1.0))
+        call(uri(gw, f"listen{i}"), "--play", str(wav), "--speak-at-s", "0", "--duration", f"{t + 2.5:.1f}",
+             timeout=t + 40)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(run, range(4)))
+    refs, hyps = [], []
+    for i in range(4):
+        refs.append(" ".join(p.text for p in groups[i]))
+        hyps.append(" ".join(t["text"] for t in turns_of(gw, f"listen{i}") if not t["superseded"]))
+    score = wer(refs, hyps)
+    print(json.dumps({"prompts": len(ps), "wer": round(score, 4)}))
+    assert score <= 0.08, list(zip(refs, hyps, strict=True))
+
+
+def test_barge_in_cancels_the_llm_stream_and_history_keeps_what_was_heard(
+    gw: Gateway, llm: LlmServer, tmp_path: Path
+) -> None:
+    llm.script(text_reply(LONG_REPLY, delay_s=1.3),  # still writing when the caller cuts in
+               text_reply(["Sure, rooms start at ninety euros a night."]))
+    first = audio.piper("Can you tell me about your hotel?")
+    second = audio.piper("Sorry to stop you but how much is a room?")
+    wav = audio.write_wav(tmp_path / "talk.wav", _sequence([(2.5, first), (9.5, second)], 16.0))
+    n0 = len(llm.requests)
+    call(uri(gw, "llm"), "--play", str(wav), "--speak-at-s", "0", "--duration", "20", timeout=50)
+    assert llm.wait_disconnect(1.0), turns_of(gw, "llm", last=True)
+    assert len(llm.requests) >= n0 + 2
+    history = llm.requests[n0 + 1].body["messages"]
+    said = [m["content"] for m in history if m["role"] == "assistant"]
+    assert said[-1].endswith("…"), said
+    assert "coastal path" not in said[-1]  # written by the model, never played
+    assert history[-1]["role"] == "user" and "room" in history[-1]["content"].lower()
+    turns = turns_of(gw, "llm", last=True)
+    assert turns[0]["interrupted"] and turns[1]["reply"].startswith("Sure")
+
+
+def test_llm_failures_get_an_apology_and_the_call_goes_on(gw: Gateway, llm: LlmServer, tmp_path: Path) -> None:
+    llm.script(error_reply(500, "model overloaded"), text_reply(["We are open until eleven."]))
+    first = audio.piper("What time do you close tonight?")
+    second = audio.piper("And when do you open?")
+    wav = audio.write_wav(tmp_path / "talk.wav", _sequence([(2.5, first), (8.0, second)], 13.0))
+    call(uri(gw, "llm"), "--play", str(wav), "--speak-at-s", "0", "--duration", "14", timeout=40)
+    turns = turns_of(gw, "llm", last=True)
+    assert turns[0]["reply"].startswith("Sorry, I am having trouble"), turns
+    assert turns[1]["reply"] == "We are open until eleven.", turns

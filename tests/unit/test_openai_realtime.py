@@ -1,0 +1,386 @@
+"""The OpenAI Realtime agent against the local protocol server, on an in-memory call (no SIP).
+
+`FakeCall` runs a 20 ms clock like the media port: each tick it plays one frame of queued agent audio (a `Played`
+resolves when an utterance's last frame went out, or at a flush with what went out so far) and hands the agent one
+caller frame from a scripted timeline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from agents.base import AgentEvent, BargeIn, CallerAudio, Played, TransferFailed
+from agents.openai_realtime import OpenAIRealtimeAgent, OpenAIRealtimeConfig
+from media.frames import FRAME_BYTES, SILENCE
+from media.resample import resample
+from tests import audio
+from tests.integration.peers import free_port
+from tests.servers.openai_realtime import RealtimeServer, correlation, drop, malformed, render, speak, stall, tool
+
+KEY_ENV = "VG_TEST_REALTIME_KEY"
+LONG = ("Thank you for calling the harbour hotel. Our rooms all face the water, breakfast is served from seven, "
+        "and the restaurant opens at noon.")
+
+
+@dataclass
+class _Item:
+    pcm: bytes
+    fut: asyncio.Future[Played]
+    pos: int = 0
+
+
+@dataclass
+class FakeCall:
+    """A CallControl in memory; `caller` is the caller's 16 kHz audio from the call's start."""
+
+    caller_audio: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    call_id: str = "test-call"
+    caller: str = "sip:caller@test"
+    called: str = "rt"
+    heard: bytearray = field(default_factory=bytearray)
+    said: list[tuple[float, str]] = field(default_factory=list)
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    transfers: list[str] = field(default_factory=list)
+    hangups: list[str] = field(default_factory=list)
+    dtmf: list[str] = field(default_factory=list)
+    flushes: list[float] = field(default_factory=list)
+    played: list[tuple[asyncio.Future[Played], int]] = field(default_factory=list)
+    """Each enqueued utterance and the tick its first frame played at (-1: never)."""
+    on_transfer: Callable[[FakeCall, str], None] | None = None
+
+    def __post_init__(self) -> None:
+        self._queue: deque[_Item] = deque()
+        self._events: asyncio.Queue[AgentEvent] = asyncio.Queue()
+        self._frames: asyncio.Queue[CallerAudio] = asyncio.Queue()
+        self._caller_pcm = audio.to_pcm(self.caller_audio)
+        self.tick = 0
+        self.start = time.time()
+
+    async def clock(self) -> None:
+        t = time.monotonic()
+        while True:
+            t += 0.02
+            await asyncio.sleep(max(0.0, t - time.monotonic()))
+            self._play_one()
+            off = self.tick * FRAME_BYTES
+            frame = self._caller_pcm[off : off + FRAME_BYTES].ljust(FRAME_BYTES, b"\0")
+            self._frames.put_nowait(CallerAudio(t, frame, False))
+            self.tick += 1
+
+    def _play_one(self) -> None:
+        if not self._queue:
+            self.heard += SILENCE
+            return
+        item = self._queue[0]
+        if item.pos == 0:
+            self.played.append((item.fut, self.tick))
+        frame = item.pcm[item.pos : item.pos + FRAME_BYTES]
+        self.heard += frame.ljust(FRAME_BYTES, b"\0")
+        item.pos += FRAME_BYTES
+        if item.pos >= len(item.pcm):
+            self._queue.popleft()
+            item.fut.set_result(Played(item.pos // FRAME_BYTES * 20, False))
+
+    # -- CallControl --------------------------------------------------------------------------------------
+    async def say(self, text: str, interruptible: bool = True, voice: str | None = None) -> Played:
+        self.said.append((time.time(), text))
+        tone = np.sin(np.arange(3200) / 16000 * 2 * np.pi * 440) * 3000
+        return await self.enqueue(audio.to_pcm(tone), 16000)
+
+    async def play(self, pcm: bytes, rate: int, interruptible: bool = True) -> Played:
+        return await self.enqueue(pcm, rate)
+
+    async def next_event(self, timeout: float | None = None) -> AgentEvent | None:
+        try:
+            return await asyncio.wait_for(self._events.get(), timeout)
+        except TimeoutError:
+            return None
+
+    def enqueue(self, pcm: bytes, rate: int, interruptible: bool = True) -> asyncio.Future[Played]:
+        assert rate == 16000 and pcm
+        fut: asyncio.Future[Played] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Item(pcm, fut))
+        return fut
+
+    def flush_playout(self) -> None:
+        self.flushes.append(time.time())
+        for item in self._queue:
+            item.fut.set_result(Played(item.pos // FRAME_BYTES * 20, True))
+        self._queue.clear()
+
+    @property
+    def speaking(self) -> bool:
+        return bool(self._queue)
+
+    def listen(self) -> asyncio.Future[CallerAudio]:
+        return asyncio.ensure_future(self._frames.get())
+
+    def record_turn(self, turn: dict[str, Any]) -> None:
+        self.turns.append(turn)
+
+    def set_echo(self, on: bool) -> None:
+        return None
+
+    async def hangup(self, reason: str = "agent") -> None:
+        self.hangups.append(reason)
+
+    async def transfer(self, uri: str) -> None:
+        self.transfers.append(uri)
+        if self.on_transfer is not None:
+            self.on_transfer(self, uri)
+
+    async def send_dtmf(self, digits: str) -> None:
+        self.dtmf.append(digits)
+
+    # -- what the gateway would do ------------------------------------------------------------------------
+    def barge_in(self) -> None:
+        """The gateway's detector confirmed a barge-in: it flushes, then tells the agent."""
+        self.flush_playout()
+        self._events.put_nowait(BargeIn())
+
+    def event(self, ev: AgentEvent) -> None:
+        self._events.put_nowait(ev)
+
+
+def drive(cfg: OpenAIRealtimeConfig, call: FakeCall, until: Callable[[], bool], timeout: float = 10.0,
+          script: Callable[[FakeCall], Any] | None = None) -> bool:
+    """Run the agent on `call` until `until()` or the agent ends; returns whether `until()` came true."""
+
+    async def main() -> bool:
+        clock = asyncio.create_task(call.clock())
+        agent = asyncio.create_task(OpenAIRealtimeAgent(cfg).run(call))
+        side = asyncio.create_task(script(call)) if script else None
+        deadline = time.monotonic() + timeout
+        while not until() and not agent.done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        ok = until()
+        for t in (clock, agent, side):
+            if t is not None:
+                t.cancel()
+        results = await asyncio.gather(clock, agent, *([side] if side else []), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, Exception) and not isinstance(r, asyncio.CancelledError)]
+        assert not errors, errors
+        return ok
+
+    return asyncio.run(main())
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RealtimeServer]:
+    with RealtimeServer() as s:
+        yield s
+
+
+@pytest.fixture
+def rt(server: RealtimeServer, monkeypatch: pytest.MonkeyPatch) -> RealtimeServer:
+    """The server, reset between tests."""
+    monkeypatch.setenv(KEY_ENV, "sk-test")
+    server.reset()
+    return server
+
+
+def config(server: RealtimeServer, **kw: Any) -> OpenAIRealtimeConfig:
+    return OpenAIRealtimeConfig(type="openai_realtime", url=server.url, api_key_env=KEY_ENV, **kw)
+
+
+def pcm_array(data: bytes | bytearray) -> np.ndarray:
+    return np.frombuffer(bytes(data), dtype="<i2").astype(np.float64)
+
+
+def caller_speech(at_s: float, total_s: float) -> np.ndarray:
+    x = np.zeros(int(total_s * 16000))
+    clip = audio.scale_to_db(audio.trim(audio.espeak(audio.CALLER_SENTENCE)), -20.0)
+    i = int(at_s * 16000)
+    x[i : i + len(clip)] = clip[: len(x) - i]
+    return x
+
+
+def done(server: RealtimeServer, n: int, status: str = "completed") -> Callable[[], bool]:
+    return lambda: sum(r.status == status for r in server.responses) >= n
+
+
+@pytest.mark.parametrize("fmt", ["pcmu", "pcm24"])
+def test_session_is_ga_shaped_and_the_greeting_is_heard_as_sent(rt: RealtimeServer, fmt: str) -> None:
+    text = "Hello, thank you for calling. How can I help you today?"
+    rt.script(speak(text))
+    call = FakeCall()
+    assert drive(config(rt, audio_format=fmt), call, lambda: len(call.turns) >= 1)
+    assert rt.violations == []
+    assert rt.headers[0]["authorization"] == "Bearer sk-test"
+    first = [r.event for r in rt.received[:2]]
+    assert first[0]["type"] == "session.update" and first[1]["type"] == "response.create"
+    session = first[0]["session"]
+    want = {"type": "audio/pcmu"} if fmt == "pcmu" else {"type": "audio/pcm", "rate": 24000}
+    assert session["audio"]["input"]["format"] == want and session["audio"]["output"]["format"] == want
+    assert session["audio"]["input"]["turn_detection"]["interrupt_response"] is False
+    assert {t["name"] for t in session["tools"]} == {"transfer_call", "end_call", "send_dtmf"}
+    [turn] = call.turns
+    sent = rt.responses[0].sent_ms
+    assert turn["trigger"] == "greeting" and turn["status"] == "completed" and not turn["interrupted"]
+    assert abs(turn["heard_ms"] - sent) <= 40 and abs(turn["audio_ms"] - sent) <= 1, (turn, sent)
+    assert turn["overhead_ms"] < 10 and turn["first_audio_ms"] >= turn["first_delta_ms"] > 0, turn
+    assert turn["text"] == text
+    # the caller heard the reply itself: it lines up with piper's audio, decoded without gaps or clicks
+    ref = pcm_array(resample(render(text), 24000))
+    if fmt == "pcmu":
+        ref = audio.telephone_band(ref)
+    _, peak = correlation(ref, pcm_array(call.heard))
+    assert peak > (0.9 if fmt == "pcmu" else 0.97), peak
+
+
+@pytest.mark.parametrize("fmt", ["pcmu", "pcm24"])
+def test_caller_speech_goes_up_and_gets_an_answer_with_timings(rt: RealtimeServer, fmt: str) -> None:
+    call = FakeCall(caller_speech(0.3, 6.0))
+    assert drive(config(rt, audio_format=fmt, greeting=None), call, lambda: len(call.turns) >= 1)
+    assert rt.violations == []
+    assert [k for _, k, _ in rt.speech[:2]] == ["speech_started", "speech_stopped"]
+    [turn] = call.turns
+    assert turn["trigger"] == "speech" and turn["from"] == "server" and turn["text"] == rt.default_reply
+    assert 0 < turn["first_delta_ms"] <= turn["first_audio_ms"] < 200 and turn["overhead_ms"] < 10, turn
+    # what the server got is what the caller said (mu-law at 8 kHz, or PCM at 24 kHz)
+    got = resample(bytes(rt.audio_in[0]), rt.input_rates[0])
+    sent = call.caller_audio[: int(3.0 * 16000)]
+    if fmt == "pcmu":
+        sent = audio.telephone_band(sent)
+    lag_s, peak = correlation(sent, pcm_array(got))
+    assert peak > 0.95 and -0.2 < lag_s < 0.01, (peak, lag_s)
+
+
+def test_gateway_barge_in_cancels_once_and_truncates_to_what_was_heard(rt: RealtimeServer) -> None:
+    rt.script(speak(LONG))
+    call = FakeCall(caller_speech(0.8, 8.0))  # the caller talks over the greeting; the gateway decides
+
+    async def script(c: FakeCall) -> None:
+        while not c.played:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(2.0)
+        c.barge_in()
+        await asyncio.sleep(0.3)
+        c.barge_in()  # a second detection of the same interruption changes nothing
+
+    t0 = time.time()
+    assert drive(config(rt), call, done(rt, 1, "cancelled"), script=script)
+    time.sleep(0.3)
+    assert rt.violations == []
+    [r] = rt.responses[:1]
+    assert len(rt.cancels) == 1 and rt.cancels[0][2] == r.id
+    assert rt.cancels[0][1] > t0 + 2.0  # not at the server's speech_started (0.8 s): the gateway owns the turn
+    [trunc] = rt.truncates
+    heard = sum(f.result().played_ms for f, _ in call.played)
+    assert trunc.item_id == r.item_id and trunc.content_index == 0
+    assert heard - 20 <= trunc.audio_end_ms <= heard and trunc.audio_end_ms < trunc.sent_ms, (trunc, heard)
+    assert 1900 <= trunc.audio_end_ms <= 2200
+
+
+def test_server_vad_barge_in_flushes_playout_and_cancels_once(rt: RealtimeServer) -> None:
+    rt.script(speak(LONG))
+    call = FakeCall(caller_speech(2.0, 8.0))
+
+    async def script(c: FakeCall) -> None:
+        while not rt.cancels:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.4)
+        c.barge_in()  # the gateway's detector confirms later: already handled
+
+    assert drive(config(rt, turn_owner="server"), call, done(rt, 1, "cancelled"), script=script)
+    time.sleep(0.3)
+    assert rt.violations == []
+    assert len(rt.cancels) == 1 and len(rt.truncates) == 1
+    started = next(ms for _, k, ms in rt.speech if k == "speech_started")
+    assert started < 2000 and call.flushes and call.flushes[0] < rt.cancels[0][1] + 0.05
+    heard = sum(f.result().played_ms for f, _ in call.played)
+    assert heard - 20 <= rt.truncates[0].audio_end_ms <= heard
+
+
+def test_malformed_server_lines_are_logged_and_ignored(rt: RealtimeServer, caplog: pytest.LogCaptureFixture) -> None:
+    rt.script(malformed("Hello there."))
+    call = FakeCall()
+    with caplog.at_level(logging.INFO, logger="voicegate"):
+        assert drive(config(rt), call, lambda: len(call.turns) >= 1)
+    bad = [json.loads(r.message) for r in caplog.records if "openai_realtime_bad_event" in r.message]
+    assert len(bad) == 3, bad
+    assert any(b.get("type") == "response.output_audio.delta" and "KeyError" in b["error"] for b in bad)
+    assert call.turns[0]["status"] == "completed" and call.turns[0]["heard_ms"] > 500
+    assert rt.connections == 1
+
+
+def test_transfer_tool_reports_a_refusal_and_the_model_answers(rt: RealtimeServer) -> None:
+    rt.script(tool("transfer_call", {"target": "sip:sales@example.com"}), speak("Sorry, sales is busy."))
+
+    def refuse(c: FakeCall, uri: str) -> None:
+        asyncio.get_running_loop().call_later(0.2, c.event, TransferFailed(603))
+
+    call = FakeCall(on_transfer=refuse)
+    assert drive(config(rt), call, done(rt, 2))
+    assert call.transfers == ["sip:sales@example.com"]
+    [out] = rt.function_outputs
+    assert json.loads(out["output"]) == {"ok": False, "error": "the transfer target refused the call (SIP 603)"}
+    assert rt.responses[1].by == "client" and rt.violations == []
+
+
+def test_dtmf_and_end_call_tools_act_on_the_call(rt: RealtimeServer) -> None:
+    rt.script(tool("send_dtmf", {"digits": "12#"}), tool("end_call", {}))
+    call = FakeCall()
+    assert drive(config(rt), call, lambda: bool(call.hangups))
+    assert call.dtmf == ["12#"] and call.hangups == ["agent"]
+    assert json.loads(rt.function_outputs[0]["output"]) == {"ok": True, "sent": "12#"}
+
+
+def test_dead_server_gets_an_apology_at_once_then_a_goodbye(rt: RealtimeServer) -> None:
+    dead = f"ws://127.0.0.1:{free_port()}/v1/realtime"
+    cfg = OpenAIRealtimeConfig(type="openai_realtime", url=dead, api_key_env=None, reconnect_attempts=2,
+                               reconnect_backoff_s=0.1)
+    call = FakeCall()
+    drive(cfg, call, lambda: bool(call.hangups))
+    assert [t for _, t in call.said] == [cfg.apology, cfg.goodbye]
+    assert call.said[0][0] - call.start < 1.0
+    assert call.hangups == ["agent_unavailable"]
+
+
+def test_missing_api_key_ends_the_call_without_retrying(rt: RealtimeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEY_ENV)
+    call = FakeCall()
+    drive(config(rt), call, lambda: bool(call.hangups))
+    assert rt.connections == 0 and call.hangups == ["agent_unavailable"]
+
+
+@pytest.mark.parametrize("fault", ["drop", "stall"])
+def test_a_dead_server_mid_reply_gets_an_apology_and_a_new_session(rt: RealtimeServer, fault: str) -> None:
+    rt.script((drop if fault == "drop" else stall)(LONG, after_ms=600))
+    call = FakeCall(caller_speech(3.5, 9.0))  # after the reconnect the caller asks again
+
+    async def script(c: FakeCall) -> None:
+        while rt.connections < 2:
+            await asyncio.sleep(0.01)
+        c.barge_in()  # the caller talks over the apology: the reply of the dead session is not truncated again
+
+    cfg = config(rt, response_timeout_s=0.8, reconnect_backoff_s=0.2)
+    assert drive(cfg, call, lambda: any(t["trigger"] == "speech" for t in call.turns), timeout=12, script=script)
+    assert rt.cancels == [] and rt.truncates == []
+    [(conn, struck, kind)] = rt.faults
+    assert kind == fault and rt.connections == 2 and rt.violations == []
+    apology = [t for t, text in call.said if text == cfg.apology]
+    limit = 1.0 + (cfg.response_timeout_s if fault == "stall" else 0.0)
+    assert len(apology) == 1 and apology[0] - struck < limit, (apology, struck)
+    assert call.flushes and call.flushes[0] <= apology[0]
+    # the new session is set up again, without a second greeting, and answers the caller
+    second = [r.event["type"] for r in rt.received if r.conn == 1]
+    assert second[0] == "session.update" and "response.create" not in second
+    assert any(r.conn == 1 and r.by == "vad" and r.status == "completed" for r in rt.responses)
+    assert not call.hangups
+
+
+def test_config_rejects_a_non_websocket_url() -> None:
+    with pytest.raises(ValueError, match="ws://"):
+        OpenAIRealtimeConfig(type="openai_realtime", url="https://api.openai.com/v1/realtime")
+
