@@ -46,6 +46,7 @@ test: deps
 
 bench: deps
 	$(PY) -m bench.run
+	$(PY) -m bench.cascaded
 
 clean:
 	rm -rf $(VENV) .apt-ok build *.egg-info .pytest_cache .mypy_cache bench/results

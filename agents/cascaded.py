@@ -179,6 +179,9 @@ class CascadedAgent(Agent):
                 self.brain.heard(spoken, cut or interrupted)
             if isinstance(heard, HeardTurn):
                 call.record_turn(_turn_record(heard, reply, t0, cut or interrupted, spoken))
+            elif isinstance(heard, str) and reply.sentences:
+                call.record_turn({"dtmf": heard, "reply": " ".join(reply.sentences)[:300],
+                                  "heard": " ".join(spoken)[:300], "interrupted": cut or interrupted})
 
     async def _commit(self, heard: HeardTurn) -> bool:
         """Wait until the caller's pause has lasted `commit_ms`; False if the caller resumed the turn meanwhile."""

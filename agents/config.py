@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agents.dialog import DEMO_DIALOG, DialogConfig
 from agents.gemini_live import GeminiLiveConfig
@@ -113,6 +114,13 @@ class AsrConfig(_Strict):
         if self.engine == "vosk" and not self.model_path:
             raise ValueError(f"the {self.engine} engine needs model_path (a model directory)")
         return self
+
+    @field_validator("model_path")
+    @classmethod
+    def _exists(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).expanduser().is_dir():
+            raise ValueError(f"model directory {v} does not exist")
+        return v
 
     def spec(self) -> EngineSpec:
         opts: dict[str, object]

@@ -74,3 +74,17 @@ def echo_lag(sent: np.ndarray, heard: np.ndarray, max_lag_ms: float = 500.0) -> 
     c = np.correlate(rx, tx, mode="full")[n - 1 : n - 1 + int(max_lag_ms * SAMPLE_RATE / 1000)]
     lag = int(np.argmax(c))
     return lag * 1000.0 / SAMPLE_RATE, float(c[lag] / np.sqrt((tx**2).sum() * (rx**2).sum()))
+
+
+def caller_end_frame(sent: np.ndarray, speak_start: int, rel_db: float = -30.0) -> int:
+    """Last frame of the caller's utterance within `rel_db` of its peak, on the telephone band."""
+    e = frames_db(telephone_band(sent[speak_start * 320 :]))
+    return speak_start + int(np.nonzero(e >= e.max() + rel_db)[0][-1])
+
+
+def turn_latency_ms(sent: np.ndarray, received: np.ndarray, speak_start: int, quiet_db: float = -40.0) -> float:
+    """End of the caller's utterance -> first agent audio the caller receives after it (-1: none came)."""
+    end = caller_end_frame(sent, speak_start)
+    e = frames_db(received)
+    loud = np.nonzero(e[end + 1 :] > e.max() + quiet_db)[0]
+    return float((loud[0] + 1) * 20.0) if loud.size else -1.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ import pytest
 import yaml
 
 from tests import audio
-from tests.integration.peers import Gateway, call, free_port, gateway_config, start_gateway
+from tests.integration.peers import VENV_BIN, Gateway, call, free_port, gateway_config, rtp_range, start_gateway
 from tests.llm_server import LlmServer, error_reply, text_reply
 from tests.prompts import SOUNDS, prompts, wer
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 LISTENER = {
     "type": "cascaded",
@@ -161,3 +164,13 @@ def test_llm_failures_get_an_apology_and_the_call_goes_on(gw: Gateway, llm: LlmS
     turns = turns_of(gw, "llm", last=True)
     assert turns[0]["reply"].startswith("Sorry, I am having trouble"), turns
     assert turns[1]["reply"] == "We are open until eleven.", turns
+
+
+@pytest.mark.parametrize("script", ["assistant-booking.yaml", "assistant-booking-keypad.yaml"])
+def test_a_spelled_booking_code_is_read_back_and_confirmed_exactly(gw: Gateway, tmp_path: Path, script: str) -> None:
+    lo, _ = rtp_range(100)
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(SCRIPTS / script), "--target",
+                        uri(gw, "assistant"), "--rtp-port", str(lo)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    replies = [t["reply"] for t in turns_of(gw, "assistant", last=True)]
+    assert any("Booking K, L. four, seven, two, nine is confirmed" in x for x in replies), replies

@@ -91,3 +91,14 @@ def test_missing_file(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_config(tmp_path / "nope.yaml")
     assert "nope.yaml" in str(e.value)
+
+
+def test_a_missing_asr_model_names_the_path_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "agents:\n  a:\n    type: cascaded\n    asr:\n      engine: whisper\n      model_path: /models/nowhere\n"
+        "routes:\n  - match: '*'\n    agent: a\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    assert f"{bad}:6:" in str(e.value) and "/models/nowhere" in str(e.value)

@@ -1,0 +1,183 @@
+"""`make bench`, cascaded part: the embedded spoken assistant measured on the wire, and its engines offline.
+
+- turn latency: end of the caller's question (sent track) -> first reply audio the caller receives, over
+  BENCH_TRIALS calls, with the gateway's own breakdown per turn (endpoint, ASR final, first TTS audio);
+- concurrency: 1, 2 and 4 simultaneous calls of three questions each (4 is pjsua2's compiled call limit per
+  process), turn latency p50/p95 and the media clock's tick p99 while the engines run;
+- ASR: word error rate and real-time factor on Asterisk's recorded prompts through G.711, per engine;
+- TTS: time to the first audio of a sentence, per engine.
+Prints a table and writes bench/results/cascaded.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agents.speech.asr import pcm16_to_float
+from agents.speech.moonshine_asr import MoonshineAsr
+from agents.speech.tts import EspeakTts, PiperTts
+from agents.speech.whisper_asr import WhisperAsr
+from agents.speech.whisper_model import whisper_base_dir
+from telephony.simulator import measure as wire
+from tests import audio
+from tests.integration.peers import ROOT, Gateway, call, free_port, gateway_config, start_gateway
+from tests.prompts import prompts, through_g711, wer
+
+RESULTS = ROOT / "bench" / "results"
+QUESTIONS = ("What are your opening hours?", "When are you open?", "What time do you close?")
+
+
+def _pct(xs: list[float], q: float) -> float:
+    return round(float(np.percentile(np.asarray(xs, dtype=np.float64), q)), 1) if xs else float("nan")
+
+
+def _question_wav(tmp: Path, i: int) -> tuple[Path, list[tuple[float, int]]]:
+    """Three questions 7 s apart, from 4 s into the call (after the greeting); (start s, length frames) each."""
+    out = np.zeros(16000 * 26, np.float32)
+    marks = []
+    for k, q in enumerate(QUESTIONS):
+        x = audio.scale_to_db(audio.trim(audio.piper(q)), -20.0)
+        at = 4.0 + 7.0 * k
+        out[int(at * 16000) : int(at * 16000) + len(x)] = x
+        marks.append((at, len(x) // 320))
+    return audio.write_wav(tmp / f"questions{i}.wav", out), marks
+
+
+def _latencies(tmp: Path, i: int, marks: list[tuple[float, int]]) -> list[float]:
+    sent, heard = audio.read_wav(tmp / f"tx{i}.wav"), audio.read_wav(tmp / f"rx{i}.wav")
+    out = []
+    for at, _ in marks:
+        start = int(at * 50)
+        window = sent[: (start + 300) * 320]
+        lat = wire.turn_latency_ms(window, heard[: (start + 300) * 320], start)
+        if lat > 0:
+            out.append(lat)
+    return out
+
+
+def calls_at_once(gw: Gateway, tmp: Path, n: int) -> dict[str, Any]:
+    before = len(gw.events("call_end"))
+    wavs = [_question_wav(tmp, i) for i in range(n)]
+
+    def one(i: int) -> list[float]:
+        call(f"sip:assistant@127.0.0.1:{gw.port}", "--play", str(wavs[i][0]), "--speak-at-s", "0", "--duration",
+             "26", "--record", str(tmp / f"rx{i}.wav"), "--record-sent", str(tmp / f"tx{i}.wav"), timeout=90)
+        return _latencies(tmp, i, wavs[i][1])
+
+    with ThreadPoolExecutor(n) as pool:
+        lats = [x for xs in pool.map(one, range(n)) for x in xs]
+    deadline = time.monotonic() + 15
+    while len(gw.events("call_end")) < before + n and time.monotonic() < deadline:
+        time.sleep(0.1)
+    ends = gw.events("call_end")[before:]
+    turns = [t for e in ends for t in e.get("turns", []) if not t.get("superseded") and "endpoint_ms" in t]
+
+    def p50(key: str) -> float:
+        return _pct([t[key] for t in turns if t.get(key) is not None], 50)
+
+    return {"calls": n, "turns": len(lats), "p50_ms": _pct(lats, 50), "p95_ms": _pct(lats, 95), "all_ms": lats,
+            "missed": 3 * n - len(lats), "endpoint_p50_ms": p50("endpoint_ms"), "asr_final_p50_ms": p50("asr_final_ms"),
+            "first_audio_p50_ms": p50("first_audio_ms"),
+            "texts": [t["text"] for t in turns],
+            "tick_p99_ms": max((e.get("tick_p99_ms", 0) for e in ends), default=0)}
+
+
+def turn_latency(gw: Gateway, tmp: Path, trials: int) -> dict[str, Any]:
+    runs = [calls_at_once(gw, tmp, 1) for _ in range(max(1, trials // 3))]
+    lats = [x for r in runs for x in r["all_ms"]]
+    return {"turns": len(lats), "p50_ms": _pct(lats, 50), "p95_ms": _pct(lats, 95), "all_ms": lats,
+            "endpoint_p50_ms": _pct([r["endpoint_p50_ms"] for r in runs], 50),
+            "asr_final_p50_ms": _pct([r["asr_final_p50_ms"] for r in runs], 50),
+            "first_audio_p50_ms": _pct([r["first_audio_p50_ms"] for r in runs], 50),
+            "tick_p99_ms": max(r["tick_p99_ms"] for r in runs)}
+
+
+def asr_engines(n: int) -> list[dict[str, Any]]:
+    ps = prompts(n)
+    clips = [pcm16_to_float(through_g711(p.path)) for p in ps]
+    audio_s = sum(len(c) for c in clips) / 16000
+    rows = []
+    moon = MoonshineAsr()
+    moon.load()
+    whisper = WhisperAsr(str(whisper_base_dir()), languages=("en",))
+    for name, engine in (("moonshine base-en (embedded)", moon), ("whisper-base int8", whisper)):
+        t0 = time.process_time()
+        hyps = [engine.transcribe(c, True).text for c in clips]
+        cpu = time.process_time() - t0
+        rows.append({"engine": name, "prompts": len(ps), "wer": round(wer([p.text for p in ps], hyps), 4),
+                     "rtf_cpu": round(cpu / audio_s, 3)})
+        print(f"  {rows[-1]}", flush=True)
+    return rows
+
+
+def tts_engines() -> list[dict[str, Any]]:
+    text = "Reception is open from seven in the morning to eleven at night."
+    rows = []
+    for name, engine in (("piper joe", PiperTts()), ("espeak-ng en", EspeakTts("en"))):
+        engine.synthesize("warm up")
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            pcm, rate = engine.synthesize(text)
+            times.append((time.perf_counter() - t0) * 1000)
+        rows.append({"engine": name, "sentence_ms_p50": _pct(times, 50),
+                     "rtf": round(np.median(times) / 1000 / (len(pcm) / 2 / rate), 3)})
+        print(f"  {rows[-1]}", flush=True)
+    return rows
+
+
+def main() -> int:
+    trials = int(os.environ.get("BENCH_TRIALS", "20"))
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        port = free_port()
+        gw = start_gateway(gateway_config(port), tmp, port)
+        try:
+            print("cascaded turn latency on the wire, one call at a time ...", flush=True)
+            t = turn_latency(gw, tmp, trials)
+            print("concurrent cascaded calls ...", flush=True)
+            conc = [calls_at_once(gw, tmp, n) for n in (2, 4)]
+        finally:
+            gw.stop()
+    print("ASR engines on recorded prompts through G.711 ...", flush=True)
+    asr = asr_engines(50)
+    print("TTS engines ...", flush=True)
+    tts = tts_engines()
+    rows = [
+        ("turn latency p50 (ms)", t["p50_ms"], f"{t['turns']} turns, question end -> first reply audio; goal <= 600"),
+        ("turn latency p95 (ms)", t["p95_ms"], "goal <= 900"),
+        ("  endpoint decided p50 (ms)", t["endpoint_p50_ms"], "after speech end (gateway clock)"),
+        ("  ASR final ready p50 (ms)", t["asr_final_p50_ms"], "after speech end"),
+        ("  first TTS audio p50 (ms)", t["first_audio_p50_ms"], "after speech end; plays from commit (450 ms)"),
+        ("clock tick p99, 1 call (ms)", t["tick_p99_ms"], "nominal 20"),
+    ]
+    for c in conc:
+        rows.append((f"turn p50 / p95, {c['calls']} calls at once (ms)", f"{c['p50_ms']}/{c['p95_ms']}",
+                     f"{c['turns']} turns, {c['missed']} unanswered; clock tick p99 {c['tick_p99_ms']} ms"))
+    for a in asr:
+        rows.append((f"ASR {a['engine']}: WER / RTF", f"{a['wer']}/{a['rtf_cpu']}", f"{a['prompts']} prompts, CPU s"))
+    for s in tts:
+        rows.append((f"TTS {s['engine']}: sentence (ms)", s["sentence_ms_p50"], f"RTF {s['rtf']}"))
+    width = max(len(r[0]) for r in rows)
+    print()
+    print(f"{'metric':<{width}}  {'value':>10}  note")
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value!s:>10}  {note}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {"bench": "cascaded", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "machine": {"cpus": os.cpu_count()}, "turn_latency": t, "concurrent": conc, "asr": asr, "tts": tts}
+    (RESULTS / "cascaded.json").write_text(json.dumps(out, indent=2))
+    print(f"\nwrote {RESULTS / 'cascaded.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
