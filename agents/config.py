@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from agents.dialog import DEMO_DIALOG, DialogConfig
 from agents.gemini_live import GeminiLiveConfig
 from agents.openai_realtime import OpenAIRealtimeConfig
+from agents.speech.tts import TtsError, check_voice
 from agents.speech.worker import EngineSpec
 
 
@@ -176,6 +177,22 @@ class CascadedAgentConfig(_Strict):
     turn: TurnConfig = TurnConfig()
     apology: str = "Sorry, I am having trouble understanding right now. Please try again."
     paralinguistics: bool = True
+
+    @field_validator("voice")
+    @classmethod
+    def _voice(cls, v: str) -> str:
+        try:
+            check_voice(v)
+        except TtsError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("voices")
+    @classmethod
+    def _voices(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v.values():
+            cls._voice(name)
+        return v
 
 
 AgentConfig = Annotated[

@@ -74,6 +74,18 @@ class EspeakTts:
             return w.readframes(w.getnframes()), w.getframerate()
 
 
+def check_voice(voice: str) -> None:
+    """Raise TtsError unless `voice` is `joe` (piper's bundled voice) or a voice espeak-ng has."""
+    if voice == "joe":
+        return
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise TtsError(f"voice {voice!r} needs espeak-ng, which is not installed (apt-get install espeak-ng)")
+    proc = subprocess.run([exe, "-v", voice, "-q", "x"], capture_output=True, timeout=10, check=False)
+    if proc.returncode != 0:
+        raise TtsError(f"espeak-ng has no voice {voice!r} (see `espeak-ng --voices`)")
+
+
 _PIPER: PiperTts | None = None
 
 

@@ -102,3 +102,13 @@ def test_a_missing_asr_model_names_the_path_and_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(bad)
     assert f"{bad}:6:" in str(e.value) and "/models/nowhere" in str(e.value)
+
+
+def test_an_unknown_tts_voice_names_the_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "agents:\n  a:\n    type: cascaded\n    voices: {hi: hindi-nope}\nroutes:\n  - match: '*'\n    agent: a\n"
+    )
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    assert f"{bad}:4:" in str(e.value) and "hindi-nope" in str(e.value)
