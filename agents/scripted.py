@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-import wave
 from collections.abc import Mapping
-from pathlib import Path
 
 from agents.base import Agent, AgentFactory, CallControl, Dtmf, HungUp, TransferFailed
 from agents.config import (
@@ -23,6 +21,8 @@ from agents.config import (
     TransferStep,
 )
 from agents.speech.tts import PromptCache
+from media.frames import SAMPLE_RATE
+from media.wavfile import WavError, read_wav_16k
 
 
 class FlowError(Exception):
@@ -60,8 +60,11 @@ class ScriptedAgent(Agent):
             if isinstance(step, SayStep):
                 await call.say(render_text(step.say, variables), step.interruptible, step.lang or self.cfg.voice)
             elif isinstance(step, PlayStep):
-                pcm, rate = _read_wav(step.play, f"{node}[{i}]")
-                await call.play(pcm, rate, step.interruptible)
+                try:
+                    pcm = read_wav_16k(step.play)
+                except WavError as e:
+                    raise FlowError(f"{node}[{i}]: {e}") from None
+                await call.play(pcm, SAMPLE_RATE, step.interruptible)
             elif isinstance(step, CollectStep):
                 variables[step.collect] = await _collect(call, step)
             elif isinstance(step, BranchStep):
@@ -113,16 +116,6 @@ async def _transfer_failed(call: CallControl, timeout_s: float) -> bool:
         if isinstance(ev, HungUp):
             return False
     return False
-
-
-def _read_wav(path: str, where: str) -> tuple[bytes, int]:
-    try:
-        with wave.open(str(Path(path))) as w:
-            if w.getsampwidth() != 2 or w.getnchannels() != 1:
-                raise FlowError(f"{where}: {path} must be 16-bit mono PCM")
-            return w.readframes(w.getnframes()), w.getframerate()
-    except (OSError, wave.Error) as e:
-        raise FlowError(f"{where}: cannot read {path}: {e}") from None
 
 
 class ScriptedFactory(AgentFactory):

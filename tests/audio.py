@@ -11,6 +11,7 @@ import numpy as np
 from agents.speech.tts import PiperTts
 from media.frames import SAMPLE_RATE
 from media.resample import resample
+from media.wavfile import read_wav_16k
 from telephony.simulator.measure import onset_index, telephone_band
 
 __all__ = ["onset_index", "telephone_band"]
@@ -72,5 +73,4 @@ def write_wav(path: Path, x: np.ndarray, rate: int = SAMPLE_RATE) -> Path:
 
 
 def read_wav(path: Path) -> np.ndarray:
-    with wave.open(str(path)) as w:
-        return to_array(resample(w.readframes(w.getnframes()), w.getframerate()))
+    return to_array(read_wav_16k(path))

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import functools
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +16,6 @@ import numpy as np
 
 from media.barge_in import DetectorSettings
 from media.events import BargeInConfirmed, BargeInPaused, BargeInResumed
-from media.resample import resample
 from tests import audio
 from tests.unit.sim import simulate
 
@@ -40,15 +38,9 @@ AGENT_DB = -20.0
 CALLER_DB = -23.0
 
 
-def _read_prompt(name: str) -> np.ndarray:
-    with wave.open(str(PROMPTS / f"{name}.wav")) as w:
-        pcm, rate = w.readframes(w.getnframes()), w.getframerate()
-    return audio.to_array(resample(pcm, rate))
-
-
 @functools.cache
 def agent_turns() -> tuple[np.ndarray, ...]:
-    return tuple(audio.scale_to_db(audio.trim(_read_prompt(n)), AGENT_DB) for n in AGENT_PROMPTS)
+    return tuple(audio.scale_to_db(audio.trim(audio.read_wav(PROMPTS / f"{n}.wav")), AGENT_DB) for n in AGENT_PROMPTS)
 
 
 def _voices(text: str) -> list[np.ndarray]:

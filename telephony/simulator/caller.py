@@ -13,9 +13,8 @@ import time
 import wave
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
 from media.frames import FRAME_MS, SAMPLE_RATE, split_frames
+from media.wavfile import WavError, read_wav_16k
 from telephony.simulator.phone import Phone
 
 
@@ -37,18 +36,6 @@ class Result:
     duration_s: float = 0.0
 
 
-def _load_wav16k(path: str) -> bytes:
-    from media.resample import resample
-
-    with wave.open(path) as w:
-        if w.getsampwidth() != 2:
-            raise SystemExit(f"{path}: must be 16-bit PCM")
-        pcm = w.readframes(w.getnframes())
-        if w.getnchannels() == 2:
-            pcm = np.frombuffer(pcm, dtype="<i2")[::2].tobytes()
-        return resample(pcm, w.getframerate())
-
-
 def _write_wav(path: str, frames: list[bytes]) -> None:
     with wave.open(path, "wb") as w:
         w.setnchannels(1)
@@ -58,7 +45,10 @@ def _write_wav(path: str, frames: list[bytes]) -> None:
 
 
 def run(args: argparse.Namespace) -> Result:
-    speech = split_frames(_load_wav16k(args.play)) if args.play else []
+    try:
+        speech = split_frames(read_wav_16k(args.play, allow_stereo=True)) if args.play else []
+    except WavError as e:
+        raise SystemExit(str(e)) from None
     phone = Phone(args.rtp_port, args.tcp, args.loss)
     phone.set_codecs(args.codec.split(","))
     call = phone.dial(args.uri)

@@ -24,6 +24,7 @@ from agents.speech.asr import AsrError
 from agents.speech.tts import engine_for
 from media.frames import SAMPLE_RATE, level_dbfs
 from media.resample import resample
+from media.wavfile import WavError, read_wav_16k
 from telephony.config import ConfigError
 from telephony.simulator.listen import PAD_FRAMES, Ear, ear_for
 from telephony.simulator.phone import Phone, PhoneCall
@@ -50,12 +51,9 @@ def render_speech(sp: Speech, base: Path) -> bytes:
     if sp.play is not None:
         path = (base / sp.play) if not Path(sp.play).is_absolute() else Path(sp.play)
         try:
-            with wave.open(str(path)) as w:
-                if w.getsampwidth() != 2 or w.getnchannels() != 1:
-                    raise SimulationError(f"{path}: must be 16-bit mono PCM")
-                return resample(w.readframes(w.getnframes()), w.getframerate())
-        except (OSError, wave.Error) as e:
-            raise SimulationError(f"cannot read {path}: {e}") from None
+            return read_wav_16k(path)
+        except WavError as e:
+            raise SimulationError(str(e)) from None
     assert sp.say is not None
     pcm, rate = engine_for(sp.voice).synthesize(sp.say)
     return resample(pcm, rate)

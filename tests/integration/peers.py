@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,12 +173,11 @@ def sipp(args: list[str], cwd: Path, timeout: float = 60.0) -> subprocess.Comple
                           timeout=timeout, cwd=cwd)
 
 
-def invite_scenario(sdp: str, expect: int) -> str:
-    """A sipp UAC scenario: INVITE carrying `sdp`, expect final status `expect`, ACK it."""
+def invite(sdp: str, headers: Sequence[str] = ()) -> str:
+    """sipp scenario lines: send an INVITE carrying `sdp` and `headers`, take its provisional responses."""
     body = "\n".join(line.strip() for line in sdp.strip().splitlines())
-    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="invite expecting {expect}">
-  <send retrans="500"><![CDATA[
+    extra = "".join(f"{h}\n" for h in headers)
+    return f"""  <send retrans="500"><![CDATA[
 INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
 From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
@@ -186,27 +186,41 @@ Call-ID: [call_id]
 CSeq: 1 INVITE
 Contact: sip:sipp@[local_ip]:[local_port]
 Max-Forwards: 70
-Content-Type: application/sdp
+{extra}Content-Type: application/sdp
 Content-Length: [len]
 
 {body}
 ]]></send>
   <recv response="100" optional="true"/>
   <recv response="180" optional="true"/>
-  <recv response="{expect}"/>
-  <send><![CDATA[
+"""
+
+
+def ack(status: int) -> str:
+    """sipp scenario lines: ACK the INVITE's final `status`, in its transaction for an error and in a new one for
+    a 2xx (RFC 3261 17.1.1.3, 13.2.2.4)."""
+    via = "[last_Via:]" if status >= 300 else "Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]"
+    return f"""  <send><![CDATA[
 ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-[last_Via:]
+{via}
 [last_From:]
 [last_To:]
-[last_Call-ID:]
+Call-ID: [call_id]
 CSeq: 1 ACK
 Contact: sip:sipp@[local_ip]:[local_port]
 Max-Forwards: 70
 Content-Length: 0
 
 ]]></send>
-</scenario>
+"""
+
+
+def invite_scenario(sdp: str, expect: int) -> str:
+    """A sipp UAC scenario: INVITE carrying `sdp`, expect final status `expect`, ACK it."""
+    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="invite expecting {expect}">
+{invite(sdp)}  <recv response="{expect}"/>
+{ack(expect)}</scenario>
 """
 
 

@@ -15,21 +15,25 @@ from tests.integration.peers import (
     ROOT,
     VENV_BIN,
     Gateway,
+    ack,
     call,
     free_port,
+    invite,
     invite_scenario,
     rtp_range,
     sipp,
     start_gateway,
 )
 
-OPUS_ONLY = """v=0
+PCMU = """v=0
 o=user1 53655765 2353687637 IN IP4 [local_ip]
 s=-
 c=IN IP4 [media_ip]
 t=0 0
-m=audio [media_port] RTP/AVP 96
-a=rtpmap:96 opus/48000/2"""
+m=audio [media_port] RTP/AVP 0
+a=rtpmap:0 PCMU/8000"""
+
+OPUS_ONLY = PCMU.replace("RTP/AVP 0", "RTP/AVP 96").replace("0 PCMU/8000", "96 opus/48000/2")
 
 BROKEN_SDP = """v=0
 o=garbage
@@ -114,8 +118,7 @@ def test_sigterm_refuses_new_calls_and_ends_running_ones(small_gateway, workdir:
     gw.wait_event("call_answered", 10)
     gw.proc.send_signal(15)
     gw.wait_event("gateway_draining", 5)
-    (workdir / "s.xml").write_text(invite_scenario(OPUS_ONLY.replace("96 opus/48000/2", "0 PCMU/8000")
-                                                   .replace("RTP/AVP 96", "RTP/AVP 0"), 503))
+    (workdir / "s.xml").write_text(invite_scenario(PCMU, 503))
     r = sipp(["-sf", "s.xml", "-s", "echo", f"127.0.0.1:{gw.port}"], workdir)
     assert r.returncode == 0, r.stdout[-2000:]
     t.join(30)
@@ -153,51 +156,15 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path):
     assert f"cannot listen on udp 127.0.0.1:{port}" in r.stderr
 
 
-SESSION_TIMER_CALL = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+SESSION_TIMERS = ["Supported: timer", "Session-Expires: 120;refresher=uac", "Min-SE: 90"]
+SESSION_TIMER_CALL = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="call asking for session timers">
-  <send retrans="500"><![CDATA[
-INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-To: <sip:[service]@[remote_ip]:[remote_port]>
-Call-ID: [call_id]
-CSeq: 1 INVITE
-Contact: sip:sipp@[local_ip]:[local_port]
-Max-Forwards: 70
-Supported: timer
-Session-Expires: 120;refresher=uac
-Min-SE: 90
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
-o=user1 53655765 2353687637 IN IP4 [local_ip]
-s=-
-c=IN IP4 [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0
-a=rtpmap:0 PCMU/8000
-]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="200" rrs="true">
+{invite(PCMU, SESSION_TIMERS)}  <recv response="200" rrs="true">
     <action>
       <ereg regexp="[0-9]+;refresher=uac" search_in="hdr" header="Session-Expires:" check_it="true" assign_to="se"/>
     </action>
   </recv>
-  <send><![CDATA[
-ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-[last_From:]
-[last_To:]
-Call-ID: [call_id]
-CSeq: 1 ACK
-Contact: sip:sipp@[local_ip]:[local_port]
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <pause milliseconds="500"/>
+{ack(200)}  <pause milliseconds="500"/>
   <send retrans="500"><![CDATA[
 BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]

@@ -16,8 +16,8 @@ import yaml
 
 from tests import audio
 from tests.integration.peers import VENV_BIN, Gateway, call, free_port, gateway_config, rtp_range, start_gateway
-from tests.llm_server import LlmServer, error_reply, text_reply
 from tests.prompts import SOUNDS, prompts, wer
+from tests.servers.llm import LlmServer, error_reply, text_reply
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 

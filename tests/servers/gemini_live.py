@@ -24,13 +24,13 @@ import contextlib
 import itertools
 import json
 import re
-import threading
 import time
 import urllib.parse
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import numpy as np
 import soxr
@@ -39,6 +39,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from agents.speech.tts import PiperTts
+from tests.servers.threaded import ThreadedServer
 
 PATH = "/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
 IN_MIME = "audio/pcm;rate=16000"
@@ -127,11 +128,11 @@ class _Conn:
         self.tools: dict[str, tuple[str, asyncio.Future[dict[str, Any]]]] = {}
 
 
-class GeminiLiveServer:
+class GeminiLiveServer(ThreadedServer):
     """Context manager: serves on a free port until exit."""
 
     def __init__(self, api_key: str | None = None) -> None:
-        self.port = 0
+        super().__init__("gemini-live")
         self.api_key = api_key
         self.violations: list[str] = []
         self.sessions: list[Session] = []
@@ -144,10 +145,6 @@ class GeminiLiveServer:
         self._pcm: dict[str, bytes] = {}
         self._tts = PiperTts()
         self._ids = itertools.count(1)
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="gemini-live", daemon=True)
 
     @property
     def url(self) -> str:
@@ -176,28 +173,17 @@ class GeminiLiveServer:
             time.sleep(0.05)
         return bool(check())
 
-    def __enter__(self) -> GeminiLiveServer:
+    def __enter__(self) -> Self:
         for text in (DEFAULT_REPLY, *AFTER_TOOL.values()):
             self.render(text)
-        self._thread.start()
-        if not self._ready.wait(5.0):
-            raise RuntimeError("gemini_live server did not start within 5 s")
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(5.0)
+        return super().__enter__()
 
     # -- serving ----------------------------------------------------------------------------------------
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+    @contextlib.asynccontextmanager
+    async def _listen(self) -> AsyncIterator[int]:
         async with serve(self._serve, "127.0.0.1", 0, process_request=self._admit, compression=None,
                          max_size=None) as server:
-            self.port = next(iter(server.sockets)).getsockname()[1]
-            self._ready.set()
-            await self._stop.wait()
+            yield next(iter(server.sockets)).getsockname()[1]
 
     def _admit(self, ws: ServerConnection, request: Request) -> Response | None:
         url = urllib.parse.urlsplit(request.path)

@@ -26,10 +26,9 @@ import binascii
 import contextlib
 import itertools
 import json
-import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,6 +39,7 @@ from websockets.exceptions import ConnectionClosed
 from agents.speech.tts import PiperTts
 from media.g711 import ulaw_decode, ulaw_encode
 from media.resample import resample
+from tests.servers.threaded import ThreadedServer
 
 Fault = Literal["drop", "stall", "malformed"]
 
@@ -276,15 +276,15 @@ class _Conn:
     calls: set[str] = field(default_factory=set)
 
 
-class RealtimeServer:
+class RealtimeServer(ThreadedServer):
     """Context manager: serves the Realtime protocol on a free port until exit."""
 
     def __init__(self, default_reply: str = "Sure. I can help you with that.", chunk_ms: int = 100,
                  lead_ms: int = 300) -> None:
+        super().__init__("realtime-server")
         self.default_reply = default_reply
         self.chunk_ms = chunk_ms
         self.lead_ms = lead_ms
-        self.port = 0
         self.connections = 0
         self.headers: list[dict[str, str]] = []
         self.received: list[Received] = []
@@ -302,11 +302,6 @@ class RealtimeServer:
         self.input_rates: dict[int, int] = {}
         self._acts: deque[Act] = deque()
         self._ids = itertools.count(1)
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="realtime-server",
-                                        daemon=True)
         render(default_reply)
 
     @property
@@ -338,24 +333,10 @@ class RealtimeServer:
             time.sleep(0.02)
         return True
 
-    def __enter__(self) -> RealtimeServer:
-        self._thread.start()
-        if not self._ready.wait(5.0):
-            raise RuntimeError("realtime server did not start within 5 s")
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(5.0)
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+    @contextlib.asynccontextmanager
+    async def _listen(self) -> AsyncIterator[int]:
         async with serve(self._serve, "127.0.0.1", 0, compression=None, max_size=2**24) as server:
-            self.port = next(iter(server.sockets)).getsockname()[1]
-            self._ready.set()
-            await self._stop.wait()
+            yield next(iter(server.sockets)).getsockname()[1]
 
     # -- one connection -----------------------------------------------------------------------------------
     async def _serve(self, ws: ServerConnection) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from agents.llm import Conversation, Done, LlmClient, LlmConfig, LlmDelta, LlmError, TextDelta, ToolCall
 from agents.speech.sentences import SentenceSplitter
-from tests.llm_server import LlmServer, Reply, chunk, error_reply, text_reply, tool_reply
+from tests.servers.llm import LlmServer, Reply, chunk, error_reply, text_reply, tool_reply
 
 WEATHER_TOOL = {
     "type": "function",

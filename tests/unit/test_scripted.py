@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import wave
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ from pydantic import TypeAdapter
 
 from agents.config import AgentConfig
 from agents.registry import make_factory
+from agents.scripted import FlowError, ScriptedAgent
 from agents.session import CallSession, SessionTimeouts
 from agents.speech.tts import PromptCache
 from media.frames import SILENCE
@@ -131,3 +133,35 @@ def test_no_key_takes_the_default_branch():
     session, logs = asyncio.run(run_call(True, []))
     assert said(logs)[-1] == "Nothing."
     assert session.record.end_reason == "nothing"
+
+
+class PlayRecorder:
+    """Just enough of a call for a flow of play steps."""
+
+    caller = "caller"
+    called = "100"
+
+    def __init__(self) -> None:
+        self.played: list[tuple[int, int]] = []
+        self.ended = ""
+
+    async def play(self, pcm: bytes, rate: int, interruptible: bool = True) -> None:
+        self.played.append((len(pcm), rate))
+
+    async def hangup(self, reason: str) -> None:
+        self.ended = reason
+
+
+def test_play_step_plays_the_wav_at_16k_and_a_bad_one_names_node_and_file(tmp_path):
+    wav = tmp_path / "hello.wav"
+    with wave.open(str(wav), "wb") as w:  # 0.5 s at 8 kHz
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(8000)
+        w.writeframes(bytes(8000))
+    cfg = TypeAdapter(AgentConfig).validate_python(
+        {"type": "scripted", "start": "a", "nodes": {"a": [{"play": str(wav)}, {"play": str(tmp_path / "no.wav")}]}})
+    call = PlayRecorder()
+    with pytest.raises(FlowError, match=r"a\[1\]: cannot read .*no\.wav"):
+        asyncio.run(ScriptedAgent(cfg).run(call))  # type: ignore[arg-type]
+    assert call.played == [(16000, 16000)]

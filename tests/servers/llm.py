@@ -17,9 +17,12 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from tests.servers.threaded import ThreadedServer
 
 PATH = "/v1/chat/completions"
 
@@ -70,20 +73,16 @@ def error_reply(status: int, body: str) -> Reply:
     return Reply(status=status, body=body)
 
 
-class LlmServer:
+class LlmServer(ThreadedServer):
     """Context manager: serves scripted replies on a free port until exit."""
 
     def __init__(self) -> None:
-        self.port = 0
+        super().__init__("llm-server")
         self.requests: list[Request] = []
         self.disconnects: list[float] = []
         """`time.monotonic()` of each disconnect before a reply was complete."""
         self._replies: deque[Reply] = deque()
         self._disconnected = threading.Event()
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="llm-server", daemon=True)
 
     @property
     def base_url(self) -> str:
@@ -96,25 +95,13 @@ class LlmServer:
         """Whether a client left mid-reply (now or within `timeout_s`)."""
         return self._disconnected.wait(timeout_s)
 
-    def __enter__(self) -> LlmServer:
-        self._thread.start()
-        if not self._ready.wait(5.0):
-            raise RuntimeError("llm_server did not start within 5 s")
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(5.0)
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
+    @asynccontextmanager
+    async def _listen(self) -> AsyncIterator[int]:
         server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        await self._stop.wait()
-        server.close()
+        try:
+            yield server.sockets[0].getsockname()[1]
+        finally:
+            server.close()  # no wait_closed: from Python 3.12 it waits for hanging replies
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:  # one request per connection (responses say `Connection: close`), as simple as HTTP/1.1 allows
@@ -129,9 +116,9 @@ class LlmServer:
     async def _respond(self, request: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Send the next reply; False when the client left before its end."""
         if request.path != PATH:
-            await _send_plain(writer, 404, f"llm_server: no route {request.path}")
+            await _send_plain(writer, 404, f"llm server: no route {request.path}")
         elif not self._replies:
-            await _send_plain(writer, 500, "llm_server: no scripted reply left")
+            await _send_plain(writer, 500, "llm server: no scripted reply left")
         elif (reply := self._replies.popleft()).status != 200:
             await _send_plain(writer, reply.status, reply.body)
         elif not await _send_events(reply, reader, writer):
