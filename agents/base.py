@@ -9,7 +9,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,16 @@ class CallerAudio:
 AgentEvent = Dtmf | CallerSpeech | BargeIn | HungUp | TransferFailed
 
 
+@dataclass(frozen=True)
+class Handover:
+    """A call another backend began (agents.hybrid): its conversation so far, `(role, text)` in order, role `user`
+    or `assistant`, ending with the caller's turn to answer. A backend taking over adds `note` and the messages to
+    its session as context and answers at once, in place of its greeting."""
+
+    messages: tuple[tuple[Literal["user", "assistant"], str], ...]
+    note: str = ""
+
+
 class CallControl(Protocol):
     call_id: str
     caller: str
@@ -95,6 +105,10 @@ class CallControl(Protocol):
 
     def record_turn(self, turn: dict[str, Any]) -> None:
         """Add one turn's timings and text to the call record."""
+        ...
+
+    def meter(self, kind: str, amount: float) -> None:
+        """Add usage to the call's cost record (kinds in `agents.cost`, e.g. `tts_chars`, `asr_s`)."""
         ...
 
     def set_echo(self, on: bool) -> None:

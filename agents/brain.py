@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-from collections.abc import AsyncIterator, Sequence
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from agents.dialog import Dialog, Reply
-from agents.llm import Conversation, LlmClient, LlmError, TextDelta, ToolCall
+from agents.llm import Conversation, Done, LlmClient, LlmError, Message, TextDelta, ToolCall, Usage
 from agents.speech.sentences import SentenceSplitter
 from media.paralinguistics import Prosody
 
@@ -99,6 +100,8 @@ class LlmBrain:
         self.expects_code = False
         self.errors = 0
         self._mark = 0
+        self.meter: Callable[[str, float], None] | None = None
+        """The call's usage meter (`CallControl.meter`), set by the agent running the call."""
 
     def greeting(self) -> str:
         return self._greeting
@@ -126,8 +129,10 @@ class LlmBrain:
     async def _complete(self) -> AsyncIterator[Part]:
         splitter = SentenceSplitter()
         calls: list[ToolCall] = []
-        stream = self.client.stream(self.history.messages, list(CALL_TOOLS))
+        messages, tools = self.history.messages, list(CALL_TOOLS)
+        stream = self.client.stream(messages, tools)
         nxt: asyncio.Task[object] | None = None
+        received, usage, failed = 0, None, False
         try:
             async with contextlib.aclosing(stream):
                 first = True
@@ -143,17 +148,24 @@ class LlmBrain:
                     except StopAsyncIteration:
                         break
                     if isinstance(delta, TextDelta):
+                        received += len(delta.text)
                         for sentence in splitter.feed(delta.text):
                             yield Say(sentence)
                     elif isinstance(delta, ToolCall):
+                        received += len(delta.name) + len(json.dumps(delta.arguments))
                         calls.append(delta)
+                    elif isinstance(delta, Done):
+                        usage = delta.usage
         except LlmError:
             self.errors += 1
+            failed = True
             yield Say(self.apology)
             return
         finally:
             if nxt is not None and not nxt.done():
                 nxt.cancel()
+            if not (failed and not received):  # a request that failed before any output is not counted
+                self._report(messages, tools, received, usage)
         for sentence in splitter.flush():
             yield Say(sentence)
         for call in calls:
@@ -167,6 +179,19 @@ class LlmBrain:
                 yield Act("hangup")
             elif call.name == "send_dtmf":
                 yield Act("dtmf", str(call.arguments.get("digits", "")))
+
+
+    def _report(self, messages: list[Message], tools: list[dict[str, object]], received: int,
+                usage: Usage | None) -> None:
+        """Report one request's tokens: the endpoint's own count, else characters (estimated as tokens later)."""
+        if self.meter is None:
+            return
+        if usage is not None:
+            self.meter("llm_in_tokens", usage.prompt_tokens)
+            self.meter("llm_out_tokens", usage.completion_tokens)
+        else:
+            self.meter("llm_in_chars", len(json.dumps([messages, tools], separators=(",", ":"), ensure_ascii=False)))
+            self.meter("llm_out_chars", received)
 
 
 class DialogBrain:

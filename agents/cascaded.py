@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from agents.base import Agent, AgentFactory, BargeIn, CallControl, Dtmf, HungUp, Played
 from agents.brain import Act, Brain, DialogBrain, LlmBrain, Part, Say, UserTurn
@@ -26,6 +26,7 @@ from agents.speech.sentences import SentenceSplitter
 from agents.speech.tts import engine_for
 from agents.speech.worker import AsrWorker, EngineSpec
 from agents.turn import TurnDetector, TurnSettings
+from media.frames import SAMPLE_RATE
 from media.paralinguistics import analyse_pcm
 
 _DEVANAGARI = re.compile(r"[\u0900-\u097F]")
@@ -75,12 +76,17 @@ class CascadedAgent(Agent):
         self._current: _Reply | None = None
         self._inputs: asyncio.Queue[HeardTurn | str] = asyncio.Queue()
         self._hangup_requested = False
+        self._asr_s = 0.0
         self.listener: Listener | None = None
+        self.transcript: list[tuple[Literal["user", "assistant"], str]] = []
+        """The conversation as the caller heard it: their turns and keys, and what they heard of each reply."""
 
     async def run(self, call: CallControl) -> None:
         assert self.f.asr is not None
         turns = TurnDetector(TurnSettings(endpoint_ms=self.cfg.turn.endpoint_ms, hold_ms=self.cfg.turn.hold_ms))
         listener = self.listener = Listener(call, self.f.asr, turns)
+        if isinstance(self.brain, LlmBrain):
+            self.brain.meter = call.meter
         tasks = [asyncio.create_task(listener.run()), asyncio.create_task(self._pump(listener)),
                  asyncio.create_task(self._events(call))]
         try:
@@ -90,14 +96,19 @@ class CascadedAgent(Agent):
                 item = await self._inputs.get()
                 turns.expect_code = self.brain.expects_code
                 if isinstance(item, str):
+                    self.transcript.append(("user", f"(key {item})"))
                     parts = self.brain.on_dtmf(item)
                     marks: dict[str, float] = {}
                 else:
+                    self._meter_asr(call, item)
                     if call.speaking and not item.continued:
                         continue  # speech over our audio that was not a barge-in: a backchannel or echo
                     turn = await self._user_turn(call, item)
                     if turn is None:
                         continue
+                    if await self.hand_over(turn, item):
+                        return
+                    self.transcript.append(("user", turn.text))
                     parts = self.brain.respond(turn)
                     marks = {"speech_end": item.speech_end}
                 reply = self._reply = asyncio.create_task(self._speak(call, parts, marks, item))
@@ -115,6 +126,11 @@ class CascadedAgent(Agent):
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.brain.close()
 
+    async def hand_over(self, turn: UserTurn, heard: HeardTurn) -> bool:
+        """Whether another backend takes the call from this turn on and answers it (agents.hybrid): the cascade then
+        stops here, between replies. Alone, it never does."""
+        return False
+
     async def _pump(self, listener: Listener) -> None:
         while True:
             self._inputs.put_nowait(await listener.heard.get())
@@ -131,10 +147,16 @@ class CascadedAgent(Agent):
             elif isinstance(ev, HungUp):
                 return
 
+    def _meter_asr(self, call: CallControl, heard: HeardTurn) -> None:
+        """Count each turn's audio once: a continued turn adds only what it added to the turn it continues."""
+        seconds = len(heard.pcm) / 2 / SAMPLE_RATE
+        call.meter("asr_s", max(0.0, seconds - self._asr_s) if heard.continued else seconds)
+        self._asr_s = seconds
+
     async def _user_turn(self, call: CallControl, heard: HeardTurn) -> UserTurn | None:
         tr = heard.transcript
         if heard.error:
-            call.record_turn({"error": heard.error})
+            call.record_turn({"backend": "cascaded", "error": heard.error})
             await call.say(self.cfg.apology)
             return None
         if not tr.text:
@@ -157,6 +179,7 @@ class CascadedAgent(Agent):
                 if isinstance(part, Say):
                     for lang, text in split_by_script(part.text):
                         pcm, rate = await self.f.synthesize(self._voice(lang), text)
+                        call.meter("tts_chars", len(text))
                         reply.marks.setdefault("first_audio", time.monotonic())
                         if not reply.sentences and isinstance(heard, HeardTurn) and not await self._commit(heard):
                             reply.superseded = True  # the caller went on talking: a longer turn is coming
@@ -175,12 +198,15 @@ class CascadedAgent(Agent):
             spoken, cut = reply.heard()
             if reply.superseded:
                 self.brain.retract()
+                self.transcript.pop()
             else:
                 self.brain.heard(spoken, cut or interrupted)
+                if spoken:
+                    self.transcript.append(("assistant", " ".join(spoken) + (" …" if cut or interrupted else "")))
             if isinstance(heard, HeardTurn):
                 call.record_turn(_turn_record(heard, reply, t0, cut or interrupted, spoken))
             elif isinstance(heard, str) and reply.sentences:
-                call.record_turn({"dtmf": heard, "reply": " ".join(reply.sentences)[:300],
+                call.record_turn({"backend": "cascaded", "dtmf": heard, "reply": " ".join(reply.sentences)[:300],
                                   "heard": " ".join(spoken)[:300], "interrupted": cut or interrupted})
 
     async def _commit(self, heard: HeardTurn) -> bool:
@@ -219,7 +245,7 @@ def _turn_record(heard: HeardTurn, reply: _Reply, t0: float, interrupted: bool, 
 
     tr = heard.transcript
     return {
-        "text": tr.text, "language": tr.language, "confidence": tr.confidence,
+        "backend": "cascaded", "text": tr.text, "language": tr.language, "confidence": tr.confidence,
         "speech_s": round(end - heard.start, 2), "asr_passes": heard.passes,
         "endpoint_ms": ms(heard.endpoint_at), "asr_final_ms": ms(heard.final_at), "brain_start_ms": ms(t0),
         "first_part_ms": ms(reply.marks.get("first_part")), "first_audio_ms": ms(reply.marks.get("first_audio")),
@@ -255,10 +281,9 @@ class CascadedFactory(AgentFactory):
     async def prepare(self) -> None:
         spec = self.cfg.asr.spec()
         worker = CascadedFactory._workers.get(spec)
-        if worker is None:
-            worker = AsrWorker(spec)
+        if worker is None:  # registered before it starts: factories prepared together share one worker
+            worker = CascadedFactory._workers[spec] = AsrWorker(spec)
             await worker.start()
-            CascadedFactory._workers[spec] = worker
         self.asr = worker
         voices = {self.cfg.voice, *self.cfg.voices.values()}
         await asyncio.gather(*(asyncio.to_thread(engine_for(v).synthesize, "ready") for v in voices))

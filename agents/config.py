@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -10,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from agents.dialog import DEMO_DIALOG, DialogConfig
 from agents.gemini_live import GeminiLiveConfig
 from agents.openai_realtime import OpenAIRealtimeConfig
+from agents.router import Budget, EscalateWhen
 from agents.speech.tts import TtsError, check_voice
 from agents.speech.worker import EngineSpec
 
@@ -195,7 +197,41 @@ class CascadedAgentConfig(_Strict):
         return v
 
 
+class HybridAgentConfig(_Strict):
+    """A call starts on a cascade and moves to a speech-to-speech agent when `escalate_when` says (agents.hybrid)."""
+
+    type: Literal["hybrid"]
+    cascade: CascadedAgentConfig | str
+    """The cascaded agent that answers first: its config (with `type: cascaded`) or a configured one's name."""
+    s2s: str
+    """The name of a configured openai_realtime or gemini_live agent, which takes over on escalation."""
+    s2s_voice: str | None = None
+    """The S2S voice after escalation; default: the one chosen to sound like the cascade's TTS voice
+    (agents.hybrid.VOICE_MATCH), else the S2S agent's own."""
+    escalate_when: EscalateWhen = EscalateWhen()
+    budget: Budget | None = None
+    """A cap on the S2S spend of a call (estimated, see agents.router); none: no cap."""
+
+
 AgentConfig = Annotated[
-    EchoAgentConfig | ScriptedAgentConfig | CascadedAgentConfig | GeminiLiveConfig | OpenAIRealtimeConfig,
+    EchoAgentConfig | ScriptedAgentConfig | CascadedAgentConfig | GeminiLiveConfig | OpenAIRealtimeConfig
+    | HybridAgentConfig,
     Field(discriminator="type"),
 ]
+
+
+def hybrid_parts(name: str, cfg: HybridAgentConfig, agents: Mapping[str, AgentConfig]
+                 ) -> tuple[CascadedAgentConfig, OpenAIRealtimeConfig | GeminiLiveConfig]:
+    """The cascade and S2S configs a hybrid agent names; ValueError when one is missing or of the wrong type."""
+    cascade = agents.get(cfg.cascade) if isinstance(cfg.cascade, str) else cfg.cascade
+    if not isinstance(cascade, CascadedAgentConfig):
+        raise ValueError(f"agents.{name}.cascade: {cfg.cascade!r} is not a cascaded agent")
+    s2s = agents.get(cfg.s2s)
+    if not isinstance(s2s, OpenAIRealtimeConfig | GeminiLiveConfig):
+        raise ValueError(f"agents.{name}.s2s: {cfg.s2s!r} is not an openai_realtime or gemini_live agent")
+    intents = cfg.escalate_when.intents
+    if intents and cascade.llm is not None:
+        raise ValueError(f"agents.{name}.escalate_when.intents: the cascade has an LLM, not a dialog with intents")
+    if unknown := [i for i in intents if i not in cascade.dialog.intents]:
+        raise ValueError(f"agents.{name}.escalate_when.intents: the cascade's dialog has no intent {unknown[0]!r}")
+    return cascade, s2s

@@ -323,6 +323,11 @@ def _score(intent: IntentConfig, tokens: list[str]) -> float:
     return best + min(1.0, 0.5 * hits)
 
 
+def score(intent: IntentConfig, text: str) -> float:
+    """How well `text` matches one intent (the score `rank_intents` ranks by)."""
+    return _score(intent, _tokens(text))
+
+
 def rank_intents(cfg: DialogConfig, text: str) -> list[tuple[str, float]]:
     """Every intent with its score, best first (config order among equals)."""
     tokens = _tokens(text)
@@ -398,6 +403,11 @@ class Dialog:
 
     def start(self) -> Reply:
         return Reply(self.cfg.greeting)
+
+    @property
+    def fallbacks(self) -> int:
+        """Misses in a row so far (reset by any understood turn)."""
+        return self._fallbacks
 
     def on_user(self, text: str, now: float | None = None) -> Reply:
         """The reply to one finished caller turn."""

@@ -42,7 +42,18 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from agents.base import Agent, AgentFactory, BargeIn, CallControl, CallerSpeech, Dtmf, HungUp, Played, TransferFailed
+from agents.base import (
+    Agent,
+    AgentFactory,
+    BargeIn,
+    CallControl,
+    CallerSpeech,
+    Dtmf,
+    Handover,
+    HungUp,
+    Played,
+    TransferFailed,
+)
 from agents.speech.tts import PromptCache
 from media.frames import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
 from media.resample import StreamResampler
@@ -176,8 +187,11 @@ def _pcm_rate(mime: str) -> int:
 
 
 class GeminiLiveAgent(Agent):
-    def __init__(self, factory: GeminiLiveFactory) -> None:
+    def __init__(self, factory: GeminiLiveFactory, handover: Handover | None = None) -> None:
         self.cfg = factory.cfg
+        self.handover = handover
+        """A call taken over: the first connection sends the conversation so far and asks for the answer, with no
+        greeting (a resumed session keeps it)."""
         self.handle: str | None = None
         self.connections = 0
         self._call: CallControl | None = None
@@ -251,7 +265,9 @@ class GeminiLiveAgent(Agent):
 
     def _flush_audio(self) -> None:
         if self._batch:
-            data = base64.b64encode(b"".join(self._batch)).decode()
+            pcm = b"".join(self._batch)
+            self.call.meter("gemini_live_in_s", len(pcm) / 2 / SAMPLE_RATE)
+            data = base64.b64encode(pcm).decode()
             self._post({"realtimeInput": {"audio": {"data": data, "mimeType": INPUT_MIME}}}, audio_end=self._batch_end)
             self._batch = []
 
@@ -374,7 +390,10 @@ class GeminiLiveAgent(Agent):
         if self._apology is not None:
             self._apology.cancel()  # a pending apology is not needed any more; one already said goes on
             self._apology = None
-        if not self._greeted and self.cfg.greeting:
+        if not self._greeted and self.handover is not None:
+            self._send_request({"clientContent": {"turns": handover_turns(self.handover), "turnComplete": True}},
+                               "handover")
+        elif not self._greeted and self.cfg.greeting:
             self._send_request({"clientContent": {"turns": [_user_text(self.cfg.greeting)], "turnComplete": True}},
                                "greeting")
         self._greeted = True
@@ -537,6 +556,7 @@ class GeminiLiveAgent(Agent):
         if turn.first_rx is None:
             turn.first_rx = now
         turn.rx_ms += len(data) / 2 / rate * 1000
+        self.call.meter("gemini_live_out_s", len(data) / 2 / rate)
         if turn.dropped_by:
             return
         if turn.resampler is None or turn.resampler.in_rate != rate:
@@ -652,6 +672,13 @@ def _user_text(text: str) -> dict[str, Any]:
     return {"role": "user", "parts": [{"text": text}]}
 
 
+def handover_turns(h: Handover) -> list[dict[str, Any]]:
+    """`clientContent` turns for a call taken over: the note (a user turn in brackets), then the conversation."""
+    turns = [_user_text(f"({h.note})")] if h.note else []
+    return turns + [{"role": "model" if role == "assistant" else "user", "parts": [{"text": text}]}
+                    for role, text in h.messages]
+
+
 def _why(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
@@ -668,5 +695,5 @@ class GeminiLiveFactory(AgentFactory):
             raise ValueError(f"agent {self.name!r}: environment variable {env} (the Gemini API key) is not set")
         await self.prompts.render(self.cfg.apology)  # rendered now, so an outage is answered within a second
 
-    def create(self) -> Agent:
-        return GeminiLiveAgent(self)
+    def create(self, handover: Handover | None = None) -> Agent:
+        return GeminiLiveAgent(self, handover)

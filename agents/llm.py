@@ -57,9 +57,17 @@ class ToolCall:
 
 
 @dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
 class Done:
     finish_reason: str | None
     """`stop`, `length`, `tool_calls`, ...; None if the server gave none."""
+    usage: Usage | None = None
+    """Token counts, when the server sent them (requested with `stream_options.include_usage`)."""
 
 
 LlmDelta = TextDelta | ToolCall | Done
@@ -96,6 +104,7 @@ class LlmClient:
             "model": cfg.model,
             "messages": list(messages),
             "stream": True,
+            "stream_options": {"include_usage": True},
             "temperature": cfg.temperature,
             "max_tokens": cfg.max_tokens,
         }
@@ -157,6 +166,7 @@ class _StreamParser:
         self._data: list[str] = []
         self._calls: dict[int, _PartialCall] = {}
         self._finish: str | None = None
+        self._usage: Usage | None = None
         self.got_token = False
         self.done = False
 
@@ -181,12 +191,12 @@ class _StreamParser:
         if self._finish is None:
             raise LlmError(f"{self._endpoint}: stream ended without finish_reason or [DONE]")
         self.done = True
-        return [*events, *self._complete_calls(), Done(self._finish)]
+        return [*events, *self._complete_calls(), Done(self._finish, self._usage)]
 
     def _event(self, data: str) -> list[LlmDelta]:
         if data.strip() == "[DONE]":
             self.done = True
-            return [*self._complete_calls(), Done(self._finish)]
+            return [*self._complete_calls(), Done(self._finish, self._usage)]
         try:
             chunk = json.loads(data)
         except json.JSONDecodeError:
@@ -199,6 +209,11 @@ class _StreamParser:
     def _chunk(self, chunk: Any) -> list[LlmDelta]:
         if "error" in chunk:
             raise LlmError(f"{self._endpoint}: error in stream: {_excerpt(json.dumps(chunk['error']))}")
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            tokens_in, tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            if isinstance(tokens_in, int) and isinstance(tokens_out, int):
+                self._usage = Usage(tokens_in, tokens_out)
         choices = chunk.get("choices") or []
         if not choices:
             return []  # e.g. the usage chunk

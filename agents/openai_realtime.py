@@ -36,7 +36,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from agents.base import Agent, AgentFactory, BargeIn, CallControl, CallerSpeech, HungUp, Played, TransferFailed
+from agents.base import (
+    Agent,
+    AgentFactory,
+    BargeIn,
+    CallControl,
+    CallerSpeech,
+    Handover,
+    HungUp,
+    Played,
+    TransferFailed,
+)
 from media.frames import FRAME_BYTES, SAMPLE_RATE
 from media.g711 import ulaw_decode, ulaw_encode
 from media.polyphase import PolyphaseResampler
@@ -158,6 +168,17 @@ def session_update(cfg: OpenAIRealtimeConfig) -> dict[str, Any]:
     return {"type": "session.update", "session": session}
 
 
+def handover_items(h: Handover) -> list[dict[str, Any]]:
+    """Conversation items for a call taken over: the note as a system message, then each message as text."""
+    items = [_message("system", h.note)] if h.note else []
+    return items + [_message(role, text) for role, text in h.messages]
+
+
+def _message(role: str, text: str) -> dict[str, Any]:
+    kind = "output_text" if role == "assistant" else "input_text"
+    return {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}
+
+
 class _FatalError(Exception):
     """Retrying cannot help (no API key, key refused)."""
 
@@ -215,8 +236,10 @@ class _Request:
 
 
 class OpenAIRealtimeAgent(Agent):
-    def __init__(self, cfg: OpenAIRealtimeConfig) -> None:
+    def __init__(self, cfg: OpenAIRealtimeConfig, handover: Handover | None = None) -> None:
         self.cfg = cfg
+        self.handover = handover
+        """A call taken over: its first session gets the conversation so far and answers it, with no greeting."""
         self.call: CallControl | None = None
         self._out: asyncio.Queue[_Outgoing] | None = None
         self._encode: Callable[[bytes], bytes] = _encoder(cfg.audio_format)
@@ -323,7 +346,11 @@ class OpenAIRealtimeAgent(Agent):
         self._out = out
         self._encode = _encoder(self.cfg.audio_format)
         self._send(session_update(self.cfg))
-        if greet and self.cfg.greeting:
+        if greet and self.handover is not None:
+            for item in handover_items(self.handover):
+                self._send({"type": "conversation.item.create", "item": item})
+            self._create_response("handover")
+        elif greet and self.cfg.greeting:
             self._create_response("greeting", self.cfg.greeting)
         writer = asyncio.create_task(self._write(ws, out))
         reader = asyncio.create_task(self._read(ws))
@@ -409,6 +436,7 @@ class OpenAIRealtimeAgent(Agent):
             if self._out is not None:
                 audio = base64.b64encode(self._encode(frame.pcm)).decode()
                 self._send({"type": "input_audio_buffer.append", "audio": audio})
+                self._call.meter("openai_realtime_in_s", len(frame.pcm) / 2 / SAMPLE_RATE)
 
     async def _events(self) -> None:
         while True:
@@ -508,6 +536,7 @@ class OpenAIRealtimeAgent(Agent):
         if rid in self._cancelled:
             return
         data = base64.b64decode(ev["delta"], validate=True)
+        self._call.meter("openai_realtime_out_s", len(data) / BYTES_PER_MS[self.cfg.audio_format] / 1000)
         reply = self._reply
         turn = self._turns.get(rid)
         if reply is None or reply.item_id != ev["item_id"]:
@@ -641,5 +670,5 @@ class OpenAIRealtimeFactory(AgentFactory):
         for text in (self.cfg.apology, self.cfg.goodbye):
             await self.prompts.render(text)
 
-    def create(self) -> Agent:
-        return OpenAIRealtimeAgent(self.cfg)
+    def create(self, handover: Handover | None = None) -> Agent:
+        return OpenAIRealtimeAgent(self.cfg, handover)

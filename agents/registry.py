@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from agents.base import AgentFactory
 from agents.cascaded import CascadedFactory
-from agents.config import AgentConfig, CascadedAgentConfig, EchoAgentConfig, ScriptedAgentConfig
+from agents.config import (
+    AgentConfig,
+    CascadedAgentConfig,
+    EchoAgentConfig,
+    HybridAgentConfig,
+    ScriptedAgentConfig,
+    hybrid_parts,
+)
 from agents.echo import EchoFactory
 from agents.gemini_live import GeminiLiveConfig, GeminiLiveFactory
+from agents.hybrid import HybridFactory
 from agents.openai_realtime import OpenAIRealtimeConfig, OpenAIRealtimeFactory
 from agents.scripted import ScriptedFactory
 from agents.speech.tts import PromptCache
 
 
-def make_factory(name: str, cfg: AgentConfig, prompts: PromptCache) -> AgentFactory:
+def make_factory(name: str, cfg: AgentConfig, prompts: PromptCache,
+                 agents: Mapping[str, AgentConfig] | None = None) -> AgentFactory:
+    """The factory of one configured agent; `agents` (all of them) resolves the names a hybrid agent uses."""
     if isinstance(cfg, EchoAgentConfig):
         return EchoFactory(name)
     if isinstance(cfg, ScriptedAgentConfig):
@@ -23,4 +35,6 @@ def make_factory(name: str, cfg: AgentConfig, prompts: PromptCache) -> AgentFact
         return GeminiLiveFactory(name, cfg, prompts)
     if isinstance(cfg, OpenAIRealtimeConfig):
         return OpenAIRealtimeFactory(name, cfg, prompts)
+    if isinstance(cfg, HybridAgentConfig):
+        return HybridFactory(name, cfg, *hybrid_parts(name, cfg, agents or {}), prompts)
     raise ValueError(f"agent {name!r}: unknown type {cfg.type!r}")

@@ -25,6 +25,7 @@ from agents.base import (
     Played,
     TransferFailed,
 )
+from agents.cost import Meter
 from agents.speech.tts import PromptCache
 from media.events import (
     BargeInConfirmed,
@@ -71,6 +72,7 @@ class CallRecord:
     digits: str = ""
     end_reason: str = ""
     turns: list[dict[str, Any]] = field(default_factory=list)
+    usage: Meter = field(default_factory=Meter)
 
 
 class CallSession:
@@ -205,6 +207,9 @@ class CallSession:
     def record_turn(self, turn: dict[str, Any]) -> None:
         self.record.turns.append(turn)
         self.log("turn", call=self.call_id, **turn)
+
+    def meter(self, kind: str, amount: float) -> None:
+        self.record.usage.add(kind, amount)
 
     async def next_event(self, timeout: float | None = None) -> AgentEvent | None:
         try:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from agents.base import AgentFactory
 from agents.registry import make_factory
@@ -23,6 +24,10 @@ from telephony.config import Config
 from telephony.dtmf import DtmfDeduper
 from telephony.endpoint import Refusal, SipStack
 from telephony.logs import event
+from telephony.records import RecordWriter, call_record
+
+END_WAIT_S = 2.0
+"""How long a hung-up call's agent gets to stop (and record its last turn) before the call's record is written."""
 
 
 class SipActions:
@@ -55,6 +60,7 @@ class _Leg:
     end_reason: str = ""
     codec: str = ""
     task: asyncio.Task[None] | None = None
+    wall: float = field(default_factory=time.time)
 
 
 def detector_settings(cfg: Config) -> DetectorSettings:
@@ -73,7 +79,7 @@ class Gateway:
         self.config = config
         self.prompts = PromptCache()
         self.factories: dict[str, AgentFactory] = {
-            name: make_factory(name, a, self.prompts) for name, a in config.agents.items()
+            name: make_factory(name, a, self.prompts, config.agents) for name, a in config.agents.items()
         }
         self.stack = SipStack(config, self)
         self.stack.every(1.0, self._check_rtp)
@@ -84,6 +90,8 @@ class Gateway:
         self._stop = asyncio.Event()
         t = config.timeouts
         self._timeouts = SessionTimeouts(t.max_call_s, t.silence_reprompt_s, t.silence_hangup_s)
+        self.records = RecordWriter(Path(config.records.path), event) if config.records.enabled else None
+        self._ending: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -105,6 +113,7 @@ class Gateway:
             await self._drain()
         finally:
             await asyncio.to_thread(self.stack.stop)
+            await self._settle()
             await asyncio.gather(*(f.close() for f in self.factories.values()), return_exceptions=True)
             event("gateway_stopped")
 
@@ -121,6 +130,14 @@ class Gateway:
         deadline = time.monotonic() + 3.0
         while self.legs and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+
+    async def _settle(self) -> None:
+        """After the SIP stack stopped: end the calls it never reported gone, and let every call's end be recorded."""
+        for key, leg in list(self.legs.items()):
+            del self.legs[key]
+            self._finish(leg, leg.end_reason or "shutdown", 0, "shutdown")
+        if self._ending:
+            await asyncio.wait(self._ending, timeout=END_WAIT_S + 1.0)
 
     # -- pjsua thread -------------------------------------------------------------------------------------
     def on_incoming(self, call: SipCall, called: str, caller: str) -> Refusal | None:
@@ -225,9 +242,21 @@ class Gateway:
         if not leg.session.record.end_reason:
             leg.session.record.end_reason = why
         leg.session.on_hangup(why)
-        rec = leg.session.record
-        st = leg.session.media.stats
-        event("call_end", call=leg.call_id, agent=leg.agent, reason=rec.end_reason, sip_code=code,
-              sip_reason=reason, duration_s=round(time.monotonic() - leg.started, 2), codec=leg.codec,
-              barge_ins=rec.barge_ins, resumed=rec.resumed, paused_ms=rec.paused_ms, digits=rec.digits,
-              frames_in=st.frames_in, frames_out=st.frames_out, turns=rec.turns, **st.tick_percentiles())
+        task = asyncio.ensure_future(self._end(leg, code, reason, round(time.monotonic() - leg.started, 2)))
+        self._ending.add(task)
+        task.add_done_callback(self._ending.discard)
+
+    async def _end(self, leg: _Leg, code: int, reason: str, duration_s: float) -> None:
+        """Once the agent has stopped (its last turn and usage count): log `call_end` and append the call record."""
+        if leg.task is not None:
+            await asyncio.wait({leg.task}, timeout=END_WAIT_S)
+        s = leg.session
+        rec, st = s.record, s.media.stats
+        end = dict(call=leg.call_id, agent=leg.agent, reason=rec.end_reason, sip_code=code, sip_reason=reason,
+                   duration_s=duration_s, codec=leg.codec, barge_ins=rec.barge_ins, resumed=rec.resumed,
+                   paused_ms=rec.paused_ms, digits=rec.digits, frames_in=st.frames_in, frames_out=st.frames_out,
+                   turns=rec.turns, **st.tick_percentiles())
+        event("call_end", **end)
+        if self.records is not None:
+            self.records.write(call_record(end, leg.wall, s.caller, s.called, self.config.agents[leg.agent].type,
+                                           rec.usage.usage, self.config.prices))

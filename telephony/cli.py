@@ -1,9 +1,11 @@
-"""`voicegate` command: serve, check."""
+"""`voicegate` command: serve, check, simulate, calls."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 from telephony.config import ConfigError, load_config
 from telephony.errors import VoicegateError
@@ -56,6 +58,39 @@ def _simulate(args: argparse.Namespace) -> int:
                     args.rate, args.html, args.loss, args.record)
 
 
+def _calls(args: argparse.Namespace) -> int:
+    from telephony.records import newest, read_records, table, totals
+
+    if args.last < 1:
+        print("voicegate calls: --last takes a positive number", file=sys.stderr)
+        return 2
+    if args.records:
+        path = Path(args.records)
+    else:
+        try:
+            path = Path(load_config(args.config).records.path)
+        except ConfigError as e:
+            for issue in e.issues:
+                print(issue, file=sys.stderr)
+            return 2
+    try:
+        records, bad = read_records(path)
+    except OSError as e:
+        where = "" if args.records else f" (records.path of {args.config})"
+        print(f"voicegate calls: cannot read {path}{where}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    for note in bad:
+        print(f"voicegate calls: skipped {note}", file=sys.stderr)
+    shown = newest(records, args.last)
+    if args.json:
+        print(json.dumps({"calls": shown, "totals": totals(shown)}, indent=1))
+    elif not shown:
+        print(f"no calls recorded in {path}")
+    else:
+        print("\n".join(table(shown)))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="voicegate", description="Telephony gateway for voice AI agents")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -78,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--concurrency", type=int, default=4, help="load mode: calls at once (one process each)")
     m.add_argument("--rate", type=float, default=2.0, help="load mode: calls started per second, at most")
     m.set_defaults(fn=_simulate)
+    r = sub.add_parser("calls", help="list recent calls from the call records, newest first, with cost")
+    r.add_argument("--config", default="voicegate.yaml", help="read records.path from this config")
+    r.add_argument("--records", help="the records file (overrides --config)")
+    r.add_argument("--last", type=int, default=20, help="how many calls to list (default 20)")
+    r.add_argument("--json", action="store_true", help="print the records and totals as JSON")
+    r.set_defaults(fn=_calls)
     args = p.parse_args(argv)
     return int(args.fn(args))
 

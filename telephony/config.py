@@ -16,7 +16,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agents.config import AgentConfig
+from agents.config import AgentConfig, HybridAgentConfig, hybrid_parts
+from agents.cost import Prices
 
 KNOWN_CODECS = ("G722", "PCMU", "PCMA")
 M = TypeVar("M", bound=BaseModel)
@@ -90,6 +91,16 @@ class TimeoutsConfig(_Strict):
     shutdown_grace_s: float = Field(10.0, ge=0)
 
 
+class RecordsConfig(_Strict):
+    enabled: bool = True
+    path: str = "records/calls.jsonl"
+    """One JSON line per finished call; a relative path is relative to the config file's folder."""
+
+    def under(self, folder: Path) -> RecordsConfig:
+        """This section with `path` made absolute, relative to `folder`."""
+        return self.model_copy(update={"path": str(folder.absolute() / Path(self.path).expanduser())})
+
+
 class RouteConfig(_Strict):
     match: str
     """Called user part: an exact number, a regular expression in slashes (`/^44/`), or `*` for the default."""
@@ -119,12 +130,21 @@ class Config(_Strict):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     agents: dict[str, AgentConfig]
     routes: list[RouteConfig]
+    records: RecordsConfig = RecordsConfig()
+    prices: Prices = Prices()
 
     @model_validator(mode="after")
     def _routes(self) -> Config:
         for i, r in enumerate(self.routes):
             if r.agent not in self.agents:
                 raise ValueError(f"routes[{i}] names unknown agent {r.agent!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _hybrids(self) -> Config:
+        for name, agent in self.agents.items():
+            if isinstance(agent, HybridAgentConfig):
+                hybrid_parts(name, agent, self.agents)
         return self
 
     def route(self, user: str) -> str | None:
@@ -215,4 +235,5 @@ def read_text(path: str | Path) -> str:
 
 
 def load_config(path: str | Path) -> Config:
-    return parse_config(read_text(path), str(path))
+    cfg = parse_config(read_text(path), str(path))
+    return cfg.model_copy(update={"records": cfg.records.under(Path(path).parent)})

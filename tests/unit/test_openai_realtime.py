@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from agents.base import AgentEvent, BargeIn, CallerAudio, Played, TransferFailed
+from agents.cost import Meter
 from agents.openai_realtime import OpenAIRealtimeAgent, OpenAIRealtimeConfig
 from media.frames import FRAME_BYTES, SILENCE
 from media.resample import resample
@@ -57,6 +58,7 @@ class FakeCall:
     played: list[tuple[asyncio.Future[Played], int]] = field(default_factory=list)
     """Each enqueued utterance and the tick its first frame played at (-1: never)."""
     on_transfer: Callable[[FakeCall, str], None] | None = None
+    usage: Meter = field(default_factory=Meter)
 
     def __post_init__(self) -> None:
         self._queue: deque[_Item] = deque()
@@ -127,6 +129,9 @@ class FakeCall:
 
     def record_turn(self, turn: dict[str, Any]) -> None:
         self.turns.append(turn)
+
+    def meter(self, kind: str, amount: float) -> None:
+        self.usage.add(kind, amount)
 
     def set_echo(self, on: bool) -> None:
         return None
@@ -247,6 +252,8 @@ def test_caller_speech_goes_up_and_gets_an_answer_with_timings(rt: RealtimeServe
     [turn] = call.turns
     assert turn["trigger"] == "speech" and turn["from"] == "server" and turn["text"] == rt.default_reply
     assert 0 < turn["first_delta_ms"] <= turn["first_audio_ms"] < 200 and turn["overhead_ms"] < 10, turn
+    used = call.usage.usage  # the cost meter: audio seconds each way
+    assert abs(used["openai_realtime_out_s"] * 1000 - turn["audio_ms"]) <= 1 and used["openai_realtime_in_s"] > 3
     # what the server got is what the caller said (mu-law at 8 kHz, or PCM at 24 kHz)
     got = resample(bytes(rt.audio_in[0]), rt.input_rates[0])
     sent = call.caller_audio[: int(3.0 * 16000)]

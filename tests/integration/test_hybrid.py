@@ -1,0 +1,96 @@
+"""The hybrid agent on a real SIP call: pjsua2 caller -> voicegate -> the cascade (the shipped hotel assistant), then
+the local OpenAI Realtime server once the caller asks for a person."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from media.resample import resample
+from media.vad import Vad
+from tests import audio
+from tests.integration.peers import Gateway, call, free_port, gateway_config, start_gateway
+from tests.servers.openai_realtime import RealtimeServer, correlation, render, speak
+
+KEY_ENV = "VG_TEST_REALTIME_KEY"
+QUESTION = "When are you open today?"
+TRIGGER = "I want to speak to someone about a complaint."
+ANSWER = "I am sorry to hear that. Please tell me what happened, and I will sort it out."
+ASK_AT_S, TRIGGER_AT_S, CALL_S = 4.0, 15.0, 24.0
+
+
+@pytest.fixture(scope="module")
+def rt() -> Iterator[RealtimeServer]:
+    with RealtimeServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, rt: RealtimeServer) -> Iterator[Gateway]:
+    os.environ[KEY_ENV] = "sk-test"
+    port = free_port()
+    cfg = yaml.safe_load(gateway_config(port))
+    cfg["agents"]["rt"] = {"type": "openai_realtime", "url": rt.url, "api_key_env": KEY_ENV, "audio_format": "pcmu"}
+    cfg["agents"]["hybrid"] = {"type": "hybrid", "cascade": "assistant", "s2s": "rt"}
+    cfg["routes"] = [{"match": "hybrid", "agent": "hybrid"}]
+    g = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-hybrid"), port)
+    yield g
+    assert g.stop() == 0
+
+
+def speech_s(x: np.ndarray) -> float:
+    vad = Vad(2)
+    return sum(vad.is_speech(audio.to_pcm(x[i : i + 320])) for i in range(0, len(x) - 319, 320)) * 0.02
+
+
+@pytest.mark.timeout(90)
+def test_a_complaint_moves_the_call_from_the_cascade_to_s2s_with_the_conversation(
+    gw: Gateway, rt: RealtimeServer, tmp_path: Path
+) -> None:
+    rt.reset()
+    rt.script(speak(ANSWER))
+    ask, trigger = audio.piper(QUESTION), audio.piper(TRIGGER)
+    talk = np.zeros(int(CALL_S * 16000), np.float32)
+    for at, x in ((ASK_AT_S, ask), (TRIGGER_AT_S, trigger)):
+        talk[int(at * 16000) : int(at * 16000) + len(x)] = x
+    wav = audio.write_wav(tmp_path / "talk.wav", talk)
+    res = call(f"sip:hybrid@127.0.0.1:{gw.port}", "--play", str(wav), "--speak-at-s", "0", "--duration",
+               str(CALL_S), "--record", str(tmp_path / "rx.wav"), timeout=CALL_S + 30)
+    assert res["status"] == 200 and not res["remote_hangup"], res
+    end = gw.wait_event("call_end", 15, call=gw.events("call_incoming")[-1]["call"])
+    print(json.dumps({"prepare_s": gw.events("gateway_ready")[0]["prepare_s"], "turns": end["turns"]}))
+    cascade, escalation, s2s = end["turns"]
+    # the calm question: answered by the cascade's dialog
+    assert cascade["backend"] == "cascaded" and "open" in cascade["text"].lower(), cascade
+    assert cascade["reply"].startswith("Reception is open"), cascade
+    # the complaint: the router moves the call, once, to the S2S agent in the voice matched to piper's joe
+    assert escalation["escalation"] == "phrase" and "complaint" in escalation["detail"].lower(), escalation
+    assert escalation | {"detail": "", "handover_ms": 0} == {
+        "backend": "hybrid", "escalation": "phrase", "detail": "", "after_turns": 1, "handover_ms": 0,
+        "to": "openai_realtime", "voice": "cedar", "usd_estimate": None}
+    assert 400 < escalation["handover_ms"] < 1200, escalation  # the caller's pause, commit_ms (450 ms), then S2S
+    assert s2s["backend"] == "openai_realtime" and s2s["trigger"] == "handover", s2s
+    assert s2s["status"] == "completed" and s2s["text"] == ANSWER, s2s
+    # the server got the conversation so far as context items, then the request to answer it
+    assert rt.violations == [] and rt.connections == 1
+    sent = [r.event for r in rt.received if r.type != "input_audio_buffer.append"]
+    assert [e["type"] for e in sent] == ["session.update", *["conversation.item.create"] * 5, "response.create"]
+    assert sent[0]["session"]["audio"]["output"]["voice"] == "cedar"
+    said = [(i["item"]["role"], i["item"]["content"][0]["text"]) for i in sent[1:6]]
+    assert [role for role, _ in said] == ["system", "assistant", "user", "assistant", "user"], said
+    assert said[1][1] == "Thanks for calling Harbour Hotel. How can I help?"
+    assert said[2][1] == cascade["text"] and said[3][1] == cascade["heard"]
+    assert "complaint" in said[4][1].lower(), said
+    # ... and the caller heard its answer after the complaint
+    rx = audio.read_wav(tmp_path / "rx.wav")
+    after = rx[int((TRIGGER_AT_S + len(trigger) / 16000) * 16000) :]
+    assert speech_s(after) > 2.0, speech_s(after)
+    ref = audio.telephone_band(audio.to_array(resample(render(ANSWER), 24000)))
+    _, peak = correlation(ref, after)
+    assert peak > 0.6, peak

@@ -1,0 +1,91 @@
+"""Call records and cost through a running voicegate: real calls append record lines, `voicegate calls` lists them,
+and a call cut by SIGTERM is recorded too."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.integration.peers import VENV_BIN, Gateway, call, free_port, gateway_config, start_gateway
+from tests.prompts import SOUNDS
+
+PRICES = {"currency": "USD", "sip_per_min": 0.01, "asr_per_min": 0.006, "tts_per_char": 0.0001}
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    port = free_port()
+    timeouts = {"silence_reprompt_s": 30, "silence_hangup_s": 60, "shutdown_grace_s": 0.5}
+    g = start_gateway(gateway_config(port, prices=PRICES, timeouts=timeouts), tmp_path_factory.mktemp("gw-rec"),
+                      port)
+    yield g
+    g.stop()
+
+
+def records(gw: Gateway) -> dict[str, dict[str, Any]]:
+    path = gw.config.parent / "records" / "calls.jsonl"
+    return {r["call"]: r for r in map(json.loads, path.read_text().splitlines())}
+
+
+def voicegate_calls(*args: str) -> str:
+    proc = subprocess.run([str(VENV_BIN / "voicegate"), "calls", *args], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_echo_and_assistant_calls_are_recorded_with_cost_and_listed(gw: Gateway) -> None:
+    target = f"127.0.0.1:{gw.port}"
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        echo = pool.submit(call, f"sip:echo@{target}", "--duration", "2")
+        assistant = pool.submit(call, f"sip:assistant@{target}", "--play", str(SOUNDS / "goodbye.wav"),
+                                "--speak-at-s", "3.5", "--duration", "15", timeout=40)
+        assert echo.result()["answered"] and assistant.result()["remote_hangup"]
+    ends = {e["agent"]: e for e in (gw.wait_event("call_end", 10, agent=a) for a in ("echo", "assistant"))}
+    recs = records(gw)
+    e, a = recs[ends["echo"]["call"]], recs[ends["assistant"]["call"]]
+    for rec in (e, a):  # every call_end field, plus who, what, cost and latency
+        end = ends[rec["agent"]]
+        assert {k: rec[k] for k in end if k not in ("ts", "event")} == {k: v for k, v in end.items()
+                                                                        if k not in ("ts", "event")}
+        assert rec["start"][:2] == "20" and "sip:" in rec["caller"]
+    assert e["called"] == "echo" and e["agent_type"] == "echo" and e["backends"] == {"echo": 0}
+    assert e["cost"] == {"by_backend": {"sip": round(e["duration_s"] / 60 * 0.01, 6)},
+                         "total": round(e["duration_s"] / 60 * 0.01, 6), "currency": "USD"}
+    assert e["latency"] == {"turn_p50_ms": None, "turn_p95_ms": None}
+
+    assert a["reason"] == "agent" and a["backends"] == {"cascaded": 1}, a
+    [turn] = a["turns"]
+    assert a["latency"]["turn_p50_ms"] == turn["first_audio_ms"] > 0
+    assert 0.5 < a["usage"]["asr_s"] < 3 and a["usage"]["tts_chars"] > len(turn["reply"]), a["usage"]  # + greeting
+    by = a["cost"]["by_backend"]
+    assert set(by) == {"sip", "asr", "tts"} and by["tts"] == round(a["usage"]["tts_chars"] * 0.0001, 6)
+    assert a["cost"]["total"] == pytest.approx(sum(by.values()), abs=1e-6)
+
+    listed = voicegate_calls("--records", str(gw.config.parent / "records/calls.jsonl")).splitlines()
+    assert len(listed) == 4 and listed[-1].startswith("2 calls, ")
+    rows = {row.split()[4]: row.split() for row in listed[1:3]}
+    assert rows["assistant"][6:10] == [f"0:{round(a['duration_s']):02d}", "agent", "cascaded", "1"], rows
+    assert rows["echo"][7:9] == ["remote_200", "echo"], rows
+    data = json.loads(voicegate_calls("--config", str(gw.config), "--json", "--last", "1"))
+    assert len(data["calls"]) == 1 and data["totals"]["calls"] == 1
+
+
+def test_a_call_cut_by_sigterm_is_recorded(gw: Gateway) -> None:
+    before = {e["call"] for e in gw.events("call_answered")}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        caller = pool.submit(call, f"sip:echo@127.0.0.1:{gw.port}", "--duration", "20")
+        deadline = time.monotonic() + 10
+        while not (new := [e["call"] for e in gw.events("call_answered") if e["call"] not in before]):
+            assert time.monotonic() < deadline, "the call was not answered"
+            time.sleep(0.05)
+        [cut] = new
+        assert gw.stop() == 0
+        assert caller.result()["remote_hangup"]
+    rec = records(gw)[cut]
+    assert rec["reason"] == "shutdown" and rec["cost"]["by_backend"]["sip"] > 0
