@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PKGS := sip-tester baresip espeak-ng sox asterisk-core-sounds-en-wav
 CONFIG ?= voicegate.yaml
 
-.PHONY: deps run test lint unit integration bench clean
+.PHONY: deps run test lint unit integration bench bench-extra clean
 
 deps: $(VENV)/.installed .apt-ok
 
@@ -44,9 +44,18 @@ test: deps
 	$(VENV)/bin/mypy telephony media agents
 	$(PY) -m pytest -q tests
 
-bench: deps
+bench: deps bench-extra
 	$(PY) -m bench.run
 	$(PY) -m bench.cascaded
 
+# Pipecat, for the side-by-side rows `make bench` adds when .venv-bench exists; kept out of voicegate's venv.
+bench-extra: .venv-bench/.installed
+
+.venv-bench/.installed: bench/requirements-pipecat.lock
+	@test -x .venv-bench/bin/python || python3 -m venv .venv-bench
+	.venv-bench/bin/python -m pip install -q --upgrade pip
+	.venv-bench/bin/python -m pip install -q -r bench/requirements-pipecat.lock
+	@touch $@
+
 clean:
-	rm -rf $(VENV) .apt-ok build *.egg-info .pytest_cache .mypy_cache bench/results
+	rm -rf $(VENV) .venv-bench .apt-ok build *.egg-info .pytest_cache .mypy_cache bench/results

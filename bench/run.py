@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from bench import export_clipset
 from media.barge_in import DetectorSettings
 from telephony.simulator import measure as wire
 from tests import audio, clipset
@@ -186,6 +187,22 @@ def clipset_table() -> list[dict[str, Any]]:
     return rows
 
 
+def pipecat_rows() -> list[dict[str, Any]]:
+    """Pipecat's interruption path on the same clip set (bench/pipecat_compare.py), when `make bench-extra` has
+    made .venv-bench; the clip set goes over as WAVs and a manifest (bench/export_clipset.py)."""
+    py = ROOT / ".venv-bench" / "bin" / "python"
+    if not py.exists():
+        print("Pipecat rows skipped: no .venv-bench (make bench-extra)", flush=True)
+        return []
+    print("Pipecat's interruption path on the clip set (real time, several minutes) ...", flush=True)
+    clips = export_clipset.export()
+    out = RESULTS / "pipecat.json"
+    subprocess.run([str(py), "-m", "bench.pipecat_compare", "--clips", str(clips.parent), "--json", str(out)],
+                   check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    rows: list[dict[str, Any]] = json.loads(out.read_text())
+    return rows
+
+
 def main() -> int:
     trials = int(os.environ.get("BENCH_TRIALS", "20"))
     seed = int(os.environ.get("BENCH_SEED", "1"))
@@ -210,6 +227,8 @@ def main() -> int:
             j = clock_jitter(gw)
         finally:
             gw.stop()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    c += pipecat_rows()
     rows = [
         ("barge-in reaction p50 (ms)", b["p50_ms"], "target p95 <= 100"),
         ("barge-in reaction p95 (ms)", b["p95_ms"], f"n={b['n']} ({b['agent_silent_at_onset']} began in a pause)"),
@@ -242,7 +261,10 @@ def main() -> int:
     print(f"{'settings':<32}" + "".join(f"{v:>12}" for v in cols.values()))
     for row in c:
         print(f"{row['settings']:<32}" + "".join(f"{row[k]!s:>12}" for k in cols))
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    for row in c:
+        if "note" in row:
+            print(f"{row['settings']}: {row['note']}; {row['stopped_before_onset']} interruption clips stopped on "
+                  "echo before the caller spoke (not in p50/p95)")
     out = {"bench": "foundation", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seed": seed,
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
            "barge_in": b, "wire_false_stops": fs, "barge_in_1pct_loss": bl, "cpu_per_call_second": cpu,
