@@ -36,15 +36,18 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
-_rtp_next = [41000 + (os.getpid() % 50) * 200]
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+_RTP_LO = 30000 + (_WORKER % 2) * 15500
+"""pytest-xdist workers (make test runs two) each get half of 30000-60999, far from the gateway's defaults."""
+_rtp_next = [_RTP_LO + (os.getpid() % 50) * 200]
 _rtp_lock = threading.Lock()
 
 
 def rtp_range(size: int = 40) -> tuple[int, int]:
-    """A block of RTP ports for one peer; blocks wrap within 30000-60999, far from the gateway defaults."""
+    """A block of RTP ports for one peer; blocks wrap within this worker's half of 30000-60999."""
     with _rtp_lock:
-        if _rtp_next[0] + size > 61000:
-            _rtp_next[0] = 30000
+        if _rtp_next[0] + size > _RTP_LO + 15500:
+            _rtp_next[0] = _RTP_LO
         lo = _rtp_next[0]
         _rtp_next[0] += size
     return lo, lo + size - 1

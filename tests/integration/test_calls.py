@@ -9,7 +9,7 @@ import numpy as np
 from media.vad import Vad
 from telephony.simulator.measure import echo_lag, frames_db
 from tests import audio
-from tests.integration.peers import Gateway, baresip, call, sipp
+from tests.integration.peers import Gateway, baresip, call, rtp_range, sipp
 
 
 def uri(gw: Gateway, user: str) -> str:
@@ -17,7 +17,7 @@ def uri(gw: Gateway, user: str) -> str:
 
 
 def test_sipp_calls_echo_route_with_pcap_audio_and_dtmf(gateway: Gateway, workdir: Path):
-    r = sipp(["-sn", "uac_pcap", "-s", "echo", f"127.0.0.1:{gateway.port}", "-mp", "47000"], workdir)
+    r = sipp(["-sn", "uac_pcap", "-s", "echo", f"127.0.0.1:{gateway.port}", "-mp", str(rtp_range(10)[0])], workdir)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     end = gateway.wait_event("call_end", 10, agent="echo", digits="1")
     assert end["reason"] == "remote_200" and end["codec"] == "PCMA/8000"
@@ -26,7 +26,7 @@ def test_sipp_calls_echo_route_with_pcap_audio_and_dtmf(gateway: Gateway, workdi
 
 def test_sipp_rfc2833_dtmf_selects_a_menu_branch(gateway: Gateway, workdir: Path):
     # uac_pcap speaks g711a.pcap (about 8 s), then presses 1 (RFC 2833 from dtmf_2833_1.pcap): the echo test branch
-    r = sipp(["-sn", "uac_pcap", "-s", "demo", f"127.0.0.1:{gateway.port}", "-mp", "47100"], workdir)
+    r = sipp(["-sn", "uac_pcap", "-s", "demo", f"127.0.0.1:{gateway.port}", "-mp", str(rtp_range(10)[0])], workdir)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     end = gateway.wait_event("call_end", 10, agent="demo", digits="1")
     said = [e["text"] for e in gateway.events("agent_say") if e["call"] == end["call"]]

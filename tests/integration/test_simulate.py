@@ -107,9 +107,9 @@ def test_third_party_peer_sipp_uas(workdir: Path):
     from tests.integration.peers import free_port
 
     port = free_port()
-    uas = subprocess.Popen(["sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(port), "-mp", "48200", "-rtp_echo",
-                            "-nostdin", "-m", "1", "-timeout", "60"], cwd=workdir, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    uas = subprocess.Popen(["sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(port), "-mp", str(rtp_range(10)[0]),
+                            "-rtp_echo", "-nostdin", "-m", "1", "-timeout", "60"], cwd=workdir,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         script = ("name: sipp answers\nsteps:\n  - say: hello there\n    wait: false\n"
                   "  - wait_speech: {timeout_s: 3}\n  - hangup: {}\n")

@@ -9,12 +9,12 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
 
-from agents.gemini_live import RESUME_TEXT, GeminiLiveConfig, GeminiLiveFactory
+from agents.gemini_live import RESUME_TEXT, GeminiLiveAgent, GeminiLiveConfig, GeminiLiveFactory
 from agents.session import CallSession, SessionTimeouts
 from agents.speech.tts import PromptCache
 from media.frames import FRAME_SAMPLES, SILENCE, level_dbfs
@@ -280,3 +280,28 @@ def test_malformed_messages_are_ignored_and_a_stalled_server_is_left(server, que
     assert second.resumed_from in server.handles and second.texts == [RESUME_TEXT]
     assert second.replies == ["Back again."]
     assert len(c.events("agent_say")) == 1
+
+
+def test_a_receiver_cancelled_as_a_message_arrives_stops() -> None:
+    """Python 3.11's `asyncio.wait_for` returned such a message and dropped the cancellation: the call hung."""
+
+    async def main() -> None:
+        cfg = GeminiLiveConfig.model_validate({"type": "gemini_live", "url": "ws://127.0.0.1:9/", "api_key_env": None})
+        agent = GeminiLiveAgent(GeminiLiveFactory("gemini", cfg, PromptCache()))
+        messages: asyncio.Queue[str] = asyncio.Queue()
+
+        class Socket:
+            async def recv(self) -> str:
+                return await messages.get()
+
+        receiver = asyncio.create_task(agent._receive(cast(Any, Socket())))
+        await asyncio.sleep(0.01)
+        messages.put_nowait(json.dumps({"usageMetadata": {}}))
+        receiver.cancel()  # in the same turn of the loop as the message
+        await asyncio.wait({receiver}, timeout=1.0)
+        stopped = receiver.cancelled()
+        receiver.cancel()
+        await asyncio.gather(receiver, return_exceptions=True)
+        assert stopped, "the receiver went on reading after it was cancelled"
+
+    asyncio.run(main())

@@ -8,13 +8,14 @@ caller frame from a scripted timeline.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -157,27 +158,60 @@ class FakeCall:
         self._events.put_nowait(ev)
 
 
+STOP_S = 5.0
+"""How long a cancelled task may take to finish before `drive()` fails instead of hanging."""
+
+
 def drive(cfg: OpenAIRealtimeConfig, call: FakeCall, until: Callable[[], bool], timeout: float = 10.0,
           script: Callable[[FakeCall], Any] | None = None) -> bool:
-    """Run the agent on `call` until `until()` or the agent ends; returns whether `until()` came true."""
+    """Run the agent on `call` until `until()` or the agent ends; returns whether `until()` came true.
+
+    Fails (rather than hangs) when a task does not finish within `STOP_S` of being cancelled, with its stack.
+    """
 
     async def main() -> bool:
-        clock = asyncio.create_task(call.clock())
-        agent = asyncio.create_task(OpenAIRealtimeAgent(cfg).run(call))
-        side = asyncio.create_task(script(call)) if script else None
+        clock = asyncio.create_task(call.clock(), name="clock")
+        agent = asyncio.create_task(OpenAIRealtimeAgent(cfg).run(call), name="agent")
+        side = asyncio.create_task(script(call), name="script") if script else None
+        tasks = [t for t in (clock, agent, side) if t is not None]
         deadline = time.monotonic() + timeout
         while not until() and not agent.done() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         ok = until()
-        for t in (clock, agent, side):
-            if t is not None:
-                t.cancel()
-        results = await asyncio.gather(clock, agent, *([side] if side else []), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, Exception) and not isinstance(r, asyncio.CancelledError)]
+        for t in tasks:
+            t.cancel()
+        _, stuck = await asyncio.wait(tasks, timeout=STOP_S)
+        if stuck:
+            raise AssertionError(f"{', '.join(t.get_name() for t in stuck)} did not stop within {STOP_S} s of "
+                                 f"being cancelled; the loop's tasks:\n{_stacks()}")
+        errors = [t.exception() for t in tasks if not t.cancelled() and t.exception() is not None]
         assert not errors, errors
         return ok
 
-    return asyncio.run(main())
+    return _run(main())
+
+
+def _stacks() -> str:
+    out = io.StringIO()
+    for t in asyncio.all_tasks():
+        if t is not asyncio.current_task():
+            t.print_stack(file=out)
+    return out.getvalue()
+
+
+def _run(coro: Coroutine[Any, Any, bool]) -> bool:
+    """`asyncio.run`, except that tasks left over are given `STOP_S` to stop, not forever."""
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        left = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in left:
+            t.cancel()
+        if left:
+            loop.run_until_complete(asyncio.wait(left, timeout=STOP_S))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -391,3 +425,33 @@ def test_config_rejects_a_non_websocket_url() -> None:
     with pytest.raises(ValueError, match="ws://"):
         OpenAIRealtimeConfig(type="openai_realtime", url="https://api.openai.com/v1/realtime")
 
+
+
+class _Socket:
+    """A websocket whose messages come from a queue."""
+
+    def __init__(self) -> None:
+        self.messages: asyncio.Queue[str] = asyncio.Queue()
+
+    async def recv(self) -> str:
+        return await self.messages.get()
+
+
+def test_a_reader_cancelled_as_a_message_arrives_stops() -> None:
+    """Python 3.11's `asyncio.wait_for` returned such a message and dropped the cancellation: the call hung."""
+
+    async def main() -> None:
+        agent = OpenAIRealtimeAgent(OpenAIRealtimeConfig(type="openai_realtime"))
+        agent._active = "resp_1"  # a response in flight: the read has a timeout
+        ws = _Socket()
+        reader = asyncio.create_task(agent._read(cast(Any, ws)))
+        await asyncio.sleep(0.01)
+        ws.messages.put_nowait(json.dumps({"type": "input_audio_buffer.speech_stopped"}))
+        reader.cancel()  # in the same turn of the loop as the message
+        await asyncio.wait({reader}, timeout=1.0)
+        stopped = reader.cancelled()
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        assert stopped, "the reader went on reading after it was cancelled"
+
+    asyncio.run(main())
