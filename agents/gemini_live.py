@@ -431,7 +431,10 @@ class GeminiLiveAgent(Agent):
         leave_by: float | None = None
         while True:
             try:
-                raw = await asyncio.wait_for(ws.recv(), POLL_S)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns a message that arrives as the task
+                # is cancelled and drops the cancellation, and this loop would then poll on forever
+                async with asyncio.timeout(POLL_S):
+                    raw = await ws.recv()
             except TimeoutError:
                 raw = None
             except ConnectionClosed as e:
@@ -648,7 +651,8 @@ class GeminiLiveAgent(Agent):
             self._transfer = asyncio.get_running_loop().create_future()
             await self.call.transfer(target)
             try:
-                code = await asyncio.wait_for(self._transfer, TRANSFER_TIMEOUT_S)
+                async with asyncio.timeout(TRANSFER_TIMEOUT_S):  # not wait_for: see _receive
+                    code = await self._transfer
             except TimeoutError:
                 return {"error": "the transfer got no answer; tell the caller"}
             finally:

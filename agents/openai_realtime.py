@@ -331,7 +331,8 @@ class OpenAIRealtimeAgent(Agent):
                 raise _FatalError(f"{self.cfg.url} refused the API key: HTTP {e.response.status_code}") from e
             raise
         try:
-            raw = await asyncio.wait_for(ws.recv(), self.cfg.connect_timeout_s)
+            async with asyncio.timeout(self.cfg.connect_timeout_s):  # not wait_for: see _read
+                raw = await ws.recv()
             first = _parse(raw)
             if first is None or first.get("type") != "session.created":
                 raise _BadServerError(f"server sent {str(raw)[:80]!r} where session.created belongs")
@@ -391,7 +392,10 @@ class OpenAIRealtimeAgent(Agent):
         while True:
             timeout = self.cfg.response_timeout_s if self._active is not None else None
             try:
-                raw = await asyncio.wait_for(ws.recv(), timeout)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns a message that arrives as the task
+                # is cancelled and drops the cancellation, and the reader would then wait for the next message
+                async with asyncio.timeout(timeout):
+                    raw = await ws.recv()
             except TimeoutError:
                 return f"stalled: nothing for {timeout} s during response {self._active}"
             except ConnectionClosed as e:
@@ -633,7 +637,8 @@ class OpenAIRealtimeAgent(Agent):
             self._transfer = asyncio.get_running_loop().create_future()
             await self._call.transfer(target)
             try:
-                code = await asyncio.wait_for(self._transfer, self.cfg.transfer_timeout_s)
+                async with asyncio.timeout(self.cfg.transfer_timeout_s):  # not wait_for: see _read
+                    code = await self._transfer
             except TimeoutError:
                 return {"ok": False, "error": f"no outcome of the transfer within {self.cfg.transfer_timeout_s} s"}
             return {"ok": False, "error": f"the transfer target refused the call (SIP {code})"}

@@ -213,7 +213,8 @@ class CallSession:
 
     async def next_event(self, timeout: float | None = None) -> AgentEvent | None:
         try:
-            return await asyncio.wait_for(self._events.get(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for, which on Python 3.11 can drop the task's cancellation
+                return await self._events.get()
         except TimeoutError:
             return None
 
