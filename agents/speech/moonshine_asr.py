@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,7 @@ def _convert(ort_path: Path, onnx_path: Path) -> None:
     import onnx
     import onnxruntime as ort
 
-    raw = onnx_path.with_suffix(".raw.onnx")
+    raw = onnx_path.with_suffix(f".{os.getpid()}.raw.onnx")  # per process: two may convert at once
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.optimized_model_filepath = str(raw)
@@ -63,9 +64,9 @@ def _convert(ort_path: Path, onnx_path: Path) -> None:
                     name(attr.g, f"{path}/{node.name}/{attr.name}")
 
     name(model.graph, ort_path.stem)
-    tmp = onnx_path.with_suffix(".tmp")
+    tmp = onnx_path.with_suffix(f".{os.getpid()}.tmp")
     onnx.save(model, str(tmp))
-    tmp.rename(onnx_path)
+    os.replace(tmp, onnx_path)  # atomic: a reader sees the old state or the whole file
     raw.unlink()
 
 
