@@ -61,7 +61,7 @@ def test_unknown_number_gets_404(gateway: Gateway):
 
 
 def test_dtmf_rfc4733_selects_the_time_branch(gateway: Gateway):
-    res = call(uri(gateway, "demo"), "--dtmf", "2@1.0", "--duration", "4")
+    res = call(uri(gateway, "demo"), "--dtmf", "2@1.0", "--duration", "9")
     assert res["dtmf_sent"] == ["2"]
     gateway.wait_event("call_end", 10, agent="demo", digits="2")
     assert any("The time here is" in ev.get("text", "") for ev in gateway.events("agent_say"))
