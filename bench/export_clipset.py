@@ -19,30 +19,19 @@ from tests import audio, clipset
 DEFAULT_DIR = Path(__file__).resolve().parent / "results" / "clipset"
 
 
-def _clip(kind: str, agent: int, seconds: float, seed: int, **kw: Any) -> dict[str, Any]:
-    return {"kind": kind, "agent": f"agent{agent}.wav", "seconds": round(seconds, 3), "seed": seed, "caller": None,
-            "caller_at_s": 0.0, "caller_frame": None, "echo_db": None, "echo_delay_ms": 100, "noise_snr_db": None,
-            **kw}
-
-
 def clips() -> list[dict[str, Any]]:
-    """The clips of `clipset.evaluate()` with its default echo losses, in its order."""
-    agents = clipset.agent_turns()
+    """The clips of `clipset.evaluate()` with its default echo losses, in its order, with the caller's onset frame."""
+    callers, bcs = clipset.caller_utterances(), clipset.backchannels()
     out = []
-    for i, u in enumerate(clipset.caller_utterances()):
-        at = 1.2 + (i % 5) * 0.45
-        out.append(_clip("interrupt", i % len(agents), at + 2.5, i, caller=f"caller{i}.wav", caller_at_s=at,
-                         caller_frame=int(at * 50) + audio.onset_index(u), echo_db=-12.0 if i % 2 else None,
-                         echo_delay_ms=200 if i % 2 else 100, noise_snr_db=30 if i % 3 == 0 else None))
-    for k, agent in enumerate(agents):
-        for d in clipset.ECHO_DELAYS_MS:
-            for loss in clipset.ECHO_LOSS_DB:
-                out.append(_clip("echo", k, agent.size / 16000, k, echo_db=-float(loss), echo_delay_ms=d,
-                                 noise_snr_db=30))
-    for j, b in enumerate(clipset.backchannels()):
-        at = 1.5 + (j % 3) * 0.4
-        out.append(_clip("backchannel", j % len(agents), 4.0, j, caller=f"bc{j}.wav", caller_at_s=at,
-                         caller_frame=int(at * 50) + audio.onset_index(b), noise_snr_db=30))
+    for c in clipset.clip_specs():
+        caller, frame = None, None
+        if c.caller is not None:
+            sounds, prefix = (bcs, "bc") if c.kind == "backchannel" else (callers, "caller")
+            caller = f"{prefix}{c.caller}.wav"
+            frame = int(c.caller_at_s * 50) + audio.onset_index(sounds[c.caller])
+        out.append({"kind": c.kind, "agent": f"agent{c.agent}.wav", "seconds": round(c.seconds, 3), "seed": c.seed,
+                    "caller": caller, "caller_at_s": c.caller_at_s if caller else 0.0, "caller_frame": frame,
+                    "echo_db": c.echo_db, "echo_delay_ms": c.echo_delay_ms, "noise_snr_db": c.noise_snr_db})
     return out
 
 

@@ -95,33 +95,59 @@ class Evaluation:
         }
 
 
-def evaluate(settings: DetectorSettings | None = None, echo_loss_db: tuple[int, ...] = ECHO_LOSS_DB) -> Evaluation:
+@dataclass(frozen=True)
+class ClipSpec:
+    """One clip of the set: which agent turn, which caller sound (an index into `caller_utterances()` for
+    `interrupt`, into `backchannels()` for `backchannel`, none for `echo`) and the line around it."""
+
+    kind: str
+    agent: int
+    caller: int | None
+    caller_at_s: float
+    seconds: float
+    seed: int
+    echo_db: float | None = None
+    echo_delay_ms: int = 100
+    noise_snr_db: float | None = None
+
+
+def clip_specs(echo_loss_db: tuple[int, ...] = ECHO_LOSS_DB) -> list[ClipSpec]:
+    """Every clip `evaluate` runs, in its order (bench/export_clipset.py writes the same list for other runners)."""
     agents = agent_turns()
-    ev = Evaluation([], 0, 0, 0, 0, 0, 0, [])
-    for i, u in enumerate(caller_utterances()):
-        agent = agents[i % len(agents)]
+    out: list[ClipSpec] = []
+    for i in range(len(caller_utterances())):
         at = 1.2 + (i % 5) * 0.45
-        echo = (-12.0, 200) if i % 2 else (None, 0)
-        r = simulate(agent, u, caller_at_s=at, echo_db=echo[0], echo_delay_ms=echo[1] or 100,
-                     noise_snr_db=30 if i % 3 == 0 else None, seconds=at + 2.5, settings=settings, seed=i)
-        assert r.caller_frame is not None
-        if r.first(BargeInConfirmed) is None:
-            ev.missed += 1
-        else:
-            ev.reaction_frames.append(r.last_agent_frame_after(r.caller_frame) - r.caller_frame + 1)
+        out.append(ClipSpec("interrupt", i % len(agents), i, at, at + 2.5, i, -12.0 if i % 2 else None,
+                            200 if i % 2 else 100, 30 if i % 3 == 0 else None))
     for k, agent in enumerate(agents):
         for d in ECHO_DELAYS_MS:
             for loss in echo_loss_db:
-                r = simulate(agent, echo_db=-float(loss), echo_delay_ms=d, noise_snr_db=30,
-                             seconds=agent.size / 16000, settings=settings, seed=k)
-                ev.echo_calls += 1
-                ev.echo_false_pauses += r.count(BargeInPaused) > 0
-                ev.echo_false_stops += r.count(BargeInConfirmed) > 0
-    for j, b in enumerate(backchannels()):
-        agent = agents[j % len(agents)]
-        r = simulate(agent, b, caller_at_s=1.5 + (j % 3) * 0.4, seconds=4.0, noise_snr_db=30, settings=settings,
-                     seed=j)
-        ev.backchannel_calls += 1
-        ev.backchannel_stops += r.count(BargeInConfirmed) > 0
-        ev.backchannel_paused_ms += [e.paused_ms for e in r.events if isinstance(e, BargeInResumed)]
+                out.append(ClipSpec("echo", k, None, 2.0, agent.size / 16000, k, -float(loss), d, 30))
+    for j in range(len(backchannels())):
+        out.append(ClipSpec("backchannel", j % len(agents), j, 1.5 + (j % 3) * 0.4, 4.0, j, noise_snr_db=30))
+    return out
+
+
+def evaluate(settings: DetectorSettings | None = None, echo_loss_db: tuple[int, ...] = ECHO_LOSS_DB) -> Evaluation:
+    agents, callers, bcs = agent_turns(), caller_utterances(), backchannels()
+    ev = Evaluation([], 0, 0, 0, 0, 0, 0, [])
+    for c in clip_specs(echo_loss_db):
+        sound = None if c.caller is None else (bcs if c.kind == "backchannel" else callers)[c.caller]
+        r = simulate(agents[c.agent], sound, caller_at_s=c.caller_at_s, echo_db=c.echo_db,
+                     echo_delay_ms=c.echo_delay_ms, noise_snr_db=c.noise_snr_db, seconds=c.seconds,
+                     settings=settings, seed=c.seed)
+        if c.kind == "interrupt":
+            assert r.caller_frame is not None
+            if r.first(BargeInConfirmed) is None:
+                ev.missed += 1
+            else:
+                ev.reaction_frames.append(r.last_agent_frame_after(r.caller_frame) - r.caller_frame + 1)
+        elif c.kind == "echo":
+            ev.echo_calls += 1
+            ev.echo_false_pauses += r.count(BargeInPaused) > 0
+            ev.echo_false_stops += r.count(BargeInConfirmed) > 0
+        else:
+            ev.backchannel_calls += 1
+            ev.backchannel_stops += r.count(BargeInConfirmed) > 0
+            ev.backchannel_paused_ms += [e.paused_ms for e in r.events if isinstance(e, BargeInResumed)]
     return ev
