@@ -26,6 +26,7 @@ from agents.speech.moonshine_asr import MoonshineAsr
 from agents.speech.tts import EspeakTts, PiperTts
 from agents.speech.whisper_asr import WhisperAsr
 from agents.speech.whisper_model import whisper_base_dir
+from bench.run import pct
 from telephony.simulator import measure as wire
 from tests import audio
 from tests.integration.peers import ROOT, Gateway, call, free_port, gateway_config, start_gateway
@@ -33,10 +34,6 @@ from tests.prompts import prompts, through_g711, wer
 
 RESULTS = ROOT / "bench" / "results"
 QUESTIONS = ("What are your opening hours?", "When are you open?", "What time do you close?")
-
-
-def _pct(xs: list[float], q: float) -> float:
-    return round(float(np.percentile(np.asarray(xs, dtype=np.float64), q)), 1) if xs else float("nan")
 
 
 def _question_wav(tmp: Path, i: int) -> tuple[Path, list[tuple[float, int]]]:
@@ -81,9 +78,9 @@ def calls_at_once(gw: Gateway, tmp: Path, n: int) -> dict[str, Any]:
     turns = [t for e in ends for t in e.get("turns", []) if not t.get("superseded") and "endpoint_ms" in t]
 
     def p50(key: str) -> float:
-        return _pct([t[key] for t in turns if t.get(key) is not None], 50)
+        return pct([t[key] for t in turns if t.get(key) is not None], 50)
 
-    return {"calls": n, "turns": len(lats), "p50_ms": _pct(lats, 50), "p95_ms": _pct(lats, 95), "all_ms": lats,
+    return {"calls": n, "turns": len(lats), "p50_ms": pct(lats, 50), "p95_ms": pct(lats, 95), "all_ms": lats,
             "missed": 3 * n - len(lats), "endpoint_p50_ms": p50("endpoint_ms"), "asr_final_p50_ms": p50("asr_final_ms"),
             "first_audio_p50_ms": p50("first_audio_ms"),
             "texts": [t["text"] for t in turns],
@@ -93,10 +90,10 @@ def calls_at_once(gw: Gateway, tmp: Path, n: int) -> dict[str, Any]:
 def turn_latency(gw: Gateway, tmp: Path, trials: int) -> dict[str, Any]:
     runs = [calls_at_once(gw, tmp, 1) for _ in range(max(1, trials // 3))]
     lats = [x for r in runs for x in r["all_ms"]]
-    return {"turns": len(lats), "p50_ms": _pct(lats, 50), "p95_ms": _pct(lats, 95), "all_ms": lats,
-            "endpoint_p50_ms": _pct([r["endpoint_p50_ms"] for r in runs], 50),
-            "asr_final_p50_ms": _pct([r["asr_final_p50_ms"] for r in runs], 50),
-            "first_audio_p50_ms": _pct([r["first_audio_p50_ms"] for r in runs], 50),
+    return {"turns": len(lats), "p50_ms": pct(lats, 50), "p95_ms": pct(lats, 95), "all_ms": lats,
+            "endpoint_p50_ms": pct([r["endpoint_p50_ms"] for r in runs], 50),
+            "asr_final_p50_ms": pct([r["asr_final_p50_ms"] for r in runs], 50),
+            "first_audio_p50_ms": pct([r["first_audio_p50_ms"] for r in runs], 50),
             "tick_p99_ms": max(r["tick_p99_ms"] for r in runs)}
 
 
@@ -128,7 +125,7 @@ def tts_engines() -> list[dict[str, Any]]:
             t0 = time.perf_counter()
             pcm, rate = engine.synthesize(text)
             times.append((time.perf_counter() - t0) * 1000)
-        rows.append({"engine": name, "sentence_ms_p50": _pct(times, 50),
+        rows.append({"engine": name, "sentence_ms_p50": pct(times, 50),
                      "rtf": round(np.median(times) / 1000 / (len(pcm) / 2 / rate), 3)})
         print(f"  {rows[-1]}", flush=True)
     return rows

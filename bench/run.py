@@ -32,8 +32,9 @@ from tests.integration.peers import ROOT, Gateway, call, free_port, gateway_conf
 RESULTS = ROOT / "bench" / "results"
 
 
-def _pct(xs: list[float], q: float) -> float:
-    return round(float(np.percentile(np.asarray(xs, dtype=np.float64), q)), 1)
+def pct(xs: list[float], q: float) -> float:
+    """The q-th percentile rounded to 0.1; NaN for no samples (a row that measured nothing says so)."""
+    return round(float(np.percentile(np.asarray(xs, dtype=np.float64), q)), 1) if xs else float("nan")
 
 
 def barge_in(gw: Gateway, tmp: Path, trials: int, seed: int, loss_pct: float = 0.0) -> dict[str, Any]:
@@ -54,8 +55,8 @@ def barge_in(gw: Gateway, tmp: Path, trials: int, seed: int, loss_pct: float = 0
         else:
             reactions.append(reaction)
         print(f"  barge-in trial {i + 1}/{trials}: {reaction:.0f} ms", flush=True)
-    return {"n": len(reactions), "agent_silent_at_onset": silent, "p50_ms": _pct(reactions, 50),
-            "p95_ms": _pct(reactions, 95), "all_ms": reactions}
+    return {"n": len(reactions), "agent_silent_at_onset": silent, "p50_ms": pct(reactions, 50),
+            "p95_ms": pct(reactions, 95), "all_ms": reactions}
 
 
 def echo_round_trip(gw: Gateway, tmp: Path, trials: int) -> dict[str, Any]:
@@ -118,7 +119,7 @@ def wire_false_stops(gw: Gateway, tmp: Path, calls: int, seed: int) -> dict[str,
         "echo_calls_stopped": sum(e["barge_ins"] > 0 for e in echo_ends),
         "backchannel_calls": len(bc_ends),
         "backchannel_calls_stopped": sum(e["barge_ins"] > 0 for e in bc_ends),
-        "backchannel_pause_p50_ms": _pct(paused, 50) if paused else 0.0,
+        "backchannel_pause_p50_ms": pct(paused, 50) if paused else 0.0,
     }
 
 
