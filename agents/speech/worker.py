@@ -50,12 +50,34 @@ def make_engine(spec: EngineSpec) -> AsrEngine:
 
 
 @dataclass(frozen=True)
-class _Request:
+class AsrRequest:
     rid: int
     stream: str
     audio: Audio
     final: bool
     hint: Transcript | None
+
+
+class RequestQueue:
+    """The child's schedule, without I/O: finals first in arrival order, then the latest partial of each stream."""
+
+    def __init__(self) -> None:
+        self._finals: deque[AsrRequest] = deque()
+        self._partials: OrderedDict[str, AsrRequest] = OrderedDict()
+
+    def put(self, req: AsrRequest) -> int | None:
+        """Queue `req`; returns the id of a waiting partial it replaces, if any."""
+        if req.final:
+            self._finals.append(req)
+            return None
+        old = self._partials.pop(req.stream, None)
+        self._partials[req.stream] = req
+        return old.rid if old is not None else None
+
+    def take(self) -> AsrRequest | None:
+        if self._finals:
+            return self._finals.popleft()
+        return self._partials.popitem(last=False)[1] if self._partials else None
 
 
 def _child(conn: Connection, spec: EngineSpec) -> None:
@@ -65,8 +87,7 @@ def _child(conn: Connection, spec: EngineSpec) -> None:
         conn.send(("error", repr(e) if not isinstance(e, AsrError) else str(e)))
         return
     conn.send(("ready", spec.engine))
-    finals: deque[_Request] = deque()
-    partials: OrderedDict[str, _Request] = OrderedDict()
+    queue = RequestQueue()
     cond = threading.Condition()
     closed = False
 
@@ -80,13 +101,10 @@ def _child(conn: Connection, spec: EngineSpec) -> None:
             with cond:
                 if req is None:
                     closed = True
-                elif req.final:
-                    finals.append(req)
                 else:
-                    old = partials.pop(req.stream, None)
-                    if old is not None:
-                        conn.send((old.rid, None))  # superseded before it ran
-                    partials[req.stream] = req
+                    replaced = queue.put(req)
+                    if replaced is not None:
+                        conn.send((replaced, None))  # superseded before it ran
                 cond.notify()
             if req is None:
                 return
@@ -94,11 +112,12 @@ def _child(conn: Connection, spec: EngineSpec) -> None:
     threading.Thread(target=receive, daemon=True).start()
     while True:
         with cond:
-            while not (finals or partials or closed):
+            req = queue.take()
+            while req is None and not closed:
                 cond.wait()
-            if closed:
+                req = queue.take()
+            if closed or req is None:
                 return
-            req = finals.popleft() if finals else partials.popitem(last=False)[1]
         try:
             result: object = engine.transcribe(req.audio, req.final, req.hint)
         except Exception as e:
@@ -180,7 +199,7 @@ class AsrWorker:
         rid = next(self._ids)
         fut: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
-        req = _Request(rid, stream, audio, final, hint)
+        req = AsrRequest(rid, stream, audio, final, hint)
         with self._send_lock:
             self._conn.send(req)
         try:
