@@ -112,3 +112,12 @@ def test_an_unknown_tts_voice_names_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(bad)
     assert f"{bad}:4:" in str(e.value) and "hindi-nope" in str(e.value)
+
+
+def test_spend_caps_name_their_agents_with_the_line() -> None:
+    assert _issues(MINIMAL + "spend:\n  nobody:\n    per_call: 1.0\n") == [
+        "vg.yaml:8: spend: names unknown agent 'nobody'"]
+    issues = _issues(MINIMAL + "spend:\n  e:\n    per_day: 5\n    on_cap: cascade\n    cascade: e\n")
+    assert issues == ["vg.yaml:8: spend: e.cascade: 'e' is not a configured cascaded agent"]
+    issues = _issues(MINIMAL + "spend:\n  e:\n    per_call: -1\n")
+    assert issues and issues[0].startswith("vg.yaml:9: spend.e.per_call:"), issues
