@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from telephony.config import ConfigError, load_config
+from telephony.config import Config, ConfigError, load_config
 from telephony.errors import VoicegateError
 
 
@@ -38,11 +40,31 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        uvloop.run(Gateway(cfg).run())
+        with ops_sinks(cfg):
+            uvloop.run(Gateway(cfg).run())
     except VoicegateError as e:
         print(f"voicegate: {e}", file=sys.stderr)
         return 3
     return 0
+
+
+@contextlib.contextmanager
+def ops_sinks(cfg: Config) -> Iterator[None]:
+    """The event sinks of operations (metrics and /healthz), subscribed for the gateway's life."""
+    from telephony.logs import subscribe
+    from telephony.metrics import GatewayMetrics, OpsServer
+
+    if not cfg.metrics.enabled:
+        yield
+        return
+    metrics = GatewayMetrics(lambda called: (r.match if (r := cfg.route_for(called)) else ""))
+    server = OpsServer(metrics, cfg.metrics.listen, cfg.metrics.port)
+    unsubscribe = subscribe(metrics)
+    try:
+        yield
+    finally:
+        unsubscribe()
+        server.close()
 
 
 def _simulate(args: argparse.Namespace) -> int:

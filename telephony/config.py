@@ -101,6 +101,20 @@ class RecordsConfig(_Strict):
         return self.model_copy(update={"path": str(folder.absolute() / Path(self.path).expanduser())})
 
 
+class MetricsConfig(_Strict):
+    enabled: bool = False
+    listen: str = "127.0.0.1"
+    """Loopback by default: the endpoint has no authentication."""
+    port: int = Field(9464, ge=1, le=65535)
+    """HTTP port of `/metrics` (Prometheus text format) and `/healthz`."""
+
+    @field_validator("listen")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+
 class RouteConfig(_Strict):
     match: str
     """Called user part: an exact number, a regular expression in slashes (`/^44/`), or `*` for the default."""
@@ -132,6 +146,7 @@ class Config(_Strict):
     routes: list[RouteConfig]
     records: RecordsConfig = RecordsConfig()
     prices: Prices = Prices()
+    metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")
     def _routes(self) -> Config:
@@ -153,6 +168,10 @@ class Config(_Strict):
             if r.matches(user):
                 return r.agent
         return None
+
+    def route_for(self, user: str) -> RouteConfig | None:
+        """The first route that matches a called user part."""
+        return next((r for r in self.routes if r.matches(user)), None)
 
 
 @dataclass(frozen=True)

@@ -112,3 +112,11 @@ def test_an_unknown_tts_voice_names_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(bad)
     assert f"{bad}:4:" in str(e.value) and "hindi-nope" in str(e.value)
+
+
+def test_metrics_listen_address_is_checked_with_its_line():
+    text = "agents: {echo: {type: echo}}\nroutes: [{match: '*', agent: echo}]\nmetrics:\n  listen: not-an-ip\n"
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "x.yaml")
+    [issue] = e.value.issues
+    assert (issue.line, issue.field) == (4, "metrics.listen"), issue
