@@ -81,7 +81,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _calls(args: argparse.Namespace) -> int:
-    from telephony.records import newest, read_records, table, totals
+    from telephony.records import newest, read_records, table, totals, write_csv
 
     if args.last < 1:
         print("voicegate calls: --last takes a positive number", file=sys.stderr)
@@ -104,6 +104,16 @@ def _calls(args: argparse.Namespace) -> int:
     for note in bad:
         print(f"voicegate calls: skipped {note}", file=sys.stderr)
     shown = newest(records, args.last)
+    if args.csv == "-":
+        write_csv(shown, sys.stdout)
+        return 0
+    if args.csv:
+        try:
+            with open(args.csv, "w", newline="", encoding="utf-8") as f:
+                write_csv(shown, f)
+        except OSError as e:
+            print(f"voicegate calls: cannot write {args.csv}: {e.strerror or e}", file=sys.stderr)
+            return 1
     if args.json:
         print(json.dumps({"calls": shown, "totals": totals(shown)}, indent=1))
     elif not shown:
@@ -140,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--records", help="the records file (overrides --config)")
     r.add_argument("--last", type=int, default=20, help="how many calls to list (default 20)")
     r.add_argument("--json", action="store_true", help="print the records and totals as JSON")
+    r.add_argument("--csv", metavar="FILE", help="also write the listed calls' CDR columns as CSV here ('-': stdout "
+                   "instead of the table)")
     r.set_defaults(fn=_calls)
     args = p.parse_args(argv)
     return int(args.fn(args))

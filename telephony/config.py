@@ -93,8 +93,8 @@ class TimeoutsConfig(_Strict):
 
 class RecordsConfig(_Strict):
     enabled: bool = True
-    path: str = "records/calls.jsonl"
-    """One JSON line per finished call; a relative path is relative to the config file's folder."""
+    path: str = "records/calls.db"
+    """SQLite database, one row per finished call; a relative path is relative to the config file's folder."""
 
     def under(self, folder: Path) -> RecordsConfig:
         """This section with `path` made absolute, relative to `folder`."""
