@@ -1,10 +1,11 @@
-"""`voicegate` command: serve, check, simulate, calls."""
+"""`voicegate` command: serve, check, simulate, calls, audit, erase."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
+import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,6 +124,77 @@ def _calls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_path(args: argparse.Namespace, key: str, override: str | None) -> Path | None:
+    """`override` if given, else `records.<key>` of `--config` (None, with the config's errors printed)."""
+    if override:
+        return Path(override)
+    try:
+        return Path(getattr(load_config(args.config).records, key))
+    except ConfigError as e:
+        for issue in e.issues:
+            print(issue, file=sys.stderr)
+        return None
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from telephony.audit import verify
+
+    path = _config_path(args, "audit_path", args.audit)
+    if path is None:
+        return 2
+    try:
+        v = verify(path)
+    except OSError as e:
+        print(f"voicegate audit: cannot read {path}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    if not v.ok:
+        print(f"voicegate audit: {v.problem}", file=sys.stderr)
+        print(f"{path}: the first {v.entries} entries are intact, up to head {v.head}", file=sys.stderr)
+        return 1
+    print(f"{path}: {v.entries} entries intact, head {v.head}")
+    return 0
+
+
+def _erase(args: argparse.Namespace) -> int:
+    import getpass
+    import hashlib
+
+    from telephony.audit import AuditError, append
+    from telephony.records import erase_caller
+
+    records = _config_path(args, "path", args.records)
+    audit = _config_path(args, "audit_path", args.audit)
+    if records is None or audit is None:
+        return 2
+    try:
+        erased = erase_caller(records, args.caller)
+    except (OSError, sqlite3.Error) as e:
+        why = (e.strerror or str(e)) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+        print(f"voicegate erase: cannot erase from {records}: {why}", file=sys.stderr)
+        return 1
+    files = [Path(str(rec[k])) for rec in erased for k in ("recording", "transcript") if rec.get(k)]
+    removed = failed = 0
+    for f in files:
+        try:
+            f.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            failed += 1
+            print(f"voicegate erase: cannot remove {f}: {e.strerror or e}", file=sys.stderr)
+    try:
+        entry = append(audit, "erase", caller_sha256=hashlib.sha256(args.caller.encode()).hexdigest(),
+                       calls=[rec.get("call") for rec in erased], files_removed=removed, by=getpass.getuser(),
+                       reason=args.reason)
+    except (OSError, AuditError) as e:
+        print(f"voicegate erase: erased {len(erased)} call(s), but cannot write the audit entry to {audit}: "
+              f"{e.strerror if isinstance(e, OSError) and e.strerror else e}", file=sys.stderr)
+        return 1
+    print(f"erased {len(erased)} call(s) and {removed} file(s) of caller {args.caller}; audit entry {entry['seq']}")
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="voicegate", description="Telephony gateway for voice AI agents")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -153,6 +225,18 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--csv", metavar="FILE", help="also write the listed calls' CDR columns as CSV here ('-': stdout "
                    "instead of the table)")
     r.set_defaults(fn=_calls)
+    a = sub.add_parser("audit", help="the hash-chained audit log")
+    a.add_argument("action", choices=["verify"], help="verify: check every entry's hash and link to the one before")
+    a.add_argument("--config", default="voicegate.yaml", help="read records.audit_path from this config")
+    a.add_argument("--audit", help="the audit log (overrides --config)")
+    a.set_defaults(fn=_audit_verify)
+    e = sub.add_parser("erase", help="delete a caller's call records and recordings, and log it in the audit log")
+    e.add_argument("--caller", required=True, help="the caller's number (the user part of the From URI)")
+    e.add_argument("--reason", default="", help="why (a request reference), kept in the audit entry")
+    e.add_argument("--config", default="voicegate.yaml", help="read records.path and audit_path from this config")
+    e.add_argument("--records", help="the records database (overrides --config)")
+    e.add_argument("--audit", help="the audit log (overrides --config)")
+    e.set_defaults(fn=_erase)
     args = p.parse_args(argv)
     return int(args.fn(args))
 

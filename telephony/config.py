@@ -95,10 +95,13 @@ class RecordsConfig(_Strict):
     enabled: bool = True
     path: str = "records/calls.db"
     """SQLite database, one row per finished call; a relative path is relative to the config file's folder."""
+    audit_path: str = "records/audit.jsonl"
+    """The hash-chained audit log (erasures); relative like `path`."""
 
     def under(self, folder: Path) -> RecordsConfig:
-        """This section with `path` made absolute, relative to `folder`."""
-        return self.model_copy(update={"path": str(folder.absolute() / Path(self.path).expanduser())})
+        """This section with `path` and `audit_path` made absolute, relative to `folder`."""
+        return self.model_copy(update={k: str(folder.absolute() / Path(getattr(self, k)).expanduser())
+                                       for k in ("path", "audit_path")})
 
 
 class MetricsConfig(_Strict):

@@ -126,8 +126,8 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 class RecordWriter:
-    """Inserts records into the SQLite database at `path`, one row (and one transaction) each; a failure is logged,
-    never raised."""
+    """Inserts records into the SQLite database at `path`, one row (one autocommitted statement) each; a failure is
+    logged, never raised."""
 
     def __init__(self, path: Path, log: Log) -> None:
         self.path = path
@@ -143,8 +143,7 @@ class RecordWriter:
             with self._lock:
                 if self._db is None:
                     self._db = connect(self.path)
-                with self._db:
-                    self._db.execute(f"INSERT INTO calls ({cols}) VALUES ({', '.join('?' * len(values))})", values)
+                self._db.execute(f"INSERT INTO calls ({cols}) VALUES ({', '.join('?' * len(values))})", values)
         except (OSError, sqlite3.Error) as e:
             why = (e.strerror or str(e)) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
             self.log("records_error", call=record.get("call"), path=str(self.path), error=why)
@@ -199,6 +198,19 @@ def _read_jsonl(path: Path) -> tuple[list[Record], list[str]]:
                 continue
             records.append(rec)
     return records, bad
+
+
+def erase_caller(path: Path, number: str) -> list[Record]:
+    """Delete every record of the caller whose number (URI user part) is `number`; returns the deleted records."""
+    with path.open("rb") as f:
+        if f.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+            raise OSError(f"{path} is not an SQLite records database (a JSON-lines file of an older version?)")
+    db = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+    try:
+        rows = db.execute("DELETE FROM calls WHERE caller_number = ? RETURNING record", (number,)).fetchall()
+    finally:
+        db.close()
+    return [json.loads(text) for (text,) in rows]
 
 
 def write_csv(records: Sequence[Record], out: IO[str]) -> None:
