@@ -26,6 +26,7 @@ from agents.base import (
     TransferFailed,
 )
 from agents.cost import Meter
+from agents.redact import redact, redact_fields
 from agents.speech.tts import PromptCache
 from media.events import (
     BargeInConfirmed,
@@ -162,7 +163,7 @@ class CallSession:
     # -- CallControl --------------------------------------------------------------------------------------
     async def say(self, text: str, interruptible: bool = True, voice: str | None = None) -> Played:
         pcm = await self.prompts.render(text, voice or self.voice)
-        self.log("agent_say", call=self.call_id, text=text[:120], interruptible=interruptible)
+        self.log("agent_say", call=self.call_id, text=redact(text)[:120], interruptible=interruptible)
         return await self._play16(pcm, interruptible)
 
     async def play(self, pcm: bytes, rate: int, interruptible: bool = True) -> Played:
@@ -205,6 +206,7 @@ class CallSession:
         return self._audio.get()
 
     def record_turn(self, turn: dict[str, Any]) -> None:
+        turn = redact_fields(turn)  # card numbers, security codes, ... never reach the records or the log
         self.record.turns.append(turn)
         self.log("turn", call=self.call_id, **turn)
 
