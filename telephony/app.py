@@ -24,6 +24,7 @@ from telephony.config import Config
 from telephony.dtmf import DtmfDeduper
 from telephony.endpoint import Refusal, SipStack
 from telephony.logs import event
+from telephony.recordings import CallRecording, start_recording
 from telephony.records import RecordWriter, call_record
 
 END_WAIT_S = 2.0
@@ -61,6 +62,7 @@ class _Leg:
     codec: str = ""
     task: asyncio.Task[None] | None = None
     wall: float = field(default_factory=time.time)
+    recording: CallRecording | None = None
 
 
 def detector_settings(cfg: Config) -> DetectorSettings:
@@ -171,6 +173,7 @@ class Gateway:
         call.media = media
         call.listener = self
         self.legs[call.key] = leg
+        leg.recording = start_recording(self.config, called, call.call_id, media, loop, event)
         loop.call_soon_threadsafe(self._answer_when_ready, leg)
         return None
 
@@ -193,6 +196,8 @@ class Gateway:
         event("dtmf", call=call.call_id, digit=digit, method=method, duplicate=not accepted)
         if accepted:
             self._loop.call_soon_threadsafe(leg.session.on_dtmf, digit)
+            if leg.recording is not None:
+                leg.recording.on_dtmf(digit, time.monotonic())
 
     def on_disconnected(self, call: SipCall, code: int, reason: str) -> None:
         leg = self.legs.pop(call.key, None)
@@ -256,6 +261,8 @@ class Gateway:
                    duration_s=duration_s, codec=leg.codec, barge_ins=rec.barge_ins, resumed=rec.resumed,
                    paused_ms=rec.paused_ms, digits=rec.digits, frames_in=st.frames_in, frames_out=st.frames_out,
                    turns=rec.turns, **st.tick_percentiles())
+        if leg.recording is not None:
+            end.update(leg.recording.close(rec.turns, time.monotonic()))
         event("call_end", **end)
         if self.records is not None:
             self.records.write(call_record(end, leg.wall, s.caller, s.called, self.config.agents[leg.agent].type,

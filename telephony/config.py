@@ -97,11 +97,13 @@ class RecordsConfig(_Strict):
     """SQLite database, one row per finished call; a relative path is relative to the config file's folder."""
     audit_path: str = "records/audit.jsonl"
     """The hash-chained audit log (erasures); relative like `path`."""
+    recordings_path: str = "records/recordings"
+    """Folder of the call recordings of routes with `recording:`; relative like `path`."""
 
     def under(self, folder: Path) -> RecordsConfig:
-        """This section with `path` and `audit_path` made absolute, relative to `folder`."""
+        """This section with its paths made absolute, relative to `folder`."""
         return self.model_copy(update={k: str(folder.absolute() / Path(getattr(self, k)).expanduser())
-                                       for k in ("path", "audit_path")})
+                                       for k in ("path", "audit_path", "recordings_path")})
 
 
 class MetricsConfig(_Strict):
@@ -118,10 +120,34 @@ class MetricsConfig(_Strict):
         return v
 
 
+class RecordingConfig(_Strict):
+    enabled: bool = True
+    pause_code: str | None = None
+    """DTMF keys (e.g. `*1`) that pause the recording: both channels record silence until `resume_code`."""
+    resume_code: str | None = None
+
+    @field_validator("pause_code", "resume_code")
+    @classmethod
+    def _keys(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9*#A-D]{1,8}", v):
+            raise ValueError("a DTMF code is 1-8 of the keys 0-9 * # A-D")
+        return v
+
+    @model_validator(mode="after")
+    def _pair(self) -> RecordingConfig:
+        if (self.pause_code is None) != (self.resume_code is None):
+            raise ValueError("pause_code and resume_code go together")
+        if self.pause_code is not None and self.pause_code == self.resume_code:
+            raise ValueError("pause_code and resume_code must differ")
+        return self
+
+
 class RouteConfig(_Strict):
     match: str
     """Called user part: an exact number, a regular expression in slashes (`/^44/`), or `*` for the default."""
     agent: str
+    recording: RecordingConfig | None = None
+    """Record this route's calls as stereo WAV (caller left, agent right) in `records.recordings_path`."""
 
     @field_validator("match")
     @classmethod

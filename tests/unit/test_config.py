@@ -120,3 +120,17 @@ def test_metrics_listen_address_is_checked_with_its_line():
         parse_config(text, "x.yaml")
     [issue] = e.value.issues
     assert (issue.line, issue.field) == (4, "metrics.listen"), issue
+
+
+def test_recording_codes_are_checked_with_their_line():
+    text = ("agents: {echo: {type: echo}}\nroutes:\n  - match: '*'\n    agent: echo\n    recording:\n"
+            "      pause_code: '*x'\n      resume_code: '*2'\n")
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "x.yaml")
+    [issue] = e.value.issues
+    assert (issue.line, issue.field) == (6, "routes.0.recording.pause_code") and "DTMF" in issue.message
+    with pytest.raises(ConfigError) as e:
+        parse_config(text.replace("'*x'", "'*1'").replace("      resume_code: '*2'\n", ""), "x.yaml")
+    assert "go together" in e.value.issues[0].message and e.value.issues[0].line == 6
+    route = parse_config(text.replace("'*x'", "'*1'")).route_for("123")
+    assert route is not None and route.recording is not None and route.recording.pause_code == "*1"

@@ -1,0 +1,69 @@
+"""Call recordings through a running voicegate: a recorded route's call leaves a stereo WAV (caller left, agent
+right) as long as the call, silent while paused by DTMF, named in the call record; `voicegate erase` removes it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from telephony.records import caller_number, read_records
+from tests import audio
+from tests.integration.peers import VENV_BIN, Gateway, call, free_port, gateway_config, start_gateway
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    port = free_port()
+    cfg = yaml.safe_load(gateway_config(port))
+    cfg["routes"].insert(0, {"match": "rec", "agent": "echo",
+                             "recording": {"pause_code": "*1", "resume_code": "*2"}})
+    g = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-recordings"), port)
+    yield g
+    g.stop()
+
+
+def levels_db(x: np.ndarray, window_s: float = 0.1) -> np.ndarray:
+    """RMS level per window, in dBFS."""
+    n = int(window_s * 16000)
+    w = x[: len(x) // n * n].astype(np.float64).reshape(-1, n) / 32768
+    return 20 * np.log10(np.sqrt((w**2).mean(axis=1)) + 1e-9)
+
+
+def test_a_recorded_call_is_a_stereo_wav_of_the_call_paused_by_dtmf(gw: Gateway, tmp_path: Path) -> None:
+    t = np.arange(int(7 * 16000)) / 16000
+    tone = audio.write_wav(tmp_path / "tone.wav", 3000 * np.sin(2 * np.pi * 440 * t))
+    res = call(f"sip:rec@127.0.0.1:{gw.port}", "--play", str(tone), "--speak-at-s", "0.2", "--duration", "6",
+               "--dtmf", "*1@2", "--dtmf", "*2@4")
+    assert res["answered"]
+    end = gw.wait_event("call_end", 10, agent="echo")
+    path = Path(end["recording"])
+    assert path.parent == gw.config.parent / "records" / "recordings"
+    with wave.open(str(path)) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (2, 2, 16000)
+        seconds = w.getnframes() / 16000
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
+    assert end["recording_s"] == round(seconds, 2)
+    assert abs(seconds - end["duration_s"]) < 0.5, (seconds, end["duration_s"])
+    assert 1.5 < end["recording_paused_s"] < 2.5, end
+    caller, agent = levels_db(pcm[:, 0]), levels_db(pcm[:, 1])
+    # the tone is on both channels before the pause (caller's, then its echo) and after it, and nothing in between
+    for ch in (caller, agent):
+        assert (ch[5:15] > -30).all(), ch[:20].round()
+        assert (ch[30:35] < -80).all(), ch[25:40].round()
+        assert (ch[48:55] > -30).all(), ch[40:60].round()
+    [rec] = [r for r in read_records(gw.config.parent / "records/calls.db")[0] if r["call"] == end["call"]]
+    assert rec["recording"] == str(path)
+
+    proc = subprocess.run([str(VENV_BIN / "voicegate"), "erase", "--caller", caller_number(rec["caller"]), "--config",
+                           str(gw.config)], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert not path.exists() and not read_records(gw.config.parent / "records/calls.db")[0]
+    entry = json.loads((gw.config.parent / "records/audit.jsonl").read_text().splitlines()[-1])
+    assert entry["action"] == "erase" and entry["calls"] == [end["call"]] and entry["files_removed"] == 1
