@@ -65,6 +65,17 @@ class SessionTimeouts:
     goodbye_text: str = "I have not heard anything, so I will hang up now. Goodbye."
 
 
+@dataclass(frozen=True)
+class Announcement:
+    """Played before the agent starts (consent, AI disclosure). With `consent_key`, the caller must press it (during
+    or up to `timeout_s` after the announcement), or the call ends as `no_consent`."""
+
+    text: str
+    voice: str | None = None
+    consent_key: str | None = None
+    timeout_s: float = 8.0
+
+
 @dataclass
 class CallRecord:
     barge_ins: int = 0
@@ -74,6 +85,8 @@ class CallRecord:
     end_reason: str = ""
     turns: list[dict[str, Any]] = field(default_factory=list)
     usage: Meter = field(default_factory=Meter)
+    announcement: dict[str, Any] | None = None
+    """What the announcement did: `played_ms`, and with a consent key, `consent` (true or false)."""
 
 
 class CallSession:
@@ -88,6 +101,7 @@ class CallSession:
         prompts: PromptCache,
         log: Log,
         timeouts: SessionTimeouts | None = None,
+        announcement: Announcement | None = None,
     ) -> None:
         self.call_id = call_id
         self.caller = caller
@@ -98,6 +112,7 @@ class CallSession:
         self.prompts = prompts
         self.log = log
         self.timeouts = timeouts or SessionTimeouts()
+        self.announcement = announcement
         self.record = CallRecord()
         self._events: asyncio.Queue[AgentEvent] = asyncio.Queue()
         self._items = itertools.count(1)
@@ -239,7 +254,10 @@ class CallSession:
 
     # -- running ------------------------------------------------------------------------------------------
     async def run(self) -> None:
-        """Run the agent until it finishes or the call ends; enforce the call's timers meanwhile."""
+        """Play the announcement, then run the agent until it finishes or the call ends; enforce the call's timers
+        meanwhile."""
+        if self.announcement is not None and not await self._announce(self.announcement):
+            return
         agent = self.factory.create()
         task = asyncio.create_task(agent.run(self), name=f"agent-{self.call_id}")
         watchdog = asyncio.create_task(self._watchdog(), name=f"watchdog-{self.call_id}")
@@ -256,6 +274,29 @@ class CallSession:
             for t in (task, watchdog, ended):
                 t.cancel()
             await asyncio.gather(task, watchdog, ended, return_exceptions=True)
+
+    async def _announce(self, a: Announcement) -> bool:
+        """Play the announcement (not interruptible) and take the caller's consent when a key is asked for; False
+        when the call ended meanwhile or the caller did not consent (then it is hung up)."""
+        played = await self.say(a.text, interruptible=False, voice=a.voice)
+        self.record.announcement = {"played_ms": played.played_ms}
+        if self._ended.is_set():
+            return False
+        if a.consent_key is None:
+            return True
+        deadline = time.monotonic() + a.timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            ev = await self.next_event(left)  # keys pressed during the announcement are queued: they count
+            if isinstance(ev, HungUp):
+                return False
+            if isinstance(ev, Dtmf) and ev.digit == a.consent_key:
+                self.record.announcement["consent"] = True
+                self.log("consent", call=self.call_id, given=True)
+                return True
+        self.record.announcement["consent"] = False
+        self.log("consent", call=self.call_id, given=False, waited_s=a.timeout_s)
+        await self.hangup("no_consent")
+        return False
 
     async def _watchdog(self) -> None:
         start = time.monotonic()

@@ -26,6 +26,7 @@ from telephony.endpoint import Refusal, SipStack
 from telephony.logs import event
 from telephony.recordings import CallRecording, start_recording
 from telephony.records import RecordWriter, call_record
+from telephony.routes import announcement_for, announcements
 
 END_WAIT_S = 2.0
 """How long a hung-up call's agent gets to stop (and record its last turn) before the call's record is written."""
@@ -107,6 +108,7 @@ class Gateway:
                 *(f.prepare() for f in self.factories.values()),
                 self.prompts.render(self._timeouts.reprompt_text),
                 self.prompts.render(self._timeouts.goodbye_text),
+                *(self.prompts.render(a.text, a.voice or "joe") for a in announcements(self.config)),
             )
             self._ready.set()
             event("gateway_ready", port=self.config.sip.port, agents=sorted(self.factories),
@@ -166,7 +168,7 @@ class Gateway:
         )
         session = CallSession(
             call.call_id, caller, called, factory, media, SipActions(self.stack, call.key), self.prompts,
-            event, self._timeouts,
+            event, self._timeouts, announcement_for(self.config, called),
         )
         leg = _Leg(call.key, call.call_id, session, agent, time.monotonic(), DtmfDeduper())
         leg_ref.append(leg)
@@ -261,6 +263,8 @@ class Gateway:
                    duration_s=duration_s, codec=leg.codec, barge_ins=rec.barge_ins, resumed=rec.resumed,
                    paused_ms=rec.paused_ms, digits=rec.digits, frames_in=st.frames_in, frames_out=st.frames_out,
                    turns=rec.turns, **st.tick_percentiles())
+        if rec.announcement is not None:
+            end["announcement"] = rec.announcement
         if leg.recording is not None:
             end.update(leg.recording.close(rec.turns, time.monotonic()))
         event("call_end", **end)

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agents.config import AgentConfig, HybridAgentConfig, hybrid_parts
 from agents.cost import Prices
+from agents.speech.tts import TtsError, check_voice
 
 KNOWN_CODECS = ("G722", "PCMU", "PCMA")
 M = TypeVar("M", bound=BaseModel)
@@ -142,12 +143,39 @@ class RecordingConfig(_Strict):
         return self
 
 
+class AnnouncementConfig(_Strict):
+    text: str = Field(min_length=1)
+    """Spoken before the agent starts (not interruptible): consent to recording, AI disclosure."""
+    voice: str | None = None
+    """`joe` (piper) or an espeak-ng voice; default `joe`."""
+    consent_key: str | None = Field(None, pattern=r"^[0-9*#]$")
+    """A key the caller must press to go on; without it the call ends (reason `no_consent`)."""
+    timeout_s: float = Field(8.0, gt=0, le=60)
+    """How long after the announcement the consent key is waited for."""
+
+    @field_validator("voice")
+    @classmethod
+    def _voice(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                check_voice(v)
+            except TtsError as e:
+                raise ValueError(str(e)) from None
+        return v
+
+
 class RouteConfig(_Strict):
     match: str
     """Called user part: an exact number, a regular expression in slashes (`/^44/`), or `*` for the default."""
     agent: str
     recording: RecordingConfig | None = None
     """Record this route's calls as stereo WAV (caller left, agent right) in `records.recordings_path`."""
+    announcement: AnnouncementConfig | None = None
+
+    @field_validator("announcement", mode="before")
+    @classmethod
+    def _text(cls, v: object) -> object:
+        return {"text": v} if isinstance(v, str) else v
 
     @field_validator("match")
     @classmethod

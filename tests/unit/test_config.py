@@ -134,3 +134,14 @@ def test_recording_codes_are_checked_with_their_line():
     assert "go together" in e.value.issues[0].message and e.value.issues[0].line == 6
     route = parse_config(text.replace("'*x'", "'*1'")).route_for("123")
     assert route is not None and route.recording is not None and route.recording.pause_code == "*1"
+
+
+def test_an_announcement_is_text_or_a_mapping_with_a_consent_key():
+    base = "agents: {echo: {type: echo}}\nroutes:\n  - match: '*'\n    agent: echo\n"
+    route = parse_config(base + "    announcement: This call is recorded.\n").route_for("1")
+    assert route is not None and route.announcement is not None
+    assert (route.announcement.text, route.announcement.consent_key) == ("This call is recorded.", None)
+    with pytest.raises(ConfigError) as e:
+        parse_config(base + "    announcement:\n      text: Hi\n      consent_key: '12'\n", "x.yaml")
+    [issue] = e.value.issues
+    assert (issue.line, issue.field) == (7, "routes.0.announcement.consent_key"), issue

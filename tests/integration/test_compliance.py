@@ -1,5 +1,6 @@
-"""Call recordings through a running voicegate: a recorded route's call leaves a stereo WAV (caller left, agent
-right) as long as the call, silent while paused by DTMF, named in the call record; `voicegate erase` removes it."""
+"""Compliance through a running voicegate: a recorded route's call leaves a stereo WAV (caller left, agent right) as
+long as the call, silent while paused by DTMF, named in the call record, and `voicegate erase` removes it; a route's
+consent announcement plays before the agent, and a caller who does not press the consent key is hung up."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from telephony.records import caller_number, read_records
 from tests import audio
 from tests.integration.peers import VENV_BIN, Gateway, call, free_port, gateway_config, start_gateway
 
+ANNOUNCEMENT = "This call is answered by an AI assistant. Press 1 to continue."
+
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
@@ -24,6 +27,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     cfg = yaml.safe_load(gateway_config(port))
     cfg["routes"].insert(0, {"match": "rec", "agent": "echo",
                              "recording": {"pause_code": "*1", "resume_code": "*2"}})
+    cfg["routes"].insert(0, {"match": "consent", "agent": "echo", "announcement": {
+        "text": ANNOUNCEMENT, "consent_key": "1", "timeout_s": 3}})
     g = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-recordings"), port)
     yield g
     g.stop()
@@ -42,8 +47,9 @@ def test_a_recorded_call_is_a_stereo_wav_of_the_call_paused_by_dtmf(gw: Gateway,
     res = call(f"sip:rec@127.0.0.1:{gw.port}", "--play", str(tone), "--speak-at-s", "0.2", "--duration", "6",
                "--dtmf", "*1@2", "--dtmf", "*2@4")
     assert res["answered"]
-    end = gw.wait_event("call_end", 10, agent="echo")
+    end = _end_of(gw, "rec", -1)
     path = Path(end["recording"])
+    assert "announcement" not in end
     assert path.parent == gw.config.parent / "records" / "recordings"
     with wave.open(str(path)) as w:
         assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (2, 2, 16000)
@@ -66,4 +72,30 @@ def test_a_recorded_call_is_a_stereo_wav_of_the_call_paused_by_dtmf(gw: Gateway,
     assert proc.returncode == 0, proc.stderr
     assert not path.exists() and not read_records(gw.config.parent / "records/calls.db")[0]
     entry = json.loads((gw.config.parent / "records/audit.jsonl").read_text().splitlines()[-1])
-    assert entry["action"] == "erase" and entry["calls"] == [end["call"]] and entry["files_removed"] == 1
+    assert entry["action"] == "erase" and end["call"] in entry["calls"] and entry["files_removed"] == 1
+
+
+def test_the_announcement_plays_first_and_a_key_pressed_during_it_is_consent(gw: Gateway, tmp_path: Path) -> None:
+    res = call(f"sip:consent@127.0.0.1:{gw.port}", "--duration", "6", "--dtmf", "1@1.5",
+               "--record", str(tmp_path / "rx.wav"))
+    assert res["answered"] and not res["remote_hangup"]
+    end = _end_of(gw, "consent", -1)
+    assert end["reason"] == "remote_200" and end["announcement"]["consent"] is True, end
+    assert 2000 < end["announcement"]["played_ms"] < 6000, end["announcement"]
+    said = [e for e in gw.events("agent_say") if e["call"] == end["call"]]
+    assert [e["text"] for e in said] == [ANNOUNCEMENT] and said[0]["interruptible"] is False
+    heard = levels_db(audio.read_wav(tmp_path / "rx.wav"))
+    assert (heard[2:10] > -45).sum() >= 5, heard[:12].round()  # speech from the start: the announcement
+
+
+def test_a_caller_who_does_not_consent_is_hung_up(gw: Gateway) -> None:
+    res = call(f"sip:consent@127.0.0.1:{gw.port}", "--duration", "20")
+    assert res["answered"] and res["remote_hangup"]
+    end = _end_of(gw, "consent", -1)
+    assert end["reason"] == "no_consent" and end["announcement"]["consent"] is False, end
+    assert end["duration_s"] < end["announcement"]["played_ms"] / 1000 + 3 + 3, end
+
+
+def _end_of(gw: Gateway, called: str, index: int) -> dict[str, object]:
+    calls = [e["call"] for e in gw.events("call_incoming") if e["called"] == called]
+    return gw.wait_event("call_end", 10, call=calls[index])
