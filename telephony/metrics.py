@@ -48,8 +48,9 @@ class GatewayMetrics:
         self.active = Gauge("voicegate_calls_active", "Calls answered and not ended", ["route", "agent"], registry=r)
         self.calls = Counter("voicegate_calls", "Calls ended, by end reason", ["route", "agent", "result"],
                              registry=r)
-        self.responses = Counter("voicegate_sip_responses", "Final responses to INVITEs: 200 when the caller ACKed "
-                                 "it, refusals by code", ["code"], registry=r)
+        self.responses = Counter("voicegate_sip_responses", "Final responses to INVITEs: 200 once the caller ACKed "
+                                 "it, and the gateway's refusals (404 no route, 503 draining) by code", ["code"],
+                                 registry=r)
         self.turn_latency = Histogram("voicegate_turn_latency_seconds", "End of caller speech -> first reply audio",
                                       ["agent", "backend"], buckets=LATENCY_BUCKETS, registry=r)
         self.barge_in = Histogram("voicegate_barge_in_reaction_seconds", "Caller onset -> barge-in confirmed",

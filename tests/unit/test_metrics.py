@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
+from telephony.errors import VoicegateError
 from telephony.logs import event, subscribe
-from telephony.metrics import GatewayMetrics
+from telephony.metrics import GatewayMetrics, OpsServer
 
 
 @pytest.fixture
@@ -76,3 +80,24 @@ def test_a_failing_sink_is_reported_and_does_not_stop_the_others(m: GatewayMetri
         unsubscribe()
     assert get(m, "voicegate_sip_responses_total", code="503") == 1
     assert any('"sink_error"' in r.message and "boom" in r.message for r in caplog.records)
+
+
+def test_the_http_server_routes_metrics_and_health_and_names_a_busy_port(m: GatewayMetrics) -> None:
+    server = OpsServer(m, "127.0.0.1", 0)
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(base + "/healthz", timeout=5)
+        assert e.value.code == 503 and json.loads(e.value.read()) == {"status": "starting", "calls_active": 0}
+        event("gateway_ready")
+        with urllib.request.urlopen(base + "/healthz", timeout=5) as r:
+            assert r.status == 200 and r.headers["Content-Type"] == "application/json"
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
+            assert b"voicegate_ready 1.0" in r.read()
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(base + "/", timeout=5)
+        assert e.value.code == 404
+        with pytest.raises(VoicegateError, match=rf"metrics: cannot listen on 127.0.0.1:{server.port}: "):
+            OpsServer(m, "127.0.0.1", server.port)
+    finally:
+        server.close()
