@@ -1,4 +1,4 @@
-"""`voicegate` command: serve, check, simulate, calls, audit, erase."""
+"""`voicegate` command: serve, check, simulate, calls, audit, erase, purge."""
 
 from __future__ import annotations
 
@@ -9,9 +9,13 @@ import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from telephony.config import Config, ConfigError, load_config
 from telephony.errors import VoicegateError
+
+if TYPE_CHECKING:
+    from telephony.retention import Removal
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -156,43 +160,48 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
 
 def _erase(args: argparse.Namespace) -> int:
-    import getpass
-    import hashlib
-
-    from telephony.audit import AuditError, append
-    from telephony.records import erase_caller
+    from telephony.retention import erase
 
     records = _config_path(args, "path", args.records)
     audit = _config_path(args, "audit_path", args.audit)
     if records is None or audit is None:
         return 2
     try:
-        erased = erase_caller(records, args.caller)
+        out = erase(records, audit, args.caller, args.reason)
     except (OSError, sqlite3.Error) as e:
         why = (e.strerror or str(e)) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
         print(f"voicegate erase: cannot erase from {records}: {why}", file=sys.stderr)
         return 1
-    files = [Path(str(rec[k])) for rec in erased for k in ("recording", "transcript") if rec.get(k)]
-    removed = failed = 0
-    for f in files:
-        try:
-            f.unlink()
-            removed += 1
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            failed += 1
-            print(f"voicegate erase: cannot remove {f}: {e.strerror or e}", file=sys.stderr)
+    return _report("erase", f"erased {len(out.calls)} call(s) and {out.files_removed} file(s) of caller "
+                   f"{args.caller}", out)
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from telephony.retention import purge
+
     try:
-        entry = append(audit, "erase", caller_sha256=hashlib.sha256(args.caller.encode()).hexdigest(),
-                       calls=[rec.get("call") for rec in erased], files_removed=removed, by=getpass.getuser(),
-                       reason=args.reason)
-    except (OSError, AuditError) as e:
-        print(f"voicegate erase: erased {len(erased)} call(s), but cannot write the audit entry to {audit}: "
-              f"{e.strerror if isinstance(e, OSError) and e.strerror else e}", file=sys.stderr)
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        for issue in e.issues:
+            print(issue, file=sys.stderr)
+        return 2
+    try:
+        out = purge(cfg)
+    except (OSError, sqlite3.Error) as e:
+        why = (e.strerror or str(e)) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+        print(f"voicegate purge: cannot purge {cfg.records.path}: {why}", file=sys.stderr)
         return 1
-    print(f"erased {len(erased)} call(s) and {removed} file(s) of caller {args.caller}; audit entry {entry['seq']}")
-    return 1 if failed else 0
+    if out.audit_seq is None and not out.errors:
+        print(f"no retention_days set in {args.config}: nothing is purged")
+        return 0
+    return _report("purge", f"purged {len(out.calls)} call(s) and {out.files_removed} file(s)", out)
+
+
+def _report(cmd: str, done: str, out: Removal) -> int:
+    for err in out.errors:
+        print(f"voicegate {cmd}: {err}", file=sys.stderr)
+    print(done + ("" if out.audit_seq is None else f"; audit entry {out.audit_seq}"))
+    return 1 if out.errors else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--records", help="the records database (overrides --config)")
     e.add_argument("--audit", help="the audit log (overrides --config)")
     e.set_defaults(fn=_erase)
+    g = sub.add_parser("purge", help="delete calls older than their route's retention_days (run it daily)")
+    g.add_argument("--config", default="voicegate.yaml")
+    g.set_defaults(fn=_purge)
     args = p.parse_args(argv)
     return int(args.fn(args))
 

@@ -100,6 +100,9 @@ class RecordsConfig(_Strict):
     """The hash-chained audit log (erasures); relative like `path`."""
     recordings_path: str = "records/recordings"
     """Folder of the call recordings of routes with `recording:`; relative like `path`."""
+    retention_days: float | None = Field(None, gt=0)
+    """`voicegate purge` deletes calls older than this (with their recordings), unless their route says otherwise;
+    none: kept until erased."""
 
     def under(self, folder: Path) -> RecordsConfig:
         """This section with its paths made absolute, relative to `folder`."""
@@ -171,6 +174,8 @@ class RouteConfig(_Strict):
     recording: RecordingConfig | None = None
     """Record this route's calls as stereo WAV (caller left, agent right) in `records.recordings_path`."""
     announcement: AnnouncementConfig | None = None
+    retention_days: float | None = Field(None, gt=0)
+    """Days this route's call records and recordings are kept (`voicegate purge`); default `records.retention_days`."""
 
     @field_validator("announcement", mode="before")
     @classmethod
@@ -229,6 +234,13 @@ class Config(_Strict):
     def route_for(self, user: str) -> RouteConfig | None:
         """The first route that matches a called user part."""
         return next((r for r in self.routes if r.matches(user)), None)
+
+    def retention_days(self, user: str) -> float | None:
+        """How many days the calls to a called user part are kept (None: until erased)."""
+        route = self.route_for(user)
+        if route is not None and route.retention_days is not None:
+            return route.retention_days
+        return self.records.retention_days
 
 
 @dataclass(frozen=True)

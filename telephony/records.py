@@ -14,7 +14,7 @@ import os
 import re
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -200,17 +200,37 @@ def _read_jsonl(path: Path) -> tuple[list[Record], list[str]]:
     return records, bad
 
 
-def erase_caller(path: Path, number: str) -> list[Record]:
-    """Delete every record of the caller whose number (URI user part) is `number`; returns the deleted records."""
+def _open_existing(path: Path) -> sqlite3.Connection:
     with path.open("rb") as f:
         if f.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
             raise OSError(f"{path} is not an SQLite records database (a JSON-lines file of an older version?)")
-    db = sqlite3.connect(path, timeout=5.0, isolation_level=None)
+    return sqlite3.connect(path, timeout=5.0, isolation_level=None)
+
+
+def erase_caller(path: Path, number: str) -> list[Record]:
+    """Delete every record of the caller whose number (URI user part) is `number`; returns the deleted records."""
+    db = _open_existing(path)
     try:
         rows = db.execute("DELETE FROM calls WHERE caller_number = ? RETURNING record", (number,)).fetchall()
     finally:
         db.close()
     return [json.loads(text) for (text,) in rows]
+
+
+def purge(path: Path, before: float, expired: Callable[[str, float], bool]) -> list[Record]:
+    """Delete the records of calls started before `before` (a Unix time) for which `expired(called, start)` holds,
+    in one transaction; returns the deleted records."""
+    db = _open_existing(path)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        rows = db.execute("SELECT id, called, start_ts FROM calls WHERE start_ts < ?", (before,)).fetchall()
+        ids = [(rowid,) for rowid, called, start in rows if expired(str(called), float(start))]
+        out = [json.loads(text) for (rowid,) in ids
+               for (text,) in db.execute("DELETE FROM calls WHERE id = ? RETURNING record", (rowid,))]
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    return out
 
 
 def write_csv(records: Sequence[Record], out: IO[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -124,3 +125,33 @@ def test_erase_names_a_records_file_it_cannot_erase_from(tmp_path: Path, capsys:
     assert main(["erase", "--caller", "1", "--records", str(old), "--audit", str(tmp_path / "a.jsonl")]) == 1
     assert "is not an SQLite records database" in capsys.readouterr().err
     assert not (tmp_path / "a.jsonl").exists()
+
+
+def test_purge_deletes_calls_past_their_routes_retention_and_audits_it(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "vg.yaml"
+    cfg.write_text("agents: {e: {type: echo}}\nrecords: {retention_days: 400}\n"
+                   "routes:\n  - {match: short, agent: e, retention_days: 30}\n  - {match: '*', agent: e}\n")
+    assert main(["purge", "--config", str(cfg)]) == 1  # no records yet: named, nothing done
+    assert "cannot purge" in capsys.readouterr().err
+    now, day = time.time(), 86400
+    wav = tmp_path / "records/old.wav"
+    wav.parent.mkdir()
+    wav.write_bytes(b"RIFF")
+    w = RecordWriter(tmp_path / "records/calls.db", lambda name, **f: None)
+    for call, called, age_days in (("s100", "short", 100), ("s1", "short", 1), ("l100", "other", 100),
+                                   ("l500", "other", 500)):
+        end = {"call": call, "agent": "e", "reason": "agent", "sip_code": 200, "duration_s": 5.0, "turns": []}
+        rec = call_record(end, now - age_days * day, "sip:1@x", called, "echo", {}, Prices())
+        if call == "s100":
+            rec["recording"] = str(wav)
+        w.write(rec)
+    assert main(["purge", "--config", str(cfg)]) == 0
+    assert capsys.readouterr().out == "purged 2 call(s) and 1 file(s); audit entry 1\n"
+    assert sorted(r["call"] for r in read_records(tmp_path / "records/calls.db")[0]) == ["l100", "s1"]
+    assert not wav.exists()
+    [entry] = [json.loads(ln) for ln in _lines(tmp_path / "records/audit.jsonl")]
+    assert entry["action"] == "purge" and sorted(entry["calls"]) == ["l500", "s100"]
+    cfg.write_text("agents: {e: {type: echo}}\nroutes: [{match: '*', agent: e}]\n")
+    assert main(["purge", "--config", str(cfg)]) == 0
+    assert capsys.readouterr().out == f"no retention_days set in {cfg}: nothing is purged\n"
