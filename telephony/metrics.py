@@ -138,22 +138,17 @@ class GatewayMetrics:
         if not f.get("duplicate"):
             self.dtmf.labels(self._labels(f)[1], str(f.get("method", ""))).inc()
 
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self.ready.set(1 if state == "ready" else 0)
+
     _handlers: dict[str, Callable[[GatewayMetrics, Mapping[str, Any]], None]] = {
         "call_incoming": _incoming, "call_refused": _refused, "call_answered": _answered, "call_end": _end,
         "turn": _turn, "barge_in": _barge_in, "barge_in_resumed": _resumed, "dtmf": _dtmf,
+        "gateway_ready": lambda m, _: m._set_state("ready"),
+        "gateway_draining": lambda m, _: m._set_state("draining"),
+        "gateway_stopped": lambda m, _: m._set_state("stopped"),
     }
-
-
-def _set_state(state: str) -> Callable[[GatewayMetrics, Mapping[str, Any]], None]:
-    def handler(m: GatewayMetrics, _: Mapping[str, Any]) -> None:
-        m.state = state
-        m.ready.set(1 if state == "ready" else 0)
-
-    return handler
-
-
-GatewayMetrics._handlers.update({"gateway_ready": _set_state("ready"), "gateway_draining": _set_state("draining"),
-                                 "gateway_stopped": _set_state("stopped")})
 
 
 class _QuietHandler(WSGIRequestHandler):
