@@ -113,6 +113,8 @@ class CallSession:
         self.log = log
         self.timeouts = timeouts or SessionTimeouts()
         self.announcement = announcement
+        self.secure = False
+        """Secure capture: keys are masked (`x`) in the record and the log, and the recording is silent."""
         self.record = CallRecord()
         self._events: asyncio.Queue[AgentEvent] = asyncio.Queue()
         self._items = itertools.count(1)
@@ -151,7 +153,7 @@ class CallSession:
 
     def on_dtmf(self, digit: str) -> None:
         self._touch()
-        self.record.digits += digit
+        self.record.digits += "x" if self.secure else digit
         self.media.dtmf(time.monotonic())
         if self._current_interruptible and self.media.playout.pending:
             self.media.flush(time.monotonic())  # a key press stops an interruptible prompt
@@ -251,6 +253,12 @@ class CallSession:
 
     async def send_dtmf(self, digits: str) -> None:
         self.actions.send_dtmf(digits)
+
+    def secure_capture(self, on: bool) -> None:
+        if on != self.secure:
+            self.secure = on
+            self.media.mask_recording(on)
+            self.log("secure_capture", call=self.call_id, on=on)
 
     # -- running ------------------------------------------------------------------------------------------
     async def run(self) -> None:

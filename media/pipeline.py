@@ -146,6 +146,12 @@ class CallMedia:
         """Hand every inbound and outbound frame to `recorder` (on the clock thread)."""
         self._recorder = recorder
 
+    def mask_recording(self, on: bool) -> None:
+        """Record silence on both channels while on (secure capture)."""
+        rec = self._recorder
+        if rec is not None:
+            rec.masked = on
+
     def set_loopback(self, on: bool) -> None:
         """Echo mode: inbound frames go straight back out on the clock thread (at most 3 frames queued)."""
         self._loop = deque(maxlen=3) if on else None

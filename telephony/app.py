@@ -195,7 +195,8 @@ class Gateway:
         if leg is None or self._loop is None:
             return
         accepted = leg.dtmf.accept(time.monotonic(), digit, method)
-        event("dtmf", call=call.call_id, digit=digit, method=method, duplicate=not accepted)
+        event("dtmf", call=call.call_id, digit="x" if leg.session.secure else digit, method=method,
+              duplicate=not accepted)
         if accepted:
             self._loop.call_soon_threadsafe(leg.session.on_dtmf, digit)
             if leg.recording is not None:

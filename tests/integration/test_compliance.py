@@ -27,6 +27,12 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     cfg = yaml.safe_load(gateway_config(port))
     cfg["routes"].insert(0, {"match": "rec", "agent": "echo",
                              "recording": {"pause_code": "*1", "resume_code": "*2"}})
+    cfg["agents"]["pay"] = {"type": "scripted", "voice": "en", "start": "pay", "nodes": {
+        "pay": [{"say": "Welcome to the shop."}, {"say": "Key your card number."}, {"collect": "card", "max_digits": 4, "timeout_s": 4, "secure": True},
+                {"branch": "card", "cases": {"4242": "ok"}, "default": "bad"}],
+        "ok": [{"say": "Accepted."}, {"pause_s": 1}, {"hangup": "paid"}],
+        "bad": [{"say": "Declined."}, {"hangup": "declined"}]}}
+    cfg["routes"].insert(0, {"match": "pay", "agent": "pay", "recording": {}})
     cfg["routes"].insert(0, {"match": "consent", "agent": "echo", "announcement": {
         "text": ANNOUNCEMENT, "consent_key": "1", "timeout_s": 3}})
     g = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-recordings"), port)
@@ -94,6 +100,25 @@ def test_a_caller_who_does_not_consent_is_hung_up(gw: Gateway) -> None:
     end = _end_of(gw, "consent", -1)
     assert end["reason"] == "no_consent" and end["announcement"]["consent"] is False, end
     assert end["duration_s"] < end["announcement"]["played_ms"] / 1000 + 3 + 3, end
+
+
+def test_keys_of_a_secure_collect_are_masked_in_log_record_and_recording(gw: Gateway, tmp_path: Path) -> None:
+    t = np.arange(int(10 * 16000)) / 16000
+    tone = audio.write_wav(tmp_path / "tone.wav", 3000 * np.sin(2 * np.pi * 440 * t))
+    res = call(f"sip:pay@127.0.0.1:{gw.port}", "--play", str(tone), "--speak-at-s", "0.2", "--duration", "12",
+               "--dtmf", "4242@3")
+    assert res["answered"] and res["remote_hangup"]
+    end = _end_of(gw, "pay", -1)
+    assert end["reason"] == "paid" and end["digits"] == "xxxx", end
+    keys = [e for e in gw.events("dtmf") if e["call"] == end["call"]]
+    assert keys and {e["digit"] for e in keys} == {"x"}, keys
+    assert "4242" not in "\n".join(line for line in gw.lines if end["call"] in line)
+    with wave.open(str(end["recording"])) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
+    caller = levels_db(pcm[:, 0])
+    assert (caller[5:10] > -30).all(), caller.round()  # the caller during the welcome: recorded
+    assert (caller[25:33] < -80).all(), caller.round()  # keying the card (from 3 s): silent
+    assert (caller[-10:] > -30).all(), caller.round()  # after the last key: recorded again
 
 
 def _end_of(gw: Gateway, called: str, index: int) -> dict[str, object]:
