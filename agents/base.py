@@ -139,6 +139,11 @@ class CallControl(Protocol):
 
     async def send_dtmf(self, digits: str) -> None: ...
 
+    def secure_capture(self, on: bool) -> None:
+        """While on, the caller's keys are masked in the log and the call record, and the recording is silent (a
+        card number or PIN being keyed)."""
+        ...
+
 
 class Agent(abc.ABC):
     """One instance per call, made by the agent's factory."""

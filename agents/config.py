@@ -42,6 +42,8 @@ class CollectStep(_Strict):
     max_digits: int = Field(1, ge=1, le=32)
     timeout_s: float = Field(5.0, gt=0)
     terminator: str = "#"
+    secure: bool = False
+    """Keys are masked in logs and records and the recording is silent while collecting (card numbers, PINs)."""
 
 
 class BranchStep(_Strict):

@@ -93,6 +93,9 @@ class _Tagged:
     async def send_dtmf(self, digits: str) -> None:
         await self._call.send_dtmf(digits)
 
+    def secure_capture(self, on: bool) -> None:
+        self._call.secure_capture(on)
+
 
 class _Cascade(CascadedAgent):
     """The cascade, asking the router about each turn before answering it."""

@@ -55,8 +55,11 @@ class ScriptedAgent(Agent):
             node = nxt
 
     async def _run_node(self, call: CallControl, node: str, variables: dict[str, str]) -> str | None:
-        for i, step in enumerate(self.cfg.nodes[node]):
+        steps = self.cfg.nodes[node]
+        for i, step in enumerate(steps):
             variables["time"] = _clock_words(time.localtime())
+            if any(isinstance(s, CollectStep) and s.secure for s in steps[i:i + 2]):
+                call.secure_capture(True)  # from the prompt before a secure collect on: callers key over it
             if isinstance(step, SayStep):
                 await call.say(render_text(step.say, variables), step.interruptible, step.lang or self.cfg.voice)
             elif isinstance(step, PlayStep):
@@ -66,7 +69,11 @@ class ScriptedAgent(Agent):
                     raise FlowError(f"{node}[{i}]: {e}") from None
                 await call.play(pcm, SAMPLE_RATE, step.interruptible)
             elif isinstance(step, CollectStep):
-                variables[step.collect] = await _collect(call, step)
+                try:
+                    variables[step.collect] = await _collect(call, step)
+                finally:
+                    if step.secure:
+                        call.secure_capture(False)
             elif isinstance(step, BranchStep):
                 return step.cases.get(variables.get(step.branch, ""), step.default)
             elif isinstance(step, GotoStep):

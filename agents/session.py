@@ -29,6 +29,7 @@ from agents.base import (
     TransferFailed,
 )
 from agents.cost import Meter
+from agents.redact import redact, redact_fields
 from agents.speech.tts import PromptCache
 from agents.spend import SpendGuard
 from media.events import (
@@ -82,6 +83,17 @@ class SpendWatch:
     fallback: TakesOver | None = None
 
 
+@dataclass(frozen=True)
+class Announcement:
+    """Played before the agent starts (consent, AI disclosure). With `consent_key`, the caller must press it (during
+    or up to `timeout_s` after the announcement), or the call ends as `no_consent`."""
+
+    text: str
+    voice: str | None = None
+    consent_key: str | None = None
+    timeout_s: float = 8.0
+
+
 @dataclass
 class CallRecord:
     barge_ins: int = 0
@@ -91,6 +103,8 @@ class CallRecord:
     end_reason: str = ""
     turns: list[dict[str, Any]] = field(default_factory=list)
     usage: Meter = field(default_factory=Meter)
+    announcement: dict[str, Any] | None = None
+    """What the announcement did: `played_ms`, and with a consent key, `consent` (true or false)."""
 
 
 class CallSession:
@@ -106,6 +120,7 @@ class CallSession:
         log: Log,
         timeouts: SessionTimeouts | None = None,
         spend: SpendWatch | None = None,
+        announcement: Announcement | None = None,
     ) -> None:
         self.call_id = call_id
         self.caller = caller
@@ -118,6 +133,9 @@ class CallSession:
         self.timeouts = timeouts or SessionTimeouts()
         self.spend = spend
         self._agent: asyncio.Task[None] | None = None
+        self.announcement = announcement
+        self.secure = False
+        """Secure capture: keys are masked (`x`) in the record and the log, and the recording is silent."""
         self.record = CallRecord()
         self._events: asyncio.Queue[AgentEvent] = asyncio.Queue()
         self._items = itertools.count(1)
@@ -156,7 +174,7 @@ class CallSession:
 
     def on_dtmf(self, digit: str) -> None:
         self._touch()
-        self.record.digits += digit
+        self.record.digits += "x" if self.secure else digit
         self.media.dtmf(time.monotonic())
         if self._current_interruptible and self.media.playout.pending:
             self.media.flush(time.monotonic())  # a key press stops an interruptible prompt
@@ -183,7 +201,7 @@ class CallSession:
     # -- CallControl --------------------------------------------------------------------------------------
     async def say(self, text: str, interruptible: bool = True, voice: str | None = None) -> Played:
         pcm = await self.prompts.render(text, voice or self.voice)
-        self.log("agent_say", call=self.call_id, text=text[:120], interruptible=interruptible)
+        self.log("agent_say", call=self.call_id, text=redact(text)[:120], interruptible=interruptible)
         return await self._play16(pcm, interruptible)
 
     async def play(self, pcm: bytes, rate: int, interruptible: bool = True) -> Played:
@@ -226,6 +244,7 @@ class CallSession:
         return self._audio.get()
 
     def record_turn(self, turn: dict[str, Any]) -> None:
+        turn = redact_fields(turn)  # card numbers, security codes, ... never reach the records or the log
         self.record.turns.append(turn)
         self.log("turn", call=self.call_id, **turn)
 
@@ -256,9 +275,18 @@ class CallSession:
     async def send_dtmf(self, digits: str) -> None:
         self.actions.send_dtmf(digits)
 
+    def secure_capture(self, on: bool) -> None:
+        if on != self.secure:
+            self.secure = on
+            self.media.mask_recording(on)
+            self.log("secure_capture", call=self.call_id, on=on)
+
     # -- running ------------------------------------------------------------------------------------------
     async def run(self) -> None:
-        """Run the agent until it finishes or the call ends; enforce the call's timers and spend caps meanwhile."""
+        """Play the announcement, then run the agent until it finishes or the call ends; enforce the call's timers
+        and spend caps meanwhile."""
+        if self.announcement is not None and not await self._announce(self.announcement):
+            return
         agent = self.factory.create()
         self._agent = asyncio.create_task(agent.run(self), name=f"agent-{self.call_id}")
         watchdog = asyncio.create_task(self._watchdog(), name=f"watchdog-{self.call_id}")
@@ -313,6 +341,29 @@ class CallSession:
         if handover.messages:
             await self.say(cap.handover_line, interruptible=False)
         await fallback.create(handover).run(self)
+
+    async def _announce(self, a: Announcement) -> bool:
+        """Play the announcement (not interruptible) and take the caller's consent when a key is asked for; False
+        when the call ended meanwhile or the caller did not consent (then it is hung up)."""
+        played = await self.say(a.text, interruptible=False, voice=a.voice)
+        self.record.announcement = {"played_ms": played.played_ms}
+        if self._ended.is_set():
+            return False
+        if a.consent_key is None:
+            return True
+        deadline = time.monotonic() + a.timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            ev = await self.next_event(left)  # keys pressed during the announcement are queued: they count
+            if isinstance(ev, HungUp):
+                return False
+            if isinstance(ev, Dtmf) and ev.digit == a.consent_key:
+                self.record.announcement["consent"] = True
+                self.log("consent", call=self.call_id, given=True)
+                return True
+        self.record.announcement["consent"] = False
+        self.log("consent", call=self.call_id, given=False, waited_s=a.timeout_s)
+        await self.hangup("no_consent")
+        return False
 
     async def _watchdog(self) -> None:
         start = time.monotonic()

@@ -161,7 +161,7 @@ def main() -> int:
             print("barge-in -> response.cancel ...", flush=True)
             barge = barge_to_cancel(gw, rt, tmp, calls)
             print("cost per minute of one call set ...", flush=True)
-            cost = cost_per_minute(gw, rt, tmp, tmp / "records" / "calls.jsonl")
+            cost = cost_per_minute(gw, rt, tmp, tmp / "records" / "calls.db")
         finally:
             gw.stop()
     rows = [

@@ -27,7 +27,9 @@ from telephony.config import Config
 from telephony.dtmf import DtmfDeduper
 from telephony.endpoint import Refusal, SipStack
 from telephony.logs import event
+from telephony.recordings import CallRecording, start_recording
 from telephony.records import RecordWriter, call_record, read_records
+from telephony.routes import announcement_for, announcements
 
 END_WAIT_S = 2.0
 """How long a hung-up call's agent gets to stop (and record its last turn) before the call's record is written."""
@@ -64,6 +66,7 @@ class _Leg:
     codec: str = ""
     task: asyncio.Task[None] | None = None
     wall: float = field(default_factory=time.time)
+    recording: CallRecording | None = None
 
 
 def detector_settings(cfg: Config) -> DetectorSettings:
@@ -111,6 +114,7 @@ class Gateway:
                 *(f.prepare() for f in self.factories.values()),
                 self.prompts.render(self._timeouts.reprompt_text),
                 self.prompts.render(self._timeouts.goodbye_text),
+                *(self.prompts.render(a.text, a.voice or "joe") for a in announcements(self.config)),
             )
             self._ready.set()
             event("gateway_ready", port=self.config.sip.port, agents=sorted(self.factories),
@@ -170,13 +174,14 @@ class Gateway:
         )
         session = CallSession(
             call.call_id, caller, called, factory, media, SipActions(self.stack, call.key), self.prompts,
-            event, self._timeouts, self._spend_watch(call.call_id, agent),
+            event, self._timeouts, self._spend_watch(call.call_id, agent), announcement_for(self.config, called),
         )
         leg = _Leg(call.key, call.call_id, session, agent, time.monotonic(), DtmfDeduper())
         leg_ref.append(leg)
         call.media = media
         call.listener = self
         self.legs[call.key] = leg
+        leg.recording = start_recording(self.config, called, call.call_id, media, loop, event)
         loop.call_soon_threadsafe(self._answer_when_ready, leg)
         return None
 
@@ -204,9 +209,12 @@ class Gateway:
         if leg is None or self._loop is None:
             return
         accepted = leg.dtmf.accept(time.monotonic(), digit, method)
-        event("dtmf", call=call.call_id, digit=digit, method=method, duplicate=not accepted)
+        event("dtmf", call=call.call_id, digit="x" if leg.session.secure else digit, method=method,
+              duplicate=not accepted)
         if accepted:
             self._loop.call_soon_threadsafe(leg.session.on_dtmf, digit)
+            if leg.recording is not None:
+                leg.recording.on_dtmf(digit, time.monotonic())
 
     def on_disconnected(self, call: SipCall, code: int, reason: str) -> None:
         leg = self.legs.pop(call.key, None)
@@ -270,6 +278,10 @@ class Gateway:
                    duration_s=duration_s, codec=leg.codec, barge_ins=rec.barge_ins, resumed=rec.resumed,
                    paused_ms=rec.paused_ms, digits=rec.digits, frames_in=st.frames_in, frames_out=st.frames_out,
                    turns=rec.turns, **st.tick_percentiles())
+        if rec.announcement is not None:
+            end["announcement"] = rec.announcement
+        if leg.recording is not None:
+            end.update(leg.recording.close(rec.turns, time.monotonic()))
         event("call_end", **end)
         if self.records is not None:
             self.records.write(call_record(end, leg.wall, s.caller, s.called, self.config.agents[leg.agent].type,

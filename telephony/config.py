@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from agents.config import AgentConfig, CascadedAgentConfig, HybridAgentConfig, hybrid_parts
 from agents.cost import Prices, s2s_per_min
+from agents.speech.tts import TtsError, check_voice
 from agents.spend import SpendCap
 
 KNOWN_CODECS = ("G722", "PCMU", "PCMA")
@@ -94,18 +95,93 @@ class TimeoutsConfig(_Strict):
 
 class RecordsConfig(_Strict):
     enabled: bool = True
-    path: str = "records/calls.jsonl"
-    """One JSON line per finished call; a relative path is relative to the config file's folder."""
+    path: str = "records/calls.db"
+    """SQLite database, one row per finished call; a relative path is relative to the config file's folder."""
+    audit_path: str = "records/audit.jsonl"
+    """The hash-chained audit log (erasures); relative like `path`."""
+    recordings_path: str = "records/recordings"
+    """Folder of the call recordings of routes with `recording:`; relative like `path`."""
+    retention_days: float | None = Field(None, gt=0)
+    """`voicegate purge` deletes calls older than this (with their recordings), unless their route says otherwise;
+    none: kept until erased."""
 
     def under(self, folder: Path) -> RecordsConfig:
-        """This section with `path` made absolute, relative to `folder`."""
-        return self.model_copy(update={"path": str(folder.absolute() / Path(self.path).expanduser())})
+        """This section with its paths made absolute, relative to `folder`."""
+        return self.model_copy(update={k: str(folder.absolute() / Path(getattr(self, k)).expanduser())
+                                       for k in ("path", "audit_path", "recordings_path")})
+
+
+class MetricsConfig(_Strict):
+    enabled: bool = False
+    listen: str = "127.0.0.1"
+    """Loopback by default: the endpoint has no authentication."""
+    port: int = Field(9464, ge=1, le=65535)
+    """HTTP port of `/metrics` (Prometheus text format) and `/healthz`."""
+
+    @field_validator("listen")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+
+class RecordingConfig(_Strict):
+    enabled: bool = True
+    pause_code: str | None = None
+    """DTMF keys (e.g. `*1`) that pause the recording: both channels record silence until `resume_code`."""
+    resume_code: str | None = None
+
+    @field_validator("pause_code", "resume_code")
+    @classmethod
+    def _keys(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9*#A-D]{1,8}", v):
+            raise ValueError("a DTMF code is 1-8 of the keys 0-9 * # A-D")
+        return v
+
+    @model_validator(mode="after")
+    def _pair(self) -> RecordingConfig:
+        if (self.pause_code is None) != (self.resume_code is None):
+            raise ValueError("pause_code and resume_code go together")
+        if self.pause_code is not None and self.pause_code == self.resume_code:
+            raise ValueError("pause_code and resume_code must differ")
+        return self
+
+
+class AnnouncementConfig(_Strict):
+    text: str = Field(min_length=1)
+    """Spoken before the agent starts (not interruptible): consent to recording, AI disclosure."""
+    voice: str | None = None
+    """`joe` (piper) or an espeak-ng voice; default `joe`."""
+    consent_key: str | None = Field(None, pattern=r"^[0-9*#]$")
+    """A key the caller must press to go on; without it the call ends (reason `no_consent`)."""
+    timeout_s: float = Field(8.0, gt=0, le=60)
+    """How long after the announcement the consent key is waited for."""
+
+    @field_validator("voice")
+    @classmethod
+    def _voice(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                check_voice(v)
+            except TtsError as e:
+                raise ValueError(str(e)) from None
+        return v
 
 
 class RouteConfig(_Strict):
     match: str
     """Called user part: an exact number, a regular expression in slashes (`/^44/`), or `*` for the default."""
     agent: str
+    recording: RecordingConfig | None = None
+    """Record this route's calls as stereo WAV (caller left, agent right) in `records.recordings_path`."""
+    announcement: AnnouncementConfig | None = None
+    retention_days: float | None = Field(None, gt=0)
+    """Days this route's call records and recordings are kept (`voicegate purge`); default `records.retention_days`."""
+
+    @field_validator("announcement", mode="before")
+    @classmethod
+    def _text(cls, v: object) -> object:
+        return {"text": v} if isinstance(v, str) else v
 
     @field_validator("match")
     @classmethod
@@ -135,6 +211,7 @@ class Config(_Strict):
     prices: Prices = Prices()
     spend: dict[str, SpendCap] = {}
     """Spend caps by agent name (agents.spend), priced with `prices`."""
+    metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")
     def _routes(self) -> Config:
@@ -170,6 +247,17 @@ class Config(_Strict):
             if r.matches(user):
                 return r.agent
         return None
+
+    def route_for(self, user: str) -> RouteConfig | None:
+        """The first route that matches a called user part."""
+        return next((r for r in self.routes if r.matches(user)), None)
+
+    def retention_days(self, user: str) -> float | None:
+        """How many days the calls to a called user part are kept (None: until erased)."""
+        route = self.route_for(user)
+        if route is not None and route.retention_days is not None:
+            return route.retention_days
+        return self.records.retention_days
 
 
 @dataclass(frozen=True)
