@@ -144,7 +144,7 @@ class Gateway:
         if self.draining:
             event("call_refused", call=call.call_id, called=called, code=503, reason="shutting down")
             return Refusal(503, {"Retry-After": "30"})
-        agent = self.config.route(called)
+        agent = self.config.route(called, call.trunk)
         if agent is None:
             event("call_refused", call=call.call_id, called=called, code=404, reason="no route")
             return Refusal(404)

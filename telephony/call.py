@@ -41,6 +41,10 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self._ports = ports
         self.key = next(_KEYS)
         self.call_id = ""
+        self.source = ""
+        """Address the INVITE came from."""
+        self.trunk = ""
+        """The trunk the call came in on ("" for none)."""
         self.codec_preference: list[str] = []
         self.listener: CallListener | None = None
         self.media: CallMedia | None = None

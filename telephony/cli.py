@@ -1,4 +1,4 @@
-"""`voicegate` command: serve, check, simulate, calls."""
+"""`voicegate` command: serve, check, simulate, calls, trunks."""
 
 from __future__ import annotations
 
@@ -91,6 +91,32 @@ def _calls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trunks(args: argparse.Namespace) -> int:
+    from telephony.trunk_status import read_status, status_table
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        for issue in e.issues:
+            print(issue, file=sys.stderr)
+        return 2
+    if not cfg.trunks:
+        print(f"no trunks configured in {args.config}")
+        return 0
+    path = Path(cfg.trunk_status_path)
+    try:
+        doc = read_status(path)
+    except (OSError, ValueError) as e:
+        print(f"voicegate trunks: no status in {path} (trunk_status_path of {args.config}; is voicegate serve "
+              f"running with this config?): {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(doc, indent=1))
+    else:
+        print("\n".join(status_table(doc, sorted(cfg.trunks))))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="voicegate", description="Telephony gateway for voice AI agents")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -119,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--last", type=int, default=20, help="how many calls to list (default 20)")
     r.add_argument("--json", action="store_true", help="print the records and totals as JSON")
     r.set_defaults(fn=_calls)
+    t = sub.add_parser("trunks", help="show each trunk's registration state (from a running voicegate serve)")
+    t.add_argument("--config", default="voicegate.yaml", help="read trunks and trunk_status_path from this config")
+    t.add_argument("--json", action="store_true", help="print the status file as JSON")
+    t.set_defaults(fn=_trunks)
     args = p.parse_args(argv)
     return int(args.fn(args))
 

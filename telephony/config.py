@@ -8,6 +8,7 @@ ends in `_env` name an environment variable.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agents.config import AgentConfig, HybridAgentConfig, hybrid_parts
 from agents.cost import Prices
+from telephony.sip_uri import parse_sip_uri
 
 KNOWN_CODECS = ("G722", "PCMU", "PCMA")
 M = TypeVar("M", bound=BaseModel)
@@ -121,6 +123,71 @@ class RouteConfig(_Strict):
         return self.match == user
 
 
+class TrunkConfig(_Strict):
+    """A SIP trunk (carrier or PBX) voicegate registers with and takes calls from."""
+
+    registrar: str
+    """`sip:host[:port]`: where REGISTER goes; its resolved addresses may send calls for this trunk."""
+    username: str
+    password_env: str
+    """Name of the environment variable holding the password (never the password itself)."""
+    realm: str = "*"
+    """Digest realm the credentials are for; `*` answers any realm."""
+    transport: Literal["udp", "tcp"] = "udp"
+    expiry_s: int = Field(300, ge=5, le=86400)
+    """Registration lifetime asked for; pjsua refreshes 5 s before it runs out."""
+    outbound_proxy: str | None = None
+    registers: bool = Field(True, alias="register")
+    """`register: false` for a trunk that sends calls without a registration (its addresses still apply)."""
+    retry_min_s: float = Field(2.0, gt=0, le=3600)
+    """Wait after the first failed registration; doubles with each failure up to `retry_max_s`."""
+    retry_max_s: float = Field(300.0, gt=0, le=86400)
+    routes: list[RouteConfig] = []
+    """Called numbers (DIDs) of this trunk to agents, before the global `routes`."""
+    allow: list[str] = []
+    """Addresses or networks (besides the registrar's) this trunk's calls may come from."""
+
+    @field_validator("registrar", "outbound_proxy")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_sip_uri(v)
+        return v
+
+    @field_validator("password_env")
+    @classmethod
+    def _env(cls, v: str) -> str:
+        if not os.environ.get(v):
+            raise ValueError(f"environment variable {v} (the trunk password) is not set or empty")
+        return v
+
+    @field_validator("allow")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for a in v:
+            ipaddress.ip_network(a, strict=False)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrunkConfig:
+        given = parse_sip_uri(self.registrar).params.get("transport")
+        if given is not None and given.lower() != self.transport:
+            raise ValueError(f"registrar says transport={given} but transport is {self.transport}")
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("retry_max_s must be at least retry_min_s")
+        return self
+
+    @property
+    def password(self) -> str:
+        return os.environ.get(self.password_env, "")
+
+    def route(self, user: str) -> str | None:
+        for r in self.routes:
+            if r.matches(user):
+                return r.agent
+        return None
+
+
 class Config(_Strict):
     sip: SipConfig = SipConfig()
     rtp: RtpConfig = RtpConfig()
@@ -132,6 +199,10 @@ class Config(_Strict):
     routes: list[RouteConfig]
     records: RecordsConfig = RecordsConfig()
     prices: Prices = Prices()
+    trunks: dict[str, TrunkConfig] = {}
+    trunk_status_path: str = "run/trunks.json"
+    """Where `voicegate serve` keeps each trunk's registration state for `voicegate trunks`; relative to the
+    config file's folder."""
 
     @model_validator(mode="after")
     def _routes(self) -> Config:
@@ -141,14 +212,27 @@ class Config(_Strict):
         return self
 
     @model_validator(mode="after")
+    def _trunks(self) -> Config:
+        for name, t in self.trunks.items():
+            for i, r in enumerate(t.routes):
+                if r.agent not in self.agents:
+                    raise ValueError(f"trunks.{name}.routes[{i}] names unknown agent {r.agent!r}")
+            if t.transport not in self.sip.transports:
+                raise ValueError(f"trunks.{name} uses {t.transport} but sip.transports has only "
+                                 f"{', '.join(self.sip.transports)}")
+        return self
+
+    @model_validator(mode="after")
     def _hybrids(self) -> Config:
         for name, agent in self.agents.items():
             if isinstance(agent, HybridAgentConfig):
                 hybrid_parts(name, agent, self.agents)
         return self
 
-    def route(self, user: str) -> str | None:
-        """The agent name for a called user part, or None when no route matches."""
+    def route(self, user: str, trunk: str = "") -> str | None:
+        """The agent name for a called user part (the trunk's own routes first), or None when no route matches."""
+        if trunk in self.trunks and (agent := self.trunks[trunk].route(user)) is not None:
+            return agent
         for r in self.routes:
             if r.matches(user):
                 return r.agent
@@ -236,4 +320,5 @@ def read_text(path: str | Path) -> str:
 
 def load_config(path: str | Path) -> Config:
     cfg = parse_config(read_text(path), str(path))
-    return cfg.model_copy(update={"records": cfg.records.under(Path(path).parent)})
+    status = Path(path).parent.absolute() / Path(cfg.trunk_status_path).expanduser()
+    return cfg.model_copy(update={"records": cfg.records.under(Path(path).parent), "trunk_status_path": str(status)})

@@ -24,8 +24,10 @@ import pjsua2 as pj
 from telephony.call import SipCall
 from telephony.config import Config
 from telephony.errors import PjsuaBuildError, SipStartError
+from telephony.inbound import admit
 from telephony.logs import event, event_at
 from telephony.media_port import PortPool, check_frame_layout
+from telephony.trunks import TrunkSet
 
 EXPECTED_MAX_CALLS = 4
 CODEC_IDS = {"G722": "G722/16000", "PCMU": "PCMU/8000", "PCMA": "PCMA/8000"}
@@ -93,6 +95,9 @@ class SipStack:
         self._logwriter: Any = None
         self.ports = PortPool()
         self.port = config.sip.port
+        self.trunks = TrunkSet(config)
+        if config.trunks:
+            self.every(1.0, self.trunks.tick)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
@@ -209,19 +214,26 @@ class SipStack:
         self.ep.audDevManager().setNullDev()
         self._set_codecs()
 
-        ac = pj.AccountConfig()
+        ac = self._account_config()
         host = cfg.sip.public_address or cfg.sip.listen
         ac.idUri = f"sip:voicegate@{host}:{cfg.sip.port}"
+        self.account = _Account(self)
+        self.account.create(ac, True)
+        self.trunks.start(self._account_config, self._incoming)
+        event("sip_started", listen=cfg.sip.listen, port=cfg.sip.port, transports=cfg.sip.transports,
+              max_calls=self.max_calls, pjsip=self.ep.libVersion().full)
+
+    def _account_config(self) -> Any:
+        """An AccountConfig with the gateway's media and session-timer settings (every account shares them)."""
+        cfg = self.config
+        ac = pj.AccountConfig()
         ac.mediaConfig.transportConfig.port = cfg.rtp.port_min
         ac.mediaConfig.transportConfig.portRange = cfg.rtp.port_max - cfg.rtp.port_min
         if cfg.sip.public_address:
             ac.mediaConfig.transportConfig.publicAddress = cfg.sip.public_address
         ac.callConfig.timerUse = pj.PJSUA_SIP_TIMER_OPTIONAL
         ac.callConfig.timerSessExpiresSec = 1800
-        self.account = _Account(self)
-        self.account.create(ac, True)
-        event("sip_started", listen=cfg.sip.listen, port=cfg.sip.port, transports=cfg.sip.transports,
-              max_calls=self.max_calls, pjsip=self.ep.libVersion().full)
+        return ac
 
     def _set_codecs(self) -> None:
         wanted = [CODEC_IDS[c] for c in self.config.media.codecs]
@@ -244,7 +256,15 @@ class SipStack:
         self.calls[call.key] = call
         called = called_user(str(ci.localUri)) or called_user(str(ci.localContact))
         caller = str(ci.remoteUri)
-        event("call_incoming", call=call.call_id, called=called, caller=caller)
+        call.source = str(prm.rdata.srcAddress)
+        adm = admit(self.config.trunks, self.trunks.sources, self.trunks.trunk_of(account), called, call.source)
+        call.trunk = adm.trunk
+        event("call_incoming", call=call.call_id, called=called, caller=caller, source=call.source, trunk=adm.trunk)
+        if adm.refused:
+            event("call_refused", call=call.call_id, called=called, code=403, reason=adm.refused,
+                  source=call.source, trunk=adm.trunk)
+            self.answer(call.key, 403)
+            return
         refusal = self.handler.on_incoming(call, called, caller)
         if refusal is not None:
             self.answer(call.key, refusal.code, headers=refusal.headers)
@@ -318,6 +338,7 @@ class SipStack:
         self.calls.clear()
         self._released.clear()
         self.ports.clear()
+        self.trunks.shutdown()
         if self.account is not None:
             with contextlib.suppress(pj.Error):
                 self.account.shutdown()

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from telephony.config import ConfigError, load_config, parse_config
+from telephony.inbound import admit, source_ip
+from telephony.registration import Registration
+from telephony.sip_uri import parse_sip_uri
+from telephony.trunk_status import status_table
+
+BASE = """\
+agents:
+  e:
+    type: echo
+  d:
+    type: echo
+routes:
+  - match: "*"
+    agent: d
+trunks:
+  carrier:
+    registrar: {registrar}
+    username: vg
+    password_env: {env}
+    transport: {transport}
+    routes:
+      - match: "+4930123"
+        agent: e
+"""
+
+
+def _cfg(monkeypatch: pytest.MonkeyPatch, registrar: str = "sip:sip.example.com:5060", env: str = "VG_T_PW",
+         transport: str = "udp") -> str:
+    monkeypatch.setenv("VG_T_PW", "pw")
+    monkeypatch.delenv("VG_T_MISSING", raising=False)
+    return BASE.format(registrar=registrar, env=env, transport=transport)
+
+
+def _issues(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "vg.yaml")
+    return [str(i) for i in e.value.issues]
+
+
+def test_sip_uris_parse_and_bad_ones_say_why():
+    u = parse_sip_uri("sip:vg@[2001:db8::1]:5070;transport=TCP")
+    assert (u.user, u.host, u.port, u.transport) == ("vg", "2001:db8::1", 5070, "tcp")
+    assert parse_sip_uri("sips:carrier.example").transport == "tls"
+    for bad, why in [("http://x", "not a SIP URI"), ("sip:bad_host!", "not a SIP URI"), ("sip:h:70000", "port"),
+                     ("sip:-x.example", "host name")]:
+        with pytest.raises(ValueError, match=why):
+            parse_sip_uri(bad)
+
+
+def test_trunk_config_routes_its_dids_first(monkeypatch):
+    cfg = parse_config(_cfg(monkeypatch))
+    t = cfg.trunks["carrier"]
+    assert t.password == "pw" and t.realm == "*" and t.expiry_s == 300
+    assert cfg.route("+4930123", "carrier") == "e"
+    assert cfg.route("+4930123") == "d"  # not from the trunk: the global routes
+    assert cfg.route("+4930999", "carrier") == "d"
+
+
+def test_check_names_a_bad_registrar_uri_with_its_line(monkeypatch):
+    issues = _issues(_cfg(monkeypatch, registrar="sip:carrier example"))
+    assert issues == ["vg.yaml:11: trunks.carrier.registrar: 'sip:carrier example' is not a SIP URI "
+                      "(expected sip:host[:port][;params])"]
+
+
+def test_check_names_a_missing_password_env_var_with_its_line(monkeypatch):
+    issues = _issues(_cfg(monkeypatch, env="VG_T_MISSING"))
+    assert issues == ["vg.yaml:13: trunks.carrier.password_env: environment variable VG_T_MISSING (the trunk "
+                      "password) is not set or empty"]
+
+
+def test_check_refuses_a_transport_the_gateway_does_not_listen_on(monkeypatch):
+    text = _cfg(monkeypatch, transport="tcp") + "sip:\n  transports: [udp]\n"
+    assert any("trunks.carrier uses tcp but sip.transports has only udp" in i for i in _issues(text))
+    text = _cfg(monkeypatch, registrar="sip:h;transport=tcp")
+    assert any("registrar says transport=tcp but transport is udp" in i for i in _issues(text))
+
+
+def test_status_path_is_relative_to_the_config_file(monkeypatch, tmp_path: Path):
+    (tmp_path / "vg.yaml").write_text(_cfg(monkeypatch))
+    assert load_config(tmp_path / "vg.yaml").trunk_status_path == str(tmp_path / "run" / "trunks.json")
+
+
+def test_registration_refreshes_failures_and_backoff():
+    r = Registration("c", retry_min_s=2, retry_max_s=10)
+    assert r.started(0.0, True)[0]["state"] == "registering"
+    ev = r.result(0.5, 200, "OK", 60)[0]
+    assert ev["state"] == "registered" and ev["expires_s"] == 60 and "refresh" not in ev
+    assert r.started(55.0, True) == []  # a refresh is not a state change
+    assert r.result(55.1, 200, "OK", 60)[0]["refresh"] and r.refreshes == 1
+    waits = []
+    for i in range(5):
+        ev = r.result(100.0 + i, 401, "Unauthorized", 0)[0]
+        waits.append(ev["retry_in_s"])
+        assert ev["state"] == "failed" and ev["code"] == 401
+    assert waits == [2.0, 4.0, 8.0, 10.0, 10.0]
+    assert not r.due(113.9) and r.due(114.0) and r.state == "registering"
+    assert not r.due(200.0)  # retried once, until the next result
+    r.result(201.0, 200, "OK", 60)
+    assert r.failures == 0 and r.refreshes == 1  # a recovery is not a refresh
+    st = r.status(201.0, 1000.0)
+    assert st["state"] == "registered" and st["expires_at"] == 1060.0 and st["next_retry"] is None
+    assert r.result(300.0, 200, "OK", 0)[0]["state"] == "unregistered"
+
+
+def test_inbound_calls_of_a_trunk_only_from_its_addresses(monkeypatch):
+    cfg = parse_config(_cfg(monkeypatch))
+    nets = {"carrier": [ipaddress.ip_network("192.0.2.0/29")]}
+    assert admit(cfg.trunks, nets, "carrier", "x", "192.0.2.5:5060").trunk == "carrier"
+    refused = admit(cfg.trunks, nets, "carrier", "x", "198.51.100.7:5060")
+    assert refused.refused == "198.51.100.7 is not an address of trunk carrier"
+    # a DID of the trunk sent straight to the gateway from elsewhere
+    assert admit(cfg.trunks, nets, "", "+4930123", "198.51.100.7:5060").refused
+    assert admit(cfg.trunks, nets, "", "+4930123", "192.0.2.1:5060") .trunk == "carrier"
+    assert admit(cfg.trunks, nets, "", "demo", "198.51.100.7:5060").trunk == ""
+    assert source_ip("[2001:db8::1]:5060") == "2001:db8::1" and source_ip("10.0.0.1:5") == "10.0.0.1"
+
+
+def test_status_table_names_state_and_staleness():
+    doc = {"updated": 990.0, "pid": 2**22 + 7, "running": True,
+           "trunks": [{"trunk": "c", "state": "failed", "code": 401, "reason": "Unauthorized", "refreshes": 0,
+                       "expires_at": None, "next_retry": 1004.0}]}
+    lines = status_table(doc, ["c", "other"], now=1000.0)
+    assert lines[1].split() == ["c", "failed", "401", "Unauthorized", "-", "4", "s", "0"]
+    assert lines[2].startswith("other") and "not in status file" in lines[2]
+    assert lines[-1].startswith("stale: voicegate pid")
