@@ -144,7 +144,7 @@ class Gateway:
         if self.draining:
             event("call_refused", call=call.call_id, called=called, code=503, reason="shutting down")
             return Refusal(503, {"Retry-After": "30"})
-        agent = self.config.route(called, call.trunk)
+        agent = self.config.route(called, call.trunk, call.sip_headers)
         if agent is None:
             event("call_refused", call=call.call_id, called=called, code=404, reason="no route")
             return Refusal(404)
@@ -166,6 +166,8 @@ class Gateway:
             call.call_id, caller, called, factory, media, SipActions(self.stack, call.key), self.prompts,
             event, self._timeouts,
         )
+        session.sip_headers = call.sip_headers
+        session.trunk = call.trunk
         leg = _Leg(call.key, call.call_id, session, agent, time.monotonic(), DtmfDeduper())
         leg_ref.append(leg)
         call.media = media
@@ -255,7 +257,7 @@ class Gateway:
         end = dict(call=leg.call_id, agent=leg.agent, reason=rec.end_reason, sip_code=code, sip_reason=reason,
                    duration_s=duration_s, codec=leg.codec, barge_ins=rec.barge_ins, resumed=rec.resumed,
                    paused_ms=rec.paused_ms, digits=rec.digits, frames_in=st.frames_in, frames_out=st.frames_out,
-                   turns=rec.turns, **st.tick_percentiles())
+                   turns=rec.turns, **st.tick_percentiles(), trunk=s.trunk, sip_headers=s.sip_headers)
         event("call_end", **end)
         if self.records is not None:
             self.records.write(call_record(end, leg.wall, s.caller, s.called, self.config.agents[leg.agent].type,

@@ -45,6 +45,8 @@ class SipCall(pj.Call):  # type: ignore[misc]
         """Address the INVITE came from."""
         self.trunk = ""
         """The trunk the call came in on ("" for none)."""
+        self.sip_headers: dict[str, str] = {}
+        """The INVITE's identity, diversion, X- and User-to-User headers (telephony/sip_headers.py)."""
         self.codec_preference: list[str] = []
         self.listener: CallListener | None = None
         self.media: CallMedia | None = None

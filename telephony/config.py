@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -107,20 +108,39 @@ class RouteConfig(_Strict):
     match: str
     """Called user part: an exact number, a regular expression in slashes (`/^44/`), or `*` for the default."""
     agent: str
+    match_header: dict[str, str] = {}
+    """SIP headers the INVITE must also carry (name: exact value or `/regex/`), e.g. `X-Lang: /^de/`."""
 
     @field_validator("match")
     @classmethod
     def _regex(cls, v: str) -> str:
         if len(v) > 1 and v.startswith("/") and v.endswith("/"):
-            re.compile(v[1:-1])
+            try:
+                re.compile(v[1:-1])
+            except re.error as e:
+                raise ValueError(f"bad regular expression {v}: {e}") from None
         return v
 
-    def matches(self, user: str) -> bool:
-        if self.match == "*":
-            return True
-        if len(self.match) > 1 and self.match.startswith("/") and self.match.endswith("/"):
-            return re.search(self.match[1:-1], user) is not None
-        return self.match == user
+    @field_validator("match_header")
+    @classmethod
+    def _header_regexes(cls, v: dict[str, str]) -> dict[str, str]:
+        for value in v.values():
+            cls._regex(value)
+        return v
+
+    def matches(self, user: str, headers: Mapping[str, str] | None = None) -> bool:
+        if self.match_header:
+            got = {k.lower(): v for k, v in (headers or {}).items()}
+            for name, want in self.match_header.items():
+                if name.lower() not in got or not _value_matches(want, got[name.lower()]):
+                    return False
+        return self.match == "*" or _value_matches(self.match, user)
+
+
+def _value_matches(pattern: str, value: str) -> bool:
+    if len(pattern) > 1 and pattern.startswith("/") and pattern.endswith("/"):
+        return re.search(pattern[1:-1], value) is not None
+    return pattern == value
 
 
 class TrunkConfig(_Strict):
@@ -181,9 +201,9 @@ class TrunkConfig(_Strict):
     def password(self) -> str:
         return os.environ.get(self.password_env, "")
 
-    def route(self, user: str) -> str | None:
+    def route(self, user: str, headers: Mapping[str, str] | None = None) -> str | None:
         for r in self.routes:
-            if r.matches(user):
+            if r.matches(user, headers):
                 return r.agent
         return None
 
@@ -229,12 +249,13 @@ class Config(_Strict):
                 hybrid_parts(name, agent, self.agents)
         return self
 
-    def route(self, user: str, trunk: str = "") -> str | None:
-        """The agent name for a called user part (the trunk's own routes first), or None when no route matches."""
-        if trunk in self.trunks and (agent := self.trunks[trunk].route(user)) is not None:
+    def route(self, user: str, trunk: str = "", headers: Mapping[str, str] | None = None) -> str | None:
+        """The agent name for a called user part and the INVITE's headers (the trunk's own routes first), or None
+        when no route matches."""
+        if trunk in self.trunks and (agent := self.trunks[trunk].route(user, headers)) is not None:
             return agent
         for r in self.routes:
-            if r.matches(user):
+            if r.matches(user, headers):
                 return r.agent
         return None
 

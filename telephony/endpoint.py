@@ -27,6 +27,7 @@ from telephony.errors import PjsuaBuildError, SipStartError
 from telephony.inbound import admit
 from telephony.logs import event, event_at
 from telephony.media_port import PortPool, check_frame_layout
+from telephony.sip_headers import call_metadata
 from telephony.trunks import TrunkSet
 
 EXPECTED_MAX_CALLS = 4
@@ -259,7 +260,9 @@ class SipStack:
         call.source = str(prm.rdata.srcAddress)
         adm = admit(self.config.trunks, self.trunks.sources, self.trunks.trunk_of(account), called, call.source)
         call.trunk = adm.trunk
-        event("call_incoming", call=call.call_id, called=called, caller=caller, source=call.source, trunk=adm.trunk)
+        call.sip_headers = call_metadata(str(prm.rdata.wholeMsg))
+        event("call_incoming", call=call.call_id, called=called, caller=caller, source=call.source, trunk=adm.trunk,
+              sip_headers=call.sip_headers)
         if adm.refused:
             event("call_refused", call=call.call_id, called=called, code=403, reason=adm.refused,
                   source=call.source, trunk=adm.trunk)
@@ -310,6 +313,8 @@ class SipStack:
         call = self.calls.get(key)
         if call is None or call.disconnected:
             return
+        if "?" in uri and not uri.startswith("<"):
+            uri = f"<{uri}>"  # a URI with headers must be a name-addr in Refer-To (RFC 3261 20.10)
         try:
             call.xfer(uri, pj.CallOpParam(True))
         except pj.Error as e:

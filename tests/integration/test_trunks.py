@@ -13,12 +13,92 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.integration.kamailio import REALM, Kamailio
-from tests.integration.peers import VENV_BIN, Gateway, call, free_port, gateway_config, start_gateway
+from tests.integration.peers import (
+    VENV_BIN,
+    Gateway,
+    ack,
+    call,
+    free_port,
+    gateway_config,
+    invite,
+    rtp_range,
+    sipp,
+    start_gateway,
+)
 
 PASSWORD = "s3cret-trunk"
 DID = "+4930123"
+PCMU = """v=0
+o=user1 53655765 2353687637 IN IP4 [local_ip]
+s=-
+c=IN IP4 [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0
+a=rtpmap:0 PCMU/8000"""
+METADATA = [
+    "P-Asserted-Identity: \"Alice\" <sip:+441234567@carrier.example>",
+    "Privacy: id",
+    "Diversion: <sip:+4930999@carrier.example>;reason=unconditional;counter=1",
+    "History-Info: <sip:+4930999@carrier.example>;index=1",
+    "X-Customer-Id: 42",
+    "X-Lang: de-DE",
+    "User-to-User: 56a390f3d2b7310023a2;encoding=hex",
+]
+BYE = """  <send retrans="500"><![CDATA[
+BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To:[$to]
+Call-ID: [call_id]
+CSeq: 3 BYE
+Contact: sip:sipp@[local_ip]:[local_port]
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>
+"""
+TO_TAG = '<action><ereg regexp=".*" search_in="hdr" header="To:" assign_to="to"/></action>'
+
+
+def scenario(body: str) -> str:
+    return f'''<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="trunk test">
+{body}</scenario>
+'''
+
+
+def call_with_headers(headers: list[str], expect: int = 200) -> str:
+    """INVITE with `headers`; on 200: ACK, 1.5 s of call, BYE; otherwise ACK the error."""
+    if expect != 200:
+        return scenario(f'{invite(PCMU, headers)}  <recv response="{expect}"/>\n{ack(expect)}')
+    return scenario(f'{invite(PCMU, headers)}  <recv response="200" rrs="true">{TO_TAG}</recv>\n{ack(200)}'
+                    f'  <pause milliseconds="1500"/>\n{BYE}')
+
+
+REFER_WITH_CONTEXT = scenario(f"""{invite(PCMU, METADATA)}  <recv response="200" rrs="true">{TO_TAG}</recv>
+{ack(200)}  <recv request="REFER">
+    <action>
+      <ereg regexp="X-Case=42" search_in="hdr" header="Refer-To:" check_it="true" assign_to="c1"/>
+      <ereg regexp="User-to-User=56a390f3d2b7310023a2%3Bencoding%3Dhex" search_in="hdr" header="Refer-To:"
+            check_it="true" assign_to="c2"/>
+    </action>
+  </recv>
+  <send><![CDATA[
+SIP/2.0 202 Accepted
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+{BYE}  <Reference variables="c1,c2"/>
+""")
 
 
 class SilentRegistrar:
@@ -79,7 +159,21 @@ def trunk_gw(carrier: Kamailio, silent: SilentRegistrar, tmp_path_factory: pytes
                    "password_env": "VG_TEST_BAD_PW"},
     }
     port = free_port()
-    gw = start_gateway(gateway_config(port, trunks=trunks), tmp_path_factory.mktemp("gw-trunks"), port)
+    cfg = yaml.safe_load(gateway_config(port, trunks=trunks))
+    cfg["agents"]["handoff"] = {
+        "type": "scripted", "voice": "en", "start": "a",
+        "nodes": {"a": [{"say": "Connecting you, customer {X-Customer-Id}."},
+                        {"transfer": "sip:desk@127.0.0.1:9", "timeout_s": 5,
+                         "headers": {"X-Case": "{X-Customer-Id}", "User-to-User": "{User-to-User}"}},
+                        {"hangup": "transfer_failed"}]},
+    }
+    cfg["routes"] = [
+        {"match": "sales", "match_header": {"X-Lang": "/^de/"}, "agent": "echo"},
+        {"match": "sales", "agent": "demo"},
+        {"match": "handoff", "agent": "handoff"},
+        *cfg["routes"],
+    ]
+    gw = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-trunks"), port)
     yield gw
     assert gw.stop() == 0, "\n".join(gw.lines[-20:])
 
@@ -162,3 +256,45 @@ def test_re_registers_after_kamailio_restarts(trunk_gw: Gateway, carrier: Kamail
     finally:
         fresh.stop()
         carrier.start()  # the module's carrier again, for the tests after this one
+
+
+def test_a_trunk_number_from_a_foreign_address_gets_403(trunk_gw: Gateway, workdir: Path):
+    (workdir / "s.xml").write_text(call_with_headers([], expect=403))
+    r = sipp(["-sf", "s.xml", "-s", DID, "-i", "127.0.0.2", f"127.0.0.1:{trunk_gw.port}"], workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    ev = trunk_gw.wait_event("call_refused", 5, code=403, called=DID)
+    assert ev["source"].startswith("127.0.0.2:") and ev["reason"] == "127.0.0.2 is not an address of trunk main"
+
+
+def test_sip_metadata_reaches_the_call_record_and_drives_routing(trunk_gw: Gateway, workdir: Path):
+    (workdir / "s.xml").write_text(call_with_headers(METADATA))
+    r = sipp(["-sf", "s.xml", "-s", DID, "-mp", str(rtp_range(10)[0]), f"127.0.0.1:{trunk_gw.port}"], workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    inc = trunk_gw.wait_event("call_incoming", 5, called=DID, trunk="main", source="127.0.0.1:5060")
+    end = trunk_gw.wait_event("call_end", 10, call=inc["call"])
+    want = {"P-Asserted-Identity": '"Alice" <sip:+441234567@carrier.example>', "Privacy": "id",
+            "Diversion": "<sip:+4930999@carrier.example>;reason=unconditional;counter=1",
+            "History-Info": "<sip:+4930999@carrier.example>;index=1", "X-Customer-Id": "42", "X-Lang": "de-DE",
+            "User-to-User": "56a390f3d2b7310023a2;encoding=hex"}
+    assert end["sip_headers"] == want and end["trunk"] == "main" and end["agent"] == "echo"
+    # `sales` with X-Lang: de... goes to echo; without the header, to demo
+    r = sipp(["-sf", "s.xml", "-s", "sales", "-mp", str(rtp_range(10)[0]), f"127.0.0.1:{trunk_gw.port}"], workdir)
+    assert r.returncode == 0, r.stdout[-2000:]
+    (workdir / "plain.xml").write_text(call_with_headers([]))
+    r = sipp(["-sf", "plain.xml", "-s", "sales", "-mp", str(rtp_range(10)[0]), f"127.0.0.1:{trunk_gw.port}"],
+             workdir)
+    assert r.returncode == 0, r.stdout[-2000:]
+    sales = [e for e in trunk_gw.events("call_incoming") if e["called"] == "sales"]
+    agents = [trunk_gw.wait_event("call_end", 10, call=e["call"])["agent"] for e in sales]
+    assert agents == ["echo", "demo"]
+
+
+def test_a_transfer_carries_the_calls_context_to_the_target(trunk_gw: Gateway, workdir: Path):
+    (workdir / "refer.xml").write_text(REFER_WITH_CONTEXT)
+    r = sipp(["-sf", "refer.xml", "-s", "handoff", "-mp", str(rtp_range(10)[0]), f"127.0.0.1:{trunk_gw.port}",
+              "-trace_msg", "-message_file", "m.log"], workdir, timeout=40)
+    assert r.returncode == 0, r.stdout[-2000:] + (workdir / "m.log").read_text()[-3000:]
+    refer_to = re.findall(r"^Refer-To:.*$", (workdir / "m.log").read_text(), re.M)
+    assert len(refer_to) == 1 and refer_to[0].startswith("Refer-To: <sip:desk@127.0.0.1:9?"), refer_to
+    fields = refer_to[0].split("?", 1)[1].rstrip(">").split("&")
+    assert sorted(fields) == ["User-to-User=56a390f3d2b7310023a2%3Bencoding%3Dhex", "X-Case=42"]

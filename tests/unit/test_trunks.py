@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from agents.scripted import uri_with_headers
 from telephony.config import ConfigError, load_config, parse_config
 from telephony.inbound import admit, source_ip
 from telephony.registration import Registration
+from telephony.sip_headers import call_metadata
 from telephony.sip_uri import parse_sip_uri
 from telephony.trunk_status import status_table
 
@@ -131,3 +133,31 @@ def test_status_table_names_state_and_staleness():
     assert lines[1].split() == ["c", "failed", "401", "Unauthorized", "-", "4", "s", "0"]
     assert lines[2].startswith("other") and "not in status file" in lines[2]
     assert lines[-1].startswith("stale: voicegate pid")
+
+
+def test_call_metadata_keeps_identity_diversion_x_and_uui_headers():
+    msg = ("INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP x\r\np-asserted-identity: <sip:+4930@c>\r\nPrivacy: id\r\n"
+           "Diversion: <sip:1@x>;reason=unconditional\r\nDiversion: <sip:2@x>\r\nX-Customer-Id: 42\r\n  folded\r\n"
+           "User-to-User: 0401;encoding=hex\r\nContent-Length: 15\r\n\r\nX-Not-A-Header: 1\r\n")
+    assert call_metadata(msg) == {
+        "P-Asserted-Identity": "<sip:+4930@c>", "Privacy": "id",
+        "Diversion": "<sip:1@x>;reason=unconditional, <sip:2@x>", "X-Customer-Id": "42 folded",
+        "User-to-User": "0401;encoding=hex",
+    }
+
+
+def test_routes_can_match_headers(monkeypatch):
+    text = _cfg(monkeypatch).replace('  - match: "*"\n    agent: d\n', (
+        '  - match: "*"\n    match_header: {X-Lang: "/^de/", X-Tier: gold}\n    agent: e\n'
+        '  - match: "*"\n    agent: d\n'))
+    cfg = parse_config(text)
+    assert cfg.route("1", headers={"x-lang": "de-DE", "X-Tier": "gold"}) == "e"
+    assert cfg.route("1", headers={"X-Lang": "de-DE"}) == "d"
+    assert cfg.route("1") == "d"
+    assert any("match_header" in i for i in _issues(text.replace("/^de/", "/(/")))
+
+
+def test_transfer_headers_go_into_the_refer_to_uri_escaped():
+    assert uri_with_headers("sip:desk@pbx", {}) == "sip:desk@pbx"
+    assert (uri_with_headers("sip:desk@pbx", {"X-Case": "42 a", "User-to-User": "0a;encoding=hex"})
+            == "sip:desk@pbx?X-Case=42%20a&User-to-User=0a%3Bencoding%3Dhex")
