@@ -30,13 +30,42 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SipTlsConfig(_Strict):
+    """SIP over TLS: the listener's certificate, and whom outgoing TLS connections (trunks) trust."""
+
+    port: int = Field(5061, ge=1, le=65535)
+    cert_file: str
+    key_file: str
+    ca_file: str | None = None
+    """CA certificates (PEM) that verify servers we connect to and clients' certificates; the system's if none."""
+    verify_server: bool = True
+    """Refuse a trunk whose certificate does not verify (chain and name)."""
+    require_client_cert: bool = False
+    """Mutual TLS: refuse TLS clients without a certificate that `ca_file` verifies."""
+
+    @field_validator("cert_file", "key_file", "ca_file")
+    @classmethod
+    def _readable(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).expanduser().is_file():
+            raise ValueError(f"no such file: {v}")
+        return v
+
+
 class SipConfig(_Strict):
     listen: str = "0.0.0.0"
     port: int = Field(5060, ge=1, le=65535)
-    transports: list[Literal["udp", "tcp"]] = ["udp", "tcp"]
+    transports: list[Literal["udp", "tcp", "tls"]] = ["udp", "tcp"]
     public_address: str | None = None
     """Address written into Contact and SDP when the gateway sits behind NAT."""
     user_agent: str = "voicegate"
+    tls: SipTlsConfig | None = None
+    """Needed when `transports` has tls."""
+
+    @model_validator(mode="after")
+    def _tls(self) -> SipConfig:
+        if "tls" in self.transports and self.tls is None:
+            raise ValueError("transports has tls but there is no sip.tls section (cert_file, key_file)")
+        return self
 
     @field_validator("listen")
     @classmethod
@@ -153,7 +182,7 @@ class TrunkConfig(_Strict):
     """Name of the environment variable holding the password (never the password itself)."""
     realm: str = "*"
     """Digest realm the credentials are for; `*` answers any realm."""
-    transport: Literal["udp", "tcp"] = "udp"
+    transport: Literal["udp", "tcp", "tls"] = "udp"
     expiry_s: int = Field(300, ge=5, le=86400)
     """Registration lifetime asked for; pjsua refreshes 5 s before it runs out."""
     outbound_proxy: str | None = None
@@ -190,6 +219,8 @@ class TrunkConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrunkConfig:
+        if parse_sip_uri(self.registrar).scheme == "sips" and self.transport != "tls":
+            raise ValueError(f"a sips: registrar needs transport tls, not {self.transport}")
         given = parse_sip_uri(self.registrar).params.get("transport")
         if given is not None and given.lower() != self.transport:
             raise ValueError(f"registrar says transport={given} but transport is {self.transport}")

@@ -17,12 +17,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import pjsua2 as pj
 
 from telephony.call import SipCall
-from telephony.config import Config
+from telephony.config import Config, SipTlsConfig
 from telephony.errors import PjsuaBuildError, SipStartError
 from telephony.inbound import admit
 from telephony.logs import event, event_at
@@ -57,6 +58,16 @@ def compiled_max_calls() -> int:
     lib = ctypes.CDLL(pj._pjsua2.__file__)
     lib.pjsua_call_get_max_count.restype = ctypes.c_uint
     return int(lib.pjsua_call_get_max_count())
+
+
+def _tls_settings(tls: Any, cfg: SipTlsConfig) -> None:
+    tls.certFile = str(Path(cfg.cert_file).expanduser())
+    tls.privKeyFile = str(Path(cfg.key_file).expanduser())
+    if cfg.ca_file:
+        tls.CaListFile = str(Path(cfg.ca_file).expanduser())
+    tls.verifyServer = cfg.verify_server
+    tls.verifyClient = cfg.require_client_cert
+    tls.requireClientCert = cfg.require_client_cert
 
 
 class _Account(pj.Account):  # type: ignore[misc]
@@ -205,11 +216,14 @@ class SipStack:
             if cfg.sip.public_address:
                 tc.publicAddress = cfg.sip.public_address
             ttype = pj.PJSIP_TRANSPORT_UDP if kind == "udp" else pj.PJSIP_TRANSPORT_TCP
+            if kind == "tls" and cfg.sip.tls is not None:
+                ttype, tc.port = pj.PJSIP_TRANSPORT_TLS, cfg.sip.tls.port
+                _tls_settings(tc.tlsConfig, cfg.sip.tls)
             try:
                 self.ep.transportCreate(ttype, tc)
             except pj.Error as e:
                 raise SipStartError(
-                    f"cannot listen on {kind} {cfg.sip.listen}:{cfg.sip.port}: {e.info()}"
+                    f"cannot listen on {kind} {cfg.sip.listen}:{tc.port}: {e.info()}"
                 ) from None
         self.ep.libStart()
         self.ep.audDevManager().setNullDev()

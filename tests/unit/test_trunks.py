@@ -161,3 +161,15 @@ def test_transfer_headers_go_into_the_refer_to_uri_escaped():
     assert uri_with_headers("sip:desk@pbx", {}) == "sip:desk@pbx"
     assert (uri_with_headers("sip:desk@pbx", {"X-Case": "42 a", "User-to-User": "0a;encoding=hex"})
             == "sip:desk@pbx?X-Case=42%20a&User-to-User=0a%3Bencoding%3Dhex")
+
+
+def test_tls_settings_are_checked(monkeypatch, tmp_path: Path):
+    base = _cfg(monkeypatch)
+    assert any("transports has tls but there is no sip.tls section" in i
+               for i in _issues(base + "sip:\n  transports: [udp, tls]\n"))
+    missing = base + f"sip:\n  transports: [udp, tls]\n  tls:\n    cert_file: {tmp_path}/no.crt\n    key_file: x\n"
+    issues = _issues(missing)
+    assert f"vg.yaml:21: sip.tls.cert_file: no such file: {tmp_path}/no.crt" in issues
+    assert "vg.yaml:22: sip.tls.key_file: no such file: x" in issues
+    assert any("a sips: registrar needs transport tls, not udp" in i
+               for i in _issues(_cfg(monkeypatch, registrar="sips:carrier.example")))
