@@ -186,6 +186,8 @@ class TrunkConfig(_Strict):
     expiry_s: int = Field(300, ge=5, le=86400)
     """Registration lifetime asked for; pjsua refreshes 5 s before it runs out."""
     outbound_proxy: str | None = None
+    srtp: Literal["off", "optional", "mandatory"] = "off"
+    """SRTP with SDES keys for this trunk's calls: `mandatory` refuses a call without it (488)."""
     registers: bool = Field(True, alias="register")
     """`register: false` for a trunk that sends calls without a registration (its addresses still apply)."""
     retry_min_s: float = Field(2.0, gt=0, le=3600)

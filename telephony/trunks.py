@@ -25,6 +25,8 @@ from telephony.registration import Registration
 from telephony.sip_uri import parse_sip_uri
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+SRTP_USE = {"off": pj.PJMEDIA_SRTP_DISABLED, "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+            "mandatory": pj.PJMEDIA_SRTP_MANDATORY}
 
 
 def _with_lr(uri: str) -> str:
@@ -103,6 +105,8 @@ class TrunkSet:
             rc.registerOnAdd = t.registers
             rc.timeoutSec = t.expiry_s
             rc.retryIntervalSec = 0  # Registration decides the retries
+            ac.mediaConfig.srtpUse = SRTP_USE[t.srtp]
+            ac.mediaConfig.srtpSecureSignaling = 0  # SDES keys also over UDP/TCP signalling, as carriers send them
             cred = pj.AuthCredInfo("digest", t.realm, t.username, 0, t.password)
             ac.sipConfig.authCreds.append(cred)
             if t.outbound_proxy:
@@ -111,7 +115,7 @@ class TrunkSet:
             self.accounts[name] = acc
             acc.create(ac, False)
             event("trunk_added", trunk=name, registrar=t.registrar, username=t.username, transport=t.transport,
-                  expiry_s=t.expiry_s, register=t.registers, sources=[str(n) for n in self.sources[name]])
+                  srtp=t.srtp, expiry_s=t.expiry_s, register=t.registers, sources=[str(n) for n in self.sources[name]])
         self.write(running=True)
 
     def on_started(self, name: str, renew: bool) -> None:

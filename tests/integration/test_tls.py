@@ -63,13 +63,19 @@ class TlsRegistrar:
 
     cert: Path
     key: Path
+    client_ca: Path | None = None
+    """Require a client certificate signed by this CA (mutual TLS)."""
     port: int = 0
     registers: list[str] = field(default_factory=list)
     connections: int = 0
+    client_subjects: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(self.cert, self.key)
+        if self.client_ca is not None:
+            self.ctx.verify_mode = ssl.CERT_REQUIRED
+            self.ctx.load_verify_locations(self.client_ca)
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -89,6 +95,9 @@ class TlsRegistrar:
         except (ssl.SSLError, OSError):
             conn.close()
             return
+        peer = tls.getpeercert()
+        if peer:
+            self.client_subjects.append(str(dict(x[0] for x in peer["subject"]).get("commonName")))
         buf = b""
         with tls:
             while True:
@@ -125,12 +134,13 @@ class TlsRegistrar:
 @pytest.fixture(scope="module")
 def tls_gw(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, int, TlsRegistrar,
                                                                               TlsRegistrar]]:
-    good, rogue = TlsRegistrar(pki.cert, pki.key), TlsRegistrar(pki.rogue_cert, pki.rogue_key)
+    good, rogue = TlsRegistrar(pki.cert, pki.key, client_ca=pki.ca), TlsRegistrar(pki.rogue_cert, pki.rogue_key)
     os.environ["VG_TEST_TLS_PW"] = "pw"
     port, tls_port = free_port(), free_port()
     cfg = yaml.safe_load(gateway_config(port))
     cfg["sip"].update(transports=["udp", "tls"], tls={"port": tls_port, "cert_file": str(pki.cert),
-                                                       "key_file": str(pki.key), "ca_file": str(pki.ca)})
+                                                       "key_file": str(pki.key), "ca_file": str(pki.ca),
+                                                       "require_client_cert": True})
     trunk = {"username": "vg", "password_env": "VG_TEST_TLS_PW", "transport": "tls", "expiry_s": 60}
     cfg["trunks"] = {"good": {**trunk, "registrar": f"sip:127.0.0.1:{good.port}"},
                      "rogue": {**trunk, "registrar": f"sip:127.0.0.1:{rogue.port}"}}
@@ -141,18 +151,22 @@ def tls_gw(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
     rogue.close()
 
 
-def test_a_call_over_tls_reaches_its_agent(tls_gw, pki: Pki):
+def test_a_call_over_mutual_tls_reaches_its_agent(tls_gw, pki: Pki):
     gw, tls_port, _, _ = tls_gw
-    res = call(f"sip:echo@127.0.0.1:{tls_port};transport=tls", "--tls-ca", str(pki.ca), "--duration", "2")
+    res = call(f"sip:echo@127.0.0.1:{tls_port};transport=tls", "--tls-ca", str(pki.ca), "--tls-cert",
+               str(pki.cert), "--tls-key", str(pki.key), "--duration", "2")
     assert res["status"] == 200 and res["answered"], res
     inc = gw.wait_event("call_incoming", 5, called="echo")
     assert gw.wait_event("call_end", 10, call=inc["call"])["agent"] == "echo"
 
 
-def test_a_caller_that_does_not_trust_the_gateway_certificate_gets_no_call(tls_gw, pki: Pki):
+@pytest.mark.parametrize("why", ["caller does not trust the gateway", "caller has no client certificate"])
+def test_a_tls_call_fails_unless_both_sides_verify(tls_gw, pki: Pki, why: str):
     gw, tls_port, _, _ = tls_gw
     before = len(gw.events("call_incoming"))
-    res = call(f"sip:echo@127.0.0.1:{tls_port};transport=tls", "--tls-ca", str(pki.rogue_ca), "--duration", "1")
+    args = (["--tls-ca", str(pki.rogue_ca), "--tls-cert", str(pki.cert), "--tls-key", str(pki.key)]
+            if why.startswith("caller does not") else ["--tls-ca", str(pki.ca)])
+    res = call(f"sip:echo@127.0.0.1:{tls_port};transport=tls", *args, "--duration", "1")
     assert not res["answered"] and res["status"] >= 400, res
     assert len(gw.events("call_incoming")) == before
 
@@ -161,6 +175,7 @@ def test_a_tls_trunk_registers_only_with_a_trusted_certificate(tls_gw):
     gw, _, good, rogue = tls_gw
     ok = gw.wait_event("trunk_state", 10, trunk="good", state="registered")
     assert ok["code"] == 200 and good.registers and "transport=tls" in good.registers[0].lower()
+    assert good.client_subjects[0] == "127.0.0.1"  # voicegate presented its certificate to a registrar asking
     bad = gw.wait_event("trunk_state", 10, trunk="rogue", state="failed")
     assert bad["code"] >= 400 and "certificate" in bad["reason"].lower(), bad
     assert rogue.connections >= 1, "voicegate never tried the rogue registrar"
