@@ -109,7 +109,7 @@ class SipStack:
         self.port = config.sip.port
         self.trunks = TrunkSet(config)
         if config.trunks:
-            self.every(1.0, self.trunks.tick)
+            self.every(0.25, self.trunks.tick)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:

@@ -34,21 +34,23 @@ def _in(t: float | None, now: float) -> str:
 def status_table(doc: dict[str, Any], configured: list[str], now: float | None = None) -> list[str]:
     """Lines for a terminal: one per trunk, then where the state comes from."""
     now = time.time() if now is None else now
+    running = bool(doc.get("running"))
     rows = [("trunk", "state", "last response", "expires in", "retry in", "refreshes")]
     seen = set()
     for t in doc["trunks"]:
         seen.add(t["trunk"])
         rows.append((t["trunk"], t["state"], f"{t['code']} {t['reason']}".strip() if t["code"] else "-",
-                     _in(t.get("expires_at"), now), _in(t.get("next_retry"), now), str(t.get("refreshes", 0))))
+                     _in(t.get("expires_at") if running else None, now),
+                     _in(t.get("next_retry") if running else None, now), str(t.get("refreshes", 0))))
     rows += [(name, "not in status file", "-", "-", "-", "-") for name in configured if name not in seen]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     age = now - float(doc.get("updated", now))
     pid = int(doc.get("pid", 0))
-    if not doc.get("running"):
-        lines.append(f"voicegate (pid {pid}) stopped {age:.0f} s ago: this is the state it left")
+    if not running:
+        lines.append(f"voicegate (pid {pid}) stopped {age:.0f} s ago (it unregisters at exit): the last states")
     elif not _alive(pid):
-        lines.append(f"stale: voicegate pid {pid} is gone (last update {age:.0f} s ago)")
+        lines.append(f"stale: voicegate pid {pid} is gone (last change {age:.0f} s ago)")
     else:
-        lines.append(f"voicegate pid {pid}, updated {age:.0f} s ago")
+        lines.append(f"voicegate pid {pid}, last change {age:.0f} s ago")
     return lines

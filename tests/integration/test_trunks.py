@@ -163,6 +163,8 @@ def trunk_gw(carrier: Kamailio, silent: SilentRegistrar, tmp_path_factory: pytes
                  "password_env": "VG_TEST_BAD_PW", "retry_min_s": 1, "retry_max_s": 60},
         "silent": {"registrar": f"sip:127.0.0.1:{silent.port}", "username": "y",
                    "password_env": "VG_TEST_BAD_PW"},
+        "proxied": {"registrar": "sip:127.0.0.2:9", "outbound_proxy": f"sip:127.0.0.1:{carrier.port}",
+                    "username": "vgproxy", "password_env": "VG_TEST_TRUNK_PW", "realm": REALM},
         "secure": {"registrar": registrar, "register": False, "username": "vgsecure", "srtp": "mandatory",
                    "password_env": "VG_TEST_BAD_PW", "routes": [{"match": "*", "agent": "echo"}]},
     }
@@ -201,6 +203,12 @@ def test_registers_after_a_digest_challenge_and_reports_it(trunk_gw: Gateway, ca
     assert out.returncode == 0, out.stderr
     row = next(ln for ln in out.stdout.splitlines() if ln.startswith("main "))
     assert "registered" in row and "200 OK" in row, out.stdout
+
+
+def test_register_goes_through_the_outbound_proxy(trunk_gw: Gateway, carrier: Kamailio):
+    # the registrar's own address has nothing listening: only the proxy (Kamailio) can have answered
+    assert trunk_gw.wait_event("trunk_state", 10, trunk="proxied", state="registered")["code"] == 200
+    assert carrier.log("registered vgproxy")
 
 
 def test_registration_is_refreshed_before_it_expires(trunk_gw: Gateway, carrier: Kamailio):

@@ -173,3 +173,12 @@ def test_tls_settings_are_checked(monkeypatch, tmp_path: Path):
     assert "vg.yaml:22: sip.tls.key_file: no such file: x" in issues
     assert any("a sips: registrar needs transport tls, not udp" in i
                for i in _issues(_cfg(monkeypatch, registrar="sips:carrier.example")))
+
+
+def test_status_table_of_a_stopped_gateway_shows_no_timers():
+    doc = {"updated": 990.0, "pid": 1, "running": False,
+           "trunks": [{"trunk": "c", "state": "registered", "code": 200, "reason": "OK", "refreshes": 3,
+                       "expires_at": 1020.0, "next_retry": None}]}
+    lines = status_table(doc, ["c"], now=1000.0)
+    assert lines[1].split() == ["c", "registered", "200", "OK", "-", "-", "3"]
+    assert lines[-1].startswith("voicegate (pid 1) stopped 10 s ago")
