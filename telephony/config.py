@@ -197,6 +197,9 @@ class TrunkConfig(_Strict):
     """Called numbers (DIDs) of this trunk to agents, before the global `routes`."""
     allow: list[str] = []
     """Addresses or networks (besides the registrar's) this trunk's calls may come from."""
+    inbound_auth: bool = False
+    """Calls for this trunk from other addresses are challenged (401) and admitted with the trunk's username and
+    password (digest) instead of refused."""
 
     @field_validator("registrar", "outbound_proxy")
     @classmethod

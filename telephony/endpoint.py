@@ -25,10 +25,10 @@ import pjsua2 as pj
 from telephony.call import SipCall
 from telephony.config import Config, SipTlsConfig
 from telephony.errors import PjsuaBuildError, SipStartError
-from telephony.inbound import admit
+from telephony.inbound import Invite, admit
 from telephony.logs import event, event_at
 from telephony.media_port import PortPool, check_frame_layout
-from telephony.sip_headers import call_metadata
+from telephony.sip_headers import call_metadata, request_parts
 from telephony.trunks import TrunkSet
 
 EXPECTED_MAX_CALLS = 4
@@ -272,15 +272,18 @@ class SipStack:
         called = called_user(str(ci.localUri)) or called_user(str(ci.localContact))
         caller = str(ci.remoteUri)
         call.source = str(prm.rdata.srcAddress)
-        adm = admit(self.config.trunks, self.trunks.sources, self.trunks.trunk_of(account), called, call.source)
+        message = str(prm.rdata.wholeMsg)
+        adm = admit(self.config.trunks, self.trunks.sources, self.trunks.trunk_of(account), called, call.source,
+                    Invite(*request_parts(message)), time.time(), self.trunks.secret)
         call.trunk = adm.trunk
-        call.sip_headers = call_metadata(str(prm.rdata.wholeMsg))
+        call.sip_headers = call_metadata(message)
         event("call_incoming", call=call.call_id, called=called, caller=caller, source=call.source, trunk=adm.trunk,
-              sip_headers=call.sip_headers)
+              authenticated=adm.authenticated, sip_headers=call.sip_headers)
         if adm.refused:
-            event("call_refused", call=call.call_id, called=called, code=403, reason=adm.refused,
+            code = 401 if adm.challenge else 403
+            event("call_refused", call=call.call_id, called=called, code=code, reason=adm.refused,
                   source=call.source, trunk=adm.trunk)
-            self.answer(call.key, 403)
+            self.answer(call.key, code, headers={"WWW-Authenticate": adm.challenge} if adm.challenge else None)
             return
         refusal = self.handler.on_incoming(call, called, caller)
         if refusal is not None:

@@ -8,6 +8,7 @@ lines), so the standard library's `email` header parser reads it.
 
 from __future__ import annotations
 
+from email.message import Message
 from email.parser import HeaderParser
 from email.policy import compat32
 
@@ -16,12 +17,23 @@ KNOWN = ("P-Asserted-Identity", "P-Preferred-Identity", "Privacy", "Diversion", 
 _CANONICAL = {h.lower(): h for h in KNOWN}
 
 
+def _headers(message: str) -> tuple[str, Message]:
+    head = message.replace("\r\n", "\n").split("\n\n", 1)[0]
+    start, _, fields = head.partition("\n")
+    return start, HeaderParser(policy=compat32).parsestr(fields, headersonly=True)
+
+
+def request_parts(message: str) -> tuple[str, str]:
+    """The Request-URI and the Authorization header ("" if none) of a SIP request."""
+    start, msg = _headers(message)
+    parts = start.split()
+    return (parts[1] if len(parts) == 3 else ""), " ".join(str(msg.get("Authorization", "")).split())
+
+
 def call_metadata(message: str) -> dict[str, str]:
     """The agent-relevant headers of a SIP request, by their usual spelling (X- headers as sent); a header sent
     several times is joined with ", " in order, as RFC 3261 7.3.1 allows."""
-    head = message.replace("\r\n", "\n").split("\n\n", 1)[0]
-    _start, _, fields = head.partition("\n")
-    msg = HeaderParser(policy=compat32).parsestr(fields, headersonly=True)
+    _start, msg = _headers(message)
     out: dict[str, str] = {}
     for name, value in msg.items():
         key = _CANONICAL.get(name.lower()) or (name if name.lower().startswith("x-") else None)

@@ -90,6 +90,8 @@ class TrunkSet:
         self.status_path = Path(config.trunk_status_path)
         self.regs = {n: Registration(n, t.retry_min_s, t.retry_max_s) for n, t in config.trunks.items()}
         self.sources: dict[str, list[Network]] = {}
+        self.secret = os.urandom(32)
+        """Key of the nonces that challenge inbound calls (telephony/digest.py); new with each process."""
         self.accounts: dict[str, TrunkAccount] = {}
 
     def start(self, base: Callable[[], Any], incoming: Callable[[Any, Any], None]) -> None:

@@ -35,6 +35,7 @@ from tests.integration.peers import (
 
 PASSWORD = "s3cret-trunk"
 DID = "+4930123"
+AUTH_DID = "+4930777"
 PCMU = """v=0
 o=user1 53655765 2353687637 IN IP4 [local_ip]
 s=-
@@ -81,6 +82,35 @@ def call_with_headers(headers: list[str], expect: int = 200) -> str:
         return scenario(f'{invite(PCMU, headers)}  <recv response="{expect}"/>\n{ack(expect)}')
     return scenario(f'{invite(PCMU, headers)}  <recv response="200" rrs="true">{TO_TAG}</recv>\n{ack(200)}'
                     f'  <pause milliseconds="1500"/>\n{BYE}')
+
+
+def authenticated_call(expect: int) -> str:
+    """INVITE, 401 with a challenge, ACK, INVITE with digest credentials (sipp's -au/-ap), then `expect`."""
+    body = "\n".join(line.strip() for line in PCMU.strip().splitlines())
+    second = f"""  <recv response="401" auth="true"/>
+{ack(401)}  <send retrans="500"><![CDATA[
+INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>
+Call-ID: [call_id]
+CSeq: 2 INVITE
+Contact: sip:sipp@[local_ip]:[local_port]
+[authentication]
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: [len]
+
+{body}
+]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="180" optional="true"/>
+"""
+    if expect != 200:
+        return scenario(f'{invite(PCMU)}{second}  <recv response="{expect}"/>\n'
+                        + ack(expect).replace("CSeq: 1 ACK", "CSeq: 2 ACK"))
+    return scenario(f'{invite(PCMU)}{second}  <recv response="200" rrs="true">{TO_TAG}</recv>\n'
+                    + ack(200).replace("CSeq: 1 ACK", "CSeq: 2 ACK") + f'  <pause milliseconds="1000"/>\n{BYE}')
 
 
 REFER_WITH_CONTEXT = scenario(f"""{invite(PCMU, METADATA)}  <recv response="200" rrs="true">{TO_TAG}</recv>
@@ -163,8 +193,9 @@ def trunk_gw(carrier: Kamailio, silent: SilentRegistrar, tmp_path_factory: pytes
                  "password_env": "VG_TEST_BAD_PW", "retry_min_s": 1, "retry_max_s": 60},
         "silent": {"registrar": f"sip:127.0.0.1:{silent.port}", "username": "y",
                    "password_env": "VG_TEST_BAD_PW"},
-        "proxied": {"registrar": "sip:127.0.0.2:9", "outbound_proxy": f"sip:127.0.0.1:{carrier.port}",
-                    "username": "vgproxy", "password_env": "VG_TEST_TRUNK_PW", "realm": REALM},
+        "proxied": {"registrar": "sip:127.0.0.3:9", "outbound_proxy": f"sip:127.0.0.1:{carrier.port}",
+                    "username": "vgproxy", "password_env": "VG_TEST_TRUNK_PW", "realm": REALM,
+                    "inbound_auth": True, "routes": [{"match": AUTH_DID, "agent": "echo"}]},
         "secure": {"registrar": registrar, "register": False, "username": "vgsecure", "srtp": "mandatory",
                    "password_env": "VG_TEST_BAD_PW", "routes": [{"match": "*", "agent": "echo"}]},
     }
@@ -328,3 +359,22 @@ def test_an_srtp_trunk_takes_sdes_calls_and_refuses_plain_rtp(trunk_gw: Gateway,
     media = [e for e in trunk_gw.events("call_media") if e["call"] == inc[0]["call"]]
     assert media and all(m["srtp"] for m in media), media
     assert call(target, "--duration", "1")["status"] == 488  # the pjsua2 caller offers plain RTP only
+
+
+@pytest.mark.parametrize(("password", "expect"), [(PASSWORD, 200), ("guessed", 403)])
+def test_a_trunk_with_inbound_auth_admits_a_foreign_address_by_its_credentials(
+        trunk_gw: Gateway, workdir: Path, password: str, expect: int):
+    (workdir / "auth.xml").write_text(authenticated_call(expect))
+    r = sipp(["-sf", "auth.xml", "-s", AUTH_DID, "-i", "127.0.0.2", "-au", "vgproxy", "-ap", password,
+              "-auth_uri", f"{AUTH_DID}@127.0.0.1:{trunk_gw.port}",  # the Request-URI (sipp's default differs)
+              "-mp", str(rtp_range(10)[0]), f"127.0.0.1:{trunk_gw.port}", "-trace_msg", "-message_file", "m.log"],
+             workdir)
+    assert r.returncode == 0, (workdir / "m.log").read_text()[-3000:]
+    refusals = [e for e in trunk_gw.events("call_refused") if e["called"] == AUTH_DID]
+    assert refusals[-1 if expect == 200 else -2]["code"] == 401
+    if expect == 200:
+        inc = trunk_gw.wait_event("call_incoming", 5, called=AUTH_DID, authenticated=True)
+        assert inc["trunk"] == "proxied" and inc["source"].startswith("127.0.0.2:")
+        assert trunk_gw.wait_event("call_end", 10, call=inc["call"])["agent"] == "echo"
+    else:
+        assert refusals[-1]["code"] == 403 and refusals[-1]["reason"].endswith("wrong password")

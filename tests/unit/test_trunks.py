@@ -1,15 +1,17 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 
 import pytest
 
 from agents.scripted import uri_with_headers
 from telephony.config import ConfigError, load_config, parse_config
-from telephony.inbound import admit, source_ip
+from telephony.digest import DigestServer, expected_response
+from telephony.inbound import Admission, Invite, admit, source_ip
 from telephony.registration import Registration
-from telephony.sip_headers import call_metadata
+from telephony.sip_headers import call_metadata, request_parts
 from telephony.sip_uri import parse_sip_uri
 from telephony.trunk_status import status_table
 
@@ -182,3 +184,53 @@ def test_status_table_of_a_stopped_gateway_shows_no_timers():
     lines = status_table(doc, ["c"], now=1000.0)
     assert lines[1].split() == ["c", "registered", "200", "OK", "-", "-", "3"]
     assert lines[-1].startswith("voicegate (pid 1) stopped 10 s ago")
+
+
+def test_digest_response_matches_the_published_sip_examples():
+    # draft-smith-sipping-auth-examples-01, 3.1 (no qop) and 3.2 (qop=auth)
+    args = ("bob", "biloxi.com", "zanzibar", "INVITE", "sip:bob@biloxi.com", "dcd98b7102dd2f0e8b11d0f600bfb0c093")
+    assert expected_response(*args) == "bf57e4e0d0bffc0fbaedce64d59add5e"
+    assert expected_response(*args, "auth", "00000001", "0a4f113b") == "89eb0059246c02b2f6ee02c7961d5ea3"
+
+
+def _credentials(server: DigestServer, now: float, password: str, uri: str = "sip:+4930123@gw") -> str:
+    nonce = re.search(r'nonce="([^"]+)"', server.challenge(now)).group(1)  # type: ignore[union-attr]
+    resp = expected_response("vg", server.realm, password, "INVITE", uri, nonce, "auth", "00000001", "c0ffee")
+    return (f'Digest username="vg", realm="{server.realm}", nonce="{nonce}", uri="{uri}", response="{resp}", '
+            'qop=auth, nc=00000001, cnonce="c0ffee", algorithm=MD5')
+
+
+def test_digest_server_checks_password_freshness_nonce_and_uri():
+    server = DigestServer("voicegate", b"k" * 32)
+    ok = _credentials(server, 1000.0, "pw")
+    assert server.check(ok, "INVITE", "sip:+4930123@gw", "vg", "pw", 1010.0) == ""
+    assert server.check(_credentials(server, 1000.0, "nope"), "INVITE", "sip:+4930123@gw", "vg", "pw",
+                        1010.0) == "wrong password"
+    assert server.check(ok, "INVITE", "sip:+4930123@gw", "vg", "pw", 1061.0) == "stale"
+    assert server.check(ok, "INVITE", "sip:other@gw", "vg", "pw", 1010.0) == "digest uri is not the request URI"
+    forged = DigestServer("voicegate", b"x" * 32)
+    assert server.check(_credentials(forged, 1000.0, "pw"), "INVITE", "sip:+4930123@gw", "vg", "pw",
+                        1010.0) == "bad nonce"
+    assert server.check('Basic dmc6cHc=', "INVITE", "sip:+4930123@gw", "vg", "pw", 1010.0) == "no digest credentials"
+
+
+def test_a_trunk_with_inbound_auth_challenges_foreign_addresses(monkeypatch):
+    text = _cfg(monkeypatch).replace("    transport: udp\n", "    transport: udp\n    inbound_auth: true\n")
+    cfg = parse_config(text)
+    nets = {"carrier": [ipaddress.ip_network("192.0.2.0/29")]}
+    secret, uri = b"s" * 32, "sip:+4930123@gw"
+    first = admit(cfg.trunks, nets, "", "+4930123", "198.51.100.7:5060", Invite(uri), 1000.0, secret)
+    assert first.challenge.startswith('Digest realm="voicegate", nonce=') and first.refused
+    server = DigestServer("voicegate", secret)
+    good = admit(cfg.trunks, nets, "", "+4930123", "198.51.100.7:5060",
+                 Invite(uri, _credentials(server, 1000.0, "pw")), 1001.0, secret)
+    assert good == Admission("carrier", authenticated=True)
+    bad = admit(cfg.trunks, nets, "", "+4930123", "198.51.100.7:5060",
+                Invite(uri, _credentials(server, 1000.0, "guess")), 1001.0, secret)
+    assert bad.refused.endswith("wrong password") and not bad.challenge
+    assert admit(cfg.trunks, nets, "", "+4930123", "192.0.2.1:5060", Invite(uri), 1000.0, secret).refused == ""
+
+
+def test_request_parts_give_the_uri_and_authorization():
+    msg = "INVITE sip:+4930123@gw SIP/2.0\r\nAuthorization: Digest username=\"vg\",\r\n realm=\"r\"\r\n\r\n"
+    assert request_parts(msg) == ("sip:+4930123@gw", 'Digest username="vg", realm="r"')
