@@ -125,6 +125,10 @@ class CallSession:
         self.call_id = call_id
         self.caller = caller
         self.called = called
+        self.trunk = ""
+        """The SIP trunk the call came in on ("" for none or another transport)."""
+        self.sip_headers: dict[str, str] = {}
+        """Identity, diversion, X- and User-to-User headers of the inbound INVITE (empty for other transports)."""
         self.factory = factory
         self.media = media
         self.actions = actions

@@ -154,7 +154,7 @@ class Gateway:
         if self.draining:
             event("call_refused", call=call.call_id, called=called, code=503, reason="shutting down")
             return Refusal(503, {"Retry-After": "30"})
-        agent = self.config.route(called)
+        agent = self.config.route(called, call.trunk, call.sip_headers)
         if agent is None:
             event("call_refused", call=call.call_id, called=called, code=404, reason="no route")
             return Refusal(404)
@@ -176,6 +176,8 @@ class Gateway:
             call.call_id, caller, called, factory, media, SipActions(self.stack, call.key), self.prompts,
             event, self._timeouts, self._spend_watch(call.call_id, agent), announcement_for(self.config, called),
         )
+        session.sip_headers = call.sip_headers
+        session.trunk = call.trunk
         leg = _Leg(call.key, call.call_id, session, agent, time.monotonic(), DtmfDeduper())
         leg_ref.append(leg)
         call.media = media
@@ -277,7 +279,7 @@ class Gateway:
         end = dict(call=leg.call_id, agent=leg.agent, reason=rec.end_reason, sip_code=code, sip_reason=reason,
                    duration_s=duration_s, codec=leg.codec, barge_ins=rec.barge_ins, resumed=rec.resumed,
                    paused_ms=rec.paused_ms, digits=rec.digits, frames_in=st.frames_in, frames_out=st.frames_out,
-                   turns=rec.turns, **st.tick_percentiles())
+                   turns=rec.turns, **st.tick_percentiles(), trunk=s.trunk, sip_headers=s.sip_headers)
         if rec.announcement is not None:
             end["announcement"] = rec.announcement
         if leg.recording is not None:

@@ -8,7 +8,9 @@ ends in `_env` name an environment variable.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -20,6 +22,7 @@ from agents.config import AgentConfig, CascadedAgentConfig, HybridAgentConfig, h
 from agents.cost import Prices, s2s_per_min
 from agents.speech.tts import TtsError, check_voice
 from agents.spend import SpendCap
+from telephony.sip_uri import parse_sip_uri
 
 KNOWN_CODECS = ("G722", "PCMU", "PCMA")
 M = TypeVar("M", bound=BaseModel)
@@ -29,13 +32,42 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SipTlsConfig(_Strict):
+    """SIP over TLS: the listener's certificate, and whom outgoing TLS connections (trunks) trust."""
+
+    port: int = Field(5061, ge=1, le=65535)
+    cert_file: str
+    key_file: str
+    ca_file: str | None = None
+    """CA certificates (PEM) that verify servers we connect to and clients' certificates; the system's if none."""
+    verify_server: bool = True
+    """Refuse a trunk whose certificate does not verify (chain and name)."""
+    require_client_cert: bool = False
+    """Mutual TLS: refuse TLS clients without a certificate that `ca_file` verifies."""
+
+    @field_validator("cert_file", "key_file", "ca_file")
+    @classmethod
+    def _readable(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).expanduser().is_file():
+            raise ValueError(f"no such file: {v}")
+        return v
+
+
 class SipConfig(_Strict):
     listen: str = "0.0.0.0"
     port: int = Field(5060, ge=1, le=65535)
-    transports: list[Literal["udp", "tcp"]] = ["udp", "tcp"]
+    transports: list[Literal["udp", "tcp", "tls"]] = ["udp", "tcp"]
     public_address: str | None = None
     """Address written into Contact and SDP when the gateway sits behind NAT."""
     user_agent: str = "voicegate"
+    tls: SipTlsConfig | None = None
+    """Needed when `transports` has tls."""
+
+    @model_validator(mode="after")
+    def _tls(self) -> SipConfig:
+        if "tls" in self.transports and self.tls is None:
+            raise ValueError("transports has tls but there is no sip.tls section (cert_file, key_file)")
+        return self
 
     @field_validator("listen")
     @classmethod
@@ -182,20 +214,111 @@ class RouteConfig(_Strict):
     @classmethod
     def _text(cls, v: object) -> object:
         return {"text": v} if isinstance(v, str) else v
+    match_header: dict[str, str] = {}
+    """SIP headers the INVITE must also carry (name: exact value or `/regex/`), e.g. `X-Lang: /^de/`."""
 
     @field_validator("match")
     @classmethod
     def _regex(cls, v: str) -> str:
         if len(v) > 1 and v.startswith("/") and v.endswith("/"):
-            re.compile(v[1:-1])
+            try:
+                re.compile(v[1:-1])
+            except re.error as e:
+                raise ValueError(f"bad regular expression {v}: {e}") from None
         return v
 
-    def matches(self, user: str) -> bool:
-        if self.match == "*":
-            return True
-        if len(self.match) > 1 and self.match.startswith("/") and self.match.endswith("/"):
-            return re.search(self.match[1:-1], user) is not None
-        return self.match == user
+    @field_validator("match_header")
+    @classmethod
+    def _header_regexes(cls, v: dict[str, str]) -> dict[str, str]:
+        for value in v.values():
+            cls._regex(value)
+        return v
+
+    def matches(self, user: str, headers: Mapping[str, str] | None = None) -> bool:
+        if self.match_header:
+            got = {k.lower(): v for k, v in (headers or {}).items()}
+            for name, want in self.match_header.items():
+                if name.lower() not in got or not _value_matches(want, got[name.lower()]):
+                    return False
+        return self.match == "*" or _value_matches(self.match, user)
+
+
+def _value_matches(pattern: str, value: str) -> bool:
+    if len(pattern) > 1 and pattern.startswith("/") and pattern.endswith("/"):
+        return re.search(pattern[1:-1], value) is not None
+    return pattern == value
+
+
+class TrunkConfig(_Strict):
+    """A SIP trunk (carrier or PBX) voicegate registers with and takes calls from."""
+
+    registrar: str
+    """`sip:host[:port]`: where REGISTER goes; its resolved addresses may send calls for this trunk."""
+    username: str
+    password_env: str
+    """Name of the environment variable holding the password (never the password itself)."""
+    realm: str = "*"
+    """Digest realm the credentials are for; `*` answers any realm."""
+    transport: Literal["udp", "tcp", "tls"] = "udp"
+    expiry_s: int = Field(300, ge=5, le=86400)
+    """Registration lifetime asked for; pjsua refreshes 5 s before it runs out."""
+    outbound_proxy: str | None = None
+    srtp: Literal["off", "optional", "mandatory"] = "off"
+    """SRTP with SDES keys for this trunk's calls: `mandatory` refuses a call without it (488)."""
+    registers: bool = Field(True, alias="register")
+    """`register: false` for a trunk that sends calls without a registration (its addresses still apply)."""
+    retry_min_s: float = Field(2.0, gt=0, le=3600)
+    """Wait after the first failed registration; doubles with each failure up to `retry_max_s`."""
+    retry_max_s: float = Field(300.0, gt=0, le=86400)
+    routes: list[RouteConfig] = []
+    """Called numbers (DIDs) of this trunk to agents, before the global `routes`."""
+    allow: list[str] = []
+    """Addresses or networks (besides the registrar's) this trunk's calls may come from."""
+    inbound_auth: bool = False
+    """Calls for this trunk from other addresses are challenged (401) and admitted with the trunk's username and
+    password (digest) instead of refused."""
+
+    @field_validator("registrar", "outbound_proxy")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_sip_uri(v)
+        return v
+
+    @field_validator("password_env")
+    @classmethod
+    def _env(cls, v: str) -> str:
+        if not os.environ.get(v):
+            raise ValueError(f"environment variable {v} (the trunk password) is not set or empty")
+        return v
+
+    @field_validator("allow")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for a in v:
+            ipaddress.ip_network(a, strict=False)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrunkConfig:
+        if parse_sip_uri(self.registrar).scheme == "sips" and self.transport != "tls":
+            raise ValueError(f"a sips: registrar needs transport tls, not {self.transport}")
+        given = parse_sip_uri(self.registrar).params.get("transport")
+        if given is not None and given.lower() != self.transport:
+            raise ValueError(f"registrar says transport={given} but transport is {self.transport}")
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("retry_max_s must be at least retry_min_s")
+        return self
+
+    @property
+    def password(self) -> str:
+        return os.environ.get(self.password_env, "")
+
+    def route(self, user: str, headers: Mapping[str, str] | None = None) -> str | None:
+        for r in self.routes:
+            if r.matches(user, headers):
+                return r.agent
+        return None
 
 
 class Config(_Strict):
@@ -212,6 +335,10 @@ class Config(_Strict):
     spend: dict[str, SpendCap] = {}
     """Spend caps by agent name (agents.spend), priced with `prices`."""
     metrics: MetricsConfig = MetricsConfig()
+    trunks: dict[str, TrunkConfig] = {}
+    trunk_status_path: str = "run/trunks.json"
+    """Where `voicegate serve` keeps each trunk's registration state for `voicegate trunks`; relative to the
+    config file's folder."""
 
     @model_validator(mode="after")
     def _routes(self) -> Config:
@@ -232,6 +359,17 @@ class Config(_Strict):
         return v
 
     @model_validator(mode="after")
+    def _trunks(self) -> Config:
+        for name, t in self.trunks.items():
+            for i, r in enumerate(t.routes):
+                if r.agent not in self.agents:
+                    raise ValueError(f"trunks.{name}.routes[{i}] names unknown agent {r.agent!r}")
+            if t.transport not in self.sip.transports:
+                raise ValueError(f"trunks.{name} uses {t.transport} but sip.transports has only "
+                                 f"{', '.join(self.sip.transports)}")
+        return self
+
+    @model_validator(mode="after")
     def _hybrids(self) -> Config:
         for name, agent in self.agents.items():
             if isinstance(agent, HybridAgentConfig):
@@ -241,10 +379,13 @@ class Config(_Strict):
                     raise ValueError(f"agents.{name}.budget: no usd_per_min, and prices.s2s.{s2s.type} is 0")
         return self
 
-    def route(self, user: str) -> str | None:
-        """The agent name for a called user part, or None when no route matches."""
+    def route(self, user: str, trunk: str = "", headers: Mapping[str, str] | None = None) -> str | None:
+        """The agent name for a called user part and the INVITE's headers (the trunk's own routes first), or None
+        when no route matches."""
+        if trunk in self.trunks and (agent := self.trunks[trunk].route(user, headers)) is not None:
+            return agent
         for r in self.routes:
-            if r.matches(user):
+            if r.matches(user, headers):
                 return r.agent
         return None
 
@@ -341,4 +482,5 @@ def read_text(path: str | Path) -> str:
 
 def load_config(path: str | Path) -> Config:
     cfg = parse_config(read_text(path), str(path))
-    return cfg.model_copy(update={"records": cfg.records.under(Path(path).parent)})
+    status = Path(path).parent.absolute() / Path(cfg.trunk_status_path).expanduser()
+    return cfg.model_copy(update={"records": cfg.records.under(Path(path).parent), "trunk_status_path": str(status)})
