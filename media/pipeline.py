@@ -89,13 +89,18 @@ class CallMedia:
             tap(now, frame, self.detector.candidate)
 
     def next_outbound(self, now: float) -> bytes:
+        out = self.next_audio(now)
+        return out if out is not None else SILENCE
+
+    def next_audio(self, now: float) -> bytes | None:
+        """This tick's outbound frame, or None when there is nothing to play (a transport may then send nothing)."""
         st = self.stats
         if st.last_outbound_t:
             st.tick_ms.append((now - st.last_outbound_t) * 1000.0)
         st.last_outbound_t = now
         loop = self._loop
         if loop is not None:
-            frame = loop.popleft() if loop else SILENCE
+            frame = loop.popleft() if loop else None
             self.detector.played(FLOOR_DBFS)
             self.stats.frames_out += 1
             return frame
@@ -107,7 +112,7 @@ class CallMedia:
             self.stats.speech_frames_out += 1
         for ev in events:
             self._emit(ev)
-        return out if out is not None else SILENCE
+        return out
 
     # -- agent side ---------------------------------------------------------------------------------------
     def push(self, pcm: bytes, item: int, last: bool = True, interruptible: bool = True) -> None:

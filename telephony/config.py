@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from agents.config import AgentConfig, HybridAgentConfig, hybrid_parts
 from agents.cost import Prices
@@ -121,6 +130,70 @@ class RouteConfig(_Strict):
         return self.match == user
 
 
+class MediaStreamTransport(_Strict):
+    """A Twilio Media Streams-shaped WebSocket server (telephony/transports/media_stream_ws.py)."""
+
+    listen: str = "127.0.0.1"
+    port: int = Field(8765, ge=1, le=65535)
+    path: str = "/media"
+    token_env: str | None = None
+    """Environment variable holding a token the client must send as `Authorization: Bearer TOKEN`."""
+    agent: str | None = None
+    """The agent for a stream whose `start.customParameters.to` is absent or matches no route."""
+
+    @field_validator("listen")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"path must start with '/', got {v!r}")
+        return v
+
+
+class AudioSocketTransport(_Strict):
+    """An Asterisk AudioSocket server (telephony/transports/audiosocket.py)."""
+
+    listen: str = "127.0.0.1"
+    port: int = Field(9092, ge=1, le=65535)
+    agent: str | None = None
+    """The agent for a call whose UUID is not in `uuids`."""
+    uuids: dict[str, str] = {}
+    """Call UUID (as the dialplan's AudioSocket() passes it) -> agent name."""
+
+    @field_validator("listen")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+    @field_validator("uuids")
+    @classmethod
+    def _uuids(cls, v: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for k, agent in v.items():
+            try:
+                out[str(uuid.UUID(k))] = agent
+            except ValueError:
+                raise ValueError(f"{k!r} is not a UUID") from None
+        return out
+
+    @model_validator(mode="after")
+    def _some_agent(self) -> AudioSocketTransport:
+        if self.agent is None and not self.uuids:
+            raise ValueError("name a default agent or map uuids to agents; otherwise no call can be answered")
+        return self
+
+
+class TransportsConfig(_Strict):
+    media_stream: MediaStreamTransport | None = None
+    audiosocket: AudioSocketTransport | None = None
+
+
 class Config(_Strict):
     sip: SipConfig = SipConfig()
     rtp: RtpConfig = RtpConfig()
@@ -132,6 +205,7 @@ class Config(_Strict):
     routes: list[RouteConfig]
     records: RecordsConfig = RecordsConfig()
     prices: Prices = Prices()
+    transports: TransportsConfig = TransportsConfig()
 
     @model_validator(mode="after")
     def _routes(self) -> Config:
@@ -139,6 +213,25 @@ class Config(_Strict):
             if r.agent not in self.agents:
                 raise ValueError(f"routes[{i}] names unknown agent {r.agent!r}")
         return self
+
+    @field_validator("transports")
+    @classmethod
+    def _transports(cls, v: TransportsConfig, info: ValidationInfo) -> TransportsConfig:
+        """Transport agents exist and ports do not collide (agents and sip are validated before this field)."""
+        agents, sip = info.data.get("agents") or {}, info.data.get("sip")
+        ms, au = v.media_stream, v.audiosocket
+        named = [("media_stream.agent", ms.agent if ms else None), ("audiosocket.agent", au.agent if au else None),
+                 *((f"audiosocket.uuids.{k}", a) for k, a in (au.uuids if au else {}).items())]
+        for where, agent in named:
+            if agent is not None and agents and agent not in agents:
+                raise ValueError(f"{where} names unknown agent {agent!r}")
+        tcp = [("sip.port", sip.port)] if sip is not None and "tcp" in sip.transports else []
+        tcp += [(f"{n}.port", t.port) for n, t in (("media_stream", ms), ("audiosocket", au)) if t is not None]
+        for i, (a, port) in enumerate(tcp):
+            for b, other in tcp[i + 1 :]:
+                if port == other:
+                    raise ValueError(f"{a} and {b} both want TCP port {port}")
+        return v
 
     @model_validator(mode="after")
     def _hybrids(self) -> Config:

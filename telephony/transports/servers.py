@@ -1,0 +1,29 @@
+"""The stream transports a config asks for, as one list the gateway starts, drains and closes."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from telephony.config import Config
+from telephony.transports.leg import Host, TransportCall
+
+
+class StreamTransport(Protocol):
+    calls: set[TransportCall]
+
+    async def start(self) -> None: ...
+
+    def stop_accepting(self) -> None: ...
+
+    def hangup_all(self, reason: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def stream_transports(host: Host, config: Config) -> list[StreamTransport]:
+    from telephony.transports.media_stream_ws import MediaStreamServer
+
+    out: list[StreamTransport] = []
+    if config.transports.media_stream is not None:
+        out.append(MediaStreamServer(host, config))
+    return out
