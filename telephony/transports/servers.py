@@ -21,9 +21,12 @@ class StreamTransport(Protocol):
 
 
 def stream_transports(host: Host, config: Config) -> list[StreamTransport]:
+    from telephony.transports.audiosocket import AudioSocketServer
     from telephony.transports.media_stream_ws import MediaStreamServer
 
     out: list[StreamTransport] = []
     if config.transports.media_stream is not None:
         out.append(MediaStreamServer(host, config))
+    if config.transports.audiosocket is not None:
+        out.append(AudioSocketServer(host, config))
     return out

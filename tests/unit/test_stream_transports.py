@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from media.events import MediaEvent
 from media.frames import FRAME_BYTES
 from media.g711 import ulaw_encode
 from media.pipeline import CallMedia
+from telephony.transports import audiosocket_frames as af
 from telephony.transports import twilio
 from telephony.transports.stream import SendAudio, SendClear, SendMark, StreamCall, WireAudio
 
@@ -123,3 +125,19 @@ def test_inbound_audio_is_cut_into_whole_16k_frames() -> None:
     for _ in range(3):
         call.on_audio(0.0, b"\xff" * 100)  # 12.5 ms each
     assert media.stats.frames_in == 1  # 37.5 ms in: one whole frame, the rest waits
+
+
+def test_audiosocket_frames_split_across_reads_and_bad_lengths_fail_from_the_header() -> None:
+    call = uuid.UUID(int=7)
+    data = af.encode(af.UUID, call.bytes) + af.encode(af.SLIN8, b"\x01\x00" * 160) + af.encode(af.DTMF, b"5")
+    p = af.Parser()
+    frames = [f for i in range(0, len(data), 7) for f in p.feed(data[i : i + 7])]
+    assert frames == [af.CallId(str(call)), af.Audio(af.SLIN8, b"\x01\x00" * 160), af.Digit("5")]
+    assert p.partial == 0
+    assert list(p.feed(af.encode(af.HANGUP) + af.encode(af.ERROR, b"\x04"))) == [af.Hangup(), af.PeerError(4)]
+    with pytest.raises(af.ProtocolError, match="65535 bytes"):
+        list(af.Parser().feed(b"\x12\xff\xff"))  # refused before its payload arrives
+    good_then_bad = af.Parser().feed(af.encode(af.UUID, call.bytes) + af.encode(af.DTMF, b"x"))
+    assert next(good_then_bad) == af.CallId(str(call))
+    with pytest.raises(af.ProtocolError, match="DTMF"):
+        next(good_then_bad)
