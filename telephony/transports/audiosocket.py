@@ -34,6 +34,7 @@ class AudioSocketServer:
         self.calls: set[TransportCall] = set()
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.StreamWriter] = set()
+        self._n = 0
 
     async def start(self) -> None:
         try:
@@ -132,8 +133,11 @@ class AudioSocketServer:
             event("call_refused", transport=NAME, call=call_uuid, code=404, reason="no agent for this UUID")
             _hangup(writer)
             return None
-        call = TransportCall(self.host, NAME, call_uuid, "", call_uuid, agent, lambda: _hangup(writer))
-        event("call_answered", call=call_uuid, agent=agent, transport=NAME, peer=peer, answer_ms=0.0)
+        self._n += 1
+        live = {c.call_id for c in self.calls}
+        call_id = call_uuid if call_uuid not in live else f"{call_uuid}/{self._n}"  # a dialplan's fixed UUID
+        call = TransportCall(self.host, NAME, call_id, "", call_uuid, agent, lambda: _hangup(writer))
+        event("call_answered", call=call_id, agent=agent, transport=NAME, peer=peer, answer_ms=0.0)
         return call
 
 
