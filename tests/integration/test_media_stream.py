@@ -9,7 +9,6 @@ import os
 import socket
 import struct
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -190,12 +189,3 @@ def test_wrong_token_and_path_are_refused(gw: Gateway) -> None:
     assert asyncio.run(status(url(gw), {})) == 401
     assert asyncio.run(status(url(gw).replace("/media", "/other"), AUTH)) == 404
 
-
-def test_transport_config_errors_name_the_line(tmp_path: Path) -> None:
-    from telephony.config import ConfigError, parse_config
-
-    text = gateway_config(5070, transports={"media_stream": {"port": 5070, "agent": "nobody"}})
-    with pytest.raises(ConfigError) as e:
-        parse_config(text, "vg.yaml")
-    [issue] = e.value.issues
-    assert issue.field == "transports" and "unknown agent 'nobody'" in issue.message and issue.line > 1

@@ -14,10 +14,12 @@ from media.events import MediaEvent
 from media.frames import FRAME_BYTES
 from media.g711 import ulaw_encode
 from media.pipeline import CallMedia
+from telephony.config import ConfigError, parse_config
 from telephony.transports import audiosocket_frames as af
 from telephony.transports import twilio
 from telephony.transports.stream import SendAudio, SendClear, SendMark, StreamCall, WireAudio
 
+MINIMAL_CONFIG = "agents:\n  e: {type: echo}\nroutes: []\nlog_level: info\n"
 START = {"event": "start", "start": {"streamSid": "MZ1", "callSid": "CA1", "customParameters": {"to": "demo"},
                                      "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}}}
 
@@ -141,3 +143,17 @@ def test_audiosocket_frames_split_across_reads_and_bad_lengths_fail_from_the_hea
     assert next(good_then_bad) == af.CallId(str(call))
     with pytest.raises(af.ProtocolError, match="DTMF"):
         next(good_then_bad)
+
+
+def test_transport_config_errors_name_the_line() -> None:
+    text = (MINIMAL_CONFIG + "transports:\n  media_stream:\n    port: 5060\n    agent: nobody\n")
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "vg.yaml")
+    [issue] = e.value.issues
+    assert (issue.line, issue.field) == (6, "transports") and "unknown agent 'nobody'" in issue.message
+    with pytest.raises(ConfigError) as e:
+        parse_config(text.replace("agent: nobody", "agent: e"), "vg.yaml")
+    assert "sip.port and media_stream.port both want TCP port 5060" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        parse_config(MINIMAL_CONFIG + "transports:\n  audiosocket:\n    uuids: {nope: e}\n", "vg.yaml")
+    assert str(e.value.issues[0]).startswith("vg.yaml:7: transports.audiosocket.uuids: 'nope' is not a UUID")
