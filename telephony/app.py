@@ -15,7 +15,7 @@ from pathlib import Path
 
 from agents.base import AgentFactory
 from agents.registry import make_factory
-from agents.session import CallActions, CallSession, SessionTimeouts
+from agents.session import CallActions, CallSession, Log, SessionTimeouts
 from agents.speech.tts import PromptCache
 from media.barge_in import DetectorSettings
 from media.events import MediaEvent
@@ -224,9 +224,11 @@ class Gateway:
 
     # -- any transport ------------------------------------------------------------------------------------
     def open_leg(self, key: int, call_id: str, caller: str, called: str, agent: str, actions: CallActions,
-                 transport: str = "sip", observe: Callable[[MediaEvent], None] | None = None) -> Leg:
+                 transport: str = "sip", observe: Callable[[MediaEvent], None] | None = None,
+                 log: Log = event) -> Leg:
         """Media and session for one call to `agent`. Media events reach the session on the loop (they may come
-        from any thread); `observe`, when given, sees each one first, on the thread that caused it."""
+        from any thread); `observe`, when given, sees each one first, on the thread that caused it. The session
+        logs through `log` (a transport may show its call's events to the caller too)."""
         assert self._loop is not None
         loop = self._loop
         factory = self.factories[agent]
@@ -243,7 +245,7 @@ class Gateway:
             vad_aggressiveness=self.config.barge_in.vad_aggressiveness,
             barge_in=self.config.barge_in.enabled and factory.barge_in,
         )
-        session = CallSession(call_id, caller, called, factory, media, actions, self.prompts, event, self._timeouts)
+        session = CallSession(call_id, caller, called, factory, media, actions, self.prompts, log, self._timeouts)
         leg = Leg(key, call_id, session, agent, time.monotonic(), DtmfDeduper(), transport=transport)
         leg_ref.append(leg)
         return leg

@@ -189,9 +189,27 @@ class AudioSocketTransport(_Strict):
         return self
 
 
+class WebRtcTransport(_Strict):
+    """The browser softphone: `/phone` and its WebRTC signalling (telephony/transports/webrtc.py)."""
+
+    listen: str = "127.0.0.1"
+    port: int = Field(8766, ge=1, le=65535)
+    token_env: str | None = None
+    """Environment variable holding a token the page's address must carry (`/phone?token=TOKEN`)."""
+    agent: str | None = None
+    """The agent for a dialled number that matches no route."""
+
+    @field_validator("listen")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+
 class TransportsConfig(_Strict):
     media_stream: MediaStreamTransport | None = None
     audiosocket: AudioSocketTransport | None = None
+    webrtc: WebRtcTransport | None = None
 
 
 class Config(_Strict):
@@ -219,14 +237,16 @@ class Config(_Strict):
     def _transports(cls, v: TransportsConfig, info: ValidationInfo) -> TransportsConfig:
         """Transport agents exist and ports do not collide (agents and sip are validated before this field)."""
         agents, sip = info.data.get("agents") or {}, info.data.get("sip")
-        ms, au = v.media_stream, v.audiosocket
+        ms, au, wr = v.media_stream, v.audiosocket, v.webrtc
         named = [("media_stream.agent", ms.agent if ms else None), ("audiosocket.agent", au.agent if au else None),
+                 ("webrtc.agent", wr.agent if wr else None),
                  *((f"audiosocket.uuids.{k}", a) for k, a in (au.uuids if au else {}).items())]
         for where, agent in named:
             if agent is not None and agents and agent not in agents:
                 raise ValueError(f"{where} names unknown agent {agent!r}")
         tcp = [("sip.port", sip.port)] if sip is not None and "tcp" in sip.transports else []
-        tcp += [(f"{n}.port", t.port) for n, t in (("media_stream", ms), ("audiosocket", au)) if t is not None]
+        tcp += [(f"{n}.port", t.port) for n, t in (("media_stream", ms), ("audiosocket", au), ("webrtc", wr))
+                if t is not None]
         for i, (a, port) in enumerate(tcp):
             for b, other in tcp[i + 1 :]:
                 if port == other:

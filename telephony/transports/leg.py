@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
-from agents.session import CallActions
+from agents.session import CallActions, Log
 from media.events import MediaEvent
 from telephony.logs import event
 from telephony.transports.stream import Out, StreamCall, WireAudio, run_clock
@@ -27,7 +27,8 @@ class Host(Protocol):
     """What a transport needs from the gateway (telephony.app.Gateway)."""
 
     def open_leg(self, key: int, call_id: str, caller: str, called: str, agent: str, actions: CallActions,
-                 transport: str = "sip", observe: Callable[[MediaEvent], None] | None = None) -> Leg: ...
+                 transport: str = "sip", observe: Callable[[MediaEvent], None] | None = None,
+                 log: Log = event) -> Leg: ...
 
     def start_leg(self, leg: Leg) -> None: ...
 
@@ -59,13 +60,14 @@ class TransportCall:
     """One live stream call. `close` ends the connection from our side (it must not block)."""
 
     def __init__(self, host: Host, transport: str, call_id: str, caller: str, called: str, agent: str,
-                 close: Callable[[], None], wire: WireAudio | None = None) -> None:
+                 close: Callable[[], None], wire: WireAudio | None = None, log: Log = event) -> None:
         self.host = host
         self.transport = transport
         self.call_id = call_id
         self._close = close
+        self._log = log
         self.stream: StreamCall | None = None
-        self.leg = host.open_leg(-1, call_id, caller, called, agent, _Actions(self), transport, self._observe)
+        self.leg = host.open_leg(-1, call_id, caller, called, agent, _Actions(self), transport, self._observe, log)
         self.stream = StreamCall(self.leg.session.media, wire)
         if wire is not None:
             self.leg.codec = wire.label
@@ -81,14 +83,16 @@ class TransportCall:
         self.stream.wire = wire
         self.leg.codec = wire.label
 
-    def start(self, send: Callable[[list[Out]], Awaitable[None]]) -> None:
-        """Run the agent and the media clock; the clock stops when `send` fails (the connection is gone)."""
+    def start(self, send: Callable[[list[Out]], Awaitable[None]] | None) -> None:
+        """Run the agent and, given `send`, the media clock (it stops when `send` fails: the connection is gone).
+        Without `send` the transport ticks `stream` itself (WebRTC: the RTP sender asks for each frame)."""
         assert self.stream is not None
         self.host.start_leg(self.leg)
-        self._clock = asyncio.ensure_future(run_clock(self.stream, send))
+        if send is not None:
+            self._clock = asyncio.ensure_future(run_clock(self.stream, send))
 
     def dtmf(self, digit: str) -> None:
-        event("dtmf", call=self.call_id, digit=digit, method=self.transport, duplicate=False)
+        self._log("dtmf", call=self.call_id, digit=digit, method=self.transport, duplicate=False)
         self.leg.session.on_dtmf(digit)
 
     def hangup(self, reason: str = "") -> None:

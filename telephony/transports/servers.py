@@ -29,4 +29,8 @@ def stream_transports(host: Host, config: Config) -> list[StreamTransport]:
         out.append(MediaStreamServer(host, config))
     if config.transports.audiosocket is not None:
         out.append(AudioSocketServer(host, config))
+    if config.transports.webrtc is not None:
+        from telephony.transports.webrtc import WebRtcServer  # aiortc loads only when the softphone is on
+
+        out.append(WebRtcServer(host, config))
     return out
