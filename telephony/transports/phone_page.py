@@ -1,11 +1,12 @@
 """The `/phone` page: a call button, a keypad and the call's events, talking WebRTC to voicegate (webrtc.py)."""
 
-PAGE = """<!doctype html>
+PAGE = r"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>voicegate phone</title>
 <style>
  body { font: 15px system-ui, sans-serif; max-width: 44em; margin: 2em auto; }
  input, button { font: inherit; padding: .3em .6em; }
- #keys button { width: 2.6em; } #events { background: #f4f4f4; padding: .6em; height: 22em; overflow: auto; }
+ #keys button { width: 2.6em; }
+ #events { background: #f4f4f4; padding: .6em; height: 22em; overflow: auto; font-family: monospace; }
  .say { color: #05a; } .barge { color: #a50; } .end { color: #a00; }
 </style></head>
 <body>
@@ -13,7 +14,7 @@ PAGE = """<!doctype html>
 <p><label>Number <input id="to" value="demo" size="12"></label>
  <button id="call">Call</button> <button id="hangup" disabled>Hang up</button> <span id="state">idle</span></p>
 <p id="keys"></p>
-<pre id="events"></pre>
+<div id="events"></div>
 <audio id="remote" autoplay></audio>
 <script>
 const $ = (id) => document.getElementById(id);
@@ -33,6 +34,13 @@ function describe(ev) {
   if (ev.name === "dtmf") return ["key " + ev.digit, ""];
   return [ev.name + (ev.text ? ": " + ev.text : ""), ""];
 }
+const LOOPBACK = ["127.0.0.1", "localhost", "[::1]"].includes(location.hostname);
+function offerSdp() {  // a phone served on loopback offers only loopback candidates, as the server does
+  const sdp = pc.localDescription.sdp;
+  if (!LOOPBACK) return sdp;
+  return sdp.split("\r\n").filter((l) => !l.startsWith("a=candidate:") || / (127\.0\.0\.1|::1) /.test(l))
+    .join("\r\n");
+}
 async function call() {
   $("call").disabled = true; $("state").textContent = "calling";
   const mic = await navigator.mediaDevices.getUserMedia({audio: true});
@@ -46,7 +54,7 @@ async function call() {
   });
   const url = new URL("phone/ws", location.href); url.protocol = url.protocol.replace("http", "ws");
   url.search = location.search; ws = new WebSocket(url);
-  ws.onopen = () => ws.send(JSON.stringify({type: "call", to: $("to").value, sdp: pc.localDescription.sdp}));
+  ws.onopen = () => ws.send(JSON.stringify({type: "call", to: $("to").value, sdp: offerSdp()}));
   ws.onmessage = async (m) => {
     const msg = JSON.parse(m.data);
     if (msg.type === "answer") {
