@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -321,6 +322,88 @@ class TrunkConfig(_Strict):
         return None
 
 
+class MediaStreamTransport(_Strict):
+    """A Twilio Media Streams-shaped WebSocket server (telephony/transports/media_stream_ws.py)."""
+
+    listen: str = "127.0.0.1"
+    port: int = Field(8765, ge=1, le=65535)
+    path: str = "/media"
+    token_env: str | None = None
+    """Environment variable holding a token the client must send as `Authorization: Bearer TOKEN`."""
+    agent: str | None = None
+    """The agent for a stream whose `start.customParameters.to` is absent or matches no route."""
+
+    @field_validator("listen")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"path must start with '/', got {v!r}")
+        return v
+
+
+class AudioSocketTransport(_Strict):
+    """An Asterisk AudioSocket server (telephony/transports/audiosocket.py)."""
+
+    listen: str = "127.0.0.1"
+    port: int = Field(9092, ge=1, le=65535)
+    agent: str | None = None
+    """The agent for a call whose UUID is not in `uuids`."""
+    uuids: dict[str, str] = {}
+    """Call UUID (as the dialplan's AudioSocket() passes it) -> agent name."""
+
+    @field_validator("listen")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+    @field_validator("uuids")
+    @classmethod
+    def _uuids(cls, v: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for k, agent in v.items():
+            try:
+                out[str(uuid.UUID(k))] = agent
+            except ValueError:
+                raise ValueError(f"{k!r} is not a UUID") from None
+        return out
+
+    @model_validator(mode="after")
+    def _some_agent(self) -> AudioSocketTransport:
+        if self.agent is None and not self.uuids:
+            raise ValueError("name a default agent or map uuids to agents; otherwise no call can be answered")
+        return self
+
+
+class WebRtcTransport(_Strict):
+    """The browser softphone: `/phone` and its WebRTC signalling (telephony/transports/webrtc.py)."""
+
+    listen: str = "127.0.0.1"
+    port: int = Field(8766, ge=1, le=65535)
+    token_env: str | None = None
+    """Environment variable holding a token the page's address must carry (`/phone?token=TOKEN`)."""
+    agent: str | None = None
+    """The agent for a dialled number that matches no route."""
+
+    @field_validator("listen")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+
+class TransportsConfig(_Strict):
+    media_stream: MediaStreamTransport | None = None
+    audiosocket: AudioSocketTransport | None = None
+    webrtc: WebRtcTransport | None = None
+
+
 class Config(_Strict):
     sip: SipConfig = SipConfig()
     rtp: RtpConfig = RtpConfig()
@@ -339,6 +422,7 @@ class Config(_Strict):
     trunk_status_path: str = "run/trunks.json"
     """Where `voicegate serve` keeps each trunk's registration state for `voicegate trunks`; relative to the
     config file's folder."""
+    transports: TransportsConfig = TransportsConfig()
 
     @model_validator(mode="after")
     def _routes(self) -> Config:
@@ -368,6 +452,27 @@ class Config(_Strict):
                 raise ValueError(f"trunks.{name} uses {t.transport} but sip.transports has only "
                                  f"{', '.join(self.sip.transports)}")
         return self
+
+    @field_validator("transports")
+    @classmethod
+    def _transports(cls, v: TransportsConfig, info: ValidationInfo) -> TransportsConfig:
+        """Transport agents exist and ports do not collide (agents and sip are validated before this field)."""
+        agents, sip = info.data.get("agents") or {}, info.data.get("sip")
+        ms, au, wr = v.media_stream, v.audiosocket, v.webrtc
+        named = [("media_stream.agent", ms.agent if ms else None), ("audiosocket.agent", au.agent if au else None),
+                 ("webrtc.agent", wr.agent if wr else None),
+                 *((f"audiosocket.uuids.{k}", a) for k, a in (au.uuids if au else {}).items())]
+        for where, agent in named:
+            if agent is not None and agents and agent not in agents:
+                raise ValueError(f"{where} names unknown agent {agent!r}")
+        tcp = [("sip.port", sip.port)] if sip is not None and "tcp" in sip.transports else []
+        tcp += [(f"{n}.port", t.port) for n, t in (("media_stream", ms), ("audiosocket", au), ("webrtc", wr))
+                if t is not None]
+        for i, (a, port) in enumerate(tcp):
+            for b, other in tcp[i + 1 :]:
+                if port == other:
+                    raise ValueError(f"{a} and {b} both want TCP port {port}")
+        return v
 
     @model_validator(mode="after")
     def _hybrids(self) -> Config:
