@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from agents.config import AgentConfig, HybridAgentConfig, hybrid_parts
 from agents.cost import Prices
@@ -267,16 +268,25 @@ class Config(_Strict):
                 raise ValueError(f"routes[{i}] names unknown agent {r.agent!r}")
         return self
 
-    @model_validator(mode="after")
-    def _trunks(self) -> Config:
-        for name, t in self.trunks.items():
-            for i, r in enumerate(t.routes):
-                if r.agent not in self.agents:
-                    raise ValueError(f"trunks.{name}.routes[{i}] names unknown agent {r.agent!r}")
-            if t.transport not in self.sip.transports:
-                raise ValueError(f"trunks.{name} uses {t.transport} but sip.transports has only "
-                                 f"{', '.join(self.sip.transports)}")
-        return self
+    @field_validator("trunks")
+    @classmethod
+    def _trunks_fit(cls, v: dict[str, TrunkConfig], info: ValidationInfo) -> dict[str, TrunkConfig]:
+        """Trunk routes name known agents, trunk transports are ones SIP listens on. Raised as a ValidationError
+        whose locations pydantic prefixes with `trunks`, so each fault gets the line of its own key."""
+        sip, agents = info.data.get("sip"), info.data.get("agents")
+        faults: list[tuple[tuple[str | int, ...], str]] = []
+        for name, t in v.items():
+            if agents is not None:
+                faults += [((name, "routes", i, "agent"), f"unknown agent {r.agent!r}")
+                           for i, r in enumerate(t.routes) if r.agent not in agents]
+            if sip is not None and t.transport not in sip.transports:
+                faults.append(((name, "transport"), f"{t.transport} is not in sip.transports "
+                                                    f"({', '.join(sip.transports)})"))
+        if faults:
+            raise ValidationError.from_exception_data("Config", [
+                InitErrorDetails(type=PydanticCustomError("trunk", "{msg}", {"msg": msg}), loc=loc, input=v)
+                for loc, msg in faults])
+        return v
 
     @model_validator(mode="after")
     def _hybrids(self) -> Config:

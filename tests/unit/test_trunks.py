@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from agents.scripted import uri_with_headers
+from telephony.cli import main
 from telephony.config import ConfigError, load_config, parse_config
 from telephony.digest import DigestServer, expected_response
 from telephony.inbound import Admission, Invite, admit, source_ip
@@ -82,7 +83,9 @@ def test_check_names_a_missing_password_env_var_with_its_line(monkeypatch):
 
 def test_check_refuses_a_transport_the_gateway_does_not_listen_on(monkeypatch):
     text = _cfg(monkeypatch, transport="tcp") + "sip:\n  transports: [udp]\n"
-    assert any("trunks.carrier uses tcp but sip.transports has only udp" in i for i in _issues(text))
+    assert _issues(text) == ["vg.yaml:14: trunks.carrier.transport: tcp is not in sip.transports (udp)"]
+    text = _cfg(monkeypatch).replace("agent: e", "agent: nobody")
+    assert _issues(text) == ["vg.yaml:17: trunks.carrier.routes.0.agent: unknown agent 'nobody'"]
     text = _cfg(monkeypatch, registrar="sip:h;transport=tcp")
     assert any("registrar says transport=tcp but transport is udp" in i for i in _issues(text))
 
@@ -234,3 +237,18 @@ def test_a_trunk_with_inbound_auth_challenges_foreign_addresses(monkeypatch):
 def test_request_parts_give_the_uri_and_authorization():
     msg = "INVITE sip:+4930123@gw SIP/2.0\r\nAuthorization: Digest username=\"vg\",\r\n realm=\"r\"\r\n\r\n"
     assert request_parts(msg) == ("sip:+4930123@gw", 'Digest username="vg", realm="r"')
+
+
+def test_cli_check_and_trunks_name_what_is_wrong(monkeypatch, tmp_path: Path, capsys):
+    cfg = tmp_path / "vg.yaml"
+    cfg.write_text(_cfg(monkeypatch, env="VG_T_MISSING"))
+    assert main(["check", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert f"{cfg}:13: trunks.carrier.password_env: environment variable VG_T_MISSING" in err
+    cfg.write_text(_cfg(monkeypatch))
+    assert main(["trunks", "--config", str(cfg)]) == 1
+    assert f"no status in {tmp_path / 'run' / 'trunks.json'}" in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "trunks.json").write_text('{"updated": 1, "pid": 1, "running": false, "trunks": []}')
+    assert main(["trunks", "--config", str(cfg)]) == 0
+    assert "carrier  not in status file" in capsys.readouterr().out
