@@ -184,8 +184,8 @@ class TrunkConfig(_Strict):
     realm: str = "*"
     """Digest realm the credentials are for; `*` answers any realm."""
     transport: Literal["udp", "tcp", "tls"] = "udp"
-    expiry_s: int = Field(300, ge=5, le=86400)
-    """Registration lifetime asked for; pjsua refreshes 5 s before it runs out."""
+    expiry_s: int = Field(300, ge=10, le=86400)
+    """Registration lifetime asked for; pjsua refreshes 5 s before it runs out (so at least 10)."""
     outbound_proxy: str | None = None
     srtp: Literal["off", "optional", "mandatory"] = "off"
     """SRTP with SDES keys for this trunk's calls: `mandatory` refuses a call without it (488)."""

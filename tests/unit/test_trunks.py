@@ -109,6 +109,7 @@ def test_registration_refreshes_failures_and_backoff():
         assert ev["state"] == "failed" and ev["code"] == 401
     assert waits == [2.0, 4.0, 8.0, 10.0, 10.0]
     assert not r.due(113.9) and r.due(114.0) and r.state == "registering"
+    assert r.started(114.0, True) == []  # the retry's REGISTER: `due` already said so
     assert not r.due(200.0)  # retried once, until the next result
     r.result(201.0, 200, "OK", 60)
     assert r.failures == 0 and r.refreshes == 1  # a recovery is not a refresh
