@@ -12,7 +12,7 @@ from telephony.config import ConfigError, load_config, parse_config
 from telephony.digest import DigestServer, expected_response
 from telephony.inbound import Admission, Invite, admit, source_ip
 from telephony.registration import Registration
-from telephony.sip_headers import call_metadata, request_parts
+from telephony.sip_headers import call_metadata, original_called, request_parts
 from telephony.sip_uri import parse_sip_uri
 from telephony.trunk_status import status_table
 
@@ -253,3 +253,11 @@ def test_cli_check_and_trunks_name_what_is_wrong(monkeypatch, tmp_path: Path, ca
     (tmp_path / "run" / "trunks.json").write_text('{"updated": 1, "pid": 1, "running": false, "trunks": []}')
     assert main(["trunks", "--config", str(cfg)]) == 0
     assert "carrier  not in status file" in capsys.readouterr().out
+
+
+def test_original_called_number_from_history_info_or_diversion():
+    hi = "<sip:+4930111@a;cause=302>;index=1, <sip:+4930222@b>;index=1.1"
+    assert original_called({"History-Info": hi, "Diversion": "<sip:x@y>"}) == "+4930111"
+    assert original_called({"Diversion": "<sip:+4930333@a>;reason=no-answer, <tel:+4930444>;reason=unconditional"}
+                           ) == "+4930444"
+    assert original_called({}) == ""
