@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,21 @@ class SipTlsConfig(_Strict):
         if v is not None and not Path(v).expanduser().is_file():
             raise ValueError(f"no such file: {v}")
         return v
+
+    @model_validator(mode="after")
+    def _loadable(self) -> SipTlsConfig:
+        """pjsip would start with a broken certificate and fail every handshake: load them here to name it."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(Path(self.cert_file).expanduser(), Path(self.key_file).expanduser())
+        except (ssl.SSLError, OSError) as e:
+            raise ValueError(f"cannot use cert_file {self.cert_file} with key_file {self.key_file}: {e}") from None
+        if self.ca_file:
+            try:
+                ctx.load_verify_locations(Path(self.ca_file).expanduser())
+            except (ssl.SSLError, OSError) as e:
+                raise ValueError(f"ca_file {self.ca_file} holds no usable CA certificate: {e}") from None
+        return self
 
 
 class SipConfig(_Strict):

@@ -261,3 +261,11 @@ def test_original_called_number_from_history_info_or_diversion():
     assert original_called({"Diversion": "<sip:+4930333@a>;reason=no-answer, <tel:+4930444>;reason=unconditional"}
                            ) == "+4930444"
     assert original_called({}) == ""
+
+
+def test_a_certificate_that_does_not_load_is_named(monkeypatch, tmp_path: Path):
+    (tmp_path / "c.pem").write_text("not a certificate\n")
+    text = _cfg(monkeypatch) + (f"sip:\n  transports: [udp, tls]\n  tls:\n    cert_file: {tmp_path}/c.pem\n"
+                                f"    key_file: {tmp_path}/c.pem\n")
+    [issue] = _issues(text)
+    assert issue.startswith(f"vg.yaml:21: sip.tls: cannot use cert_file {tmp_path}/c.pem with key_file")
