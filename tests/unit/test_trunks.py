@@ -52,8 +52,8 @@ def _issues(text: str) -> list[str]:
 
 def test_sip_uris_parse_and_bad_ones_say_why():
     u = parse_sip_uri("sip:vg@[2001:db8::1]:5070;transport=TCP")
-    assert (u.user, u.host, u.port, u.transport) == ("vg", "2001:db8::1", 5070, "tcp")
-    assert parse_sip_uri("sips:carrier.example").transport == "tls"
+    assert (u.user, u.host, u.port, u.params) == ("vg", "2001:db8::1", 5070, {"transport": "TCP"})
+    assert parse_sip_uri("sips:carrier.example").scheme == "sips"
     for bad, why in [("http://x", "not a SIP URI"), ("sip:bad_host!", "not a SIP URI"), ("sip:h:70000", "port"),
                      ("sip:-x.example", "host name")]:
         with pytest.raises(ValueError, match=why):
