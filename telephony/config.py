@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from agents.config import AgentConfig, CascadedAgentConfig, HybridAgentConfig, hybrid_parts
 from agents.cost import Prices, s2s_per_min
@@ -52,6 +54,21 @@ class SipTlsConfig(_Strict):
         if v is not None and not Path(v).expanduser().is_file():
             raise ValueError(f"no such file: {v}")
         return v
+
+    @model_validator(mode="after")
+    def _loadable(self) -> SipTlsConfig:
+        """pjsip would start with a broken certificate and fail every handshake: load them here to name it."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(Path(self.cert_file).expanduser(), Path(self.key_file).expanduser())
+        except (ssl.SSLError, OSError) as e:
+            raise ValueError(f"cannot use cert_file {self.cert_file} with key_file {self.key_file}: {e}") from None
+        if self.ca_file:
+            try:
+                ctx.load_verify_locations(Path(self.ca_file).expanduser())
+            except (ssl.SSLError, OSError) as e:
+                raise ValueError(f"ca_file {self.ca_file} holds no usable CA certificate: {e}") from None
+        return self
 
 
 class SipConfig(_Strict):
@@ -261,8 +278,8 @@ class TrunkConfig(_Strict):
     realm: str = "*"
     """Digest realm the credentials are for; `*` answers any realm."""
     transport: Literal["udp", "tcp", "tls"] = "udp"
-    expiry_s: int = Field(300, ge=5, le=86400)
-    """Registration lifetime asked for; pjsua refreshes 5 s before it runs out."""
+    expiry_s: int = Field(300, ge=10, le=86400)
+    """Registration lifetime asked for; pjsua refreshes 5 s before it runs out (so at least 10)."""
     outbound_proxy: str | None = None
     srtp: Literal["off", "optional", "mandatory"] = "off"
     """SRTP with SDES keys for this trunk's calls: `mandatory` refuses a call without it (488)."""
@@ -442,16 +459,25 @@ class Config(_Strict):
                 raise ValueError(f"{name}.cascade: {cap.cascade!r} is not a configured cascaded agent")
         return v
 
-    @model_validator(mode="after")
-    def _trunks(self) -> Config:
-        for name, t in self.trunks.items():
-            for i, r in enumerate(t.routes):
-                if r.agent not in self.agents:
-                    raise ValueError(f"trunks.{name}.routes[{i}] names unknown agent {r.agent!r}")
-            if t.transport not in self.sip.transports:
-                raise ValueError(f"trunks.{name} uses {t.transport} but sip.transports has only "
-                                 f"{', '.join(self.sip.transports)}")
-        return self
+    @field_validator("trunks")
+    @classmethod
+    def _trunks_fit(cls, v: dict[str, TrunkConfig], info: ValidationInfo) -> dict[str, TrunkConfig]:
+        """Trunk routes name known agents, trunk transports are ones SIP listens on. Raised as a ValidationError
+        whose locations pydantic prefixes with `trunks`, so each fault gets the line of its own key."""
+        sip, agents = info.data.get("sip"), info.data.get("agents")
+        faults: list[tuple[tuple[str | int, ...], str]] = []
+        for name, t in v.items():
+            if agents is not None:
+                faults += [((name, "routes", i, "agent"), f"unknown agent {r.agent!r}")
+                           for i, r in enumerate(t.routes) if r.agent not in agents]
+            if sip is not None and t.transport not in sip.transports:
+                faults.append(((name, "transport"), f"{t.transport} is not in sip.transports "
+                                                    f"({', '.join(sip.transports)})"))
+        if faults:
+            raise ValidationError.from_exception_data("Config", [
+                InitErrorDetails(type=PydanticCustomError("trunk", "{msg}", {"msg": msg}), loc=loc, input=v)
+                for loc, msg in faults])
+        return v
 
     @field_validator("transports")
     @classmethod

@@ -3,7 +3,8 @@
 pjsua2 authenticates as a client only; it has no server side for calls, and pjsip's `pjsip_auth_srv` is not
 exposed to Python. So this module does the server's part with `hashlib` and `hmac`: a nonce that carries its own
 time and a MAC (no state to keep, valid for `max_age_s`), and the check of an Authorization header, whose
-parameters `urllib.request`'s HTTP list parsers read.
+parameters `urllib.request`'s HTTP list parsers read. Nonce counts are not tracked, so a captured INVITE could be
+replayed to the same Request-URI while its nonce is fresh (60 s): where that matters, use TLS.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from telephony.errors import PjsuaBuildError, SipStartError
 from telephony.inbound import Invite, admit
 from telephony.logs import event, event_at
 from telephony.media_port import PortPool, check_frame_layout
-from telephony.sip_headers import call_metadata, request_parts
+from telephony.sip_headers import call_metadata, original_called, request_parts
 from telephony.trunks import TrunkSet
 
 EXPECTED_MAX_CALLS = 4
@@ -278,7 +278,8 @@ class SipStack:
         call.trunk = adm.trunk
         call.sip_headers = call_metadata(message)
         event("call_incoming", call=call.call_id, called=called, caller=caller, source=call.source, trunk=adm.trunk,
-              authenticated=adm.authenticated, sip_headers=call.sip_headers)
+              authenticated=adm.authenticated, original_called=original_called(call.sip_headers),
+              sip_headers=call.sip_headers)
         if adm.refused:
             code = 401 if adm.challenge else 403
             event("call_refused", call=call.call_id, called=called, code=code, reason=adm.refused,

@@ -33,8 +33,8 @@ class Registration:
 
     def started(self, now: float, renew: bool) -> list[dict[str, Any]]:
         """pjsua sends a REGISTER (`renew=False`: an un-REGISTER)."""
-        if self.state == "registered" or not renew:
-            return []  # a refresh of a live registration is not a state change
+        if self.state in ("registered", "registering") or not renew:
+            return []  # a refresh of a live registration, or a retry `due` announced, is not a state change
         self.state = "registering"
         return [self._event(now)]
 

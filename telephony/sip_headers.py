@@ -8,6 +8,7 @@ lines), so the standard library's `email` header parser reads it.
 
 from __future__ import annotations
 
+import re
 from email.message import Message
 from email.parser import HeaderParser
 from email.policy import compat32
@@ -15,6 +16,7 @@ from email.policy import compat32
 KNOWN = ("P-Asserted-Identity", "P-Preferred-Identity", "Privacy", "Diversion", "History-Info", "User-to-User",
          "Remote-Party-ID")
 _CANONICAL = {h.lower(): h for h in KNOWN}
+_ENTRY_USER = re.compile(r"<?(?:sips?|tel):([^@;>?,]+)")
 
 
 def _headers(message: str) -> tuple[str, Message]:
@@ -42,3 +44,15 @@ def call_metadata(message: str) -> dict[str, str]:
         value = " ".join(str(value).split())
         out[key] = f"{out[key]}, {value}" if key in out else value
     return out
+
+
+def original_called(headers: dict[str, str]) -> str:
+    """The number first dialled, before any diversion: the first History-Info entry (RFC 7044 lists the
+    original request first), else the last Diversion entry (RFC 5806 adds the newest on top); "" if neither."""
+    if "History-Info" in headers:
+        m = _ENTRY_USER.search(headers["History-Info"])
+        return m.group(1) if m else ""
+    if "Diversion" in headers:
+        users = _ENTRY_USER.findall(headers["Diversion"])
+        return str(users[-1]) if users else ""
+    return ""

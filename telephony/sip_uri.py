@@ -26,10 +26,7 @@ class SipUri:
     """Without brackets for IPv6."""
     port: int | None
     params: dict[str, str]
-
-    @property
-    def transport(self) -> str:
-        return self.params.get("transport", "tls" if self.scheme == "sips" else "udp").lower()
+    """URI parameters, names in lower case (`transport`, `lr`, ...)."""
 
 
 def parse_sip_uri(text: str) -> SipUri:

@@ -7,6 +7,7 @@ needed. Its log (stderr, `-E`) carries one `KAM` line per decision for the tests
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import threading
@@ -85,6 +86,7 @@ class Kamailio:
             ["/usr/sbin/kamailio", "-f", str(cfg), "-DD", "-E", "-m", "32", "-M", "8", "-Y", str(self.workdir),
              "-P", str(self.workdir / "kamailio.pid")],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=self.workdir,
+            start_new_session=True,  # its own process group, so stop() can end every child
         )
         proc = self.proc
 
@@ -96,7 +98,7 @@ class Kamailio:
         threading.Thread(target=pump, daemon=True).start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._listening():
+            if proc.poll() is None and self._listening() and any("processes (at least)" in ln for ln in self.lines):
                 return
             if proc.poll() is not None:
                 break
@@ -108,13 +110,20 @@ class Kamailio:
         return str(self.port) in out
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        """SIGTERM, then SIGKILL to the whole process group: Kamailio's shutdown can hang on a lock a child held
+        (seen here once), and a surviving child would keep the port."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
                 self.proc.wait(5)
+            except subprocess.TimeoutExpired:  # the main process is alive, so its group id is still its own
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        deadline = time.monotonic() + 5
+        while self._listening() and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.proc = None
 
     def log(self, word: str) -> list[str]:

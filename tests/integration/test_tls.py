@@ -32,6 +32,9 @@ class Pki:
     rogue_ca: Path
     rogue_cert: Path
     rogue_key: Path
+    other_name_cert: Path
+    """Signed by the trusted CA, but for another host name than 127.0.0.1."""
+    other_name_key: Path
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -39,22 +42,31 @@ def _openssl(*args: str, cwd: Path) -> None:
     assert r.returncode == 0, r.stderr
 
 
+EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+
+def issue(d: Path, ca: str, name: str, cn: str, san: str) -> tuple[Path, Path]:
+    """A certificate the CA `ca` signed for `cn` / `san`: (cert, key)."""
+    _openssl("req", *EC, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)
+    (d / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}-ca.crt", "-CAkey", f"{ca}-ca.key",
+             "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+    return d / f"{name}.crt", d / f"{name}.key"
+
+
 def make_ca(d: Path, name: str) -> tuple[Path, Path, Path]:
     """A CA and a server certificate for 127.0.0.1 / localhost that it signed: (ca, cert, key)."""
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", f"{name}-ca.key", "-out", f"{name}-ca.crt", "-days", "2",
+    _openssl("req", "-x509", *EC, "-keyout", f"{name}-ca.key", "-out", f"{name}-ca.crt", "-days", "2",
              "-subj", f"/CN={name} test CA", cwd=d)
-    _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", "/CN=127.0.0.1", cwd=d)
-    (d / f"{name}.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{name}-ca.crt", "-CAkey", f"{name}-ca.key",
-             "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
-    return d / f"{name}-ca.crt", d / f"{name}.crt", d / f"{name}.key"
+    return (d / f"{name}-ca.crt", *issue(d, name, name, "127.0.0.1", "IP:127.0.0.1,DNS:localhost"))
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     d = tmp_path_factory.mktemp("pki")
-    return Pki(*make_ca(d, "trusted"), *make_ca(d, "rogue"))
+    trusted, rogue = make_ca(d, "trusted"), make_ca(d, "rogue")
+    return Pki(*trusted, *rogue, *issue(d, "trusted", "elsewhere", "sip.elsewhere.example",
+                                        "DNS:sip.elsewhere.example"))
 
 
 @dataclass
@@ -132,9 +144,10 @@ class TlsRegistrar:
 
 
 @pytest.fixture(scope="module")
-def tls_gw(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, int, TlsRegistrar,
-                                                                              TlsRegistrar]]:
+def tls_gw(pki: Pki, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[tuple[Gateway, int, TlsRegistrar, TlsRegistrar, TlsRegistrar]]:
     good, rogue = TlsRegistrar(pki.cert, pki.key, client_ca=pki.ca), TlsRegistrar(pki.rogue_cert, pki.rogue_key)
+    misnamed = TlsRegistrar(pki.other_name_cert, pki.other_name_key)
     os.environ["VG_TEST_TLS_PW"] = "pw"
     port, tls_port = free_port(), free_port()
     cfg = yaml.safe_load(gateway_config(port))
@@ -143,16 +156,17 @@ def tls_gw(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
                                                        "require_client_cert": True})
     trunk = {"username": "vg", "password_env": "VG_TEST_TLS_PW", "transport": "tls", "expiry_s": 60}
     cfg["trunks"] = {"good": {**trunk, "registrar": f"sip:127.0.0.1:{good.port}"},
-                     "rogue": {**trunk, "registrar": f"sip:127.0.0.1:{rogue.port}"}}
+                     "rogue": {**trunk, "registrar": f"sip:127.0.0.1:{rogue.port}"},
+                     "misnamed": {**trunk, "registrar": f"sip:127.0.0.1:{misnamed.port}"}}
     gw = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-tls"), port)
-    yield gw, tls_port, good, rogue
+    yield gw, tls_port, good, rogue, misnamed
     assert gw.stop() == 0, "\n".join(gw.lines[-20:])
-    good.close()
-    rogue.close()
+    for registrar in (good, rogue, misnamed):
+        registrar.close()
 
 
 def test_a_call_over_mutual_tls_reaches_its_agent(tls_gw, pki: Pki):
-    gw, tls_port, _, _ = tls_gw
+    gw, tls_port, *_ = tls_gw
     res = call(f"sip:echo@127.0.0.1:{tls_port};transport=tls", "--tls-ca", str(pki.ca), "--tls-cert",
                str(pki.cert), "--tls-key", str(pki.key), "--duration", "2")
     assert res["status"] == 200 and res["answered"], res
@@ -162,7 +176,7 @@ def test_a_call_over_mutual_tls_reaches_its_agent(tls_gw, pki: Pki):
 
 @pytest.mark.parametrize("why", ["caller does not trust the gateway", "caller has no client certificate"])
 def test_a_tls_call_fails_unless_both_sides_verify(tls_gw, pki: Pki, why: str):
-    gw, tls_port, _, _ = tls_gw
+    gw, tls_port, *_ = tls_gw
     before = len(gw.events("call_incoming"))
     args = (["--tls-ca", str(pki.rogue_ca), "--tls-cert", str(pki.cert), "--tls-key", str(pki.key)]
             if why.startswith("caller does not") else ["--tls-ca", str(pki.ca)])
@@ -172,7 +186,7 @@ def test_a_tls_call_fails_unless_both_sides_verify(tls_gw, pki: Pki, why: str):
 
 
 def test_a_tls_trunk_registers_only_with_a_trusted_certificate(tls_gw):
-    gw, _, good, rogue = tls_gw
+    gw, _, good, rogue, misnamed = tls_gw
     ok = gw.wait_event("trunk_state", 10, trunk="good", state="registered")
     assert ok["code"] == 200 and good.registers and "transport=tls" in good.registers[0].lower()
     assert good.client_subjects[0] == "127.0.0.1"  # voicegate presented its certificate to a registrar asking
@@ -180,3 +194,10 @@ def test_a_tls_trunk_registers_only_with_a_trusted_certificate(tls_gw):
     assert bad["code"] >= 400 and "certificate" in bad["reason"].lower(), bad
     assert rogue.connections >= 1, "voicegate never tried the rogue registrar"
     assert not rogue.registers, "voicegate sent a REGISTER to a server whose certificate it does not trust"
+
+
+def test_a_tls_trunk_refuses_a_trusted_certificate_for_another_host(tls_gw):
+    gw, *_, misnamed = tls_gw
+    bad = gw.wait_event("trunk_state", 10, trunk="misnamed", state="failed")
+    assert bad["code"] >= 400 and "certificate" in bad["reason"].lower(), bad
+    assert misnamed.connections >= 1 and not misnamed.registers

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 
 from agents.scripted import uri_with_headers
+from telephony.cli import main
 from telephony.config import ConfigError, load_config, parse_config
 from telephony.digest import DigestServer, expected_response
 from telephony.inbound import Admission, Invite, admit, source_ip
 from telephony.registration import Registration
-from telephony.sip_headers import call_metadata, request_parts
+from telephony.sip_headers import call_metadata, original_called, request_parts
 from telephony.sip_uri import parse_sip_uri
 from telephony.trunk_status import status_table
 
@@ -51,8 +52,8 @@ def _issues(text: str) -> list[str]:
 
 def test_sip_uris_parse_and_bad_ones_say_why():
     u = parse_sip_uri("sip:vg@[2001:db8::1]:5070;transport=TCP")
-    assert (u.user, u.host, u.port, u.transport) == ("vg", "2001:db8::1", 5070, "tcp")
-    assert parse_sip_uri("sips:carrier.example").transport == "tls"
+    assert (u.user, u.host, u.port, u.params) == ("vg", "2001:db8::1", 5070, {"transport": "TCP"})
+    assert parse_sip_uri("sips:carrier.example").scheme == "sips"
     for bad, why in [("http://x", "not a SIP URI"), ("sip:bad_host!", "not a SIP URI"), ("sip:h:70000", "port"),
                      ("sip:-x.example", "host name")]:
         with pytest.raises(ValueError, match=why):
@@ -82,7 +83,9 @@ def test_check_names_a_missing_password_env_var_with_its_line(monkeypatch):
 
 def test_check_refuses_a_transport_the_gateway_does_not_listen_on(monkeypatch):
     text = _cfg(monkeypatch, transport="tcp") + "sip:\n  transports: [udp]\n"
-    assert any("trunks.carrier uses tcp but sip.transports has only udp" in i for i in _issues(text))
+    assert _issues(text) == ["vg.yaml:14: trunks.carrier.transport: tcp is not in sip.transports (udp)"]
+    text = _cfg(monkeypatch).replace("agent: e", "agent: nobody")
+    assert _issues(text) == ["vg.yaml:17: trunks.carrier.routes.0.agent: unknown agent 'nobody'"]
     text = _cfg(monkeypatch, registrar="sip:h;transport=tcp")
     assert any("registrar says transport=tcp but transport is udp" in i for i in _issues(text))
 
@@ -106,6 +109,7 @@ def test_registration_refreshes_failures_and_backoff():
         assert ev["state"] == "failed" and ev["code"] == 401
     assert waits == [2.0, 4.0, 8.0, 10.0, 10.0]
     assert not r.due(113.9) and r.due(114.0) and r.state == "registering"
+    assert r.started(114.0, True) == []  # the retry's REGISTER: `due` already said so
     assert not r.due(200.0)  # retried once, until the next result
     r.result(201.0, 200, "OK", 60)
     assert r.failures == 0 and r.refreshes == 1  # a recovery is not a refresh
@@ -234,3 +238,34 @@ def test_a_trunk_with_inbound_auth_challenges_foreign_addresses(monkeypatch):
 def test_request_parts_give_the_uri_and_authorization():
     msg = "INVITE sip:+4930123@gw SIP/2.0\r\nAuthorization: Digest username=\"vg\",\r\n realm=\"r\"\r\n\r\n"
     assert request_parts(msg) == ("sip:+4930123@gw", 'Digest username="vg", realm="r"')
+
+
+def test_cli_check_and_trunks_name_what_is_wrong(monkeypatch, tmp_path: Path, capsys):
+    cfg = tmp_path / "vg.yaml"
+    cfg.write_text(_cfg(monkeypatch, env="VG_T_MISSING"))
+    assert main(["check", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert f"{cfg}:13: trunks.carrier.password_env: environment variable VG_T_MISSING" in err
+    cfg.write_text(_cfg(monkeypatch))
+    assert main(["trunks", "--config", str(cfg)]) == 1
+    assert f"no status in {tmp_path / 'run' / 'trunks.json'}" in capsys.readouterr().err
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "trunks.json").write_text('{"updated": 1, "pid": 1, "running": false, "trunks": []}')
+    assert main(["trunks", "--config", str(cfg)]) == 0
+    assert "carrier  not in status file" in capsys.readouterr().out
+
+
+def test_original_called_number_from_history_info_or_diversion():
+    hi = "<sip:+4930111@a;cause=302>;index=1, <sip:+4930222@b>;index=1.1"
+    assert original_called({"History-Info": hi, "Diversion": "<sip:x@y>"}) == "+4930111"
+    assert original_called({"Diversion": "<sip:+4930333@a>;reason=no-answer, <tel:+4930444>;reason=unconditional"}
+                           ) == "+4930444"
+    assert original_called({}) == ""
+
+
+def test_a_certificate_that_does_not_load_is_named(monkeypatch, tmp_path: Path):
+    (tmp_path / "c.pem").write_text("not a certificate\n")
+    text = _cfg(monkeypatch) + (f"sip:\n  transports: [udp, tls]\n  tls:\n    cert_file: {tmp_path}/c.pem\n"
+                                f"    key_file: {tmp_path}/c.pem\n")
+    [issue] = _issues(text)
+    assert issue.startswith(f"vg.yaml:21: sip.tls: cannot use cert_file {tmp_path}/c.pem with key_file")
