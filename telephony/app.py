@@ -136,6 +136,7 @@ class Gateway:
 
     async def _drain(self) -> None:
         self.draining = True
+        self.stack.draining = True
         grace = self.config.timeouts.shutdown_grace_s
         event("gateway_draining", calls=len(self.legs) + sum(len(tr.calls) for tr in self.transports), grace_s=grace)
         for tr in self.transports:

@@ -16,6 +16,7 @@ Sink = Callable[[str, Mapping[str, Any]], None]
 """Gets every event's name and fields, on the thread that raised it (pjsua, media clock or loop): must be quick."""
 
 _sinks: tuple[Sink, ...] = ()
+_tags: dict[str, Any] = {}
 _sinks_lock = threading.Lock()
 
 
@@ -42,6 +43,11 @@ def setup_logging(level: str = "info") -> None:
     root.propagate = False
 
 
+def tag_events(**fields: Any) -> None:
+    """Add `fields` to every log line of this process from now on (a worker's index)."""
+    _tags.update(fields)
+
+
 def event(name: str, **fields: Any) -> None:
     """Log `{"ts":..., "event": name, ...fields}` as one JSON line."""
     event_at(logging.INFO, name, **fields)
@@ -55,5 +61,5 @@ def event_at(level: int, name: str, **fields: Any) -> None:
             log.error(json.dumps({"ts": round(time.time(), 3), "event": "sink_error", "sink": repr(sink),
                                   "for": name, "error": repr(e)}, separators=(",", ":")))
     if log.isEnabledFor(level):
-        rec = {"ts": round(time.time(), 3), "event": name, **fields}
+        rec = {"ts": round(time.time(), 3), "event": name, **_tags, **fields}
         log.log(level, json.dumps(rec, default=str, separators=(",", ":")))
