@@ -1,0 +1,144 @@
+"""`voicegate serve --workers 2` behind a real Kamailio front door, called by sipp: calls spread over both workers,
+the all-full reply, a worker killed under calls, a worker drained; and one supervised worker's own full reply."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from telephony.supervisor import options_ping
+from tests.integration.cluster import (
+    answered_by,
+    cluster_config,
+    expect_reply,
+    free_block,
+    sipp_calls,
+    start_cluster,
+    wait_answered,
+)
+from tests.integration.peers import Gateway, free_port
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("cluster")
+    port, first = free_port(), free_block(2)
+    gw = start_cluster(cluster_config(port, {"count": 2, "first_port": first, "probe_interval_s": 1,
+                                             "failover_timeout_s": 1.0}), tmp, port, 2)
+    gw.first_port = first  # type: ignore[attr-defined]
+    yield gw
+    rc = gw.stop(40)
+    assert rc == 0, "\n".join(gw.lines[-20:])
+    gw.wait_event("supervisor_stopped", 1)
+    listening = subprocess.run(["ss", "-lunH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    assert str(port) not in listening, "kamailio outlived the supervisor"
+
+
+def worker_pid(gw: Gateway, index: int) -> int:
+    return int([e for e in gw.events("worker_started") if e["worker"] == index][-1]["pid"])
+
+
+def frontdoor_said(gw: Gateway, words: str, after: float) -> list[dict[str, object]]:
+    return [e for e in gw.events("frontdoor") if words in str(e["msg"]) and float(e["ts"]) >= after]  # type: ignore[arg-type]
+
+
+def test_calls_spread_over_both_workers_and_logs_name_the_worker(cluster: Gateway, tmp_path: Path):
+    assert {e["worker"] for e in cluster.events("gateway_ready")} == {0, 1}
+    before = len(cluster.events("call_answered"))
+    p = sipp_calls(cluster.port, tmp_path, 4, 1000)
+    out, err = p.communicate(timeout=40)
+    assert p.returncode == 0, out[-2000:] + err[-1000:]
+    got = wait_answered(cluster, before, 4)
+    assert sorted(e["worker"] for e in got) == [0, 0, 1, 1]
+    for e in got:
+        cluster.wait_event("call_end", 10, call=e["call"], reason="remote_200")
+
+
+def test_all_workers_full_gets_503_with_retry_after_at_once(cluster: Gateway, tmp_path: Path):
+    before = len(cluster.events("call_answered"))
+    hold = sipp_calls(cluster.port, tmp_path, 8, 4000)
+    wait_answered(cluster, before, 8)
+    took = expect_reply(cluster.port, tmp_path, 503, "Retry-After: 30")
+    assert took < 2.0, f"the refusal took {took:.1f} s"
+    assert len([e for e in cluster.events("call_refused") if e["code"] == 486]) >= 2  # each worker said full
+    out, err = hold.communicate(timeout=40)
+    assert hold.returncode == 0, out[-2000:] + err[-1000:]
+
+
+def test_killed_worker_is_replaced_and_the_other_keeps_its_calls(cluster: Gateway, tmp_path: Path):
+    before = len(cluster.events("call_answered"))
+    hold = sipp_calls(cluster.port, tmp_path, 4, 5000)
+    held = wait_answered(cluster, before, 4)
+    on0 = {e["call"] for e in held if e["worker"] == 0}
+    assert len(on0) == 2
+    victim = worker_pid(cluster, 1)
+    killed = time.time()
+    os.kill(victim, signal.SIGKILL)
+    ok_at = None
+    while time.time() - killed < 10 and ok_at is None:
+        n = len(cluster.events("call_answered"))
+        p = sipp_calls(cluster.port, tmp_path, 1, 200)
+        p.communicate(timeout=30)
+        if p.returncode == 0:
+            ok_at = time.time()
+            assert answered_by(cluster)[cluster.events("call_answered")[n]["call"]] == 0
+    assert ok_at is not None and ok_at - killed < 5.0, "no new call got through within 5 s of the kill"
+    hold.communicate(timeout=40)
+    for call in on0:  # the surviving worker's calls ran to their normal end
+        cluster.wait_event("call_end", 10, call=call, reason="remote_200")
+    cluster.wait_event("worker_exited", 5, worker=1, pid=victim, rc=-9)
+    deadline = time.monotonic() + 20
+    while not frontdoor_said(cluster, "worker up", killed) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert frontdoor_said(cluster, "worker up", killed), "\n".join(cluster.lines[-20:])
+    assert worker_pid(cluster, 1) != victim
+    assert options_ping("127.0.0.1", cluster.first_port + 1) == 200  # type: ignore[attr-defined]
+
+
+def test_drained_worker_finishes_its_call_gets_no_new_ones_and_comes_back(cluster: Gateway, tmp_path: Path):
+    cluster.wait_event("gateway_ready", 20, worker=1)
+    time.sleep(1.5)  # both workers up at the front door (probed every second)
+    before = len(cluster.events("call_answered"))
+    hold = sipp_calls(cluster.port, tmp_path, 1, 4000)
+    (first,) = wait_answered(cluster, before, 1)
+    index = int(first["worker"])
+    pid = worker_pid(cluster, index)
+    os.kill(pid, signal.SIGTERM)
+    cluster.wait_event("gateway_draining", 5, worker=index)
+    assert options_ping("127.0.0.1", cluster.first_port + index) == 503  # type: ignore[attr-defined]
+    n = len(cluster.events("call_answered"))
+    p = sipp_calls(cluster.port, tmp_path, 3, 200)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, out[-2000:] + err[-1000:]
+    assert {e["worker"] for e in cluster.events("call_answered")[n:]} == {1 - index}
+    out, err = hold.communicate(timeout=30)
+    assert hold.returncode == 0, out[-2000:] + err[-1000:]
+    cluster.wait_event("call_end", 10, call=first["call"], reason="remote_200")
+    cluster.wait_event("worker_exited", 15, worker=index, pid=pid, rc=0)
+    deadline = time.monotonic() + 20
+    while worker_pid(cluster, index) == pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert worker_pid(cluster, index) != pid
+
+
+@pytest.mark.parametrize("reply", [486, 480])
+def test_one_full_worker_refuses_the_fifth_call_as_configured(tmp_path: Path, reply: int):
+    port = free_port()
+    gw = start_cluster(cluster_config(port, {"when_full": {"reply": reply}}), tmp_path, port, 1)
+    try:
+        before = len(gw.events("call_answered"))
+        hold = sipp_calls(port, tmp_path, 4, 3000)
+        wait_answered(gw, before, 4)
+        took = expect_reply(port, tmp_path, reply)
+        assert took < 2.0
+        gw.wait_event("call_refused", 2, code=reply, reason="full")
+        out, err = hold.communicate(timeout=30)
+        assert hold.returncode == 0, out[-2000:] + err[-1000:]
+    finally:
+        assert gw.stop(30) == 0
