@@ -5,12 +5,15 @@ with 200 even while the gateway drains. Neither is configurable through pjsua2, 
 pjsip module (through ctypes, on the same library pjsua2 loaded) that sees out-of-dialog requests after the
 transaction and dialog layers and before pjsua: it answers a new INVITE with the configured reply when the worker
 is full or draining, and OPTIONS with 503 while draining, so that a Kamailio front door stops sending calls.
-`decide` is the policy, pure; `SipGate` is the glue, used on the pjsua thread only.
+`decide` is the policy, pure; `SipGate` is the glue, used on the pjsua thread only. It also ends a call whose 200 OK
+was never ACKed at once (`terminate`): hung up the usual way, pjsip waits for that ACK before its BYE and keeps the
+slot for 32 s.
 """
 
 from __future__ import annotations
 
 import ctypes
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,6 +44,22 @@ def decide(method: str, calls: int, max_calls: int, draining: bool, full_code: i
     if calls >= max_calls:
         return Reply(full_code, "full", {"Retry-After": str(retry_after_s)} if full_code == 503 else {})
     return None
+
+
+_TAG = re.compile(r";\s*tag=([^;,\s>]+)", re.I)
+
+
+def dialog_ids(response: str) -> tuple[str, str, str] | None:
+    """Call-ID, local tag (To) and remote tag (From) of a response we sent; None if one is missing."""
+    heads: dict[str, str] = {}
+    for line in response.split("\r\n\r\n", 1)[0].split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        key = {"i": "call-id", "t": "to", "f": "from"}.get(name.strip().lower(), name.strip().lower())
+        heads.setdefault(key, value.strip())
+    to, frm = _TAG.search(heads.get("to", "")), _TAG.search(heads.get("from", ""))
+    if not heads.get("call-id") or to is None or frm is None:
+        return None
+    return heads["call-id"], to.group(1), frm.group(1)
 
 
 class _PjStr(ctypes.Structure):
@@ -83,6 +102,12 @@ class SipGate:
         self.lib.pjsip_endpt_respond.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
                                                  ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
         self.lib.pjsip_endpt_register_module.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        self.lib.pjsip_ua_find_dialog.restype = ctypes.c_void_p
+        self.lib.pjsip_ua_find_dialog.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+        self.lib.pjsip_dlg_get_inv_session.restype = ctypes.c_void_p
+        self.lib.pjsip_dlg_get_inv_session.argtypes = [ctypes.c_void_p]
+        self.lib.pjsip_inv_terminate.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+        self.lib.pjsip_dlg_dec_lock.argtypes = [ctypes.c_void_p]
         self.max_calls = max_calls
         self.draining = draining
         self.full_code = full_code
@@ -93,6 +118,22 @@ class SipGate:
         self._mod = _Module(name=_PjStr(self._name, len(self._name)), id=-1, priority=PRIORITY,
                             on_rx_request=self._cb)
         self._endpt: Any = None
+
+    def terminate(self, call_id: str, local_tag: str, remote_tag: str, code: int) -> bool:
+        """End the INVITE session of a dialog at once, without a request on the wire; False if pjsip has no such
+        dialog."""
+        ids = [s.encode() for s in (call_id, local_tag, remote_tag)]
+        strs = [_PjStr(b, len(b)) for b in ids]
+        dlg = self.lib.pjsip_ua_find_dialog(*(ctypes.byref(s) for s in strs), 1)  # returned locked
+        if not dlg:
+            return False
+        try:
+            inv = self.lib.pjsip_dlg_get_inv_session(dlg)
+            if inv:
+                self.lib.pjsip_inv_terminate(inv, code, 1)
+        finally:
+            self.lib.pjsip_dlg_dec_lock(dlg)
+        return bool(inv)
 
     def install(self) -> None:
         self._endpt = self.lib.pjsua_get_pjsip_endpt()

@@ -324,6 +324,15 @@ class SipStack:
         except pj.Error as e:
             event("sip_answer_error", call=call.call_id, code=code, error=e.info())
 
+    def release_unacked(self, key: int) -> None:
+        """End a call whose 2xx got no ACK at once: a BYE would wait for the ACK (RFC 3261 15) and the call slot
+        would stay taken for pjsip's 32 s of 2xx retransmissions."""
+        call = self.calls.get(key)
+        if call is None or call.disconnected:
+            return
+        if call.dialog is None or self.gate is None or not self.gate.terminate(*call.dialog, 408):
+            self.hangup(key)
+
     def hangup(self, key: int, code: int = 200) -> None:
         call = self.calls.get(key)
         if call is None or call.disconnected:

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 from telephony.config import Config
@@ -207,11 +208,21 @@ class FrontDoor:
         return self.proc.pid
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        """Our routing lines become `frontdoor` events; Kamailio's own errors (one or more per malformed request)
+        `frontdoor_error` events, at most one a second, each counting those left out since the last."""
         assert proc.stderr is not None
+        last, skipped = 0.0, 0
         async for raw in proc.stderr:
             line = raw.decode(errors="replace").rstrip()
-            if f" {MARK} " in line or "ERROR" in line or "CRITICAL" in line:
-                event("frontdoor", msg=line.split(f" {MARK} ", 1)[-1] if f" {MARK} " in line else line[-300:])
+            if f": {MARK} " in line:
+                event("frontdoor", msg=line.split(f": {MARK} ", 1)[1][:300])
+            elif "ERROR" in line or "CRITICAL" in line or "ALERT" in line:
+                now = time.monotonic()
+                if now - last < 1.0:
+                    skipped += 1
+                    continue
+                event("frontdoor_error", msg=line[-300:], skipped=skipped)
+                last, skipped = now, 0
 
     async def wait(self) -> int:
         assert self.proc is not None

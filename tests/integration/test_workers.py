@@ -3,8 +3,10 @@ the all-full reply, a worker killed under calls, a worker drained; and one super
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from telephony.app import NO_ACK_S
 from telephony.supervisor import options_ping
+from tests.fuzz_sip import blast
 from tests.integration.cluster import (
     answered_by,
     cluster_config,
@@ -24,13 +28,17 @@ from tests.integration.cluster import (
 )
 from tests.integration.peers import Gateway, free_port
 
+FUZZ_MESSAGES = int(os.environ.get("FUZZ_MESSAGES", "2000"))
+"""Mutated requests per run, half at a worker and half at the front door (`make soak` sends 10,000)."""
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("cluster")
     port, first = free_port(), free_block(2)
     gw = start_cluster(cluster_config(port, {"count": 2, "first_port": first, "probe_interval_s": 1,
-                                             "failover_timeout_s": 1.0}), tmp, port, 2)
+                                             "failover_timeout_s": 1.0, "flood_requests": 400, "flood_window_s": 1,
+                                             "flood_block_s": 1}), tmp, port, 2)
     gw.first_port = first  # type: ignore[attr-defined]
     yield gw
     rc = gw.stop(40)
@@ -125,6 +133,71 @@ def test_drained_worker_finishes_its_call_gets_no_new_ones_and_comes_back(cluste
     while worker_pid(cluster, index) == pid and time.monotonic() < deadline:
         time.sleep(0.1)
     assert worker_pid(cluster, index) != pid
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def options_burst(port: int, count: int) -> int:
+    """Send `count` OPTIONS as fast as the socket takes them; how many were answered."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(0.5)
+        lport = s.getsockname()[1]
+        for n in range(count):
+            s.sendto((f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{lport};branch=z9hG4bKb{n}"
+                      f"\r\nFrom: <sip:b@127.0.0.1>;tag=b{n}\r\nTo: <sip:127.0.0.1>\r\nCall-ID: burst{n}\r\n"
+                      f"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode(),
+                     ("127.0.0.1", port))
+        answered = 0
+        with contextlib.suppress(TimeoutError):
+            while True:
+                s.recv(65535)
+                answered += 1
+    return answered
+
+
+def test_malformed_sip_crashes_nothing_leaks_no_slot_and_calls_work_after(cluster: Gateway, tmp_path: Path):
+    first = cluster.first_port  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 20
+    while not all(options_ping("127.0.0.1", first + i) == 200 for i in (0, 1)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.5)  # and marked up at the front door
+    pids = {i: worker_pid(cluster, i) for i in (0, 1)}
+    started = time.time()
+    blast("127.0.0.1", first, 200, 1000, seed=9)  # warm-up: pools and caches reach their working size
+    rss0 = rss_kb(pids[0])
+    half = FUZZ_MESSAGES // 2
+    blast("127.0.0.1", first, half, 1000, seed=1)
+    blast("127.0.0.1", cluster.port, half, 300, seed=2)
+    answered = options_burst(cluster.port, 1500)
+    assert answered < 1500, "pike let a flood through"
+    deadline = time.monotonic() + NO_ACK_S + 10  # fuzzed INVITEs that were answered and never ACKed are released
+    while time.monotonic() < deadline:
+        opened = {(e["worker"], e["call"]) for e in cluster.events("call_incoming") if e["ts"] >= started}
+        closed = {(e["worker"], e["call"]) for name in ("call_end", "call_refused") for e in cluster.events(name)
+                  if e["ts"] >= started and "call" in e}
+        if not opened - closed:
+            break
+        time.sleep(0.2)
+    assert not opened - closed, f"calls never ended: {sorted(opened - closed)[:10]}"
+    rss1 = rss_kb(pids[0])
+    assert not [e for e in cluster.events("worker_exited") if e["ts"] >= started], "a worker died"
+    assert not [e for e in cluster.events("frontdoor_exited") if e["ts"] >= started], "kamailio died"
+    assert {i: worker_pid(cluster, i) for i in (0, 1)} == pids
+    assert rss1 - rss0 < 20_000, f"worker RSS grew {rss1 - rss0} kB over {half} mutated requests"
+    time.sleep(2.0)  # a worker that left a mutated INVITE unanswered is probed back in
+    before = len(cluster.events("call_answered"))
+    mark = len(cluster.lines)
+    p = sipp_calls(cluster.port, tmp_path, 8, 500)  # every slot of both workers: none leaked
+    out, err = p.communicate(timeout=40)
+    assert p.returncode == 0, out[-2000:] + err[-1000:] + "\n".join(
+        ln[:250] for ln in cluster.lines[mark - 40:] if "pjsip" not in ln)
+    assert len(wait_answered(cluster, before, 8)) >= 8
 
 
 @pytest.mark.parametrize("reply", [486, 480])

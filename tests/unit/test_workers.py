@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from telephony.admission import Reply, decide
+from telephony.admission import Reply, decide, dialog_ids
 from telephony.config import ConfigError, parse_config
 from telephony.frontdoor import dispatcher_list, kamailio_config
 from telephony.workers import Restarts, rtp_slice, worker_config
@@ -94,3 +94,10 @@ def test_kamailio_accepts_the_front_door_config(tmp_path: Path, dispatch: str, r
     assert check.returncode == 0, check.stderr[-2000:]
     assert f'sl_send_reply("{reply}"' in text and ("Retry-After: 30" in text) == (reply == 503)
     assert ('ds_select_dst("1", "10")' in text) == (dispatch == "least_loaded")
+
+
+def test_dialog_ids_of_our_2xx():
+    ok = ("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5;branch=z9hG4bK1\r\ni: abc@host\r\n"
+          "From: \"a\" <sip:a@h>;tag=remote1\r\nTo: <sip:b@h>;TAG=local2;x=1\r\nCSeq: 1 INVITE\r\n\r\nv=0")
+    assert dialog_ids(ok) == ("abc@host", "local2", "remote1")
+    assert dialog_ids(ok.replace(";TAG=local2", "")) is None
