@@ -153,7 +153,9 @@ class SipGate:
             self._respond(rdata, reply)
             if method == "INVITE":
                 self.refused += 1
-                event("call_refused", code=reply.code, reason=reply.reason, calls=calls, max_calls=self.max_calls)
+                # refused before pjsua made a call of it: no Call-ID is at hand ("")
+                event("call_refused", call="", code=reply.code, reason=reply.reason, calls=calls,
+                      max_calls=self.max_calls)
             return 1
         except Exception as e:  # a raise here would cross into pjsip
             event("sip_callback_error", where="gate", error=repr(e))

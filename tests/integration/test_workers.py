@@ -8,9 +8,11 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -26,7 +28,7 @@ from tests.integration.cluster import (
     start_cluster,
     wait_answered,
 )
-from tests.integration.peers import Gateway, free_port
+from tests.integration.peers import Gateway, call, free_port
 
 FUZZ_MESSAGES = int(os.environ.get("FUZZ_MESSAGES", "2000"))
 """Mutated requests per run, half at a worker and half at the front door (`make soak` sends 10,000)."""
@@ -98,8 +100,8 @@ def test_killed_worker_is_replaced_and_the_other_keeps_its_calls(cluster: Gatewa
             assert answered_by(cluster)[cluster.events("call_answered")[n]["call"]] == 0
     assert ok_at is not None and ok_at - killed < 5.0, "no new call got through within 5 s of the kill"
     hold.communicate(timeout=40)
-    for call in on0:  # the surviving worker's calls ran to their normal end
-        cluster.wait_event("call_end", 10, call=call, reason="remote_200")
+    for cid in on0:  # the surviving worker's calls ran to their normal end
+        cluster.wait_event("call_end", 10, call=cid, reason="remote_200")
     cluster.wait_event("worker_exited", 5, worker=1, pid=victim, rc=-9)
     deadline = time.monotonic() + 20
     while not frontdoor_said(cluster, "worker up", killed) and time.monotonic() < deadline:
@@ -133,6 +135,26 @@ def test_drained_worker_finishes_its_call_gets_no_new_ones_and_comes_back(cluste
     while worker_pid(cluster, index) == pid and time.monotonic() < deadline:
         time.sleep(0.1)
     assert worker_pid(cluster, index) != pid
+
+
+def test_front_door_restart_keeps_the_workers_calls(cluster: Gateway):
+    cluster.wait_event("gateway_ready", 20, worker=1)
+    result: dict[str, Any] = {}
+    before = len(cluster.events("call_answered"))
+    t = threading.Thread(target=lambda: result.update(call(f"sip:echo@127.0.0.1:{cluster.port}", "--duration", "6")))
+    t.start()
+    (answered,) = wait_answered(cluster, before, 1, 20)
+    kamailio = int(cluster.events("frontdoor_started")[-1]["pid"])
+    killed = time.time()
+    os.killpg(kamailio, signal.SIGKILL)
+    cluster.wait_event("frontdoor_exited", 5, pid=kamailio)
+    deadline = time.monotonic() + 10
+    while not [e for e in cluster.events("frontdoor_ready") if e["ts"] >= killed] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t.join(40)
+    assert result["answered"] and not result["remote_hangup"]  # the caller hung up; its BYE went through the new
+    end = cluster.wait_event("call_end", 10, call=answered["call"])  # front door, routed by its Route header
+    assert end["reason"] == "remote_200" and end["frames_in"] > 0.8 * 6 * 50, end  # RTP never went through it
 
 
 def rss_kb(pid: int) -> int:
@@ -180,7 +202,7 @@ def test_malformed_sip_crashes_nothing_leaks_no_slot_and_calls_work_after(cluste
     while time.monotonic() < deadline:
         opened = {(e["worker"], e["call"]) for e in cluster.events("call_incoming") if e["ts"] >= started}
         closed = {(e["worker"], e["call"]) for name in ("call_end", "call_refused") for e in cluster.events(name)
-                  if e["ts"] >= started and "call" in e}
+                  if e["ts"] >= started and e.get("call")}
         if not opened - closed:
             break
         time.sleep(0.2)
