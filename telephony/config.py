@@ -458,7 +458,17 @@ class WorkersConfig(_Strict):
     """Wait before restarting a worker that exited; doubles while it keeps dying, up to `restart_max_s`."""
     restart_max_s: float = Field(30.0, gt=0, le=3600)
     when_full: WhenFullConfig = WhenFullConfig()
+    remote: list[str] = []
+    """Gateways on other machines the front door also sends calls to (`sip:HOST:PORT`; each a `voicegate serve`
+    with `workers: {when_full: {reply: 486}}`, reaching the front door at `sip.listen`)."""
     kamailio: str = "/usr/sbin/kamailio"
+
+    @field_validator("remote")
+    @classmethod
+    def _uris(cls, v: list[str]) -> list[str]:
+        for uri in v:
+            parse_sip_uri(uri)
+        return v
 
     @model_validator(mode="before")
     @classmethod

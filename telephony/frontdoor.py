@@ -32,9 +32,12 @@ MARK = "VG"
 
 
 def dispatcher_list(cfg: Config, count: int) -> str:
-    """Destination set 1: the workers, each with a call-load id and its call limit (used by least_loaded)."""
-    return "".join(f"1 sip:127.0.0.1:{worker_port(cfg, i, count)} 0 0 duid=w{i};maxload={CALLS_PER_WORKER}\n"
-                   for i in range(count))
+    """Destination set 1: the local workers, then the remote ones, each with a call-load id and its call limit
+    (used by least_loaded)."""
+    local = [f"1 sip:127.0.0.1:{worker_port(cfg, i, count)} 0 0 duid=w{i};maxload={CALLS_PER_WORKER}\n"
+             for i in range(count)]
+    return "".join(local) + "".join(f"1 {uri} 0 0 duid=r{j};maxload={CALLS_PER_WORKER}\n"
+                                    for j, uri in enumerate(cfg.workers.remote))
 
 
 def kamailio_config(cfg: Config, list_file: Path, modules: Path = MODULES) -> str:

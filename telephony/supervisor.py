@@ -1,9 +1,10 @@
 """`voicegate serve --workers N`: N worker processes, each the gateway on its own port and RTP range, restarted
-with backoff when one exits, and for N > 1 the Kamailio front door (telephony/frontdoor.py), started once every
-worker answers OPTIONS and restarted too if it dies. SIGTERM to the supervisor drains every worker, then stops
-Kamailio (it carries the workers' in-dialog requests until then). SIGTERM to one worker drains that worker alone:
-it answers OPTIONS with 503, Kamailio stops sending it calls, its calls finish, and it is started again.
-Workers write their own JSON log lines to the supervisor's stderr, each tagged with `worker`.
+with backoff when one exits, and for N > 1 (or with `workers.remote`) the Kamailio front door
+(telephony/frontdoor.py), started once every local worker answers OPTIONS and restarted too if it dies.
+SIGTERM to the supervisor drains every worker, then stops Kamailio (it carries the workers' in-dialog requests
+until then). SIGTERM to one worker drains that worker alone: it answers OPTIONS with 503, Kamailio stops sending
+it calls, its calls finish, and it is started again. Workers write their own JSON log lines to the supervisor's
+stderr, each tagged with `worker`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import uuid
 from telephony.config import Config
 from telephony.frontdoor import FrontDoor
 from telephony.logs import event
-from telephony.workers import Restarts, worker_port
+from telephony.workers import Restarts, behind_front_door, worker_port
 
 READY_TIMEOUT_S = 120.0
 """How long the front door waits for the workers' first OPTIONS answers (agents load models at start-up)."""
@@ -67,7 +68,7 @@ class Supervisor:
         self.config_path = config_path
         self.count = count
         self.procs: dict[int, asyncio.subprocess.Process] = {}
-        self.front = FrontDoor(cfg, count) if count > 1 else None
+        self.front = FrontDoor(cfg, count) if behind_front_door(cfg, count) else None
         self._stop = asyncio.Event()
 
     async def run(self) -> int:
@@ -140,6 +141,8 @@ class Supervisor:
         ready = await asyncio.gather(*(wait_answering("127.0.0.1", p, READY_TIMEOUT_S) for p in ports))
         if not all(ready):
             event("frontdoor_waited", not_answering=[p for p, ok in zip(ports, ready, strict=True) if not ok])
+        if self.cfg.workers.remote:
+            event("frontdoor_remote_workers", remote=self.cfg.workers.remote)
         restarts = Restarts(self.cfg.workers.restart_min_s, self.cfg.workers.restart_max_s)
         host = "127.0.0.1" if self.cfg.sip.listen == "0.0.0.0" else self.cfg.sip.listen
         while not self._stop.is_set():

@@ -1,8 +1,9 @@
 """What each worker process is given, and when a dead one is restarted (pure: no processes here).
 
-A pjsua2 process serves at most 4 calls (DESIGN §2), so `voicegate serve --workers N` runs N gateways. With more
-than one, each listens on loopback (`workers.first_port` + i, UDP) behind the Kamailio front door and owns one
-N-th of the configured RTP range; the stream transports and the metrics endpoint (fixed ports) run in worker 0.
+A pjsua2 process serves at most 4 calls (DESIGN §2), so `voicegate serve --workers N` runs N gateways. Behind the
+Kamailio front door (more than one, or `workers.remote` gateways on other machines), each listens on loopback
+(`workers.first_port` + i, UDP) and owns one N-th of the configured RTP range; the stream transports and the
+metrics endpoint (fixed ports) run in worker 0.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ CALLS_PER_WORKER = 4
 def fit_problem(workers: WorkersConfig, count: int, sip: SipConfig, rtp: RtpConfig,
                 trunks: Mapping[str, TrunkConfig]) -> str:
     """Why `count` workers cannot run with this config ("" when they can)."""
-    if count <= 1:
+    if count <= 1 and not workers.remote:
         return ""
     if "tls" in sip.transports:
         return "several workers with SIP over TLS are not there yet (the Kamailio front door would end TLS)"
@@ -49,14 +50,18 @@ def rtp_slice(rtp: RtpConfig, index: int, count: int) -> tuple[int, int]:
     return lo, lo + size - 1
 
 
+def behind_front_door(cfg: Config, count: int) -> bool:
+    return count > 1 or bool(cfg.workers.remote)
+
+
 def worker_port(cfg: Config, index: int, count: int) -> int:
-    return cfg.sip.port if count == 1 else cfg.workers.first_port + index
+    return cfg.workers.first_port + index if behind_front_door(cfg, count) else cfg.sip.port
 
 
 def worker_config(cfg: Config, index: int, count: int) -> Config:
-    """The config worker `index` of `count` runs with. One worker is the gateway as configured; with more, every
-    worker refuses a call it has no slot for with 486, so that the front door tries the next one."""
-    if count == 1:
+    """The config worker `index` of `count` runs with. One worker alone is the gateway as configured; behind the
+    front door every worker refuses a call it has no slot for with 486, so that the front door tries the next one."""
+    if not behind_front_door(cfg, count):
         return cfg
     lo, hi = rtp_slice(cfg.rtp, index, count)
     sip = cfg.sip.model_copy(update={"listen": "127.0.0.1", "port": worker_port(cfg, index, count),

@@ -48,8 +48,10 @@ def cluster_config(port: int, workers: dict[str, Any], **overrides: Any) -> str:
     return yaml.safe_dump(cfg)
 
 
-def start_cluster(config_text: str, tmp: Path, port: int, workers: int, timeout: float = 60.0) -> Gateway:
-    """Start `voicegate serve --workers N`; return once every worker and (N > 1) the front door answer."""
+def start_cluster(config_text: str, tmp: Path, port: int, workers: int, timeout: float = 60.0,
+                  front_door: bool = False) -> Gateway:
+    """Start `voicegate serve --workers N`; return once every worker and (N > 1 or `front_door`) the front door
+    answer."""
     cfg = tmp / "voicegate.yaml"
     cfg.write_text(config_text)
     proc = subprocess.Popen([str(VENV_BIN / "voicegate"), "serve", "--config", str(cfg), "--workers", str(workers)],
@@ -65,7 +67,7 @@ def start_cluster(config_text: str, tmp: Path, port: int, workers: int, timeout:
     try:
         for i in range(workers):
             gw.wait_event("gateway_ready", timeout, worker=i)
-        if workers > 1:
+        if workers > 1 or front_door:
             gw.wait_event("frontdoor_ready", timeout)
     except AssertionError:
         gw.stop()

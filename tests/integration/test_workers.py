@@ -222,18 +222,47 @@ def test_malformed_sip_crashes_nothing_leaks_no_slot_and_calls_work_after(cluste
     assert len(wait_answered(cluster, before, 8)) >= 8
 
 
-@pytest.mark.parametrize("reply", [486, 480])
-def test_one_full_worker_refuses_the_fifth_call_as_configured(tmp_path: Path, reply: int):
-    port = free_port()
-    gw = start_cluster(cluster_config(port, {"when_full": {"reply": reply}}), tmp_path, port, 1)
+def test_the_front_door_also_sends_calls_to_a_gateway_elsewhere(tmp_path: Path):
+    """"Elsewhere" is a second voicegate on loopback, listed in workers.remote like one on another machine; being
+    one full worker, it refuses a fifth call with its configured 486."""
+    (tmp_path / "remote").mkdir()
+    (tmp_path / "front").mkdir()
+    rport, port = free_port(), free_port()
+    remote = start_cluster(cluster_config(rport, {"when_full": {"reply": 486}}), tmp_path / "remote", rport, 1)
     try:
-        before = len(gw.events("call_answered"))
-        hold = sipp_calls(port, tmp_path, 4, 3000)
-        wait_answered(gw, before, 4)
-        took = expect_reply(port, tmp_path, reply)
-        assert took < 2.0
-        gw.wait_event("call_refused", 2, code=reply, reason="full")
-        out, err = hold.communicate(timeout=30)
-        assert hold.returncode == 0, out[-2000:] + err[-1000:]
+        front = start_cluster(cluster_config(port, {"first_port": free_block(1), "remote": [f"sip:127.0.0.1:{rport}"],
+                                                    "probe_interval_s": 1}),
+                              tmp_path / "front", port, 1, front_door=True)
+        try:
+            p = sipp_calls(port, tmp_path, 6, 1000)
+            out, err = p.communicate(timeout=40)
+            assert p.returncode == 0, out[-2000:] + err[-1000:]
+            assert len(wait_answered(front, 0, 3)) == 3 and len(wait_answered(remote, 0, 3)) == 3
+            for gw in (front, remote):
+                for e in gw.events("call_answered"):
+                    gw.wait_event("call_end", 10, call=e["call"], reason="remote_200")
+            full_worker_refuses_a_fifth_call(remote, tmp_path, 486)
+        finally:
+            assert front.stop(30) == 0
+    finally:
+        assert remote.stop(30) == 0
+
+
+def full_worker_refuses_a_fifth_call(gw: Gateway, tmp: Path, reply: int) -> None:
+    before = len(gw.events("call_answered"))
+    hold = sipp_calls(gw.port, tmp, 4, 2000)
+    wait_answered(gw, before, 4)
+    took = expect_reply(gw.port, tmp, reply)
+    assert took < 2.0
+    gw.wait_event("call_refused", 2, code=reply, reason="full")
+    out, err = hold.communicate(timeout=30)
+    assert hold.returncode == 0, out[-2000:] + err[-1000:]
+
+
+def test_one_full_worker_refuses_the_fifth_call_as_configured(tmp_path: Path):
+    port = free_port()
+    gw = start_cluster(cluster_config(port, {"when_full": {"reply": 480}}), tmp_path, port, 1)
+    try:
+        full_worker_refuses_a_fifth_call(gw, tmp_path, 480)
     finally:
         assert gw.stop(30) == 0

@@ -101,3 +101,13 @@ def test_dialog_ids_of_our_2xx():
           "From: \"a\" <sip:a@h>;tag=remote1\r\nTo: <sip:b@h>;TAG=local2;x=1\r\nCSeq: 1 INVITE\r\n\r\nv=0")
     assert dialog_ids(ok) == ("abc@host", "local2", "remote1")
     assert dialog_ids(ok.replace(";TAG=local2", "")) is None
+
+
+def test_remote_workers_join_the_dispatcher_set_and_bad_uris_are_named():
+    cfg = parse_config(BASE + "workers: {first_port: 6000, remote: ['sip:10.0.0.2:5060']}\n")
+    assert dispatcher_list(cfg, 1).splitlines() == ["1 sip:127.0.0.1:6000 0 0 duid=w0;maxload=4",
+                                                    "1 sip:10.0.0.2:5060 0 0 duid=r0;maxload=4"]
+    assert worker_config(cfg, 0, 1).sip.port == 6000  # behind the front door even as the only local worker
+    with pytest.raises(ConfigError) as e:
+        parse_config(BASE + "workers:\n  remote: ['http://x']\n", "vg.yaml")
+    assert e.value.issues[0].line == 8 and e.value.issues[0].field.startswith("workers.remote"), e.value.issues
