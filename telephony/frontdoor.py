@@ -110,6 +110,7 @@ request_route {{
         if ($sht(calls=>$ci) != $null) {{
             $du = $sht(calls=>$ci);
             if (is_method("BYE")) {{ $sht(calls=>$ci) = $null; }}
+            {'if (is_method("BYE")) { ds_load_update(); }' if least else ''}
             t_relay();
             exit;
         }}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import threading
@@ -73,6 +74,24 @@ def start_cluster(config_text: str, tmp: Path, port: int, workers: int, timeout:
         gw.stop()
         raise
     return gw
+
+
+def stop_all(*gws: Gateway, timeout: float = 30.0) -> list[int | None]:
+    """SIGTERM every one at once (each takes seconds to drain), then wait; one still running after `timeout` is
+    killed and reported as None."""
+    for gw in gws:
+        if gw.proc.poll() is None:
+            gw.proc.send_signal(signal.SIGTERM)
+    rcs: list[int | None] = []
+    deadline = time.monotonic() + timeout
+    for gw in gws:
+        try:
+            rcs.append(gw.proc.wait(max(deadline - time.monotonic(), 0.1)))
+        except subprocess.TimeoutExpired:
+            gw.proc.kill()
+            gw.proc.wait(5)
+            rcs.append(None)
+    return rcs
 
 
 def sipp_calls(port: int, cwd: Path, calls: int, hold_ms: int, service: str = "echo") -> subprocess.Popen[str]:

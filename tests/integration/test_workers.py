@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from tests.integration.cluster import (
     free_block,
     sipp_calls,
     start_cluster,
+    stop_all,
     wait_answered,
 )
 from tests.integration.peers import Gateway, call, free_port
@@ -223,34 +225,57 @@ def test_malformed_sip_crashes_nothing_leaks_no_slot_and_calls_work_after(cluste
 
 
 def test_the_front_door_also_sends_calls_to_a_gateway_elsewhere(tmp_path: Path):
-    """"Elsewhere" is a second voicegate on loopback, listed in workers.remote like one on another machine; being
-    one full worker, it refuses a fifth call with its configured 486."""
+    """"Elsewhere" is a second voicegate on loopback, listed in workers.remote like one on another machine. Dispatch
+    is least_loaded: calls alternate, and with 4 calls on each the front door refuses a ninth itself (503). Being
+    one full worker, the remote gateway refuses a fifth call sent to it directly with its configured 486."""
     (tmp_path / "remote").mkdir()
     (tmp_path / "front").mkdir()
     rport, port = free_port(), free_port()
-    remote = start_cluster(cluster_config(rport, {"when_full": {"reply": 486}}), tmp_path / "remote", rport, 1)
+    with ThreadPoolExecutor(2) as pool:  # started side by side: the front door probes the remote one in when it is up
+        remote_f = pool.submit(start_cluster, cluster_config(rport, {"when_full": {"reply": 486}}),
+                               tmp_path / "remote", rport, 1)
+        front_f = pool.submit(start_cluster, cluster_config(port, {
+            "first_port": free_block(1), "remote": [f"sip:127.0.0.1:{rport}"], "probe_interval_s": 1,
+            "dispatch": "least_loaded"}), tmp_path / "front", port, 1, 60.0, True)
+    started = [f.result() for f in (remote_f, front_f) if f.exception() is None]
+    if len(started) < 2:
+        for gw in started:
+            gw.stop()
+        remote_f.result(), front_f.result()  # raises the failure
+    remote, front = started
     try:
-        front = start_cluster(cluster_config(port, {"first_port": free_block(1), "remote": [f"sip:127.0.0.1:{rport}"],
-                                                    "probe_interval_s": 1}),
-                              tmp_path / "front", port, 1, front_door=True)
-        try:
-            p = sipp_calls(port, tmp_path, 6, 1000)
-            out, err = p.communicate(timeout=40)
-            assert p.returncode == 0, out[-2000:] + err[-1000:]
-            assert len(wait_answered(front, 0, 3)) == 3 and len(wait_answered(remote, 0, 3)) == 3
-            for gw in (front, remote):
-                for e in gw.events("call_answered"):
-                    gw.wait_event("call_end", 10, call=e["call"], reason="remote_200")
-            full_worker_refuses_a_fifth_call(remote, tmp_path, 486)
-        finally:
-            assert front.stop(30) == 0
+        time.sleep(1.2)  # a probe sent before the remote gateway was up has landed; wait until one succeeds
+
+        def remote_in() -> bool:
+            downs, ups = frontdoor_said(front, "worker down", 0), frontdoor_said(front, "worker up", 0)
+            return not downs or bool(ups and float(ups[-1]["ts"]) >= float(downs[-1]["ts"]))  # type: ignore[arg-type]
+
+        deadline = time.monotonic() + 10
+        while not remote_in() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        p = sipp_calls(port, tmp_path, 6, 1000)
+        out, err = p.communicate(timeout=40)
+        assert p.returncode == 0, out[-2000:] + err[-1000:]
+        assert len(wait_answered(front, 0, 3)) == 3 and len(wait_answered(remote, 0, 3)) == 3
+        for gw in (front, remote):
+            for e in gw.events("call_answered"):
+                gw.wait_event("call_end", 10, call=e["call"], reason="remote_200")
+        hold = sipp_calls(port, tmp_path, 8, 1500)  # the loads went back to 0 with the BYEs: 4 fit on each
+        wait_answered(front, 3, 4)
+        wait_answered(remote, 3, 4)
+        refusals = len(front.events("call_refused"))
+        assert expect_reply(port, tmp_path, 503, "Retry-After: 30") < 2.0
+        assert len(front.events("call_refused")) == refusals  # refused at the door: no worker was asked
+        out, err = hold.communicate(timeout=40)
+        assert hold.returncode == 0, out[-2000:] + err[-1000:]
+        full_worker_refuses_a_fifth_call(remote, tmp_path, 486)
     finally:
-        assert remote.stop(30) == 0
+        assert stop_all(front, remote) == [0, 0]
 
 
 def full_worker_refuses_a_fifth_call(gw: Gateway, tmp: Path, reply: int) -> None:
     before = len(gw.events("call_answered"))
-    hold = sipp_calls(gw.port, tmp, 4, 2000)
+    hold = sipp_calls(gw.port, tmp, 4, 1500)
     wait_answered(gw, before, 4)
     took = expect_reply(gw.port, tmp, reply)
     assert took < 2.0
