@@ -18,6 +18,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from telephony.config import Config
@@ -197,17 +198,22 @@ class FrontDoor:
         lst.write_text(dispatcher_list(self.cfg, self.count))
         path = self.dir / "kamailio.cfg"
         path.write_text(kamailio_config(self.cfg, lst))
-        check = subprocess.run([self.cfg.workers.kamailio, "-c", "-f", str(path)], capture_output=True, text=True)
+        try:
+            check = subprocess.run([self.cfg.workers.kamailio, "-c", "-f", str(path)], capture_output=True, text=True)
+        except OSError as e:
+            raise RuntimeError(f"cannot run kamailio ({self.cfg.workers.kamailio}, workers.kamailio; Debian package "
+                               f"kamailio): {e.strerror or e}") from None
         if check.returncode != 0:
             raise RuntimeError(f"kamailio rejected the front door config {path}: {check.stderr.strip()[-1500:]}")
         return path
 
-    async def start(self) -> int:
+    async def start(self, preexec: Callable[[], None] | None = None) -> int:
+        """Start Kamailio; `preexec` runs in the child before it (the supervisor's die-with-parent)."""
         path = self.dir / "kamailio.cfg"
         self.proc = await asyncio.create_subprocess_exec(
             self.cfg.workers.kamailio, "-f", str(path), "-DD", "-E", "-m", "64", "-M", "8", "-Y", str(self.dir),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=self.dir,
-            start_new_session=True)  # its own process group: stop() ends every child
+            start_new_session=True, preexec_fn=preexec)  # its own process group: stop() ends every child
         self._pump = asyncio.ensure_future(self._read(self.proc))
         return self.proc.pid
 

@@ -57,7 +57,7 @@ async def wait_answering(host: str, port: int, timeout: float) -> bool:
 
 
 def _die_with_parent() -> None:
-    """In the child: SIGTERM when the supervisor dies, so that no worker outlives it (Linux prctl)."""
+    """In the child: SIGTERM when the supervisor dies, so that no worker (or Kamailio) outlives it (Linux prctl)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -147,7 +147,7 @@ class Supervisor:
         host = "127.0.0.1" if self.cfg.sip.listen == "0.0.0.0" else self.cfg.sip.listen
         while not self._stop.is_set():
             started = time.monotonic()
-            pid = await front.start()
+            pid = await front.start(_die_with_parent)
             event("frontdoor_started", pid=pid, port=self.cfg.sip.port)
             waiter = asyncio.ensure_future(front.wait())
             if await wait_answering(host, self.cfg.sip.port, 10.0):

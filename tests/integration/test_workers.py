@@ -30,7 +30,7 @@ from tests.integration.cluster import (
     stop_all,
     wait_answered,
 )
-from tests.integration.peers import Gateway, call, free_port
+from tests.integration.peers import VENV_BIN, Gateway, call, free_port
 
 FUZZ_MESSAGES = int(os.environ.get("FUZZ_MESSAGES", "2000"))
 """Mutated requests per run, half at a worker and half at the front door (`make soak` sends 10,000)."""
@@ -271,6 +271,16 @@ def test_the_front_door_also_sends_calls_to_a_gateway_elsewhere(tmp_path: Path):
         full_worker_refuses_a_fifth_call(remote, tmp_path, 486)
     finally:
         assert stop_all(front, remote) == [0, 0]
+
+
+def test_serve_names_a_missing_kamailio(tmp_path: Path):
+    cfg = tmp_path / "vg.yaml"
+    cfg.write_text(cluster_config(free_port(), {"count": 2, "first_port": free_block(2),
+                                                "kamailio": "/nonexistent/kamailio"}))
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "serve", "--config", str(cfg)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 3 and "cannot run kamailio (/nonexistent/kamailio, workers.kamailio" in r.stderr, r.stderr
+    assert '"worker_started"' not in r.stderr  # nothing was started
 
 
 def full_worker_refuses_a_fifth_call(gw: Gateway, tmp: Path, reply: int) -> None:
