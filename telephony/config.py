@@ -454,6 +454,8 @@ class WorkersConfig(_Strict):
     flood_window_s: int = Field(2, ge=1, le=60)
     flood_block_s: int = Field(10, ge=1, le=3600)
     """How long a flooding source stays blocked after it went quiet."""
+    max_message_bytes: int = Field(16384, ge=1024, le=65535)
+    """A larger request is refused at the front door (513 Message Too Large)."""
     restart_min_s: float = Field(0.5, gt=0, le=60)
     """Wait before restarting a worker that exited; doubles while it keeps dying, up to `restart_max_s`."""
     restart_max_s: float = Field(30.0, gt=0, le=3600)

@@ -92,6 +92,7 @@ modparam("pike", "remove_latency", {w.flood_block_s})
 
 request_route {{
     if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if ($ml > {w.max_message_bytes}) {{ sl_send_reply("513", "Message Too Large"); exit; }}
     if (!sanity_check("1511", "7")) {{ xlog("L_NOTICE", "{MARK} malformed request from $si:$sp\\n"); exit; }}
     if (!ds_is_from_list("1") && !pike_check_req()) {{ exit; }}
     if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}

@@ -200,6 +200,15 @@ def test_malformed_sip_crashes_nothing_leaks_no_slot_and_calls_work_after(cluste
     blast("127.0.0.1", cluster.port, half, 300, seed=2)
     answered = options_burst(cluster.port, 1500)
     assert answered < 1500, "pike let a flood through"
+    time.sleep(1.5)  # pike lets the source in again
+    big = (f"OPTIONS sip:127.0.0.1:{cluster.port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKbig\r\n"
+           f"From: <sip:b@127.0.0.1>;tag=big\r\nTo: <sip:127.0.0.1>\r\nCall-ID: big\r\nCSeq: 1 OPTIONS\r\n"
+           f"X-Pad: {'a' * 20000}\r\nContent-Length: 0\r\n\r\n")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(2.0)
+        s.sendto(big.replace("127.0.0.1:9;", f"127.0.0.1:{s.getsockname()[1]};").encode(), ("127.0.0.1", cluster.port))
+        assert s.recv(65535).startswith(b"SIP/2.0 513 ")
     deadline = time.monotonic() + NO_ACK_S + 10  # fuzzed INVITEs that were answered and never ACKed are released
     while time.monotonic() < deadline:
         opened = {(e["worker"], e["call"]) for e in cluster.events("call_incoming") if e["ts"] >= started}
