@@ -425,15 +425,20 @@ class WhenFullConfig(_Strict):
     """The reply to a new call when every worker is full (some carriers take a 503 for the whole gateway down)."""
 
     reply: Literal[503, 486, 480, "announcement"] = 503
+    """`announcement`: an extra worker answers, says `text` and hangs up (486 when it is full itself)."""
     retry_after_s: int = Field(30, ge=1, le=3600)
     """Sent as Retry-After with a 503."""
+    text: str = Field("All our lines are busy. Please call again later. Goodbye.", min_length=1)
+    voice: str = "joe"
+    """`joe` (piper) or an espeak-ng voice."""
 
-    @field_validator("reply")
+    @field_validator("voice")
     @classmethod
-    def _there_yet(cls, v: int | str) -> int | str:
-        if v == "announcement":
-            raise ValueError("an 'all lines are busy' announcement is not there yet (a full worker has no call slot "
-                             "to play it from); use 503, 486 or 480")
+    def _voice(cls, v: str) -> str:
+        try:
+            check_voice(v)
+        except TtsError as e:
+            raise ValueError(str(e)) from None
         return v
 
 

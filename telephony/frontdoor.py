@@ -23,7 +23,7 @@ from pathlib import Path
 
 from telephony.config import Config
 from telephony.logs import event
-from telephony.workers import CALLS_PER_WORKER, worker_port
+from telephony.workers import CALLS_PER_WORKER, announcing, worker_port
 
 MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 ALGORITHMS = {"round_robin": 4, "least_loaded": 10}
@@ -37,15 +37,32 @@ def dispatcher_list(cfg: Config, count: int) -> str:
     (used by least_loaded)."""
     local = [f"1 sip:127.0.0.1:{worker_port(cfg, i, count)} 0 0 duid=w{i};maxload={CALLS_PER_WORKER}\n"
              for i in range(count)]
-    return "".join(local) + "".join(f"1 {uri} 0 0 duid=r{j};maxload={CALLS_PER_WORKER}\n"
-                                    for j, uri in enumerate(cfg.workers.remote))
+    remote = [f"1 {uri} 0 0 duid=r{j};maxload={CALLS_PER_WORKER}\n" for j, uri in enumerate(cfg.workers.remote)]
+    announcer = [f"2 sip:127.0.0.1:{worker_port(cfg, count, count)} 0 0 duid=a0\n"] if announcing(cfg.workers) else []
+    return "".join(local + remote + announcer)
+
+
+def _refuse(cfg: Config, in_failure_route: bool) -> str:
+    """Kamailio lines for a call no worker takes: the configured reply, or the announcer (set 2), or 486 if it is
+    unreachable. A failure route replies statefully (t_reply), the request route statelessly."""
+    full = cfg.workers.when_full
+    send = "t_reply" if in_failure_route else "sl_send_reply"
+    lines = [f'xlog("L_NOTICE", "{MARK} full $ci\\n");']
+    if full.reply == "announcement":
+        lines += ['if (ds_select_dst("2", "4")) {', f'    xlog("L_NOTICE", "{MARK} announce $ci to $du\\n");',
+                  "    $sht(calls=>$ci) = $du;", "    t_relay();", "    exit;", "}", "$sht(calls=>$ci) = $null;",
+                  f'{send}("486", "{REASONS[486]}");']
+    else:
+        code = int(full.reply)
+        lines += ["$sht(calls=>$ci) = $null;"]
+        if code == 503:
+            lines.append(f'append_to_reply("Retry-After: {full.retry_after_s}\\r\\n");')
+        lines.append(f'{send}("{code}", "{REASONS[code]}");')
+    return "\n        ".join([*lines, "exit;"])
 
 
 def kamailio_config(cfg: Config, list_file: Path, modules: Path = MODULES) -> str:
     w = cfg.workers
-    full = w.when_full
-    code = int(full.reply)
-    retry = f'append_to_reply("Retry-After: {full.retry_after_s}\\r\\n");' if code == 503 else ""
     least = w.dispatch == "least_loaded"
     listen = "".join(f"listen={proto}:{cfg.sip.listen}:{cfg.sip.port}\n" for proto in cfg.sip.transports)
     return f"""#!KAMAILIO
@@ -94,7 +111,7 @@ request_route {{
     if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
     if ($ml > {w.max_message_bytes}) {{ sl_send_reply("513", "Message Too Large"); exit; }}
     if (!sanity_check("1511", "7")) {{ xlog("L_NOTICE", "{MARK} malformed request from $si:$sp\\n"); exit; }}
-    if (!ds_is_from_list("1") && !pike_check_req()) {{ exit; }}
+    if (!ds_is_from_list() && !pike_check_req()) {{ exit; }}
     if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
     if (!is_method("ACK")) {{
         if (t_precheck_trans()) {{ t_check_trans(); exit; }}
@@ -128,10 +145,7 @@ request_route {{
     }}
     record_route();
     if (!ds_select_dst("1", "{ALGORITHMS[w.dispatch]}")) {{
-        xlog("L_NOTICE", "{MARK} full $ci\\n");
-        {retry}
-        sl_send_reply("{code}", "{REASONS[code]}");
-        exit;
+        {_refuse(cfg, False)}
     }}
     xlog("L_NOTICE", "{MARK} invite $ci to $du\\n");
     $sht(calls=>$ci) = $du;
@@ -159,11 +173,7 @@ failure_route[NEXT] {{
             exit;
         }}
         {'ds_load_unset();' if least else ''}
-        xlog("L_NOTICE", "{MARK} full $ci\\n");
-        $sht(calls=>$ci) = $null;
-        {retry}
-        t_reply("{code}", "{REASONS[code]}");
-        exit;
+        {_refuse(cfg, True)}
     }}
     {'ds_load_unset();' if least else ''}
     $sht(calls=>$ci) = $null;

@@ -21,7 +21,7 @@ import uuid
 from telephony.config import Config
 from telephony.frontdoor import FrontDoor
 from telephony.logs import event
-from telephony.workers import Restarts, behind_front_door, worker_port
+from telephony.workers import Restarts, behind_front_door, processes, worker_port
 
 READY_TIMEOUT_S = 120.0
 """How long the front door waits for the workers' first OPTIONS answers (agents load models at start-up)."""
@@ -68,7 +68,7 @@ class Supervisor:
         self.config_path = config_path
         self.count = count
         self.procs: dict[int, asyncio.subprocess.Process] = {}
-        self.front = FrontDoor(cfg, count) if behind_front_door(cfg, count) else None
+        self.front = FrontDoor(cfg, count) if behind_front_door(cfg.workers, count) else None
         self._stop = asyncio.Event()
 
     async def run(self) -> int:
@@ -82,9 +82,10 @@ class Supervisor:
                 print(f"voicegate: {e}", file=sys.stderr)
                 self.front.remove()
                 return 3
-        ports = [worker_port(self.cfg, i, self.count) for i in range(self.count)]
-        event("supervisor_started", workers=self.count, worker_ports=ports, front_door=self.front is not None)
-        tasks = [asyncio.ensure_future(self._keep_worker(i)) for i in range(self.count)]
+        ports = [worker_port(self.cfg, i, self.count) for i in range(processes(self.cfg.workers, self.count))]
+        event("supervisor_started", workers=self.count, worker_ports=ports, front_door=self.front is not None,
+              announcer=len(ports) > self.count)
+        tasks = [asyncio.ensure_future(self._keep_worker(i)) for i in range(len(ports))]
         if self.front is not None:
             tasks.append(asyncio.ensure_future(self._keep_front_door(self.front, ports)))
         await self._stop.wait()
