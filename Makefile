@@ -47,6 +47,7 @@ test: deps
 bench: deps bench-extra
 	$(PY) -m bench.run
 	$(PY) -m bench.cascaded
+	$(PY) -m bench.s2s
 
 # Pipecat, for the side-by-side rows `make bench` adds when .venv-bench exists; kept out of voicegate's venv.
 bench-extra: .venv-bench/.installed

@@ -8,6 +8,7 @@ actions (hang up, transfer, DTMF) go out through a `CallActions` the transport p
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
 import time
 from collections.abc import Awaitable
@@ -15,12 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agents.base import (
+    Agent,
     AgentEvent,
     AgentFactory,
     BargeIn,
     CallerAudio,
     CallerSpeech,
     Dtmf,
+    Handover,
     HungUp,
     Played,
     TransferFailed,
@@ -28,6 +31,7 @@ from agents.base import (
 from agents.cost import Meter
 from agents.redact import redact, redact_fields
 from agents.speech.tts import PromptCache
+from agents.spend import SpendGuard
 from media.events import (
     BargeInConfirmed,
     BargeInPaused,
@@ -63,6 +67,20 @@ class SessionTimeouts:
     silence_hangup_s: float = 20.0
     reprompt_text: str = "Are you still there?"
     goodbye_text: str = "I have not heard anything, so I will hang up now. Goodbye."
+
+
+class TakesOver(Protocol):
+    """A factory whose agents can take over a call another backend began (the cascaded one)."""
+
+    def create(self, handover: Handover | None = None) -> Agent: ...
+
+
+@dataclass(frozen=True)
+class SpendWatch:
+    """A call's spend cap (agents.spend) and, for `on_cap: cascade`, the cascade that takes over."""
+
+    guard: SpendGuard
+    fallback: TakesOver | None = None
 
 
 @dataclass(frozen=True)
@@ -101,6 +119,7 @@ class CallSession:
         prompts: PromptCache,
         log: Log,
         timeouts: SessionTimeouts | None = None,
+        spend: SpendWatch | None = None,
         announcement: Announcement | None = None,
     ) -> None:
         self.call_id = call_id
@@ -115,6 +134,8 @@ class CallSession:
         self.announcement = announcement
         self.secure = False
         """Secure capture: keys are masked (`x`) in the record and the log, and the recording is silent."""
+        self.spend = spend
+        self._agent: asyncio.Task[None] | None = None
         self.record = CallRecord()
         self._events: asyncio.Queue[AgentEvent] = asyncio.Queue()
         self._items = itertools.count(1)
@@ -263,25 +284,63 @@ class CallSession:
     # -- running ------------------------------------------------------------------------------------------
     async def run(self) -> None:
         """Play the announcement, then run the agent until it finishes or the call ends; enforce the call's timers
-        meanwhile."""
+        and spend caps meanwhile."""
         if self.announcement is not None and not await self._announce(self.announcement):
             return
         agent = self.factory.create()
-        task = asyncio.create_task(agent.run(self), name=f"agent-{self.call_id}")
+        self._agent = asyncio.create_task(agent.run(self), name=f"agent-{self.call_id}")
         watchdog = asyncio.create_task(self._watchdog(), name=f"watchdog-{self.call_id}")
         ended = asyncio.create_task(self._ended.wait())
         try:
-            done, _ = await asyncio.wait({task, ended}, return_when=asyncio.FIRST_COMPLETED)
-            if task in done and task.exception() is not None:
-                self.log("agent_error", call=self.call_id, error=repr(task.exception()))
-                if not self._ended.is_set():
-                    await self.hangup("agent_error")
-            elif task in done and not self._ended.is_set():
-                await self.hangup(self.record.end_reason or "agent_done")
+            while True:
+                task = self._agent
+                done, _ = await asyncio.wait({task, ended}, return_when=asyncio.FIRST_COMPLETED)
+                if task is not self._agent:
+                    continue  # a spend cap replaced the agent (`_on_cap`)
+                if task in done and not task.cancelled() and task.exception() is not None:
+                    self.log("agent_error", call=self.call_id, error=repr(task.exception()))
+                    if not self._ended.is_set():
+                        await self.hangup("agent_error")
+                elif task in done and not self._ended.is_set():
+                    await self.hangup(self.record.end_reason or "agent_done")
+                break
         finally:
-            for t in (task, watchdog, ended):
+            for t in (self._agent, watchdog, ended):
                 t.cancel()
-            await asyncio.gather(task, watchdog, ended, return_exceptions=True)
+            await asyncio.gather(self._agent, watchdog, ended, return_exceptions=True)
+            if self.spend is not None:
+                self.spend.guard.end(datetime.date.today())
+
+    def _check_spend(self, call_s: float) -> None:
+        if self.spend is None or self._agent is None:
+            return
+        reached = self.spend.guard.check(self.record.usage.usage, call_s, datetime.date.today())
+        if reached is None:
+            return
+        cap = self.spend.guard.cap
+        action = cap.on_cap if self.spend.fallback is not None else "end"
+        self.log("spend_cap", call=self.call_id, scope=reached.scope, spent=reached.spent, cap=reached.cap,
+                 action=action)
+        self.record.turns.append({"backend": "gateway", "spend_cap": reached.scope, "spent": reached.spent,
+                                  "cap": reached.cap, "action": action})
+        old = self._agent
+        self._agent = asyncio.create_task(self._on_cap(old, action), name=f"agent-{self.call_id}-capped")
+        old.cancel()
+
+    async def _on_cap(self, old: asyncio.Task[None], action: str) -> None:
+        """The agent is stopped; say so, then hang up or go on with the fallback cascade."""
+        await asyncio.gather(old, return_exceptions=True)
+        self.flush_playout()
+        assert self.spend is not None
+        cap, fallback = self.spend.guard.cap, self.spend.fallback
+        if action == "end" or fallback is None:
+            await self.say(cap.wrap_up, interruptible=False)
+            await self.hangup("spend_cap")
+            return
+        handover = Handover.from_turns(self.record.turns)
+        if handover.messages:
+            await self.say(cap.handover_line, interruptible=False)
+        await fallback.create(handover).run(self)
 
     async def _announce(self, a: Announcement) -> bool:
         """Play the announcement (not interruptible) and take the caller's consent when a key is asked for; False
@@ -311,6 +370,7 @@ class CallSession:
         reprompted = False
         to = self.timeouts
         while not self._ended.is_set():
+            self._check_spend(time.monotonic() - start)
             await asyncio.sleep(0.25)
             now = time.monotonic()
             if now - start >= to.max_call_s:

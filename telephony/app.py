@@ -7,15 +7,18 @@ actions to the pjsua thread with `SipStack.submit`.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.base import AgentFactory
+from agents.cascaded import CascadedFactory
 from agents.registry import make_factory
-from agents.session import CallSession, SessionTimeouts
+from agents.session import CallSession, SessionTimeouts, SpendWatch
 from agents.speech.tts import PromptCache
+from agents.spend import DailySpend, SpendGuard
 from media.barge_in import DetectorSettings
 from media.events import MediaEvent
 from media.pipeline import CallMedia
@@ -25,7 +28,7 @@ from telephony.dtmf import DtmfDeduper
 from telephony.endpoint import Refusal, SipStack
 from telephony.logs import event
 from telephony.recordings import CallRecording, start_recording
-from telephony.records import RecordWriter, call_record
+from telephony.records import RecordWriter, call_record, read_records
 from telephony.routes import announcement_for, announcements
 
 END_WAIT_S = 2.0
@@ -82,7 +85,7 @@ class Gateway:
         self.config = config
         self.prompts = PromptCache()
         self.factories: dict[str, AgentFactory] = {
-            name: make_factory(name, a, self.prompts, config.agents) for name, a in config.agents.items()
+            name: make_factory(name, a, self.prompts, config.agents, config.prices) for name, a in config.agents.items()
         }
         self.stack = SipStack(config, self)
         self.stack.every(1.0, self._check_rtp)
@@ -94,6 +97,9 @@ class Gateway:
         t = config.timeouts
         self._timeouts = SessionTimeouts(t.max_call_s, t.silence_reprompt_s, t.silence_hangup_s)
         self.records = RecordWriter(Path(config.records.path), event) if config.records.enabled else None
+        self.spend = DailySpend()
+        if config.spend and config.records.enabled and Path(config.records.path).exists():
+            self.spend.seed(read_records(Path(config.records.path))[0], datetime.date.today())
         self._ending: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -168,7 +174,7 @@ class Gateway:
         )
         session = CallSession(
             call.call_id, caller, called, factory, media, SipActions(self.stack, call.key), self.prompts,
-            event, self._timeouts, announcement_for(self.config, called),
+            event, self._timeouts, self._spend_watch(call.call_id, agent), announcement_for(self.config, called),
         )
         leg = _Leg(call.key, call.call_id, session, agent, time.monotonic(), DtmfDeduper())
         leg_ref.append(leg)
@@ -178,6 +184,14 @@ class Gateway:
         leg.recording = start_recording(self.config, called, call.call_id, media, loop, event)
         loop.call_soon_threadsafe(self._answer_when_ready, leg)
         return None
+
+    def _spend_watch(self, call_id: str, agent: str) -> SpendWatch | None:
+        cap = self.config.spend.get(agent)
+        if cap is None:
+            return None
+        fallback = self.factories[cap.cascade] if cap.cascade is not None else None
+        assert fallback is None or isinstance(fallback, CascadedFactory)
+        return SpendWatch(SpendGuard(cap, self.config.prices, self.spend, call_id, agent), fallback)
 
     def on_media_ready(self, call: SipCall) -> None:
         leg = self.legs.get(call.key)

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from agents.config import AgentConfig, HybridAgentConfig, hybrid_parts
-from agents.cost import Prices
+from agents.config import AgentConfig, CascadedAgentConfig, HybridAgentConfig, hybrid_parts
+from agents.cost import Prices, s2s_per_min
 from agents.speech.tts import TtsError, check_voice
+from agents.spend import SpendCap
 
 KNOWN_CODECS = ("G722", "PCMU", "PCMA")
 M = TypeVar("M", bound=BaseModel)
@@ -209,6 +210,8 @@ class Config(_Strict):
     records: RecordsConfig = RecordsConfig()
     prices: Prices = Prices()
     metrics: MetricsConfig = MetricsConfig()
+    spend: dict[str, SpendCap] = {}
+    """Spend caps by agent name (agents.spend), priced with `prices`."""
 
     @model_validator(mode="after")
     def _routes(self) -> Config:
@@ -217,11 +220,25 @@ class Config(_Strict):
                 raise ValueError(f"routes[{i}] names unknown agent {r.agent!r}")
         return self
 
+    @field_validator("spend")
+    @classmethod
+    def _spend(cls, v: dict[str, SpendCap], info: ValidationInfo) -> dict[str, SpendCap]:
+        agents: dict[str, AgentConfig] = info.data.get("agents") or {}
+        for name, cap in v.items():
+            if name not in agents:
+                raise ValueError(f"names unknown agent {name!r}")
+            if cap.cascade is not None and not isinstance(agents.get(cap.cascade), CascadedAgentConfig):
+                raise ValueError(f"{name}.cascade: {cap.cascade!r} is not a configured cascaded agent")
+        return v
+
     @model_validator(mode="after")
     def _hybrids(self) -> Config:
         for name, agent in self.agents.items():
             if isinstance(agent, HybridAgentConfig):
-                hybrid_parts(name, agent, self.agents)
+                _, s2s = hybrid_parts(name, agent, self.agents)
+                if agent.budget is not None and agent.budget.usd_per_min is None and not s2s_per_min(
+                        self.prices, s2s.type):
+                    raise ValueError(f"agents.{name}.budget: no usd_per_min, and prices.s2s.{s2s.type} is 0")
         return self
 
     def route(self, user: str) -> str | None:

@@ -30,6 +30,10 @@ class Result:
     speak_start_frame: int | None = None
     """Index (on the shared frame clock) of the first frame of the caller's utterance."""
     agent_speech_start_frame: int | None = None
+    agent_audio_wall: float | None = None
+    """Wall time (time.time()) the first agent audio arrived, to compare with a server's send time."""
+    speak_start_wall: float | None = None
+    """Wall time the caller's utterance started going out."""
     codec: str = ""
     dtmf_sent: list[str] = field(default_factory=list)
     refer_to: list[str] = field(default_factory=list)
@@ -103,6 +107,8 @@ def run(args: argparse.Namespace) -> Result:
         res.frames_rx, res.frames_tx = len(port.rx), len(port.tx)
         res.speak_start_frame = port.speech_start if speech else None
         res.agent_speech_start_frame = port.first_audio if port.first_audio >= 0 else None
+        res.agent_audio_wall = port.first_audio_wall or None
+        res.speak_start_wall = port.speech_start_wall if speech and port.speech_start is not None else None
         rx, tx = list(port.rx), list(port.tx)
     if args.record:
         _write_wav(args.record, rx)

@@ -49,6 +49,10 @@ class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
         self.audio_run = 0
         """Consecutive received frames with agent audio, up to the latest."""
         self.first_audio = -1
+        self.first_audio_wall = 0.0
+        """Wall time (time.time()) the first agent-audio frame arrived, for comparing with other processes' clocks."""
+        self.speech_start_wall = 0.0
+        """Wall time the first frame of the current utterance was handed to the stream."""
 
     # -- phone thread -------------------------------------------------------------------------------------
     def speak(self, frames: list[bytes]) -> None:
@@ -79,6 +83,7 @@ class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
                     self.audio_run += 1
                     if self.first_audio < 0:
                         self.first_audio = self.last_audio
+                        self.first_audio_wall = time.time()
                 else:
                     self.audio_run = 0
         except Exception as e:  # never into pjmedia
@@ -92,6 +97,7 @@ class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
                 if self.queue:
                     if self.speech_start is None:
                         self.speech_start = n
+                        self.speech_start_wall = time.time()
                     out = self.queue.popleft()
                     if not self.queue:
                         self.speech_end = n

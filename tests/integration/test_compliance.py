@@ -28,7 +28,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     cfg["routes"].insert(0, {"match": "rec", "agent": "echo",
                              "recording": {"pause_code": "*1", "resume_code": "*2"}})
     cfg["agents"]["pay"] = {"type": "scripted", "voice": "en", "start": "pay", "nodes": {
-        "pay": [{"say": "Welcome to the shop."}, {"say": "Key your card number."}, {"collect": "card", "max_digits": 4, "timeout_s": 4, "secure": True},
+        "pay": [{"say": "Welcome to the shop."}, {"say": "Key your card number."},
+                {"collect": "card", "max_digits": 4, "timeout_s": 4, "secure": True},
                 {"branch": "card", "cases": {"4242": "ok"}, "default": "bad"}],
         "ok": [{"say": "Accepted."}, {"pause_s": 1}, {"hangup": "paid"}],
         "bad": [{"say": "Declined."}, {"hangup": "declined"}]}}
