@@ -69,7 +69,7 @@ class CallMedia:
         self.stats.last_inbound_t = now
         rec = self._recorder
         if rec is not None:
-            rec.inbound(now, frame)
+            rec.inbound(frame)
         if self._loop is not None:
             self._loop.append(frame)
             return  # echo mode plays the caller back: nothing to detect
@@ -103,7 +103,7 @@ class CallMedia:
             frame = loop.popleft() if loop else SILENCE
             self.detector.played(FLOOR_DBFS)
             self.stats.frames_out += 1
-            self._record_out(now, frame)
+            self._record_out(frame)
             return frame
         with self._lock:
             out, events = self.playout.next_frame(now)
@@ -114,13 +114,13 @@ class CallMedia:
         for ev in events:
             self._emit(ev)
         frame = out if out is not None else SILENCE
-        self._record_out(now, frame)
+        self._record_out(frame)
         return frame
 
-    def _record_out(self, now: float, frame: bytes) -> None:
+    def _record_out(self, frame: bytes) -> None:
         rec = self._recorder
         if rec is not None:
-            rec.outbound(now, frame)
+            rec.outbound(frame)
 
     # -- agent side ---------------------------------------------------------------------------------------
     def push(self, pcm: bytes, item: int, last: bool = True, interruptible: bool = True) -> None:

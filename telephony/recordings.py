@@ -24,8 +24,8 @@ from media.recorder import StereoRecorder
 from telephony.config import Config, RecordingConfig
 
 FLUSH_S = 1.0
-LAG_S = 0.2
-"""Frames younger than this stay queued at a flush: the other channel's frame of the same tick may not be in yet."""
+LAG_TICKS = 5
+"""The newest slots stay queued at a flush: their caller frames may not be in yet."""
 
 
 class Log(Protocol):
@@ -79,7 +79,7 @@ class CallRecording:
         """Append the finished frames every second until `close`."""
         while True:
             await asyncio.sleep(FLUSH_S)
-            self._write(self.recorder.take(time.monotonic() - LAG_S))
+            self._write(self.recorder.take(self.recorder.ticks - LAG_TICKS))
 
     def _write(self, pcm: bytes) -> None:
         if self._failed or not pcm:
