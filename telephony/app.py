@@ -67,6 +67,7 @@ class _Leg:
     task: asyncio.Task[None] | None = None
     wall: float = field(default_factory=time.time)
     recording: CallRecording | None = None
+    rtp: dict[str, object] = field(default_factory=dict)
 
 
 def detector_settings(cfg: Config) -> DetectorSettings:
@@ -222,6 +223,7 @@ class Gateway:
             return
         why = leg.end_reason or f"remote_{code}"
         leg.codec = call.codec
+        leg.rtp = call.rtp
         self._loop.call_soon_threadsafe(self._finish, leg, why, code, reason)
 
     def on_transfer_status(self, call: SipCall, code: int, reason: str) -> None:
@@ -278,6 +280,8 @@ class Gateway:
                    duration_s=duration_s, codec=leg.codec, barge_ins=rec.barge_ins, resumed=rec.resumed,
                    paused_ms=rec.paused_ms, digits=rec.digits, frames_in=st.frames_in, frames_out=st.frames_out,
                    turns=rec.turns, **st.tick_percentiles())
+        if leg.rtp:
+            end["rtp"] = leg.rtp
         if rec.announcement is not None:
             end["announcement"] = rec.announcement
         if leg.recording is not None:
