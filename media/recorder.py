@@ -28,11 +28,15 @@ class StereoRecorder:
         """Slots opened so far (outbound frames seen)."""
         self.taken = 0
         """Slots already returned by `take`."""
+        self.paused_ticks = 0
+        """Slots recorded as silence because of `paused`."""
 
     # -- clock thread -------------------------------------------------------------------------------------
     def outbound(self, frame: bytes) -> None:
         self._out.append(b"" if self.paused or self.masked else frame)
         self.ticks += 1
+        if self.paused:
+            self.paused_ticks += 1
 
     def inbound(self, frame: bytes) -> None:
         """The caller's frame of the current tick: into the slot the tick's outbound frame opened (pjmedia's bridge

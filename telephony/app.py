@@ -215,7 +215,7 @@ class Gateway:
         if accepted:
             self._loop.call_soon_threadsafe(leg.session.on_dtmf, digit)
             if leg.recording is not None:
-                leg.recording.on_dtmf(digit, time.monotonic())
+                leg.recording.on_dtmf(digit)
 
     def on_disconnected(self, call: SipCall, code: int, reason: str) -> None:
         leg = self.legs.pop(call.key, None)
@@ -285,7 +285,7 @@ class Gateway:
         if rec.announcement is not None:
             end["announcement"] = rec.announcement
         if leg.recording is not None:
-            end.update(leg.recording.close(rec.turns, time.monotonic()))
+            end.update(leg.recording.close(rec.turns))
         event("call_end", **end)
         if self.records is not None:
             self.records.write(call_record(end, leg.wall, s.caller, s.called, self.config.agents[leg.agent].type,

@@ -84,11 +84,11 @@ def test_call_recording_pauses_by_code_and_writes_wav_and_transcript(tmp_path: P
         for i in range(100):  # 2 s; keys *1 at 0.5 s, *2 at 1.5 s
             if i in (25, 75):
                 for key in ("*1" if i == 25 else "*2"):
-                    rec.on_dtmf(key, i * 0.02)
+                    rec.on_dtmf(key)
             rec.recorder.outbound(frame(4))
             rec.recorder.inbound(frame(3))
-        rec.on_dtmf("1", 2.0)  # a stray key: no code
-        return rec.close([{"text": "hello"}], 2.0)
+        rec.on_dtmf("1")  # a stray key: no code
+        return rec.close([{"text": "hello"}])
 
     out = asyncio.run(run())
     assert out == {"recording": str(tmp_path / "r/c.wav"), "recording_s": 2.0, "recording_paused_s": 1.0,
@@ -106,5 +106,5 @@ def test_a_write_error_is_logged_and_the_call_goes_on(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     rec = CallRecording("c", tmp_path / "file/c.wav", RecordingConfig(), lambda name, **f: logged.append((name, f)))
     rec.recorder.outbound(frame(1))
-    assert rec.close([], 0.0) == {}
+    assert rec.close([]) == {}
     assert [n for n, _ in logged] == ["recording_error"] and logged[0][1]["path"] == str(tmp_path / "file/c.wav")
