@@ -54,6 +54,7 @@ from agents.base import (
     Played,
     TransferFailed,
 )
+from agents.eventlog import emit
 from agents.speech.tts import PromptCache
 from media.frames import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
 from media.polyphase import PolyphaseResampler
@@ -94,10 +95,8 @@ log = logging.getLogger("voicegate.gemini_live")
 
 
 def _event(event: str, /, **fields: object) -> None:
-    """One JSON log line, in the gateway's event format."""
-    if log.isEnabledFor(logging.INFO):
-        log.info(json.dumps({"ts": round(time.time(), 3), "event": event, **fields}, default=str,
-                            separators=(",", ":")))
+    """One JSON log line, in the gateway's event format (and its sinks get it)."""
+    emit(log, logging.INFO, event, fields)
 
 
 class GeminiLiveConfig(BaseModel):

@@ -1,4 +1,5 @@
-"""Prometheus metrics and health, fed by the call events of `telephony.logs` (one sink; no other hook in the gateway).
+"""Prometheus metrics and health, fed by the events of the gateway and its backends (one `agents.eventlog` sink; no
+other hook in the gateway).
 
 `GatewayMetrics` turns events into prometheus_client counters, gauges and histograms in its own registry, and
 follows the gateway's state (`gateway_ready`, `gateway_draining`, `gateway_stopped`) for `/healthz`. `OpsServer`
@@ -41,8 +42,8 @@ def result_label(reason: str) -> str:
 
 
 class GatewayMetrics:
-    """A `telephony.logs` sink: call events in, Prometheus metrics and the gateway's health out. Thread-safe (events
-    come from the pjsua thread, the media clock and the loop)."""
+    """An event sink: call events in, Prometheus metrics and the gateway's health out. Thread-safe (events come from
+    the pjsua thread, the media clock and the loop)."""
 
     def __init__(self, route_of: Callable[[str], str], registry: CollectorRegistry | None = None) -> None:
         self.route_of = route_of

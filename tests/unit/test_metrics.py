@@ -107,3 +107,14 @@ def test_the_http_server_routes_metrics_and_health_and_names_a_busy_port(m: Gate
             OpsServer(m, "127.0.0.1", server.port)
     finally:
         server.close()
+
+
+def test_backend_events_of_the_speech_to_speech_agents_reach_the_metrics(m: GatewayMetrics) -> None:
+    from agents import gemini_live, openai_realtime
+
+    event("call_incoming", call="s", called="9", caller="x")
+    event("call_answered", call="s", agent="rt", answer_ms=5.0)
+    openai_realtime._event("openai_realtime_connect_failed", call="s", url="ws://127.0.0.1:1", error="refused")
+    gemini_live._event("gemini_bad_message", call="s", error="server sent invalid JSON")
+    assert get(m, "voicegate_backend_errors_total", agent="rt", kind="openai_realtime_connect_failed") == 1
+    assert get(m, "voicegate_backend_errors_total", agent="rt", kind="gemini_bad_message") == 1
