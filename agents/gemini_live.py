@@ -55,6 +55,7 @@ from agents.base import (
     TransferFailed,
 )
 from agents.eventlog import emit
+from agents.redact import redact_fields
 from agents.speech.tts import PromptCache
 from media.frames import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
 from media.polyphase import PolyphaseResampler
@@ -629,10 +630,10 @@ class GeminiLiveAgent(Agent):
             self._tools.pop(cid)
 
     async def _run_tool(self, gen: int, cid: str, name: str, args: dict[str, Any]) -> None:
-        _event("gemini_tool_call", call=self.call.call_id, id=cid, name=name, args=args)
+        _event("gemini_tool_call", call=self.call.call_id, id=cid, name=name, args=redact_fields(args))
         result = await self._act(name, args)
         if result is not None:
-            _event("gemini_tool_result", call=self.call.call_id, id=cid, name=name, result=result)
+            _event("gemini_tool_result", call=self.call.call_id, id=cid, name=name, result=redact_fields(result))
             self._send_request({"toolResponse": {"functionResponses": [{"id": cid, "name": name, "response": result}]}},
                                "tool", gen)
 

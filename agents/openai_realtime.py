@@ -52,6 +52,7 @@ from agents.base import (
     TransferFailed,
 )
 from agents.eventlog import emit
+from agents.redact import redact_fields
 from agents.s2s_history import History, heard_text
 from media.frames import FRAME_BYTES, SAMPLE_RATE
 from media.g711 import ulaw_decode, ulaw_encode
@@ -694,7 +695,7 @@ class OpenAIRealtimeAgent(Agent):
         except ValueError:
             result: dict[str, Any] | None = {"ok": False, "error": f"arguments are not a JSON object: {arguments[:80]}"}
         else:
-            _event("openai_realtime_tool", call=self._call.call_id, tool=name, arguments=args)
+            _event("openai_realtime_tool", call=self._call.call_id, tool=name, arguments=redact_fields(args))
             result = await self._act(name, args)
         if result is None:
             return
