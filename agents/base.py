@@ -94,6 +94,8 @@ class CallControl(Protocol):
     call_id: str
     caller: str
     called: str
+    sip_headers: dict[str, str]
+    """Identity, diversion, X- and User-to-User headers of the inbound INVITE (empty on other transports)."""
 
     async def say(self, text: str, interruptible: bool = True, voice: str | None = None) -> Played: ...
 

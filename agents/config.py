@@ -64,6 +64,9 @@ class HangupStep(_Strict):
 class TransferStep(_Strict):
     transfer: str
     """SIP URI to transfer the caller to (blind transfer with REFER)."""
+    headers: dict[str, str] = {}
+    """X- or User-to-User headers for the transfer target (`{variables}` filled in), sent as headers of the
+    Refer-To URI, which the transferee copies into its INVITE (RFC 3261 19.1.1, RFC 3515 2.1)."""
     timeout_s: float = Field(30.0, gt=0)
     """How long to wait for the transfer's outcome."""
 

@@ -48,6 +48,7 @@ class _Tagged:
     def __init__(self, call: CallControl) -> None:
         self._call = call
         self.call_id, self.caller, self.called = call.call_id, call.caller, call.called
+        self.sip_headers = call.sip_headers
         self.backend = "cascaded"
         self.note: dict[str, Any] = {}
         """Router facts for the next turn record."""

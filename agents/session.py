@@ -125,17 +125,21 @@ class CallSession:
         self.call_id = call_id
         self.caller = caller
         self.called = called
+        self.trunk = ""
+        """The SIP trunk the call came in on ("" for none or another transport)."""
+        self.sip_headers: dict[str, str] = {}
+        """Identity, diversion, X- and User-to-User headers of the inbound INVITE (empty for other transports)."""
         self.factory = factory
         self.media = media
         self.actions = actions
         self.prompts = prompts
         self.log = log
         self.timeouts = timeouts or SessionTimeouts()
+        self.spend = spend
+        self._agent: asyncio.Task[None] | None = None
         self.announcement = announcement
         self.secure = False
         """Secure capture: keys are masked (`x`) in the record and the log, and the recording is silent."""
-        self.spend = spend
-        self._agent: asyncio.Task[None] | None = None
         self.record = CallRecord()
         self._events: asyncio.Queue[AgentEvent] = asyncio.Queue()
         self._items = itertools.count(1)

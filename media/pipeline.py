@@ -94,16 +94,21 @@ class CallMedia:
             tap(now, frame, self.detector.candidate)
 
     def next_outbound(self, now: float) -> bytes:
+        out = self.next_audio(now)
+        return out if out is not None else SILENCE
+
+    def next_audio(self, now: float) -> bytes | None:
+        """This tick's outbound frame, or None when there is nothing to play (a transport may then send nothing)."""
         st = self.stats
         if st.last_outbound_t:
             st.tick_ms.append((now - st.last_outbound_t) * 1000.0)
         st.last_outbound_t = now
         loop = self._loop
         if loop is not None:
-            frame = loop.popleft() if loop else SILENCE
+            frame = loop.popleft() if loop else None
             self.detector.played(FLOOR_DBFS)
             self.stats.frames_out += 1
-            self._record_out(frame)
+            self._record_out(frame if frame is not None else SILENCE)
             return frame
         with self._lock:
             out, events = self.playout.next_frame(now)
@@ -113,9 +118,8 @@ class CallMedia:
             self.stats.speech_frames_out += 1
         for ev in events:
             self._emit(ev)
-        frame = out if out is not None else SILENCE
-        self._record_out(frame)
-        return frame
+        self._record_out(out if out is not None else SILENCE)
+        return out
 
     def _record_out(self, frame: bytes) -> None:
         rec = self._recorder

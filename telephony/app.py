@@ -10,13 +10,14 @@ import asyncio
 import datetime
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.base import AgentFactory
 from agents.cascaded import CascadedFactory
 from agents.registry import make_factory
-from agents.session import CallSession, SessionTimeouts, SpendWatch
+from agents.session import CallActions, CallSession, Log, SessionTimeouts, SpendWatch
 from agents.speech.tts import PromptCache
 from agents.spend import DailySpend, SpendGuard
 from media.barge_in import DetectorSettings
@@ -30,6 +31,7 @@ from telephony.logs import event
 from telephony.recordings import CallRecording, start_recording
 from telephony.records import RecordWriter, call_record, read_records
 from telephony.routes import announcement_for, announcements
+from telephony.transports.servers import stream_transports
 
 END_WAIT_S = 2.0
 """How long a hung-up call's agent gets to stop (and record its last turn) before the call's record is written."""
@@ -53,7 +55,7 @@ class SipActions:
 
 
 @dataclass
-class _Leg:
+class Leg:
     """One call as the loop sees it: no SipCall reference (see SipStack.answer)."""
 
     key: int
@@ -64,6 +66,7 @@ class _Leg:
     dtmf: DtmfDeduper
     end_reason: str = ""
     codec: str = ""
+    transport: str = "sip"
     task: asyncio.Task[None] | None = None
     wall: float = field(default_factory=time.time)
     recording: CallRecording | None = None
@@ -90,7 +93,7 @@ class Gateway:
         }
         self.stack = SipStack(config, self)
         self.stack.every(1.0, self._check_rtp)
-        self.legs: dict[int, _Leg] = {}
+        self.legs: dict[int, Leg] = {}
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = asyncio.Event()
@@ -102,6 +105,7 @@ class Gateway:
         if config.spend and config.records.enabled and Path(config.records.path).exists():
             self.spend.seed(read_records(Path(config.records.path))[0], datetime.date.today())
         self._ending: set[asyncio.Task[None]] = set()
+        self.transports = stream_transports(self, config)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -118,11 +122,14 @@ class Gateway:
                 *(self.prompts.render(a.text, a.voice or "joe") for a in announcements(self.config)),
             )
             self._ready.set()
+            for tr in self.transports:
+                await tr.start()
             event("gateway_ready", port=self.config.sip.port, agents=sorted(self.factories),
                   prepare_s=round(time.monotonic() - t0, 2))
             await self._stop.wait()
             await self._drain()
         finally:
+            await asyncio.gather(*(tr.close() for tr in self.transports), return_exceptions=True)
             await asyncio.to_thread(self.stack.stop)
             await self._settle()
             await asyncio.gather(*(f.close() for f in self.factories.values()), return_exceptions=True)
@@ -131,16 +138,23 @@ class Gateway:
     async def _drain(self) -> None:
         self.draining = True
         grace = self.config.timeouts.shutdown_grace_s
-        event("gateway_draining", calls=len(self.legs), grace_s=grace)
+        event("gateway_draining", calls=len(self.legs) + sum(len(tr.calls) for tr in self.transports), grace_s=grace)
+        for tr in self.transports:
+            tr.stop_accepting()
         deadline = time.monotonic() + grace
-        while self.legs and time.monotonic() < deadline:
+        while self._live() and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
         for leg in list(self.legs.values()):
             leg.end_reason = leg.end_reason or "shutdown"
             self.stack.submit(lambda k=leg.key: self.stack.hangup(k))  # type: ignore[misc]
+        for tr in self.transports:
+            tr.hangup_all("shutdown")
         deadline = time.monotonic() + 3.0
-        while self.legs and time.monotonic() < deadline:
+        while self._live() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+
+    def _live(self) -> bool:
+        return bool(self.legs) or any(tr.calls for tr in self.transports)
 
     async def _settle(self) -> None:
         """After the SIP stack stopped: end the calls it never reported gone, and let every call's end be recorded."""
@@ -155,35 +169,18 @@ class Gateway:
         if self.draining:
             event("call_refused", call=call.call_id, called=called, code=503, reason="shutting down")
             return Refusal(503, {"Retry-After": "30"})
-        agent = self.config.route(called)
+        agent = self.config.route(called, call.trunk, call.sip_headers)
         if agent is None:
             event("call_refused", call=call.call_id, called=called, code=404, reason="no route")
             return Refusal(404)
         assert self._loop is not None
-        loop = self._loop
-        factory = self.factories[agent]
-        leg_ref: list[_Leg] = []
-
-        def emit(ev: MediaEvent) -> None:
-            loop.call_soon_threadsafe(leg_ref[0].session.on_media_event, ev)
-
-        media = CallMedia(
-            emit,
-            detector_settings(self.config),
-            vad_aggressiveness=self.config.barge_in.vad_aggressiveness,
-            barge_in=self.config.barge_in.enabled and factory.barge_in,
-        )
-        session = CallSession(
-            call.call_id, caller, called, factory, media, SipActions(self.stack, call.key), self.prompts,
-            event, self._timeouts, self._spend_watch(call.call_id, agent), announcement_for(self.config, called),
-        )
-        leg = _Leg(call.key, call.call_id, session, agent, time.monotonic(), DtmfDeduper())
-        leg_ref.append(leg)
-        call.media = media
+        leg = self.open_leg(call.key, call.call_id, caller, called, agent, SipActions(self.stack, call.key))
+        leg.session.sip_headers = call.sip_headers
+        leg.session.trunk = call.trunk
+        call.media = leg.session.media
         call.listener = self
         self.legs[call.key] = leg
-        leg.recording = start_recording(self.config, called, call.call_id, media, loop, event)
-        loop.call_soon_threadsafe(self._answer_when_ready, leg)
+        self._loop.call_soon_threadsafe(self._answer_when_ready, leg)
         return None
 
     def _spend_watch(self, call_id: str, agent: str) -> SpendWatch | None:
@@ -250,19 +247,57 @@ class Gateway:
                 event("call_timeout", call=call.call_id, reason="rtp_timeout", idle_s=round(idle, 1))
                 self.stack.hangup(leg.key)
 
+    # -- any transport ------------------------------------------------------------------------------------
+    def open_leg(self, key: int, call_id: str, caller: str, called: str, agent: str, actions: CallActions,
+                 transport: str = "sip", observe: Callable[[MediaEvent], None] | None = None,
+                 log: Log = event) -> Leg:
+        """Media and session for one call to `agent`. Media events reach the session on the loop (they may come
+        from any thread); `observe`, when given, sees each one first, on the thread that caused it. The session
+        logs through `log` (a transport may show its call's events to the caller too)."""
+        assert self._loop is not None
+        loop = self._loop
+        factory = self.factories[agent]
+        leg_ref: list[Leg] = []
+
+        def emit(ev: MediaEvent) -> None:
+            if observe is not None:
+                observe(ev)
+            loop.call_soon_threadsafe(leg_ref[0].session.on_media_event, ev)
+
+        media = CallMedia(
+            emit,
+            detector_settings(self.config),
+            vad_aggressiveness=self.config.barge_in.vad_aggressiveness,
+            barge_in=self.config.barge_in.enabled and factory.barge_in,
+        )
+        session = CallSession(call_id, caller, called, factory, media, actions, self.prompts, log, self._timeouts,
+                              self._spend_watch(call_id, agent), announcement_for(self.config, called))
+        leg = Leg(key, call_id, session, agent, time.monotonic(), DtmfDeduper(), transport=transport)
+        leg_ref.append(leg)
+        leg.recording = start_recording(self.config, called, call_id, media, loop, event)
+        return leg
+
+    def start_leg(self, leg: Leg) -> None:
+        """Run the leg's agent (loop thread), once."""
+        self._start_session(leg)
+
+    def finish_leg(self, leg: Leg, why: str, code: int = 0, reason: str = "") -> None:
+        """The call is gone (loop thread): stop the agent, then log `call_end` and write the call record."""
+        self._finish(leg, why, code, reason)
+
     # -- loop thread --------------------------------------------------------------------------------------
-    def _answer_when_ready(self, leg: _Leg) -> None:
+    def _answer_when_ready(self, leg: Leg) -> None:
         async def answer() -> None:
             await self._ready.wait()
             self.stack.submit(lambda: self.stack.answer(leg.key, 200))
 
         asyncio.ensure_future(answer())
 
-    def _start_session(self, leg: _Leg) -> None:
+    def _start_session(self, leg: Leg) -> None:
         if leg.task is None:
             leg.task = asyncio.ensure_future(leg.session.run())
 
-    def _finish(self, leg: _Leg, why: str, code: int, reason: str) -> None:
+    def _finish(self, leg: Leg, why: str, code: int, reason: str) -> None:
         if not leg.session.record.end_reason:
             leg.session.record.end_reason = why
         leg.session.on_hangup(why)
@@ -270,7 +305,7 @@ class Gateway:
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
 
-    async def _end(self, leg: _Leg, code: int, reason: str, duration_s: float) -> None:
+    async def _end(self, leg: Leg, code: int, reason: str, duration_s: float) -> None:
         """Once the agent has stopped (its last turn and usage count): log `call_end` and append the call record."""
         if leg.task is not None:
             await asyncio.wait({leg.task}, timeout=END_WAIT_S)
@@ -279,7 +314,8 @@ class Gateway:
         end = dict(call=leg.call_id, agent=leg.agent, reason=rec.end_reason, sip_code=code, sip_reason=reason,
                    duration_s=duration_s, codec=leg.codec, barge_ins=rec.barge_ins, resumed=rec.resumed,
                    paused_ms=rec.paused_ms, digits=rec.digits, frames_in=st.frames_in, frames_out=st.frames_out,
-                   turns=rec.turns, **st.tick_percentiles())
+                   turns=rec.turns, transport=leg.transport, **st.tick_percentiles(), trunk=s.trunk,
+                   sip_headers=s.sip_headers)
         if leg.rtp:
             end["rtp"] = leg.rtp
         if rec.announcement is not None:

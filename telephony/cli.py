@@ -1,4 +1,4 @@
-"""`voicegate` command: serve, check, simulate, calls, audit, erase, purge."""
+"""`voicegate` command: serve, check, simulate, calls, trunks, audit, erase, purge."""
 
 from __future__ import annotations
 
@@ -128,6 +128,32 @@ def _calls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _trunks(args: argparse.Namespace) -> int:
+    from telephony.trunk_status import read_status, status_table
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        for issue in e.issues:
+            print(issue, file=sys.stderr)
+        return 2
+    if not cfg.trunks:
+        print(f"no trunks configured in {args.config}")
+        return 0
+    path = Path(cfg.trunk_status_path)
+    try:
+        doc = read_status(path)
+    except (OSError, ValueError) as e:
+        print(f"voicegate trunks: no status in {path} (trunk_status_path of {args.config}; is voicegate serve "
+              f"running with this config?): {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(doc, indent=1))
+    else:
+        print("\n".join(status_table(doc, sorted(cfg.trunks))))
+    return 0
+
+
 def _config_path(args: argparse.Namespace, key: str, override: str | None) -> Path | None:
     """`override` if given, else `records.<key>` of `--config` (None, with the config's errors printed)."""
     if override:
@@ -234,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--csv", metavar="FILE", help="also write the listed calls' CDR columns as CSV here ('-': stdout "
                    "instead of the table)")
     r.set_defaults(fn=_calls)
+    t = sub.add_parser("trunks", help="show each trunk's registration state (from a running voicegate serve)")
+    t.add_argument("--config", default="voicegate.yaml", help="read trunks and trunk_status_path from this config")
+    t.add_argument("--json", action="store_true", help="print the status file as JSON")
+    t.set_defaults(fn=_trunks)
     a = sub.add_parser("audit", help="the hash-chained audit log")
     a.add_argument("action", choices=["verify"], help="verify: check every entry's hash and link to the one before")
     a.add_argument("--config", default="voicegate.yaml", help="read records.audit_path from this config")

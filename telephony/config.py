@@ -8,18 +8,24 @@ ends in `_env` name an environment variable.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import ssl
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from agents.config import AgentConfig, CascadedAgentConfig, HybridAgentConfig, hybrid_parts
 from agents.cost import Prices, s2s_per_min
 from agents.speech.tts import TtsError, check_voice
 from agents.spend import SpendCap
+from telephony.sip_uri import parse_sip_uri
 
 KNOWN_CODECS = ("G722", "PCMU", "PCMA")
 M = TypeVar("M", bound=BaseModel)
@@ -29,13 +35,57 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SipTlsConfig(_Strict):
+    """SIP over TLS: the listener's certificate, and whom outgoing TLS connections (trunks) trust."""
+
+    port: int = Field(5061, ge=1, le=65535)
+    cert_file: str
+    key_file: str
+    ca_file: str | None = None
+    """CA certificates (PEM) that verify servers we connect to and clients' certificates; the system's if none."""
+    verify_server: bool = True
+    """Refuse a trunk whose certificate does not verify (chain and name)."""
+    require_client_cert: bool = False
+    """Mutual TLS: refuse TLS clients without a certificate that `ca_file` verifies."""
+
+    @field_validator("cert_file", "key_file", "ca_file")
+    @classmethod
+    def _readable(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).expanduser().is_file():
+            raise ValueError(f"no such file: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _loadable(self) -> SipTlsConfig:
+        """pjsip would start with a broken certificate and fail every handshake: load them here to name it."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            ctx.load_cert_chain(Path(self.cert_file).expanduser(), Path(self.key_file).expanduser())
+        except (ssl.SSLError, OSError) as e:
+            raise ValueError(f"cannot use cert_file {self.cert_file} with key_file {self.key_file}: {e}") from None
+        if self.ca_file:
+            try:
+                ctx.load_verify_locations(Path(self.ca_file).expanduser())
+            except (ssl.SSLError, OSError) as e:
+                raise ValueError(f"ca_file {self.ca_file} holds no usable CA certificate: {e}") from None
+        return self
+
+
 class SipConfig(_Strict):
     listen: str = "0.0.0.0"
     port: int = Field(5060, ge=1, le=65535)
-    transports: list[Literal["udp", "tcp"]] = ["udp", "tcp"]
+    transports: list[Literal["udp", "tcp", "tls"]] = ["udp", "tcp"]
     public_address: str | None = None
     """Address written into Contact and SDP when the gateway sits behind NAT."""
     user_agent: str = "voicegate"
+    tls: SipTlsConfig | None = None
+    """Needed when `transports` has tls."""
+
+    @model_validator(mode="after")
+    def _tls(self) -> SipConfig:
+        if "tls" in self.transports and self.tls is None:
+            raise ValueError("transports has tls but there is no sip.tls section (cert_file, key_file)")
+        return self
 
     @field_validator("listen")
     @classmethod
@@ -182,20 +232,193 @@ class RouteConfig(_Strict):
     @classmethod
     def _text(cls, v: object) -> object:
         return {"text": v} if isinstance(v, str) else v
+    match_header: dict[str, str] = {}
+    """SIP headers the INVITE must also carry (name: exact value or `/regex/`), e.g. `X-Lang: /^de/`."""
 
     @field_validator("match")
     @classmethod
     def _regex(cls, v: str) -> str:
         if len(v) > 1 and v.startswith("/") and v.endswith("/"):
-            re.compile(v[1:-1])
+            try:
+                re.compile(v[1:-1])
+            except re.error as e:
+                raise ValueError(f"bad regular expression {v}: {e}") from None
         return v
 
-    def matches(self, user: str) -> bool:
-        if self.match == "*":
-            return True
-        if len(self.match) > 1 and self.match.startswith("/") and self.match.endswith("/"):
-            return re.search(self.match[1:-1], user) is not None
-        return self.match == user
+    @field_validator("match_header")
+    @classmethod
+    def _header_regexes(cls, v: dict[str, str]) -> dict[str, str]:
+        for value in v.values():
+            cls._regex(value)
+        return v
+
+    def matches(self, user: str, headers: Mapping[str, str] | None = None) -> bool:
+        if self.match_header:
+            got = {k.lower(): v for k, v in (headers or {}).items()}
+            for name, want in self.match_header.items():
+                if name.lower() not in got or not _value_matches(want, got[name.lower()]):
+                    return False
+        return self.match == "*" or _value_matches(self.match, user)
+
+
+def _value_matches(pattern: str, value: str) -> bool:
+    if len(pattern) > 1 and pattern.startswith("/") and pattern.endswith("/"):
+        return re.search(pattern[1:-1], value) is not None
+    return pattern == value
+
+
+class TrunkConfig(_Strict):
+    """A SIP trunk (carrier or PBX) voicegate registers with and takes calls from."""
+
+    registrar: str
+    """`sip:host[:port]`: where REGISTER goes; its resolved addresses may send calls for this trunk."""
+    username: str
+    password_env: str
+    """Name of the environment variable holding the password (never the password itself)."""
+    realm: str = "*"
+    """Digest realm the credentials are for; `*` answers any realm."""
+    transport: Literal["udp", "tcp", "tls"] = "udp"
+    expiry_s: int = Field(300, ge=10, le=86400)
+    """Registration lifetime asked for; pjsua refreshes 5 s before it runs out (so at least 10)."""
+    outbound_proxy: str | None = None
+    srtp: Literal["off", "optional", "mandatory"] = "off"
+    """SRTP with SDES keys for this trunk's calls: `mandatory` refuses a call without it (488)."""
+    registers: bool = Field(True, alias="register")
+    """`register: false` for a trunk that sends calls without a registration (its addresses still apply)."""
+    retry_min_s: float = Field(2.0, gt=0, le=3600)
+    """Wait after the first failed registration; doubles with each failure up to `retry_max_s`."""
+    retry_max_s: float = Field(300.0, gt=0, le=86400)
+    routes: list[RouteConfig] = []
+    """Called numbers (DIDs) of this trunk to agents, before the global `routes`."""
+    allow: list[str] = []
+    """Addresses or networks (besides the registrar's) this trunk's calls may come from."""
+    inbound_auth: bool = False
+    """Calls for this trunk from other addresses are challenged (401) and admitted with the trunk's username and
+    password (digest) instead of refused."""
+
+    @field_validator("registrar", "outbound_proxy")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_sip_uri(v)
+        return v
+
+    @field_validator("password_env")
+    @classmethod
+    def _env(cls, v: str) -> str:
+        if not os.environ.get(v):
+            raise ValueError(f"environment variable {v} (the trunk password) is not set or empty")
+        return v
+
+    @field_validator("allow")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for a in v:
+            ipaddress.ip_network(a, strict=False)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrunkConfig:
+        if parse_sip_uri(self.registrar).scheme == "sips" and self.transport != "tls":
+            raise ValueError(f"a sips: registrar needs transport tls, not {self.transport}")
+        given = parse_sip_uri(self.registrar).params.get("transport")
+        if given is not None and given.lower() != self.transport:
+            raise ValueError(f"registrar says transport={given} but transport is {self.transport}")
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("retry_max_s must be at least retry_min_s")
+        return self
+
+    @property
+    def password(self) -> str:
+        return os.environ.get(self.password_env, "")
+
+    def route(self, user: str, headers: Mapping[str, str] | None = None) -> str | None:
+        for r in self.routes:
+            if r.matches(user, headers):
+                return r.agent
+        return None
+
+
+class MediaStreamTransport(_Strict):
+    """A Twilio Media Streams-shaped WebSocket server (telephony/transports/media_stream_ws.py)."""
+
+    listen: str = "127.0.0.1"
+    port: int = Field(8765, ge=1, le=65535)
+    path: str = "/media"
+    token_env: str | None = None
+    """Environment variable holding a token the client must send as `Authorization: Bearer TOKEN`."""
+    agent: str | None = None
+    """The agent for a stream whose `start.customParameters.to` is absent or matches no route."""
+
+    @field_validator("listen")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"path must start with '/', got {v!r}")
+        return v
+
+
+class AudioSocketTransport(_Strict):
+    """An Asterisk AudioSocket server (telephony/transports/audiosocket.py)."""
+
+    listen: str = "127.0.0.1"
+    port: int = Field(9092, ge=1, le=65535)
+    agent: str | None = None
+    """The agent for a call whose UUID is not in `uuids`."""
+    uuids: dict[str, str] = {}
+    """Call UUID (as the dialplan's AudioSocket() passes it) -> agent name."""
+
+    @field_validator("listen")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+    @field_validator("uuids")
+    @classmethod
+    def _uuids(cls, v: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for k, agent in v.items():
+            try:
+                out[str(uuid.UUID(k))] = agent
+            except ValueError:
+                raise ValueError(f"{k!r} is not a UUID") from None
+        return out
+
+    @model_validator(mode="after")
+    def _some_agent(self) -> AudioSocketTransport:
+        if self.agent is None and not self.uuids:
+            raise ValueError("name a default agent or map uuids to agents; otherwise no call can be answered")
+        return self
+
+
+class WebRtcTransport(_Strict):
+    """The browser softphone: `/phone` and its WebRTC signalling (telephony/transports/webrtc.py)."""
+
+    listen: str = "127.0.0.1"
+    port: int = Field(8766, ge=1, le=65535)
+    token_env: str | None = None
+    """Environment variable holding a token the page's address must carry (`/phone?token=TOKEN`)."""
+    agent: str | None = None
+    """The agent for a dialled number that matches no route."""
+
+    @field_validator("listen")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+
+class TransportsConfig(_Strict):
+    media_stream: MediaStreamTransport | None = None
+    audiosocket: AudioSocketTransport | None = None
+    webrtc: WebRtcTransport | None = None
 
 
 class Config(_Strict):
@@ -209,9 +432,14 @@ class Config(_Strict):
     routes: list[RouteConfig]
     records: RecordsConfig = RecordsConfig()
     prices: Prices = Prices()
-    metrics: MetricsConfig = MetricsConfig()
     spend: dict[str, SpendCap] = {}
     """Spend caps by agent name (agents.spend), priced with `prices`."""
+    metrics: MetricsConfig = MetricsConfig()
+    trunks: dict[str, TrunkConfig] = {}
+    trunk_status_path: str = "run/trunks.json"
+    """Where `voicegate serve` keeps each trunk's registration state for `voicegate trunks`; relative to the
+    config file's folder."""
+    transports: TransportsConfig = TransportsConfig()
 
     @model_validator(mode="after")
     def _routes(self) -> Config:
@@ -231,6 +459,47 @@ class Config(_Strict):
                 raise ValueError(f"{name}.cascade: {cap.cascade!r} is not a configured cascaded agent")
         return v
 
+    @field_validator("trunks")
+    @classmethod
+    def _trunks_fit(cls, v: dict[str, TrunkConfig], info: ValidationInfo) -> dict[str, TrunkConfig]:
+        """Trunk routes name known agents, trunk transports are ones SIP listens on. Raised as a ValidationError
+        whose locations pydantic prefixes with `trunks`, so each fault gets the line of its own key."""
+        sip, agents = info.data.get("sip"), info.data.get("agents")
+        faults: list[tuple[tuple[str | int, ...], str]] = []
+        for name, t in v.items():
+            if agents is not None:
+                faults += [((name, "routes", i, "agent"), f"unknown agent {r.agent!r}")
+                           for i, r in enumerate(t.routes) if r.agent not in agents]
+            if sip is not None and t.transport not in sip.transports:
+                faults.append(((name, "transport"), f"{t.transport} is not in sip.transports "
+                                                    f"({', '.join(sip.transports)})"))
+        if faults:
+            raise ValidationError.from_exception_data("Config", [
+                InitErrorDetails(type=PydanticCustomError("trunk", "{msg}", {"msg": msg}), loc=loc, input=v)
+                for loc, msg in faults])
+        return v
+
+    @field_validator("transports")
+    @classmethod
+    def _transports(cls, v: TransportsConfig, info: ValidationInfo) -> TransportsConfig:
+        """Transport agents exist and ports do not collide (agents and sip are validated before this field)."""
+        agents, sip = info.data.get("agents") or {}, info.data.get("sip")
+        ms, au, wr = v.media_stream, v.audiosocket, v.webrtc
+        named = [("media_stream.agent", ms.agent if ms else None), ("audiosocket.agent", au.agent if au else None),
+                 ("webrtc.agent", wr.agent if wr else None),
+                 *((f"audiosocket.uuids.{k}", a) for k, a in (au.uuids if au else {}).items())]
+        for where, agent in named:
+            if agent is not None and agents and agent not in agents:
+                raise ValueError(f"{where} names unknown agent {agent!r}")
+        tcp = [("sip.port", sip.port)] if sip is not None and "tcp" in sip.transports else []
+        tcp += [(f"{n}.port", t.port) for n, t in (("media_stream", ms), ("audiosocket", au), ("webrtc", wr))
+                if t is not None]
+        for i, (a, port) in enumerate(tcp):
+            for b, other in tcp[i + 1 :]:
+                if port == other:
+                    raise ValueError(f"{a} and {b} both want TCP port {port}")
+        return v
+
     @model_validator(mode="after")
     def _hybrids(self) -> Config:
         for name, agent in self.agents.items():
@@ -241,10 +510,13 @@ class Config(_Strict):
                     raise ValueError(f"agents.{name}.budget: no usd_per_min, and prices.s2s.{s2s.type} is 0")
         return self
 
-    def route(self, user: str) -> str | None:
-        """The agent name for a called user part, or None when no route matches."""
+    def route(self, user: str, trunk: str = "", headers: Mapping[str, str] | None = None) -> str | None:
+        """The agent name for a called user part and the INVITE's headers (the trunk's own routes first), or None
+        when no route matches."""
+        if trunk in self.trunks and (agent := self.trunks[trunk].route(user, headers)) is not None:
+            return agent
         for r in self.routes:
-            if r.matches(user):
+            if r.matches(user, headers):
                 return r.agent
         return None
 
@@ -341,4 +613,5 @@ def read_text(path: str | Path) -> str:
 
 def load_config(path: str | Path) -> Config:
     cfg = parse_config(read_text(path), str(path))
-    return cfg.model_copy(update={"records": cfg.records.under(Path(path).parent)})
+    status = Path(path).parent.absolute() / Path(cfg.trunk_status_path).expanduser()
+    return cfg.model_copy(update={"records": cfg.records.under(Path(path).parent), "trunk_status_path": str(status)})

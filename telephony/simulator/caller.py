@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> Result:
         speech = split_frames(read_wav_16k(args.play, allow_stereo=True)) if args.play else []
     except WavError as e:
         raise SystemExit(str(e)) from None
-    phone = Phone(args.rtp_port, args.tcp, args.loss)
+    phone = Phone(args.rtp_port, args.tcp, args.loss, args.tls_ca,
+                  (args.tls_cert, args.tls_key) if args.tls_cert else None)
     phone.set_codecs(args.codec.split(","))
     call = phone.dial(args.uri)
     port = call.port
@@ -138,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codec", default="PCMU", help="comma-separated codec preference, e.g. G722,PCMA")
     p.add_argument("--rtp-port", type=int, default=40000)
     p.add_argument("--tcp", action="store_true")
+    p.add_argument("--tls-ca", help="call over TLS (a URI with ;transport=tls), trusting the CAs in this PEM file")
+    p.add_argument("--tls-cert", help="client certificate (PEM) to present over TLS; needs --tls-key")
+    p.add_argument("--tls-key")
     p.add_argument("--loss", type=float, default=0.0, help="drop this percentage of RTP packets each way")
     args = p.parse_args(argv)
     res = run(args)

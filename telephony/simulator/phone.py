@@ -162,8 +162,11 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
 class Phone:
     """One pjsua2 endpoint for sequential calls (pjsua allows one endpoint per process)."""
 
-    def __init__(self, rtp_port: int = 40000, tcp: bool = False, loss_pct: float = 0.0) -> None:
-        """`loss_pct`: RTP packets dropped in each direction, at random (pjmedia's own impairment)."""
+    def __init__(self, rtp_port: int = 40000, tcp: bool = False, loss_pct: float = 0.0,
+                 tls_ca: str | None = None, tls_cert: tuple[str, str] | None = None) -> None:
+        """`loss_pct`: RTP packets dropped in each direction, at random (pjmedia's own impairment); `tls_ca`: call
+        over TLS, trusting only the CA certificates in this PEM file; `tls_cert`: (certificate, key) PEM files
+        to present as a TLS client."""
         self.ep = pj.Endpoint()
         self.ep.libCreate()
         ec = pj.EpConfig()
@@ -181,7 +184,14 @@ class Phone:
         tc = pj.TransportConfig()
         tc.port = 0
         tc.boundAddress = "127.0.0.1"
-        self.ep.transportCreate(pj.PJSIP_TRANSPORT_TCP if tcp else pj.PJSIP_TRANSPORT_UDP, tc)
+        if tls_ca:
+            tc.tlsConfig.CaListFile = tls_ca
+            tc.tlsConfig.verifyServer = True
+            if tls_cert:
+                tc.tlsConfig.certFile, tc.tlsConfig.privKeyFile = tls_cert
+            self.ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, tc)
+        else:
+            self.ep.transportCreate(pj.PJSIP_TRANSPORT_TCP if tcp else pj.PJSIP_TRANSPORT_UDP, tc)
         self.ep.libStart()
         self.ep.audDevManager().setNullDev()
         ac = pj.AccountConfig()

@@ -43,3 +43,17 @@ def test_pjsip_trunk_matches_voicegate_defaults():
 def test_dialplan_dials_the_voicegate_endpoint():
     secs = dict(sections(ROOT / "asterisk-conf" / "extensions.conf"))
     assert any("PJSIP/${EXTEN:1}@voicegate" in v for v in secs["to-voicegate"]["same"])
+
+
+def test_audiosocket_context_reaches_the_configured_port_and_agents():
+    cfg = load_config(ROOT / "voicegate.yaml")
+    au = cfg.transports.audiosocket
+    assert au is not None
+    secs = dict(sections(ROOT / "asterisk-conf" / "extensions.conf"))
+    calls = [re.fullmatch(r"> n,AudioSocket\(([0-9a-f-]{36}),VOICEGATE_HOST:(\d+)\)", v)
+             for v in secs["to-voicegate-audiosocket"]["same"] if "AudioSocket" in v]
+    assert calls and all(calls), secs["to-voicegate-audiosocket"]
+    assert {int(m.group(2)) for m in calls if m} == {au.port}
+    agents = [au.uuids.get(m.group(1), au.agent) for m in calls if m]
+    assert agents == ["demo", "echo", au.agent], agents
+    assert all(a in cfg.agents for a in agents)

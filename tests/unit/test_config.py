@@ -114,6 +114,15 @@ def test_an_unknown_tts_voice_names_the_line(tmp_path: Path) -> None:
     assert f"{bad}:4:" in str(e.value) and "hindi-nope" in str(e.value)
 
 
+def test_spend_caps_name_their_agents_with_the_line() -> None:
+    assert _issues(MINIMAL + "spend:\n  nobody:\n    per_call: 1.0\n") == [
+        "vg.yaml:8: spend: names unknown agent 'nobody'"]
+    issues = _issues(MINIMAL + "spend:\n  e:\n    per_day: 5\n    on_cap: cascade\n    cascade: e\n")
+    assert issues == ["vg.yaml:8: spend: e.cascade: 'e' is not a configured cascaded agent"]
+    issues = _issues(MINIMAL + "spend:\n  e:\n    per_call: -1\n")
+    assert issues and issues[0].startswith("vg.yaml:9: spend.e.per_call:"), issues
+
+
 def test_metrics_listen_address_is_checked_with_its_line():
     text = "agents: {echo: {type: echo}}\nroutes: [{match: '*', agent: echo}]\nmetrics:\n  listen: not-an-ip\n"
     with pytest.raises(ConfigError) as e:
@@ -145,12 +154,3 @@ def test_an_announcement_is_text_or_a_mapping_with_a_consent_key():
         parse_config(base + "    announcement:\n      text: Hi\n      consent_key: '12'\n", "x.yaml")
     [issue] = e.value.issues
     assert (issue.line, issue.field) == (7, "routes.0.announcement.consent_key"), issue
-
-
-def test_spend_caps_name_their_agents_with_the_line() -> None:
-    assert _issues(MINIMAL + "spend:\n  nobody:\n    per_call: 1.0\n") == [
-        "vg.yaml:8: spend: names unknown agent 'nobody'"]
-    issues = _issues(MINIMAL + "spend:\n  e:\n    per_day: 5\n    on_cap: cascade\n    cascade: e\n")
-    assert issues == ["vg.yaml:8: spend: e.cascade: 'e' is not a configured cascaded agent"]
-    issues = _issues(MINIMAL + "spend:\n  e:\n    per_call: -1\n")
-    assert issues and issues[0].startswith("vg.yaml:9: spend.e.per_call:"), issues

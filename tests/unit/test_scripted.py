@@ -188,6 +188,7 @@ class PlayRecorder:
 
     caller = "caller"
     called = "100"
+    sip_headers: dict[str, str] = {}
 
     def __init__(self) -> None:
         self.played: list[tuple[int, int]] = []

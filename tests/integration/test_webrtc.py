@@ -1,0 +1,160 @@
+"""The WebRTC softphone through a running voicegate, with a real WebRTC peer (aiortc) in the page's place: it
+signals as the page does, sends a recording as Opus and records what it hears."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aioice.ice
+import numpy as np
+import pytest
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame
+from websockets.asyncio.client import connect
+
+from media.resample import resample
+from telephony.simulator.measure import echo_lag
+from tests import audio
+from tests.integration.peers import Gateway, free_port, gateway_config, start_gateway
+from tests.integration.test_media_stream import prompt, speech_s
+
+pytestmark = pytest.mark.timeout(120)
+RATE = 48000
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    port, http_port = free_port(), free_port()
+    g = start_gateway(gateway_config(port, transports={"webrtc": {"port": http_port, "agent": "echo"}}),
+                      tmp_path_factory.mktemp("gw-rtc"), port)
+    g.http_port = http_port  # type: ignore[attr-defined]
+    yield g
+    assert g.stop() == 0
+
+
+class _Caller(MediaStreamTrack):
+    kind = "audio"
+
+    def __init__(self, x16: np.ndarray, speak_at_s: float, seconds: float) -> None:
+        super().__init__()
+        n = int(seconds * RATE)
+        self.pcm = np.zeros(n, dtype=np.int16)
+        x48 = np.frombuffer(resample(audio.to_pcm(x16), 16000, RATE), dtype="<i2")
+        at = int(speak_at_s * RATE)
+        self.pcm[at : at + len(x48)] = x48[: max(0, n - at)]
+        self.t0: float | None = None
+        self.i = 0
+
+    async def recv(self) -> AudioFrame:
+        if self.t0 is None:
+            self.t0 = time.monotonic()
+        await asyncio.sleep(max(0.0, self.t0 + self.i * 0.02 - time.monotonic()))
+        chunk = self.pcm[self.i * 960 : (self.i + 1) * 960]
+        chunk = np.pad(chunk, (0, 960 - len(chunk)))
+        frame = AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = RATE, self.i * 960, fractions.Fraction(1, RATE)
+        self.i += 1
+        return frame
+
+
+@dataclass
+class Phone:
+    sent: np.ndarray
+    heard: np.ndarray
+    events: list[dict[str, Any]] = field(default_factory=list)
+    agent: str = ""
+
+
+async def phone_call(port: int, to: str, x16: np.ndarray, seconds: float, speak_at_s: float = 0.0,
+                     keys: tuple[tuple[float, str], ...] = ()) -> Phone:
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]  # as the server does on loopback
+    caller = _Caller(x16, speak_at_s, seconds)
+    pc = RTCPeerConnection()
+    pc.addTrack(caller)
+    heard = np.zeros(int((seconds + 1) * RATE), dtype=np.int16)
+    out = Phone(np.zeros(0), np.zeros(0))
+
+    async def listen(track: MediaStreamTrack) -> None:
+        """Each frame at its RTP time, from when the first one arrived (arrival times jitter; RTP times do not)."""
+        first: tuple[int, int] | None = None
+        try:
+            while True:
+                f = await track.recv()
+                assert isinstance(f, AudioFrame) and f.pts is not None
+                a = f.to_ndarray().reshape(-1, len(f.layout.channels)).mean(axis=1).astype(np.int16)
+                if first is None:
+                    first = (f.pts, int((time.monotonic() - (caller.t0 or time.monotonic())) * RATE))
+                pos = first[1] + f.pts - first[0]
+                end = min(pos + len(a), len(heard))
+                if pos >= 0:
+                    heard[pos:end] = a[: end - pos]
+        except MediaStreamError:
+            pass
+
+    listeners: list[asyncio.Task[None]] = []
+    pc.on("track", lambda t: listeners.append(asyncio.ensure_future(listen(t))))
+    await pc.setLocalDescription(await pc.createOffer())
+    async with connect(f"ws://127.0.0.1:{port}/phone/ws") as ws:
+        await ws.send(json.dumps({"type": "call", "to": to, "sdp": pc.localDescription.sdp}))
+        answer = json.loads(await ws.recv())
+        assert answer["type"] == "answer", answer
+        out.agent = answer["agent"]
+        await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+
+        async def events() -> None:
+            async for raw in ws:
+                out.events.append(json.loads(raw))
+
+        ev = asyncio.ensure_future(events())
+        t0 = time.monotonic()
+        for at, digit in keys:
+            await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
+            await ws.send(json.dumps({"type": "dtmf", "digit": digit}))
+        await asyncio.sleep(max(0.0, t0 + seconds - time.monotonic()))
+        await ws.send(json.dumps({"type": "hangup"}))
+        await asyncio.wait_for(ev, 10)
+    await pc.close()
+    for t in listeners:
+        t.cancel()
+    to16 = lambda x: audio.to_array(resample(x.tobytes(), RATE, 16000))  # noqa: E731
+    out.sent, out.heard = to16(caller.pcm), to16(heard[: len(caller.pcm)])
+    return out
+
+
+def test_the_page_is_served(gw: Gateway) -> None:
+    base = f"http://127.0.0.1:{gw.http_port}"  # type: ignore[attr-defined]
+    with urllib.request.urlopen(f"{base}/phone", timeout=5) as r:
+        page = r.read().decode()
+        assert r.headers["Content-Type"].startswith("text/html")
+    assert '<button id="call">Call</button>' in page and "RTCPeerConnection" in page
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"{base}/elsewhere", timeout=5)
+    assert e.value.code == 404
+
+
+def test_echo_over_webrtc_returns_the_callers_audio(gw: Gateway) -> None:
+    res = asyncio.run(phone_call(gw.http_port, "echo", prompt("vm-goodbye"), 5.0, speak_at_s=1.0))  # type: ignore[attr-defined]
+    lag_ms, peak = echo_lag(res.sent, res.heard)
+    print(f"webrtc echo: lag {lag_ms:.0f} ms, correlation {peak:.2f}")
+    assert res.agent == "echo" and peak > 0.5 and lag_ms < 300, (lag_ms, peak)
+    end = gw.wait_event("call_end", 10, agent="echo", transport="webrtc")
+    assert end["reason"] == "hangup" and end["codec"] == "opus/48000" and end["frames_in"] > 200, end
+
+
+def test_demo_speaks_and_the_page_sees_its_events(gw: Gateway) -> None:
+    res = asyncio.run(phone_call(gw.http_port, "demo", np.zeros(1), 11.0, keys=((8.5, "2"),)))  # type: ignore[attr-defined]
+    assert res.agent == "demo"
+    assert speech_s(res.heard[: 8 * 16000]) > 4.0, "the greeting and menu are not speech"
+    said = [e["text"] for e in res.events if e.get("name") == "agent_say"]
+    assert said[0] == "Hello, and thank you for calling voicegate." and any(t.startswith("The time here") for t in said)
+    assert any(e.get("name") == "dtmf" and e.get("digit") == "2" for e in res.events)
+    assert res.events[-1] == {"type": "event", "name": "call_end", "reason": "hangup"}, res.events[-1]
