@@ -92,8 +92,12 @@ class TransportCall:
             self._clock = asyncio.ensure_future(run_clock(self.stream, send))
 
     def dtmf(self, digit: str) -> None:
-        self._log("dtmf", call=self.call_id, digit=digit, method=self.transport, duplicate=False)
-        self.leg.session.on_dtmf(digit)
+        session = self.leg.session
+        self._log("dtmf", call=self.call_id, digit="x" if session.secure else digit, method=self.transport,
+                  duplicate=False)
+        session.on_dtmf(digit)
+        if self.leg.recording is not None:
+            self.leg.recording.on_dtmf(digit)
 
     def hangup(self, reason: str = "") -> None:
         """Our side ends the call (the agent, a timeout, shutdown: `reason` unless the session gave one)."""

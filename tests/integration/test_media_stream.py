@@ -17,6 +17,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from media.vad import Vad
+from telephony.records import read_records
 from telephony.simulator.measure import caller_onset_frame, echo_lag
 from tests import audio
 from tests.integration.peers import Gateway, free_port, gateway_config, start_gateway
@@ -50,8 +51,7 @@ def prompt(name: str) -> np.ndarray:
 
 
 def records(gw: Gateway) -> dict[str, dict[str, Any]]:
-    path = gw.config.parent / "records" / "calls.jsonl"
-    return {r["call"]: r for r in map(json.loads, path.read_text().splitlines())}
+    return {r["call"]: r for r in read_records(gw.config.parent / "records" / "calls.db")[0]}
 
 
 def speech_s(x: np.ndarray) -> float:
