@@ -73,7 +73,7 @@ def test_echo_returns_the_callers_audio(gw: Gateway) -> None:
 
 
 def test_demo_greets_answers_a_key_and_marks_come_back_in_order(gw: Gateway) -> None:
-    res = asyncio.run(twilio_call(url(gw), np.zeros(1), 12.0, to="demo", dtmf=((9.0, "2"),), headers=AUTH))
+    res = asyncio.run(twilio_call(url(gw), np.zeros(1), 15.0, to="demo", dtmf=((8.5, "2"),), headers=AUTH))
     assert res.first_audio_s is not None and res.first_audio_s < 1.0, res.first_audio_s
     assert speech_s(res.heard[: 8 * 16000]) > 4.0, "the greeting and menu are not speech"
     assert res.marks_sent and res.marks_returned == res.marks_sent, (res.marks_sent, res.marks_returned)
