@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PKGS := sip-tester baresip espeak-ng sox asterisk-core-sounds-en-wav chromium
+APT_PKGS := sip-tester baresip espeak-ng sox asterisk-core-sounds-en-wav kamailio chromium
 CONFIG ?= voicegate.yaml
 
 .PHONY: deps run test lint unit integration bench bench-extra clean
@@ -47,6 +47,7 @@ test: deps
 bench: deps bench-extra
 	$(PY) -m bench.run
 	$(PY) -m bench.cascaded
+	$(PY) -m bench.s2s
 	$(PY) -m bench.transports
 
 # Pipecat, for the side-by-side rows `make bench` adds when .venv-bench exists; kept out of voicegate's venv.

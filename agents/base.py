@@ -7,7 +7,7 @@ RTP, SIP or frames' timing; barge-in, playout and cancellation belong to the ses
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -71,11 +71,31 @@ class Handover:
     messages: tuple[tuple[Literal["user", "assistant"], str], ...]
     note: str = ""
 
+    @classmethod
+    def from_turns(cls, turns: Sequence[Mapping[str, Any]], note: str = "") -> Handover:
+        """The conversation in a call record's turns, whichever backend wrote them: cascaded turns keep the caller's
+        words in `text` and what was heard of the reply in `heard`; Gemini Live turns the caller's in `heard` and
+        the model's in `text`; OpenAI Realtime turns keep only the model's, in `text`."""
+        out: list[tuple[Literal["user", "assistant"], str]] = []
+        for t in turns:
+            backend = t.get("backend") or t.get("engine")
+            user, agent = ("text", "heard") if backend == "cascaded" else ("heard", "text")
+            if backend == "openai_realtime":
+                user = ""
+            keys: tuple[tuple[Literal["user", "assistant"], str], ...] = (("user", user), ("assistant", agent))
+            for role, key in keys:
+                text = str(t.get(key) or "").strip() if key else ""
+                if text:
+                    out.append((role, text))
+        return cls(tuple(out), note)
+
 
 class CallControl(Protocol):
     call_id: str
     caller: str
     called: str
+    sip_headers: dict[str, str]
+    """Identity, diversion, X- and User-to-User headers of the inbound INVITE (empty on other transports)."""
 
     async def say(self, text: str, interruptible: bool = True, voice: str | None = None) -> Played: ...
 
@@ -120,6 +140,11 @@ class CallControl(Protocol):
     async def transfer(self, uri: str) -> None: ...
 
     async def send_dtmf(self, digits: str) -> None: ...
+
+    def secure_capture(self, on: bool) -> None:
+        """While on, the caller's keys are masked in the log and the call record, and the recording is silent (a
+        card number or PIN being keyed)."""
+        ...
 
 
 class Agent(abc.ABC):

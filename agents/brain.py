@@ -62,6 +62,10 @@ class Brain(Protocol):
         """Forget the last turn and reply: the caller had not finished, a longer version of the turn follows."""
         ...
 
+    def resume(self, messages: Sequence[tuple[str, str]]) -> None:
+        """Take over a conversation another backend began: `(role, text)` pairs, role `user` or `assistant`."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -122,6 +126,13 @@ class LlmBrain:
 
     def retract(self) -> None:
         del self.history.history[self._mark :]
+
+    def resume(self, messages: Sequence[tuple[str, str]]) -> None:
+        for role, text in messages:
+            if role == "user":
+                self.history.add_user(text)
+            else:
+                self.history.add_assistant(text)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -201,11 +212,9 @@ class DialogBrain:
         self.dialog = dialog
         self._saved: Dialog | None = None
         self.expects_code = False
-        self._first: Reply | None = None
 
     def greeting(self) -> str:
-        self._first = self.dialog.start()
-        return self._first.text
+        return self.dialog.start().text
 
     async def respond(self, turn: UserTurn) -> AsyncIterator[Part]:
         self._saved = copy.deepcopy(self.dialog)
@@ -222,6 +231,9 @@ class DialogBrain:
     def retract(self) -> None:
         if self._saved is not None:
             self.dialog, self._saved = self._saved, None
+
+    def resume(self, messages: Sequence[tuple[str, str]]) -> None:
+        return None  # rules keep no history: the dialog goes on from its first state, without its greeting
 
     async def close(self) -> None:
         return None

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from agents.base import Agent, AgentFactory, BargeIn, CallControl, Dtmf, HungUp, Played
+from agents.base import Agent, AgentFactory, BargeIn, CallControl, Dtmf, Handover, HungUp, Played
 from agents.brain import Act, Brain, DialogBrain, LlmBrain, Part, Say, UserTurn
 from agents.config import CascadedAgentConfig
 from agents.dialog import Dialog
@@ -68,8 +68,9 @@ class _Reply:
 
 
 class CascadedAgent(Agent):
-    def __init__(self, factory: CascadedFactory) -> None:
+    def __init__(self, factory: CascadedFactory, handover: Handover | None = None) -> None:
         self.f = factory
+        self.handover = handover if handover is not None and handover.messages else None
         self.cfg = factory.cfg
         self.brain: Brain = factory.new_brain()
         self._reply: asyncio.Task[None] | None = None
@@ -90,8 +91,11 @@ class CascadedAgent(Agent):
         tasks = [asyncio.create_task(listener.run()), asyncio.create_task(self._pump(listener)),
                  asyncio.create_task(self._events(call))]
         try:
-            greeting = self.brain.greeting()
-            await self._speak(call, _parts(Say(greeting)), {})
+            if self.handover is None:
+                await self._speak(call, _parts(Say(self.brain.greeting())), {})
+            else:  # another backend began the call: no greeting, the conversation goes on
+                self.brain.resume(self.handover.messages)
+                self.transcript.extend(self.handover.messages)
             while True:
                 item = await self._inputs.get()
                 turns.expect_code = self.brain.expects_code
@@ -319,5 +323,5 @@ class CascadedFactory(AgentFactory):
         return LlmBrain(client, llm.system_prompt, llm.greeting, llm.filler, llm.filler_after_s, self.cfg.apology,
                         llm.transfer_target)
 
-    def create(self) -> Agent:
-        return CascadedAgent(self)
+    def create(self, handover: Handover | None = None) -> Agent:
+        return CascadedAgent(self, handover)

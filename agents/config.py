@@ -42,6 +42,8 @@ class CollectStep(_Strict):
     max_digits: int = Field(1, ge=1, le=32)
     timeout_s: float = Field(5.0, gt=0)
     terminator: str = "#"
+    secure: bool = False
+    """Keys are masked in logs and records and the recording is silent while collecting (card numbers, PINs)."""
 
 
 class BranchStep(_Strict):
@@ -62,6 +64,9 @@ class HangupStep(_Strict):
 class TransferStep(_Strict):
     transfer: str
     """SIP URI to transfer the caller to (blind transfer with REFER)."""
+    headers: dict[str, str] = {}
+    """X- or User-to-User headers for the transfer target (`{variables}` filled in), sent as headers of the
+    Refer-To URI, which the transferee copies into its INVITE (RFC 3261 19.1.1, RFC 3515 2.1)."""
     timeout_s: float = Field(30.0, gt=0)
     """How long to wait for the transfer's outcome."""
 

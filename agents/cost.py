@@ -86,6 +86,12 @@ class Cost:
     currency: str
 
 
+def s2s_per_min(prices: Prices, backend: str) -> float:
+    """Most a minute of call costs on a speech-to-speech backend: audio in plus audio out, each all minute long."""
+    p: AudioPrice = getattr(prices.s2s, backend)
+    return p.in_per_min + p.out_per_min
+
+
 def llm_tokens(usage: Mapping[str, float]) -> tuple[float, float]:
     """Input and output tokens: those reported, plus those estimated from characters."""
     return (usage.get("llm_in_tokens", 0.0) + usage.get("llm_in_chars", 0.0) / CHARS_PER_TOKEN,

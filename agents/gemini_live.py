@@ -56,7 +56,7 @@ from agents.base import (
 )
 from agents.speech.tts import PromptCache
 from media.frames import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
-from media.resample import StreamResampler
+from media.polyphase import PolyphaseResampler
 
 DEFAULT_URL = (
     "wss://generativelanguage.googleapis.com/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
@@ -154,7 +154,8 @@ class _Turn:
     text: str = ""
     dropped_by: str = ""
     generated: bool = False
-    resampler: StreamResampler | None = None
+    resampler: PolyphaseResampler | None = None
+    rate: int = 0
     rest: bytes = b""
 
 
@@ -562,9 +563,9 @@ class GeminiLiveAgent(Agent):
         self.call.meter("gemini_live_out_s", len(data) / 2 / rate)
         if turn.dropped_by:
             return
-        if turn.resampler is None or turn.resampler.in_rate != rate:
+        if turn.resampler is None or turn.rate != rate:
             self._finish_audio(turn)
-            turn.resampler = StreamResampler(rate)
+            turn.resampler, turn.rate = PolyphaseResampler(rate, SAMPLE_RATE), rate
         pcm = turn.rest + turn.resampler.process(data[: len(data) // 2 * 2])
         whole = len(pcm) - len(pcm) % FRAME_BYTES
         turn.rest = pcm[whole:]
@@ -574,7 +575,7 @@ class GeminiLiveAgent(Agent):
     def _finish_audio(self, turn: _Turn) -> None:
         """Play what the turn's resampler still holds (its audio is complete for now)."""
         if turn.resampler is not None:
-            pcm = turn.rest + turn.resampler.process(b"", last=True)
+            pcm = turn.rest + turn.resampler.process(bytes(2 * turn.resampler.taps))  # the filter's last samples
             turn.resampler, turn.rest = None, b""
             if pcm and not turn.dropped_by:
                 self._play(turn, pcm)

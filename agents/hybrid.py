@@ -27,6 +27,7 @@ from agents.base import Agent, AgentEvent, AgentFactory, CallControl, CallerAudi
 from agents.brain import DialogBrain, UserTurn
 from agents.cascaded import CascadedAgent, CascadedFactory
 from agents.config import CascadedAgentConfig, HybridAgentConfig
+from agents.cost import Prices, s2s_per_min
 from agents.gemini_live import GeminiLiveConfig, GeminiLiveFactory
 from agents.listener import HeardTurn
 from agents.openai_realtime import OpenAIRealtimeConfig, OpenAIRealtimeFactory
@@ -47,6 +48,7 @@ class _Tagged:
     def __init__(self, call: CallControl) -> None:
         self._call = call
         self.call_id, self.caller, self.called = call.call_id, call.caller, call.called
+        self.sip_headers = call.sip_headers
         self.backend = "cascaded"
         self.note: dict[str, Any] = {}
         """Router facts for the next turn record."""
@@ -91,6 +93,9 @@ class _Tagged:
 
     async def send_dtmf(self, digits: str) -> None:
         await self._call.send_dtmf(digits)
+
+    def secure_capture(self, on: bool) -> None:
+        self._call.secure_capture(on)
 
 
 class _Cascade(CascadedAgent):
@@ -155,8 +160,12 @@ class HybridAgent(Agent):
 
 class HybridFactory(AgentFactory):
     def __init__(self, name: str, cfg: HybridAgentConfig, cascade: CascadedAgentConfig,
-                 s2s: OpenAIRealtimeConfig | GeminiLiveConfig, prompts: PromptCache) -> None:
+                 s2s: OpenAIRealtimeConfig | GeminiLiveConfig, prompts: PromptCache, prices: Prices | None = None
+                 ) -> None:
         self.name = name
+        if cfg.budget is not None and cfg.budget.usd_per_min is None:
+            rate = s2s_per_min(prices or Prices(), s2s.type)
+            cfg = cfg.model_copy(update={"budget": cfg.budget.model_copy(update={"usd_per_min": rate or None})})
         self.cfg = cfg
         self.cascade = CascadedFactory(f"{name}.cascade", cascade)
         self.dialog = cascade.dialog if cascade.llm is None else None

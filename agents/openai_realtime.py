@@ -16,6 +16,10 @@ state per reply and queued at once. Barge-in: the gateway's detector (`turn_owne
 sends one `response.cancel` and one `conversation.item.truncate` to what the caller heard. The server never
 cancels on its own (`interrupt_response: false`), so the client is the one place that knows what was heard.
 A dead or dropped server gets a spoken apology at once and bounded reconnects; the call stays up meanwhile.
+Every new session after the first is given the conversation so far as text items (agents.s2s_history): the caller's
+turns from `conversation.item.input_audio_transcription.completed`, the model's as heard. A session near its
+`expires_at` is renewed that way at a quiet moment, and one the server ends (`session_expired`) is replaced at once,
+both without an apology.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from agents.base import (
     Played,
     TransferFailed,
 )
+from agents.s2s_history import History, heard_text
 from media.frames import FRAME_BYTES, SAMPLE_RATE
 from media.g711 import ulaw_decode, ulaw_encode
 from media.polyphase import PolyphaseResampler
@@ -94,6 +99,12 @@ class OpenAIRealtimeConfig(BaseModel):
     reconnect_backoff_s: float = Field(0.5, ge=0)
     """Wait before the first retry; doubles with each further one."""
     transfer_timeout_s: float = Field(15.0, gt=0)
+    input_transcription: str | None = "gpt-4o-mini-transcribe"
+    """The model that transcribes the caller (`audio.input.transcription`), for the conversation a new session is
+    given after a drop or renewal; None: a new session learns only what the model said."""
+    renew_before_s: float = Field(60.0, ge=0)
+    """Open a new session this long before the server's `expires_at` (a session lasts at most 60 minutes), at a
+    quiet moment, with the conversation replayed; 0: only when the server ends it (`session_expired`)."""
 
     @field_validator("url")
     @classmethod
@@ -158,14 +169,26 @@ def session_update(cfg: OpenAIRealtimeConfig) -> dict[str, Any]:
         turn["silence_duration_ms"] = cfg.silence_duration_ms
     else:
         turn["eagerness"] = cfg.eagerness
+    audio_in: dict[str, Any] = {"format": fmt, "turn_detection": turn}
+    if cfg.input_transcription:
+        audio_in["transcription"] = {"model": cfg.input_transcription}
     session: dict[str, Any] = {
         "type": "realtime", "model": cfg.model, "instructions": cfg.instructions, "output_modalities": ["audio"],
-        "audio": {"input": {"format": fmt, "turn_detection": turn}, "output": {"format": fmt, "voice": cfg.voice}},
+        "audio": {"input": audio_in, "output": {"format": fmt, "voice": cfg.voice}},
     }
     if cfg.tools:
         session["tools"] = _tool_specs(cfg)
         session["tool_choice"] = "auto"
     return {"type": "session.update", "session": session}
+
+
+RENEW_QUIET_S = 2.0
+"""A session is renewed only this long after the caller last spoke: their turn's audio is in the old session, and
+its answer is about to start there."""
+RESUME_NOTE = (
+    "This phone call continues from an earlier session, whose conversation follows. Do not greet the caller again; "
+    "wait for them to speak."
+)
 
 
 def handover_items(h: Handover) -> list[dict[str, Any]]:
@@ -257,6 +280,12 @@ class OpenAIRealtimeAgent(Agent):
         self._failures = 0
         self._outage_t: float | None = None
         self._ids = 0
+        self.history = History(handover.messages if handover is not None else ())
+        self._expires_at: float | None = None  # the session's end (server's wall clock, s)
+        self._expired = False  # the server said `session_expired`
+        self._caller_talking = False
+        self._caller_end = 0.0
+        self._recording = 0  # turns done on the server whose history entry waits for their playout
 
     # -- running ------------------------------------------------------------------------------------------
     async def run(self, call: CallControl) -> None:
@@ -286,10 +315,12 @@ class OpenAIRealtimeAgent(Agent):
                     return
                 continue
             self._outage_t = None
-            await self._session(ws, greet=not greeted)
+            planned = await self._session(ws, greet=not greeted)
             greeted = True
             if self._done.is_set():
                 return
+            if planned:
+                continue  # renewed or expired: a new session at once, no apology
             if not await self._failed():
                 return
 
@@ -336,39 +367,69 @@ class OpenAIRealtimeAgent(Agent):
             first = _parse(raw)
             if first is None or first.get("type") != "session.created":
                 raise _BadServerError(f"server sent {str(raw)[:80]!r} where session.created belongs")
+            expires = (first.get("session") or {}).get("expires_at")
+            self._expires_at = float(expires) if isinstance(expires, int | float) and expires > 0 else None
         except BaseException:
             await ws.close()
             raise
         return ws
 
-    async def _session(self, ws: ClientConnection, greet: bool) -> None:
-        """Run one connection until it drops, stalls, or the agent is done."""
+    async def _session(self, ws: ClientConnection, greet: bool) -> bool:
+        """Run one connection until it drops, stalls, or the agent is done; True when it ended as planned (renewed
+        before it expired, or expired)."""
         out: asyncio.Queue[_Outgoing] = asyncio.Queue()
         self._out = out
         self._encode = _encoder(self.cfg.audio_format)
+        self._expired = False
         self._send(session_update(self.cfg))
-        if greet and self.handover is not None:
+        if not greet:
+            items = handover_items(Handover(self.history.messages(), RESUME_NOTE))
+            for item in items:
+                self._send({"type": "conversation.item.create", "item": item})
+            _event("openai_realtime_resumed", call=self._call.call_id, items=len(items))
+        elif self.handover is not None:
             for item in handover_items(self.handover):
                 self._send({"type": "conversation.item.create", "item": item})
             self._create_response("handover")
-        elif greet and self.cfg.greeting:
+        elif self.cfg.greeting:
             self._create_response("greeting", self.cfg.greeting)
         writer = asyncio.create_task(self._write(ws, out))
         reader = asyncio.create_task(self._read(ws))
         done = asyncio.create_task(self._done.wait())
+        renew = asyncio.create_task(self._renew_due())
         try:
-            finished, _ = await asyncio.wait({writer, reader, done}, return_when=asyncio.FIRST_COMPLETED)
+            finished, _ = await asyncio.wait({writer, reader, done, renew}, return_when=asyncio.FIRST_COMPLETED)
+            if renew in finished:
+                _event("openai_realtime_renew", call=self._call.call_id, expires_in_s=round(
+                    (self._expires_at or 0) - time.time(), 1))
+                return True
             if done not in finished:
                 why = reader.result() if reader in finished else f"send failed: {writer.exception()!r}"
-                _event("openai_realtime_dropped", call=self._call.call_id, reason=why, response=self._active)
+                _event("openai_realtime_dropped", call=self._call.call_id, reason=why, response=self._active,
+                       expired=self._expired)
+            return self._expired
         finally:
             self._out = None
-            for t in (writer, reader, done):
+            for t in (writer, reader, done, renew):
                 t.cancel()
-            await asyncio.gather(writer, reader, done, return_exceptions=True)
+            await asyncio.gather(writer, reader, done, renew, return_exceptions=True)
             self._closing.add(closing := asyncio.ensure_future(ws.close()))  # not awaited: an apology may be due
             closing.add_done_callback(self._closing.discard)
             self._forget_connection()
+
+    async def _renew_due(self) -> None:
+        """Return at the first quiet moment (no response, no agent audio, the caller silent for `RENEW_QUIET_S`)
+        once the session is within `renew_before_s` of its end (and half way through); never without an end or with
+        renewal off."""
+        if self._expires_at is None or self.cfg.renew_before_s <= 0:
+            await asyncio.Event().wait()
+            return
+        now = time.time()
+        half = (self._expires_at - now) / 2  # never sooner: a short session is not renewed in a loop
+        await asyncio.sleep(max(half, self._expires_at - self.cfg.renew_before_s - now))
+        while (self._active is not None or self._recording or self._call.speaking or self._caller_talking
+               or time.monotonic() - self._caller_end < RENEW_QUIET_S):
+            await asyncio.sleep(0.1)
 
     def _forget_connection(self) -> None:
         self._active = None
@@ -378,6 +439,7 @@ class OpenAIRealtimeAgent(Agent):
         self._functions.clear()
         for turn in self._turns.values():
             turn.status = turn.status or "dropped"
+            self._recording += 1
             self._spawn(self._finish_turn(turn))
         self._turns.clear()
 
@@ -447,8 +509,10 @@ class OpenAIRealtimeAgent(Agent):
             ev = await self._call.next_event()
             if isinstance(ev, BargeIn):
                 self._barge_in("gateway", time.monotonic())
-            elif isinstance(ev, CallerSpeech) and not ev.started:
-                self._stops["gateway"] = time.monotonic()
+            elif isinstance(ev, CallerSpeech):
+                self._caller_talking = ev.started
+                if not ev.started:
+                    self._stops["gateway"] = self._caller_end = time.monotonic()
             elif isinstance(ev, TransferFailed) and self._transfer is not None and not self._transfer.done():
                 self._transfer.set_result(ev.code)
             elif isinstance(ev, HungUp):
@@ -498,6 +562,10 @@ class OpenAIRealtimeAgent(Agent):
                 self._barge_in("server", t)
         elif kind == "input_audio_buffer.speech_stopped":
             self._stops["server"] = t
+        elif kind == "input_audio_buffer.committed":
+            self.history.open("user", ev["item_id"])
+        elif kind == "conversation.item.input_audio_transcription.completed":
+            self.history.fill(ev["item_id"], str(ev["transcript"]))
         elif kind == "response.created":
             self._on_created(ev["response"]["id"], t)
         elif kind == "response.output_item.added":
@@ -526,9 +594,12 @@ class OpenAIRealtimeAgent(Agent):
             self._requests = [r for r in self._requests if r.event_id != err.get("event_id")]
             _event("openai_realtime_server_error", call=self._call.call_id, type=err.get("type"),
                    code=err.get("code"), message=str(err.get("message"))[:200], event_id=err.get("event_id"))
+            if err.get("code") == "session_expired":
+                self._expired = True
 
     def _on_created(self, rid: str, t: float) -> None:
         self._active = rid
+        self.history.open("assistant", rid)
         req = self._requests.pop(0) if self._requests else None
         if req is None:
             self._turns[rid] = _Turn(rid, "speech", None, None)
@@ -584,13 +655,20 @@ class OpenAIRealtimeAgent(Agent):
         turn = self._turns.pop(rid, None)
         if turn is not None:
             turn.status = status
+            self._recording += 1
             self._spawn(self._finish_turn(turn))
 
     async def _finish_turn(self, turn: _Turn) -> None:
         """Record the turn once its audio has played or been cut."""
         played = [f for r in turn.replies for f in r.played]
-        if played:
-            await asyncio.wait(played)
+        try:
+            if played:
+                await asyncio.wait(played)
+        finally:
+            self._recording -= 1
+        audio_ms = sum(r.received_ms for r in turn.replies)
+        self.history.fill(turn.response_id, heard_text(turn.transcript, sum(r.heard_ms() for r in turn.replies),
+                                                       audio_ms) if turn.replies else turn.transcript)
 
         def ms(t: float | None) -> float | None:
             return None if t is None or turn.ref is None else round((t - turn.ref) * 1000, 1)
@@ -603,7 +681,7 @@ class OpenAIRealtimeAgent(Agent):
             "status": turn.status, "from": turn.ref_by, "first_delta_ms": ms(turn.first_delta),
             "first_audio_ms": ms(turn.first_enqueue), "overhead_ms": overhead,
             "overhead_max_ms": round(turn.overhead_max_ms, 2),
-            "audio_ms": round(sum(r.received_ms for r in turn.replies)),
+            "audio_ms": round(audio_ms),
             "heard_ms": sum(r.heard_ms() for r in turn.replies),
             "interrupted": any(r.interrupted for r in turn.replies), "tool": turn.tool, "text": turn.transcript[:300],
         })

@@ -14,6 +14,7 @@ from agents.config import (
     ScriptedAgentConfig,
     hybrid_parts,
 )
+from agents.cost import Prices
 from agents.echo import EchoFactory
 from agents.gemini_live import GeminiLiveConfig, GeminiLiveFactory
 from agents.hybrid import HybridFactory
@@ -23,8 +24,9 @@ from agents.speech.tts import PromptCache
 
 
 def make_factory(name: str, cfg: AgentConfig, prompts: PromptCache,
-                 agents: Mapping[str, AgentConfig] | None = None) -> AgentFactory:
-    """The factory of one configured agent; `agents` (all of them) resolves the names a hybrid agent uses."""
+                 agents: Mapping[str, AgentConfig] | None = None, prices: Prices | None = None) -> AgentFactory:
+    """The factory of one configured agent; `agents` (all of them) resolves the names a hybrid agent uses, `prices`
+    its budget's S2S rate."""
     if isinstance(cfg, EchoAgentConfig):
         return EchoFactory(name)
     if isinstance(cfg, ScriptedAgentConfig):
@@ -36,5 +38,5 @@ def make_factory(name: str, cfg: AgentConfig, prompts: PromptCache,
     if isinstance(cfg, OpenAIRealtimeConfig):
         return OpenAIRealtimeFactory(name, cfg, prompts)
     if isinstance(cfg, HybridAgentConfig):
-        return HybridFactory(name, cfg, *hybrid_parts(name, cfg, agents or {}), prompts)
+        return HybridFactory(name, cfg, *hybrid_parts(name, cfg, agents or {}), prompts, prices)
     raise ValueError(f"agent {name!r}: unknown type {cfg.type!r}")

@@ -20,7 +20,8 @@ Rules, in this order (the first that fires is the reason):
 A `Budget` vetoes them all. The S2S spend lies ahead of the escalation (which is one way), and the call's meter
 (`CallControl.meter`) only collects usage, so it is estimated: S2S minutes x `usd_per_min`, the rest of the call
 taken to last as long as it has lasted so far (at least `min_minutes`; the longer a call has run, the longer it
-tends to go on). Over `max_usd`, the call stays on the cascade (`Stay(blocked=...)`).
+tends to go on). Over `max_usd`, the call stays on the cascade (`Stay(blocked=...)`). The hybrid agent fills in
+`usd_per_min` from the config's `prices:` when the budget does not set it.
 """
 
 from __future__ import annotations
@@ -74,8 +75,9 @@ class Phrases(_Strict):
 class Budget(_Strict):
     max_usd: float = Field(gt=0)
     """Most a call may spend on S2S."""
-    usd_per_min: float = Field(gt=0)
-    """The S2S backend's price per minute of call time (audio in and out, as your plan bills it)."""
+    usd_per_min: float | None = Field(None, gt=0)
+    """The S2S backend's price per minute of call time; default: its `prices.s2s` in + out per minute (an upper
+    bound: the caller's audio streams to it all call long, its own at most as long)."""
     min_minutes: float = Field(1.0, ge=0)
     """Least S2S time assumed after an escalation."""
 
@@ -215,7 +217,8 @@ class Router:
         estimate = None
         if self.budget is not None:
             assert self._start is not None
-            estimate = round(max((now - self._start) / 60.0, self.budget.min_minutes) * self.budget.usd_per_min, 4)
+            rate = self.budget.usd_per_min or 0.0
+            estimate = round(max((now - self._start) / 60.0, self.budget.min_minutes) * rate, 4)
             if estimate > self.budget.max_usd:
                 return Stay(blocked=f"{reason}: S2S estimate ${estimate:.2f} over the ${self.budget.max_usd:.2f} cap")
         self.escalated = Escalate(reason, detail, estimate)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from urllib.parse import quote
 
 from agents.base import Agent, AgentFactory, CallControl, Dtmf, HungUp, TransferFailed
 from agents.config import (
@@ -29,6 +30,15 @@ class FlowError(Exception):
     """The flow cannot go on (a missing WAV, an unknown variable): names the node and step."""
 
 
+def uri_with_headers(uri: str, headers: Mapping[str, str]) -> str:
+    """`uri` with `headers` as URI headers (`?name=value&...`, escaped as RFC 3261 25.1 asks)."""
+    if not headers:
+        return uri
+    safe = "[]/?:+$"
+    fields = "&".join(f"{quote(k, safe=safe)}={quote(v, safe=safe)}" for k, v in headers.items())
+    return f"{uri}{'&' if '?' in uri else '?'}{fields}"
+
+
 def render_text(text: str, variables: Mapping[str, str]) -> str:
     try:
         return text.format_map(variables)
@@ -46,7 +56,7 @@ class ScriptedAgent(Agent):
         self.cfg = cfg
 
     async def run(self, call: CallControl) -> None:
-        variables: dict[str, str] = {"caller": call.caller, "called": call.called}
+        variables: dict[str, str] = {**call.sip_headers, "caller": call.caller, "called": call.called}
         node = self.cfg.start
         while True:
             nxt = await self._run_node(call, node, variables)
@@ -55,8 +65,11 @@ class ScriptedAgent(Agent):
             node = nxt
 
     async def _run_node(self, call: CallControl, node: str, variables: dict[str, str]) -> str | None:
-        for i, step in enumerate(self.cfg.nodes[node]):
+        steps = self.cfg.nodes[node]
+        for i, step in enumerate(steps):
             variables["time"] = _clock_words(time.localtime())
+            if any(isinstance(s, CollectStep) and s.secure for s in steps[i:i + 2]):
+                call.secure_capture(True)  # from the prompt before a secure collect on: callers key over it
             if isinstance(step, SayStep):
                 await call.say(render_text(step.say, variables), step.interruptible, step.lang or self.cfg.voice)
             elif isinstance(step, PlayStep):
@@ -66,7 +79,11 @@ class ScriptedAgent(Agent):
                     raise FlowError(f"{node}[{i}]: {e}") from None
                 await call.play(pcm, SAMPLE_RATE, step.interruptible)
             elif isinstance(step, CollectStep):
-                variables[step.collect] = await _collect(call, step)
+                try:
+                    variables[step.collect] = await _collect(call, step)
+                finally:
+                    if step.secure:
+                        call.secure_capture(False)
             elif isinstance(step, BranchStep):
                 return step.cases.get(variables.get(step.branch, ""), step.default)
             elif isinstance(step, GotoStep):
@@ -75,7 +92,8 @@ class ScriptedAgent(Agent):
                 await call.hangup(step.hangup)
                 return None
             elif isinstance(step, TransferStep):
-                await call.transfer(step.transfer)
+                await call.transfer(uri_with_headers(step.transfer, {k: render_text(v, variables)
+                                                                     for k, v in step.headers.items()}))
                 if not await _transfer_failed(call, step.timeout_s):
                     return None  # transferred: the call ends on the SIP side
                 # refused: the flow goes on with the next step (say sorry, go back to the menu)

@@ -8,6 +8,7 @@ actions (hang up, transfer, DTMF) go out through a `CallActions` the transport p
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
 import time
 from collections.abc import Awaitable
@@ -15,18 +16,22 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from agents.base import (
+    Agent,
     AgentEvent,
     AgentFactory,
     BargeIn,
     CallerAudio,
     CallerSpeech,
     Dtmf,
+    Handover,
     HungUp,
     Played,
     TransferFailed,
 )
 from agents.cost import Meter
+from agents.redact import redact, redact_fields
 from agents.speech.tts import PromptCache
+from agents.spend import SpendGuard
 from media.events import (
     BargeInConfirmed,
     BargeInPaused,
@@ -64,6 +69,31 @@ class SessionTimeouts:
     goodbye_text: str = "I have not heard anything, so I will hang up now. Goodbye."
 
 
+class TakesOver(Protocol):
+    """A factory whose agents can take over a call another backend began (the cascaded one)."""
+
+    def create(self, handover: Handover | None = None) -> Agent: ...
+
+
+@dataclass(frozen=True)
+class SpendWatch:
+    """A call's spend cap (agents.spend) and, for `on_cap: cascade`, the cascade that takes over."""
+
+    guard: SpendGuard
+    fallback: TakesOver | None = None
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """Played before the agent starts (consent, AI disclosure). With `consent_key`, the caller must press it (during
+    or up to `timeout_s` after the announcement), or the call ends as `no_consent`."""
+
+    text: str
+    voice: str | None = None
+    consent_key: str | None = None
+    timeout_s: float = 8.0
+
+
 @dataclass
 class CallRecord:
     barge_ins: int = 0
@@ -73,6 +103,8 @@ class CallRecord:
     end_reason: str = ""
     turns: list[dict[str, Any]] = field(default_factory=list)
     usage: Meter = field(default_factory=Meter)
+    announcement: dict[str, Any] | None = None
+    """What the announcement did: `played_ms`, and with a consent key, `consent` (true or false)."""
 
 
 class CallSession:
@@ -87,16 +119,27 @@ class CallSession:
         prompts: PromptCache,
         log: Log,
         timeouts: SessionTimeouts | None = None,
+        spend: SpendWatch | None = None,
+        announcement: Announcement | None = None,
     ) -> None:
         self.call_id = call_id
         self.caller = caller
         self.called = called
+        self.trunk = ""
+        """The SIP trunk the call came in on ("" for none or another transport)."""
+        self.sip_headers: dict[str, str] = {}
+        """Identity, diversion, X- and User-to-User headers of the inbound INVITE (empty for other transports)."""
         self.factory = factory
         self.media = media
         self.actions = actions
         self.prompts = prompts
         self.log = log
         self.timeouts = timeouts or SessionTimeouts()
+        self.spend = spend
+        self._agent: asyncio.Task[None] | None = None
+        self.announcement = announcement
+        self.secure = False
+        """Secure capture: keys are masked (`x`) in the record and the log, and the recording is silent."""
         self.record = CallRecord()
         self._events: asyncio.Queue[AgentEvent] = asyncio.Queue()
         self._items = itertools.count(1)
@@ -135,7 +178,7 @@ class CallSession:
 
     def on_dtmf(self, digit: str) -> None:
         self._touch()
-        self.record.digits += digit
+        self.record.digits += "x" if self.secure else digit
         self.media.dtmf(time.monotonic())
         if self._current_interruptible and self.media.playout.pending:
             self.media.flush(time.monotonic())  # a key press stops an interruptible prompt
@@ -162,7 +205,7 @@ class CallSession:
     # -- CallControl --------------------------------------------------------------------------------------
     async def say(self, text: str, interruptible: bool = True, voice: str | None = None) -> Played:
         pcm = await self.prompts.render(text, voice or self.voice)
-        self.log("agent_say", call=self.call_id, text=text[:120], interruptible=interruptible)
+        self.log("agent_say", call=self.call_id, text=redact(text)[:120], interruptible=interruptible)
         return await self._play16(pcm, interruptible)
 
     async def play(self, pcm: bytes, rate: int, interruptible: bool = True) -> Played:
@@ -205,6 +248,7 @@ class CallSession:
         return self._audio.get()
 
     def record_turn(self, turn: dict[str, Any]) -> None:
+        turn = redact_fields(turn)  # card numbers, security codes, ... never reach the records or the log
         self.record.turns.append(turn)
         self.log("turn", call=self.call_id, **turn)
 
@@ -235,31 +279,102 @@ class CallSession:
     async def send_dtmf(self, digits: str) -> None:
         self.actions.send_dtmf(digits)
 
+    def secure_capture(self, on: bool) -> None:
+        if on != self.secure:
+            self.secure = on
+            self.media.mask_recording(on)
+            self.log("secure_capture", call=self.call_id, on=on)
+
     # -- running ------------------------------------------------------------------------------------------
     async def run(self) -> None:
-        """Run the agent until it finishes or the call ends; enforce the call's timers meanwhile."""
+        """Play the announcement, then run the agent until it finishes or the call ends; enforce the call's timers
+        and spend caps meanwhile."""
+        if self.announcement is not None and not await self._announce(self.announcement):
+            return
         agent = self.factory.create()
-        task = asyncio.create_task(agent.run(self), name=f"agent-{self.call_id}")
+        self._agent = asyncio.create_task(agent.run(self), name=f"agent-{self.call_id}")
         watchdog = asyncio.create_task(self._watchdog(), name=f"watchdog-{self.call_id}")
         ended = asyncio.create_task(self._ended.wait())
         try:
-            done, _ = await asyncio.wait({task, ended}, return_when=asyncio.FIRST_COMPLETED)
-            if task in done and task.exception() is not None:
-                self.log("agent_error", call=self.call_id, error=repr(task.exception()))
-                if not self._ended.is_set():
-                    await self.hangup("agent_error")
-            elif task in done and not self._ended.is_set():
-                await self.hangup(self.record.end_reason or "agent_done")
+            while True:
+                task = self._agent
+                done, _ = await asyncio.wait({task, ended}, return_when=asyncio.FIRST_COMPLETED)
+                if task is not self._agent:
+                    continue  # a spend cap replaced the agent (`_on_cap`)
+                if task in done and not task.cancelled() and task.exception() is not None:
+                    self.log("agent_error", call=self.call_id, error=repr(task.exception()))
+                    if not self._ended.is_set():
+                        await self.hangup("agent_error")
+                elif task in done and not self._ended.is_set():
+                    await self.hangup(self.record.end_reason or "agent_done")
+                break
         finally:
-            for t in (task, watchdog, ended):
+            for t in (self._agent, watchdog, ended):
                 t.cancel()
-            await asyncio.gather(task, watchdog, ended, return_exceptions=True)
+            await asyncio.gather(self._agent, watchdog, ended, return_exceptions=True)
+            if self.spend is not None:
+                self.spend.guard.end(datetime.date.today())
+
+    def _check_spend(self, call_s: float) -> None:
+        if self.spend is None or self._agent is None:
+            return
+        reached = self.spend.guard.check(self.record.usage.usage, call_s, datetime.date.today())
+        if reached is None:
+            return
+        cap = self.spend.guard.cap
+        action = cap.on_cap if self.spend.fallback is not None else "end"
+        self.log("spend_cap", call=self.call_id, scope=reached.scope, spent=reached.spent, cap=reached.cap,
+                 action=action)
+        self.record.turns.append({"backend": "gateway", "spend_cap": reached.scope, "spent": reached.spent,
+                                  "cap": reached.cap, "action": action})
+        old = self._agent
+        self._agent = asyncio.create_task(self._on_cap(old, action), name=f"agent-{self.call_id}-capped")
+        old.cancel()
+
+    async def _on_cap(self, old: asyncio.Task[None], action: str) -> None:
+        """The agent is stopped; say so, then hang up or go on with the fallback cascade."""
+        await asyncio.gather(old, return_exceptions=True)
+        self.flush_playout()
+        assert self.spend is not None
+        cap, fallback = self.spend.guard.cap, self.spend.fallback
+        if action == "end" or fallback is None:
+            await self.say(cap.wrap_up, interruptible=False)
+            await self.hangup("spend_cap")
+            return
+        handover = Handover.from_turns(self.record.turns)
+        if handover.messages:
+            await self.say(cap.handover_line, interruptible=False)
+        await fallback.create(handover).run(self)
+
+    async def _announce(self, a: Announcement) -> bool:
+        """Play the announcement (not interruptible) and take the caller's consent when a key is asked for; False
+        when the call ended meanwhile or the caller did not consent (then it is hung up)."""
+        played = await self.say(a.text, interruptible=False, voice=a.voice)
+        self.record.announcement = {"played_ms": played.played_ms}
+        if self._ended.is_set():
+            return False
+        if a.consent_key is None:
+            return True
+        deadline = time.monotonic() + a.timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            ev = await self.next_event(left)  # keys pressed during the announcement are queued: they count
+            if isinstance(ev, HungUp):
+                return False
+            if isinstance(ev, Dtmf) and ev.digit == a.consent_key:
+                self.record.announcement["consent"] = True
+                self.log("consent", call=self.call_id, given=True)
+                return True
+        self.record.announcement["consent"] = False
+        self.log("consent", call=self.call_id, given=False, waited_s=a.timeout_s)
+        await self.hangup("no_consent")
+        return False
 
     async def _watchdog(self) -> None:
         start = time.monotonic()
         reprompted = False
         to = self.timeouts
         while not self._ended.is_set():
+            self._check_spend(time.monotonic() - start)
             await asyncio.sleep(0.25)
             now = time.monotonic()
             if now - start >= to.max_call_s:

@@ -18,6 +18,7 @@ from media.barge_in import BargeInDetector, DetectorSettings
 from media.events import BargeInConfirmed, BargeInPaused, BargeInResumed, MediaEvent
 from media.frames import FLOOR_DBFS, FRAME_BYTES, SILENCE, level_dbfs
 from media.playout import PlayoutBuffer
+from media.recorder import StereoRecorder
 from media.vad import Vad
 
 
@@ -50,6 +51,7 @@ class CallMedia:
     ) -> None:
         self._emit = emit
         self._tap: Callable[[float, bytes, bool], None] | None = None
+        self._recorder: StereoRecorder | None = None
         self._vad = Vad(vad_aggressiveness)
         self.detector = BargeInDetector(settings)
         self.playout = PlayoutBuffer()
@@ -65,6 +67,9 @@ class CallMedia:
             return
         self.stats.frames_in += 1
         self.stats.last_inbound_t = now
+        rec = self._recorder
+        if rec is not None:
+            rec.inbound(now, frame)
         if self._loop is not None:
             self._loop.append(frame)
             return  # echo mode plays the caller back: nothing to detect
@@ -103,6 +108,7 @@ class CallMedia:
             frame = loop.popleft() if loop else None
             self.detector.played(FLOOR_DBFS)
             self.stats.frames_out += 1
+            self._record_out(now, frame if frame is not None else SILENCE)
             return frame
         with self._lock:
             out, events = self.playout.next_frame(now)
@@ -112,7 +118,13 @@ class CallMedia:
             self.stats.speech_frames_out += 1
         for ev in events:
             self._emit(ev)
+        self._record_out(now, out if out is not None else SILENCE)
         return out
+
+    def _record_out(self, now: float, frame: bytes) -> None:
+        rec = self._recorder
+        if rec is not None:
+            rec.outbound(now, frame)
 
     # -- agent side ---------------------------------------------------------------------------------------
     def push(self, pcm: bytes, item: int, last: bool = True, interruptible: bool = True) -> None:
@@ -133,6 +145,16 @@ class CallMedia:
     def set_tap(self, tap: Callable[[float, bytes, bool], None] | None) -> None:
         """Hand every inbound frame, with whether it counted as caller speech, to `tap` (on the clock thread)."""
         self._tap = tap
+
+    def set_recorder(self, recorder: StereoRecorder | None) -> None:
+        """Hand every inbound and outbound frame to `recorder` (on the clock thread)."""
+        self._recorder = recorder
+
+    def mask_recording(self, on: bool) -> None:
+        """Record silence on both channels while on (secure capture)."""
+        rec = self._recorder
+        if rec is not None:
+            rec.masked = on
 
     def set_loopback(self, on: bool) -> None:
         """Echo mode: inbound frames go straight back out on the clock thread (at most 3 frames queued)."""

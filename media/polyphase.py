@@ -1,6 +1,6 @@
 """A stateful rational resampler for small streamed chunks: an output sample for every input sample's worth.
 
-soxr's stream (`media.resample.StreamResampler`) works in blocks: fed 20 ms chunks at 8 or 16 kHz it returns
+soxr's stream (`soxr.ResampleStream`) works in blocks: fed 20 ms chunks at 8 or 16 kHz it returns
 nothing, then about 100 ms at once, which adds that much delay to an uplink or to a reply's first audio. This
 polyphase windowed-sinc filter (Kaiser, 48 taps per phase, cutoff at the lower rate's Nyquist) returns every output
 sample its input allows, 24 input samples behind (1.5 ms at 16 kHz, 3 ms at 8 kHz).

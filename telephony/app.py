@@ -7,6 +7,7 @@ actions to the pjsua thread with `SipStack.submit`.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import signal
 import time
 from collections.abc import Callable
@@ -14,9 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agents.base import AgentFactory
+from agents.cascaded import CascadedFactory
 from agents.registry import make_factory
-from agents.session import CallActions, CallSession, Log, SessionTimeouts
+from agents.session import CallActions, CallSession, Log, SessionTimeouts, SpendWatch
 from agents.speech.tts import PromptCache
+from agents.spend import DailySpend, SpendGuard
 from media.barge_in import DetectorSettings
 from media.events import MediaEvent
 from media.pipeline import CallMedia
@@ -25,7 +28,9 @@ from telephony.config import Config
 from telephony.dtmf import DtmfDeduper
 from telephony.endpoint import Refusal, SipStack
 from telephony.logs import event
-from telephony.records import RecordWriter, call_record
+from telephony.recordings import CallRecording, start_recording
+from telephony.records import RecordWriter, call_record, read_records
+from telephony.routes import announcement_for, announcements
 from telephony.transports.servers import stream_transports
 
 END_WAIT_S = 2.0
@@ -64,6 +69,7 @@ class Leg:
     transport: str = "sip"
     task: asyncio.Task[None] | None = None
     wall: float = field(default_factory=time.time)
+    recording: CallRecording | None = None
 
 
 def detector_settings(cfg: Config) -> DetectorSettings:
@@ -82,7 +88,7 @@ class Gateway:
         self.config = config
         self.prompts = PromptCache()
         self.factories: dict[str, AgentFactory] = {
-            name: make_factory(name, a, self.prompts, config.agents) for name, a in config.agents.items()
+            name: make_factory(name, a, self.prompts, config.agents, config.prices) for name, a in config.agents.items()
         }
         self.stack = SipStack(config, self)
         self.stack.every(1.0, self._check_rtp)
@@ -94,6 +100,9 @@ class Gateway:
         t = config.timeouts
         self._timeouts = SessionTimeouts(t.max_call_s, t.silence_reprompt_s, t.silence_hangup_s)
         self.records = RecordWriter(Path(config.records.path), event) if config.records.enabled else None
+        self.spend = DailySpend()
+        if config.spend and config.records.enabled and Path(config.records.path).exists():
+            self.spend.seed(read_records(Path(config.records.path))[0], datetime.date.today())
         self._ending: set[asyncio.Task[None]] = set()
         self.transports = stream_transports(self, config)
 
@@ -109,6 +118,7 @@ class Gateway:
                 *(f.prepare() for f in self.factories.values()),
                 self.prompts.render(self._timeouts.reprompt_text),
                 self.prompts.render(self._timeouts.goodbye_text),
+                *(self.prompts.render(a.text, a.voice or "joe") for a in announcements(self.config)),
             )
             self._ready.set()
             for tr in self.transports:
@@ -158,17 +168,27 @@ class Gateway:
         if self.draining:
             event("call_refused", call=call.call_id, called=called, code=503, reason="shutting down")
             return Refusal(503, {"Retry-After": "30"})
-        agent = self.config.route(called)
+        agent = self.config.route(called, call.trunk, call.sip_headers)
         if agent is None:
             event("call_refused", call=call.call_id, called=called, code=404, reason="no route")
             return Refusal(404)
         assert self._loop is not None
         leg = self.open_leg(call.key, call.call_id, caller, called, agent, SipActions(self.stack, call.key))
+        leg.session.sip_headers = call.sip_headers
+        leg.session.trunk = call.trunk
         call.media = leg.session.media
         call.listener = self
         self.legs[call.key] = leg
         self._loop.call_soon_threadsafe(self._answer_when_ready, leg)
         return None
+
+    def _spend_watch(self, call_id: str, agent: str) -> SpendWatch | None:
+        cap = self.config.spend.get(agent)
+        if cap is None:
+            return None
+        fallback = self.factories[cap.cascade] if cap.cascade is not None else None
+        assert fallback is None or isinstance(fallback, CascadedFactory)
+        return SpendWatch(SpendGuard(cap, self.config.prices, self.spend, call_id, agent), fallback)
 
     def on_media_ready(self, call: SipCall) -> None:
         leg = self.legs.get(call.key)
@@ -186,9 +206,12 @@ class Gateway:
         if leg is None or self._loop is None:
             return
         accepted = leg.dtmf.accept(time.monotonic(), digit, method)
-        event("dtmf", call=call.call_id, digit=digit, method=method, duplicate=not accepted)
+        event("dtmf", call=call.call_id, digit="x" if leg.session.secure else digit, method=method,
+              duplicate=not accepted)
         if accepted:
             self._loop.call_soon_threadsafe(leg.session.on_dtmf, digit)
+            if leg.recording is not None:
+                leg.recording.on_dtmf(digit, time.monotonic())
 
     def on_disconnected(self, call: SipCall, code: int, reason: str) -> None:
         leg = self.legs.pop(call.key, None)
@@ -245,9 +268,11 @@ class Gateway:
             vad_aggressiveness=self.config.barge_in.vad_aggressiveness,
             barge_in=self.config.barge_in.enabled and factory.barge_in,
         )
-        session = CallSession(call_id, caller, called, factory, media, actions, self.prompts, log, self._timeouts)
+        session = CallSession(call_id, caller, called, factory, media, actions, self.prompts, log, self._timeouts,
+                              self._spend_watch(call_id, agent), announcement_for(self.config, called))
         leg = Leg(key, call_id, session, agent, time.monotonic(), DtmfDeduper(), transport=transport)
         leg_ref.append(leg)
+        leg.recording = start_recording(self.config, called, call_id, media, loop, event)
         return leg
 
     def start_leg(self, leg: Leg) -> None:
@@ -287,7 +312,12 @@ class Gateway:
         end = dict(call=leg.call_id, agent=leg.agent, reason=rec.end_reason, sip_code=code, sip_reason=reason,
                    duration_s=duration_s, codec=leg.codec, barge_ins=rec.barge_ins, resumed=rec.resumed,
                    paused_ms=rec.paused_ms, digits=rec.digits, frames_in=st.frames_in, frames_out=st.frames_out,
-                   turns=rec.turns, transport=leg.transport, **st.tick_percentiles())
+                   turns=rec.turns, transport=leg.transport, **st.tick_percentiles(), trunk=s.trunk,
+                   sip_headers=s.sip_headers)
+        if rec.announcement is not None:
+            end["announcement"] = rec.announcement
+        if leg.recording is not None:
+            end.update(leg.recording.close(rec.turns, time.monotonic()))
         event("call_end", **end)
         if self.records is not None:
             self.records.write(call_record(end, leg.wall, s.caller, s.called, self.config.agents[leg.agent].type,

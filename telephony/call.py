@@ -41,6 +41,12 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self._ports = ports
         self.key = next(_KEYS)
         self.call_id = ""
+        self.source = ""
+        """Address the INVITE came from."""
+        self.trunk = ""
+        """The trunk the call came in on ("" for none)."""
+        self.sip_headers: dict[str, str] = {}
+        """The INVITE's identity, diversion, X- and User-to-User headers (telephony/sip_headers.py)."""
         self.codec_preference: list[str] = []
         self.listener: CallListener | None = None
         self.media: CallMedia | None = None
@@ -48,6 +54,8 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self._conf: Any = None
         self.on_hold = False
         self.codec = ""
+        self.srtp = False
+        """The media is SRTP (our SDP answer carries SDES keys)."""
         self.connected_at: float | None = None
         self.disconnected = False
         self._on_released = on_released
@@ -76,6 +84,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
             remote = str(prm.remSdp.wholeSdp)
             if remote and self.codec_preference:
                 prm.sdp.wholeSdp = prefer_codec(str(prm.sdp.wholeSdp), remote, self.codec_preference)
+            self.srtp = "a=crypto:" in str(prm.sdp.wholeSdp)
         except Exception as e:
             event("sip_callback_error", call=self.call_id, where="onCallSdpCreated", error=repr(e))
 
@@ -91,7 +100,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
             si = self.getStreamInfo(0) if self.hasMedia() else None
             if si is not None:
                 self.codec = f"{si.codecName}/{si.codecClockRate}"
-            event("call_media", call=self.call_id, codec=self.codec, hold=self.on_hold)
+            event("call_media", call=self.call_id, codec=self.codec, hold=self.on_hold, srtp=self.srtp)
         except Exception as e:
             event("sip_callback_error", call=self.call_id, where="onCallMediaState", error=repr(e))
 

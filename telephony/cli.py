@@ -1,14 +1,21 @@
-"""`voicegate` command: serve, check, simulate, calls."""
+"""`voicegate` command: serve, check, simulate, calls, trunks, audit, erase, purge."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sqlite3
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from telephony.config import ConfigError, load_config
+from telephony.config import Config, ConfigError, load_config
 from telephony.errors import VoicegateError
+
+if TYPE_CHECKING:
+    from telephony.retention import Removal
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -38,11 +45,31 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        uvloop.run(Gateway(cfg).run())
+        with ops_sinks(cfg):
+            uvloop.run(Gateway(cfg).run())
     except VoicegateError as e:
         print(f"voicegate: {e}", file=sys.stderr)
         return 3
     return 0
+
+
+@contextlib.contextmanager
+def ops_sinks(cfg: Config) -> Iterator[None]:
+    """The event sinks of operations (metrics and /healthz), subscribed for the gateway's life."""
+    from telephony.logs import subscribe
+    from telephony.metrics import GatewayMetrics, OpsServer
+
+    if not cfg.metrics.enabled:
+        yield
+        return
+    metrics = GatewayMetrics(lambda called: (r.match if (r := cfg.route_for(called)) else ""))
+    server = OpsServer(metrics, cfg.metrics.listen, cfg.metrics.port)
+    unsubscribe = subscribe(metrics)
+    try:
+        yield
+    finally:
+        unsubscribe()
+        server.close()
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -59,7 +86,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _calls(args: argparse.Namespace) -> int:
-    from telephony.records import newest, read_records, table, totals
+    from telephony.records import newest, read_records, table, totals, write_csv
 
     if args.last < 1:
         print("voicegate calls: --last takes a positive number", file=sys.stderr)
@@ -82,6 +109,16 @@ def _calls(args: argparse.Namespace) -> int:
     for note in bad:
         print(f"voicegate calls: skipped {note}", file=sys.stderr)
     shown = newest(records, args.last)
+    if args.csv == "-":
+        write_csv(shown, sys.stdout)
+        return 0
+    if args.csv:
+        try:
+            with open(args.csv, "w", newline="", encoding="utf-8") as f:
+                write_csv(shown, f)
+        except OSError as e:
+            print(f"voicegate calls: cannot write {args.csv}: {e.strerror or e}", file=sys.stderr)
+            return 1
     if args.json:
         print(json.dumps({"calls": shown, "totals": totals(shown)}, indent=1))
     elif not shown:
@@ -89,6 +126,108 @@ def _calls(args: argparse.Namespace) -> int:
     else:
         print("\n".join(table(shown)))
     return 0
+
+
+def _trunks(args: argparse.Namespace) -> int:
+    from telephony.trunk_status import read_status, status_table
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        for issue in e.issues:
+            print(issue, file=sys.stderr)
+        return 2
+    if not cfg.trunks:
+        print(f"no trunks configured in {args.config}")
+        return 0
+    path = Path(cfg.trunk_status_path)
+    try:
+        doc = read_status(path)
+    except (OSError, ValueError) as e:
+        print(f"voicegate trunks: no status in {path} (trunk_status_path of {args.config}; is voicegate serve "
+              f"running with this config?): {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(doc, indent=1))
+    else:
+        print("\n".join(status_table(doc, sorted(cfg.trunks))))
+    return 0
+
+
+def _config_path(args: argparse.Namespace, key: str, override: str | None) -> Path | None:
+    """`override` if given, else `records.<key>` of `--config` (None, with the config's errors printed)."""
+    if override:
+        return Path(override)
+    try:
+        return Path(getattr(load_config(args.config).records, key))
+    except ConfigError as e:
+        for issue in e.issues:
+            print(issue, file=sys.stderr)
+        return None
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from telephony.audit import verify
+
+    path = _config_path(args, "audit_path", args.audit)
+    if path is None:
+        return 2
+    try:
+        v = verify(path)
+    except OSError as e:
+        print(f"voicegate audit: cannot read {path}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    if not v.ok:
+        print(f"voicegate audit: {v.problem}", file=sys.stderr)
+        print(f"{path}: the first {v.entries} entries are intact, up to head {v.head}", file=sys.stderr)
+        return 1
+    print(f"{path}: {v.entries} entries intact, head {v.head}")
+    return 0
+
+
+def _erase(args: argparse.Namespace) -> int:
+    from telephony.retention import erase
+
+    records = _config_path(args, "path", args.records)
+    audit = _config_path(args, "audit_path", args.audit)
+    if records is None or audit is None:
+        return 2
+    try:
+        out = erase(records, audit, args.caller, args.reason)
+    except (OSError, sqlite3.Error) as e:
+        why = (e.strerror or str(e)) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+        print(f"voicegate erase: cannot erase from {records}: {why}", file=sys.stderr)
+        return 1
+    return _report("erase", f"erased {len(out.calls)} call(s) and {out.files_removed} file(s) of caller "
+                   f"{args.caller}", out)
+
+
+def _purge(args: argparse.Namespace) -> int:
+    from telephony.retention import purge
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        for issue in e.issues:
+            print(issue, file=sys.stderr)
+        return 2
+    try:
+        out = purge(cfg)
+    except (OSError, sqlite3.Error) as e:
+        why = (e.strerror or str(e)) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+        print(f"voicegate purge: cannot purge {cfg.records.path}: {why}", file=sys.stderr)
+        return 1
+    if out.audit_seq is None and not out.errors:
+        print(f"no retention_days set in {args.config}: nothing is purged")
+        return 0
+    return _report("purge", f"purged {len(out.calls)} call(s) and {out.files_removed} file(s)", out)
+
+
+def _report(cmd: str, done: str, out: Removal) -> int:
+    for err in out.errors:
+        print(f"voicegate {cmd}: {err}", file=sys.stderr)
+    print(done + ("" if out.audit_seq is None else f"; audit entry {out.audit_seq}"))
+    return 1 if out.errors else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +257,28 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--records", help="the records file (overrides --config)")
     r.add_argument("--last", type=int, default=20, help="how many calls to list (default 20)")
     r.add_argument("--json", action="store_true", help="print the records and totals as JSON")
+    r.add_argument("--csv", metavar="FILE", help="also write the listed calls' CDR columns as CSV here ('-': stdout "
+                   "instead of the table)")
     r.set_defaults(fn=_calls)
+    t = sub.add_parser("trunks", help="show each trunk's registration state (from a running voicegate serve)")
+    t.add_argument("--config", default="voicegate.yaml", help="read trunks and trunk_status_path from this config")
+    t.add_argument("--json", action="store_true", help="print the status file as JSON")
+    t.set_defaults(fn=_trunks)
+    a = sub.add_parser("audit", help="the hash-chained audit log")
+    a.add_argument("action", choices=["verify"], help="verify: check every entry's hash and link to the one before")
+    a.add_argument("--config", default="voicegate.yaml", help="read records.audit_path from this config")
+    a.add_argument("--audit", help="the audit log (overrides --config)")
+    a.set_defaults(fn=_audit_verify)
+    e = sub.add_parser("erase", help="delete a caller's call records and recordings, and log it in the audit log")
+    e.add_argument("--caller", required=True, help="the caller's number (the user part of the From URI)")
+    e.add_argument("--reason", default="", help="why (a request reference), kept in the audit entry")
+    e.add_argument("--config", default="voicegate.yaml", help="read records.path and audit_path from this config")
+    e.add_argument("--records", help="the records database (overrides --config)")
+    e.add_argument("--audit", help="the audit log (overrides --config)")
+    e.set_defaults(fn=_erase)
+    g = sub.add_parser("purge", help="delete calls older than their route's retention_days (run it daily)")
+    g.add_argument("--config", default="voicegate.yaml")
+    g.set_defaults(fn=_purge)
     args = p.parse_args(argv)
     return int(args.fn(args))
 

@@ -8,25 +8,22 @@ ends in `_env` name an environment variable.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from agents.config import AgentConfig, HybridAgentConfig, hybrid_parts
-from agents.cost import Prices
+from agents.config import AgentConfig, CascadedAgentConfig, HybridAgentConfig, hybrid_parts
+from agents.cost import Prices, s2s_per_min
+from agents.speech.tts import TtsError, check_voice
+from agents.spend import SpendCap
+from telephony.sip_uri import parse_sip_uri
 
 KNOWN_CODECS = ("G722", "PCMU", "PCMA")
 M = TypeVar("M", bound=BaseModel)
@@ -36,13 +33,42 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class SipTlsConfig(_Strict):
+    """SIP over TLS: the listener's certificate, and whom outgoing TLS connections (trunks) trust."""
+
+    port: int = Field(5061, ge=1, le=65535)
+    cert_file: str
+    key_file: str
+    ca_file: str | None = None
+    """CA certificates (PEM) that verify servers we connect to and clients' certificates; the system's if none."""
+    verify_server: bool = True
+    """Refuse a trunk whose certificate does not verify (chain and name)."""
+    require_client_cert: bool = False
+    """Mutual TLS: refuse TLS clients without a certificate that `ca_file` verifies."""
+
+    @field_validator("cert_file", "key_file", "ca_file")
+    @classmethod
+    def _readable(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).expanduser().is_file():
+            raise ValueError(f"no such file: {v}")
+        return v
+
+
 class SipConfig(_Strict):
     listen: str = "0.0.0.0"
     port: int = Field(5060, ge=1, le=65535)
-    transports: list[Literal["udp", "tcp"]] = ["udp", "tcp"]
+    transports: list[Literal["udp", "tcp", "tls"]] = ["udp", "tcp"]
     public_address: str | None = None
     """Address written into Contact and SDP when the gateway sits behind NAT."""
     user_agent: str = "voicegate"
+    tls: SipTlsConfig | None = None
+    """Needed when `transports` has tls."""
+
+    @model_validator(mode="after")
+    def _tls(self) -> SipConfig:
+        if "tls" in self.transports and self.tls is None:
+            raise ValueError("transports has tls but there is no sip.tls section (cert_file, key_file)")
+        return self
 
     @field_validator("listen")
     @classmethod
@@ -102,32 +128,198 @@ class TimeoutsConfig(_Strict):
 
 class RecordsConfig(_Strict):
     enabled: bool = True
-    path: str = "records/calls.jsonl"
-    """One JSON line per finished call; a relative path is relative to the config file's folder."""
+    path: str = "records/calls.db"
+    """SQLite database, one row per finished call; a relative path is relative to the config file's folder."""
+    audit_path: str = "records/audit.jsonl"
+    """The hash-chained audit log (erasures); relative like `path`."""
+    recordings_path: str = "records/recordings"
+    """Folder of the call recordings of routes with `recording:`; relative like `path`."""
+    retention_days: float | None = Field(None, gt=0)
+    """`voicegate purge` deletes calls older than this (with their recordings), unless their route says otherwise;
+    none: kept until erased."""
 
     def under(self, folder: Path) -> RecordsConfig:
-        """This section with `path` made absolute, relative to `folder`."""
-        return self.model_copy(update={"path": str(folder.absolute() / Path(self.path).expanduser())})
+        """This section with its paths made absolute, relative to `folder`."""
+        return self.model_copy(update={k: str(folder.absolute() / Path(getattr(self, k)).expanduser())
+                                       for k in ("path", "audit_path", "recordings_path")})
+
+
+class MetricsConfig(_Strict):
+    enabled: bool = False
+    listen: str = "127.0.0.1"
+    """Loopback by default: the endpoint has no authentication."""
+    port: int = Field(9464, ge=1, le=65535)
+    """HTTP port of `/metrics` (Prometheus text format) and `/healthz`."""
+
+    @field_validator("listen")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+
+class RecordingConfig(_Strict):
+    enabled: bool = True
+    pause_code: str | None = None
+    """DTMF keys (e.g. `*1`) that pause the recording: both channels record silence until `resume_code`."""
+    resume_code: str | None = None
+
+    @field_validator("pause_code", "resume_code")
+    @classmethod
+    def _keys(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9*#A-D]{1,8}", v):
+            raise ValueError("a DTMF code is 1-8 of the keys 0-9 * # A-D")
+        return v
+
+    @model_validator(mode="after")
+    def _pair(self) -> RecordingConfig:
+        if (self.pause_code is None) != (self.resume_code is None):
+            raise ValueError("pause_code and resume_code go together")
+        if self.pause_code is not None and self.pause_code == self.resume_code:
+            raise ValueError("pause_code and resume_code must differ")
+        return self
+
+
+class AnnouncementConfig(_Strict):
+    text: str = Field(min_length=1)
+    """Spoken before the agent starts (not interruptible): consent to recording, AI disclosure."""
+    voice: str | None = None
+    """`joe` (piper) or an espeak-ng voice; default `joe`."""
+    consent_key: str | None = Field(None, pattern=r"^[0-9*#]$")
+    """A key the caller must press to go on; without it the call ends (reason `no_consent`)."""
+    timeout_s: float = Field(8.0, gt=0, le=60)
+    """How long after the announcement the consent key is waited for."""
+
+    @field_validator("voice")
+    @classmethod
+    def _voice(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                check_voice(v)
+            except TtsError as e:
+                raise ValueError(str(e)) from None
+        return v
 
 
 class RouteConfig(_Strict):
     match: str
     """Called user part: an exact number, a regular expression in slashes (`/^44/`), or `*` for the default."""
     agent: str
+    recording: RecordingConfig | None = None
+    """Record this route's calls as stereo WAV (caller left, agent right) in `records.recordings_path`."""
+    announcement: AnnouncementConfig | None = None
+    retention_days: float | None = Field(None, gt=0)
+    """Days this route's call records and recordings are kept (`voicegate purge`); default `records.retention_days`."""
+
+    @field_validator("announcement", mode="before")
+    @classmethod
+    def _text(cls, v: object) -> object:
+        return {"text": v} if isinstance(v, str) else v
+    match_header: dict[str, str] = {}
+    """SIP headers the INVITE must also carry (name: exact value or `/regex/`), e.g. `X-Lang: /^de/`."""
 
     @field_validator("match")
     @classmethod
     def _regex(cls, v: str) -> str:
         if len(v) > 1 and v.startswith("/") and v.endswith("/"):
-            re.compile(v[1:-1])
+            try:
+                re.compile(v[1:-1])
+            except re.error as e:
+                raise ValueError(f"bad regular expression {v}: {e}") from None
         return v
 
-    def matches(self, user: str) -> bool:
-        if self.match == "*":
-            return True
-        if len(self.match) > 1 and self.match.startswith("/") and self.match.endswith("/"):
-            return re.search(self.match[1:-1], user) is not None
-        return self.match == user
+    @field_validator("match_header")
+    @classmethod
+    def _header_regexes(cls, v: dict[str, str]) -> dict[str, str]:
+        for value in v.values():
+            cls._regex(value)
+        return v
+
+    def matches(self, user: str, headers: Mapping[str, str] | None = None) -> bool:
+        if self.match_header:
+            got = {k.lower(): v for k, v in (headers or {}).items()}
+            for name, want in self.match_header.items():
+                if name.lower() not in got or not _value_matches(want, got[name.lower()]):
+                    return False
+        return self.match == "*" or _value_matches(self.match, user)
+
+
+def _value_matches(pattern: str, value: str) -> bool:
+    if len(pattern) > 1 and pattern.startswith("/") and pattern.endswith("/"):
+        return re.search(pattern[1:-1], value) is not None
+    return pattern == value
+
+
+class TrunkConfig(_Strict):
+    """A SIP trunk (carrier or PBX) voicegate registers with and takes calls from."""
+
+    registrar: str
+    """`sip:host[:port]`: where REGISTER goes; its resolved addresses may send calls for this trunk."""
+    username: str
+    password_env: str
+    """Name of the environment variable holding the password (never the password itself)."""
+    realm: str = "*"
+    """Digest realm the credentials are for; `*` answers any realm."""
+    transport: Literal["udp", "tcp", "tls"] = "udp"
+    expiry_s: int = Field(300, ge=5, le=86400)
+    """Registration lifetime asked for; pjsua refreshes 5 s before it runs out."""
+    outbound_proxy: str | None = None
+    srtp: Literal["off", "optional", "mandatory"] = "off"
+    """SRTP with SDES keys for this trunk's calls: `mandatory` refuses a call without it (488)."""
+    registers: bool = Field(True, alias="register")
+    """`register: false` for a trunk that sends calls without a registration (its addresses still apply)."""
+    retry_min_s: float = Field(2.0, gt=0, le=3600)
+    """Wait after the first failed registration; doubles with each failure up to `retry_max_s`."""
+    retry_max_s: float = Field(300.0, gt=0, le=86400)
+    routes: list[RouteConfig] = []
+    """Called numbers (DIDs) of this trunk to agents, before the global `routes`."""
+    allow: list[str] = []
+    """Addresses or networks (besides the registrar's) this trunk's calls may come from."""
+    inbound_auth: bool = False
+    """Calls for this trunk from other addresses are challenged (401) and admitted with the trunk's username and
+    password (digest) instead of refused."""
+
+    @field_validator("registrar", "outbound_proxy")
+    @classmethod
+    def _uri(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_sip_uri(v)
+        return v
+
+    @field_validator("password_env")
+    @classmethod
+    def _env(cls, v: str) -> str:
+        if not os.environ.get(v):
+            raise ValueError(f"environment variable {v} (the trunk password) is not set or empty")
+        return v
+
+    @field_validator("allow")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for a in v:
+            ipaddress.ip_network(a, strict=False)
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrunkConfig:
+        if parse_sip_uri(self.registrar).scheme == "sips" and self.transport != "tls":
+            raise ValueError(f"a sips: registrar needs transport tls, not {self.transport}")
+        given = parse_sip_uri(self.registrar).params.get("transport")
+        if given is not None and given.lower() != self.transport:
+            raise ValueError(f"registrar says transport={given} but transport is {self.transport}")
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("retry_max_s must be at least retry_min_s")
+        return self
+
+    @property
+    def password(self) -> str:
+        return os.environ.get(self.password_env, "")
+
+    def route(self, user: str, headers: Mapping[str, str] | None = None) -> str | None:
+        for r in self.routes:
+            if r.matches(user, headers):
+                return r.agent
+        return None
 
 
 class MediaStreamTransport(_Strict):
@@ -223,6 +415,13 @@ class Config(_Strict):
     routes: list[RouteConfig]
     records: RecordsConfig = RecordsConfig()
     prices: Prices = Prices()
+    spend: dict[str, SpendCap] = {}
+    """Spend caps by agent name (agents.spend), priced with `prices`."""
+    metrics: MetricsConfig = MetricsConfig()
+    trunks: dict[str, TrunkConfig] = {}
+    trunk_status_path: str = "run/trunks.json"
+    """Where `voicegate serve` keeps each trunk's registration state for `voicegate trunks`; relative to the
+    config file's folder."""
     transports: TransportsConfig = TransportsConfig()
 
     @model_validator(mode="after")
@@ -230,6 +429,28 @@ class Config(_Strict):
         for i, r in enumerate(self.routes):
             if r.agent not in self.agents:
                 raise ValueError(f"routes[{i}] names unknown agent {r.agent!r}")
+        return self
+
+    @field_validator("spend")
+    @classmethod
+    def _spend(cls, v: dict[str, SpendCap], info: ValidationInfo) -> dict[str, SpendCap]:
+        agents: dict[str, AgentConfig] = info.data.get("agents") or {}
+        for name, cap in v.items():
+            if name not in agents:
+                raise ValueError(f"names unknown agent {name!r}")
+            if cap.cascade is not None and not isinstance(agents.get(cap.cascade), CascadedAgentConfig):
+                raise ValueError(f"{name}.cascade: {cap.cascade!r} is not a configured cascaded agent")
+        return v
+
+    @model_validator(mode="after")
+    def _trunks(self) -> Config:
+        for name, t in self.trunks.items():
+            for i, r in enumerate(t.routes):
+                if r.agent not in self.agents:
+                    raise ValueError(f"trunks.{name}.routes[{i}] names unknown agent {r.agent!r}")
+            if t.transport not in self.sip.transports:
+                raise ValueError(f"trunks.{name} uses {t.transport} but sip.transports has only "
+                                 f"{', '.join(self.sip.transports)}")
         return self
 
     @field_validator("transports")
@@ -257,15 +478,32 @@ class Config(_Strict):
     def _hybrids(self) -> Config:
         for name, agent in self.agents.items():
             if isinstance(agent, HybridAgentConfig):
-                hybrid_parts(name, agent, self.agents)
+                _, s2s = hybrid_parts(name, agent, self.agents)
+                if agent.budget is not None and agent.budget.usd_per_min is None and not s2s_per_min(
+                        self.prices, s2s.type):
+                    raise ValueError(f"agents.{name}.budget: no usd_per_min, and prices.s2s.{s2s.type} is 0")
         return self
 
-    def route(self, user: str) -> str | None:
-        """The agent name for a called user part, or None when no route matches."""
+    def route(self, user: str, trunk: str = "", headers: Mapping[str, str] | None = None) -> str | None:
+        """The agent name for a called user part and the INVITE's headers (the trunk's own routes first), or None
+        when no route matches."""
+        if trunk in self.trunks and (agent := self.trunks[trunk].route(user, headers)) is not None:
+            return agent
         for r in self.routes:
-            if r.matches(user):
+            if r.matches(user, headers):
                 return r.agent
         return None
+
+    def route_for(self, user: str) -> RouteConfig | None:
+        """The first route that matches a called user part."""
+        return next((r for r in self.routes if r.matches(user)), None)
+
+    def retention_days(self, user: str) -> float | None:
+        """How many days the calls to a called user part are kept (None: until erased)."""
+        route = self.route_for(user)
+        if route is not None and route.retention_days is not None:
+            return route.retention_days
+        return self.records.retention_days
 
 
 @dataclass(frozen=True)
@@ -349,4 +587,5 @@ def read_text(path: str | Path) -> str:
 
 def load_config(path: str | Path) -> Config:
     cfg = parse_config(read_text(path), str(path))
-    return cfg.model_copy(update={"records": cfg.records.under(Path(path).parent)})
+    status = Path(path).parent.absolute() / Path(cfg.trunk_status_path).expanduser()
+    return cfg.model_copy(update={"records": cfg.records.under(Path(path).parent), "trunk_status_path": str(status)})

@@ -17,15 +17,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import pjsua2 as pj
 
 from telephony.call import SipCall
-from telephony.config import Config
+from telephony.config import Config, SipTlsConfig
 from telephony.errors import PjsuaBuildError, SipStartError
+from telephony.inbound import Invite, admit
 from telephony.logs import event, event_at
 from telephony.media_port import PortPool, check_frame_layout
+from telephony.sip_headers import call_metadata, request_parts
+from telephony.trunks import TrunkSet
 
 EXPECTED_MAX_CALLS = 4
 CODEC_IDS = {"G722": "G722/16000", "PCMU": "PCMU/8000", "PCMA": "PCMA/8000"}
@@ -54,6 +58,16 @@ def compiled_max_calls() -> int:
     lib = ctypes.CDLL(pj._pjsua2.__file__)
     lib.pjsua_call_get_max_count.restype = ctypes.c_uint
     return int(lib.pjsua_call_get_max_count())
+
+
+def _tls_settings(tls: Any, cfg: SipTlsConfig) -> None:
+    tls.certFile = str(Path(cfg.cert_file).expanduser())
+    tls.privKeyFile = str(Path(cfg.key_file).expanduser())
+    if cfg.ca_file:
+        tls.CaListFile = str(Path(cfg.ca_file).expanduser())
+    tls.verifyServer = cfg.verify_server
+    tls.verifyClient = cfg.require_client_cert
+    tls.requireClientCert = cfg.require_client_cert
 
 
 class _Account(pj.Account):  # type: ignore[misc]
@@ -93,6 +107,9 @@ class SipStack:
         self._logwriter: Any = None
         self.ports = PortPool()
         self.port = config.sip.port
+        self.trunks = TrunkSet(config)
+        if config.trunks:
+            self.every(0.25, self.trunks.tick)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
@@ -199,29 +216,39 @@ class SipStack:
             if cfg.sip.public_address:
                 tc.publicAddress = cfg.sip.public_address
             ttype = pj.PJSIP_TRANSPORT_UDP if kind == "udp" else pj.PJSIP_TRANSPORT_TCP
+            if kind == "tls" and cfg.sip.tls is not None:
+                ttype, tc.port = pj.PJSIP_TRANSPORT_TLS, cfg.sip.tls.port
+                _tls_settings(tc.tlsConfig, cfg.sip.tls)
             try:
                 self.ep.transportCreate(ttype, tc)
             except pj.Error as e:
                 raise SipStartError(
-                    f"cannot listen on {kind} {cfg.sip.listen}:{cfg.sip.port}: {e.info()}"
+                    f"cannot listen on {kind} {cfg.sip.listen}:{tc.port}: {e.info()}"
                 ) from None
         self.ep.libStart()
         self.ep.audDevManager().setNullDev()
         self._set_codecs()
 
-        ac = pj.AccountConfig()
+        ac = self._account_config()
         host = cfg.sip.public_address or cfg.sip.listen
         ac.idUri = f"sip:voicegate@{host}:{cfg.sip.port}"
+        self.account = _Account(self)
+        self.account.create(ac, True)
+        self.trunks.start(self._account_config, self._incoming)
+        event("sip_started", listen=cfg.sip.listen, port=cfg.sip.port, transports=cfg.sip.transports,
+              max_calls=self.max_calls, pjsip=self.ep.libVersion().full)
+
+    def _account_config(self) -> Any:
+        """An AccountConfig with the gateway's media and session-timer settings (every account shares them)."""
+        cfg = self.config
+        ac = pj.AccountConfig()
         ac.mediaConfig.transportConfig.port = cfg.rtp.port_min
         ac.mediaConfig.transportConfig.portRange = cfg.rtp.port_max - cfg.rtp.port_min
         if cfg.sip.public_address:
             ac.mediaConfig.transportConfig.publicAddress = cfg.sip.public_address
         ac.callConfig.timerUse = pj.PJSUA_SIP_TIMER_OPTIONAL
         ac.callConfig.timerSessExpiresSec = 1800
-        self.account = _Account(self)
-        self.account.create(ac, True)
-        event("sip_started", listen=cfg.sip.listen, port=cfg.sip.port, transports=cfg.sip.transports,
-              max_calls=self.max_calls, pjsip=self.ep.libVersion().full)
+        return ac
 
     def _set_codecs(self) -> None:
         wanted = [CODEC_IDS[c] for c in self.config.media.codecs]
@@ -244,7 +271,20 @@ class SipStack:
         self.calls[call.key] = call
         called = called_user(str(ci.localUri)) or called_user(str(ci.localContact))
         caller = str(ci.remoteUri)
-        event("call_incoming", call=call.call_id, called=called, caller=caller)
+        call.source = str(prm.rdata.srcAddress)
+        message = str(prm.rdata.wholeMsg)
+        adm = admit(self.config.trunks, self.trunks.sources, self.trunks.trunk_of(account), called, call.source,
+                    Invite(*request_parts(message)), time.time(), self.trunks.secret)
+        call.trunk = adm.trunk
+        call.sip_headers = call_metadata(message)
+        event("call_incoming", call=call.call_id, called=called, caller=caller, source=call.source, trunk=adm.trunk,
+              authenticated=adm.authenticated, sip_headers=call.sip_headers)
+        if adm.refused:
+            code = 401 if adm.challenge else 403
+            event("call_refused", call=call.call_id, called=called, code=code, reason=adm.refused,
+                  source=call.source, trunk=adm.trunk)
+            self.answer(call.key, code, headers={"WWW-Authenticate": adm.challenge} if adm.challenge else None)
+            return
         refusal = self.handler.on_incoming(call, called, caller)
         if refusal is not None:
             self.answer(call.key, refusal.code, headers=refusal.headers)
@@ -290,6 +330,8 @@ class SipStack:
         call = self.calls.get(key)
         if call is None or call.disconnected:
             return
+        if "?" in uri and not uri.startswith("<"):
+            uri = f"<{uri}>"  # a URI with headers must be a name-addr in Refer-To (RFC 3261 20.10)
         try:
             call.xfer(uri, pj.CallOpParam(True))
         except pj.Error as e:
@@ -318,6 +360,7 @@ class SipStack:
         self.calls.clear()
         self._released.clear()
         self.ports.clear()
+        self.trunks.shutdown()
         if self.account is not None:
             with contextlib.suppress(pj.Error):
                 self.account.shutdown()

@@ -1,20 +1,24 @@
-"""Call records: one JSON line per finished call, for the PBX admin (`voicegate calls`) and for billing.
+"""Call records (CDRs): one row per finished call in SQLite, for the PBX admin (`voicegate calls`) and for billing.
 
-`call_record` builds a line (the `call_end` event's fields plus start time, caller, called, the agent's type, its
-backend mix, usage, cost and turn latency); `RecordWriter` appends it; `read_records`, `newest`, `totals` and `table`
-are the reading side.
+`call_record` builds a record (the `call_end` event's fields plus start time, caller, called, the agent's type, its
+backend mix, usage, cost and turn latency); `cdr` flattens it into the columns of the `calls` table (which also keeps
+the whole record as JSON); `RecordWriter` inserts it; `read_records`, `newest`, `totals`, `table` and `write_csv` are
+the reading side. `read_records` still reads the JSON-lines files of older versions.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
-from collections.abc import Mapping, Sequence
+import sqlite3
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import numpy as np
 
@@ -60,29 +64,124 @@ def call_record(end: Mapping[str, Any], start: float, caller: str, called: str, 
             "cost": asdict(price(usage, float(end["duration_s"]), prices)), "latency": turn_latency(turns)}
 
 
+CDR_COLUMNS = ("call", "start", "end", "caller", "caller_number", "called", "trunk", "agent", "agent_type",
+               "duration_s", "reason", "sip_code", "sip_reason", "hangup_side", "backends", "cost", "currency",
+               "turn_p50_ms", "turn_p95_ms", "barge_ins", "dtmf_count")
+"""The columns of a CDR, in the `calls` table and in `voicegate calls --csv`."""
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS calls (
+  id INTEGER PRIMARY KEY, start_ts REAL NOT NULL, {", ".join(f'"{c}"' for c in CDR_COLUMNS)}, record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS calls_start ON calls (start_ts);
+CREATE INDEX IF NOT EXISTS calls_caller ON calls (caller_number);
+"""
+_GATEWAY_ENDS = frozenset({"shutdown", "rtp_timeout", "max_call_length", "caller_silence"})
+
+
+def hangup_side(reason: str) -> str:
+    """Who ended the call: `caller`, `gateway` (a timer or shutdown), `transfer`, or `agent`."""
+    if reason.startswith("remote_"):
+        return "caller"
+    if reason in _GATEWAY_ENDS:
+        return "gateway"
+    return "transfer" if reason.startswith("transfer") else "agent"
+
+
+def caller_number(uri: str) -> str:
+    """The user part of a caller's URI (`"Alice" <sip:+4930123@pbx>` -> `+4930123`)."""
+    return _user(uri)
+
+
+def cdr(rec: Record) -> dict[str, Any]:
+    """The CDR columns of a record."""
+    start = _started(rec)
+    duration = float(rec.get("duration_s") or 0.0)
+    lat = rec.get("latency") or {}
+    cost = rec.get("cost") or {}
+    return {
+        "call": rec.get("call"), "start": rec.get("start"),
+        "end": datetime.fromtimestamp(start + duration).astimezone().isoformat(timespec="milliseconds"),
+        "caller": rec.get("caller"), "caller_number": caller_number(str(rec.get("caller", ""))),
+        "called": rec.get("called"), "trunk": rec.get("trunk"), "agent": rec.get("agent"),
+        "agent_type": rec.get("agent_type"), "duration_s": duration, "reason": rec.get("reason"),
+        "sip_code": rec.get("sip_code"), "sip_reason": rec.get("sip_reason"),
+        "hangup_side": hangup_side(str(rec.get("reason", ""))),
+        "backends": ";".join(f"{b}:{n}" for b, n in (rec.get("backends") or {}).items()),
+        "cost": cost.get("total"), "currency": cost.get("currency"),
+        "turn_p50_ms": lat.get("turn_p50_ms"), "turn_p95_ms": lat.get("turn_p95_ms"),
+        "barge_ins": rec.get("barge_ins"), "dtmf_count": len(str(rec.get("digits") or "")),
+    }
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """The records database at `path`, created (mode 0640: records name callers) with its table if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o640))
+    db = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")  # readers (voicegate calls) never block the writer; workers may share it
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.executescript(SCHEMA)
+    return db
+
+
 class RecordWriter:
-    """Appends records to a JSON-lines file with one write(2) each (O_APPEND: workers may share the file, and
-    logrotate may move it); a failure is logged, never raised."""
+    """Inserts records into the SQLite database at `path`, one row (one autocommitted statement) each; a failure is
+    logged, never raised."""
 
     def __init__(self, path: Path, log: Log) -> None:
         self.path = path
         self.log = log
+        self._db: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
 
     def write(self, record: Record) -> None:
-        data = (json.dumps(record, default=str, separators=(",", ":")) + "\n").encode()
+        row = cdr(record)
+        cols = ", ".join(f'"{c}"' for c in ("start_ts", *row, "record"))
+        values = (_started(record), *row.values(), json.dumps(record, default=str, separators=(",", ":")))
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            try:
-                os.write(fd, data)
-            finally:
-                os.close(fd)
-        except OSError as e:
-            self.log("records_error", call=record.get("call"), path=str(self.path), error=e.strerror or str(e))
+            with self._lock:
+                if self._db is None:
+                    self._db = connect(self.path)
+                self._db.execute(f"INSERT INTO calls ({cols}) VALUES ({', '.join('?' * len(values))})", values)
+        except (OSError, sqlite3.Error) as e:
+            why = (e.strerror or str(e)) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
+            self.log("records_error", call=record.get("call"), path=str(self.path), error=why)
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def read_records(path: Path) -> tuple[list[Record], list[str]]:
-    """The records in file order, and a `file:line: why` note for each line that is not one (a torn last line)."""
+    """The records in start order, and a note naming each row (or JSON line, in a file of an older version) that
+    is not one. An empty file holds no records; a missing one raises OSError."""
+    with path.open("rb") as f:
+        head = f.read(len(SQLITE_MAGIC))
+    if head == SQLITE_MAGIC:
+        return _read_sqlite(path)
+    return _read_jsonl(path) if head else ([], [])
+
+
+def _read_sqlite(path: Path) -> tuple[list[Record], list[str]]:
+    records: list[Record] = []
+    bad: list[str] = []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+    try:
+        if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'calls'").fetchone() is None:
+            return [], []
+        for rowid, text in db.execute("SELECT id, record FROM calls ORDER BY start_ts, id"):
+            try:
+                rec = json.loads(text)
+            except json.JSONDecodeError as e:
+                bad.append(f"{path}: calls row {rowid}: record is not JSON ({e.msg})")
+                continue
+            records.append(rec)
+    finally:
+        db.close()
+    return records, bad
+
+
+def _read_jsonl(path: Path) -> tuple[list[Record], list[str]]:
     records: list[Record] = []
     bad: list[str] = []
     with path.open(encoding="utf-8", errors="replace") as f:
@@ -99,6 +198,47 @@ def read_records(path: Path) -> tuple[list[Record], list[str]]:
                 continue
             records.append(rec)
     return records, bad
+
+
+def _open_existing(path: Path) -> sqlite3.Connection:
+    with path.open("rb") as f:
+        if f.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+            raise OSError(f"{path} is not an SQLite records database (a JSON-lines file of an older version?)")
+    return sqlite3.connect(path, timeout=5.0, isolation_level=None)
+
+
+def erase_caller(path: Path, number: str) -> list[Record]:
+    """Delete every record of the caller whose number (URI user part) is `number`; returns the deleted records."""
+    db = _open_existing(path)
+    try:
+        rows = db.execute("DELETE FROM calls WHERE caller_number = ? RETURNING record", (number,)).fetchall()
+    finally:
+        db.close()
+    return [json.loads(text) for (text,) in rows]
+
+
+def purge(path: Path, before: float, expired: Callable[[str, float], bool]) -> list[Record]:
+    """Delete the records of calls started before `before` (a Unix time) for which `expired(called, start)` holds,
+    in one transaction; returns the deleted records."""
+    db = _open_existing(path)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        rows = db.execute("SELECT id, called, start_ts FROM calls WHERE start_ts < ?", (before,)).fetchall()
+        ids = [(rowid,) for rowid, called, start in rows if expired(str(called), float(start))]
+        out = [json.loads(text) for (rowid,) in ids
+               for (text,) in db.execute("DELETE FROM calls WHERE id = ? RETURNING record", (rowid,))]
+        db.execute("COMMIT")
+    finally:
+        db.close()
+    return out
+
+
+def write_csv(records: Sequence[Record], out: IO[str]) -> None:
+    """The CDR columns of `records` as CSV with a header row."""
+    w = csv.DictWriter(out, CDR_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for rec in records:
+        w.writerow(cdr(rec))
 
 
 def _started(rec: Record) -> float:

@@ -30,6 +30,10 @@ class Result:
     speak_start_frame: int | None = None
     """Index (on the shared frame clock) of the first frame of the caller's utterance."""
     agent_speech_start_frame: int | None = None
+    agent_audio_wall: float | None = None
+    """Wall time (time.time()) the first agent audio arrived, to compare with a server's send time."""
+    speak_start_wall: float | None = None
+    """Wall time the caller's utterance started going out."""
     codec: str = ""
     dtmf_sent: list[str] = field(default_factory=list)
     refer_to: list[str] = field(default_factory=list)
@@ -49,7 +53,8 @@ def run(args: argparse.Namespace) -> Result:
         speech = split_frames(read_wav_16k(args.play, allow_stereo=True)) if args.play else []
     except WavError as e:
         raise SystemExit(str(e)) from None
-    phone = Phone(args.rtp_port, args.tcp, args.loss)
+    phone = Phone(args.rtp_port, args.tcp, args.loss, args.tls_ca,
+                  (args.tls_cert, args.tls_key) if args.tls_cert else None)
     phone.set_codecs(args.codec.split(","))
     call = phone.dial(args.uri)
     port = call.port
@@ -103,6 +108,8 @@ def run(args: argparse.Namespace) -> Result:
         res.frames_rx, res.frames_tx = len(port.rx), len(port.tx)
         res.speak_start_frame = port.speech_start if speech else None
         res.agent_speech_start_frame = port.first_audio if port.first_audio >= 0 else None
+        res.agent_audio_wall = port.first_audio_wall or None
+        res.speak_start_wall = port.speech_start_wall if speech and port.speech_start is not None else None
         rx, tx = list(port.rx), list(port.tx)
     if args.record:
         _write_wav(args.record, rx)
@@ -132,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codec", default="PCMU", help="comma-separated codec preference, e.g. G722,PCMA")
     p.add_argument("--rtp-port", type=int, default=40000)
     p.add_argument("--tcp", action="store_true")
+    p.add_argument("--tls-ca", help="call over TLS (a URI with ;transport=tls), trusting the CAs in this PEM file")
+    p.add_argument("--tls-cert", help="client certificate (PEM) to present over TLS; needs --tls-key")
+    p.add_argument("--tls-key")
     p.add_argument("--loss", type=float, default=0.0, help="drop this percentage of RTP packets each way")
     args = p.parse_args(argv)
     res = run(args)

@@ -49,6 +49,10 @@ class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
         self.audio_run = 0
         """Consecutive received frames with agent audio, up to the latest."""
         self.first_audio = -1
+        self.first_audio_wall = 0.0
+        """Wall time (time.time()) the first agent-audio frame arrived, for comparing with other processes' clocks."""
+        self.speech_start_wall = 0.0
+        """Wall time the first frame of the current utterance was handed to the stream."""
 
     # -- phone thread -------------------------------------------------------------------------------------
     def speak(self, frames: list[bytes]) -> None:
@@ -79,6 +83,7 @@ class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
                     self.audio_run += 1
                     if self.first_audio < 0:
                         self.first_audio = self.last_audio
+                        self.first_audio_wall = time.time()
                 else:
                     self.audio_run = 0
         except Exception as e:  # never into pjmedia
@@ -92,6 +97,7 @@ class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
                 if self.queue:
                     if self.speech_start is None:
                         self.speech_start = n
+                        self.speech_start_wall = time.time()
                     out = self.queue.popleft()
                     if not self.queue:
                         self.speech_end = n
@@ -156,8 +162,11 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
 class Phone:
     """One pjsua2 endpoint for sequential calls (pjsua allows one endpoint per process)."""
 
-    def __init__(self, rtp_port: int = 40000, tcp: bool = False, loss_pct: float = 0.0) -> None:
-        """`loss_pct`: RTP packets dropped in each direction, at random (pjmedia's own impairment)."""
+    def __init__(self, rtp_port: int = 40000, tcp: bool = False, loss_pct: float = 0.0,
+                 tls_ca: str | None = None, tls_cert: tuple[str, str] | None = None) -> None:
+        """`loss_pct`: RTP packets dropped in each direction, at random (pjmedia's own impairment); `tls_ca`: call
+        over TLS, trusting only the CA certificates in this PEM file; `tls_cert`: (certificate, key) PEM files
+        to present as a TLS client."""
         self.ep = pj.Endpoint()
         self.ep.libCreate()
         ec = pj.EpConfig()
@@ -175,7 +184,14 @@ class Phone:
         tc = pj.TransportConfig()
         tc.port = 0
         tc.boundAddress = "127.0.0.1"
-        self.ep.transportCreate(pj.PJSIP_TRANSPORT_TCP if tcp else pj.PJSIP_TRANSPORT_UDP, tc)
+        if tls_ca:
+            tc.tlsConfig.CaListFile = tls_ca
+            tc.tlsConfig.verifyServer = True
+            if tls_cert:
+                tc.tlsConfig.certFile, tc.tlsConfig.privKeyFile = tls_cert
+            self.ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, tc)
+        else:
+            self.ep.transportCreate(pj.PJSIP_TRANSPORT_TCP if tcp else pj.PJSIP_TRANSPORT_UDP, tc)
         self.ep.libStart()
         self.ep.audDevManager().setNullDev()
         ac = pj.AccountConfig()

@@ -228,9 +228,10 @@ def invite_scenario(sdp: str, expect: int) -> str:
 """
 
 
-def baresip(uri: str, wav: Path, workdir: Path, seconds: float = 10.0) -> tuple[Path, Path]:
+def baresip(uri: str, wav: Path, workdir: Path, seconds: float = 10.0, mediaenc: str = "") -> tuple[Path, Path]:
     """Call `uri` with baresip speaking `wav` (16 kHz mono; the call ends when it does); returns the WAVs baresip
-    recorded of what it sent and what it heard (its sndfile module)."""
+    recorded of what it sent and what it heard (its sndfile module). `mediaenc`: baresip's media encryption for
+    the call, e.g. `srtp-mand` (SDES keys)."""
     conf = workdir / "baresip"
     conf.mkdir(exist_ok=True)
     lo, hi = rtp_range(20)
@@ -245,13 +246,13 @@ def baresip(uri: str, wav: Path, workdir: Path, seconds: float = 10.0) -> tuple[
             "audio_channels 1",
             f"rtp_ports {lo}-{hi}",
             "module_path /usr/lib/baresip/modules",
-            *(f"module {m}.so" for m in ("g711", "g722", "aufile", "alsa", "sndfile")),
+            *(f"module {m}.so" for m in ("g711", "g722", "aufile", "alsa", "sndfile", *(["srtp"] if mediaenc else []))),
             "module_app account.so",
             "module_app menu.so",
             f"snd_path {conf}",
         ]) + "\n"
     )
-    (conf / "accounts").write_text("<sip:baresip@127.0.0.1>;regint=0\n")
+    (conf / "accounts").write_text(f"<sip:baresip@127.0.0.1>;regint=0{';mediaenc=' + mediaenc if mediaenc else ''}\n")
     proc = subprocess.run(["baresip", "-f", str(conf), "-e", f"/dial {uri}", "-t", str(int(seconds))],
                           capture_output=True, text=True, timeout=seconds + 20, cwd=conf)
     enc = sorted(conf.glob("dump-*-enc.wav"))

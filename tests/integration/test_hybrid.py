@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,8 +18,9 @@ import yaml
 
 from media.resample import resample
 from media.vad import Vad
+from telephony.records import totals
 from tests import audio
-from tests.integration.peers import Gateway, call, free_port, gateway_config, start_gateway
+from tests.integration.peers import VENV_BIN, Gateway, call, free_port, gateway_config, start_gateway
 from tests.servers.openai_realtime import RealtimeServer, correlation, render, speak
 
 KEY_ENV = "VG_TEST_REALTIME_KEY"
@@ -38,7 +43,9 @@ def gw(tmp_path_factory: pytest.TempPathFactory, rt: RealtimeServer) -> Iterator
     cfg = yaml.safe_load(gateway_config(port))
     cfg["agents"]["rt"] = {"type": "openai_realtime", "url": rt.url, "api_key_env": KEY_ENV, "audio_format": "pcmu"}
     cfg["agents"]["hybrid"] = {"type": "hybrid", "cascade": "assistant", "s2s": "rt"}
-    cfg["routes"] = [{"match": "hybrid", "agent": "hybrid"}]
+    cfg["routes"] = [{"match": "hybrid", "agent": "hybrid"}, {"match": "rt", "agent": "rt"}]
+    cfg["prices"] = {"asr_per_min": 0.006, "tts_per_char": 0.000015, "sip_per_min": 0.004,
+                     "s2s": {"openai_realtime": {"in_per_min": 0.02, "out_per_min": 0.08}}}
     g = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-hybrid"), port)
     yield g
     assert g.stop() == 0
@@ -94,3 +101,38 @@ def test_a_complaint_moves_the_call_from_the_cascade_to_s2s_with_the_conversatio
     ref = audio.telephone_band(audio.to_array(resample(render(ANSWER), 24000)))
     _, peak = correlation(ref, after)
     assert peak > 0.6, peak
+
+
+def dial(uri: str, wav: Path) -> dict[str, Any]:
+    return call(uri, "--play", str(wav), "--speak-at-s", "0", "--duration", "10", timeout=40)
+
+
+@pytest.mark.timeout(120)
+def test_the_cost_report_shows_the_hybrid_saving_against_all_s2s(gw: Gateway, rt: RealtimeServer,
+                                                                  tmp_path: Path) -> None:
+    rt.reset()
+    lines = (QUESTION, "What time do you close?", TRIGGER)  # two routine calls, one that escalates
+    wavs = []
+    for i, text in enumerate(lines):
+        talk = np.zeros(10 * 16000, np.float32)
+        x = audio.piper(text)
+        talk[4 * 16000 : 4 * 16000 + len(x)] = x
+        wavs.append(audio.write_wav(tmp_path / f"call{i}.wav", talk))
+    ids = {}
+    for agent in ("hybrid", "rt"):
+        before = len(gw.events("call_incoming"))
+        uri = f"sip:{agent}@127.0.0.1:{gw.port}"
+        with ThreadPoolExecutor(3) as pool:
+            list(pool.map(partial(dial, uri), wavs))
+        ids[agent] = {e["call"] for e in gw.events("call_incoming")[before:]}
+        for c in ids[agent]:
+            gw.wait_event("call_end", 15, call=c)
+    report = subprocess.run([str(VENV_BIN / "voicegate"), "calls", "--config", str(gw.config), "--last", "50",
+                             "--json"], capture_output=True, text=True, timeout=30, check=True)
+    calls = json.loads(report.stdout)["calls"]
+    mix = {agent: totals([c for c in calls if c["call"] in ids[agent]]) for agent in ids}
+    print(json.dumps(mix))
+    assert mix["hybrid"]["calls"] == mix["rt"]["calls"] == 3
+    backends = [set(c["backends"]) for c in calls if c["call"] in ids["hybrid"]]
+    assert backends.count({"cascaded"}) == 2 and sum("openai_realtime" in b for b in backends) == 1, backends
+    assert mix["hybrid"]["cost_per_min"] < 0.6 * mix["rt"]["cost_per_min"], mix

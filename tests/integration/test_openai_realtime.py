@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from agents.openai_realtime import RESUME_NOTE
 from media.resample import resample
 from media.vad import Vad
 from telephony.simulator.measure import frames_db, last_agent_frame
@@ -38,8 +39,10 @@ def gw(tmp_path_factory: pytest.TempPathFactory, rt: RealtimeServer) -> Iterator
     agents = {
         "rt_ulaw": {**base, "audio_format": "pcmu", "turn_owner": "gateway"},
         "rt_pcm": {**base, "audio_format": "pcm24", "turn_owner": "server", "turn_detection": "semantic_vad"},
+        "rt_renew": {**base, "renew_before_s": 4.0},
+        "rt_expire": {**base, "renew_before_s": 0},
     }
-    routes = [{"match": "rt-ulaw", "agent": "rt_ulaw"}, {"match": "rt-pcm", "agent": "rt_pcm"}]
+    routes = [{"match": n.replace("_", "-"), "agent": n} for n in agents]
     port = free_port()
     g = start_gateway(gateway_config(port, agents=agents, routes=routes), tmp_path_factory.mktemp("gw-rt"), port)
     yield g
@@ -149,3 +152,50 @@ def test_server_drop_mid_reply_is_apologised_for_and_the_call_goes_on(gw: Gatewa
     assert [(r.by, r.status) for r in answer] == [("vad", "completed")]
     rx = audio.read_wav(tmp_path / "rx.wav")
     assert speech_s(rx[int((4.0 + len(clip) / 16000) * 16000) :]) > 1.0  # the answer on the new session
+
+
+def replayed(rt: RealtimeServer, conn: int) -> list[tuple[str, str]]:
+    """(role, text) of the conversation items the client created on connection `conn`."""
+    items = [r.event["item"] for r in rt.received if r.conn == conn and r.type == "conversation.item.create"]
+    return [(i["role"], i["content"][0]["text"]) for i in items if i.get("type") == "message"]
+
+
+def test_a_session_near_its_end_is_renewed_at_a_quiet_moment_with_the_conversation(
+        gw: Gateway, rt: RealtimeServer, clip: np.ndarray, tmp_path: Path) -> None:
+    rt.reset()
+    rt.max_session_s = 9.0  # renewal due 4 s before the end, at the greeting's end or later
+    rt.script(speak(GREETING))
+    wav = audio.write_wav(tmp_path / "say.wav", clip)
+    res = call(uri(gw, "rt-renew"), "--play", str(wav), "--speak-at-s", "6.5", "--duration", "11.5",
+               "--record", str(tmp_path / "rx.wav"))
+    assert res["status"] == 200 and not res["remote_hangup"]
+    end = last_call(gw)
+    renew = gw.wait_event("openai_realtime_renew", 1, call=end["call"])
+    assert 0 < renew["expires_in_s"] <= 4.5, renew
+    # the new session is renewed in turn once half of it has passed: no session ever reaches its end
+    assert rt.connections >= 2 and rt.expired == [] and rt.violations == []
+    assert replayed(rt, 1) == [("system", RESUME_NOTE), ("assistant", GREETING)]
+    assert not gw.events("openai_realtime_apology") or all(
+        e["call"] != end["call"] for e in gw.events("openai_realtime_apology"))
+    answer = [r for r in rt.responses if r.conn == 1]
+    assert [(r.by, r.status) for r in answer] == [("vad", "completed")]  # the new session answers the caller
+    rx = audio.read_wav(tmp_path / "rx.wav")
+    assert speech_s(rx[int((6.5 + len(clip) / 16000) * 16000) :]) > 0.8
+
+
+def test_a_session_the_server_ends_is_replaced_at_once_with_the_caller_words(
+        gw: Gateway, rt: RealtimeServer, clip: np.ndarray, tmp_path: Path) -> None:
+    rt.reset()
+    rt.max_session_s = 9.0
+    rt.script(speak(GREETING), speak("We are open from seven."))
+    rt.transcripts.append("When are you open?")
+    wav = audio.write_wav(tmp_path / "say.wav", clip)
+    res = call(uri(gw, "rt-expire"), "--play", str(wav), "--speak-at-s", "3.5", "--duration", "11")
+    assert res["status"] == 200 and not res["remote_hangup"]
+    end = last_call(gw)
+    assert rt.expired == [0] and rt.connections == 2 and rt.violations == []
+    dropped = gw.wait_event("openai_realtime_dropped", 1, call=end["call"])
+    assert dropped["expired"] is True
+    assert replayed(rt, 1) == [("system", RESUME_NOTE), ("assistant", GREETING), ("user", "When are you open?"),
+                               ("assistant", "We are open from seven.")]
+    assert all(e["call"] != end["call"] for e in gw.events("openai_realtime_apology"))

@@ -4,6 +4,8 @@ and a call cut by SIGTERM is recorded too."""
 from __future__ import annotations
 
 import concurrent.futures
+import csv
+import io
 import json
 import subprocess
 import time
@@ -12,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from telephony.records import read_records
 from tests.integration.peers import VENV_BIN, Gateway, call, free_port, gateway_config, start_gateway
 from tests.prompts import SOUNDS
 
@@ -29,8 +32,9 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 
 
 def records(gw: Gateway) -> dict[str, dict[str, Any]]:
-    path = gw.config.parent / "records" / "calls.jsonl"
-    return {r["call"]: r for r in map(json.loads, path.read_text().splitlines())}
+    recs, bad = read_records(gw.config.parent / "records" / "calls.db")
+    assert not bad
+    return {r["call"]: r for r in recs}
 
 
 def voicegate_calls(*args: str) -> str:
@@ -67,13 +71,18 @@ def test_echo_and_assistant_calls_are_recorded_with_cost_and_listed(gw: Gateway)
     assert set(by) == {"sip", "asr", "tts"} and by["tts"] == round(a["usage"]["tts_chars"] * 0.0001, 6)
     assert a["cost"]["total"] == pytest.approx(sum(by.values()), abs=1e-6)
 
-    listed = voicegate_calls("--records", str(gw.config.parent / "records/calls.jsonl")).splitlines()
+    listed = voicegate_calls("--records", str(gw.config.parent / "records/calls.db")).splitlines()
     assert len(listed) == 4 and listed[-1].startswith("2 calls, ")
     rows = {row.split()[4]: row.split() for row in listed[1:3]}
     assert rows["assistant"][6:10] == [f"0:{round(a['duration_s']):02d}", "agent", "cascaded", "1"], rows
     assert rows["echo"][7:9] == ["remote_200", "echo"], rows
     data = json.loads(voicegate_calls("--config", str(gw.config), "--json", "--last", "1"))
     assert len(data["calls"]) == 1 and data["totals"]["calls"] == 1
+    cdr = {r["agent"]: r for r in csv.DictReader(io.StringIO(voicegate_calls("--config", str(gw.config), "--csv",
+                                                                             "-")))}
+    assert cdr["echo"]["hangup_side"] == "caller" and cdr["assistant"]["hangup_side"] == "agent"
+    assert float(cdr["assistant"]["turn_p50_ms"]) == turn["first_audio_ms"]
+    assert float(cdr["echo"]["cost"]) == e["cost"]["total"] and cdr["echo"]["sip_code"] == "200"
 
 
 def test_a_call_cut_by_sigterm_is_recorded(gw: Gateway) -> None:

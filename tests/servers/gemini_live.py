@@ -106,6 +106,8 @@ class Session:
     """Resumption handles issued on this connection."""
     first_audio_after_turn_ms: list[float] = field(default_factory=list)
     """Server side: from the end of a caller turn to the first reply chunk sent."""
+    first_chunk_wall: list[float] = field(default_factory=list)
+    """Wall time (time.time()) each reply's first audio chunk was sent."""
 
 
 class _Conn:
@@ -475,6 +477,8 @@ class GeminiLiveServer(ThreadedServer):
             data = base64.b64encode(chunk).decode()
             await self._send(conn, {"serverContent": {"modelTurn": {"parts": [
                 {"inlineData": {"mimeType": OUT_MIME, "data": data}}]}}})
+            if i == 0:
+                conn.s.first_chunk_wall.append(time.time())
 
     async def _new_handle(self, conn: _Conn) -> None:
         if conn.resumable:

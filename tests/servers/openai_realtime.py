@@ -15,6 +15,10 @@ the next scripted `Act`; with none left it speaks `default_reply`. The server
 - speaks replies (piper's voice) as `response.output_audio.delta` chunks of `chunk_ms`, paced to real time plus a
   `lead_ms` head start (the real service also sends faster than real time), with the transcript and item events;
 - honours `response.cancel` (`response.done` with status `cancelled`) and records `conversation.item.truncate`;
+- gives each session an `expires_at` `max_session_s` ahead and ends it then as the service does: an `error` with
+  code `session_expired`, then a close with code 1001;
+- with `audio.input.transcription` set, sends `conversation.item.input_audio_transcription.completed` for each
+  committed caller turn, its transcript the next of `transcripts` (it has no ASR of its own) or `(inaudible)`;
 - misbehaves on cue: `drop` the TCP connection or `stall` after some of a reply, or send `malformed` lines first.
 """
 
@@ -267,6 +271,7 @@ class _Conn:
     output: str = "audio/pcm"
     create_response: bool = True
     interrupt_response: bool = True
+    transcribe: bool = False
     vad: _Vad = field(default_factory=lambda: _Vad(24000))
     response: Response | None = None
     task: asyncio.Task[None] | None = None
@@ -300,6 +305,11 @@ class RealtimeServer(ThreadedServer):
         self.audio_in: dict[int, bytearray] = {}
         """The caller's audio per connection, PCM16 at the session's input rate (`input_rates`)."""
         self.input_rates: dict[int, int] = {}
+        self.max_session_s = 3600.0
+        self.transcripts: deque[str] = deque()
+        """What the caller said, in order, for the input transcription events."""
+        self.expired: list[int] = []
+        """Connections ended by `max_session_s`."""
         self._acts: deque[Act] = deque()
         self._ids = itertools.count(1)
         render(default_reply)
@@ -312,8 +322,10 @@ class RealtimeServer(ThreadedServer):
         """Forget the script and everything recorded (between tests)."""
         self._acts.clear()
         for records in (self.headers, self.received, self.violations, self.responses, self.cancels, self.truncates,
-                        self.faults, self.function_outputs, self.speech):
+                        self.faults, self.function_outputs, self.speech, self.expired):
             records.clear()
+        self.transcripts.clear()
+        self.max_session_s = 3600.0
         self.audio_in.clear()
         self.input_rates.clear()
         self.connections = 0
@@ -345,15 +357,30 @@ class RealtimeServer(ThreadedServer):
         self.headers.append({k.lower(): v for k, v in ws.request.headers.raw_items()} if ws.request else {})
         self.audio_in[conn.index] = bytearray()
         self.input_rates[conn.index] = conn.input_rate
+        expires_at = time.time() + self.max_session_s
+        expiry = asyncio.create_task(self._expire(conn, expires_at))
         try:
-            await self._send(conn, {"type": "session.created", "session": self._session(conn)})
+            await self._send(conn, {"type": "session.created",
+                                    "session": self._session(conn, {"expires_at": int(expires_at)})})
             async for raw in ws:
                 await self._on_message(conn, raw)
         except ConnectionClosed:
             pass
         finally:
+            expiry.cancel()
             if conn.task is not None:
                 conn.task.cancel()
+
+    async def _expire(self, conn: _Conn, at: float) -> None:
+        await asyncio.sleep(max(0.0, at - time.time()))
+        minutes = round(self.max_session_s / 60)
+        message = f"Your session hit the maximum duration of {minutes} minutes."
+        self.expired.append(conn.index)
+        with contextlib.suppress(ConnectionClosed):
+            err = {"type": "invalid_request_error", "code": "session_expired", "message": message, "param": None,
+                   "event_id": None}
+            await self._send(conn, {"type": "error", "error": err})
+            await conn.ws.close(1001, message)
 
     def _session(self, conn: _Conn, update: dict[str, Any] | None = None) -> dict[str, Any]:
         s: dict[str, Any] = {"type": "realtime", "object": "realtime.session", "id": "sess_test",
@@ -420,6 +447,8 @@ class RealtimeServer(ThreadedServer):
         out = audio.get("output", {}).get("format")
         if out:
             conn.output = out["type"]
+        if "transcription" in audio.get("input", {}):
+            conn.transcribe = bool(audio["input"]["transcription"])
         turn = audio.get("input", {}).get("turn_detection") or {}
         conn.create_response = turn.get("create_response", True)
         conn.interrupt_response = turn.get("interrupt_response", True)
@@ -440,6 +469,11 @@ class RealtimeServer(ThreadedServer):
             if kind == "speech_stopped":
                 await self._send(conn, {"type": "input_audio_buffer.committed", "previous_item_id": None,
                                         "item_id": item})
+                if conn.transcribe:
+                    said = self.transcripts.popleft() if self.transcripts else "(inaudible)"
+                    await self._send(conn, {"type": "conversation.item.input_audio_transcription.completed",
+                                            "item_id": item, "content_index": 0, "transcript": said,
+                                            "usage": {"type": "duration", "seconds": round(ms / 1000, 1)}})
                 if conn.create_response and conn.response is None:
                     self._start(conn, "vad")
 

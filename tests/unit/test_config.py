@@ -112,3 +112,45 @@ def test_an_unknown_tts_voice_names_the_line(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(bad)
     assert f"{bad}:4:" in str(e.value) and "hindi-nope" in str(e.value)
+
+
+def test_spend_caps_name_their_agents_with_the_line() -> None:
+    assert _issues(MINIMAL + "spend:\n  nobody:\n    per_call: 1.0\n") == [
+        "vg.yaml:8: spend: names unknown agent 'nobody'"]
+    issues = _issues(MINIMAL + "spend:\n  e:\n    per_day: 5\n    on_cap: cascade\n    cascade: e\n")
+    assert issues == ["vg.yaml:8: spend: e.cascade: 'e' is not a configured cascaded agent"]
+    issues = _issues(MINIMAL + "spend:\n  e:\n    per_call: -1\n")
+    assert issues and issues[0].startswith("vg.yaml:9: spend.e.per_call:"), issues
+
+
+def test_metrics_listen_address_is_checked_with_its_line():
+    text = "agents: {echo: {type: echo}}\nroutes: [{match: '*', agent: echo}]\nmetrics:\n  listen: not-an-ip\n"
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "x.yaml")
+    [issue] = e.value.issues
+    assert (issue.line, issue.field) == (4, "metrics.listen"), issue
+
+
+def test_recording_codes_are_checked_with_their_line():
+    text = ("agents: {echo: {type: echo}}\nroutes:\n  - match: '*'\n    agent: echo\n    recording:\n"
+            "      pause_code: '*x'\n      resume_code: '*2'\n")
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "x.yaml")
+    [issue] = e.value.issues
+    assert (issue.line, issue.field) == (6, "routes.0.recording.pause_code") and "DTMF" in issue.message
+    with pytest.raises(ConfigError) as e:
+        parse_config(text.replace("'*x'", "'*1'").replace("      resume_code: '*2'\n", ""), "x.yaml")
+    assert "go together" in e.value.issues[0].message and e.value.issues[0].line == 6
+    route = parse_config(text.replace("'*x'", "'*1'")).route_for("123")
+    assert route is not None and route.recording is not None and route.recording.pause_code == "*1"
+
+
+def test_an_announcement_is_text_or_a_mapping_with_a_consent_key():
+    base = "agents: {echo: {type: echo}}\nroutes:\n  - match: '*'\n    agent: echo\n"
+    route = parse_config(base + "    announcement: This call is recorded.\n").route_for("1")
+    assert route is not None and route.announcement is not None
+    assert (route.announcement.text, route.announcement.consent_key) == ("This call is recorded.", None)
+    with pytest.raises(ConfigError) as e:
+        parse_config(base + "    announcement:\n      text: Hi\n      consent_key: '12'\n", "x.yaml")
+    [issue] = e.value.issues
+    assert (issue.line, issue.field) == (7, "routes.0.announcement.consent_key"), issue

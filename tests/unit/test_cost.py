@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
+import io
 import json
 import math
+import sqlite3
+import stat
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -15,7 +20,15 @@ from agents.cost import CHARS_PER_TOKEN, Meter, Prices, llm_tokens, price
 from agents.llm import Done, LlmClient, LlmConfig, LlmError, TextDelta, ToolCall, Usage
 from telephony.cli import main
 from telephony.config import ConfigError, load_config, parse_config
-from telephony.records import RecordWriter, backend_mix, call_record, read_records, table, turn_latency
+from telephony.records import (
+    RecordWriter,
+    backend_mix,
+    call_record,
+    hangup_side,
+    read_records,
+    table,
+    turn_latency,
+)
 from tests.servers.llm import LlmServer, Reply, chunk
 
 PRICES = Prices.model_validate({
@@ -61,7 +74,7 @@ def test_backends_used_at_price_zero_still_show_and_unused_ones_do_not():
 def test_prices_and_records_config_with_line_numbered_errors(tmp_path: Path):
     base = "agents: {e: {type: echo}}\nroutes: [{match: '*', agent: e}]\n"
     cfg = parse_config(base)
-    assert cfg.records.enabled and cfg.records.path == "records/calls.jsonl" and cfg.prices.sip_per_min == 0
+    assert cfg.records.enabled and cfg.records.path == "records/calls.db" and cfg.prices.sip_per_min == 0
     bad = base + "prices:\n  currency: USD\n  s2s:\n    openai_realtme: {in_per_min: 1}\n  tts_per_char: -1\n"
     with pytest.raises(ConfigError) as e:
         parse_config(bad, "vg.yaml")
@@ -69,9 +82,9 @@ def test_prices_and_records_config_with_line_numbered_errors(tmp_path: Path):
         ["vg.yaml:6", "prices.s2s.openai_realtme"], ["vg.yaml:7", "prices.tts_per_char"]]
     (tmp_path / "etc").mkdir()
     (tmp_path / "etc/vg.yaml").write_text(base)
-    assert load_config(tmp_path / "etc/vg.yaml").records.path == str(tmp_path / "etc/records/calls.jsonl")
-    (tmp_path / "etc/vg.yaml").write_text(base + "records: {path: /var/log/vg/calls.jsonl}\n")
-    assert load_config(tmp_path / "etc/vg.yaml").records.path == "/var/log/vg/calls.jsonl"
+    assert load_config(tmp_path / "etc/vg.yaml").records.path == str(tmp_path / "etc/records/calls.db")
+    (tmp_path / "etc/vg.yaml").write_text(base + "records: {path: /var/log/vg/calls.db}\n")
+    assert load_config(tmp_path / "etc/vg.yaml").records.path == "/var/log/vg/calls.db"
 
 
 TURNS = [
@@ -115,20 +128,48 @@ def test_call_record_has_the_call_end_fields_and_who_what_cost_latency():
     json.dumps(rec)
 
 
-def test_writer_appends_lines_and_logs_a_failure_instead_of_raising(tmp_path: Path):
+def test_writer_inserts_rows_and_logs_a_failure_instead_of_raising(tmp_path: Path):
     logged: list[tuple[str, dict[str, object]]] = []
-    w = RecordWriter(tmp_path / "sub/calls.jsonl", lambda name, **f: logged.append((name, f)))
-    w.write({"call": "a", "start": "2025-01-01T00:00:00+00:00"})
-    w.write({"call": "b", "start": "2025-01-01T00:01:00+00:00"})
-    assert [json.loads(x)["call"] for x in (tmp_path / "sub/calls.jsonl").read_text().splitlines()] == ["a", "b"]
-    (tmp_path / "dir.jsonl").mkdir()
-    RecordWriter(tmp_path / "dir.jsonl", lambda name, **f: logged.append((name, f))).write({"call": "c"})
-    assert logged == [("records_error", {"call": "c", "path": str(tmp_path / "dir.jsonl"), "error": "Is a directory"})]
+    w = RecordWriter(tmp_path / "sub/calls.db", lambda name, **f: logged.append((name, f)))
+    w.write(call_record(_end("a", digits="12#"), 1_750_000_000.0, "<sip:+4930123@pbx>", "100", "cascaded", {},
+                        PRICES))
+    w.write(call_record(_end("b", reason="shutdown"), 1_750_000_060.0, "<sip:bob@pbx>", "100", "echo", {}, PRICES))
+    assert stat.S_IMODE((tmp_path / "sub/calls.db").stat().st_mode) == 0o640
+    db = sqlite3.connect(tmp_path / "sub/calls.db")
+    rows = db.execute("SELECT call, caller_number, duration_s, reason, sip_code, hangup_side, backends, cost, "
+                      "currency, turn_p50_ms, barge_ins, dtmf_count, end, record FROM calls ORDER BY id").fetchall()
+    assert [r[:12] for r in rows] == [
+        ("a", "+4930123", 90.0, "remote_200", 200, "caller", "cascaded:1", 0.03, "EUR", 500.0, 1, 3),
+        ("b", "bob", 90.0, "shutdown", 200, "gateway", "echo:1", 0.03, "EUR", 500.0, 1, 0)]
+    assert datetime.fromisoformat(rows[0][12]).timestamp() == 1_750_000_090.0
+    assert json.loads(rows[1][13])["agent_type"] == "echo"
+    assert read_records(tmp_path / "sub/calls.db") == ([json.loads(r[13]) for r in rows], [])
+    (tmp_path / "dir.db").mkdir()
+    RecordWriter(tmp_path / "dir.db", lambda name, **f: logged.append((name, f))).write({"call": "c", "start": "x"})
+    assert logged == [("records_error", {"call": "c", "path": str(tmp_path / "dir.db"), "error": "Is a directory"})]
+    (tmp_path / "old.jsonl").write_text('{"call": "x", "start": "2025-01-01T00:00:00"}\n')
+    RecordWriter(tmp_path / "old.jsonl", lambda name, **f: logged.append((name, f))).write(
+        call_record(_end("d"), 1_750_000_000.0, "<sip:bob@pbx>", "100", "echo", {}, PRICES))
+    assert logged[-1] == ("records_error", {"call": "d", "path": str(tmp_path / "old.jsonl"),
+                                            "error": "DatabaseError: file is not a database"})
 
 
-def _records_file(tmp_path: Path) -> Path:
-    path = tmp_path / "calls.jsonl"
-    lines = [
+def test_hangup_side_names_who_ended_the_call():
+    assert [hangup_side(r) for r in ("remote_200", "agent", "done", "rtp_timeout", "caller_silence", "shutdown",
+                                     "transferred", "transfer:sip:op@pbx")] == [
+        "caller", "agent", "agent", "gateway", "gateway", "gateway", "transfer", "transfer"]
+
+
+def _records_db(tmp_path: Path) -> Path:
+    path = tmp_path / "calls.db"
+    w = RecordWriter(path, lambda name, **f: None)
+    for rec in _records(tmp_path):
+        w.write(rec)
+    return path
+
+
+def _records(tmp_path: Path) -> list[dict[str, object]]:
+    return [
         call_record(_end("old", duration_s=30.0, reason="agent"), 1_750_000_000.0, "<sip:bob@pbx>", "200", "echo",
                     {}, PRICES),
         call_record(_end("new"), 1_750_000_600.0, "\"Alice\" <sip:alice@pbx>", "100", "cascaded",
@@ -136,6 +177,12 @@ def _records_file(tmp_path: Path) -> Path:
         call_record(_end("mid", duration_s=3600.0, turns=[]), 1_750_000_300.0, "<sip:carol@pbx>", "300",
                     "openai_realtime", {"openai_realtime_out_s": 60.0}, PRICES),
     ]
+
+
+def _records_file(tmp_path: Path) -> Path:
+    """Records as an older version wrote them: JSON lines, the last one torn."""
+    path = tmp_path / "calls.jsonl"
+    lines = _records(tmp_path)
     path.write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"call": "torn", "sta')
     return path
 
@@ -163,6 +210,27 @@ def test_calls_lists_newest_first_with_totals(tmp_path: Path, capsys: pytest.Cap
     data = json.loads(capsys.readouterr().out)
     assert [c["call"] for c in data["calls"]] == ["new"]
     assert data["totals"] == {"calls": 1, "minutes": 1.5, "cost": 0.13, "currency": "EUR", "cost_per_min": 0.086667}
+
+
+def test_calls_from_the_database_list_the_same_and_export_csv(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    assert main(["calls", "--records", str(_records_file(tmp_path))]) == 0
+    from_jsonl = capsys.readouterr().out
+    db = _records_db(tmp_path)
+    assert main(["calls", "--records", str(db), "--csv", str(tmp_path / "cdr.csv")]) == 0
+    out, err = capsys.readouterr()
+    assert out == from_jsonl and err == ""
+    rows = list(csv.DictReader((tmp_path / "cdr.csv").open()))
+    assert [(r["call"], r["caller_number"], r["called"], r["duration_s"], r["cost"], r["turn_p95_ms"],
+             r["hangup_side"]) for r in rows] == [
+        ("new", "alice", "100", "90.0", "0.13", "500.0", "caller"),
+        ("mid", "carol", "300", "3600.0", "1.44", "", "caller"),
+        ("old", "bob", "200", "30.0", "0.01", "500.0", "agent")]
+    assert main(["calls", "--records", str(db), "--last", "1", "--csv", "-"]) == 0
+    [row] = csv.DictReader(io.StringIO(capsys.readouterr().out))
+    assert row["call"] == "new" and row["backends"] == "cascaded:1"
+    assert main(["calls", "--records", str(db), "--csv", str(tmp_path / "no/such/dir.csv")]) == 1
+    assert capsys.readouterr().err == (f"voicegate calls: cannot write {tmp_path}/no/such/dir.csv: "
+                                       "No such file or directory\n")
 
 
 def test_calls_reads_the_path_from_the_config_and_names_a_missing_file(tmp_path: Path,

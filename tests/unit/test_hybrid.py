@@ -63,11 +63,20 @@ def test_a_hybrid_resolves_its_agents_and_picks_a_matching_voice() -> None:
     ({"escalate_when": {"intents": ["refund"]}}, "the cascade's dialog has no intent 'refund'"),
     ({"escalate_when": {"vip_callers": ["/(/"]}}, "is not a valid regular expression"),
     ({"budget": {"max_usd": 0, "usd_per_min": 0.3}}, "greater than 0"),
+    ({"budget": {"max_usd": 1.0}}, "agents.hy.budget: no usd_per_min, and prices.s2s.openai_realtime is 0"),
 ])
 def test_bad_hybrid_configs_are_named(change: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as e:
         parse_config(gateway(**change))
     assert message in str(e.value), str(e.value)
+
+
+def test_a_budget_without_a_rate_takes_the_s2s_prices() -> None:
+    text = gateway(budget={"max_usd": 1.0})
+    cfg = parse_config(text + "prices:\n  s2s:\n    openai_realtime: {in_per_min: 0.06, out_per_min: 0.24}\n")
+    f = make_factory("hy", cfg.agents["hy"], PromptCache(), cfg.agents, cfg.prices)
+    assert isinstance(f, HybridFactory) and f.cfg.budget is not None
+    assert f.cfg.budget.usd_per_min == pytest.approx(0.30)
 
 
 def test_an_inline_cascade_is_accepted() -> None:

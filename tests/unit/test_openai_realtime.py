@@ -49,6 +49,7 @@ class FakeCall:
     call_id: str = "test-call"
     caller: str = "sip:caller@test"
     called: str = "rt"
+    sip_headers: dict[str, str] = field(default_factory=dict)
     heard: bytearray = field(default_factory=bytearray)
     said: list[tuple[float, str]] = field(default_factory=list)
     turns: list[dict[str, Any]] = field(default_factory=list)

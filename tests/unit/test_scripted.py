@@ -6,6 +6,7 @@ import asyncio
 import wave
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from pydantic import TypeAdapter
@@ -17,6 +18,7 @@ from agents.session import CallSession, SessionTimeouts
 from agents.speech.tts import PromptCache
 from media.frames import SILENCE
 from media.pipeline import CallMedia
+from media.recorder import StereoRecorder
 
 FLOW = """
 type: scripted
@@ -43,6 +45,10 @@ nodes:
 """
 
 
+CALLER = bytes([1, 0]) * 320
+"""A quiet constant caller frame, to see in a recording."""
+
+
 class Actions:
     def __init__(self) -> None:
         self.hung_up = asyncio.Event()
@@ -57,8 +63,9 @@ class Actions:
         raise AssertionError("no DTMF out in this flow")
 
 
-async def run_call(interruptible: bool, keys: list[tuple[float, str]]) -> tuple[CallSession, list[dict[str, Any]]]:
-    flow = yaml.safe_load(FLOW.format(interruptible=str(interruptible).lower()))
+async def run_call(interruptible: bool, keys: list[tuple[float, str]], flow_text: str = FLOW,
+                   recorder: StereoRecorder | None = None) -> tuple[CallSession, list[dict[str, Any]]]:
+    flow = yaml.safe_load(flow_text.format(interruptible=str(interruptible).lower()))
     cfg = TypeAdapter(AgentConfig).validate_python(flow)
     prompts = PromptCache()
     factory = make_factory("t", cfg, prompts)
@@ -70,6 +77,7 @@ async def run_call(interruptible: bool, keys: list[tuple[float, str]]) -> tuple[
         session.on_media_event(ev)
 
     media = CallMedia(emit)
+    media.set_recorder(recorder)
     actions = Actions()
     session = CallSession("c1", "caller", "100", factory, media, actions, prompts,
                           lambda name, **f: logs.append({"event": name, **f}), SessionTimeouts())
@@ -81,7 +89,7 @@ async def run_call(interruptible: bool, keys: list[tuple[float, str]]) -> tuple[
         while True:
             if media.next_outbound(t) != SILENCE and started is None:
                 started = t
-            media.on_inbound(t, SILENCE)
+            media.on_inbound(t, CALLER if recorder is not None else SILENCE)
             for at, digit in list(keys):
                 if started is not None and t - started >= at:
                     keys.remove((at, digit))
@@ -135,11 +143,52 @@ def test_no_key_takes_the_default_branch():
     assert session.record.end_reason == "nothing"
 
 
+SECURE_FLOW = """
+type: scripted
+voice: en
+start: pay
+nodes:
+  pay:
+    - say: "Key the card."
+    - collect: card
+      max_digits: 4
+      timeout_s: 1
+      secure: true
+    - collect: more
+      timeout_s: 0.6
+    - branch: card
+      cases: {{"4242": ok}}
+      default: bad
+  ok:
+    - say: "Accepted."
+    - hangup: paid
+  bad:
+    - say: "Declined."
+    - hangup: declined
+"""
+
+
+@pytest.mark.timeout(60)
+def test_a_secure_collect_masks_the_keys_and_silences_the_recording_but_the_flow_gets_them():
+    rec = StereoRecorder()
+    keys = [(0.8 + 0.1 * i, d) for i, d in enumerate("4242")] + [(1.6, "7")]
+    session, logs = asyncio.run(run_call(True, keys, SECURE_FLOW, rec))
+    assert said(logs)[-1] == "Accepted." and session.record.end_reason == "paid"
+    assert session.record.digits == "xxxx7"
+    assert [e["on"] for e in logs if e["event"] == "secure_capture"] == [True, False]
+    caller = np.frombuffer(rec.take(), dtype="<i2")[::2]
+    frames = caller[: len(caller) // 320 * 320].reshape(-1, 320).any(axis=1)
+    gaps = np.flatnonzero(np.diff(frames.astype(int)))  # where the caller channel goes silent and comes back
+    assert len(gaps) == 2, gaps
+    assert 1.0 <= (gaps[1] - gaps[0]) * 0.02 < 4, gaps  # silent from the prompt to the fourth key
+
+
 class PlayRecorder:
     """Just enough of a call for a flow of play steps."""
 
     caller = "caller"
     called = "100"
+    sip_headers: dict[str, str] = {}
 
     def __init__(self) -> None:
         self.played: list[tuple[int, int]] = []

@@ -1,0 +1,84 @@
+"""Which trunk an inbound call belongs to, and whether its source may send it (sans-IO).
+
+A call belongs to a trunk when it arrives for the trunk's registered contact (pjsua hands it to the trunk's
+account) or when it is for one of the trunk's numbers (a `routes` entry other than `*`). Such a call is accepted
+only from the trunk's addresses: `allow` and what its registrar and outbound proxy resolve to, or, with
+`inbound_auth`, from anywhere with the trunk's username and password (digest, telephony/digest.py). Anything else
+is refused with 403, so nobody can reach a carrier's numbers by sending INVITEs straight to the gateway.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from telephony.config import TrunkConfig
+from telephony.digest import DigestServer
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class Admission:
+    trunk: str
+    """The trunk the call belongs to, or "" for a call from no trunk."""
+    refused: str = ""
+    """Why it is refused (403, or 401 with `challenge`), or "" when it is admitted."""
+    challenge: str = ""
+    """A WWW-Authenticate value: answer 401 with it, so the caller may retry with credentials."""
+    authenticated: bool = False
+    """Admitted by its digest credentials rather than by its address."""
+
+
+@dataclass(frozen=True)
+class Invite:
+    """What digest authentication needs of the INVITE."""
+
+    request_uri: str = ""
+    authorization: str = ""
+
+
+def source_ip(address: str) -> str:
+    """The IP of pjsip's `srcAddress` ("1.2.3.4:5060", "[::1]:5060")."""
+    if address.startswith("["):
+        return address[1:].split("]", 1)[0]
+    return address.rsplit(":", 1)[0] if address.count(":") == 1 else address
+
+
+def _inside(ip: str, nets: Sequence[Network]) -> bool:
+    try:
+        addr = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(addr in n for n in nets)
+
+
+def inbound_realm(t: TrunkConfig) -> str:
+    return t.realm if t.realm != "*" else "voicegate"
+
+
+def admit(trunks: Mapping[str, TrunkConfig], sources: Mapping[str, Sequence[Network]], account_trunk: str,
+          called: str, src: str, invite: Invite = Invite(), now: float = 0.0, secret: bytes = b"") -> Admission:
+    """Decide for one INVITE: `account_trunk` is the trunk whose account pjsua matched ("" for none), `src` the
+    address the INVITE came from; a trunk with `inbound_auth` challenges other addresses (nonces made with
+    `secret`, valid for a minute from `now`)."""
+    ip = source_ip(src)
+    claim = account_trunk or next(
+        (n for n, t in trunks.items() if any(r.match != "*" and r.matches(called) for r in t.routes)), "")
+    if not claim:
+        return Admission("")
+    if _inside(ip, sources.get(claim, ())):
+        return Admission(claim)
+    t = trunks.get(claim)
+    if t is None or not t.inbound_auth or not secret:
+        return Admission(claim, f"{ip} is not an address of trunk {claim}")
+    server = DigestServer(inbound_realm(t), secret)
+    if not invite.authorization:
+        return Admission(claim, f"{ip} sent no credentials for trunk {claim}", server.challenge(now))
+    why = server.check(invite.authorization, "INVITE", invite.request_uri, t.username, t.password, now)
+    if why == "stale":
+        return Admission(claim, f"{ip} sent a stale nonce for trunk {claim}", server.challenge(now))
+    if why:
+        return Admission(claim, f"{ip} failed digest authentication for trunk {claim}: {why}")
+    return Admission(claim, authenticated=True)

@@ -1,0 +1,170 @@
+"""SIP trunks on the pjsua thread: one pjsua2 Account per trunk that registers with digest auth, its state logged
+as `trunk_state` events and kept in a small JSON status file for `voicegate trunks`.
+
+The decisions (when to retry, what the state is) are `Registration`'s; this module only wires pjsua's callbacks
+to it and writes what it says. Everything here runs on the pjsua thread and catches every exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pjsua2 as pj
+
+from telephony.config import Config, TrunkConfig
+from telephony.logs import event
+from telephony.registration import Registration
+from telephony.sip_uri import parse_sip_uri
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+SRTP_USE = {"off": pj.PJMEDIA_SRTP_DISABLED, "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+            "mandatory": pj.PJMEDIA_SRTP_MANDATORY}
+
+
+def _with_lr(uri: str) -> str:
+    return uri if ";lr" in uri else uri + ";lr"
+
+
+def registrar_uri(t: TrunkConfig) -> str:
+    """The registrar URI with the trunk's transport made explicit (pjsip picks the transport from it)."""
+    if t.transport == "udp" or "transport=" in t.registrar.lower():
+        return t.registrar
+    return f"{t.registrar};transport={t.transport}"
+
+
+def resolve_sources(t: TrunkConfig) -> list[Network]:
+    """The networks a trunk's calls may come from: `allow`, plus every address the registrar and the outbound
+    proxy resolve to (looked up once, at start)."""
+    nets: list[Network] = [ipaddress.ip_network(a, strict=False) for a in t.allow]
+    for uri in filter(None, (t.registrar, t.outbound_proxy)):
+        host = parse_sip_uri(uri).host
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_UDP)
+        except OSError as e:
+            event("trunk_resolve_error", host=host, error=str(e))
+            continue
+        for info in infos:
+            nets.append(ipaddress.ip_network(str(info[4][0])))
+    return nets
+
+
+class TrunkAccount(pj.Account):  # type: ignore[misc]
+    def __init__(self, name: str, trunks: TrunkSet, incoming: Callable[[Any, Any], None]) -> None:
+        super().__init__()
+        self.trunk = name
+        self._trunks = trunks
+        self._incoming = incoming
+
+    def onRegStarted(self, prm: Any) -> None:  # noqa: N802
+        try:
+            self._trunks.on_started(self.trunk, bool(prm.renew))
+        except Exception as e:
+            event("sip_callback_error", trunk=self.trunk, where="onRegStarted", error=repr(e))
+
+    def onRegState(self, prm: Any) -> None:  # noqa: N802
+        try:
+            self._trunks.on_result(self.trunk, int(prm.code), str(prm.reason), int(prm.expiration))
+        except Exception as e:
+            event("sip_callback_error", trunk=self.trunk, where="onRegState", error=repr(e))
+
+    def onIncomingCall(self, prm: Any) -> None:  # noqa: N802
+        try:
+            self._incoming(self, prm)
+        except Exception as e:
+            event("sip_callback_error", trunk=self.trunk, where="onIncomingCall", error=repr(e))
+
+
+class TrunkSet:
+    """Every configured trunk: its account, registration state and allowed sources."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.status_path = Path(config.trunk_status_path)
+        self.regs = {n: Registration(n, t.retry_min_s, t.retry_max_s) for n, t in config.trunks.items()}
+        self.sources: dict[str, list[Network]] = {}
+        self.secret = os.urandom(32)
+        """Key of the nonces that challenge inbound calls (telephony/digest.py); new with each process."""
+        self.accounts: dict[str, TrunkAccount] = {}
+
+    def start(self, base: Callable[[], Any], incoming: Callable[[Any, Any], None]) -> None:
+        """Create one account per trunk (pjsua thread, after libStart); `base()` gives a fresh AccountConfig with
+        the gateway's media settings."""
+        for name, t in self.config.trunks.items():
+            self.sources[name] = resolve_sources(t)
+            ac = base()
+            host = parse_sip_uri(t.registrar).host
+            ac.idUri = f"sip:{t.username}@{host}"
+            rc = ac.regConfig
+            rc.registrarUri = registrar_uri(t) if t.registers else ""
+            rc.registerOnAdd = t.registers
+            rc.timeoutSec = t.expiry_s
+            rc.retryIntervalSec = 0  # Registration decides the retries
+            ac.mediaConfig.srtpUse = SRTP_USE[t.srtp]
+            ac.mediaConfig.srtpSecureSignaling = 0  # SDES keys also over UDP/TCP signalling, as carriers send them
+            cred = pj.AuthCredInfo("digest", t.realm, t.username, 0, t.password)
+            ac.sipConfig.authCreds.append(cred)
+            if t.outbound_proxy:
+                ac.sipConfig.proxies.append(_with_lr(t.outbound_proxy))
+            acc = TrunkAccount(name, self, incoming)
+            self.accounts[name] = acc
+            acc.create(ac, False)
+            event("trunk_added", trunk=name, registrar=t.registrar, username=t.username, transport=t.transport,
+                  srtp=t.srtp, expiry_s=t.expiry_s, register=t.registers, sources=[str(n) for n in self.sources[name]])
+        self.write(running=True)
+
+    def on_started(self, name: str, renew: bool) -> None:
+        self._emit(self.regs[name].started(time.monotonic(), renew))
+
+    def on_result(self, name: str, code: int, reason: str, expires_s: int) -> None:
+        self._emit(self.regs[name].result(time.monotonic(), code, reason, expires_s))
+
+    def tick(self) -> None:
+        """Periodic (pjsua thread): re-register the trunks whose backoff has run out."""
+        now = time.monotonic()
+        for name, reg in self.regs.items():
+            acc = self.accounts.get(name)
+            if acc is None or not reg.due(now):
+                continue
+            event("trunk_retry", trunk=name, failures=reg.failures)
+            try:
+                acc.setRegistration(True)
+            except pj.Error as e:  # e.g. a REGISTER still in progress: counts as a failure, so backoff grows
+                self.on_result(name, 500, f"cannot re-register: {e.info()}", 0)
+
+    def trunk_of(self, account: Any) -> str:
+        return str(getattr(account, "trunk", ""))
+
+    def shutdown(self) -> None:
+        for acc in self.accounts.values():
+            with contextlib.suppress(pj.Error):
+                acc.shutdown()
+        self.accounts.clear()
+        if self.regs:
+            self.write(running=False)
+
+    def _emit(self, events: list[dict[str, Any]]) -> None:
+        for ev in events:
+            event("trunk_state", **ev)
+        if events:
+            self.write(running=True)
+
+    def write(self, running: bool) -> None:
+        """Replace the status file atomically; a write error is logged, never fatal."""
+        now, wall = time.monotonic(), time.time()
+        doc = {"updated": round(wall, 3), "pid": os.getpid(), "running": running,
+               "trunks": [r.status(now, wall) for r in self.regs.values()]}
+        tmp = self.status_path.with_name(f".{self.status_path.name}.{os.getpid()}")
+        try:
+            self.status_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(doc, indent=1) + "\n")
+            os.replace(tmp, self.status_path)
+        except OSError as e:
+            event("trunk_status_error", path=str(self.status_path), error=e.strerror or str(e))

@@ -1,0 +1,130 @@
+"""A real Kamailio (Debian `kamailio` 5.6) as the carrier side of a trunk: registrar with digest auth and a proxy
+that sends every INVITE to the contact registered for one user, keeping the dialled number in To.
+
+The password is fixed in the config (`pv_auth_check` with a plaintext password), so no subscriber database is
+needed. Its log (stderr, `-E`) carries one `KAM` line per decision for the tests to read.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
+REALM = "voicegate.test"
+
+CFG = """#!KAMAILIO
+debug=2
+log_stderror=yes
+fork=yes
+children=1
+tcp_children=1
+auto_aliases=no
+listen=udp:127.0.0.1:{port}
+listen=tcp:127.0.0.1:{port}
+mpath="{modules}"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "auth.so"
+modparam("usrloc", "db_mode", 0)
+modparam("registrar", "min_expires", 5)
+
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if (is_method("REGISTER")) {{
+        if (!pv_auth_check("{realm}", "{password}", "0", "1")) {{
+            xlog("L_NOTICE", "KAM challenge $tU auth=$au\\n");
+            auth_challenge("{realm}", "0");
+            exit;
+        }}
+        if (!save("location")) {{ sl_reply_error(); exit; }}
+        xlog("L_NOTICE", "KAM registered $tU contact=$ct expires=$hdr(Expires)\\n");
+        exit;
+    }}
+    if (is_method("INVITE") && !has_totag()) {{
+        $ru = "sip:{user}@{realm}";
+        if (!lookup("location")) {{
+            xlog("L_NOTICE", "KAM no contact for {user}\\n");
+            sl_send_reply("480", "Trunk Not Registered");
+            exit;
+        }}
+        xlog("L_NOTICE", "KAM invite $tU to $ru\\n");
+    }}
+    t_relay();
+}}
+"""
+
+
+@dataclass
+class Kamailio:
+    port: int
+    workdir: Path
+    password: str
+    user: str
+    proc: subprocess.Popen[str] | None = None
+    lines: list[str] = field(default_factory=list)
+
+    def start(self, timeout: float = 10.0) -> None:
+        cfg = self.workdir / "kamailio.cfg"
+        cfg.write_text(CFG.format(port=self.port, modules=MODULES, realm=REALM, password=self.password,
+                                  user=self.user))
+        check = subprocess.run(["/usr/sbin/kamailio", "-c", "-f", str(cfg)], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr[-3000:]
+        self.proc = subprocess.Popen(
+            ["/usr/sbin/kamailio", "-f", str(cfg), "-DD", "-E", "-m", "32", "-M", "8", "-Y", str(self.workdir),
+             "-P", str(self.workdir / "kamailio.pid")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=self.workdir,
+        )
+        proc = self.proc
+
+        def pump() -> None:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                self.lines.append(line.rstrip("\n"))
+
+        threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._listening():
+                return
+            if proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError("kamailio did not start:\n" + "\n".join(self.lines[-30:]))
+
+    def _listening(self) -> bool:
+        out = subprocess.run(["ss", "-lntH", f"sport = :{self.port}"], capture_output=True, text=True).stdout
+        return str(self.port) in out
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def log(self, word: str) -> list[str]:
+        return [ln for ln in list(self.lines) if f"KAM {word}" in ln]
+
+    def wait_log(self, word: str, timeout: float = 10.0, count: int = 1) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if len(found := self.log(word)) >= count:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"kamailio logged {count} x 'KAM {word}' not within {timeout}s:\n"
+                             + "\n".join(self.lines[-30:]))
