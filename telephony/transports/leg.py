@@ -8,6 +8,7 @@ media clock, the call actions a stream peer can carry out, and ending exactly on
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -92,8 +93,13 @@ class TransportCall:
             self._clock = asyncio.ensure_future(run_clock(self.stream, send))
 
     def dtmf(self, digit: str) -> None:
-        self._log("dtmf", call=self.call_id, digit=digit, method=self.transport, duplicate=False)
-        self.leg.session.on_dtmf(digit)
+        """A key from the peer, as SIP's: masked in the log during secure capture, and to the call's recording."""
+        session = self.leg.session
+        self._log("dtmf", call=self.call_id, digit="x" if session.secure else digit, method=self.transport,
+                  duplicate=False)
+        session.on_dtmf(digit)
+        if self.leg.recording is not None:
+            self.leg.recording.on_dtmf(digit, time.monotonic())
 
     def hangup(self, reason: str = "") -> None:
         """Our side ends the call (the agent, a timeout, shutdown: `reason` unless the session gave one)."""
