@@ -92,6 +92,7 @@ class TransportCall:
             self._clock = asyncio.ensure_future(run_clock(self.stream, send))
 
     def dtmf(self, digit: str) -> None:
+        """A key from the peer, as SIP's: masked in the log during secure capture, and to the call's recording."""
         session = self.leg.session
         self._log("dtmf", call=self.call_id, digit="x" if session.secure else digit, method=self.transport,
                   duplicate=False)

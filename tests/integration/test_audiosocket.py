@@ -55,7 +55,7 @@ def test_echo_returns_the_callers_audio(gw: Gateway, kind: int) -> None:
 
 
 def test_demo_greets_and_answers_a_key(gw: Gateway) -> None:
-    res = asyncio.run(audiosocket_call(port(gw), np.zeros(1), 12.0, DEMO, dtmf=((9.0, "2"),)))
+    res = asyncio.run(audiosocket_call(port(gw), np.zeros(1), 15.0, DEMO, dtmf=((8.5, "2"),)))
     assert res.first_audio_s is not None and res.first_audio_s < 1.0, res.first_audio_s
     assert speech_s(res.heard[: 8 * 16000]) > 4.0, "the greeting and menu are not speech"
     end = gw.wait_event("call_end", 10, call=DEMO, digits="2")

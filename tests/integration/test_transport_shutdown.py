@@ -37,7 +37,7 @@ def test_sigterm_hangs_up_and_records_transport_calls(tmp_path: Path) -> None:
 
     took, _, _ = asyncio.run(calls())
     assert took < 10, f"shutdown took {took:.1f} s (grace 2 s)"
-    recs = read_records(tmp_path / "records" / "calls.db")[0]
+    recs, _ = read_records(tmp_path / "records" / "calls.db")
     assert sorted(r["transport"] for r in recs) == ["audiosocket", "media_stream"], recs
     assert all(r["reason"] == "shutdown" for r in recs), [r["reason"] for r in recs]
     assert any(r["call"] == as_id for r in recs)
