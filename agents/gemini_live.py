@@ -54,6 +54,8 @@ from agents.base import (
     Played,
     TransferFailed,
 )
+from agents.eventlog import emit
+from agents.redact import redact_fields
 from agents.speech.tts import PromptCache
 from media.frames import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
 from media.polyphase import PolyphaseResampler
@@ -94,10 +96,8 @@ log = logging.getLogger("voicegate.gemini_live")
 
 
 def _event(event: str, /, **fields: object) -> None:
-    """One JSON log line, in the gateway's event format."""
-    if log.isEnabledFor(logging.INFO):
-        log.info(json.dumps({"ts": round(time.time(), 3), "event": event, **fields}, default=str,
-                            separators=(",", ":")))
+    """One JSON log line, in the gateway's event format (and its sinks get it)."""
+    emit(log, logging.INFO, event, fields)
 
 
 class GeminiLiveConfig(BaseModel):
@@ -630,10 +630,10 @@ class GeminiLiveAgent(Agent):
             self._tools.pop(cid)
 
     async def _run_tool(self, gen: int, cid: str, name: str, args: dict[str, Any]) -> None:
-        _event("gemini_tool_call", call=self.call.call_id, id=cid, name=name, args=args)
+        _event("gemini_tool_call", call=self.call.call_id, id=cid, name=name, args=redact_fields(args))
         result = await self._act(name, args)
         if result is not None:
-            _event("gemini_tool_result", call=self.call.call_id, id=cid, name=name, result=result)
+            _event("gemini_tool_result", call=self.call.call_id, id=cid, name=name, result=redact_fields(result))
             self._send_request({"toolResponse": {"functionResponses": [{"id": cid, "name": name, "response": result}]}},
                                "tool", gen)
 

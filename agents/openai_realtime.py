@@ -51,6 +51,8 @@ from agents.base import (
     Played,
     TransferFailed,
 )
+from agents.eventlog import emit
+from agents.redact import redact_fields
 from agents.s2s_history import History, heard_text
 from media.frames import FRAME_BYTES, SAMPLE_RATE
 from media.g711 import ulaw_decode, ulaw_encode
@@ -121,10 +123,8 @@ _log = logging.getLogger("voicegate.openai_realtime")
 
 
 def _event(event: str, **fields: object) -> None:
-    """One JSON log line, like the gateway's own events."""
-    if _log.isEnabledFor(logging.INFO):
-        _log.info(json.dumps({"ts": round(time.time(), 3), "event": event, **fields}, default=str,
-                             separators=(",", ":")))
+    """One JSON log line, like the gateway's own events (and its sinks get it)."""
+    emit(_log, logging.INFO, event, fields)
 
 
 def _encoder(fmt: str) -> Callable[[bytes], bytes]:
@@ -695,7 +695,7 @@ class OpenAIRealtimeAgent(Agent):
         except ValueError:
             result: dict[str, Any] | None = {"ok": False, "error": f"arguments are not a JSON object: {arguments[:80]}"}
         else:
-            _event("openai_realtime_tool", call=self._call.call_id, tool=name, arguments=args)
+            _event("openai_realtime_tool", call=self._call.call_id, tool=name, arguments=redact_fields(args))
             result = await self._act(name, args)
         if result is None:
             return

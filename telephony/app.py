@@ -70,6 +70,7 @@ class Leg:
     task: asyncio.Task[None] | None = None
     wall: float = field(default_factory=time.time)
     recording: CallRecording | None = None
+    rtp: dict[str, object] = field(default_factory=dict)
 
 
 def detector_settings(cfg: Config) -> DetectorSettings:
@@ -211,7 +212,7 @@ class Gateway:
         if accepted:
             self._loop.call_soon_threadsafe(leg.session.on_dtmf, digit)
             if leg.recording is not None:
-                leg.recording.on_dtmf(digit, time.monotonic())
+                leg.recording.on_dtmf(digit)
 
     def on_disconnected(self, call: SipCall, code: int, reason: str) -> None:
         leg = self.legs.pop(call.key, None)
@@ -219,6 +220,7 @@ class Gateway:
             return
         why = leg.end_reason or f"remote_{code}"
         leg.codec = call.codec
+        leg.rtp = call.rtp
         self._loop.call_soon_threadsafe(self._finish, leg, why, code, reason)
 
     def on_transfer_status(self, call: SipCall, code: int, reason: str) -> None:
@@ -314,10 +316,12 @@ class Gateway:
                    paused_ms=rec.paused_ms, digits=rec.digits, frames_in=st.frames_in, frames_out=st.frames_out,
                    turns=rec.turns, transport=leg.transport, **st.tick_percentiles(), trunk=s.trunk,
                    sip_headers=s.sip_headers)
+        if leg.rtp:
+            end["rtp"] = leg.rtp
         if rec.announcement is not None:
             end["announcement"] = rec.announcement
         if leg.recording is not None:
-            end.update(leg.recording.close(rec.turns, time.monotonic()))
+            end.update(leg.recording.close(rec.turns))
         event("call_end", **end)
         if self.records is not None:
             self.records.write(call_record(end, leg.wall, s.caller, s.called, self.config.agents[leg.agent].type,

@@ -8,7 +8,6 @@ media clock, the call actions a stream peer can carry out, and ending exactly on
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -99,7 +98,7 @@ class TransportCall:
                   duplicate=False)
         session.on_dtmf(digit)
         if self.leg.recording is not None:
-            self.leg.recording.on_dtmf(digit, time.monotonic())
+            self.leg.recording.on_dtmf(digit)
 
     def hangup(self, reason: str = "") -> None:
         """Our side ends the call (the agent, a timeout, shutdown: `reason` unless the session gave one)."""
