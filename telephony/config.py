@@ -15,10 +15,19 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from agents.config import AgentConfig, CascadedAgentConfig, HybridAgentConfig, hybrid_parts
@@ -29,6 +38,15 @@ from telephony.sip_uri import parse_sip_uri
 
 KNOWN_CODECS = ("G722", "PCMU", "PCMA")
 M = TypeVar("M", bound=BaseModel)
+
+
+def _ip(v: str) -> str:
+    ipaddress.ip_address(v)
+    return v
+
+
+IpAddress = Annotated[str, AfterValidator(_ip)]
+"""A listening address: an IPv4 or IPv6 address, not a host name."""
 
 
 class _Strict(BaseModel):
@@ -72,7 +90,7 @@ class SipTlsConfig(_Strict):
 
 
 class SipConfig(_Strict):
-    listen: str = "0.0.0.0"
+    listen: IpAddress = "0.0.0.0"
     port: int = Field(5060, ge=1, le=65535)
     transports: list[Literal["udp", "tcp", "tls"]] = ["udp", "tcp"]
     public_address: str | None = None
@@ -86,12 +104,6 @@ class SipConfig(_Strict):
         if "tls" in self.transports and self.tls is None:
             raise ValueError("transports has tls but there is no sip.tls section (cert_file, key_file)")
         return self
-
-    @field_validator("listen")
-    @classmethod
-    def _ip(cls, v: str) -> str:
-        ipaddress.ip_address(v)
-        return v
 
 
 class RtpConfig(_Strict):
@@ -163,16 +175,10 @@ class RecordsConfig(_Strict):
 
 class MetricsConfig(_Strict):
     enabled: bool = False
-    listen: str = "127.0.0.1"
+    listen: IpAddress = "127.0.0.1"
     """Loopback by default: the endpoint has no authentication."""
     port: int = Field(9464, ge=1, le=65535)
     """HTTP port of `/metrics` (Prometheus text format) and `/healthz`."""
-
-    @field_validator("listen")
-    @classmethod
-    def _ip(cls, v: str) -> str:
-        ipaddress.ip_address(v)
-        return v
 
 
 class RecordingConfig(_Strict):
@@ -342,19 +348,13 @@ class TrunkConfig(_Strict):
 class MediaStreamTransport(_Strict):
     """A Twilio Media Streams-shaped WebSocket server (telephony/transports/media_stream_ws.py)."""
 
-    listen: str = "127.0.0.1"
+    listen: IpAddress = "127.0.0.1"
     port: int = Field(8765, ge=1, le=65535)
     path: str = "/media"
     token_env: str | None = None
     """Environment variable holding a token the client must send as `Authorization: Bearer TOKEN`."""
     agent: str | None = None
     """The agent for a stream whose `start.customParameters.to` is absent or matches no route."""
-
-    @field_validator("listen")
-    @classmethod
-    def _ip(cls, v: str) -> str:
-        ipaddress.ip_address(v)
-        return v
 
     @field_validator("path")
     @classmethod
@@ -367,18 +367,12 @@ class MediaStreamTransport(_Strict):
 class AudioSocketTransport(_Strict):
     """An Asterisk AudioSocket server (telephony/transports/audiosocket.py)."""
 
-    listen: str = "127.0.0.1"
+    listen: IpAddress = "127.0.0.1"
     port: int = Field(9092, ge=1, le=65535)
     agent: str | None = None
     """The agent for a call whose UUID is not in `uuids`."""
     uuids: dict[str, str] = {}
     """Call UUID (as the dialplan's AudioSocket() passes it) -> agent name."""
-
-    @field_validator("listen")
-    @classmethod
-    def _ip(cls, v: str) -> str:
-        ipaddress.ip_address(v)
-        return v
 
     @field_validator("uuids")
     @classmethod
@@ -401,18 +395,12 @@ class AudioSocketTransport(_Strict):
 class WebRtcTransport(_Strict):
     """The browser softphone: `/phone` and its WebRTC signalling (telephony/transports/webrtc.py)."""
 
-    listen: str = "127.0.0.1"
+    listen: IpAddress = "127.0.0.1"
     port: int = Field(8766, ge=1, le=65535)
     token_env: str | None = None
     """Environment variable holding a token the page's address must carry (`/phone?token=TOKEN`)."""
     agent: str | None = None
     """The agent for a dialled number that matches no route."""
-
-    @field_validator("listen")
-    @classmethod
-    def _ip(cls, v: str) -> str:
-        ipaddress.ip_address(v)
-        return v
 
 
 class TransportsConfig(_Strict):

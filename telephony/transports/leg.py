@@ -107,10 +107,12 @@ class TransportCall:
         self._close()
 
     def end(self, why: str, reason: str = "") -> None:
-        """The connection is over: stop the clock and finish the leg (once)."""
+        """The connection is over: stop the clock and finish the leg (once). `closed`: the peer went away first."""
         if self.ended:
             return
         self.ended = True
+        if why == "closed" and not self.leg.session.record.end_reason:
+            self._log("transport_closed", transport=self.transport, call=self.call_id, reason=reason)
         if self._clock is not None:
             self._clock.cancel()
         self.host.finish_leg(self.leg, why, 0, reason)
