@@ -18,6 +18,12 @@ Sink = Callable[[str, Mapping[str, Any]], None]
 
 _sinks: tuple[Sink, ...] = ()
 _sinks_lock = threading.Lock()
+_tags: dict[str, Any] = {}
+
+
+def tag_events(**fields: Any) -> None:
+    """Add `fields` to every log line of this process from now on (a worker's index)."""
+    _tags.update(fields)
 
 
 def subscribe(sink: Sink) -> Callable[[], None]:
@@ -43,5 +49,5 @@ def emit(logger: logging.Logger, level: int, name: str, fields: Mapping[str, Any
             logger.error(json.dumps({"ts": round(time.time(), 3), "event": "sink_error", "sink": repr(sink),
                                      "for": name, "error": repr(e)}, separators=(",", ":")))
     if logger.isEnabledFor(level):
-        rec = {"ts": round(time.time(), 3), "event": name, **fields}
+        rec = {"ts": round(time.time(), 3), "event": name, **_tags, **fields}
         logger.log(level, json.dumps(rec, default=str, separators=(",", ":")))

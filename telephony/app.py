@@ -33,6 +33,9 @@ from telephony.records import RecordWriter, call_record, read_records
 from telephony.routes import announcement_for, announcements
 from telephony.transports.servers import stream_transports
 
+NO_ACK_S = 5.0
+"""A call whose 200 OK got no ACK within this long is hung up: its slot is one of only four (DESIGN §2), and a burst
+of INVITEs that parse but are never ACKed would otherwise hold every slot for pjsip's 32 s of 2xx retransmissions."""
 END_WAIT_S = 2.0
 """How long a hung-up call's agent gets to stop (and record its last turn) before the call's record is written."""
 
@@ -137,6 +140,7 @@ class Gateway:
 
     async def _drain(self) -> None:
         self.draining = True
+        self.stack.draining = True
         grace = self.config.timeouts.shutdown_grace_s
         event("gateway_draining", calls=len(self.legs) + sum(len(tr.calls) for tr in self.transports), grace_s=grace)
         for tr in self.transports:
@@ -239,6 +243,12 @@ class Gateway:
         now = time.monotonic()
         for leg in list(self.legs.values()):
             call = self.stack.calls.get(leg.key)
+            if (call is not None and call.connected_at is None and call.answered_at is not None
+                    and not call.disconnected and now - call.answered_at >= NO_ACK_S):
+                leg.end_reason = "no_ack"
+                event("call_timeout", call=call.call_id, reason="no_ack", waited_s=round(now - call.answered_at, 1))
+                self.stack.release_unacked(leg.key)
+                continue
             if call is None or call.connected_at is None or call.disconnected:
                 continue
             idle = call.rtp_idle_s(now)

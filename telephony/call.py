@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import pjsua2 as pj
 
 from media.pipeline import CallMedia
+from telephony.admission import dialog_ids
 from telephony.logs import event
 from telephony.media_port import CallMediaPort, PortPool
 from telephony.rtp_stats import summarize
@@ -58,6 +59,10 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self.srtp = False
         """The media is SRTP (our SDP answer carries SDES keys)."""
         self.connected_at: float | None = None
+        self.answered_at: float | None = None
+        """When our 2xx went out (the caller's ACK confirms the call)."""
+        self.dialog: tuple[str, str, str] | None = None
+        """Call-ID, local tag, remote tag, from our 2xx: what pjsip finds the dialog by (telephony/admission.py)."""
         self.disconnected = False
         self._on_released = on_released
         self._rx_pkts = 0
@@ -69,6 +74,10 @@ class SipCall(pj.Call):  # type: ignore[misc]
     def onCallState(self, prm: Any) -> None:  # noqa: N802
         try:
             ci = self.getInfo()
+            if ci.state == pj.PJSIP_INV_STATE_CONNECTING and self.answered_at is None:
+                self.answered_at = time.monotonic()
+                if prm.e.type == pj.PJSIP_EVENT_TSX_STATE:
+                    self.dialog = dialog_ids(str(prm.e.body.tsxState.src.tdata.wholeMsg))
             if ci.state == pj.PJSIP_INV_STATE_CONFIRMED and self.connected_at is None:
                 self.connected_at = time.monotonic()
                 if self.listener:

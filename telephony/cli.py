@@ -42,6 +42,15 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"voicegate: not starting, {args.config} has {len(e.issues)} error(s)", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level)
+    count = cfg.workers.count if args.workers is None else args.workers
+    if args.worker_index is None and (count > 1 or args.workers is not None):
+        return _supervise(cfg, args.config, count)
+    if args.worker_index is not None:
+        from telephony.logs import tag_events
+        from telephony.workers import worker_config
+
+        cfg = worker_config(cfg, args.worker_index, count)
+        tag_events(worker=args.worker_index)
     try:
         import uvloop
 
@@ -51,6 +60,22 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"voicegate: {e}", file=sys.stderr)
         return 3
     return 0
+
+
+def _supervise(cfg: Config, config_path: str, count: int) -> int:
+    """`serve --workers N`: the supervisor of N workers (and of the Kamailio front door when N > 1)."""
+    from telephony.supervisor import Supervisor
+    from telephony.workers import fit_problem
+
+    if not 1 <= count <= 64:
+        print("voicegate serve: --workers takes 1 to 64", file=sys.stderr)
+        return 2
+    if problem := fit_problem(cfg.workers, count, cfg.sip, cfg.rtp, cfg.trunks):
+        print(f"voicegate: not starting {count} workers with {config_path}: {problem}", file=sys.stderr)
+        return 2
+    import uvloop
+
+    return uvloop.run(Supervisor(cfg, config_path, count).run())
 
 
 @contextlib.contextmanager
@@ -235,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="answer calls with the configured agents")
     s.add_argument("--config", default="voicegate.yaml")
+    s.add_argument("--workers", type=int, help="run this many supervised worker processes (more than one: behind a "
+                   "Kamailio front door on sip.port); overrides workers: in the config")
+    s.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     s.set_defaults(fn=_serve)
     c = sub.add_parser("check", help="validate a config file and name every error")
     c.add_argument("config")

@@ -409,6 +409,51 @@ class TransportsConfig(_Strict):
     webrtc: WebRtcTransport | None = None
 
 
+class WhenFullConfig(_Strict):
+    """The reply to a new call when every worker is full (some carriers take a 503 for the whole gateway down)."""
+
+    reply: Literal[503, 486, 480, "announcement"] = 503
+    retry_after_s: int = Field(30, ge=1, le=3600)
+    """Sent as Retry-After with a 503."""
+
+    @field_validator("reply")
+    @classmethod
+    def _there_yet(cls, v: int | str) -> int | str:
+        if v == "announcement":
+            raise ValueError("an 'all lines are busy' announcement is not there yet (a full worker has no call slot "
+                             "to play it from); use 503, 486 or 480")
+        return v
+
+
+class WorkersConfig(_Strict):
+    """Worker processes (telephony/supervisor.py): each a gateway with its own SIP port and RTP range, and for more
+    than one a Kamailio front door (telephony/frontdoor.py) on `sip.listen`:`sip.port`."""
+
+    count: int = Field(1, ge=1, le=64)
+    first_port: int = Field(5070, ge=1, le=65535)
+    """With more than one worker, worker i listens on UDP 127.0.0.1:first_port+i."""
+    dispatch: Literal["round_robin", "least_loaded"] = "round_robin"
+    probe_interval_s: int = Field(2, ge=1, le=60)
+    """Kamailio sends each worker an OPTIONS this often; a worker that fails one gets no new calls."""
+    failover_timeout_s: float = Field(2.0, ge=0.2, le=30)
+    """A worker that has not replied to an INVITE within this long is skipped for the next one."""
+    flood_requests: int = Field(60, ge=1, le=100000)
+    """Requests one source address may send per `flood_window_s` before the front door drops it (pike)."""
+    flood_window_s: int = Field(2, ge=1, le=60)
+    flood_block_s: int = Field(10, ge=1, le=3600)
+    """How long a flooding source stays blocked after it went quiet."""
+    restart_min_s: float = Field(0.5, gt=0, le=60)
+    """Wait before restarting a worker that exited; doubles while it keeps dying, up to `restart_max_s`."""
+    restart_max_s: float = Field(30.0, gt=0, le=3600)
+    when_full: WhenFullConfig = WhenFullConfig()
+    kamailio: str = "/usr/sbin/kamailio"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _count_only(cls, v: object) -> object:
+        return {"count": v} if isinstance(v, int) else v
+
+
 class Config(_Strict):
     sip: SipConfig = SipConfig()
     rtp: RtpConfig = RtpConfig()
@@ -428,6 +473,8 @@ class Config(_Strict):
     """Where `voicegate serve` keeps each trunk's registration state for `voicegate trunks`; relative to the
     config file's folder."""
     transports: TransportsConfig = TransportsConfig()
+    workers: WorkersConfig = WorkersConfig()
+    """`workers: N` or a mapping; more than one puts Kamailio in front (voicegate serve --workers N overrides)."""
 
     @model_validator(mode="after")
     def _routes(self) -> Config:
@@ -486,6 +533,17 @@ class Config(_Strict):
             for b, other in tcp[i + 1 :]:
                 if port == other:
                     raise ValueError(f"{a} and {b} both want TCP port {port}")
+        return v
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_fit(cls, v: WorkersConfig, info: ValidationInfo) -> WorkersConfig:
+        """What several workers cannot do yet, and ports and RTP ranges they would not fit in."""
+        from telephony.workers import fit_problem
+
+        sip, rtp, trunks = info.data.get("sip"), info.data.get("rtp"), info.data.get("trunks")
+        if sip is not None and rtp is not None and (problem := fit_problem(v, v.count, sip, rtp, trunks or {})):
+            raise ValueError(problem)
         return v
 
     @model_validator(mode="after")

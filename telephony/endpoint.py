@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 import pjsua2 as pj
 
+from telephony.admission import SipGate
 from telephony.call import SipCall
 from telephony.config import Config, SipTlsConfig
 from telephony.errors import PjsuaBuildError, SipStartError
@@ -108,6 +109,9 @@ class SipStack:
         self.ports = PortPool()
         self.port = config.sip.port
         self.trunks = TrunkSet(config)
+        self.draining = False
+        """Set when the gateway drains: new INVITEs and OPTIONS get 503 (telephony/admission.py)."""
+        self.gate: SipGate | None = None
         if config.trunks:
             self.every(0.25, self.trunks.tick)
 
@@ -208,6 +212,10 @@ class SipStack:
                 f"pjsua2 allows {self.max_calls} calls per process, voicegate assumes {EXPECTED_MAX_CALLS}: "
                 "install pjsua2-python==2.15.1.post1 or adjust EXPECTED_MAX_CALLS after testing the new build"
             )
+        full = cfg.workers.when_full
+        self.gate = SipGate(pj._pjsua2.__file__, self.max_calls, lambda: self.draining, int(full.reply),
+                            full.retry_after_s)
+        self.gate.install()
 
         for kind in cfg.sip.transports:
             tc = pj.TransportConfig()
@@ -316,6 +324,15 @@ class SipStack:
         except pj.Error as e:
             event("sip_answer_error", call=call.call_id, code=code, error=e.info())
 
+    def release_unacked(self, key: int) -> None:
+        """End a call whose 2xx got no ACK at once: a BYE would wait for the ACK (RFC 3261 15) and the call slot
+        would stay taken for pjsip's 32 s of 2xx retransmissions."""
+        call = self.calls.get(key)
+        if call is None or call.disconnected:
+            return
+        if call.dialog is None or self.gate is None or not self.gate.terminate(*call.dialog, 408):
+            self.hangup(key)
+
     def hangup(self, key: int, code: int = 200) -> None:
         call = self.calls.get(key)
         if call is None or call.disconnected:
@@ -370,4 +387,5 @@ class SipStack:
         with contextlib.suppress(pj.Error):
             self.ep.libDestroy()
         self.ep = None
+        self.gate = None  # pjsip held its module until libDestroy
         gc.collect()

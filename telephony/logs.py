@@ -6,9 +6,9 @@ import logging
 import sys
 from typing import Any
 
-from agents.eventlog import Sink, emit, subscribe
+from agents.eventlog import Sink, emit, subscribe, tag_events
 
-__all__ = ["Sink", "event", "event_at", "log", "setup_logging", "subscribe"]
+__all__ = ["Sink", "event", "event_at", "log", "setup_logging", "subscribe", "tag_events"]
 
 log = logging.getLogger("voicegate")
 
