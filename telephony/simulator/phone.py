@@ -21,6 +21,10 @@ import pjsua2 as pj
 
 from media.frames import FRAME_BYTES, SAMPLE_RATE, SILENCE, level_dbfs
 from telephony.media_port import audio_format, read_buf, write_buf
+from telephony.simulator.script import Dial
+
+MAX_ACCOUNTS = 6
+"""Distinct From/credential combinations one phone process keeps (pjsua allows 8 accounts)."""
 
 AUDIBLE_DBFS = -50.0
 """Received frames must be at least this loud, and within 35 dB of the loudest so far, to count as agent audio."""
@@ -200,6 +204,8 @@ class Phone:
         ac.mediaConfig.transportConfig.portRange = 100
         self.acc = pj.Account()
         self.acc.create(ac)
+        self._rtp_port = rtp_port
+        self._accounts: dict[tuple[str, str, str, str], pj.Account] = {}
         self._ports: list[PhonePort] = []
         self._free: list[PhonePort] = []
 
@@ -213,7 +219,31 @@ class Phone:
             name = cid.split("/")[0].upper()
             self.ep.codecSetPriority(cid, 250 - wanted.index(name) if name in wanted else 0)
 
-    def dial(self, uri: str) -> PhoneCall:
+    def _account(self, dial: Dial) -> Any:
+        """The account whose From and credentials `dial` asks for (the default one when it asks for neither)."""
+        if dial.from_ is None and dial.auth is None:
+            return self.acc
+        a = dial.auth
+        key = (dial.from_.uri("127.0.0.1") if dial.from_ else "", a.username if a else "",
+               a.password if a else "", a.realm if a else "")
+        if key not in self._accounts:
+            if len(self._accounts) >= MAX_ACCOUNTS:
+                raise ValueError(f"more than {MAX_ACCOUNTS} different from/auth combinations in one phone")
+            ac = pj.AccountConfig()
+            ac.idUri = key[0] or "sip:caller@127.0.0.1"
+            ac.mediaConfig.transportConfig.port = self._rtp_port
+            ac.mediaConfig.transportConfig.portRange = 100
+            if a is not None:
+                ac.sipConfig.authCreds.append(pj.AuthCredInfo("digest", a.realm, a.username, 0, a.password))
+            acc = pj.Account()
+            acc.create(ac)
+            self._accounts[key] = acc
+        return self._accounts[key]
+
+    def dial(self, uri: str, dial: Dial | None = None) -> PhoneCall:
+        """Call `uri`; `dial` adds headers, a From and a To, and credentials for a digest challenge."""
+        dial = dial or Dial()
+        acc = self._account(dial)
         if self._free:
             port = self._free.pop()
             with port.lock:
@@ -222,8 +252,17 @@ class Phone:
             port = PhonePort()
             port.createPort(f"phone-{len(self._ports)}", audio_format())
             self._ports.append(port)
-        call = PhoneCall(self.acc, port)
-        call.makeCall(uri, pj.CallOpParam(True))
+        call = PhoneCall(acc, port)
+        prm = pj.CallOpParam(True)
+        for name, value in dial.headers.items():
+            h = pj.SipHeader()
+            h.hName, h.hValue = name, value
+            prm.txOption.headers.append(h)
+        to = uri
+        if dial.to is not None:
+            prm.txOption.targetUri = uri
+            to = dial.to.uri(uri_host(uri))
+        call.makeCall(to, prm)
         return call
 
     def poll(self, ms: int = 10) -> None:
@@ -265,7 +304,16 @@ class Phone:
             self.ep.audDevManager().setNoDev()  # stop the media clock before the ports go
         self._free.clear()
         self._ports.clear()
+        for acc in self._accounts.values():
+            acc.shutdown()
+        self._accounts.clear()
         self.acc.shutdown()
         del self.acc
         gc.collect()
         self.ep.libDestroy()
+
+
+def uri_host(uri: str) -> str:
+    """The host[:port] of a SIP URI: `sip:100@10.0.0.1:5062;transport=tcp` -> `10.0.0.1:5062`."""
+    rest = uri.split(":", 1)[1] if ":" in uri else uri
+    return rest.rsplit("@", 1)[-1].split(";", 1)[0].split("?", 1)[0].rstrip(">")

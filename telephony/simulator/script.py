@@ -5,6 +5,11 @@ name: demo menu
 target: sip:100@127.0.0.1:5060      # --target overrides it
 codecs: [PCMU]
 expect_status: 200
+dial:                                   # optional: how the INVITE looks
+  headers: {X-Customer-Id: "42"}
+  from: {user: qa-bot, display: QA Bot}
+  to: {user: "100", display: Reception}  # the To header; the request goes to the target
+  auth: {username: alice, password_env: SIM_PASSWORD}  # answers a 401/407 challenge
 steps:
   - wait_speech: {timeout_s: 5}           # the agent starts talking (measures its latency)
   - wait_silence: {min_s: 0.8, timeout_s: 20}
@@ -24,6 +29,7 @@ steps:
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -137,6 +143,63 @@ class ExpectHangup(_Strict):
 
 
 ASR_ENGINES = ("moonshine",)
+RESERVED_HEADERS = frozenset({"via", "from", "to", "call-id", "cseq", "contact", "max-forwards", "content-type",
+                              "content-length", "authorization", "proxy-authorization", "route", "record-route"})
+"""Headers pjsua writes itself; a script sets From and To through `from`/`to` and credentials through `auth`."""
+_TOKEN = re.compile(r"^[A-Za-z0-9!%*_+`'~.-]+$")
+_USER = re.compile(r"^[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+$")
+
+
+class Party(_Strict):
+    """A From or To header: `"display" <sip:user@host>`."""
+
+    user: str = Field(pattern=_USER.pattern)
+    display: str = Field("", pattern=r'^[^"\\\r\n]*$')
+    host: str = Field("", pattern=r"^[A-Za-z0-9.:\[\]-]*$")
+    """Empty: the phone's own address (From) or the target's host (To)."""
+
+    def uri(self, default_host: str) -> str:
+        addr = f"<sip:{self.user}@{self.host or default_host}>"
+        return f'"{self.display}" {addr}' if self.display else addr
+
+
+class DigestAuth(_Strict):
+    username: str = Field(min_length=1)
+    password_env: str
+    """Name of the environment variable holding the password (never the password itself)."""
+    realm: str = "*"
+    """Digest realm the credentials are for; `*` answers any realm."""
+
+    @field_validator("password_env")
+    @classmethod
+    def _env(cls, v: str) -> str:
+        if not os.environ.get(v):
+            raise ValueError(f"environment variable {v} (the dial password) is not set or empty")
+        return v
+
+    @property
+    def password(self) -> str:
+        return os.environ.get(self.password_env, "")
+
+
+class Dial(_Strict):
+    headers: dict[str, str] = {}
+    """Extra INVITE headers, e.g. `X-Customer-Id`, `User-to-User`, `P-Asserted-Identity`."""
+    from_: Party | None = Field(None, alias="from")
+    to: Party | None = None
+    auth: DigestAuth | None = None
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not _TOKEN.match(name):
+                raise ValueError(f"{name!r} is not a SIP header name")
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"{name} is written by the phone itself (use from, to or auth)")
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"the value of {name} spans lines")
+        return v
 
 
 def normalize(text: str) -> str:
@@ -245,6 +308,7 @@ class Script(_Strict):
     target: str | None = None
     codecs: list[str] = ["PCMU"]
     expect_status: int = Field(200, ge=100, le=699)
+    dial: Dial = Dial()
     answer_timeout_s: float = Field(15.0, gt=0)
     max_duration_s: float = Field(300.0, gt=0)
     steps: list[Step] = []

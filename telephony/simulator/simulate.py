@@ -101,7 +101,7 @@ def run_call(phone: Phone, script: Script, file: str, target: str, record: Path 
     ears = _ears(script)
     asr: Future[Heard] | None = None
     phone.set_codecs(script.codecs)
-    call = phone.dial(target)
+    call = phone.dial(target, script.dial)
     report = CallReport(script.name, file, target, 0, script.expect_status, None, "", 0.0)
     while True:
         phone.poll(10)

@@ -201,3 +201,16 @@ def test_reports_show_what_expect_speech_heard(tmp_path: Path):
     html([r], tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text()
     assert page.count("Harbor Hotel &lt;hi&gt;") == 3  # the table, the timeline label and its tooltip
+
+
+def test_dial_options_are_checked_with_their_lines(tmp_path: Path):
+    f = tmp_path / "s.yaml"
+    f.write_text("name: x\ndial:\n  headers:\n    Call-ID: abc\n    'X Bad': '1'\n  from: {user: 'a b'}\n"
+                 "  to: {user: desk, display: Front Desk}\n")
+    with pytest.raises(ConfigError) as e:
+        load_script(f)
+    issues = [str(i) for i in e.value.issues]
+    assert any(i.startswith(f"{f}:4: dial.headers") and "Call-ID is written by the phone" in i for i in issues), issues
+    assert any(i.startswith(f"{f}:6: dial.from.user") for i in issues), issues
+    ok = Script.model_validate({"name": "t", "dial": {"from": {"user": "qa", "display": "QA"}, "to": {"user": "1"}}})
+    assert ok.dial.from_ is not None and ok.dial.from_.uri("127.0.0.1") == '"QA" <sip:qa@127.0.0.1>'

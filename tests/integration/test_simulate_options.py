@@ -1,0 +1,161 @@
+"""`voicegate simulate` script options on the wire: dial headers, From/To and digest credentials, transfers and
+DTMF round trips."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from tests.integration.peers import VENV_BIN, Gateway, free_port, rtp_range
+
+DIAL = """\
+name: dial options
+dial:
+  headers: {X-Customer-Id: "C-1234", User-to-User: "56a390f3d2b7310023a2;encoding=hex"}
+  from: {user: qa-bot, display: QA Bot}
+  to: {user: echo, display: Echo Desk}
+steps:
+  - say: "hello"
+  - hangup: {}
+"""
+
+
+def run(tmp: Path, text: str, target: str, *extra: str, env: dict[str, str] | None = None,
+        timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    p = tmp / "s.yaml"
+    p.write_text(text)
+    lo, _ = rtp_range(100)
+    return subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(p), "--target", target, "--rtp-port", str(lo),
+                           "--json", str(tmp / "r.json"), *extra], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def report(tmp: Path) -> dict:
+    [r] = json.loads((tmp / "r.json").read_text())
+    return dict(r)
+
+
+def test_dial_headers_and_parties_reach_voicegate(gateway: Gateway, workdir: Path):
+    r = run(workdir, DIAL, f"sip:echo@127.0.0.1:{gateway.port}")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    inc = next(e for e in reversed(gateway.events("call_incoming")) if "X-Customer-Id" in e["sip_headers"])
+    assert inc["sip_headers"]["X-Customer-Id"] == "C-1234"
+    assert inc["sip_headers"]["User-to-User"] == "56a390f3d2b7310023a2;encoding=hex"
+    assert inc["caller"].startswith('"QA Bot" <sip:qa-bot@127.0.0.1') and inc["called"] == "echo"
+    end = gateway.wait_event("call_end", 10, call=inc["call"])
+    assert end["sip_headers"]["X-Customer-Id"] == "C-1234"
+
+
+def digest_uas(password: str) -> str:
+    """A sipp UAS that challenges the INVITE (401) and answers 200 only to the right digest response (403 else)."""
+    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="digest uas">
+  <recv request="INVITE"/>
+  <send><![CDATA[
+SIP/2.0 401 Unauthorized
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+WWW-Authenticate: Digest realm="sim.test", nonce="n[pid]x[call_number]", algorithm=MD5, qop="auth"
+Content-Length: 0
+
+]]></send>
+  <recv request="ACK"/>
+  <recv request="INVITE" check_it="true">
+    <action><verifyauth assign_to="authvalid" username="alice" password="{password}"/></action>
+  </recv>
+  <nop hide="true" test="authvalid" next="good"/>
+  <send next="refused"><![CDATA[
+SIP/2.0 403 Forbidden
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+  <label id="good"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=- 1 1 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0
+a=rtpmap:0 PCMU/8000
+]]></send>
+  <recv request="ACK"/>
+  <recv request="BYE"/>
+  <send next="end"><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+  <label id="refused"/>
+  <recv request="ACK"/>
+  <label id="end"/>
+</scenario>
+"""
+
+
+AUTH = """\
+name: digest
+expect_status: {status}
+dial:
+  to: {{user: front-desk, display: Front Desk}}
+  headers: {{X-Campaign: spring}}
+  auth: {{username: alice, password_env: VG_SIM_TEST_PW}}
+"""
+
+
+def test_digest_credentials_answer_a_challenge(workdir: Path):
+    """A challenging sipp UAS checks the digest response: the right password gets the call, a wrong one 403; the
+    INVITE goes to the target's Request-URI with the script's To and headers."""
+    for password, status in (("s3cret", 200), ("guessed", 403)):
+        port = free_port()
+        (workdir / "uas.xml").write_text(digest_uas("s3cret"))
+        uas = subprocess.Popen(["sipp", "-sf", "uas.xml", "-i", "127.0.0.1", "-p", str(port),
+                                "-mp", str(rtp_range(10)[0]), "-rtp_echo", "-nostdin", "-m", "1", "-timeout", "40",
+                                "-trace_msg", "-message_file", "m.log"], cwd=workdir,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            script = AUTH.format(status=status) + ("steps:\n  - wait: 0.5\n  - hangup: {}\n" if status == 200 else "")
+            r = run(workdir, script, f"sip:service@127.0.0.1:{port}", env={"VG_SIM_TEST_PW": password})
+            assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+            assert report(workdir)["status"] == status
+            assert uas.wait(20) == 0  # the scenario ran to its end on either branch
+        finally:
+            if uas.poll() is None:
+                uas.kill()
+                uas.wait(5)
+        log = (workdir / "m.log").read_text()
+        assert f"INVITE sip:service@127.0.0.1:{port} SIP/2.0" in log
+        assert 'To: "Front Desk" <sip:front-desk@127.0.0.1' in log and "X-Campaign: spring" in log
+        assert 'Authorization: Digest username="alice", realm="sim.test"' in log
+        (workdir / "m.log").unlink()
+
+
+def test_a_missing_password_variable_is_named_with_its_line(workdir: Path):
+    r = run(workdir, AUTH.format(status=200), "sip:x@127.0.0.1:9", env={"VG_SIM_TEST_PW": ""}, timeout=30)
+    assert r.returncode == 2
+    assert "s.yaml:6: dial.auth.password_env" in r.stderr and "VG_SIM_TEST_PW" in r.stderr, r.stderr
