@@ -14,6 +14,7 @@ steps:
   - wait_speech: {timeout_s: 5}           # the agent starts talking (measures its latency)
   - wait_silence: {min_s: 0.8, timeout_s: 20}
   - dtmf: "3"
+    expect_reply_ms: 1500                 # optional: the agent answers the key this fast (reply_ms)
   - interrupt: {say: "Sorry, can I stop you?", after_ms: 1500, expect_stop_ms: 300}
   - backchannel: {say: "uh-huh", after_ms: 1000}
   - echo: {db: -12, delay_ms: 200}        # from now on the agent hears itself
@@ -22,6 +23,7 @@ steps:
   - expect_speech:                        # the agent's next utterance, transcribed by the embedded ASR
       any_of: [order, booking]            # also contains, not_contains, matches (regex), min_confidence
       timeout_s: 10
+  - expect_transfer: {to: "sip:operator@*", timeout_s: 5}  # a REFER (declined); or to: /regex/
   - wait: 1.5
   - hangup: {}
 ```
@@ -29,6 +31,7 @@ steps:
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import re
 from pathlib import Path
@@ -90,6 +93,8 @@ class Play(_Strict):
 class Dtmf(_Strict):
     dtmf: str = Field(pattern=r"^[0-9*#A-Da-d]+$")
     method: Literal["rfc4733", "info"] = "rfc4733"
+    expect_reply_ms: float | None = Field(None, gt=0)
+    """Pass when the agent's next audio starts within this long of sending the keys (measured as `reply_ms`)."""
 
 
 class InterruptArgs(Speech):
@@ -132,6 +137,32 @@ class HangupArgs(_Strict):
 
 class Hangup(_Strict):
     hangup: HangupArgs = HangupArgs()
+
+
+class ExpectTransferArgs(_Strict):
+    to: str = "*"
+    """The Refer-To URI: a glob (`sip:operator@*`) or a `/regex/` searched in it."""
+    timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("to")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        if len(v) > 1 and v.startswith("/") and v.endswith("/"):
+            try:
+                re.compile(v[1:-1])
+            except re.error as e:
+                raise ValueError(f"not a regular expression: {e}") from None
+        return v
+
+    def matches(self, refer_to: str) -> bool:
+        uri = refer_to.strip().removeprefix("<").removesuffix(">")
+        if len(self.to) > 1 and self.to.startswith("/") and self.to.endswith("/"):
+            return re.search(self.to[1:-1], uri) is not None
+        return fnmatch.fnmatchcase(uri, self.to)
+
+
+class ExpectTransfer(_Strict):
+    expect_transfer: ExpectTransferArgs = ExpectTransferArgs()
 
 
 class ExpectHangupArgs(_Strict):
@@ -277,7 +308,7 @@ class ExpectSpeech(_Strict):
 _STEPS: dict[str, type[_Strict]] = {
     "wait_speech": WaitSpeech, "wait_silence": WaitSilence, "say": Say, "play": Play, "dtmf": Dtmf,
     "interrupt": Interrupt, "backchannel": Backchannel, "echo": Echo, "wait": Wait, "hangup": Hangup,
-    "expect_hangup": ExpectHangup, "expect_speech": ExpectSpeech,
+    "expect_hangup": ExpectHangup, "expect_speech": ExpectSpeech, "expect_transfer": ExpectTransfer,
 }
 
 
@@ -297,7 +328,8 @@ Step = Annotated[
     | Annotated[Say, Tag("Say")] | Annotated[Play, Tag("Play")] | Annotated[Dtmf, Tag("Dtmf")]
     | Annotated[Interrupt, Tag("Interrupt")] | Annotated[Backchannel, Tag("Backchannel")]
     | Annotated[Echo, Tag("Echo")] | Annotated[Wait, Tag("Wait")] | Annotated[Hangup, Tag("Hangup")]
-    | Annotated[ExpectHangup, Tag("ExpectHangup")] | Annotated[ExpectSpeech, Tag("ExpectSpeech")],
+    | Annotated[ExpectHangup, Tag("ExpectHangup")] | Annotated[ExpectSpeech, Tag("ExpectSpeech")]
+    | Annotated[ExpectTransfer, Tag("ExpectTransfer")],
     Discriminator(_step_kind, custom_error_type="unknown_step",
                   custom_error_message=f"not a step; steps are {', '.join(_STEPS)}"),
 ]

@@ -66,6 +66,7 @@ def _observe(call: PhoneCall) -> Observation:
             now=time.monotonic(), frame=len(p.rx) - 1, last_audio=p.last_audio, audio_run=p.audio_run,
             speaking=bool(p.queue), speech_start=p.speech_start, speech_end=p.speech_end,
             answered=call.confirmed_at is not None, ended=call.ended, status=call.status,
+            refer_to=tuple(call.refer_to),
         )
 
 

@@ -159,3 +159,49 @@ def test_a_missing_password_variable_is_named_with_its_line(workdir: Path):
     r = run(workdir, AUTH.format(status=200), "sip:x@127.0.0.1:9", env={"VG_SIM_TEST_PW": ""}, timeout=30)
     assert r.returncode == 2
     assert "s.yaml:6: dial.auth.password_env" in r.stderr and "VG_SIM_TEST_PW" in r.stderr, r.stderr
+
+
+TRANSFER = """\
+name: transfer
+steps:
+  - expect_transfer: {to: "%s", timeout_s: 10}
+  - expect_speech: {contains: [sorry], timeout_s: 10}   # "Sorry, the transfer failed." (espeak)
+  - hangup: {}
+"""
+
+
+def test_expect_transfer_against_the_xfer_agent(gateway: Gateway, workdir: Path):
+    """The xfer agent REFERs to sip:operator@example.com (the phone declines it, and the agent says so)."""
+    r = run(workdir, TRANSFER % "sip:operator@*", f"sip:xfer@127.0.0.1:{gateway.port}", timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    step = report(workdir)["steps"][0]
+    assert step["ok"] and 0 < step["metrics"]["after_s"] < 10
+    r = run(workdir, TRANSFER % "/^sip:sales@/", f"sip:xfer@127.0.0.1:{gateway.port}", timeout=120)
+    assert r.returncode == 1
+    step = report(workdir)["steps"][0]
+    assert not step["ok"] and step["message"] == "transferred to sip:operator@example.com, expected /^sip:sales@/"
+
+
+DTMF_REPLY = """\
+name: dtmf round trip
+steps:
+  - wait_speech: {timeout_s: 5}
+  - wait_silence: {min_s: 1.2, timeout_s: 20}
+  - dtmf: "2"
+    expect_reply_ms: %d
+  - hangup: {}
+"""
+
+
+def test_dtmf_round_trip_is_measured(gateway: Gateway, workdir: Path):
+    """The demo menu answers key 2 with the time: reply_ms is the key to the agent's next onset."""
+    r = run(workdir, DTMF_REPLY % 2000, f"sip:demo@127.0.0.1:{gateway.port}", "--junit", str(workdir / "j.xml"))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    reply = report(workdir)["steps"][2]["metrics"]["reply_ms"]
+    assert 0 < reply <= 2000
+    assert f"03 dtmf.reply_ms\" value=\"{reply:g}\"" in (workdir / "j.xml").read_text()
+    assert f"reply_ms={reply:g}" in r.stdout
+    r = run(workdir, DTMF_REPLY % 1, f"sip:demo@127.0.0.1:{gateway.port}")
+    assert r.returncode == 1
+    step = report(workdir)["steps"][2]
+    assert not step["ok"] and step["message"].startswith("the agent answered the keys after ")
