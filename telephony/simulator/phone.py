@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -117,6 +118,47 @@ class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
             print(f"phone tx error: {e!r}", file=sys.stderr)
 
 
+@dataclass(frozen=True)
+class RtpStats:
+    """The call's audio stream as pjmedia counted it (RTCP for what the far end saw)."""
+
+    rx_packets: int
+    rx_lost: int
+    rx_loss_pct: float
+    """Of the packets the far end sent us (sequence gaps), in percent."""
+    rx_jitter_ms: float
+    """Mean interarrival jitter (RFC 3550) of what we received."""
+    rx_jitter_max_ms: float
+    tx_packets: int
+    tx_loss_pct: float | None
+    """Lost of the packets we sent, as the far end's last RTCP receiver report counted them (None: no report
+    came), in percent of all we sent."""
+    rtt_ms: float | None
+    """Mean round-trip time from RTCP (None: no report with a delay since last SR came)."""
+    jbuf_delay_ms: float
+    """Mean delay of our jitter buffer."""
+
+
+def stream_stats(call: Any) -> RtpStats | None:
+    """The audio stream's statistics now, or None when the call has no stream."""
+    try:
+        st = call.getStreamStat(0)
+    except pj.Error:
+        return None
+    rx, tx = st.rtcp.rxStat, st.rtcp.txStat
+    rtt = st.rtcp.rttUsec
+    expected = rx.pkt + rx.loss
+    return RtpStats(
+        rx_packets=int(rx.pkt), rx_lost=int(rx.loss),
+        rx_loss_pct=round(100 * rx.loss / expected, 2) if expected else 0.0,
+        rx_jitter_ms=round(rx.jitterUsec.mean / 1000, 2), rx_jitter_max_ms=round(rx.jitterUsec.max / 1000, 2),
+        tx_packets=int(tx.pkt),
+        tx_loss_pct=round(100 * tx.loss / tx.pkt, 2) if tx.updateCount and tx.pkt else None,
+        rtt_ms=round(rtt.mean / 1000, 2) if rtt.n else None,
+        jbuf_delay_ms=float(st.jbuf.avgDelayMsec),
+    )
+
+
 class PhoneCall(pj.Call):  # type: ignore[misc]
     def __init__(self, acc: Any, port: PhonePort) -> None:
         super().__init__(acc)
@@ -128,6 +170,20 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         self.ended_at: float | None = None
         self.codec = ""
         self.refer_to: list[str] = []
+        self.rtp: RtpStats | None = None
+        """The stream's statistics when it was last read (see `read_rtp`); kept after the stream is gone."""
+
+    def read_rtp(self) -> None:
+        """Keep the stream's statistics as they are now (a no-op once the stream is gone)."""
+        stats = stream_stats(self)
+        if stats is not None:
+            self.rtp = stats
+
+    def onStreamDestroyed(self, prm: Any) -> None:  # noqa: N802
+        try:
+            self.read_rtp()
+        except Exception as e:
+            print(f"phone stats error: {e!r}", file=sys.stderr)
 
     def onCallState(self, prm: Any) -> None:  # noqa: N802
         try:
@@ -276,6 +332,7 @@ class Phone:
 
     def hangup(self, call: PhoneCall) -> None:
         if not call.ended:
+            call.read_rtp()
             with contextlib.suppress(pj.Error):
                 call.hangup(pj.CallOpParam(True))
 

@@ -22,12 +22,13 @@ import numpy as np
 
 from agents.speech.asr import AsrError
 from agents.speech.tts import engine_for
-from media.frames import SAMPLE_RATE, level_dbfs
+from media.frames import FRAME_MS, SAMPLE_RATE, level_dbfs
 from media.resample import resample
 from media.wavfile import WavError, read_wav_16k
 from telephony.config import ConfigError
+from telephony.simulator import emodel
 from telephony.simulator.listen import PAD_FRAMES, Ear, ear_for
-from telephony.simulator.phone import Phone, PhoneCall
+from telephony.simulator.phone import Phone, PhoneCall, RtpStats
 from telephony.simulator.report import CallReport, console, html, junit, summary
 from telephony.simulator.runner import (
     HangUp,
@@ -96,6 +97,17 @@ def _transcribe(ears: dict[str, Ear], call: PhoneCall, t: Transcribe) -> Future[
     return ears[t.engine].submit(b"".join(frames))
 
 
+def line_quality(stats: RtpStats | None, codec: str) -> dict[str, float | None] | None:
+    """The statistics with the E-model's estimate for what the caller heard: one-way delay is half the RTCP
+    round trip (0 before a report), plus the jitter buffer's mean delay and one 20 ms packet."""
+    if stats is None:
+        return None
+    delay = (stats.rtt_ms or 0.0) / 2 + stats.jbuf_delay_ms + FRAME_MS
+    r = emodel.r_factor(codec, stats.rx_loss_pct, delay)
+    return {**asdict(stats), "delay_ms": round(delay, 1), "r_factor": None if r is None else round(r, 1),
+            "mos": None if r is None else round(emodel.mos(r), 2)}
+
+
 def run_call(phone: Phone, script: Script, file: str, target: str, record: Path | None = None) -> CallReport:
     base = Path(file).resolve().parent
     runner = ScriptRunner(script, lambda sp: render_speech(sp, base))
@@ -146,6 +158,7 @@ def run_call(phone: Phone, script: Script, file: str, target: str, record: Path 
     report.steps = runner.results
     with call.port.lock:
         sent, heard = list(call.port.tx), list(call.port.rx)
+    report.rtp = line_quality(call.rtp, call.codec)
     report.sent_db = [round(level_dbfs(f), 1) for f in sent]
     report.heard_db = [round(level_dbfs(f), 1) for f in heard]
     if record is not None:

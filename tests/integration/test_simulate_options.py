@@ -205,3 +205,32 @@ def test_dtmf_round_trip_is_measured(gateway: Gateway, workdir: Path):
     assert r.returncode == 1
     step = report(workdir)["steps"][2]
     assert not step["ok"] and step["message"].startswith("the agent answered the keys after ")
+
+
+LISTEN = """\
+name: rtp quality
+steps:
+  - say: "testing one two three, testing one two three"
+  - wait: 5
+  - hangup: {}
+"""
+
+
+def test_rtp_statistics_and_mos_fall_with_loss(gateway: Gateway, workdir: Path):
+    """Echo calls of ~8 s (one RTCP report each way): a clean line scores G.711's best MOS, --loss 8 clearly less."""
+    quality = {}
+    for loss in (0, 8):
+        r = run(workdir, LISTEN, f"sip:echo@127.0.0.1:{gateway.port}", "--loss", str(loss),
+                "--junit", str(workdir / "j.xml"), "--html", str(workdir / "r.html"))
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        q = report(workdir)["rtp"]
+        assert q["rx_packets"] > 300 and q["tx_packets"] > 300, q
+        assert "rtp: rx loss" in r.stdout and f"MOS {q['mos']:.2f}" in r.stdout
+        assert f'name="rtp.mos" value="{q["mos"]:g}"' in (workdir / "j.xml").read_text()
+        assert "RTP: rx loss" in (workdir / "r.html").read_text()
+        quality[loss] = q
+    clean, lossy = quality[0], quality[8]
+    assert clean["rx_loss_pct"] == 0 and clean["mos"] >= 4.3, clean
+    assert 3 < lossy["rx_loss_pct"] < 15, lossy  # pjmedia drops at random: 8% give or take
+    assert lossy["tx_loss_pct"] is None or lossy["tx_loss_pct"] > 2, lossy
+    assert lossy["mos"] < clean["mos"] - 0.3, (clean, lossy)
