@@ -22,6 +22,7 @@ import pjsua2 as pj
 
 from media.frames import FRAME_BYTES, SAMPLE_RATE, SILENCE, level_dbfs
 from telephony.media_port import audio_format, read_buf, write_buf
+from telephony.simulator.impair import Impairment, SdpProxy, hop
 from telephony.simulator.script import Dial
 
 MAX_ACCOUNTS = 6
@@ -170,6 +171,9 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         self.ended_at: float | None = None
         self.codec = ""
         self.refer_to: list[str] = []
+        self.call_id = ""
+        self.impairment: Impairment | None = None
+        """With a loss relay: what it dropped, once the call is finished."""
         self.rtp: RtpStats | None = None
         """The stream's statistics when it was last read (see `read_rtp`); kept after the stream is gone."""
 
@@ -188,6 +192,7 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
     def onCallState(self, prm: Any) -> None:  # noqa: N802
         try:
             ci = self.getInfo()
+            self.call_id = str(ci.callIdString)
             self.status = int(ci.lastStatusCode)
             self.reason = str(ci.lastReason)
             if ci.state == pj.PJSIP_INV_STATE_CONFIRMED and self.confirmed_at is None:
@@ -223,10 +228,12 @@ class Phone:
     """One pjsua2 endpoint for sequential calls (pjsua allows one endpoint per process)."""
 
     def __init__(self, rtp_port: int = 40000, tcp: bool = False, loss_pct: float = 0.0,
-                 tls_ca: str | None = None, tls_cert: tuple[str, str] | None = None) -> None:
+                 tls_ca: str | None = None, tls_cert: tuple[str, str] | None = None, impair: bool = False) -> None:
         """`loss_pct`: RTP packets dropped in each direction, at random (pjmedia's own impairment); `tls_ca`: call
         over TLS, trusting only the CA certificates in this PEM file; `tls_cert`: (certificate, key) PEM files
-        to present as a TLS client."""
+        to present as a TLS client; `impair`: calls go through an `SdpProxy`, so `dial(loss=...)` can put a seeded
+        loss relay into their media path."""
+        self.proxy = SdpProxy() if impair else None
         self.ep = pj.Endpoint()
         self.ep.libCreate()
         ec = pj.EpConfig()
@@ -258,6 +265,8 @@ class Phone:
         ac.idUri = "sip:caller@127.0.0.1"
         ac.mediaConfig.transportConfig.port = rtp_port
         ac.mediaConfig.transportConfig.portRange = 100
+        if self.proxy is not None:
+            ac.sipConfig.proxies.append(self.proxy.uri)
         self.acc = pj.Account()
         self.acc.create(ac)
         self._rtp_port = rtp_port
@@ -289,6 +298,8 @@ class Phone:
             ac.idUri = key[0] or "sip:caller@127.0.0.1"
             ac.mediaConfig.transportConfig.port = self._rtp_port
             ac.mediaConfig.transportConfig.portRange = 100
+            if self.proxy is not None:
+                ac.sipConfig.proxies.append(self.proxy.uri)
             if a is not None:
                 ac.sipConfig.authCreds.append(pj.AuthCredInfo("digest", a.realm, a.username, 0, a.password))
             acc = pj.Account()
@@ -296,9 +307,16 @@ class Phone:
             self._accounts[key] = acc
         return self._accounts[key]
 
-    def dial(self, uri: str, dial: Dial | None = None) -> PhoneCall:
-        """Call `uri`; `dial` adds headers, a From and a To, and credentials for a digest challenge."""
+    def dial(self, uri: str, dial: Dial | None = None, loss: tuple[float, str] | None = None) -> PhoneCall:
+        """Call `uri`; `dial` adds headers, a From and a To, and credentials for a digest challenge; `loss`
+        (percent, seed) drops RTP each way through a seeded relay (needs `impair`; raises ImpairError for a
+        target it cannot relay for)."""
         dial = dial or Dial()
+        if loss is not None:
+            if self.proxy is None:
+                raise ValueError("dial(loss=...) needs a Phone made with impair=True")
+            hop(uri)
+            self.proxy.arm(*loss)
         acc = self._account(dial)
         if self._free:
             port = self._free.pop()
@@ -352,6 +370,8 @@ class Phone:
             self.poll(10)
         for _ in range(5):
             self.poll(10)
+        if self.proxy is not None:
+            call.impairment = self.proxy.release(call.call_id)
         if call.port not in self._free:
             self._free.append(call.port)
 
@@ -368,6 +388,8 @@ class Phone:
         del self.acc
         gc.collect()
         self.ep.libDestroy()
+        if self.proxy is not None:
+            self.proxy.close()
 
 
 def uri_host(uri: str) -> str:

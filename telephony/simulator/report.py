@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from telephony.simulator.impair import Impairment
 from telephony.simulator.runner import StepResult
 
 
@@ -34,6 +35,8 @@ class CallReport:
     rtp: dict[str, float | None] | None = None
     """The phone's RTP statistics at hang-up (phone.RtpStats), with `delay_ms` (the one-way delay the E-model
     used), `r_factor` and `mos` (None for codecs the E-model has no values for)."""
+    impairment: Impairment | None = None
+    """With --loss: the call's seed and the RTP packets the relay dropped each way."""
 
     @property
     def dial_ok(self) -> bool:
@@ -78,6 +81,10 @@ def console(reports: list[CallReport]) -> str:
             lines.append(f"  x dial: expected {r.expected_status}, got {r.status} {r.error}".rstrip())
         if r.rtp:
             lines.append(f"  rtp: {rtp_line(r)}")
+        if r.impairment:
+            i = r.impairment
+            lines.append(f"  impaired: seed {i.seed}, {i.loss_pct:g}% loss: dropped {len(i.rx_dropped)}/"
+                         f"{i.rx_packets} packets to the caller, {len(i.tx_dropped)}/{i.tx_packets} from it")
         for s in r.steps:
             lines.append(f"  {'ok' if s.ok else ' x'} {s.index + 1:02d} {s.name} {s.seconds:.2f}s "
                          f"{_fmt_metrics(s.metrics)} {s.message or _heard(s)}".rstrip())
