@@ -11,7 +11,7 @@ import datetime
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from agents.base import AgentFactory
@@ -25,9 +25,11 @@ from media.events import MediaEvent
 from media.pipeline import CallMedia
 from telephony.call import SipCall
 from telephony.config import Config
+from telephony.control import ControlServer
 from telephony.dtmf import DtmfDeduper
 from telephony.endpoint import Refusal, SipStack
 from telephony.logs import event
+from telephony.outbound import DialPlan, DialRefusedError, plan_dial
 from telephony.recordings import CallRecording, start_recording
 from telephony.records import RecordWriter, call_record, read_records
 from telephony.routes import announcement_for, announcements
@@ -71,6 +73,7 @@ class Leg:
     wall: float = field(default_factory=time.time)
     recording: CallRecording | None = None
     rtp: dict[str, object] = field(default_factory=dict)
+    direction: str = "inbound"
 
 
 def detector_settings(cfg: Config) -> DetectorSettings:
@@ -106,6 +109,7 @@ class Gateway:
             self.spend.seed(read_records(Path(config.records.path))[0], datetime.date.today())
         self._ending: set[asyncio.Task[None]] = set()
         self.transports = stream_transports(self, config)
+        self.control: ControlServer | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -122,6 +126,9 @@ class Gateway:
                 *(self.prompts.render(a.text, a.voice or "joe") for a in announcements(self.config)),
             )
             self._ready.set()
+            if self.config.control is not None:
+                c = self.config.control
+                self.control = ControlServer(self, self._loop, c.listen, c.port, c.token)
             for tr in self.transports:
                 await tr.start()
             event("gateway_ready", port=self.config.sip.port, agents=sorted(self.factories),
@@ -129,6 +136,8 @@ class Gateway:
             await self._stop.wait()
             await self._drain()
         finally:
+            if self.control is not None:
+                self.control.close()
             await asyncio.gather(*(tr.close() for tr in self.transports), return_exceptions=True)
             await asyncio.to_thread(self.stack.stop)
             await self._settle()
@@ -193,14 +202,18 @@ class Gateway:
 
     def on_media_ready(self, call: SipCall) -> None:
         leg = self.legs.get(call.key)
-        if leg is not None and leg.task is None and self._loop is not None:
+        # an outbound call's early media (183) is the network's, not the callee's: its agent starts on the answer
+        answered = leg is not None and (leg.direction == "inbound" or call.connected_at is not None)
+        if leg is not None and answered and leg.task is None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._start_session, leg)
 
     def on_confirmed(self, call: SipCall) -> None:
         leg = self.legs.get(call.key)
         if leg is not None:
-            event("call_answered", call=call.call_id, agent=leg.agent, codec=call.codec,
+            event("call_answered", call=call.call_id, agent=leg.agent, codec=call.codec, direction=leg.direction,
                   answer_ms=round((time.monotonic() - leg.started) * 1000, 1))
+            if leg.direction == "outbound" and call.port is not None and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._start_session, leg)
 
     def on_dtmf(self, call: SipCall, digit: str, method: str) -> None:
         leg = self.legs.get(call.key)
@@ -233,6 +246,60 @@ class Gateway:
             self.stack.hangup(leg.key)
         else:
             self._loop.call_soon_threadsafe(leg.session.on_transfer_result, code)
+
+    # -- outbound calls ----------------------------------------------------------------------------------
+    async def originate(self, number: str, agent: str, trunk: str | None = None, ring_s: float = 60.0) -> DialPlan:
+        """Call `number` (on a trunk) or a SIP URI and run `agent` once it answers (loop thread); returns the plan
+        with the call's Call-ID once the INVITE is out. Raises DialRefusedError, logged as `dial_refused`."""
+        try:
+            if self.draining or not self._ready.is_set():
+                raise DialRefusedError(503, "the gateway is " + ("shutting down" if self.draining else "starting"))
+            plan = plan_dial(self.config, number, agent, trunk)
+            loop = asyncio.get_running_loop()
+            placed: asyncio.Future[DialPlan] = loop.create_future()
+
+            def place() -> None:  # pjsua thread
+                try:
+                    result = self._place(plan, ring_s)
+                except DialRefusedError as e:
+                    loop.call_soon_threadsafe(_settle, placed, None, e)
+                else:
+                    loop.call_soon_threadsafe(_settle, placed, result, None)
+
+            self.stack.submit(place)
+            async with asyncio.timeout(10.0):
+                return await placed
+        except DialRefusedError as e:
+            event("dial_refused", number=number, agent=agent, trunk=trunk, status=e.status, reason=e.message)
+            raise
+        except TimeoutError:
+            event("dial_refused", number=number, agent=agent, trunk=trunk, status=503, reason="SIP stack busy")
+            raise DialRefusedError(503, "the SIP stack did not place the call within 10 s") from None
+
+    def _place(self, plan: DialPlan, ring_s: float) -> DialPlan:
+        """Send the INVITE and open the call's leg (pjsua thread: no callback of the call runs in between)."""
+        call = self.stack.dial(plan.trunk, plan.uri, lambda c: setattr(c, "listener", self))
+        if call.disconnected:
+            raise DialRefusedError(502, f"the call to {plan.uri} failed at once")
+        leg = self.open_leg(call.key, call.call_id, plan.caller_id, plan.number, plan.agent,
+                            SipActions(self.stack, call.key))
+        leg.direction = "outbound"
+        leg.session.trunk = plan.trunk
+        call.media = leg.session.media
+        self.legs[call.key] = leg
+        event("call_outgoing", call=call.call_id, number=plan.number, uri=plan.uri, trunk=plan.trunk,
+              caller_id=plan.caller_id, agent=plan.agent, ring_s=ring_s)
+        assert self._loop is not None
+        key = call.key  # never the SipCall itself: freed off the pjsua thread, it aborts the process
+        self._loop.call_soon_threadsafe(self._loop.call_later, ring_s, self.stack.submit,
+                                        lambda: self._unanswered(key))
+        return replace(plan, call_id=call.call_id)
+
+    def _unanswered(self, key: int) -> None:
+        call, leg = self.stack.calls.get(key), self.legs.get(key)
+        if call is not None and leg is not None and call.connected_at is None and not call.disconnected:
+            leg.end_reason = "no_answer"
+            self.stack.hangup(key)
 
     def _check_rtp(self) -> None:
         limit = self.config.timeouts.rtp_inactivity_s
@@ -315,7 +382,7 @@ class Gateway:
                    duration_s=duration_s, codec=leg.codec, barge_ins=rec.barge_ins, resumed=rec.resumed,
                    paused_ms=rec.paused_ms, digits=rec.digits, frames_in=st.frames_in, frames_out=st.frames_out,
                    turns=rec.turns, transport=leg.transport, **st.tick_percentiles(), trunk=s.trunk,
-                   sip_headers=s.sip_headers)
+                   sip_headers=s.sip_headers, direction=leg.direction)
         if leg.rtp:
             end["rtp"] = leg.rtp
         if rec.announcement is not None:
@@ -326,3 +393,13 @@ class Gateway:
         if self.records is not None:
             self.records.write(call_record(end, leg.wall, s.caller, s.called, self.config.agents[leg.agent].type,
                                            rec.usage.usage, self.config.prices))
+
+
+def _settle(fut: asyncio.Future[DialPlan], result: DialPlan | None, error: DialRefusedError | None) -> None:
+    if fut.done():  # the caller gave up waiting
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        assert result is not None
+        fut.set_result(result)

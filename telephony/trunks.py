@@ -56,6 +56,22 @@ def resolve_sources(t: TrunkConfig) -> list[Network]:
     return nets
 
 
+def _account_config(t: TrunkConfig, ac: Any, user: str, registers: bool) -> Any:
+    """`ac` (the gateway's media settings) set up for trunk `t` as `user`."""
+    ac.idUri = f"sip:{user}@{parse_sip_uri(t.registrar).host}"
+    rc = ac.regConfig
+    rc.registrarUri = registrar_uri(t) if registers else ""
+    rc.registerOnAdd = registers
+    rc.timeoutSec = t.expiry_s
+    rc.retryIntervalSec = 0  # Registration decides the retries
+    ac.mediaConfig.srtpUse = SRTP_USE[t.srtp]
+    ac.mediaConfig.srtpSecureSignaling = 0  # SDES keys also over UDP/TCP signalling, as carriers send them
+    ac.sipConfig.authCreds.append(pj.AuthCredInfo("digest", t.realm, t.username, 0, t.password))
+    if t.outbound_proxy:
+        ac.sipConfig.proxies.append(_with_lr(t.outbound_proxy))
+    return ac
+
+
 class TrunkAccount(pj.Account):  # type: ignore[misc]
     def __init__(self, name: str, trunks: TrunkSet, incoming: Callable[[Any, Any], None]) -> None:
         super().__init__()
@@ -93,29 +109,25 @@ class TrunkSet:
         self.secret = os.urandom(32)
         """Key of the nonces that challenge inbound calls (telephony/digest.py); new with each process."""
         self.accounts: dict[str, TrunkAccount] = {}
+        self.callers: dict[str, TrunkAccount] = {}
+        """The account each trunk that may place calls (`allowed`) places them from."""
 
     def start(self, base: Callable[[], Any], incoming: Callable[[Any, Any], None]) -> None:
         """Create one account per trunk (pjsua thread, after libStart); `base()` gives a fresh AccountConfig with
         the gateway's media settings."""
         for name, t in self.config.trunks.items():
             self.sources[name] = resolve_sources(t)
-            ac = base()
-            host = parse_sip_uri(t.registrar).host
-            ac.idUri = f"sip:{t.username}@{host}"
-            rc = ac.regConfig
-            rc.registrarUri = registrar_uri(t) if t.registers else ""
-            rc.registerOnAdd = t.registers
-            rc.timeoutSec = t.expiry_s
-            rc.retryIntervalSec = 0  # Registration decides the retries
-            ac.mediaConfig.srtpUse = SRTP_USE[t.srtp]
-            ac.mediaConfig.srtpSecureSignaling = 0  # SDES keys also over UDP/TCP signalling, as carriers send them
-            cred = pj.AuthCredInfo("digest", t.realm, t.username, 0, t.password)
-            ac.sipConfig.authCreds.append(cred)
-            if t.outbound_proxy:
-                ac.sipConfig.proxies.append(_with_lr(t.outbound_proxy))
             acc = TrunkAccount(name, self, incoming)
             self.accounts[name] = acc
-            acc.create(ac, False)
+            acc.create(_account_config(t, base(), t.username, t.registers), False)
+            if t.allowed and t.caller_id and t.caller_id != t.username:
+                # pjsua puts an account's own URI in From: the caller ID needs an account of its own, which
+                # never registers (the registration's address stays the username)
+                caller = TrunkAccount(name, self, incoming)
+                caller.create(_account_config(t, base(), t.caller_id, False), False)
+                self.callers[name] = caller
+            elif t.allowed:
+                self.callers[name] = acc
             event("trunk_added", trunk=name, registrar=t.registrar, username=t.username, transport=t.transport,
                   srtp=t.srtp, expiry_s=t.expiry_s, register=t.registers, sources=[str(n) for n in self.sources[name]])
         self.write(running=True)
@@ -143,10 +155,11 @@ class TrunkSet:
         return str(getattr(account, "trunk", ""))
 
     def shutdown(self) -> None:
-        for acc in self.accounts.values():
+        for acc in [*self.accounts.values(), *self.callers.values()]:
             with contextlib.suppress(pj.Error):
                 acc.shutdown()
         self.accounts.clear()
+        self.callers.clear()
         if self.regs:
             self.write(running=False)
 
