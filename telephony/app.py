@@ -24,7 +24,7 @@ from media.barge_in import DetectorSettings
 from media.events import MediaEvent
 from media.pipeline import CallMedia
 from telephony.call import SipCall
-from telephony.config import Config
+from telephony.config import Config, ConfigError, load_config
 from telephony.control import ControlServer
 from telephony.dtmf import DtmfDeduper
 from telephony.endpoint import Refusal, SipStack
@@ -32,6 +32,7 @@ from telephony.logs import event
 from telephony.outbound import DialPlan, DialRefusedError, plan_dial
 from telephony.recordings import CallRecording, start_recording
 from telephony.records import RecordWriter, call_record, read_records
+from telephony.reload import ReloadRefusedError, agent_changes, merge
 from telephony.routes import announcement_for, announcements
 from telephony.transports.servers import stream_transports
 
@@ -88,8 +89,11 @@ def detector_settings(cfg: Config) -> DetectorSettings:
 
 
 class Gateway:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, source: str | Path | None = None) -> None:
         self.config = config
+        self.source = source
+        """The config file, re-read on SIGHUP (none: no reload)."""
+        self._reload: asyncio.Task[bool] | None = None
         self.prompts = PromptCache()
         self.factories: dict[str, AgentFactory] = {
             name: make_factory(name, a, self.prompts, config.agents, config.prices) for name, a in config.agents.items()
@@ -116,6 +120,7 @@ class Gateway:
         self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._stop.set)
+        self._loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         await asyncio.to_thread(self.stack.start)
         try:
             t0 = time.monotonic()
@@ -246,6 +251,64 @@ class Gateway:
             self.stack.hangup(leg.key)
         else:
             self._loop.call_soon_threadsafe(leg.session.on_transfer_result, code)
+
+    # -- config reload -----------------------------------------------------------------------------------
+    def _on_sighup(self) -> None:
+        if self.source is None or not self._ready.is_set() or self.draining:
+            event("config_reload_refused", file=str(self.source), errors=["not now: the gateway is starting, "
+                  "stopping, or was started without a config file"])
+        elif self._reload is not None and not self._reload.done():
+            event("config_reload_refused", file=str(self.source), errors=["a reload is still running"])
+        else:
+            self._reload = asyncio.ensure_future(self.reload())
+
+    async def reload(self) -> bool:
+        """Re-read the config file: new routes, agents and trunks for the next calls; running calls keep their
+        agent. An invalid file (or agents that fail to prepare) is refused and logged; the running config stays."""
+        assert self.source is not None
+        file = str(self.source)
+        try:
+            new = await asyncio.to_thread(load_config, self.source)
+            merged, restart = merge(self.config, new)
+        except ConfigError as e:
+            event("config_reload_refused", file=file, errors=[str(i) for i in e.issues])
+            return False
+        except ReloadRefusedError as e:
+            event("config_reload_refused", file=file, errors=e.problems)
+            return False
+        changed = agent_changes(self.config, merged)
+        fresh = {n: make_factory(n, merged.agents[n], self.prompts, merged.agents, merged.prices) for n in changed}
+        try:
+            await asyncio.gather(*(f.prepare() for f in fresh.values()),
+                                 *(self.prompts.render(a.text, a.voice or "joe") for a in announcements(merged)))
+        except Exception as e:
+            await asyncio.gather(*(f.close() for f in fresh.values()), return_exceptions=True)
+            event("config_reload_refused", file=file, errors=[f"an agent failed to prepare: {e!r}"])
+            return False
+        old = self.factories
+        self.factories = {n: fresh.get(n) or old[n] for n in merged.agents}
+        self.config = merged
+        for tr in self.transports:
+            if hasattr(tr, "config"):
+                tr.config = merged  # the stream transports route by it too
+        self.stack.submit(lambda: self.stack.reconfigure(merged))
+        event("config_reloaded", file=file, agents=sorted(merged.agents), new_agents=sorted(fresh),
+              routes=len(merged.routes), trunks=sorted(merged.trunks), needs_restart=restart)
+        retired = [f for n, f in old.items() if self.factories.get(n) is not f]
+        if retired:
+            asyncio.ensure_future(self._close_when_unused(retired))
+        return True
+
+    async def _close_when_unused(self, factories: list[AgentFactory]) -> None:
+        """Close replaced agent factories once no running call uses them (their calls keep them until the end)."""
+        def used() -> bool:
+            sessions = [leg.session for leg in self.legs.values()]
+            sessions += [c.leg.session for tr in self.transports for c in tr.calls]
+            return any(s.factory in factories for s in sessions)
+
+        while used() and not self._stop.is_set():
+            await asyncio.sleep(1.0)
+        await asyncio.gather(*(f.close() for f in factories), return_exceptions=True)
 
     # -- outbound calls ----------------------------------------------------------------------------------
     async def originate(self, number: str, agent: str, trunk: str | None = None, ring_s: float = 60.0) -> DialPlan:

@@ -46,7 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
         import uvloop
 
         with ops_sinks(cfg):
-            uvloop.run(Gateway(cfg).run())
+            uvloop.run(Gateway(cfg, args.config).run())
     except VoicegateError as e:
         print(f"voicegate: {e}", file=sys.stderr)
         return 3

@@ -109,8 +109,7 @@ class SipStack:
         self.ports = PortPool()
         self.port = config.sip.port
         self.trunks = TrunkSet(config)
-        if config.trunks:
-            self.every(0.25, self.trunks.tick)
+        self.every(0.25, self._trunk_tick)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
@@ -309,6 +308,15 @@ class SipStack:
             raise DialRefusedError(503, f"pjsua cannot call {uri}: {e.info()}") from None
         call.call_id = str(call.getInfo().callIdString)
         return call
+
+    def _trunk_tick(self) -> None:
+        self.trunks.tick()
+        self.trunks.sweep(bool(self.calls))
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config (pjsua thread): the next calls are admitted and routed by it."""
+        self.config = config
+        self.trunks.reconfigure(config, bool(self.calls))
 
     def _release(self, call: SipCall) -> None:
         self._released.append(call)
