@@ -301,6 +301,32 @@ class TrunkConfig(_Strict):
     inbound_auth: bool = False
     """Calls for this trunk from other addresses are challenged (401) and admitted with the trunk's username and
     password (digest) instead of refused."""
+    caller_id: str | None = None
+    """The number outbound calls on this trunk present (the From user part); default `username`."""
+    allowed: list[str] = []
+    """Outbound calls: regular expressions a dialled number must match whole (`\\+4930\\d{6,9}`); none: this
+    trunk places no calls (the toll-fraud guard)."""
+
+    @field_validator("allowed")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"bad regular expression {p!r}: {e}") from None
+        return v
+
+    @field_validator("caller_id")
+    @classmethod
+    def _caller_id(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"\+?[0-9A-Za-z._-]{1,32}", v):
+            raise ValueError(f"{v!r} is not a number or SIP user part")
+        return v
+
+    def allows(self, number: str) -> bool:
+        """The number may be dialled on this trunk."""
+        return any(re.fullmatch(p, number) for p in self.allowed)
 
     @field_validator("registrar", "outbound_proxy")
     @classmethod
@@ -403,6 +429,40 @@ class WebRtcTransport(_Strict):
     """The agent for a dialled number that matches no route."""
 
 
+class ControlConfig(_Strict):
+    """The control endpoint (`POST /calls` originates a call; `voicegate dial` uses it): HTTP with a bearer token."""
+
+    listen: str = "127.0.0.1"
+    """Loopback by default: the token travels in clear text."""
+    port: int = Field(9465, ge=1, le=65535)
+    token_env: str
+    """Environment variable holding the token clients send as `Authorization: Bearer TOKEN`."""
+    allow_uris: list[str] = []
+    """Regular expressions SIP URIs dialled directly (not through a trunk) must match whole; none: trunks only."""
+
+    @field_validator("listen")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        ipaddress.ip_address(v)
+        return v
+
+    @field_validator("token_env")
+    @classmethod
+    def _env(cls, v: str) -> str:
+        if not os.environ.get(v):
+            raise ValueError(f"environment variable {v} (the control token) is not set or empty")
+        return v
+
+    @field_validator("allow_uris")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        return TrunkConfig._patterns(v)
+
+    @property
+    def token(self) -> str:
+        return os.environ.get(self.token_env, "")
+
+
 class TransportsConfig(_Strict):
     media_stream: MediaStreamTransport | None = None
     audiosocket: AudioSocketTransport | None = None
@@ -475,6 +535,8 @@ class Config(_Strict):
     transports: TransportsConfig = TransportsConfig()
     workers: WorkersConfig = WorkersConfig()
     """`workers: N` or a mapping; more than one puts Kamailio in front (voicegate serve --workers N overrides)."""
+    control: ControlConfig | None = None
+    """The control endpoint; none: no calls are originated."""
 
     @model_validator(mode="after")
     def _routes(self) -> Config:

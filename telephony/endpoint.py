@@ -29,6 +29,7 @@ from telephony.errors import PjsuaBuildError, SipStartError
 from telephony.inbound import Invite, admit
 from telephony.logs import event, event_at
 from telephony.media_port import PortPool, check_frame_layout
+from telephony.outbound import DialRefusedError
 from telephony.sip_headers import call_metadata, original_called, request_parts
 from telephony.trunks import TrunkSet
 
@@ -112,8 +113,7 @@ class SipStack:
         self.draining = False
         """Set when the gateway drains: new INVITEs and OPTIONS get 503 (telephony/admission.py)."""
         self.gate: SipGate | None = None
-        if config.trunks:
-            self.every(0.25, self.trunks.tick)
+        self.every(0.25, self._trunk_tick)  # trunks may come with a reloaded config
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
@@ -299,6 +299,32 @@ class SipStack:
             self.answer(call.key, refusal.code, headers=refusal.headers)
         else:
             self.answer(call.key, 180)
+
+    def dial(self, trunk: str, uri: str, prepare: Callable[[SipCall], None]) -> SipCall:
+        """Place a call to `uri` from `trunk`'s caller account (the gateway's own for ""); pjsua thread only.
+        `prepare` sets the call's listener before the INVITE goes. Raises DialRefusedError if pjsua cannot."""
+        account = self.trunks.callers[trunk] if trunk else self.account
+        call = SipCall(account, pj.PJSUA_INVALID_ID, self._release, self.ports)
+        call.codec_preference = self.config.media.codecs
+        call.trunk = trunk
+        prepare(call)
+        self.calls[call.key] = call
+        try:
+            call.makeCall(uri, pj.CallOpParam(True))
+        except pj.Error as e:
+            self._released.append(call)
+            raise DialRefusedError(503, f"pjsua cannot call {uri}: {e.info()}") from None
+        call.call_id = str(call.getInfo().callIdString)
+        return call
+
+    def _trunk_tick(self) -> None:
+        self.trunks.tick()
+        self.trunks.sweep(bool(self.calls))
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config (pjsua thread): the next calls are admitted and routed by it."""
+        self.config = config
+        self.trunks.reconfigure(config, bool(self.calls))
 
     def _release(self, call: SipCall) -> None:
         self._released.append(call)
