@@ -131,6 +131,8 @@ class GeminiLiveConfig(BaseModel):
     server message this long counts as a stalled connection."""
     send_ms: int = Field(40, ge=20, le=100, multiple_of=FRAME_MS)
     """Caller audio is sent in chunks this long."""
+    tools: tuple[str, ...] = ()
+    """Business tools (names in the top-level `tools`), offered besides the call actions."""
 
     @field_validator("url")
     @classmethod

@@ -61,7 +61,6 @@ from media.polyphase import PolyphaseResampler
 if TYPE_CHECKING:
     from agents.speech.tts import PromptCache
 
-ToolName = Literal["transfer_call", "end_call", "send_dtmf"]
 
 
 class OpenAIRealtimeConfig(BaseModel):
@@ -88,7 +87,8 @@ class OpenAIRealtimeConfig(BaseModel):
     """semantic_vad: how soon the model takes its turn."""
     turn_owner: Literal["gateway", "server"] = "gateway"
     """Who detects barge-in: the gateway's detector only, or also the server's VAD (whichever is first)."""
-    tools: tuple[ToolName, ...] = ("transfer_call", "end_call", "send_dtmf")
+    tools: tuple[str, ...] = ("transfer_call", "end_call", "send_dtmf")
+    """Call actions (transfer_call, end_call, send_dtmf) and business tools of the top-level `tools`."""
     transfer_target: str | None = None
     """SIP URI for transfer_call when the model names none."""
     apology: str = "Sorry, I lost my connection for a moment. Please say that again."
@@ -154,6 +154,8 @@ def _tool_specs(cfg: OpenAIRealtimeConfig) -> list[dict[str, Any]]:
     }
     out = []
     for name in cfg.tools:
+        if name not in specs:
+            continue  # a business tool (agents.tools)
         desc, props, required = specs[name]
         out.append({"type": "function", "name": name, "description": desc,
                     "parameters": {"type": "object", "properties": props, "required": required}})

@@ -29,6 +29,7 @@ import httpx
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agents.base import CallControl
 from agents.redact import redact_fields
 
 IDEMPOTENT = frozenset({"GET", "PUT", "DELETE", "HEAD"})
@@ -360,3 +361,69 @@ class ToolRunner:
                 raise ToolError(f"tool {name!r}: {h.method} {h.url} answered with invalid JSON: "
                                 f"{r.text[:80]!r}") from None
         raise ToolError(last)
+
+
+class CallTools:
+    """One call's tools: the context every call gets, the filler, barge-in safety and the call record.
+
+    `start` runs a tool as a task of its own that records itself in the call record when it ends, so an agent
+    cancelled by a barge-in does not cancel a non-idempotent call (`run` shields it) and its result is kept in
+    `finished` for the agent's next turn.
+    """
+
+    def __init__(self, runner: ToolRunner, call: CallControl) -> None:
+        self.runner = runner
+        self.call = call
+        self.language = "en"
+        self.voice: str | None = None
+        """The voice of the filler (the call's default when None)."""
+        self.variables: dict[str, str] = {}
+        self.finished: list[tuple[str, dict[str, Any], ToolResult]] = []
+        """Results of calls whose agent was cancelled meanwhile (`(call id, arguments, result)`), oldest first."""
+
+    def context(self) -> ToolContext:
+        caller, verified = caller_identity(self.call.caller, self.call.sip_headers, self.call.trunk)
+        return ToolContext(self.call.call_id, caller, verified, self.call.trunk, self.language, self.call.digits,
+                           dict(self.variables))
+
+    def start(self, name: str, arguments: Mapping[str, Any], confirmed: bool = False) -> asyncio.Task[ToolResult]:
+        tool = self.runner.tools.get(name)
+        if tool is not None and tool.side_effects and not confirmed:
+            refused = ToolResult(name, False, error=f"tool {name!r} has side effects and needs the caller's "
+                                                    "confirmation on the keypad first")
+            task: asyncio.Task[ToolResult] = asyncio.ensure_future(_done(refused))
+        else:
+            task = asyncio.ensure_future(self.runner.run(name, arguments, self.context()))
+        args = dict(arguments)
+        task.add_done_callback(lambda t: None if t.cancelled() else self.call.record_turn(t.result().record(args)))
+        return task
+
+    async def run(self, name: str, arguments: Mapping[str, Any], confirmed: bool = False, call_id: str = "",
+                  filler: bool = True) -> ToolResult:
+        """Run the tool, saying its filler (at once, not waiting for it) when it is slow and `filler` is on.
+        Cancelled, an idempotent call is cancelled too; another goes on and its result lands in `finished` under
+        `call_id`."""
+        task = self.start(name, arguments, confirmed)
+        tool = self.runner.tools.get(name)
+        try:
+            if tool is not None and filler:
+                done, _ = await asyncio.wait({task}, timeout=tool.filler_after_s)
+                if not done:
+                    asyncio.ensure_future(self.call.say(tool.filler, True, self.voice))
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if tool is not None and tool.idempotent:
+                task.cancel()
+            else:
+                args = dict(arguments)
+                task.add_done_callback(
+                    lambda t: None if t.cancelled() else self.finished.append((call_id, args, t.result())))
+            raise
+
+    def take_finished(self) -> list[tuple[str, dict[str, Any], ToolResult]]:
+        out, self.finished = self.finished, []
+        return out
+
+
+async def _done(result: ToolResult) -> ToolResult:
+    return result

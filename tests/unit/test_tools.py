@@ -137,3 +137,49 @@ def test_account_tools_need_a_network_identity() -> None:
         r = run(tool(hook.url, verified_caller=True), {"order_id": "1234"},
                 ToolContext("c", "555", caller_verified=False))
     assert not r.ok and "identity" in r.error and hook.requests == []
+
+
+TOOL_CONFIG = """\
+agents:
+  ivr:
+    type: scripted
+    start: a
+    nodes:
+      a:
+        - tool: {step_tool}
+  bot:
+    type: cascaded
+    tools: [{bot_tool}]
+routes:
+  - match: "*"
+    agent: ivr
+tools:
+  order_status:
+    description: Look up an order
+    parameters: {{type: object, properties: {{order_id: {{type: string}}}}}}
+    http: {{url: "http://127.0.0.1:8080/orders/{{order_id}}", timeout_s: {timeout}}}
+  cancel_order:
+    description: Cancel an order
+    side_effects: true
+    http: {{method: POST, url: "http://127.0.0.1:8080/cancel"}}
+"""
+
+
+def config_issues(step_tool: str = "order_status", bot_tool: str = "order_status", timeout: str = "2") -> list[str]:
+    from telephony.config import ConfigError, parse_config
+
+    try:
+        cfg = parse_config(TOOL_CONFIG.format(step_tool=step_tool, bot_tool=bot_tool, timeout=timeout), "vg.yaml")
+    except ConfigError as e:
+        return [str(i) for i in e.issues]
+    assert set(cfg.tools) == {"order_status", "cancel_order"}
+    return []
+
+
+def test_tools_in_the_config_file() -> None:
+    assert config_issues() == []
+    assert config_issues(step_tool="cancel_order") == []
+    assert "agents.ivr.tools: no tool 'nope' in the top-level tools" in config_issues(step_tool="nope")[0]
+    assert "'cancel_order' has side_effects" in config_issues(bot_tool="cancel_order")[0]
+    (issue,) = config_issues(timeout="-1")
+    assert issue.startswith("vg.yaml:18: tools.order_status.http.timeout_s"), issue
