@@ -34,7 +34,7 @@ def make_factory(name: str, cfg: AgentConfig, prompts: PromptCache,
     if isinstance(cfg, ScriptedAgentConfig):
         return ScriptedFactory(name, cfg, prompts, tools)
     if isinstance(cfg, CascadedAgentConfig):
-        return CascadedFactory(name, cfg)
+        return CascadedFactory(name, cfg, tools)
     if isinstance(cfg, GeminiLiveConfig):
         return GeminiLiveFactory(name, cfg, prompts)
     if isinstance(cfg, OpenAIRealtimeConfig):

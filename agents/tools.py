@@ -367,8 +367,8 @@ class CallTools:
     """One call's tools: the context every call gets, the filler, barge-in safety and the call record.
 
     `start` runs a tool as a task of its own that records itself in the call record when it ends, so an agent
-    cancelled by a barge-in does not cancel a non-idempotent call (`run` shields it) and its result is kept in
-    `finished` for the agent's next turn.
+    cancelled by a barge-in does not cancel a non-idempotent call (`run` shields it) and its result is kept for
+    the agent's next turn (`settle`).
     """
 
     def __init__(self, runner: ToolRunner, call: CallControl) -> None:
@@ -378,8 +378,8 @@ class CallTools:
         self.voice: str | None = None
         """The voice of the filler (the call's default when None)."""
         self.variables: dict[str, str] = {}
-        self.finished: list[tuple[str, dict[str, Any], ToolResult]] = []
-        """Results of calls whose agent was cancelled meanwhile (`(call id, arguments, result)`), oldest first."""
+        self._left: list[tuple[str, dict[str, Any], asyncio.Task[ToolResult]]] = []
+        """Non-idempotent calls whose agent was cancelled meanwhile: `(call id, arguments, task)`, oldest first."""
 
     def context(self) -> ToolContext:
         caller, verified = caller_identity(self.call.caller, self.call.sip_headers, self.call.trunk)
@@ -401,8 +401,8 @@ class CallTools:
     async def run(self, name: str, arguments: Mapping[str, Any], confirmed: bool = False, call_id: str = "",
                   filler: bool = True) -> ToolResult:
         """Run the tool, saying its filler (at once, not waiting for it) when it is slow and `filler` is on.
-        Cancelled, an idempotent call is cancelled too; another goes on and its result lands in `finished` under
-        `call_id`."""
+        Cancelled, an idempotent call is cancelled too; another goes on and `settle` gives its result (under
+        `call_id`)."""
         task = self.start(name, arguments, confirmed)
         tool = self.runner.tools.get(name)
         try:
@@ -415,14 +415,13 @@ class CallTools:
             if tool is not None and tool.idempotent:
                 task.cancel()
             else:
-                args = dict(arguments)
-                task.add_done_callback(
-                    lambda t: None if t.cancelled() else self.finished.append((call_id, args, t.result())))
+                self._left.append((call_id, dict(arguments), task))
             raise
 
-    def take_finished(self) -> list[tuple[str, dict[str, Any], ToolResult]]:
-        out, self.finished = self.finished, []
-        return out
+    async def settle(self) -> list[tuple[str, dict[str, Any], ToolResult]]:
+        """The results of the calls a cancelled agent left running (waiting for them), oldest first, once each."""
+        left, self._left = self._left, []
+        return [(cid, args, await task) for cid, args, task in left]
 
 
 async def _done(result: ToolResult) -> ToolResult:
