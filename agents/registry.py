@@ -36,9 +36,9 @@ def make_factory(name: str, cfg: AgentConfig, prompts: PromptCache,
     if isinstance(cfg, CascadedAgentConfig):
         return CascadedFactory(name, cfg, tools)
     if isinstance(cfg, GeminiLiveConfig):
-        return GeminiLiveFactory(name, cfg, prompts)
+        return GeminiLiveFactory(name, cfg, prompts, tools)
     if isinstance(cfg, OpenAIRealtimeConfig):
-        return OpenAIRealtimeFactory(name, cfg, prompts)
+        return OpenAIRealtimeFactory(name, cfg, prompts, tools)
     if isinstance(cfg, HybridAgentConfig):
         return HybridFactory(name, cfg, *hybrid_parts(name, cfg, agents or {}), prompts, prices)
     raise ValueError(f"agent {name!r}: unknown type {cfg.type!r}")
