@@ -150,6 +150,7 @@ agents:
   bot:
     type: cascaded
     tools: [{bot_tool}]
+    {llm}
 routes:
   - match: "*"
     agent: ivr
@@ -165,11 +166,13 @@ tools:
 """
 
 
-def config_issues(step_tool: str = "order_status", bot_tool: str = "order_status", timeout: str = "2") -> list[str]:
+def config_issues(step_tool: str = "order_status", bot_tool: str = "order_status", timeout: str = "2",
+                  llm: str = "llm: {base_url: 'http://127.0.0.1:9/v1', model: m}") -> list[str]:
     from telephony.config import ConfigError, parse_config
 
+    text = TOOL_CONFIG.format(step_tool=step_tool, bot_tool=bot_tool, timeout=timeout, llm=llm)
     try:
-        cfg = parse_config(TOOL_CONFIG.format(step_tool=step_tool, bot_tool=bot_tool, timeout=timeout), "vg.yaml")
+        cfg = parse_config(text, "vg.yaml")
     except ConfigError as e:
         return [str(i) for i in e.issues]
     assert set(cfg.tools) == {"order_status", "cancel_order"}
@@ -181,5 +184,18 @@ def test_tools_in_the_config_file() -> None:
     assert config_issues(step_tool="cancel_order") == []
     assert "agents.ivr.tools: no tool 'nope' in the top-level tools" in config_issues(step_tool="nope")[0]
     assert "'cancel_order' has side_effects" in config_issues(bot_tool="cancel_order")[0]
+    assert "this agent has no llm" in config_issues(llm="")[0]
     (issue,) = config_issues(timeout="-1")
-    assert issue.startswith("vg.yaml:18: tools.order_status.http.timeout_s"), issue
+    assert issue.startswith("vg.yaml:19: tools.order_status.http.timeout_s"), issue
+
+
+def test_only_the_offered_tools_run() -> None:
+    async def go() -> str:
+        runner = ToolRunner({"a": ToolConfig.model_validate({"description": "d", "python": f"{__name__}:add"})},
+                            [])
+        try:
+            return (await runner.run("a", {"a": 1, "b": 2}, CTX)).error
+        finally:
+            await runner.aclose()
+
+    assert asyncio.run(go()) == "tool 'a' is not offered to this agent"
