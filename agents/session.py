@@ -232,6 +232,10 @@ class CallSession:
         self.media.flush(time.monotonic())
 
     @property
+    def digits(self) -> str:
+        return self.record.digits
+
+    @property
     def speaking(self) -> bool:
         return self.media.playout.pending
 

@@ -99,7 +99,8 @@ class Gateway:
         self._reload: asyncio.Task[bool] | None = None
         self.prompts = PromptCache()
         self.factories: dict[str, AgentFactory] = {
-            name: make_factory(name, a, self.prompts, config.agents, config.prices) for name, a in config.agents.items()
+            name: make_factory(name, a, self.prompts, config.agents, config.prices, config.tools)
+            for name, a in config.agents.items()
         }
         self.stack = SipStack(config, self)
         self.stack.every(1.0, self._check_rtp)

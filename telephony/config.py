@@ -30,10 +30,11 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from agents.config import AgentConfig, CascadedAgentConfig, HybridAgentConfig, hybrid_parts
+from agents.config import AgentConfig, CascadedAgentConfig, HybridAgentConfig, check_tools, hybrid_parts
 from agents.cost import Prices, s2s_per_min
 from agents.speech.tts import TtsError, check_voice
 from agents.spend import SpendCap
+from agents.tools import ToolConfig
 from telephony.sip_uri import parse_sip_uri
 
 KNOWN_CODECS = ("G722", "PCMU", "PCMA")
@@ -537,6 +538,8 @@ class Config(_Strict):
     """`workers: N` or a mapping; more than one puts Kamailio in front (voicegate serve --workers N overrides)."""
     control: ControlConfig | None = None
     """The control endpoint; none: no calls are originated."""
+    tools: dict[str, ToolConfig] = {}
+    """Business tools by name (agents.tools), offered to the agents that list them."""
 
     @model_validator(mode="after")
     def _routes(self) -> Config:
@@ -616,6 +619,11 @@ class Config(_Strict):
                 if agent.budget is not None and agent.budget.usd_per_min is None and not s2s_per_min(
                         self.prices, s2s.type):
                     raise ValueError(f"agents.{name}.budget: no usd_per_min, and prices.s2s.{s2s.type} is 0")
+        return self
+
+    @model_validator(mode="after")
+    def _tools(self) -> Config:
+        check_tools(self.agents, self.tools)
         return self
 
     def route(self, user: str, trunk: str = "", headers: Mapping[str, str] | None = None) -> str | None:
