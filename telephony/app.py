@@ -34,6 +34,7 @@ from telephony.recordings import CallRecording, start_recording
 from telephony.records import RecordWriter, call_record, read_records
 from telephony.reload import ReloadRefusedError, agent_changes, merge
 from telephony.routes import announcement_for, announcements
+from telephony.sip_trace import trace_path
 from telephony.transports.servers import stream_transports
 
 END_WAIT_S = 2.0
@@ -452,6 +453,9 @@ class Gateway:
             end["announcement"] = rec.announcement
         if leg.recording is not None:
             end.update(leg.recording.close(rec.turns))
+        if self.config.records.sip_trace and (trace := trace_path(self.config.records.sip_trace_path,
+                                                                  leg.call_id)).exists():
+            end["sip_trace"] = str(trace)
         event("call_end", **end)
         if self.records is not None:
             self.records.write(call_record(end, leg.wall, s.caller, s.called, self.config.agents[leg.agent].type,
