@@ -6,6 +6,7 @@ as the gateway, whose `telephony.logs` wraps it.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import threading
@@ -40,8 +41,19 @@ def subscribe(sink: Sink) -> Callable[[], None]:
     return unsubscribe
 
 
+_call: contextvars.ContextVar[str | None] = contextvars.ContextVar("voicegate_call", default=None)
+
+
+def bind_call(call_id: str) -> None:
+    """Events raised from now on in this context (an asyncio task, and the tasks and `to_thread` work it starts)
+    belong to call `call_id`: they carry it as `call`, the call's trace id, unless they name a call themselves."""
+    _call.set(call_id)
+
+
 def emit(logger: logging.Logger, level: int, name: str, fields: Mapping[str, Any]) -> None:
     """Hand the event to every sink (whatever the log level), then log `{"ts", "event": name, ...fields}`."""
+    if "call" not in fields and (call := _call.get()) is not None:
+        fields = {"call": call, **fields}
     for sink in _sinks:  # a tuple, swapped whole under the lock: iterating it needs none
         try:
             sink(name, fields)

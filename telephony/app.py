@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from agents.base import AgentFactory
 from agents.cascaded import CascadedFactory
 from agents.registry import make_factory
@@ -21,6 +23,7 @@ from agents.session import CallActions, CallSession, Log, SessionTimeouts, Spend
 from agents.speech.tts import PromptCache
 from agents.spend import DailySpend, SpendGuard
 from media.barge_in import DetectorSettings
+from media.call_progress import CallProgress, Human, Machine, MessageCue, Progress, Sit
 from media.events import MediaEvent
 from media.pipeline import CallMedia
 from telephony.call import SipCall
@@ -29,11 +32,12 @@ from telephony.control import ControlServer
 from telephony.dtmf import DtmfDeduper
 from telephony.endpoint import Refusal, SipStack
 from telephony.logs import event
-from telephony.outbound import DialPlan, DialRefusedError, plan_dial
+from telephony.outbound import AmdOptions, DialPlan, DialRefusedError, plan_dial
 from telephony.recordings import CallRecording, start_recording
 from telephony.records import RecordWriter, call_record, read_records
 from telephony.reload import ReloadRefusedError, agent_changes, merge
 from telephony.routes import announcement_for, announcements
+from telephony.sip_trace import trace_path
 from telephony.transports.servers import stream_transports
 
 NO_ACK_S = 5.0
@@ -78,6 +82,11 @@ class Leg:
     recording: CallRecording | None = None
     rtp: dict[str, object] = field(default_factory=dict)
     direction: str = "inbound"
+    amd: AmdOptions | None = None
+    listening: bool = False
+    """Call progress is being detected (outbound, with `amd`): the agent waits for a person."""
+    progress: list[dict[str, object]] = field(default_factory=list)
+    """Outbound call progress decisions (media/call_progress.py), as logged."""
 
 
 def detector_settings(cfg: Config) -> DetectorSettings:
@@ -215,7 +224,8 @@ class Gateway:
         # an outbound call's early media (183) is the network's, not the callee's: its agent starts on the answer
         answered = leg is not None and (leg.direction == "inbound" or call.connected_at is not None)
         if leg is not None and answered and leg.task is None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._start_session, leg)
+            self._loop.call_soon_threadsafe(self._start_outbound if leg.direction == "outbound" else
+                                            self._start_session, leg)
 
     def on_confirmed(self, call: SipCall) -> None:
         leg = self.legs.get(call.key)
@@ -223,7 +233,7 @@ class Gateway:
             event("call_answered", call=call.call_id, agent=leg.agent, codec=call.codec, direction=leg.direction,
                   answer_ms=round((time.monotonic() - leg.started) * 1000, 1))
             if leg.direction == "outbound" and call.port is not None and self._loop is not None:
-                self._loop.call_soon_threadsafe(self._start_session, leg)
+                self._loop.call_soon_threadsafe(self._start_outbound, leg)
 
     def on_dtmf(self, call: SipCall, digit: str, method: str) -> None:
         leg = self.legs.get(call.key)
@@ -316,13 +326,16 @@ class Gateway:
         await asyncio.gather(*(f.close() for f in factories), return_exceptions=True)
 
     # -- outbound calls ----------------------------------------------------------------------------------
-    async def originate(self, number: str, agent: str, trunk: str | None = None, ring_s: float = 60.0) -> DialPlan:
+    async def originate(self, number: str, agent: str, trunk: str | None = None, ring_s: float = 60.0,
+                        amd: AmdOptions | None = None) -> DialPlan:
         """Call `number` (on a trunk) or a SIP URI and run `agent` once it answers (loop thread); returns the plan
         with the call's Call-ID once the INVITE is out. Raises DialRefusedError, logged as `dial_refused`."""
         try:
             if self.draining or not self._ready.is_set():
                 raise DialRefusedError(503, "the gateway is " + ("shutting down" if self.draining else "starting"))
-            plan = plan_dial(self.config, number, agent, trunk)
+            plan = replace(plan_dial(self.config, number, agent, trunk), amd=amd)
+            if amd is not None and amd.message:
+                await self.prompts.render(amd.message)
             loop = asyncio.get_running_loop()
             placed: asyncio.Future[DialPlan] = loop.create_future()
 
@@ -352,6 +365,7 @@ class Gateway:
         leg = self.open_leg(call.key, call.call_id, plan.caller_id, plan.number, plan.agent,
                             SipActions(self.stack, call.key))
         leg.direction = "outbound"
+        leg.amd = plan.amd
         leg.session.trunk = plan.trunk
         call.media = leg.session.media
         self.legs[call.key] = leg
@@ -362,6 +376,48 @@ class Gateway:
         self._loop.call_soon_threadsafe(self._loop.call_later, ring_s, self.stack.submit,
                                         lambda: self._unanswered(key))
         return replace(plan, call_id=call.call_id)
+
+    def _start_outbound(self, leg: Leg) -> None:
+        """The callee answered (loop thread): run the agent, or first find out who answered."""
+        if leg.amd is None:
+            self._start_session(leg)
+        elif not leg.listening and leg.task is None:
+            leg.listening = True
+            loop, progress = asyncio.get_running_loop(), CallProgress()
+
+            def tap(now: float, frame: bytes, speech: bool) -> None:  # clock thread
+                for p in progress.process(now, np.frombuffer(frame, dtype="<i2"), speech):
+                    loop.call_soon_threadsafe(self._on_progress, leg, p)
+
+            leg.session.media.set_tap(tap)
+
+    def _on_progress(self, leg: Leg, p: Progress) -> None:
+        if leg.key not in self.legs or leg.amd is None:
+            return
+        fields = {k: v for k, v in vars(p).items() if k != "at"}
+        leg.progress.append({"result": type(p).__name__.lower(), **fields})
+        event("call_progress", call=leg.call_id, result=type(p).__name__.lower(), **fields)
+        media = leg.session.media
+        if isinstance(p, Human):
+            media.set_tap(None)
+            self._start_session(leg)
+        elif isinstance(p, Sit) or (isinstance(p, Machine) and leg.amd.machine == "hangup"):
+            media.set_tap(None)
+            self._hangup(leg, "sit" if isinstance(p, Sit) else "machine")
+        elif isinstance(p, MessageCue):
+            media.set_tap(None)
+            asyncio.ensure_future(self._leave_message(leg, leg.amd.message))
+
+    async def _leave_message(self, leg: Leg, text: str) -> None:
+        pcm = await self.prompts.render(text)
+        leg.session.media.push(pcm, item=-1, last=True, interruptible=False)
+        event("call_message", call=leg.call_id, text=text, ms=len(pcm) // 32)
+        await asyncio.sleep(len(pcm) / 32000 + 0.3)
+        self._hangup(leg, "machine_message")
+
+    def _hangup(self, leg: Leg, why: str) -> None:
+        leg.end_reason = why
+        self.stack.submit(lambda: self.stack.hangup(leg.key))
 
     def _unanswered(self, key: int) -> None:
         call, leg = self.stack.calls.get(key), self.legs.get(key)
@@ -461,8 +517,13 @@ class Gateway:
             end["rtp"] = leg.rtp
         if rec.announcement is not None:
             end["announcement"] = rec.announcement
+        if leg.progress:
+            end["progress"] = leg.progress
         if leg.recording is not None:
             end.update(leg.recording.close(rec.turns))
+        if self.config.records.sip_trace and (trace := trace_path(self.config.records.sip_trace_path,
+                                                                  leg.call_id)).exists():
+            end["sip_trace"] = str(trace)
         event("call_end", **end)
         if self.records is not None:
             self.records.write(call_record(end, leg.wall, s.caller, s.called, self.config.agents[leg.agent].type,

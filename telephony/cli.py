@@ -270,9 +270,11 @@ def _dial(args: argparse.Namespace) -> int:
         return 2
     c = cfg.control
     url = f"http://{c.listen if c.listen not in ('0.0.0.0', '::') else '127.0.0.1'}:{c.port}/calls"
-    body = {"number": args.number, "agent": args.agent, "ring_s": args.ring}
+    body: dict[str, object] = {"number": args.number, "agent": args.agent, "ring_s": args.ring}
     if args.trunk:
         body["trunk"] = args.trunk
+    if args.amd:
+        body["amd"] = {"machine": args.amd, "message": args.message}
     try:
         r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {c.token}"}, timeout=20.0)
     except httpx.HTTPError as e:
@@ -350,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--trunk", help="the trunk to call out on (default: the one trunk with `allowed` numbers)")
     d.add_argument("--ring", type=float, default=60.0, help="seconds to ring before giving up (1-300)")
     d.add_argument("--config", default="voicegate.yaml", help="read control (address, token_env) from this config")
+    d.add_argument("--amd", choices=["hangup", "message"], help="detect who answers: the agent talks to a person; "
+                   "a machine is hung up on, or gets --message after its beep; an intercept (SIT) is hung up on")
+    d.add_argument("--message", default="", help="what to leave on a machine (with --amd message)")
     d.add_argument("--json", action="store_true", help="print the answer as JSON")
     d.set_defaults(fn=_dial)
     args = p.parse_args(argv)

@@ -167,6 +167,12 @@ class RecordsConfig(_Strict):
     retention_days: float | None = Field(None, gt=0)
     """`voicegate purge` deletes calls older than this (with their recordings), unless their route says otherwise;
     none: kept until erased."""
+    sip_trace: bool = False
+    """Write every SIP message of each call to `sip/<Call-ID>.sip` beside `path` (named in the call's record)."""
+
+    @property
+    def sip_trace_path(self) -> Path:
+        return Path(self.path).parent / "sip"
 
     def under(self, folder: Path) -> RecordsConfig:
         """This section with its paths made absolute, relative to `folder`."""

@@ -1,4 +1,5 @@
-"""The control endpoint: `POST /calls` with JSON `{"number", "agent", "trunk"?, "ring_s"?}` originates a call.
+"""The control endpoint: `POST /calls` with JSON `{"number", "agent", "trunk"?, "ring_s"?, "amd"?}` originates a
+call (`amd`: `{"machine": "hangup" | "message", "message"}`, telephony/outbound.py).
 
 HTTP on a thread (the standard library's WSGI server, as the metrics endpoint), authenticated by a bearer token
 compared in constant time. Each request hands the call to the gateway's loop and waits for the INVITE to be out:
@@ -20,15 +21,15 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from telephony.errors import VoicegateError
 from telephony.logs import event
-from telephony.outbound import DialPlan, DialRefusedError
+from telephony.outbound import AmdOptions, DialPlan, DialRefusedError
 
 MAX_BODY = 4096
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
 class Originator(Protocol):
-    def originate(self, number: str, agent: str, trunk: str | None = None,
-                  ring_s: float = 60.0) -> Coroutine[Any, Any, DialPlan]: ...
+    def originate(self, number: str, agent: str, trunk: str | None = None, ring_s: float = 60.0,
+                  amd: AmdOptions | None = None) -> Coroutine[Any, Any, DialPlan]: ...
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -44,17 +45,18 @@ def _reply(start_response: Callable[..., Any], status: int, body: dict[str, Any]
     return [data]
 
 
-def parse_request(body: bytes) -> tuple[str, str, str | None, float]:
-    """number, agent, trunk and ring time of a `POST /calls` body; raise DialRefusedError(400) naming the bad field."""
+def parse_request(body: bytes) -> tuple[str, str, str | None, float, AmdOptions | None]:
+    """number, agent, trunk, ring time and call-progress options of a `POST /calls` body; raise
+    DialRefusedError(400) naming the bad field."""
     try:
         req = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DialRefusedError(400, f"the body is not JSON: {e}") from None
     if not isinstance(req, dict):
         raise DialRefusedError(400, "the body must be a JSON object")
-    unknown = sorted(set(req) - {"number", "agent", "trunk", "ring_s"})
+    unknown = sorted(set(req) - {"number", "agent", "trunk", "ring_s", "amd"})
     if unknown:
-        raise DialRefusedError(400, f"unknown field {unknown[0]!r} (fields: number, agent, trunk, ring_s)")
+        raise DialRefusedError(400, f"unknown field {unknown[0]!r} (fields: number, agent, trunk, ring_s, amd)")
     for name in ("number", "agent"):
         if not isinstance(req.get(name), str) or not req[name]:
             raise DialRefusedError(400, f"{name} is required (a string)")
@@ -64,7 +66,11 @@ def parse_request(body: bytes) -> tuple[str, str, str | None, float]:
     ring_s = req.get("ring_s", 60.0)
     if isinstance(ring_s, bool) or not isinstance(ring_s, int | float) or not 1 <= ring_s <= 300:
         raise DialRefusedError(400, "ring_s must be a number of seconds from 1 to 300")
-    return req["number"], req["agent"], trunk, float(ring_s)
+    amd = req.get("amd")
+    if amd is not None and (not isinstance(amd, dict) or set(amd) - {"machine", "message"}
+                            or not all(isinstance(v, str) for v in amd.values())):
+        raise DialRefusedError(400, 'amd must be {"machine": "hangup" | "message", "message": "text"}')
+    return req["number"], req["agent"], trunk, float(ring_s), None if amd is None else AmdOptions(**amd)
 
 
 def control_app(gateway: Originator, loop: asyncio.AbstractEventLoop, token: str) -> WsgiApp:
@@ -86,8 +92,8 @@ def control_app(gateway: Originator, loop: asyncio.AbstractEventLoop, token: str
             if not size.isdigit() or int(size) > MAX_BODY:
                 raise DialRefusedError(413 if size.isdigit() else 400,
                                        f"Content-Length {size}: at most {MAX_BODY} bytes")
-            number, agent, trunk, ring_s = parse_request(environ["wsgi.input"].read(int(size)))
-            fut = asyncio.run_coroutine_threadsafe(gateway.originate(number, agent, trunk, ring_s), loop)
+            number, agent, trunk, ring_s, amd = parse_request(environ["wsgi.input"].read(int(size)))
+            fut = asyncio.run_coroutine_threadsafe(gateway.originate(number, agent, trunk, ring_s, amd), loop)
             plan = fut.result(15.0)
         except DialRefusedError as e:
             return _reply(start_response, e.status, {"error": e.message})

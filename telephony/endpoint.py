@@ -31,6 +31,7 @@ from telephony.logs import event, event_at
 from telephony.media_port import PortPool, check_frame_layout
 from telephony.outbound import DialRefusedError
 from telephony.sip_headers import call_metadata, original_called, request_parts
+from telephony.sip_trace import MESSAGE_LEVEL, SipTrace
 from telephony.trunks import TrunkSet
 
 EXPECTED_MAX_CALLS = 4
@@ -85,9 +86,16 @@ class _Account(pj.Account):  # type: ignore[misc]
 
 
 class _LogWriter(pj.LogWriter):  # type: ignore[misc]
+    def __init__(self, level: int, trace: SipTrace | None) -> None:
+        super().__init__()
+        self.level = level
+        self.trace = trace
+
     def write(self, entry: Any) -> None:
         msg = str(entry.msg).rstrip()
-        if msg:
+        if not msg or (self.trace is not None and entry.level >= MESSAGE_LEVEL and self.trace.write(msg)):
+            return
+        if entry.level <= self.level:
             event_at(30 if entry.level <= 2 else 10, "pjsip", pjlevel=int(entry.level), msg=msg[-400:])
 
 
@@ -188,10 +196,13 @@ class SipStack:
         ec.uaConfig.mainThreadOnly = True
         ec.uaConfig.maxCalls = EXPECTED_MAX_CALLS
         ec.uaConfig.userAgent = cfg.sip.user_agent
-        self._logwriter = _LogWriter()
+        level = 3 if cfg.log_level == "debug" else 2
+        trace = SipTrace(cfg.records.sip_trace_path) if cfg.records.sip_trace else None
+        self._logwriter = _LogWriter(level, trace)
         ec.logConfig.writer = self._logwriter
-        ec.logConfig.level = 3 if cfg.log_level == "debug" else 2
-        ec.logConfig.consoleLevel = 0
+        ec.logConfig.level = MESSAGE_LEVEL if trace else level
+        ec.logConfig.msgLogging = trace is not None
+        ec.logConfig.consoleLevel = ec.logConfig.level  # pjsua2 hands the writer only entries up to this level
         ec.logConfig.decor = 0
         mc = ec.medConfig
         mc.clockRate = 16000

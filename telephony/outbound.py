@@ -23,6 +23,21 @@ class DialRefusedError(Exception):
 
 
 @dataclass(frozen=True)
+class AmdOptions:
+    """Call progress on an outbound call: the agent starts only when a person answers; an intercept (SIT) hangs
+    up; a machine is hung up on (`machine: hangup`) or gets `message` after its beep (`machine: message`)."""
+
+    machine: str = "hangup"
+    message: str = ""
+
+    def __post_init__(self) -> None:
+        if self.machine not in ("hangup", "message"):
+            raise DialRefusedError(400, f"amd.machine is hangup or message, not {self.machine!r}")
+        if self.machine == "message" and not self.message.strip():
+            raise DialRefusedError(400, "amd.machine: message needs the amd.message text to leave")
+
+
+@dataclass(frozen=True)
 class DialPlan:
     number: str
     """The dialled number or SIP URI, as asked."""
@@ -34,6 +49,7 @@ class DialPlan:
     agent: str
     call_id: str = ""
     """The SIP Call-ID, once the INVITE is out."""
+    amd: AmdOptions | None = None
 
 
 def plan_dial(config: Config, number: str, agent: str, trunk: str | None = None) -> DialPlan:

@@ -4,12 +4,15 @@ the agent's audio reaches the callee's RTP socket, the call is recorded as outbo
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import threading
 import time
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,9 +21,11 @@ import numpy as np
 import pytest
 import yaml
 
-from media.g711 import ulaw_decode
+from media.call_progress import SIT_HZ
+from media.g711 import ulaw_decode, ulaw_encode
 from telephony.records import read_records
-from tests.integration.peers import VENV_BIN, Gateway, free_port, gateway_config, start_gateway
+from tests.integration.peers import VENV_BIN, Gateway, free_port, gateway_config, rtp_range, start_gateway
+from tests.prompts import SOUNDS
 
 TOKEN = "control-token-for-tests"
 CALLER_ID = "+4930555000"
@@ -76,6 +81,41 @@ Content-Length: 0
 ]]></send>
 </scenario>
 """
+
+
+def player_scenario(pcap: str) -> str:
+    """sipp answers one INVITE and plays `pcap`'s RTP at the gateway from its media port, then waits for BYE."""
+    scenario = uas_scenario(0).replace("m=audio 0 ", "m=audio [media_port] ")
+    play = f'  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>\n'
+    return scenario.replace('  <recv request="ACK"/>\n', '  <recv request="ACK"/>\n' + play)
+
+
+def rtp_pcap(path: Path, pcm8k: bytes) -> None:
+    """A pcap of µ-law RTP packets, 20 ms apart, for sipp's play_pcap_audio (which rewrites the addresses)."""
+    data = ulaw_encode(pcm8k)
+    out = [struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)]  # pcap header, Ethernet links
+    for i in range(len(data) // 160):
+        rtp = struct.pack("!BBHII", 0x80, 0, i, i * 160, 0x1234) + data[i * 160 : (i + 1) * 160]
+        udp = struct.pack("!HHHH", 6000, 6002, 8 + len(rtp), 0) + rtp
+        ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), i, 0, 64, 17, 0, bytes([127, 0, 0, 1]),
+                         bytes([127, 0, 0, 1])) + udp
+        frame = bytes(12) + b"\x08\x00" + ip
+        out.append(struct.pack("<IIII", i // 50, (i % 50) * 20000, len(frame), len(frame)) + frame)
+    path.write_bytes(b"".join(out))
+
+
+def sound(name: str) -> bytes:
+    with wave.open(str(SOUNDS / f"{name}.wav")) as w:
+        return w.readframes(w.getnframes())
+
+
+def tone8k(hz: float, ms: int) -> bytes:
+    t = np.arange(8 * ms) / 8000
+    return (np.sin(2 * np.pi * hz * t) * 5000).astype("<i2").tobytes()
+
+
+def gap(ms: int) -> bytes:
+    return bytes(16 * ms)
 
 
 class RtpSink:
@@ -188,3 +228,48 @@ def test_the_control_endpoint_wants_the_token(out_gw: tuple[Gateway, int, int]) 
     r = httpx.post(url, json={**body, "agent": "nobody"}, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
     assert r.status_code == 404 and "unknown agent 'nobody'" in r.json()["error"]
     assert len(gw.events("control_unauthorized")) >= 3
+
+
+@pytest.mark.parametrize(("who", "reason"), [("machine", "machine_message"), ("person", "done"), ("sit", "sit")])
+def test_call_progress_finds_who_answered(out_gw: tuple[Gateway, int, int], tmp_path: Path, who: str,
+                                          reason: str) -> None:
+    """The callee (sipp) plays a recorded answering-machine greeting and beep, a person's hello, or an intercept's
+    SIT tones and message; the gateway leaves its message after the beep, runs the agent, or hangs up."""
+    gw, callee_port, _ = out_gw
+    audio = {"machine": gap(300) + sound("vm-intro") + gap(300) + sound("beep") + gap(8000),
+             "person": gap(400) + sound("hello") + gap(8000),
+             "sit": gap(200) + b"".join(tone8k(hz, ms) for hz, ms in zip(SIT_HZ, (276, 276, 380), strict=True))
+             + sound("ss-noservice")}[who]
+    rtp_pcap(tmp_path / "callee.pcap", audio)
+    (tmp_path / "uas.xml").write_text(player_scenario("callee.pcap"))
+    media_port = rtp_range(4)[0]
+    sipp = subprocess.Popen(["sipp", "-nostdin", "-sf", "uas.xml", "-i", "127.0.0.1", "-p", str(callee_port),
+                             "-mi", "127.0.0.1", "-mp", str(media_port), "-m", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        time.sleep(0.5)
+        out = dial(gw, "+49301234567", "--agent", "caller", "--amd", "message",
+                   "--message", "Please call us back about your appointment.", "--json")
+        assert out.returncode == 0, out.stderr
+        call_id = json.loads(out.stdout)["call"]
+        end = gw.wait_event("call_end", 40, call=call_id)
+        assert sipp.wait(15) == 0, sipp.stderr.read() if sipp.stderr else ""
+    finally:
+        if sipp.poll() is None:
+            sipp.kill()
+            sipp.wait(5)
+    assert end["reason"] == reason, json.dumps({k: end.get(k) for k in ("rtp", "progress", "frames_in")})
+    results = [p["result"] for p in end["progress"]]
+    if who == "machine":
+        assert results == ["machine", "messagecue"] and end["progress"][0]["reason"] == "long_greeting", end
+        assert abs(end["progress"][1]["beep_hz"] - 700) < 20
+        said = gw.wait_event("call_message", 1, call=call_id)
+        cue = next(e for e in gw.events("call_progress") if e["call"] == call_id and e["result"] == "messagecue")
+        beep_end = (300 + 5654 + 300 + 425) / 1000  # the recording's times (ms), from the answer
+        answered = gw.wait_event("call_answered", 1, call=call_id)
+        assert abs(cue["ts"] - answered["ts"] - beep_end) < 0.6, (cue["ts"] - answered["ts"], beep_end)
+        assert said["ms"] > 1000 and end["frames_out"] * 20 > said["ms"]
+    elif who == "person":
+        assert results == ["human"] and gw.wait_event("agent_say", 1, call=call_id)
+    else:
+        assert results == ["sit"] and not [e for e in gw.events("agent_say") if e["call"] == call_id]

@@ -7,7 +7,7 @@ import pytest
 
 from telephony.config import Config, ConfigError, parse_config
 from telephony.control import parse_request
-from telephony.outbound import DialRefusedError, plan_dial
+from telephony.outbound import AmdOptions, DialRefusedError, plan_dial
 
 CONFIG = """\
 agents:
@@ -97,6 +97,8 @@ def test_a_bad_pattern_and_a_missing_token_are_named_by_line(monkeypatch: pytest
     (b'{"number": "1", "agent": "a", "ring_s": 0}', "ring_s must be"),
     (b'{"number": "1", "agent": "a", "from": "x"}', "unknown field 'from'"),
     (b"\xff", "not JSON"),
+    (b'{"number": "1", "agent": "a", "amd": {"machine": "voicemail"}}', "hangup or message"),
+    (b'{"number": "1", "agent": "a", "amd": {"machine": "message"}}', "needs the amd.message"),
 ])
 def test_bad_requests_name_the_field(body: bytes, error: str) -> None:
     with pytest.raises(DialRefusedError, match=error) as e:
@@ -105,4 +107,7 @@ def test_bad_requests_name_the_field(body: bytes, error: str) -> None:
 
 
 def test_a_good_request() -> None:
-    assert parse_request(b'{"number": "+4930", "agent": "a", "trunk": "t", "ring_s": 20}') == ("+4930", "a", "t", 20.0)
+    assert parse_request(b'{"number": "+4930", "agent": "a", "trunk": "t", "ring_s": 20}') == ("+4930", "a", "t", 20.0,
+                                                                                             None)
+    got = parse_request(b'{"number": "1", "agent": "a", "amd": {"machine": "message", "message": "Hi."}}')
+    assert got[4] == AmdOptions("message", "Hi.")
