@@ -198,7 +198,7 @@ def trim_json(value: Any, limit: int) -> Any:
     while len(json.dumps(value, ensure_ascii=False)) > limit:
         kind, path, size = _largest(value, ())
         if size <= 1 and kind == "list" or size <= 8 and kind == "str" or kind == "none":
-            return {"truncated": json.dumps(value, ensure_ascii=False)[: max(0, limit - 20)]}
+            return _as_text(value, limit)
         parent: Any = value
         for key in path[:-1]:
             parent = parent[key]
@@ -209,6 +209,15 @@ def trim_json(value: Any, limit: int) -> Any:
         else:
             value = new
     return value
+
+
+def _as_text(value: Any, limit: int) -> dict[str, str]:
+    """`value`'s JSON cut to fit `limit` as `{"truncated": text}` (the last resort of `trim_json`)."""
+    text = json.dumps(value, ensure_ascii=False)
+    cut = limit
+    while cut > 0 and len(json.dumps({"truncated": text[:cut]}, ensure_ascii=False)) > limit:
+        cut -= max(1, cut // 8)
+    return {"truncated": text[:cut]}
 
 
 def _largest(v: Any, path: tuple[Any, ...]) -> tuple[str, tuple[Any, ...], int]:
@@ -378,6 +387,7 @@ class CallTools:
         self.voice: str | None = None
         """The voice of the filler (the call's default when None)."""
         self.variables: dict[str, str] = {}
+        self._fillers: set[asyncio.Future[Any]] = set()
         self._left: list[tuple[str, dict[str, Any], asyncio.Task[ToolResult]]] = []
         """Non-idempotent calls whose agent was cancelled meanwhile: `(call id, arguments, task)`, oldest first."""
 
@@ -409,7 +419,9 @@ class CallTools:
             if tool is not None and filler:
                 done, _ = await asyncio.wait({task}, timeout=tool.filler_after_s)
                 if not done:
-                    asyncio.ensure_future(self.call.say(tool.filler, True, self.voice))
+                    filler_task = asyncio.ensure_future(self.call.say(tool.filler, True, self.voice))
+                    self._fillers.add(filler_task)  # kept until it has played (the loop holds tasks weakly)
+                    filler_task.add_done_callback(self._fillers.discard)
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             if tool is not None and tool.idempotent:

@@ -199,3 +199,9 @@ def test_only_the_offered_tools_run() -> None:
             await runner.aclose()
 
     assert asyncio.run(go()) == "tool 'a' is not offered to this agent"
+
+
+def test_trimming_a_value_with_no_list_or_long_string_still_fits() -> None:
+    value = {f"k{i}": '"q"' for i in range(100)}
+    out = trim_json(value, 120)
+    assert len(json.dumps(out, ensure_ascii=False)) <= 120 and out["truncated"].startswith('{"k0"')
