@@ -184,12 +184,14 @@ class LlmBrain:
 
     async def _run_tool(self, tools: CallTools, c: ToolCall, out: list[tuple[ToolCall, ToolResult]]
                         ) -> AsyncIterator[Part]:
-        """Run one tool call, yielding its filler when it is slow; cancelled, the call goes on if it must."""
-        task = asyncio.ensure_future(tools.run(c.name, c.arguments, call_id=c.id, filler=False))
+        """Run one tool call, yielding its filler when it is slow; cancelled, the call goes on if it must. A tool
+        with side effects asks the caller first (CallTools.confirm), then says its own filler."""
+        tool = tools.runner.tools[c.name]
+        task = asyncio.ensure_future(tools.run(c.name, c.arguments, call_id=c.id, filler=tool.side_effects))
         try:
-            done, _ = await asyncio.wait({task}, timeout=tools.runner.tools[c.name].filler_after_s)
+            done, _ = await asyncio.wait({task}, timeout=None if tool.side_effects else tool.filler_after_s)
             if not done:
-                yield Say(tools.runner.tools[c.name].filler)
+                yield Say(tool.filler)
             out.append((c, await task))
         finally:
             if not task.done():

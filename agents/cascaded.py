@@ -92,6 +92,7 @@ class CascadedAgent(Agent):
             self.brain.meter = call.meter
             if runner is not None:
                 self.brain.tools = CallTools(runner, call)
+                self.brain.tools.asks_confirmation = True
         tasks = [asyncio.create_task(listener.run()), asyncio.create_task(self._pump(listener)),
                  asyncio.create_task(self._events(call))]
         try:
@@ -151,6 +152,9 @@ class CascadedAgent(Agent):
             if isinstance(ev, BargeIn) and self._reply is not None:
                 self._reply.cancel()
             elif isinstance(ev, Dtmf):
+                tools = self.brain.tools if isinstance(self.brain, LlmBrain) else None
+                if tools is not None and tools.key(ev.digit):
+                    continue  # the answer to a tool's confirmation prompt
                 if self._reply is not None:
                     self._reply.cancel()
                 self._inputs.put_nowait(ev.digit)

@@ -257,8 +257,7 @@ def tool_names(cfg: AgentConfig) -> list[str]:
 
 
 def check_tools(agents: Mapping[str, AgentConfig], tools: Mapping[str, ToolConfig]) -> None:
-    """ValueError naming the agent when it lists an undeclared tool, or gives a side-effect tool to a model (their
-    keypad confirmation is only in the scripted agent's flow so far)."""
+    """ValueError naming the agent when it lists an undeclared tool or cannot offer tools."""
     check_declared(tools)
     for name, cfg in agents.items():
         used = tool_names(cfg)
@@ -268,11 +267,6 @@ def check_tools(agents: Mapping[str, AgentConfig], tools: Mapping[str, ToolConfi
                              "a cascaded or speech-to-speech agent")
         if isinstance(cfg, CascadedAgentConfig) and used and cfg.llm is None:
             raise ValueError(f"agents.{name}.tools: tools are offered to an LLM, and this agent has no llm")
-        if isinstance(cfg, ScriptedAgentConfig):
-            continue
-        if effects := [t for t in used if tools[t].side_effects]:
-            raise ValueError(f"agents.{name}.tools: {effects[0]!r} has side_effects, which needs a keypad "
-                             "confirmation that only the scripted agent's tool step has so far")
 
 
 def hybrid_parts(name: str, cfg: HybridAgentConfig, agents: Mapping[str, AgentConfig]

@@ -240,6 +240,8 @@ class GeminiLiveAgent(Agent):
         self._down_since = time.monotonic()
         runner = ToolRunner(self.tools, list(self.tools)) if self.tools else None
         self._business = CallTools(runner, call) if runner is not None else None
+        if self._business is not None:
+            self._business.asks_confirmation = True
         main = [asyncio.create_task(c) for c in (self._link(), self._uplink(), self._events())]
         done = asyncio.create_task(self._done.wait())
         try:
@@ -295,6 +297,8 @@ class GeminiLiveAgent(Agent):
                 self._caller_quiet = not ev.started  # the turn ends in `_uplink` once the pause is long enough
                 if ev.started and not self.call.speaking:  # over our audio, only a confirmed barge-in starts a turn
                     self._activity(True)
+            elif isinstance(ev, Dtmf) and self._business is not None and self._business.key(ev.digit):
+                continue  # the answer to a tool's confirmation prompt
             elif isinstance(ev, Dtmf):
                 if self._turn is not None:
                     self._interrupt("dtmf")  # the session flushed our audio for the key

@@ -46,6 +46,7 @@ from agents.base import (
     BargeIn,
     CallControl,
     CallerSpeech,
+    Dtmf,
     Handover,
     HungUp,
     Played,
@@ -300,6 +301,8 @@ class OpenAIRealtimeAgent(Agent):
         self.call = call
         runner = ToolRunner(self.tools, list(self.tools)) if self.tools else None
         self._business = CallTools(runner, call) if runner is not None else None
+        if self._business is not None:
+            self._business.asks_confirmation = True
         aux = [asyncio.create_task(self._uplink()), asyncio.create_task(self._events())]
         try:
             await self._serve()
@@ -527,6 +530,8 @@ class OpenAIRealtimeAgent(Agent):
                     self._stops["gateway"] = self._caller_end = time.monotonic()
             elif isinstance(ev, TransferFailed) and self._transfer is not None and not self._transfer.done():
                 self._transfer.set_result(ev.code)
+            elif isinstance(ev, Dtmf) and self._business is not None:
+                self._business.key(ev.digit)  # only a tool's confirmation prompt listens for keys
             elif isinstance(ev, HungUp):
                 return
 

@@ -32,6 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from agents.base import CallControl
 from agents.redact import redact_fields
 
+CONFIRM_S = 8.0
+"""How long the caller has to press 1 after a side-effect tool's confirmation prompt."""
 IDEMPOTENT = frozenset({"GET", "PUT", "DELETE", "HEAD"})
 CALL_TOOL_NAMES = frozenset({"transfer_call", "end_call", "send_dtmf"})
 """The built-in call actions; business tools may not reuse these names."""
@@ -79,6 +81,7 @@ class ToolConfig(_Strict):
     side_effects: bool = False
     """The tool changes something (a booking, an order): it runs only after the caller confirms on the keypad."""
     confirm: str = "To go ahead, press 1. To cancel, press any other key."
+    """The confirmation prompt; `{argument}` fields are filled in (in a flow, `{variables}`)."""
     verified_caller: bool = False
     """The tool acts on the caller's account: refused unless the caller's number came from P-Asserted-Identity or
     a configured trunk."""
@@ -198,7 +201,7 @@ def trim_json(value: Any, limit: int) -> Any:
     while len(json.dumps(value, ensure_ascii=False)) > limit:
         kind, path, size = _largest(value, ())
         if size <= 1 and kind == "list" or size <= 8 and kind == "str" or kind == "none":
-            return {"truncated": json.dumps(value, ensure_ascii=False)[: max(0, limit - 20)]}
+            return _as_text(value, limit)
         parent: Any = value
         for key in path[:-1]:
             parent = parent[key]
@@ -209,6 +212,15 @@ def trim_json(value: Any, limit: int) -> Any:
         else:
             value = new
     return value
+
+
+def _as_text(value: Any, limit: int) -> dict[str, str]:
+    """`value`'s JSON cut to fit `limit` as `{"truncated": text}` (the last resort of `trim_json`)."""
+    text = json.dumps(value, ensure_ascii=False)
+    cut = limit
+    while cut > 0 and len(json.dumps({"truncated": text[:cut]}, ensure_ascii=False)) > limit:
+        cut -= max(1, cut // 8)
+    return {"truncated": text[:cut]}
 
 
 def _largest(v: Any, path: tuple[Any, ...]) -> tuple[str, tuple[Any, ...], int]:
@@ -378,6 +390,11 @@ class CallTools:
         self.voice: str | None = None
         """The voice of the filler (the call's default when None)."""
         self.variables: dict[str, str] = {}
+        self.asks_confirmation = False
+        """`run` asks the caller to confirm a side-effect tool (the agent routes keys to `key`); otherwise the
+        agent confirms on its own and says so with `confirmed`."""
+        self._fillers: set[asyncio.Future[Any]] = set()
+        self._confirming: asyncio.Future[str] | None = None
         self._left: list[tuple[str, dict[str, Any], asyncio.Task[ToolResult]]] = []
         """Non-idempotent calls whose agent was cancelled meanwhile: `(call id, arguments, task)`, oldest first."""
 
@@ -385,6 +402,33 @@ class CallTools:
         caller, verified = caller_identity(self.call.caller, self.call.sip_headers, self.call.trunk)
         return ToolContext(self.call.call_id, caller, verified, self.call.trunk, self.language, self.call.digits,
                            dict(self.variables))
+
+    def key(self, digit: str) -> bool:
+        """Give a key press to the confirmation waiting for one; False when none waits (the agent handles it)."""
+        fut = self._confirming
+        if fut is None or fut.done():
+            return False
+        fut.set_result(digit)
+        return True
+
+    async def confirm(self, name: str, arguments: Mapping[str, Any]) -> bool:
+        """Ask the caller to confirm a side-effect tool (its `confirm` prompt, `{argument}`s filled in) and wait up
+        to `CONFIRM_S` for a key: True for 1. The agent routes keys here with `key` meanwhile."""
+        tool = self.runner.tools[name]
+        try:
+            prompt = tool.confirm.format_map(dict(arguments))
+        except (KeyError, IndexError, ValueError):
+            prompt = tool.confirm
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._confirming = fut
+        try:
+            await self.call.say(prompt, True, self.voice)
+            async with asyncio.timeout(CONFIRM_S):
+                return await fut == "1"
+        except TimeoutError:
+            return False
+        finally:
+            self._confirming = None
 
     def start(self, name: str, arguments: Mapping[str, Any], confirmed: bool = False) -> asyncio.Task[ToolResult]:
         tool = self.runner.tools.get(name)
@@ -403,13 +447,21 @@ class CallTools:
         """Run the tool, saying its filler (at once, not waiting for it) when it is slow and `filler` is on.
         Cancelled, an idempotent call is cancelled too; another goes on and `settle` gives its result (under
         `call_id`)."""
-        task = self.start(name, arguments, confirmed)
         tool = self.runner.tools.get(name)
+        if tool is not None and tool.side_effects and not confirmed and self.asks_confirmation:
+            confirmed = await self.confirm(name, arguments)
+            if not confirmed:  # not a failure: the model hears that nothing was done
+                declined = ToolResult(name, True, {"done": False, "reason": "the caller did not confirm"})
+                self.call.record_turn(declined.record(arguments))
+                return declined
+        task = self.start(name, arguments, confirmed)
         try:
             if tool is not None and filler:
                 done, _ = await asyncio.wait({task}, timeout=tool.filler_after_s)
                 if not done:
-                    asyncio.ensure_future(self.call.say(tool.filler, True, self.voice))
+                    filler_task = asyncio.ensure_future(self.call.say(tool.filler, True, self.voice))
+                    self._fillers.add(filler_task)  # kept until it has played (the loop holds tasks weakly)
+                    filler_task.add_done_callback(self._fillers.discard)
             return await asyncio.shield(task)
         except asyncio.CancelledError:
             if tool is not None and tool.idempotent:

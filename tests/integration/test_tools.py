@@ -1,6 +1,7 @@
 """Business tools on a real SIP call: the pjsua2 test caller keys an order number into the `orders` flow of the
 shipped voicegate.yaml, whose tool calls a local HTTP webhook; the gateway speaks the status, or apologises and goes
-on when the webhook fails. Also the example order service of examples/order_status."""
+on when the webhook fails. The same lookup through a cascaded agent whose LLM (the local chat-completions server)
+calls the tool. Also the example order service of examples/order_status."""
 
 from __future__ import annotations
 
@@ -11,11 +12,14 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
 from examples.order_status.server import make_server
+from tests import audio
 from tests.integration.peers import Gateway, call, free_port, gateway_config, start_gateway
+from tests.servers.llm import LlmServer, text_reply, tool_reply
 from tests.servers.webhook import Webhook
 
 pytestmark = pytest.mark.timeout(240)
@@ -28,9 +32,19 @@ def hook() -> Iterator[Webhook]:
 
 
 @pytest.fixture(scope="module")
-def gw(hook: Webhook, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def llm() -> Iterator[LlmServer]:
+    with LlmServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gw(hook: Webhook, llm: LlmServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     port = free_port()
     cfg = yaml.safe_load(gateway_config(port))
+    cfg["agents"]["shop"] = {"type": "cascaded", "tools": ["order_status"],
+                             "llm": {"base_url": llm.base_url, "model": "test-model", "api_key_env": None,
+                                     "greeting": "Hi.", "first_token_timeout_s": 2.0}}
+    cfg["routes"].insert(0, {"match": "shop", "agent": "shop"})
     tool = cfg["tools"]["order_status"]
     tool["http"]["url"] = hook.url + "/orders/{order_id}"
     tool["http"]["timeout_s"] = 1.0
@@ -80,6 +94,29 @@ def test_a_failing_webhook_gets_the_apology_and_the_flow_goes_on(gw: Gateway, ho
     assert gw.wait_event("call_end", 5, call=call_id)["reason"] == "tool_failed"
     if delay:
         assert "One moment while I check." in said  # the slow one got the filler first
+
+
+def test_the_llm_calls_the_tool_and_the_caller_hears_its_answer(gw: Gateway, hook: Webhook, llm: LlmServer,
+                                                                 tmp_path: Path) -> None:
+    hook.requests.clear()
+    llm.script(tool_reply([("call_1", "order_status", ['{"order_id": ', '"1001"}'])]),
+               text_reply(["Order 1001 has shipped ", "and arrives on Friday."]))
+    n0 = len(llm.requests)
+    question = audio.piper("Where is my order one zero zero one?")
+    wav = tmp_path / "ask.wav"
+    audio.write_wav(wav, np.concatenate([np.zeros(int(2.5 * 16000), np.float32), question,
+                                         np.zeros(7 * 16000, np.float32)]))
+    call(f"sip:shop@127.0.0.1:{gw.port}", "--play", str(wav), "--speak-at-s", "0", "--duration", "13", timeout=50)
+    calls = [e["call"] for e in gw.events("call_incoming") if e["called"] == "shop"]
+    turns = gw.wait_event("call_end", 15, call=calls[-1])["turns"]
+    assert [r.path for r in hook.requests] == ["/orders/1001"]
+    assert hook.requests[0].headers["x-voicegate-call-id"] == calls[-1]
+    second = llm.requests[n0 + 1].body["messages"]
+    assert second[-1]["role"] == "tool" and json.loads(second[-1]["content"])["result"]["status"] == "shipped"
+    tool_turns = [t for t in turns if t.get("tool") == "order_status"]
+    assert tool_turns and tool_turns[0]["ok"] and tool_turns[0]["arguments"] == {"order_id": "1001"}
+    replies = [t["reply"] for t in turns if t.get("backend") == "cascaded" and "reply" in t]
+    assert "Order 1001 has shipped and arrives on Friday." in replies, turns
 
 
 def test_the_example_order_service_answers_from_sqlite(tmp_path: Path) -> None:

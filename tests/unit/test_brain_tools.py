@@ -27,12 +27,14 @@ class Call:
 
     def __init__(self) -> None:
         self.turns: list[dict[str, Any]] = []
+        self.said: list[str] = []
 
     def record_turn(self, turn: dict[str, Any]) -> None:
         self.turns.append(turn)
 
     async def say(self, text: str, interruptible: bool = True, voice: str | None = None) -> Played:
-        raise AssertionError("the brain yields its filler as a part")
+        self.said.append(text)  # only a confirmation prompt: the brain yields fillers as parts
+        return Played(500, False)
 
 
 def order_tool(url: str, **kw: Any) -> ToolConfig:
@@ -96,8 +98,8 @@ def test_a_failing_webhook_gets_the_apology_and_no_second_request(status: int, r
 
 def test_a_slow_webhook_gets_the_filler_first() -> None:
     with Webhook(reply={"status": "shipped"}, delay_s=0.6) as hook:
-        (parts,), _, _ = run(order_tool(hook.url, filler_after_s=0.1, filler="Let me check."), ASK, ANSWER)
-    assert parts == [Say("Let me check."), Say("Your order 1234 has shipped.")]
+        (parts,), _, call = run(order_tool(hook.url, filler_after_s=0.1, filler="Let me check."), ASK, ANSWER)
+    assert parts == [Say("Let me check."), Say("Your order 1234 has shipped.")] and call.said == []
 
 
 def test_arguments_failing_the_schema_are_refused_before_any_request() -> None:
@@ -133,3 +135,40 @@ def test_a_barge_in_does_not_cancel_a_non_idempotent_call_and_its_answer_reaches
     assert tool_msgs == [{"role": "tool", "tool_call_id": "call_1",
                           "content": json.dumps({"ok": True, "result": {"cancelled": True}})}]
     assert messages[-1] == {"role": "user", "content": "Hello?"}
+
+
+@pytest.mark.parametrize("key", ["1", "2"])
+def test_a_side_effect_tool_runs_only_after_the_caller_presses_1(key: str) -> None:
+    call = Call()
+
+    async def go(server: LlmServer) -> list[Part]:
+        brain = LlmBrain(LlmClient(LlmConfig(server.base_url, "m")), "sys", "hi", "Hmm.", 5.0, "Sorry.")
+        runner = ToolRunner({"order_status": tool}, ["order_status"])
+        brain.tools = CallTools(runner, call)
+        brain.tools.asks_confirmation = True
+
+        async def press() -> None:
+            while not call.said:
+                await asyncio.sleep(0.01)
+            assert brain.tools is not None and brain.tools.key(key)
+
+        presser = asyncio.ensure_future(press())
+        try:
+            return await turn(brain, "Cancel order 1234.")
+        finally:
+            await presser
+            await brain.close()
+            await runner.aclose()
+
+    with Webhook(reply={"cancelled": True}) as hook, LlmServer() as server:
+        tool = order_tool(hook.url, http={"method": "POST"}, side_effects=True,
+                          confirm="To cancel order {order_id}, press 1.")
+        server.script(ASK, text_reply(["Done."]))
+        parts = asyncio.run(go(server))
+    assert call.said == ["To cancel order 1234, press 1."] and parts == [Say("Done.")]
+    result = json.loads(server.requests[1].body["messages"][-1]["content"])
+    if key == "1":
+        assert len(hook.requests) == 1 and result == {"ok": True, "result": {"cancelled": True}}
+    else:
+        assert hook.requests == [] and result == {"ok": True, "result": {"done": False,
+                                                                          "reason": "the caller did not confirm"}}

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from agents.base import Dtmf
 from agents.openai_realtime import OpenAIRealtimeAgent, OpenAIRealtimeConfig
 from agents.tools import ToolConfig
 from tests.servers.gemini_live import GeminiLiveServer, Reply
@@ -116,6 +117,25 @@ def test_realtime_slow_webhook_gets_the_filler_and_bad_arguments_no_request(rt: 
     with Webhook(reply={"status": "shipped"}) as hook:
         assert drive(rt, {"order_status": order_tool(hook.url)}, call, lambda: bool(rt.function_outputs))
     assert hook.requests == [] and "order_id" in json.loads(rt.function_outputs[0]["output"])["error"]
+
+
+@pytest.mark.timeout(60)
+def test_realtime_side_effect_tool_waits_for_the_callers_key(rt: RealtimeServer) -> None:
+    rt.script(tool("order_status", {"order_id": "1234"}), speak("It is cancelled."))
+    call = Call()
+    with Webhook(reply={"cancelled": True}) as hook:
+        t = order_tool(hook.url, side_effects=True, confirm="Press 1 to cancel order {order_id}.")
+
+        def until() -> bool:
+            if call.said and not hook.requests and not call.dtmf:
+                call.dtmf.append("pressed")  # once
+                call.event(Dtmf("1"))
+            return len(rt.function_outputs) == 1
+
+        assert drive(rt, {"order_status": t}, call, until)
+    assert [text for _, text in call.said] == ["Press 1 to cancel order 1234."]
+    assert len(hook.requests) == 1
+    assert json.loads(rt.function_outputs[0]["output"]) == {"ok": True, "result": {"cancelled": True}}
 
 
 # -- Gemini Live --------------------------------------------------------------------------------------------
