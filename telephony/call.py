@@ -17,6 +17,7 @@ from media.pipeline import CallMedia
 from telephony.admission import dialog_ids
 from telephony.logs import event
 from telephony.media_port import CallMediaPort, PortPool
+from telephony.rtp_stats import summarize
 from telephony.sdp import prefer_codec
 
 
@@ -66,6 +67,8 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self._on_released = on_released
         self._rx_pkts = 0
         self._rx_changed = time.monotonic()
+        self.rtp: dict[str, Any] = {}
+        """RTP/RTCP figures of the audio stream, taken as it ends (telephony.rtp_stats)."""
 
     # -- pjsua callbacks ----------------------------------------------------------------------------------
     def onCallState(self, prm: Any) -> None:  # noqa: N802
@@ -127,6 +130,13 @@ class SipCall(pj.Call):  # type: ignore[misc]
                 self.listener.on_transfer_status(self, int(prm.statusCode), str(prm.reason))
         except Exception as e:
             event("sip_callback_error", call=self.call_id, where="onCallTransferStatus", error=repr(e))
+
+    def onStreamDestroyed(self, prm: Any) -> None:  # noqa: N802 (before DISCONNECTED: the stream still counts)
+        try:
+            self.rtp = summarize(self.getStreamStat(int(prm.streamIdx)))
+            event("call_rtp", call=self.call_id, **self.rtp)
+        except Exception as e:
+            event("sip_callback_error", call=self.call_id, where="onStreamDestroyed", error=repr(e))
 
     # -- media --------------------------------------------------------------------------------------------
     def _connect(self, index: int) -> None:

@@ -1,4 +1,4 @@
-"""`voicegate` command: serve, check, simulate, calls, trunks, audit, erase, purge."""
+"""`voicegate` command: serve, check, simulate, calls, trunks, audit, erase, purge, dial."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def _serve(args: argparse.Namespace) -> int:
         import uvloop
 
         with ops_sinks(cfg):
-            uvloop.run(Gateway(cfg).run())
+            uvloop.run(Gateway(cfg, args.config).run())
     except VoicegateError as e:
         print(f"voicegate: {e}", file=sys.stderr)
         return 3
@@ -108,7 +108,7 @@ def _simulate(args: argparse.Namespace) -> int:
         print("voicegate simulate: --calls 1-10000, --concurrency 1-64 and --rate > 0", file=sys.stderr)
         return 2
     return simulate(args.scripts, args.target, args.junit, args.json, args.rtp_port, args.calls, args.concurrency,
-                    args.rate, args.html, args.loss, args.record)
+                    args.rate, args.html, args.loss, args.record, args.seed)
 
 
 def _calls(args: argparse.Namespace) -> int:
@@ -256,6 +256,44 @@ def _report(cmd: str, done: str, out: Removal) -> int:
     return 1 if out.errors else 0
 
 
+def _dial(args: argparse.Namespace) -> int:
+    """Ask the running gateway (its control endpoint) to place a call."""
+    import httpx
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        for issue in e.issues:
+            print(issue, file=sys.stderr)
+        return 2
+    if cfg.control is None:
+        print(f"voicegate dial: {args.config} has no control section (listen, port, token_env)", file=sys.stderr)
+        return 2
+    c = cfg.control
+    url = f"http://{c.listen if c.listen not in ('0.0.0.0', '::') else '127.0.0.1'}:{c.port}/calls"
+    body: dict[str, object] = {"number": args.number, "agent": args.agent, "ring_s": args.ring}
+    if args.trunk:
+        body["trunk"] = args.trunk
+    if args.amd:
+        body["amd"] = {"machine": args.amd, "message": args.message}
+    try:
+        r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {c.token}"}, timeout=20.0)
+    except httpx.HTTPError as e:
+        print(f"voicegate dial: cannot reach the gateway at {url} (is voicegate serve running with "
+              f"{args.config}?): {e}", file=sys.stderr)
+        return 1
+    try:
+        out = r.json()
+    except ValueError:
+        out = {"error": r.text[:200]}
+    if r.status_code != 201:
+        print(f"voicegate dial: refused ({r.status_code}): {out.get('error', out)}", file=sys.stderr)
+        return 1
+    print(json.dumps(out) if args.json else f"calling {out['uri']} as {out['caller_id']} with agent {out['agent']}: "
+          f"call {out['call']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="voicegate", description="Telephony gateway for voice AI agents")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -276,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--html", help="write a self-contained HTML report (timelines per call) here")
     m.add_argument("--rtp-port", type=int, default=40000, help="first RTP port of the simulated phone")
     m.add_argument("--loss", type=float, default=0.0, help="drop this percentage of RTP packets each way")
+    m.add_argument("--seed", type=int, help="seed of the random drops (--loss): the same seed drops the same packets")
     m.add_argument("--record", help="write each call as a stereo WAV (caller left, agent right) into this folder")
     m.add_argument("--calls", type=int, help="load mode: place this many calls in all (bounded: at most 10000)")
     m.add_argument("--concurrency", type=int, default=4, help="load mode: calls at once (one process each)")
@@ -308,6 +347,17 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("purge", help="delete calls older than their route's retention_days (run it daily)")
     g.add_argument("--config", default="voicegate.yaml")
     g.set_defaults(fn=_purge)
+    d = sub.add_parser("dial", help="ask the running gateway to call a number (on a trunk) or a SIP URI with an agent")
+    d.add_argument("number", help="a number the trunk's `allowed` patterns allow, or a SIP URI (control.allow_uris)")
+    d.add_argument("--agent", required=True)
+    d.add_argument("--trunk", help="the trunk to call out on (default: the one trunk with `allowed` numbers)")
+    d.add_argument("--ring", type=float, default=60.0, help="seconds to ring before giving up (1-300)")
+    d.add_argument("--config", default="voicegate.yaml", help="read control (address, token_env) from this config")
+    d.add_argument("--amd", choices=["hangup", "message"], help="detect who answers: the agent talks to a person; "
+                   "a machine is hung up on, or gets --message after its beep; an intercept (SIT) is hung up on")
+    d.add_argument("--message", default="", help="what to leave on a machine (with --amd message)")
+    d.add_argument("--json", action="store_true", help="print the answer as JSON")
+    d.set_defaults(fn=_dial)
     args = p.parse_args(argv)
     return int(args.fn(args))
 

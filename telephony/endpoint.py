@@ -29,7 +29,9 @@ from telephony.errors import PjsuaBuildError, SipStartError
 from telephony.inbound import Invite, admit
 from telephony.logs import event, event_at
 from telephony.media_port import PortPool, check_frame_layout
+from telephony.outbound import DialRefusedError
 from telephony.sip_headers import call_metadata, original_called, request_parts
+from telephony.sip_trace import MESSAGE_LEVEL, SipTrace
 from telephony.trunks import TrunkSet
 
 EXPECTED_MAX_CALLS = 4
@@ -84,9 +86,16 @@ class _Account(pj.Account):  # type: ignore[misc]
 
 
 class _LogWriter(pj.LogWriter):  # type: ignore[misc]
+    def __init__(self, level: int, trace: SipTrace | None) -> None:
+        super().__init__()
+        self.level = level
+        self.trace = trace
+
     def write(self, entry: Any) -> None:
         msg = str(entry.msg).rstrip()
-        if msg:
+        if not msg or (self.trace is not None and entry.level >= MESSAGE_LEVEL and self.trace.write(msg)):
+            return
+        if entry.level <= self.level:
             event_at(30 if entry.level <= 2 else 10, "pjsip", pjlevel=int(entry.level), msg=msg[-400:])
 
 
@@ -112,8 +121,7 @@ class SipStack:
         self.draining = False
         """Set when the gateway drains: new INVITEs and OPTIONS get 503 (telephony/admission.py)."""
         self.gate: SipGate | None = None
-        if config.trunks:
-            self.every(0.25, self.trunks.tick)
+        self.every(0.25, self._trunk_tick)  # trunks may come with a reloaded config
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
@@ -188,10 +196,13 @@ class SipStack:
         ec.uaConfig.mainThreadOnly = True
         ec.uaConfig.maxCalls = EXPECTED_MAX_CALLS
         ec.uaConfig.userAgent = cfg.sip.user_agent
-        self._logwriter = _LogWriter()
+        level = 3 if cfg.log_level == "debug" else 2
+        trace = SipTrace(cfg.records.sip_trace_path) if cfg.records.sip_trace else None
+        self._logwriter = _LogWriter(level, trace)
         ec.logConfig.writer = self._logwriter
-        ec.logConfig.level = 3 if cfg.log_level == "debug" else 2
-        ec.logConfig.consoleLevel = 0
+        ec.logConfig.level = MESSAGE_LEVEL if trace else level
+        ec.logConfig.msgLogging = trace is not None
+        ec.logConfig.consoleLevel = ec.logConfig.level  # pjsua2 hands the writer only entries up to this level
         ec.logConfig.decor = 0
         mc = ec.medConfig
         mc.clockRate = 16000
@@ -299,6 +310,32 @@ class SipStack:
             self.answer(call.key, refusal.code, headers=refusal.headers)
         else:
             self.answer(call.key, 180)
+
+    def dial(self, trunk: str, uri: str, prepare: Callable[[SipCall], None]) -> SipCall:
+        """Place a call to `uri` from `trunk`'s caller account (the gateway's own for ""); pjsua thread only.
+        `prepare` sets the call's listener before the INVITE goes. Raises DialRefusedError if pjsua cannot."""
+        account = self.trunks.callers[trunk] if trunk else self.account
+        call = SipCall(account, pj.PJSUA_INVALID_ID, self._release, self.ports)
+        call.codec_preference = self.config.media.codecs
+        call.trunk = trunk
+        prepare(call)
+        self.calls[call.key] = call
+        try:
+            call.makeCall(uri, pj.CallOpParam(True))
+        except pj.Error as e:
+            self._released.append(call)
+            raise DialRefusedError(503, f"pjsua cannot call {uri}: {e.info()}") from None
+        call.call_id = str(call.getInfo().callIdString)
+        return call
+
+    def _trunk_tick(self) -> None:
+        self.trunks.tick()
+        self.trunks.sweep(bool(self.calls))
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config (pjsua thread): the next calls are admitted and routed by it."""
+        self.config = config
+        self.trunks.reconfigure(config, bool(self.calls))
 
     def _release(self, call: SipCall) -> None:
         self._released.append(call)

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,11 @@ import pjsua2 as pj
 
 from media.frames import FRAME_BYTES, SAMPLE_RATE, SILENCE, level_dbfs
 from telephony.media_port import audio_format, read_buf, write_buf
+from telephony.simulator.impair import Impairment, SdpProxy, hop
+from telephony.simulator.script import Dial
+
+MAX_ACCOUNTS = 6
+"""Distinct From/credential combinations one phone process keeps (pjsua allows 8 accounts)."""
 
 AUDIBLE_DBFS = -50.0
 """Received frames must be at least this loud, and within 35 dB of the loudest so far, to count as agent audio."""
@@ -113,6 +119,47 @@ class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
             print(f"phone tx error: {e!r}", file=sys.stderr)
 
 
+@dataclass(frozen=True)
+class RtpStats:
+    """The call's audio stream as pjmedia counted it (RTCP for what the far end saw)."""
+
+    rx_packets: int
+    rx_lost: int
+    rx_loss_pct: float
+    """Of the packets the far end sent us (sequence gaps), in percent."""
+    rx_jitter_ms: float
+    """Mean interarrival jitter (RFC 3550) of what we received."""
+    rx_jitter_max_ms: float
+    tx_packets: int
+    tx_loss_pct: float | None
+    """Lost of the packets we sent, as the far end's last RTCP receiver report counted them (None: no report
+    came), in percent of all we sent."""
+    rtt_ms: float | None
+    """Mean round-trip time from RTCP (None: no report with a delay since last SR came)."""
+    jbuf_delay_ms: float
+    """Mean delay of our jitter buffer."""
+
+
+def stream_stats(call: Any) -> RtpStats | None:
+    """The audio stream's statistics now, or None when the call has no stream."""
+    try:
+        st = call.getStreamStat(0)
+    except pj.Error:
+        return None
+    rx, tx = st.rtcp.rxStat, st.rtcp.txStat
+    rtt = st.rtcp.rttUsec
+    expected = rx.pkt + rx.loss
+    return RtpStats(
+        rx_packets=int(rx.pkt), rx_lost=int(rx.loss),
+        rx_loss_pct=round(100 * rx.loss / expected, 2) if expected else 0.0,
+        rx_jitter_ms=round(rx.jitterUsec.mean / 1000, 2), rx_jitter_max_ms=round(rx.jitterUsec.max / 1000, 2),
+        tx_packets=int(tx.pkt),
+        tx_loss_pct=round(100 * tx.loss / tx.pkt, 2) if tx.updateCount and tx.pkt else None,
+        rtt_ms=round(rtt.mean / 1000, 2) if rtt.n else None,
+        jbuf_delay_ms=float(st.jbuf.avgDelayMsec),
+    )
+
+
 class PhoneCall(pj.Call):  # type: ignore[misc]
     def __init__(self, acc: Any, port: PhonePort) -> None:
         super().__init__(acc)
@@ -124,10 +171,28 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         self.ended_at: float | None = None
         self.codec = ""
         self.refer_to: list[str] = []
+        self.call_id = ""
+        self.impairment: Impairment | None = None
+        """With a loss relay: what it dropped, once the call is finished."""
+        self.rtp: RtpStats | None = None
+        """The stream's statistics when it was last read (see `read_rtp`); kept after the stream is gone."""
+
+    def read_rtp(self) -> None:
+        """Keep the stream's statistics as they are now (a no-op once the stream is gone)."""
+        stats = stream_stats(self)
+        if stats is not None:
+            self.rtp = stats
+
+    def onStreamDestroyed(self, prm: Any) -> None:  # noqa: N802
+        try:
+            self.read_rtp()
+        except Exception as e:
+            print(f"phone stats error: {e!r}", file=sys.stderr)
 
     def onCallState(self, prm: Any) -> None:  # noqa: N802
         try:
             ci = self.getInfo()
+            self.call_id = str(ci.callIdString)
             self.status = int(ci.lastStatusCode)
             self.reason = str(ci.lastReason)
             if ci.state == pj.PJSIP_INV_STATE_CONFIRMED and self.confirmed_at is None:
@@ -163,10 +228,12 @@ class Phone:
     """One pjsua2 endpoint for sequential calls (pjsua allows one endpoint per process)."""
 
     def __init__(self, rtp_port: int = 40000, tcp: bool = False, loss_pct: float = 0.0,
-                 tls_ca: str | None = None, tls_cert: tuple[str, str] | None = None) -> None:
+                 tls_ca: str | None = None, tls_cert: tuple[str, str] | None = None, impair: bool = False) -> None:
         """`loss_pct`: RTP packets dropped in each direction, at random (pjmedia's own impairment); `tls_ca`: call
         over TLS, trusting only the CA certificates in this PEM file; `tls_cert`: (certificate, key) PEM files
-        to present as a TLS client."""
+        to present as a TLS client; `impair`: calls go through an `SdpProxy`, so `dial(loss=...)` can put a seeded
+        loss relay into their media path."""
+        self.proxy = SdpProxy() if impair else None
         self.ep = pj.Endpoint()
         self.ep.libCreate()
         ec = pj.EpConfig()
@@ -198,8 +265,12 @@ class Phone:
         ac.idUri = "sip:caller@127.0.0.1"
         ac.mediaConfig.transportConfig.port = rtp_port
         ac.mediaConfig.transportConfig.portRange = 100
+        if self.proxy is not None:
+            ac.sipConfig.proxies.append(self.proxy.uri)
         self.acc = pj.Account()
         self.acc.create(ac)
+        self._rtp_port = rtp_port
+        self._accounts: dict[tuple[str, str, str, str], pj.Account] = {}
         self._ports: list[PhonePort] = []
         self._free: list[PhonePort] = []
 
@@ -213,7 +284,40 @@ class Phone:
             name = cid.split("/")[0].upper()
             self.ep.codecSetPriority(cid, 250 - wanted.index(name) if name in wanted else 0)
 
-    def dial(self, uri: str) -> PhoneCall:
+    def _account(self, dial: Dial) -> Any:
+        """The account whose From and credentials `dial` asks for (the default one when it asks for neither)."""
+        if dial.from_ is None and dial.auth is None:
+            return self.acc
+        a = dial.auth
+        key = (dial.from_.uri("127.0.0.1") if dial.from_ else "", a.username if a else "",
+               a.password if a else "", a.realm if a else "")
+        if key not in self._accounts:
+            if len(self._accounts) >= MAX_ACCOUNTS:
+                raise ValueError(f"more than {MAX_ACCOUNTS} different from/auth combinations in one phone")
+            ac = pj.AccountConfig()
+            ac.idUri = key[0] or "sip:caller@127.0.0.1"
+            ac.mediaConfig.transportConfig.port = self._rtp_port
+            ac.mediaConfig.transportConfig.portRange = 100
+            if self.proxy is not None:
+                ac.sipConfig.proxies.append(self.proxy.uri)
+            if a is not None:
+                ac.sipConfig.authCreds.append(pj.AuthCredInfo("digest", a.realm, a.username, 0, a.password))
+            acc = pj.Account()
+            acc.create(ac)
+            self._accounts[key] = acc
+        return self._accounts[key]
+
+    def dial(self, uri: str, dial: Dial | None = None, loss: tuple[float, str] | None = None) -> PhoneCall:
+        """Call `uri`; `dial` adds headers, a From and a To, and credentials for a digest challenge; `loss`
+        (percent, seed) drops RTP each way through a seeded relay (needs `impair`; raises ImpairError for a
+        target it cannot relay for)."""
+        dial = dial or Dial()
+        if loss is not None:
+            if self.proxy is None:
+                raise ValueError("dial(loss=...) needs a Phone made with impair=True")
+            hop(uri)
+            self.proxy.arm(*loss)
+        acc = self._account(dial)
         if self._free:
             port = self._free.pop()
             with port.lock:
@@ -222,8 +326,17 @@ class Phone:
             port = PhonePort()
             port.createPort(f"phone-{len(self._ports)}", audio_format())
             self._ports.append(port)
-        call = PhoneCall(self.acc, port)
-        call.makeCall(uri, pj.CallOpParam(True))
+        call = PhoneCall(acc, port)
+        prm = pj.CallOpParam(True)
+        for name, value in dial.headers.items():
+            h = pj.SipHeader()
+            h.hName, h.hValue = name, value
+            prm.txOption.headers.append(h)
+        to = uri
+        if dial.to is not None:
+            prm.txOption.targetUri = uri
+            to = dial.to.uri(uri_host(uri))
+        call.makeCall(to, prm)
         return call
 
     def poll(self, ms: int = 10) -> None:
@@ -237,6 +350,7 @@ class Phone:
 
     def hangup(self, call: PhoneCall) -> None:
         if not call.ended:
+            call.read_rtp()
             with contextlib.suppress(pj.Error):
                 call.hangup(pj.CallOpParam(True))
 
@@ -256,6 +370,8 @@ class Phone:
             self.poll(10)
         for _ in range(5):
             self.poll(10)
+        if self.proxy is not None:
+            call.impairment = self.proxy.release(call.call_id)
         if call.port not in self._free:
             self._free.append(call.port)
 
@@ -265,7 +381,18 @@ class Phone:
             self.ep.audDevManager().setNoDev()  # stop the media clock before the ports go
         self._free.clear()
         self._ports.clear()
+        for acc in self._accounts.values():
+            acc.shutdown()
+        self._accounts.clear()
         self.acc.shutdown()
         del self.acc
         gc.collect()
         self.ep.libDestroy()
+        if self.proxy is not None:
+            self.proxy.close()
+
+
+def uri_host(uri: str) -> str:
+    """The host[:port] of a SIP URI: `sip:100@10.0.0.1:5062;transport=tcp` -> `10.0.0.1:5062`."""
+    rest = uri.split(":", 1)[1] if ":" in uri else uri
+    return rest.rsplit("@", 1)[-1].split(";", 1)[0].split("?", 1)[0].rstrip(">")

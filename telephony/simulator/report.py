@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from telephony.simulator.impair import Impairment
 from telephony.simulator.runner import StepResult
 
 
@@ -31,6 +32,11 @@ class CallReport:
     sent_db: list[float] = field(default_factory=list)
     """Level of every frame the caller sent (dBFS, 20 ms each); `heard_db` of every frame it received."""
     heard_db: list[float] = field(default_factory=list)
+    rtp: dict[str, float | None] | None = None
+    """The phone's RTP statistics at hang-up (phone.RtpStats), with `delay_ms` (the one-way delay the E-model
+    used), `r_factor` and `mos` (None for codecs the E-model has no values for)."""
+    impairment: Impairment | None = None
+    """With --loss: the call's seed and the RTP packets the relay dropped each way."""
 
     @property
     def dial_ok(self) -> bool:
@@ -39,6 +45,22 @@ class CallReport:
     @property
     def passed(self) -> bool:
         return self.dial_ok and all(s.ok for s in self.steps)
+
+
+def rtp_line(r: CallReport) -> str:
+    """`rx loss 5.1%, jitter 0.4 ms, rtt 1.2 ms, MOS 3.92 (R 77.1)`; '' without statistics."""
+    q = r.rtp
+    if not q:
+        return ""
+    parts = [f"rx loss {q['rx_loss_pct']:g}%"]
+    if q.get("tx_loss_pct") is not None:
+        parts.append(f"tx loss {q['tx_loss_pct']:g}%")
+    parts.append(f"jitter {q['rx_jitter_ms']:g} ms")
+    if q.get("rtt_ms") is not None:
+        parts.append(f"rtt {q['rtt_ms']:g} ms")
+    if q.get("mos") is not None:
+        parts.append(f"MOS {q['mos']:.2f} (R {q['r_factor']:.1f})")
+    return ", ".join(parts)
 
 
 def _fmt_metrics(metrics: dict[str, float]) -> str:
@@ -57,6 +79,12 @@ def console(reports: list[CallReport]) -> str:
                      f"answer {r.answer_s if r.answer_s is not None else '-'} s, {r.duration_s:.1f} s")
         if not r.dial_ok:
             lines.append(f"  x dial: expected {r.expected_status}, got {r.status} {r.error}".rstrip())
+        if r.rtp:
+            lines.append(f"  rtp: {rtp_line(r)}")
+        if r.impairment:
+            i = r.impairment
+            lines.append(f"  impaired: seed {i.seed}, {i.loss_pct:g}% loss: dropped {len(i.rx_dropped)}/"
+                         f"{i.rx_packets} packets to the caller, {len(i.tx_dropped)}/{i.tx_packets} from it")
         for s in r.steps:
             lines.append(f"  {'ok' if s.ok else ' x'} {s.index + 1:02d} {s.name} {s.seconds:.2f}s "
                          f"{_fmt_metrics(s.metrics)} {s.message or _heard(s)}".rstrip())
@@ -71,6 +99,9 @@ def summary(reports: list[CallReport]) -> str:
     failures: dict[str, int] = {}
     values: dict[str, list[float]] = {"answer_ms": [r.answer_s * 1000 for r in reports if r.answer_s is not None]}
     for r in reports:
+        for k in ("rx_loss_pct", "rx_jitter_ms", "mos"):
+            if r.rtp and r.rtp.get(k) is not None:
+                values.setdefault(f"rtp.{k}", []).append(float(r.rtp[k] or 0.0))
         if not r.dial_ok:
             failures["dial"] = failures.get("dial", 0) + 1
         for s in r.steps:
@@ -102,6 +133,8 @@ def junit(reports: list[CallReport], path: Path) -> None:
         suite = ET.SubElement(root, "testsuite", name=r.script, tests=str(len(cases)),
                               failures=str(sum(not ok for _, ok, _, _ in cases)), time=f"{r.duration_s:.3f}")
         metrics = [(f"{s.index + 1:02d} {s.name}", s.metrics) for s in r.steps if s.metrics]
+        if r.rtp:
+            metrics.insert(0, ("rtp", {k: v for k, v in r.rtp.items() if v is not None}))
         if metrics:  # measurements as suite properties, which JUnit readers show beside the cases
             props = ET.SubElement(suite, "properties")
             for name, m in metrics:
@@ -167,6 +200,8 @@ def html(reports: list[CallReport], path: Path, max_calls: int = 50) -> None:
         out.append(f"<h2 class='{cls}'>{i + 1}. {escape(r.script)}: {'PASS' if r.passed else 'FAIL'}</h2>")
         out.append(f"<p>{escape(r.target)}, SIP {r.status}, codec {escape(r.codec or '-')}, answer "
                    f"{r.answer_s if r.answer_s is not None else '-'} s, {r.duration_s:.1f} s {escape(r.error)}</p>")
+        if r.rtp:
+            out.append(f"<p class='rtp'>RTP: {escape(rtp_line(r))}</p>")
         out.append("<table><tr><th>#</th><th>step</th><th>result</th><th>s</th><th>measured</th><th>heard</th>"
                    "<th>why</th></tr>")
         for s in r.steps:

@@ -22,6 +22,7 @@ from telephony.simulator.script import (
     Echo,
     ExpectHangup,
     ExpectSpeech,
+    ExpectTransfer,
     Hangup,
     Interrupt,
     Play,
@@ -58,6 +59,8 @@ class Observation:
     answered: bool
     ended: bool
     status: int
+    refer_to: tuple[str, ...] = ()
+    """Refer-To of every REFER received so far, in order."""
 
 
 @dataclass(frozen=True)
@@ -147,6 +150,8 @@ class ScriptRunner:
         self._i = 0
         self._st: _State | None = None
         self._answer_frame: int | None = None
+        self._refers_seen = 0
+        """REFERs an earlier expect_transfer step already accounted for."""
 
     @property
     def done(self) -> bool:
@@ -221,8 +226,7 @@ class ScriptRunner:
         if isinstance(step, (Say, Play)):
             return self._speak(st, o, step.wait)
         if isinstance(step, Dtmf):
-            self._finish(True)
-            return [SendDtmf(step.dtmf, step.method == "info")]
+            return self._dtmf(step, st, o)
         if isinstance(step, Echo):
             self._finish(True)
             if step.echo == "off":
@@ -241,6 +245,8 @@ class ScriptRunner:
             elif waited > step.expect_hangup.timeout_s:
                 self._finish(False, f"the agent did not hang up within {step.expect_hangup.timeout_s} s")
             return []
+        if isinstance(step, ExpectTransfer):
+            return self._expect_transfer(step, o, waited)
         if isinstance(step, Interrupt):
             return self._interrupt(step, st, o)
         if isinstance(step, Backchannel):
@@ -259,6 +265,39 @@ class ScriptRunner:
             self._finish(True)
         elif o.ended:
             self._finish(False, "the call ended while the caller spoke")
+        return []
+
+    def _dtmf(self, step: Dtmf, st: _State, o: Observation) -> list[Action]:
+        """Send the keys; with `expect_reply_ms`, wait for the agent's next onset (up to a second past the bound)."""
+        if st.phase == "start":
+            st.phase, st.onset = "sent", o.frame
+            if step.expect_reply_ms is None:
+                self._finish(True)
+            return [SendDtmf(step.dtmf, step.method == "info")]
+        assert st.onset is not None and step.expect_reply_ms is not None
+        start = o.frame - o.audio_run + 1
+        if o.audio_run >= 2 and start > st.onset:
+            reply = (start - st.onset) * FRAME_MS
+            ok = reply <= step.expect_reply_ms
+            self._finish(ok, "" if ok else f"the agent answered the keys after {reply} ms", reply_ms=reply)
+        elif (o.frame - st.onset) * FRAME_MS > step.expect_reply_ms + 1000 or o.ended:
+            self._finish(False, f"no agent audio within {step.expect_reply_ms + 1000:g} ms of the keys",
+                         reply_ms=float("inf"))
+        return []
+
+    def _expect_transfer(self, step: ExpectTransfer, o: Observation, waited: float) -> list[Action]:
+        """A REFER (new since the last expect_transfer) whose Refer-To matches; others fail the step."""
+        a = step.expect_transfer
+        new = o.refer_to[self._refers_seen:]
+        if new:
+            self._refers_seen = len(o.refer_to)
+            ok = any(a.matches(uri) for uri in new)
+            why = "" if ok else f"transferred to {', '.join(new)}, expected {a.to}"
+            self._finish(ok, why, after_s=round(waited, 3))
+        elif waited > a.timeout_s:
+            self._finish(False, f"no transfer (REFER) within {a.timeout_s} s")
+        elif o.ended:
+            self._finish(False, "the call ended without a transfer")
         return []
 
     def _interrupt(self, step: Interrupt, st: _State, o: Observation) -> list[Action]:

@@ -5,10 +5,16 @@ name: demo menu
 target: sip:100@127.0.0.1:5060      # --target overrides it
 codecs: [PCMU]
 expect_status: 200
+dial:                                   # optional: how the INVITE looks
+  headers: {X-Customer-Id: "42"}
+  from: {user: qa-bot, display: QA Bot}
+  to: {user: "100", display: Reception}  # the To header; the request goes to the target
+  auth: {username: alice, password_env: SIM_PASSWORD}  # answers a 401/407 challenge
 steps:
   - wait_speech: {timeout_s: 5}           # the agent starts talking (measures its latency)
   - wait_silence: {min_s: 0.8, timeout_s: 20}
   - dtmf: "3"
+    expect_reply_ms: 1500                 # optional: the agent answers the key this fast (reply_ms)
   - interrupt: {say: "Sorry, can I stop you?", after_ms: 1500, expect_stop_ms: 300}
   - backchannel: {say: "uh-huh", after_ms: 1000}
   - echo: {db: -12, delay_ms: 200}        # from now on the agent hears itself
@@ -17,6 +23,7 @@ steps:
   - expect_speech:                        # the agent's next utterance, transcribed by the embedded ASR
       any_of: [order, booking]            # also contains, not_contains, matches (regex), min_confidence
       timeout_s: 10
+  - expect_transfer: {to: "sip:operator@*", timeout_s: 5}  # a REFER (declined); or to: /regex/
   - wait: 1.5
   - hangup: {}
 ```
@@ -24,6 +31,8 @@ steps:
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -84,6 +93,8 @@ class Play(_Strict):
 class Dtmf(_Strict):
     dtmf: str = Field(pattern=r"^[0-9*#A-Da-d]+$")
     method: Literal["rfc4733", "info"] = "rfc4733"
+    expect_reply_ms: float | None = Field(None, gt=0)
+    """Pass when the agent's next audio starts within this long of sending the keys (measured as `reply_ms`)."""
 
 
 class InterruptArgs(Speech):
@@ -128,6 +139,32 @@ class Hangup(_Strict):
     hangup: HangupArgs = HangupArgs()
 
 
+class ExpectTransferArgs(_Strict):
+    to: str = "*"
+    """The Refer-To URI: a glob (`sip:operator@*`) or a `/regex/` searched in it."""
+    timeout_s: float = Field(10.0, gt=0)
+
+    @field_validator("to")
+    @classmethod
+    def _pattern(cls, v: str) -> str:
+        if len(v) > 1 and v.startswith("/") and v.endswith("/"):
+            try:
+                re.compile(v[1:-1])
+            except re.error as e:
+                raise ValueError(f"not a regular expression: {e}") from None
+        return v
+
+    def matches(self, refer_to: str) -> bool:
+        uri = refer_to.strip().removeprefix("<").removesuffix(">")
+        if len(self.to) > 1 and self.to.startswith("/") and self.to.endswith("/"):
+            return re.search(self.to[1:-1], uri) is not None
+        return fnmatch.fnmatchcase(uri, self.to)
+
+
+class ExpectTransfer(_Strict):
+    expect_transfer: ExpectTransferArgs = ExpectTransferArgs()
+
+
 class ExpectHangupArgs(_Strict):
     timeout_s: float = Field(10.0, gt=0)
 
@@ -137,6 +174,63 @@ class ExpectHangup(_Strict):
 
 
 ASR_ENGINES = ("moonshine",)
+RESERVED_HEADERS = frozenset({"via", "from", "to", "call-id", "cseq", "contact", "max-forwards", "content-type",
+                              "content-length", "authorization", "proxy-authorization", "route", "record-route"})
+"""Headers pjsua writes itself; a script sets From and To through `from`/`to` and credentials through `auth`."""
+_TOKEN = re.compile(r"^[A-Za-z0-9!%*_+`'~.-]+$")
+_USER = re.compile(r"^[A-Za-z0-9\-_.!~*'()&=+$,;?/%]+$")
+
+
+class Party(_Strict):
+    """A From or To header: `"display" <sip:user@host>`."""
+
+    user: str = Field(pattern=_USER.pattern)
+    display: str = Field("", pattern=r'^[^"\\\r\n]*$')
+    host: str = Field("", pattern=r"^[A-Za-z0-9.:\[\]-]*$")
+    """Empty: the phone's own address (From) or the target's host (To)."""
+
+    def uri(self, default_host: str) -> str:
+        addr = f"<sip:{self.user}@{self.host or default_host}>"
+        return f'"{self.display}" {addr}' if self.display else addr
+
+
+class DigestAuth(_Strict):
+    username: str = Field(min_length=1)
+    password_env: str
+    """Name of the environment variable holding the password (never the password itself)."""
+    realm: str = "*"
+    """Digest realm the credentials are for; `*` answers any realm."""
+
+    @field_validator("password_env")
+    @classmethod
+    def _env(cls, v: str) -> str:
+        if not os.environ.get(v):
+            raise ValueError(f"environment variable {v} (the dial password) is not set or empty")
+        return v
+
+    @property
+    def password(self) -> str:
+        return os.environ.get(self.password_env, "")
+
+
+class Dial(_Strict):
+    headers: dict[str, str] = {}
+    """Extra INVITE headers, e.g. `X-Customer-Id`, `User-to-User`, `P-Asserted-Identity`."""
+    from_: Party | None = Field(None, alias="from")
+    to: Party | None = None
+    auth: DigestAuth | None = None
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not _TOKEN.match(name):
+                raise ValueError(f"{name!r} is not a SIP header name")
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"{name} is written by the phone itself (use from, to or auth)")
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"the value of {name} spans lines")
+        return v
 
 
 def normalize(text: str) -> str:
@@ -214,7 +308,7 @@ class ExpectSpeech(_Strict):
 _STEPS: dict[str, type[_Strict]] = {
     "wait_speech": WaitSpeech, "wait_silence": WaitSilence, "say": Say, "play": Play, "dtmf": Dtmf,
     "interrupt": Interrupt, "backchannel": Backchannel, "echo": Echo, "wait": Wait, "hangup": Hangup,
-    "expect_hangup": ExpectHangup, "expect_speech": ExpectSpeech,
+    "expect_hangup": ExpectHangup, "expect_speech": ExpectSpeech, "expect_transfer": ExpectTransfer,
 }
 
 
@@ -234,7 +328,8 @@ Step = Annotated[
     | Annotated[Say, Tag("Say")] | Annotated[Play, Tag("Play")] | Annotated[Dtmf, Tag("Dtmf")]
     | Annotated[Interrupt, Tag("Interrupt")] | Annotated[Backchannel, Tag("Backchannel")]
     | Annotated[Echo, Tag("Echo")] | Annotated[Wait, Tag("Wait")] | Annotated[Hangup, Tag("Hangup")]
-    | Annotated[ExpectHangup, Tag("ExpectHangup")] | Annotated[ExpectSpeech, Tag("ExpectSpeech")],
+    | Annotated[ExpectHangup, Tag("ExpectHangup")] | Annotated[ExpectSpeech, Tag("ExpectSpeech")]
+    | Annotated[ExpectTransfer, Tag("ExpectTransfer")],
     Discriminator(_step_kind, custom_error_type="unknown_step",
                   custom_error_message=f"not a step; steps are {', '.join(_STEPS)}"),
 ]
@@ -245,6 +340,7 @@ class Script(_Strict):
     target: str | None = None
     codecs: list[str] = ["PCMU"]
     expect_status: int = Field(200, ge=100, le=699)
+    dial: Dial = Dial()
     answer_timeout_s: float = Field(15.0, gt=0)
     max_duration_s: float = Field(300.0, gt=0)
     steps: list[Step] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import queue
+import secrets
 import sys
 import time
 import wave
@@ -22,12 +23,14 @@ import numpy as np
 
 from agents.speech.asr import AsrError
 from agents.speech.tts import engine_for
-from media.frames import SAMPLE_RATE, level_dbfs
+from media.frames import FRAME_MS, SAMPLE_RATE, level_dbfs
 from media.resample import resample
 from media.wavfile import WavError, read_wav_16k
 from telephony.config import ConfigError
+from telephony.simulator import emodel
+from telephony.simulator.impair import ImpairError
 from telephony.simulator.listen import PAD_FRAMES, Ear, ear_for
-from telephony.simulator.phone import Phone, PhoneCall
+from telephony.simulator.phone import Phone, PhoneCall, RtpStats
 from telephony.simulator.report import CallReport, console, html, junit, summary
 from telephony.simulator.runner import (
     HangUp,
@@ -66,6 +69,7 @@ def _observe(call: PhoneCall) -> Observation:
             now=time.monotonic(), frame=len(p.rx) - 1, last_audio=p.last_audio, audio_run=p.audio_run,
             speaking=bool(p.queue), speech_start=p.speech_start, speech_end=p.speech_end,
             answered=call.confirmed_at is not None, ended=call.ended, status=call.status,
+            refer_to=tuple(call.refer_to),
         )
 
 
@@ -95,13 +99,29 @@ def _transcribe(ears: dict[str, Ear], call: PhoneCall, t: Transcribe) -> Future[
     return ears[t.engine].submit(b"".join(frames))
 
 
-def run_call(phone: Phone, script: Script, file: str, target: str, record: Path | None = None) -> CallReport:
+def line_quality(stats: RtpStats | None, codec: str) -> dict[str, float | None] | None:
+    """The statistics with the E-model's estimate for what the caller heard: one-way delay is half the RTCP
+    round trip (0 before a report), plus the jitter buffer's mean delay and one 20 ms packet."""
+    if stats is None:
+        return None
+    delay = (stats.rtt_ms or 0.0) / 2 + stats.jbuf_delay_ms + FRAME_MS
+    r = emodel.r_factor(codec, stats.rx_loss_pct, delay)
+    return {**asdict(stats), "delay_ms": round(delay, 1), "r_factor": None if r is None else round(r, 1),
+            "mos": None if r is None else round(emodel.mos(r), 2)}
+
+
+def run_call(phone: Phone, script: Script, file: str, target: str, record: Path | None = None,
+             loss: tuple[float, str] | None = None) -> CallReport:
+    """One script on one call; `loss` (percent, seed) impairs its RTP through a seeded relay."""
     base = Path(file).resolve().parent
     runner = ScriptRunner(script, lambda sp: render_speech(sp, base))
     ears = _ears(script)
     asr: Future[Heard] | None = None
     phone.set_codecs(script.codecs)
-    call = phone.dial(target)
+    try:
+        call = phone.dial(target, script.dial, loss)
+    except ImpairError as e:
+        raise SimulationError(str(e)) from None
     report = CallReport(script.name, file, target, 0, script.expect_status, None, "", 0.0)
     while True:
         phone.poll(10)
@@ -145,6 +165,8 @@ def run_call(phone: Phone, script: Script, file: str, target: str, record: Path 
     report.steps = runner.results
     with call.port.lock:
         sent, heard = list(call.port.tx), list(call.port.rx)
+    report.rtp = line_quality(call.rtp, call.codec)
+    report.impairment = call.impairment
     report.sent_db = [round(level_dbfs(f), 1) for f in sent]
     report.heard_db = [round(level_dbfs(f), 1) for f in heard]
     if record is not None:
@@ -161,10 +183,15 @@ def _recording(record_dir: Path | None, index: int, script: Script) -> Path | No
     return record_dir / f"{index + 1:04d}-{safe}.wav"
 
 
+def call_loss(loss_pct: float, seed: int, index: int) -> tuple[float, str] | None:
+    """The impairment of the `index`-th call: its drops depend on the seed and the index alone."""
+    return (loss_pct, f"{seed}:{index}") if loss_pct > 0 else None
+
+
 def _worker(jobs: Any, results: Any, t0: float, rate: float, target: str | None, rtp_port: int, loss_pct: float,
-            record_dir: Path | None) -> None:
+            seed: int, record_dir: Path | None) -> None:
     """One load process: its own phone, jobs taken from the queue, each started no earlier than its slot."""
-    phone = Phone(rtp_port, loss_pct=loss_pct)
+    phone = Phone(rtp_port, impair=loss_pct > 0)
     try:
         while True:
             job = jobs.get()
@@ -176,7 +203,7 @@ def _worker(jobs: Any, results: Any, t0: float, rate: float, target: str | None,
                 time.sleep(delay)
             try:
                 results.put(run_call(phone, script, path, target or script.target,
-                                     _recording(record_dir, index, script)))
+                                     _recording(record_dir, index, script), call_loss(loss_pct, seed, index)))
             except Exception as e:  # a failed call is a result, not the end of the run
                 results.put(CallReport(script.name, path, target or script.target or "", 0, script.expect_status,
                                        None, "", 0.0, error=repr(e)))
@@ -185,7 +212,7 @@ def _worker(jobs: Any, results: Any, t0: float, rate: float, target: str | None,
 
 
 def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, concurrency: int, rate: float,
-             rtp_port: int, loss_pct: float = 0.0, record_dir: Path | None = None) -> list[CallReport]:
+             rtp_port: int, loss_pct: float = 0.0, record_dir: Path | None = None, seed: int = 0) -> list[CallReport]:
     """`calls` runs of the scripts (in turn), `concurrency` at a time, started at most `rate` per second."""
     ctx = multiprocessing.get_context("spawn")
     jobs = ctx.Queue()
@@ -197,7 +224,7 @@ def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, 
         jobs.put(None)
     t0 = time.monotonic() + 1.0
     procs = [ctx.Process(target=_worker, args=(jobs, results, t0, rate, target, rtp_port + 200 * k, loss_pct,
-                                               record_dir), daemon=True)
+                                               seed, record_dir), daemon=True)
              for k in range(concurrency)]
     for p in procs:
         p.start()
@@ -220,7 +247,8 @@ def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, 
 
 def main(paths: list[str], target: str | None, junit_path: str | None, json_path: str | None,
          rtp_port: int = 40000, calls: int | None = None, concurrency: int = 1, rate: float = 1.0,
-         html_path: str | None = None, loss_pct: float = 0.0, record_dir: str | None = None) -> int:
+         html_path: str | None = None, loss_pct: float = 0.0, record_dir: str | None = None,
+         seed: int | None = None) -> int:
     scripts: list[tuple[str, Script]] = []
     errors = 0
     for path in paths:
@@ -239,16 +267,20 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
             return 2
     reports: list[CallReport] = []
     rec = Path(record_dir) if record_dir else None
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+    if loss_pct > 0:
+        print(f"voicegate simulate: seed {seed} (--seed {seed} drops the same packets again)", file=sys.stderr)
     if calls is not None:
-        reports = run_load(scripts, target, calls, concurrency, rate, rtp_port, loss_pct, rec)
+        reports = run_load(scripts, target, calls, concurrency, rate, rtp_port, loss_pct, rec, seed)
     else:
-        phone = Phone(rtp_port, loss_pct=loss_pct)
+        phone = Phone(rtp_port, impair=loss_pct > 0)
         try:
             for i, (path, s) in enumerate(scripts):
                 uri = target or s.target
                 assert uri is not None
                 try:
-                    reports.append(run_call(phone, s, path, uri, _recording(rec, i, s)))
+                    reports.append(run_call(phone, s, path, uri, _recording(rec, i, s), call_loss(loss_pct, seed, i)))
                 except SimulationError as e:
                     print(f"{path}: {e}", file=sys.stderr)
                     return 2

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from telephony.config import ConfigError
 from telephony.simulator.report import CallReport, console, html, junit
@@ -201,3 +202,51 @@ def test_reports_show_what_expect_speech_heard(tmp_path: Path):
     html([r], tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text()
     assert page.count("Harbor Hotel &lt;hi&gt;") == 3  # the table, the timeline label and its tooltip
+
+
+def test_dial_options_are_checked_with_their_lines(tmp_path: Path):
+    f = tmp_path / "s.yaml"
+    f.write_text("name: x\ndial:\n  headers:\n    Call-ID: abc\n    'X Bad': '1'\n  from: {user: 'a b'}\n"
+                 "  to: {user: desk, display: Front Desk}\n")
+    with pytest.raises(ConfigError) as e:
+        load_script(f)
+    issues = [str(i) for i in e.value.issues]
+    assert any(i.startswith(f"{f}:4: dial.headers") and "Call-ID is written by the phone" in i for i in issues), issues
+    assert any(i.startswith(f"{f}:6: dial.from.user") for i in issues), issues
+    ok = Script.model_validate({"name": "t", "dial": {"from": {"user": "qa", "display": "QA"}, "to": {"user": "1"}}})
+    assert ok.dial.from_ is not None and ok.dial.from_.uri("127.0.0.1") == '"QA" <sip:qa@127.0.0.1>'
+
+
+def test_dtmf_reply_time_from_the_key_to_the_agents_next_onset():
+    r = ScriptRunner(script([{"dtmf": "2", "expect_reply_ms": 1000}]), speech)
+    actions = drive(r, Line(30, 100), 200)
+    assert [a.digits for a in actions if isinstance(a, SendDtmf)] == ["2"]
+    assert r.results[0].ok and r.results[0].metrics["reply_ms"] == 600
+    r = ScriptRunner(script([{"dtmf": "2", "expect_reply_ms": 300}]), speech)
+    drive(r, Line(30, 100), 200)
+    assert not r.results[0].ok and r.results[0].metrics["reply_ms"] == 600
+    assert r.results[0].message == "the agent answered the keys after 600 ms"
+    # an agent that talks straight through the key has not answered it
+    r = ScriptRunner(script([{"dtmf": "2", "expect_reply_ms": 300}]), speech)
+    drive(r, Line(0, 1000), 200)
+    assert not r.results[0].ok and "no agent audio within 1300 ms" in r.results[0].message
+
+
+def test_expect_transfer_matches_refer_to_by_glob_or_regex():
+    def run(to: str, refers: tuple[str, ...], frames: int = 100) -> StepResult:
+        r = ScriptRunner(script([{"expect_transfer": {"to": to, "timeout_s": 1}}]), speech)
+        for f in range(frames):
+            r.tick(Observation(f * 0.02, f, -1, 0, False, None, None, True, False, 200,
+                               refers if f >= 10 else ()))
+            if r.done:
+                break
+        return r.results[0]
+
+    assert run("sip:operator@*", ("<sip:operator@example.com>",)).ok
+    assert run("/^sip:(operator|desk)@/", ("sip:desk@10.0.0.1;transport=tcp",)).ok
+    bad = run("sip:sales@*", ("sip:operator@example.com",))
+    assert not bad.ok and bad.message == "transferred to sip:operator@example.com, expected sip:sales@*"
+    late = run("*", ())
+    assert not late.ok and late.message == "no transfer (REFER) within 1.0 s"
+    with pytest.raises(ValidationError, match="not a regular expression"):
+        Script.model_validate({"name": "t", "steps": [{"expect_transfer": {"to": "/(x/"}}]})

@@ -1,0 +1,268 @@
+"""Seeded RTP impairment: the phone's calls go through a small SIP proxy that puts a UDP relay into each call's
+media path, and the relay drops packets reproducibly.
+
+pjmedia's own drop simulation (`txDropPct`/`rxDropPct`) draws from one process-wide `rand()` shared by its media
+threads, so the same seed would not give the same drops; netem cannot be seeded either. The relay decides each
+packet's fate from `random.Random(f"{seed}:{direction}")` by its place in that direction's packet order, so a seed
+always drops the same packets.
+
+Why a proxy: both ends must send their RTP to the relay from the first packet, or pjmedia's address latching
+(a stream switches its destination to wherever its RTP comes from) takes the relay out of the path again. Only a
+party on the signalling path can show each end the relay's address in the other's SDP. The proxy is the phone's
+outbound proxy on loopback: it forwards every request to its next hop (Route, else the Request-URI) with its own
+Via on top, hands responses back, and rewrites the `c=`/`m=` lines of the SDP it carries (RTCP, the next port, is
+relayed unimpaired). It adds no Record-Route, so in-dialog requests of the far end go to the phone directly; a far
+end that moves its media in a re-INVITE leaves the relay. UDP only. Written by hand: no maintained Python library
+is a SIP proxy with SDP rewriting (and none relays RTP with seeded impairment); this one needs only the few header
+lines it touches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+import selectors
+import socket
+import threading
+from dataclasses import dataclass, field
+
+Addr = tuple[str, int]
+
+_C = re.compile(r"^c=IN IP4 ([0-9.]+)\r?$", re.MULTILINE)
+_M = re.compile(r"^m=audio (\d+) ", re.MULTILINE)
+_RTCP = re.compile(r"^a=rtcp:(\d+)( IN IP4 [0-9.]+)?\r?$", re.MULTILINE)
+_HOSTPORT = re.compile(r"^(?:sips?:)?(?:[^@;>]*@)?([^:;>]+)(?::(\d+))?")
+
+
+class ImpairError(Exception):
+    """The impairment cannot be set up (a target it cannot relay for)."""
+
+
+@dataclass
+class Direction:
+    """One way through the relay: which RTP packets (by arrival index) were dropped."""
+
+    loss_pct: float
+    rng: random.Random
+    packets: int = 0
+    dropped: list[int] = field(default_factory=list)
+
+    def keep(self) -> bool:
+        """The next packet's fate (one draw per packet, so the pattern depends on the seed alone)."""
+        drop = self.rng.random() * 100 < self.loss_pct
+        if drop:
+            self.dropped.append(self.packets)
+        self.packets += 1
+        return not drop
+
+
+@dataclass(frozen=True)
+class Impairment:
+    """What a relay did to one call: its seed and the RTP packets (arrival indices) dropped each way."""
+
+    seed: str
+    loss_pct: float
+    rx_packets: int
+    rx_dropped: list[int]
+    tx_packets: int
+    tx_dropped: list[int]
+
+
+def _pair(host: str) -> tuple[socket.socket, socket.socket]:
+    """Two UDP sockets on consecutive ports, the first even (RTP and RTCP)."""
+    for _ in range(50):
+        rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        rtp.bind((host, 0))
+        port = rtp.getsockname()[1]
+        if port % 2 == 0 and port < 65535:
+            rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                rtcp.bind((host, port + 1))
+                return rtp, rtcp
+            except OSError:
+                rtcp.close()
+        rtp.close()
+    raise ImpairError(f"no free pair of UDP ports on {host} for the impairment relay")
+
+
+class LossRelay:
+    """One call's RTP and RTCP between the phone and the far end; both send to `host:port` (and port + 1)."""
+
+    def __init__(self, host: str, loss_pct: float, seed: str) -> None:
+        self.seed = seed
+        self.to_phone = Direction(loss_pct, random.Random(f"{seed}:rx"))
+        self.from_phone = Direction(loss_pct, random.Random(f"{seed}:tx"))
+        self.phone: Addr | None = None
+        self.far: Addr | None = None
+        self._socks = _pair(host)
+        self.host = host
+        self.port = int(self._socks[0].getsockname()[1])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"relay-{self.port}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        for i, s in enumerate(self._socks):
+            sel.register(s, selectors.EVENT_READ, i)
+        while not self._stop.is_set():
+            for key, _ in sel.select(0.05):
+                kind: int = key.data
+                sock = self._socks[kind]
+                try:
+                    data, src = sock.recvfrom(2048)
+                except OSError:
+                    continue
+                phone, far = self.phone, self.far
+                if phone is None or far is None:
+                    continue
+                # the phone's SDP may name another local address than its packets come from: match by port
+                if src[1] == phone[1] + kind and src != (far[0], far[1] + kind):
+                    if kind == 1 or self.from_phone.keep():
+                        sock.sendto(data, (far[0], far[1] + kind))
+                elif kind == 1 or self.to_phone.keep():
+                    sock.sendto(data, (phone[0], phone[1] + kind))
+        sel.close()
+
+    def close(self) -> Impairment:
+        """Stop relaying; what was dropped each way."""
+        self._stop.set()
+        self._thread.join(2)
+        for sock in self._socks:
+            sock.close()
+        rx, tx = self.to_phone, self.from_phone
+        return Impairment(self.seed, rx.loss_pct, rx.packets, rx.dropped, tx.packets, tx.dropped)
+
+
+def _split(msg: str) -> tuple[list[str], str]:
+    head, _, body = msg.partition("\r\n\r\n")
+    return head.split("\r\n"), body
+
+
+def _header(lines: list[str], *names: str) -> int:
+    """Index of the first header line with one of `names` (long or compact form), -1 if none."""
+    for i, line in enumerate(lines[1:], 1):
+        name = line.split(":", 1)[0].strip().lower()
+        if name in names:
+            return i
+    return -1
+
+
+def hop(uri: str) -> Addr:
+    """host and port of a SIP URI or Route value; refuses other transports than UDP."""
+    value = uri.strip().removeprefix("<").split(">", 1)[0]
+    if re.search(r";transport=(?!udp)", value, re.IGNORECASE) or value.lower().startswith("sips:"):
+        raise ImpairError(f"{value}: --loss relays SIP over UDP only")
+    m = _HOSTPORT.match(value)
+    if m is None:
+        raise ImpairError(f"{value}: no host to send to")
+    return m.group(1), int(m.group(2) or 5060)
+
+
+class SdpProxy:
+    """The phone's outbound proxy on `host`; a call's INVITE gets a relay when `arm()` asked for one."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._sock.bind((host, 0))
+        self.addr: Addr = (host, int(self._sock.getsockname()[1]))
+        self.relays: dict[str, LossRelay] = {}
+        self._armed: tuple[float, str] | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.errors: list[str] = []
+        self._thread = threading.Thread(target=self._run, name="sdp-proxy", daemon=True)
+        self._thread.start()
+
+    @property
+    def uri(self) -> str:
+        return f"sip:{self.addr[0]}:{self.addr[1]};lr"
+
+    def arm(self, loss_pct: float, seed: str) -> None:
+        """The next new call (Call-ID) gets a relay dropping `loss_pct` percent each way."""
+        with self._lock:
+            self._armed = (loss_pct, seed)
+
+    def release(self, call_id: str) -> Impairment | None:
+        """Stop the call's relay; what it dropped."""
+        with self._lock:
+            relay = self.relays.pop(call_id, None)
+        return relay.close() if relay else None
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._sock.close()
+        for call_id in list(self.relays):
+            self.release(call_id)
+
+    def _run(self) -> None:
+        self._sock.settimeout(0.05)
+        while not self._stop.is_set():
+            try:
+                data, _src = self._sock.recvfrom(65535)
+            except (TimeoutError, OSError):
+                continue
+            try:
+                out, dest = self._forward(data.decode("utf-8", "replace"))
+                self._sock.sendto(out.encode(), dest)
+            except Exception as e:  # a message it cannot handle is reported, and the proxy carries on
+                self.errors.append(f"{e!r}")
+
+    def _relay(self, lines: list[str], offer: bool) -> LossRelay | None:
+        i = _header(lines, "call-id", "i")
+        call_id = lines[i].split(":", 1)[1].strip() if i > 0 else ""
+        with self._lock:
+            if call_id not in self.relays and offer and self._armed is not None:
+                self.relays[call_id] = LossRelay(self.addr[0], *self._armed)
+                self._armed = None
+            return self.relays.get(call_id)
+
+    def _forward(self, msg: str) -> tuple[str, Addr]:
+        lines, body = _split(msg)
+        response = lines[0].startswith("SIP/2.0")
+        relay = self._relay(lines, offer=not response and lines[0].startswith("INVITE"))
+        if relay is not None and body and _M.search(body):
+            body = self._rewrite(body, relay, from_phone=not response)
+        if response:
+            v = _header(lines, "via", "v")
+            name, values = lines[v].split(":", 1)
+            rest = values.split(",")[1:]  # ours is the first value (a far end may join them on one line)
+            if rest:
+                lines[v] = f"{name}:{','.join(rest)}"
+            else:
+                lines.pop(v)
+            via = lines[_header(lines, "via", "v")].split(":", 1)[1].split(",")[0].split()[1]
+            dest = hop(via.split(";")[0])
+        else:
+            top = f"z9hG4bK{hashlib.sha1(lines[_header(lines, 'via', 'v')].encode()).hexdigest()[:16]}"
+            lines.insert(1, f"Via: SIP/2.0/UDP {self.addr[0]}:{self.addr[1]};branch={top}")
+            r = _header(lines, "route")
+            if r > 0 and f"{self.addr[0]}:{self.addr[1]}" in lines[r]:
+                routes = lines[r].split(":", 1)[1].split(",")[1:]
+                if routes:
+                    lines[r] = "Route: " + ",".join(routes).strip()
+                else:
+                    lines.pop(r)
+            r = _header(lines, "route")
+            dest = hop(lines[r].split(":", 1)[1].split(",")[0] if r > 0 else lines[0].split()[1])
+        n = _header(lines, "content-length", "l")
+        if n > 0:
+            lines[n] = f"Content-Length: {len(body.encode())}"
+        return "\r\n".join(lines) + "\r\n\r\n" + body, dest
+
+    @staticmethod
+    def _rewrite(sdp: str, relay: LossRelay, from_phone: bool) -> str:
+        """The SDP's audio address becomes the relay's; the real one is where the relay sends that side's RTP."""
+        c, m = _C.search(sdp), _M.search(sdp)
+        if c is None or m is None:
+            raise ImpairError("an SDP without an IPv4 audio address: --loss cannot relay it")
+        real = (c.group(1), int(m.group(1)))
+        if from_phone:
+            relay.phone = real
+        else:
+            relay.far = real
+        sdp = _C.sub(f"c=IN IP4 {relay.host}", sdp)
+        sdp = _M.sub(f"m=audio {relay.port} ", sdp, count=1)
+        return _RTCP.sub(f"a=rtcp:{relay.port + 1} IN IP4 {relay.host}", sdp)

@@ -1,0 +1,79 @@
+"""The impairment proxy's message handling and the relay's seeded drops, on loopback sockets."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from telephony.simulator.impair import ImpairError, LossRelay, SdpProxy, hop
+
+SDP = "v=0\r\no=- 1 1 IN IP4 10.9.9.9\r\ns=-\r\nc=IN IP4 10.9.9.9\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n" \
+      "a=rtcp:4001 IN IP4 10.9.9.9\r\n"
+
+
+def message(first: str, *headers: str, body: str = "") -> str:
+    return "\r\n".join([first, *headers, f"Content-Length: {len(body)}"]) + "\r\n\r\n" + body
+
+
+@pytest.fixture
+def proxy():
+    p = SdpProxy()
+    yield p
+    p.close()
+
+
+def test_an_invite_gets_our_via_loses_our_route_and_offers_the_relay(proxy: SdpProxy):
+    proxy.arm(10.0, "s")
+    here = f"{proxy.addr[0]}:{proxy.addr[1]}"
+    out, dest = proxy._forward(message("INVITE sip:100@127.0.0.7:5070 SIP/2.0", "Via: SIP/2.0/UDP 127.0.0.1:5999;rport",
+                                       "Call-ID: c1", f"Route: <sip:{here};lr>", body=SDP))
+    assert dest == ("127.0.0.7", 5070)
+    lines = out.split("\r\n")
+    assert lines[1].startswith(f"Via: SIP/2.0/UDP {here};branch=z9hG4bK") and "Route:" not in out
+    relay = proxy.relays["c1"]
+    assert relay.phone == ("10.9.9.9", 4000)
+    assert f"m=audio {relay.port} RTP/AVP 0" in out and f"a=rtcp:{relay.port + 1} IN IP4 127.0.0.1" in out
+    body = out.split("\r\n\r\n", 1)[1]
+    assert f"Content-Length: {len(body)}" in out
+    # the answer: our Via value goes (also from a joined Via line), the far end's media is learned
+    answer = SDP.replace("4000", "6000").replace("4001", "6001")
+    out, dest = proxy._forward(message("SIP/2.0 200 OK", f"Via: SIP/2.0/UDP {here};branch=x, SIP/2.0/UDP "
+                                       "127.0.0.1:5999;rport", "Call-ID: c1", body=answer))
+    assert dest == ("127.0.0.1", 5999) and "Via: SIP/2.0/UDP 127.0.0.1:5999;rport" in out and here not in out
+    assert relay.far == ("10.9.9.9", 6000) and f"m=audio {relay.port} " in out
+
+
+def test_hop_refuses_what_it_cannot_relay():
+    assert hop("<sip:127.0.0.1:5080;lr>") == ("127.0.0.1", 5080) and hop("sip:x@host") == ("host", 5060)
+    with pytest.raises(ImpairError, match="UDP only"):
+        hop("sip:x@127.0.0.1:5061;transport=tls")
+
+
+def test_the_relay_drops_the_same_packets_for_the_same_seed():
+    def run(seed: str) -> list[int]:
+        relay = LossRelay("127.0.0.1", 20.0, seed)
+        far = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        far.bind(("127.0.0.1", 0))
+        phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        phone.bind(("127.0.0.1", 0))
+        phone.settimeout(0.5)
+        relay.phone, relay.far = phone.getsockname(), far.getsockname()
+        for i in range(100):
+            far.sendto(i.to_bytes(2, "big"), ("127.0.0.1", relay.port))
+            time.sleep(0.001)
+        got = []
+        try:
+            while len(got) < 100:
+                got.append(int.from_bytes(phone.recv(10), "big"))
+        except TimeoutError:
+            pass
+        imp = relay.close()
+        far.close()
+        phone.close()
+        assert imp.rx_packets == 100 and sorted(set(range(100)) - set(got)) == imp.rx_dropped
+        return imp.rx_dropped
+
+    a, b, c = run("1"), run("1"), run("2")
+    assert a == b and a != c and 5 < len(a) < 40
