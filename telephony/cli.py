@@ -55,7 +55,8 @@ def _serve(args: argparse.Namespace) -> int:
         import uvloop
 
         with ops_sinks(cfg):
-            uvloop.run(Gateway(cfg, args.config).run())
+            # a worker's config is derived from the file: re-reading the file (SIGHUP) would undo that
+            uvloop.run(Gateway(cfg, None if args.worker_index is not None else args.config).run())
     except VoicegateError as e:
         print(f"voicegate: {e}", file=sys.stderr)
         return 3

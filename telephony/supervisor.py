@@ -75,6 +75,10 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: event(
+            "config_reload_refused", file=self.config_path, errors=[
+                "with workers, a reload is a rolling restart: SIGTERM one worker at a time (pids in worker_started); "
+                "each starts again with the file as it is then"]))
         if self.front is not None:
             try:
                 self.front.write()

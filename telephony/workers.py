@@ -3,8 +3,8 @@
 A pjsua2 process serves at most 4 calls (DESIGN §2), so `voicegate serve --workers N` runs N gateways. Behind the
 Kamailio front door (more than one, or `workers.remote` gateways on other machines), each listens on loopback
 (`workers.first_port` + i, UDP) and owns one N-th of the configured RTP range; the stream transports and the
-metrics endpoint (fixed ports) run in worker 0. With `when_full: {reply: announcement}` one more worker (index N)
-answers the calls no worker has room for, says the text and hangs up.
+metrics and control endpoints (fixed ports) run in worker 0. With `when_full: {reply: announcement}` one more
+worker (index N) answers the calls no worker has room for, says the text and hangs up.
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def worker_config(cfg: Config, index: int, count: int) -> Config:
         update["transports"] = cfg.transports.model_copy(update={"media_stream": None, "audiosocket": None,
                                                                  "webrtc": None})
         update["metrics"] = cfg.metrics.model_copy(update={"enabled": False})
+        update["control"] = None  # one control endpoint (dial), in worker 0
     if index == count:  # the announcer: one scripted agent for every number
         full = cfg.workers.when_full
         busy = ScriptedAgentConfig.model_validate({"type": "scripted", "start": "busy", "voice": full.voice, "nodes": {

@@ -126,3 +126,12 @@ def test_an_announcement_adds_a_worker_that_says_the_text_to_every_number():
     assert dispatcher_list(cfg, 2).splitlines()[-1] == "2 sip:127.0.0.1:6002 0 0 duid=a0"
     one = parse_config(BASE + "workers: {when_full: {reply: announcement}}\n")
     assert worker_config(one, 0, 1).sip.port == 5070  # one worker and the announcer sit behind the front door
+
+
+def test_fixed_port_endpoints_run_in_worker_0_only(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("VG_TEST_TOKEN", "t")
+    cfg = parse_config(BASE + "workers: 2\nmetrics: {enabled: true}\ncontrol: {token_env: VG_TEST_TOKEN}\n"
+                              "transports:\n  audiosocket: {port: 9999, agent: e}\n")
+    w0, w1 = worker_config(cfg, 0, 2), worker_config(cfg, 1, 2)
+    assert w0.metrics.enabled and w0.control is not None and w0.transports.audiosocket is not None
+    assert not w1.metrics.enabled and w1.control is None and w1.transports.audiosocket is None
