@@ -61,6 +61,15 @@ def _refuse(cfg: Config, in_failure_route: bool) -> str:
     return "\n        ".join([*lines, "exit;"])
 
 
+def _load_params(cfg: Config) -> str:
+    """Call-load tracking (least_loaded): a call whose BYE never passes (its worker died) stops counting once it
+    would have reached `timeouts.max_call_s`, one never answered after a minute."""
+    expire = int(cfg.timeouts.max_call_s) + 60
+    return "\n".join(['modparam("dispatcher", "ds_hash_size", 8)',
+                      f'modparam("dispatcher", "ds_hash_expire", {expire})',
+                      'modparam("dispatcher", "ds_hash_initexpire", 60)'])
+
+
 def kamailio_config(cfg: Config, list_file: Path, modules: Path = MODULES) -> str:
     w = cfg.workers
     least = w.dispatch == "least_loaded"
@@ -101,7 +110,7 @@ modparam("dispatcher", "ds_probing_mode", 1)
 modparam("dispatcher", "ds_probing_threshold", 1)
 modparam("dispatcher", "ds_inactive_threshold", 1)
 modparam("dispatcher", "ds_ping_reply_codes", "class=2")
-{'modparam("dispatcher", "ds_hash_size", 8)' if least else ''}
+{_load_params(cfg) if least else ''}
 modparam("htable", "htable", "calls=>size=10;autoexpire=7200;")
 modparam("pike", "sampling_time_unit", {w.flood_window_s})
 modparam("pike", "reqs_density_per_unit", {w.flood_requests})

@@ -95,6 +95,7 @@ def test_kamailio_accepts_the_front_door_config(tmp_path: Path, dispatch: str, r
     refusal = 'ds_select_dst("2", "4")' if reply == "announcement" else f'sl_send_reply("{reply}"'
     assert refusal in text and ("Retry-After: 30" in text) == (reply == 503)
     assert ('ds_select_dst("1", "10")' in text) == (dispatch == "least_loaded")
+    assert ('"ds_hash_expire", 3660' in text) == (dispatch == "least_loaded")  # timeouts.max_call_s 3600 + 60
 
 
 def test_dialog_ids_of_our_2xx():
