@@ -6,8 +6,8 @@ pjsip module (through ctypes, on the same library pjsua2 loaded) that sees out-o
 transaction and dialog layers and before pjsua: it answers a new INVITE with the configured reply when the worker
 is full or draining, and OPTIONS with 503 while draining, so that a Kamailio front door stops sending calls.
 `decide` is the policy, pure; `SipGate` is the glue, used on the pjsua thread only. It also ends a call whose 200 OK
-was never ACKed at once (`terminate`): hung up the usual way, pjsip waits for that ACK before its BYE and keeps the
-slot for 32 s.
+was never ACKed at once (`terminate`): hung up the usual way, pjsip waits for that ACK (up to 64×T1, 32 s) before
+its BYE, and the slot stays taken meanwhile.
 """
 
 from __future__ import annotations

@@ -42,7 +42,8 @@ from telephony.transports.servers import stream_transports
 
 NO_ACK_S = 5.0
 """A call whose 200 OK got no ACK within this long is hung up: its slot is one of only four (DESIGN §2), and a burst
-of INVITEs that parse but are never ACKed would otherwise hold every slot for pjsip's 32 s of 2xx retransmissions."""
+of INVITEs that parse but are never ACKed would otherwise hold every slot while pjsip retransmits the 2xx (64×T1,
+32 s)."""
 END_WAIT_S = 2.0
 """How long a hung-up call's agent gets to stop (and record its last turn) before the call's record is written."""
 

@@ -43,7 +43,7 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     setup_logging(cfg.log_level)
     count = cfg.workers.count if args.workers is None else args.workers
-    if args.worker_index is None and (count > 1 or args.workers is not None):
+    if args.worker_index is None and (count > 1 or args.workers is not None or cfg.workers.remote):
         return _supervise(cfg, args.config, count)
     if args.worker_index is not None:
         from telephony.logs import tag_events
@@ -55,7 +55,8 @@ def _serve(args: argparse.Namespace) -> int:
         import uvloop
 
         with ops_sinks(cfg):
-            uvloop.run(Gateway(cfg, args.config).run())
+            # a worker's config is derived from the file: re-reading the file (SIGHUP) would undo that
+            uvloop.run(Gateway(cfg, None if args.worker_index is not None else args.config).run())
     except VoicegateError as e:
         print(f"voicegate: {e}", file=sys.stderr)
         return 3
@@ -63,7 +64,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _supervise(cfg: Config, config_path: str, count: int) -> int:
-    """`serve --workers N`: the supervisor of N workers (and of the Kamailio front door when N > 1)."""
+    """`serve --workers N`: the supervisor of N workers (and of the Kamailio front door when N > 1 or
+    workers.remote lists gateways on other machines)."""
     from telephony.supervisor import Supervisor
     from telephony.workers import fit_problem
 

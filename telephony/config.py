@@ -480,15 +480,20 @@ class WhenFullConfig(_Strict):
     """The reply to a new call when every worker is full (some carriers take a 503 for the whole gateway down)."""
 
     reply: Literal[503, 486, 480, "announcement"] = 503
+    """`announcement`: an extra worker answers, says `text` and hangs up (486 when it is full itself)."""
     retry_after_s: int = Field(30, ge=1, le=3600)
     """Sent as Retry-After with a 503."""
+    text: str = Field("All our lines are busy. Please call again later. Goodbye.", min_length=1)
+    voice: str = "joe"
+    """`joe` (piper) or an espeak-ng voice."""
 
-    @field_validator("reply")
+    @field_validator("voice")
     @classmethod
-    def _there_yet(cls, v: int | str) -> int | str:
-        if v == "announcement":
-            raise ValueError("an 'all lines are busy' announcement is not there yet (a full worker has no call slot "
-                             "to play it from); use 503, 486 or 480")
+    def _voice(cls, v: str) -> str:
+        try:
+            check_voice(v)
+        except TtsError as e:
+            raise ValueError(str(e)) from None
         return v
 
 
@@ -509,11 +514,23 @@ class WorkersConfig(_Strict):
     flood_window_s: int = Field(2, ge=1, le=60)
     flood_block_s: int = Field(10, ge=1, le=3600)
     """How long a flooding source stays blocked after it went quiet."""
+    max_message_bytes: int = Field(16384, ge=1024, le=65535)
+    """A larger request is refused at the front door (513 Message Too Large)."""
     restart_min_s: float = Field(0.5, gt=0, le=60)
     """Wait before restarting a worker that exited; doubles while it keeps dying, up to `restart_max_s`."""
     restart_max_s: float = Field(30.0, gt=0, le=3600)
     when_full: WhenFullConfig = WhenFullConfig()
+    remote: list[str] = []
+    """Gateways on other machines the front door also sends calls to (`sip:HOST:PORT`; each a `voicegate serve`
+    with `workers: {when_full: {reply: 486}}`, reaching the front door at `sip.listen`)."""
     kamailio: str = "/usr/sbin/kamailio"
+
+    @field_validator("remote")
+    @classmethod
+    def _uris(cls, v: list[str]) -> list[str]:
+        for uri in v:
+            parse_sip_uri(uri)
+        return v
 
     @model_validator(mode="before")
     @classmethod

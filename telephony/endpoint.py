@@ -363,7 +363,7 @@ class SipStack:
 
     def release_unacked(self, key: int) -> None:
         """End a call whose 2xx got no ACK at once: a BYE would wait for the ACK (RFC 3261 15) and the call slot
-        would stay taken for pjsip's 32 s of 2xx retransmissions."""
+        would stay taken while pjsip retransmits the 2xx (64×T1, 32 s)."""
         call = self.calls.get(key)
         if call is None or call.disconnected:
             return

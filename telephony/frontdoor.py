@@ -18,11 +18,12 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from telephony.config import Config
 from telephony.logs import event
-from telephony.workers import CALLS_PER_WORKER, worker_port
+from telephony.workers import CALLS_PER_WORKER, announcing, worker_port
 
 MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 ALGORITHMS = {"round_robin": 4, "least_loaded": 10}
@@ -32,16 +33,45 @@ MARK = "VG"
 
 
 def dispatcher_list(cfg: Config, count: int) -> str:
-    """Destination set 1: the workers, each with a call-load id and its call limit (used by least_loaded)."""
-    return "".join(f"1 sip:127.0.0.1:{worker_port(cfg, i, count)} 0 0 duid=w{i};maxload={CALLS_PER_WORKER}\n"
-                   for i in range(count))
+    """Destination set 1: the local workers, then the remote ones, each with a call-load id and its call limit
+    (used by least_loaded)."""
+    local = [f"1 sip:127.0.0.1:{worker_port(cfg, i, count)} 0 0 duid=w{i};maxload={CALLS_PER_WORKER}\n"
+             for i in range(count)]
+    remote = [f"1 {uri} 0 0 duid=r{j};maxload={CALLS_PER_WORKER}\n" for j, uri in enumerate(cfg.workers.remote)]
+    announcer = [f"2 sip:127.0.0.1:{worker_port(cfg, count, count)} 0 0 duid=a0\n"] if announcing(cfg.workers) else []
+    return "".join(local + remote + announcer)
+
+
+def _refuse(cfg: Config, in_failure_route: bool) -> str:
+    """Kamailio lines for a call no worker takes: the configured reply, or the announcer (set 2), or 486 if it is
+    unreachable. A failure route replies statefully (t_reply), the request route statelessly."""
+    full = cfg.workers.when_full
+    send = "t_reply" if in_failure_route else "sl_send_reply"
+    lines = [f'xlog("L_NOTICE", "{MARK} full $ci\\n");']
+    if full.reply == "announcement":
+        lines += ['if (ds_select_dst("2", "4")) {', f'    xlog("L_NOTICE", "{MARK} announce $ci to $du\\n");',
+                  "    $sht(calls=>$ci) = $du;", "    t_relay();", "    exit;", "}", "$sht(calls=>$ci) = $null;",
+                  f'{send}("486", "{REASONS[486]}");']
+    else:
+        code = int(full.reply)
+        lines += ["$sht(calls=>$ci) = $null;"]
+        if code == 503:
+            lines.append(f'append_to_reply("Retry-After: {full.retry_after_s}\\r\\n");')
+        lines.append(f'{send}("{code}", "{REASONS[code]}");')
+    return "\n        ".join([*lines, "exit;"])
+
+
+def _load_params(cfg: Config) -> str:
+    """Call-load tracking (least_loaded): a call whose BYE never passes (its worker died) stops counting once it
+    would have reached `timeouts.max_call_s`, one never answered after a minute."""
+    expire = int(cfg.timeouts.max_call_s) + 60
+    return "\n".join(['modparam("dispatcher", "ds_hash_size", 8)',
+                      f'modparam("dispatcher", "ds_hash_expire", {expire})',
+                      'modparam("dispatcher", "ds_hash_initexpire", 60)'])
 
 
 def kamailio_config(cfg: Config, list_file: Path, modules: Path = MODULES) -> str:
     w = cfg.workers
-    full = w.when_full
-    code = int(full.reply)
-    retry = f'append_to_reply("Retry-After: {full.retry_after_s}\\r\\n");' if code == 503 else ""
     least = w.dispatch == "least_loaded"
     listen = "".join(f"listen={proto}:{cfg.sip.listen}:{cfg.sip.port}\n" for proto in cfg.sip.transports)
     return f"""#!KAMAILIO
@@ -80,7 +110,7 @@ modparam("dispatcher", "ds_probing_mode", 1)
 modparam("dispatcher", "ds_probing_threshold", 1)
 modparam("dispatcher", "ds_inactive_threshold", 1)
 modparam("dispatcher", "ds_ping_reply_codes", "class=2")
-{'modparam("dispatcher", "ds_hash_size", 8)' if least else ''}
+{_load_params(cfg) if least else ''}
 modparam("htable", "htable", "calls=>size=10;autoexpire=7200;")
 modparam("pike", "sampling_time_unit", {w.flood_window_s})
 modparam("pike", "reqs_density_per_unit", {w.flood_requests})
@@ -88,8 +118,9 @@ modparam("pike", "remove_latency", {w.flood_block_s})
 
 request_route {{
     if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if ($ml > {w.max_message_bytes}) {{ sl_send_reply("513", "Message Too Large"); exit; }}
     if (!sanity_check("1511", "7")) {{ xlog("L_NOTICE", "{MARK} malformed request from $si:$sp\\n"); exit; }}
-    if (!ds_is_from_list("1") && !pike_check_req()) {{ exit; }}
+    if (!ds_is_from_list() && !pike_check_req()) {{ exit; }}
     if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
     if (!is_method("ACK")) {{
         if (t_precheck_trans()) {{ t_check_trans(); exit; }}
@@ -107,6 +138,7 @@ request_route {{
         if ($sht(calls=>$ci) != $null) {{
             $du = $sht(calls=>$ci);
             if (is_method("BYE")) {{ $sht(calls=>$ci) = $null; }}
+            {'if (is_method("BYE")) { ds_load_update(); }' if least else ''}
             t_relay();
             exit;
         }}
@@ -122,10 +154,7 @@ request_route {{
     }}
     record_route();
     if (!ds_select_dst("1", "{ALGORITHMS[w.dispatch]}")) {{
-        xlog("L_NOTICE", "{MARK} full $ci\\n");
-        {retry}
-        sl_send_reply("{code}", "{REASONS[code]}");
-        exit;
+        {_refuse(cfg, False)}
     }}
     xlog("L_NOTICE", "{MARK} invite $ci to $du\\n");
     $sht(calls=>$ci) = $du;
@@ -153,11 +182,7 @@ failure_route[NEXT] {{
             exit;
         }}
         {'ds_load_unset();' if least else ''}
-        xlog("L_NOTICE", "{MARK} full $ci\\n");
-        $sht(calls=>$ci) = $null;
-        {retry}
-        t_reply("{code}", "{REASONS[code]}");
-        exit;
+        {_refuse(cfg, True)}
     }}
     {'ds_load_unset();' if least else ''}
     $sht(calls=>$ci) = $null;
@@ -193,17 +218,22 @@ class FrontDoor:
         lst.write_text(dispatcher_list(self.cfg, self.count))
         path = self.dir / "kamailio.cfg"
         path.write_text(kamailio_config(self.cfg, lst))
-        check = subprocess.run([self.cfg.workers.kamailio, "-c", "-f", str(path)], capture_output=True, text=True)
+        try:
+            check = subprocess.run([self.cfg.workers.kamailio, "-c", "-f", str(path)], capture_output=True, text=True)
+        except OSError as e:
+            raise RuntimeError(f"cannot run kamailio ({self.cfg.workers.kamailio}, workers.kamailio; Debian package "
+                               f"kamailio): {e.strerror or e}") from None
         if check.returncode != 0:
             raise RuntimeError(f"kamailio rejected the front door config {path}: {check.stderr.strip()[-1500:]}")
         return path
 
-    async def start(self) -> int:
+    async def start(self, preexec: Callable[[], None] | None = None) -> int:
+        """Start Kamailio; `preexec` runs in the child before it (the supervisor's die-with-parent)."""
         path = self.dir / "kamailio.cfg"
         self.proc = await asyncio.create_subprocess_exec(
             self.cfg.workers.kamailio, "-f", str(path), "-DD", "-E", "-m", "64", "-M", "8", "-Y", str(self.dir),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=self.dir,
-            start_new_session=True)  # its own process group: stop() ends every child
+            start_new_session=True, preexec_fn=preexec)  # its own process group: stop() ends every child
         self._pump = asyncio.ensure_future(self._read(self.proc))
         return self.proc.pid
 

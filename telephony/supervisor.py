@@ -1,9 +1,10 @@
 """`voicegate serve --workers N`: N worker processes, each the gateway on its own port and RTP range, restarted
-with backoff when one exits, and for N > 1 the Kamailio front door (telephony/frontdoor.py), started once every
-worker answers OPTIONS and restarted too if it dies. SIGTERM to the supervisor drains every worker, then stops
-Kamailio (it carries the workers' in-dialog requests until then). SIGTERM to one worker drains that worker alone:
-it answers OPTIONS with 503, Kamailio stops sending it calls, its calls finish, and it is started again.
-Workers write their own JSON log lines to the supervisor's stderr, each tagged with `worker`.
+with backoff when one exits, and for N > 1 (or with `workers.remote`) the Kamailio front door
+(telephony/frontdoor.py), started once every local worker answers OPTIONS and restarted too if it dies.
+SIGTERM to the supervisor drains every worker, then stops Kamailio (it carries the workers' in-dialog requests
+until then). SIGTERM to one worker drains that worker alone: it answers OPTIONS with 503, Kamailio stops sending
+it calls, its calls finish, and it is started again. Workers write their own JSON log lines to the supervisor's
+stderr, each tagged with `worker`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import uuid
 from telephony.config import Config
 from telephony.frontdoor import FrontDoor
 from telephony.logs import event
-from telephony.workers import Restarts, worker_port
+from telephony.workers import Restarts, behind_front_door, processes, worker_port
 
 READY_TIMEOUT_S = 120.0
 """How long the front door waits for the workers' first OPTIONS answers (agents load models at start-up)."""
@@ -56,7 +57,7 @@ async def wait_answering(host: str, port: int, timeout: float) -> bool:
 
 
 def _die_with_parent() -> None:
-    """In the child: SIGTERM when the supervisor dies, so that no worker outlives it (Linux prctl)."""
+    """In the child: SIGTERM when the supervisor dies, so that no worker (or Kamailio) outlives it (Linux prctl)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -67,13 +68,17 @@ class Supervisor:
         self.config_path = config_path
         self.count = count
         self.procs: dict[int, asyncio.subprocess.Process] = {}
-        self.front = FrontDoor(cfg, count) if count > 1 else None
+        self.front = FrontDoor(cfg, count) if behind_front_door(cfg.workers, count) else None
         self._stop = asyncio.Event()
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: event(
+            "config_reload_refused", file=self.config_path, errors=[
+                "with workers, a reload is a rolling restart: SIGTERM one worker at a time (pids in worker_started); "
+                "each starts again with the file as it is then"]))
         if self.front is not None:
             try:
                 self.front.write()
@@ -81,9 +86,10 @@ class Supervisor:
                 print(f"voicegate: {e}", file=sys.stderr)
                 self.front.remove()
                 return 3
-        ports = [worker_port(self.cfg, i, self.count) for i in range(self.count)]
-        event("supervisor_started", workers=self.count, worker_ports=ports, front_door=self.front is not None)
-        tasks = [asyncio.ensure_future(self._keep_worker(i)) for i in range(self.count)]
+        ports = [worker_port(self.cfg, i, self.count) for i in range(processes(self.cfg.workers, self.count))]
+        event("supervisor_started", workers=self.count, worker_ports=ports, front_door=self.front is not None,
+              announcer=len(ports) > self.count)
+        tasks = [asyncio.ensure_future(self._keep_worker(i)) for i in range(len(ports))]
         if self.front is not None:
             tasks.append(asyncio.ensure_future(self._keep_front_door(self.front, ports)))
         await self._stop.wait()
@@ -140,11 +146,13 @@ class Supervisor:
         ready = await asyncio.gather(*(wait_answering("127.0.0.1", p, READY_TIMEOUT_S) for p in ports))
         if not all(ready):
             event("frontdoor_waited", not_answering=[p for p, ok in zip(ports, ready, strict=True) if not ok])
+        if self.cfg.workers.remote:
+            event("frontdoor_remote_workers", remote=self.cfg.workers.remote)
         restarts = Restarts(self.cfg.workers.restart_min_s, self.cfg.workers.restart_max_s)
         host = "127.0.0.1" if self.cfg.sip.listen == "0.0.0.0" else self.cfg.sip.listen
         while not self._stop.is_set():
             started = time.monotonic()
-            pid = await front.start()
+            pid = await front.start(_die_with_parent)
             event("frontdoor_started", pid=pid, port=self.cfg.sip.port)
             waiter = asyncio.ensure_future(front.wait())
             if await wait_answering(host, self.cfg.sip.port, 10.0):

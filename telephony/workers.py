@@ -1,14 +1,19 @@
 """What each worker process is given, and when a dead one is restarted (pure: no processes here).
 
-A pjsua2 process serves at most 4 calls (DESIGN §2), so `voicegate serve --workers N` runs N gateways. With more
-than one, each listens on loopback (`workers.first_port` + i, UDP) behind the Kamailio front door and owns one
-N-th of the configured RTP range; the stream transports and the metrics endpoint (fixed ports) run in worker 0.
+A pjsua2 process serves at most 4 calls (DESIGN §2), so `voicegate serve --workers N` runs N gateways. Behind the
+Kamailio front door (more than one, or `workers.remote` gateways on other machines), each listens on loopback
+(`workers.first_port` + i, UDP) and owns one N-th of the configured RTP range; the stream transports and the
+metrics and control endpoints (fixed ports) run in worker 0. With `when_full: {reply: announcement}` one more
+worker (index N) answers the calls no worker has room for, says the text and hangs up.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
+
+from agents.config import ScriptedAgentConfig
+from telephony.config import RouteConfig
 
 if TYPE_CHECKING:
     from telephony.config import Config, RtpConfig, SipConfig, TrunkConfig, WorkersConfig
@@ -18,11 +23,26 @@ PORTS_PER_CALL = 2
 CALLS_PER_WORKER = 4
 
 
+def behind_front_door(workers: WorkersConfig, count: int) -> bool:
+    """Kamailio runs in front: several workers, gateways elsewhere, or an announcement for full ones."""
+    return count > 1 or bool(workers.remote) or announcing(workers)
+
+
+def announcing(workers: WorkersConfig) -> bool:
+    return workers.when_full.reply == "announcement"
+
+
+def processes(workers: WorkersConfig, count: int) -> int:
+    """Worker processes to run: `count`, and one more that plays the announcement when all are full."""
+    return count + announcing(workers)
+
+
 def fit_problem(workers: WorkersConfig, count: int, sip: SipConfig, rtp: RtpConfig,
                 trunks: Mapping[str, TrunkConfig]) -> str:
     """Why `count` workers cannot run with this config ("" when they can)."""
-    if count <= 1:
+    if not behind_front_door(workers, count):
         return ""
+    count = processes(workers, count)
     if "tls" in sip.transports:
         return "several workers with SIP over TLS are not there yet (the Kamailio front door would end TLS)"
     if sip.public_address:
@@ -50,15 +70,15 @@ def rtp_slice(rtp: RtpConfig, index: int, count: int) -> tuple[int, int]:
 
 
 def worker_port(cfg: Config, index: int, count: int) -> int:
-    return cfg.sip.port if count == 1 else cfg.workers.first_port + index
+    return cfg.workers.first_port + index if behind_front_door(cfg.workers, count) else cfg.sip.port
 
 
 def worker_config(cfg: Config, index: int, count: int) -> Config:
-    """The config worker `index` of `count` runs with. One worker is the gateway as configured; with more, every
-    worker refuses a call it has no slot for with 486, so that the front door tries the next one."""
-    if count == 1:
+    """The config worker `index` of `count` runs with. One worker alone is the gateway as configured; behind the
+    front door every worker refuses a call it has no slot for with 486, so that the front door tries the next one."""
+    if not behind_front_door(cfg.workers, count):
         return cfg
-    lo, hi = rtp_slice(cfg.rtp, index, count)
+    lo, hi = rtp_slice(cfg.rtp, index, processes(cfg.workers, count))
     sip = cfg.sip.model_copy(update={"listen": "127.0.0.1", "port": worker_port(cfg, index, count),
                                      "transports": ["udp"], "public_address": None, "tls": None})
     workers = cfg.workers.model_copy(update={
@@ -69,6 +89,12 @@ def worker_config(cfg: Config, index: int, count: int) -> Config:
         update["transports"] = cfg.transports.model_copy(update={"media_stream": None, "audiosocket": None,
                                                                  "webrtc": None})
         update["metrics"] = cfg.metrics.model_copy(update={"enabled": False})
+        update["control"] = None  # one control endpoint (dial), in worker 0
+    if index == count:  # the announcer: one scripted agent for every number
+        full = cfg.workers.when_full
+        busy = ScriptedAgentConfig.model_validate({"type": "scripted", "start": "busy", "voice": full.voice, "nodes": {
+            "busy": [{"say": full.text, "interruptible": False}, {"hangup": "all_lines_busy"}]}})
+        update.update(agents={"busy": busy}, routes=[RouteConfig(match="*", agent="busy")], spend={}, trunks={})
     return cfg.model_copy(update=update)
 
 

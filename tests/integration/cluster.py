@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import threading
@@ -48,8 +49,10 @@ def cluster_config(port: int, workers: dict[str, Any], **overrides: Any) -> str:
     return yaml.safe_dump(cfg)
 
 
-def start_cluster(config_text: str, tmp: Path, port: int, workers: int, timeout: float = 60.0) -> Gateway:
-    """Start `voicegate serve --workers N`; return once every worker and (N > 1) the front door answer."""
+def start_cluster(config_text: str, tmp: Path, port: int, workers: int, timeout: float = 60.0,
+                  front_door: bool = False) -> Gateway:
+    """Start `voicegate serve --workers N`; return once every worker and (N > 1 or `front_door`) the front door
+    answer."""
     cfg = tmp / "voicegate.yaml"
     cfg.write_text(config_text)
     proc = subprocess.Popen([str(VENV_BIN / "voicegate"), "serve", "--config", str(cfg), "--workers", str(workers)],
@@ -65,12 +68,30 @@ def start_cluster(config_text: str, tmp: Path, port: int, workers: int, timeout:
     try:
         for i in range(workers):
             gw.wait_event("gateway_ready", timeout, worker=i)
-        if workers > 1:
+        if workers > 1 or front_door:
             gw.wait_event("frontdoor_ready", timeout)
     except AssertionError:
         gw.stop()
         raise
     return gw
+
+
+def stop_all(*gws: Gateway, timeout: float = 30.0) -> list[int | None]:
+    """SIGTERM every one at once (each takes seconds to drain), then wait; one still running after `timeout` is
+    killed and reported as None."""
+    for gw in gws:
+        if gw.proc.poll() is None:
+            gw.proc.send_signal(signal.SIGTERM)
+    rcs: list[int | None] = []
+    deadline = time.monotonic() + timeout
+    for gw in gws:
+        try:
+            rcs.append(gw.proc.wait(max(deadline - time.monotonic(), 0.1)))
+        except subprocess.TimeoutExpired:
+            gw.proc.kill()
+            gw.proc.wait(5)
+            rcs.append(None)
+    return rcs
 
 
 def sipp_calls(port: int, cwd: Path, calls: int, hold_ms: int, service: str = "echo") -> subprocess.Popen[str]:

@@ -11,6 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 
 from telephony.app import NO_ACK_S
 from telephony.supervisor import options_ping
+from tests import audio
 from tests.fuzz_sip import blast
 from tests.integration.cluster import (
     answered_by,
@@ -26,10 +28,12 @@ from tests.integration.cluster import (
     free_block,
     sipp_calls,
     start_cluster,
+    stop_all,
     wait_answered,
 )
-from tests.integration.peers import Gateway, call, free_port
+from tests.integration.peers import VENV_BIN, Gateway, call, free_port
 
+BUSY = "All lines are busy. Please call again later."
 FUZZ_MESSAGES = int(os.environ.get("FUZZ_MESSAGES", "2000"))
 """Mutated requests per run, half at a worker and half at the front door (`make soak` sends 10,000)."""
 
@@ -40,7 +44,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     port, first = free_port(), free_block(2)
     gw = start_cluster(cluster_config(port, {"count": 2, "first_port": first, "probe_interval_s": 1,
                                              "failover_timeout_s": 1.0, "flood_requests": 400, "flood_window_s": 1,
-                                             "flood_block_s": 1}), tmp, port, 2)
+                                             "flood_block_s": 1, "when_full": {"reply": "announcement", "voice": "en",
+                                                                               "text": BUSY}}), tmp, port, 2)
+    gw.wait_event("gateway_ready", 60, worker=2)  # the announcer
     gw.first_port = first  # type: ignore[attr-defined]
     yield gw
     rc = gw.stop(40)
@@ -59,7 +65,7 @@ def frontdoor_said(gw: Gateway, words: str, after: float) -> list[dict[str, obje
 
 
 def test_calls_spread_over_both_workers_and_logs_name_the_worker(cluster: Gateway, tmp_path: Path):
-    assert {e["worker"] for e in cluster.events("gateway_ready")} == {0, 1}
+    assert {e["worker"] for e in cluster.events("gateway_ready")} == {0, 1, 2}  # 2: the announcer
     before = len(cluster.events("call_answered"))
     p = sipp_calls(cluster.port, tmp_path, 4, 1000)
     out, err = p.communicate(timeout=40)
@@ -70,12 +76,17 @@ def test_calls_spread_over_both_workers_and_logs_name_the_worker(cluster: Gatewa
         cluster.wait_event("call_end", 10, call=e["call"], reason="remote_200")
 
 
-def test_all_workers_full_gets_503_with_retry_after_at_once(cluster: Gateway, tmp_path: Path):
+def test_all_workers_full_hears_the_announcement_then_a_hangup(cluster: Gateway, tmp_path: Path):
     before = len(cluster.events("call_answered"))
-    hold = sipp_calls(cluster.port, tmp_path, 8, 4000)
-    wait_answered(cluster, before, 8)
-    took = expect_reply(cluster.port, tmp_path, 503, "Retry-After: 30")
-    assert took < 2.0, f"the refusal took {took:.1f} s"
+    hold = sipp_calls(cluster.port, tmp_path, 8, 7000)
+    assert {e["worker"] for e in wait_answered(cluster, before, 8)} == {0, 1}
+    res = call(f"sip:echo@127.0.0.1:{cluster.port}", "--duration", "12", "--record", str(tmp_path / "rx.wav"))
+    assert res["answered"] and res["remote_hangup"] and res["duration_s"] < 8, res
+    end = cluster.wait_event("call_end", 10, worker=2)
+    assert end["agent"] == "busy" and end["reason"] == "all_lines_busy", end
+    assert [e["text"] for e in cluster.events("agent_say") if e.get("worker") == 2] == [BUSY]
+    heard = audio.read_wav(tmp_path / "rx.wav")
+    assert audio.rms_db(heard) > -45, f"the announcement was not heard ({audio.rms_db(heard):.1f} dB)"
     assert len([e for e in cluster.events("call_refused") if e["code"] == 486]) >= 2  # each worker said full
     out, err = hold.communicate(timeout=40)
     assert hold.returncode == 0, out[-2000:] + err[-1000:]
@@ -198,6 +209,15 @@ def test_malformed_sip_crashes_nothing_leaks_no_slot_and_calls_work_after(cluste
     blast("127.0.0.1", cluster.port, half, 300, seed=2)
     answered = options_burst(cluster.port, 1500)
     assert answered < 1500, "pike let a flood through"
+    time.sleep(1.5)  # pike lets the source in again
+    big = (f"OPTIONS sip:127.0.0.1:{cluster.port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKbig\r\n"
+           f"From: <sip:b@127.0.0.1>;tag=big\r\nTo: <sip:127.0.0.1>\r\nCall-ID: big\r\nCSeq: 1 OPTIONS\r\n"
+           f"X-Pad: {'a' * 20000}\r\nContent-Length: 0\r\n\r\n")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(2.0)
+        s.sendto(big.replace("127.0.0.1:9;", f"127.0.0.1:{s.getsockname()[1]};").encode(), ("127.0.0.1", cluster.port))
+        assert s.recv(65535).startswith(b"SIP/2.0 513 ")
     deadline = time.monotonic() + NO_ACK_S + 10  # fuzzed INVITEs that were answered and never ACKed are released
     while time.monotonic() < deadline:
         opened = {(e["worker"], e["call"]) for e in cluster.events("call_incoming") if e["ts"] >= started}
@@ -219,20 +239,75 @@ def test_malformed_sip_crashes_nothing_leaks_no_slot_and_calls_work_after(cluste
     out, err = p.communicate(timeout=40)
     assert p.returncode == 0, out[-2000:] + err[-1000:] + "\n".join(
         ln[:250] for ln in cluster.lines[mark - 40:] if "pjsip" not in ln)
-    assert len(wait_answered(cluster, before, 8)) >= 8
+    assert {e["worker"] for e in wait_answered(cluster, before, 8)} == {0, 1}  # none had to go to the announcer
 
 
-@pytest.mark.parametrize("reply", [486, 480])
-def test_one_full_worker_refuses_the_fifth_call_as_configured(tmp_path: Path, reply: int):
-    port = free_port()
-    gw = start_cluster(cluster_config(port, {"when_full": {"reply": reply}}), tmp_path, port, 1)
+def test_the_front_door_also_sends_calls_to_a_gateway_elsewhere(tmp_path: Path):
+    """"Elsewhere" is a second voicegate on loopback, listed in workers.remote like one on another machine. Dispatch
+    is least_loaded: calls alternate, and with 4 calls on each the front door refuses a ninth itself (503)."""
+    (tmp_path / "remote").mkdir()
+    (tmp_path / "front").mkdir()
+    rport, port = free_port(), free_port()
+    with ThreadPoolExecutor(2) as pool:  # started side by side: the front door probes the remote one in when it is up
+        remote_f = pool.submit(start_cluster, cluster_config(rport, {"when_full": {"reply": 486}}),
+                               tmp_path / "remote", rport, 1)
+        front_f = pool.submit(start_cluster, cluster_config(port, {
+            "first_port": free_block(1), "remote": [f"sip:127.0.0.1:{rport}"], "probe_interval_s": 1,
+            "dispatch": "least_loaded"}), tmp_path / "front", port, 1, 60.0, True)
+    started = [f.result() for f in (remote_f, front_f) if f.exception() is None]
+    if len(started) < 2:
+        for gw in started:
+            gw.stop()
+        remote_f.result(), front_f.result()  # raises the failure
+    remote, front = started
     try:
-        before = len(gw.events("call_answered"))
-        hold = sipp_calls(port, tmp_path, 4, 3000)
-        wait_answered(gw, before, 4)
-        took = expect_reply(port, tmp_path, reply)
-        assert took < 2.0
-        gw.wait_event("call_refused", 2, code=reply, reason="full")
+        time.sleep(1.2)  # a probe sent before the remote gateway was up has landed; wait until one succeeds
+
+        def remote_in() -> bool:
+            downs, ups = frontdoor_said(front, "worker down", 0), frontdoor_said(front, "worker up", 0)
+            return not downs or bool(ups and float(ups[-1]["ts"]) >= float(downs[-1]["ts"]))  # type: ignore[arg-type]
+
+        deadline = time.monotonic() + 10
+        while not remote_in() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        p = sipp_calls(port, tmp_path, 6, 1000)
+        out, err = p.communicate(timeout=40)
+        assert p.returncode == 0, out[-2000:] + err[-1000:]
+        assert len(wait_answered(front, 0, 3)) == 3 and len(wait_answered(remote, 0, 3)) == 3
+        for gw in (front, remote):
+            for e in gw.events("call_answered"):
+                gw.wait_event("call_end", 10, call=e["call"], reason="remote_200")
+        hold = sipp_calls(port, tmp_path, 8, 1500)  # the loads went back to 0 with the BYEs: 4 fit on each
+        wait_answered(front, 3, 4)
+        wait_answered(remote, 3, 4)
+        refusals = len(front.events("call_refused"))
+        assert expect_reply(port, tmp_path, 503, "Retry-After: 30") < 2.0
+        assert len(front.events("call_refused")) == refusals  # refused at the door: no worker was asked
+        out, err = hold.communicate(timeout=40)
+        assert hold.returncode == 0, out[-2000:] + err[-1000:]
+    finally:
+        assert stop_all(front, remote) == [0, 0]
+
+
+def test_serve_names_a_missing_kamailio(tmp_path: Path):
+    cfg = tmp_path / "vg.yaml"
+    cfg.write_text(cluster_config(free_port(), {"count": 2, "first_port": free_block(2),
+                                                "kamailio": "/nonexistent/kamailio"}))
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "serve", "--config", str(cfg)], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 3 and "cannot run kamailio (/nonexistent/kamailio, workers.kamailio" in r.stderr, r.stderr
+    assert '"worker_started"' not in r.stderr  # nothing was started
+
+
+def test_one_full_worker_refuses_the_fifth_call_as_configured(tmp_path: Path):
+    """Not pjsua's own 486: the configured 480 (486, the other choice, is what workers behind the front door say)."""
+    port = free_port()
+    gw = start_cluster(cluster_config(port, {"when_full": {"reply": 480}}), tmp_path, port, 1)
+    try:
+        hold = sipp_calls(port, tmp_path, 4, 1500)
+        wait_answered(gw, 0, 4)
+        assert expect_reply(port, tmp_path, 480) < 2.0
+        gw.wait_event("call_refused", 2, code=480, reason="full")
         out, err = hold.communicate(timeout=30)
         assert hold.returncode == 0, out[-2000:] + err[-1000:]
     finally:

@@ -30,7 +30,7 @@ def test_workers_shorthand_and_mapping():
 
 
 @pytest.mark.parametrize(("extra", "line", "words"), [
-    ("workers:\n  when_full: {reply: announcement}\n", 8, "not there yet"),
+    ("workers:\n  when_full: {reply: announcement, voice: klingonx}\n", 8, "klingonx"),
     ("workers:\n  when_full: {reply: 404}\n", 8, "503"),
     ("workers: {count: 2, first_port: 5059}\n", 7, "include sip.port 5060"),
     ("workers: 20\n", 7, "gives each of 20 workers 5 ports"),
@@ -81,8 +81,8 @@ def test_admission_policy():
 
 
 @pytest.mark.parametrize("dispatch", ["round_robin", "least_loaded"])
-@pytest.mark.parametrize("reply", [503, 486, 480])
-def test_kamailio_accepts_the_front_door_config(tmp_path: Path, dispatch: str, reply: int):
+@pytest.mark.parametrize("reply", [503, 486, 480, "announcement"])
+def test_kamailio_accepts_the_front_door_config(tmp_path: Path, dispatch: str, reply: int | str):
     cfg = parse_config(BASE + f"workers: {{count: 3, dispatch: {dispatch}, when_full: {{reply: {reply}}}}}\n")
     lst = tmp_path / "dispatcher.list"
     lst.write_text(dispatcher_list(cfg, 3))
@@ -92,8 +92,10 @@ def test_kamailio_accepts_the_front_door_config(tmp_path: Path, dispatch: str, r
     path.write_text(text)
     check = subprocess.run(["/usr/sbin/kamailio", "-c", "-f", str(path)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr[-2000:]
-    assert f'sl_send_reply("{reply}"' in text and ("Retry-After: 30" in text) == (reply == 503)
+    refusal = 'ds_select_dst("2", "4")' if reply == "announcement" else f'sl_send_reply("{reply}"'
+    assert refusal in text and ("Retry-After: 30" in text) == (reply == 503)
     assert ('ds_select_dst("1", "10")' in text) == (dispatch == "least_loaded")
+    assert ('"ds_hash_expire", 3660' in text) == (dispatch == "least_loaded")  # timeouts.max_call_s 3600 + 60
 
 
 def test_dialog_ids_of_our_2xx():
@@ -101,3 +103,36 @@ def test_dialog_ids_of_our_2xx():
           "From: \"a\" <sip:a@h>;tag=remote1\r\nTo: <sip:b@h>;TAG=local2;x=1\r\nCSeq: 1 INVITE\r\n\r\nv=0")
     assert dialog_ids(ok) == ("abc@host", "local2", "remote1")
     assert dialog_ids(ok.replace(";TAG=local2", "")) is None
+
+
+def test_remote_workers_join_the_dispatcher_set_and_bad_uris_are_named():
+    cfg = parse_config(BASE + "workers: {first_port: 6000, remote: ['sip:10.0.0.2:5060']}\n")
+    assert dispatcher_list(cfg, 1).splitlines() == ["1 sip:127.0.0.1:6000 0 0 duid=w0;maxload=4",
+                                                    "1 sip:10.0.0.2:5060 0 0 duid=r0;maxload=4"]
+    assert worker_config(cfg, 0, 1).sip.port == 6000  # behind the front door even as the only local worker
+    with pytest.raises(ConfigError) as e:
+        parse_config(BASE + "workers:\n  remote: ['http://x']\n", "vg.yaml")
+    assert e.value.issues[0].line == 8 and e.value.issues[0].field.startswith("workers.remote"), e.value.issues
+
+
+def test_an_announcement_adds_a_worker_that_says_the_text_to_every_number():
+    cfg = parse_config(BASE + "workers: {count: 2, first_port: 6000, when_full: {reply: announcement, voice: en, "
+                              "text: Busy.}}\n")
+    announcer = worker_config(cfg, 2, 2)
+    assert (announcer.sip.port, announcer.rtp.port_min, announcer.rtp.port_max) == (6002, 20066, 20098)
+    assert announcer.route("anything") == "busy" and list(announcer.agents) == ["busy"]
+    steps = announcer.agents["busy"].nodes["busy"]  # type: ignore[union-attr]
+    assert steps[0].say == "Busy." and steps[1].hangup == "all_lines_busy"
+    assert worker_config(cfg, 1, 2).route("anything") == "e"
+    assert dispatcher_list(cfg, 2).splitlines()[-1] == "2 sip:127.0.0.1:6002 0 0 duid=a0"
+    one = parse_config(BASE + "workers: {when_full: {reply: announcement}}\n")
+    assert worker_config(one, 0, 1).sip.port == 5070  # one worker and the announcer sit behind the front door
+
+
+def test_fixed_port_endpoints_run_in_worker_0_only(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("VG_TEST_TOKEN", "t")
+    cfg = parse_config(BASE + "workers: 2\nmetrics: {enabled: true}\ncontrol: {token_env: VG_TEST_TOKEN}\n"
+                              "transports:\n  audiosocket: {port: 9999, agent: e}\n")
+    w0, w1 = worker_config(cfg, 0, 2), worker_config(cfg, 1, 2)
+    assert w0.metrics.enabled and w0.control is not None and w0.transports.audiosocket is not None
+    assert not w1.metrics.enabled and w1.control is None and w1.transports.audiosocket is None
