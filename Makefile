@@ -49,6 +49,7 @@ bench: deps bench-extra
 	$(PY) -m bench.cascaded
 	$(PY) -m bench.s2s
 	$(PY) -m bench.transports
+	$(PY) -m bench.load
 
 # Pipecat, for the side-by-side rows `make bench` adds when .venv-bench exists; kept out of voicegate's venv.
 bench-extra: .venv-bench/.installed
