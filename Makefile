@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 APT_PKGS := sip-tester baresip espeak-ng sox asterisk-core-sounds-en-wav kamailio chromium
 CONFIG ?= voicegate.yaml
 
-.PHONY: deps run test lint unit integration bench bench-extra clean
+.PHONY: deps run test lint unit integration bench bench-extra soak clean
 
 deps: $(VENV)/.installed .apt-ok
 
@@ -49,7 +49,12 @@ bench: deps bench-extra
 	$(PY) -m bench.cascaded
 	$(PY) -m bench.s2s
 	$(PY) -m bench.transports
+	$(PY) -m bench.scale
 	$(PY) -m bench.load
+
+# Malformed SIP at a worker and at the front door, 10,000 mutated requests (make test sends 2,000).
+soak: deps
+	FUZZ_MESSAGES=10000 $(PY) -m pytest -q tests/integration/test_workers.py -k malformed
 
 # Pipecat, for the side-by-side rows `make bench` adds when .venv-bench exists; kept out of voicegate's venv.
 bench-extra: .venv-bench/.installed

@@ -96,6 +96,13 @@ class CallControl(Protocol):
     called: str
     sip_headers: dict[str, str]
     """Identity, diversion, X- and User-to-User headers of the inbound INVITE (empty on other transports)."""
+    trunk: str
+    """The SIP trunk the call came in on ("" for none or another transport)."""
+
+    @property
+    def digits(self) -> str:
+        """The keys the caller pressed so far (`x` for each one during a secure capture)."""
+        ...
 
     async def say(self, text: str, interruptible: bool = True, voice: str | None = None) -> Played: ...
 

@@ -1,9 +1,10 @@
 """What a cascaded agent thinks with: a `Brain` turns a caller turn into reply parts (text to speak, call actions).
 
 Two brains: `LlmBrain` (any OpenAI-compatible streaming endpoint, with tools mapped to call actions) and
-`DialogBrain` (the embedded rule-based dialog, for calls with no LLM configured). A brain yields parts as they come,
-so the first sentence is spoken while the rest is still being written; the agent cancels the iteration on barge-in
-and tells the brain what the caller actually heard.
+`DialogBrain` (the embedded rule-based dialog, for calls with no LLM configured). The LLM brain also runs the
+business tools it is given (agents.tools): their results go back to the model for its next sentences. A brain
+yields parts as they come, so the first sentence is spoken while the rest is still being written; the agent cancels
+the iteration on barge-in and tells the brain what the caller actually heard.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Literal, Protocol
 from agents.dialog import Dialog, Reply
 from agents.llm import Conversation, Done, LlmClient, LlmError, Message, TextDelta, ToolCall, Usage
 from agents.speech.sentences import SentenceSplitter
+from agents.tools import CallTools, ToolResult
 from media.paralinguistics import Prosody
 
 
@@ -83,6 +85,10 @@ CALL_TOOLS: tuple[dict[str, object], ...] = (
 )
 
 
+TOOL_ROUNDS = 3
+"""Requests per caller turn when the model keeps calling business tools."""
+
+
 def _describe(turn: UserTurn) -> str:
     """The user message: the transcript, with tone of voice when it says something the words do not."""
     p = turn.prosody
@@ -106,20 +112,33 @@ class LlmBrain:
         self._mark = 0
         self.meter: Callable[[str, float], None] | None = None
         """The call's usage meter (`CallControl.meter`), set by the agent running the call."""
+        self.tools: CallTools | None = None
+        """The call's business tools, set by the agent running the call."""
 
     def greeting(self) -> str:
         return self._greeting
 
     async def respond(self, turn: UserTurn) -> AsyncIterator[Part]:
+        await self._settle()
         self._mark = len(self.history.history)
+        if self.tools is not None:
+            self.tools.language = turn.language
         self.history.add_user(_describe(turn))
         async for part in self._complete():
             yield part
 
     async def on_dtmf(self, digit: str) -> AsyncIterator[Part]:
+        await self._settle()
         self.history.add_user(f"[the caller pressed {digit} on the keypad]")
         async for part in self._complete():
             yield part
+
+    async def _settle(self) -> None:
+        """Add the results of tool calls a barge-in left running (waiting for them) before the caller's next turn."""
+        if self.tools is not None:
+            for call_id, args, result in await self.tools.settle():
+                self.history.add_tool_calls([ToolCall(call_id, result.name, args)])
+                self.history.add_tool_result(call_id, json.dumps(result.for_model()))
 
     def heard(self, spoken: Sequence[str], interrupted: bool) -> None:
         self.history.add_assistant_spoken(list(spoken), interrupted)
@@ -138,9 +157,51 @@ class LlmBrain:
         await self.client.aclose()
 
     async def _complete(self) -> AsyncIterator[Part]:
+        """The model's reply; business tool calls run and the model is asked again with their results (up to
+        `TOOL_ROUNDS` times); a failed tool gets its apology spoken and the turn ends there."""
+        for _ in range(TOOL_ROUNDS):
+            calls: list[ToolCall] = []
+            async for part in self._request(calls):
+                yield part
+            runner = self.tools.runner if self.tools is not None else None
+            business = [c for c in calls if runner is not None and c.name in runner.tools]
+            if not business:
+                break
+            failed: ToolResult | None = None
+            results: list[tuple[ToolCall, ToolResult]] = []
+            for c in business:
+                assert self.tools is not None
+                async for part in self._run_tool(self.tools, c, results):
+                    yield part
+                failed = failed or next((r for _, r in results if not r.ok), None)
+            self.history.add_tool_calls([c for c, _ in results])
+            for c, r in results:
+                self.history.add_tool_result(c.id, json.dumps(r.for_model()))
+            if failed is not None:
+                assert self.tools is not None
+                yield Say(self.tools.runner.tools[failed.name].apology)
+                break
+
+    async def _run_tool(self, tools: CallTools, c: ToolCall, out: list[tuple[ToolCall, ToolResult]]
+                        ) -> AsyncIterator[Part]:
+        """Run one tool call, yielding its filler when it is slow; cancelled, the call goes on if it must. A tool
+        with side effects asks the caller first (CallTools.confirm), then says its own filler."""
+        tool = tools.runner.tools[c.name]
+        task = asyncio.ensure_future(tools.run(c.name, c.arguments, call_id=c.id, filler=tool.side_effects))
+        try:
+            done, _ = await asyncio.wait({task}, timeout=None if tool.side_effects else tool.filler_after_s)
+            if not done:
+                yield Say(tool.filler)
+            out.append((c, await task))
+        finally:
+            if not task.done():
+                task.cancel()  # CallTools.run keeps a non-idempotent call running (agents.tools)
+
+    async def _request(self, calls: list[ToolCall]) -> AsyncIterator[Part]:
         splitter = SentenceSplitter()
-        calls: list[ToolCall] = []
         messages, tools = self.history.messages, list(CALL_TOOLS)
+        if self.tools is not None:
+            tools += self.tools.runner.chat_specs()
         stream = self.client.stream(messages, tools)
         nxt: asyncio.Task[object] | None = None
         received, usage, failed = 0, None, False
@@ -180,6 +241,8 @@ class LlmBrain:
         for sentence in splitter.flush():
             yield Say(sentence)
         for call in calls:
+            if self.tools is not None and call.name in self.tools.runner.tools:
+                continue  # a business tool: `_complete` runs it
             self.history.add_tool_calls([call])
             self.history.add_tool_result(call.id, "done")
             if call.name == "transfer_call":

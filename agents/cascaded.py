@@ -12,7 +12,7 @@ import os
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,6 +25,7 @@ from agents.llm import LlmClient, LlmConfig
 from agents.speech.sentences import SentenceSplitter
 from agents.speech.tts import engine_for
 from agents.speech.worker import AsrWorker, EngineSpec
+from agents.tools import CallTools, ToolConfig, ToolRunner
 from agents.turn import TurnDetector, TurnSettings
 from media.frames import SAMPLE_RATE
 from media.paralinguistics import analyse_pcm
@@ -86,8 +87,12 @@ class CascadedAgent(Agent):
         assert self.f.asr is not None
         turns = TurnDetector(TurnSettings(endpoint_ms=self.cfg.turn.endpoint_ms, hold_ms=self.cfg.turn.hold_ms))
         listener = self.listener = Listener(call, self.f.asr, turns)
+        runner = ToolRunner(self.f.tools, list(self.f.tools)) if self.f.tools else None
         if isinstance(self.brain, LlmBrain):
             self.brain.meter = call.meter
+            if runner is not None:
+                self.brain.tools = CallTools(runner, call)
+                self.brain.tools.asks_confirmation = True
         tasks = [asyncio.create_task(listener.run()), asyncio.create_task(self._pump(listener)),
                  asyncio.create_task(self._events(call))]
         try:
@@ -129,6 +134,8 @@ class CascadedAgent(Agent):
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await self.brain.close()
+            if runner is not None:
+                await runner.aclose()
 
     async def hand_over(self, turn: UserTurn, heard: HeardTurn) -> bool:
         """Whether another backend takes the call from this turn on and answers it (agents.hybrid): the cascade then
@@ -145,6 +152,9 @@ class CascadedAgent(Agent):
             if isinstance(ev, BargeIn) and self._reply is not None:
                 self._reply.cancel()
             elif isinstance(ev, Dtmf):
+                tools = self.brain.tools if isinstance(self.brain, LlmBrain) else None
+                if tools is not None and tools.key(ev.digit):
+                    continue  # the answer to a tool's confirmation prompt
                 if self._reply is not None:
                     self._reply.cancel()
                 self._inputs.put_nowait(ev.digit)
@@ -276,9 +286,10 @@ def _fixed_lines(cfg: CascadedAgentConfig) -> list[str]:
 class CascadedFactory(AgentFactory):
     _workers: dict[EngineSpec, AsrWorker] = {}
 
-    def __init__(self, name: str, cfg: CascadedAgentConfig) -> None:
+    def __init__(self, name: str, cfg: CascadedAgentConfig, tools: Mapping[str, ToolConfig] | None = None) -> None:
         self.name = name
         self.cfg = cfg
+        self.tools = {n: t for n, t in (tools or {}).items() if n in cfg.tools}
         self.asr: AsrWorker | None = None
         self._tts: OrderedDict[tuple[str, str], tuple[bytes, int]] = OrderedDict()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -14,6 +14,7 @@ from agents.openai_realtime import OpenAIRealtimeConfig
 from agents.router import Budget, EscalateWhen
 from agents.speech.tts import TtsError, check_voice
 from agents.speech.worker import EngineSpec
+from agents.tools import CALL_TOOL_NAMES, ToolConfig, check_declared, check_tool_names
 
 
 class _Strict(BaseModel):
@@ -79,7 +80,20 @@ class PauseStep(_Strict):
     pause_s: float = Field(gt=0, le=60)
 
 
-Step = SayStep | PlayStep | CollectStep | BranchStep | GotoStep | HangupStep | TransferStep | EchoStep | PauseStep
+class ToolStep(_Strict):
+    tool: str
+    """A tool of the top-level `tools` (agents.tools)."""
+    args: dict[str, Any] = {}
+    """Arguments; strings have `{variables}` filled in."""
+    save: str = "result"
+    """Variable prefix: `{save}` becomes `ok`, `error` or `cancelled`, and each top-level field of an object result
+    `{save}_{field}` (so a `branch` can test `{save}_status`)."""
+    on_error: str | None = None
+    """Node to go to when the tool fails (after its apology); none: the flow goes on with the next step."""
+
+
+Step = (SayStep | PlayStep | CollectStep | BranchStep | GotoStep | HangupStep | TransferStep | EchoStep | PauseStep
+        | ToolStep)
 
 
 class ScriptedAgentConfig(_Strict):
@@ -101,6 +115,8 @@ class ScriptedAgentConfig(_Strict):
                     targets = [step.goto]
                 elif isinstance(step, BranchStep):
                     targets = [*step.cases.values(), step.default]
+                elif isinstance(step, ToolStep) and step.on_error is not None:
+                    targets = [step.on_error]
                 for t in targets:
                     if t not in names:
                         raise ValueError(f"node {node!r} jumps to unknown node {t!r}")
@@ -184,6 +200,8 @@ class CascadedAgentConfig(_Strict):
     turn: TurnConfig = TurnConfig()
     apology: str = "Sorry, I am having trouble understanding right now. Please try again."
     paralinguistics: bool = True
+    tools: list[str] = []
+    """Business tools (names in the top-level `tools`) offered to the LLM, besides the call actions."""
 
     @field_validator("voice")
     @classmethod
@@ -223,6 +241,32 @@ AgentConfig = Annotated[
     | HybridAgentConfig,
     Field(discriminator="type"),
 ]
+
+
+def tool_names(cfg: AgentConfig) -> list[str]:
+    """The business tools an agent's config uses (the call actions transfer_call, end_call, send_dtmf left out)."""
+    if isinstance(cfg, ScriptedAgentConfig):
+        names = [s.tool for steps in cfg.nodes.values() for s in steps if isinstance(s, ToolStep)]
+    elif isinstance(cfg, CascadedAgentConfig | OpenAIRealtimeConfig | GeminiLiveConfig):
+        names = list(cfg.tools)
+    elif isinstance(cfg, HybridAgentConfig) and not isinstance(cfg.cascade, str):
+        names = list(cfg.cascade.tools)
+    else:
+        names = []
+    return [n for n in dict.fromkeys(names) if n not in CALL_TOOL_NAMES]
+
+
+def check_tools(agents: Mapping[str, AgentConfig], tools: Mapping[str, ToolConfig]) -> None:
+    """ValueError naming the agent when it lists an undeclared tool or cannot offer tools."""
+    check_declared(tools)
+    for name, cfg in agents.items():
+        used = tool_names(cfg)
+        check_tool_names(used, tools, f"agents.{name}.tools")
+        if isinstance(cfg, HybridAgentConfig) and used:
+            raise ValueError(f"agents.{name}.cascade.tools: a hybrid agent does not offer tools yet; give them to "
+                             "a cascaded or speech-to-speech agent")
+        if isinstance(cfg, CascadedAgentConfig) and used and cfg.llm is None:
+            raise ValueError(f"agents.{name}.tools: tools are offered to an LLM, and this agent has no llm")
 
 
 def hybrid_parts(name: str, cfg: HybridAgentConfig, agents: Mapping[str, AgentConfig]

@@ -35,6 +35,7 @@ import re
 import time
 import urllib.parse
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -54,7 +55,10 @@ from agents.base import (
     Played,
     TransferFailed,
 )
+from agents.eventlog import emit
+from agents.redact import redact_fields
 from agents.speech.tts import PromptCache
+from agents.tools import CallTools, ToolConfig, ToolRunner
 from media.frames import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
 from media.polyphase import PolyphaseResampler
 
@@ -94,10 +98,8 @@ log = logging.getLogger("voicegate.gemini_live")
 
 
 def _event(event: str, /, **fields: object) -> None:
-    """One JSON log line, in the gateway's event format."""
-    if log.isEnabledFor(logging.INFO):
-        log.info(json.dumps({"ts": round(time.time(), 3), "event": event, **fields}, default=str,
-                            separators=(",", ":")))
+    """One JSON log line, in the gateway's event format (and its sinks get it)."""
+    emit(log, logging.INFO, event, fields)
 
 
 class GeminiLiveConfig(BaseModel):
@@ -131,6 +133,8 @@ class GeminiLiveConfig(BaseModel):
     server message this long counts as a stalled connection."""
     send_ms: int = Field(40, ge=20, le=100, multiple_of=FRAME_MS)
     """Caller audio is sent in chunks this long."""
+    tools: tuple[str, ...] = ()
+    """Business tools (names in the top-level `tools`), offered besides the call actions."""
 
     @field_validator("url")
     @classmethod
@@ -190,6 +194,9 @@ def _pcm_rate(mime: str) -> int:
 class GeminiLiveAgent(Agent):
     def __init__(self, factory: GeminiLiveFactory, handover: Handover | None = None) -> None:
         self.cfg = factory.cfg
+        self.tools = factory.tools
+        """The business tools offered (agents.tools)."""
+        self._business: CallTools | None = None
         self.handover = handover
         """A call taken over: the first connection sends the conversation so far and asks for the answer, with no
         greeting (a resumed session keeps it)."""
@@ -231,6 +238,10 @@ class GeminiLiveAgent(Agent):
     async def run(self, call: CallControl) -> None:
         self._call = call
         self._down_since = time.monotonic()
+        runner = ToolRunner(self.tools, list(self.tools)) if self.tools else None
+        self._business = CallTools(runner, call) if runner is not None else None
+        if self._business is not None:
+            self._business.asks_confirmation = True
         main = [asyncio.create_task(c) for c in (self._link(), self._uplink(), self._events())]
         done = asyncio.create_task(self._done.wait())
         try:
@@ -248,6 +259,8 @@ class GeminiLiveAgent(Agent):
             for f in rest:
                 f.cancel()
             await asyncio.gather(*rest, return_exceptions=True)
+            if runner is not None:
+                await runner.aclose()
 
     # -- caller side ------------------------------------------------------------------------------------
     async def _uplink(self) -> None:
@@ -284,6 +297,8 @@ class GeminiLiveAgent(Agent):
                 self._caller_quiet = not ev.started  # the turn ends in `_uplink` once the pause is long enough
                 if ev.started and not self.call.speaking:  # over our audio, only a confirmed barge-in starts a turn
                     self._activity(True)
+            elif isinstance(ev, Dtmf) and self._business is not None and self._business.key(ev.digit):
+                continue  # the answer to a tool's confirmation prompt
             elif isinstance(ev, Dtmf):
                 if self._turn is not None:
                     self._interrupt("dtmf")  # the session flushed our audio for the key
@@ -371,7 +386,8 @@ class GeminiLiveAgent(Agent):
             "generationConfig": {"responseModalities": ["AUDIO"],
                                  "speechConfig": {"voiceConfig": {"prebuiltVoiceConfig": {"voiceName": c.voice}}}},
             "systemInstruction": {"parts": [{"text": c.instructions}]},
-            "tools": [{"functionDeclarations": TOOLS}],
+            "tools": [{"functionDeclarations": [*TOOLS, *(self._business.runner.gemini_declarations()
+                                                           if self._business is not None else [])]}],
             "realtimeInputConfig": rt,
             "sessionResumption": {"handle": self.handle} if self.handle else {},
             "contextWindowCompression": {"slidingWindow": {}},
@@ -630,12 +646,25 @@ class GeminiLiveAgent(Agent):
             self._tools.pop(cid)
 
     async def _run_tool(self, gen: int, cid: str, name: str, args: dict[str, Any]) -> None:
-        _event("gemini_tool_call", call=self.call.call_id, id=cid, name=name, args=args)
-        result = await self._act(name, args)
+        _event("gemini_tool_call", call=self.call.call_id, id=cid, name=name, args=redact_fields(args))
+        if self._business is not None and name in self._business.runner.tools:
+            result: dict[str, Any] | None = await self._run_business(self._business, name, args)
+        else:
+            result = await self._act(name, args)
         if result is not None:
-            _event("gemini_tool_result", call=self.call.call_id, id=cid, name=name, result=result)
+            _event("gemini_tool_result", call=self.call.call_id, id=cid, name=name, result=redact_fields(result))
             self._send_request({"toolResponse": {"functionResponses": [{"id": cid, "name": name, "response": result}]}},
                                "tool", gen)
+
+    async def _run_business(self, tools: CallTools, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A business tool (agents.tools), once what the model said first has played; a failure gets the tool's
+        apology in the gateway's voice, and the model is told it was given."""
+        await self._drain()
+        result = await tools.run(name, args)
+        if result.ok:
+            return result.for_model()
+        await self.call.say(tools.runner.tools[name].apology)
+        return {**result.for_model(), "note": "the caller was already told it failed; do not apologise again"}
 
     async def _act(self, name: str, args: dict[str, Any]) -> dict[str, Any] | None:
         """Do one tool call; the response for the model, or None when the call is over."""
@@ -689,16 +718,21 @@ def _why(e: BaseException) -> str:
 
 
 class GeminiLiveFactory(AgentFactory):
-    def __init__(self, name: str, cfg: GeminiLiveConfig, prompts: PromptCache) -> None:
+    def __init__(self, name: str, cfg: GeminiLiveConfig, prompts: PromptCache,
+                 tools: Mapping[str, ToolConfig] | None = None) -> None:
         self.name = name
         self.cfg = cfg
         self.prompts = prompts
+        self.tools = {n: t for n, t in (tools or {}).items() if n in cfg.tools}
 
     async def prepare(self) -> None:
         env = self.cfg.api_key_env
         if env and not os.environ.get(env):
             raise ValueError(f"agent {self.name!r}: environment variable {env} (the Gemini API key) is not set")
         await self.prompts.render(self.cfg.apology)  # rendered now, so an outage is answered within a second
+        for tool in self.tools.values():
+            for text in (tool.filler, tool.apology):
+                await self.prompts.render(text)
 
     def create(self, handover: Handover | None = None) -> Agent:
         return GeminiLiveAgent(self, handover)

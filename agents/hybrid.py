@@ -49,6 +49,7 @@ class _Tagged:
         self._call = call
         self.call_id, self.caller, self.called = call.call_id, call.caller, call.called
         self.sip_headers = call.sip_headers
+        self.trunk = call.trunk
         self.backend = "cascaded"
         self.note: dict[str, Any] = {}
         """Router facts for the next turn record."""
@@ -67,6 +68,10 @@ class _Tagged:
 
     def flush_playout(self) -> None:
         self._call.flush_playout()
+
+    @property
+    def digits(self) -> str:
+        return self._call.digits
 
     @property
     def speaking(self) -> bool:

@@ -32,7 +32,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -46,12 +46,16 @@ from agents.base import (
     BargeIn,
     CallControl,
     CallerSpeech,
+    Dtmf,
     Handover,
     HungUp,
     Played,
     TransferFailed,
 )
+from agents.eventlog import emit
+from agents.redact import redact_fields
 from agents.s2s_history import History, heard_text
+from agents.tools import CallTools, ToolConfig, ToolRunner
 from media.frames import FRAME_BYTES, SAMPLE_RATE
 from media.g711 import ulaw_decode, ulaw_encode
 from media.polyphase import PolyphaseResampler
@@ -59,7 +63,6 @@ from media.polyphase import PolyphaseResampler
 if TYPE_CHECKING:
     from agents.speech.tts import PromptCache
 
-ToolName = Literal["transfer_call", "end_call", "send_dtmf"]
 
 
 class OpenAIRealtimeConfig(BaseModel):
@@ -86,7 +89,8 @@ class OpenAIRealtimeConfig(BaseModel):
     """semantic_vad: how soon the model takes its turn."""
     turn_owner: Literal["gateway", "server"] = "gateway"
     """Who detects barge-in: the gateway's detector only, or also the server's VAD (whichever is first)."""
-    tools: tuple[ToolName, ...] = ("transfer_call", "end_call", "send_dtmf")
+    tools: tuple[str, ...] = ("transfer_call", "end_call", "send_dtmf")
+    """Call actions (transfer_call, end_call, send_dtmf) and business tools of the top-level `tools`."""
     transfer_target: str | None = None
     """SIP URI for transfer_call when the model names none."""
     apology: str = "Sorry, I lost my connection for a moment. Please say that again."
@@ -121,10 +125,8 @@ _log = logging.getLogger("voicegate.openai_realtime")
 
 
 def _event(event: str, **fields: object) -> None:
-    """One JSON log line, like the gateway's own events."""
-    if _log.isEnabledFor(logging.INFO):
-        _log.info(json.dumps({"ts": round(time.time(), 3), "event": event, **fields}, default=str,
-                             separators=(",", ":")))
+    """One JSON log line, like the gateway's own events (and its sinks get it)."""
+    emit(_log, logging.INFO, event, fields)
 
 
 def _encoder(fmt: str) -> Callable[[bytes], bytes]:
@@ -154,14 +156,17 @@ def _tool_specs(cfg: OpenAIRealtimeConfig) -> list[dict[str, Any]]:
     }
     out = []
     for name in cfg.tools:
+        if name not in specs:
+            continue  # a business tool (agents.tools)
         desc, props, required = specs[name]
         out.append({"type": "function", "name": name, "description": desc,
                     "parameters": {"type": "object", "properties": props, "required": required}})
     return out
 
 
-def session_update(cfg: OpenAIRealtimeConfig) -> dict[str, Any]:
-    """The `session.update` event for this config (GA shape)."""
+def session_update(cfg: OpenAIRealtimeConfig, tools: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """The `session.update` event for this config (GA shape), offering the call actions and `tools` (business tools'
+    specs, agents.tools)."""
     fmt: dict[str, Any] = {"type": "audio/pcmu"} if cfg.audio_format == "pcmu" else {"type": "audio/pcm",
                                                                                      "rate": 24000}
     turn: dict[str, Any] = {"type": cfg.turn_detection, "create_response": True, "interrupt_response": False}
@@ -176,8 +181,8 @@ def session_update(cfg: OpenAIRealtimeConfig) -> dict[str, Any]:
         "type": "realtime", "model": cfg.model, "instructions": cfg.instructions, "output_modalities": ["audio"],
         "audio": {"input": audio_in, "output": {"format": fmt, "voice": cfg.voice}},
     }
-    if cfg.tools:
-        session["tools"] = _tool_specs(cfg)
+    if specs := [*_tool_specs(cfg), *tools]:
+        session["tools"] = specs
         session["tool_choice"] = "auto"
     return {"type": "session.update", "session": session}
 
@@ -259,8 +264,12 @@ class _Request:
 
 
 class OpenAIRealtimeAgent(Agent):
-    def __init__(self, cfg: OpenAIRealtimeConfig, handover: Handover | None = None) -> None:
+    def __init__(self, cfg: OpenAIRealtimeConfig, handover: Handover | None = None,
+                 tools: Mapping[str, ToolConfig] | None = None) -> None:
         self.cfg = cfg
+        self.tools = {n: t for n, t in (tools or {}).items() if n in cfg.tools}
+        """The business tools offered (agents.tools)."""
+        self._business: CallTools | None = None
         self.handover = handover
         """A call taken over: its first session gets the conversation so far and answers it, with no greeting."""
         self.call: CallControl | None = None
@@ -290,6 +299,10 @@ class OpenAIRealtimeAgent(Agent):
     # -- running ------------------------------------------------------------------------------------------
     async def run(self, call: CallControl) -> None:
         self.call = call
+        runner = ToolRunner(self.tools, list(self.tools)) if self.tools else None
+        self._business = CallTools(runner, call) if runner is not None else None
+        if self._business is not None:
+            self._business.asks_confirmation = True
         aux = [asyncio.create_task(self._uplink()), asyncio.create_task(self._events())]
         try:
             await self._serve()
@@ -297,6 +310,8 @@ class OpenAIRealtimeAgent(Agent):
             for t in [*aux, *self._tasks]:
                 t.cancel()
             await asyncio.gather(*aux, *self._tasks, *self._closing, return_exceptions=True)
+            if runner is not None:
+                await runner.aclose()
 
     async def _serve(self) -> None:
         """Connect, run the session, and on failure apologise and reconnect, until done or out of attempts."""
@@ -381,7 +396,7 @@ class OpenAIRealtimeAgent(Agent):
         self._out = out
         self._encode = _encoder(self.cfg.audio_format)
         self._expired = False
-        self._send(session_update(self.cfg))
+        self._send(session_update(self.cfg, self._business.runner.realtime_specs() if self._business else ()))
         if not greet:
             items = handover_items(Handover(self.history.messages(), RESUME_NOTE))
             for item in items:
@@ -515,6 +530,8 @@ class OpenAIRealtimeAgent(Agent):
                     self._stops["gateway"] = self._caller_end = time.monotonic()
             elif isinstance(ev, TransferFailed) and self._transfer is not None and not self._transfer.done():
                 self._transfer.set_result(ev.code)
+            elif isinstance(ev, Dtmf) and self._business is not None:
+                self._business.key(ev.digit)  # only a tool's confirmation prompt listens for keys
             elif isinstance(ev, HungUp):
                 return
 
@@ -695,13 +712,32 @@ class OpenAIRealtimeAgent(Agent):
         except ValueError:
             result: dict[str, Any] | None = {"ok": False, "error": f"arguments are not a JSON object: {arguments[:80]}"}
         else:
-            _event("openai_realtime_tool", call=self._call.call_id, tool=name, arguments=args)
+            _event("openai_realtime_tool", call=self._call.call_id, tool=name, arguments=redact_fields(args))
+            if self._business is not None and name in self._business.runner.tools:
+                await self._run_business(self._business, name, call_id, args)
+                return
             result = await self._act(name, args)
         if result is None:
             return
         self._send({"type": "conversation.item.create",
                     "item": {"type": "function_call_output", "call_id": call_id, "output": json.dumps(result)}})
         self._create_response("tool")
+
+    async def _run_business(self, tools: CallTools, name: str, call_id: str, args: dict[str, Any]) -> None:
+        """A business tool (agents.tools), once the caller heard what the model said first: the result goes back to
+        the model, which answers; a failure gets the tool's apology in the gateway's voice and the model is told,
+        without a new response (the caller speaks next)."""
+        reply = self._reply
+        if reply is not None and reply.played:
+            await asyncio.wait(reply.played)
+        result = await tools.run(name, args)
+        if not result.ok:
+            await self._call.say(tools.runner.tools[name].apology)
+        self._send({"type": "conversation.item.create",
+                    "item": {"type": "function_call_output", "call_id": call_id,
+                             "output": json.dumps(result.for_model())}})
+        if result.ok:
+            self._create_response("tool")
 
     async def _act(self, name: str, args: dict[str, Any]) -> dict[str, Any] | None:
         """Carry out a tool call once the caller has heard what the model said first; None: the call is over."""
@@ -743,15 +779,20 @@ def _parse(raw: str | bytes) -> dict[str, Any] | None:
 
 
 class OpenAIRealtimeFactory(AgentFactory):
-    def __init__(self, name: str, cfg: OpenAIRealtimeConfig, prompts: PromptCache) -> None:
+    def __init__(self, name: str, cfg: OpenAIRealtimeConfig, prompts: PromptCache,
+                 tools: Mapping[str, ToolConfig] | None = None) -> None:
         self.name = name
         self.cfg = cfg
         self.prompts = prompts
+        self.tools = dict(tools or {})
 
     async def prepare(self) -> None:
         """Render the apology and goodbye now, so a dead server is answered within a frame or two."""
-        for text in (self.cfg.apology, self.cfg.goodbye):
+        texts = [self.cfg.apology, self.cfg.goodbye]
+        texts += [t for name in self.cfg.tools if name in self.tools for t in (self.tools[name].filler,
+                                                                                 self.tools[name].apology)]
+        for text in texts:
             await self.prompts.render(text)
 
     def create(self, handover: Handover | None = None) -> Agent:
-        return OpenAIRealtimeAgent(self.cfg, handover)
+        return OpenAIRealtimeAgent(self.cfg, handover, self.tools)

@@ -21,22 +21,24 @@ from agents.hybrid import HybridFactory
 from agents.openai_realtime import OpenAIRealtimeConfig, OpenAIRealtimeFactory
 from agents.scripted import ScriptedFactory
 from agents.speech.tts import PromptCache
+from agents.tools import ToolConfig
 
 
 def make_factory(name: str, cfg: AgentConfig, prompts: PromptCache,
-                 agents: Mapping[str, AgentConfig] | None = None, prices: Prices | None = None) -> AgentFactory:
+                 agents: Mapping[str, AgentConfig] | None = None, prices: Prices | None = None,
+                 tools: Mapping[str, ToolConfig] | None = None) -> AgentFactory:
     """The factory of one configured agent; `agents` (all of them) resolves the names a hybrid agent uses, `prices`
-    its budget's S2S rate."""
+    its budget's S2S rate, `tools` the business tools its config lists."""
     if isinstance(cfg, EchoAgentConfig):
         return EchoFactory(name)
     if isinstance(cfg, ScriptedAgentConfig):
-        return ScriptedFactory(name, cfg, prompts)
+        return ScriptedFactory(name, cfg, prompts, tools)
     if isinstance(cfg, CascadedAgentConfig):
-        return CascadedFactory(name, cfg)
+        return CascadedFactory(name, cfg, tools)
     if isinstance(cfg, GeminiLiveConfig):
-        return GeminiLiveFactory(name, cfg, prompts)
+        return GeminiLiveFactory(name, cfg, prompts, tools)
     if isinstance(cfg, OpenAIRealtimeConfig):
-        return OpenAIRealtimeFactory(name, cfg, prompts)
+        return OpenAIRealtimeFactory(name, cfg, prompts, tools)
     if isinstance(cfg, HybridAgentConfig):
         return HybridFactory(name, cfg, *hybrid_parts(name, cfg, agents or {}), prompts, prices)
     raise ValueError(f"agent {name!r}: unknown type {cfg.type!r}")

@@ -1,5 +1,5 @@
 """The scripted agent: a YAML flow of nodes, each a list of steps (say, play, collect, branch, goto, transfer,
-hangup, echo, pause). Static prompts are rendered once, before the first call is answered."""
+hangup, echo, pause, tool). Static prompts are rendered once, before the first call is answered."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ from agents.config import (
     PlayStep,
     SayStep,
     ScriptedAgentConfig,
+    ToolStep,
     TransferStep,
 )
 from agents.speech.tts import PromptCache
+from agents.tools import CallTools, ToolConfig, ToolResult, ToolRunner
 from media.frames import SAMPLE_RATE
 from media.wavfile import WavError, read_wav_16k
 
@@ -52,17 +54,28 @@ def _clock_words(t: time.struct_time) -> str:
 
 
 class ScriptedAgent(Agent):
-    def __init__(self, cfg: ScriptedAgentConfig) -> None:
+    def __init__(self, cfg: ScriptedAgentConfig, tools: Mapping[str, ToolConfig] | None = None) -> None:
         self.cfg = cfg
+        self.tools = dict(tools or {})
+        self._calls: CallTools | None = None
 
     async def run(self, call: CallControl) -> None:
         variables: dict[str, str] = {**call.sip_headers, "caller": call.caller, "called": call.called}
+        runner = ToolRunner(self.tools, list(self.tools)) if self.tools else None
+        if runner is not None:
+            self._calls = CallTools(runner, call)
+            self._calls.variables = variables
+            self._calls.voice = self.cfg.voice
         node = self.cfg.start
-        while True:
-            nxt = await self._run_node(call, node, variables)
-            if nxt is None:
-                return
-            node = nxt
+        try:
+            while True:
+                nxt = await self._run_node(call, node, variables)
+                if nxt is None:
+                    return
+                node = nxt
+        finally:
+            if runner is not None:
+                await runner.aclose()
 
     async def _run_node(self, call: CallControl, node: str, variables: dict[str, str]) -> str | None:
         steps = self.cfg.nodes[node]
@@ -103,8 +116,44 @@ class ScriptedAgent(Agent):
                 call.set_echo(False)
             elif isinstance(step, PauseStep):
                 await asyncio.sleep(step.pause_s)
+            elif isinstance(step, ToolStep) and not await self._tool(call, step, variables) and step.on_error:
+                return step.on_error
         await call.hangup("flow_end")
         return None
+
+
+    async def _tool(self, call: CallControl, step: ToolStep, variables: dict[str, str]) -> bool:
+        """Run the step's tool and keep its result in variables; False when it failed (after its apology)."""
+        tool = self.tools.get(step.tool)
+        if tool is None or self._calls is None:
+            raise FlowError(f"tool step: no tool {step.tool!r} in the top-level tools")
+        args = {k: render_text(v, variables) if isinstance(v, str) else v for k, v in step.args.items()}
+        for k in [k for k in variables if k == step.save or k.startswith(step.save + "_")]:
+            del variables[k]
+        confirmed = False
+        if tool.side_effects:
+            await call.say(render_text(tool.confirm, variables), True, self.cfg.voice)
+            confirmed = await _collect(call, CollectStep(collect="_confirm", max_digits=1, timeout_s=8.0)) == "1"
+            if not confirmed:
+                variables[step.save] = "cancelled"
+                return True
+        result = await self._calls.run(step.tool, args, confirmed=confirmed)
+        if not result.ok:
+            variables[step.save] = "error"
+            await call.say(tool.apology, True, self.cfg.voice)
+            return False
+        variables.update(_flatten(step.save, result))
+        return True
+
+
+def _flatten(save: str, result: ToolResult) -> dict[str, str]:
+    """`{save: "ok"}` and each top-level scalar field of an object result as `{save}_{field}`."""
+    out = {save: "ok"}
+    if isinstance(result.data, dict):
+        for k, v in result.data.items():
+            if v is None or isinstance(v, str | int | float | bool):
+                out[f"{save}_{k}"] = "" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+    return out
 
 
 async def _collect(call: CallControl, step: CollectStep) -> str:
@@ -137,10 +186,13 @@ async def _transfer_failed(call: CallControl, timeout_s: float) -> bool:
 
 
 class ScriptedFactory(AgentFactory):
-    def __init__(self, name: str, cfg: ScriptedAgentConfig, prompts: PromptCache) -> None:
+    def __init__(self, name: str, cfg: ScriptedAgentConfig, prompts: PromptCache,
+                 tools: Mapping[str, ToolConfig] | None = None) -> None:
         self.name = name
         self.cfg = cfg
         self.prompts = prompts
+        used = {s.tool for steps in cfg.nodes.values() for s in steps if isinstance(s, ToolStep)}
+        self.tools = {n: t for n, t in (tools or {}).items() if n in used}
 
     async def prepare(self) -> None:
         """Render every prompt with no variables, so calls start speaking at once."""
@@ -148,6 +200,9 @@ class ScriptedFactory(AgentFactory):
             for step in steps:
                 if isinstance(step, SayStep) and "{" not in step.say:
                     await self.prompts.render(step.say, step.lang or self.cfg.voice)
+        for tool in self.tools.values():
+            for text in (tool.filler, tool.apology):
+                await self.prompts.render(text, self.cfg.voice)
 
     def create(self) -> Agent:
-        return ScriptedAgent(self.cfg)
+        return ScriptedAgent(self.cfg, self.tools)

@@ -29,6 +29,7 @@ from agents.base import (
     TransferFailed,
 )
 from agents.cost import Meter
+from agents.eventlog import bind_call
 from agents.redact import redact, redact_fields
 from agents.speech.tts import PromptCache
 from agents.spend import SpendGuard
@@ -232,6 +233,10 @@ class CallSession:
         self.media.flush(time.monotonic())
 
     @property
+    def digits(self) -> str:
+        return self.record.digits
+
+    @property
     def speaking(self) -> bool:
         return self.media.playout.pending
 
@@ -289,6 +294,7 @@ class CallSession:
     async def run(self) -> None:
         """Play the announcement, then run the agent until it finishes or the call ends; enforce the call's timers
         and spend caps meanwhile."""
+        bind_call(self.call_id)  # this task's events, and those of the agent's tasks, carry the call
         if self.announcement is not None and not await self._announce(self.announcement):
             return
         agent = self.factory.create()

@@ -69,7 +69,7 @@ class CallMedia:
         self.stats.last_inbound_t = now
         rec = self._recorder
         if rec is not None:
-            rec.inbound(now, frame)
+            rec.inbound(frame)
         if self._loop is not None:
             self._loop.append(frame)
             return  # echo mode plays the caller back: nothing to detect
@@ -108,7 +108,7 @@ class CallMedia:
             frame = loop.popleft() if loop else None
             self.detector.played(FLOOR_DBFS)
             self.stats.frames_out += 1
-            self._record_out(now, frame if frame is not None else SILENCE)
+            self._record_out(frame if frame is not None else SILENCE)
             return frame
         with self._lock:
             out, events = self.playout.next_frame(now)
@@ -118,13 +118,13 @@ class CallMedia:
             self.stats.speech_frames_out += 1
         for ev in events:
             self._emit(ev)
-        self._record_out(now, out if out is not None else SILENCE)
+        self._record_out(out if out is not None else SILENCE)
         return out
 
-    def _record_out(self, now: float, frame: bytes) -> None:
+    def _record_out(self, frame: bytes) -> None:
         rec = self._recorder
         if rec is not None:
-            rec.outbound(now, frame)
+            rec.outbound(frame)
 
     # -- agent side ---------------------------------------------------------------------------------------
     def push(self, pcm: bytes, item: int, last: bool = True, interruptible: bool = True) -> None:

@@ -11,8 +11,10 @@ import datetime
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from agents.base import AgentFactory
 from agents.cascaded import CascadedFactory
@@ -21,18 +23,26 @@ from agents.session import CallActions, CallSession, Log, SessionTimeouts, Spend
 from agents.speech.tts import PromptCache
 from agents.spend import DailySpend, SpendGuard
 from media.barge_in import DetectorSettings
+from media.call_progress import CallProgress, Human, Machine, MessageCue, Progress, Sit
 from media.events import MediaEvent
 from media.pipeline import CallMedia
 from telephony.call import SipCall
-from telephony.config import Config
+from telephony.config import Config, ConfigError, load_config
+from telephony.control import ControlServer
 from telephony.dtmf import DtmfDeduper
 from telephony.endpoint import Refusal, SipStack
 from telephony.logs import event
+from telephony.outbound import AmdOptions, DialPlan, DialRefusedError, plan_dial
 from telephony.recordings import CallRecording, start_recording
 from telephony.records import RecordWriter, call_record, read_records
+from telephony.reload import ReloadRefusedError, agent_changes, merge
 from telephony.routes import announcement_for, announcements
+from telephony.sip_trace import trace_path
 from telephony.transports.servers import stream_transports
 
+NO_ACK_S = 5.0
+"""A call whose 200 OK got no ACK within this long is hung up: its slot is one of only four (DESIGN §2), and a burst
+of INVITEs that parse but are never ACKed would otherwise hold every slot for pjsip's 32 s of 2xx retransmissions."""
 END_WAIT_S = 2.0
 """How long a hung-up call's agent gets to stop (and record its last turn) before the call's record is written."""
 
@@ -70,6 +80,13 @@ class Leg:
     task: asyncio.Task[None] | None = None
     wall: float = field(default_factory=time.time)
     recording: CallRecording | None = None
+    rtp: dict[str, object] = field(default_factory=dict)
+    direction: str = "inbound"
+    amd: AmdOptions | None = None
+    listening: bool = False
+    """Call progress is being detected (outbound, with `amd`): the agent waits for a person."""
+    progress: list[dict[str, object]] = field(default_factory=list)
+    """Outbound call progress decisions (media/call_progress.py), as logged."""
 
 
 def detector_settings(cfg: Config) -> DetectorSettings:
@@ -84,11 +101,15 @@ def detector_settings(cfg: Config) -> DetectorSettings:
 
 
 class Gateway:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, source: str | Path | None = None) -> None:
         self.config = config
+        self.source = source
+        """The config file, re-read on SIGHUP (none: no reload)."""
+        self._reload: asyncio.Task[bool] | None = None
         self.prompts = PromptCache()
         self.factories: dict[str, AgentFactory] = {
-            name: make_factory(name, a, self.prompts, config.agents, config.prices) for name, a in config.agents.items()
+            name: make_factory(name, a, self.prompts, config.agents, config.prices, config.tools)
+            for name, a in config.agents.items()
         }
         self.stack = SipStack(config, self)
         self.stack.every(1.0, self._check_rtp)
@@ -105,12 +126,14 @@ class Gateway:
             self.spend.seed(read_records(Path(config.records.path))[0], datetime.date.today())
         self._ending: set[asyncio.Task[None]] = set()
         self.transports = stream_transports(self, config)
+        self.control: ControlServer | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self._stop.set)
+        self._loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         await asyncio.to_thread(self.stack.start)
         try:
             t0 = time.monotonic()
@@ -121,6 +144,9 @@ class Gateway:
                 *(self.prompts.render(a.text, a.voice or "joe") for a in announcements(self.config)),
             )
             self._ready.set()
+            if self.config.control is not None:
+                c = self.config.control
+                self.control = ControlServer(self, self._loop, c.listen, c.port, c.token)
             for tr in self.transports:
                 await tr.start()
             event("gateway_ready", port=self.config.sip.port, agents=sorted(self.factories),
@@ -128,6 +154,8 @@ class Gateway:
             await self._stop.wait()
             await self._drain()
         finally:
+            if self.control is not None:
+                self.control.close()
             await asyncio.gather(*(tr.close() for tr in self.transports), return_exceptions=True)
             await asyncio.to_thread(self.stack.stop)
             await self._settle()
@@ -136,6 +164,7 @@ class Gateway:
 
     async def _drain(self) -> None:
         self.draining = True
+        self.stack.draining = True
         grace = self.config.timeouts.shutdown_grace_s
         event("gateway_draining", calls=len(self.legs) + sum(len(tr.calls) for tr in self.transports), grace_s=grace)
         for tr in self.transports:
@@ -192,14 +221,19 @@ class Gateway:
 
     def on_media_ready(self, call: SipCall) -> None:
         leg = self.legs.get(call.key)
-        if leg is not None and leg.task is None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._start_session, leg)
+        # an outbound call's early media (183) is the network's, not the callee's: its agent starts on the answer
+        answered = leg is not None and (leg.direction == "inbound" or call.connected_at is not None)
+        if leg is not None and answered and leg.task is None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._start_outbound if leg.direction == "outbound" else
+                                            self._start_session, leg)
 
     def on_confirmed(self, call: SipCall) -> None:
         leg = self.legs.get(call.key)
         if leg is not None:
-            event("call_answered", call=call.call_id, agent=leg.agent, codec=call.codec,
+            event("call_answered", call=call.call_id, agent=leg.agent, codec=call.codec, direction=leg.direction,
                   answer_ms=round((time.monotonic() - leg.started) * 1000, 1))
+            if leg.direction == "outbound" and call.port is not None and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._start_outbound, leg)
 
     def on_dtmf(self, call: SipCall, digit: str, method: str) -> None:
         leg = self.legs.get(call.key)
@@ -211,7 +245,7 @@ class Gateway:
         if accepted:
             self._loop.call_soon_threadsafe(leg.session.on_dtmf, digit)
             if leg.recording is not None:
-                leg.recording.on_dtmf(digit, time.monotonic())
+                leg.recording.on_dtmf(digit)
 
     def on_disconnected(self, call: SipCall, code: int, reason: str) -> None:
         leg = self.legs.pop(call.key, None)
@@ -219,6 +253,7 @@ class Gateway:
             return
         why = leg.end_reason or f"remote_{code}"
         leg.codec = call.codec
+        leg.rtp = call.rtp
         self._loop.call_soon_threadsafe(self._finish, leg, why, code, reason)
 
     def on_transfer_status(self, call: SipCall, code: int, reason: str) -> None:
@@ -232,11 +267,175 @@ class Gateway:
         else:
             self._loop.call_soon_threadsafe(leg.session.on_transfer_result, code)
 
+    # -- config reload -----------------------------------------------------------------------------------
+    def _on_sighup(self) -> None:
+        if self.source is None or not self._ready.is_set() or self.draining:
+            event("config_reload_refused", file=str(self.source), errors=["not now: the gateway is starting, "
+                  "stopping, or was started without a config file"])
+        elif self._reload is not None and not self._reload.done():
+            event("config_reload_refused", file=str(self.source), errors=["a reload is still running"])
+        else:
+            self._reload = asyncio.ensure_future(self.reload())
+
+    async def reload(self) -> bool:
+        """Re-read the config file: new routes, agents and trunks for the next calls; running calls keep their
+        agent. An invalid file (or agents that fail to prepare) is refused and logged; the running config stays."""
+        assert self.source is not None
+        file = str(self.source)
+        try:
+            new = await asyncio.to_thread(load_config, self.source)
+            merged, restart = merge(self.config, new)
+        except ConfigError as e:
+            event("config_reload_refused", file=file, errors=[str(i) for i in e.issues])
+            return False
+        except ReloadRefusedError as e:
+            event("config_reload_refused", file=file, errors=e.problems)
+            return False
+        changed = agent_changes(self.config, merged)
+        fresh = {n: make_factory(n, merged.agents[n], self.prompts, merged.agents, merged.prices) for n in changed}
+        try:
+            await asyncio.gather(*(f.prepare() for f in fresh.values()),
+                                 *(self.prompts.render(a.text, a.voice or "joe") for a in announcements(merged)))
+        except Exception as e:
+            await asyncio.gather(*(f.close() for f in fresh.values()), return_exceptions=True)
+            event("config_reload_refused", file=file, errors=[f"an agent failed to prepare: {e!r}"])
+            return False
+        old = self.factories
+        self.factories = {n: fresh.get(n) or old[n] for n in merged.agents}
+        self.config = merged
+        for tr in self.transports:
+            if hasattr(tr, "config"):
+                tr.config = merged  # the stream transports route by it too
+        self.stack.submit(lambda: self.stack.reconfigure(merged))
+        event("config_reloaded", file=file, agents=sorted(merged.agents), new_agents=sorted(fresh),
+              routes=len(merged.routes), trunks=sorted(merged.trunks), needs_restart=restart)
+        retired = [f for n, f in old.items() if self.factories.get(n) is not f]
+        if retired:
+            asyncio.ensure_future(self._close_when_unused(retired))
+        return True
+
+    async def _close_when_unused(self, factories: list[AgentFactory]) -> None:
+        """Close replaced agent factories once no running call uses them (their calls keep them until the end)."""
+        def used() -> bool:
+            sessions = [leg.session for leg in self.legs.values()]
+            sessions += [c.leg.session for tr in self.transports for c in tr.calls]
+            return any(s.factory in factories for s in sessions)
+
+        while used() and not self._stop.is_set():
+            await asyncio.sleep(1.0)
+        await asyncio.gather(*(f.close() for f in factories), return_exceptions=True)
+
+    # -- outbound calls ----------------------------------------------------------------------------------
+    async def originate(self, number: str, agent: str, trunk: str | None = None, ring_s: float = 60.0,
+                        amd: AmdOptions | None = None) -> DialPlan:
+        """Call `number` (on a trunk) or a SIP URI and run `agent` once it answers (loop thread); returns the plan
+        with the call's Call-ID once the INVITE is out. Raises DialRefusedError, logged as `dial_refused`."""
+        try:
+            if self.draining or not self._ready.is_set():
+                raise DialRefusedError(503, "the gateway is " + ("shutting down" if self.draining else "starting"))
+            plan = replace(plan_dial(self.config, number, agent, trunk), amd=amd)
+            if amd is not None and amd.message:
+                await self.prompts.render(amd.message)
+            loop = asyncio.get_running_loop()
+            placed: asyncio.Future[DialPlan] = loop.create_future()
+
+            def place() -> None:  # pjsua thread
+                try:
+                    result = self._place(plan, ring_s)
+                except DialRefusedError as e:
+                    loop.call_soon_threadsafe(_settle, placed, None, e)
+                else:
+                    loop.call_soon_threadsafe(_settle, placed, result, None)
+
+            self.stack.submit(place)
+            async with asyncio.timeout(10.0):
+                return await placed
+        except DialRefusedError as e:
+            event("dial_refused", number=number, agent=agent, trunk=trunk, status=e.status, reason=e.message)
+            raise
+        except TimeoutError:
+            event("dial_refused", number=number, agent=agent, trunk=trunk, status=503, reason="SIP stack busy")
+            raise DialRefusedError(503, "the SIP stack did not place the call within 10 s") from None
+
+    def _place(self, plan: DialPlan, ring_s: float) -> DialPlan:
+        """Send the INVITE and open the call's leg (pjsua thread: no callback of the call runs in between)."""
+        call = self.stack.dial(plan.trunk, plan.uri, lambda c: setattr(c, "listener", self))
+        if call.disconnected:
+            raise DialRefusedError(502, f"the call to {plan.uri} failed at once")
+        leg = self.open_leg(call.key, call.call_id, plan.caller_id, plan.number, plan.agent,
+                            SipActions(self.stack, call.key))
+        leg.direction = "outbound"
+        leg.amd = plan.amd
+        leg.session.trunk = plan.trunk
+        call.media = leg.session.media
+        self.legs[call.key] = leg
+        event("call_outgoing", call=call.call_id, number=plan.number, uri=plan.uri, trunk=plan.trunk,
+              caller_id=plan.caller_id, agent=plan.agent, ring_s=ring_s)
+        assert self._loop is not None
+        key = call.key  # never the SipCall itself: freed off the pjsua thread, it aborts the process
+        self._loop.call_soon_threadsafe(self._loop.call_later, ring_s, self.stack.submit,
+                                        lambda: self._unanswered(key))
+        return replace(plan, call_id=call.call_id)
+
+    def _start_outbound(self, leg: Leg) -> None:
+        """The callee answered (loop thread): run the agent, or first find out who answered."""
+        if leg.amd is None:
+            self._start_session(leg)
+        elif not leg.listening and leg.task is None:
+            leg.listening = True
+            loop, progress = asyncio.get_running_loop(), CallProgress()
+
+            def tap(now: float, frame: bytes, speech: bool) -> None:  # clock thread
+                for p in progress.process(now, np.frombuffer(frame, dtype="<i2"), speech):
+                    loop.call_soon_threadsafe(self._on_progress, leg, p)
+
+            leg.session.media.set_tap(tap)
+
+    def _on_progress(self, leg: Leg, p: Progress) -> None:
+        if leg.key not in self.legs or leg.amd is None:
+            return
+        fields = {k: v for k, v in vars(p).items() if k != "at"}
+        leg.progress.append({"result": type(p).__name__.lower(), **fields})
+        event("call_progress", call=leg.call_id, result=type(p).__name__.lower(), **fields)
+        media = leg.session.media
+        if isinstance(p, Human):
+            media.set_tap(None)
+            self._start_session(leg)
+        elif isinstance(p, Sit) or (isinstance(p, Machine) and leg.amd.machine == "hangup"):
+            media.set_tap(None)
+            self._hangup(leg, "sit" if isinstance(p, Sit) else "machine")
+        elif isinstance(p, MessageCue):
+            media.set_tap(None)
+            asyncio.ensure_future(self._leave_message(leg, leg.amd.message))
+
+    async def _leave_message(self, leg: Leg, text: str) -> None:
+        pcm = await self.prompts.render(text)
+        leg.session.media.push(pcm, item=-1, last=True, interruptible=False)
+        event("call_message", call=leg.call_id, text=text, ms=len(pcm) // 32)
+        await asyncio.sleep(len(pcm) / 32000 + 0.3)
+        self._hangup(leg, "machine_message")
+
+    def _hangup(self, leg: Leg, why: str) -> None:
+        leg.end_reason = why
+        self.stack.submit(lambda: self.stack.hangup(leg.key))
+
+    def _unanswered(self, key: int) -> None:
+        call, leg = self.stack.calls.get(key), self.legs.get(key)
+        if call is not None and leg is not None and call.connected_at is None and not call.disconnected:
+            leg.end_reason = "no_answer"
+            self.stack.hangup(key)
+
     def _check_rtp(self) -> None:
         limit = self.config.timeouts.rtp_inactivity_s
         now = time.monotonic()
         for leg in list(self.legs.values()):
             call = self.stack.calls.get(leg.key)
+            if (call is not None and call.connected_at is None and call.answered_at is not None
+                    and not call.disconnected and now - call.answered_at >= NO_ACK_S):
+                leg.end_reason = "no_ack"
+                event("call_timeout", call=call.call_id, reason="no_ack", waited_s=round(now - call.answered_at, 1))
+                self.stack.release_unacked(leg.key)
+                continue
             if call is None or call.connected_at is None or call.disconnected:
                 continue
             idle = call.rtp_idle_s(now)
@@ -313,12 +512,29 @@ class Gateway:
                    duration_s=duration_s, codec=leg.codec, barge_ins=rec.barge_ins, resumed=rec.resumed,
                    paused_ms=rec.paused_ms, digits=rec.digits, frames_in=st.frames_in, frames_out=st.frames_out,
                    turns=rec.turns, transport=leg.transport, **st.tick_percentiles(), trunk=s.trunk,
-                   sip_headers=s.sip_headers)
+                   sip_headers=s.sip_headers, direction=leg.direction)
+        if leg.rtp:
+            end["rtp"] = leg.rtp
         if rec.announcement is not None:
             end["announcement"] = rec.announcement
+        if leg.progress:
+            end["progress"] = leg.progress
         if leg.recording is not None:
-            end.update(leg.recording.close(rec.turns, time.monotonic()))
+            end.update(leg.recording.close(rec.turns))
+        if self.config.records.sip_trace and (trace := trace_path(self.config.records.sip_trace_path,
+                                                                  leg.call_id)).exists():
+            end["sip_trace"] = str(trace)
         event("call_end", **end)
         if self.records is not None:
             self.records.write(call_record(end, leg.wall, s.caller, s.called, self.config.agents[leg.agent].type,
                                            rec.usage.usage, self.config.prices))
+
+
+def _settle(fut: asyncio.Future[DialPlan], result: DialPlan | None, error: DialRefusedError | None) -> None:
+    if fut.done():  # the caller gave up waiting
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        assert result is not None
+        fut.set_result(result)

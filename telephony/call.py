@@ -14,8 +14,10 @@ from typing import Any, Protocol
 import pjsua2 as pj
 
 from media.pipeline import CallMedia
+from telephony.admission import dialog_ids
 from telephony.logs import event
 from telephony.media_port import CallMediaPort, PortPool
+from telephony.rtp_stats import summarize
 from telephony.sdp import prefer_codec
 
 
@@ -57,15 +59,25 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self.srtp = False
         """The media is SRTP (our SDP answer carries SDES keys)."""
         self.connected_at: float | None = None
+        self.answered_at: float | None = None
+        """When our 2xx went out (the caller's ACK confirms the call)."""
+        self.dialog: tuple[str, str, str] | None = None
+        """Call-ID, local tag, remote tag, from our 2xx: what pjsip finds the dialog by (telephony/admission.py)."""
         self.disconnected = False
         self._on_released = on_released
         self._rx_pkts = 0
         self._rx_changed = time.monotonic()
+        self.rtp: dict[str, Any] = {}
+        """RTP/RTCP figures of the audio stream, taken as it ends (telephony.rtp_stats)."""
 
     # -- pjsua callbacks ----------------------------------------------------------------------------------
     def onCallState(self, prm: Any) -> None:  # noqa: N802
         try:
             ci = self.getInfo()
+            if ci.state == pj.PJSIP_INV_STATE_CONNECTING and self.answered_at is None:
+                self.answered_at = time.monotonic()
+                if prm.e.type == pj.PJSIP_EVENT_TSX_STATE:
+                    self.dialog = dialog_ids(str(prm.e.body.tsxState.src.tdata.wholeMsg))
             if ci.state == pj.PJSIP_INV_STATE_CONFIRMED and self.connected_at is None:
                 self.connected_at = time.monotonic()
                 if self.listener:
@@ -118,6 +130,13 @@ class SipCall(pj.Call):  # type: ignore[misc]
                 self.listener.on_transfer_status(self, int(prm.statusCode), str(prm.reason))
         except Exception as e:
             event("sip_callback_error", call=self.call_id, where="onCallTransferStatus", error=repr(e))
+
+    def onStreamDestroyed(self, prm: Any) -> None:  # noqa: N802 (before DISCONNECTED: the stream still counts)
+        try:
+            self.rtp = summarize(self.getStreamStat(int(prm.streamIdx)))
+            event("call_rtp", call=self.call_id, **self.rtp)
+        except Exception as e:
+            event("sip_callback_error", call=self.call_id, where="onStreamDestroyed", error=repr(e))
 
     # -- media --------------------------------------------------------------------------------------------
     def _connect(self, index: int) -> None:

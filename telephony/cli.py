@@ -1,4 +1,4 @@
-"""`voicegate` command: serve, check, simulate, calls, trunks, audit, erase, purge."""
+"""`voicegate` command: serve, check, simulate, calls, trunks, audit, erase, purge, dial."""
 
 from __future__ import annotations
 
@@ -42,15 +42,40 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"voicegate: not starting, {args.config} has {len(e.issues)} error(s)", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level)
+    count = cfg.workers.count if args.workers is None else args.workers
+    if args.worker_index is None and (count > 1 or args.workers is not None):
+        return _supervise(cfg, args.config, count)
+    if args.worker_index is not None:
+        from telephony.logs import tag_events
+        from telephony.workers import worker_config
+
+        cfg = worker_config(cfg, args.worker_index, count)
+        tag_events(worker=args.worker_index)
     try:
         import uvloop
 
         with ops_sinks(cfg):
-            uvloop.run(Gateway(cfg).run())
+            uvloop.run(Gateway(cfg, args.config).run())
     except VoicegateError as e:
         print(f"voicegate: {e}", file=sys.stderr)
         return 3
     return 0
+
+
+def _supervise(cfg: Config, config_path: str, count: int) -> int:
+    """`serve --workers N`: the supervisor of N workers (and of the Kamailio front door when N > 1)."""
+    from telephony.supervisor import Supervisor
+    from telephony.workers import fit_problem
+
+    if not 1 <= count <= 64:
+        print("voicegate serve: --workers takes 1 to 64", file=sys.stderr)
+        return 2
+    if problem := fit_problem(cfg.workers, count, cfg.sip, cfg.rtp, cfg.trunks):
+        print(f"voicegate: not starting {count} workers with {config_path}: {problem}", file=sys.stderr)
+        return 2
+    import uvloop
+
+    return uvloop.run(Supervisor(cfg, config_path, count).run())
 
 
 @contextlib.contextmanager
@@ -230,11 +255,52 @@ def _report(cmd: str, done: str, out: Removal) -> int:
     return 1 if out.errors else 0
 
 
+def _dial(args: argparse.Namespace) -> int:
+    """Ask the running gateway (its control endpoint) to place a call."""
+    import httpx
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        for issue in e.issues:
+            print(issue, file=sys.stderr)
+        return 2
+    if cfg.control is None:
+        print(f"voicegate dial: {args.config} has no control section (listen, port, token_env)", file=sys.stderr)
+        return 2
+    c = cfg.control
+    url = f"http://{c.listen if c.listen not in ('0.0.0.0', '::') else '127.0.0.1'}:{c.port}/calls"
+    body: dict[str, object] = {"number": args.number, "agent": args.agent, "ring_s": args.ring}
+    if args.trunk:
+        body["trunk"] = args.trunk
+    if args.amd:
+        body["amd"] = {"machine": args.amd, "message": args.message}
+    try:
+        r = httpx.post(url, json=body, headers={"Authorization": f"Bearer {c.token}"}, timeout=20.0)
+    except httpx.HTTPError as e:
+        print(f"voicegate dial: cannot reach the gateway at {url} (is voicegate serve running with "
+              f"{args.config}?): {e}", file=sys.stderr)
+        return 1
+    try:
+        out = r.json()
+    except ValueError:
+        out = {"error": r.text[:200]}
+    if r.status_code != 201:
+        print(f"voicegate dial: refused ({r.status_code}): {out.get('error', out)}", file=sys.stderr)
+        return 1
+    print(json.dumps(out) if args.json else f"calling {out['uri']} as {out['caller_id']} with agent {out['agent']}: "
+          f"call {out['call']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="voicegate", description="Telephony gateway for voice AI agents")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="answer calls with the configured agents")
     s.add_argument("--config", default="voicegate.yaml")
+    s.add_argument("--workers", type=int, help="run this many supervised worker processes (more than one: behind a "
+                   "Kamailio front door on sip.port); overrides workers: in the config")
+    s.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     s.set_defaults(fn=_serve)
     c = sub.add_parser("check", help="validate a config file and name every error")
     c.add_argument("config")
@@ -280,6 +346,17 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("purge", help="delete calls older than their route's retention_days (run it daily)")
     g.add_argument("--config", default="voicegate.yaml")
     g.set_defaults(fn=_purge)
+    d = sub.add_parser("dial", help="ask the running gateway to call a number (on a trunk) or a SIP URI with an agent")
+    d.add_argument("number", help="a number the trunk's `allowed` patterns allow, or a SIP URI (control.allow_uris)")
+    d.add_argument("--agent", required=True)
+    d.add_argument("--trunk", help="the trunk to call out on (default: the one trunk with `allowed` numbers)")
+    d.add_argument("--ring", type=float, default=60.0, help="seconds to ring before giving up (1-300)")
+    d.add_argument("--config", default="voicegate.yaml", help="read control (address, token_env) from this config")
+    d.add_argument("--amd", choices=["hangup", "message"], help="detect who answers: the agent talks to a person; "
+                   "a machine is hung up on, or gets --message after its beep; an intercept (SIT) is hung up on")
+    d.add_argument("--message", default="", help="what to leave on a machine (with --amd message)")
+    d.add_argument("--json", action="store_true", help="print the answer as JSON")
+    d.set_defaults(fn=_dial)
     args = p.parse_args(argv)
     return int(args.fn(args))
 

@@ -15,20 +15,39 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from agents.config import AgentConfig, CascadedAgentConfig, HybridAgentConfig, hybrid_parts
+from agents.config import AgentConfig, CascadedAgentConfig, HybridAgentConfig, check_tools, hybrid_parts
 from agents.cost import Prices, s2s_per_min
 from agents.speech.tts import TtsError, check_voice
 from agents.spend import SpendCap
+from agents.tools import ToolConfig
 from telephony.sip_uri import parse_sip_uri
 
 KNOWN_CODECS = ("G722", "PCMU", "PCMA")
 M = TypeVar("M", bound=BaseModel)
+
+
+def _ip(v: str) -> str:
+    ipaddress.ip_address(v)
+    return v
+
+
+IpAddress = Annotated[str, AfterValidator(_ip)]
+"""A listening address: an IPv4 or IPv6 address, not a host name."""
 
 
 class _Strict(BaseModel):
@@ -72,7 +91,7 @@ class SipTlsConfig(_Strict):
 
 
 class SipConfig(_Strict):
-    listen: str = "0.0.0.0"
+    listen: IpAddress = "0.0.0.0"
     port: int = Field(5060, ge=1, le=65535)
     transports: list[Literal["udp", "tcp", "tls"]] = ["udp", "tcp"]
     public_address: str | None = None
@@ -86,12 +105,6 @@ class SipConfig(_Strict):
         if "tls" in self.transports and self.tls is None:
             raise ValueError("transports has tls but there is no sip.tls section (cert_file, key_file)")
         return self
-
-    @field_validator("listen")
-    @classmethod
-    def _ip(cls, v: str) -> str:
-        ipaddress.ip_address(v)
-        return v
 
 
 class RtpConfig(_Strict):
@@ -154,6 +167,12 @@ class RecordsConfig(_Strict):
     retention_days: float | None = Field(None, gt=0)
     """`voicegate purge` deletes calls older than this (with their recordings), unless their route says otherwise;
     none: kept until erased."""
+    sip_trace: bool = False
+    """Write every SIP message of each call to `sip/<Call-ID>.sip` beside `path` (named in the call's record)."""
+
+    @property
+    def sip_trace_path(self) -> Path:
+        return Path(self.path).parent / "sip"
 
     def under(self, folder: Path) -> RecordsConfig:
         """This section with its paths made absolute, relative to `folder`."""
@@ -163,16 +182,10 @@ class RecordsConfig(_Strict):
 
 class MetricsConfig(_Strict):
     enabled: bool = False
-    listen: str = "127.0.0.1"
+    listen: IpAddress = "127.0.0.1"
     """Loopback by default: the endpoint has no authentication."""
     port: int = Field(9464, ge=1, le=65535)
     """HTTP port of `/metrics` (Prometheus text format) and `/healthz`."""
-
-    @field_validator("listen")
-    @classmethod
-    def _ip(cls, v: str) -> str:
-        ipaddress.ip_address(v)
-        return v
 
 
 class RecordingConfig(_Strict):
@@ -295,6 +308,32 @@ class TrunkConfig(_Strict):
     inbound_auth: bool = False
     """Calls for this trunk from other addresses are challenged (401) and admitted with the trunk's username and
     password (digest) instead of refused."""
+    caller_id: str | None = None
+    """The number outbound calls on this trunk present (the From user part); default `username`."""
+    allowed: list[str] = []
+    """Outbound calls: regular expressions a dialled number must match whole (`\\+4930\\d{6,9}`); none: this
+    trunk places no calls (the toll-fraud guard)."""
+
+    @field_validator("allowed")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"bad regular expression {p!r}: {e}") from None
+        return v
+
+    @field_validator("caller_id")
+    @classmethod
+    def _caller_id(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"\+?[0-9A-Za-z._-]{1,32}", v):
+            raise ValueError(f"{v!r} is not a number or SIP user part")
+        return v
+
+    def allows(self, number: str) -> bool:
+        """The number may be dialled on this trunk."""
+        return any(re.fullmatch(p, number) for p in self.allowed)
 
     @field_validator("registrar", "outbound_proxy")
     @classmethod
@@ -342,19 +381,13 @@ class TrunkConfig(_Strict):
 class MediaStreamTransport(_Strict):
     """A Twilio Media Streams-shaped WebSocket server (telephony/transports/media_stream_ws.py)."""
 
-    listen: str = "127.0.0.1"
+    listen: IpAddress = "127.0.0.1"
     port: int = Field(8765, ge=1, le=65535)
     path: str = "/media"
     token_env: str | None = None
     """Environment variable holding a token the client must send as `Authorization: Bearer TOKEN`."""
     agent: str | None = None
     """The agent for a stream whose `start.customParameters.to` is absent or matches no route."""
-
-    @field_validator("listen")
-    @classmethod
-    def _ip(cls, v: str) -> str:
-        ipaddress.ip_address(v)
-        return v
 
     @field_validator("path")
     @classmethod
@@ -367,18 +400,12 @@ class MediaStreamTransport(_Strict):
 class AudioSocketTransport(_Strict):
     """An Asterisk AudioSocket server (telephony/transports/audiosocket.py)."""
 
-    listen: str = "127.0.0.1"
+    listen: IpAddress = "127.0.0.1"
     port: int = Field(9092, ge=1, le=65535)
     agent: str | None = None
     """The agent for a call whose UUID is not in `uuids`."""
     uuids: dict[str, str] = {}
     """Call UUID (as the dialplan's AudioSocket() passes it) -> agent name."""
-
-    @field_validator("listen")
-    @classmethod
-    def _ip(cls, v: str) -> str:
-        ipaddress.ip_address(v)
-        return v
 
     @field_validator("uuids")
     @classmethod
@@ -401,12 +428,24 @@ class AudioSocketTransport(_Strict):
 class WebRtcTransport(_Strict):
     """The browser softphone: `/phone` and its WebRTC signalling (telephony/transports/webrtc.py)."""
 
-    listen: str = "127.0.0.1"
+    listen: IpAddress = "127.0.0.1"
     port: int = Field(8766, ge=1, le=65535)
     token_env: str | None = None
     """Environment variable holding a token the page's address must carry (`/phone?token=TOKEN`)."""
     agent: str | None = None
     """The agent for a dialled number that matches no route."""
+
+
+class ControlConfig(_Strict):
+    """The control endpoint (`POST /calls` originates a call; `voicegate dial` uses it): HTTP with a bearer token."""
+
+    listen: str = "127.0.0.1"
+    """Loopback by default: the token travels in clear text."""
+    port: int = Field(9465, ge=1, le=65535)
+    token_env: str
+    """Environment variable holding the token clients send as `Authorization: Bearer TOKEN`."""
+    allow_uris: list[str] = []
+    """Regular expressions SIP URIs dialled directly (not through a trunk) must match whole; none: trunks only."""
 
     @field_validator("listen")
     @classmethod
@@ -414,11 +453,72 @@ class WebRtcTransport(_Strict):
         ipaddress.ip_address(v)
         return v
 
+    @field_validator("token_env")
+    @classmethod
+    def _env(cls, v: str) -> str:
+        if not os.environ.get(v):
+            raise ValueError(f"environment variable {v} (the control token) is not set or empty")
+        return v
+
+    @field_validator("allow_uris")
+    @classmethod
+    def _patterns(cls, v: list[str]) -> list[str]:
+        return TrunkConfig._patterns(v)
+
+    @property
+    def token(self) -> str:
+        return os.environ.get(self.token_env, "")
+
 
 class TransportsConfig(_Strict):
     media_stream: MediaStreamTransport | None = None
     audiosocket: AudioSocketTransport | None = None
     webrtc: WebRtcTransport | None = None
+
+
+class WhenFullConfig(_Strict):
+    """The reply to a new call when every worker is full (some carriers take a 503 for the whole gateway down)."""
+
+    reply: Literal[503, 486, 480, "announcement"] = 503
+    retry_after_s: int = Field(30, ge=1, le=3600)
+    """Sent as Retry-After with a 503."""
+
+    @field_validator("reply")
+    @classmethod
+    def _there_yet(cls, v: int | str) -> int | str:
+        if v == "announcement":
+            raise ValueError("an 'all lines are busy' announcement is not there yet (a full worker has no call slot "
+                             "to play it from); use 503, 486 or 480")
+        return v
+
+
+class WorkersConfig(_Strict):
+    """Worker processes (telephony/supervisor.py): each a gateway with its own SIP port and RTP range, and for more
+    than one a Kamailio front door (telephony/frontdoor.py) on `sip.listen`:`sip.port`."""
+
+    count: int = Field(1, ge=1, le=64)
+    first_port: int = Field(5070, ge=1, le=65535)
+    """With more than one worker, worker i listens on UDP 127.0.0.1:first_port+i."""
+    dispatch: Literal["round_robin", "least_loaded"] = "round_robin"
+    probe_interval_s: int = Field(2, ge=1, le=60)
+    """Kamailio sends each worker an OPTIONS this often; a worker that fails one gets no new calls."""
+    failover_timeout_s: float = Field(2.0, ge=0.2, le=30)
+    """A worker that has not replied to an INVITE within this long is skipped for the next one."""
+    flood_requests: int = Field(60, ge=1, le=100000)
+    """Requests one source address may send per `flood_window_s` before the front door drops it (pike)."""
+    flood_window_s: int = Field(2, ge=1, le=60)
+    flood_block_s: int = Field(10, ge=1, le=3600)
+    """How long a flooding source stays blocked after it went quiet."""
+    restart_min_s: float = Field(0.5, gt=0, le=60)
+    """Wait before restarting a worker that exited; doubles while it keeps dying, up to `restart_max_s`."""
+    restart_max_s: float = Field(30.0, gt=0, le=3600)
+    when_full: WhenFullConfig = WhenFullConfig()
+    kamailio: str = "/usr/sbin/kamailio"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _count_only(cls, v: object) -> object:
+        return {"count": v} if isinstance(v, int) else v
 
 
 class Config(_Strict):
@@ -440,6 +540,12 @@ class Config(_Strict):
     """Where `voicegate serve` keeps each trunk's registration state for `voicegate trunks`; relative to the
     config file's folder."""
     transports: TransportsConfig = TransportsConfig()
+    workers: WorkersConfig = WorkersConfig()
+    """`workers: N` or a mapping; more than one puts Kamailio in front (voicegate serve --workers N overrides)."""
+    control: ControlConfig | None = None
+    """The control endpoint; none: no calls are originated."""
+    tools: dict[str, ToolConfig] = {}
+    """Business tools by name (agents.tools), offered to the agents that list them."""
 
     @model_validator(mode="after")
     def _routes(self) -> Config:
@@ -500,6 +606,17 @@ class Config(_Strict):
                     raise ValueError(f"{a} and {b} both want TCP port {port}")
         return v
 
+    @field_validator("workers")
+    @classmethod
+    def _workers_fit(cls, v: WorkersConfig, info: ValidationInfo) -> WorkersConfig:
+        """What several workers cannot do yet, and ports and RTP ranges they would not fit in."""
+        from telephony.workers import fit_problem
+
+        sip, rtp, trunks = info.data.get("sip"), info.data.get("rtp"), info.data.get("trunks")
+        if sip is not None and rtp is not None and (problem := fit_problem(v, v.count, sip, rtp, trunks or {})):
+            raise ValueError(problem)
+        return v
+
     @model_validator(mode="after")
     def _hybrids(self) -> Config:
         for name, agent in self.agents.items():
@@ -508,6 +625,11 @@ class Config(_Strict):
                 if agent.budget is not None and agent.budget.usd_per_min is None and not s2s_per_min(
                         self.prices, s2s.type):
                     raise ValueError(f"agents.{name}.budget: no usd_per_min, and prices.s2s.{s2s.type} is 0")
+        return self
+
+    @model_validator(mode="after")
+    def _tools(self) -> Config:
+        check_tools(self.agents, self.tools)
         return self
 
     def route(self, user: str, trunk: str = "", headers: Mapping[str, str] | None = None) -> str | None:

@@ -22,13 +22,16 @@ from typing import Any, Protocol
 
 import pjsua2 as pj
 
+from telephony.admission import SipGate
 from telephony.call import SipCall
 from telephony.config import Config, SipTlsConfig
 from telephony.errors import PjsuaBuildError, SipStartError
 from telephony.inbound import Invite, admit
 from telephony.logs import event, event_at
 from telephony.media_port import PortPool, check_frame_layout
+from telephony.outbound import DialRefusedError
 from telephony.sip_headers import call_metadata, original_called, request_parts
+from telephony.sip_trace import MESSAGE_LEVEL, SipTrace
 from telephony.trunks import TrunkSet
 
 EXPECTED_MAX_CALLS = 4
@@ -83,9 +86,16 @@ class _Account(pj.Account):  # type: ignore[misc]
 
 
 class _LogWriter(pj.LogWriter):  # type: ignore[misc]
+    def __init__(self, level: int, trace: SipTrace | None) -> None:
+        super().__init__()
+        self.level = level
+        self.trace = trace
+
     def write(self, entry: Any) -> None:
         msg = str(entry.msg).rstrip()
-        if msg:
+        if not msg or (self.trace is not None and entry.level >= MESSAGE_LEVEL and self.trace.write(msg)):
+            return
+        if entry.level <= self.level:
             event_at(30 if entry.level <= 2 else 10, "pjsip", pjlevel=int(entry.level), msg=msg[-400:])
 
 
@@ -108,8 +118,10 @@ class SipStack:
         self.ports = PortPool()
         self.port = config.sip.port
         self.trunks = TrunkSet(config)
-        if config.trunks:
-            self.every(0.25, self.trunks.tick)
+        self.draining = False
+        """Set when the gateway drains: new INVITEs and OPTIONS get 503 (telephony/admission.py)."""
+        self.gate: SipGate | None = None
+        self.every(0.25, self._trunk_tick)  # trunks may come with a reloaded config
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
@@ -184,10 +196,13 @@ class SipStack:
         ec.uaConfig.mainThreadOnly = True
         ec.uaConfig.maxCalls = EXPECTED_MAX_CALLS
         ec.uaConfig.userAgent = cfg.sip.user_agent
-        self._logwriter = _LogWriter()
+        level = 3 if cfg.log_level == "debug" else 2
+        trace = SipTrace(cfg.records.sip_trace_path) if cfg.records.sip_trace else None
+        self._logwriter = _LogWriter(level, trace)
         ec.logConfig.writer = self._logwriter
-        ec.logConfig.level = 3 if cfg.log_level == "debug" else 2
-        ec.logConfig.consoleLevel = 0
+        ec.logConfig.level = MESSAGE_LEVEL if trace else level
+        ec.logConfig.msgLogging = trace is not None
+        ec.logConfig.consoleLevel = ec.logConfig.level  # pjsua2 hands the writer only entries up to this level
         ec.logConfig.decor = 0
         mc = ec.medConfig
         mc.clockRate = 16000
@@ -208,6 +223,10 @@ class SipStack:
                 f"pjsua2 allows {self.max_calls} calls per process, voicegate assumes {EXPECTED_MAX_CALLS}: "
                 "install pjsua2-python==2.15.1.post1 or adjust EXPECTED_MAX_CALLS after testing the new build"
             )
+        full = cfg.workers.when_full
+        self.gate = SipGate(pj._pjsua2.__file__, self.max_calls, lambda: self.draining, int(full.reply),
+                            full.retry_after_s)
+        self.gate.install()
 
         for kind in cfg.sip.transports:
             tc = pj.TransportConfig()
@@ -292,6 +311,32 @@ class SipStack:
         else:
             self.answer(call.key, 180)
 
+    def dial(self, trunk: str, uri: str, prepare: Callable[[SipCall], None]) -> SipCall:
+        """Place a call to `uri` from `trunk`'s caller account (the gateway's own for ""); pjsua thread only.
+        `prepare` sets the call's listener before the INVITE goes. Raises DialRefusedError if pjsua cannot."""
+        account = self.trunks.callers[trunk] if trunk else self.account
+        call = SipCall(account, pj.PJSUA_INVALID_ID, self._release, self.ports)
+        call.codec_preference = self.config.media.codecs
+        call.trunk = trunk
+        prepare(call)
+        self.calls[call.key] = call
+        try:
+            call.makeCall(uri, pj.CallOpParam(True))
+        except pj.Error as e:
+            self._released.append(call)
+            raise DialRefusedError(503, f"pjsua cannot call {uri}: {e.info()}") from None
+        call.call_id = str(call.getInfo().callIdString)
+        return call
+
+    def _trunk_tick(self) -> None:
+        self.trunks.tick()
+        self.trunks.sweep(bool(self.calls))
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config (pjsua thread): the next calls are admitted and routed by it."""
+        self.config = config
+        self.trunks.reconfigure(config, bool(self.calls))
+
     def _release(self, call: SipCall) -> None:
         self._released.append(call)
 
@@ -315,6 +360,15 @@ class SipStack:
             call.answer(op)
         except pj.Error as e:
             event("sip_answer_error", call=call.call_id, code=code, error=e.info())
+
+    def release_unacked(self, key: int) -> None:
+        """End a call whose 2xx got no ACK at once: a BYE would wait for the ACK (RFC 3261 15) and the call slot
+        would stay taken for pjsip's 32 s of 2xx retransmissions."""
+        call = self.calls.get(key)
+        if call is None or call.disconnected:
+            return
+        if call.dialog is None or self.gate is None or not self.gate.terminate(*call.dialog, 408):
+            self.hangup(key)
 
     def hangup(self, key: int, code: int = 200) -> None:
         call = self.calls.get(key)
@@ -370,4 +424,5 @@ class SipStack:
         with contextlib.suppress(pj.Error):
             self.ep.libDestroy()
         self.ep = None
+        self.gate = None  # pjsip held its module until libDestroy
         gc.collect()

@@ -1,4 +1,5 @@
-"""Prometheus metrics and health, fed by the call events of `telephony.logs` (one sink; no other hook in the gateway).
+"""Prometheus metrics and health, fed by the events of the gateway and its backends (one `agents.eventlog` sink; no
+other hook in the gateway).
 
 `GatewayMetrics` turns events into prometheus_client counters, gauges and histograms in its own registry, and
 follows the gateway's state (`gateway_ready`, `gateway_draining`, `gateway_stopped`) for `/healthz`. `OpsServer`
@@ -28,6 +29,9 @@ BACKEND_ERRORS = frozenset({
 LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
 BARGE_IN_BUCKETS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
 TICK_BUCKETS = (0.0205, 0.021, 0.022, 0.025, 0.03, 0.04, 0.06, 0.1)
+LOSS_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
+JITTER_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
+RTT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -38,8 +42,8 @@ def result_label(reason: str) -> str:
 
 
 class GatewayMetrics:
-    """A `telephony.logs` sink: call events in, Prometheus metrics and the gateway's health out. Thread-safe (events
-    come from the pjsua thread, the media clock and the loop)."""
+    """An event sink: call events in, Prometheus metrics and the gateway's health out. Thread-safe (events come from
+    the pjsua thread, the media clock and the loop)."""
 
     def __init__(self, route_of: Callable[[str], str], registry: CollectorRegistry | None = None) -> None:
         self.route_of = route_of
@@ -63,6 +67,12 @@ class GatewayMetrics:
                                       registry=r)
         self.dtmf = Counter("voicegate_dtmf", "DTMF digits received (a digit sent both ways counts once)",
                             ["agent", "method"], registry=r)
+        self.rtp_loss = Histogram("voicegate_rtp_loss_ratio", "RTP packets lost per call: rx counted here, tx as the "
+                                  "far end reported in RTCP", ["direction"], buckets=LOSS_BUCKETS, registry=r)
+        self.rtp_jitter = Histogram("voicegate_rtp_jitter_seconds", "Mean interarrival jitter of a call's received "
+                                    "RTP", buckets=JITTER_BUCKETS, registry=r)
+        self.rtt = Histogram("voicegate_rtp_rtt_seconds", "Mean RTCP round trip of a call", buckets=RTT_BUCKETS,
+                             registry=r)
         self.ready = Gauge("voicegate_ready", "1 when SIP is up and new calls are taken", registry=r)
         self.state = "starting"
         self._lock = threading.Lock()
@@ -138,13 +148,22 @@ class GatewayMetrics:
         if not f.get("duplicate"):
             self.dtmf.labels(self._labels(f)[1], str(f.get("method", ""))).inc()
 
+    def _rtp(self, f: Mapping[str, Any]) -> None:
+        for direction in ("rx", "tx"):
+            if isinstance(f.get(f"{direction}_loss_pct"), int | float):
+                self.rtp_loss.labels(direction).observe(float(f[f"{direction}_loss_pct"]) / 100)
+        if isinstance(f.get("rx_jitter_ms"), int | float):
+            self.rtp_jitter.observe(float(f["rx_jitter_ms"]) / 1000)
+        if isinstance(f.get("rtt_ms"), int | float):
+            self.rtt.observe(float(f["rtt_ms"]) / 1000)
+
     def _set_state(self, state: str) -> None:
         self.state = state
         self.ready.set(1 if state == "ready" else 0)
 
     _handlers: dict[str, Callable[[GatewayMetrics, Mapping[str, Any]], None]] = {
         "call_incoming": _incoming, "call_refused": _refused, "call_answered": _answered, "call_end": _end,
-        "turn": _turn, "barge_in": _barge_in, "barge_in_resumed": _resumed, "dtmf": _dtmf,
+        "turn": _turn, "barge_in": _barge_in, "barge_in_resumed": _resumed, "dtmf": _dtmf, "call_rtp": _rtp,
         "gateway_ready": lambda m, _: m._set_state("ready"),
         "gateway_draining": lambda m, _: m._set_state("draining"),
         "gateway_stopped": lambda m, _: m._set_state("stopped"),

@@ -18,14 +18,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from media.frames import SAMPLE_RATE
+from media.frames import FRAME_MS, SAMPLE_RATE
 from media.pipeline import CallMedia
 from media.recorder import StereoRecorder
 from telephony.config import Config, RecordingConfig
 
 FLUSH_S = 1.0
-LAG_S = 0.2
-"""Frames younger than this stay queued at a flush: the other channel's frame of the same tick may not be in yet."""
+LAG_TICKS = 5
+"""The newest slots stay queued at a flush: their caller frames may not be in yet."""
 
 
 class Log(Protocol):
@@ -48,22 +48,17 @@ class CallRecording:
         self._wav: wave.Wave_write | None = None
         self._failed = False
         self._task: asyncio.Task[None] | None = None
-        self.paused_s = 0.0
-        self._paused_at: float | None = None
 
-    def on_dtmf(self, digit: str, now: float) -> None:
-        """A key the caller pressed (any thread): pause or resume when the last keys spell a code."""
+    def on_dtmf(self, digit: str) -> None:
+        """A key the caller pressed (any thread; the agent gets it too): pause or resume when the last keys spell a
+        code."""
         self._keys = (self._keys + digit)[-8:]
         if self.cfg.pause_code and self._keys.endswith(self.cfg.pause_code) and not self.recorder.paused:
             self.recorder.paused = True
-            self._paused_at = now
             self._keys = ""
             self.log("recording_paused", call=self.call_id)
         elif self.cfg.resume_code and self._keys.endswith(self.cfg.resume_code) and self.recorder.paused:
             self.recorder.paused = False
-            if self._paused_at is not None:
-                self.paused_s += now - self._paused_at
-            self._paused_at = None
             self._keys = ""
             self.log("recording_resumed", call=self.call_id)
 
@@ -79,7 +74,7 @@ class CallRecording:
         """Append the finished frames every second until `close`."""
         while True:
             await asyncio.sleep(FLUSH_S)
-            self._write(self.recorder.take(time.monotonic() - LAG_S))
+            self._write(self.recorder.take(self.recorder.ticks - LAG_TICKS))
 
     def _write(self, pcm: bytes) -> None:
         if self._failed or not pcm:
@@ -96,12 +91,10 @@ class CallRecording:
             self._failed = True
             self.log("recording_error", call=self.call_id, path=str(self.path), error=str(e))
 
-    def close(self, turns: Sequence[Mapping[str, Any]], now: float) -> dict[str, Any]:
+    def close(self, turns: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Write the rest and the transcript; the call record's fields (`recording`, `recording_s`, ...)."""
         if self._task is not None:
             self._task.cancel()
-        if self.recorder.paused and self._paused_at is not None:
-            self.paused_s += now - self._paused_at
         self._write(self.recorder.take())
         if self._wav is None:
             return {}
@@ -114,7 +107,7 @@ class CallRecording:
         if self._failed:
             return {"recording": str(self.path), "recording_error": True}  # what was written, for `voicegate erase`
         out: dict[str, Any] = {"recording": str(self.path), "recording_s": round(frames / SAMPLE_RATE, 2),
-                               "recording_paused_s": round(self.paused_s, 2)}
+                               "recording_paused_s": round(self.recorder.paused_ticks * FRAME_MS / 1000, 2)}
         if turns:
             transcript = self.path.with_suffix(".json")
             try:

@@ -66,7 +66,8 @@ def call_record(end: Mapping[str, Any], start: float, caller: str, called: str, 
 
 CDR_COLUMNS = ("call", "start", "end", "caller", "caller_number", "called", "trunk", "agent", "agent_type",
                "duration_s", "reason", "sip_code", "sip_reason", "hangup_side", "backends", "cost", "currency",
-               "turn_p50_ms", "turn_p95_ms", "barge_ins", "dtmf_count")
+               "turn_p50_ms", "turn_p95_ms", "barge_ins", "dtmf_count", "rx_loss_pct", "tx_loss_pct", "rx_jitter_ms",
+               "rtt_ms")
 """The columns of a CDR, in the `calls` table and in `voicegate calls --csv`."""
 
 SCHEMA = f"""
@@ -99,6 +100,7 @@ def cdr(rec: Record) -> dict[str, Any]:
     duration = float(rec.get("duration_s") or 0.0)
     lat = rec.get("latency") or {}
     cost = rec.get("cost") or {}
+    rtp = rec.get("rtp") or {}
     return {
         "call": rec.get("call"), "start": rec.get("start"),
         "end": datetime.fromtimestamp(start + duration).astimezone().isoformat(timespec="milliseconds"),
@@ -111,6 +113,7 @@ def cdr(rec: Record) -> dict[str, Any]:
         "cost": cost.get("total"), "currency": cost.get("currency"),
         "turn_p50_ms": lat.get("turn_p50_ms"), "turn_p95_ms": lat.get("turn_p95_ms"),
         "barge_ins": rec.get("barge_ins"), "dtmf_count": len(str(rec.get("digits") or "")),
+        **{k: rtp.get(k) for k in ("rx_loss_pct", "tx_loss_pct", "rx_jitter_ms", "rtt_ms")},
     }
 
 

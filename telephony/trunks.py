@@ -22,6 +22,7 @@ import pjsua2 as pj
 from telephony.config import Config, TrunkConfig
 from telephony.logs import event
 from telephony.registration import Registration
+from telephony.reload import trunk_changes
 from telephony.sip_uri import parse_sip_uri
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -56,20 +57,42 @@ def resolve_sources(t: TrunkConfig) -> list[Network]:
     return nets
 
 
+def _account_config(t: TrunkConfig, ac: Any, user: str, registers: bool) -> Any:
+    """`ac` (the gateway's media settings) set up for trunk `t` as `user`."""
+    ac.idUri = f"sip:{user}@{parse_sip_uri(t.registrar).host}"
+    rc = ac.regConfig
+    rc.registrarUri = registrar_uri(t) if registers else ""
+    rc.registerOnAdd = registers
+    rc.timeoutSec = t.expiry_s
+    rc.retryIntervalSec = 0  # Registration decides the retries
+    ac.mediaConfig.srtpUse = SRTP_USE[t.srtp]
+    ac.mediaConfig.srtpSecureSignaling = 0  # SDES keys also over UDP/TCP signalling, as carriers send them
+    ac.sipConfig.authCreds.append(pj.AuthCredInfo("digest", t.realm, t.username, 0, t.password))
+    if t.outbound_proxy:
+        ac.sipConfig.proxies.append(_with_lr(t.outbound_proxy))
+    return ac
+
+
 class TrunkAccount(pj.Account):  # type: ignore[misc]
     def __init__(self, name: str, trunks: TrunkSet, incoming: Callable[[Any, Any], None]) -> None:
         super().__init__()
         self.trunk = name
         self._trunks = trunks
         self._incoming = incoming
+        self.retired = False
+        """Replaced by a reload: its unregistration is not the trunk's state any more."""
 
     def onRegStarted(self, prm: Any) -> None:  # noqa: N802
+        if self.retired:
+            return
         try:
             self._trunks.on_started(self.trunk, bool(prm.renew))
         except Exception as e:
             event("sip_callback_error", trunk=self.trunk, where="onRegStarted", error=repr(e))
 
     def onRegState(self, prm: Any) -> None:  # noqa: N802
+        if self.retired:
+            return
         try:
             self._trunks.on_result(self.trunk, int(prm.code), str(prm.reason), int(prm.expiration))
         except Exception as e:
@@ -93,32 +116,70 @@ class TrunkSet:
         self.secret = os.urandom(32)
         """Key of the nonces that challenge inbound calls (telephony/digest.py); new with each process."""
         self.accounts: dict[str, TrunkAccount] = {}
+        self.callers: dict[str, TrunkAccount] = {}
+        """The account each trunk that may place calls (`allowed`) places them from."""
+        self._retired: list[TrunkAccount] = []
+        self._base: Callable[[], Any] = lambda: None
+        self._incoming: Callable[[Any, Any], None] = lambda account, prm: None
 
     def start(self, base: Callable[[], Any], incoming: Callable[[Any, Any], None]) -> None:
         """Create one account per trunk (pjsua thread, after libStart); `base()` gives a fresh AccountConfig with
         the gateway's media settings."""
+        self._base, self._incoming = base, incoming
         for name, t in self.config.trunks.items():
-            self.sources[name] = resolve_sources(t)
-            ac = base()
-            host = parse_sip_uri(t.registrar).host
-            ac.idUri = f"sip:{t.username}@{host}"
-            rc = ac.regConfig
-            rc.registrarUri = registrar_uri(t) if t.registers else ""
-            rc.registerOnAdd = t.registers
-            rc.timeoutSec = t.expiry_s
-            rc.retryIntervalSec = 0  # Registration decides the retries
-            ac.mediaConfig.srtpUse = SRTP_USE[t.srtp]
-            ac.mediaConfig.srtpSecureSignaling = 0  # SDES keys also over UDP/TCP signalling, as carriers send them
-            cred = pj.AuthCredInfo("digest", t.realm, t.username, 0, t.password)
-            ac.sipConfig.authCreds.append(cred)
-            if t.outbound_proxy:
-                ac.sipConfig.proxies.append(_with_lr(t.outbound_proxy))
-            acc = TrunkAccount(name, self, incoming)
-            self.accounts[name] = acc
-            acc.create(ac, False)
-            event("trunk_added", trunk=name, registrar=t.registrar, username=t.username, transport=t.transport,
-                  srtp=t.srtp, expiry_s=t.expiry_s, register=t.registers, sources=[str(n) for n in self.sources[name]])
+            self._add(name, t)
         self.write(running=True)
+
+    def _add(self, name: str, t: TrunkConfig) -> None:
+        self.sources[name] = resolve_sources(t)
+        acc = TrunkAccount(name, self, self._incoming)
+        self.accounts[name] = acc
+        acc.create(_account_config(t, self._base(), t.username, t.registers), False)
+        if t.allowed and t.caller_id and t.caller_id != t.username:
+            # pjsua puts an account's own URI in From: the caller ID needs an account of its own, which
+            # never registers (the registration's address stays the username)
+            caller = TrunkAccount(name, self, self._incoming)
+            caller.create(_account_config(t, self._base(), t.caller_id, False), False)
+            self.callers[name] = caller
+        elif t.allowed:
+            self.callers[name] = acc
+        event("trunk_added", trunk=name, registrar=t.registrar, username=t.username, transport=t.transport,
+              srtp=t.srtp, expiry_s=t.expiry_s, register=t.registers, sources=[str(n) for n in self.sources[name]])
+
+    def reconfigure(self, config: Config, calls_live: bool) -> None:
+        """Take a reloaded config (pjsua thread): trunks added, removed or with new account settings get new
+        accounts; the old ones unregister now and are deleted once no call is live (pjsua's calls refer to their
+        account). Call-time options (routes, allow, allowed) apply from the next call."""
+        gone, made = trunk_changes(self.config, config)
+        self.config = config
+        for name in gone:
+            accs = {id(a): a for a in (self.accounts.pop(name, None), self.callers.pop(name, None)) if a is not None}
+            for acc in accs.values():
+                acc.retired = True
+                with contextlib.suppress(pj.Error):
+                    acc.setRegistration(False)
+                self._retired.append(acc)
+            self.regs.pop(name, None)
+            self.sources.pop(name, None)
+            event("trunk_removed", trunk=name, replaced=name in made)
+        for name in made:
+            t = config.trunks[name]
+            self.regs[name] = Registration(name, t.retry_min_s, t.retry_max_s)
+            self._add(name, t)
+        for name, t in config.trunks.items():
+            if name not in made:
+                self.sources[name] = resolve_sources(t)
+        self.sweep(calls_live)
+        self.write(running=True)
+
+    def sweep(self, calls_live: bool) -> None:
+        """Delete the retired accounts once no call is live (pjsua thread)."""
+        if calls_live:
+            return
+        for acc in self._retired:
+            with contextlib.suppress(pj.Error):
+                acc.shutdown()
+        self._retired.clear()
 
     def on_started(self, name: str, renew: bool) -> None:
         self._emit(self.regs[name].started(time.monotonic(), renew))
@@ -143,10 +204,12 @@ class TrunkSet:
         return str(getattr(account, "trunk", ""))
 
     def shutdown(self) -> None:
-        for acc in self.accounts.values():
+        for acc in [*self.accounts.values(), *self.callers.values(), *self._retired]:
             with contextlib.suppress(pj.Error):
                 acc.shutdown()
         self.accounts.clear()
+        self.callers.clear()
+        self._retired.clear()
         if self.regs:
             self.write(running=False)
 

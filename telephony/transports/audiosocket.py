@@ -121,8 +121,6 @@ class AudioSocketServer:
         finally:
             if call is not None:
                 self.calls.discard(call)
-                if why == "closed" and not call.leg.session.record.end_reason:
-                    event("transport_closed", transport=NAME, call=call.call_id, reason=reason)
                 call.end(why, reason)
             _hangup(writer)
             self._conns.discard(writer)

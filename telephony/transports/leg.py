@@ -92,8 +92,13 @@ class TransportCall:
             self._clock = asyncio.ensure_future(run_clock(self.stream, send))
 
     def dtmf(self, digit: str) -> None:
-        self._log("dtmf", call=self.call_id, digit=digit, method=self.transport, duplicate=False)
-        self.leg.session.on_dtmf(digit)
+        """A key from the peer, as SIP's: masked in the log during secure capture, and to the call's recording."""
+        session = self.leg.session
+        self._log("dtmf", call=self.call_id, digit="x" if session.secure else digit, method=self.transport,
+                  duplicate=False)
+        session.on_dtmf(digit)
+        if self.leg.recording is not None:
+            self.leg.recording.on_dtmf(digit)
 
     def hangup(self, reason: str = "") -> None:
         """Our side ends the call (the agent, a timeout, shutdown: `reason` unless the session gave one)."""
@@ -102,10 +107,12 @@ class TransportCall:
         self._close()
 
     def end(self, why: str, reason: str = "") -> None:
-        """The connection is over: stop the clock and finish the leg (once)."""
+        """The connection is over: stop the clock and finish the leg (once). `closed`: the peer went away first."""
         if self.ended:
             return
         self.ended = True
+        if why == "closed" and not self.leg.session.record.end_reason:
+            self._log("transport_closed", transport=self.transport, call=self.call_id, reason=reason)
         if self._clock is not None:
             self._clock.cancel()
         self.host.finish_leg(self.leg, why, 0, reason)

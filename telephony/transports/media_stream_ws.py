@@ -11,66 +11,38 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import os
 import time
 import urllib.parse
 from collections import deque
 from http import HTTPStatus
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from telephony.config import Config, MediaStreamTransport
-from telephony.errors import VoicegateError
 from telephony.logs import event
 from telephony.transports import twilio
 from telephony.transports.leg import Host, TransportCall
 from telephony.transports.stream import Out, SendMark, WireAudio
+from telephony.transports.ws_server import WebSocketTransport
 
 NAME = "media_stream"
 MAX_MESSAGE = 64 * 1024
 """Larger WebSocket messages are refused by the library (close 1009): a 200 ms payload is about 2 KiB."""
 
 
-class MediaStreamServer:
+class MediaStreamServer(WebSocketTransport):
     def __init__(self, host: Host, config: Config) -> None:
         cfg = config.transports.media_stream
         assert cfg is not None
-        self.host = host
-        self.config = config
+        super().__init__(NAME, host, config, cfg)
         self.cfg: MediaStreamTransport = cfg
-        self.token: str | None = None
-        if cfg.token_env is not None:
-            self.token = os.environ.get(cfg.token_env)
-            if not self.token:
-                raise VoicegateError(f"transports.media_stream.token_env names {cfg.token_env}, which is not set")
-        self.calls: set[TransportCall] = set()
-        self._server: Server | None = None
 
     async def start(self) -> None:
-        try:
-            self._server = await serve(self._serve, self.cfg.listen, self.cfg.port, process_request=self._admit,
-                                       max_size=MAX_MESSAGE, compression=None)
-        except OSError as e:
-            raise VoicegateError(f"transports.media_stream cannot listen on {self.cfg.listen}:{self.cfg.port}: "
-                                 f"{e.strerror or e}") from None
-        event("transport_listening", transport=NAME, address=f"ws://{self.cfg.listen}:{self.cfg.port}{self.cfg.path}",
-              token=self.token is not None)
-
-    def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close(close_connections=False)
-
-    def hangup_all(self, reason: str) -> None:
-        for call in list(self.calls):
-            call.hangup(reason)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        await self._listen(self.cfg, self._serve, self._admit, MAX_MESSAGE,
+                           f"ws://{self.cfg.listen}:{self.cfg.port}{self.cfg.path}")
 
     def _admit(self, ws: ServerConnection, request: Request) -> Response | None:
         path = urllib.parse.urlsplit(request.path).path
@@ -141,8 +113,6 @@ class MediaStreamServer:
         finally:
             if call is not None:
                 self.calls.discard(call)
-                if why == "closed" and not call.leg.session.record.end_reason:
-                    event("transport_closed", transport=NAME, call=call.call_id, reason=reason)
                 call.end(why, reason)
                 await ws.close()
 

@@ -21,7 +21,6 @@ import fractions
 import hmac
 import ipaddress
 import json
-import os
 import time
 import urllib.parse
 import uuid
@@ -33,17 +32,17 @@ import numpy as np
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from telephony.config import Config, WebRtcTransport
-from telephony.errors import VoicegateError
 from telephony.logs import event
 from telephony.transports.leg import Host, TransportCall
 from telephony.transports.phone_page import PAGE
 from telephony.transports.stream import TICK_S, SendAudio, StreamCall, WireAudio
+from telephony.transports.ws_server import WebSocketTransport
 
 NAME = "webrtc"
 RATE = 48000
@@ -92,44 +91,17 @@ def _mono48(frame: AudioFrame) -> bytes:
     return bytes(a.astype("<i2").tobytes())
 
 
-class WebRtcServer:
+class WebRtcServer(WebSocketTransport):
     def __init__(self, host: Host, config: Config) -> None:
         cfg = config.transports.webrtc
         assert cfg is not None
-        self.host = host
-        self.config = config
+        super().__init__(NAME, host, config, cfg)
         self.cfg: WebRtcTransport = cfg
-        self.token: str | None = None
-        if cfg.token_env is not None:
-            self.token = os.environ.get(cfg.token_env)
-            if not self.token:
-                raise VoicegateError(f"transports.webrtc.token_env names {cfg.token_env}, which is not set")
-        self.calls: set[TransportCall] = set()
-        self._server: Server | None = None
 
     async def start(self) -> None:
         _loopback_ice(self.cfg.listen)
-        try:
-            self._server = await serve(self._serve, self.cfg.listen, self.cfg.port, process_request=self._http,
-                                       max_size=256 * 1024, compression=None)
-        except OSError as e:
-            raise VoicegateError(f"transports.webrtc cannot listen on {self.cfg.listen}:{self.cfg.port}: "
-                                 f"{e.strerror or e}") from None
-        event("transport_listening", transport=NAME, address=f"http://{self.cfg.listen}:{self.cfg.port}/phone",
-              token=self.token is not None)
-
-    def stop_accepting(self) -> None:
-        if self._server is not None:
-            self._server.close(close_connections=False)
-
-    def hangup_all(self, reason: str) -> None:
-        for call in list(self.calls):
-            call.hangup(reason)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
+        await self._listen(self.cfg, self._serve, self._http, 256 * 1024,
+                           f"http://{self.cfg.listen}:{self.cfg.port}/phone")
 
     def _http(self, ws: ServerConnection, request: Request) -> Response | None:
         url = urllib.parse.urlsplit(request.path)

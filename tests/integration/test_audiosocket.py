@@ -4,7 +4,6 @@ speech as slin 8 and 16 kHz to the echo, demo and long agents; bad frames end on
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import struct
 import uuid
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from telephony.records import read_records
 from telephony.simulator.measure import caller_onset_frame, echo_lag, frames_db
 from tests.integration.peers import Gateway, free_port, gateway_config, start_gateway
 from tests.integration.stream_peers import audiosocket_call, frame
@@ -38,8 +38,7 @@ def port(gw: Gateway) -> int:
 
 
 def records(gw: Gateway) -> dict[str, dict[str, Any]]:
-    path = gw.config.parent / "records" / "calls.jsonl"
-    return {r["call"]: r for r in map(json.loads, path.read_text().splitlines())}
+    return {r["call"]: r for r in read_records(gw.config.parent / "records" / "calls.db")[0]}
 
 
 @pytest.mark.parametrize("kind", [0x10, 0x12])
@@ -56,7 +55,7 @@ def test_echo_returns_the_callers_audio(gw: Gateway, kind: int) -> None:
 
 
 def test_demo_greets_and_answers_a_key(gw: Gateway) -> None:
-    res = asyncio.run(audiosocket_call(port(gw), np.zeros(1), 12.0, DEMO, dtmf=((9.0, "2"),)))
+    res = asyncio.run(audiosocket_call(port(gw), np.zeros(1), 15.0, DEMO, dtmf=((8.5, "2"),)))
     assert res.first_audio_s is not None and res.first_audio_s < 1.0, res.first_audio_s
     assert speech_s(res.heard[: 8 * 16000]) > 4.0, "the greeting and menu are not speech"
     end = gw.wait_event("call_end", 10, call=DEMO, digits="2")

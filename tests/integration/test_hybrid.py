@@ -27,7 +27,7 @@ KEY_ENV = "VG_TEST_REALTIME_KEY"
 QUESTION = "When are you open today?"
 TRIGGER = "I want to speak to someone about a complaint."
 ANSWER = "I am sorry to hear that. Please tell me what happened, and I will sort it out."
-ASK_AT_S, TRIGGER_AT_S, CALL_S = 4.0, 15.0, 24.0
+ASK_AT_S, TRIGGER_AT_S, CALL_S = 5.0, 15.0, 24.0  # the greeting (3 s) is over by 5 s, even on a busy machine
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,20 @@ import json
 import os
 import socket
 import struct
+import time
+import wave
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from media.vad import Vad
+from telephony.records import read_records
 from telephony.simulator.measure import caller_onset_frame, echo_lag
 from tests import audio
 from tests.integration.peers import Gateway, free_port, gateway_config, start_gateway
@@ -32,7 +37,9 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     port, ws_port = free_port(), free_port()
     transports = {"media_stream": {"port": ws_port, "path": "/media", "agent": "echo", "token_env": "VG_TEST_TOKEN"}}
     os.environ["VG_TEST_TOKEN"] = TOKEN  # the gateway subprocess inherits it
-    g = start_gateway(gateway_config(port, transports=transports), tmp_path_factory.mktemp("gw-ms"), port)
+    cfg = yaml.safe_load(gateway_config(port, transports=transports))
+    cfg["routes"].insert(0, {"match": "rec", "agent": "echo", "recording": {}})
+    g = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-ms"), port)
     g.ws_port = ws_port  # type: ignore[attr-defined]
     yield g
     assert g.stop() == 0
@@ -50,8 +57,7 @@ def prompt(name: str) -> np.ndarray:
 
 
 def records(gw: Gateway) -> dict[str, dict[str, Any]]:
-    path = gw.config.parent / "records" / "calls.jsonl"
-    return {r["call"]: r for r in map(json.loads, path.read_text().splitlines())}
+    return {r["call"]: r for r in read_records(gw.config.parent / "records" / "calls.db")[0]}
 
 
 def speech_s(x: np.ndarray) -> float:
@@ -73,7 +79,7 @@ def test_echo_returns_the_callers_audio(gw: Gateway) -> None:
 
 
 def test_demo_greets_answers_a_key_and_marks_come_back_in_order(gw: Gateway) -> None:
-    res = asyncio.run(twilio_call(url(gw), np.zeros(1), 12.0, to="demo", dtmf=((9.0, "2"),), headers=AUTH))
+    res = asyncio.run(twilio_call(url(gw), np.zeros(1), 15.0, to="demo", dtmf=((8.5, "2"),), headers=AUTH))
     assert res.first_audio_s is not None and res.first_audio_s < 1.0, res.first_audio_s
     assert speech_s(res.heard[: 8 * 16000]) > 4.0, "the greeting and menu are not speech"
     assert res.marks_sent and res.marks_returned == res.marks_sent, (res.marks_sent, res.marks_returned)
@@ -189,3 +195,22 @@ def test_wrong_token_and_path_are_refused(gw: Gateway) -> None:
     assert asyncio.run(status(url(gw), {})) == 401
     assert asyncio.run(status(url(gw).replace("/media", "/other"), AUTH)) == 404
 
+
+
+def test_a_recorded_route_records_the_stream_call(gw: Gateway) -> None:
+    """Recordings, like spend caps and announcements, come with the route whatever the transport."""
+    before = len(gw.events("call_end"))
+    res = asyncio.run(twilio_call(url(gw), prompt("vm-goodbye"), 4.0, to="rec", speak_at_s=0.5, headers=AUTH))
+    assert echo_lag(res.sent, res.heard)[1] > 0.5
+    deadline = time.monotonic() + 10
+    while not (ends := [e for e in gw.events("call_end")[before:] if e.get("recording")]):
+        assert time.monotonic() < deadline, "no recorded call_end"
+        time.sleep(0.1)
+    [end] = ends
+    assert end["transport"] == "media_stream" and Path(end["recording"]).parent.name == "recordings"
+    with wave.open(end["recording"]) as w:
+        assert (w.getnchannels(), w.getframerate()) == (2, 16000)
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2).astype(np.float64)
+    assert abs(len(pcm) / 16000 - end["duration_s"]) < 0.5, (len(pcm), end["duration_s"])
+    lag_ms, peak = echo_lag(pcm[: 3 * 16000, 0], pcm[: 3 * 16000, 1])  # the agent's channel: the caller, echoed
+    assert peak > 0.5, (lag_ms, peak)

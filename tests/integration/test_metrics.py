@@ -99,7 +99,22 @@ def test_calls_move_the_counts_by_exactly_the_calls_made(gw: Gateway) -> None:
     assert delta("voicegate_turn_latency_seconds_sum", agent="assistant", backend="cascaded") == pytest.approx(
         turn["first_audio_ms"] / 1000)
     assert delta("voicegate_media_tick_p99_seconds_count") == 2
+    assert delta("voicegate_rtp_loss_ratio_count", direction="rx") == 2
     assert answered["call"] == ends[1]["call"]
+
+
+def test_rtp_loss_is_in_the_record_and_the_metrics(gw: Gateway) -> None:
+    before = scrape(gw)
+    res = call(f"sip:echo@127.0.0.1:{gw.port}", "--duration", "5", "--loss", "10")
+    assert res["answered"]
+    end = gw.wait_event("call_end", 10, call=gw.events("call_incoming")[-1]["call"])
+    rtp = end["rtp"]
+    assert 200 < rtp["rx_pkts"] + rtp["rx_lost"] < 300 and 3 < rtp["rx_loss_pct"] < 25, rtp
+    assert 3 < rtp["tx_loss_pct"] < 25 and rtp["rx_jitter_ms"] is not None, rtp  # the caller's RTCP reports
+    after = scrape(gw)
+    le = {b: value(after, "voicegate_rtp_loss_ratio_bucket", direction="rx", le=str(b))
+          - value(before, "voicegate_rtp_loss_ratio_bucket", direction="rx", le=str(b)) for b in (0.02, 0.2)}
+    assert le == {0.02: 0, 0.2: 1}, le
 
 
 def test_healthz_turns_503_while_draining(gw: Gateway) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from telephony.records import read_records
 from tests.integration.peers import free_port, gateway_config, start_gateway
 from tests.integration.stream_peers import audiosocket_call, twilio_call
 
@@ -37,7 +37,7 @@ def test_sigterm_hangs_up_and_records_transport_calls(tmp_path: Path) -> None:
 
     took, _, _ = asyncio.run(calls())
     assert took < 10, f"shutdown took {took:.1f} s (grace 2 s)"
-    recs = [json.loads(line) for line in (tmp_path / "records" / "calls.jsonl").read_text().splitlines()]
+    recs, _ = read_records(tmp_path / "records" / "calls.db")
     assert sorted(r["transport"] for r in recs) == ["audiosocket", "media_stream"], recs
     assert all(r["reason"] == "shutdown" for r in recs), [r["reason"] for r in recs]
     assert any(r["call"] == as_id for r in recs)

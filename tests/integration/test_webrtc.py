@@ -151,7 +151,7 @@ def test_echo_over_webrtc_returns_the_callers_audio(gw: Gateway) -> None:
 
 
 def test_demo_speaks_and_the_page_sees_its_events(gw: Gateway) -> None:
-    res = asyncio.run(phone_call(gw.http_port, "demo", np.zeros(1), 11.0, keys=((8.5, "2"),)))  # type: ignore[attr-defined]
+    res = asyncio.run(phone_call(gw.http_port, "demo", np.zeros(1), 14.0, keys=((8.5, "2"),)))  # type: ignore[attr-defined]
     assert res.agent == "demo"
     assert speech_s(res.heard[: 8 * 16000]) > 4.0, "the greeting and menu are not speech"
     said = [e["text"] for e in res.events if e.get("name") == "agent_say"]

@@ -267,6 +267,10 @@ class GeminiLiveServer(ThreadedServer):
                 params = fd.get("parameters")
                 if params is not None and params.get("type") not in ("OBJECT", "object"):
                     self._violate("setup", f"function {fd.get('name')!r}: parameters must be an OBJECT schema")
+                schema = fd.get("parametersJsonSchema")  # JSON Schema, mutually exclusive with parameters
+                if schema is not None and (params is not None or schema.get("type") != "object"):
+                    self._violate("setup", f"function {fd.get('name')!r}: parametersJsonSchema must be an object "
+                                           "schema, without parameters")
         rt = s.get("realtimeInputConfig") or {}
         aad = rt.get("automaticActivityDetection") or {}
         if "disabled" in aad and not isinstance(aad["disabled"], bool):

@@ -131,18 +131,21 @@ def test_call_record_has_the_call_end_fields_and_who_what_cost_latency():
 def test_writer_inserts_rows_and_logs_a_failure_instead_of_raising(tmp_path: Path):
     logged: list[tuple[str, dict[str, object]]] = []
     w = RecordWriter(tmp_path / "sub/calls.db", lambda name, **f: logged.append((name, f)))
-    w.write(call_record(_end("a", digits="12#"), 1_750_000_000.0, "<sip:+4930123@pbx>", "100", "cascaded", {},
-                        PRICES))
+    w.write(call_record(_end("a", digits="12#", rtp={"rx_loss_pct": 1.25, "tx_loss_pct": 0.0, "rx_jitter_ms": 3.5,
+                                                      "rtt_ms": None}),
+                        1_750_000_000.0, "<sip:+4930123@pbx>", "100", "cascaded", {}, PRICES))
     w.write(call_record(_end("b", reason="shutdown"), 1_750_000_060.0, "<sip:bob@pbx>", "100", "echo", {}, PRICES))
     assert stat.S_IMODE((tmp_path / "sub/calls.db").stat().st_mode) == 0o640
     db = sqlite3.connect(tmp_path / "sub/calls.db")
     rows = db.execute("SELECT call, caller_number, duration_s, reason, sip_code, hangup_side, backends, cost, "
-                      "currency, turn_p50_ms, barge_ins, dtmf_count, end, record FROM calls ORDER BY id").fetchall()
+                      "currency, turn_p50_ms, barge_ins, dtmf_count, end, record, rx_loss_pct, rx_jitter_ms, rtt_ms "
+                      "FROM calls ORDER BY id").fetchall()
     assert [r[:12] for r in rows] == [
         ("a", "+4930123", 90.0, "remote_200", 200, "caller", "cascaded:1", 0.03, "EUR", 500.0, 1, 3),
         ("b", "bob", 90.0, "shutdown", 200, "gateway", "echo:1", 0.03, "EUR", 500.0, 1, 0)]
     assert datetime.fromisoformat(rows[0][12]).timestamp() == 1_750_000_090.0
     assert json.loads(rows[1][13])["agent_type"] == "echo"
+    assert [r[14:] for r in rows] == [(1.25, 3.5, None), (None, None, None)]
     assert read_records(tmp_path / "sub/calls.db") == ([json.loads(r[13]) for r in rows], [])
     (tmp_path / "dir.db").mkdir()
     RecordWriter(tmp_path / "dir.db", lambda name, **f: logged.append((name, f))).write({"call": "c", "start": "x"})

@@ -40,6 +40,7 @@ def test_a_call_with_barge_ins_transfer_and_a_backend_error(m: GatewayMetrics) -
     event("turn", call="c1", backend="cascaded", first_audio_ms=50.0, trigger="dtmf")
     event("turn", call="c1", backend="cascaded", error="asr worker died")
     event("openai_realtime_connect_failed", call="c1", url="ws://x", attempt=1)
+    event("call_rtp", call="c1", rx_loss_pct=1.5, tx_loss_pct=0.0, rx_jitter_ms=4.0, rtt_ms=None)
     event("call_end", call="c1", agent="bot", reason="transfer:sip:op@example.com", tick_p99_ms=21.0)
     assert get(m, "voicegate_calls_active", route="/^4/", agent="bot") == 0
     assert get(m, "voicegate_calls_total", route="/^4/", agent="bot", result="transfer") == 1
@@ -51,6 +52,11 @@ def test_a_call_with_barge_ins_transfer_and_a_backend_error(m: GatewayMetrics) -
     assert get(m, "voicegate_backend_errors_total", agent="bot", kind="turn_error") == 1
     assert get(m, "voicegate_backend_errors_total", agent="bot", kind="openai_realtime_connect_failed") == 1
     assert get(m, "voicegate_media_tick_p99_seconds_bucket", le="0.021") == 1
+    assert get(m, "voicegate_rtp_loss_ratio_bucket", direction="rx", le="0.01") == 0
+    assert get(m, "voicegate_rtp_loss_ratio_bucket", direction="rx", le="0.02") == 1
+    assert get(m, "voicegate_rtp_loss_ratio_bucket", direction="tx", le="0.0") == 1
+    assert get(m, "voicegate_rtp_jitter_seconds_sum") == pytest.approx(0.004)
+    assert get(m, "voicegate_rtp_rtt_seconds_count") == 0  # no RTCP report came back
     assert m.health() == (True, {"status": "ready", "calls_active": 0})
 
 
@@ -101,3 +107,14 @@ def test_the_http_server_routes_metrics_and_health_and_names_a_busy_port(m: Gate
             OpsServer(m, "127.0.0.1", server.port)
     finally:
         server.close()
+
+
+def test_backend_events_of_the_speech_to_speech_agents_reach_the_metrics(m: GatewayMetrics) -> None:
+    from agents import gemini_live, openai_realtime
+
+    event("call_incoming", call="s", called="9", caller="x")
+    event("call_answered", call="s", agent="rt", answer_ms=5.0)
+    openai_realtime._event("openai_realtime_connect_failed", call="s", url="ws://127.0.0.1:1", error="refused")
+    gemini_live._event("gemini_bad_message", call="s", error="server sent invalid JSON")
+    assert get(m, "voicegate_backend_errors_total", agent="rt", kind="openai_realtime_connect_failed") == 1
+    assert get(m, "voicegate_backend_errors_total", agent="rt", kind="gemini_bad_message") == 1

@@ -378,6 +378,17 @@ def test_dtmf_and_end_call_tools_act_on_the_call(rt: RealtimeServer) -> None:
     assert json.loads(rt.function_outputs[0]["output"]) == {"ok": True, "sent": "12#"}
 
 
+def test_a_card_number_in_tool_arguments_is_sent_but_logged_redacted(rt: RealtimeServer,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    rt.script(tool("send_dtmf", {"digits": "4111111111111111"}), tool("end_call", {}))
+    call = FakeCall()
+    with caplog.at_level(logging.INFO, logger="voicegate"):
+        assert drive(config(rt), call, lambda: bool(call.hangups))
+    assert call.dtmf == ["4111111111111111"]
+    logged = [json.loads(r.message) for r in caplog.records if "openai_realtime_tool" in r.message]
+    assert [e["arguments"] for e in logged] == [{"digits": "[card ****1111]"}, {}]
+
+
 def test_dead_server_gets_an_apology_at_once_then_a_goodbye(rt: RealtimeServer) -> None:
     dead = f"ws://127.0.0.1:{free_port()}/v1/realtime"
     cfg = OpenAIRealtimeConfig(type="openai_realtime", url=dead, api_key_env=None, reconnect_attempts=2,

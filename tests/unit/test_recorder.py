@@ -1,4 +1,4 @@
-"""The stereo call recorder on exact clock times, and a CallRecording's file, pause codes and transcript."""
+"""The stereo call recorder tick by tick, and a CallRecording's file, pause codes and transcript."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from media.frames import FRAME_BYTES, FRAME_SAMPLES
+from media.pipeline import CallMedia
 from media.recorder import StereoRecorder
 from telephony.config import RecordingConfig
 from telephony.recordings import CallRecording
@@ -19,44 +20,58 @@ def frame(value: int) -> bytes:
     return np.full(FRAME_SAMPLES, value, dtype="<i2").tobytes()
 
 
-def channels(pcm: bytes) -> tuple[np.ndarray, np.ndarray]:
+def channels(pcm: bytes) -> tuple[list[int], list[int]]:
     a = np.frombuffer(pcm, dtype="<i2").reshape(-1, 2)
-    return a[::FRAME_SAMPLES, 0], a[::FRAME_SAMPLES, 1]  # one sample per frame
+    return a[::FRAME_SAMPLES, 0].tolist(), a[::FRAME_SAMPLES, 1].tolist()  # one sample per frame
 
 
-def test_frames_land_in_their_slot_and_gaps_are_silence() -> None:
+def test_each_tick_is_one_slot_and_a_tick_without_caller_audio_is_silence() -> None:
     r = StereoRecorder()
-    t0 = 100.0
     for i in range(6):
-        t = t0 + i * 0.02 + 0.001 * (i % 2)  # clock jitter within a slot
+        r.outbound(frame(-(i + 1)))
         if i != 3:  # no RTP for one tick
-            r.inbound(t, frame(i + 1))
-        r.outbound(t + 0.0003, frame(-(i + 1)))
-    left, right = channels(r.take())
-    assert left.tolist() == [1, 2, 3, 0, 5, 6] and right.tolist() == [-1, -2, -3, -4, -5, -6]
+            r.inbound(frame(i + 1))
+    assert channels(r.take()) == ([1, 2, 3, 0, 5, 6], [-1, -2, -3, -4, -5, -6])
     assert r.take() == b""
 
 
-def test_take_until_keeps_the_young_frames_and_drops_late_ones() -> None:
+def test_take_upto_keeps_the_newest_slots_and_drops_a_frame_for_a_taken_slot() -> None:
     r = StereoRecorder()
-    for i in range(10):
-        r.inbound(i * 0.02, frame(1))
-        r.outbound(i * 0.02, frame(2))
-    first = r.take(until=0.1)
-    assert len(first) == 5 * FRAME_BYTES * 2 and r.next_slot == 5
-    r.inbound(0.04, frame(9))  # for a slot already written: dropped
-    left, right = channels(r.take())
-    assert left.tolist() == [1] * 5 and right.tolist() == [2] * 5
+    for _ in range(10):
+        r.outbound(frame(2))
+        r.inbound(frame(1))
+    assert len(r.take(upto=5)) == 5 * FRAME_BYTES * 2 and r.taken == 5
+    assert channels(r.take()) == ([1] * 5, [2] * 5)
+    r.inbound(frame(9))  # a second caller frame for the last slot, already taken: dropped
+    r.outbound(frame(2))
+    assert channels(r.take()) == ([0], [2])
 
 
-def test_paused_frames_are_silence_in_both_channels() -> None:
+def test_paused_or_masked_frames_are_silence_in_both_channels() -> None:
     r = StereoRecorder()
-    for i in range(4):
+    for i in range(5):
         r.paused = i in (1, 2)
-        r.inbound(i * 0.02, frame(7))
-        r.outbound(i * 0.02, frame(8))
-    left, right = channels(r.take())
-    assert left.tolist() == [7, 0, 0, 7] and right.tolist() == [8, 0, 0, 8]
+        r.masked = i == 3
+        r.outbound(frame(8))
+        r.inbound(frame(7))
+    assert channels(r.take()) == ([7, 0, 0, 0, 7], [8, 0, 0, 0, 8])
+
+
+def test_call_media_feeds_the_recorder_in_echo_mode_and_with_an_agent() -> None:
+    media = CallMedia(lambda ev: None)
+    rec = StereoRecorder()
+    media.set_recorder(rec)
+    media.set_loopback(True)
+    for i in range(3):
+        media.next_outbound(i * 0.02)
+        media.on_inbound(i * 0.02, frame(5))
+    media.set_loopback(False)
+    media.push(frame(6), 1)
+    media.next_outbound(0.06)
+    media.mask_recording(True)
+    media.next_outbound(0.08)
+    media.on_inbound(0.08, frame(5))
+    assert channels(rec.take()) == ([5, 5, 5, 0, 0], [0, 5, 5, 6, 0])  # echo: the caller's frame a tick later
 
 
 def test_call_recording_pauses_by_code_and_writes_wav_and_transcript(tmp_path: Path) -> None:
@@ -67,14 +82,13 @@ def test_call_recording_pauses_by_code_and_writes_wav_and_transcript(tmp_path: P
     async def run() -> dict[str, object]:
         rec.start(asyncio.get_running_loop())
         for i in range(100):  # 2 s; keys *1 at 0.5 s, *2 at 1.5 s
-            t = i * 0.02
             if i in (25, 75):
                 for key in ("*1" if i == 25 else "*2"):
-                    rec.on_dtmf(key, t)
-            rec.recorder.inbound(t, frame(3))
-            rec.recorder.outbound(t, frame(4))
-        rec.on_dtmf("1", 2.0)  # a stray key: no code
-        return rec.close([{"text": "hello"}], 2.0)
+                    rec.on_dtmf(key)
+            rec.recorder.outbound(frame(4))
+            rec.recorder.inbound(frame(3))
+        rec.on_dtmf("1")  # a stray key: no code
+        return rec.close([{"text": "hello"}])
 
     out = asyncio.run(run())
     assert out == {"recording": str(tmp_path / "r/c.wav"), "recording_s": 2.0, "recording_paused_s": 1.0,
@@ -83,7 +97,7 @@ def test_call_recording_pauses_by_code_and_writes_wav_and_transcript(tmp_path: P
     with wave.open(str(tmp_path / "r/c.wav")) as w:
         assert (w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()) == (2, 2, 16000, 32000)
         left, right = channels(w.readframes(w.getnframes()))
-    assert left.tolist() == [3] * 25 + [0] * 50 + [3] * 25 and right.tolist() == [4] * 25 + [0] * 50 + [4] * 25
+    assert left == [3] * 25 + [0] * 50 + [3] * 25 and right == [4] * 25 + [0] * 50 + [4] * 25
     assert json.loads((tmp_path / "r/c.json").read_text()) == {"call": "c@x", "turns": [{"text": "hello"}]}
 
 
@@ -91,6 +105,6 @@ def test_a_write_error_is_logged_and_the_call_goes_on(tmp_path: Path) -> None:
     logged: list[tuple[str, dict[str, object]]] = []
     (tmp_path / "file").write_text("")
     rec = CallRecording("c", tmp_path / "file/c.wav", RecordingConfig(), lambda name, **f: logged.append((name, f)))
-    rec.recorder.inbound(0.0, frame(1))
-    assert rec.close([], 0.0) == {}
+    rec.recorder.outbound(frame(1))
+    assert rec.close([]) == {}
     assert [n for n, _ in logged] == ["recording_error"] and logged[0][1]["path"] == str(tmp_path / "file/c.wav")

@@ -1,0 +1,250 @@
+"""The Kamailio front door of several workers: its config (pure text from the voicegate config) and its process.
+
+Kamailio (Debian `kamailio` 5.6) does what a SIP load balancer must and what no Python library does as well:
+the `dispatcher` module sends each new INVITE to a worker (round-robin, or the one with the fewest calls), probes
+every worker with OPTIONS and takes one that fails a probe out of the rotation, and moves an INVITE to the next
+worker on 486/408/5xx or when the worker does not answer within `failover_timeout_s`; `pike` drops a source that
+floods; record-routing keeps in-dialog requests on the worker that has the call. When no worker can take a call
+the caller gets `workers.when_full` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from telephony.config import Config
+from telephony.logs import event
+from telephony.workers import CALLS_PER_WORKER, worker_port
+
+MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
+ALGORITHMS = {"round_robin": 4, "least_loaded": 10}
+REASONS = {503: "Service Unavailable", 486: "Busy Here", 480: "Temporarily Unavailable"}
+MARK = "VG"
+"""Kamailio's own log lines that voicegate reports as `frontdoor` events start with this."""
+
+
+def dispatcher_list(cfg: Config, count: int) -> str:
+    """Destination set 1: the workers, each with a call-load id and its call limit (used by least_loaded)."""
+    return "".join(f"1 sip:127.0.0.1:{worker_port(cfg, i, count)} 0 0 duid=w{i};maxload={CALLS_PER_WORKER}\n"
+                   for i in range(count))
+
+
+def kamailio_config(cfg: Config, list_file: Path, modules: Path = MODULES) -> str:
+    w = cfg.workers
+    full = w.when_full
+    code = int(full.reply)
+    retry = f'append_to_reply("Retry-After: {full.retry_after_s}\\r\\n");' if code == 503 else ""
+    least = w.dispatch == "least_loaded"
+    listen = "".join(f"listen={proto}:{cfg.sip.listen}:{cfg.sip.port}\n" for proto in cfg.sip.transports)
+    return f"""#!KAMAILIO
+debug=1
+log_stderror=yes
+fork=yes
+children=2
+tcp_children=1
+auto_aliases=no
+{listen}mpath="{modules}"
+loadmodule "tm.so"
+loadmodule "tmx.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "xlog.so"
+loadmodule "sanity.so"
+loadmodule "pike.so"
+loadmodule "dispatcher.so"
+loadmodule "htable.so"
+modparam("tm", "fr_timer", {int(w.failover_timeout_s * 1000)})
+modparam("tm", "fr_inv_timer", 120000)
+modparam("rr", "enable_full_lr", 1)
+modparam("rr", "append_fromtag", 0)
+modparam("dispatcher", "list_file", "{list_file}")
+modparam("dispatcher", "flags", 2)
+modparam("dispatcher", "xavp_dst", "_dsdst_")
+modparam("dispatcher", "xavp_ctx", "_dsctx_")
+modparam("dispatcher", "ds_ping_method", "OPTIONS")
+modparam("dispatcher", "ds_ping_from", "sip:frontdoor@voicegate.invalid")
+modparam("dispatcher", "ds_ping_interval", {w.probe_interval_s})
+modparam("dispatcher", "ds_probing_mode", 1)
+modparam("dispatcher", "ds_probing_threshold", 1)
+modparam("dispatcher", "ds_inactive_threshold", 1)
+modparam("dispatcher", "ds_ping_reply_codes", "class=2")
+{'modparam("dispatcher", "ds_hash_size", 8)' if least else ''}
+modparam("htable", "htable", "calls=>size=10;autoexpire=7200;")
+modparam("pike", "sampling_time_unit", {w.flood_window_s})
+modparam("pike", "reqs_density_per_unit", {w.flood_requests})
+modparam("pike", "remove_latency", {w.flood_block_s})
+
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if (!sanity_check("1511", "7")) {{ xlog("L_NOTICE", "{MARK} malformed request from $si:$sp\\n"); exit; }}
+    if (!ds_is_from_list("1") && !pike_check_req()) {{ exit; }}
+    if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+    if (!is_method("ACK")) {{
+        if (t_precheck_trans()) {{ t_check_trans(); exit; }}
+        t_check_trans();
+    }}
+    if (has_totag()) {{
+        if (loose_route()) {{
+            if (is_method("BYE")) {{ $sht(calls=>$ci) = $null; }}
+            {'if (is_method("BYE")) { ds_load_update(); }' if least else ''}
+            t_relay();
+            exit;
+        }}
+        if (is_method("ACK") && t_check_trans()) {{ t_relay(); exit; }}
+        # a peer that ignored Record-Route: the worker that took the Call-ID
+        if ($sht(calls=>$ci) != $null) {{
+            $du = $sht(calls=>$ci);
+            if (is_method("BYE")) {{ $sht(calls=>$ci) = $null; }}
+            t_relay();
+            exit;
+        }}
+        if (!is_method("ACK")) {{ sl_send_reply("481", "Call Does Not Exist"); }}
+        exit;
+    }}
+    remove_hf("Route");
+    if (is_method("OPTIONS")) {{ sl_send_reply("200", "OK"); exit; }}
+    if (!is_method("INVITE")) {{
+        append_to_reply("Allow: INVITE, ACK, CANCEL, BYE, OPTIONS\\r\\n");
+        sl_send_reply("405", "Method Not Allowed");
+        exit;
+    }}
+    record_route();
+    if (!ds_select_dst("1", "{ALGORITHMS[w.dispatch]}")) {{
+        xlog("L_NOTICE", "{MARK} full $ci\\n");
+        {retry}
+        sl_send_reply("{code}", "{REASONS[code]}");
+        exit;
+    }}
+    xlog("L_NOTICE", "{MARK} invite $ci to $du\\n");
+    $sht(calls=>$ci) = $du;
+    t_on_failure("NEXT");
+    {'t_on_reply("LOAD");' if least else ''}
+    if (!t_relay()) {{ sl_reply_error(); }}
+    exit;
+}}
+
+failure_route[NEXT] {{
+    if (t_is_canceled()) {{ exit; }}
+    $var(dead) = 0;
+    if (t_branch_timeout() && !t_branch_replied()) {{ $var(dead) = 1; }}
+    if ($var(dead) == 1 || t_check_status("503")) {{
+        xlog("L_NOTICE", "{MARK} worker out $xavp(_dsdst_=>uri) status $T_reply_code\\n");
+        ds_mark_dst("ip");
+    }}
+    if ($var(dead) == 1 || t_check_status("486|408|5[0-9][0-9]")) {{
+        if (ds_next_dst()) {{
+            xlog("L_NOTICE", "{MARK} failover $ci to $du\\n");
+            $sht(calls=>$ci) = $du;
+            t_on_failure("NEXT");
+            {'t_on_reply("LOAD");' if least else ''}
+            t_relay();
+            exit;
+        }}
+        {'ds_load_unset();' if least else ''}
+        xlog("L_NOTICE", "{MARK} full $ci\\n");
+        $sht(calls=>$ci) = $null;
+        {retry}
+        t_reply("{code}", "{REASONS[code]}");
+        exit;
+    }}
+    {'ds_load_unset();' if least else ''}
+    $sht(calls=>$ci) = $null;
+}}
+{'''
+onreply_route[LOAD] {
+    if (status =~ "2[0-9][0-9]") { ds_load_update(); }
+}
+''' if least else ''}
+event_route[dispatcher:dst-down] {{
+    xlog("L_NOTICE", "{MARK} worker down $ru\\n");
+}}
+
+event_route[dispatcher:dst-up] {{
+    xlog("L_NOTICE", "{MARK} worker up $ru\\n");
+}}
+"""
+
+
+class FrontDoor:
+    """One Kamailio process (its own process group) with the config written into a fresh folder."""
+
+    def __init__(self, cfg: Config, count: int) -> None:
+        self.cfg = cfg
+        self.count = count
+        self.dir = Path(tempfile.mkdtemp(prefix="voicegate-frontdoor-"))
+        self.proc: asyncio.subprocess.Process | None = None
+        self._pump: asyncio.Task[None] | None = None
+
+    def write(self) -> Path:
+        """Write the config and check it with `kamailio -c`; raise naming Kamailio's complaint."""
+        lst = self.dir / "dispatcher.list"
+        lst.write_text(dispatcher_list(self.cfg, self.count))
+        path = self.dir / "kamailio.cfg"
+        path.write_text(kamailio_config(self.cfg, lst))
+        check = subprocess.run([self.cfg.workers.kamailio, "-c", "-f", str(path)], capture_output=True, text=True)
+        if check.returncode != 0:
+            raise RuntimeError(f"kamailio rejected the front door config {path}: {check.stderr.strip()[-1500:]}")
+        return path
+
+    async def start(self) -> int:
+        path = self.dir / "kamailio.cfg"
+        self.proc = await asyncio.create_subprocess_exec(
+            self.cfg.workers.kamailio, "-f", str(path), "-DD", "-E", "-m", "64", "-M", "8", "-Y", str(self.dir),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, cwd=self.dir,
+            start_new_session=True)  # its own process group: stop() ends every child
+        self._pump = asyncio.ensure_future(self._read(self.proc))
+        return self.proc.pid
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        """Our routing lines become `frontdoor` events; Kamailio's own errors (one or more per malformed request)
+        `frontdoor_error` events, at most one a second, each counting those left out since the last."""
+        assert proc.stderr is not None
+        last, skipped = 0.0, 0
+        async for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            if f": {MARK} " in line:
+                event("frontdoor", msg=line.split(f": {MARK} ", 1)[1][:300])
+            elif "ERROR" in line or "CRITICAL" in line or "ALERT" in line:
+                now = time.monotonic()
+                if now - last < 1.0:
+                    skipped += 1
+                    continue
+                event("frontdoor_error", msg=line[-300:], skipped=skipped)
+                last, skipped = now, 0
+
+    async def wait(self) -> int:
+        assert self.proc is not None
+        rc = await self.proc.wait()
+        if self._pump is not None:
+            await asyncio.wait({self._pump}, timeout=1.0)
+        return rc
+
+    async def stop(self) -> None:
+        """SIGTERM, then SIGKILL to the whole group (a child holding a lock can hang Kamailio's shutdown)."""
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                async with asyncio.timeout(5):
+                    await proc.wait()
+            except TimeoutError:
+                os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        if proc is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # children the main process left behind
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)

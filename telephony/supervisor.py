@@ -1,0 +1,158 @@
+"""`voicegate serve --workers N`: N worker processes, each the gateway on its own port and RTP range, restarted
+with backoff when one exits, and for N > 1 the Kamailio front door (telephony/frontdoor.py), started once every
+worker answers OPTIONS and restarted too if it dies. SIGTERM to the supervisor drains every worker, then stops
+Kamailio (it carries the workers' in-dialog requests until then). SIGTERM to one worker drains that worker alone:
+it answers OPTIONS with 503, Kamailio stops sending it calls, its calls finish, and it is started again.
+Workers write their own JSON log lines to the supervisor's stderr, each tagged with `worker`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import signal
+import socket
+import sys
+import time
+import uuid
+
+from telephony.config import Config
+from telephony.frontdoor import FrontDoor
+from telephony.logs import event
+from telephony.workers import Restarts, worker_port
+
+READY_TIMEOUT_S = 120.0
+"""How long the front door waits for the workers' first OPTIONS answers (agents load models at start-up)."""
+
+
+def options_ping(host: str, port: int, timeout: float = 0.5) -> int:
+    """Send one SIP OPTIONS over UDP; the status code of the answer, 0 for none."""
+    tag = uuid.uuid4().hex[:12]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(timeout)
+        lport = s.getsockname()[1]
+        msg = (f"OPTIONS sip:{host}:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{lport};branch=z9hG4bK{tag}\r\n"
+               f"From: <sip:supervisor@127.0.0.1>;tag={tag}\r\nTo: <sip:{host}:{port}>\r\nCall-ID: {tag}\r\n"
+               f"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+        try:
+            s.sendto(msg.encode(), (host, port))
+            while True:
+                data = s.recv(65535)
+                if data.startswith(b"SIP/2.0 ") and data[8:9] != b"1":
+                    return int(data[8:11])
+        except (OSError, ValueError):
+            return 0
+
+
+async def wait_answering(host: str, port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(options_ping, host, port) == 200:
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when the supervisor dies, so that no worker outlives it (Linux prctl)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, config_path: str, count: int) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.count = count
+        self.procs: dict[int, asyncio.subprocess.Process] = {}
+        self.front = FrontDoor(cfg, count) if count > 1 else None
+        self._stop = asyncio.Event()
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        if self.front is not None:
+            try:
+                self.front.write()
+            except (RuntimeError, OSError) as e:
+                print(f"voicegate: {e}", file=sys.stderr)
+                self.front.remove()
+                return 3
+        ports = [worker_port(self.cfg, i, self.count) for i in range(self.count)]
+        event("supervisor_started", workers=self.count, worker_ports=ports, front_door=self.front is not None)
+        tasks = [asyncio.ensure_future(self._keep_worker(i)) for i in range(self.count)]
+        if self.front is not None:
+            tasks.append(asyncio.ensure_future(self._keep_front_door(self.front, ports)))
+        await self._stop.wait()
+        await self._shutdown()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        event("supervisor_stopped")
+        return 0
+
+    async def _shutdown(self) -> None:
+        event("supervisor_stopping", workers=len(self.procs))
+        live = [p for p in self.procs.values() if p.returncode is None]
+        for p in live:
+            p.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(self.cfg.timeouts.shutdown_grace_s + 15):
+                await asyncio.gather(*(p.wait() for p in live))
+        except TimeoutError:
+            for p in live:
+                if p.returncode is None:
+                    event("worker_killed", pid=p.pid, why="did not stop after SIGTERM")
+                    p.kill()
+            await asyncio.gather(*(p.wait() for p in live))
+        if self.front is not None:
+            await self.front.stop()
+            self.front.remove()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, or return at once when stopping."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+
+    async def _keep_worker(self, index: int) -> None:
+        restarts = Restarts(self.cfg.workers.restart_min_s, self.cfg.workers.restart_max_s)
+        argv = [sys.executable, "-m", "telephony.cli", "serve", "--config", self.config_path,
+                "--workers", str(self.count), "--worker-index", str(index)]
+        while not self._stop.is_set():
+            started = time.monotonic()
+            proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                        stdout=asyncio.subprocess.DEVNULL,
+                                                        preexec_fn=_die_with_parent)
+            self.procs[index] = proc
+            event("worker_started", worker=index, pid=proc.pid, port=worker_port(self.cfg, index, self.count))
+            rc = await proc.wait()
+            if self._stop.is_set():
+                return
+            delay = restarts.exited(started, time.monotonic())
+            event("worker_exited", worker=index, pid=proc.pid, rc=rc, restart_in_s=delay)
+            await self._pause(delay)
+
+    async def _keep_front_door(self, front: FrontDoor, ports: list[int]) -> None:
+        ready = await asyncio.gather(*(wait_answering("127.0.0.1", p, READY_TIMEOUT_S) for p in ports))
+        if not all(ready):
+            event("frontdoor_waited", not_answering=[p for p, ok in zip(ports, ready, strict=True) if not ok])
+        restarts = Restarts(self.cfg.workers.restart_min_s, self.cfg.workers.restart_max_s)
+        host = "127.0.0.1" if self.cfg.sip.listen == "0.0.0.0" else self.cfg.sip.listen
+        while not self._stop.is_set():
+            started = time.monotonic()
+            pid = await front.start()
+            event("frontdoor_started", pid=pid, port=self.cfg.sip.port)
+            waiter = asyncio.ensure_future(front.wait())
+            if await wait_answering(host, self.cfg.sip.port, 10.0):
+                event("frontdoor_ready", port=self.cfg.sip.port, workers=ports)
+            rc = await waiter
+            if self._stop.is_set():
+                return
+            delay = restarts.exited(started, time.monotonic())
+            event("frontdoor_exited", pid=pid, rc=rc, restart_in_s=delay)
+            await front.stop()
+            await self._pause(delay)

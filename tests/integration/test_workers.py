@@ -1,0 +1,239 @@
+"""`voicegate serve --workers 2` behind a real Kamailio front door, called by sipp: calls spread over both workers,
+the all-full reply, a worker killed under calls, a worker drained; and one supervised worker's own full reply."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from telephony.app import NO_ACK_S
+from telephony.supervisor import options_ping
+from tests.fuzz_sip import blast
+from tests.integration.cluster import (
+    answered_by,
+    cluster_config,
+    expect_reply,
+    free_block,
+    sipp_calls,
+    start_cluster,
+    wait_answered,
+)
+from tests.integration.peers import Gateway, call, free_port
+
+FUZZ_MESSAGES = int(os.environ.get("FUZZ_MESSAGES", "2000"))
+"""Mutated requests per run, half at a worker and half at the front door (`make soak` sends 10,000)."""
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("cluster")
+    port, first = free_port(), free_block(2)
+    gw = start_cluster(cluster_config(port, {"count": 2, "first_port": first, "probe_interval_s": 1,
+                                             "failover_timeout_s": 1.0, "flood_requests": 400, "flood_window_s": 1,
+                                             "flood_block_s": 1}), tmp, port, 2)
+    gw.first_port = first  # type: ignore[attr-defined]
+    yield gw
+    rc = gw.stop(40)
+    assert rc == 0, "\n".join(gw.lines[-20:])
+    gw.wait_event("supervisor_stopped", 1)
+    listening = subprocess.run(["ss", "-lunH", f"sport = :{port}"], capture_output=True, text=True).stdout
+    assert str(port) not in listening, "kamailio outlived the supervisor"
+
+
+def worker_pid(gw: Gateway, index: int) -> int:
+    return int([e for e in gw.events("worker_started") if e["worker"] == index][-1]["pid"])
+
+
+def frontdoor_said(gw: Gateway, words: str, after: float) -> list[dict[str, object]]:
+    return [e for e in gw.events("frontdoor") if words in str(e["msg"]) and float(e["ts"]) >= after]  # type: ignore[arg-type]
+
+
+def test_calls_spread_over_both_workers_and_logs_name_the_worker(cluster: Gateway, tmp_path: Path):
+    assert {e["worker"] for e in cluster.events("gateway_ready")} == {0, 1}
+    before = len(cluster.events("call_answered"))
+    p = sipp_calls(cluster.port, tmp_path, 4, 1000)
+    out, err = p.communicate(timeout=40)
+    assert p.returncode == 0, out[-2000:] + err[-1000:]
+    got = wait_answered(cluster, before, 4)
+    assert sorted(e["worker"] for e in got) == [0, 0, 1, 1]
+    for e in got:
+        cluster.wait_event("call_end", 10, call=e["call"], reason="remote_200")
+
+
+def test_all_workers_full_gets_503_with_retry_after_at_once(cluster: Gateway, tmp_path: Path):
+    before = len(cluster.events("call_answered"))
+    hold = sipp_calls(cluster.port, tmp_path, 8, 4000)
+    wait_answered(cluster, before, 8)
+    took = expect_reply(cluster.port, tmp_path, 503, "Retry-After: 30")
+    assert took < 2.0, f"the refusal took {took:.1f} s"
+    assert len([e for e in cluster.events("call_refused") if e["code"] == 486]) >= 2  # each worker said full
+    out, err = hold.communicate(timeout=40)
+    assert hold.returncode == 0, out[-2000:] + err[-1000:]
+
+
+def test_killed_worker_is_replaced_and_the_other_keeps_its_calls(cluster: Gateway, tmp_path: Path):
+    before = len(cluster.events("call_answered"))
+    hold = sipp_calls(cluster.port, tmp_path, 4, 5000)
+    held = wait_answered(cluster, before, 4)
+    on0 = {e["call"] for e in held if e["worker"] == 0}
+    assert len(on0) == 2
+    victim = worker_pid(cluster, 1)
+    killed = time.time()
+    os.kill(victim, signal.SIGKILL)
+    ok_at = None
+    while time.time() - killed < 10 and ok_at is None:
+        n = len(cluster.events("call_answered"))
+        p = sipp_calls(cluster.port, tmp_path, 1, 200)
+        p.communicate(timeout=30)
+        if p.returncode == 0:
+            ok_at = time.time()
+            assert answered_by(cluster)[cluster.events("call_answered")[n]["call"]] == 0
+    assert ok_at is not None and ok_at - killed < 5.0, "no new call got through within 5 s of the kill"
+    hold.communicate(timeout=40)
+    for cid in on0:  # the surviving worker's calls ran to their normal end
+        cluster.wait_event("call_end", 10, call=cid, reason="remote_200")
+    cluster.wait_event("worker_exited", 5, worker=1, pid=victim, rc=-9)
+    deadline = time.monotonic() + 20
+    while not frontdoor_said(cluster, "worker up", killed) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert frontdoor_said(cluster, "worker up", killed), "\n".join(cluster.lines[-20:])
+    assert worker_pid(cluster, 1) != victim
+    assert options_ping("127.0.0.1", cluster.first_port + 1) == 200  # type: ignore[attr-defined]
+
+
+def test_drained_worker_finishes_its_call_gets_no_new_ones_and_comes_back(cluster: Gateway, tmp_path: Path):
+    cluster.wait_event("gateway_ready", 20, worker=1)
+    time.sleep(1.5)  # both workers up at the front door (probed every second)
+    before = len(cluster.events("call_answered"))
+    hold = sipp_calls(cluster.port, tmp_path, 1, 4000)
+    (first,) = wait_answered(cluster, before, 1)
+    index = int(first["worker"])
+    pid = worker_pid(cluster, index)
+    os.kill(pid, signal.SIGTERM)
+    cluster.wait_event("gateway_draining", 5, worker=index)
+    assert options_ping("127.0.0.1", cluster.first_port + index) == 503  # type: ignore[attr-defined]
+    n = len(cluster.events("call_answered"))
+    p = sipp_calls(cluster.port, tmp_path, 3, 200)
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, out[-2000:] + err[-1000:]
+    assert {e["worker"] for e in cluster.events("call_answered")[n:]} == {1 - index}
+    out, err = hold.communicate(timeout=30)
+    assert hold.returncode == 0, out[-2000:] + err[-1000:]
+    cluster.wait_event("call_end", 10, call=first["call"], reason="remote_200")
+    cluster.wait_event("worker_exited", 15, worker=index, pid=pid, rc=0)
+    deadline = time.monotonic() + 20
+    while worker_pid(cluster, index) == pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert worker_pid(cluster, index) != pid
+
+
+def test_front_door_restart_keeps_the_workers_calls(cluster: Gateway):
+    cluster.wait_event("gateway_ready", 20, worker=1)
+    result: dict[str, Any] = {}
+    before = len(cluster.events("call_answered"))
+    t = threading.Thread(target=lambda: result.update(call(f"sip:echo@127.0.0.1:{cluster.port}", "--duration", "6")))
+    t.start()
+    (answered,) = wait_answered(cluster, before, 1, 20)
+    kamailio = int(cluster.events("frontdoor_started")[-1]["pid"])
+    killed = time.time()
+    os.killpg(kamailio, signal.SIGKILL)
+    cluster.wait_event("frontdoor_exited", 5, pid=kamailio)
+    deadline = time.monotonic() + 10
+    while not [e for e in cluster.events("frontdoor_ready") if e["ts"] >= killed] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    t.join(40)
+    assert result["answered"] and not result["remote_hangup"]  # the caller hung up; its BYE went through the new
+    end = cluster.wait_event("call_end", 10, call=answered["call"])  # front door, routed by its Route header
+    assert end["reason"] == "remote_200" and end["frames_in"] > 0.8 * 6 * 50, end  # RTP never went through it
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+def options_burst(port: int, count: int) -> int:
+    """Send `count` OPTIONS as fast as the socket takes them; how many were answered."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(0.5)
+        lport = s.getsockname()[1]
+        for n in range(count):
+            s.sendto((f"OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{lport};branch=z9hG4bKb{n}"
+                      f"\r\nFrom: <sip:b@127.0.0.1>;tag=b{n}\r\nTo: <sip:127.0.0.1>\r\nCall-ID: burst{n}\r\n"
+                      f"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode(),
+                     ("127.0.0.1", port))
+        answered = 0
+        with contextlib.suppress(TimeoutError):
+            while True:
+                s.recv(65535)
+                answered += 1
+    return answered
+
+
+def test_malformed_sip_crashes_nothing_leaks_no_slot_and_calls_work_after(cluster: Gateway, tmp_path: Path):
+    first = cluster.first_port  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 20
+    while not all(options_ping("127.0.0.1", first + i) == 200 for i in (0, 1)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.5)  # and marked up at the front door
+    pids = {i: worker_pid(cluster, i) for i in (0, 1)}
+    started = time.time()
+    blast("127.0.0.1", first, 200, 1000, seed=9)  # warm-up: pools and caches reach their working size
+    rss0 = rss_kb(pids[0])
+    half = FUZZ_MESSAGES // 2
+    blast("127.0.0.1", first, half, 1000, seed=1)
+    blast("127.0.0.1", cluster.port, half, 300, seed=2)
+    answered = options_burst(cluster.port, 1500)
+    assert answered < 1500, "pike let a flood through"
+    deadline = time.monotonic() + NO_ACK_S + 10  # fuzzed INVITEs that were answered and never ACKed are released
+    while time.monotonic() < deadline:
+        opened = {(e["worker"], e["call"]) for e in cluster.events("call_incoming") if e["ts"] >= started}
+        closed = {(e["worker"], e["call"]) for name in ("call_end", "call_refused") for e in cluster.events(name)
+                  if e["ts"] >= started and e.get("call")}
+        if not opened - closed:
+            break
+        time.sleep(0.2)
+    assert not opened - closed, f"calls never ended: {sorted(opened - closed)[:10]}"
+    rss1 = rss_kb(pids[0])
+    assert not [e for e in cluster.events("worker_exited") if e["ts"] >= started], "a worker died"
+    assert not [e for e in cluster.events("frontdoor_exited") if e["ts"] >= started], "kamailio died"
+    assert {i: worker_pid(cluster, i) for i in (0, 1)} == pids
+    assert rss1 - rss0 < 20_000, f"worker RSS grew {rss1 - rss0} kB over {half} mutated requests"
+    time.sleep(2.0)  # a worker that left a mutated INVITE unanswered is probed back in
+    before = len(cluster.events("call_answered"))
+    mark = len(cluster.lines)
+    p = sipp_calls(cluster.port, tmp_path, 8, 500)  # every slot of both workers: none leaked
+    out, err = p.communicate(timeout=40)
+    assert p.returncode == 0, out[-2000:] + err[-1000:] + "\n".join(
+        ln[:250] for ln in cluster.lines[mark - 40:] if "pjsip" not in ln)
+    assert len(wait_answered(cluster, before, 8)) >= 8
+
+
+@pytest.mark.parametrize("reply", [486, 480])
+def test_one_full_worker_refuses_the_fifth_call_as_configured(tmp_path: Path, reply: int):
+    port = free_port()
+    gw = start_cluster(cluster_config(port, {"when_full": {"reply": reply}}), tmp_path, port, 1)
+    try:
+        before = len(gw.events("call_answered"))
+        hold = sipp_calls(port, tmp_path, 4, 3000)
+        wait_answered(gw, before, 4)
+        took = expect_reply(port, tmp_path, reply)
+        assert took < 2.0
+        gw.wait_event("call_refused", 2, code=reply, reason="full")
+        out, err = hold.communicate(timeout=30)
+        assert hold.returncode == 0, out[-2000:] + err[-1000:]
+    finally:
+        assert gw.stop(30) == 0
