@@ -50,6 +50,7 @@ bench: deps bench-extra
 	$(PY) -m bench.s2s
 	$(PY) -m bench.transports
 	$(PY) -m bench.scale
+	$(PY) -m bench.load
 
 # Malformed SIP at a worker and at the front door, 10,000 mutated requests (make test sends 2,000).
 soak: deps

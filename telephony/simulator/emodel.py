@@ -1,14 +1,15 @@
 """A call's listening quality from its transport figures: the ITU-T G.107 E-model's rating R, and MOS from R.
 
-Written by hand because no maintained Python package implements G.107 (the few on PyPI are unmaintained
-one-offs), and the part used here is a few lines of arithmetic. What is modelled:
+Written by hand: no PyPI package implementing G.107 turned up in a search of the package index, and the part used
+here is a few lines of arithmetic. What is modelled:
 
-- R = 93.2 - Idd - Ie,eff: 93.2 is G.107's R with every parameter at its default value (Ro - Is - Idte - Idle
-  there), so only the absolute one-way delay Ta (through Idd) and packet loss (through Ie,eff) move it.
+- R = 93.2 - Idd - Ie,eff: 93.2 is G.107's R with every parameter at its default value, so the echo and noise terms
+  stay at their defaults and only the absolute one-way delay Ta (through Idd) and packet loss (through Ie,eff)
+  move it.
 - Idd = 0 for Ta <= 100 ms, else 25 * ((1 + X^6)^(1/6) - 3 * (1 + (X/3)^6)^(1/6) + 2) with X = log2(Ta / 100).
 - Ie,eff = Ie + (95 - Ie) * Ppl / (Ppl / BurstR + Bpl), Ppl in percent; BurstR = 1 is random loss.
 - Codec values from G.113 Appendix I: G.711 (PCMU, PCMA) with packet loss concealment, as pjmedia runs it:
-  Ie = 0, Bpl = 25.1. Other codecs have no narrowband E-model values and get no estimate.
+  Ie = 0, Bpl = 25.1. Other codecs get no estimate (G.722 is wideband: G.107.1, another scale).
 - MOS (conversational quality estimate, MOS-CQE) = 1 + 0.035 R + R (R - 60) (100 - R) 7e-6 for 0 < R < 100.
 """
 

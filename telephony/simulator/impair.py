@@ -238,6 +238,12 @@ class SdpProxy:
         else:
             top = f"z9hG4bK{hashlib.sha1(lines[_header(lines, 'via', 'v')].encode()).hexdigest()[:16]}"
             lines.insert(1, f"Via: SIP/2.0/UDP {self.addr[0]}:{self.addr[1]};branch={top}")
+            mf = _header(lines, "max-forwards")
+            if mf > 0:
+                hops = int(lines[mf].split(":", 1)[1]) - 1
+                if hops < 0:
+                    raise ImpairError("Max-Forwards exhausted")
+                lines[mf] = f"Max-Forwards: {hops}"
             r = _header(lines, "route")
             if r > 0 and f"{self.addr[0]}:{self.addr[1]}" in lines[r]:
                 routes = lines[r].split(":", 1)[1].split(",")[1:]

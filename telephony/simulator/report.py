@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from telephony.simulator.charts import histogram_svg, percentiles_svg
 from telephony.simulator.impair import Impairment
 from telephony.simulator.runner import StepResult
 
@@ -35,6 +36,8 @@ class CallReport:
     rtp: dict[str, float | None] | None = None
     """The phone's RTP statistics at hang-up (phone.RtpStats), with `delay_ms` (the one-way delay the E-model
     used), `r_factor` and `mos` (None for codecs the E-model has no values for)."""
+    started: float = 0.0
+    """Wall time (time.time()) the call was dialled."""
     impairment: Impairment | None = None
     """With --loss: the call's seed and the RTP packets the relay dropped each way."""
 
@@ -187,14 +190,48 @@ def timeline_svg(r: CallReport, width: int = 960) -> str:
     return "".join(parts)
 
 
-def html(reports: list[CallReport], path: Path, max_calls: int = 50) -> None:
-    """A self-contained page: the summary, then each call's steps and timeline (the first `max_calls`)."""
+def series(reports: list[CallReport]) -> dict[str, tuple[list[float], list[float]]]:
+    """Every finite measurement over the calls, by name: (call start times, values)."""
+    out: dict[str, tuple[list[float], list[float]]] = {}
+
+    def add(name: str, t: float, v: float | None) -> None:
+        if v is not None and np.isfinite(v):
+            ts, vs = out.setdefault(name, ([], []))
+            ts.append(t)
+            vs.append(float(v))
+
+    for r in reports:
+        add("answer_ms", r.started, None if r.answer_s is None else r.answer_s * 1000)
+        for s in r.steps:
+            for k, v in s.metrics.items():
+                add(f"{s.name}.{k}", r.started, v)
+        if r.rtp:
+            for k in ("rx_loss_pct", "rx_jitter_ms", "mos"):
+                add(f"rtp.{k}", r.started, r.rtp.get(k))
+    return out
+
+
+def load_section(reports: list[CallReport]) -> str:
+    """Per measurement: a histogram over all calls and its percentiles over the run."""
+    out = ["<h2>Load: distributions and percentiles over time</h2>"]
+    for name, (times, values) in series(reports).items():
+        unit = name.rsplit("_", 1)[-1] if "_" in name else ""
+        out.append(f"<div class='load'><h3>{escape(name)}</h3>{histogram_svg(values, name, unit)}"
+                   f"{percentiles_svg(times, values, name + ' over time', unit)}</div>")
+    return "\n".join(out)
+
+
+def html(reports: list[CallReport], path: Path, max_calls: int = 50, load: bool = False) -> None:
+    """A self-contained page: the summary, in load mode the charts, then each call's steps and timeline (the
+    first `max_calls`)."""
     passed = sum(r.passed for r in reports)
     out = ["<!doctype html><meta charset='utf-8'><title>voicegate simulate</title>",
            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
            "td,th{border:1px solid #ccc;padding:2px 6px}.ok{color:#2ca02c}.x{color:#d62728}</style>",
            f"<h1>voicegate simulate: {passed} passed, {len(reports) - passed} failed</h1>",
            f"<pre>{escape(summary(reports))}</pre>"]
+    if load and reports:
+        out.append(load_section(reports))
     for i, r in enumerate(reports[:max_calls]):
         cls = "ok" if r.passed else "x"
         out.append(f"<h2 class='{cls}'>{i + 1}. {escape(r.script)}: {'PASS' if r.passed else 'FAIL'}</h2>")

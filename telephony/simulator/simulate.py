@@ -122,7 +122,7 @@ def run_call(phone: Phone, script: Script, file: str, target: str, record: Path 
         call = phone.dial(target, script.dial, loss)
     except ImpairError as e:
         raise SimulationError(str(e)) from None
-    report = CallReport(script.name, file, target, 0, script.expect_status, None, "", 0.0)
+    report = CallReport(script.name, file, target, 0, script.expect_status, None, "", 0.0, started=time.time())
     while True:
         phone.poll(10)
         o = _observe(call)
@@ -290,7 +290,7 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
     if junit_path:
         junit(reports, Path(junit_path))
     if html_path:
-        html(reports, Path(html_path))
+        html(reports, Path(html_path), load=calls is not None)
     if json_path:
         Path(json_path).write_text(json.dumps([asdict(r) | {"passed": r.passed} for r in reports], indent=2))
     return 0 if all(r.passed for r in reports) else 1

@@ -251,3 +251,11 @@ def test_a_seed_drops_the_same_packets_again(gateway: Gateway, workdir: Path):
         runs.append({k: [i for i in imp[k] if i < 300] for k in ("rx_dropped", "tx_dropped")})
     assert runs[0] == runs[1] and runs[0]["rx_dropped"] and runs[0]["tx_dropped"]
     assert runs[0]["rx_dropped"] != runs[2]["rx_dropped"] and runs[0]["tx_dropped"] != runs[2]["tx_dropped"]
+    # load mode: the n-th call's drops depend on the seed and n alone, so call 0 drops what the single call did
+    lo, _ = rtp_range(400)
+    r = run(workdir, LISTEN, f"sip:echo@127.0.0.1:{gateway.port}", "--loss", "10", "--seed", "7", "--calls", "2",
+            "--concurrency", "2", "--rate", "5", "--rtp-port", str(lo))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    load = {rep["impairment"]["seed"]: rep["impairment"] for rep in json.loads((workdir / "r.json").read_text())}
+    assert set(load) == {"7:0", "7:1"}
+    assert {k: [i for i in load["7:0"][k] if i < 300] for k in ("rx_dropped", "tx_dropped")} == runs[0]

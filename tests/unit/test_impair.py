@@ -28,10 +28,11 @@ def test_an_invite_gets_our_via_loses_our_route_and_offers_the_relay(proxy: SdpP
     proxy.arm(10.0, "s")
     here = f"{proxy.addr[0]}:{proxy.addr[1]}"
     out, dest = proxy._forward(message("INVITE sip:100@127.0.0.7:5070 SIP/2.0", "Via: SIP/2.0/UDP 127.0.0.1:5999;rport",
-                                       "Call-ID: c1", f"Route: <sip:{here};lr>", body=SDP))
+                                       "Max-Forwards: 70", "Call-ID: c1", f"Route: <sip:{here};lr>", body=SDP))
     assert dest == ("127.0.0.7", 5070)
     lines = out.split("\r\n")
     assert lines[1].startswith(f"Via: SIP/2.0/UDP {here};branch=z9hG4bK") and "Route:" not in out
+    assert "Max-Forwards: 69" in lines
     relay = proxy.relays["c1"]
     assert relay.phone == ("10.9.9.9", 4000)
     assert f"m=audio {relay.port} RTP/AVP 0" in out and f"a=rtcp:{relay.port + 1} IN IP4 127.0.0.1" in out

@@ -1,0 +1,157 @@
+"""`make bench`: the load figure, the most concurrent echo calls voicegate serves on this machine with RTP loss
+under 0.1% (either way, as the simulated callers' RTP statistics count it) and the media clock's tick p99 less than
+5 ms above its nominal 20 ms (every call's `tick_p99_ms` in voicegate's `call_end`).
+
+voicegate runs as `serve --workers BENCH_LOAD_WORKERS` (default 2, behind its Kamailio front door; 1: a single
+process, which serves at most 4 calls). Concurrency steps up from 1 (`voicegate simulate --calls C --concurrency C`,
+all C calls at once, BENCH_LOAD_S seconds each) and stops at the first step that fails, or at BENCH_LOAD_MAX
+(default 10): bounded in calls and time. Each step also takes the workers' CPU per call-second, and `sipp -rtp_echo`
+(sipp's own RTP echo) answers the same step for the side-by-side CPU figure. Prints a table and writes
+bench/results/load.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.run import RESULTS, _cpu_s
+from tests.integration.cluster import cluster_config, free_block, start_cluster
+from tests.integration.peers import VENV_BIN, Gateway, free_port, gateway_config, rtp_range, start_gateway
+
+MAX_LOSS_PCT = 0.1
+MAX_TICK_P99_MS = 25.0
+"""5 ms of jitter above the nominal 20 ms tick."""
+
+SCRIPT = """\
+name: load echo call
+steps:
+  - say: "testing one two three, the quick brown fox jumps over the lazy dog"
+    wait: false
+  - wait: {seconds}
+  - hangup: {{}}
+"""
+
+
+def step_verdict(reports: list[dict[str, Any]], ticks_p99: list[float], calls: int) -> str:
+    """Why a step fails the load criteria ('' when it passes)."""
+    answered = [r for r in reports if r.get("status") == 200 and r.get("rtp")]
+    if len(answered) < calls:
+        codes = sorted({r.get("status") for r in reports if r.get("status") != 200})
+        return f"{calls - len(answered)} of {calls} calls not answered with media (SIP {codes})"
+    losses = [r["rtp"][k] for r in answered for k in ("rx_loss_pct", "tx_loss_pct") if r["rtp"].get(k) is not None]
+    if max(losses, default=0.0) >= MAX_LOSS_PCT:
+        return f"RTP loss {max(losses):g}% >= {MAX_LOSS_PCT}%"
+    if len(ticks_p99) < calls:
+        return f"voicegate logged call_end with tick figures for {len(ticks_p99)} of {calls} calls"
+    if max(ticks_p99) >= MAX_TICK_P99_MS:
+        return f"tick p99 {max(ticks_p99):g} ms >= {MAX_TICK_P99_MS:g} ms"
+    return ""
+
+
+def run_step(uri: str, calls: int, seconds: float, tmp: Path) -> list[dict[str, Any]]:
+    script = tmp / "echo.yaml"
+    script.write_text(SCRIPT.format(seconds=seconds))
+    out = tmp / f"load-{calls}.json"
+    lo, _ = rtp_range(200 * calls)
+    subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(script), "--target", uri, "--calls", str(calls),
+                    "--concurrency", str(calls), "--rate", "50", "--rtp-port", str(lo), "--json", str(out)],
+                   capture_output=True, text=True, timeout=seconds + 120)
+    return list(json.loads(out.read_text())) if out.exists() else []
+
+
+def media_pids(gw: Gateway) -> list[int]:
+    """The processes that carry the calls' media: the workers, or the single gateway process."""
+    workers = {e["worker"]: e["pid"] for e in gw.events("worker_started")}
+    return list(workers.values()) or [gw.proc.pid]
+
+
+def gateway_step(gw: Gateway, calls: int, seconds: float, tmp: Path) -> dict[str, Any]:
+    before = len(gw.events("call_end"))
+    pids = media_pids(gw)
+    c0 = sum(_cpu_s(p) for p in pids)
+    reports = run_step(f"sip:echo@127.0.0.1:{gw.port}", calls, seconds, tmp)
+    cpu = sum(_cpu_s(p) for p in pids) - c0
+    deadline = time.monotonic() + 10
+    while len(gw.events("call_end")) < before + calls and time.monotonic() < deadline:
+        time.sleep(0.1)
+    ticks = [float(e["tick_p99_ms"]) for e in gw.events("call_end")[before:] if "tick_p99_ms" in e]
+    call_s = sum(r.get("duration_s", 0.0) for r in reports if r.get("status") == 200)
+    losses = [r["rtp"][k] for r in reports if r.get("rtp") for k in ("rx_loss_pct", "tx_loss_pct")
+              if r["rtp"].get(k) is not None]
+    return {"calls": calls, "answered": sum(r.get("status") == 200 for r in reports),
+            "max_loss_pct": max(losses, default=None), "tick_p99_max_ms": max(ticks, default=None),
+            "cpu_ms_per_call_s": round(cpu * 1000 / call_s, 2) if call_s else None,
+            "fails": step_verdict(reports, ticks, calls)}
+
+
+def sipp_step(calls: int, seconds: float, tmp: Path) -> float | None:
+    """CPU of `sipp -rtp_echo` per call-second for the same step (ms)."""
+    port = free_port()
+    sipp = subprocess.Popen(["sipp", "-sn", "uas", "-rtp_echo", "-i", "127.0.0.1", "-p", str(port), "-mp",
+                             str(rtp_range(20)[0]), "-nostdin", "-m", str(calls), "-timeout", str(seconds + 60)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
+    try:
+        time.sleep(0.5)
+        c0 = _cpu_s(sipp.pid)
+        reports = run_step(f"sip:echo@127.0.0.1:{port}", calls, seconds, tmp)
+        cpu = _cpu_s(sipp.pid) - c0
+        call_s = sum(r.get("duration_s", 0.0) for r in reports if r.get("status") == 200)
+        return round(cpu * 1000 / call_s, 2) if call_s else None
+    finally:
+        sipp.kill()
+        sipp.wait(10)
+
+
+def main() -> int:
+    top = int(os.environ.get("BENCH_LOAD_MAX", "10"))
+    seconds = float(os.environ.get("BENCH_LOAD_S", "8"))
+    workers = int(os.environ.get("BENCH_LOAD_WORKERS", "2"))
+    steps: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        port = free_port()
+        if workers > 1:
+            gw = start_cluster(cluster_config(port, {"count": workers, "first_port": free_block(workers)}), tmp, port,
+                               workers)
+        else:
+            gw = start_gateway(gateway_config(port), tmp, port)
+        try:
+            for calls in range(1, top + 1):
+                print(f"load step: {calls} concurrent echo calls ...", flush=True)
+                step = gateway_step(gw, calls, seconds, tmp)
+                step["sipp_rtp_echo_cpu_ms_per_call_s"] = sipp_step(calls, seconds, tmp)
+                steps.append(step)
+                if step["fails"]:
+                    break
+        finally:
+            gw.stop()
+    passed = [s["calls"] for s in steps if not s["fails"]]
+    best = max(passed, default=0)
+    print()
+    print(f"{'calls':>5}  {'answered':>8}  {'max loss %':>10}  {'tick p99 ms':>11}  {'CPU ms/call-s':>13}  "
+          f"{'sipp CPU':>8}  verdict")
+    for s in steps:
+        print(f"{s['calls']:>5}  {s['answered']:>8}  {s['max_loss_pct']!s:>10}  {s['tick_p99_max_ms']!s:>11}  "
+              f"{s['cpu_ms_per_call_s']!s:>13}  {s['sipp_rtp_echo_cpu_ms_per_call_s']!s:>8}  {s['fails'] or 'ok'}")
+    print(f"\nload figure: {best} concurrent echo calls at {workers} worker(s) (RTP loss < {MAX_LOSS_PCT}%, tick p99 < "
+          f"{MAX_TICK_P99_MS:g} ms)")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {"bench": "load", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "call_seconds": seconds,
+           "workers": workers,
+           "max_concurrent_echo_calls": best, "criteria": {"max_loss_pct": MAX_LOSS_PCT,
+                                                           "max_tick_p99_ms": MAX_TICK_P99_MS}, "steps": steps}
+    (RESULTS / "load.json").write_text(json.dumps(out, indent=2))
+    print(f"wrote {RESULTS / 'load.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
