@@ -18,6 +18,16 @@ if TYPE_CHECKING:
     from telephony.retention import Removal
 
 
+def _config(path: str) -> Config | None:
+    """The config at `path`, or None after printing its errors (file:line each)."""
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        for issue in e.issues:
+            print(issue, file=sys.stderr)
+        return None
+
+
 def _check(args: argparse.Namespace) -> int:
     try:
         load_config(args.config)
@@ -121,12 +131,10 @@ def _calls(args: argparse.Namespace) -> int:
     if args.records:
         path = Path(args.records)
     else:
-        try:
-            path = Path(load_config(args.config).records.path)
-        except ConfigError as e:
-            for issue in e.issues:
-                print(issue, file=sys.stderr)
+        cfg = _config(args.config)
+        if cfg is None:
             return 2
+        path = Path(cfg.records.path)
     try:
         records, bad = read_records(path)
     except OSError as e:
@@ -158,11 +166,8 @@ def _calls(args: argparse.Namespace) -> int:
 def _trunks(args: argparse.Namespace) -> int:
     from telephony.trunk_status import read_status, status_table
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        for issue in e.issues:
-            print(issue, file=sys.stderr)
+    cfg = _config(args.config)
+    if cfg is None:
         return 2
     if not cfg.trunks:
         print(f"no trunks configured in {args.config}")
@@ -185,12 +190,8 @@ def _config_path(args: argparse.Namespace, key: str, override: str | None) -> Pa
     """`override` if given, else `records.<key>` of `--config` (None, with the config's errors printed)."""
     if override:
         return Path(override)
-    try:
-        return Path(getattr(load_config(args.config).records, key))
-    except ConfigError as e:
-        for issue in e.issues:
-            print(issue, file=sys.stderr)
-        return None
+    cfg = _config(args.config)
+    return None if cfg is None else Path(getattr(cfg.records, key))
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
@@ -232,11 +233,8 @@ def _erase(args: argparse.Namespace) -> int:
 def _purge(args: argparse.Namespace) -> int:
     from telephony.retention import purge
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        for issue in e.issues:
-            print(issue, file=sys.stderr)
+    cfg = _config(args.config)
+    if cfg is None:
         return 2
     try:
         out = purge(cfg)
@@ -261,11 +259,8 @@ def _dial(args: argparse.Namespace) -> int:
     """Ask the running gateway (its control endpoint) to place a call."""
     import httpx
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        for issue in e.issues:
-            print(issue, file=sys.stderr)
+    cfg = _config(args.config)
+    if cfg is None:
         return 2
     if cfg.control is None:
         print(f"voicegate dial: {args.config} has no control section (listen, port, token_env)", file=sys.stderr)
