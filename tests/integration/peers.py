@@ -37,16 +37,18 @@ def free_port() -> int:
 
 
 _WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-_RTP_LO = 30000 + (_WORKER % 2) * 15500
-"""pytest-xdist workers (make test runs two) each get half of 30000-60999, far from the gateway's defaults."""
-_rtp_next = [_RTP_LO + (os.getpid() % 50) * 200]
+_WORKERS = 3
+_RTP_SPAN = 31000 // _WORKERS
+_RTP_LO = 30000 + (_WORKER % _WORKERS) * _RTP_SPAN
+"""pytest-xdist workers (make test runs three) each get a third of 30000-60999, far from the gateway's defaults."""
+_rtp_next = [_RTP_LO + (os.getpid() % 40) * 200]
 _rtp_lock = threading.Lock()
 
 
 def rtp_range(size: int = 40) -> tuple[int, int]:
-    """A block of RTP ports for one peer; blocks wrap within this worker's half of 30000-60999."""
+    """A block of RTP ports for one peer; blocks wrap within this worker's third of 30000-60999."""
     with _rtp_lock:
-        if _rtp_next[0] + size > _RTP_LO + 15500:
+        if _rtp_next[0] + size > _RTP_LO + _RTP_SPAN:
             _rtp_next[0] = _RTP_LO
         lo = _rtp_next[0]
         _rtp_next[0] += size
