@@ -104,7 +104,7 @@ def test_a_complaint_moves_the_call_from_the_cascade_to_s2s_with_the_conversatio
 
 
 def dial(uri: str, wav: Path) -> dict[str, Any]:
-    return call(uri, "--play", str(wav), "--speak-at-s", "0", "--duration", "10", timeout=40)
+    return call(uri, "--play", str(wav), "--speak-at-s", "0", "--duration", "12", timeout=40)
 
 
 @pytest.mark.timeout(120)
@@ -114,7 +114,7 @@ def test_the_cost_report_shows_the_hybrid_saving_against_all_s2s(gw: Gateway, rt
     lines = (QUESTION, "What time do you close?", TRIGGER)  # two routine calls, one that escalates
     wavs = []
     for i, text in enumerate(lines):
-        talk = np.zeros(10 * 16000, np.float32)
+        talk = np.zeros(12 * 16000, np.float32)
         x = audio.piper(text)
         talk[4 * 16000 : 4 * 16000 + len(x)] = x
         wavs.append(audio.write_wav(tmp_path / f"call{i}.wav", talk))
