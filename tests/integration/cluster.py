@@ -5,14 +5,13 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.integration.peers import VENV_BIN, Gateway, free_port, rtp_range
+from tests.integration.peers import Gateway, free_port, rtp_range, spawn_gateway
 
 
 def free_block(n: int) -> int:
@@ -53,18 +52,7 @@ def start_cluster(config_text: str, tmp: Path, port: int, workers: int, timeout:
                   front_door: bool = False) -> Gateway:
     """Start `voicegate serve --workers N`; return once every worker and (N > 1 or `front_door`) the front door
     answer."""
-    cfg = tmp / "voicegate.yaml"
-    cfg.write_text(config_text)
-    proc = subprocess.Popen([str(VENV_BIN / "voicegate"), "serve", "--config", str(cfg), "--workers", str(workers)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp)
-    gw = Gateway(proc, port, cfg)
-
-    def pump() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            gw.lines.append(line.rstrip("\n"))
-
-    threading.Thread(target=pump, daemon=True).start()
+    gw = spawn_gateway(config_text, tmp, port, "--workers", str(workers))
     try:
         for i in range(workers):
             gw.wait_event("gateway_ready", timeout, worker=i)

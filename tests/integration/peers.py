@@ -135,11 +135,12 @@ class Gateway:
             raise AssertionError(f"voicegate did not stop within {timeout:.0f} s of SIGTERM") from None
 
 
-def start_gateway(config_text: str, tmp: Path, port: int, ready_timeout: float = 90.0) -> Gateway:
+def spawn_gateway(config_text: str, tmp: Path, port: int, *serve_args: str) -> Gateway:
+    """`voicegate serve` on `config_text` (written into `tmp`), its log lines collected in `Gateway.lines`."""
     cfg = tmp / "voicegate.yaml"
     cfg.write_text(config_text)
     proc = subprocess.Popen(
-        [str(VENV_BIN / "voicegate"), "serve", "--config", str(cfg)],
+        [str(VENV_BIN / "voicegate"), "serve", "--config", str(cfg), *serve_args],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp,
     )
     gw = Gateway(proc, port, cfg)
@@ -150,6 +151,11 @@ def start_gateway(config_text: str, tmp: Path, port: int, ready_timeout: float =
             gw.lines.append(line.rstrip("\n"))
 
     threading.Thread(target=pump, daemon=True).start()
+    return gw
+
+
+def start_gateway(config_text: str, tmp: Path, port: int, ready_timeout: float = 90.0) -> Gateway:
+    gw = spawn_gateway(config_text, tmp, port)
     try:
         gw.wait_event("gateway_ready", ready_timeout)
     except AssertionError:
