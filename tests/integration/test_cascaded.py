@@ -171,6 +171,8 @@ def test_a_spelled_booking_code_is_read_back_and_confirmed_exactly(gw: Gateway, 
     lo, _ = rtp_range(100)
     r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(SCRIPTS / script), "--target",
                         uri(gw, "assistant"), "--rtp-port", str(lo)], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    replies = [t["reply"] for t in turns_of(gw, "assistant", last=True)]
+    turns = turns_of(gw, "assistant", last=True)
+    heard = [(t.get("text"), t.get("reply")) for t in turns]
+    assert r.returncode == 0, f"{r.stdout[-3000:]}{r.stderr[-1500:]}\ngateway heard and replied: {heard}"
+    replies = [t["reply"] for t in turns]
     assert any("Booking K, L. four, seven, two, nine is confirmed" in x for x in replies), replies
