@@ -23,7 +23,7 @@ from agents.dialog import Dialog
 from agents.listener import HeardTurn, Listener
 from agents.llm import LlmClient, LlmConfig
 from agents.speech.sentences import SentenceSplitter
-from agents.speech.tts import engine_for
+from agents.speech.tts import engine_for, synthesize_fixed
 from agents.speech.worker import AsrWorker, EngineSpec
 from agents.tools import CallTools, ToolConfig, ToolRunner
 from agents.turn import TurnDetector, TurnSettings
@@ -304,7 +304,7 @@ class CascadedFactory(AgentFactory):
         await asyncio.gather(*(asyncio.to_thread(engine_for(v).synthesize, "ready") for v in voices))
         if self.cfg.llm is None:  # the dialog's fixed lines, rendered before the first call
             for text in _fixed_lines(self.cfg):
-                await self.synthesize(self.cfg.voice, text)
+                self._tts[(self.cfg.voice, text)] = await asyncio.to_thread(synthesize_fixed, self.cfg.voice, text)
 
     async def synthesize(self, voice: str, text: str) -> tuple[bytes, int]:
         """TTS audio for one sentence; the last `TTS_CACHE` sentences are kept (dialog lines repeat)."""

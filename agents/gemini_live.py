@@ -729,10 +729,10 @@ class GeminiLiveFactory(AgentFactory):
         env = self.cfg.api_key_env
         if env and not os.environ.get(env):
             raise ValueError(f"agent {self.name!r}: environment variable {env} (the Gemini API key) is not set")
-        await self.prompts.render(self.cfg.apology)  # rendered now, so an outage is answered within a second
+        await self.prompts.prepare(self.cfg.apology)  # rendered now, so an outage is answered within a second
         for tool in self.tools.values():
             for text in (tool.filler, tool.apology):
-                await self.prompts.render(text)
+                await self.prompts.prepare(text)
 
     def create(self, handover: Handover | None = None) -> Agent:
         return GeminiLiveAgent(self, handover)

@@ -792,7 +792,7 @@ class OpenAIRealtimeFactory(AgentFactory):
         texts += [t for name in self.cfg.tools if name in self.tools for t in (self.tools[name].filler,
                                                                                  self.tools[name].apology)]
         for text in texts:
-            await self.prompts.render(text)
+            await self.prompts.prepare(text)
 
     def create(self, handover: Handover | None = None) -> Agent:
         return OpenAIRealtimeAgent(self.cfg, handover, self.tools)

@@ -22,7 +22,7 @@ from agents.config import (
     ToolStep,
     TransferStep,
 )
-from agents.speech.tts import PromptCache
+from agents.speech.tts import PromptCache, engine_for
 from agents.tools import CallTools, ToolConfig, ToolResult, ToolRunner
 from media.frames import SAMPLE_RATE
 from media.wavfile import WavError, read_wav_16k
@@ -195,14 +195,21 @@ class ScriptedFactory(AgentFactory):
         self.tools = {n: t for n, t in (tools or {}).items() if n in used}
 
     async def prepare(self) -> None:
-        """Render every prompt with no variables, so calls start speaking at once."""
+        """Render every prompt with no variables, so calls start speaking at once, and load the voices of those
+        with variables (rendered per call)."""
+        live: set[str] = set()
         for steps in self.cfg.nodes.values():
             for step in steps:
                 if isinstance(step, SayStep) and "{" not in step.say:
-                    await self.prompts.render(step.say, step.lang or self.cfg.voice)
+                    await self.prompts.prepare(step.say, step.lang or self.cfg.voice)
+                elif isinstance(step, SayStep):
+                    live.add(step.lang or self.cfg.voice)
+        if any(t.confirm for t in self.tools.values()):
+            live.add(self.cfg.voice)
+        await asyncio.gather(*(asyncio.to_thread(engine_for(v).synthesize, "ready") for v in live))
         for tool in self.tools.values():
             for text in (tool.filler, tool.apology):
-                await self.prompts.render(text, self.cfg.voice)
+                await self.prompts.prepare(text, self.cfg.voice)
 
     def create(self) -> Agent:
         return ScriptedAgent(self.cfg, self.tools)

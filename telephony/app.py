@@ -107,7 +107,7 @@ class Gateway:
         self.source = source
         """The config file, re-read on SIGHUP (none: no reload)."""
         self._reload: asyncio.Task[bool] | None = None
-        self.prompts = PromptCache()
+        self.prompts = PromptCache(disk=True)
         self.factories: dict[str, AgentFactory] = {
             name: make_factory(name, a, self.prompts, config.agents, config.prices, config.tools)
             for name, a in config.agents.items()
@@ -140,9 +140,9 @@ class Gateway:
             t0 = time.monotonic()
             await asyncio.gather(
                 *(f.prepare() for f in self.factories.values()),
-                self.prompts.render(self._timeouts.reprompt_text),
-                self.prompts.render(self._timeouts.goodbye_text),
-                *(self.prompts.render(a.text, a.voice or "joe") for a in announcements(self.config)),
+                self.prompts.prepare(self._timeouts.reprompt_text),
+                self.prompts.prepare(self._timeouts.goodbye_text),
+                *(self.prompts.prepare(a.text, a.voice or "joe") for a in announcements(self.config)),
             )
             self._ready.set()
             if self.config.control is not None:
@@ -296,7 +296,7 @@ class Gateway:
         fresh = {n: make_factory(n, merged.agents[n], self.prompts, merged.agents, merged.prices) for n in changed}
         try:
             await asyncio.gather(*(f.prepare() for f in fresh.values()),
-                                 *(self.prompts.render(a.text, a.voice or "joe") for a in announcements(merged)))
+                                 *(self.prompts.prepare(a.text, a.voice or "joe") for a in announcements(merged)))
         except Exception as e:
             await asyncio.gather(*(f.close() for f in fresh.values()), return_exceptions=True)
             event("config_reload_refused", file=file, errors=[f"an agent failed to prepare: {e!r}"])

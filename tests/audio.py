@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from agents.speech.tts import PiperTts
+from agents.speech.tts import synthesize_fixed
 from media.frames import SAMPLE_RATE
 from media.resample import resample
 from media.wavfile import read_wav_16k
@@ -49,7 +49,7 @@ def trim(x: np.ndarray, rel_db: float = -35.0) -> np.ndarray:
 
 
 def piper(text: str) -> np.ndarray:
-    pcm, rate = PiperTts().synthesize(text)
+    pcm, rate = synthesize_fixed("joe", text)
     return to_array(resample(pcm, rate))
 
 

