@@ -71,7 +71,9 @@ def echo_lag(sent: np.ndarray, heard: np.ndarray, max_lag_ms: float = 500.0) -> 
     """Delay (ms) at which `heard` best matches `sent`, and the normalised correlation there (1.0: a copy)."""
     n = min(len(sent), len(heard))
     tx, rx = sent[:n].astype(np.float64), heard[:n].astype(np.float64)
-    c = np.correlate(rx, tx, mode="full")[n - 1 : n - 1 + int(max_lag_ms * SAMPLE_RATE / 1000)]
+    size = 1 << (2 * n - 1).bit_length()  # FFT correlation: np.correlate took 52 s on 6 s of audio
+    c = np.fft.irfft(np.fft.rfft(rx, size) * np.conj(np.fft.rfft(tx, size)), size)
+    c = c[: int(max_lag_ms * SAMPLE_RATE / 1000)]
     lag = int(np.argmax(c))
     return lag * 1000.0 / SAMPLE_RATE, float(c[lag] / np.sqrt((tx**2).sum() * (rx**2).sum()))
 
