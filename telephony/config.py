@@ -50,6 +50,15 @@ IpAddress = Annotated[str, AfterValidator(_ip)]
 """A listening address: an IPv4 or IPv6 address, not a host name."""
 
 
+def _net(v: str) -> str:
+    ipaddress.ip_network(v, strict=False)
+    return v
+
+
+NetworkText = Annotated[str, AfterValidator(_net)]
+"""An address or network (`192.168.1.0/24`), each checked on its own so an error names its list item's line."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -90,6 +99,24 @@ class SipTlsConfig(_Strict):
         return self
 
 
+class SipUserConfig(_Strict):
+    """Digest credentials of one caller that comes from no trunk (a softphone, a PBX)."""
+
+    password_env: str
+    """Name of the environment variable holding the password (never the password itself)."""
+
+    @field_validator("password_env")
+    @classmethod
+    def _env(cls, v: str) -> str:
+        if not os.environ.get(v):
+            raise ValueError(f"environment variable {v} (the user's password) is not set or empty")
+        return v
+
+    @property
+    def password(self) -> str:
+        return os.environ.get(self.password_env, "")
+
+
 class SipConfig(_Strict):
     listen: IpAddress = "0.0.0.0"
     port: int = Field(5060, ge=1, le=65535)
@@ -99,6 +126,14 @@ class SipConfig(_Strict):
     user_agent: str = "voicegate"
     tls: SipTlsConfig | None = None
     """Needed when `transports` has tls."""
+    allow: list[NetworkText] = []
+    """Addresses or networks calls from no trunk may come from (like a trunk's `allow`); none: any address, unless
+    `users` asks for credentials. A call from elsewhere gets 403, or with `users` a digest challenge."""
+    users: dict[str, SipUserConfig] = {}
+    """Digest credentials (username: {password_env}) for calls from no trunk: a source outside `allow` is
+    challenged (401) and admitted with one of them (the trunks' `inbound_auth`, with many users)."""
+    realm: str = Field("voicegate", min_length=1)
+    """The realm of the challenge to `users`."""
 
     @model_validator(mode="after")
     def _tls(self) -> SipConfig:
