@@ -38,6 +38,7 @@ from telephony.records import RecordWriter, call_record, read_records
 from telephony.reload import ReloadRefusedError, agent_changes, merge
 from telephony.routes import announcement_for, announcements
 from telephony.sip_trace import trace_path
+from telephony.transfer_guard import guard_for
 from telephony.transports.servers import stream_transports
 
 NO_ACK_S = 5.0
@@ -469,7 +470,8 @@ class Gateway:
             barge_in=self.config.barge_in.enabled and factory.barge_in,
         )
         session = CallSession(call_id, caller, called, factory, media, actions, self.prompts, log, self._timeouts,
-                              self._spend_watch(call_id, agent), announcement_for(self.config, called))
+                              self._spend_watch(call_id, agent), announcement_for(self.config, called),
+                              guard_for(self.config, called, agent).refusal)
         leg = Leg(key, call_id, session, agent, time.monotonic(), DtmfDeduper(), transport=transport)
         leg_ref.append(leg)
         leg.recording = start_recording(self.config, called, call_id, media, loop, event)
@@ -518,6 +520,8 @@ class Gateway:
             end["rtp"] = leg.rtp
         if rec.announcement is not None:
             end["announcement"] = rec.announcement
+        if rec.transfers_refused:
+            end["transfers_refused"] = rec.transfers_refused
         if leg.progress:
             end["progress"] = leg.progress
         if leg.recording is not None:

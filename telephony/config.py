@@ -282,6 +282,10 @@ class RouteConfig(_Strict):
         return {"text": v} if isinstance(v, str) else v
     match_header: dict[str, str] = {}
     """SIP headers the INVITE must also carry (name: exact value or `/regex/`), e.g. `X-Lang: /^de/`."""
+    transfer_allowed: list[str] = []
+    """Transfer targets this route's agent may send callers to (exact or `/regex/`, matched against
+    `sip:user@host[:port]`); anything else is refused (telephony/transfer_guard.py). None: only the targets the
+    agent's config names."""
 
     @field_validator("match")
     @classmethod
@@ -297,6 +301,13 @@ class RouteConfig(_Strict):
     @classmethod
     def _header_regexes(cls, v: dict[str, str]) -> dict[str, str]:
         for value in v.values():
+            cls._regex(value)
+        return v
+
+    @field_validator("transfer_allowed")
+    @classmethod
+    def _target_regexes(cls, v: list[str]) -> list[str]:
+        for value in v:
             cls._regex(value)
         return v
 
