@@ -29,6 +29,7 @@ from media.pipeline import CallMedia
 from telephony.call import SipCall
 from telephony.config import Config, ConfigError, load_config
 from telephony.control import ControlServer
+from telephony.dial_rate import DialRate
 from telephony.dtmf import DtmfDeduper
 from telephony.endpoint import Refusal, SipStack
 from telephony.logs import event
@@ -129,6 +130,7 @@ class Gateway:
         self._ending: set[asyncio.Task[None]] = set()
         self.transports = stream_transports(self, config)
         self.control: ControlServer | None = None
+        self.dial_rate = DialRate()
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -336,6 +338,10 @@ class Gateway:
             if self.draining or not self._ready.is_set():
                 raise DialRefusedError(503, "the gateway is " + ("shutting down" if self.draining else "starting"))
             plan = replace(plan_dial(self.config, number, agent, trunk), amd=amd)
+            limit = self.config.trunks[plan.trunk].max_calls_per_min if plan.trunk else None
+            if wait := self.dial_rate.take(plan.trunk, limit, time.monotonic()):
+                raise DialRefusedError(429, f"trunk {plan.trunk} placed its {limit} calls of the last minute "
+                                            f"(trunks.{plan.trunk}.max_calls_per_min); the next may go in {wait:.0f} s")
             if amd is not None and amd.message:
                 await self.prompts.render(amd.message)
             loop = asyncio.get_running_loop()

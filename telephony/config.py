@@ -359,6 +359,8 @@ class TrunkConfig(_Strict):
     allowed: list[str] = []
     """Outbound calls: regular expressions a dialled number must match whole (`\\+4930\\d{6,9}`); none: this
     trunk places no calls (the toll-fraud guard)."""
+    max_calls_per_min: int | None = Field(None, ge=1, le=10000)
+    """Outbound calls this trunk places in any minute at most (telephony/dial_rate.py); none: no limit."""
 
     @field_validator("allowed")
     @classmethod
