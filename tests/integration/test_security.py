@@ -17,16 +17,27 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import yaml
 
 from media.g711 import ulaw_decode, ulaw_encode
 from tests.fuzz_rtp import blast
-from tests.integration.peers import Gateway, ack, free_port, gateway_config, invite, rtp_range, sipp, start_gateway
+from tests.integration.peers import (
+    Gateway,
+    ack,
+    free_port,
+    gateway_config,
+    invite,
+    rtp_range,
+    sipp,
+    start_gateway,
+)
 from tests.integration.test_trunks import BYE, PCMU, authenticated_call, call_with_headers, scenario
 
 PASSWORD = "alice-s3cret"
+CONTROL_TOKEN = "sec-control-token"
 FRAUD_TARGET = "sip:+882100123@127.0.0.1:9"
 BYE_RECEIVED = """  <recv request="BYE"/>
   <send><![CDATA[
@@ -55,6 +66,11 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     }}
     cfg["routes"] = [{"match": "fraud", "agent": "fraud", "transfer_allowed": ["/^sip:\\+4420\\d+@/"]},
                      {"match": "echo", "agent": "echo"}]
+    os.environ.update(VG_TEST_SEC_CONTROL=CONTROL_TOKEN, VG_TEST_SEC_TRUNK_PW="unused")
+    cfg["control"] = {"listen": "127.0.0.1", "port": free_port(), "token_env": "VG_TEST_SEC_CONTROL"}
+    cfg["trunks"] = {"limited": {"registrar": f"sip:127.0.0.1:{free_port()}", "register": False, "username": "vg",
+                                 "password_env": "VG_TEST_SEC_TRUNK_PW", "allowed": [r"\+4930\d+"],
+                                 "max_calls_per_min": 1}}
     g = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-security"), port)
     yield g
     assert g.stop() == 0, "\n".join(g.lines[-20:])
@@ -113,6 +129,22 @@ def test_a_transfer_its_route_does_not_allow_is_refused_and_the_fallback_spoken(
     with sqlite3.connect(db) as con:
         row = con.execute("select record from calls where call = ?", (refused["call"],)).fetchone()
     assert json.loads(row[0])["transfers_refused"] == end["transfers_refused"]
+
+
+def test_a_trunk_places_at_most_max_calls_per_min(gw: Gateway):
+    control = yaml.safe_load(gw.config.read_text())["control"]
+
+    def dial(number: str) -> httpx.Response:  # what `voicegate dial` sends
+        return httpx.post(f"http://127.0.0.1:{control['port']}/calls", timeout=15,
+                          json={"number": number, "agent": "echo", "ring_s": 1},
+                          headers={"Authorization": f"Bearer {CONTROL_TOKEN}"})
+
+    first = dial("+4930555000")  # nobody answers at the trunk's address: it is cancelled after a second
+    assert first.status_code == 201, first.text
+    second = dial("+4930555001")
+    assert second.status_code == 429 and "trunks.limited.max_calls_per_min" in second.json()["error"], second.text
+    assert gw.wait_event("dial_refused", 5, number="+4930555001")["status"] == 429
+    assert [e["number"] for e in gw.events("call_outgoing")] == ["+4930555000"]
 
 
 class RtpPeer:
