@@ -7,8 +7,9 @@ import re
 import pytest
 
 from telephony.config import ConfigError, parse_config
-from telephony.digest import DigestServer, expected_response
+from telephony.digest import NONCE_KEY_ENV, DigestServer, expected_response, nonce_key
 from telephony.inbound import Admission, Invite, admit
+from telephony.supervisor import Supervisor
 
 BASE = """\
 agents:
@@ -96,3 +97,18 @@ def test_several_workers_refuse_sip_allow_but_take_users(monkeypatch):
         _cfg(monkeypatch, "  allow: [127.0.0.1]\nworkers: 2\n")
     assert "several workers with sip.allow are not there yet" in str(e.value)
     assert _cfg(monkeypatch, "  users:\n    alice: {password_env: VG_ALICE_PW}\nworkers: 2\n").workers.count == 2
+
+
+def test_workers_share_the_supervisors_nonce_key(monkeypatch):
+    """A challenge one worker sent may be answered, through the front door, to another worker."""
+    cfg = _cfg(monkeypatch, "  users:\n    alice: {password_env: VG_ALICE_PW}\nworkers: 2\n")
+    env = Supervisor(cfg, "vg.yaml", 2)._env
+    monkeypatch.setenv(NONCE_KEY_ENV, env[NONCE_KEY_ENV])
+    worker_a, worker_b = nonce_key(), nonce_key()  # each worker process reads it at start
+    assert worker_a == worker_b == bytes.fromhex(env[NONCE_KEY_ENV]) and len(worker_a) == 32
+    nonce = re.search(r'nonce="([^"]+)"', DigestServer("voicegate", worker_a).challenge(1000.0)).group(1)  # type: ignore[union-attr]
+    resp = expected_response("alice", "voicegate", "alice-pw", "INVITE", URI, nonce)
+    answer = f'Digest username="alice", realm="voicegate", nonce="{nonce}", uri="{URI}", response="{resp}"'
+    assert DigestServer("voicegate", worker_b).check(answer, "INVITE", URI, "alice", "alice-pw", 1001.0) == ""
+    monkeypatch.setenv(NONCE_KEY_ENV, "not hex")
+    assert nonce_key() != nonce_key()  # alone: a random key per process
