@@ -237,8 +237,12 @@ class CascadedAgent(Agent):
 
     async def _act(self, call: CallControl, act: Act) -> None:
         if act.action == "transfer":
-            await call.transfer(act.arg)
-            self._hangup_requested = True
+            if await call.transfer(act.arg):
+                self._hangup_requested = True
+            else:  # the gateway refused the target (toll-fraud guard): say so, the conversation goes on
+                pcm, rate = await self.f.synthesize(self.cfg.voice, self.cfg.transfer_refused)
+                call.meter("tts_chars", len(self.cfg.transfer_refused))
+                await call.enqueue(pcm, rate)
         elif act.action == "hangup":
             await call.hangup("agent")
             self._hangup_requested = True

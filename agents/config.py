@@ -199,6 +199,8 @@ class CascadedAgentConfig(_Strict):
     """TTS voice per language the caller speaks (espeak-ng voice names; `joe` is piper's)."""
     turn: TurnConfig = TurnConfig()
     apology: str = "Sorry, I am having trouble understanding right now. Please try again."
+    transfer_refused: str = "Sorry, I cannot transfer you to that number."
+    """Said when the gateway refuses a transfer target (not allowed for the route); the conversation goes on."""
     paralinguistics: bool = True
     tools: list[str] = []
     """Business tools (names in the top-level `tools`) offered to the LLM, besides the call actions."""

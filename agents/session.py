@@ -11,7 +11,7 @@ import asyncio
 import datetime
 import itertools
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -106,6 +106,8 @@ class CallRecord:
     usage: Meter = field(default_factory=Meter)
     announcement: dict[str, Any] | None = None
     """What the announcement did: `played_ms`, and with a consent key, `consent` (true or false)."""
+    transfers_refused: list[dict[str, str]] = field(default_factory=list)
+    """Transfers the agent asked for and the guard refused: `target` and `reason`."""
 
 
 class CallSession:
@@ -122,6 +124,7 @@ class CallSession:
         timeouts: SessionTimeouts | None = None,
         spend: SpendWatch | None = None,
         announcement: Announcement | None = None,
+        transfer_guard: Callable[[str], str] | None = None,
     ) -> None:
         self.call_id = call_id
         self.caller = caller
@@ -139,6 +142,8 @@ class CallSession:
         self.spend = spend
         self._agent: asyncio.Task[None] | None = None
         self.announcement = announcement
+        self.transfer_guard = transfer_guard
+        """Why a transfer target is refused ("" when allowed); none: every target is."""
         self.secure = False
         """Secure capture: keys are masked (`x`) in the record and the log, and the recording is silent."""
         self.record = CallRecord()
@@ -276,10 +281,17 @@ class CallSession:
             self.record.end_reason = reason
         self.actions.hangup()
 
-    async def transfer(self, uri: str) -> None:
+    async def transfer(self, uri: str) -> bool:
+        why = self.transfer_guard(uri) if self.transfer_guard is not None else ""
+        if why:
+            self.log("transfer_refused", call=self.call_id, target=uri, reason=why)
+            self.record.transfers_refused.append({"target": uri, "reason": why})
+            self._events.put_nowait(TransferFailed(403))
+            return False
         self.log("agent_transfer", call=self.call_id, target=uri)
         self.record.end_reason = self.record.end_reason or f"transfer:{uri}"
         self.actions.transfer(uri)
+        return True
 
     async def send_dtmf(self, digits: str) -> None:
         self.actions.send_dtmf(digits)

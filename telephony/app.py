@@ -29,6 +29,7 @@ from media.pipeline import CallMedia
 from telephony.call import SipCall
 from telephony.config import Config, ConfigError, load_config
 from telephony.control import ControlServer
+from telephony.dial_rate import DialRate
 from telephony.dtmf import DtmfDeduper
 from telephony.endpoint import Refusal, SipStack
 from telephony.logs import event
@@ -38,6 +39,7 @@ from telephony.records import RecordWriter, call_record, read_records
 from telephony.reload import ReloadRefusedError, agent_changes, merge
 from telephony.routes import announcement_for, announcements
 from telephony.sip_trace import trace_path
+from telephony.transfer_guard import guard_for
 from telephony.transports.servers import stream_transports
 
 NO_ACK_S = 5.0
@@ -128,6 +130,7 @@ class Gateway:
         self._ending: set[asyncio.Task[None]] = set()
         self.transports = stream_transports(self, config)
         self.control: ControlServer | None = None
+        self.dial_rate = DialRate()
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -335,6 +338,10 @@ class Gateway:
             if self.draining or not self._ready.is_set():
                 raise DialRefusedError(503, "the gateway is " + ("shutting down" if self.draining else "starting"))
             plan = replace(plan_dial(self.config, number, agent, trunk), amd=amd)
+            limit = self.config.trunks[plan.trunk].max_calls_per_min if plan.trunk else None
+            if wait := self.dial_rate.take(plan.trunk, limit, time.monotonic()):
+                raise DialRefusedError(429, f"trunk {plan.trunk} placed its {limit} calls of the last minute "
+                                            f"(trunks.{plan.trunk}.max_calls_per_min); the next may go in {wait:.0f} s")
             if amd is not None and amd.message:
                 await self.prompts.render(amd.message)
             loop = asyncio.get_running_loop()
@@ -469,7 +476,8 @@ class Gateway:
             barge_in=self.config.barge_in.enabled and factory.barge_in,
         )
         session = CallSession(call_id, caller, called, factory, media, actions, self.prompts, log, self._timeouts,
-                              self._spend_watch(call_id, agent), announcement_for(self.config, called))
+                              self._spend_watch(call_id, agent), announcement_for(self.config, called),
+                              guard_for(self.config, called, agent).refusal)
         leg = Leg(key, call_id, session, agent, time.monotonic(), DtmfDeduper(), transport=transport)
         leg_ref.append(leg)
         leg.recording = start_recording(self.config, called, call_id, media, loop, event)
@@ -518,6 +526,8 @@ class Gateway:
             end["rtp"] = leg.rtp
         if rec.announcement is not None:
             end["announcement"] = rec.announcement
+        if rec.transfers_refused:
+            end["transfers_refused"] = rec.transfers_refused
         if leg.progress:
             end["progress"] = leg.progress
         if leg.recording is not None:

@@ -50,6 +50,15 @@ IpAddress = Annotated[str, AfterValidator(_ip)]
 """A listening address: an IPv4 or IPv6 address, not a host name."""
 
 
+def _net(v: str) -> str:
+    ipaddress.ip_network(v, strict=False)
+    return v
+
+
+NetworkText = Annotated[str, AfterValidator(_net)]
+"""An address or network (`192.168.1.0/24`), each checked on its own so an error names its list item's line."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -90,6 +99,24 @@ class SipTlsConfig(_Strict):
         return self
 
 
+class SipUserConfig(_Strict):
+    """Digest credentials of one caller that comes from no trunk (a softphone, a PBX)."""
+
+    password_env: str
+    """Name of the environment variable holding the password (never the password itself)."""
+
+    @field_validator("password_env")
+    @classmethod
+    def _env(cls, v: str) -> str:
+        if not os.environ.get(v):
+            raise ValueError(f"environment variable {v} (the user's password) is not set or empty")
+        return v
+
+    @property
+    def password(self) -> str:
+        return os.environ.get(self.password_env, "")
+
+
 class SipConfig(_Strict):
     listen: IpAddress = "0.0.0.0"
     port: int = Field(5060, ge=1, le=65535)
@@ -99,6 +126,14 @@ class SipConfig(_Strict):
     user_agent: str = "voicegate"
     tls: SipTlsConfig | None = None
     """Needed when `transports` has tls."""
+    allow: list[NetworkText] = []
+    """Addresses or networks calls from no trunk may come from (like a trunk's `allow`); none: any address, unless
+    `users` asks for credentials. A call from elsewhere gets 403, or with `users` a digest challenge."""
+    users: dict[str, SipUserConfig] = {}
+    """Digest credentials (username: {password_env}) for calls from no trunk: a source outside `allow` is
+    challenged (401) and admitted with one of them (the trunks' `inbound_auth`, with many users)."""
+    realm: str = Field("voicegate", min_length=1)
+    """The realm of the challenge to `users`."""
 
     @model_validator(mode="after")
     def _tls(self) -> SipConfig:
@@ -247,6 +282,10 @@ class RouteConfig(_Strict):
         return {"text": v} if isinstance(v, str) else v
     match_header: dict[str, str] = {}
     """SIP headers the INVITE must also carry (name: exact value or `/regex/`), e.g. `X-Lang: /^de/`."""
+    transfer_allowed: list[str] = []
+    """Transfer targets this route's agent may send callers to (exact or `/regex/`, matched against
+    `sip:user@host[:port]`); anything else is refused (telephony/transfer_guard.py). None: only the targets the
+    agent's config names."""
 
     @field_validator("match")
     @classmethod
@@ -262,6 +301,13 @@ class RouteConfig(_Strict):
     @classmethod
     def _header_regexes(cls, v: dict[str, str]) -> dict[str, str]:
         for value in v.values():
+            cls._regex(value)
+        return v
+
+    @field_validator("transfer_allowed")
+    @classmethod
+    def _target_regexes(cls, v: list[str]) -> list[str]:
+        for value in v:
             cls._regex(value)
         return v
 
@@ -313,6 +359,8 @@ class TrunkConfig(_Strict):
     allowed: list[str] = []
     """Outbound calls: regular expressions a dialled number must match whole (`\\+4930\\d{6,9}`); none: this
     trunk places no calls (the toll-fraud guard)."""
+    max_calls_per_min: int | None = Field(None, ge=1, le=10000)
+    """Outbound calls this trunk places in any minute at most (telephony/dial_rate.py); none: no limit."""
 
     @field_validator("allowed")
     @classmethod

@@ -11,8 +11,23 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from dataclasses import dataclass
 from urllib.request import parse_http_list, parse_keqv_list
+
+NONCE_KEY_ENV = "VOICEGATE_NONCE_KEY"
+"""The supervisor gives its workers one nonce key (hex) in this variable: a challenge one worker sent is answered
+through the front door to whichever worker gets the retry."""
+
+
+def nonce_key() -> bytes:
+    """The key of this process's nonces: the supervisor's, else a new random one."""
+    given = os.environ.get(NONCE_KEY_ENV, "")
+    try:
+        key = bytes.fromhex(given)
+    except ValueError:
+        key = b""
+    return key if len(key) >= 16 else os.urandom(32)
 
 
 def _md5(text: str) -> str:

@@ -293,11 +293,11 @@ class SipStack:
         call.source = str(prm.rdata.srcAddress)
         message = str(prm.rdata.wholeMsg)
         adm = admit(self.config.trunks, self.trunks.sources, self.trunks.trunk_of(account), called, call.source,
-                    Invite(*request_parts(message)), time.time(), self.trunks.secret)
+                    Invite(*request_parts(message)), time.time(), self.trunks.secret, self.config.sip)
         call.trunk = adm.trunk
         call.sip_headers = call_metadata(message)
         event("call_incoming", call=call.call_id, called=called, caller=caller, source=call.source, trunk=adm.trunk,
-              authenticated=adm.authenticated, original_called=original_called(call.sip_headers),
+              authenticated=adm.authenticated, user=adm.user, original_called=original_called(call.sip_headers),
               sip_headers=call.sip_headers)
         if adm.refused:
             code = 401 if adm.challenge else 403

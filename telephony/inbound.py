@@ -5,6 +5,10 @@ account) or when it is for one of the trunk's numbers (a `routes` entry other th
 only from the trunk's addresses: `allow` and what its registrar and outbound proxy resolve to, or, with
 `inbound_auth`, from anywhere with the trunk's username and password (digest, telephony/digest.py). Anything else
 is refused with 403, so nobody can reach a carrier's numbers by sending INVITEs straight to the gateway.
+
+A call from no trunk (a softphone, a PBX on the LAN) is checked the same way against the top-level `sip.allow`
+and `sip.users`: from an allowed address, or with the credentials of one of the users; with neither configured,
+any source may call.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from telephony.config import TrunkConfig
-from telephony.digest import DigestServer
+from telephony.config import SipConfig, TrunkConfig
+from telephony.digest import DigestServer, parse_authorization
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -29,6 +33,8 @@ class Admission:
     """A WWW-Authenticate value: answer 401 with it, so the caller may retry with credentials."""
     authenticated: bool = False
     """Admitted by its digest credentials rather than by its address."""
+    user: str = ""
+    """The `sip.users` name it authenticated as (calls from no trunk)."""
 
 
 @dataclass(frozen=True)
@@ -59,15 +65,16 @@ def inbound_realm(t: TrunkConfig) -> str:
 
 
 def admit(trunks: Mapping[str, TrunkConfig], sources: Mapping[str, Sequence[Network]], account_trunk: str,
-          called: str, src: str, invite: Invite = Invite(), now: float = 0.0, secret: bytes = b"") -> Admission:
+          called: str, src: str, invite: Invite = Invite(), now: float = 0.0, secret: bytes = b"",
+          sip: SipConfig | None = None) -> Admission:
     """Decide for one INVITE: `account_trunk` is the trunk whose account pjsua matched ("" for none), `src` the
     address the INVITE came from; a trunk with `inbound_auth` challenges other addresses (nonces made with
-    `secret`, valid for a minute from `now`)."""
+    `secret`, valid for a minute from `now`). A call from no trunk is checked against `sip` (`allow`, `users`)."""
     ip = source_ip(src)
     claim = account_trunk or next(
         (n for n, t in trunks.items() if any(r.match != "*" and r.matches(called) for r in t.routes)), "")
     if not claim:
-        return Admission("")
+        return _admit_local(sip, ip, invite, now, secret)
     if _inside(ip, sources.get(claim, ())):
         return Admission(claim)
     t = trunks.get(claim)
@@ -82,3 +89,25 @@ def admit(trunks: Mapping[str, TrunkConfig], sources: Mapping[str, Sequence[Netw
     if why:
         return Admission(claim, f"{ip} failed digest authentication for trunk {claim}: {why}")
     return Admission(claim, authenticated=True)
+
+
+def _admit_local(sip: SipConfig | None, ip: str, invite: Invite, now: float, secret: bytes) -> Admission:
+    if sip is None or not (sip.allow or sip.users):
+        return Admission("")
+    if _inside(ip, [ipaddress.ip_network(a, strict=False) for a in sip.allow]):
+        return Admission("")
+    if not sip.users or not secret:
+        return Admission("", f"{ip} is not in sip.allow")
+    server = DigestServer(sip.realm, secret)
+    if not invite.authorization:
+        return Admission("", f"{ip} sent no credentials (sip.users)", server.challenge(now))
+    user = parse_authorization(invite.authorization).get("username", "")
+    known = sip.users.get(user)
+    if known is None:
+        return Admission("", f"{ip} failed digest authentication: unknown user {user!r}")
+    why = server.check(invite.authorization, "INVITE", invite.request_uri, user, known.password, now)
+    if why == "stale":
+        return Admission("", f"{ip} sent a stale nonce for user {user}", server.challenge(now))
+    if why:
+        return Admission("", f"{ip} failed digest authentication as user {user}: {why}")
+    return Admission("", authenticated=True, user=user)

@@ -73,6 +73,11 @@ class GatewayMetrics:
                                     "RTP", buckets=JITTER_BUCKETS, registry=r)
         self.rtt = Histogram("voicegate_rtp_rtt_seconds", "Mean RTCP round trip of a call", buckets=RTT_BUCKETS,
                              registry=r)
+        self.transfers_refused = Counter("voicegate_transfers_refused", "Transfer targets the guard refused "
+                                         "(toll fraud: not in the route's transfer_allowed)", ["route", "agent"],
+                                         registry=r)
+        self.dials_refused = Counter("voicegate_dials_refused", "Outbound calls refused, by HTTP status (403: number "
+                                     "not allowed, 429: max_calls_per_min)", ["status"], registry=r)
         self.ready = Gauge("voicegate_ready", "1 when SIP is up and new calls are taken", registry=r)
         self.state = "starting"
         self._lock = threading.Lock()
@@ -164,6 +169,8 @@ class GatewayMetrics:
     _handlers: dict[str, Callable[[GatewayMetrics, Mapping[str, Any]], None]] = {
         "call_incoming": _incoming, "call_refused": _refused, "call_answered": _answered, "call_end": _end,
         "turn": _turn, "barge_in": _barge_in, "barge_in_resumed": _resumed, "dtmf": _dtmf, "call_rtp": _rtp,
+        "transfer_refused": lambda m, f: m.transfers_refused.labels(*m._labels(f)).inc(),
+        "dial_refused": lambda m, f: m.dials_refused.labels(str(f.get("status", ""))).inc(),
         "gateway_ready": lambda m, _: m._set_state("ready"),
         "gateway_draining": lambda m, _: m._set_state("draining"),
         "gateway_stopped": lambda m, _: m._set_state("stopped"),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import os
 import signal
 import socket
 import sys
@@ -19,6 +20,7 @@ import time
 import uuid
 
 from telephony.config import Config
+from telephony.digest import NONCE_KEY_ENV
 from telephony.frontdoor import FrontDoor
 from telephony.logs import event
 from telephony.workers import Restarts, behind_front_door, processes, worker_port
@@ -70,6 +72,8 @@ class Supervisor:
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.front = FrontDoor(cfg, count) if behind_front_door(cfg.workers, count) else None
         self._stop = asyncio.Event()
+        self._env = {**os.environ, NONCE_KEY_ENV: os.urandom(32).hex()}
+        """The workers' environment: one nonce key for all, so a digest challenge may be answered to any."""
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -131,7 +135,7 @@ class Supervisor:
         while not self._stop.is_set():
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
-                                                        stdout=asyncio.subprocess.DEVNULL,
+                                                        stdout=asyncio.subprocess.DEVNULL, env=self._env,
                                                         preexec_fn=_die_with_parent)
             self.procs[index] = proc
             event("worker_started", worker=index, pid=proc.pid, port=worker_port(self.cfg, index, self.count))

@@ -20,6 +20,7 @@ from typing import Any
 import pjsua2 as pj
 
 from telephony.config import Config, TrunkConfig
+from telephony.digest import nonce_key
 from telephony.logs import event
 from telephony.registration import Registration
 from telephony.reload import trunk_changes
@@ -113,8 +114,9 @@ class TrunkSet:
         self.status_path = Path(config.trunk_status_path)
         self.regs = {n: Registration(n, t.retry_min_s, t.retry_max_s) for n, t in config.trunks.items()}
         self.sources: dict[str, list[Network]] = {}
-        self.secret = os.urandom(32)
-        """Key of the nonces that challenge inbound calls (telephony/digest.py); new with each process."""
+        self.secret = nonce_key()
+        """Key of the nonces that challenge inbound calls (telephony/digest.py): the supervisor's for its workers,
+        else new with each process."""
         self.accounts: dict[str, TrunkAccount] = {}
         self.callers: dict[str, TrunkAccount] = {}
         """The account each trunk that may place calls (`allowed`) places them from."""

@@ -48,6 +48,9 @@ def fit_problem(workers: WorkersConfig, count: int, sip: SipConfig, rtp: RtpConf
     if sip.public_address:
         return ("several workers with sip.public_address are not there yet (each worker's SDP would need it, its "
                 "Contact must not)")
+    if sip.allow:
+        return ("several workers with sip.allow are not there yet (workers see the front door's address, not the "
+                "caller's; sip.users works)")
     if any(t.registers for t in trunks.values()):
         return "several workers with a registering trunk are not there yet (the registration belongs at the front door)"
     span = range(workers.first_port, workers.first_port + count)

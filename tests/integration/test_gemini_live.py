@@ -37,7 +37,9 @@ def gw(tmp_path_factory: pytest.TempPathFactory, servers: dict[str, GeminiLiveSe
     base = {"type": "gemini_live", "api_key_env": KEY_ENV, "model": "models/test-live", "greeting": "Greet the caller.",
             "transfer_target": "sip:operator@example.com"}
     agents = {f"gemini-{n}": {**base, "url": s.url} for n, s in servers.items()}
-    routes = [{"match": name, "agent": name} for name in agents]
+    # the model names sip:sales@example.com itself: the route allows it (the transfer guard)
+    routes = [{"match": name, "agent": name, "transfer_allowed": ["sip:sales@example.com", "sip:operator@example.com"]}
+              for name in agents]
     g = start_gateway(gateway_config(port, agents=agents, routes=routes), tmp_path_factory.mktemp("gw-gemini"), port)
     yield g
     assert g.stop() == 0

@@ -42,7 +42,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, rt: RealtimeServer) -> Iterator
         "rt_renew": {**base, "renew_before_s": 4.0},
         "rt_expire": {**base, "renew_before_s": 0},
     }
-    routes = [{"match": n.replace("_", "-"), "agent": n} for n in agents]
+    routes = [{"match": n.replace("_", "-"), "agent": n, "transfer_allowed": ["sip:sales@example.com"]}
+              for n in agents]  # the model names this target itself: the route allows it (the transfer guard)
     port = free_port()
     g = start_gateway(gateway_config(port, agents=agents, routes=routes), tmp_path_factory.mktemp("gw-rt"), port)
     yield g

@@ -41,6 +41,8 @@ def test_a_call_with_barge_ins_transfer_and_a_backend_error(m: GatewayMetrics) -
     event("turn", call="c1", backend="cascaded", error="asr worker died")
     event("openai_realtime_connect_failed", call="c1", url="ws://x", attempt=1)
     event("call_rtp", call="c1", rx_loss_pct=1.5, tx_loss_pct=0.0, rx_jitter_ms=4.0, rtt_ms=None)
+    event("transfer_refused", call="c1", target="sip:+882@evil", reason="matches no transfer_allowed pattern")
+    event("dial_refused", number="+882", agent="bot", trunk=None, status=403, reason="not allowed")
     event("call_end", call="c1", agent="bot", reason="transfer:sip:op@example.com", tick_p99_ms=21.0)
     assert get(m, "voicegate_calls_active", route="/^4/", agent="bot") == 0
     assert get(m, "voicegate_calls_total", route="/^4/", agent="bot", result="transfer") == 1
@@ -52,6 +54,8 @@ def test_a_call_with_barge_ins_transfer_and_a_backend_error(m: GatewayMetrics) -
     assert get(m, "voicegate_backend_errors_total", agent="bot", kind="turn_error") == 1
     assert get(m, "voicegate_backend_errors_total", agent="bot", kind="openai_realtime_connect_failed") == 1
     assert get(m, "voicegate_media_tick_p99_seconds_bucket", le="0.021") == 1
+    assert get(m, "voicegate_transfers_refused_total", route="/^4/", agent="bot") == 1
+    assert get(m, "voicegate_dials_refused_total", status="403") == 1
     assert get(m, "voicegate_rtp_loss_ratio_bucket", direction="rx", le="0.01") == 0
     assert get(m, "voicegate_rtp_loss_ratio_bucket", direction="rx", le="0.02") == 1
     assert get(m, "voicegate_rtp_loss_ratio_bucket", direction="tx", le="0.0") == 1

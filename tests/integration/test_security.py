@@ -1,0 +1,282 @@
+"""Security and robustness on the wire, against one gateway with `sip.allow` and `sip.users`: a source ACL and digest
+credentials for calls from no trunk (sipp from 127.0.0.1 and 127.0.0.2), the transfer guard (a scripted transfer
+to a target its route does not allow: no REFER, the fallback is spoken), and malformed RTP sent to a live call's
+RTP port (tests/fuzz_rtp.py): that call and another one keep echoing, and the gateway does not crash or spin."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from media.g711 import ulaw_decode, ulaw_encode
+from tests.fuzz_rtp import blast
+from tests.integration.peers import (
+    Gateway,
+    ack,
+    free_port,
+    gateway_config,
+    invite,
+    rtp_range,
+    sipp,
+    start_gateway,
+)
+from tests.integration.test_trunks import BYE, PCMU, authenticated_call, call_with_headers, scenario
+
+PASSWORD = "alice-s3cret"
+CONTROL_TOKEN = "sec-control-token"
+FRAUD_TARGET = "sip:+882100123@127.0.0.1:9"
+BYE_RECEIVED = """  <recv request="BYE"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+"""
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    os.environ["VG_TEST_ALICE_PW"] = PASSWORD
+    port = free_port()
+    cfg = yaml.safe_load(gateway_config(port))
+    cfg["sip"].update(allow=["127.0.0.1/32"], users={"alice": {"password_env": "VG_TEST_ALICE_PW"}})
+    cfg["agents"] = {"echo": {"type": "echo"}, "fraud": {  # no speech engines to prepare: it starts in seconds
+        "type": "scripted", "voice": "en", "start": "a",
+        "nodes": {"a": [{"transfer": FRAUD_TARGET, "timeout_s": 5},
+                        {"say": "Sorry, that number is not allowed."}, {"hangup": "transfer_refused"}]},
+    }}
+    cfg["routes"] = [{"match": "fraud", "agent": "fraud", "transfer_allowed": ["/^sip:\\+4420\\d+@/"]},
+                     {"match": "echo", "agent": "echo"}]
+    os.environ.update(VG_TEST_SEC_CONTROL=CONTROL_TOKEN, VG_TEST_SEC_TRUNK_PW="unused")
+    cfg["control"] = {"listen": "127.0.0.1", "port": free_port(), "token_env": "VG_TEST_SEC_CONTROL"}
+    cfg["trunks"] = {"limited": {"registrar": f"sip:127.0.0.1:{free_port()}", "register": False, "username": "vg",
+                                 "password_env": "VG_TEST_SEC_TRUNK_PW", "allowed": [r"\+4930\d+"],
+                                 "max_calls_per_min": 1}}
+    g = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-security"), port)
+    yield g
+    assert g.stop() == 0, "\n".join(g.lines[-20:])
+
+
+def test_a_source_in_sip_allow_calls_without_credentials(gw: Gateway, workdir: Path):
+    (workdir / "s.xml").write_text(call_with_headers([]))
+    r = sipp(["-sf", "s.xml", "-s", "echo", "-mp", str(rtp_range(10)[0]), f"127.0.0.1:{gw.port}"], workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    inc = next(e for e in gw.events("call_incoming") if e["source"].startswith("127.0.0.1:"))
+    assert not inc["authenticated"] and gw.wait_event("call_end", 10, call=inc["call"])["agent"] == "echo"
+
+
+def test_a_source_outside_sip_allow_without_credentials_is_refused(gw: Gateway, workdir: Path):
+    (workdir / "s.xml").write_text(call_with_headers([], expect=401))
+    r = sipp(["-sf", "s.xml", "-s", "echo", "-i", "127.0.0.2", f"127.0.0.1:{gw.port}"], workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    ev = gw.wait_event("call_refused", 5, code=401, reason="127.0.0.2 sent no credentials (sip.users)")
+    assert ev["source"].startswith("127.0.0.2:")
+
+
+@pytest.mark.parametrize(("password", "expect"), [(PASSWORD, 200), ("guessed", 403)])
+def test_a_user_outside_sip_allow_is_admitted_by_digest_credentials(gw: Gateway, workdir: Path, password: str,
+                                                                     expect: int):
+    (workdir / "auth.xml").write_text(authenticated_call(expect))
+    r = sipp(["-sf", "auth.xml", "-s", "echo", "-i", "127.0.0.2", "-au", "alice", "-ap", password,
+              "-auth_uri", f"echo@127.0.0.1:{gw.port}", "-mp", str(rtp_range(10)[0]), f"127.0.0.1:{gw.port}",
+              "-trace_msg", "-message_file", "m.log"], workdir)
+    assert r.returncode == 0, (workdir / "m.log").read_text()[-3000:]
+    if expect == 200:
+        inc = gw.wait_event("call_incoming", 5, authenticated=True, user="alice")
+        assert inc["source"].startswith("127.0.0.2:")
+        assert gw.wait_event("call_end", 10, call=inc["call"])["agent"] == "echo"
+    else:
+        ev = gw.wait_event("call_refused", 5, code=403)
+        assert ev["reason"] == "127.0.0.2 failed digest authentication as user alice: wrong password"
+
+
+def test_a_transfer_its_route_does_not_allow_is_refused_and_the_fallback_spoken(gw: Gateway, workdir: Path):
+    # no REFER may reach the caller: sipp fails on any request but the BYE that ends the call
+    (workdir / "s.xml").write_text(scenario(f'{invite(PCMU)}  <recv response="200" rrs="true"/>\n{ack(200)}'
+                                            f'{BYE_RECEIVED}'))
+    r = sipp(["-sf", "s.xml", "-s", "fraud", "-mp", str(rtp_range(10)[0]), f"127.0.0.1:{gw.port}"], workdir,
+             timeout=30)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    refused = gw.wait_event("transfer_refused", 5, target=FRAUD_TARGET)
+    why = "sip:+882100123@127.0.0.1:9 matches no transfer_allowed pattern of the call's route"
+    assert refused["reason"] == why
+    said = [e["text"] for e in gw.events("agent_say") if e.get("call") == refused["call"]]
+    assert said == ["Sorry, that number is not allowed."]
+    assert not [e for e in gw.events("agent_transfer") if e.get("call") == refused["call"]]
+    end = gw.wait_event("call_end", 10, call=refused["call"])
+    assert end["reason"] == "transfer_refused"
+    assert end["transfers_refused"] == [{"target": FRAUD_TARGET, "reason": why}]
+    db = Path(gw.config).parent / "records" / "calls.db"
+    with sqlite3.connect(db) as con:
+        row = con.execute("select record from calls where call = ?", (refused["call"],)).fetchone()
+    assert json.loads(row[0])["transfers_refused"] == end["transfers_refused"]
+
+
+def test_a_trunk_places_at_most_max_calls_per_min(gw: Gateway):
+    control = yaml.safe_load(gw.config.read_text())["control"]
+
+    def dial(number: str) -> httpx.Response:  # what `voicegate dial` sends
+        return httpx.post(f"http://127.0.0.1:{control['port']}/calls", timeout=15,
+                          json={"number": number, "agent": "echo", "ring_s": 1},
+                          headers={"Authorization": f"Bearer {CONTROL_TOKEN}"})
+
+    first = dial("+4930555000")  # nobody answers at the trunk's address: it is cancelled after a second
+    assert first.status_code == 201, first.text
+    second = dial("+4930555001")
+    assert second.status_code == 429 and "trunks.limited.max_calls_per_min" in second.json()["error"], second.text
+    assert gw.wait_event("dial_refused", 5, number="+4930555001")["status"] == 429
+    assert [e["number"] for e in gw.events("call_outgoing")] == ["+4930555000"]
+
+
+class RtpPeer:
+    """The media side of a sipp call: sends a 1 kHz PCMU tone every 20 ms from its own socket and keeps the level
+    of each packet that comes back."""
+
+    TONE = ulaw_encode((8000 * np.sin(2 * math.pi * 1000 * np.arange(160) / 8000)).astype("<i2").tobytes())
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.ssrc = 0x5EC0A11
+        self.heard: list[tuple[float, float]] = []
+        self.remote: tuple[str, int] | None = None
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=f, daemon=True) for f in (self._send, self._recv)]
+
+    def start(self, remote: tuple[str, int]) -> None:
+        self.remote = remote
+        for t in self._threads:
+            t.start()
+
+    def _send(self) -> None:
+        seq, t0 = 0, time.monotonic()
+        while not self._stop.is_set():
+            head = bytes([0x80, 0]) + seq.to_bytes(2, "big") + (seq * 160).to_bytes(4, "big") + \
+                self.ssrc.to_bytes(4, "big")
+            assert self.remote is not None
+            self.sock.sendto(head + self.TONE, self.remote)
+            seq = (seq + 1) % 65536
+            time.sleep(max(0.0, t0 + seq * 0.02 - time.monotonic()))
+
+    def _recv(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, _ = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if len(data) == 172 and data[1] & 0x7F == 0:
+                pcm = np.frombuffer(ulaw_decode(data[12:]), dtype="<i2").astype(np.float64)
+                power = np.abs(np.fft.rfft(pcm)) ** 2
+                tone = power[20] / max(power.sum(), 1e-9)  # bin 20 of 160 samples at 8 kHz: 1 kHz
+                self.heard.append((time.monotonic(), float(np.sqrt(np.mean(pcm**2))) if tone > 0.8 else 0.0))
+
+    def echoes(self, since: float, packets: int = 25) -> bool:
+        """Whether `packets` packets of our tone (1 kHz holding most of the power, level above 1000) came back
+        since `since` (echoed noise does not count)."""
+        return sum(1 for t, level in list(self.heard) if t >= since and level > 1000) >= packets
+
+    def wait_echo(self, since: float, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.echoes(since):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(2)
+        self.sock.close()
+
+
+def _media_call(gw: Gateway, workdir: Path, name: str, peer: RtpPeer, hold_ms: int) -> subprocess.Popen[str]:
+    """A sipp call to echo whose SDP offers `peer`'s port; sipp writes the port of the gateway's SDP answer to
+    `name`.port (its logs are written at exit)."""
+    sdp = PCMU.replace("[media_ip]", "127.0.0.1").replace("[media_port]", str(peer.port))
+    answer = ('<action><ereg regexp=".*" search_in="hdr" header="To:" assign_to="to"/>'
+              '<ereg regexp="m=audio ([0-9]+)" search_in="body" check_it="true" assign_to="m,rtpport"/>'
+              f'<exec command="echo RTPPORT [$rtpport] > {name}.port"/></action>')
+    (workdir / f"{name}.xml").write_text(scenario(
+        f'{invite(sdp)}  <recv response="200" rrs="true">{answer}</recv>\n{ack(200)}'
+        f'  <pause milliseconds="{hold_ms}"/>\n{BYE}  <Reference variables="m"/>\n'))
+    return subprocess.Popen(["sipp", "-nostdin", "-m", "1", "-l", "1", "-sf", f"{name}.xml", "-s", "echo",
+                             "-p", str(free_port()),
+                             f"127.0.0.1:{gw.port}"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _answer_port(log: Path, timeout: float = 10.0) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        m = re.search(r"RTPPORT (\d+)", log.read_text() if log.exists() else "")
+        if m:
+            return int(m.group(1))
+        time.sleep(0.05)
+    raise AssertionError(f"sipp wrote no SDP answer port within {timeout} s")
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_malformed_rtp_leaves_the_call_and_another_one_echoing(gw: Gateway, workdir: Path):
+    fuzzed, other = RtpPeer(), RtpPeer()
+    calls = []
+    try:
+        for name, peer in (("fuzzed", fuzzed), ("other", other)):
+            calls.append(_media_call(gw, workdir, name, peer, hold_ms=9000))
+            peer.start(("127.0.0.1", _answer_port(workdir / f"{name}.port")))
+        t0 = time.monotonic()
+        assert fuzzed.wait_echo(t0, 8) and other.wait_echo(t0, 8), "no echo before the fuzzing"
+        rtp_port = fuzzed.remote[1]  # type: ignore[index]
+        sent = blast("127.0.0.1", rtp_port, 2000, 1000.0, seed=7, ssrc=fuzzed.ssrc, own=fuzzed.sock)
+        assert sent >= 1900  # only 65000-byte packets may not fit the socket
+        after = time.monotonic()
+        cpu0 = _cpu_s(gw.proc.pid)
+        assert fuzzed.wait_echo(after + 0.2, 4), "the fuzzed call stopped echoing"  # +0.2: the jitter buffer's
+        assert other.wait_echo(after + 0.2, 4), "the other call stopped echoing"
+        time.sleep(max(0.0, after + 1.0 - time.monotonic()))
+        busy = (_cpu_s(gw.proc.pid) - cpu0) / (time.monotonic() - after)
+        assert busy < 0.5, f"the gateway used {busy:.0%} of a core with two echo calls after the fuzzing"
+        for p in calls:
+            out, err = p.communicate(timeout=20)
+            assert p.returncode == 0, out[-2000:] + err[-2000:]
+    finally:
+        for p in calls:
+            if p.poll() is None:
+                p.kill()
+                p.wait(5)
+        fuzzed.close()
+        other.close()
+    assert gw.proc.poll() is None
+    ids = [f"1-{p.pid}@127.0.0.1" for p in calls]  # sipp's Call-ID: [call_number]-[pid]@[local_ip]
+    ends = [gw.wait_event("call_end", 10, call=i) for i in ids]
+    assert all(e["agent"] == "echo" and e["reason"] == "remote_200" for e in ends), ends
+    fuzzed_rx, other_rx = (gw.wait_event("call_rtp", 1, call=i)["rx_pkts"] for i in ids)
+    assert fuzzed_rx > other_rx + 300, (fuzzed_rx, other_rx)  # the fuzzed call's stream did take fuzz packets
