@@ -5,8 +5,9 @@ never touched:
 
     caller 192.168.77.2 ── 192.168.77.1 router 198.18.77.1 ── 198.18.77.2 server
 
-The router forwards and masquerades what leaves its WAN side (nftables, in the router's namespace) and, like a
-home router, lets in from the WAN only packets of connections the LAN opened. The server's default route points
+The router forwards and masquerades what leaves its WAN side (nftables, in the router's namespace) onto ports
+40000-40999, so neither the address nor the port a peer sees is the one the caller wrote in SIP and SDP, and, like
+a home router, lets in from the WAN only packets of connections the LAN opened. The server's default route points
 at the router, but the private 192.168.77.0/24 is unreachable from it except through those NAT mappings, so a
 peer that sends media to the address in a NATed caller's SDP loses it. `ip netns del` removes everything.
 """
@@ -27,7 +28,10 @@ SERVER_IP = "198.18.77.2"
 
 _RULES = """
 table ip vgnat {
-  chain postrouting { type nat hook postrouting priority srcnat; policy accept; oifname "wan" masquerade; }
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "wan" meta l4proto { tcp, udp } masquerade to :40000-40999
+  }
   chain forward {
     type filter hook forward priority filter; policy drop;
     iifname "lan" oifname "wan" accept

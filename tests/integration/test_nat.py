@@ -1,6 +1,7 @@
 """A caller behind a masquerading router (tests/integration/netns.py) calls the echo agent.
 
-The caller's SDP names its private address, which the gateway cannot reach: audio flows back only because
+The router maps the caller's ports too, so SIP responses reach it only through its Via's `rport` (RFC 3581).
+The caller's SDP names its private address and port, which the gateway cannot reach: audio flows back only because
 pjmedia sends RTP to where the caller's RTP really comes from (symmetric RTP). pjmedia 2.15 switches to a new
 source address on its first packet when nothing came from the SDP's address before and the SDP has no `a=ssrc`
 (stream_common.c, `on_rx_rtp`); after media from the SDP's address it waits for PJMEDIA_RTP_NAT_PROBATION_CNT
@@ -35,12 +36,12 @@ a=rtpmap:8 PCMA/8000
 """
 SCENARIO = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="echo call from behind NAT">
-{invite(SDP)}  <recv response="200" rtd="true"/>
+{invite(SDP).replace(";branch=", ";rport;branch=", 1)}  <recv response="200" rtd="true"/>
 {ack(200)}  <nop><action><exec play_pcap_audio="pcap/g711a.pcap"/></action></nop>
   <pause milliseconds="2500"/>
   <send retrans="500"><![CDATA[
 BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
 [last_From:]
 [last_To:]
 Call-ID: [call_id]
@@ -88,7 +89,8 @@ def test_caller_behind_nat_hears_itself_from_the_first_packets(lab: NatLab, serv
     assert r.returncode == 0, f"sipp failed:\n{r.stdout[-1500:]}\n{r.stderr[-1500:]}"
 
     incoming = server.wait_event("call_incoming", 5)
-    assert incoming["source"].startswith(ROUTER_WAN_IP), f"the call did not come through the NAT: {incoming}"
+    host, port = incoming["source"].rsplit(":", 1)
+    assert host == ROUTER_WAN_IP and 40000 <= int(port) <= 40999, f"the call did not come through the NAT: {incoming}"
     sent = [p for p in packets if p.src == (CALLER_IP, MEDIA_PORT)]
     heard = [p for p in packets if p.dst == (CALLER_IP, MEDIA_PORT)]
     assert sent, "the caller sent no RTP"
