@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from telephony.config import parse_config
 from telephony.keepalive import Keepalive
 from telephony.trunk_status import status_table
+from tests.unit.test_trunks import _cfg, _issues
 
 
 def test_pings_go_every_interval_one_at_a_time():
@@ -47,3 +49,10 @@ def test_status_table_shows_keepalives_only_where_a_trunk_pings():
     assert lines[1].endswith("up 3 ms") and lines[2].endswith("down 408") and lines[3].endswith("-")
     del doc["trunks"][0]["keepalive"], doc["trunks"][1]["keepalive"]
     assert "keepalive" not in status_table(doc, ["a"], now=1000.0)[0]
+
+
+def test_a_keepalive_below_a_second_is_named_with_its_line(monkeypatch):
+    text = _cfg(monkeypatch).replace("    transport: udp\n", "    transport: udp\n    keepalive_s: 0.2\n")
+    assert any(i.startswith("vg.yaml:") and "keepalive_s" in i and "greater than or equal to 1" in i
+               for i in _issues(text)), _issues(text)
+    assert parse_config(text.replace("0.2", "15"), "vg.yaml").trunks["carrier"].keepalive_s == 15
