@@ -63,6 +63,8 @@ class SipCall(pj.Call):  # type: ignore[misc]
         """When our 2xx went out (the caller's ACK confirms the call)."""
         self.dialog: tuple[str, str, str] | None = None
         """Call-ID, local tag, remote tag, from our 2xx: what pjsip finds the dialog by (telephony/admission.py)."""
+        self.nat_route: str | None = None
+        """A Route to where the INVITE came from, for a caller behind NAT (telephony/nat.py)."""
         self.disconnected = False
         self._on_released = on_released
         self._rx_pkts = 0

@@ -347,6 +347,9 @@ class TrunkConfig(_Strict):
     retry_min_s: float = Field(2.0, gt=0, le=3600)
     """Wait after the first failed registration; doubles with each failure up to `retry_max_s`."""
     retry_max_s: float = Field(300.0, gt=0, le=86400)
+    keepalive_s: float | None = Field(None, ge=1, le=3600)
+    """Send the registrar an OPTIONS this often and report whether it answers (`trunk_keepalive` events,
+    `voicegate trunks`); none: no pings (pjsua still sends UDP registrations its CRLF keepalive)."""
     routes: list[RouteConfig] = []
     """Called numbers (DIDs) of this trunk to agents, before the global `routes`."""
     allow: list[str] = []

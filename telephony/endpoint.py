@@ -29,6 +29,7 @@ from telephony.errors import PjsuaBuildError, SipStartError
 from telephony.inbound import Invite, admit
 from telephony.logs import event, event_at
 from telephony.media_port import PortPool, check_frame_layout
+from telephony.nat import DialogRoutes, nat_route
 from telephony.outbound import DialRefusedError
 from telephony.sip_headers import call_metadata, original_called, request_parts
 from telephony.sip_trace import MESSAGE_LEVEL, SipTrace
@@ -121,6 +122,7 @@ class SipStack:
         self.draining = False
         """Set when the gateway drains: new INVITEs and OPTIONS get 503 (telephony/admission.py)."""
         self.gate: SipGate | None = None
+        self._routes: DialogRoutes | None = None
         self.every(0.25, self._trunk_tick)  # trunks may come with a reloaded config
 
     # -- lifecycle ----------------------------------------------------------------------------------------
@@ -227,6 +229,7 @@ class SipStack:
         self.gate = SipGate(pj._pjsua2.__file__, self.max_calls, lambda: self.draining, int(full.reply),
                             full.retry_after_s)
         self.gate.install()
+        self._routes = DialogRoutes(pj._pjsua2.__file__)
 
         for kind in cfg.sip.transports:
             tc = pj.TransportConfig()
@@ -296,6 +299,7 @@ class SipStack:
                     Invite(*request_parts(message)), time.time(), self.trunks.secret, self.config.sip)
         call.trunk = adm.trunk
         call.sip_headers = call_metadata(message)
+        call.nat_route = nat_route(message, call.source)
         event("call_incoming", call=call.call_id, called=called, caller=caller, source=call.source, trunk=adm.trunk,
               authenticated=adm.authenticated, user=adm.user, original_called=original_called(call.sip_headers),
               sip_headers=call.sip_headers)
@@ -360,6 +364,15 @@ class SipStack:
             call.answer(op)
         except pj.Error as e:
             event("sip_answer_error", call=call.call_id, code=code, error=e.info())
+            return
+        if 200 <= code < 300 and call.nat_route:
+            self._route_to_source(call)
+
+    def _route_to_source(self, call: SipCall) -> None:
+        """Send the call's in-dialog requests to where its INVITE came from (the caller is behind NAT)."""
+        done = (call.dialog is not None and self._routes is not None
+                and self._routes.set_route(*call.dialog, call.nat_route or ""))
+        event("call_nat", call=call.call_id, source=call.source, route=call.nat_route, applied=done)
 
     def release_unacked(self, key: int) -> None:
         """End a call whose 2xx got no ACK at once: a BYE would wait for the ACK (RFC 3261 15) and the call slot
@@ -425,4 +438,5 @@ class SipStack:
             self.ep.libDestroy()
         self.ep = None
         self.gate = None  # pjsip held its module until libDestroy
+        self._routes = None
         gc.collect()

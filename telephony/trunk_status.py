@@ -31,11 +31,17 @@ def _in(t: float | None, now: float) -> str:
     return "-" if t is None else f"{t - now:.0f} s"
 
 
+def _keepalive(ka: dict[str, Any] | None, running: bool) -> str:
+    if not ka or not running or ka["state"] == "unknown":
+        return "-"
+    return f"up {ka['rtt_ms']:.0f} ms" if ka["state"] == "up" else f"down {ka['code']}"
+
+
 def status_table(doc: dict[str, Any], configured: list[str], now: float | None = None) -> list[str]:
     """Lines for a terminal: one per trunk, then where the state comes from."""
     now = time.time() if now is None else now
     running = bool(doc.get("running"))
-    rows = [("trunk", "state", "last response", "expires in", "retry in", "refreshes")]
+    rows: list[tuple[str, ...]] = [("trunk", "state", "last response", "expires in", "retry in", "refreshes")]
     seen = set()
     for t in doc["trunks"]:
         seen.add(t["trunk"])
@@ -43,6 +49,9 @@ def status_table(doc: dict[str, Any], configured: list[str], now: float | None =
                      _in(t.get("expires_at") if running else None, now),
                      _in(t.get("next_retry") if running else None, now), str(t.get("refreshes", 0))))
     rows += [(name, "not in status file", "-", "-", "-", "-") for name in configured if name not in seen]
+    if any("keepalive" in t for t in doc["trunks"]):  # the column only where some trunk pings
+        kas = {t["trunk"]: _keepalive(t.get("keepalive"), running) for t in doc["trunks"]}
+        rows = [(*r, "keepalive" if i == 0 else kas.get(r[0], "-")) for i, r in enumerate(rows)]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     age = now - float(doc.get("updated", now))

@@ -21,6 +21,7 @@ import pjsua2 as pj
 
 from telephony.config import Config, TrunkConfig
 from telephony.digest import nonce_key
+from telephony.keepalive import Keepalive, OptionsPinger
 from telephony.logs import event
 from telephony.registration import Registration
 from telephony.reload import trunk_changes
@@ -121,6 +122,11 @@ class TrunkSet:
         self.callers: dict[str, TrunkAccount] = {}
         """The account each trunk that may place calls (`allowed`) places them from."""
         self._retired: list[TrunkAccount] = []
+        self.keepalives: dict[str, Keepalive] = {}
+        self._pings: dict[int, tuple[str, Keepalive]] = {}
+        """Pings under way by token: a trunk replaced meanwhile keeps its old Keepalive, whose result is dropped."""
+        self._token = 0
+        self._pinger: OptionsPinger | None = None
         self._base: Callable[[], Any] = lambda: None
         self._incoming: Callable[[Any, Any], None] = lambda account, prm: None
 
@@ -128,6 +134,7 @@ class TrunkSet:
         """Create one account per trunk (pjsua thread, after libStart); `base()` gives a fresh AccountConfig with
         the gateway's media settings."""
         self._base, self._incoming = base, incoming
+        self._pinger = OptionsPinger(pj._pjsua2.__file__, self._pinged)
         for name, t in self.config.trunks.items():
             self._add(name, t)
         self.write(running=True)
@@ -145,6 +152,8 @@ class TrunkSet:
             self.callers[name] = caller
         elif t.allowed:
             self.callers[name] = acc
+        if t.keepalive_s is not None:
+            self.keepalives[name] = Keepalive(name, t.keepalive_s)
         event("trunk_added", trunk=name, registrar=t.registrar, username=t.username, transport=t.transport,
               srtp=t.srtp, expiry_s=t.expiry_s, register=t.registers, sources=[str(n) for n in self.sources[name]])
 
@@ -163,6 +172,7 @@ class TrunkSet:
                 self._retired.append(acc)
             self.regs.pop(name, None)
             self.sources.pop(name, None)
+            self.keepalives.pop(name, None)
             event("trunk_removed", trunk=name, replaced=name in made)
         for name in made:
             t = config.trunks[name]
@@ -201,6 +211,22 @@ class TrunkSet:
                 acc.setRegistration(True)
             except pj.Error as e:  # e.g. a REGISTER still in progress: counts as a failure, so backoff grows
                 self.on_result(name, 500, f"cannot re-register: {e.info()}", 0)
+        for name, ka in self.keepalives.items():
+            if name in self.accounts and self._pinger is not None and ka.due(now):
+                self._token += 1
+                self._pings[self._token] = (name, ka)
+                status = self._pinger.send(self.accounts[name].getId(), registrar_uri(self.config.trunks[name]),
+                                           self._token, ka.timeout_s)
+                if status != 0:  # pjsip did not send it: no callback follows
+                    self._pinged(self._token, 503, False)
+
+    def _pinged(self, token: int, code: int, answered: bool) -> None:
+        name, ka = self._pings.pop(token, ("", None))
+        if ka is None or self.keepalives.get(name) is not ka:
+            return
+        for ev in ka.result(time.monotonic(), code, answered):
+            event("trunk_keepalive", **ev)
+            self.write(running=True)
 
     def trunk_of(self, account: Any) -> str:
         return str(getattr(account, "trunk", ""))
@@ -224,8 +250,11 @@ class TrunkSet:
     def write(self, running: bool) -> None:
         """Replace the status file atomically; a write error is logged, never fatal."""
         now, wall = time.monotonic(), time.time()
-        doc = {"updated": round(wall, 3), "pid": os.getpid(), "running": running,
-               "trunks": [r.status(now, wall) for r in self.regs.values()]}
+        trunks = [r.status(now, wall) for r in self.regs.values()]
+        for t in trunks:
+            if (ka := self.keepalives.get(t["trunk"])) is not None:
+                t["keepalive"] = ka.status()
+        doc = {"updated": round(wall, 3), "pid": os.getpid(), "running": running, "trunks": trunks}
         tmp = self.status_path.with_name(f".{self.status_path.name}.{os.getpid()}")
         try:
             self.status_path.parent.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,11 @@ request_route {{
         xlog("L_NOTICE", "KAM registered $tU contact=$ct expires=$hdr(Expires)\\n");
         exit;
     }}
+    if (is_method("OPTIONS") && !has_totag()) {{
+        xlog("L_NOTICE", "KAM options from $fU\\n");
+        sl_send_reply("200", "OK");
+        exit;
+    }}
     if (is_method("INVITE") && !has_totag()) {{
         $ru = "sip:{user}@{realm}";
         if (!lookup("location")) {{

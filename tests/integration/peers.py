@@ -135,12 +135,13 @@ class Gateway:
             raise AssertionError(f"voicegate did not stop within {timeout:.0f} s of SIGTERM") from None
 
 
-def spawn_gateway(config_text: str, tmp: Path, port: int, *serve_args: str) -> Gateway:
-    """`voicegate serve` on `config_text` (written into `tmp`), its log lines collected in `Gateway.lines`."""
+def spawn_gateway(config_text: str, tmp: Path, port: int, *serve_args: str, prefix: Sequence[str] = ()) -> Gateway:
+    """`voicegate serve` on `config_text` (written into `tmp`), its log lines collected in `Gateway.lines`;
+    `prefix` runs it through another command (such as `ip netns exec NS`)."""
     cfg = tmp / "voicegate.yaml"
     cfg.write_text(config_text)
     proc = subprocess.Popen(
-        [str(VENV_BIN / "voicegate"), "serve", "--config", str(cfg), *serve_args],
+        [*prefix, str(VENV_BIN / "voicegate"), "serve", "--config", str(cfg), *serve_args],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp,
     )
     gw = Gateway(proc, port, cfg)
@@ -154,8 +155,9 @@ def spawn_gateway(config_text: str, tmp: Path, port: int, *serve_args: str) -> G
     return gw
 
 
-def start_gateway(config_text: str, tmp: Path, port: int, ready_timeout: float = 90.0) -> Gateway:
-    gw = spawn_gateway(config_text, tmp, port)
+def start_gateway(config_text: str, tmp: Path, port: int, ready_timeout: float = 90.0,
+                  prefix: Sequence[str] = ()) -> Gateway:
+    gw = spawn_gateway(config_text, tmp, port, prefix=prefix)
     try:
         gw.wait_event("gateway_ready", ready_timeout)
     except AssertionError:

@@ -186,7 +186,7 @@ def trunk_gw(carrier: Kamailio, silent: SilentRegistrar, tmp_path_factory: pytes
     registrar = f"sip:127.0.0.1:{carrier.port}"
     trunks = {
         "main": {"registrar": registrar, "username": "vgtrunk", "password_env": "VG_TEST_TRUNK_PW",
-                 "realm": REALM, "expiry_s": 10, "routes": [{"match": DID, "agent": "echo"}]},
+                 "realm": REALM, "expiry_s": 10, "keepalive_s": 1, "routes": [{"match": DID, "agent": "echo"}]},
         "bad": {"registrar": registrar, "username": "badtrunk", "password_env": "VG_TEST_BAD_PW",
                 "retry_min_s": 1, "retry_max_s": 60},
         "dead": {"registrar": f"sip:127.0.0.1:{free_port()}", "transport": "tcp", "username": "x",
@@ -196,6 +196,8 @@ def trunk_gw(carrier: Kamailio, silent: SilentRegistrar, tmp_path_factory: pytes
         "proxied": {"registrar": "sip:127.0.0.3:9", "outbound_proxy": f"sip:127.0.0.1:{carrier.port}",
                     "username": "vgproxy", "password_env": "VG_TEST_TRUNK_PW", "realm": REALM,
                     "inbound_auth": True, "routes": [{"match": AUTH_DID, "agent": "echo"}]},
+        "unreachable": {"registrar": f"sip:127.0.0.1:{free_port()}", "register": False, "username": "z",
+                        "password_env": "VG_TEST_BAD_PW", "keepalive_s": 1},
         "secure": {"registrar": registrar, "register": False, "username": "vgsecure", "srtp": "mandatory",
                    "password_env": "VG_TEST_BAD_PW", "routes": [{"match": "*", "agent": "echo"}]},
     }
@@ -273,6 +275,21 @@ def test_a_registrar_that_never_answers_gets_retransmissions_only(trunk_gw: Gate
     # one REGISTER transaction, retransmitted by pjsip's timers (0, 0.5, 1.5, 3.5 s ...), nothing else
     assert len({c for _, c in early}) == 1 and 3 <= len(early) <= 5, silent.packets
     assert not any(e["state"] == "registered" for e in states(trunk_gw, "silent"))
+
+
+def test_options_keepalives_reach_the_registrar_and_an_unreachable_one_is_reported(trunk_gw: Gateway,
+                                                                                  carrier: Kamailio):
+    up = trunk_gw.wait_event("trunk_keepalive", 10, trunk="main", state="up")
+    assert up["code"] == 200 and up["rtt_ms"] < 1000, up
+    seen = len(carrier.wait_log("options from vgtrunk", 10, count=3))
+    elapsed = time.time() - up["ts"] + 1  # the first ping went about when its answer came
+    assert seen <= elapsed + 2, f"{seen} OPTIONS in {elapsed:.1f} s at keepalive_s 1"
+    down = trunk_gw.wait_event("trunk_keepalive", 10, trunk="unreachable", state="down")
+    assert down["code"] == 408 and down["answered"] == 0, down
+    out = subprocess.run([str(VENV_BIN / "voicegate"), "trunks", "--config", str(trunk_gw.config)],
+                         capture_output=True, text=True, timeout=30)
+    rows = {ln.split()[0]: ln for ln in out.stdout.splitlines()}
+    assert " ms" in rows["main"].split("up ")[-1] and rows["unreachable"].endswith("down 408"), out.stdout
 
 
 def test_kamailio_routes_a_did_call_to_the_trunks_agent(trunk_gw: Gateway, carrier: Kamailio):
