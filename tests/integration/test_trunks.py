@@ -9,12 +9,14 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from telephony.simulator.measure import echo_lag
 from tests import audio
@@ -164,6 +166,10 @@ class SilentRegistrar:
         self.sock.close()
 
 
+METRICS_PORT: dict[int, int] = {}
+"""The metrics port of the trunk gateway, by its SIP port."""
+
+
 @pytest.fixture(scope="module")
 def carrier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
     k = Kamailio(free_port(), tmp_path_factory.mktemp("kamailio"), PASSWORD, "vgtrunk")
@@ -200,7 +206,8 @@ def trunk_gw(carrier: Kamailio, silent: SilentRegistrar, tmp_path_factory: pytes
                    "password_env": "VG_TEST_BAD_PW", "routes": [{"match": "*", "agent": "echo"}]},
     }
     port = free_port()
-    cfg = yaml.safe_load(gateway_config(port, trunks=trunks))
+    METRICS_PORT[port] = free_port()
+    cfg = yaml.safe_load(gateway_config(port, trunks=trunks, metrics={"enabled": True, "port": METRICS_PORT[port]}))
     cfg["agents"]["handoff"] = {
         "type": "scripted", "voice": "en", "start": "a",
         "nodes": {"a": [{"say": "Connecting you, customer {X-Customer-Id}."},
@@ -234,6 +241,30 @@ def test_registers_after_a_digest_challenge_and_reports_it(trunk_gw: Gateway, ca
     assert out.returncode == 0, out.stderr
     row = next(ln for ln in out.stdout.splitlines() if ln.startswith("main "))
     assert "registered" in row and "200 OK" in row, out.stdout
+
+
+def trunk_metrics(gw: Gateway) -> dict[tuple[str, str, str], float]:
+    """The scraped trunk gauges, as (metric, trunk, state) -> value (state "" for the per-trunk ones)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT[gw.port]}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {(s.name, s.labels["trunk"], s.labels.get("state", "")): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.name.startswith("voicegate_trunk")}
+
+
+def test_registration_states_are_on_the_metrics_endpoint(trunk_gw: Gateway):
+    trunk_gw.wait_event("trunk_state", 10, trunk="main", state="registered")
+    trunk_gw.wait_event("trunk_state", 15, trunk="bad", state="failed", failures=2)
+    m = trunk_metrics(trunk_gw)
+    assert m[("voicegate_trunk_registration", "main", "registered")] == 1
+    assert m[("voicegate_trunk_registration", "main", "failed")] == 0
+    assert m[("voicegate_trunk_last_status_code", "main", "")] == 200
+    # the wrong password: failed, backing off (a retry is not a state change until its answer), 401 from Kamailio
+    assert m[("voicegate_trunk_registration", "bad", "failed")] == 1
+    assert m[("voicegate_trunk_registration", "bad", "registered")] == 0
+    assert m[("voicegate_trunk_last_status_code", "bad", "")] == 401
+    assert m[("voicegate_trunk_failures", "bad", "")] >= 2
+    assert ("voicegate_trunk_registration", "secure", "registered") not in m  # register: false
 
 
 def test_register_goes_through_the_outbound_proxy(trunk_gw: Gateway, carrier: Kamailio):
