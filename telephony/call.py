@@ -17,7 +17,7 @@ from media.pipeline import CallMedia
 from telephony.admission import dialog_ids
 from telephony.logs import event
 from telephony.media_port import CallMediaPort, PortPool
-from telephony.rtp_stats import summarize
+from telephony.rtp_stats import summarize, with_quality
 from telephony.sdp import prefer_codec
 
 
@@ -133,7 +133,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
 
     def onStreamDestroyed(self, prm: Any) -> None:  # noqa: N802 (before DISCONNECTED: the stream still counts)
         try:
-            self.rtp = summarize(self.getStreamStat(int(prm.streamIdx)))
+            self.rtp = with_quality(summarize(self.getStreamStat(int(prm.streamIdx))), self.codec)
             event("call_rtp", call=self.call_id, **self.rtp)
         except Exception as e:
             event("sip_callback_error", call=self.call_id, where="onStreamDestroyed", error=repr(e))
