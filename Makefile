@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PKGS := sip-tester baresip espeak-ng sox asterisk-core-sounds-en-wav kamailio chromium
+APT_PKGS := sip-tester baresip espeak-ng sox asterisk-core-sounds-en-wav kamailio chromium tcpdump
 CONFIG ?= voicegate.yaml
 
 .PHONY: deps run test lint unit integration bench bench-extra soak clean

@@ -69,6 +69,8 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self._rx_changed = time.monotonic()
         self.rtp: dict[str, Any] = {}
         """RTP/RTCP figures of the audio stream, taken as it ends (telephony.rtp_stats)."""
+        self.rtp_local = ""
+        """The audio stream's local RTP address (`host:port`), once the media is up."""
 
     # -- pjsua callbacks ----------------------------------------------------------------------------------
     def onCallState(self, prm: Any) -> None:  # noqa: N802
@@ -145,6 +147,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
         aud = self.getAudioMedia(index)
         if self.port is None:
             self.port = self._ports.acquire(self.media, self.call_id)
+            self.rtp_local = str(self.getMedTransportInfo(index).localRtpName)
             if self.listener:
                 self.listener.on_media_ready(self)
         # a re-INVITE can give the stream a new conference slot: (re)connect both directions
