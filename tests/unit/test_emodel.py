@@ -36,9 +36,12 @@ def test_line_quality_maps_a_calls_rtp_figures():
 
 
 def test_a_call_record_rates_the_worse_direction():
-    rtp = {"rx_loss_pct": 0.5, "tx_loss_pct": 5.0, "rtt_ms": None, "jbuf_delay_ms": 0, "rx_jitter_ms": 1.0}
+    rtp = {"rx_pkts": 199, "rx_loss_pct": 0.5, "tx_loss_pct": 5.0, "rtt_ms": None, "jbuf_delay_ms": 0,
+           "rx_jitter_ms": 1.0}
     q = with_quality(rtp, "PCMU/8000")  # 5 %: Ie,eff = 95 * 5 / 30.1 = 15.78
     assert q["r_factor"] == 77.4 and q["mos"] == round(mos(77.4), 2) and q["rx_jitter_ms"] == 1.0
     # 0.5 %: Ie,eff = 95 * 0.5 / 25.6 = 1.86
     assert with_quality({**rtp, "tx_loss_pct": 0.0}, "PCMU/8000")["r_factor"] == 91.3
     assert with_quality(rtp, "")["mos"] is None  # no media negotiated
+    silent = with_quality({**rtp, "rx_pkts": 0, "rx_loss_pct": 0.0}, "PCMU/8000")  # a far end that sent no RTP
+    assert (silent["delay_ms"], silent["r_factor"], silent["mos"]) == (None, None, None)
