@@ -587,7 +587,7 @@ class Gateway:
         sip = self.config.sip
         try:
             return await asyncio.to_thread(leg.pcap.finish, sip.listen, sip.port)
-        except (PcapError, OSError) as e:
+        except (PcapError, OSError, ValueError) as e:  # ValueError: an address in the trace that is not an IP
             event("pcap_error", call=leg.call_id, error=str(e))
             return {}
 

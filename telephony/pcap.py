@@ -123,9 +123,10 @@ def read_capture(path: Path) -> list[Packet]:
 
 
 def merge(out: Path, packets: list[Packet]) -> int:
-    """Write `packets` in time order to `out` as a pcap of Ethernet frames; returns how many."""
+    """Write `packets` in time order to `out` (mode 0640: it holds the call's audio) as a pcap of Ethernet frames;
+    returns how many."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("wb") as f:
+    with os.fdopen(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640), "wb") as f:
         w = dpkt.pcap.Writer(f, linktype=dpkt.pcap.DLT_EN10MB)
         for ts, ip in sorted(packets, key=lambda p: p[0]):
             kind = dpkt.ethernet.ETH_TYPE_IP if ip[0] >> 4 == 4 else dpkt.ethernet.ETH_TYPE_IP6
@@ -149,9 +150,12 @@ class RtpCapture:
             raise PcapError("tcpdump is not installed (Debian package tcpdump): no RTP capture")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         bpf = "udp and (" + " or ".join(f"port {p}" for p in self.ports) + ")"
-        self._proc = subprocess.Popen([exe, "-i", "any", "-n", "-U", "--immediate-mode", "-s", "0", "-w",
-                                       str(self.path), bpf], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE)
+        try:
+            self._proc = subprocess.Popen([exe, "-i", "any", "-n", "-U", "--immediate-mode", "-s", "0", "-w",
+                                           str(self.path), bpf], stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except OSError as e:
+            raise PcapError(f"cannot run {exe}: {e.strerror or e}") from None
         assert self._proc.stderr is not None
         fd = self._proc.stderr.fileno()
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import re
+import socket
+import stat
+import time
 from pathlib import Path
 
 import dpkt
@@ -46,6 +49,7 @@ def test_a_call_pcap_holds_its_sip_and_rtp_in_time_order(tmp_path: Path):
     pcap.local_ip = "127.0.0.1"
     assert pcap.finish("0.0.0.0", 5060) == {"pcap": str(tmp_path / "pcap/abc@host.pcap"), "pcap_sip": 1,
                                             "pcap_rtp": 0}
+    assert stat.S_IMODE((tmp_path / "pcap/abc@host.pcap").stat().st_mode) == 0o640  # the call's audio
     [(ts, frame)] = list(dpkt.pcap.Reader((tmp_path / "pcap/abc@host.pcap").open("rb")))
     ip = dpkt.ethernet.Ethernet(frame).data
     assert (ip.src, ip.dst, ip.data.sport, ip.data.dport) == (bytes([127, 0, 0, 1]),) * 2 + (40192, 5060)
@@ -70,3 +74,30 @@ def test_capture_files_that_are_not_pcaps_and_addresses(tmp_path: Path):
         read_capture(tmp_path / "x.pcap")
     assert split_address("[::1]:4000") == ("::1", 4000) and split_address("10.0.0.1:20000") == ("10.0.0.1", 20000)
     assert RtpCapture(tmp_path / "never.pcap", (4000, 4001)).stop() == []  # never started: nothing, no error
+
+
+def test_tcpdump_captures_the_ports_udp_and_says_why_it_cannot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    port = rx.getsockname()[1]
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    capture = RtpCapture(tmp_path / "rtp.tmp", (port, port + 1))
+    capture.start()
+    try:
+        tx.sendto(b"other port", ("127.0.0.1", port + 2))
+        for i in range(3):
+            tx.sendto(bytes([0x80, 0, 0, i]) + b"\0" * 168, ("127.0.0.1", port))
+        deadline = time.monotonic() + 5  # tcpdump writes each packet as it takes it (-U); SIGINT drops the rest
+        while (tmp_path / "rtp.tmp").stat().st_size < 24 + 3 * (16 + 172) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        packets = capture.stop()
+        rx.close()
+        tx.close()
+    assert [dpkt.ip.IP(p).data.data[3] for _, p in packets] == [0, 1, 2] and not (tmp_path / "rtp.tmp").exists()
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(PcapError, match="tcpdump did not start capturing: .*adir"):
+        RtpCapture(tmp_path / "adir", (port,)).start()
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(PcapError, match="tcpdump is not installed"):
+        RtpCapture(tmp_path / "x.tmp", (port,)).start()
