@@ -543,7 +543,6 @@ class Gateway:
             self.records.write(call_record(end, leg.wall, s.caller, s.called, self.config.agents[leg.agent].type,
                                            rec.usage.usage, self.config.prices))
 
-
     # -- pcap on demand (telephony/pcap.py) ----------------------------------------------------------------
     async def capture(self, call_id: str) -> str:
         """Write a live call's SIP and RTP to a pcap at its end (loop thread; the control endpoint's request);

@@ -147,7 +147,10 @@ class SipCall(pj.Call):  # type: ignore[misc]
         aud = self.getAudioMedia(index)
         if self.port is None:
             self.port = self._ports.acquire(self.media, self.call_id)
-            self.rtp_local = str(self.getMedTransportInfo(index).localRtpName)
+            try:
+                self.rtp_local = str(self.getMedTransportInfo(index).localRtpName)
+            except pj.Error as e:  # no address: no pcap of this call's RTP; the call goes on
+                event("sip_callback_error", call=self.call_id, where="getMedTransportInfo", error=str(e.info()))
             if self.listener:
                 self.listener.on_media_ready(self)
         # a re-INVITE can give the stream a new conference slot: (re)connect both directions
