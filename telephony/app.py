@@ -559,7 +559,7 @@ class Gateway:
     def _want_pcap(self, leg: Leg) -> CallPcap:
         if leg.pcap is None:
             trace = trace_path(self.config.records.sip_trace_path, leg.call_id)
-            leg.pcap = CallPcap(leg.call_id, Path(self.config.records.pcap_path), trace)
+            leg.pcap = CallPcap(Path(self.config.records.pcap_path), trace)
             event("pcap_requested", call=leg.call_id, path=str(leg.pcap.path))
         return leg.pcap
 

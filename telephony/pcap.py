@@ -7,10 +7,11 @@ Two sources, because pjsua2 hands Python no packets (pjmedia's pcap support only
   datagram between that address and the gateway's (a message that went over TCP or TLS is written as its clear
   text in one datagram: the file shows the dialog, not the transport).
 - RTP and RTCP from `tcpdump` (Debian), started once the call's media is up and filtered on the call's local RTP
-  and RTCP ports; it needs the right to capture (root or CAP_NET_RAW). Packets before it listens are not in the
-  file.
+  and RTCP ports; it needs the right to capture (root or CAP_NET_RAW), as a raw socket of our own would, without
+  hand-written capture code. Packets before it listens, or not yet taken when SIGINT stops it, are not in the file.
 
-dpkt writes the merged file (Ethernet frames with zero addresses, time order). `parse_trace` and `merge` are pure.
+dpkt writes the merged file (Ethernet frames with zero addresses, time order). `parse_trace` and `sip_packets` are
+pure.
 """
 
 from __future__ import annotations
@@ -122,16 +123,15 @@ def read_capture(path: Path) -> list[Packet]:
     return out
 
 
-def merge(out: Path, packets: list[Packet]) -> int:
-    """Write `packets` in time order to `out` (mode 0640: it holds the call's audio) as a pcap of Ethernet frames;
-    returns how many."""
+def merge(out: Path, packets: list[Packet]) -> None:
+    """Write `packets` in time order to `out` (mode 0640: it holds the call's audio) as a pcap of Ethernet
+    frames."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with os.fdopen(os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640), "wb") as f:
         w = dpkt.pcap.Writer(f, linktype=dpkt.pcap.DLT_EN10MB)
         for ts, ip in sorted(packets, key=lambda p: p[0]):
             kind = dpkt.ethernet.ETH_TYPE_IP if ip[0] >> 4 == 4 else dpkt.ethernet.ETH_TYPE_IP6
             w.writepkt(bytes(dpkt.ethernet.Ethernet(src=b"\0" * 6, dst=b"\0" * 6, type=kind, data=ip)), ts)
-    return len(packets)
 
 
 class RtpCapture:
@@ -204,10 +204,10 @@ class CallPcap:
     """One call's pcap: `start` captures its RTP once the media is up, `finish` writes the file at its end (both
     block: run them off the loop)."""
 
-    def __init__(self, call_id: str, folder: Path, trace: Path) -> None:
+    def __init__(self, folder: Path, trace: Path) -> None:
         self.path = folder / f"{trace.stem}.pcap"
+        """Named as the call's SIP trace file: the Call-ID, made safe for a file name."""
         self.trace = trace
-        self.call_id = call_id
         self.capture: RtpCapture | None = None
         self.local_ip = ""
 

@@ -45,7 +45,7 @@ def test_a_trace_comes_back_as_whole_messages(tmp_path: Path):
 def test_a_call_pcap_holds_its_sip_and_rtp_in_time_order(tmp_path: Path):
     trace = SipTrace(tmp_path / "sip")
     trace.write(logged("RX", INVITE, "127.0.0.1:40192"))
-    pcap = CallPcap("abc@host", tmp_path / "pcap", trace_path(tmp_path / "sip", "abc@host"))
+    pcap = CallPcap(tmp_path / "pcap", trace_path(tmp_path / "sip", "abc@host"))
     pcap.local_ip = "127.0.0.1"
     assert pcap.finish("0.0.0.0", 5060) == {"pcap": str(tmp_path / "pcap/abc@host.pcap"), "pcap_sip": 1,
                                             "pcap_rtp": 0}
