@@ -34,6 +34,7 @@ from telephony.dtmf import DtmfDeduper
 from telephony.endpoint import Refusal, SipStack
 from telephony.logs import event
 from telephony.outbound import AmdOptions, DialPlan, DialRefusedError, plan_dial
+from telephony.pcap import CallPcap, CaptureRefusedError, PcapError
 from telephony.recordings import CallRecording, start_recording
 from telephony.records import RecordWriter, call_record, read_records
 from telephony.reload import ReloadRefusedError, agent_changes, merge
@@ -90,6 +91,11 @@ class Leg:
     """Call progress is being detected (outbound, with `amd`): the agent waits for a person."""
     progress: list[dict[str, object]] = field(default_factory=list)
     """Outbound call progress decisions (media/call_progress.py), as logged."""
+    rtp_local: str = ""
+    """The call's local RTP address (`host:port`), once its media is up."""
+    pcap: CallPcap | None = None
+    """The call's pcap, when its route or the control endpoint asked for one."""
+    pcap_started: asyncio.Task[None] | None = None
 
 
 def detector_settings(cfg: Config) -> DetectorSettings:
@@ -209,6 +215,8 @@ class Gateway:
         leg = self.open_leg(call.key, call.call_id, caller, called, agent, SipActions(self.stack, call.key))
         leg.session.sip_headers = call.sip_headers
         leg.session.trunk = call.trunk
+        if (route := self.config.route_for(called)) is not None and route.pcap:
+            self._want_pcap(leg)
         call.media = leg.session.media
         call.listener = self
         self.legs[call.key] = leg
@@ -227,6 +235,9 @@ class Gateway:
         leg = self.legs.get(call.key)
         # an outbound call's early media (183) is the network's, not the callee's: its agent starts on the answer
         answered = leg is not None and (leg.direction == "inbound" or call.connected_at is not None)
+        if leg is not None and not leg.rtp_local and self._loop is not None:
+            leg.rtp_local = call.rtp_local
+            self._loop.call_soon_threadsafe(self._start_pcap, leg)
         if leg is not None and answered and leg.task is None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._start_outbound if leg.direction == "outbound" else
                                             self._start_session, leg)
@@ -532,6 +543,8 @@ class Gateway:
             end["progress"] = leg.progress
         if leg.recording is not None:
             end.update(leg.recording.close(rec.turns))
+        if leg.pcap is not None:
+            end.update(await self._finish_pcap(leg))
         if self.config.records.sip_trace and (trace := trace_path(self.config.records.sip_trace_path,
                                                                   leg.call_id)).exists():
             end["sip_trace"] = str(trace)
@@ -539,6 +552,53 @@ class Gateway:
         if self.records is not None:
             self.records.write(call_record(end, leg.wall, s.caller, s.called, self.config.agents[leg.agent].type,
                                            rec.usage.usage, self.config.prices))
+
+    # -- pcap on demand (telephony/pcap.py) ----------------------------------------------------------------
+    async def capture(self, call_id: str) -> str:
+        """Write a live call's SIP and RTP to a pcap at its end (loop thread; the control endpoint's request);
+        returns the file's path. Raises CaptureRefusedError."""
+        if not self.config.records.sip_trace:
+            raise CaptureRefusedError(409, "pcap needs records.sip_trace: true (its SIP messages come from the trace)")
+        leg = next((leg for leg in list(self.legs.values()) if leg.call_id == call_id), None)
+        if leg is None:
+            raise CaptureRefusedError(404, f"no live SIP call with Call-ID {call_id!r}")
+        pcap = self._want_pcap(leg)
+        self._start_pcap(leg)
+        return str(pcap.path)
+
+    def _want_pcap(self, leg: Leg) -> CallPcap:
+        if leg.pcap is None:
+            trace = trace_path(self.config.records.sip_trace_path, leg.call_id)
+            leg.pcap = CallPcap(Path(self.config.records.pcap_path), trace)
+            event("pcap_requested", call=leg.call_id, path=str(leg.pcap.path))
+        return leg.pcap
+
+    def _start_pcap(self, leg: Leg) -> None:
+        """Start capturing the call's RTP once it is wanted and the media address is known (loop thread)."""
+        if leg.pcap is None or leg.pcap_started is not None or not leg.rtp_local:
+            return
+        pcap, local = leg.pcap, leg.rtp_local
+
+        async def start() -> None:
+            try:
+                await asyncio.to_thread(pcap.start, local)
+            except PcapError as e:
+                event("pcap_error", call=leg.call_id, error=str(e))
+            else:
+                event("pcap_started", call=leg.call_id, rtp=local)
+
+        leg.pcap_started = asyncio.ensure_future(start())
+
+    async def _finish_pcap(self, leg: Leg) -> dict[str, object]:
+        assert leg.pcap is not None
+        if leg.pcap_started is not None:
+            await leg.pcap_started
+        sip = self.config.sip
+        try:
+            return await asyncio.to_thread(leg.pcap.finish, sip.listen, sip.port)
+        except (PcapError, OSError, ValueError) as e:  # ValueError: an address in the trace that is not an IP
+            event("pcap_error", call=leg.call_id, error=str(e))
+            return {}
 
 
 def _settle(fut: asyncio.Future[DialPlan], result: DialPlan | None, error: DialRefusedError | None) -> None:

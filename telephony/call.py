@@ -17,7 +17,7 @@ from media.pipeline import CallMedia
 from telephony.admission import dialog_ids
 from telephony.logs import event
 from telephony.media_port import CallMediaPort, PortPool
-from telephony.rtp_stats import summarize
+from telephony.rtp_stats import summarize, with_quality
 from telephony.sdp import prefer_codec
 
 
@@ -71,6 +71,8 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self._rx_changed = time.monotonic()
         self.rtp: dict[str, Any] = {}
         """RTP/RTCP figures of the audio stream, taken as it ends (telephony.rtp_stats)."""
+        self.rtp_local = ""
+        """The audio stream's local RTP address (`host:port`), once the media is up."""
 
     # -- pjsua callbacks ----------------------------------------------------------------------------------
     def onCallState(self, prm: Any) -> None:  # noqa: N802
@@ -135,7 +137,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
 
     def onStreamDestroyed(self, prm: Any) -> None:  # noqa: N802 (before DISCONNECTED: the stream still counts)
         try:
-            self.rtp = summarize(self.getStreamStat(int(prm.streamIdx)))
+            self.rtp = with_quality(summarize(self.getStreamStat(int(prm.streamIdx))), self.codec)
             event("call_rtp", call=self.call_id, **self.rtp)
         except Exception as e:
             event("sip_callback_error", call=self.call_id, where="onStreamDestroyed", error=repr(e))
@@ -147,6 +149,10 @@ class SipCall(pj.Call):  # type: ignore[misc]
         aud = self.getAudioMedia(index)
         if self.port is None:
             self.port = self._ports.acquire(self.media, self.call_id)
+            try:
+                self.rtp_local = str(self.getMedTransportInfo(index).localRtpName)
+            except pj.Error as e:  # no address: no pcap of this call's RTP; the call goes on
+                event("sip_callback_error", call=self.call_id, where="getMedTransportInfo", error=str(e.info()))
             if self.listener:
                 self.listener.on_media_ready(self)
         # a re-INVITE can give the stream a new conference slot: (re)connect both directions

@@ -204,6 +204,8 @@ class RecordsConfig(_Strict):
     none: kept until erased."""
     sip_trace: bool = False
     """Write every SIP message of each call to `sip/<Call-ID>.sip` beside `path` (named in the call's record)."""
+    pcap_path: str = "records/pcap"
+    """Folder of the pcap files of calls captured on request (a route's `pcap`, or the control endpoint)."""
 
     @property
     def sip_trace_path(self) -> Path:
@@ -212,7 +214,7 @@ class RecordsConfig(_Strict):
     def under(self, folder: Path) -> RecordsConfig:
         """This section with its paths made absolute, relative to `folder`."""
         return self.model_copy(update={k: str(folder.absolute() / Path(getattr(self, k)).expanduser())
-                                       for k in ("path", "audit_path", "recordings_path")})
+                                       for k in ("path", "audit_path", "recordings_path", "pcap_path")})
 
 
 class MetricsConfig(_Strict):
@@ -275,6 +277,9 @@ class RouteConfig(_Strict):
     announcement: AnnouncementConfig | None = None
     retention_days: float | None = Field(None, gt=0)
     """Days this route's call records and recordings are kept (`voicegate purge`); default `records.retention_days`."""
+    pcap: bool = False
+    """Write each call's SIP and RTP to `records.pcap_path/<Call-ID>.pcap` (telephony/pcap.py; needs
+    `records.sip_trace` and tcpdump)."""
 
     @field_validator("announcement", mode="before")
     @classmethod
@@ -620,6 +625,17 @@ class Config(_Strict):
         for i, r in enumerate(self.routes):
             if r.agent not in self.agents:
                 raise ValueError(f"routes[{i}] names unknown agent {r.agent!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _pcap(self) -> Config:
+        """A pcap takes its SIP from the SIP trace: reported at each route's `pcap` line."""
+        faults = [i for i, r in enumerate(self.routes) if r.pcap and not self.records.sip_trace]
+        if faults:
+            raise ValidationError.from_exception_data("Config", [
+                InitErrorDetails(type=PydanticCustomError("pcap", "{msg}", {
+                    "msg": "needs records.sip_trace: true (the pcap's SIP messages come from the SIP trace)"}),
+                    loc=("routes", i, "pcap"), input=True) for i in faults])
         return self
 
     @field_validator("spend")

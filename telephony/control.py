@@ -1,5 +1,6 @@
 """The control endpoint: `POST /calls` with JSON `{"number", "agent", "trunk"?, "ring_s"?, "amd"?}` originates a
-call (`amd`: `{"machine": "hangup" | "message", "message"}`, telephony/outbound.py).
+call (`amd`: `{"machine": "hangup" | "message", "message"}`, telephony/outbound.py); `POST /calls/<Call-ID>/pcap`
+asks for a live call's pcap (telephony/pcap.py), written when the call ends: 202 with `{"call", "pcap"}`.
 
 HTTP on a thread (the standard library's WSGI server, as the metrics endpoint), authenticated by a bearer token
 compared in constant time. Each request hands the call to the gateway's loop and waits for the INVITE to be out:
@@ -22,6 +23,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from telephony.errors import VoicegateError
 from telephony.logs import event
 from telephony.outbound import AmdOptions, DialPlan, DialRefusedError
+from telephony.pcap import CaptureRefusedError
 
 MAX_BODY = 4096
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -30,6 +32,8 @@ WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 class Originator(Protocol):
     def originate(self, number: str, agent: str, trunk: str | None = None, ring_s: float = 60.0,
                   amd: AmdOptions | None = None) -> Coroutine[Any, Any, DialPlan]: ...
+
+    def capture(self, call_id: str) -> Coroutine[Any, Any, str]: ...
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -79,14 +83,18 @@ def control_app(gateway: Originator, loop: asyncio.AbstractEventLoop, token: str
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "")
         source = f"{environ.get('REMOTE_ADDR', '')}"
-        if path != "/calls":
-            return _reply(start_response, 404, {"error": f"no {path}: POST /calls originates a call"})
+        pcap = path.startswith("/calls/") and path.endswith("/pcap") and len(path) > len("/calls//pcap")
+        if path != "/calls" and not pcap:
+            return _reply(start_response, 404, {"error": f"no {path}: POST /calls originates a call, "
+                                                         "POST /calls/<Call-ID>/pcap captures one"})
         if not hmac.compare_digest(environ.get("HTTP_AUTHORIZATION", "").encode(), expected):
             event("control_unauthorized", path=path, source=source)
             return _reply(start_response, 401, {"error": "a valid Authorization: Bearer token is required"},
                           [("WWW-Authenticate", 'Bearer realm="voicegate"')])
         if method != "POST":
             return _reply(start_response, 405, {"error": f"{method} {path}: only POST"}, [("Allow", "POST")])
+        if pcap:
+            return _capture(gateway, loop, path.removeprefix("/calls/").removesuffix("/pcap"), start_response)
         size = environ.get("CONTENT_LENGTH") or "0"
         try:
             if not size.isdigit() or int(size) > MAX_BODY:
@@ -103,6 +111,17 @@ def control_app(gateway: Originator, loop: asyncio.AbstractEventLoop, token: str
                                             "caller_id": plan.caller_id, "agent": plan.agent})
 
     return app
+
+
+def _capture(gateway: Originator, loop: asyncio.AbstractEventLoop, call_id: str,
+             start_response: Callable[..., Any]) -> list[bytes]:
+    try:
+        path = asyncio.run_coroutine_threadsafe(gateway.capture(call_id), loop).result(15.0)
+    except CaptureRefusedError as e:
+        return _reply(start_response, e.status, {"error": e.message})
+    except TimeoutError:
+        return _reply(start_response, 503, {"error": "the gateway did not answer within 15 s"})
+    return _reply(start_response, 202, {"call": call_id, "pcap": path})
 
 
 class ControlServer:

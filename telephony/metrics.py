@@ -9,6 +9,7 @@ its own server answers every path with the metrics, and has no health check).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -32,6 +33,8 @@ TICK_BUCKETS = (0.0205, 0.021, 0.022, 0.025, 0.03, 0.04, 0.06, 0.1)
 LOSS_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 JITTER_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
 RTT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
+TRUNK_STATES = ("unregistered", "registering", "registered", "failed")
+"""A trunk's registration states (telephony/registration.py); `failed` is backing off until its next retry."""
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -78,6 +81,13 @@ class GatewayMetrics:
                                          registry=r)
         self.dials_refused = Counter("voicegate_dials_refused", "Outbound calls refused, by HTTP status (403: number "
                                      "not allowed, 429: max_calls_per_min)", ["status"], registry=r)
+        self.trunk_state = Gauge("voicegate_trunk_registration", "1 for a trunk's current registration state "
+                                 "(failed: backing off before the next REGISTER), 0 for the others",
+                                 ["trunk", "state"], registry=r)
+        self.trunk_code = Gauge("voicegate_trunk_last_status_code", "Status code of a trunk's last REGISTER answer "
+                                "(pjsip's 408/503 for timeouts and transport errors)", ["trunk"], registry=r)
+        self.trunk_failures = Gauge("voicegate_trunk_failures", "A trunk's failed REGISTERs in a row", ["trunk"],
+                                    registry=r)
         self.ready = Gauge("voicegate_ready", "1 when SIP is up and new calls are taken", registry=r)
         self.state = "starting"
         self._lock = threading.Lock()
@@ -162,6 +172,22 @@ class GatewayMetrics:
         if isinstance(f.get("rtt_ms"), int | float):
             self.rtt.observe(float(f["rtt_ms"]) / 1000)
 
+    def _trunk(self, f: Mapping[str, Any]) -> None:
+        trunk, state = str(f["trunk"]), str(f["state"])
+        for s in TRUNK_STATES:
+            self.trunk_state.labels(trunk, s).set(1 if s == state else 0)
+        self.trunk_code.labels(trunk).set(float(f.get("code") or 0))
+        self.trunk_failures.labels(trunk).set(float(f.get("failures") or 0))
+
+    def _trunk_removed(self, f: Mapping[str, Any]) -> None:
+        trunk = str(f["trunk"])
+        for s in TRUNK_STATES:
+            with contextlib.suppress(KeyError):
+                self.trunk_state.remove(trunk, s)
+        for gauge in (self.trunk_code, self.trunk_failures):
+            with contextlib.suppress(KeyError):
+                gauge.remove(trunk)
+
     def _set_state(self, state: str) -> None:
         self.state = state
         self.ready.set(1 if state == "ready" else 0)
@@ -171,6 +197,7 @@ class GatewayMetrics:
         "turn": _turn, "barge_in": _barge_in, "barge_in_resumed": _resumed, "dtmf": _dtmf, "call_rtp": _rtp,
         "transfer_refused": lambda m, f: m.transfers_refused.labels(*m._labels(f)).inc(),
         "dial_refused": lambda m, f: m.dials_refused.labels(str(f.get("status", ""))).inc(),
+        "trunk_state": _trunk, "trunk_removed": _trunk_removed,
         "gateway_ready": lambda m, _: m._set_state("ready"),
         "gateway_draining": lambda m, _: m._set_state("draining"),
         "gateway_stopped": lambda m, _: m._set_state("stopped"),

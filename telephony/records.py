@@ -67,13 +67,15 @@ def call_record(end: Mapping[str, Any], start: float, caller: str, called: str, 
 CDR_COLUMNS = ("call", "start", "end", "caller", "caller_number", "called", "trunk", "agent", "agent_type",
                "duration_s", "reason", "sip_code", "sip_reason", "hangup_side", "backends", "cost", "currency",
                "turn_p50_ms", "turn_p95_ms", "barge_ins", "dtmf_count", "rx_loss_pct", "tx_loss_pct", "rx_jitter_ms",
-               "rtt_ms")
+               "rtt_ms", "r_factor", "mos")
 """The columns of a CDR, in the `calls` table and in `voicegate calls --csv`."""
 
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS calls (
   id INTEGER PRIMARY KEY, start_ts REAL NOT NULL, {", ".join(f'"{c}"' for c in CDR_COLUMNS)}, record TEXT NOT NULL
 );
+"""
+INDEXES = """
 CREATE INDEX IF NOT EXISTS calls_start ON calls (start_ts);
 CREATE INDEX IF NOT EXISTS calls_caller ON calls (caller_number);
 """
@@ -113,7 +115,7 @@ def cdr(rec: Record) -> dict[str, Any]:
         "cost": cost.get("total"), "currency": cost.get("currency"),
         "turn_p50_ms": lat.get("turn_p50_ms"), "turn_p95_ms": lat.get("turn_p95_ms"),
         "barge_ins": rec.get("barge_ins"), "dtmf_count": len(str(rec.get("digits") or "")),
-        **{k: rtp.get(k) for k in ("rx_loss_pct", "tx_loss_pct", "rx_jitter_ms", "rtt_ms")},
+        **{k: rtp.get(k) for k in ("rx_loss_pct", "tx_loss_pct", "rx_jitter_ms", "rtt_ms", "r_factor", "mos")},
     }
 
 
@@ -125,6 +127,11 @@ def connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA journal_mode=WAL")  # readers (voicegate calls) never block the writer; workers may share it
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(SCHEMA)
+    have = {str(row[1]) for row in db.execute("PRAGMA table_info(calls)")}
+    for column in CDR_COLUMNS:  # a table made by an older version lacks the newer columns
+        if column not in have:
+            db.execute(f'ALTER TABLE calls ADD COLUMN "{column}"')
+    db.executescript(INDEXES)
     return db
 
 
@@ -282,19 +289,24 @@ def _ms(v: Any) -> str:
     return "-" if v is None else f"{float(v):.0f}"
 
 
+def _mos(rec: Record) -> str:
+    v = (rec.get("rtp") or {}).get("mos")
+    return "-" if v is None else f"{float(v):.2f}"
+
+
 def table(records: Sequence[Record]) -> list[str]:
     """Aligned text rows: a header, one row per record, and the totals line."""
-    rows = [["start", "caller -> called", "agent", "duration", "reason", "backends", "cost", "turn p50/p95 ms"]]
+    rows = [["start", "caller -> called", "agent", "duration", "reason", "backends", "cost", "turn p50/p95 ms", "MOS"]]
     for r in records:
         mix = ", ".join(b if n == 0 else f"{b} {n}" for b, n in (r.get("backends") or {}).items())
         lat = r.get("latency") or {}
         rows.append([
             r["start"][:19].replace("T", " "), f"{_user(str(r.get('caller', '')))} -> {r.get('called', '')}",
             str(r.get("agent", "")), _duration(float(r.get("duration_s") or 0.0)), str(r.get("reason", "")), mix,
-            f"{_cost(r):.4f}", f"{_ms(lat.get('turn_p50_ms'))}/{_ms(lat.get('turn_p95_ms'))}",
+            f"{_cost(r):.4f}", f"{_ms(lat.get('turn_p50_ms'))}/{_ms(lat.get('turn_p95_ms'))}", _mos(r),
         ])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {3, 6}  # duration, cost
+    right = {3, 6, 8}  # duration, cost, MOS
 
     def line(row: list[str]) -> str:
         cells = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))

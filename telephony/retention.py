@@ -29,7 +29,7 @@ class Removal:
 def _remove_files(removed: Sequence[records.Record]) -> Removal:
     out = Removal([str(r.get("call")) for r in removed])
     for rec in removed:
-        for key in ("recording", "transcript", "sip_trace"):
+        for key in ("recording", "transcript", "sip_trace", "pcap"):
             if not rec.get(key):
                 continue
             path = Path(str(rec[key]))

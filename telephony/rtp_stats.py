@@ -1,8 +1,11 @@
-"""A call's RTP/RTCP figures at its end, from pjmedia's stream statistics (pjsua thread)."""
+"""A call's RTP/RTCP figures at its end, from pjmedia's stream statistics (pjsua thread), with the E-model's
+listening-quality estimate."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from media.emodel import line_quality
 
 
 def _ms(usec: float) -> float:
@@ -27,3 +30,13 @@ def summarize(stat: Any) -> dict[str, Any]:
         "rtt_ms": _ms(rtcp.rttUsec.mean) if rtcp.rttUsec.n else None,
         "jbuf_delay_ms": int(jb.avgDelayMsec),
     }
+
+
+def with_quality(rtp: dict[str, Any], codec: str) -> dict[str, Any]:
+    """`rtp` (from `summarize`) plus the E-model's `delay_ms`, `r_factor` and `mos` (media.emodel) for the worse
+    direction: the higher of the loss we counted and the loss the far end reported in RTCP. No RTP received: no
+    estimate (None), since nothing was measured."""
+    if not rtp["rx_pkts"]:
+        return {**rtp, "delay_ms": None, "r_factor": None, "mos": None}
+    loss = max(float(rtp["rx_loss_pct"]), float(rtp["tx_loss_pct"]))
+    return {**rtp, **line_quality(codec, loss, rtp["rtt_ms"], float(rtp["jbuf_delay_ms"]))}

@@ -23,11 +23,11 @@ import numpy as np
 
 from agents.speech.asr import AsrError
 from agents.speech.tts import synthesize_fixed
-from media.frames import FRAME_MS, SAMPLE_RATE, level_dbfs
+from media.emodel import line_quality as estimate
+from media.frames import SAMPLE_RATE, level_dbfs
 from media.resample import resample
 from media.wavfile import WavError, read_wav_16k
 from telephony.config import ConfigError
-from telephony.simulator import emodel
 from telephony.simulator.impair import ImpairError
 from telephony.simulator.listen import PAD_FRAMES, Ear, ear_for
 from telephony.simulator.phone import Phone, PhoneCall, RtpStats
@@ -100,14 +100,10 @@ def _transcribe(ears: dict[str, Ear], call: PhoneCall, t: Transcribe) -> Future[
 
 
 def line_quality(stats: RtpStats | None, codec: str) -> dict[str, float | None] | None:
-    """The statistics with the E-model's estimate for what the caller heard: one-way delay is half the RTCP
-    round trip (0 before a report), plus the jitter buffer's mean delay and one 20 ms packet."""
+    """The statistics with the E-model's estimate for what the caller heard (media.emodel.line_quality)."""
     if stats is None:
         return None
-    delay = (stats.rtt_ms or 0.0) / 2 + stats.jbuf_delay_ms + FRAME_MS
-    r = emodel.r_factor(codec, stats.rx_loss_pct, delay)
-    return {**asdict(stats), "delay_ms": round(delay, 1), "r_factor": None if r is None else round(r, 1),
-            "mos": None if r is None else round(emodel.mos(r), 2)}
+    return {**asdict(stats), **estimate(codec, stats.rx_loss_pct, stats.rtt_ms, stats.jbuf_delay_ms)}
 
 
 def run_call(phone: Phone, script: Script, file: str, target: str, record: Path | None = None,

@@ -1,5 +1,7 @@
 """A real Kamailio (Debian `kamailio` 5.6) as the carrier side of a trunk: registrar with digest auth and a proxy
-that sends every INVITE to the contact registered for one user, keeping the dialled number in To.
+that sends every INVITE to the contact registered for one user, keeping the dialled number in To. With `uas_port`,
+it also carries calls out: an INVITE to a number starting with OUT_PREFIX is challenged (407, digest with the same
+password) and, once it carries credentials, relayed to the UAS on that port.
 
 The password is fixed in the config (`pv_auth_check` with a plaintext password), so no subscriber database is
 needed. Its log (stderr, `-E`) carries one `KAM` line per decision for the tests to read.
@@ -17,6 +19,25 @@ from pathlib import Path
 
 MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 REALM = "voicegate.test"
+OUT_PREFIX = "4940"
+OUTBOUND = """
+    if (has_totag()) {{
+        if (is_method("ACK") && !t_check_trans()) {{ exit; }}  # the ACK of a 407: absorbed
+        t_relay();
+        exit;
+    }}
+    if (is_method("INVITE") && $rU =~ "^{prefix}") {{
+        if (!pv_auth_check("{realm}", "{password}", "0", "0")) {{
+            xlog("L_NOTICE", "KAM challenge-invite $rU from $fU auth=$au\\n");
+            auth_challenge("{realm}", "0");
+            exit;
+        }}
+        consume_credentials();
+        $ru = "sip:" + $rU + "@127.0.0.1:{uas_port}";
+        xlog("L_NOTICE", "KAM outbound $rU from $fU auth=$au to $ru\\n");
+        t_relay();
+        exit;
+    }}"""
 
 CFG = """#!KAMAILIO
 debug=2
@@ -42,7 +63,7 @@ modparam("usrloc", "db_mode", 0)
 modparam("registrar", "min_expires", 5)
 
 request_route {{
-    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}{outbound}
     if (is_method("REGISTER")) {{
         if (!pv_auth_check("{realm}", "{password}", "0", "1")) {{
             xlog("L_NOTICE", "KAM challenge $tU auth=$au\\n");
@@ -78,13 +99,17 @@ class Kamailio:
     workdir: Path
     password: str
     user: str
+    uas_port: int | None = None
+    """Where calls out (to OUT_PREFIX numbers) go, once authenticated; none: not carried."""
     proc: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
 
     def start(self, timeout: float = 10.0) -> None:
         cfg = self.workdir / "kamailio.cfg"
+        outbound = "" if self.uas_port is None else OUTBOUND.format(
+            prefix=OUT_PREFIX, realm=REALM, password=self.password, uas_port=self.uas_port)
         cfg.write_text(CFG.format(port=self.port, modules=MODULES, realm=REALM, password=self.password,
-                                  user=self.user))
+                                  user=self.user, outbound=outbound))
         check = subprocess.run(["/usr/sbin/kamailio", "-c", "-f", str(cfg)], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr[-3000:]
         self.proc = subprocess.Popen(

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from media.emodel import mos, r_factor
 from telephony.records import read_records
 from tests.integration.peers import VENV_BIN, Gateway, call, free_port, gateway_config, start_gateway
 from tests.prompts import SOUNDS
@@ -62,6 +63,12 @@ def test_echo_and_assistant_calls_are_recorded_with_cost_and_listed(gw: Gateway)
     assert e["cost"] == {"by_backend": {"sip": round(e["duration_s"] / 60 * 0.01, 6)},
                          "total": round(e["duration_s"] / 60 * 0.01, 6), "currency": "USD"}
     assert e["latency"] == {"turn_p50_ms": None, "turn_p95_ms": None}
+    rtp = e["rtp"]  # the caller's PCMU on loopback: no loss, the E-model's rating from the call's own figures
+    assert e["codec"] == "PCMU/8000" and rtp["rx_loss_pct"] == 0 and rtp["rx_pkts"] > 50, rtp
+    assert rtp["delay_ms"] == round((rtp["rtt_ms"] or 0) / 2 + rtp["jbuf_delay_ms"] + 20, 1)
+    assert rtp["r_factor"] == round(r_factor("PCMU", max(rtp["rx_loss_pct"], rtp["tx_loss_pct"]),
+                                             rtp["delay_ms"]) or 0, 1)
+    assert rtp["mos"] == round(mos(rtp["r_factor"]), 2) and 4.0 < rtp["mos"] <= 4.41, rtp
 
     assert a["reason"] == "agent" and a["backends"] == {"cascaded": 1}, a
     [turn] = a["turns"]
@@ -75,7 +82,8 @@ def test_echo_and_assistant_calls_are_recorded_with_cost_and_listed(gw: Gateway)
     assert len(listed) == 4 and listed[-1].startswith("2 calls, ")
     rows = {row.split()[4]: row.split() for row in listed[1:3]}
     assert rows["assistant"][6:10] == [f"0:{round(a['duration_s']):02d}", "agent", "cascaded", "1"], rows
-    assert rows["echo"][7:9] == ["remote_200", "echo"], rows
+    assert rows["echo"][7:9] == ["remote_200", "echo"] and rows["echo"][-1] == f"{rtp['mos']:.2f}", rows
+    assert rows["assistant"][-1] == f"{a['rtp']['mos']:.2f}", rows
     data = json.loads(voicegate_calls("--config", str(gw.config), "--json", "--last", "1"))
     assert len(data["calls"]) == 1 and data["totals"]["calls"] == 1
     cdr = {r["agent"]: r for r in csv.DictReader(io.StringIO(voicegate_calls("--config", str(gw.config), "--csv",
@@ -83,6 +91,7 @@ def test_echo_and_assistant_calls_are_recorded_with_cost_and_listed(gw: Gateway)
     assert cdr["echo"]["hangup_side"] == "caller" and cdr["assistant"]["hangup_side"] == "agent"
     assert float(cdr["assistant"]["turn_p50_ms"]) == turn["first_audio_ms"]
     assert float(cdr["echo"]["cost"]) == e["cost"]["total"] and cdr["echo"]["sip_code"] == "200"
+    assert float(cdr["echo"]["mos"]) == rtp["mos"] and float(cdr["echo"]["r_factor"]) == rtp["r_factor"]
 
 
 def test_a_call_cut_by_sigterm_is_recorded(gw: Gateway) -> None:

@@ -9,16 +9,18 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from telephony.simulator.measure import echo_lag
 from tests import audio
-from tests.integration.kamailio import REALM, Kamailio
+from tests.integration.kamailio import OUT_PREFIX, REALM, Kamailio
 from tests.integration.peers import (
     VENV_BIN,
     Gateway,
@@ -32,6 +34,7 @@ from tests.integration.peers import (
     sipp,
     start_gateway,
 )
+from tests.integration.test_outbound import RtpSink, uas_scenario
 
 PASSWORD = "s3cret-trunk"
 DID = "+4930123"
@@ -164,9 +167,16 @@ class SilentRegistrar:
         self.sock.close()
 
 
+METRICS_PORT: dict[int, int] = {}
+"""The metrics port of the trunk gateway, by its SIP port."""
+UAS_PORT = free_port()
+"""The sipp callee that Kamailio carries calls out to."""
+TOKEN = "trunk-control-token"
+
+
 @pytest.fixture(scope="module")
 def carrier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
-    k = Kamailio(free_port(), tmp_path_factory.mktemp("kamailio"), PASSWORD, "vgtrunk")
+    k = Kamailio(free_port(), tmp_path_factory.mktemp("kamailio"), PASSWORD, "vgtrunk", uas_port=UAS_PORT)
     k.start()
     yield k
     k.stop()
@@ -182,11 +192,12 @@ def silent() -> Iterator[SilentRegistrar]:
 @pytest.fixture(scope="module")
 def trunk_gw(carrier: Kamailio, silent: SilentRegistrar, tmp_path_factory: pytest.TempPathFactory
              ) -> Iterator[Gateway]:
-    os.environ.update(VG_TEST_TRUNK_PW=PASSWORD, VG_TEST_BAD_PW="not-the-password")
+    os.environ.update(VG_TEST_TRUNK_PW=PASSWORD, VG_TEST_BAD_PW="not-the-password", VG_TEST_TRUNK_TOKEN=TOKEN)
     registrar = f"sip:127.0.0.1:{carrier.port}"
     trunks = {
         "main": {"registrar": registrar, "username": "vgtrunk", "password_env": "VG_TEST_TRUNK_PW",
-                 "realm": REALM, "expiry_s": 10, "keepalive_s": 1, "routes": [{"match": DID, "agent": "echo"}]},
+                 "realm": REALM, "expiry_s": 10, "keepalive_s": 1, "routes": [{"match": DID, "agent": "echo"}],
+                 "allowed": [rf"{OUT_PREFIX}\d+"]},
         "bad": {"registrar": registrar, "username": "badtrunk", "password_env": "VG_TEST_BAD_PW",
                 "retry_min_s": 1, "retry_max_s": 60},
         "dead": {"registrar": f"sip:127.0.0.1:{free_port()}", "transport": "tcp", "username": "x",
@@ -202,7 +213,8 @@ def trunk_gw(carrier: Kamailio, silent: SilentRegistrar, tmp_path_factory: pytes
                    "password_env": "VG_TEST_BAD_PW", "routes": [{"match": "*", "agent": "echo"}]},
     }
     port = free_port()
-    cfg = yaml.safe_load(gateway_config(port, trunks=trunks))
+    METRICS_PORT[port] = free_port()
+    cfg = yaml.safe_load(gateway_config(port, trunks=trunks, metrics={"enabled": True, "port": METRICS_PORT[port]}))
     cfg["agents"]["handoff"] = {
         "type": "scripted", "voice": "en", "start": "a",
         "nodes": {"a": [{"say": "Connecting you, customer {X-Customer-Id}."},
@@ -210,6 +222,9 @@ def trunk_gw(carrier: Kamailio, silent: SilentRegistrar, tmp_path_factory: pytes
                          "headers": {"X-Case": "{X-Customer-Id}", "User-to-User": "{User-to-User}"}},
                         {"hangup": "transfer_failed"}]},
     }
+    cfg["agents"]["caller"] = {"type": "scripted", "start": "a", "nodes": {"a": [
+        {"say": "Hello, this is voicegate calling about your appointment tomorrow."}, {"hangup": "done"}]}}
+    cfg["control"] = {"listen": "127.0.0.1", "port": free_port(), "token_env": "VG_TEST_TRUNK_TOKEN"}
     cfg["routes"] = [
         {"match": "sales", "match_header": {"X-Lang": "/^de/"}, "agent": "echo"},
         {"match": "sales", "agent": "demo"},
@@ -236,6 +251,30 @@ def test_registers_after_a_digest_challenge_and_reports_it(trunk_gw: Gateway, ca
     assert out.returncode == 0, out.stderr
     row = next(ln for ln in out.stdout.splitlines() if ln.startswith("main "))
     assert "registered" in row and "200 OK" in row, out.stdout
+
+
+def trunk_metrics(gw: Gateway) -> dict[tuple[str, str, str], float]:
+    """The scraped trunk gauges, as (metric, trunk, state) -> value (state "" for the per-trunk ones)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT[gw.port]}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {(s.name, s.labels["trunk"], s.labels.get("state", "")): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.name.startswith("voicegate_trunk")}
+
+
+def test_registration_states_are_on_the_metrics_endpoint(trunk_gw: Gateway):
+    trunk_gw.wait_event("trunk_state", 10, trunk="main", state="registered")
+    trunk_gw.wait_event("trunk_state", 15, trunk="bad", state="failed", failures=2)
+    m = trunk_metrics(trunk_gw)
+    assert m[("voicegate_trunk_registration", "main", "registered")] == 1
+    assert m[("voicegate_trunk_registration", "main", "failed")] == 0
+    assert m[("voicegate_trunk_last_status_code", "main", "")] == 200
+    # the wrong password: failed, backing off (a retry is not a state change until its answer), 401 from Kamailio
+    assert m[("voicegate_trunk_registration", "bad", "failed")] == 1
+    assert m[("voicegate_trunk_registration", "bad", "registered")] == 0
+    assert m[("voicegate_trunk_last_status_code", "bad", "")] == 401
+    assert m[("voicegate_trunk_failures", "bad", "")] >= 2
+    assert ("voicegate_trunk_registration", "secure", "registered") not in m  # register: false
 
 
 def test_register_goes_through_the_outbound_proxy(trunk_gw: Gateway, carrier: Kamailio):
@@ -397,3 +436,32 @@ def test_a_trunk_with_inbound_auth_admits_a_foreign_address_by_its_credentials(
         assert trunk_gw.wait_event("call_end", 10, call=inc["call"])["agent"] == "echo"
     else:
         assert refusals[-1]["code"] == 403 and refusals[-1]["reason"].endswith("wrong password")
+
+
+def test_dial_goes_out_through_kamailio_after_its_digest_challenge(trunk_gw: Gateway, carrier: Kamailio,
+                                                                  tmp_path: Path):
+    number = f"{OUT_PREFIX}123456"
+    (tmp_path / "uas.xml").write_text(uas_scenario((sink := RtpSink()).port))
+    callee = subprocess.Popen(["sipp", "-nostdin", "-sf", "uas.xml", "-i", "127.0.0.1", "-p", str(UAS_PORT), "-m",
+                               "1", "-trace_msg", "-message_file", str(tmp_path / "m.log")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        out = subprocess.run([str(VENV_BIN / "voicegate"), "dial", number, "--agent", "caller", "--trunk", "main",
+                              "--config", str(trunk_gw.config)], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        call_id = out.stdout.strip().rsplit(" ", 1)[1]
+        end = trunk_gw.wait_event("call_end", 30, call=call_id)
+        assert callee.wait(15) == 0, callee.stderr.read() if callee.stderr else ""
+    finally:
+        if callee.poll() is None:
+            callee.kill()
+            callee.wait(5)
+        sink.close()
+    # Kamailio challenged the first INVITE (407) and relayed the one with vgtrunk's credentials to the callee
+    [challenge] = carrier.log(f"challenge-invite {number} from vgtrunk auth=<null>")
+    [relayed] = carrier.log(f"outbound {number} from vgtrunk auth=vgtrunk to sip:{number}@127.0.0.1:{UAS_PORT}")
+    assert carrier.lines.index(challenge) < carrier.lines.index(relayed)
+    invite = (tmp_path / "m.log").read_text().split("INVITE sip:", 1)[1]
+    assert "Proxy-Authorization" not in invite.split("\n\n", 1)[0]  # Kamailio consumed the credentials
+    assert end["direction"] == "outbound" and end["trunk"] == "main" and end["reason"] == "done", end
+    assert sink.voiced_seconds() > 1.0  # the agent's sentence reached the callee behind Kamailio

@@ -99,18 +99,19 @@ def _record(call: str, caller: str, recording: Path | None = None) -> dict[str, 
 def test_erase_removes_the_callers_records_and_recordings_and_audits_it(tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
     db, audit = tmp_path / "calls.db", tmp_path / "audit.jsonl"
-    wav = tmp_path / "rec1.wav"
+    wav, pcap = tmp_path / "rec1.wav", tmp_path / "c3.pcap"
     wav.write_bytes(b"RIFF")
+    pcap.write_bytes(b"\xd4\xc3\xb2\xa1")
     w = RecordWriter(db, lambda name, **f: None)
     for rec in (_record("c1", "<sip:+4930111@pbx>", wav), _record("c2", '"Bob" <sip:+4930222@pbx>'),
-                _record("c3", "sip:+4930111@other")):
+                {**_record("c3", "sip:+4930111@other"), "pcap": str(pcap)}):
         w.write(rec)
     assert main(["erase", "--caller", "+4930111", "--records", str(db), "--audit", str(audit),
                  "--reason", "GDPR request 17"]) == 0
-    assert capsys.readouterr().out == "erased 2 call(s) and 1 file(s) of caller +4930111; audit entry 1\n"
-    assert [r["call"] for r in read_records(db)[0]] == ["c2"] and not wav.exists()
+    assert capsys.readouterr().out == "erased 2 call(s) and 2 file(s) of caller +4930111; audit entry 1\n"
+    assert [r["call"] for r in read_records(db)[0]] == ["c2"] and not wav.exists() and not pcap.exists()
     [entry] = [json.loads(ln) for ln in _lines(audit)]
-    assert entry["action"] == "erase" and entry["calls"] == ["c1", "c3"] and entry["files_removed"] == 1
+    assert entry["action"] == "erase" and entry["calls"] == ["c1", "c3"] and entry["files_removed"] == 2
     assert entry["caller_sha256"] == hashlib.sha256(b"+4930111").hexdigest() and "+4930111" not in audit.read_text()
     assert entry["reason"] == "GDPR request 17"
     assert main(["erase", "--caller", "+4930111", "--records", str(db), "--audit", str(audit)]) == 0

@@ -154,3 +154,14 @@ def test_an_announcement_is_text_or_a_mapping_with_a_consent_key():
         parse_config(base + "    announcement:\n      text: Hi\n      consent_key: '12'\n", "x.yaml")
     [issue] = e.value.issues
     assert (issue.line, issue.field) == (7, "routes.0.announcement.consent_key"), issue
+
+
+def test_a_pcap_route_needs_the_sip_trace_named_with_its_line(tmp_path: Path):
+    text = "agents: {e: {type: echo}}\nroutes:\n  - {match: a, agent: e}\n  - match: b\n    agent: e\n    pcap: true\n"
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "vg.yaml")
+    assert str(e.value) == ("vg.yaml:6: routes.1.pcap: needs records.sip_trace: true (the pcap's SIP messages come "
+                            "from the SIP trace)")
+    (tmp_path / "vg.yaml").write_text(text + "records: {sip_trace: true}\n")
+    cfg = load_config(tmp_path / "vg.yaml")
+    assert cfg.routes[1].pcap and cfg.records.pcap_path == str(tmp_path.absolute() / "records/pcap")

@@ -132,20 +132,21 @@ def test_writer_inserts_rows_and_logs_a_failure_instead_of_raising(tmp_path: Pat
     logged: list[tuple[str, dict[str, object]]] = []
     w = RecordWriter(tmp_path / "sub/calls.db", lambda name, **f: logged.append((name, f)))
     w.write(call_record(_end("a", digits="12#", rtp={"rx_loss_pct": 1.25, "tx_loss_pct": 0.0, "rx_jitter_ms": 3.5,
-                                                      "rtt_ms": None}),
+                                                      "rtt_ms": None, "r_factor": 88.5, "mos": 4.27}),
                         1_750_000_000.0, "<sip:+4930123@pbx>", "100", "cascaded", {}, PRICES))
     w.write(call_record(_end("b", reason="shutdown"), 1_750_000_060.0, "<sip:bob@pbx>", "100", "echo", {}, PRICES))
     assert stat.S_IMODE((tmp_path / "sub/calls.db").stat().st_mode) == 0o640
     db = sqlite3.connect(tmp_path / "sub/calls.db")
     rows = db.execute("SELECT call, caller_number, duration_s, reason, sip_code, hangup_side, backends, cost, "
-                      "currency, turn_p50_ms, barge_ins, dtmf_count, end, record, rx_loss_pct, rx_jitter_ms, rtt_ms "
+                      "currency, turn_p50_ms, barge_ins, dtmf_count, end, record, rx_loss_pct, rx_jitter_ms, rtt_ms, "
+                      "r_factor, mos "
                       "FROM calls ORDER BY id").fetchall()
     assert [r[:12] for r in rows] == [
         ("a", "+4930123", 90.0, "remote_200", 200, "caller", "cascaded:1", 0.03, "EUR", 500.0, 1, 3),
         ("b", "bob", 90.0, "shutdown", 200, "gateway", "echo:1", 0.03, "EUR", 500.0, 1, 0)]
     assert datetime.fromisoformat(rows[0][12]).timestamp() == 1_750_000_090.0
     assert json.loads(rows[1][13])["agent_type"] == "echo"
-    assert [r[14:] for r in rows] == [(1.25, 3.5, None), (None, None, None)]
+    assert [r[14:] for r in rows] == [(1.25, 3.5, None, 88.5, 4.27), (None, None, None, None, None)]
     assert read_records(tmp_path / "sub/calls.db") == ([json.loads(r[13]) for r in rows], [])
     (tmp_path / "dir.db").mkdir()
     RecordWriter(tmp_path / "dir.db", lambda name, **f: logged.append((name, f))).write({"call": "c", "start": "x"})
@@ -155,6 +156,19 @@ def test_writer_inserts_rows_and_logs_a_failure_instead_of_raising(tmp_path: Pat
         call_record(_end("d"), 1_750_000_000.0, "<sip:bob@pbx>", "100", "echo", {}, PRICES))
     assert logged[-1] == ("records_error", {"call": "d", "path": str(tmp_path / "old.jsonl"),
                                             "error": "DatabaseError: file is not a database"})
+
+
+def test_writer_adds_the_newer_columns_to_a_table_of_an_older_version(tmp_path: Path):
+    old = sqlite3.connect(tmp_path / "calls.db")
+    old.execute('CREATE TABLE calls (id INTEGER PRIMARY KEY, start_ts REAL NOT NULL, "call", "start", record TEXT)')
+    old.commit()
+    old.close()
+    logged: list[object] = []
+    RecordWriter(tmp_path / "calls.db", lambda name, **f: logged.append((name, f))).write(
+        call_record(_end("a", rtp={"rx_loss_pct": 0.0, "tx_loss_pct": 0.0, "rtt_ms": 1.0, "mos": 4.41}),
+                    1_750_000_000.0, "<sip:bob@pbx>", "100", "echo", {}, PRICES))
+    db = sqlite3.connect(tmp_path / "calls.db")
+    assert not logged and db.execute("SELECT call, caller_number, mos FROM calls").fetchall() == [("a", "bob", 4.41)]
 
 
 def test_hangup_side_names_who_ended_the_call():
@@ -175,7 +189,7 @@ def _records(tmp_path: Path) -> list[dict[str, object]]:
     return [
         call_record(_end("old", duration_s=30.0, reason="agent"), 1_750_000_000.0, "<sip:bob@pbx>", "200", "echo",
                     {}, PRICES),
-        call_record(_end("new"), 1_750_000_600.0, "\"Alice\" <sip:alice@pbx>", "100", "cascaded",
+        call_record(_end("new", rtp={"mos": 4.27}), 1_750_000_600.0, "\"Alice\" <sip:alice@pbx>", "100", "cascaded",
                     {"tts_chars": 100}, PRICES),
         call_record(_end("mid", duration_s=3600.0, turns=[]), 1_750_000_300.0, "<sip:carol@pbx>", "300",
                     "openai_realtime", {"openai_realtime_out_s": 60.0}, PRICES),
@@ -202,11 +216,11 @@ def test_calls_lists_newest_first_with_totals(tmp_path: Path, capsys: pytest.Cap
     out, err = capsys.readouterr()
     lines = out.splitlines()
     assert lines[0].split() == ["start", "caller", "->", "called", "agent", "duration", "reason", "backends", "cost",
-                                "turn", "p50/p95", "ms"]
+                                "turn", "p50/p95", "ms", "MOS"]
     assert [ln.split()[2:5] for ln in lines[1:4]] == [["alice", "->", "100"], ["carol", "->", "300"],
                                                       ["bob", "->", "200"]]
-    assert lines[1].split()[5:] == ["assistant", "1:30", "remote_200", "cascaded", "1", "0.1300", "500/500"]
-    assert lines[2].split()[5:] == ["assistant", "1:00:00", "remote_200", "openai_realtime", "1.4400", "-/-"]
+    assert lines[1].split()[5:] == ["assistant", "1:30", "remote_200", "cascaded", "1", "0.1300", "500/500", "4.27"]
+    assert lines[2].split()[5:] == ["assistant", "1:00:00", "remote_200", "openai_realtime", "1.4400", "-/-", "-"]
     assert lines[4] == "3 calls, 62.0 min, cost 1.5800 EUR, 0.0255 EUR/min"
     assert "skipped" in err and "calls.jsonl:4" in err
     assert main(["calls", "--records", str(path), "--last", "1", "--json"]) == 0
@@ -246,7 +260,7 @@ def test_calls_reads_the_path_from_the_config_and_names_a_missing_file(tmp_path:
     (tmp_path / "nowhere.jsonl").write_text("")
     assert main(["calls", "--config", str(cfg)]) == 0
     assert capsys.readouterr().out == f"no calls recorded in {tmp_path}/nowhere.jsonl\n"
-    assert table([]) == ["start  caller -> called  agent  duration  reason  backends  cost  turn p50/p95 ms",
+    assert table([]) == ["start  caller -> called  agent  duration  reason  backends  cost  turn p50/p95 ms  MOS",
                          "0 calls, 0.0 min, cost 0.0000, -/min"]
 
 

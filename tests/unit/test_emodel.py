@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from telephony.simulator.emodel import delay_impairment, mos, r_factor
+from media.emodel import delay_impairment, line_quality, mos, r_factor
+from telephony.rtp_stats import with_quality
 
 
 def test_defaults_give_g107s_reference_rating():
@@ -23,3 +24,24 @@ def test_loss_and_delay_lower_the_rating():
     assert mos(-3) == 1 and mos(120) == 4.5
     with pytest.raises(ValueError, match="out of range"):
         r_factor("PCMU", 150, 0)
+
+
+def test_line_quality_maps_a_calls_rtp_figures():
+    # Ta = 300 / 2 + 40 + 20 = 210 ms: X = log2(2.1), Idd = 4.11; Ie,eff = 95 * 2 / (2 + 25.1) = 7.01
+    q = line_quality("PCMA/8000", 2.0, 300.0, 40.0)
+    assert q["delay_ms"] == 210.0 and q["r_factor"] == pytest.approx(93.2 - 4.11 - 7.01, abs=0.06)
+    assert q["mos"] == round(mos(q["r_factor"] or 0), 2)
+    assert line_quality("PCMU", 0.0, None, 0.0) == {"delay_ms": 20.0, "r_factor": 93.2, "mos": 4.41}  # no RTCP yet
+    assert line_quality("G722/16000", 0.0, 10.0, 20.0)["mos"] is None
+
+
+def test_a_call_record_rates_the_worse_direction():
+    rtp = {"rx_pkts": 199, "rx_loss_pct": 0.5, "tx_loss_pct": 5.0, "rtt_ms": None, "jbuf_delay_ms": 0,
+           "rx_jitter_ms": 1.0}
+    q = with_quality(rtp, "PCMU/8000")  # 5 %: Ie,eff = 95 * 5 / 30.1 = 15.78
+    assert q["r_factor"] == 77.4 and q["mos"] == round(mos(77.4), 2) and q["rx_jitter_ms"] == 1.0
+    # 0.5 %: Ie,eff = 95 * 0.5 / 25.6 = 1.86
+    assert with_quality({**rtp, "tx_loss_pct": 0.0}, "PCMU/8000")["r_factor"] == 91.3
+    assert with_quality(rtp, "")["mos"] is None  # no media negotiated
+    silent = with_quality({**rtp, "rx_pkts": 0, "rx_loss_pct": 0.0}, "PCMU/8000")  # a far end that sent no RTP
+    assert (silent["delay_ms"], silent["r_factor"], silent["mos"]) == (None, None, None)

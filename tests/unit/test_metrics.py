@@ -122,3 +122,24 @@ def test_backend_events_of_the_speech_to_speech_agents_reach_the_metrics(m: Gate
     gemini_live._event("gemini_bad_message", call="s", error="server sent invalid JSON")
     assert get(m, "voicegate_backend_errors_total", agent="rt", kind="openai_realtime_connect_failed") == 1
     assert get(m, "voicegate_backend_errors_total", agent="rt", kind="gemini_bad_message") == 1
+
+
+def test_trunk_registration_state_and_last_code(m: GatewayMetrics) -> None:
+    event("trunk_state", trunk="main", state="registering", code=0, reason="", failures=0, refreshes=0)
+    assert get(m, "voicegate_trunk_registration", trunk="main", state="registering") == 1
+    event("trunk_state", trunk="main", state="failed", code=401, reason="Unauthorized", failures=1, refreshes=0,
+          retry_in_s=1.0)
+    assert get(m, "voicegate_trunk_registration", trunk="main", state="failed") == 1
+    assert get(m, "voicegate_trunk_registration", trunk="main", state="registering") == 0
+    assert get(m, "voicegate_trunk_last_status_code", trunk="main") == 401
+    assert get(m, "voicegate_trunk_failures", trunk="main") == 1
+    event("trunk_state", trunk="main", state="registered", code=200, reason="OK", failures=0, refreshes=0,
+          expires_s=60.0)
+    assert [get(m, "voicegate_trunk_registration", trunk="main", state=s)
+            for s in ("unregistered", "registering", "registered", "failed")] == [0, 0, 1, 0]
+    assert get(m, "voicegate_trunk_last_status_code", trunk="main") == 200
+    assert get(m, "voicegate_trunk_failures", trunk="main") == 0
+    event("trunk_removed", trunk="main", replaced=False)
+    assert m.registry.get_sample_value("voicegate_trunk_registration", {"trunk": "main", "state": "registered"}) \
+        is None
+    assert m.registry.get_sample_value("voicegate_trunk_last_status_code", {"trunk": "main"}) is None

@@ -11,12 +11,17 @@ here is a few lines of arithmetic. What is modelled:
 - Codec values from G.113 Appendix I: G.711 (PCMU, PCMA) with packet loss concealment, as pjmedia runs it:
   Ie = 0, Bpl = 25.1. Other codecs get no estimate (G.722 is wideband: G.107.1, another scale).
 - MOS (conversational quality estimate, MOS-CQE) = 1 + 0.035 R + R (R - 60) (100 - R) 7e-6 for 0 < R < 100.
+
+`line_quality` applies it to a call's RTP figures (RTCP round trip, jitter buffer delay, packet loss); the test
+phone (telephony/simulator) and the gateway's call records both use it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from media.frames import FRAME_MS
 
 R_DEFAULT = 93.2
 
@@ -63,3 +68,13 @@ def mos(r: float) -> float:
     if r >= 100:
         return 4.5
     return 1 + 0.035 * r + r * (r - 60) * (100 - r) * 7e-6
+
+
+def line_quality(codec: str, loss_pct: float, rtt_ms: float | None, jbuf_delay_ms: float) -> dict[str, float | None]:
+    """The E-model's estimate for a call leg: one-way delay Ta is half the RTCP round trip (0 before the first
+    report), plus the jitter buffer's mean delay (what jitter costs the listener) and one packet; `loss_pct` is the
+    packet loss the listener suffered. `r_factor` and `mos` are None for codecs without G.113 values."""
+    delay = (rtt_ms or 0.0) / 2 + jbuf_delay_ms + FRAME_MS
+    r = r_factor(codec, loss_pct, delay)
+    return {"delay_ms": round(delay, 1), "r_factor": None if r is None else round(r, 1),
+            "mos": None if r is None else round(mos(r), 2)}
