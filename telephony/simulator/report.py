@@ -35,7 +35,8 @@ class CallReport:
     heard_db: list[float] = field(default_factory=list)
     rtp: dict[str, float | None] | None = None
     """The phone's RTP statistics at hang-up (phone.RtpStats), with `delay_ms` (the one-way delay the E-model
-    used), `r_factor` and `mos` (None for codecs the E-model has no values for)."""
+    used), `r_factor` on the scale `r_scale` (100, or 129 for G.722's wideband E-model) and `mos` (None for codecs
+    the E-model has no values for)."""
     started: float = 0.0
     """Wall time (time.time()) the call was dialled."""
     impairment: Impairment | None = None
@@ -62,7 +63,8 @@ def rtp_line(r: CallReport) -> str:
     if q.get("rtt_ms") is not None:
         parts.append(f"rtt {q['rtt_ms']:g} ms")
     if q.get("mos") is not None:
-        parts.append(f"MOS {q['mos']:.2f} (R {q['r_factor']:.1f})")
+        wb = " of 129, wideband" if q.get("r_scale") == 129.0 else ""
+        parts.append(f"MOS {q['mos']:.2f} (R {q['r_factor']:.1f}{wb})")
     return ", ".join(parts)
 
 

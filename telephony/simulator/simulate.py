@@ -101,13 +101,15 @@ def _transcribe(ears: dict[str, Ear], call: PhoneCall, t: Transcribe) -> Future[
 
 def line_quality(stats: RtpStats | None, codec: str) -> dict[str, float | None] | None:
     """The statistics with the E-model's estimate for what the caller heard: one-way delay is half the RTCP
-    round trip (0 before a report), plus the jitter buffer's mean delay and one 20 ms packet."""
+    round trip (0 before a report), plus the jitter buffer's mean delay and one 20 ms packet. G.722 is rated on
+    the wideband scale (`r_scale` 129, G.107.1), G.711 on the narrowband one (100)."""
     if stats is None:
         return None
     delay = (stats.rtt_ms or 0.0) / 2 + stats.jbuf_delay_ms + FRAME_MS
     r = emodel.r_factor(codec, stats.rx_loss_pct, delay)
+    wb = emodel.is_wideband(codec)
     return {**asdict(stats), "delay_ms": round(delay, 1), "r_factor": None if r is None else round(r, 1),
-            "mos": None if r is None else round(emodel.mos(r), 2)}
+            "r_scale": 129.0 if wb else 100.0, "mos": None if r is None else round(emodel.mos(r, wb), 2)}
 
 
 def run_call(phone: Phone, script: Script, file: str, target: str, record: Path | None = None,

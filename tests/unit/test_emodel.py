@@ -1,16 +1,16 @@
-"""The E-model against values worked out by hand from G.107's formulas."""
+"""The E-model against values worked out by hand from G.107's and G.107.1's formulas."""
 
 from __future__ import annotations
 
 import pytest
 
-from telephony.simulator.emodel import delay_impairment, mos, r_factor
+from telephony.simulator.emodel import delay_impairment, is_wideband, mos, r_factor
 
 
 def test_defaults_give_g107s_reference_rating():
     assert r_factor("PCMU/8000", 0, 0) == pytest.approx(93.2)
     assert mos(93.2) == pytest.approx(4.41, abs=0.005)
-    assert r_factor("G722/16000", 0, 0) is None
+    assert r_factor("GSM/8000", 0, 0) is None
 
 
 def test_loss_and_delay_lower_the_rating():
@@ -23,3 +23,15 @@ def test_loss_and_delay_lower_the_rating():
     assert mos(-3) == 1 and mos(120) == 4.5
     with pytest.raises(ValueError, match="out of range"):
         r_factor("PCMU", 150, 0)
+
+
+def test_g722_is_rated_on_the_wideband_scale():
+    # Ro,WB 129 - Ie,WB 13 = 116; Rx = 116 / 1.29 = 89.92: MOS = 1 + 0.035 Rx + Rx (Rx - 60) (100 - Rx) 7e-6
+    assert is_wideband("G722/16000") and not is_wideband("PCMU/8000")
+    assert r_factor("G722/16000", 0, 0) == pytest.approx(116.0)
+    assert mos(116.0, wideband=True) == pytest.approx(4.337, abs=0.001)
+    # delay counts as on the narrowband scale: Idd(200 ms) = 3.04
+    assert r_factor("G722", 0, 200) == pytest.approx(116.0 - 3.044, abs=0.001)
+    assert mos(129.0 * 1.0, wideband=True) == 4.5 and mos(0.0, wideband=True) == 1.0
+    # no published Bpl,WB for G.722: a lossy G.722 call gets no estimate instead of a borrowed one
+    assert r_factor("G722/16000", 2.0, 0) is None
