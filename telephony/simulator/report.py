@@ -40,7 +40,7 @@ class CallReport:
     started: float = 0.0
     """Wall time (time.time()) the call was dialled."""
     impairment: Impairment | None = None
-    """With --loss: the call's seed and the RTP packets the relay dropped each way."""
+    """With --loss, --jitter, --reorder or --skew (or a script's `network:`): the call's seed, what the relay did."""
 
     @property
     def dial_ok(self) -> bool:
@@ -68,6 +68,17 @@ def rtp_line(r: CallReport) -> str:
     return ", ".join(parts)
 
 
+def impairment_line(i: Impairment) -> str:
+    """`seed 7:0, 5% loss, jitter 20 ms: dropped 12/250 packets to the caller, 10/250 from it; ...`."""
+    text = (f"seed {i.seed}, {i.line.describe()}: dropped {len(i.rx_dropped)}/{i.rx_packets} packets to the caller, "
+            f"{len(i.tx_dropped)}/{i.tx_packets} from it")
+    if i.line.reorder_pct:
+        text += f"; reordered {len(i.rx_reordered)} to the caller, {len(i.tx_reordered)} from it"
+    if i.line.jitter_ms or i.line.skew_ppm or i.line.reorder_pct:
+        text += f"; mean added delay {i.rx_delay_ms:g} ms to the caller, {i.tx_delay_ms:g} ms from it"
+    return text
+
+
 def _fmt_metrics(metrics: dict[str, float]) -> str:
     return " ".join(f"{k}={v:g}" for k, v in metrics.items())
 
@@ -87,9 +98,7 @@ def console(reports: list[CallReport]) -> str:
         if r.rtp:
             lines.append(f"  rtp: {rtp_line(r)}")
         if r.impairment:
-            i = r.impairment
-            lines.append(f"  impaired: seed {i.seed}, {i.loss_pct:g}% loss: dropped {len(i.rx_dropped)}/"
-                         f"{i.rx_packets} packets to the caller, {len(i.tx_dropped)}/{i.tx_packets} from it")
+            lines.append(f"  impaired: {impairment_line(r.impairment)}")
         for s in r.steps:
             lines.append(f"  {'ok' if s.ok else ' x'} {s.index + 1:02d} {s.name} {s.seconds:.2f}s "
                          f"{_fmt_metrics(s.metrics)} {s.message or _heard(s)}".rstrip())

@@ -10,6 +10,7 @@ dial:                                   # optional: how the INVITE looks
   from: {user: qa-bot, display: QA Bot}
   to: {user: "100", display: Reception}  # the To header; the request goes to the target
   auth: {username: alice, password_env: SIM_PASSWORD}  # answers a 401/407 challenge
+network: {loss_pct: 2, jitter_ms: 20, reorder_pct: 5, skew_ppm: 300}  # optional: a bad line, each way
 steps:
   - wait_speech: {timeout_s: 5}           # the agent starts talking (measures its latency)
   - wait_silence: {min_s: 0.8, timeout_s: 20}
@@ -40,6 +41,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from telephony.config import KNOWN_CODECS, read_text, validate_yaml
+from telephony.simulator.shaper import LineImpairment
 
 
 class _Strict(BaseModel):
@@ -343,6 +345,8 @@ class Script(_Strict):
     dial: Dial = Dial()
     answer_timeout_s: float = Field(15.0, gt=0)
     max_duration_s: float = Field(300.0, gt=0)
+    network: LineImpairment | None = None
+    """A bad line for this script's calls (the command line's --loss/--jitter/--reorder/--skew replace it)."""
     steps: list[Step] = []
 
     @model_validator(mode="after")

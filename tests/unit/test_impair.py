@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from telephony.simulator.impair import ImpairError, LossRelay, SdpProxy, hop
+from telephony.simulator.impair import ImpairError, Relay, SdpProxy, hop
+from telephony.simulator.shaper import LineImpairment
 
 SDP = "v=0\r\no=- 1 1 IN IP4 10.9.9.9\r\ns=-\r\nc=IN IP4 10.9.9.9\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n" \
       "a=rtcp:4001 IN IP4 10.9.9.9\r\n"
@@ -25,7 +26,7 @@ def proxy():
 
 
 def test_an_invite_gets_our_via_loses_our_route_and_offers_the_relay(proxy: SdpProxy):
-    proxy.arm(10.0, "s")
+    proxy.arm(LineImpairment(loss_pct=10), "s")
     here = f"{proxy.addr[0]}:{proxy.addr[1]}"
     out, dest = proxy._forward(message("INVITE sip:100@127.0.0.7:5070 SIP/2.0", "Via: SIP/2.0/UDP 127.0.0.1:5999;rport",
                                        "Max-Forwards: 70", "Call-ID: c1", f"Route: <sip:{here};lr>", body=SDP))
@@ -54,7 +55,7 @@ def test_hop_refuses_what_it_cannot_relay():
 
 def test_the_relay_drops_the_same_packets_for_the_same_seed():
     def run(seed: str) -> list[int]:
-        relay = LossRelay("127.0.0.1", 20.0, seed)
+        relay = Relay("127.0.0.1", LineImpairment(loss_pct=20), seed)
         far = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         far.bind(("127.0.0.1", 0))
         phone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
