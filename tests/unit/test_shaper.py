@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from telephony.config import ConfigError
+from telephony.simulator.script import load_script
 from telephony.simulator.shaper import REORDER_HOLD_MS, SKEW_HEAD_MS, LineImpairment, Shaper
+from telephony.simulator.simulate import NO_IMPAIRMENT, call_impairment
 
 
 def run(line: LineImpairment, seed: str = "s", n: int = 500) -> tuple[Shaper, list[tuple[float, int]]]:
@@ -89,3 +92,16 @@ def test_settings_out_of_range_are_refused_by_name():
         LineImpairment(reorder_pct=80)
     assert LineImpairment(loss_pct=5, jitter_ms=20).describe() == "5% loss, jitter 20 ms"
     assert not LineImpairment().active and LineImpairment(skew_ppm=-3).active
+
+
+def test_a_scripts_network_block_is_validated_with_its_line(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("name: bad line\nnetwork:\n  jitter_ms: 30\n  reorder_pct: 5\n")
+    script = load_script(p)
+    assert script.network == LineImpairment(jitter_ms=30, reorder_pct=5)
+    assert call_impairment(NO_IMPAIRMENT, script, 7, 2) == (script.network, "7:2")
+    assert call_impairment(LineImpairment(loss_pct=1), script, 7, 2) == (LineImpairment(loss_pct=1), "7:2")
+    p.write_text("name: bad line\nnetwork:\n  jitter_ms: -30\n")
+    with pytest.raises(ConfigError) as e:
+        load_script(p)
+    assert f"{p}:3: network.jitter_ms" in str(e.value), str(e.value)
