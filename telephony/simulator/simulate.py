@@ -31,9 +31,11 @@ from telephony.config import ConfigError
 from telephony.simulator import emodel
 from telephony.simulator.impair import ImpairError
 from telephony.simulator.listen import PAD_FRAMES, Ear, ear_for
+from telephony.simulator.persona import Mouth, PersonaLine
 from telephony.simulator.phone import Phone, PhoneCall, RtpStats
 from telephony.simulator.report import CallReport, console, html, junit, summary
 from telephony.simulator.runner import (
+    AskPersona,
     HangUp,
     Heard,
     Observation,
@@ -123,6 +125,8 @@ def run_call(phone: Phone, script: Script, file: str, target: str, record: Path 
     runner = ScriptRunner(script, lambda sp: render_speech(sp, base))
     ears = _ears(script)
     asr: Future[Heard] | None = None
+    mouth: Mouth | None = None
+    line: Future[PersonaLine] | None = None
     phone.set_codecs(script.codecs)
     try:
         call = phone.dial(target, script.dial, impair)
@@ -135,6 +139,9 @@ def run_call(phone: Phone, script: Script, file: str, target: str, record: Path 
         if asr is not None and asr.done():
             runner.hear(asr.result())
             asr = None
+        if line is not None and line.done():
+            runner.persona_said(line.result())
+            line = None
         if not o.answered:
             if o.ended:
                 break
@@ -153,6 +160,9 @@ def run_call(phone: Phone, script: Script, file: str, target: str, record: Path 
                 phone.hangup(call)
             elif isinstance(action, Transcribe):
                 asr = _transcribe(ears, call, action)
+            elif isinstance(action, AskPersona):
+                mouth = mouth or Mouth(lambda sp: render_speech(sp, base))
+                line = mouth.submit(action.step.persona, action.request)
         if runner.done:
             break
         if o.ended and not runner.transcribing:  # an utterance cut by the hang-up is still checked
@@ -161,6 +171,8 @@ def run_call(phone: Phone, script: Script, file: str, target: str, record: Path 
         if o.now - call.started > script.max_duration_s:
             runner.abort(f"the call passed max_duration_s={script.max_duration_s}")
             break
+    if mouth is not None:
+        mouth.close()
     if not call.confirmed_at and script.expect_status == 200:
         runner.abort("the call was not answered")
     phone.finish(call)
