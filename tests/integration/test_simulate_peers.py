@@ -11,8 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from media.frames import SAMPLE_RATE
-from media.resample import resample
 from tests import audio
 from tests.integration.peers import free_port, rtp_range
 from tests.integration.test_simulate_options import report, run
@@ -23,7 +21,7 @@ PROMPT = SOUNDS / "tt-weasels.wav"
 
 SCRIPT = """\
 name: baresip answers
-codecs: [PCMA]
+codecs: [G722]
 steps:
   - expect_speech: {any_of: [weasels, phone system], timeout_s: 5, silence_s: 0.8}
   - say: "hello baresip"
@@ -32,8 +30,8 @@ steps:
 
 
 def baresip_uas(workdir: Path, wav: Path, port: int) -> Iterator[tuple[subprocess.Popen[str], Path]]:
-    """baresip listening on `port`, answering every call at once and speaking `wav` (8 kHz mono: aufile plays at
-    G.711's rate) into it; its sndfile module records what it hears into the config folder."""
+    """baresip listening on `port` (G.722 only), answering every call at once and speaking `wav` (16 kHz mono:
+    aufile plays at the codec's rate) into it; its sndfile module records what it hears into the config folder."""
     conf = workdir / "baresip"
     conf.mkdir()
     lo, hi = rtp_range(20)
@@ -45,7 +43,7 @@ def baresip_uas(workdir: Path, wav: Path, port: int) -> Iterator[tuple[subproces
         f"audio_source aufile,{wav}",
         f"rtp_ports {lo}-{hi}",
         "module_path /usr/lib/baresip/modules",
-        *(f"module {m}.so" for m in ("g711", "aufile", "alsa", "sndfile")),
+        *(f"module {m}.so" for m in ("g722", "aufile", "alsa", "sndfile")),
         "module_app account.so",
         "module_app menu.so",  # answers the calls of an answermode=auto account
         f"snd_path {conf}",
@@ -78,24 +76,26 @@ def baresip_uas(workdir: Path, wav: Path, port: int) -> Iterator[tuple[subproces
 
 @pytest.fixture
 def baresip(workdir: Path) -> Iterator[tuple[subprocess.Popen[str], Path, int]]:
-    prompt = audio.to_array(resample(audio.to_pcm(audio.read_wav(PROMPT)), SAMPLE_RATE, 8000))
-    x = np.concatenate([np.zeros(4000), prompt, np.zeros(8000 * 20)])  # baresip hangs up at its end
+    x = np.concatenate([np.zeros(8000), audio.read_wav(PROMPT), np.zeros(16000 * 20)])  # baresip hangs up at its end
     port = free_port()
-    for proc, conf in baresip_uas(workdir, audio.write_wav(workdir / "prompt.wav", x, 8000), port):
+    for proc, conf in baresip_uas(workdir, audio.write_wav(workdir / "prompt.wav", x), port):
         yield proc, conf, port
 
 
 def test_a_script_passes_against_baresip(baresip: tuple[subprocess.Popen[str], Path, int], workdir: Path):
-    """baresip answers (auto-answer), the simulator transcribes its prompt, speaks, and hangs up; baresip heard
-    the caller (its recording of the call) and stays up."""
+    """baresip answers (auto-answer) in G.722, the simulator transcribes its prompt, speaks, and hangs up;
+    baresip heard the caller (its recording of the call) and stays up; the call is rated on the wideband scale."""
     proc, conf, port = baresip
     r = run(workdir, SCRIPT, f"sip:baresip@127.0.0.1:{port}", "--junit", str(workdir / "j.xml"))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     rep = report(workdir)
-    assert rep["status"] == 200 and rep["codec"] == "PCMA/8000" and rep["answer_s"] < 2
+    assert rep["status"] == 200 and rep["codec"] == "G722/16000" and rep["answer_s"] < 2
     heard = rep["steps"][0]
     assert heard["ok"] and "weasels" in heard["transcript"].lower(), heard
-    assert rep["rtp"]["rx_packets"] > 100 and rep["rtp"]["rx_loss_pct"] == 0
+    q = rep["rtp"]
+    assert q["rx_packets"] > 100 and q["rx_loss_pct"] == 0
+    # a clean G.722 line on the wideband E-model: R = 129 - Ie,WB 13 (no delay impairment on loopback)
+    assert q["r_scale"] == 129 and q["r_factor"] == 116 and q["mos"] == 4.34, q
     dec = sorted(conf.glob("dump-*-dec.wav"))
     assert dec, "baresip recorded nothing"
     e = audio.read_wav(dec[-1])
