@@ -107,6 +107,11 @@ def console(reports: list[CallReport]) -> str:
     return "\n".join(lines)
 
 
+def _scaled(rtp: dict[str, float | None], key: str) -> str:
+    """`mos_wb` for the MOS of a call rated on the wideband scale, which must not share percentiles with G.711's."""
+    return f"{key}_wb" if key == "mos" and rtp.get("r_scale") == 129.0 else key
+
+
 def summary(reports: list[CallReport]) -> str:
     """Load mode: totals, failures by step, and percentiles of every measurement over all calls."""
     lines = []
@@ -115,7 +120,7 @@ def summary(reports: list[CallReport]) -> str:
     for r in reports:
         for k in ("rx_loss_pct", "rx_jitter_ms", "mos"):
             if r.rtp and r.rtp.get(k) is not None:
-                values.setdefault(f"rtp.{k}", []).append(float(r.rtp[k] or 0.0))
+                values.setdefault(f"rtp.{_scaled(r.rtp, k)}", []).append(float(r.rtp[k] or 0.0))
         if not r.dial_ok:
             failures["dial"] = failures.get("dial", 0) + 1
         for s in r.steps:
@@ -218,7 +223,7 @@ def series(reports: list[CallReport]) -> dict[str, tuple[list[float], list[float
                 add(f"{s.name}.{k}", r.started, v)
         if r.rtp:
             for k in ("rx_loss_pct", "rx_jitter_ms", "mos"):
-                add(f"rtp.{k}", r.started, r.rtp.get(k))
+                add(f"rtp.{_scaled(r.rtp, k)}", r.started, r.rtp.get(k))
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from telephony.simulator.emodel import delay_impairment, is_wideband, mos, r_factor
+from telephony.simulator.report import CallReport, series, summary
 
 
 def test_defaults_give_g107s_reference_rating():
@@ -35,3 +36,14 @@ def test_g722_is_rated_on_the_wideband_scale():
     assert mos(129.0 * 1.0, wideband=True) == 4.5 and mos(0.0, wideband=True) == 1.0
     # no published Bpl,WB for G.722: a lossy G.722 call gets no estimate instead of a borrowed one
     assert r_factor("G722/16000", 2.0, 0) is None
+
+
+def test_load_summaries_keep_wideband_and_narrowband_mos_apart():
+    def call(codec: str, mos_value: float, scale: float) -> CallReport:
+        return CallReport("s", "s.yaml", "sip:x", 200, 200, 0.1, codec, 5.0, started=1.0,
+                          rtp={"rx_loss_pct": 0.0, "rx_jitter_ms": 1.0, "mos": mos_value, "r_scale": scale})
+
+    reports = [call("PCMU/8000", 4.41, 100.0), call("G722/16000", 4.34, 129.0)]
+    text = summary(reports)
+    assert "rtp.mos " in text and "rtp.mos_wb " in text, text
+    assert series(reports)["rtp.mos_wb"] == ([1.0], [4.34]) and series(reports)["rtp.mos"] == ([1.0], [4.41])
