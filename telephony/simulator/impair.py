@@ -12,9 +12,11 @@ party on the signalling path can show each end the relay's address in the other'
 outbound proxy on loopback: it forwards every request to its next hop (Route, else the Request-URI) with its own
 Via on top, hands responses back, and rewrites the `c=`/`m=` lines of the SDP it carries (RTCP, the next port, is
 relayed unimpaired). It adds no Record-Route, so in-dialog requests of the far end go to the phone directly; a far
-end that moves its media in a re-INVITE leaves the relay. UDP only. Written by hand: no maintained Python library
-is a SIP proxy with SDP rewriting (and none relays RTP with seeded impairment); this one needs only the few header
-lines it touches.
+end that moves its media in a re-INVITE leaves the relay. The phone reaches the proxy over UDP; the proxy reaches a
+next hop whose URI says `;transport=tcp` over TCP (one connection per hop, whose responses come back on it), others
+over UDP; TLS is refused (the proxy would have to end the phone's TLS and hold the far end's trust). Written by
+hand: no maintained Python library is a SIP proxy with SDP rewriting (and none relays RTP with seeded impairment);
+this one needs only the few header lines it touches, and RFC 3261's Content-Length framing on TCP.
 """
 
 from __future__ import annotations
@@ -159,16 +161,40 @@ def _header(lines: list[str], *names: str) -> int:
     return -1
 
 
-def hop(uri: str) -> Addr:
-    """host and port of a SIP URI or Route value; refuses other transports than UDP."""
+def next_hop(uri: str) -> tuple[Addr, str]:
+    """host, port and transport (`udp` or `tcp`) of a SIP URI or Route value; refuses TLS."""
     value = uri.strip().removeprefix("<").split(">", 1)[0]
-    if re.search(r";transport=(?!udp)", value, re.IGNORECASE) or value.lower().startswith("sips:"):
+    t = re.search(r";transport=(\w+)", value, re.IGNORECASE)
+    transport = t.group(1).lower() if t else "udp"
+    if transport not in ("udp", "tcp") or value.lower().startswith("sips:"):
         raise ImpairError(f"{value}: the impairment relay (--loss, --jitter, --reorder, --skew) relays SIP over "
-                          "UDP only")
+                          "UDP and TCP only")
     m = _HOSTPORT.match(value)
     if m is None:
         raise ImpairError(f"{value}: no host to send to")
-    return m.group(1), int(m.group(2) or 5060)
+    return (m.group(1), int(m.group(2) or 5060)), transport
+
+
+def hop(uri: str) -> Addr:
+    """host and port of a SIP URI or Route value (see `next_hop`)."""
+    return next_hop(uri)[0]
+
+
+def framed(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """The complete SIP messages at the start of a stream-transport buffer (RFC 3261 18.3: Content-Length frames
+    the body; CRLF keep-alives between messages are skipped), and the rest."""
+    out: list[bytes] = []
+    while True:
+        buffer = buffer.lstrip(b"\r\n")
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return out, buffer
+        m = re.search(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)", buffer[:end], re.IGNORECASE | re.MULTILINE)
+        size = end + 4 + (int(m.group(1)) if m else 0)
+        if len(buffer) < size:
+            return out, buffer
+        out.append(buffer[:size])
+        buffer = buffer[size:]
 
 
 class SdpProxy:
@@ -183,6 +209,8 @@ class SdpProxy:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.errors: list[str] = []
+        self._conns: dict[Addr, socket.socket] = {}
+        """TCP connections to next hops (the far end answers on them too)."""
         self._thread = threading.Thread(target=self._run, name="sdp-proxy", daemon=True)
         self._thread.start()
 
@@ -205,6 +233,12 @@ class SdpProxy:
         self._stop.set()
         self._thread.join(2)
         self._sock.close()
+        with self._lock:
+            conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
         for call_id in list(self.relays):
             self.release(call_id)
 
@@ -215,11 +249,46 @@ class SdpProxy:
                 data, _src = self._sock.recvfrom(65535)
             except (TimeoutError, OSError):
                 continue
-            try:
-                out, dest = self._forward(data.decode("utf-8", "replace"))
+            self._handle(data)
+
+    def _handle(self, data: bytes) -> None:
+        try:
+            out, dest, transport = self._forward(data.decode("utf-8", "replace"))
+            if transport == "udp":
                 self._sock.sendto(out.encode(), dest)
-            except Exception as e:  # a message it cannot handle is reported, and the proxy carries on
-                self.errors.append(f"{e!r}")
+            else:
+                self._connection(dest).sendall(out.encode())
+        except Exception as e:  # a message it cannot handle is reported, and the proxy carries on
+            self.errors.append(f"{e!r}")
+
+    def _connection(self, dest: Addr) -> socket.socket:
+        """The TCP connection to `dest` (opened on first use, read by its own thread)."""
+        with self._lock:
+            conn = self._conns.get(dest)
+            if conn is None:
+                conn = socket.create_connection(dest, timeout=5)
+                conn.settimeout(None)
+                self._conns[dest] = conn
+                threading.Thread(target=self._read, args=(dest, conn), name=f"sdp-proxy-tcp-{dest[1]}",
+                                 daemon=True).start()
+            return conn
+
+    def _read(self, dest: Addr, conn: socket.socket) -> None:
+        buffer = b""
+        while not self._stop.is_set():
+            try:
+                data = conn.recv(65535)
+            except OSError:
+                break
+            if not data:
+                break
+            messages, buffer = framed(buffer + data)
+            for msg in messages:
+                self._handle(msg)
+        with self._lock:
+            if self._conns.get(dest) is conn:
+                del self._conns[dest]
+        conn.close()
 
     def _relay(self, lines: list[str], offer: bool) -> Relay | None:
         i = _header(lines, "call-id", "i")
@@ -230,7 +299,8 @@ class SdpProxy:
                 self._armed = None
             return self.relays.get(call_id)
 
-    def _forward(self, msg: str) -> tuple[str, Addr]:
+    def _forward(self, msg: str) -> tuple[str, Addr, str]:
+        """The message to pass on, where to, and over which transport."""
         lines, body = _split(msg)
         response = lines[0].startswith("SIP/2.0")
         relay = self._relay(lines, offer=not response and lines[0].startswith("INVITE"))
@@ -244,17 +314,9 @@ class SdpProxy:
                 lines[v] = f"{name}:{','.join(rest)}"
             else:
                 lines.pop(v)
-            via = lines[_header(lines, "via", "v")].split(":", 1)[1].split(",")[0].split()[1]
-            dest = hop(via.split(";")[0])
+            protocol, via = lines[_header(lines, "via", "v")].split(":", 1)[1].split(",")[0].split()[:2]
+            dest, transport = hop(via.split(";")[0]), protocol.rsplit("/", 1)[-1].lower()
         else:
-            top = f"z9hG4bK{hashlib.sha1(lines[_header(lines, 'via', 'v')].encode()).hexdigest()[:16]}"
-            lines.insert(1, f"Via: SIP/2.0/UDP {self.addr[0]}:{self.addr[1]};branch={top}")
-            mf = _header(lines, "max-forwards")
-            if mf > 0:
-                hops = int(lines[mf].split(":", 1)[1]) - 1
-                if hops < 0:
-                    raise ImpairError("Max-Forwards exhausted")
-                lines[mf] = f"Max-Forwards: {hops}"
             r = _header(lines, "route")
             if r > 0 and f"{self.addr[0]}:{self.addr[1]}" in lines[r]:
                 routes = lines[r].split(":", 1)[1].split(",")[1:]
@@ -263,11 +325,19 @@ class SdpProxy:
                 else:
                     lines.pop(r)
             r = _header(lines, "route")
-            dest = hop(lines[r].split(":", 1)[1].split(",")[0] if r > 0 else lines[0].split()[1])
+            dest, transport = next_hop(lines[r].split(":", 1)[1].split(",")[0] if r > 0 else lines[0].split()[1])
+            top = f"z9hG4bK{hashlib.sha1(lines[_header(lines, 'via', 'v')].encode()).hexdigest()[:16]}"
+            lines.insert(1, f"Via: SIP/2.0/{transport.upper()} {self.addr[0]}:{self.addr[1]};branch={top}")
+            mf = _header(lines, "max-forwards")
+            if mf > 0:
+                hops = int(lines[mf].split(":", 1)[1]) - 1
+                if hops < 0:
+                    raise ImpairError("Max-Forwards exhausted")
+                lines[mf] = f"Max-Forwards: {hops}"
         n = _header(lines, "content-length", "l")
         if n > 0:
             lines[n] = f"Content-Length: {len(body.encode())}"
-        return "\r\n".join(lines) + "\r\n\r\n" + body, dest
+        return "\r\n".join(lines) + "\r\n\r\n" + body, dest, transport
 
     @staticmethod
     def _rewrite(sdp: str, relay: Relay, from_phone: bool) -> str:

@@ -260,6 +260,8 @@ class Phone:
             self.ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, tc)
         else:
             self.ep.transportCreate(pj.PJSIP_TRANSPORT_TCP if tcp else pj.PJSIP_TRANSPORT_UDP, tc)
+            if not tcp:  # for a `;transport=tcp` target, and the in-dialog requests to a far end's TCP Contact
+                self.ep.transportCreate(pj.PJSIP_TRANSPORT_TCP, tc)
         self.ep.libStart()
         self.ep.audDevManager().setNullDev()
         ac = pj.AccountConfig()

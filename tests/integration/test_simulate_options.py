@@ -287,3 +287,33 @@ def test_jitter_and_reordering_are_measured_and_the_jitter_buffers_cope(gateway:
     assert 10 < imp["rx_delay_ms"] < 40, imp
     assert 4 < q["rx_jitter_ms"] < 40 and jitter[False] < 2, jitter
     assert "seed 3:0, jitter 20 ms, 5% reordered: dropped 0/" in r.stdout and "mean added delay" in r.stdout
+
+
+TCP_ECHO = """\
+name: over tcp
+steps:
+  - say: "hello, testing one two three"
+    wait: false
+  - wait_speech: {timeout_s: 3}
+  - wait: 1
+  - hangup: {}
+"""
+
+
+def test_the_impairment_relay_reaches_a_tcp_only_target(workdir: Path):
+    """A sipp UAS that listens on TCP alone (and echoes RTP): the phone's proxy carries the signalling over TCP,
+    the relay jitters the media, and the caller hears its echo."""
+    port = free_port()
+    uas = subprocess.Popen(["sipp", "-sn", "uas", "-t", "t1", "-i", "127.0.0.1", "-p", str(port),
+                            "-mp", str(rtp_range(10)[0]), "-rtp_echo", "-nostdin", "-m", "1", "-timeout", "40"],
+                           cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        r = run(workdir, TCP_ECHO, f"sip:service@127.0.0.1:{port};transport=tcp", "--jitter", "10", "--seed", "1")
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        rep = report(workdir)
+        assert rep["status"] == 200 and rep["impairment"]["rx_packets"] > 40, rep
+        assert uas.wait(20) == 0  # sipp saw the call through to the BYE
+    finally:
+        if uas.poll() is None:
+            uas.kill()
+            uas.wait(5)
