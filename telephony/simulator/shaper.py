@@ -73,9 +73,10 @@ class Shaper:
     """Arrival indices of the packets held back for reordering."""
     delay_ms_total: float = 0.0
     """Sum of the delays of the packets sent (for their mean)."""
-    _t0: float | None = None
-    _last: float = 0.0
-    _held: list[tuple[float, int, bytes]] = field(default_factory=list)
+    _t0: float | None = field(default=None, init=False)
+    _last: float = field(default=0.0, init=False)
+    """When the last in-order packet leaves: no later arrival leaves before it."""
+    _held: list[tuple[float, int, bytes]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         self._loss = random.Random(f"{self.seed}:loss")
