@@ -119,7 +119,7 @@ def _simulate(args: argparse.Namespace) -> int:
         print("voicegate simulate: --calls 1-10000, --concurrency 1-64 and --rate > 0", file=sys.stderr)
         return 2
     return simulate(args.scripts, args.target, args.junit, args.json, args.rtp_port, args.calls, args.concurrency,
-                    args.rate, args.html, args.loss, args.record, args.seed)
+                    args.rate, args.html, args.loss, args.record, args.seed, args.jitter, args.reorder, args.skew)
 
 
 def _calls(args: argparse.Namespace) -> int:
@@ -310,6 +310,12 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--html", help="write a self-contained HTML report (timelines per call) here")
     m.add_argument("--rtp-port", type=int, default=40000, help="first RTP port of the simulated phone")
     m.add_argument("--loss", type=float, default=0.0, help="drop this percentage of RTP packets each way")
+    m.add_argument("--jitter", type=float, default=0.0, help="delay RTP packets each way by 0 to 2x this many ms "
+                   "(in order)")
+    m.add_argument("--reorder", type=float, default=0.0, help="hold back this percentage of RTP packets each way, "
+                   "so the next ones overtake them")
+    m.add_argument("--skew", type=float, default=0.0, help="the far end's clock runs this many ppm slow (negative: "
+                   "fast), each way")
     m.add_argument("--seed", type=int, help="seed of the random drops (--loss): the same seed drops the same packets")
     m.add_argument("--record", help="write each call as a stereo WAV (caller left, agent right) into this folder")
     m.add_argument("--calls", type=int, help="load mode: place this many calls in all (bounded: at most 10000)")

@@ -33,10 +33,10 @@ def summarize(stat: Any) -> dict[str, Any]:
 
 
 def with_quality(rtp: dict[str, Any], codec: str) -> dict[str, Any]:
-    """`rtp` (from `summarize`) plus the E-model's `delay_ms`, `r_factor` and `mos` (media.emodel) for the worse
-    direction: the higher of the loss we counted and the loss the far end reported in RTCP. No RTP received: no
-    estimate (None), since nothing was measured."""
+    """`rtp` (from `summarize`) plus the E-model's `delay_ms`, `r_factor`, `r_scale` and `mos` (media.emodel) for
+    the worse direction: the higher of the loss we counted and the loss the far end reported in RTCP. No RTP
+    received: no estimate (None), since nothing was measured."""
     if not rtp["rx_pkts"]:
-        return {**rtp, "delay_ms": None, "r_factor": None, "mos": None}
+        return {**rtp, "delay_ms": None, "r_factor": None, "r_scale": None, "mos": None}
     loss = max(float(rtp["rx_loss_pct"]), float(rtp["tx_loss_pct"]))
     return {**rtp, **line_quality(codec, loss, rtp["rtt_ms"], float(rtp["jbuf_delay_ms"]))}

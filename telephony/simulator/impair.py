@@ -1,10 +1,10 @@
 """Seeded RTP impairment: the phone's calls go through a small SIP proxy that puts a UDP relay into each call's
-media path, and the relay drops packets reproducibly.
+media path, and the relay drops, delays and reorders packets reproducibly (shaper.py decides, from the seed).
 
 pjmedia's own drop simulation (`txDropPct`/`rxDropPct`) draws from one process-wide `rand()` shared by its media
 threads, so the same seed would not give the same drops; netem cannot be seeded either. The relay decides each
-packet's fate from `random.Random(f"{seed}:{direction}")` by its place in that direction's packet order, so a seed
-always drops the same packets.
+packet's fate from generators seeded with `{seed}:{direction}` by its place in that direction's packet order, so a
+seed always drops (and delays) the same packets.
 
 Why a proxy: both ends must send their RTP to the relay from the first packet, or pjmedia's address latching
 (a stream switches its destination to wherever its RTP comes from) takes the relay out of the path again. Only a
@@ -12,20 +12,25 @@ party on the signalling path can show each end the relay's address in the other'
 outbound proxy on loopback: it forwards every request to its next hop (Route, else the Request-URI) with its own
 Via on top, hands responses back, and rewrites the `c=`/`m=` lines of the SDP it carries (RTCP, the next port, is
 relayed unimpaired). It adds no Record-Route, so in-dialog requests of the far end go to the phone directly; a far
-end that moves its media in a re-INVITE leaves the relay. UDP only. Written by hand: no maintained Python library
-is a SIP proxy with SDP rewriting (and none relays RTP with seeded impairment); this one needs only the few header
-lines it touches.
+end that moves its media in a re-INVITE leaves the relay. The phone reaches the proxy over UDP; the proxy reaches a
+next hop whose URI says `;transport=tcp` over TCP (one connection per hop, whose responses come back on it), others
+over UDP; TLS is refused (the proxy would have to end the phone's TLS and hold the far end's trust). Written by
+hand: no maintained Python library is a SIP proxy with SDP rewriting (and none relays RTP with seeded impairment);
+this one needs only the few header lines it touches, and RFC 3261's Content-Length framing on TCP.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import random
 import re
 import selectors
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
+
+from telephony.simulator.shaper import LineImpairment, Shaper
 
 Addr = tuple[str, int]
 
@@ -39,34 +44,25 @@ class ImpairError(Exception):
     """The impairment cannot be set up (a target it cannot relay for)."""
 
 
-@dataclass
-class Direction:
-    """One way through the relay: which RTP packets (by arrival index) were dropped."""
-
-    loss_pct: float
-    rng: random.Random
-    packets: int = 0
-    dropped: list[int] = field(default_factory=list)
-
-    def keep(self) -> bool:
-        """The next packet's fate (one draw per packet, so the pattern depends on the seed alone)."""
-        drop = self.rng.random() * 100 < self.loss_pct
-        if drop:
-            self.dropped.append(self.packets)
-        self.packets += 1
-        return not drop
-
-
 @dataclass(frozen=True)
 class Impairment:
-    """What a relay did to one call: its seed and the RTP packets (arrival indices) dropped each way."""
+    """What a relay did to one call: its seed and settings, the RTP packets (arrival indices) dropped and held
+    back for reordering each way, and the mean delay it added."""
 
     seed: str
-    loss_pct: float
+    line: LineImpairment
     rx_packets: int
     rx_dropped: list[int]
     tx_packets: int
     tx_dropped: list[int]
+    rx_reordered: list[int] = field(default_factory=list)
+    tx_reordered: list[int] = field(default_factory=list)
+    rx_delay_ms: float = 0.0
+    tx_delay_ms: float = 0.0
+
+    @property
+    def loss_pct(self) -> float:
+        return self.line.loss_pct
 
 
 def _pair(host: str) -> tuple[socket.socket, socket.socket]:
@@ -86,13 +82,15 @@ def _pair(host: str) -> tuple[socket.socket, socket.socket]:
     raise ImpairError(f"no free pair of UDP ports on {host} for the impairment relay")
 
 
-class LossRelay:
-    """One call's RTP and RTCP between the phone and the far end; both send to `host:port` (and port + 1)."""
+class Relay:
+    """One call's RTP and RTCP between the phone and the far end; both send to `host:port` (and port + 1). RTP is
+    impaired by a `Shaper` each way, RTCP passes as it comes."""
 
-    def __init__(self, host: str, loss_pct: float, seed: str) -> None:
+    def __init__(self, host: str, line: LineImpairment, seed: str) -> None:
         self.seed = seed
-        self.to_phone = Direction(loss_pct, random.Random(f"{seed}:rx"))
-        self.from_phone = Direction(loss_pct, random.Random(f"{seed}:tx"))
+        self.line = line
+        self.to_phone = Shaper(line, f"{seed}:rx")
+        self.from_phone = Shaper(line, f"{seed}:tx")
         self.phone: Addr | None = None
         self.far: Addr | None = None
         self._socks = _pair(host)
@@ -106,8 +104,11 @@ class LossRelay:
         sel = selectors.DefaultSelector()
         for i, s in enumerate(self._socks):
             sel.register(s, selectors.EVENT_READ, i)
+        rtp = self._socks[0]
         while not self._stop.is_set():
-            for key, _ in sel.select(0.05):
+            due = [t for t in (self.to_phone.next_at, self.from_phone.next_at) if t is not None]
+            wait = min([0.05, *(t - time.monotonic() for t in due)])
+            for key, _ in sel.select(max(0.0, wait)):
                 kind: int = key.data
                 sock = self._socks[kind]
                 try:
@@ -119,20 +120,31 @@ class LossRelay:
                     continue
                 # the phone's SDP may name another local address than its packets come from: match by port
                 if src[1] == phone[1] + kind and src != (far[0], far[1] + kind):
-                    if kind == 1 or self.from_phone.keep():
+                    if kind == 1:
                         sock.sendto(data, (far[0], far[1] + kind))
-                elif kind == 1 or self.to_phone.keep():
+                    else:
+                        self.from_phone.arrive(time.monotonic(), data)
+                elif kind == 1:
                     sock.sendto(data, (phone[0], phone[1] + kind))
+                else:
+                    self.to_phone.arrive(time.monotonic(), data)
+            now = time.monotonic()
+            for shaper, dest in ((self.to_phone, self.phone), (self.from_phone, self.far)):
+                for packet in shaper.due(now):
+                    assert dest is not None
+                    with contextlib.suppress(OSError):
+                        rtp.sendto(packet, dest)
         sel.close()
 
     def close(self) -> Impairment:
-        """Stop relaying; what was dropped each way."""
+        """Stop relaying; what was done to the packets each way."""
         self._stop.set()
         self._thread.join(2)
         for sock in self._socks:
             sock.close()
         rx, tx = self.to_phone, self.from_phone
-        return Impairment(self.seed, rx.loss_pct, rx.packets, rx.dropped, tx.packets, tx.dropped)
+        return Impairment(self.seed, self.line, rx.packets, rx.dropped, tx.packets, tx.dropped, rx.reordered,
+                          tx.reordered, rx.mean_delay_ms, tx.mean_delay_ms)
 
 
 def _split(msg: str) -> tuple[list[str], str]:
@@ -149,15 +161,40 @@ def _header(lines: list[str], *names: str) -> int:
     return -1
 
 
-def hop(uri: str) -> Addr:
-    """host and port of a SIP URI or Route value; refuses other transports than UDP."""
+def next_hop(uri: str) -> tuple[Addr, str]:
+    """host, port and transport (`udp` or `tcp`) of a SIP URI or Route value; refuses TLS."""
     value = uri.strip().removeprefix("<").split(">", 1)[0]
-    if re.search(r";transport=(?!udp)", value, re.IGNORECASE) or value.lower().startswith("sips:"):
-        raise ImpairError(f"{value}: --loss relays SIP over UDP only")
+    t = re.search(r";transport=(\w+)", value, re.IGNORECASE)
+    transport = t.group(1).lower() if t else "udp"
+    if transport not in ("udp", "tcp") or value.lower().startswith("sips:"):
+        raise ImpairError(f"{value}: the impairment relay (--loss, --jitter, --reorder, --skew) relays SIP over "
+                          "UDP and TCP only")
     m = _HOSTPORT.match(value)
     if m is None:
         raise ImpairError(f"{value}: no host to send to")
-    return m.group(1), int(m.group(2) or 5060)
+    return (m.group(1), int(m.group(2) or 5060)), transport
+
+
+def hop(uri: str) -> Addr:
+    """host and port of a SIP URI or Route value (see `next_hop`)."""
+    return next_hop(uri)[0]
+
+
+def framed(buffer: bytes) -> tuple[list[bytes], bytes]:
+    """The complete SIP messages at the start of a stream-transport buffer (RFC 3261 18.3: Content-Length frames
+    the body; CRLF keep-alives between messages are skipped), and the rest."""
+    out: list[bytes] = []
+    while True:
+        buffer = buffer.lstrip(b"\r\n")
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return out, buffer
+        m = re.search(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)", buffer[:end], re.IGNORECASE | re.MULTILINE)
+        size = end + 4 + (int(m.group(1)) if m else 0)
+        if len(buffer) < size:
+            return out, buffer
+        out.append(buffer[:size])
+        buffer = buffer[size:]
 
 
 class SdpProxy:
@@ -167,11 +204,13 @@ class SdpProxy:
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.bind((host, 0))
         self.addr: Addr = (host, int(self._sock.getsockname()[1]))
-        self.relays: dict[str, LossRelay] = {}
-        self._armed: tuple[float, str] | None = None
+        self.relays: dict[str, Relay] = {}
+        self._armed: tuple[LineImpairment, str] | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.errors: list[str] = []
+        self._conns: dict[Addr, socket.socket] = {}
+        """TCP connections to next hops (the far end answers on them too)."""
         self._thread = threading.Thread(target=self._run, name="sdp-proxy", daemon=True)
         self._thread.start()
 
@@ -179,10 +218,10 @@ class SdpProxy:
     def uri(self) -> str:
         return f"sip:{self.addr[0]}:{self.addr[1]};lr"
 
-    def arm(self, loss_pct: float, seed: str) -> None:
-        """The next new call (Call-ID) gets a relay dropping `loss_pct` percent each way."""
+    def arm(self, line: LineImpairment, seed: str) -> None:
+        """The next new call (Call-ID) gets a relay impairing its RTP each way as `line` says."""
         with self._lock:
-            self._armed = (loss_pct, seed)
+            self._armed = (line, seed)
 
     def release(self, call_id: str) -> Impairment | None:
         """Stop the call's relay; what it dropped."""
@@ -194,6 +233,12 @@ class SdpProxy:
         self._stop.set()
         self._thread.join(2)
         self._sock.close()
+        with self._lock:
+            conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
         for call_id in list(self.relays):
             self.release(call_id)
 
@@ -204,22 +249,58 @@ class SdpProxy:
                 data, _src = self._sock.recvfrom(65535)
             except (TimeoutError, OSError):
                 continue
-            try:
-                out, dest = self._forward(data.decode("utf-8", "replace"))
-                self._sock.sendto(out.encode(), dest)
-            except Exception as e:  # a message it cannot handle is reported, and the proxy carries on
-                self.errors.append(f"{e!r}")
+            self._handle(data)
 
-    def _relay(self, lines: list[str], offer: bool) -> LossRelay | None:
+    def _handle(self, data: bytes) -> None:
+        try:
+            out, dest, transport = self._forward(data.decode("utf-8", "replace"))
+            if transport == "udp":
+                self._sock.sendto(out.encode(), dest)
+            else:
+                self._connection(dest).sendall(out.encode())
+        except Exception as e:  # a message it cannot handle is reported, and the proxy carries on
+            self.errors.append(f"{e!r}")
+
+    def _connection(self, dest: Addr) -> socket.socket:
+        """The TCP connection to `dest` (opened on first use, read by its own thread)."""
+        with self._lock:
+            conn = self._conns.get(dest)
+            if conn is None:
+                conn = socket.create_connection(dest, timeout=5)
+                conn.settimeout(None)
+                self._conns[dest] = conn
+                threading.Thread(target=self._read, args=(dest, conn), name=f"sdp-proxy-tcp-{dest[1]}",
+                                 daemon=True).start()
+            return conn
+
+    def _read(self, dest: Addr, conn: socket.socket) -> None:
+        buffer = b""
+        while not self._stop.is_set():
+            try:
+                data = conn.recv(65535)
+            except OSError:
+                break
+            if not data:
+                break
+            messages, buffer = framed(buffer + data)
+            for msg in messages:
+                self._handle(msg)
+        with self._lock:
+            if self._conns.get(dest) is conn:
+                del self._conns[dest]
+        conn.close()
+
+    def _relay(self, lines: list[str], offer: bool) -> Relay | None:
         i = _header(lines, "call-id", "i")
         call_id = lines[i].split(":", 1)[1].strip() if i > 0 else ""
         with self._lock:
             if call_id not in self.relays and offer and self._armed is not None:
-                self.relays[call_id] = LossRelay(self.addr[0], *self._armed)
+                self.relays[call_id] = Relay(self.addr[0], *self._armed)
                 self._armed = None
             return self.relays.get(call_id)
 
-    def _forward(self, msg: str) -> tuple[str, Addr]:
+    def _forward(self, msg: str) -> tuple[str, Addr, str]:
+        """The message to pass on, where to, and over which transport."""
         lines, body = _split(msg)
         response = lines[0].startswith("SIP/2.0")
         relay = self._relay(lines, offer=not response and lines[0].startswith("INVITE"))
@@ -233,17 +314,9 @@ class SdpProxy:
                 lines[v] = f"{name}:{','.join(rest)}"
             else:
                 lines.pop(v)
-            via = lines[_header(lines, "via", "v")].split(":", 1)[1].split(",")[0].split()[1]
-            dest = hop(via.split(";")[0])
+            protocol, via = lines[_header(lines, "via", "v")].split(":", 1)[1].split(",")[0].split()[:2]
+            dest, transport = hop(via.split(";")[0]), protocol.rsplit("/", 1)[-1].lower()
         else:
-            top = f"z9hG4bK{hashlib.sha1(lines[_header(lines, 'via', 'v')].encode()).hexdigest()[:16]}"
-            lines.insert(1, f"Via: SIP/2.0/UDP {self.addr[0]}:{self.addr[1]};branch={top}")
-            mf = _header(lines, "max-forwards")
-            if mf > 0:
-                hops = int(lines[mf].split(":", 1)[1]) - 1
-                if hops < 0:
-                    raise ImpairError("Max-Forwards exhausted")
-                lines[mf] = f"Max-Forwards: {hops}"
             r = _header(lines, "route")
             if r > 0 and f"{self.addr[0]}:{self.addr[1]}" in lines[r]:
                 routes = lines[r].split(":", 1)[1].split(",")[1:]
@@ -252,18 +325,26 @@ class SdpProxy:
                 else:
                     lines.pop(r)
             r = _header(lines, "route")
-            dest = hop(lines[r].split(":", 1)[1].split(",")[0] if r > 0 else lines[0].split()[1])
+            dest, transport = next_hop(lines[r].split(":", 1)[1].split(",")[0] if r > 0 else lines[0].split()[1])
+            top = f"z9hG4bK{hashlib.sha1(lines[_header(lines, 'via', 'v')].encode()).hexdigest()[:16]}"
+            lines.insert(1, f"Via: SIP/2.0/{transport.upper()} {self.addr[0]}:{self.addr[1]};branch={top}")
+            mf = _header(lines, "max-forwards")
+            if mf > 0:
+                hops = int(lines[mf].split(":", 1)[1]) - 1
+                if hops < 0:
+                    raise ImpairError("Max-Forwards exhausted")
+                lines[mf] = f"Max-Forwards: {hops}"
         n = _header(lines, "content-length", "l")
         if n > 0:
             lines[n] = f"Content-Length: {len(body.encode())}"
-        return "\r\n".join(lines) + "\r\n\r\n" + body, dest
+        return "\r\n".join(lines) + "\r\n\r\n" + body, dest, transport
 
     @staticmethod
-    def _rewrite(sdp: str, relay: LossRelay, from_phone: bool) -> str:
+    def _rewrite(sdp: str, relay: Relay, from_phone: bool) -> str:
         """The SDP's audio address becomes the relay's; the real one is where the relay sends that side's RTP."""
         c, m = _C.search(sdp), _M.search(sdp)
         if c is None or m is None:
-            raise ImpairError("an SDP without an IPv4 audio address: --loss cannot relay it")
+            raise ImpairError("an SDP without an IPv4 audio address: the impairment relay cannot relay it")
         real = (c.group(1), int(m.group(1)))
         if from_phone:
             relay.phone = real

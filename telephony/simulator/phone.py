@@ -24,6 +24,7 @@ from media.frames import FRAME_BYTES, SAMPLE_RATE, SILENCE, level_dbfs
 from telephony.media_port import audio_format, read_buf, write_buf
 from telephony.simulator.impair import Impairment, SdpProxy, hop
 from telephony.simulator.script import Dial
+from telephony.simulator.shaper import LineImpairment
 
 MAX_ACCOUNTS = 6
 """Distinct From/credential combinations one phone process keeps (pjsua allows 8 accounts)."""
@@ -173,7 +174,7 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         self.refer_to: list[str] = []
         self.call_id = ""
         self.impairment: Impairment | None = None
-        """With a loss relay: what it dropped, once the call is finished."""
+        """With an impairment relay: what it did, once the call is finished."""
         self.rtp: RtpStats | None = None
         """The stream's statistics when it was last read (see `read_rtp`); kept after the stream is gone."""
 
@@ -231,8 +232,8 @@ class Phone:
                  tls_ca: str | None = None, tls_cert: tuple[str, str] | None = None, impair: bool = False) -> None:
         """`loss_pct`: RTP packets dropped in each direction, at random (pjmedia's own impairment); `tls_ca`: call
         over TLS, trusting only the CA certificates in this PEM file; `tls_cert`: (certificate, key) PEM files
-        to present as a TLS client; `impair`: calls go through an `SdpProxy`, so `dial(loss=...)` can put a seeded
-        loss relay into their media path."""
+        to present as a TLS client; `impair`: calls go through an `SdpProxy`, so `dial(impair=...)` can put a
+        seeded impairment relay into their media path."""
         self.proxy = SdpProxy() if impair else None
         self.ep = pj.Endpoint()
         self.ep.libCreate()
@@ -259,6 +260,8 @@ class Phone:
             self.ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, tc)
         else:
             self.ep.transportCreate(pj.PJSIP_TRANSPORT_TCP if tcp else pj.PJSIP_TRANSPORT_UDP, tc)
+            if not tcp:  # for a `;transport=tcp` target, and the in-dialog requests to a far end's TCP Contact
+                self.ep.transportCreate(pj.PJSIP_TRANSPORT_TCP, tc)
         self.ep.libStart()
         self.ep.audDevManager().setNullDev()
         ac = pj.AccountConfig()
@@ -307,16 +310,17 @@ class Phone:
             self._accounts[key] = acc
         return self._accounts[key]
 
-    def dial(self, uri: str, dial: Dial | None = None, loss: tuple[float, str] | None = None) -> PhoneCall:
-        """Call `uri`; `dial` adds headers, a From and a To, and credentials for a digest challenge; `loss`
-        (percent, seed) drops RTP each way through a seeded relay (needs `impair`; raises ImpairError for a
-        target it cannot relay for)."""
+    def dial(self, uri: str, dial: Dial | None = None,
+             impair: tuple[LineImpairment, str] | None = None) -> PhoneCall:
+        """Call `uri`; `dial` adds headers, a From and a To, and credentials for a digest challenge; `impair`
+        (line, seed) drops, delays and reorders RTP each way through a seeded relay (needs a Phone made with
+        `impair`; raises ImpairError for a target it cannot relay for)."""
         dial = dial or Dial()
-        if loss is not None:
+        if impair is not None:
             if self.proxy is None:
-                raise ValueError("dial(loss=...) needs a Phone made with impair=True")
+                raise ValueError("dial(impair=...) needs a Phone made with impair=True")
             hop(uri)
-            self.proxy.arm(*loss)
+            self.proxy.arm(*impair)
         acc = self._account(dial)
         if self._free:
             port = self._free.pop()

@@ -35,11 +35,12 @@ class CallReport:
     heard_db: list[float] = field(default_factory=list)
     rtp: dict[str, float | None] | None = None
     """The phone's RTP statistics at hang-up (phone.RtpStats), with `delay_ms` (the one-way delay the E-model
-    used), `r_factor` and `mos` (None for codecs the E-model has no values for)."""
+    used), `r_factor` on the scale `r_scale` (100, or 129 for G.722's wideband E-model) and `mos` (None for codecs
+    the E-model has no values for)."""
     started: float = 0.0
     """Wall time (time.time()) the call was dialled."""
     impairment: Impairment | None = None
-    """With --loss: the call's seed and the RTP packets the relay dropped each way."""
+    """With --loss, --jitter, --reorder or --skew (or a script's `network:`): the call's seed, what the relay did."""
 
     @property
     def dial_ok(self) -> bool:
@@ -62,8 +63,20 @@ def rtp_line(r: CallReport) -> str:
     if q.get("rtt_ms") is not None:
         parts.append(f"rtt {q['rtt_ms']:g} ms")
     if q.get("mos") is not None:
-        parts.append(f"MOS {q['mos']:.2f} (R {q['r_factor']:.1f})")
+        wb = " of 129, wideband" if q.get("r_scale") == 129.0 else ""
+        parts.append(f"MOS {q['mos']:.2f} (R {q['r_factor']:.1f}{wb})")
     return ", ".join(parts)
+
+
+def impairment_line(i: Impairment) -> str:
+    """`seed 7:0, 5% loss, jitter 20 ms: dropped 12/250 packets to the caller, 10/250 from it; ...`."""
+    text = (f"seed {i.seed}, {i.line.describe()}: dropped {len(i.rx_dropped)}/{i.rx_packets} packets to the caller, "
+            f"{len(i.tx_dropped)}/{i.tx_packets} from it")
+    if i.line.reorder_pct:
+        text += f"; reordered {len(i.rx_reordered)} to the caller, {len(i.tx_reordered)} from it"
+    if i.line.jitter_ms or i.line.skew_ppm or i.line.reorder_pct:
+        text += f"; mean added delay {i.rx_delay_ms:g} ms to the caller, {i.tx_delay_ms:g} ms from it"
+    return text
 
 
 def _fmt_metrics(metrics: dict[str, float]) -> str:
@@ -85,15 +98,18 @@ def console(reports: list[CallReport]) -> str:
         if r.rtp:
             lines.append(f"  rtp: {rtp_line(r)}")
         if r.impairment:
-            i = r.impairment
-            lines.append(f"  impaired: seed {i.seed}, {i.loss_pct:g}% loss: dropped {len(i.rx_dropped)}/"
-                         f"{i.rx_packets} packets to the caller, {len(i.tx_dropped)}/{i.tx_packets} from it")
+            lines.append(f"  impaired: {impairment_line(r.impairment)}")
         for s in r.steps:
             lines.append(f"  {'ok' if s.ok else ' x'} {s.index + 1:02d} {s.name} {s.seconds:.2f}s "
                          f"{_fmt_metrics(s.metrics)} {s.message or _heard(s)}".rstrip())
     passed = sum(r.passed for r in reports)
     lines.append(f"{passed} passed, {len(reports) - passed} failed")
     return "\n".join(lines)
+
+
+def _scaled(rtp: dict[str, float | None], key: str) -> str:
+    """`mos_wb` for the MOS of a call rated on the wideband scale, which must not share percentiles with G.711's."""
+    return f"{key}_wb" if key == "mos" and rtp.get("r_scale") == 129.0 else key
 
 
 def summary(reports: list[CallReport]) -> str:
@@ -104,7 +120,7 @@ def summary(reports: list[CallReport]) -> str:
     for r in reports:
         for k in ("rx_loss_pct", "rx_jitter_ms", "mos"):
             if r.rtp and r.rtp.get(k) is not None:
-                values.setdefault(f"rtp.{k}", []).append(float(r.rtp[k] or 0.0))
+                values.setdefault(f"rtp.{_scaled(r.rtp, k)}", []).append(float(r.rtp[k] or 0.0))
         if not r.dial_ok:
             failures["dial"] = failures.get("dial", 0) + 1
         for s in r.steps:
@@ -207,7 +223,7 @@ def series(reports: list[CallReport]) -> dict[str, tuple[list[float], list[float
                 add(f"{s.name}.{k}", r.started, v)
         if r.rtp:
             for k in ("rx_loss_pct", "rx_jitter_ms", "mos"):
-                add(f"rtp.{k}", r.started, r.rtp.get(k))
+                add(f"rtp.{_scaled(r.rtp, k)}", r.started, r.rtp.get(k))
     return out
 
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from agents.llm import Message
 from media.frames import FRAME_MS, split_frames
-from telephony.simulator import measure
+from telephony.simulator import measure, persona
 from telephony.simulator.script import (
     Backchannel,
     Dtmf,
@@ -25,6 +26,7 @@ from telephony.simulator.script import (
     ExpectTransfer,
     Hangup,
     Interrupt,
+    Persona,
     Play,
     Say,
     Script,
@@ -94,7 +96,16 @@ class Transcribe:
     engine: str
 
 
-Action = Speak | SendDtmf | SetEcho | HangUp | Transcribe
+@dataclass(frozen=True)
+class AskPersona:
+    """Ask the persona step's LLM for the caller's next line (`request`: the chat messages), then call
+    `ScriptRunner.persona_said` with it, rendered."""
+
+    step: Persona
+    request: list[Message]
+
+
+Action = Speak | SendDtmf | SetEcho | HangUp | Transcribe | AskPersona
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,12 @@ class _State:
     latency_ms: float = 0.0
     started_asr: float = 0.0
     heard: Heard | None = None
+    turns: list[tuple[str, str]] = field(default_factory=list)
+    """persona: (agent or caller, words) so far."""
+    said: persona.PersonaLine | None = None
+    spoken: int = 0
+    goal: bool = False
+    llm_ms: float = 0.0
 
 
 class ScriptRunner:
@@ -167,6 +184,17 @@ class ScriptRunner:
         if self.transcribing:
             assert self._st is not None
             self._st.heard = heard
+
+    @property
+    def asking(self) -> bool:
+        """An `AskPersona` is out and its step waits for `persona_said()`."""
+        return self._st is not None and self._st.phase == "asking"
+
+    def persona_said(self, line: persona.PersonaLine) -> None:
+        """The line the last `AskPersona` asked for; the step speaks it on the next tick."""
+        if self.asking:
+            assert self._st is not None
+            self._st.said = line
 
     def tick(self, o: Observation) -> list[Action]:
         if self._answer_frame is None:
@@ -253,6 +281,8 @@ class ScriptRunner:
             return self._backchannel(step, st, o)
         if isinstance(step, ExpectSpeech):
             return self._expect_speech(step, st, o)
+        if isinstance(step, Persona):
+            return self._persona(step, st, o)
         raise AssertionError(f"unhandled step {step!r}")
 
     def _speak(self, st: _State, o: Observation, wait: bool) -> list[Action]:
@@ -377,6 +407,86 @@ class ScriptRunner:
         why = f"ASR failed: {h.error}" if h.error else a.failure(h.text, h.confidence)
         self._finish(not why, why, h.text, **metrics)
         return []
+
+    def _persona(self, step: Persona, st: _State, o: Observation) -> list[Action]:
+        """Turns of: listen to the agent (onset to `silence_s` of quiet, or `timeout_s` of silence), transcribe,
+        ask the LLM for the caller's line, speak it; until the LLM marks the goal reached or the agent says an
+        `until` phrase (passed), or `max_turns` lines are spoken without either (failed)."""
+        a = step.persona
+        if st.phase == "start":
+            st.phase, st.started_asr = "listen", o.now
+        if st.phase == "listen":
+            if o.audio_run >= 2:
+                st.onset, st.phase = o.frame - o.audio_run + 1, "utterance"
+            elif o.now - st.started_asr > a.timeout_s:
+                st.turns.append(("agent", ""))
+                return self._ask(step, st)
+            elif o.ended:
+                self._persona_end(st, False, "the call ended while waiting for the agent")
+            return []
+        if st.phase == "utterance":
+            assert st.onset is not None
+            quiet = (o.frame - o.last_audio) * FRAME_MS >= a.silence_s * 1000
+            if not (quiet or o.ended):
+                return []
+            st.utter_end, st.phase, st.heard, st.started_asr = o.last_audio, "transcribing", None, o.now
+            return [Transcribe(st.onset, st.utter_end, a.engine)]
+        if st.phase == "transcribing":
+            h = st.heard
+            if h is None:
+                if o.now - st.started_asr > ASR_TIMEOUT_S:
+                    self._persona_end(st, False, f"no transcript from {a.engine} within {ASR_TIMEOUT_S:g} s")
+                return []
+            if h.error:
+                self._persona_end(st, False, f"ASR failed: {h.error}")
+                return []
+            st.turns.append(("agent", h.text))
+            phrase = a.heard_until(h.text)
+            if phrase is not None:
+                self._persona_end(st, True, f"the agent said {phrase!r}")
+                return []
+            return self._ask(step, st)
+        if st.phase == "asking":
+            line = st.said
+            if line is None:
+                return []
+            st.llm_ms = max(st.llm_ms, line.llm_ms)
+            if line.error:
+                self._persona_end(st, False, f"persona: {line.error}")
+                return []
+            if line.text:
+                st.turns.append(("caller", line.text))
+            st.goal = line.goal_reached
+            if not st.goal and st.spoken >= a.max_turns:
+                self._persona_end(st, False, f"goal not reached after {a.max_turns} lines: {a.goal}")
+                return []
+            if not line.text:
+                if st.goal:
+                    self._persona_end(st, True, "goal reached")
+                else:
+                    self._persona_end(st, False, "the persona's LLM gave an empty line")
+                return []
+            st.phase, st.spoken, st.onset = "speaking", st.spoken + 1, None
+            return [Speak(split_frames(line.pcm))]
+        # speaking: agent audio that starts meanwhile (an echo, a reply that overlaps) is the next utterance
+        if st.onset is None and o.audio_run >= 2:
+            st.onset = o.frame - o.audio_run + 1
+        if not o.speaking and o.speech_end is not None:
+            if st.goal:
+                self._persona_end(st, True, "goal reached")
+            else:
+                st.phase, st.started_asr = ("listen" if st.onset is None else "utterance"), o.now
+        elif o.ended:
+            self._persona_end(st, False, "the call ended while the caller spoke")
+        return []
+
+    def _ask(self, step: Persona, st: _State) -> list[Action]:
+        st.phase, st.said = "asking", None
+        return [AskPersona(step, persona.messages(step.persona, st.turns))]
+
+    def _persona_end(self, st: _State, ok: bool, why: str) -> None:
+        transcript = "\n".join(f"{who}: {text or persona.SILENT}" for who, text in st.turns)
+        self._finish(ok, why, transcript, turns=st.spoken, llm_ms=st.llm_ms)
 
     def _turn_latency(self, onset: int, o: Observation) -> float:
         """The end of the caller's last utterance (else the answer) to the agent's onset; 0 if they overlap."""

@@ -10,6 +10,7 @@ dial:                                   # optional: how the INVITE looks
   from: {user: qa-bot, display: QA Bot}
   to: {user: "100", display: Reception}  # the To header; the request goes to the target
   auth: {username: alice, password_env: SIM_PASSWORD}  # answers a 401/407 challenge
+network: {loss_pct: 2, jitter_ms: 20, reorder_pct: 5, skew_ppm: 300}  # optional: a bad line, each way
 steps:
   - wait_speech: {timeout_s: 5}           # the agent starts talking (measures its latency)
   - wait_silence: {min_s: 0.8, timeout_s: 20}
@@ -24,6 +25,14 @@ steps:
       any_of: [order, booking]            # also contains, not_contains, matches (regex), min_confidence
       timeout_s: 10
   - expect_transfer: {to: "sip:operator@*", timeout_s: 5}  # a REFER (declined); or to: /regex/
+  - persona:                              # an LLM plays the caller: listen, transcribe, ask it, speak its line
+      url: http://127.0.0.1:8080/v1       # any OpenAI-compatible chat completions endpoint
+      model: gpt-4o-mini
+      api_key_env: OPENAI_API_KEY         # optional
+      role: a hotel guest called Sam
+      goal: find out when reception is open
+      max_turns: 3                        # lines spoken at most; passes when the LLM says the goal is reached
+      until: [goodbye]                    # optional: the agent saying one of these also ends it (passed)
   - wait: 1.5
   - hangup: {}
 ```
@@ -40,6 +49,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from telephony.config import KNOWN_CODECS, read_text, validate_yaml
+from telephony.simulator.shaper import LineImpairment
 
 
 class _Strict(BaseModel):
@@ -305,10 +315,70 @@ class ExpectSpeech(_Strict):
     expect_speech: ExpectSpeechArgs = ExpectSpeechArgs()
 
 
+class PersonaArgs(_Strict):
+    """A caller played by an LLM (any OpenAI-compatible chat completions endpoint) for up to `max_turns` lines."""
+
+    url: str = Field(pattern=r"^https?://\S+$")
+    """The endpoint's base URL, e.g. `http://127.0.0.1:8080/v1` (`/chat/completions` is added)."""
+    model: str = Field(min_length=1)
+    api_key_env: str | None = None
+    """Name of the environment variable holding the API key (never the key itself); none: no key sent."""
+    role: str = Field(min_length=1)
+    """Who the caller is: `a hotel guest called Sam, in a hurry`."""
+    goal: str = Field(min_length=1)
+    """What the caller wants; the LLM says when it is reached."""
+    max_turns: int = Field(4, ge=1, le=20)
+    """Lines the caller speaks at most; the goal not reached by then fails the step."""
+    until: list[str] = []
+    """Phrases that end the step (passed) when the agent says one, e.g. `goodbye`."""
+    voice: str = "en-us"
+    timeout_s: float = Field(10.0, gt=0)
+    """For the agent to start speaking each turn; silence that long is a turn where it said nothing."""
+    silence_s: float = Field(1.0, gt=0)
+    """Quiet this long ends the agent's utterance."""
+    engine: str = "moonshine"
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _key(cls, v: str | None) -> str | None:
+        if v is not None and not os.environ.get(v):
+            raise ValueError(f"environment variable {v} (the persona's API key) is not set or empty")
+        return v
+
+    @field_validator("until")
+    @classmethod
+    def _phrases(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not normalize(p):
+                raise ValueError(f"{p!r} has no words to look for")
+        return v
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, v: str) -> str:
+        if v not in ASR_ENGINES:
+            raise ValueError(f"unknown ASR engine {v!r}; persona supports: {', '.join(ASR_ENGINES)}")
+        return v
+
+    @property
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def heard_until(self, text: str) -> str | None:
+        """The first `until` phrase in what the agent said, if any."""
+        words = f" {normalize(text)} "
+        return next((p for p in self.until if f" {normalize(p)} " in words), None)
+
+
+class Persona(_Strict):
+    persona: PersonaArgs
+
+
 _STEPS: dict[str, type[_Strict]] = {
     "wait_speech": WaitSpeech, "wait_silence": WaitSilence, "say": Say, "play": Play, "dtmf": Dtmf,
     "interrupt": Interrupt, "backchannel": Backchannel, "echo": Echo, "wait": Wait, "hangup": Hangup,
     "expect_hangup": ExpectHangup, "expect_speech": ExpectSpeech, "expect_transfer": ExpectTransfer,
+    "persona": Persona,
 }
 
 
@@ -329,7 +399,7 @@ Step = Annotated[
     | Annotated[Interrupt, Tag("Interrupt")] | Annotated[Backchannel, Tag("Backchannel")]
     | Annotated[Echo, Tag("Echo")] | Annotated[Wait, Tag("Wait")] | Annotated[Hangup, Tag("Hangup")]
     | Annotated[ExpectHangup, Tag("ExpectHangup")] | Annotated[ExpectSpeech, Tag("ExpectSpeech")]
-    | Annotated[ExpectTransfer, Tag("ExpectTransfer")],
+    | Annotated[ExpectTransfer, Tag("ExpectTransfer")] | Annotated[Persona, Tag("Persona")],
     Discriminator(_step_kind, custom_error_type="unknown_step",
                   custom_error_message=f"not a step; steps are {', '.join(_STEPS)}"),
 ]
@@ -343,6 +413,8 @@ class Script(_Strict):
     dial: Dial = Dial()
     answer_timeout_s: float = Field(15.0, gt=0)
     max_duration_s: float = Field(300.0, gt=0)
+    network: LineImpairment | None = None
+    """A bad line for this script's calls (the command line's --loss/--jitter/--reorder/--skew replace it)."""
     steps: list[Step] = []
 
     @model_validator(mode="after")
@@ -361,8 +433,9 @@ def step_name(step: Step) -> str:
 
 
 def uses_asr(script: Script) -> set[str]:
-    """The ASR engines the script's `expect_speech` steps need."""
-    return {s.expect_speech.engine for s in script.steps if isinstance(s, ExpectSpeech)}
+    """The ASR engines the script's `expect_speech` and `persona` steps need."""
+    return ({s.expect_speech.engine for s in script.steps if isinstance(s, ExpectSpeech)}
+            | {s.persona.engine for s in script.steps if isinstance(s, Persona)})
 
 
 def load_script(path: str | Path) -> Script:

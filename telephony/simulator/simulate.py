@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from agents.speech.asr import AsrError
 from agents.speech.tts import synthesize_fixed
@@ -30,9 +31,11 @@ from media.wavfile import WavError, read_wav_16k
 from telephony.config import ConfigError
 from telephony.simulator.impair import ImpairError
 from telephony.simulator.listen import PAD_FRAMES, Ear, ear_for
+from telephony.simulator.persona import Mouth, PersonaLine
 from telephony.simulator.phone import Phone, PhoneCall, RtpStats
 from telephony.simulator.report import CallReport, console, html, junit, summary
 from telephony.simulator.runner import (
+    AskPersona,
     HangUp,
     Heard,
     Observation,
@@ -43,6 +46,9 @@ from telephony.simulator.runner import (
     Transcribe,
 )
 from telephony.simulator.script import Script, Speech, load_script, uses_asr
+from telephony.simulator.shaper import LineImpairment
+
+NO_IMPAIRMENT = LineImpairment()
 
 
 class SimulationError(Exception):
@@ -107,15 +113,17 @@ def line_quality(stats: RtpStats | None, codec: str) -> dict[str, float | None] 
 
 
 def run_call(phone: Phone, script: Script, file: str, target: str, record: Path | None = None,
-             loss: tuple[float, str] | None = None) -> CallReport:
-    """One script on one call; `loss` (percent, seed) impairs its RTP through a seeded relay."""
+             impair: tuple[LineImpairment, str] | None = None) -> CallReport:
+    """One script on one call; `impair` (line, seed) impairs its RTP through a seeded relay."""
     base = Path(file).resolve().parent
     runner = ScriptRunner(script, lambda sp: render_speech(sp, base))
     ears = _ears(script)
     asr: Future[Heard] | None = None
+    mouth: Mouth | None = None
+    line: Future[PersonaLine] | None = None
     phone.set_codecs(script.codecs)
     try:
-        call = phone.dial(target, script.dial, loss)
+        call = phone.dial(target, script.dial, impair)
     except ImpairError as e:
         raise SimulationError(str(e)) from None
     report = CallReport(script.name, file, target, 0, script.expect_status, None, "", 0.0, started=time.time())
@@ -125,6 +133,9 @@ def run_call(phone: Phone, script: Script, file: str, target: str, record: Path 
         if asr is not None and asr.done():
             runner.hear(asr.result())
             asr = None
+        if line is not None and line.done():
+            runner.persona_said(line.result())
+            line = None
         if not o.answered:
             if o.ended:
                 break
@@ -143,6 +154,9 @@ def run_call(phone: Phone, script: Script, file: str, target: str, record: Path 
                 phone.hangup(call)
             elif isinstance(action, Transcribe):
                 asr = _transcribe(ears, call, action)
+            elif isinstance(action, AskPersona):
+                mouth = mouth or Mouth(lambda sp: render_speech(sp, base))
+                line = mouth.submit(action.step.persona, action.request)
         if runner.done:
             break
         if o.ended and not runner.transcribing:  # an utterance cut by the hang-up is still checked
@@ -151,6 +165,8 @@ def run_call(phone: Phone, script: Script, file: str, target: str, record: Path 
         if o.now - call.started > script.max_duration_s:
             runner.abort(f"the call passed max_duration_s={script.max_duration_s}")
             break
+    if mouth is not None:
+        mouth.close()
     if not call.confirmed_at and script.expect_status == 200:
         runner.abort("the call was not answered")
     phone.finish(call)
@@ -179,15 +195,21 @@ def _recording(record_dir: Path | None, index: int, script: Script) -> Path | No
     return record_dir / f"{index + 1:04d}-{safe}.wav"
 
 
-def call_loss(loss_pct: float, seed: int, index: int) -> tuple[float, str] | None:
-    """The impairment of the `index`-th call: its drops depend on the seed and the index alone."""
-    return (loss_pct, f"{seed}:{index}") if loss_pct > 0 else None
+def call_impairment(line: LineImpairment, script: Script, seed: int, index: int) -> tuple[LineImpairment, str] | None:
+    """The impairment of the `index`-th call (the command line's, else the script's `network:`): what it drops and
+    delays depends on the seed and the index alone."""
+    chosen = line if line.active else script.network
+    return (chosen, f"{seed}:{index}") if chosen is not None and chosen.active else None
 
 
-def _worker(jobs: Any, results: Any, t0: float, rate: float, target: str | None, rtp_port: int, loss_pct: float,
-            seed: int, record_dir: Path | None) -> None:
+def _impairs(line: LineImpairment, scripts: list[tuple[str, Script]]) -> bool:
+    return line.active or any(s.network is not None and s.network.active for _, s in scripts)
+
+
+def _worker(jobs: Any, results: Any, t0: float, rate: float, target: str | None, rtp_port: int,
+            line: LineImpairment, impair: bool, seed: int, record_dir: Path | None) -> None:
     """One load process: its own phone, jobs taken from the queue, each started no earlier than its slot."""
-    phone = Phone(rtp_port, impair=loss_pct > 0)
+    phone = Phone(rtp_port, impair=impair)
     try:
         while True:
             job = jobs.get()
@@ -199,7 +221,8 @@ def _worker(jobs: Any, results: Any, t0: float, rate: float, target: str | None,
                 time.sleep(delay)
             try:
                 results.put(run_call(phone, script, path, target or script.target,
-                                     _recording(record_dir, index, script), call_loss(loss_pct, seed, index)))
+                                     _recording(record_dir, index, script),
+                                     call_impairment(line, script, seed, index)))
             except Exception as e:  # a failed call is a result, not the end of the run
                 results.put(CallReport(script.name, path, target or script.target or "", 0, script.expect_status,
                                        None, "", 0.0, error=repr(e)))
@@ -208,7 +231,8 @@ def _worker(jobs: Any, results: Any, t0: float, rate: float, target: str | None,
 
 
 def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, concurrency: int, rate: float,
-             rtp_port: int, loss_pct: float = 0.0, record_dir: Path | None = None, seed: int = 0) -> list[CallReport]:
+             rtp_port: int, line: LineImpairment = NO_IMPAIRMENT, record_dir: Path | None = None,
+             seed: int = 0) -> list[CallReport]:
     """`calls` runs of the scripts (in turn), `concurrency` at a time, started at most `rate` per second."""
     ctx = multiprocessing.get_context("spawn")
     jobs = ctx.Queue()
@@ -219,8 +243,8 @@ def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, 
     for _ in range(concurrency):
         jobs.put(None)
     t0 = time.monotonic() + 1.0
-    procs = [ctx.Process(target=_worker, args=(jobs, results, t0, rate, target, rtp_port + 200 * k, loss_pct,
-                                               seed, record_dir), daemon=True)
+    procs = [ctx.Process(target=_worker, args=(jobs, results, t0, rate, target, rtp_port + 200 * k, line,
+                                               _impairs(line, scripts), seed, record_dir), daemon=True)
              for k in range(concurrency)]
     for p in procs:
         p.start()
@@ -244,7 +268,13 @@ def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, 
 def main(paths: list[str], target: str | None, junit_path: str | None, json_path: str | None,
          rtp_port: int = 40000, calls: int | None = None, concurrency: int = 1, rate: float = 1.0,
          html_path: str | None = None, loss_pct: float = 0.0, record_dir: str | None = None,
-         seed: int | None = None) -> int:
+         seed: int | None = None, jitter_ms: float = 0.0, reorder_pct: float = 0.0, skew_ppm: float = 0.0) -> int:
+    try:
+        line = LineImpairment(loss_pct=loss_pct, jitter_ms=jitter_ms, reorder_pct=reorder_pct, skew_ppm=skew_ppm)
+    except ValidationError as e:
+        for err in e.errors():
+            print(f"voicegate simulate: --{str(err['loc'][0]).split('_')[0]}: {err['msg']}", file=sys.stderr)
+        return 2
     scripts: list[tuple[str, Script]] = []
     errors = 0
     for path in paths:
@@ -265,18 +295,19 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
     rec = Path(record_dir) if record_dir else None
     if seed is None:
         seed = secrets.randbelow(2**31)
-    if loss_pct > 0:
-        print(f"voicegate simulate: seed {seed} (--seed {seed} drops the same packets again)", file=sys.stderr)
+    if _impairs(line, scripts):
+        print(f"voicegate simulate: seed {seed} (--seed {seed} impairs the same packets again)", file=sys.stderr)
     if calls is not None:
-        reports = run_load(scripts, target, calls, concurrency, rate, rtp_port, loss_pct, rec, seed)
+        reports = run_load(scripts, target, calls, concurrency, rate, rtp_port, line, rec, seed)
     else:
-        phone = Phone(rtp_port, impair=loss_pct > 0)
+        phone = Phone(rtp_port, impair=_impairs(line, scripts))
         try:
             for i, (path, s) in enumerate(scripts):
                 uri = target or s.target
                 assert uri is not None
                 try:
-                    reports.append(run_call(phone, s, path, uri, _recording(rec, i, s), call_loss(loss_pct, seed, i)))
+                    reports.append(run_call(phone, s, path, uri, _recording(rec, i, s),
+                                            call_impairment(line, s, seed, i)))
                 except SimulationError as e:
                     print(f"{path}: {e}", file=sys.stderr)
                     return 2
@@ -288,5 +319,6 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
     if html_path:
         html(reports, Path(html_path), load=calls is not None)
     if json_path:
-        Path(json_path).write_text(json.dumps([asdict(r) | {"passed": r.passed} for r in reports], indent=2))
+        Path(json_path).write_text(json.dumps([asdict(r) | {"passed": r.passed} for r in reports], indent=2,
+                                              default=BaseModel.model_dump))
     return 0 if all(r.passed for r in reports) else 1

@@ -1,17 +1,18 @@
-"""The E-model against values worked out by hand from G.107's formulas."""
+"""The E-model against values worked out by hand from G.107's and G.107.1's formulas."""
 
 from __future__ import annotations
 
 import pytest
 
-from media.emodel import delay_impairment, line_quality, mos, r_factor
+from media.emodel import delay_impairment, is_wideband, line_quality, mos, r_factor
 from telephony.rtp_stats import with_quality
+from telephony.simulator.report import CallReport, series, summary
 
 
 def test_defaults_give_g107s_reference_rating():
     assert r_factor("PCMU/8000", 0, 0) == pytest.approx(93.2)
     assert mos(93.2) == pytest.approx(4.41, abs=0.005)
-    assert r_factor("G722/16000", 0, 0) is None
+    assert r_factor("GSM/8000", 0, 0) is None
 
 
 def test_loss_and_delay_lower_the_rating():
@@ -31,8 +32,11 @@ def test_line_quality_maps_a_calls_rtp_figures():
     q = line_quality("PCMA/8000", 2.0, 300.0, 40.0)
     assert q["delay_ms"] == 210.0 and q["r_factor"] == pytest.approx(93.2 - 4.11 - 7.01, abs=0.06)
     assert q["mos"] == round(mos(q["r_factor"] or 0), 2)
-    assert line_quality("PCMU", 0.0, None, 0.0) == {"delay_ms": 20.0, "r_factor": 93.2, "mos": 4.41}  # no RTCP yet
-    assert line_quality("G722/16000", 0.0, 10.0, 20.0)["mos"] is None
+    assert line_quality("PCMU", 0.0, None, 0.0) == {"delay_ms": 20.0, "r_factor": 93.2, "r_scale": 100.0,
+                                                     "mos": 4.41}  # no RTCP yet
+    assert line_quality("G722/16000", 0.0, 10.0, 20.0) == {"delay_ms": 45.0, "r_factor": 116.0, "r_scale": 129.0,
+                                                           "mos": 4.34}
+    assert line_quality("GSM/8000", 0.0, 10.0, 20.0)["mos"] is None
 
 
 def test_a_call_record_rates_the_worse_direction():
@@ -45,3 +49,26 @@ def test_a_call_record_rates_the_worse_direction():
     assert with_quality(rtp, "")["mos"] is None  # no media negotiated
     silent = with_quality({**rtp, "rx_pkts": 0, "rx_loss_pct": 0.0}, "PCMU/8000")  # a far end that sent no RTP
     assert (silent["delay_ms"], silent["r_factor"], silent["mos"]) == (None, None, None)
+
+
+def test_g722_is_rated_on_the_wideband_scale():
+    # Ro,WB 129 - Ie,WB 13 = 116; Rx = 116 / 1.29 = 89.92: MOS = 1 + 0.035 Rx + Rx (Rx - 60) (100 - Rx) 7e-6
+    assert is_wideband("G722/16000") and not is_wideband("PCMU/8000")
+    assert r_factor("G722/16000", 0, 0) == pytest.approx(116.0)
+    assert mos(116.0, wideband=True) == pytest.approx(4.337, abs=0.001)
+    # delay counts as on the narrowband scale: Idd(200 ms) = 3.04
+    assert r_factor("G722", 0, 200) == pytest.approx(116.0 - 3.044, abs=0.001)
+    assert mos(129.0 * 1.0, wideband=True) == 4.5 and mos(0.0, wideband=True) == 1.0
+    # no published Bpl,WB for G.722: a lossy G.722 call gets no estimate instead of a borrowed one
+    assert r_factor("G722/16000", 2.0, 0) is None
+
+
+def test_load_summaries_keep_wideband_and_narrowband_mos_apart():
+    def call(codec: str, mos_value: float, scale: float) -> CallReport:
+        return CallReport("s", "s.yaml", "sip:x", 200, 200, 0.1, codec, 5.0, started=1.0,
+                          rtp={"rx_loss_pct": 0.0, "rx_jitter_ms": 1.0, "mos": mos_value, "r_scale": scale})
+
+    reports = [call("PCMU/8000", 4.41, 100.0), call("G722/16000", 4.34, 129.0)]
+    text = summary(reports)
+    assert "rtp.mos " in text and "rtp.mos_wb " in text, text
+    assert series(reports)["rtp.mos_wb"] == ([1.0], [4.34]) and series(reports)["rtp.mos"] == ([1.0], [4.41])
