@@ -262,9 +262,9 @@ def check_tools(agents: Mapping[str, AgentConfig], tools: Mapping[str, ToolConfi
     for name, cfg in agents.items():
         used = tool_names(cfg)
         check_tool_names(used, tools, f"agents.{name}.tools")
-        if isinstance(cfg, HybridAgentConfig) and used:
-            raise ValueError(f"agents.{name}.cascade.tools: a hybrid agent does not offer tools yet; give them to "
-                             "a cascaded or speech-to-speech agent")
+        inline = cfg.cascade if isinstance(cfg, HybridAgentConfig) and not isinstance(cfg.cascade, str) else None
+        if inline is not None and used and inline.llm is None:
+            raise ValueError(f"agents.{name}.cascade.tools: tools are offered to an LLM, and this cascade has no llm")
         if isinstance(cfg, CascadedAgentConfig) and used and cfg.llm is None:
             raise ValueError(f"agents.{name}.tools: tools are offered to an LLM, and this agent has no llm")
 

@@ -707,10 +707,16 @@ def _user_text(text: str) -> dict[str, Any]:
 
 
 def handover_turns(h: Handover) -> list[dict[str, Any]]:
-    """`clientContent` turns for a call taken over: the note (a user turn in brackets), then the conversation."""
+    """`clientContent` turns for a call taken over: the note (a user turn in brackets), then the conversation, with
+    the earlier backend's tool calls and results as a bracketed user turn before the caller's last one (a
+    `functionResponse` answers only a `toolCall` of this session)."""
     turns = [_user_text(f"({h.note})")] if h.note else []
-    return turns + [{"role": "model" if role == "assistant" else "user", "parts": [{"text": text}]}
-                    for role, text in h.messages]
+    said = [{"role": "model" if role == "assistant" else "user", "parts": [{"text": text}]}
+            for role, text in h.messages]
+    calls = [_user_text(f"(Already done before you took over, do not repeat it: {t.name}({t.arguments}) returned "
+                        f"{t.output})") for t in h.tools]
+    cut = len(said) - 1 if said and h.messages[-1][0] == "user" else len(said)
+    return turns + said[:cut] + calls + said[cut:]
 
 
 def _why(e: BaseException) -> str:
