@@ -160,7 +160,7 @@ class HybridAgent(Agent):
                 return  # the cascade ended the call (a goodbye or a transfer)
             escalation, speech_end = cascade.escalation, cascade.trigger.speech_end
             after_turns = sum(role == "user" for role, _ in cascade.transcript)
-            tools = cascade.brain.tools if isinstance(cascade.brain, LlmBrain) else None
+            tools = cascade.brain.tools if isinstance(cascade.brain, LlmBrain | DialogBrain) else None
             handover = await handover_from(cascade.transcript, cascade.trigger.transcript.text, tools)
         s2s = self.f.s2s
         call.record_turn({
@@ -185,8 +185,10 @@ async def handover_from(transcript: Sequence[tuple[Literal["user", "assistant"],
 
 def shared_tools(cascade: CascadedAgentConfig, s2s: OpenAIRealtimeConfig | GeminiLiveConfig
                  ) -> tuple[CascadedAgentConfig, OpenAIRealtimeConfig | GeminiLiveConfig]:
-    """Both configs offering the business tools of either (the cascade only with an LLM to use them)."""
-    names = [*cascade.tools, *(n for n in s2s.tools if n not in cascade.tools)]
+    """Both configs offering the business tools of either (the cascade's LLM only with one; a dialog cascade keeps
+    the tools its intents call)."""
+    own = cascade.business_tools
+    names = [*own, *(n for n in s2s.tools if n not in own)]
     if cascade.llm is not None:
         cascade = cascade.model_copy(update={"tools": names})
     tools = (*s2s.tools, *(n for n in names if n not in s2s.tools))
