@@ -265,6 +265,7 @@ def _turn_record(heard: HeardTurn, reply: _Reply, t0: float, interrupted: bool, 
         "first_part_ms": ms(reply.marks.get("first_part")), "first_audio_ms": ms(reply.marks.get("first_audio")),
         "reply": " ".join(reply.sentences)[:300], "heard": " ".join(spoken)[:300], "interrupted": interrupted,
         "continued": heard.continued, "superseded": reply.superseded,
+        "segments": [[seg.language, seg.text] for seg in tr.segments] if len(tr.segments) > 1 else None,
     }
 
 
