@@ -188,9 +188,9 @@ def test_an_llm_that_never_answers_gets_the_filler_then_the_apology_and_the_call
     llm.script(hang_reply("after_headers"), text_reply(["We are open until eleven."]))
     first = audio.piper("What time do you close tonight?")
     second = audio.piper("And when do you open?")
-    wav = audio.write_wav(tmp_path / "talk.wav", _sequence([(2.5, first), (10.0, second)], 15.0))
+    wav = audio.write_wav(tmp_path / "talk.wav", _sequence([(2.5, first), (8.5, second)], 13.0))
     n0 = len(llm.requests)
-    res = call(uri(gw, "llm"), "--play", str(wav), "--speak-at-s", "0", "--duration", "16", timeout=40)
+    res = call(uri(gw, "llm"), "--play", str(wav), "--speak-at-s", "0", "--duration", "14", timeout=40)
     assert res["status"] == 200 and not res["remote_hangup"], res
     turns = turns_of(gw, "llm", last=True)
     # the filler after filler_after_s (1 s), the apology at first_token_timeout_s (2 s); the next turn is answered
