@@ -10,8 +10,9 @@ Voice: `s2s_voice`, else `VOICE_MATCH` for the cascade's TTS voice, else the S2S
 `joe` (US English, adult male, mid pitch) with a male voice of each service, OpenAI `cedar` and Gemini `Charon`,
 chosen from the services' descriptions, not by ear; no synthetic voice is a twin of another, so the change is audible.
 
-Tools: the business tools of the cascade (it needs an LLM to use them) and of the S2S agent are offered to both,
-so the caller can ask for the same lookup before and after the move. The S2S agent is told every tool call the
+Tools: the business tools of the cascade (its LLM's, or those its dialog's intents call) and of the S2S agent are
+offered to both (a dialog cascade keeps its intents' own), so the caller can ask for the same lookup before and
+after the move. The S2S agent is told every tool call the
 cascade made, with its result (`Handover.tools`); a non-idempotent call that a barge-in left running is waited for
 first, so it is neither lost nor made twice. Each tool record says which backend called it.
 
