@@ -16,7 +16,8 @@ webrtcvad hears no speech are skipped: Whisper makes words up in silence (2 s of
   English at 0.2-0.5), so a Hindi-English deployment lists `hi` first. Without `languages`, Whisper's top language
   is taken. whisper-base writes much Hindi in Urdu script even when told `hi` (espeak-ng's Hindi, 3 sentences, at
   16 kHz and through G.711: all 6 in Perso-Arabic or Latin letters). A Devanagari previous-text prompt (" नमस्ते।")
-  turned 5 of the 6 into Devanagari but made 2 of them repeat a word until the length limit, so none is given.
+  turned all 6 into Devanagari, but one came out as the prompt's word alone and 2 repeated a word ("लो लो लो ..."),
+  so none is given.
 - Confidence: exp of the mean token log-probability of the decoded text, averaged over chunks weighted by length;
   0 when nothing was recognised. A word's confidence is the mean probability of its tokens.
 - Word timings come from the cross-attention alignment (CTranslate2 `align`), in seconds from the audio's start.
