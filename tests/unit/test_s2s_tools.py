@@ -187,7 +187,7 @@ def test_gemini_cancelled_call_that_was_already_made_is_reported_as_context_not_
                             lambda name, cfg, prompts: real(name, cfg, prompts, tools))
         gemini.script(Reply("Okay.", misbehave="tool_call", tools=(("cancel_order", {"order_id": "1234"}),)),
                       Reply("Your order is cancelled."))
-        c = gemini_call(gemini, 9.0, [(1.5, question)], tools=["cancel_order"])
+        c = gemini_call(gemini, 6.0, [(1.5, question)], tools=["cancel_order"])
     assert [(r.method, r.path) for r in hook.requests] == [("POST", "/orders/1234")]  # once, and not cut off
     [s] = c.sessions
     assert s.tool_responses == []  # the cancelled id gets none
