@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PKGS := sip-tester baresip espeak-ng sox asterisk-core-sounds-en-wav kamailio chromium nftables tcpdump iproute2
 CONFIG ?= voicegate.yaml
+ORDER_SERVICE ?= 8090
 
 .PHONY: deps run test lint unit integration bench bench-extra soak clean
 
@@ -26,7 +27,11 @@ $(VENV)/.installed: setup.cfg requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $@
 
+# The demo routes `orders` and `orderdesk` look orders up in examples/order_status: it runs beside the gateway and
+# stops with it (ORDER_SERVICE=0: not started; another number: its port).
 run: deps
+	@if [ "$(ORDER_SERVICE)" != 0 ]; then $(PY) examples/order_status/server.py --port $(ORDER_SERVICE) & fi; \
+	trap 'kill $$(jobs -p) 2>/dev/null' EXIT; \
 	$(VENV)/bin/voicegate serve --config $(CONFIG)
 
 lint: deps

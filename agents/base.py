@@ -63,6 +63,17 @@ AgentEvent = Dtmf | CallerSpeech | BargeIn | HungUp | TransferFailed
 
 
 @dataclass(frozen=True)
+class ToolOutcome:
+    """A business tool call an earlier backend of the call made, with the result the model was (or would have
+    been) given: `arguments` and `output` as JSON text."""
+
+    call_id: str
+    name: str
+    arguments: str
+    output: str
+
+
+@dataclass(frozen=True)
 class Handover:
     """A call another backend began (agents.hybrid): its conversation so far, `(role, text)` in order, role `user`
     or `assistant`, ending with the caller's turn to answer. A backend taking over adds `note` and the messages to
@@ -70,6 +81,8 @@ class Handover:
 
     messages: tuple[tuple[Literal["user", "assistant"], str], ...]
     note: str = ""
+    tools: tuple[ToolOutcome, ...] = ()
+    """The tool calls the earlier backend made, done (so the new one neither loses nor repeats them)."""
 
     @classmethod
     def from_turns(cls, turns: Sequence[Mapping[str, Any]], note: str = "") -> Handover:

@@ -14,7 +14,7 @@ import contextlib
 import copy
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from agents.dialog import Dialog, Reply
@@ -275,17 +275,40 @@ class DialogBrain:
         self.dialog = dialog
         self._saved: Dialog | None = None
         self.expects_code = False
+        self.tools: CallTools | None = None
+        """The call's business tools, for intents with a `tool`; set by the agent running the call."""
 
     def greeting(self) -> str:
         return self.dialog.start().text
 
     async def respond(self, turn: UserTurn) -> AsyncIterator[Part]:
         self._saved = copy.deepcopy(self.dialog)
-        for part in self._parts(self.dialog.on_user(turn.text)):
+        if self.tools is not None:
+            self.tools.language = turn.language
+        async for part in self._answer(self.dialog.on_user(turn.text)):
             yield part
 
     async def on_dtmf(self, digit: str) -> AsyncIterator[Part]:
-        for part in self._parts(self.dialog.on_dtmf(digit)):
+        async for part in self._answer(self.dialog.on_dtmf(digit)):
+            yield part
+
+    async def _answer(self, reply: Reply) -> AsyncIterator[Part]:
+        """The reply's parts; for an intent with a tool, the tool runs (its filler said by `CallTools` when slow)
+        and the reply to its answer follows, or the tool's apology."""
+        for part in self._parts(reply):
+            yield part
+        if reply.tool is None:
+            return
+        req = reply.tool
+        if self.tools is None or req.name not in self.tools.runner.tools:
+            result = ToolResult(req.name, False, error=f"tool {req.name!r} is not offered to this agent")
+        else:
+            result = await self.tools.run(req.name, req.arguments)
+        after = self.dialog.on_tool_result(result.ok, result.data)
+        if not after.text and not result.ok:
+            tool = self.tools.runner.tools.get(req.name) if self.tools is not None else None
+            after = replace(after, text=tool.apology if tool is not None else self.dialog.cfg.goodbye)
+        for part in self._parts(after):
             yield part
 
     def heard(self, spoken: Sequence[str], interrupted: bool) -> None:

@@ -90,9 +90,9 @@ class CascadedAgent(Agent):
         runner = ToolRunner(self.f.tools, list(self.f.tools)) if self.f.tools else None
         if isinstance(self.brain, LlmBrain):
             self.brain.meter = call.meter
-            if runner is not None:
-                self.brain.tools = CallTools(runner, call)
-                self.brain.tools.asks_confirmation = True
+        if isinstance(self.brain, LlmBrain | DialogBrain) and runner is not None:
+            self.brain.tools = CallTools(runner, call)
+            self.brain.tools.asks_confirmation = True
         tasks = [asyncio.create_task(listener.run()), asyncio.create_task(self._pump(listener)),
                  asyncio.create_task(self._events(call))]
         try:
@@ -152,7 +152,7 @@ class CascadedAgent(Agent):
             if isinstance(ev, BargeIn) and self._reply is not None:
                 self._reply.cancel()
             elif isinstance(ev, Dtmf):
-                tools = self.brain.tools if isinstance(self.brain, LlmBrain) else None
+                tools = self.brain.tools if isinstance(self.brain, LlmBrain | DialogBrain) else None
                 if tools is not None and tools.key(ev.digit):
                     continue  # the answer to a tool's confirmation prompt
                 if self._reply is not None:
@@ -269,6 +269,7 @@ def _turn_record(heard: HeardTurn, reply: _Reply, t0: float, interrupted: bool, 
         "first_part_ms": ms(reply.marks.get("first_part")), "first_audio_ms": ms(reply.marks.get("first_audio")),
         "reply": " ".join(reply.sentences)[:300], "heard": " ".join(spoken)[:300], "interrupted": interrupted,
         "continued": heard.continued, "superseded": reply.superseded,
+        "segments": [[seg.language, seg.text] for seg in tr.segments] if len(tr.segments) > 1 else None,
     }
 
 
@@ -293,7 +294,7 @@ class CascadedFactory(AgentFactory):
     def __init__(self, name: str, cfg: CascadedAgentConfig, tools: Mapping[str, ToolConfig] | None = None) -> None:
         self.name = name
         self.cfg = cfg
-        self.tools = {n: t for n, t in (tools or {}).items() if n in cfg.tools}
+        self.tools = {n: t for n, t in (tools or {}).items() if n in cfg.business_tools}
         self.asr: AsrWorker | None = None
         self._tts: OrderedDict[tuple[str, str], tuple[bytes, int]] = OrderedDict()
 

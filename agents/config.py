@@ -205,6 +205,13 @@ class CascadedAgentConfig(_Strict):
     tools: list[str] = []
     """Business tools (names in the top-level `tools`) offered to the LLM, besides the call actions."""
 
+    @property
+    def business_tools(self) -> list[str]:
+        """The tools it uses: those offered to its LLM, or without one those its dialog's intents call."""
+        if self.llm is not None:
+            return list(self.tools)
+        return [i.tool for i in self.dialog.intents.values() if i.tool is not None]
+
     @field_validator("voice")
     @classmethod
     def _voice(cls, v: str) -> str:
@@ -249,10 +256,12 @@ def tool_names(cfg: AgentConfig) -> list[str]:
     """The business tools an agent's config uses (the call actions transfer_call, end_call, send_dtmf left out)."""
     if isinstance(cfg, ScriptedAgentConfig):
         names = [s.tool for steps in cfg.nodes.values() for s in steps if isinstance(s, ToolStep)]
-    elif isinstance(cfg, CascadedAgentConfig | OpenAIRealtimeConfig | GeminiLiveConfig):
+    elif isinstance(cfg, CascadedAgentConfig):
+        names = [*cfg.tools, *cfg.business_tools]
+    elif isinstance(cfg, OpenAIRealtimeConfig | GeminiLiveConfig):
         names = list(cfg.tools)
     elif isinstance(cfg, HybridAgentConfig) and not isinstance(cfg.cascade, str):
-        names = list(cfg.cascade.tools)
+        names = [*cfg.cascade.tools, *cfg.cascade.business_tools]
     else:
         names = []
     return [n for n in dict.fromkeys(names) if n not in CALL_TOOL_NAMES]
@@ -264,11 +273,12 @@ def check_tools(agents: Mapping[str, AgentConfig], tools: Mapping[str, ToolConfi
     for name, cfg in agents.items():
         used = tool_names(cfg)
         check_tool_names(used, tools, f"agents.{name}.tools")
-        if isinstance(cfg, HybridAgentConfig) and used:
-            raise ValueError(f"agents.{name}.cascade.tools: a hybrid agent does not offer tools yet; give them to "
-                             "a cascaded or speech-to-speech agent")
-        if isinstance(cfg, CascadedAgentConfig) and used and cfg.llm is None:
-            raise ValueError(f"agents.{name}.tools: tools are offered to an LLM, and this agent has no llm")
+        inline = cfg.cascade if isinstance(cfg, HybridAgentConfig) and not isinstance(cfg.cascade, str) else None
+        if inline is not None and inline.tools and inline.llm is None:
+            raise ValueError(f"agents.{name}.cascade.tools: tools are offered to an LLM, and this cascade has no llm")
+        if isinstance(cfg, CascadedAgentConfig) and cfg.tools and cfg.llm is None:
+            raise ValueError(f"agents.{name}.tools: tools are offered to an LLM, and this agent has no llm (a dialog "
+                             "intent calls one with `tool:`)")
 
 
 def hybrid_parts(name: str, cfg: HybridAgentConfig, agents: Mapping[str, AgentConfig]

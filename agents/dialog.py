@@ -16,6 +16,9 @@ Slots: `alnum` runs an `agents.alnum.SpellingSession` (read-back and confirm; a 
 sentence is taken when it fits the slot's format), `digits` accepts speech or keys (`#` ends, `*` clears),
 `number` a quantity, `choice` one of its values or synonyms (also taken from the opening sentence), `text` anything.
 Templates may use earlier slots, `{<slot>_spoken}` (the read-back of an alnum or digits slot) and `{time}`.
+An intent with a `tool` (agents.tools) has it called with `args` once its slots are filled: the `Reply` carries the
+`ToolRequest`, the agent runs it and hands the answer to `on_tool_result`, whose reply may use `{result_<field>}` for
+each top-level field of the answer (`not_found` when a field it uses is missing, `on_error` when the tool failed).
 Misses in a row (no intent, a tie, an unusable slot answer, a failed spelling) get the fallback, the clarifying
 question or the slot's retry prompt; after `max_fallbacks` of them the next miss ends the dialog with
 `on_max_fallbacks`. "Cancel" or "never mind" abandons the slots being filled.
@@ -28,7 +31,7 @@ import string
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -143,6 +146,16 @@ class IntentConfig(_Strict):
     slots: list[SlotConfig] = []
     reply: str
     action: Action | None = None
+    tool: str | None = None
+    """A business tool of the top-level `tools`, called once the slots are filled; `reply` may then use
+    `{result_<field>}` for each top-level field of its answer."""
+    args: dict[str, Any] = {}
+    """The tool's arguments; strings have the slots (`{code}`) filled in."""
+    not_found: str | None = None
+    """Said instead of `reply` when the answer lacks a `{result_...}` field it uses (an unknown order); default:
+    "Sorry, I could not find that." """
+    on_error: str | None = None
+    """Said when the tool fails; default: the tool's apology."""
 
     @field_validator("keywords")
     @classmethod
@@ -177,8 +190,25 @@ class IntentConfig(_Strict):
     @classmethod
     def _reply(cls, v: str, info: ValidationInfo) -> str:
         if "slots" in info.data:  # else the slots' own errors are reported
-            _check_template(v, BUILTINS.union(*(s.variables for s in info.data["slots"])), "reply")
+            results = {f for f in _fields(v) if f.startswith("result_")}  # a tool's answer: checked below
+            _check_template(v, BUILTINS.union(results, *(s.variables for s in info.data["slots"])), "reply")
         return v
+
+    @model_validator(mode="after")
+    def _tool(self) -> IntentConfig:
+        known = BUILTINS.union(*(s.variables for s in self.slots))
+        if not self.tool and (used := sorted(f for f in _fields(self.reply) if f.startswith("result_"))):
+            raise ValueError(f"reply uses {{{used[0]}}}, and the intent has no tool to answer it")
+        for name, text in (("not_found", self.not_found), ("on_error", self.on_error)):
+            _check_template(text or "", known, name)
+        for key, value in self.args.items():
+            if isinstance(value, str):
+                _check_template(value, known, f"args.{key}")
+        if not self.tool and (self.args or self.not_found or self.on_error):
+            raise ValueError("args, not_found and on_error are for an intent with a tool")
+        if self.tool and self.action is not None and self.action != "hangup":
+            raise ValueError("an intent with a tool may end with hangup, not another action")
+        return self
 
 
 class DialogConfig(_Strict):
@@ -342,6 +372,14 @@ or keys), keys only, or nothing (the dialog is over)."""
 
 
 @dataclass(frozen=True)
+class ToolRequest:
+    """A tool call the agent makes for the dialog; its answer goes to `Dialog.on_tool_result`."""
+
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class Reply:
     text: str
     """What to say; '' when there is nothing to say (a key was collected)."""
@@ -352,6 +390,8 @@ class Reply:
     expect: Expect = "speech"
     done: bool = False
     """The call is over for the dialog (after saying `text`, hang up or transfer as `action` says)."""
+    tool: ToolRequest | None = None
+    """Call this tool after saying `text`, and give its answer to `Dialog.on_tool_result`."""
 
 
 _CANCEL = re.compile(r"\b(cancel|never ?mind|forget (it|that))\b")
@@ -370,6 +410,13 @@ def _choose(slot: SlotConfig, text: str) -> str | None:
     content = _content(_tokens(text))
     hits = [v for v, synonyms in slot.values.items() if any(_contains(content, p) for p in (v, *synonyms))]
     return hits[0] if len(hits) == 1 else None
+
+
+def _spoken(value: Any) -> str:
+    """A JSON value as it is said in a reply: `true`/`false` for booleans (so a branch can name them), text as is."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value if isinstance(value, str) else str(value)
 
 
 def _digits(text: str) -> str:
@@ -400,6 +447,8 @@ class Dialog:
         self._keys = ""
         self._fallbacks = 0
         self._done = False
+        self._asked: tuple[str, dict[str, str]] | None = None
+        """The intent and slots whose tool call is out."""
 
     def start(self) -> Reply:
         return Reply(self.cfg.greeting)
@@ -524,18 +573,46 @@ class Dialog:
         say = self.cfg.handoff if action.kind == "transfer" else self.cfg.goodbye
         return Reply(say, action=action, expect="none", done=True)
 
+    def on_tool_result(self, ok: bool, data: Any, now: float | None = None) -> Reply:
+        """The reply once the tool of the last `Reply` answered: `ok` and its JSON answer. `text` '' on a failure
+        without `on_error`: the agent says the tool's apology."""
+        now = time.time() if now is None else now
+        assert self._asked is not None, "on_tool_result without a tool request"
+        name, slots = self._asked
+        self._asked = None
+        self._intent, self._slots = name, slots
+        intent = self.cfg.intents[name]
+        if not ok:
+            text = self._render(intent.on_error, now) if intent.on_error else ""
+        else:
+            fields = data if isinstance(data, dict) else {"value": data}
+            results = {f"result_{k}": _spoken(v) for k, v in fields.items()}
+            try:
+                text = self._render(intent.reply, now, results)
+            except KeyError:
+                text = self._render(intent.not_found or "Sorry, I could not find that.", now)
+        return self._finish(name, intent, text, slots)
+
     def _complete(self, now: float) -> Reply:
         assert self._intent is not None
         name, intent = self._intent, self.cfg.intents[self._intent]
-        text, slots = self._render(intent.reply, now), dict(self._slots)
+        slots = dict(self._slots)
+        if intent.tool is not None:
+            args = {k: self._render(v, now) if isinstance(v, str) else v for k, v in intent.args.items()}
+            self._asked = (name, slots)
+            self._reset()
+            return Reply("", intent=name, slots=slots, expect="none", tool=ToolRequest(intent.tool, args))
+        return self._finish(name, intent, self._render(intent.reply, now), slots)
+
+    def _finish(self, name: str, intent: IntentConfig, text: str, slots: dict[str, str]) -> Reply:
         self._reset()
         action = CallAction.of(intent.action) if intent.action is not None else None
         self._done = action is not None and action.ends_call
         expect: Expect = "none" if self._done else "speech"
         return Reply(text, action=action, intent=name, slots=slots, expect=expect, done=self._done)
 
-    def _render(self, template: str, now: float) -> str:
-        variables = {"time": _clock(now), **self._slots}
+    def _render(self, template: str, now: float, extra: Mapping[str, str] | None = None) -> str:
+        variables = {"time": _clock(now), **self._slots, **(extra or {})}
         if self._intent is not None:
             for slot in self.cfg.intents[self._intent].slots:
                 if slot.name in self._slots and slot.type in ("alnum", "digits"):

@@ -10,6 +10,9 @@ https://ai.google.dev/gemini-api/docs/live-tools (function calling):
 - server: `serverContent` {modelTurn.parts[].inlineData (`audio/pcm;rate=24000`), interrupted, generationComplete,
   turnComplete, inputTranscription, outputTranscription}; `toolCall` {functionCalls: [{id, name, args}]};
   `toolCallCancellation` {ids}; `sessionResumptionUpdate` {newHandle, resumable}; `goAway` {timeLeft}.
+  A cancelled call takes no `toolResponse`; the docs leave undoing its side effects to the client. A business
+  tool that is not idempotent is not cut off once its request is made (agents.tools), so its result is told to the
+  model as context instead.
 
 Turn ownership: `gateway` turns the server's activity detection off and sends `activityStart` when the gateway's VAD
 hears the caller (over our audio: on a confirmed barge-in) and `activityEnd` after `turn_end_ms` of silence (the
@@ -528,6 +531,7 @@ class GeminiLiveAgent(Agent):
                     task = self._tools.pop(str(cid), None)
                     if task is not None:
                         task.cancel()
+                        self._keep(asyncio.ensure_future(self._report_kept(task)))
                         _event("gemini_tool_cancelled", call=self.call.call_id, id=cid)
             elif "sessionResumptionUpdate" in msg:
                 upd = msg["sessionResumptionUpdate"]
@@ -648,7 +652,7 @@ class GeminiLiveAgent(Agent):
     async def _run_tool(self, gen: int, cid: str, name: str, args: dict[str, Any]) -> None:
         _event("gemini_tool_call", call=self.call.call_id, id=cid, name=name, args=redact_fields(args))
         if self._business is not None and name in self._business.runner.tools:
-            result: dict[str, Any] | None = await self._run_business(self._business, name, args)
+            result: dict[str, Any] | None = await self._run_business(self._business, name, args, cid)
         else:
             result = await self._act(name, args)
         if result is not None:
@@ -656,15 +660,30 @@ class GeminiLiveAgent(Agent):
             self._send_request({"toolResponse": {"functionResponses": [{"id": cid, "name": name, "response": result}]}},
                                "tool", gen)
 
-    async def _run_business(self, tools: CallTools, name: str, args: dict[str, Any]) -> dict[str, Any]:
+    async def _run_business(self, tools: CallTools, name: str, args: dict[str, Any], cid: str) -> dict[str, Any]:
         """A business tool (agents.tools), once what the model said first has played; a failure gets the tool's
         apology in the gateway's voice, and the model is told it was given."""
         await self._drain()
-        result = await tools.run(name, args)
+        result = await tools.run(name, args, call_id=cid)
         if result.ok:
             return result.for_model()
         await self.call.say(tools.runner.tools[name].apology)
         return {**result.for_model(), "note": "the caller was already told it failed; do not apologise again"}
+
+    async def _report_kept(self, cancelled: asyncio.Task[None]) -> None:
+        """After a `toolCallCancellation`: a call that cannot be taken back (not idempotent, its request already
+        made) went on (agents.tools); the model learns its result as context, a user turn that does not end the
+        caller's turn (`turnComplete: false`), since the cancelled id takes no `toolResponse` and nothing can undo
+        it. A call not yet made, or an idempotent one, is simply dropped."""
+        await asyncio.gather(cancelled, return_exceptions=True)
+        if self._business is None:
+            return
+        for cid, args, result in await self._business.settle():
+            output = json.dumps(result.for_model(), ensure_ascii=False)
+            _event("gemini_tool_kept", call=self.call.call_id, id=cid, name=result.name, ok=result.ok)
+            text = (f"(The call {result.name}({json.dumps(args, ensure_ascii=False)}) was cancelled when the caller "
+                    f"interrupted, but it had already been made and cannot be undone. Its result: {output})")
+            self._post({"clientContent": {"turns": [_user_text(text)], "turnComplete": False}})
 
     async def _act(self, name: str, args: dict[str, Any]) -> dict[str, Any] | None:
         """Do one tool call; the response for the model, or None when the call is over."""
@@ -707,10 +726,16 @@ def _user_text(text: str) -> dict[str, Any]:
 
 
 def handover_turns(h: Handover) -> list[dict[str, Any]]:
-    """`clientContent` turns for a call taken over: the note (a user turn in brackets), then the conversation."""
+    """`clientContent` turns for a call taken over: the note (a user turn in brackets), then the conversation, with
+    the earlier backend's tool calls and results as a bracketed user turn before the caller's last one (a
+    `functionResponse` answers only a `toolCall` of this session)."""
     turns = [_user_text(f"({h.note})")] if h.note else []
-    return turns + [{"role": "model" if role == "assistant" else "user", "parts": [{"text": text}]}
-                    for role, text in h.messages]
+    said = [{"role": "model" if role == "assistant" else "user", "parts": [{"text": text}]}
+            for role, text in h.messages]
+    calls = [_user_text(f"(Already done before you took over, do not repeat it: {t.name}({t.arguments}) returned "
+                        f"{t.output})") for t in h.tools]
+    cut = len(said) - 1 if said and h.messages[-1][0] == "user" else len(said)
+    return turns + said[:cut] + calls + said[cut:]
 
 
 def _why(e: BaseException) -> str:

@@ -10,6 +10,12 @@ Voice: `s2s_voice`, else `VOICE_MATCH` for the cascade's TTS voice, else the S2S
 `joe` (US English, adult male, mid pitch) with a male voice of each service, OpenAI `cedar` and Gemini `Charon`,
 chosen from the services' descriptions, not by ear; no synthetic voice is a twin of another, so the change is audible.
 
+Tools: the business tools of the cascade (its LLM's, or those its dialog's intents call) and of the S2S agent are
+offered to both (a dialog cascade keeps its intents' own), so the caller can ask for the same lookup before and
+after the move. The S2S agent is told every tool call the
+cascade made, with its result (`Handover.tools`); a non-idempotent call that a barge-in left running is waited for
+first, so it is neither lost nor made twice. Each tool record says which backend called it.
+
 Call record: every turn has `backend` (`cascaded`, `openai_realtime` or `gemini_live`); cascade turns have the
 router's `arousal_z` once the caller's baseline is set, and `escalation_blocked` when the budget vetoed a rule. The
 escalation is a record of its own: `escalation` (the reason), `detail`, `after_turns`, `handover_ms` (from the end
@@ -20,11 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any, Literal
 
 from agents.base import Agent, AgentEvent, AgentFactory, CallControl, CallerAudio, Handover, Played
-from agents.brain import DialogBrain, UserTurn
+from agents.brain import DialogBrain, LlmBrain, UserTurn
 from agents.cascaded import CascadedAgent, CascadedFactory
 from agents.config import CascadedAgentConfig, HybridAgentConfig
 from agents.cost import Prices, s2s_per_min
@@ -33,6 +39,7 @@ from agents.listener import HeardTurn
 from agents.openai_realtime import OpenAIRealtimeConfig, OpenAIRealtimeFactory
 from agents.router import Escalate, Router, Stay
 from agents.speech.tts import PromptCache
+from agents.tools import CallTools, ToolConfig
 
 VOICE_MATCH: dict[str, dict[str, str]] = {"joe": {"openai_realtime": "cedar", "gemini_live": "Charon"}}
 """S2S voice by cascade TTS voice and S2S agent type."""
@@ -81,6 +88,9 @@ class _Tagged:
         return self._call.listen()
 
     def record_turn(self, turn: dict[str, Any]) -> None:
+        if "tool" in turn and "ok" in turn:  # a tool's record: the router's note waits for the turn's own
+            self._call.record_turn({"backend": self.backend, **turn})
+            return
         self._call.record_turn({"backend": self.backend, **self.note, **turn})
         self.note = {}
 
@@ -151,7 +161,8 @@ class HybridAgent(Agent):
                 return  # the cascade ended the call (a goodbye or a transfer)
             escalation, speech_end = cascade.escalation, cascade.trigger.speech_end
             after_turns = sum(role == "user" for role, _ in cascade.transcript)
-            handover = Handover((*cascade.transcript, ("user", cascade.trigger.transcript.text)), HANDOVER_NOTE)
+            tools = cascade.brain.tools if isinstance(cascade.brain, LlmBrain | DialogBrain) else None
+            handover = await handover_from(cascade.transcript, cascade.trigger.transcript.text, tools)
         s2s = self.f.s2s
         call.record_turn({
             "backend": "hybrid", "escalation": escalation.reason, "detail": escalation.detail,
@@ -163,23 +174,46 @@ class HybridAgent(Agent):
         await s2s.create(handover).run(tagged)
 
 
+async def handover_from(transcript: Sequence[tuple[Literal["user", "assistant"], str]], last: str,
+                        tools: CallTools | None) -> Handover:
+    """The S2S agent's `Handover`: the conversation as heard, the caller's `last` turn, and the cascade's tool calls,
+    once the ones a barge-in left running have finished (their records are written by then, as the cascade's)."""
+    if tools is not None:
+        await tools.settle()
+    outcomes = tuple(tools.outcomes) if tools is not None else ()
+    return Handover((*transcript, ("user", last)), HANDOVER_NOTE, outcomes)
+
+
+def shared_tools(cascade: CascadedAgentConfig, s2s: OpenAIRealtimeConfig | GeminiLiveConfig
+                 ) -> tuple[CascadedAgentConfig, OpenAIRealtimeConfig | GeminiLiveConfig]:
+    """Both configs offering the business tools of either (the cascade's LLM only with one; a dialog cascade keeps
+    the tools its intents call)."""
+    own = cascade.business_tools
+    names = [*own, *(n for n in s2s.tools if n not in own)]
+    if cascade.llm is not None:
+        cascade = cascade.model_copy(update={"tools": names})
+    tools = (*s2s.tools, *(n for n in names if n not in s2s.tools))
+    return cascade, s2s.model_copy(update={"tools": tools})
+
+
 class HybridFactory(AgentFactory):
     def __init__(self, name: str, cfg: HybridAgentConfig, cascade: CascadedAgentConfig,
-                 s2s: OpenAIRealtimeConfig | GeminiLiveConfig, prompts: PromptCache, prices: Prices | None = None
-                 ) -> None:
+                 s2s: OpenAIRealtimeConfig | GeminiLiveConfig, prompts: PromptCache, prices: Prices | None = None,
+                 tools: Mapping[str, ToolConfig] | None = None) -> None:
         self.name = name
         if cfg.budget is not None and cfg.budget.usd_per_min is None:
             rate = s2s_per_min(prices or Prices(), s2s.type)
             cfg = cfg.model_copy(update={"budget": cfg.budget.model_copy(update={"usd_per_min": rate or None})})
         self.cfg = cfg
-        self.cascade = CascadedFactory(f"{name}.cascade", cascade)
+        cascade, s2s = shared_tools(cascade, s2s)
+        self.cascade = CascadedFactory(f"{name}.cascade", cascade, tools)
         self.dialog = cascade.dialog if cascade.llm is None else None
         voice = cfg.s2s_voice or VOICE_MATCH.get(cascade.voice, {}).get(s2s.type, s2s.voice)
         self.s2s: OpenAIRealtimeFactory | GeminiLiveFactory
         if isinstance(s2s, OpenAIRealtimeConfig):
-            self.s2s = OpenAIRealtimeFactory(f"{name}.s2s", s2s.model_copy(update={"voice": voice}), prompts)
+            self.s2s = OpenAIRealtimeFactory(f"{name}.s2s", s2s.model_copy(update={"voice": voice}), prompts, tools)
         else:
-            self.s2s = GeminiLiveFactory(f"{name}.s2s", s2s.model_copy(update={"voice": voice}), prompts)
+            self.s2s = GeminiLiveFactory(f"{name}.s2s", s2s.model_copy(update={"voice": voice}), prompts, tools)
 
     async def prepare(self) -> None:
         await asyncio.gather(self.cascade.prepare(), self.s2s.prepare())

@@ -197,9 +197,17 @@ RESUME_NOTE = (
 
 
 def handover_items(h: Handover) -> list[dict[str, Any]]:
-    """Conversation items for a call taken over: the note as a system message, then each message as text."""
+    """Conversation items for a call taken over: the note as a system message, then each message as text, with the
+    earlier backend's tool calls as `function_call` and `function_call_output` items before the caller's last
+    turn."""
     items = [_message("system", h.note)] if h.note else []
-    return items + [_message(role, text) for role, text in h.messages]
+    said = [_message(role, text) for role, text in h.messages]
+    calls: list[dict[str, Any]] = []
+    for t in h.tools:
+        calls.append({"type": "function_call", "call_id": t.call_id, "name": t.name, "arguments": t.arguments})
+        calls.append({"type": "function_call_output", "call_id": t.call_id, "output": t.output})
+    cut = len(said) - 1 if said and h.messages[-1][0] == "user" else len(said)
+    return items + said[:cut] + calls + said[cut:]
 
 
 def _message(role: str, text: str) -> dict[str, Any]:

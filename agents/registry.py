@@ -40,5 +40,5 @@ def make_factory(name: str, cfg: AgentConfig, prompts: PromptCache,
     if isinstance(cfg, OpenAIRealtimeConfig):
         return OpenAIRealtimeFactory(name, cfg, prompts, tools)
     if isinstance(cfg, HybridAgentConfig):
-        return HybridFactory(name, cfg, *hybrid_parts(name, cfg, agents or {}), prompts, prices)
+        return HybridFactory(name, cfg, *hybrid_parts(name, cfg, agents or {}), prompts, prices, tools)
     raise ValueError(f"agent {name!r}: unknown type {cfg.type!r}")

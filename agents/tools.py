@@ -29,7 +29,7 @@ import httpx
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agents.base import CallControl
+from agents.base import CallControl, ToolOutcome
 from agents.redact import redact_fields
 
 CONFIRM_S = 8.0
@@ -397,6 +397,9 @@ class CallTools:
         self._confirming: asyncio.Future[str] | None = None
         self._left: list[tuple[str, dict[str, Any], asyncio.Task[ToolResult]]] = []
         """Non-idempotent calls whose agent was cancelled meanwhile: `(call id, arguments, task)`, oldest first."""
+        self.outcomes: list[ToolOutcome] = []
+        """Every call that finished (not cancelled), in the order they finished: what a backend taking the call
+        over is told (agents.hybrid)."""
 
     def context(self) -> ToolContext:
         caller, verified = caller_identity(self.call.caller, self.call.sip_headers, self.call.trunk)
@@ -430,7 +433,8 @@ class CallTools:
         finally:
             self._confirming = None
 
-    def start(self, name: str, arguments: Mapping[str, Any], confirmed: bool = False) -> asyncio.Task[ToolResult]:
+    def start(self, name: str, arguments: Mapping[str, Any], confirmed: bool = False, call_id: str = ""
+              ) -> asyncio.Task[ToolResult]:
         tool = self.runner.tools.get(name)
         if tool is not None and tool.side_effects and not confirmed:
             refused = ToolResult(name, False, error=f"tool {name!r} has side effects and needs the caller's "
@@ -439,8 +443,19 @@ class CallTools:
         else:
             task = asyncio.ensure_future(self.runner.run(name, arguments, self.context()))
         args = dict(arguments)
-        task.add_done_callback(lambda t: None if t.cancelled() else self.call.record_turn(t.result().record(args)))
+
+        def finished(t: asyncio.Task[ToolResult]) -> None:
+            if not t.cancelled():
+                self._finished(call_id, args, t.result())
+
+        task.add_done_callback(finished)
         return task
+
+    def _finished(self, call_id: str, arguments: dict[str, Any], result: ToolResult) -> None:
+        self.call.record_turn(result.record(arguments))
+        cid = call_id or f"call_{len(self.outcomes) + 1}"
+        self.outcomes.append(ToolOutcome(cid, result.name, json.dumps(arguments, ensure_ascii=False),
+                                         json.dumps(result.for_model(), ensure_ascii=False)))
 
     async def run(self, name: str, arguments: Mapping[str, Any], confirmed: bool = False, call_id: str = "",
                   filler: bool = True) -> ToolResult:
@@ -452,9 +467,9 @@ class CallTools:
             confirmed = await self.confirm(name, arguments)
             if not confirmed:  # not a failure: the model hears that nothing was done
                 declined = ToolResult(name, True, {"done": False, "reason": "the caller did not confirm"})
-                self.call.record_turn(declined.record(arguments))
+                self._finished(call_id, dict(arguments), declined)
                 return declined
-        task = self.start(name, arguments, confirmed)
+        task = self.start(name, arguments, confirmed, call_id)
         try:
             if tool is not None and filler:
                 done, _ = await asyncio.wait({task}, timeout=tool.filler_after_s)

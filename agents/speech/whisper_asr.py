@@ -14,7 +14,10 @@ webrtcvad hears no speech are skipped: Whisper makes words up in silence (2 s of
   `MIN_LANGUAGE_PROBABILITY`; below that Whisper is unsure and the first of `languages` is reported. whisper-base
   is sure of English (0.98-1.0 on piper's voice) and seldom of Hindi (espeak's Hindi scores as Thai, Chinese, even
   English at 0.2-0.5), so a Hindi-English deployment lists `hi` first. Without `languages`, Whisper's top language
-  is taken. whisper-base writes much Hindi in Urdu script even when told `hi`.
+  is taken. whisper-base writes much Hindi in Urdu script even when told `hi` (espeak-ng's Hindi, 3 sentences, at
+  16 kHz and through G.711: all 6 in Perso-Arabic or Latin letters). A Devanagari previous-text prompt (" नमस्ते।")
+  turned all 6 into Devanagari, but one came out as the prompt's word alone and 2 repeated a word ("लो लो लो ..."),
+  so none is given.
 - Confidence: exp of the mean token log-probability of the decoded text, averaged over chunks weighted by length;
   0 when nothing was recognised. A word's confidence is the mean probability of its tokens.
 - Word timings come from the cross-attention alignment (CTranslate2 `align`), in seconds from the audio's start.

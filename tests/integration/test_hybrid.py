@@ -1,5 +1,6 @@
 """The hybrid agent on a real SIP call: pjsua2 caller -> voicegate -> the cascade (the shipped hotel assistant), then
-the local OpenAI Realtime server once the caller asks for a person."""
+the local OpenAI Realtime server once the caller asks for a person. Also a hybrid whose cascade has an LLM (the
+local chat-completions server) and a business tool (a local webhook), which both backends call."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from media.vad import Vad
 from telephony.records import totals
 from tests import audio
 from tests.integration.peers import VENV_BIN, Gateway, call, free_port, gateway_config, start_gateway
-from tests.servers.openai_realtime import RealtimeServer, correlation, render, speak
+from tests.servers.llm import LlmServer, text_reply, tool_reply
+from tests.servers.openai_realtime import RealtimeServer, correlation, render, speak, tool
+from tests.servers.webhook import Webhook
 
 KEY_ENV = "VG_TEST_REALTIME_KEY"
 QUESTION = "When are you open today?"
@@ -37,13 +40,32 @@ def rt() -> Iterator[RealtimeServer]:
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, rt: RealtimeServer) -> Iterator[Gateway]:
+def llm() -> Iterator[LlmServer]:
+    with LlmServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def hook() -> Iterator[Webhook]:
+    with Webhook(reply={"found": True, "status": "shipped"}) as h:
+        yield h
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, rt: RealtimeServer, llm: LlmServer, hook: Webhook
+       ) -> Iterator[Gateway]:
     os.environ[KEY_ENV] = "sk-test"
     port = free_port()
     cfg = yaml.safe_load(gateway_config(port))
     cfg["agents"]["rt"] = {"type": "openai_realtime", "url": rt.url, "api_key_env": KEY_ENV, "audio_format": "pcmu"}
     cfg["agents"]["hybrid"] = {"type": "hybrid", "cascade": "assistant", "s2s": "rt"}
-    cfg["routes"] = [{"match": "hybrid", "agent": "hybrid"}, {"match": "rt", "agent": "rt"}]
+    cfg["agents"]["shop"] = {"type": "cascaded", "tools": ["order_status"],
+                             "llm": {"base_url": llm.base_url, "model": "test-model", "api_key_env": None,
+                                     "greeting": "Hi.", "first_token_timeout_s": 2.0}}
+    cfg["agents"]["hytools"] = {"type": "hybrid", "cascade": "shop", "s2s": "rt"}
+    cfg["tools"]["order_status"]["http"].update(url=hook.url + "/orders/{order_id}", timeout_s=1.0, retries=0)
+    cfg["routes"] = [{"match": "hybrid", "agent": "hybrid"}, {"match": "rt", "agent": "rt"},
+                     {"match": "hytools", "agent": "hytools"}]
     cfg["prices"] = {"asr_per_min": 0.006, "tts_per_char": 0.000015, "sip_per_min": 0.004,
                      "s2s": {"openai_realtime": {"in_per_min": 0.02, "out_per_min": 0.08}}}
     g = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-hybrid"), port)
@@ -136,3 +158,40 @@ def test_the_cost_report_shows_the_hybrid_saving_against_all_s2s(gw: Gateway, rt
     backends = [set(c["backends"]) for c in calls if c["call"] in ids["hybrid"]]
     assert backends.count({"cascaded"}) == 2 and sum("openai_realtime" in b for b in backends) == 1, backends
     assert mix["hybrid"]["cost_per_min"] < 0.6 * mix["rt"]["cost_per_min"], mix
+
+
+@pytest.mark.timeout(150)  # the module's gateway may start first: 45 s on a loaded machine
+def test_both_backends_of_a_hybrid_call_the_tool_and_the_s2s_agent_is_told_the_cascades_call(
+    gw: Gateway, rt: RealtimeServer, llm: LlmServer, hook: Webhook, tmp_path: Path
+) -> None:
+    rt.reset()
+    hook.requests.clear()
+    llm.script(tool_reply([("call_1", "order_status", ['{"order_id": ', '"1001"}'])]),
+               text_reply(["Order 1001 has shipped."]))
+    rt.script(tool("order_status", {"order_id": "1002"}), speak("Order 1002 has shipped too."))
+    talk = np.zeros(14 * 16000, np.float32)
+    for at, text in ((1.5, "Where is my order one zero zero one?"), (7.0, TRIGGER)):
+        x = audio.piper(text)
+        talk[int(at * 16000) : int(at * 16000) + len(x)] = x
+    wav = audio.write_wav(tmp_path / "talk.wav", talk)
+    res = call(f"sip:hytools@127.0.0.1:{gw.port}", "--play", str(wav), "--speak-at-s", "0", "--duration", "14",
+               timeout=45)
+    assert res["status"] == 200, res
+    end = gw.wait_event("call_end", 15, call=gw.events("call_incoming")[-1]["call"])
+    turns = end["turns"]
+    print(json.dumps(turns))
+    # one lookup by each backend, each recorded as its own
+    assert [r.path for r in hook.requests] == ["/orders/1001", "/orders/1002"]
+    tools = [(t["backend"], t["arguments"], t["ok"]) for t in turns if t.get("tool") == "order_status" and "ok" in t]
+    assert tools == [("cascaded", {"order_id": "1001"}, True), ("openai_realtime", {"order_id": "1002"}, True)]
+    assert [t["escalation"] for t in turns if "escalation" in t] == ["phrase"]
+    # the S2S session offers the tool and was given the cascade's call with its result, before the complaint
+    assert rt.violations == []
+    sent = [r.event for r in rt.received if r.type != "input_audio_buffer.append"]
+    assert "order_status" in [t["name"] for t in sent[0]["session"]["tools"]]
+    items = [e["item"] for e in sent if e["type"] == "conversation.item.create"]
+    call_item = next(i for i in items if i["type"] == "function_call")
+    assert call_item["call_id"] == "call_1" and json.loads(call_item["arguments"]) == {"order_id": "1001"}
+    outputs = [json.loads(i["output"]) for i in items if i["type"] == "function_call_output"]
+    assert outputs[0] == {"ok": True, "result": {"found": True, "status": "shipped"}}
+    assert "complaint" in items[items.index(call_item) + 2]["content"][0]["text"].lower()

@@ -12,7 +12,8 @@ when automatic activity detection is off), and answers each turn, text turn and 
 (piper, resampled to 24 kHz) streamed as `serverContent.modelTurn` chunks in real time, then `generationComplete`,
 `turnComplete` and a new `sessionResumptionUpdate` handle. Caller speech over a reply gets `interrupted`. Each
 scripted `Reply` can misbehave: `go_away` (then close), `drop` mid-reply (and refuse connections for `down_s`),
-`malformed` messages first, `stall` mid-reply, or `tool_call`.
+`malformed` messages first, `stall` mid-reply, or `tool_call`; a reply interrupted while its tool calls wait for
+their responses sends `toolCallCancellation` with their ids (a late `toolResponse` for one is a violation).
 """
 
 from __future__ import annotations
@@ -423,6 +424,11 @@ class GeminiLiveServer(ThreadedServer):
                 self._note("interrupted")
                 with contextlib.suppress(ConnectionClosed):
                     await self._send(conn, {"serverContent": {"interrupted": True}})
+                    if conn.tools:  # calls of the interrupted turn: no toolResponse is wanted any more
+                        ids = list(conn.tools)
+                        conn.tools.clear()
+                        self._note("tool_cancelled", ",".join(ids))
+                        await self._send(conn, {"toolCallCancellation": {"ids": ids}})
                     await self._send(conn, {"serverContent": {"turnComplete": True}})
             raise
         except ConnectionClosed:

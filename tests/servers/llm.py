@@ -73,6 +73,11 @@ def error_reply(status: int, body: str) -> Reply:
     return Reply(status=status, body=body)
 
 
+def hang_reply(when: Literal["before_headers", "after_headers"] = "after_headers") -> Reply:
+    """Accept the request and never send a token (until the client leaves)."""
+    return Reply(hang=when)
+
+
 class LlmServer(ThreadedServer):
     """Context manager: serves scripted replies on a free port until exit."""
 

@@ -428,6 +428,8 @@ class RealtimeServer(ThreadedServer):
             await self._on_truncate(conn, ev)
         elif kind == "conversation.item.create":
             item = ev["item"]
+            if item.get("type") == "function_call" and isinstance(item.get("call_id"), str):
+                conn.calls.add(item["call_id"])  # a call made earlier, given as context
             if item.get("type") == "function_call_output":
                 if item["call_id"] not in conn.calls:
                     await self._error(conn, f"function_call_output for unknown call_id {item['call_id']!r}", ev)

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
+import threading
+from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from pydantic import ValidationError
 
-from agents.dialog import DEMO_YAML, CallAction, Dialog, DialogConfig, DtmfAction, Reply, rank_intents
+from agents.brain import DialogBrain, Part, Say, UserTurn
+from agents.dialog import DEMO_YAML, CallAction, Dialog, DialogConfig, DtmfAction, Reply, ToolRequest, rank_intents
+from agents.tools import CallTools, ToolConfig, ToolRunner
 from telephony.config import ConfigError, validate_yaml
 
 BOOKING_LINE = DEMO_YAML
@@ -297,3 +305,81 @@ def test_keypad_keys_reach_the_spelling() -> None:
         assert d.on_dtmf(k, 0.0) == Reply("", intent="booking", expect="keypad")
     r = d.on_dtmf("6", 0.0)
     assert r.slots == {"code": "123456"} and r.text.startswith("Thanks. Booking one, two, three. four, five, six")
+
+
+NOW = 1_700_000_000.0
+
+
+# -- an intent that calls a tool ---------------------------------------------------------------------------------
+def _order_desk() -> DialogConfig:
+    doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "voicegate.yaml").read_text())
+    return DialogConfig.model_validate(doc["agents"]["order_desk"]["dialog"])
+
+
+def test_a_spelled_code_is_confirmed_then_looked_up_and_the_answer_fills_the_reply() -> None:
+    d = Dialog(_order_desk())
+    r = d.on_user("Where is my order? It is K L 4 7 2 9.", NOW)
+    assert r.tool is None and "right" in r.text.lower() and r.expect == "alnum", r
+    r = d.on_user("Yes.", NOW)
+    assert r.text == "" and r.tool == ToolRequest("order_status", {"order_id": "KL4729"}), r
+    r = d.on_tool_result(True, {"found": True, "order_id": "KL4729", "status": "out for delivery", "eta": "today"},
+                         NOW)
+    assert r.text == "Order K, L. four, seven, two, nine is out for delivery. Delivery: today. Anything else?", r
+    assert r.tool is None and not r.done and r.intent == "status"
+    r = d.on_user("Where is my order?", NOW)  # the dialog goes on: a second lookup
+    d.on_user("A B 1 2 3 4", NOW)
+    assert d.on_user("Yes", NOW).tool == ToolRequest("order_status", {"order_id": "AB1234"})
+    r = d.on_tool_result(True, {"found": False, "order_id": "AB1234"}, NOW)
+    assert r.text == "I could not find order A, B as in Bravo. one, two, three, four. Anything else?", r
+    d.on_user("Check my order K L 4 7 2 9", NOW)
+    d.on_user("Yes", NOW)
+    r = d.on_tool_result(False, None, NOW)
+    assert r.text == "Sorry, I could not look that up right now. Please try again later.", r
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"tool": None}, "reply uses {result_eta}, and the intent has no tool to answer it"),
+    ({"tool": None, "reply": "Done."}, "args, not_found and on_error are for an intent with a tool"),
+    ({"args": {"order_id": "{nope}"}}, "args.order_id uses unknown {nope}"),
+    ({"reply": "It is {status}."}, "reply uses unknown {status}"),
+    ({"action": {"transfer": "sip:a@b"}}, "an intent with a tool may end with hangup"),
+])
+def test_bad_tool_intents_are_named(change: dict[str, Any], message: str) -> None:
+    doc = _order_desk().model_dump(exclude_unset=True)
+    doc["intents"]["status"].update(change)
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        DialogConfig.model_validate(doc)
+
+
+def test_the_dialog_brain_runs_the_tool_against_the_example_service() -> None:
+    from examples.order_status.server import make_server
+    from tests.unit.test_brain_tools import Call
+
+    server = make_server(0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    call = Call()
+
+    async def go() -> list[list[Part]]:
+        doc = yaml.safe_load((Path(__file__).resolve().parents[2] / "voicegate.yaml").read_text())
+        tool = ToolConfig.model_validate(doc["tools"]["order_status"])
+        url = f"http://127.0.0.1:{server.server_address[1]}/orders/{{order_id}}"
+        tool = tool.model_copy(update={"http": tool.http.model_copy(update={"url": url})} if tool.http else {})
+        runner = ToolRunner({"order_status": tool}, ["order_status"])
+        brain = DialogBrain(Dialog(_order_desk()))
+        brain.tools = CallTools(runner, call)
+        try:
+            return [[p async for p in brain.respond(UserTurn(text, "en", 0.9))]
+                    for text in ("Where is my order? K L 4 7 2 9", "Yes.")]
+        finally:
+            await runner.aclose()
+
+    try:
+        _, answer = asyncio.run(go())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert all(isinstance(p, Say) for p in answer)
+    assert " ".join(p.text for p in answer if isinstance(p, Say)) == (
+        "Order K, L. four, seven, two, nine is out for delivery. Delivery: today. Anything else?")
+    [record] = [t for t in call.turns if t.get("tool")]
+    assert record["arguments"] == {"order_id": "KL4729"} and record["ok"], record

@@ -16,6 +16,7 @@ import pytest
 from agents.base import Dtmf
 from agents.openai_realtime import OpenAIRealtimeAgent, OpenAIRealtimeConfig
 from agents.tools import ToolConfig
+from tests import audio
 from tests.servers.gemini_live import GeminiLiveServer, Reply
 from tests.servers.openai_realtime import RealtimeServer, speak, tool
 from tests.servers.webhook import Webhook
@@ -167,3 +168,34 @@ def test_gemini_function_call_reaches_the_webhook_and_a_failure_is_apologised(
     assert got[0] == ("order_status", {"ok": True, "result": {"status": "shipped"}})
     assert got[1][1]["ok"] is False and "order_id" in got[1][1]["error"]
     assert APOLOGY in [e["text"] for e in c.logs if e["event"] == "agent_say"]
+
+
+@pytest.mark.timeout(60)
+def test_gemini_cancelled_call_that_was_already_made_is_reported_as_context_not_repeated(
+        gemini: GeminiLiveServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller talks while a POST runs; the server cancels the call. The POST is not cut off (it cannot be taken
+    back), no toolResponse goes to the cancelled id, and the model is told the result as context."""
+    import agents.registry
+
+    question = audio.scale_to_db(audio.trim(audio.piper("No wait, stop, I want to keep it.")), -20.0)
+    with Webhook(reply={"cancelled": True}, delay_s=2.5) as hook:
+        tools = {"cancel_order": order_tool(hook.url, http={"url": hook.url + "/orders/{order_id}",
+                                                            "method": "POST", "timeout_s": 5.0},
+                                            filler_after_s=4.0)}
+        real = agents.registry.GeminiLiveFactory
+        monkeypatch.setattr("tests.unit.test_gemini_live.GeminiLiveFactory",
+                            lambda name, cfg, prompts: real(name, cfg, prompts, tools))
+        gemini.script(Reply("Okay.", misbehave="tool_call", tools=(("cancel_order", {"order_id": "1234"}),)),
+                      Reply("Your order is cancelled."))
+        c = gemini_call(gemini, 6.0, [(1.5, question)], tools=["cancel_order"])
+    assert [(r.method, r.path) for r in hook.requests] == [("POST", "/orders/1234")]  # once, and not cut off
+    [s] = c.sessions
+    assert s.tool_responses == []  # the cancelled id gets none
+    [cancelled] = gemini.when("tool_cancelled")
+    kept = [t for t in s.texts if t.startswith("(The call cancel_order")]
+    assert kept == ['(The call cancel_order({"order_id": "1234"}) was cancelled when the caller interrupted, but it '
+                    'had already been made and cannot be undone. Its result: {"ok": true, "result": {"cancelled": '
+                    'true}})'], s.texts
+    [event] = c.events("gemini_tool_kept")
+    assert event["name"] == "cancel_order" and event["ok"] is True
+    assert [t["ok"] for t in c.session.record.turns if t.get("tool") == "cancel_order"] == [True]
