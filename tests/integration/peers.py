@@ -229,6 +229,20 @@ Content-Length: 0
 """
 
 
+def reply(status: str, headers: Sequence[str] = (), sdp: str = "", tag: bool = False, attrs: str = "") -> str:
+    """sipp scenario lines: answer the request just received with `status` ("200 OK"), echoing its Via, From, To,
+    Call-ID and CSeq; `tag` adds sipp's To tag (a UAS's first answer), `headers` and an `sdp` body follow, `attrs`
+    go on the <send> element (e.g. 'retrans="500"')."""
+    to = "[last_To:]" + (";tag=[pid]SIPpTag01[call_number]" if tag else "")
+    lines = ["[last_Via:]", "[last_From:]", to, "[last_Call-ID:]", "[last_CSeq:]", *headers]
+    if sdp:
+        lines += ["Content-Type: application/sdp", "Content-Length: [len]", "", sdp.strip()]
+    else:
+        lines += ["Content-Length: 0", ""]
+    body = "\n".join(lines)
+    return f"  <send{' ' + attrs if attrs else ''}><![CDATA[\nSIP/2.0 {status}\n{body}\n]]></send>\n"
+
+
 def invite_scenario(sdp: str, expect: int) -> str:
     """A sipp UAC scenario: INVITE carrying `sdp`, expect final status `expect`, ACK it."""
     return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>

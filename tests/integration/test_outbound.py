@@ -24,7 +24,15 @@ import yaml
 from media.call_progress import SIT_HZ
 from media.g711 import ulaw_decode, ulaw_encode
 from telephony.records import read_records
-from tests.integration.peers import VENV_BIN, Gateway, free_port, gateway_config, rtp_range, start_gateway
+from tests.integration.peers import (
+    VENV_BIN,
+    Gateway,
+    free_port,
+    gateway_config,
+    reply,
+    rtp_range,
+    start_gateway,
+)
 from tests.prompts import SOUNDS
 
 TOKEN = "control-token-for-tests"
@@ -33,53 +41,21 @@ CALLER_ID = "+4930555000"
 
 def uas_scenario(rtp_port: int) -> str:
     """sipp answers one INVITE with SDP pointing at the test's RTP socket, then waits for the gateway's BYE."""
-    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="callee">
-  <recv request="INVITE"/>
-  <send><![CDATA[
-SIP/2.0 180 Ringing
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:callee@[local_ip]:[local_port]>
-Content-Length: 0
-
-]]></send>
-  <pause milliseconds="300"/>
-  <send retrans="500"><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:callee@[local_ip]:[local_port]>
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
+    contact = ["Contact: <sip:callee@[local_ip]:[local_port]>"]
+    sdp = f"""v=0
 o=callee 1 1 IN IP4 127.0.0.1
 s=-
 c=IN IP4 127.0.0.1
 t=0 0
 m=audio {rtp_port} RTP/AVP 0
-a=rtpmap:0 PCMU/8000
-]]></send>
-  <recv request="ACK"/>
+a=rtpmap:0 PCMU/8000"""
+    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="callee">
+  <recv request="INVITE"/>
+{reply("180 Ringing", contact, tag=True)}  <pause milliseconds="300"/>
+{reply("200 OK", contact, sdp, tag=True, attrs='retrans="500"')}  <recv request="ACK"/>
   <recv request="BYE" timeout="30000"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-</scenario>
+{reply("200 OK")}</scenario>
 """
 
 

@@ -30,6 +30,7 @@ from tests.integration.peers import (
     free_port,
     gateway_config,
     invite,
+    reply,
     rtp_range,
     sipp,
     start_gateway,
@@ -39,18 +40,8 @@ from tests.integration.test_trunks import BYE, PCMU, authenticated_call, call_wi
 PASSWORD = "alice-s3cret"
 CONTROL_TOKEN = "sec-control-token"
 FRAUD_TARGET = "sip:+882100123@127.0.0.1:9"
-BYE_RECEIVED = """  <recv request="BYE"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-"""
+BYE_RECEIVED = f"""  <recv request="BYE"/>
+{reply("200 OK")}"""
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.integration.peers import VENV_BIN, Gateway, free_port, rtp_range
+from tests.integration.peers import VENV_BIN, Gateway, free_port, reply, rtp_range
 
 DIAL = """\
 name: dial options
@@ -48,70 +48,31 @@ def test_dial_headers_and_parties_reach_voicegate(gateway: Gateway, workdir: Pat
     assert end["sip_headers"]["X-Customer-Id"] == "C-1234"
 
 
-def digest_uas(password: str) -> str:
-    """A sipp UAS that challenges the INVITE (401) and answers 200 only to the right digest response (403 else)."""
-    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="digest uas">
-  <recv request="INVITE"/>
-  <send><![CDATA[
-SIP/2.0 401 Unauthorized
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-WWW-Authenticate: Digest realm="sim.test", nonce="n[pid]x[call_number]", algorithm=MD5, qop="auth"
-Content-Length: 0
-
-]]></send>
-  <recv request="ACK"/>
-  <recv request="INVITE" check_it="true">
-    <action><verifyauth assign_to="authvalid" username="alice" password="{password}"/></action>
-  </recv>
-  <nop hide="true" test="authvalid" next="good"/>
-  <send next="refused"><![CDATA[
-SIP/2.0 403 Forbidden
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-  <label id="good"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:[local_ip]:[local_port];transport=[transport]>
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
+UAS_SDP = """v=0
 o=- 1 1 IN IP[local_ip_type] [local_ip]
 s=-
 c=IN IP[media_ip_type] [media_ip]
 t=0 0
 m=audio [media_port] RTP/AVP 0
-a=rtpmap:0 PCMU/8000
-]]></send>
-  <recv request="ACK"/>
-  <recv request="BYE"/>
-  <send next="end"><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
+a=rtpmap:0 PCMU/8000"""
+CHALLENGE = 'WWW-Authenticate: Digest realm="sim.test", nonce="n[pid]x[call_number]", algorithm=MD5, qop="auth"'
 
-]]></send>
-  <label id="refused"/>
+
+def digest_uas(password: str) -> str:
+    """A sipp UAS that challenges the INVITE (401) and answers 200 only to the right digest response (403 else)."""
+    contact = ["Contact: <sip:[local_ip]:[local_port];transport=[transport]>"]
+    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="digest uas">
+  <recv request="INVITE"/>
+{reply("401 Unauthorized", [CHALLENGE], tag=True)}  <recv request="ACK"/>
+  <recv request="INVITE" check_it="true">
+    <action><verifyauth assign_to="authvalid" username="alice" password="{password}"/></action>
+  </recv>
+  <nop hide="true" test="authvalid" next="good"/>
+{reply("403 Forbidden", tag=True, attrs='next="refused"')}  <label id="good"/>
+{reply("200 OK", contact, UAS_SDP, tag=True)}  <recv request="ACK"/>
+  <recv request="BYE"/>
+{reply("200 OK", attrs='next="end"')}  <label id="refused"/>
   <recv request="ACK"/>
   <label id="end"/>
 </scenario>

@@ -30,6 +30,7 @@ from tests.integration.peers import (
     free_port,
     gateway_config,
     invite,
+    reply,
     rtp_range,
     sipp,
     start_gateway,
@@ -124,17 +125,7 @@ REFER_WITH_CONTEXT = scenario(f"""{invite(PCMU, METADATA)}  <recv response="200"
             check_it="true" assign_to="c2"/>
     </action>
   </recv>
-  <send><![CDATA[
-SIP/2.0 202 Accepted
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-{BYE}  <Reference variables="c1,c2"/>
+{reply("202 Accepted")}{BYE}  <Reference variables="c1,c2"/>
 """)
 
 
