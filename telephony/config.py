@@ -59,6 +59,26 @@ NetworkText = Annotated[str, AfterValidator(_net)]
 """An address or network (`192.168.1.0/24`), each checked on its own so an error names its list item's line."""
 
 
+def _regex(v: str) -> str:
+    try:
+        re.compile(v)
+    except re.error as e:
+        raise ValueError(f"bad regular expression {v!r}: {e}") from None
+    return v
+
+
+def _text_or_regex(v: str) -> str:
+    if len(v) > 1 and v.startswith("/") and v.endswith("/"):
+        _regex(v[1:-1])
+    return v
+
+
+Regex = Annotated[str, AfterValidator(_regex)]
+"""A regular expression, compiled when the file loads."""
+TextOrRegex = Annotated[str, AfterValidator(_text_or_regex)]
+"""Exact text, or a regular expression between slashes (`/^\\+44/`), compiled when the file loads."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -269,7 +289,7 @@ class AnnouncementConfig(_Strict):
 
 
 class RouteConfig(_Strict):
-    match: str
+    match: TextOrRegex
     """Called user part: an exact number, a regular expression in slashes (`/^44/`), or `*` for the default."""
     agent: str
     recording: RecordingConfig | None = None
@@ -285,36 +305,12 @@ class RouteConfig(_Strict):
     @classmethod
     def _text(cls, v: object) -> object:
         return {"text": v} if isinstance(v, str) else v
-    match_header: dict[str, str] = {}
+    match_header: dict[str, TextOrRegex] = {}
     """SIP headers the INVITE must also carry (name: exact value or `/regex/`), e.g. `X-Lang: /^de/`."""
-    transfer_allowed: list[str] = []
+    transfer_allowed: list[TextOrRegex] = []
     """Transfer targets this route's agent may send callers to (exact or `/regex/`, matched against
     `sip:user@host[:port]`); anything else is refused (telephony/transfer_guard.py). None: only the targets the
     agent's config names."""
-
-    @field_validator("match")
-    @classmethod
-    def _regex(cls, v: str) -> str:
-        if len(v) > 1 and v.startswith("/") and v.endswith("/"):
-            try:
-                re.compile(v[1:-1])
-            except re.error as e:
-                raise ValueError(f"bad regular expression {v}: {e}") from None
-        return v
-
-    @field_validator("match_header")
-    @classmethod
-    def _header_regexes(cls, v: dict[str, str]) -> dict[str, str]:
-        for value in v.values():
-            cls._regex(value)
-        return v
-
-    @field_validator("transfer_allowed")
-    @classmethod
-    def _target_regexes(cls, v: list[str]) -> list[str]:
-        for value in v:
-            cls._regex(value)
-        return v
 
     def matches(self, user: str, headers: Mapping[str, str] | None = None) -> bool:
         if self.match_header:
@@ -364,21 +360,11 @@ class TrunkConfig(_Strict):
     password (digest) instead of refused."""
     caller_id: str | None = None
     """The number outbound calls on this trunk present (the From user part); default `username`."""
-    allowed: list[str] = []
+    allowed: list[Regex] = []
     """Outbound calls: regular expressions a dialled number must match whole (`\\+4930\\d{6,9}`); none: this
     trunk places no calls (the toll-fraud guard)."""
     max_calls_per_min: int | None = Field(None, ge=1, le=10000)
     """Outbound calls this trunk places in any minute at most (telephony/dial_rate.py); none: no limit."""
-
-    @field_validator("allowed")
-    @classmethod
-    def _patterns(cls, v: list[str]) -> list[str]:
-        for p in v:
-            try:
-                re.compile(p)
-            except re.error as e:
-                raise ValueError(f"bad regular expression {p!r}: {e}") from None
-        return v
 
     @field_validator("caller_id")
     @classmethod
@@ -500,7 +486,7 @@ class ControlConfig(_Strict):
     port: int = Field(9465, ge=1, le=65535)
     token_env: str
     """Environment variable holding the token clients send as `Authorization: Bearer TOKEN`."""
-    allow_uris: list[str] = []
+    allow_uris: list[Regex] = []
     """Regular expressions SIP URIs dialled directly (not through a trunk) must match whole; none: trunks only."""
 
     @field_validator("listen")
@@ -515,11 +501,6 @@ class ControlConfig(_Strict):
         if not os.environ.get(v):
             raise ValueError(f"environment variable {v} (the control token) is not set or empty")
         return v
-
-    @field_validator("allow_uris")
-    @classmethod
-    def _patterns(cls, v: list[str]) -> list[str]:
-        return TrunkConfig._patterns(v)
 
     @property
     def token(self) -> str:

@@ -83,7 +83,7 @@ def test_sip_uris_only_where_control_allows_them(monkeypatch: pytest.MonkeyPatch
 def test_a_bad_pattern_and_a_missing_token_are_named_by_line(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError) as e:
         _cfg(monkeypatch, pbx="2(")
-    assert [str(i) for i in e.value.issues][0].startswith("vg.yaml:19: trunks.pbx.allowed: bad regular expression")
+    assert [str(i) for i in e.value.issues][0].startswith("vg.yaml:19: trunks.pbx.allowed.0: bad regular expression")
     monkeypatch.delenv("VG_OUT_TOKEN")
     with pytest.raises(ConfigError) as e:
         parse_config(CONFIG.format(pbx="2"), "vg.yaml")

@@ -185,7 +185,7 @@ def test_script_errors_name_the_line(tmp_path: Path):
     issues = [str(i) for i in e.value.issues]
     assert len(issues) == 4, issues
     assert any(i.startswith(f"{f}:8: ") and "matchs" in i and "Extra inputs" in i for i in issues)
-    assert any(i.startswith(f"{f}:10: ") and "not a regular expression" in i for i in issues)
+    assert any(i.startswith(f"{f}:10: ") and "bad regular expression" in i for i in issues)
     assert any(i.startswith(f"{f}:11: ") and "unknown ASR engine 'whisper'" in i for i in issues)
     assert any(i.startswith(f"{f}:12: steps.3: not a step") for i in issues)
 
@@ -248,5 +248,5 @@ def test_expect_transfer_matches_refer_to_by_glob_or_regex():
     assert not bad.ok and bad.message == "transferred to sip:operator@example.com, expected sip:sales@*"
     late = run("*", ())
     assert not late.ok and late.message == "no transfer (REFER) within 1.0 s"
-    with pytest.raises(ValidationError, match="not a regular expression"):
+    with pytest.raises(ValidationError, match="bad regular expression"):
         Script.model_validate({"name": "t", "steps": [{"expect_transfer": {"to": "/(x/"}}]})

@@ -76,7 +76,7 @@ def test_a_bad_transfer_allowed_regex_is_named_with_its_line(monkeypatch):
     monkeypatch.setenv("VG_GUARD_KEY", "k")
     with pytest.raises(ConfigError) as e:
         parse_config(CONFIG.replace('"sip:desk@pbx.example.com"]', '"/+[/"]'), "vg.yaml")
-    assert [str(i) for i in e.value.issues][0].startswith("vg.yaml:16: routes.0.transfer_allowed: bad regular")
+    assert [str(i) for i in e.value.issues][0].startswith("vg.yaml:16: routes.0.transfer_allowed.1: bad regular")
 
 
 class Actions:
