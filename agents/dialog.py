@@ -37,6 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from agents.alnum import CodeFormat, Done, Failed, SpellingEvent, SpellingSession, normalise, read_back
+from agents.patterns import TextOrRegex, is_regex
 
 
 class _Strict(BaseModel):
@@ -141,7 +142,7 @@ class IntentConfig(_Strict):
     """How the fallback and the clarifying question name it ("checking a booking"); untitled intents are not listed
     in the fallback's `{topics}`."""
     examples: list[str] = []
-    keywords: list[str] = []
+    keywords: list[TextOrRegex] = []
     """Words or phrases (their words present in any order, function words aside), or `/regular expressions/`."""
     slots: list[SlotConfig] = []
     reply: str
@@ -156,17 +157,6 @@ class IntentConfig(_Strict):
     "Sorry, I could not find that." """
     on_error: str | None = None
     """Said when the tool fails; default: the tool's apology."""
-
-    @field_validator("keywords")
-    @classmethod
-    def _regexes(cls, v: list[str]) -> list[str]:
-        for k in v:
-            if _is_regex(k):
-                try:
-                    re.compile(k[1:-1])
-                except re.error as e:
-                    raise ValueError(f"keyword {k!r} is not a valid regular expression: {e}") from None
-        return v
 
     @field_validator("slots")
     @classmethod
@@ -238,10 +228,6 @@ class DialogConfig(_Strict):
         if "topics" in _fields(self.fallback) and not any(i.title for i in self.intents.values()):
             raise ValueError("fallback uses {topics} but no intent has a title")
         return self
-
-
-def _is_regex(keyword: str) -> bool:
-    return len(keyword) > 1 and keyword.startswith("/") and keyword.endswith("/")
 
 
 DEMO_YAML = """\
@@ -349,7 +335,7 @@ def _score(intent: IntentConfig, tokens: list[str]) -> float:
     content = _content(tokens)
     said = " ".join(tokens)
     best = max((_overlap(_content(_tokens(ex)), content) for ex in intent.examples if _tokens(ex)), default=0.0)
-    hits = sum(re.search(k[1:-1], said) is not None if _is_regex(k) else _contains(content, k) for k in intent.keywords)
+    hits = sum(re.search(k[1:-1], said) is not None if is_regex(k) else _contains(content, k) for k in intent.keywords)
     return best + min(1.0, 0.5 * hits)
 
 

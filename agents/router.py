@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agents.brain import UserTurn
 from agents.dialog import DialogConfig, IntentConfig, rank_intents, score
+from agents.patterns import TextOrRegex, is_regex
 from media.paralinguistics import Prosody
 
 Reason = Literal["vip", "phrase", "intent", "fallbacks", "language", "arousal", "low_confidence"]
@@ -58,7 +59,9 @@ class Phrases(_Strict):
         "speak to someone", "talk to a person", "a real person", "a human", "speak to a manager",
         "make a complaint", "this is ridiculous", "this is unacceptable",
     ]
-    keywords: list[str] = ["complaint", "complain", "/\\b(unacceptable|ridiculous|furious|outrageous|lawyer)\\b/"]
+    keywords: list[TextOrRegex] = [
+        "complaint", "complain", "/\\b(unacceptable|ridiculous|furious|outrageous|lawyer)\\b/",
+    ]
     threshold: float = Field(0.6, gt=0, le=2)
     """0.6: one example word of two ("speak about my booking") is not enough, a keyword with one is."""
 
@@ -92,20 +95,9 @@ class EscalateWhen(_Strict):
     baseline_turns: int = Field(2, ge=1, le=10)
     asr_confidence_below: float | None = Field(0.45, gt=0, le=1)
     low_confidence_turns: int = Field(2, ge=1, le=10)
-    vip_callers: list[str] = []
+    vip_callers: list[TextOrRegex] = []
     """Caller IDs: a user part (`alice`, `+4930123456`), a glob on it (`+4930*`), or a `/regex/` searched in the
     whole From URI."""
-
-    @field_validator("vip_callers")
-    @classmethod
-    def _patterns(cls, v: list[str]) -> list[str]:
-        for p in v:
-            if _is_regex(p):
-                try:
-                    re.compile(p[1:-1])
-                except re.error as e:
-                    raise ValueError(f"vip_callers: {p!r} is not a valid regular expression: {e}") from None
-        return v
 
 
 @dataclass(frozen=True)
@@ -125,13 +117,9 @@ class Escalate:
 Decision = Stay | Escalate
 
 
-def _is_regex(p: str) -> bool:
-    return len(p) > 1 and p.startswith("/") and p.endswith("/")
-
-
 def caller_matches(pattern: str, caller: str) -> bool:
     """Whether a `vip_callers` pattern matches a caller (a From URI such as `"Al" <sip:+4930123@pbx>`)."""
-    if _is_regex(pattern):
+    if is_regex(pattern):
         return re.search(pattern[1:-1], caller) is not None
     m = re.search(r"(?:sips?|tel):([^@;>]+)", caller)
     return fnmatch.fnmatchcase(m.group(1) if m else caller, pattern)

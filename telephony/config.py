@@ -32,6 +32,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from agents.config import AgentConfig, CascadedAgentConfig, HybridAgentConfig, check_tools, hybrid_parts
 from agents.cost import Prices, s2s_per_min
+from agents.patterns import Regex, TextOrRegex
 from agents.speech.tts import TtsError, check_voice
 from agents.spend import SpendCap
 from agents.tools import ToolConfig
@@ -57,26 +58,6 @@ def _net(v: str) -> str:
 
 NetworkText = Annotated[str, AfterValidator(_net)]
 """An address or network (`192.168.1.0/24`), each checked on its own so an error names its list item's line."""
-
-
-def _regex(v: str) -> str:
-    try:
-        re.compile(v)
-    except re.error as e:
-        raise ValueError(f"bad regular expression {v!r}: {e}") from None
-    return v
-
-
-def _text_or_regex(v: str) -> str:
-    if len(v) > 1 and v.startswith("/") and v.endswith("/"):
-        _regex(v[1:-1])
-    return v
-
-
-Regex = Annotated[str, AfterValidator(_regex)]
-"""A regular expression, compiled when the file loads."""
-TextOrRegex = Annotated[str, AfterValidator(_text_or_regex)]
-"""Exact text, or a regular expression between slashes (`/^\\+44/`), compiled when the file loads."""
 
 
 class _Strict(BaseModel):

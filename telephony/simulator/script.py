@@ -48,7 +48,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from telephony.config import KNOWN_CODECS, Regex, TextOrRegex, read_text, validate_yaml
+from agents.patterns import Regex, TextOrRegex
+from telephony.config import KNOWN_CODECS, read_text, validate_yaml
 from telephony.simulator.shaper import LineImpairment
 
 

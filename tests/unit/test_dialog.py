@@ -80,7 +80,7 @@ def test_example_configs_are_valid() -> None:
         ('transfer: "sip:reception@pbx.example.com"\n  goodbye', 'transfer: "mailto:x"\n  goodbye', 37, "pattern"),
         ("examples: [goodbye,", "examplez: [goodbye,", 39, "Extra inputs are not permitted"),
         ("action: hangup", "action: hang up", 42, "'hangup'"),
-        ("keywords: [bye]", "keywords: ['/(/']", 40, "not a valid regular expression"),
+        ("keywords: [bye]", "keywords: ['/(/']", 40, "bad regular expression"),
         ("max_fallbacks: 2", "max_fallbacks: -1", 3, "greater than or equal to 0"),
         ("name: code", "name: time", 15, "shadows a variable"),
         ('prompt: "Please', 'prompt: "{code} Please', 15, "slot 'code' prompt uses unknown {code}"),

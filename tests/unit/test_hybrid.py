@@ -70,7 +70,7 @@ def test_a_hybrid_resolves_its_agents_and_picks_a_matching_voice() -> None:
     ({"s2s": "front"}, "agents.hy.s2s: 'front' is not an openai_realtime or gemini_live agent"),
     ({"cascade": "rt"}, "agents.hy.cascade: 'rt' is not a cascaded agent"),
     ({"escalate_when": {"intents": ["refund"]}}, "the cascade's dialog has no intent 'refund'"),
-    ({"escalate_when": {"vip_callers": ["/(/"]}}, "is not a valid regular expression"),
+    ({"escalate_when": {"vip_callers": ["/(/"]}}, "bad regular expression"),
     ({"budget": {"max_usd": 0, "usd_per_min": 0.3}}, "greater than 0"),
     ({"budget": {"max_usd": 1.0}}, "agents.hy.budget: no usd_per_min, and prices.s2s.openai_realtime is 0"),
 ])
