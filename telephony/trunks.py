@@ -212,6 +212,11 @@ class TrunkSet:
             except pj.Error as e:  # e.g. a REGISTER still in progress: counts as a failure, so backoff grows
                 self.on_result(name, 500, f"cannot re-register: {e.info()}", 0)
         for name, ka in self.keepalives.items():
+            if expired := ka.expire(now):  # a late callback for it finds no entry and is dropped
+                self._pings = {t: p for t, p in self._pings.items() if p[1] is not ka}
+            for ev in expired:
+                event("trunk_keepalive", **ev)
+                self.write(running=True)
             if name in self.accounts and self._pinger is not None and ka.due(now):
                 self._token += 1
                 self._pings[self._token] = (name, ka)

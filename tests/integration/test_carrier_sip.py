@@ -21,7 +21,8 @@ a=rtpmap:0 PCMU/8000"""
 
 
 def scenario(ext_header: str, reliable: bool) -> str:
-    """INVITE with `ext_header`; PRACK the 180 if `reliable` (it must then carry RSeq), else expect none."""
+    """INVITE with `ext_header`; PRACK the 180 if `reliable` (it must then carry RSeq), else expect none. The 2xx to
+    the INVITE may come before the PRACK's 200 (RFC 3262 3: the 180 carries no SDP), so either order passes."""
     body = "\n".join(line.strip() for line in SDP.splitlines())
     if reliable:
         ringing = """  <recv response="180" rrs="true" response_txn="invite">
@@ -39,7 +40,11 @@ Max-Forwards: 70
 Content-Length: 0
 
 ]]></send>
+  <recv response="200" response_txn="prack" optional="true" next="prack_answered"/>
+  <recv response="200" response_txn="invite" rrs="true"/>
   <recv response="200" response_txn="prack"/>
+  <nop hide="true" next="answered"/>
+  <label id="prack_answered"/>
 """
     else:
         ringing = """  <recv response="180" response_txn="invite"/>
@@ -63,6 +68,7 @@ Content-Length: [len]
 ]]></send>
   <recv response="100" optional="true" response_txn="invite"/>
 {ringing}  <recv response="200" response_txn="invite" rrs="true"/>
+  <label id="answered"/>
   <send ack_txn="invite"><![CDATA[
 ACK [next_url] SIP/2.0
 Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]

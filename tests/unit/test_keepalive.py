@@ -34,6 +34,14 @@ def test_state_changes_are_reported_once_with_code_and_round_trip():
     assert ka.result(5.003, 200, True)[0]["state"] == "up"
 
 
+def test_a_ping_without_any_callback_expires_as_a_timeout():
+    ka = Keepalive("c", 1.0)
+    ka.due(10.0)
+    assert ka.expire(11.9) == [], "within the timeout and its grace"
+    assert ka.expire(12.0) == [{"trunk": "c", "state": "down", "code": 408, "rtt_ms": None, "sent": 1, "answered": 0}]
+    assert ka.expire(20.0) == [] and ka.due(20.0), "expired: the next ping may go"
+
+
 def test_timeout_is_the_interval_up_to_pjsips_own():
     assert Keepalive("c", 2.0).timeout_s == 2.0 and Keepalive("c", 300.0).timeout_s == 32.0
 
