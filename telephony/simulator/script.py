@@ -46,7 +46,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from agents.patterns import Regex, TextOrRegex
 from telephony.config import KNOWN_CODECS, read_text, validate_yaml
@@ -239,11 +239,28 @@ def normalize(text: str) -> str:
     return " ".join(re.sub(r"[\W_]+", " ", re.sub(r"['\u2019]", "", text.lower())).split())
 
 
+def _phrase(v: str) -> str:
+    if not normalize(v):
+        raise ValueError(f"{v!r} has no words to look for")
+    return v
+
+
+def _engine(v: str) -> str:
+    if v not in ASR_ENGINES:
+        raise ValueError(f"unknown ASR engine {v!r}; the simulator has: {', '.join(ASR_ENGINES)}")
+    return v
+
+
+Phrase = Annotated[str, AfterValidator(_phrase)]
+"""Words to look for in a transcript (case and punctuation ignored)."""
+AsrEngine = Annotated[str, AfterValidator(_engine)]
+
+
 class ExpectSpeechArgs(_Strict):
-    contains: list[str] = []
+    contains: list[Phrase] = []
     """Every phrase must appear (whole words, case and punctuation ignored)."""
-    any_of: list[str] = []
-    not_contains: list[str] = []
+    any_of: list[Phrase] = []
+    not_contains: list[Phrase] = []
     matches: Regex | None = None
     """A regex searched (case-insensitive) in the transcript as the ASR wrote it."""
     min_confidence: float = Field(0.0, ge=0, le=1)
@@ -253,22 +270,7 @@ class ExpectSpeechArgs(_Strict):
     """Quiet this long ends the utterance."""
     max_s: float = Field(30.0, gt=0)
     """An utterance is cut (and checked) at this length."""
-    engine: str = "moonshine"
-
-    @field_validator("contains", "any_of", "not_contains")
-    @classmethod
-    def _phrases(cls, v: list[str]) -> list[str]:
-        for p in v:
-            if not normalize(p):
-                raise ValueError(f"{p!r} has no words to look for")
-        return v
-
-    @field_validator("engine")
-    @classmethod
-    def _engine(cls, v: str) -> str:
-        if v not in ASR_ENGINES:
-            raise ValueError(f"unknown ASR engine {v!r}; expect_speech supports: {', '.join(ASR_ENGINES)}")
-        return v
+    engine: AsrEngine = "moonshine"
 
     def failure(self, text: str, confidence: float) -> str:
         """Why a transcript fails these expectations ('' when it passes)."""
@@ -310,35 +312,20 @@ class PersonaArgs(_Strict):
     """What the caller wants; the LLM says when it is reached."""
     max_turns: int = Field(4, ge=1, le=20)
     """Lines the caller speaks at most; the goal not reached by then fails the step."""
-    until: list[str] = []
+    until: list[Phrase] = []
     """Phrases that end the step (passed) when the agent says one, e.g. `goodbye`."""
     voice: str = "en-us"
     timeout_s: float = Field(10.0, gt=0)
     """For the agent to start speaking each turn; silence that long is a turn where it said nothing."""
     silence_s: float = Field(1.0, gt=0)
     """Quiet this long ends the agent's utterance."""
-    engine: str = "moonshine"
+    engine: AsrEngine = "moonshine"
 
     @field_validator("api_key_env")
     @classmethod
     def _key(cls, v: str | None) -> str | None:
         if v is not None and not os.environ.get(v):
             raise ValueError(f"environment variable {v} (the persona's API key) is not set or empty")
-        return v
-
-    @field_validator("until")
-    @classmethod
-    def _phrases(cls, v: list[str]) -> list[str]:
-        for p in v:
-            if not normalize(p):
-                raise ValueError(f"{p!r} has no words to look for")
-        return v
-
-    @field_validator("engine")
-    @classmethod
-    def _engine(cls, v: str) -> str:
-        if v not in ASR_ENGINES:
-            raise ValueError(f"unknown ASR engine {v!r}; persona supports: {', '.join(ASR_ENGINES)}")
         return v
 
     @property
