@@ -60,6 +60,18 @@ NetworkText = Annotated[str, AfterValidator(_net)]
 """An address or network (`192.168.1.0/24`), each checked on its own so an error names its list item's line."""
 
 
+def env_var(what: str) -> AfterValidator:
+    """For an option naming an environment variable (`password_env`): it must be set and non-empty; `what` is what
+    it holds, for the error."""
+
+    def check(v: str) -> str:
+        if not os.environ.get(v):
+            raise ValueError(f"environment variable {v} ({what}) is not set or empty")
+        return v
+
+    return AfterValidator(check)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -103,15 +115,8 @@ class SipTlsConfig(_Strict):
 class SipUserConfig(_Strict):
     """Digest credentials of one caller that comes from no trunk (a softphone, a PBX)."""
 
-    password_env: str
+    password_env: Annotated[str, env_var("the user's password")]
     """Name of the environment variable holding the password (never the password itself)."""
-
-    @field_validator("password_env")
-    @classmethod
-    def _env(cls, v: str) -> str:
-        if not os.environ.get(v):
-            raise ValueError(f"environment variable {v} (the user's password) is not set or empty")
-        return v
 
     @property
     def password(self) -> str:
@@ -314,7 +319,7 @@ class TrunkConfig(_Strict):
     registrar: str
     """`sip:host[:port]`: where REGISTER goes; its resolved addresses may send calls for this trunk."""
     username: str
-    password_env: str
+    password_env: Annotated[str, env_var("the trunk password")]
     """Name of the environment variable holding the password (never the password itself)."""
     realm: str = "*"
     """Digest realm the credentials are for; `*` answers any realm."""
@@ -363,13 +368,6 @@ class TrunkConfig(_Strict):
     def _uri(cls, v: str | None) -> str | None:
         if v is not None:
             parse_sip_uri(v)
-        return v
-
-    @field_validator("password_env")
-    @classmethod
-    def _env(cls, v: str) -> str:
-        if not os.environ.get(v):
-            raise ValueError(f"environment variable {v} (the trunk password) is not set or empty")
         return v
 
     @field_validator("allow")
@@ -462,26 +460,13 @@ class WebRtcTransport(_Strict):
 class ControlConfig(_Strict):
     """The control endpoint (`POST /calls` originates a call; `voicegate dial` uses it): HTTP with a bearer token."""
 
-    listen: str = "127.0.0.1"
+    listen: IpAddress = "127.0.0.1"
     """Loopback by default: the token travels in clear text."""
     port: int = Field(9465, ge=1, le=65535)
-    token_env: str
+    token_env: Annotated[str, env_var("the control token")]
     """Environment variable holding the token clients send as `Authorization: Bearer TOKEN`."""
     allow_uris: list[Regex] = []
     """Regular expressions SIP URIs dialled directly (not through a trunk) must match whole; none: trunks only."""
-
-    @field_validator("listen")
-    @classmethod
-    def _ip(cls, v: str) -> str:
-        ipaddress.ip_address(v)
-        return v
-
-    @field_validator("token_env")
-    @classmethod
-    def _env(cls, v: str) -> str:
-        if not os.environ.get(v):
-            raise ValueError(f"environment variable {v} (the control token) is not set or empty")
-        return v
 
     @property
     def token(self) -> str:

@@ -49,7 +49,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from agents.patterns import Regex, TextOrRegex
-from telephony.config import KNOWN_CODECS, read_text, validate_yaml
+from telephony.config import KNOWN_CODECS, env_var, read_text, validate_yaml
 from telephony.simulator.shaper import LineImpairment
 
 
@@ -197,17 +197,10 @@ class Party(_Strict):
 
 class DigestAuth(_Strict):
     username: str = Field(min_length=1)
-    password_env: str
+    password_env: Annotated[str, env_var("the dial password")]
     """Name of the environment variable holding the password (never the password itself)."""
     realm: str = "*"
     """Digest realm the credentials are for; `*` answers any realm."""
-
-    @field_validator("password_env")
-    @classmethod
-    def _env(cls, v: str) -> str:
-        if not os.environ.get(v):
-            raise ValueError(f"environment variable {v} (the dial password) is not set or empty")
-        return v
 
     @property
     def password(self) -> str:
@@ -304,7 +297,7 @@ class PersonaArgs(_Strict):
     url: str = Field(pattern=r"^https?://\S+$")
     """The endpoint's base URL, e.g. `http://127.0.0.1:8080/v1` (`/chat/completions` is added)."""
     model: str = Field(min_length=1)
-    api_key_env: str | None = None
+    api_key_env: Annotated[str, env_var("the persona's API key")] | None = None
     """Name of the environment variable holding the API key (never the key itself); none: no key sent."""
     role: str = Field(min_length=1)
     """Who the caller is: `a hotel guest called Sam, in a hurry`."""
@@ -320,13 +313,6 @@ class PersonaArgs(_Strict):
     silence_s: float = Field(1.0, gt=0)
     """Quiet this long ends the agent's utterance."""
     engine: AsrEngine = "moonshine"
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _key(cls, v: str | None) -> str | None:
-        if v is not None and not os.environ.get(v):
-            raise ValueError(f"environment variable {v} (the persona's API key) is not set or empty")
-        return v
 
     @property
     def api_key(self) -> str | None:
