@@ -47,7 +47,7 @@ integration: deps
 test: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy telephony media agents
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 3 --dist loadfile tests
 
 bench: deps bench-extra
 	$(PY) -m bench.run

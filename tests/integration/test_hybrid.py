@@ -122,7 +122,7 @@ def test_a_complaint_moves_the_call_from_the_cascade_to_s2s_with_the_conversatio
     assert speech_s(after) > 2.0, speech_s(after)
     ref = audio.telephone_band(audio.to_array(resample(render(ANSWER), 24000)))
     _, peak = correlation(ref, after)
-    assert peak > 0.6, peak
+    assert peak > 0.5, peak  # 0.60 seen on a loaded run; other speech, even the same words rendered anew: 0.07-0.13
 
 
 def dial(uri: str, wav: Path) -> dict[str, Any]:
