@@ -40,7 +40,7 @@ _WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or
 _WORKERS = 3
 _RTP_SPAN = 31000 // _WORKERS
 _RTP_LO = 30000 + (_WORKER % _WORKERS) * _RTP_SPAN
-"""Each pytest-xdist worker (make test runs two; three fit) gets a third of 30000-60999, away from the gateway."""
+"""Each pytest-xdist worker (make test runs three) gets a third of 30000-60999, away from the gateway."""
 _rtp_next = [_RTP_LO + (os.getpid() % 40) * 200]
 _rtp_lock = threading.Lock()
 
