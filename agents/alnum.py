@@ -266,13 +266,19 @@ class CodeFormat:
     def fix(self, code: str) -> str | None:
         """`code` if it matches, else the one match reachable by swapping confusables (O/0, I/1, S/5, B/8), else None.
 
-        A template swaps each character that sits in the wrong class; a regular expression tries up to three swaps
-        and gives up when more than one candidate matches.
+        A template swaps each character that sits in the wrong class; a code longer than the template gives the one
+        window of it that fits (a stray digit the ASR put before the code, "1. It is KL4729."; the read-back catches
+        a wrong guess). A regular expression tries up to three swaps and gives up when more than one candidate
+        matches.
         """
         if self.matches(code):
             return code
         if self.template:
-            if len(code) != len(self.template):
+            n = len(self.template)
+            if len(code) > n:
+                found = {f for i in range(len(code) - n + 1) if (f := self.fix(code[i : i + n])) is not None}
+                return found.pop() if len(found) == 1 else None
+            if len(code) != n:
                 return None
             fixed = "".join(_fit(c, s) for c, s in zip(code, self.template, strict=True))
             return fixed if self.matches(fixed) else None

@@ -128,6 +128,8 @@ def test_lenient_digits(said: str, code: str) -> None:
         ("LLDDDD", "5B1234", "SB1234"),
         ("LLDDDD", "AB123", None),
         ("LLDDDD", "AB12X4", None),
+        ("LL DDDD", "1KL4729", "KL4729"),  # "1. Where is my order? It is KL4729." (ASR, under load)
+        ("LLDDDD", "AB1234CD5678", None),  # two windows fit: the format cannot decide
         ("LL DDDD", "AB0S23", "AB0523"),
         ("AAAA", "O0O0", "O0O0"),
         (r"^[A-Z]{2}\d{4}$", "ABO123", "AB0123"),
