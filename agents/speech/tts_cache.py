@@ -18,20 +18,14 @@ import logging
 import os
 import wave
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agents.speech.tts import Tts
 
 log = logging.getLogger(__name__)
 
 MAX_BYTES = 256 * 1024 * 1024
-
-
-class IdentifiedTts(Protocol):
-    @property
-    def identity(self) -> str:
-        """What decides the engine's output besides the text: model file or program version, and voice."""
-        ...
-
-    def synthesize(self, text: str) -> tuple[bytes, int]: ...
 
 
 class TtsDiskCache:
@@ -40,11 +34,11 @@ class TtsDiskCache:
         self.max_bytes = max_bytes
         self._pruned = False
 
-    def _path(self, engine: IdentifiedTts, text: str) -> Path:
+    def _path(self, engine: Tts, text: str) -> Path:
         digest = hashlib.sha256(f"{engine.identity}\0{text}".encode()).hexdigest()
         return self.root / digest[:2] / f"{digest}.wav"
 
-    def synthesize(self, engine: IdentifiedTts, text: str) -> tuple[bytes, int]:
+    def synthesize(self, engine: Tts, text: str) -> tuple[bytes, int]:
         """`engine.synthesize(text)`, from disk when it was rendered before."""
         path = self._path(engine, text)
         try:
