@@ -23,7 +23,7 @@ from agents.dialog import Dialog
 from agents.listener import HeardTurn, Listener
 from agents.llm import LlmClient, LlmConfig
 from agents.speech.sentences import SentenceSplitter
-from agents.speech.tts import engine_for, synthesize_fixed
+from agents.speech.tts import engine_for, synthesize_fixed, warm
 from agents.speech.worker import AsrWorker, EngineSpec
 from agents.tools import CallTools, ToolConfig, ToolRunner
 from agents.turn import TurnDetector, TurnSettings
@@ -305,8 +305,7 @@ class CascadedFactory(AgentFactory):
             worker = CascadedFactory._workers[spec] = AsrWorker(spec)
             await worker.start()
         self.asr = worker
-        voices = {self.cfg.voice, *self.cfg.voices.values()}
-        await asyncio.gather(*(asyncio.to_thread(engine_for(v).synthesize, "ready") for v in voices))
+        await warm([self.cfg.voice, *self.cfg.voices.values()])
         if self.cfg.llm is None:  # the dialog's fixed lines, rendered before the first call
             for text in _fixed_lines(self.cfg):
                 self._tts[(self.cfg.voice, text)] = await asyncio.to_thread(synthesize_fixed, self.cfg.voice, text)

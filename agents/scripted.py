@@ -22,7 +22,7 @@ from agents.config import (
     ToolStep,
     TransferStep,
 )
-from agents.speech.tts import PromptCache, engine_for
+from agents.speech.tts import PromptCache, warm
 from agents.tools import CallTools, ToolConfig, ToolResult, ToolRunner
 from media.frames import SAMPLE_RATE
 from media.wavfile import WavError, read_wav_16k
@@ -206,7 +206,7 @@ class ScriptedFactory(AgentFactory):
                     live.add(step.lang or self.cfg.voice)
         if any(t.confirm for t in self.tools.values()):
             live.add(self.cfg.voice)
-        await asyncio.gather(*(asyncio.to_thread(engine_for(v).synthesize, "ready") for v in live))
+        await warm(live)
         for tool in self.tools.values():
             for text in (tool.filler, tool.apology):
                 await self.prompts.prepare(text, self.cfg.voice)

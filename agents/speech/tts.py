@@ -17,6 +17,7 @@ import subprocess
 import threading
 import wave
 from collections import OrderedDict
+from collections.abc import Iterable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Protocol
@@ -129,6 +130,12 @@ def engine_for(voice: str) -> Tts:
             _PIPER = PiperTts()
         return _PIPER
     return EspeakTts(voice)
+
+
+async def warm(voices: Iterable[str]) -> None:
+    """Load each voice's engine (piper's model) with one short synthesis on worker threads, so the first line a call
+    renders per call does not pay for the load."""
+    await asyncio.gather(*(asyncio.to_thread(engine_for(v).synthesize, "ready") for v in set(voices)))
 
 
 @functools.cache

@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -28,8 +28,8 @@ from media.resample import resample
 from tests import audio
 from tests.integration.peers import free_port
 from tests.servers.openai_realtime import RealtimeServer, correlation, drop, malformed, render, speak, stall, tool
+from tests.unit.conftest import KEY_ENV
 
-KEY_ENV = "VG_TEST_REALTIME_KEY"
 LONG = ("Thank you for calling the harbour hotel. Our rooms all face the water, breakfast is served from seven, "
         "and the restaurant opens at noon.")
 
@@ -213,20 +213,6 @@ def _run(coro: Coroutine[Any, Any, bool]) -> bool:
             loop.run_until_complete(asyncio.wait(left, timeout=STOP_S))
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RealtimeServer]:
-    with RealtimeServer() as s:
-        yield s
-
-
-@pytest.fixture
-def rt(server: RealtimeServer, monkeypatch: pytest.MonkeyPatch) -> RealtimeServer:
-    """The server, reset between tests."""
-    monkeypatch.setenv(KEY_ENV, "sk-test")
-    server.reset()
-    return server
 
 
 def config(server: RealtimeServer, **kw: Any) -> OpenAIRealtimeConfig:

@@ -20,8 +20,9 @@ from tests import audio
 from tests.servers.gemini_live import GeminiLiveServer, Reply
 from tests.servers.openai_realtime import RealtimeServer, speak, tool
 from tests.servers.webhook import Webhook
+from tests.unit.conftest import KEY_ENV
 from tests.unit.test_gemini_live import call as gemini_call
-from tests.unit.test_openai_realtime import KEY_ENV, STOP_S, FakeCall, _run
+from tests.unit.test_openai_realtime import STOP_S, FakeCall, _run
 
 ORDER = {"type": "object", "required": ["order_id"],
          "properties": {"order_id": {"type": "string", "pattern": "^[0-9]{4,8}$"}}}
@@ -39,19 +40,6 @@ def order_tool(url: str, **kw: Any) -> ToolConfig:
 class Call(FakeCall):
     trunk: str = ""
     digits: str = "1234"
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[RealtimeServer]:
-    with RealtimeServer() as s:
-        yield s
-
-
-@pytest.fixture
-def rt(server: RealtimeServer, monkeypatch: pytest.MonkeyPatch) -> RealtimeServer:
-    monkeypatch.setenv(KEY_ENV, "sk-test")
-    server.reset()
-    return server
 
 
 def drive(rt: RealtimeServer, tools: dict[str, ToolConfig], call: Call, until: Any, timeout: float = 10.0) -> bool:

@@ -8,17 +8,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-import yaml
 from pydantic import TypeAdapter
 
 from agents.config import AgentConfig
-from agents.registry import make_factory
 from agents.scripted import FlowError, ScriptedAgent
-from agents.session import CallSession, SessionTimeouts
-from agents.speech.tts import PromptCache
+from agents.session import CallSession
 from media.frames import SILENCE
-from media.pipeline import CallMedia
 from media.recorder import StereoRecorder
+from tests.unit.scripted_call import run_scripted, said
 
 FLOW = """
 type: scripted
@@ -49,65 +46,13 @@ CALLER = bytes([1, 0]) * 320
 """A quiet constant caller frame, to see in a recording."""
 
 
-class Actions:
-    def __init__(self) -> None:
-        self.hung_up = asyncio.Event()
-
-    def hangup(self) -> None:
-        self.hung_up.set()
-
-    def transfer(self, uri: str) -> None:
-        raise AssertionError("no transfer in this flow")
-
-    def send_dtmf(self, digits: str) -> None:
-        raise AssertionError("no DTMF out in this flow")
-
-
 async def run_call(interruptible: bool, keys: list[tuple[float, str]], flow_text: str = FLOW,
                    recorder: StereoRecorder | None = None) -> tuple[CallSession, list[dict[str, Any]]]:
-    flow = yaml.safe_load(flow_text.format(interruptible=str(interruptible).lower()))
-    cfg = TypeAdapter(AgentConfig).validate_python(flow)
-    prompts = PromptCache()
-    factory = make_factory("t", cfg, prompts)
-    await factory.prepare()
-    logs: list[dict[str, Any]] = []
-    session: CallSession
-
-    def emit(ev: Any) -> None:
-        session.on_media_event(ev)
-
-    media = CallMedia(emit)
-    media.set_recorder(recorder)
-    actions = Actions()
-    session = CallSession("c1", "caller", "100", factory, media, actions, prompts,
-                          lambda name, **f: logs.append({"event": name, **f}), SessionTimeouts())
-
-    async def clock() -> None:
-        """Keys are pressed `at` seconds after the agent's audio starts."""
-        t = 0.0
-        started: float | None = None
-        while True:
-            if media.next_outbound(t) != SILENCE and started is None:
-                started = t
-            media.on_inbound(t, CALLER if recorder is not None else SILENCE)
-            for at, digit in list(keys):
-                if started is not None and t - started >= at:
-                    keys.remove((at, digit))
-                    session.on_dtmf(digit)
-            t += 0.02
-            await asyncio.sleep(0.002)  # 10x faster than real time
-
-    clk = asyncio.create_task(clock())
-    run = asyncio.create_task(session.run())
-    await asyncio.wait_for(actions.hung_up.wait(), 20)
-    session.on_hangup("test")
-    await asyncio.wait_for(run, 5)
-    clk.cancel()
+    flow = flow_text.format(interruptible=str(interruptible).lower())
+    session, logs, actions = await run_scripted(flow, keys, recorder=recorder,
+                                                caller_frame=CALLER if recorder is not None else SILENCE)
+    assert actions.transfers == [] and actions.dtmf == []
     return session, logs
-
-
-def said(logs: list[dict[str, Any]]) -> list[str]:
-    return [e["text"] for e in logs if e["event"] == "agent_say"]
 
 
 def frames_of(session: CallSession, texts: list[str]) -> int:

@@ -7,17 +7,11 @@ import asyncio
 from typing import Any
 
 import pytest
-import yaml
-from pydantic import TypeAdapter
 
-from agents.config import AgentConfig
-from agents.registry import make_factory
-from agents.session import CallSession, SessionTimeouts
-from agents.speech.tts import PromptCache
+from agents.session import CallSession
 from agents.tools import ToolConfig
-from media.frames import SILENCE
-from media.pipeline import CallMedia
 from tests.servers.webhook import Webhook
+from tests.unit.scripted_call import run_scripted, said
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,58 +52,13 @@ def order_tool(url: str, **kw: Any) -> ToolConfig:
                        "properties": {"order_id": {"type": "string", "pattern": "^[0-9]{4,8}$"}}}, **kw})
 
 
-class Actions:
-    def __init__(self) -> None:
-        self.hung_up = asyncio.Event()
-
-    def hangup(self) -> None:
-        self.hung_up.set()
-
-    def transfer(self, uri: str) -> None:
-        raise AssertionError("no transfer in this flow")
-
-    def send_dtmf(self, digits: str) -> None:
-        raise AssertionError("no DTMF out in this flow")
-
-
 async def run_call(tools: dict[str, ToolConfig], keys: list[tuple[float, str]], flow: str = FLOW
                    ) -> tuple[CallSession, list[dict[str, Any]]]:
-    cfg = TypeAdapter(AgentConfig).validate_python(yaml.safe_load(flow))
-    prompts = PromptCache()
-    factory = make_factory("t", cfg, prompts, tools=tools)
-    await factory.prepare()
-    logs: list[dict[str, Any]] = []
-    session: CallSession
-    media = CallMedia(lambda ev: session.on_media_event(ev))
-    actions = Actions()
-    session = CallSession("c1", "4930123", "100", factory, media, actions, prompts,
-                          lambda name, **f: logs.append({"event": name, **f}), SessionTimeouts())
-    session.sip_headers = {"P-Asserted-Identity": "<sip:+4930555@carrier.example>"}
-
-    async def clock() -> None:
-        t, started = 0.0, None
-        while True:
-            if media.next_outbound(t) != SILENCE and started is None:
-                started = t
-            media.on_inbound(t, SILENCE)
-            for at, digit in list(keys):
-                if started is not None and t - started >= at:
-                    keys.remove((at, digit))
-                    session.on_dtmf(digit)
-            t += 0.02
-            await asyncio.sleep(0.002)
-
-    clk = asyncio.create_task(clock())
-    run = asyncio.create_task(session.run())
-    await asyncio.wait_for(actions.hung_up.wait(), 30)
-    session.on_hangup("test")
-    await asyncio.wait_for(run, 5)
-    clk.cancel()
+    session, logs, actions = await run_scripted(
+        flow, keys, caller="4930123", tools=tools, headers={"P-Asserted-Identity": "<sip:+4930555@carrier.example>"},
+        timeout_s=30)
+    assert actions.transfers == [] and actions.dtmf == []
     return session, logs
-
-
-def said(logs: list[dict[str, Any]]) -> list[str]:
-    return [e["text"] for e in logs if e["event"] == "agent_say"]
 
 
 def tool_records(session: CallSession) -> list[dict[str, Any]]:
