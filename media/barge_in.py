@@ -105,13 +105,10 @@ class BargeInDetector:
     ) -> list[MediaEvent]:
         """One inbound frame at `now` (its start time); `agent_speaking`: agent audio is queued for the caller."""
         threshold = self.threshold_db()
-        tone = self.tones.process(samples, level_db)  # fed every frame: it compares with the previous one
-        candidate = (
-            vad_speech
-            and level_db > threshold
-            and now >= self._dtmf_until
-            and not tone
-        )
+        loud_speech = vad_speech and level_db > threshold and now >= self._dtmf_until
+        # fed every frame (it compares with the previous one); its spectrum is taken only when it can matter
+        tone = self.tones.process(samples, level_db, needed=loud_speech)
+        candidate = loud_speech and not tone
         self._track(level_db, candidate)
         self.candidate = candidate
         events: list[MediaEvent] = []

@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from media.frames import FLOOR_DBFS
 
@@ -71,20 +72,23 @@ class EchoPath:
         x = np.asarray(self._in, dtype=np.float64)
         ref = np.asarray(self._ref, dtype=np.float64)
         n = len(ref)
-        best_c, best_lag, best_mask = -1.0, 0, None
-        for lag in range(s.max_lag_frames + 1):
-            y = ref[n - lag - s.window_frames : n - lag]
-            m = (y > s.active_dbfs) & ~np.isnan(x)
-            if m.sum() < s.min_active_frames:
-                continue
-            xs, ys = x[m], y[m]
-            if xs.std() < 1e-6 or ys.std() < 1e-6:
-                continue
-            c = float(np.corrcoef(xs, ys)[0, 1])
-            if c > best_c:
-                best_c, best_lag, best_mask = c, lag, m
-        if best_mask is None:
+        # every lag at once (a loop of np.corrcoef took most of a call's CPU): row `lag` of `ys` is the window of
+        # what we played `lag` frames before each inbound frame, `m` the frames of it that count
+        lags = np.arange(s.max_lag_frames + 1)
+        ys = sliding_window_view(ref, s.window_frames)[n - s.window_frames - lags]
+        m = (ys > s.active_dbfs) & ~np.isnan(x)
+        count = m.sum(axis=1)
+        safe = np.maximum(count, 1)
+        xs = np.where(m, np.nan_to_num(x), 0.0)
+        dx = np.where(m, xs - (xs.sum(axis=1) / safe)[:, None], 0.0)
+        dy = np.where(m, ys - (np.where(m, ys, 0.0).sum(axis=1) / safe)[:, None], 0.0)
+        vx, vy = (dx * dx).sum(axis=1), (dy * dy).sum(axis=1)
+        ok = (count >= s.min_active_frames) & (vx > 1e-12 * safe) & (vy > 1e-12 * safe)
+        if not ok.any():
             return
+        c = np.where(ok, (dx * dy).sum(axis=1) / np.sqrt(np.where(ok, vx * vy, 1.0)), -np.inf)
+        best_lag = int(np.argmax(c))
+        best_c, best_mask = float(c[best_lag]), m[best_lag]
         self.corr = best_c
         if best_c >= s.corr_echo:
             y = ref[n - best_lag - s.window_frames : n - best_lag]

@@ -30,7 +30,8 @@ class ToneDetector:
         self._window = np.hanning(frame_samples).astype(np.float32)
         hz_per_bin = rate / frame_samples
         self._bins = {b for f in TONE_HZ for b in (int(np.floor(f / hz_per_bin)), int(np.ceil(f / hz_per_bin)))}
-        self._prev: tuple[bool, float] = (False, 0.0)
+        self._prev: tuple[npt.NDArray[np.int16] | None, float, bool | None] = (None, 0.0, False)
+        """The previous frame's samples, level, and whether it looked like a tone (None: not looked at yet)."""
 
     def _looks_like_tone(self, samples: npt.NDArray[np.int16]) -> bool:
         spec = np.abs(np.fft.rfft(samples.astype(np.float32) * self._window)) ** 2
@@ -46,8 +47,18 @@ class ToneDetector:
         (k1, s1), (k2, s2) = peaks
         return s1 + s2 >= _MIN_SHARE and k1 in self._bins and (s2 < _SECOND_PEAK or k2 in self._bins)
 
-    def process(self, samples: npt.NDArray[np.int16], level_db: float) -> bool:
+    def process(self, samples: npt.NDArray[np.int16], level_db: float, needed: bool = True) -> bool:
+        """Whether this frame and the previous one are the same steady tone. With `needed=False` (the caller has
+        already ruled the frame out for another reason) only the frame is kept for the next call: the spectrum,
+        most of this detector's cost, is taken only of frames that may matter."""
+        prev, prev_level, prev_tone = self._prev
+        self._prev = (samples, level_db, None)
+        if not needed:
+            return False
         tone = samples.size == self._window.size and self._looks_like_tone(samples)
-        prev_tone, prev_level = self._prev
-        self._prev = (tone, level_db)
-        return tone and prev_tone and abs(level_db - prev_level) < _LEVEL_STEADY_DB
+        self._prev = (samples, level_db, tone)
+        if not tone or abs(level_db - prev_level) >= _LEVEL_STEADY_DB:
+            return False
+        if prev_tone is None:
+            prev_tone = prev is not None and prev.size == self._window.size and self._looks_like_tone(prev)
+        return prev_tone
