@@ -32,6 +32,9 @@ class EchoPathSettings:
     loss_percentile: float = 90.0
     spread_frames: int = 2
     """The echo of one frame is expected within this many frames either side of the estimated lag."""
+    none_loss_db: float = 40.0
+    """No echo when everything that came back stayed this far below the loudest frame we played long enough ago:
+    a silent leg (a phone on mute, digital silence) has no level to correlate."""
 
 
 class EchoPath:
@@ -72,6 +75,11 @@ class EchoPath:
         x = np.asarray(self._in, dtype=np.float64)
         ref = np.asarray(self._ref, dtype=np.float64)
         n = len(ref)
+        # the echo of what we played window..max_lag frames ago, at any lag looked for, has come back within x
+        returned = ref[n - s.window_frames : n - s.max_lag_frames]
+        if self._covered(x, ref) and np.nanmax(x) < returned.max() - s.none_loss_db:
+            self.state, self.corr = "none", 0.0
+            return
         # every lag at once (a loop of np.corrcoef took most of a call's CPU): row `lag` of `ys` is the window of
         # what we played `lag` frames before each inbound frame, `m` the frames of it that count
         lags = np.arange(s.max_lag_frames + 1)

@@ -18,8 +18,8 @@ def evaluation() -> clipset.Evaluation:
 
 def test_every_interruption_is_confirmed_quickly(evaluation):
     assert evaluation.missed == 0
-    assert max(evaluation.reaction_frames) <= 8, sorted(evaluation.reaction_frames)
-    assert sorted(evaluation.reaction_frames)[len(evaluation.reaction_frames) // 2] <= 3
+    assert max(evaluation.reaction_frames) <= 6, sorted(evaluation.reaction_frames)
+    assert sorted(evaluation.reaction_frames)[len(evaluation.reaction_frames) // 2] <= 2
 
 
 def test_own_echo_never_pauses_the_agent(evaluation):
