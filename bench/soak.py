@@ -139,6 +139,8 @@ def run_soak(concurrency: int, seconds: float, call_s: float, tmp: Path,
         pids = worker_pids(gw)
         started = len(gw.events("worker_started"))
         rss = {str(w): {"start_kb": rss_kb(p), "peak_kb": 0, "end_kb": 0} for w, p in pids.items()}
+        samples: list[dict[str, Any]] = []
+        """Every worker's RSS every 10 s (kB), to tell a warm-up from a steady growth in a long run."""
         script = tmp / "soak.yaml"
         script.write_text(SCRIPT.format(seconds=call_s))
         out = tmp / "soak-report.json"
@@ -150,8 +152,11 @@ def run_soak(concurrency: int, seconds: float, call_s: float, tmp: Path,
         with (tmp / "simulate.out").open("w") as so, (tmp / "simulate.err").open("w") as se:
             sim = subprocess.Popen(cmd, stdout=so, stderr=se, text=True, cwd=ROOT)
         while sim.poll() is None and time.monotonic() - t0 < seconds + call_s + 120:
-            for w, p in pids.items():
-                rss[str(w)]["peak_kb"] = max(rss[str(w)]["peak_kb"], rss_kb(p))
+            now = {str(w): rss_kb(p) for w, p in pids.items()}
+            for w, kb in now.items():
+                rss[w]["peak_kb"] = max(rss[w]["peak_kb"], kb)
+            if not samples or time.monotonic() - t0 >= samples[-1]["t_s"] + 10:
+                samples.append({"t_s": round(time.monotonic() - t0), **now})
             time.sleep(1.0)
         if sim.poll() is None:
             sim.kill()
@@ -178,7 +183,7 @@ def run_soak(concurrency: int, seconds: float, call_s: float, tmp: Path,
     if not reports:
         fails.append(f"simulate wrote no report (exit {sim.returncode}): {stderr[-500:]}")
     return {"concurrency": concurrency, "seconds": seconds, "call_s": call_s, "elapsed_s": round(elapsed, 1),
-            "workers": WORKERS, **summary, "rss": rss, "rss_growth_bound_mb": growth_mb,
+            "workers": WORKERS, **summary, "rss": rss, "rss_samples_kb": samples, "rss_growth_bound_mb": growth_mb,
             "worker_restarts": restarts,
             "simulate_summary": [ln for ln in stdout.splitlines() if not PJ_LOG.match(ln)][-12:], "fails": fails}
 
