@@ -36,6 +36,7 @@ from telephony.simulator.impair import ImpairError
 from telephony.simulator.listen import PAD_FRAMES, Ear, ear_for
 from telephony.simulator.persona import Mouth, PersonaLine
 from telephony.simulator.phone import Phone, PhoneCall, RtpStats
+from telephony.simulator.relay_tls import TlsOptions, is_tls
 from telephony.simulator.report import CallReport, console, html, junit, summary
 from telephony.simulator.runner import (
     AskPersona,
@@ -171,7 +172,8 @@ def run_call(phone: Phone, script: Script, file: str, target: str, record: Path 
     if mouth is not None:
         mouth.close()
     if not call.confirmed_at and script.expect_status == 200:
-        runner.abort("the call was not answered")
+        runner.abort(f"the call was not answered ({call.status} {call.reason})" if call.status
+                     else "the call was not answered")
     phone.finish(call)
     report.status = call.status if call.confirmed_at is None else 200
     report.answer_s = round(call.confirmed_at - call.started, 3) if call.confirmed_at else None
@@ -211,12 +213,12 @@ def _impairs(line: LineImpairment, scripts: list[tuple[str, Script]]) -> bool:
 
 
 def _worker(jobs: Any, results: Any, clock: Any, rate: float, target: str | None, rtp_port: int,
-            line: LineImpairment, impair: bool, seed: int, record_dir: Path | None) -> None:
+            line: LineImpairment, impair: bool, seed: int, record_dir: Path | None, tls: TlsOptions | None) -> None:
     """One load process: its own phone, jobs taken from the queue, each started no earlier than its slot and
     none after the end of `--duration`. `clock` is (ready, go, times): the process says it is ready, and once
     every one is (or after a minute), `times` holds the run's start and end on the monotonic clock (end 0: none)."""
     ready, go, times = clock
-    phone = Phone(rtp_port, impair=impair)
+    phone = Phone(rtp_port, impair=impair, tls=tls)
     ready.release()
     go.wait()
     t0, until = times[0], times[1] or None
@@ -244,7 +246,7 @@ def _worker(jobs: Any, results: Any, clock: Any, rate: float, target: str | None
 
 def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, concurrency: int, rate: float,
              rtp_port: int, line: LineImpairment = NO_IMPAIRMENT, record_dir: Path | None = None,
-             seed: int = 0, duration_s: float | None = None) -> list[CallReport]:
+             seed: int = 0, duration_s: float | None = None, tls: TlsOptions | None = None) -> list[CallReport]:
     """`calls` runs of the scripts (in turn), `concurrency` at a time, started at most `rate` per second; with
     `duration_s`, only those that start within that many seconds."""
     ctx = multiprocessing.get_context("spawn")
@@ -258,7 +260,7 @@ def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, 
     jobs.cancel_join_thread()  # jobs left when --duration ends the run are dropped, not waited for at exit
     ready, go, times = ctx.Semaphore(0), ctx.Event(), ctx.Array("d", 2)
     procs = [ctx.Process(target=_worker, args=(jobs, results, (ready, go, times), rate, target, rtp_port + 200 * k,
-                                               line, _impairs(line, scripts), seed, record_dir), daemon=True)
+                                               line, _impairs(line, scripts), seed, record_dir, tls), daemon=True)
              for k in range(concurrency)]
     for p in procs:
         p.start()
@@ -299,7 +301,7 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
          rtp_port: int = 40000, calls: int | None = None, concurrency: int = 1, rate: float = 1.0,
          html_path: str | None = None, loss_pct: float = 0.0, record_dir: str | None = None,
          seed: int | None = None, jitter_ms: float = 0.0, reorder_pct: float = 0.0, skew_ppm: float = 0.0,
-         duration_s: float | None = None) -> int:
+         duration_s: float | None = None, tls: TlsOptions | None = None) -> int:
     try:
         line = LineImpairment(loss_pct=loss_pct, jitter_ms=jitter_ms, reorder_pct=reorder_pct, skew_ppm=skew_ppm)
     except ValidationError as e:
@@ -322,6 +324,10 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
         if not (target or s.target):
             print(f"{path}: no target: give --target or `target:` in the script", file=sys.stderr)
             return 2
+        if tls is None and is_tls(target or s.target or ""):
+            print(f"{path}: {target or s.target} is a TLS target: give --tls-ca FILE (the CA that signs its "
+                  "certificate) or --insecure", file=sys.stderr)
+            return 2
     reports: list[CallReport] = []
     rec = Path(record_dir) if record_dir else None
     if seed is None:
@@ -329,9 +335,9 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
     if _impairs(line, scripts):
         print(f"voicegate simulate: seed {seed} (--seed {seed} impairs the same packets again)", file=sys.stderr)
     if calls is not None:
-        reports = run_load(scripts, target, calls, concurrency, rate, rtp_port, line, rec, seed, duration_s)
+        reports = run_load(scripts, target, calls, concurrency, rate, rtp_port, line, rec, seed, duration_s, tls)
     else:
-        phone = Phone(rtp_port, impair=_impairs(line, scripts))
+        phone = Phone(rtp_port, impair=_impairs(line, scripts), tls=tls)
         try:
             for i, (path, s) in enumerate(scripts):
                 uri = target or s.target
