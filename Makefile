@@ -57,8 +57,11 @@ bench: deps bench-extra
 	$(PY) -m bench.scale
 	$(PY) -m bench.load
 
-# Malformed SIP at a worker and at the front door, 10,000 mutated requests (make test sends 2,000).
+# The call soak (bench/soak.py: SOAK_S=600 seconds of SOAK_C concurrent echo calls, by default 80% of the maximum in
+# bench/results/load.json, else 6; make test runs 12 s of 2), then malformed SIP at a worker and at the front door,
+# 10,000 mutated requests (make test sends 2,000).
 soak: deps
+	$(PY) -m bench.soak
 	FUZZ_MESSAGES=10000 $(PY) -m pytest -q tests/integration/test_workers.py -k malformed
 
 # Pipecat, for the side-by-side rows `make bench` adds when .venv-bench exists; kept out of voicegate's venv.

@@ -118,8 +118,24 @@ def _simulate(args: argparse.Namespace) -> int:
     if args.calls is not None and not (1 <= args.calls <= 10000 and 1 <= args.concurrency <= 64 and args.rate > 0):
         print("voicegate simulate: --calls 1-10000, --concurrency 1-64 and --rate > 0", file=sys.stderr)
         return 2
+    if args.duration is not None:
+        if args.duration <= 0:
+            print("voicegate simulate: --duration takes a positive number of seconds", file=sys.stderr)
+            return 2
+        args.calls = 10000 if args.calls is None else args.calls
+    tls = None
+    if args.tls_ca or args.tls_cert or args.tls_key or args.insecure:
+        from telephony.simulator.relay_tls import TlsOptions, TlsOptionsError
+
+        tls = TlsOptions(args.tls_ca, args.tls_cert, args.tls_key, args.insecure)
+        try:
+            tls.check()
+        except TlsOptionsError as e:
+            print(f"voicegate simulate: {e}", file=sys.stderr)
+            return 2
     return simulate(args.scripts, args.target, args.junit, args.json, args.rtp_port, args.calls, args.concurrency,
-                    args.rate, args.html, args.loss, args.record, args.seed, args.jitter, args.reorder, args.skew)
+                    args.rate, args.html, args.loss, args.record, args.seed, args.jitter, args.reorder, args.skew,
+                    args.duration, tls)
 
 
 def _calls(args: argparse.Namespace) -> int:
@@ -321,6 +337,13 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--calls", type=int, help="load mode: place this many calls in all (bounded: at most 10000)")
     m.add_argument("--concurrency", type=int, default=4, help="load mode: calls at once (one process each)")
     m.add_argument("--rate", type=float, default=2.0, help="load mode: calls started per second, at most")
+    m.add_argument("--tls-ca", help="a sips: or ;transport=tls target's certificate must be signed by a CA in this "
+                   "PEM file")
+    m.add_argument("--tls-cert", help="client certificate (PEM) for a TLS target that asks for one; needs --tls-key")
+    m.add_argument("--tls-key")
+    m.add_argument("--insecure", action="store_true", help="accept any certificate from a TLS target (labs only)")
+    m.add_argument("--duration", type=float, help="load mode: start no call after this many seconds (--calls, "
+                   "default then 10000, bounds the count); each phone process calls again as soon as its call ended")
     m.set_defaults(fn=_simulate)
     r = sub.add_parser("calls", help="list recent calls from the call records, newest first, with cost")
     r.add_argument("--config", default="voicegate.yaml", help="read records.path from this config")

@@ -22,7 +22,8 @@ import pjsua2 as pj
 
 from media.frames import FRAME_BYTES, SAMPLE_RATE, SILENCE, level_dbfs
 from telephony.media_port import audio_format, read_buf, write_buf
-from telephony.simulator.impair import Impairment, SdpProxy, hop
+from telephony.simulator.impair import ImpairError, Impairment, SdpProxy, hop
+from telephony.simulator.relay_tls import TlsOptions, is_tls
 from telephony.simulator.script import Dial
 from telephony.simulator.shaper import LineImpairment
 
@@ -229,12 +230,14 @@ class Phone:
     """One pjsua2 endpoint for sequential calls (pjsua allows one endpoint per process)."""
 
     def __init__(self, rtp_port: int = 40000, tcp: bool = False, loss_pct: float = 0.0,
-                 tls_ca: str | None = None, tls_cert: tuple[str, str] | None = None, impair: bool = False) -> None:
+                 tls_ca: str | None = None, tls_cert: tuple[str, str] | None = None, impair: bool = False,
+                 tls: TlsOptions | None = None) -> None:
         """`loss_pct`: RTP packets dropped in each direction, at random (pjmedia's own impairment); `tls_ca`: call
         over TLS, trusting only the CA certificates in this PEM file; `tls_cert`: (certificate, key) PEM files
         to present as a TLS client; `impair`: calls go through an `SdpProxy`, so `dial(impair=...)` can put a
-        seeded impairment relay into their media path."""
-        self.proxy = SdpProxy() if impair else None
+        seeded impairment relay into their media path; `tls`: how to reach `sips:` and `;transport=tls` targets
+        (through the proxy's TLS with `impair`)."""
+        self.proxy = SdpProxy(tls=tls) if impair else None
         self.ep = pj.Endpoint()
         self.ep.libCreate()
         ec = pj.EpConfig()
@@ -262,6 +265,8 @@ class Phone:
             self.ep.transportCreate(pj.PJSIP_TRANSPORT_TCP if tcp else pj.PJSIP_TRANSPORT_UDP, tc)
             if not tcp:  # for a `;transport=tcp` target, and the in-dialog requests to a far end's TCP Contact
                 self.ep.transportCreate(pj.PJSIP_TRANSPORT_TCP, tc)
+            if tls is not None:
+                self.ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, self._tls_transport(tls))
         self.ep.libStart()
         self.ep.audDevManager().setNullDev()
         ac = pj.AccountConfig()
@@ -273,9 +278,23 @@ class Phone:
         self.acc = pj.Account()
         self.acc.create(ac)
         self._rtp_port = rtp_port
-        self._accounts: dict[tuple[str, str, str, str], pj.Account] = {}
+        self._accounts: dict[tuple[str, str, str, str, str], pj.Account] = {}
         self._ports: list[PhonePort] = []
         self._free: list[PhonePort] = []
+
+    def _tls_transport(self, tls: TlsOptions) -> Any:
+        """pjsua's TLS: it trusts the proxy's certificate (when there is a proxy) and the options' CA."""
+        tc = pj.TransportConfig()
+        tc.port = 0
+        tc.boundAddress = "127.0.0.1"
+        cert = self.proxy.cert if self.proxy is not None else None
+        ca = str(cert.trust_bundle(tls.ca_file)) if cert is not None else tls.ca_file
+        if ca:
+            tc.tlsConfig.CaListFile = ca
+        tc.tlsConfig.verifyServer = not tls.insecure
+        if tls.cert_file and tls.key_file:
+            tc.tlsConfig.certFile, tc.tlsConfig.privKeyFile = tls.cert_file, tls.key_file
+        return tc
 
     def set_codecs(self, codecs: list[str]) -> None:
         """Offer exactly these codecs, in this order (plus telephone-event)."""
@@ -287,22 +306,24 @@ class Phone:
             name = cid.split("/")[0].upper()
             self.ep.codecSetPriority(cid, 250 - wanted.index(name) if name in wanted else 0)
 
-    def _account(self, dial: Dial) -> Any:
-        """The account whose From and credentials `dial` asks for (the default one when it asks for neither)."""
-        if dial.from_ is None and dial.auth is None:
+    def _account(self, dial: Dial, secure: str = "") -> Any:
+        """The account whose From and credentials `dial` asks for, and for a TLS target (`secure`: 'tls', or
+        'sips' for a sips: URI, which needs a sips: Contact) one that reaches the proxy over TLS (the default one
+        when it asks for none of these)."""
+        if dial.from_ is None and dial.auth is None and not secure:
             return self.acc
         a = dial.auth
         key = (dial.from_.uri("127.0.0.1") if dial.from_ else "", a.username if a else "",
-               a.password if a else "", a.realm if a else "")
+               a.password if a else "", a.realm if a else "", secure)
         if key not in self._accounts:
             if len(self._accounts) >= MAX_ACCOUNTS:
                 raise ValueError(f"more than {MAX_ACCOUNTS} different from/auth combinations in one phone")
             ac = pj.AccountConfig()
-            ac.idUri = key[0] or "sip:caller@127.0.0.1"
+            ac.idUri = key[0] or ("sips:caller@127.0.0.1" if secure == "sips" else "sip:caller@127.0.0.1")
             ac.mediaConfig.transportConfig.port = self._rtp_port
             ac.mediaConfig.transportConfig.portRange = 100
             if self.proxy is not None:
-                ac.sipConfig.proxies.append(self.proxy.uri)
+                ac.sipConfig.proxies.append(self.proxy.tls_uri if secure else self.proxy.uri)
             if a is not None:
                 ac.sipConfig.authCreds.append(pj.AuthCredInfo("digest", a.realm, a.username, 0, a.password))
             acc = pj.Account()
@@ -316,12 +337,15 @@ class Phone:
         (line, seed) drops, delays and reorders RTP each way through a seeded relay (needs a Phone made with
         `impair`; raises ImpairError for a target it cannot relay for)."""
         dial = dial or Dial()
+        tls = is_tls(uri)
         if impair is not None:
             if self.proxy is None:
                 raise ValueError("dial(impair=...) needs a Phone made with impair=True")
             hop(uri)
+            if tls and self.proxy.tls is None:
+                raise ImpairError(f"{uri} is a TLS target: the impairment relay needs --tls-ca FILE (or --insecure)")
             self.proxy.arm(*impair)
-        acc = self._account(dial)
+        acc = self._account(dial, ("sips" if uri.strip().lower().startswith("sips:") else "tls") if tls else "")
         if self._free:
             port = self._free.pop()
             with port.lock:

@@ -41,6 +41,8 @@ class CallReport:
     """Wall time (time.time()) the call was dialled."""
     impairment: Impairment | None = None
     """With --loss, --jitter, --reorder or --skew (or a script's `network:`): the call's seed, what the relay did."""
+    call_id: str = ""
+    """The SIP Call-ID of the call ('' when none was made)."""
 
     @property
     def dial_ok(self) -> bool:

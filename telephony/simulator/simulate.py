@@ -2,11 +2,14 @@
 
 Without `--calls`, one pjsua2 phone runs each script once, one after another. With `--calls N`, a pool of
 `--concurrency` phone processes (one call each at a time: pjsua allows one endpoint per process) places N calls
-at most `--rate` per second, and the report adds percentiles over all calls.
+at most `--rate` per second, and the report adds percentiles over all calls. With `--duration S` as well, no call
+starts after S seconds (each process starts its next call as soon as its last one ended, so a rate above
+concurrency / call length keeps the concurrency steady: a soak).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import queue
@@ -33,6 +36,7 @@ from telephony.simulator.impair import ImpairError
 from telephony.simulator.listen import PAD_FRAMES, Ear, ear_for
 from telephony.simulator.persona import Mouth, PersonaLine
 from telephony.simulator.phone import Phone, PhoneCall, RtpStats
+from telephony.simulator.relay_tls import TlsOptions, is_tls
 from telephony.simulator.report import CallReport, console, html, junit, summary
 from telephony.simulator.runner import (
     AskPersona,
@@ -168,11 +172,13 @@ def run_call(phone: Phone, script: Script, file: str, target: str, record: Path 
     if mouth is not None:
         mouth.close()
     if not call.confirmed_at and script.expect_status == 200:
-        runner.abort("the call was not answered")
+        runner.abort(f"the call was not answered ({call.status} {call.reason})" if call.status
+                     else "the call was not answered")
     phone.finish(call)
     report.status = call.status if call.confirmed_at is None else 200
     report.answer_s = round(call.confirmed_at - call.started, 3) if call.confirmed_at else None
     report.codec = call.codec
+    report.call_id = call.call_id
     report.duration_s = round(time.monotonic() - call.started, 3)
     report.steps = runner.results
     with call.port.lock:
@@ -206,10 +212,16 @@ def _impairs(line: LineImpairment, scripts: list[tuple[str, Script]]) -> bool:
     return line.active or any(s.network is not None and s.network.active for _, s in scripts)
 
 
-def _worker(jobs: Any, results: Any, t0: float, rate: float, target: str | None, rtp_port: int,
-            line: LineImpairment, impair: bool, seed: int, record_dir: Path | None) -> None:
-    """One load process: its own phone, jobs taken from the queue, each started no earlier than its slot."""
-    phone = Phone(rtp_port, impair=impair)
+def _worker(jobs: Any, results: Any, clock: Any, rate: float, target: str | None, rtp_port: int,
+            line: LineImpairment, impair: bool, seed: int, record_dir: Path | None, tls: TlsOptions | None) -> None:
+    """One load process: its own phone, jobs taken from the queue, each started no earlier than its slot and
+    none after the end of `--duration`. `clock` is (ready, go, times): the process says it is ready, and once
+    every one is (or after a minute), `times` holds the run's start and end on the monotonic clock (end 0: none)."""
+    ready, go, times = clock
+    phone = Phone(rtp_port, impair=impair, tls=tls)
+    ready.release()
+    go.wait()
+    t0, until = times[0], times[1] or None
     try:
         while True:
             job = jobs.get()
@@ -219,6 +231,8 @@ def _worker(jobs: Any, results: Any, t0: float, rate: float, target: str | None,
             delay = t0 + index / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
+            if until is not None and time.monotonic() >= until:
+                return
             try:
                 results.put(run_call(phone, script, path, target or script.target,
                                      _recording(record_dir, index, script),
@@ -232,8 +246,9 @@ def _worker(jobs: Any, results: Any, t0: float, rate: float, target: str | None,
 
 def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, concurrency: int, rate: float,
              rtp_port: int, line: LineImpairment = NO_IMPAIRMENT, record_dir: Path | None = None,
-             seed: int = 0) -> list[CallReport]:
-    """`calls` runs of the scripts (in turn), `concurrency` at a time, started at most `rate` per second."""
+             seed: int = 0, duration_s: float | None = None, tls: TlsOptions | None = None) -> list[CallReport]:
+    """`calls` runs of the scripts (in turn), `concurrency` at a time, started at most `rate` per second; with
+    `duration_s`, only those that start within that many seconds."""
     ctx = multiprocessing.get_context("spawn")
     jobs = ctx.Queue()
     results = ctx.Queue()
@@ -242,20 +257,37 @@ def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, 
         jobs.put((i, path, script))
     for _ in range(concurrency):
         jobs.put(None)
-    t0 = time.monotonic() + 1.0
-    procs = [ctx.Process(target=_worker, args=(jobs, results, t0, rate, target, rtp_port + 200 * k, line,
-                                               _impairs(line, scripts), seed, record_dir), daemon=True)
+    jobs.cancel_join_thread()  # jobs left when --duration ends the run are dropped, not waited for at exit
+    ready, go, times = ctx.Semaphore(0), ctx.Event(), ctx.Array("d", 2)
+    procs = [ctx.Process(target=_worker, args=(jobs, results, (ready, go, times), rate, target, rtp_port + 200 * k,
+                                               line, _impairs(line, scripts), seed, record_dir, tls), daemon=True)
              for k in range(concurrency)]
     for p in procs:
         p.start()
+    waiting = time.monotonic() + 60
+    for _ in procs:  # the phones take seconds to start: the rate and --duration count from when they are up
+        if not ready.acquire(timeout=max(0.0, waiting - time.monotonic())):
+            break
+    times[0] = time.monotonic() + 0.2
+    times[1] = times[0] + duration_s if duration_s is not None else 0.0
+    go.set()
     reports: list[CallReport] = []
     limit = max(s.max_duration_s + s.answer_timeout_s for _, s in scripts) + 30
+    last = time.monotonic()
     while len(reports) < calls:
         try:
-            reports.append(results.get(timeout=limit))
+            reports.append(results.get(timeout=1.0))
         except queue.Empty:
-            print(f"voicegate simulate: no call finished within {limit:.0f} s; stopping", file=sys.stderr)
-            break
+            if not any(p.is_alive() for p in procs):  # --duration is over: take what they flushed before exiting
+                with contextlib.suppress(queue.Empty):
+                    while len(reports) < calls:
+                        reports.append(results.get(timeout=0.5))
+                break
+            if time.monotonic() - last > limit:
+                print(f"voicegate simulate: no call finished within {limit:.0f} s; stopping", file=sys.stderr)
+                break
+            continue
+        last = time.monotonic()
         passed = sum(r.passed for r in reports)
         print(f"[{len(reports)}/{calls}] {passed} passed, {len(reports) - passed} failed", file=sys.stderr, flush=True)
     for p in procs:
@@ -268,7 +300,8 @@ def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, 
 def main(paths: list[str], target: str | None, junit_path: str | None, json_path: str | None,
          rtp_port: int = 40000, calls: int | None = None, concurrency: int = 1, rate: float = 1.0,
          html_path: str | None = None, loss_pct: float = 0.0, record_dir: str | None = None,
-         seed: int | None = None, jitter_ms: float = 0.0, reorder_pct: float = 0.0, skew_ppm: float = 0.0) -> int:
+         seed: int | None = None, jitter_ms: float = 0.0, reorder_pct: float = 0.0, skew_ppm: float = 0.0,
+         duration_s: float | None = None, tls: TlsOptions | None = None) -> int:
     try:
         line = LineImpairment(loss_pct=loss_pct, jitter_ms=jitter_ms, reorder_pct=reorder_pct, skew_ppm=skew_ppm)
     except ValidationError as e:
@@ -291,6 +324,10 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
         if not (target or s.target):
             print(f"{path}: no target: give --target or `target:` in the script", file=sys.stderr)
             return 2
+        if tls is None and is_tls(target or s.target or ""):
+            print(f"{path}: {target or s.target} is a TLS target: give --tls-ca FILE (the CA that signs its "
+                  "certificate) or --insecure", file=sys.stderr)
+            return 2
     reports: list[CallReport] = []
     rec = Path(record_dir) if record_dir else None
     if seed is None:
@@ -298,9 +335,9 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
     if _impairs(line, scripts):
         print(f"voicegate simulate: seed {seed} (--seed {seed} impairs the same packets again)", file=sys.stderr)
     if calls is not None:
-        reports = run_load(scripts, target, calls, concurrency, rate, rtp_port, line, rec, seed)
+        reports = run_load(scripts, target, calls, concurrency, rate, rtp_port, line, rec, seed, duration_s, tls)
     else:
-        phone = Phone(rtp_port, impair=_impairs(line, scripts))
+        phone = Phone(rtp_port, impair=_impairs(line, scripts), tls=tls)
         try:
             for i, (path, s) in enumerate(scripts):
                 uri = target or s.target

@@ -208,3 +208,11 @@ def test_lossy_line_and_stereo_recording(gateway: Gateway, workdir: Path):
         x = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2).astype(np.float64)
     # the caller's words on the left; their echo, through a lossy line, on the right
     assert np.abs(x[:, 0]).max() > 1000 and np.abs(x[:, 1]).max() > 300
+
+
+def test_a_duration_must_be_positive(workdir: Path):
+    p = workdir / "echo.yaml"
+    p.write_text(ECHO_CALL)
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(p), "--target", "sip:echo@127.0.0.1:9",
+                        "--duration", "0"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--duration takes a positive number of seconds" in r.stderr, r.stderr

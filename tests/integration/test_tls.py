@@ -1,5 +1,6 @@
 """SIP over TLS: a call to voicegate's TLS listener from the pjsua2 test caller that verifies the gateway's
-certificate, and trunks over TLS that register only with a registrar whose certificate the config's CA signed.
+certificate, `voicegate simulate` through its impairment relay to that listener, and trunks over TLS that register
+only with a registrar whose certificate the config's CA signed.
 
 The certificates come from a throw-away CA made with the openssl CLI; the TLS registrar is Python's `ssl` server
 answering REGISTER as RFC 3261 10.3 says (200 OK echoing Via, From, To with a tag, Call-ID, CSeq and the Contact
@@ -8,6 +9,7 @@ with its expiry).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -21,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.peers import Gateway, call, free_port, gateway_config, start_gateway
+from tests.integration.peers import VENV_BIN, Gateway, call, free_port, gateway_config, rtp_range, start_gateway
 
 
 @dataclass(frozen=True)
@@ -201,3 +203,53 @@ def test_a_tls_trunk_refuses_a_trusted_certificate_for_another_host(tls_gw):
     bad = gw.wait_event("trunk_state", 10, trunk="misnamed", state="failed")
     assert bad["code"] >= 400 and "certificate" in bad["reason"].lower(), bad
     assert misnamed.connections >= 1 and not misnamed.registers
+
+
+TRANSFER_OVER_TLS = """\
+name: the xfer agent over TLS through the impairment relay
+steps:
+  - wait_speech: {timeout_s: 5}
+  - expect_transfer: {to: "sip:operator@*", timeout_s: 10}
+  - expect_hangup: {timeout_s: 15}
+"""
+
+
+def simulate_tls(tmp: Path, tls_port: int, *args: str) -> tuple[subprocess.CompletedProcess[str], list[dict]]:
+    script = tmp / "xfer.yaml"
+    script.write_text(TRANSFER_OVER_TLS)
+    out = tmp / "report.json"
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(script), "--target",
+                        f"sip:xfer@127.0.0.1:{tls_port};transport=tls", "--rtp-port", str(rtp_range(100)[0]),
+                        "--json", str(out), "--loss", "10", "--seed", "5", *args],
+                       capture_output=True, text=True, timeout=90)
+    return r, json.loads(out.read_text()) if out.exists() else []
+
+
+def test_the_impairment_relay_carries_a_call_over_tls_both_ways_and_impairs_its_rtp(tls_gw, pki: Pki,
+                                                                                      tmp_path: Path):
+    """The relay ends the phone's TLS and opens its own to the gateway (verified by the CA; its client certificate
+    presented, since the gateway requires one); the agent's REFER and BYE come back through it."""
+    gw, tls_port, *_ = tls_gw
+    r, reports = simulate_tls(tmp_path, tls_port, "--tls-ca", str(pki.ca), "--tls-cert", str(pki.cert),
+                              "--tls-key", str(pki.key))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    [rep] = reports
+    assert rep["passed"] and rep["rtp"]["rx_loss_pct"] > 2, rep["rtp"]
+    imp = rep["impairment"]
+    assert imp["seed"] == "5:0" and imp["rx_dropped"] and imp["tx_dropped"]
+    end = gw.wait_event("call_end", 10, call=rep["call_id"])
+    assert end["agent"] == "xfer" and end["reason"] == "transfer_failed", end
+    assert end["rtp"]["rx_loss_pct"] > 2, end["rtp"]  # what the relay dropped on the way to the gateway
+
+
+def test_the_impairment_relay_refuses_a_tls_target_its_ca_did_not_sign(tls_gw, pki: Pki, tmp_path: Path):
+    gw, tls_port, *_ = tls_gw
+    before = len(gw.events("call_incoming"))
+    r, reports = simulate_tls(tmp_path, tls_port, "--tls-ca", str(pki.rogue_ca), "--tls-cert", str(pki.cert),
+                              "--tls-key", str(pki.key))
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-2000:]
+    [rep] = reports
+    assert rep["status"] == 503 and rep["answer_s"] is None
+    failed = [s["message"] for s in rep["steps"] if not s["ok"]]
+    assert any("certificate verify failed" in m and f"TLS to 127.0.0.1:{tls_port}" in m for m in failed), failed
+    assert len(gw.events("call_incoming")) == before

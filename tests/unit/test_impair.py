@@ -52,10 +52,10 @@ def test_an_invite_gets_our_via_loses_our_route_and_offers_the_relay(proxy: SdpP
 def test_hop_refuses_what_it_cannot_relay():
     assert hop("<sip:127.0.0.1:5080;lr>") == ("127.0.0.1", 5080) and hop("sip:x@host") == ("host", 5060)
     assert next_hop("<sip:127.0.0.1:5080;transport=TCP;lr>") == (("127.0.0.1", 5080), "tcp")
-    with pytest.raises(ImpairError, match="UDP and TCP only"):
-        hop("sip:x@127.0.0.1:5061;transport=tls")
-    with pytest.raises(ImpairError, match="UDP and TCP only"):
-        hop("sips:x@127.0.0.1:5061")
+    assert next_hop("sip:x@127.0.0.1:5062;transport=tls") == (("127.0.0.1", 5062), "tls")
+    assert next_hop("<sips:x@127.0.0.1;lr>") == (("127.0.0.1", 5061), "tls")
+    with pytest.raises(ImpairError, match="UDP, TCP and TLS only"):
+        hop("sip:x@127.0.0.1:5060;transport=ws")
 
 
 def test_stream_framing_by_content_length():
