@@ -30,9 +30,16 @@ def onset_index(x: np.ndarray, rel_db: float = -20.0) -> int:
     return int(np.nonzero(e >= e.max() + rel_db)[0][0])
 
 
-def caller_onset_frame(sent: np.ndarray, speak_start: int) -> int:
-    """First frame of the caller's utterance within 20 dB of its peak, on the telephone band."""
-    return speak_start + onset_index(sent[speak_start * 320 :])
+def caller_onset_frame(sent: np.ndarray, speak_start: int, rel_db: float = -20.0) -> int:
+    """First frame of the caller's utterance within `rel_db` of its peak, on the telephone band (-20: the onset
+    reactions are measured from; -40: the first sound, such as the quiet "s" of "sorry" before the vowel)."""
+    return speak_start + onset_index(sent[speak_start * 320 :], rel_db)
+
+
+def talking_before(received_db: np.ndarray, frame: int, frames: int = 10, quiet_db: float = -40.0) -> bool:
+    """Whether agent audio (within `quiet_db` of the loudest received frame) was heard in the `frames` frames
+    before `frame`: a caller who began in a pause of the agent's interrupted nothing. Levels per frame (frames_db)."""
+    return bool((received_db[max(0, frame - frames) : frame] > received_db.max() + quiet_db).any())
 
 
 def last_agent_frame(received: np.ndarray, after: int, quiet_db: float = -40.0, gap_frames: int = 10) -> int:

@@ -66,12 +66,13 @@ def test_demo_greets_and_answers_a_key(gw: Gateway) -> None:
 def test_barge_in_stops_writes_at_once(gw: Gateway, clips) -> None:
     res = asyncio.run(audiosocket_call(port(gw), clips.caller, 6.0, LONG, speak_after_agent_ms=1500))
     onset = caller_onset_frame(res.sent, res.speak_start_frame)
+    first_sound = caller_onset_frame(res.sent, res.speak_start_frame, -40.0)  # the quiet "s" of "Sorry"
     e = frames_db(res.heard)
     loud = np.nonzero(e > e.max() - 40)[0]
-    last = loud[(loud >= onset) & (loud < onset + 50)]
-    stop_ms = ((last[-1] if len(last) else onset - 1) - onset + 1) * 20.0
+    last = loud[(loud >= first_sound) & (loud < onset + 50)]
+    stop_ms = ((last[-1] if len(last) else first_sound - 1) - onset + 1) * 20.0
     print(f"audiosocket barge-in: agent audio stopped {stop_ms:.0f} ms after the caller's onset")
-    assert stop_ms < 400, stop_ms
+    assert stop_ms < 400, stop_ms  # the 100 ms, with room for a loaded machine
     end = gw.wait_event("call_end", 10, call=LONG)
     assert end["barge_ins"] == 1, end
 
