@@ -140,6 +140,9 @@ class SipConfig(_Strict):
     challenged (401) and admitted with one of them (the trunks' `inbound_auth`, with many users)."""
     realm: str = Field("voicegate", min_length=1)
     """The realm of the challenge to `users`."""
+    front_door: list[NetworkText] = []
+    """Addresses of the Kamailio front door in front of this gateway (a worker on another machine): the caller's
+    address of an INVITE from there is the one the front door names in its X-VG-Source header."""
 
     @model_validator(mode="after")
     def _tls(self) -> SipConfig:

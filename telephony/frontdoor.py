@@ -6,12 +6,18 @@ every worker with OPTIONS and takes one that fails a probe out of the rotation, 
 worker on 486/408/5xx or when the worker does not answer within `failover_timeout_s`; `pike` drops a source that
 floods; record-routing keeps in-dialog requests on the worker that has the call. When no worker can take a call
 the caller gets `workers.when_full` at once.
+
+It is what the outside sees, so it also does what a single gateway does at its edge: `sip.allow` without
+`sip.users` refuses other sources with 403 before dispatch (`permissions` module, an address file written here);
+every INVITE it forwards names the caller's address in X-VG-Source, so that the workers admit by it (`sip.users`
+digest, trunk addresses) as a single gateway would.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -22,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from telephony.config import Config
+from telephony.inbound import SOURCE_HEADER
 from telephony.logs import event
 from telephony.workers import CALLS_PER_WORKER, announcing, worker_port
 
@@ -40,6 +47,26 @@ def dispatcher_list(cfg: Config, count: int) -> str:
     remote = [f"1 {uri} 0 0 duid=r{j};maxload={CALLS_PER_WORKER}\n" for j, uri in enumerate(cfg.workers.remote)]
     announcer = [f"2 sip:127.0.0.1:{worker_port(cfg, count, count)} 0 0 duid=a0\n"] if announcing(cfg.workers) else []
     return "".join(local + remote + announcer)
+
+
+def address_list(cfg: Config) -> str:
+    """Group 1 of the `permissions` address file: `sip.allow` (group, address, prefix length, port 0 = any)."""
+    nets = [ipaddress.ip_network(a, strict=False) for a in cfg.sip.allow]
+    return "".join(f"1 {n.network_address} {n.prefixlen} 0\n" for n in nets)
+
+
+def _acl(cfg: Config, address_file: Path) -> tuple[str, str]:
+    """The module lines and the request-route check of `sip.allow`; none when `sip.users` may admit any source
+    (the worker then challenges it) or nothing is allowed-only."""
+    if not cfg.sip.allow or cfg.sip.users:
+        return "", ""
+    load = f'loadmodule "permissions.so"\nmodparam("permissions", "address_file", "{address_file}")\n'
+    check = ('if (!allow_source_address("1")) {\n'
+             f'        xlog("L_NOTICE", "{MARK} refused $ci from $si: not in sip.allow\\n");\n'
+             '        sl_send_reply("403", "Forbidden");\n'
+             '        exit;\n'
+             '    }')
+    return load, check
 
 
 def _refuse(cfg: Config, in_failure_route: bool) -> str:
@@ -72,6 +99,7 @@ def _load_params(cfg: Config) -> str:
 
 def kamailio_config(cfg: Config, list_file: Path, modules: Path = MODULES) -> str:
     w = cfg.workers
+    acl_load, acl_check = _acl(cfg, list_file.with_name("address.list"))
     least = w.dispatch == "least_loaded"
     listen = "".join(f"listen={proto}:{cfg.sip.listen}:{cfg.sip.port}\n" for proto in cfg.sip.transports)
     return f"""#!KAMAILIO
@@ -95,7 +123,7 @@ loadmodule "sanity.so"
 loadmodule "pike.so"
 loadmodule "dispatcher.so"
 loadmodule "htable.so"
-modparam("tm", "fr_timer", {int(w.failover_timeout_s * 1000)})
+{acl_load}modparam("tm", "fr_timer", {int(w.failover_timeout_s * 1000)})
 modparam("tm", "fr_inv_timer", 120000)
 modparam("rr", "enable_full_lr", 1)
 modparam("rr", "append_fromtag", 0)
@@ -152,6 +180,9 @@ request_route {{
         sl_send_reply("405", "Method Not Allowed");
         exit;
     }}
+    {acl_check}
+    remove_hf("{SOURCE_HEADER}");
+    append_hf("{SOURCE_HEADER}: $siz:$sp\\r\\n");
     record_route();
     if (!ds_select_dst("1", "{ALGORITHMS[w.dispatch]}")) {{
         {_refuse(cfg, False)}
@@ -216,6 +247,7 @@ class FrontDoor:
         """Write the config and check it with `kamailio -c`; raise naming Kamailio's complaint."""
         lst = self.dir / "dispatcher.list"
         lst.write_text(dispatcher_list(self.cfg, self.count))
+        (self.dir / "address.list").write_text(address_list(self.cfg))
         path = self.dir / "kamailio.cfg"
         path.write_text(kamailio_config(self.cfg, lst))
         try:

@@ -9,6 +9,10 @@ is refused with 403, so nobody can reach a carrier's numbers by sending INVITEs 
 A call from no trunk (a softphone, a PBX on the LAN) is checked the same way against the top-level `sip.allow`
 and `sip.users`: from an allowed address, or with the credentials of one of the users; with neither configured,
 any source may call.
+
+Behind the Kamailio front door every INVITE comes from the front door's address; the front door names the
+caller's own address in `X-VG-Source` (after removing any the caller sent), and a gateway believes that header
+only from the addresses in `sip.front_door`.
 """
 
 from __future__ import annotations
@@ -50,6 +54,18 @@ def source_ip(address: str) -> str:
     if address.startswith("["):
         return address[1:].split("]", 1)[0]
     return address.rsplit(":", 1)[0] if address.count(":") == 1 else address
+
+
+SOURCE_HEADER = "X-VG-Source"
+
+
+def caller_source(src: str, headers: Mapping[str, str], front_door: Sequence[str]) -> str:
+    """The address a call comes from: `src` (pjsip's `srcAddress`), or for an INVITE from one of the `front_door`
+    networks the caller's address that the front door wrote into `headers` (SOURCE_HEADER)."""
+    named = headers.get(SOURCE_HEADER, "").strip()
+    if named and _inside(source_ip(src), [ipaddress.ip_network(n, strict=False) for n in front_door]):
+        return named
+    return src
 
 
 def _inside(ip: str, nets: Sequence[Network]) -> bool:

@@ -48,9 +48,6 @@ def fit_problem(workers: WorkersConfig, count: int, sip: SipConfig, rtp: RtpConf
     if sip.public_address:
         return ("several workers with sip.public_address are not there yet (each worker's SDP would need it, its "
                 "Contact must not)")
-    if sip.allow:
-        return ("several workers with sip.allow are not there yet (workers see the front door's address, not the "
-                "caller's; sip.users works)")
     if any(t.registers for t in trunks.values()):
         return "several workers with a registering trunk are not there yet (the registration belongs at the front door)"
     span = range(workers.first_port, workers.first_port + count)
@@ -83,7 +80,8 @@ def worker_config(cfg: Config, index: int, count: int) -> Config:
         return cfg
     lo, hi = rtp_slice(cfg.rtp, index, processes(cfg.workers, count))
     sip = cfg.sip.model_copy(update={"listen": "127.0.0.1", "port": worker_port(cfg, index, count),
-                                     "transports": ["udp"], "public_address": None, "tls": None})
+                                     "transports": ["udp"], "public_address": None, "tls": None,
+                                     "front_door": ["127.0.0.1/32"]})
     workers = cfg.workers.model_copy(update={
         "count": count, "when_full": cfg.workers.when_full.model_copy(update={"reply": 486})})
     update: dict[str, object] = {"sip": sip, "rtp": cfg.rtp.model_copy(update={"port_min": lo, "port_max": hi}),

@@ -10,7 +10,7 @@ import pytest
 
 from telephony.admission import Reply, decide, dialog_ids
 from telephony.config import ConfigError, parse_config
-from telephony.frontdoor import dispatcher_list, kamailio_config
+from telephony.frontdoor import address_list, dispatcher_list, kamailio_config
 from telephony.workers import Restarts, rtp_slice, worker_config
 
 BASE = """\
@@ -136,3 +136,23 @@ def test_fixed_port_endpoints_run_in_worker_0_only(monkeypatch: pytest.MonkeyPat
     w0, w1 = worker_config(cfg, 0, 2), worker_config(cfg, 1, 2)
     assert w0.metrics.enabled and w0.control is not None and w0.transports.audiosocket is not None
     assert not w1.metrics.enabled and w1.control is None and w1.transports.audiosocket is None
+
+
+@pytest.mark.parametrize(("users", "checked"), [("", True), (", users: {bob: {password_env: VG_X}}", False)])
+def test_sip_allow_is_checked_at_the_front_door_unless_users_may_come_from_anywhere(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, users: str, checked: bool):
+    monkeypatch.setenv("VG_X", "pw")
+    cfg = parse_config(BASE.replace("port: 5060}", f"port: 5060, allow: [10.1.2.3, 192.168.0.0/16]{users}}}")
+                       + "workers: 2\n")
+    assert address_list(cfg) == "1 10.1.2.3 32 0\n1 192.168.0.0 16 0\n"
+    assert worker_config(cfg, 1, 2).sip.front_door == ["127.0.0.1/32"]  # workers believe the front door's header
+    lst = tmp_path / "dispatcher.list"
+    lst.write_text(dispatcher_list(cfg, 2))
+    (tmp_path / "address.list").write_text(address_list(cfg))
+    text = kamailio_config(cfg, lst)
+    (tmp_path / "kamailio.cfg").write_text(text)
+    check = subprocess.run(["/usr/sbin/kamailio", "-c", "-f", str(tmp_path / "kamailio.cfg")], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stderr[-2000:]
+    assert ('allow_source_address("1")' in text) == checked
+    assert 'append_hf("X-VG-Source: $siz:$sp\\r\\n")' in text

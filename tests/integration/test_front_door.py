@@ -1,0 +1,103 @@
+"""The Kamailio front door of `voicegate serve --workers 2` does at the edge what a single gateway does: the
+`sip.allow` source ACL, `sip.users` digest credentials answered to whichever worker gets the retry, and a worker
+that believes the caller's address the front door names only when the front door sends it."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.cluster import cluster_config, free_block, start_cluster
+from tests.integration.peers import Gateway, free_port, rtp_range, sipp
+from tests.integration.test_trunks import authenticated_call, call_with_headers
+
+PASSWORD = "bob-cluster-s3cret"
+
+
+def _cluster(tmp: Path, sip: dict[str, object]) -> Gateway:
+    port, first = free_port(), free_block(2)
+    cfg = yaml.safe_load(cluster_config(port, {"count": 2, "first_port": first, "probe_interval_s": 1}))
+    cfg["sip"].update(sip)
+    gw = start_cluster(yaml.safe_dump(cfg), tmp, port, 2)
+    gw.first_port = first  # type: ignore[attr-defined]
+    return gw
+
+
+@pytest.fixture(scope="module")
+def digest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """allow 127.0.0.1 and a user: other sources get through the front door to a worker's challenge."""
+    os.environ["VG_TEST_BOB_PW"] = PASSWORD
+    gw = _cluster(tmp_path_factory.mktemp("door-digest"),
+                  {"allow": ["127.0.0.1/32"], "users": {"bob": {"password_env": "VG_TEST_BOB_PW"}}})
+    yield gw
+    assert gw.stop(40) == 0, "\n".join(gw.lines[-20:])
+
+
+@pytest.fixture(scope="module")
+def acl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """allow 127.0.0.1 only: the front door refuses other sources itself."""
+    gw = _cluster(tmp_path_factory.mktemp("door-acl"), {"allow": ["127.0.0.1/32"]})
+    yield gw
+    assert gw.stop(40) == 0, "\n".join(gw.lines[-20:])
+
+
+def test_digest_retry_is_answered_by_the_other_worker(digest: Gateway, workdir: Path):
+    (workdir / "auth.xml").write_text(authenticated_call(200))
+    r = sipp(["-sf", "auth.xml", "-s", "echo", "-i", "127.0.0.2", "-au", "bob", "-ap", PASSWORD,
+              "-auth_uri", f"echo@127.0.0.1:{digest.port}", "-mp", str(rtp_range(10)[0]),
+              f"127.0.0.1:{digest.port}", "-trace_msg", "-message_file", "m.log"], workdir)
+    assert r.returncode == 0, (workdir / "m.log").read_text()[-3000:]
+    challenged = digest.wait_event("call_refused", 5, code=401)
+    assert challenged["reason"] == "127.0.0.2 sent no credentials (sip.users)"
+    inc = digest.wait_event("call_incoming", 5, authenticated=True, user="bob")
+    assert inc["source"].startswith("127.0.0.2:") and "X-VG-Source" not in inc["sip_headers"]
+    assert inc["worker"] != challenged["worker"], "round robin sent the retry to the same worker"
+    assert digest.wait_event("call_end", 10, call=inc["call"])["agent"] == "echo"
+
+
+def test_an_allowed_source_calls_through_the_digest_cluster_without_credentials(digest: Gateway, workdir: Path):
+    (workdir / "s.xml").write_text(call_with_headers([]))
+    me = free_port()
+    r = sipp(["-sf", "s.xml", "-s", "echo", "-p", str(me), "-mp", str(rtp_range(10)[0]), f"127.0.0.1:{digest.port}"],
+             workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    inc = digest.wait_event("call_incoming", 5, authenticated=False, source=f"127.0.0.1:{me}")
+    assert digest.wait_event("call_end", 10, call=inc["call"])["agent"] == "echo"
+
+
+def test_the_front_door_refuses_a_source_outside_sip_allow_with_403(acl: Gateway, workdir: Path):
+    (workdir / "s.xml").write_text(call_with_headers([], expect=403))
+    r = sipp(["-sf", "s.xml", "-s", "echo", "-i", "127.0.0.2", f"127.0.0.1:{acl.port}",
+              "-trace_msg", "-message_file", "m.log"], workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    log = (workdir / "m.log").read_text()
+    assert "SIP/2.0 403 Forbidden" in log and "allow" not in log.split("SIP/2.0 403", 1)[1].split("\n\n")[0]
+    said = [str(e["msg"]) for e in acl.events("frontdoor")]
+    assert any(m.startswith("refused ") and m.endswith("from 127.0.0.2: not in sip.allow") for m in said), said
+    assert not [e for e in acl.events("call_incoming") if e["source"].startswith("127.0.0.2")], "a worker got it"
+
+
+def test_an_allowed_source_calls_through_the_acl_cluster(acl: Gateway, workdir: Path):
+    (workdir / "s.xml").write_text(call_with_headers([]))
+    r = sipp(["-sf", "s.xml", "-s", "echo", "-mp", str(rtp_range(10)[0]), f"127.0.0.1:{acl.port}"], workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    inc = acl.wait_event("call_incoming", 5)
+    assert inc["source"].startswith("127.0.0.1:")
+    assert acl.wait_event("call_end", 10, call=inc["call"])["agent"] == "echo"
+
+
+def test_a_gateway_refuses_a_source_outside_sip_allow_and_a_forged_source_header(acl: Gateway, workdir: Path):
+    """A worker is the single gateway with the file's `sip.allow`: called straight from 127.0.0.2, it refuses with
+    403 itself, and believes no X-VG-Source header from an address that is not the front door's."""
+    before = len(acl.events("call_refused"))
+    (workdir / "s.xml").write_text(call_with_headers(["X-VG-Source: 127.0.0.1:5060"], expect=403))
+    first = acl.first_port  # type: ignore[attr-defined]
+    r = sipp(["-sf", "s.xml", "-s", "echo", "-i", "127.0.0.2", f"127.0.0.1:{first}"], workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    refused = acl.wait_event("call_refused", 5, code=403)
+    assert refused["reason"] == "127.0.0.2 is not in sip.allow" and refused["worker"] == 0
+    assert len(acl.events("call_refused")) == before + 1
