@@ -334,6 +334,9 @@ class TrunkConfig(_Strict):
     """SRTP with SDES keys for this trunk's calls: `mandatory` refuses a call without it (488)."""
     registers: bool = Field(True, alias="register")
     """`register: false` for a trunk that sends calls without a registration (its addresses still apply)."""
+    contact: str | None = None
+    """The Contact of its registration and calls (`sip:user@host:port`); none: pjsua's own address. Workers
+    behind the front door register with the front door's."""
     retry_min_s: float = Field(2.0, gt=0, le=3600)
     """Wait after the first failed registration; doubles with each failure up to `retry_max_s`."""
     retry_max_s: float = Field(300.0, gt=0, le=86400)
@@ -366,7 +369,7 @@ class TrunkConfig(_Strict):
         """The number may be dialled on this trunk."""
         return any(re.fullmatch(p, number) for p in self.allowed)
 
-    @field_validator("registrar", "outbound_proxy")
+    @field_validator("registrar", "outbound_proxy", "contact")
     @classmethod
     def _uri(cls, v: str | None) -> str | None:
         if v is not None:

@@ -10,7 +10,10 @@ the caller gets `workers.when_full` at once.
 It is what the outside sees, so it also does what a single gateway does at its edge: `sip.allow` without
 `sip.users` refuses other sources with 403 before dispatch (`permissions` module, an address file written here);
 every INVITE it forwards names the caller's address in X-VG-Source, so that the workers admit by it (`sip.users`
-digest, trunk addresses) as a single gateway would.
+digest, trunk addresses) as a single gateway would. A registering trunk registers once, from worker 0 through
+the front door with the front door's address as Contact (telephony/workers.py): that keeps registration state,
+retries and `voicegate trunks` where they are for one gateway, and no password in Kamailio's files; the carrier's
+calls then reach the front door like any other and go to any worker.
 """
 
 from __future__ import annotations
@@ -155,6 +158,15 @@ request_route {{
         t_check_trans();
     }}
     if (has_totag()) {{
+        if (!ds_is_from_list() && uri==myself && $sht(calls=>$ci) != $null) {{
+            # for a Contact that names the front door (a trunk's registration, sip.public_address)
+            remove_hf("Route");
+            $du = $sht(calls=>$ci);
+            if (is_method("BYE")) {{ $sht(calls=>$ci) = $null; }}
+            {'if (is_method("BYE")) { ds_load_update(); }' if least else ''}
+            t_relay();
+            exit;
+        }}
         if (loose_route()) {{
             if (is_method("BYE")) {{ $sht(calls=>$ci) = $null; }}
             {'if (is_method("BYE")) { ds_load_update(); }' if least else ''}
@@ -171,6 +183,13 @@ request_route {{
             exit;
         }}
         if (!is_method("ACK")) {{ sl_send_reply("481", "Call Does Not Exist"); }}
+        exit;
+    }}
+    if (ds_is_from_list()) {{
+        # a worker's own request (a trunk's REGISTER, a call out) through the front door: to its Request-URI
+        loose_route();
+        if (is_method("INVITE")) {{ record_route(); }}
+        if (!t_relay()) {{ sl_reply_error(); }}
         exit;
     }}
     remove_hf("Route");

@@ -72,6 +72,8 @@ def _account_config(t: TrunkConfig, ac: Any, user: str, registers: bool) -> Any:
     ac.sipConfig.authCreds.append(pj.AuthCredInfo("digest", t.realm, t.username, 0, t.password))
     if t.outbound_proxy:
         ac.sipConfig.proxies.append(_with_lr(t.outbound_proxy))
+    if t.contact:
+        ac.sipConfig.contactForced = f"<{t.contact}>"
     return ac
 
 

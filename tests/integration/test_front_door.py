@@ -12,15 +12,19 @@ import pytest
 import yaml
 
 from tests.integration.cluster import cluster_config, free_block, start_cluster
-from tests.integration.peers import Gateway, free_port, rtp_range, sipp
+from tests.integration.kamailio import REALM, Kamailio
+from tests.integration.peers import Gateway, call, free_port, rtp_range, sipp
 from tests.integration.test_trunks import authenticated_call, call_with_headers
 
 PASSWORD = "bob-cluster-s3cret"
+TRUNK_PASSWORD = "door-trunk-s3cret"
+TRUNK_USER = "vgdoor"
+DID = "+4930555"
 
 
-def _cluster(tmp: Path, sip: dict[str, object]) -> Gateway:
+def _cluster(tmp: Path, sip: dict[str, object], **overrides: object) -> Gateway:
     port, first = free_port(), free_block(2)
-    cfg = yaml.safe_load(cluster_config(port, {"count": 2, "first_port": first, "probe_interval_s": 1}))
+    cfg = yaml.safe_load(cluster_config(port, {"count": 2, "first_port": first, "probe_interval_s": 1}, **overrides))
     cfg["sip"].update(sip)
     gw = start_cluster(yaml.safe_dump(cfg), tmp, port, 2)
     gw.first_port = first  # type: ignore[attr-defined]
@@ -38,9 +42,20 @@ def digest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 
 
 @pytest.fixture(scope="module")
-def acl(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """allow 127.0.0.1 only: the front door refuses other sources itself."""
-    gw = _cluster(tmp_path_factory.mktemp("door-acl"), {"allow": ["127.0.0.1/32"]})
+def carrier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
+    k = Kamailio(free_port(), tmp_path_factory.mktemp("door-carrier"), TRUNK_PASSWORD, TRUNK_USER)
+    k.start()
+    yield k
+    k.stop()
+
+
+@pytest.fixture(scope="module")
+def acl(carrier: Kamailio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """allow 127.0.0.1 only: the front door refuses other sources itself; a trunk registers with `carrier`."""
+    os.environ["VG_TEST_DOOR_TRUNK_PW"] = TRUNK_PASSWORD
+    trunk = {"registrar": f"sip:127.0.0.1:{carrier.port}", "username": TRUNK_USER, "realm": REALM,
+             "password_env": "VG_TEST_DOOR_TRUNK_PW", "expiry_s": 30, "routes": [{"match": DID, "agent": "echo"}]}
+    gw = _cluster(tmp_path_factory.mktemp("door-acl"), {"allow": ["127.0.0.1/32"]}, trunks={"carrier": trunk})
     yield gw
     assert gw.stop(40) == 0, "\n".join(gw.lines[-20:])
 
@@ -101,3 +116,23 @@ def test_a_gateway_refuses_a_source_outside_sip_allow_and_a_forged_source_header
     refused = acl.wait_event("call_refused", 5, code=403)
     assert refused["reason"] == "127.0.0.2 is not in sip.allow" and refused["worker"] == 0
     assert len(acl.events("call_refused")) == before + 1
+
+
+def test_a_registering_trunk_registers_once_with_the_front_doors_contact_and_its_calls_reach_both_workers(
+        acl: Gateway, carrier: Kamailio):
+    ok = acl.wait_event("trunk_state", 15, trunk="carrier", state="registered")
+    assert ok["worker"] == 0
+    contact = f"contact=<sip:{TRUNK_USER}@127.0.0.1:{acl.port}>"
+    registered = carrier.wait_log(f"registered {TRUNK_USER}")
+    assert all(contact in ln for ln in registered), registered
+    assert not [e for e in acl.events("trunk_state") if e["worker"] != 0 and e["state"] != "unregistered"]
+    workers = set()
+    for _ in range(2):
+        before = len(acl.events("call_incoming"))
+        res = call(f"sip:{DID}@127.0.0.1:{carrier.port}", "--duration", "1")
+        assert res["status"] == 200 and res["answered"], res
+        inc = acl.events("call_incoming")[before]
+        assert (inc["trunk"], inc["called"]) == ("carrier", DID) and inc["source"] == f"127.0.0.1:{carrier.port}"
+        assert acl.wait_event("call_end", 10, call=inc["call"])["agent"] == "echo"
+        workers.add(inc["worker"])
+    assert workers == {0, 1}

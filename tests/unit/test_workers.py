@@ -156,3 +156,22 @@ def test_sip_allow_is_checked_at_the_front_door_unless_users_may_come_from_anywh
     assert check.returncode == 0, check.stderr[-2000:]
     assert ('allow_source_address("1")' in text) == checked
     assert 'append_hf("X-VG-Source: $siz:$sp\\r\\n")' in text
+
+
+TRUNK = """trunks:
+  c: {registrar: "sip:carrier.example:5080", username: vg, password_env: VG_X, transport: tcp}
+"""
+
+
+def test_worker_0_registers_a_trunk_once_through_the_front_door_with_its_contact(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("VG_X", "pw")
+    cfg = parse_config(BASE.replace("port: 5060}", "port: 5060, transports: [udp, tcp]}") + TRUNK
+                       + "workers: {count: 2, first_port: 6000}\n")
+    w0, w1 = (worker_config(cfg, i, 2).trunks["c"] for i in range(2))
+    assert (w0.registers, w0.contact, w0.outbound_proxy) == (
+        True, "sip:vg@127.0.0.1:5060;transport=tcp", "sip:127.0.0.1:5060")
+    assert (w1.registers, w1.contact, w1.outbound_proxy) == (False, None, None)
+    assert worker_config(cfg, 1, 2).trunk_status_path.endswith("worker1-trunks.json")
+    with pytest.raises(ConfigError, match="registers through the front door, whose address the carrier must call"):
+        parse_config(BASE.replace("listen: 127.0.0.1, port: 5060}", "listen: 0.0.0.0, port: 5060, transports: "
+                                                                     "[udp, tcp]}") + TRUNK + "workers: 2\n")
