@@ -140,9 +140,19 @@ class SipConfig(_Strict):
     challenged (401) and admitted with one of them (the trunks' `inbound_auth`, with many users)."""
     realm: str = Field("voicegate", min_length=1)
     """The realm of the challenge to `users`."""
+    contact: str | None = None
+    """The Contact of the gateway's own calls (`sip:user@host:port`); default its own address. Workers behind the
+    front door with `public_address` name the front door's."""
     front_door: list[NetworkText] = []
     """Addresses of the Kamailio front door in front of this gateway (a worker on another machine): the caller's
     address of an INVITE from there is the one the front door names in its X-VG-Source header."""
+
+    @field_validator("contact")
+    @classmethod
+    def _contact(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_sip_uri(v)
+        return v
 
     @model_validator(mode="after")
     def _tls(self) -> SipConfig:
@@ -154,6 +164,9 @@ class SipConfig(_Strict):
 class RtpConfig(_Strict):
     port_min: int = Field(20000, ge=1024, le=65534)
     port_max: int = Field(20999, ge=1025, le=65535)
+    public_address: str | None = None
+    """Address written into SDP only (media), where it differs from the signalling's; default
+    `sip.public_address`. Workers behind the front door get `sip.public_address` here."""
 
     @model_validator(mode="after")
     def _range(self) -> RtpConfig:

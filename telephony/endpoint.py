@@ -254,6 +254,8 @@ class SipStack:
         ac = self._account_config()
         host = cfg.sip.public_address or cfg.sip.listen
         ac.idUri = f"sip:voicegate@{host}:{cfg.sip.port}"
+        if cfg.sip.contact:
+            ac.sipConfig.contactForced = f"<{cfg.sip.contact}>"
         self.account = _Account(self)
         self.account.create(ac, True)
         self.trunks.start(self._account_config, self._incoming)
@@ -266,8 +268,8 @@ class SipStack:
         ac = pj.AccountConfig()
         ac.mediaConfig.transportConfig.port = cfg.rtp.port_min
         ac.mediaConfig.transportConfig.portRange = cfg.rtp.port_max - cfg.rtp.port_min
-        if cfg.sip.public_address:
-            ac.mediaConfig.transportConfig.publicAddress = cfg.sip.public_address
+        if media_address := cfg.rtp.public_address or cfg.sip.public_address:
+            ac.mediaConfig.transportConfig.publicAddress = media_address
         ac.callConfig.timerUse = pj.PJSUA_SIP_TIMER_OPTIONAL
         ac.callConfig.timerSessExpiresSec = 1800
         return ac

@@ -104,7 +104,11 @@ def kamailio_config(cfg: Config, list_file: Path, modules: Path = MODULES) -> st
     w = cfg.workers
     acl_load, acl_check = _acl(cfg, list_file.with_name("address.list"))
     least = w.dispatch == "least_loaded"
-    listen = "".join(f"listen={proto}:{cfg.sip.listen}:{cfg.sip.port}\n" for proto in cfg.sip.transports)
+    public = cfg.sip.public_address
+    advertise = f" advertise {public}:{cfg.sip.port}" if public else ""
+    listen = "".join(f"listen={proto}:{cfg.sip.listen}:{cfg.sip.port}{advertise}\n" for proto in cfg.sip.transports)
+    for alias in filter(None, (public, "127.0.0.1" if cfg.sip.listen == "0.0.0.0" else None)):
+        listen += f"alias={alias}:{cfg.sip.port}\n"  # myself: the public address, and where the workers send
     return f"""#!KAMAILIO
 debug=1
 log_stderror=yes

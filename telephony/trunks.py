@@ -72,8 +72,10 @@ def _account_config(t: TrunkConfig, ac: Any, user: str, registers: bool) -> Any:
     ac.sipConfig.authCreds.append(pj.AuthCredInfo("digest", t.realm, t.username, 0, t.password))
     if t.outbound_proxy:
         ac.sipConfig.proxies.append(_with_lr(t.outbound_proxy))
-    if t.contact:
+    if t.contact:  # as given: neither rewritten from the Via the registrar saw nor marked for RFC 5626 outbound
         ac.sipConfig.contactForced = f"<{t.contact}>"
+        ac.natConfig.contactRewriteUse = 0
+        ac.natConfig.sipOutboundUse = 0
     return ac
 
 

@@ -4,7 +4,8 @@ A pjsua2 process serves at most 4 calls (DESIGN §2), so `voicegate serve --work
 Kamailio front door (more than one, or `workers.remote` gateways on other machines), each listens on loopback
 (`workers.first_port` + i, UDP) and owns one N-th of the configured RTP range; the stream transports and the
 metrics and control endpoints (fixed ports) run in worker 0. With `when_full: {reply: announcement}` one more
-worker (index N) answers the calls no worker has room for, says the text and hangs up.
+worker (index N) answers the calls no worker has room for, says the text and hangs up. With `sip.public_address`
+each worker writes it into its SDP (`rtp.public_address`) and names the front door in its Contact.
 """
 
 from __future__ import annotations
@@ -46,9 +47,6 @@ def fit_problem(workers: WorkersConfig, count: int, sip: SipConfig, rtp: RtpConf
     count = processes(workers, count)
     if "tls" in sip.transports:
         return "several workers with SIP over TLS are not there yet (the Kamailio front door would end TLS)"
-    if sip.public_address:
-        return ("several workers with sip.public_address are not there yet (each worker's SDP would need it, its "
-                "Contact must not)")
     registering = [n for n, t in trunks.items() if t.registers]
     if registering and sip.listen == "0.0.0.0" and not sip.public_address:
         return (f"trunk {registering[0]} registers through the front door, whose address the carrier must call: "
@@ -104,12 +102,16 @@ def worker_config(cfg: Config, index: int, count: int) -> Config:
     if not behind_front_door(cfg.workers, count):
         return cfg
     lo, hi = rtp_slice(cfg.rtp, index, processes(cfg.workers, count))
+    public = cfg.sip.public_address
     sip = cfg.sip.model_copy(update={"listen": "127.0.0.1", "port": worker_port(cfg, index, count),
                                      "transports": ["udp"], "public_address": None, "tls": None,
-                                     "front_door": ["127.0.0.1/32"]})
+                                     "front_door": ["127.0.0.1/32"],
+                                     "contact": f"sip:voicegate@{public}:{cfg.sip.port}" if public else None})
+    rtp = cfg.rtp.model_copy(update={"port_min": lo, "port_max": hi,
+                                     "public_address": cfg.rtp.public_address or public})
     workers = cfg.workers.model_copy(update={
         "count": count, "when_full": cfg.workers.when_full.model_copy(update={"reply": 486})})
-    update: dict[str, object] = {"sip": sip, "rtp": cfg.rtp.model_copy(update={"port_min": lo, "port_max": hi}),
+    update: dict[str, object] = {"sip": sip, "rtp": rtp,
                                  "workers": workers,
                                  "trunks": {n: _trunk_behind_front_door(cfg, t, index) for n, t in cfg.trunks.items()}}
     if index > 0:

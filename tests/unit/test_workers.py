@@ -44,9 +44,12 @@ def test_bad_workers_config_is_named_with_its_line(extra: str, line: int, words:
     assert words in issue.message, issue
 
 
-def test_several_workers_refuse_tls_public_address_and_registering_trunks():
-    with pytest.raises(ConfigError, match="public_address are not there yet"):
-        parse_config(BASE.replace("port: 5060}", "port: 5060, public_address: 192.0.2.1}") + "workers: 2\n")
+def test_several_workers_name_a_registering_trunk_with_an_outbound_proxy(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("VG_X", "pw")
+    trunk = TRUNK.replace("transport: tcp}", "outbound_proxy: 'sip:10.0.0.9'}")
+    with pytest.raises(ConfigError, match=r"registering trunk with an outbound_proxy \(c\) are not there yet"):
+        parse_config(BASE + trunk + "workers: 2\n")
+    assert parse_config(BASE + trunk.replace("}", ", register: false}") + "workers: 2\n").workers.count == 2
 
 
 def test_rtp_slices_are_disjoint_and_cover_equal_parts():
@@ -175,3 +178,16 @@ def test_worker_0_registers_a_trunk_once_through_the_front_door_with_its_contact
     with pytest.raises(ConfigError, match="registers through the front door, whose address the carrier must call"):
         parse_config(BASE.replace("listen: 127.0.0.1, port: 5060}", "listen: 0.0.0.0, port: 5060, transports: "
                                                                      "[udp, tcp]}") + TRUNK + "workers: 2\n")
+
+
+def test_with_a_public_address_workers_put_it_in_sdp_and_the_front_doors_in_their_contact(tmp_path: Path):
+    cfg = parse_config(BASE.replace("listen: 127.0.0.1, port: 5060}", "listen: 0.0.0.0, port: 5060, "
+                                                                       "public_address: 203.0.113.7}") + "workers: 2\n")
+    w1 = worker_config(cfg, 1, 2)
+    assert (w1.sip.public_address, w1.rtp.public_address) == (None, "203.0.113.7")
+    assert w1.sip.contact == "sip:voicegate@203.0.113.7:5060"
+    lst = tmp_path / "dispatcher.list"
+    lst.write_text(dispatcher_list(cfg, 2))
+    text = kamailio_config(cfg, lst)
+    assert "listen=udp:0.0.0.0:5060 advertise 203.0.113.7:5060\n" in text
+    assert "alias=203.0.113.7:5060\nalias=127.0.0.1:5060\n" in text
