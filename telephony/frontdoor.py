@@ -13,7 +13,8 @@ every INVITE it forwards names the caller's address in X-VG-Source, so that the 
 digest, trunk addresses) as a single gateway would. A registering trunk registers once, from worker 0 through
 the front door with the front door's address as Contact (telephony/workers.py): that keeps registration state,
 retries and `voicegate trunks` where they are for one gateway, and no password in Kamailio's files; the carrier's
-calls then reach the front door like any other and go to any worker.
+calls then reach the front door like any other and go to any worker. TLS ends here (`tls` module, Debian
+`kamailio-tls-modules`, with the `sip.tls` certificate settings); the workers behind speak UDP on loopback.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from telephony.workers import CALLS_PER_WORKER, announcing, worker_port
 MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 ALGORITHMS = {"round_robin": 4, "least_loaded": 10}
 REASONS = {503: "Service Unavailable", 486: "Busy Here", 480: "Temporarily Unavailable"}
+SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"
+"""Debian's CA bundle: whom TLS trusts when `sip.tls.ca_file` is not set."""
 MARK = "VG"
 """Kamailio's own log lines that voicegate reports as `frontdoor` events start with this."""
 
@@ -70,6 +73,22 @@ def _acl(cfg: Config, address_file: Path) -> tuple[str, str]:
              '        exit;\n'
              '    }')
     return load, check
+
+
+def tls_config(cfg: Config) -> str:
+    """The `tls` module's config file: `sip.tls` as a single gateway uses it. The server side ends the callers'
+    TLS (mutual with `require_client_cert`); the client side is for trunks the front door connects to."""
+    tls = cfg.sip.tls
+    if tls is None:
+        return ""
+    yes = {True: "yes", False: "no"}
+    ca = str(Path(tls.ca_file).expanduser()) if tls.ca_file else SYSTEM_CAS
+    return (f"[server:default]\nmethod = TLSv1.2+\ncertificate = {Path(tls.cert_file).expanduser()}\n"
+            f"private_key = {Path(tls.key_file).expanduser()}\nca_list = {ca}\n"
+            f"verify_certificate = {yes[tls.require_client_cert]}\n"
+            f"require_certificate = {yes[tls.require_client_cert]}\n\n"
+            f"[client:default]\nmethod = TLSv1.2+\nca_list = {ca}\n"
+            f"verify_certificate = {yes[tls.verify_server]}\nrequire_certificate = {yes[tls.verify_server]}\n")
 
 
 def _refuse(cfg: Config, in_failure_route: bool) -> str:
@@ -105,10 +124,16 @@ def kamailio_config(cfg: Config, list_file: Path, modules: Path = MODULES) -> st
     acl_load, acl_check = _acl(cfg, list_file.with_name("address.list"))
     least = w.dispatch == "least_loaded"
     public = cfg.sip.public_address
-    advertise = f" advertise {public}:{cfg.sip.port}" if public else ""
-    listen = "".join(f"listen={proto}:{cfg.sip.listen}:{cfg.sip.port}{advertise}\n" for proto in cfg.sip.transports)
-    for alias in filter(None, (public, "127.0.0.1" if cfg.sip.listen == "0.0.0.0" else None)):
-        listen += f"alias={alias}:{cfg.sip.port}\n"  # myself: the public address, and where the workers send
+    listen = ""
+    for proto in cfg.sip.transports:
+        port = cfg.sip.tls.port if proto == "tls" and cfg.sip.tls is not None else cfg.sip.port
+        listen += f"listen={proto}:{cfg.sip.listen}:{port}{f' advertise {public}:{port}' if public else ''}\n"
+        for alias in filter(None, (public, "127.0.0.1" if cfg.sip.listen == "0.0.0.0" else None)):
+            listen += f"alias={alias}:{port}\n"  # myself: the public address, and where the workers send
+    tls_load = ""
+    if "tls" in cfg.sip.transports:
+        tls_load = (f'enable_tls=yes\nloadmodule "tls.so"\n'
+                    f'modparam("tls", "config", "{list_file.with_name("tls.cfg")}")\n')
     return f"""#!KAMAILIO
 debug=1
 log_stderror=yes
@@ -130,7 +155,7 @@ loadmodule "sanity.so"
 loadmodule "pike.so"
 loadmodule "dispatcher.so"
 loadmodule "htable.so"
-{acl_load}modparam("tm", "fr_timer", {int(w.failover_timeout_s * 1000)})
+{acl_load}{tls_load}modparam("tm", "fr_timer", {int(w.failover_timeout_s * 1000)})
 modparam("tm", "fr_inv_timer", 120000)
 modparam("rr", "enable_full_lr", 1)
 modparam("rr", "append_fromtag", 0)
@@ -271,6 +296,7 @@ class FrontDoor:
         lst = self.dir / "dispatcher.list"
         lst.write_text(dispatcher_list(self.cfg, self.count))
         (self.dir / "address.list").write_text(address_list(self.cfg))
+        (self.dir / "tls.cfg").write_text(tls_config(self.cfg))
         path = self.dir / "kamailio.cfg"
         path.write_text(kamailio_config(self.cfg, lst))
         try:

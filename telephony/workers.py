@@ -45,12 +45,12 @@ def fit_problem(workers: WorkersConfig, count: int, sip: SipConfig, rtp: RtpConf
     if not behind_front_door(workers, count):
         return ""
     count = processes(workers, count)
-    if "tls" in sip.transports:
-        return "several workers with SIP over TLS are not there yet (the Kamailio front door would end TLS)"
     registering = [n for n, t in trunks.items() if t.registers]
     if registering and sip.listen == "0.0.0.0" and not sip.public_address:
         return (f"trunk {registering[0]} registers through the front door, whose address the carrier must call: "
                 "set sip.listen or sip.public_address")
+    if tls := [n for n in registering if trunks[n].transport == "tls"]:
+        return f"several workers with a trunk that registers over TLS ({tls[0]}) are not there yet"
     if proxied := [n for n in registering if trunks[n].outbound_proxy]:
         return f"several workers with a registering trunk with an outbound_proxy ({proxied[0]}) are not there yet"
     span = range(workers.first_port, workers.first_port + count)

@@ -15,6 +15,7 @@ import yaml
 from tests.integration.cluster import cluster_config, free_block, start_cluster
 from tests.integration.kamailio import REALM, Kamailio
 from tests.integration.peers import Gateway, call, free_port, rtp_range, sipp
+from tests.integration.test_tls import make_ca
 from tests.integration.test_trunks import authenticated_call, call_with_headers
 
 PASSWORD = "bob-cluster-s3cret"
@@ -34,11 +35,23 @@ def _cluster(tmp: Path, sip: dict[str, object], **overrides: object) -> Gateway:
 
 
 @pytest.fixture(scope="module")
-def digest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """allow 127.0.0.1 and a user: other sources get through the front door to a worker's challenge."""
+def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A throw-away CA and a certificate for 127.0.0.1 it signed: (ca, cert, key)."""
+    return make_ca(tmp_path_factory.mktemp("door-pki"), "door")
+
+
+@pytest.fixture(scope="module")
+def digest(pki: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """allow 127.0.0.1 and a user: other sources get through the front door to a worker's challenge; SIP over
+    mutual TLS ends at the front door."""
     os.environ["VG_TEST_BOB_PW"] = PASSWORD
+    ca, cert, key = pki
+    tls = {"port": free_port(), "cert_file": str(cert), "key_file": str(key), "ca_file": str(ca),
+           "require_client_cert": True}
     gw = _cluster(tmp_path_factory.mktemp("door-digest"),
-                  {"allow": ["127.0.0.1/32"], "users": {"bob": {"password_env": "VG_TEST_BOB_PW"}}})
+                  {"allow": ["127.0.0.1/32"], "users": {"bob": {"password_env": "VG_TEST_BOB_PW"}},
+                   "transports": ["udp", "tls"], "tls": tls})
+    gw.tls_port = tls["port"]  # type: ignore[attr-defined]
     yield gw
     assert gw.stop(40) == 0, "\n".join(gw.lines[-20:])
 
@@ -86,6 +99,22 @@ def test_an_allowed_source_calls_through_the_digest_cluster_without_credentials(
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     inc = digest.wait_event("call_incoming", 5, authenticated=False, source=f"127.0.0.1:{me}")
     assert digest.wait_event("call_end", 10, call=inc["call"])["agent"] == "echo"
+
+
+def test_a_call_over_mutual_tls_ends_at_the_front_door_and_reaches_a_worker_over_udp(digest: Gateway,
+                                                                                      pki: tuple[Path, Path, Path]):
+    ca, cert, key = pki
+    port = digest.tls_port  # type: ignore[attr-defined]
+    before = len(digest.events("call_incoming"))
+    res = call(f"sip:echo@127.0.0.1:{port};transport=tls", "--tls-ca", str(ca), "--tls-cert", str(cert),
+               "--tls-key", str(key), "--duration", "2")
+    assert res["status"] == 200 and res["answered"], res
+    inc = digest.events("call_incoming")[before]
+    assert inc["source"].startswith("127.0.0.1:") and not inc["authenticated"]
+    end = digest.wait_event("call_end", 10, call=inc["call"])
+    assert end["agent"] == "echo" and end["frames_in"] > 50, end  # the caller's audio reached the worker
+    refused = call(f"sip:echo@127.0.0.1:{port};transport=tls", "--tls-ca", str(ca), "--duration", "1")
+    assert not refused["answered"], refused  # no client certificate: the front door's handshake fails
 
 
 def test_the_front_door_refuses_a_source_outside_sip_allow_with_403(acl: Gateway, workdir: Path):

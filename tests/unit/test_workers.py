@@ -10,8 +10,9 @@ import pytest
 
 from telephony.admission import Reply, decide, dialog_ids
 from telephony.config import ConfigError, parse_config
-from telephony.frontdoor import address_list, dispatcher_list, kamailio_config
+from telephony.frontdoor import address_list, dispatcher_list, kamailio_config, tls_config
 from telephony.workers import Restarts, rtp_slice, worker_config
+from tests.integration.test_tls import make_ca
 
 BASE = """\
 sip: {listen: 127.0.0.1, port: 5060}
@@ -191,3 +192,22 @@ def test_with_a_public_address_workers_put_it_in_sdp_and_the_front_doors_in_thei
     text = kamailio_config(cfg, lst)
     assert "listen=udp:0.0.0.0:5060 advertise 203.0.113.7:5060\n" in text
     assert "alias=203.0.113.7:5060\nalias=127.0.0.1:5060\n" in text
+
+
+def test_tls_ends_at_the_front_door_with_the_sip_tls_settings(tmp_path: Path):
+    ca, cert, key = make_ca(tmp_path, "unit")
+    cfg = parse_config(BASE.replace("port: 5060}", f"port: 5060, transports: [udp, tls], tls: {{port: 5062, "
+                                                   f"cert_file: {cert}, key_file: {key}, ca_file: {ca}, "
+                                                   "require_client_cert: true}}") + "workers: 2\n")
+    assert worker_config(cfg, 0, 2).sip.transports == ["udp"] and worker_config(cfg, 0, 2).sip.tls is None
+    text = tls_config(cfg)
+    assert f"certificate = {cert}\nprivate_key = {key}\nca_list = {ca}\n" in text
+    assert "verify_certificate = yes\nrequire_certificate = yes\n\n[client:default]" in text
+    lst = tmp_path / "dispatcher.list"
+    lst.write_text(dispatcher_list(cfg, 2))
+    (tmp_path / "tls.cfg").write_text(text)
+    (tmp_path / "kamailio.cfg").write_text(kamailio_config(cfg, lst))
+    assert "listen=tls:127.0.0.1:5062\n" in (tmp_path / "kamailio.cfg").read_text()
+    check = subprocess.run(["/usr/sbin/kamailio", "-c", "-f", str(tmp_path / "kamailio.cfg")], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stderr[-2000:]
