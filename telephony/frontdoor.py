@@ -34,7 +34,7 @@ from pathlib import Path
 from telephony.config import Config
 from telephony.inbound import SOURCE_HEADER
 from telephony.logs import event
-from telephony.workers import CALLS_PER_WORKER, announcing, worker_port
+from telephony.workers import CALLS_PER_WORKER, WORKER_PARAM, announcing, worker_port
 
 MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 ALGORITHMS = {"round_robin": 4, "least_loaded": 10}
@@ -187,10 +187,16 @@ request_route {{
         t_check_trans();
     }}
     if (has_totag()) {{
-        if (!ds_is_from_list() && uri==myself && $sht(calls=>$ci) != $null) {{
-            # for a Contact that names the front door (a trunk's registration, sip.public_address)
+        $var(w) = $(ru{{uri.param,{WORKER_PARAM}}});
+        if (!ds_is_from_list() && uri==myself && ($var(w) != "" || $sht(calls=>$ci) != $null)) {{
+            # to a Contact that names the front door: a worker's (sip.public_address) names its port, a trunk
+            # registration's does not (the worker that took the Call-ID)
             remove_hf("Route");
-            $du = $sht(calls=>$ci);
+            if ($var(w) != "") {{
+                $du = "sip:127.0.0.1:" + $var(w);
+            }} else {{
+                $du = $sht(calls=>$ci);
+            }}
             if (is_method("BYE")) {{ $sht(calls=>$ci) = $null; }}
             {'if (is_method("BYE")) { ds_load_update(); }' if least else ''}
             t_relay();

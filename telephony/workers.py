@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 PORTS_PER_CALL = 2
 """RTP and RTCP."""
 CALLS_PER_WORKER = 4
+WORKER_PARAM = "vgw"
+"""The Contact URI parameter with which a local worker behind `sip.public_address` names its port (the front
+door's address is its Contact's host)."""
 
 
 def behind_front_door(workers: WorkersConfig, count: int) -> bool:
@@ -106,7 +109,9 @@ def worker_config(cfg: Config, index: int, count: int) -> Config:
     sip = cfg.sip.model_copy(update={"listen": "127.0.0.1", "port": worker_port(cfg, index, count),
                                      "transports": ["udp"], "public_address": None, "tls": None,
                                      "front_door": ["127.0.0.1/32"],
-                                     "contact": f"sip:voicegate@{public}:{cfg.sip.port}" if public else None})
+                                     "contact": (f"sip:voicegate@{public}:{cfg.sip.port};"
+                                                 f"{WORKER_PARAM}={worker_port(cfg, index, count)}")
+                                     if public else None})
     rtp = cfg.rtp.model_copy(update={"port_min": lo, "port_max": hi,
                                      "public_address": cfg.rtp.public_address or public})
     workers = cfg.workers.model_copy(update={

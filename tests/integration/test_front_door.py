@@ -5,14 +5,17 @@ that believes the caller's address the front door names only when the front door
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
-from tests.integration.cluster import cluster_config, free_block, start_cluster
+from tests.integration.cluster import cluster_config, free_block, start_cluster, wait_answered
 from tests.integration.kamailio import REALM, Kamailio
 from tests.integration.peers import Gateway, call, free_port, rtp_range, sipp
 from tests.integration.test_tls import make_ca
@@ -137,7 +140,7 @@ def test_an_allowed_source_calls_and_sees_the_public_address_in_sdp_contact_and_
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     ok = (workdir / "m.log").read_text().split("SIP/2.0 200 OK", 1)[1].split("----------", 1)[0]
     assert f"c=IN IP4 {PUBLIC}" in ok and "127.0.0.1" not in ok.split("\n\n", 1)[1], ok
-    assert f"Contact: <sip:voicegate@{PUBLIC}:{acl.port}>" in ok, ok
+    assert f"Contact: <sip:voicegate@{PUBLIC}:{acl.port};vgw=" in ok, ok
     assert f"Record-Route: <sip:{PUBLIC}:{acl.port};lr>" in ok, ok
     inc = acl.wait_event("call_incoming", 5)
     assert inc["source"].startswith("127.0.0.1:")
@@ -177,3 +180,20 @@ def test_a_registering_trunk_registers_once_with_the_front_doors_contact_and_its
         assert acl.wait_event("call_end", 10, call=inc["call"])["agent"] == "echo"
         workers.add(inc["worker"])
     assert workers == {0, 1}
+
+
+def test_a_call_to_the_public_contact_keeps_its_in_dialog_requests_across_a_front_door_restart(acl: Gateway):
+    result: dict[str, Any] = {}
+    before = len(acl.events("call_answered"))
+    t = threading.Thread(target=lambda: result.update(call(f"sip:echo@127.0.0.1:{acl.port}", "--duration", "5")))
+    t.start()
+    (answered,) = wait_answered(acl, before, 1, 20)
+    kamailio = int(acl.events("frontdoor_started")[-1]["pid"])
+    killed = time.time()
+    os.killpg(kamailio, signal.SIGKILL)
+    acl.wait_event("frontdoor_exited", 5, pid=kamailio)
+    t.join(40)
+    assert [e for e in acl.events("frontdoor_ready") if e["ts"] >= killed], "the front door did not come back"
+    assert result["answered"] and not result["remote_hangup"], result
+    end = acl.wait_event("call_end", 10, call=answered["call"])  # the caller's BYE, to the front door's Contact
+    assert end["reason"] == "remote_200", end

@@ -186,7 +186,7 @@ def test_with_a_public_address_workers_put_it_in_sdp_and_the_front_doors_in_thei
                                                                        "public_address: 203.0.113.7}") + "workers: 2\n")
     w1 = worker_config(cfg, 1, 2)
     assert (w1.sip.public_address, w1.rtp.public_address) == (None, "203.0.113.7")
-    assert w1.sip.contact == "sip:voicegate@203.0.113.7:5060"
+    assert w1.sip.contact == f"sip:voicegate@203.0.113.7:5060;vgw={cfg.workers.first_port + 1}"
     lst = tmp_path / "dispatcher.list"
     lst.write_text(dispatcher_list(cfg, 2))
     text = kamailio_config(cfg, lst)
