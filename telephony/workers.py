@@ -108,7 +108,7 @@ def worker_config(cfg: Config, index: int, count: int) -> Config:
     public = cfg.sip.public_address
     sip = cfg.sip.model_copy(update={"listen": "127.0.0.1", "port": worker_port(cfg, index, count),
                                      "transports": ["udp"], "public_address": None, "tls": None,
-                                     "front_door": ["127.0.0.1/32"],
+                                     "front_door": [front_door_host(cfg.sip)],
                                      "contact": (f"sip:voicegate@{public}:{cfg.sip.port};"
                                                  f"{WORKER_PARAM}={worker_port(cfg, index, count)}")
                                      if public else None})

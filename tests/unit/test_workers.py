@@ -149,7 +149,7 @@ def test_sip_allow_is_checked_at_the_front_door_unless_users_may_come_from_anywh
     cfg = parse_config(BASE.replace("port: 5060}", f"port: 5060, allow: [10.1.2.3, 192.168.0.0/16]{users}}}")
                        + "workers: 2\n")
     assert address_list(cfg) == "1 10.1.2.3 32 0\n1 192.168.0.0 16 0\n"
-    assert worker_config(cfg, 1, 2).sip.front_door == ["127.0.0.1/32"]  # workers believe the front door's header
+    assert worker_config(cfg, 1, 2).sip.front_door == ["127.0.0.1"]  # workers believe the front door's header
     lst = tmp_path / "dispatcher.list"
     lst.write_text(dispatcher_list(cfg, 2))
     (tmp_path / "address.list").write_text(address_list(cfg))
