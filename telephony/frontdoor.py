@@ -8,7 +8,8 @@ floods; record-routing keeps in-dialog requests on the worker that has the call.
 the caller gets `workers.when_full` at once.
 
 It is what the outside sees, so it also does what a single gateway does at its edge: `sip.allow` without
-`sip.users` refuses other sources with 403 before dispatch (`permissions` module, an address file written here);
+`sip.users` refuses other sources than those and the trunks' with 403 before dispatch (`permissions` module, an
+address file written here);
 every INVITE it forwards names the caller's address in X-VG-Source, so that the workers admit by it (`sip.users`
 digest, trunk addresses) as a single gateway would. A registering trunk registers once, from worker 0 through
 the front door with the front door's address as Contact (telephony/workers.py): that keeps registration state,
@@ -32,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from telephony.config import Config
-from telephony.inbound import SOURCE_HEADER
+from telephony.inbound import SOURCE_HEADER, resolve_sources
 from telephony.logs import event
 from telephony.workers import CALLS_PER_WORKER, WORKER_PARAM, announcing, worker_port
 
@@ -56,15 +57,17 @@ def dispatcher_list(cfg: Config, count: int) -> str:
 
 
 def address_list(cfg: Config) -> str:
-    """Group 1 of the `permissions` address file: `sip.allow` (group, address, prefix length, port 0 = any)."""
+    """Group 1 of the `permissions` address file (group, address, prefix length, port 0 = any): `sip.allow` and
+    every trunk's addresses (its `allow`, what its registrar and outbound proxy resolve to)."""
     nets = [ipaddress.ip_network(a, strict=False) for a in cfg.sip.allow]
-    return "".join(f"1 {n.network_address} {n.prefixlen} 0\n" for n in nets)
+    nets += [n for t in cfg.trunks.values() for n in resolve_sources(t)]
+    return "".join(f"1 {n.network_address} {n.prefixlen} 0\n" for n in dict.fromkeys(nets))
 
 
 def _acl(cfg: Config, address_file: Path) -> tuple[str, str]:
-    """The module lines and the request-route check of `sip.allow`; none when `sip.users` may admit any source
-    (the worker then challenges it) or nothing is allowed-only."""
-    if not cfg.sip.allow or cfg.sip.users:
+    """The module lines and the request-route check of the source ACL. Only `sip.allow` restricts; and the
+    workers alone decide when credentials may admit any source (`sip.users`, a trunk's `inbound_auth`)."""
+    if not cfg.sip.allow or cfg.sip.users or any(t.inbound_auth for t in cfg.trunks.values()):
         return "", ""
     load = f'loadmodule "permissions.so"\nmodparam("permissions", "address_file", "{address_file}")\n'
     check = ('if (!allow_source_address("1")) {\n'

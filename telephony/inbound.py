@@ -18,11 +18,14 @@ only from the addresses in `sip.front_door`.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from telephony.config import SipConfig, TrunkConfig
 from telephony.digest import DigestServer, parse_authorization
+from telephony.logs import event
+from telephony.sip_uri import parse_sip_uri
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -74,6 +77,22 @@ def _inside(ip: str, nets: Sequence[Network]) -> bool:
     except ValueError:
         return False
     return any(addr in n for n in nets)
+
+
+def resolve_sources(t: TrunkConfig) -> list[Network]:
+    """The networks a trunk's calls may come from: `allow`, plus every address the registrar and the outbound
+    proxy resolve to (looked up once, at start)."""
+    nets: list[Network] = [ipaddress.ip_network(a, strict=False) for a in t.allow]
+    for uri in filter(None, (t.registrar, t.outbound_proxy)):
+        host = parse_sip_uri(uri).host
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_UDP)
+        except OSError as e:
+            event("trunk_resolve_error", host=host, error=str(e))
+            continue
+        for info in infos:
+            nets.append(ipaddress.ip_network(str(info[4][0])))
+    return nets
 
 
 def inbound_realm(t: TrunkConfig) -> str:

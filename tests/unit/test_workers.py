@@ -211,3 +211,17 @@ def test_tls_ends_at_the_front_door_with_the_sip_tls_settings(tmp_path: Path):
     check = subprocess.run(["/usr/sbin/kamailio", "-c", "-f", str(tmp_path / "kamailio.cfg")], capture_output=True,
                            text=True)
     assert check.returncode == 0, check.stderr[-2000:]
+
+
+def test_the_front_doors_acl_lets_the_trunks_addresses_in_and_leaves_inbound_auth_to_the_workers(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("VG_X", "pw")
+    trunk = ("trunks:\n  c: {registrar: 'sip:192.0.2.9:5080', username: vg, password_env: VG_X, register: false, "
+             "allow: [198.51.100.0/24]}\n")
+    cfg = parse_config(BASE.replace("port: 5060}", "port: 5060, allow: [10.1.2.3]}") + trunk + "workers: 2\n")
+    assert address_list(cfg) == "1 10.1.2.3 32 0\n1 198.51.100.0 24 0\n1 192.0.2.9 32 0\n"
+    lst = tmp_path / "dispatcher.list"
+    assert 'allow_source_address("1")' in kamailio_config(cfg, lst)
+    auth = parse_config(BASE.replace("port: 5060}", "port: 5060, allow: [10.1.2.3]}")
+                        + trunk.replace("register: false", "register: false, inbound_auth: true") + "workers: 2\n")
+    assert 'allow_source_address("1")' not in kamailio_config(auth, lst)
