@@ -45,12 +45,17 @@ def test_bad_workers_config_is_named_with_its_line(extra: str, line: int, words:
     assert words in issue.message, issue
 
 
-def test_several_workers_name_a_registering_trunk_with_an_outbound_proxy(monkeypatch: pytest.MonkeyPatch):
+def test_several_workers_name_a_registering_trunk_with_an_outbound_proxy_or_over_tls(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("VG_X", "pw")
     trunk = TRUNK.replace("transport: tcp}", "outbound_proxy: 'sip:10.0.0.9'}")
     with pytest.raises(ConfigError, match=r"registering trunk with an outbound_proxy \(c\) are not there yet"):
         parse_config(BASE + trunk + "workers: 2\n")
     assert parse_config(BASE + trunk.replace("}", ", register: false}") + "workers: 2\n").workers.count == 2
+    tls = TRUNK.replace("transport: tcp", "transport: tls")
+    sip = "port: 5060, transports: [udp, tls], tls: {cert_file: %s, key_file: %s}}"
+    with pytest.raises(ConfigError, match=r"a trunk that registers over TLS \(c\) are not there yet"):
+        parse_config(BASE.replace("port: 5060}", sip % make_ca(tmp_path, "t")[1:]) + tls + "workers: 2\n")
 
 
 def test_rtp_slices_are_disjoint_and_cover_equal_parts():
