@@ -140,6 +140,19 @@ class SipConfig(_Strict):
     challenged (401) and admitted with one of them (the trunks' `inbound_auth`, with many users)."""
     realm: str = Field("voicegate", min_length=1)
     """The realm of the challenge to `users`."""
+    contact: str | None = None
+    """The Contact of the gateway's own calls (`sip:user@host:port`); default its own address. Workers behind the
+    front door with `public_address` name the front door's."""
+    front_door: list[NetworkText] = []
+    """Addresses of the Kamailio front door in front of this gateway (a worker on another machine): the caller's
+    address of an INVITE from there is the one the front door names in its X-VG-Source header."""
+
+    @field_validator("contact")
+    @classmethod
+    def _contact(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_sip_uri(v)
+        return v
 
     @model_validator(mode="after")
     def _tls(self) -> SipConfig:
@@ -151,6 +164,9 @@ class SipConfig(_Strict):
 class RtpConfig(_Strict):
     port_min: int = Field(20000, ge=1024, le=65534)
     port_max: int = Field(20999, ge=1025, le=65535)
+    public_address: str | None = None
+    """Address written into SDP only (media), where it differs from the signalling's; default
+    `sip.public_address`. Workers behind the front door get `sip.public_address` here."""
 
     @model_validator(mode="after")
     def _range(self) -> RtpConfig:
@@ -331,6 +347,9 @@ class TrunkConfig(_Strict):
     """SRTP with SDES keys for this trunk's calls: `mandatory` refuses a call without it (488)."""
     registers: bool = Field(True, alias="register")
     """`register: false` for a trunk that sends calls without a registration (its addresses still apply)."""
+    contact: str | None = None
+    """The Contact of its registration and calls (`sip:user@host:port`); none: pjsua's own address. Workers
+    behind the front door register with the front door's."""
     retry_min_s: float = Field(2.0, gt=0, le=3600)
     """Wait after the first failed registration; doubles with each failure up to `retry_max_s`."""
     retry_max_s: float = Field(300.0, gt=0, le=86400)
@@ -363,7 +382,7 @@ class TrunkConfig(_Strict):
         """The number may be dialled on this trunk."""
         return any(re.fullmatch(p, number) for p in self.allowed)
 
-    @field_validator("registrar", "outbound_proxy")
+    @field_validator("registrar", "outbound_proxy", "contact")
     @classmethod
     def _uri(cls, v: str | None) -> str | None:
         if v is not None:

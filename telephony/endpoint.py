@@ -26,7 +26,7 @@ from telephony.admission import SipGate
 from telephony.call import SipCall
 from telephony.config import Config, SipTlsConfig
 from telephony.errors import PjsuaBuildError, SipStartError
-from telephony.inbound import Invite, admit
+from telephony.inbound import SOURCE_HEADER, Invite, admit, caller_source
 from telephony.logs import event, event_at
 from telephony.media_port import PortPool, check_frame_layout
 from telephony.nat import DialogRoutes, nat_route
@@ -254,6 +254,8 @@ class SipStack:
         ac = self._account_config()
         host = cfg.sip.public_address or cfg.sip.listen
         ac.idUri = f"sip:voicegate@{host}:{cfg.sip.port}"
+        if cfg.sip.contact:
+            ac.sipConfig.contactForced = f"<{cfg.sip.contact}>"
         self.account = _Account(self)
         self.account.create(ac, True)
         self.trunks.start(self._account_config, self._incoming)
@@ -266,8 +268,8 @@ class SipStack:
         ac = pj.AccountConfig()
         ac.mediaConfig.transportConfig.port = cfg.rtp.port_min
         ac.mediaConfig.transportConfig.portRange = cfg.rtp.port_max - cfg.rtp.port_min
-        if cfg.sip.public_address:
-            ac.mediaConfig.transportConfig.publicAddress = cfg.sip.public_address
+        if media_address := cfg.rtp.public_address or cfg.sip.public_address:
+            ac.mediaConfig.transportConfig.publicAddress = media_address
         ac.callConfig.timerUse = pj.PJSUA_SIP_TIMER_OPTIONAL
         ac.callConfig.timerSessExpiresSec = 1800
         return ac
@@ -293,13 +295,15 @@ class SipStack:
         self.calls[call.key] = call
         called = called_user(str(ci.localUri)) or called_user(str(ci.localContact))
         caller = str(ci.remoteUri)
-        call.source = str(prm.rdata.srcAddress)
+        packet_source = str(prm.rdata.srcAddress)
         message = str(prm.rdata.wholeMsg)
+        call.sip_headers = call_metadata(message)
+        call.source = caller_source(packet_source, call.sip_headers, self.config.sip.front_door)
+        call.sip_headers.pop(SOURCE_HEADER, None)
         adm = admit(self.config.trunks, self.trunks.sources, self.trunks.trunk_of(account), called, call.source,
                     Invite(*request_parts(message)), time.time(), self.trunks.secret, self.config.sip)
         call.trunk = adm.trunk
-        call.sip_headers = call_metadata(message)
-        call.nat_route = nat_route(message, call.source)
+        call.nat_route = nat_route(message, packet_source)
         event("call_incoming", call=call.call_id, called=called, caller=caller, source=call.source, trunk=adm.trunk,
               authenticated=adm.authenticated, user=adm.user, original_called=original_called(call.sip_headers),
               sip_headers=call.sip_headers)

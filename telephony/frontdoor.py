@@ -6,12 +6,23 @@ every worker with OPTIONS and takes one that fails a probe out of the rotation, 
 worker on 486/408/5xx or when the worker does not answer within `failover_timeout_s`; `pike` drops a source that
 floods; record-routing keeps in-dialog requests on the worker that has the call. When no worker can take a call
 the caller gets `workers.when_full` at once.
+
+It is what the outside sees, so it also does what a single gateway does at its edge: `sip.allow` without
+`sip.users` refuses other sources than those and the trunks' with 403 before dispatch (`permissions` module, an
+address file written here);
+every INVITE it forwards names the caller's address in X-VG-Source, so that the workers admit by it (`sip.users`
+digest, trunk addresses) as a single gateway would. A registering trunk registers once, from worker 0 through
+the front door with the front door's address as Contact (telephony/workers.py): that keeps registration state,
+retries and `voicegate trunks` where they are for one gateway, and no password in Kamailio's files; the carrier's
+calls then reach the front door like any other and go to any worker. TLS ends here (`tls` module, Debian
+`kamailio-tls-modules`, with the `sip.tls` certificate settings); the workers behind speak UDP on loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
@@ -22,12 +33,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from telephony.config import Config
+from telephony.inbound import SOURCE_HEADER, resolve_sources
 from telephony.logs import event
-from telephony.workers import CALLS_PER_WORKER, announcing, worker_port
+from telephony.workers import CALLS_PER_WORKER, WORKER_PARAM, announcing, worker_port
 
 MODULES = Path("/usr/lib/x86_64-linux-gnu/kamailio/modules")
 ALGORITHMS = {"round_robin": 4, "least_loaded": 10}
 REASONS = {503: "Service Unavailable", 486: "Busy Here", 480: "Temporarily Unavailable"}
+SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"
+"""Debian's CA bundle: whom TLS trusts when `sip.tls.ca_file` is not set."""
 MARK = "VG"
 """Kamailio's own log lines that voicegate reports as `frontdoor` events start with this."""
 
@@ -40,6 +54,44 @@ def dispatcher_list(cfg: Config, count: int) -> str:
     remote = [f"1 {uri} 0 0 duid=r{j};maxload={CALLS_PER_WORKER}\n" for j, uri in enumerate(cfg.workers.remote)]
     announcer = [f"2 sip:127.0.0.1:{worker_port(cfg, count, count)} 0 0 duid=a0\n"] if announcing(cfg.workers) else []
     return "".join(local + remote + announcer)
+
+
+def address_list(cfg: Config) -> str:
+    """Group 1 of the `permissions` address file (group, address, prefix length, port 0 = any): `sip.allow` and
+    every trunk's addresses (its `allow`, what its registrar and outbound proxy resolve to)."""
+    nets = [ipaddress.ip_network(a, strict=False) for a in cfg.sip.allow]
+    nets += [n for t in cfg.trunks.values() for n in resolve_sources(t)]
+    return "".join(f"1 {n.network_address} {n.prefixlen} 0\n" for n in dict.fromkeys(nets))
+
+
+def _acl(cfg: Config, address_file: Path) -> tuple[str, str]:
+    """The module lines and the request-route check of the source ACL. Only `sip.allow` restricts; and the
+    workers alone decide when credentials may admit any source (`sip.users`, a trunk's `inbound_auth`)."""
+    if not cfg.sip.allow or cfg.sip.users or any(t.inbound_auth for t in cfg.trunks.values()):
+        return "", ""
+    load = f'loadmodule "permissions.so"\nmodparam("permissions", "address_file", "{address_file}")\n'
+    check = ('if (!allow_source_address("1")) {\n'
+             f'        xlog("L_NOTICE", "{MARK} refused $ci from $si: not in sip.allow\\n");\n'
+             '        sl_send_reply("403", "Forbidden");\n'
+             '        exit;\n'
+             '    }')
+    return load, check
+
+
+def tls_config(cfg: Config) -> str:
+    """The `tls` module's config file: `sip.tls` as a single gateway uses it. The server side ends the callers'
+    TLS (mutual with `require_client_cert`); the client side is for trunks the front door connects to."""
+    tls = cfg.sip.tls
+    if tls is None:
+        return ""
+    yes = {True: "yes", False: "no"}
+    ca = str(Path(tls.ca_file).expanduser()) if tls.ca_file else SYSTEM_CAS
+    return (f"[server:default]\nmethod = TLSv1.2+\ncertificate = {Path(tls.cert_file).expanduser()}\n"
+            f"private_key = {Path(tls.key_file).expanduser()}\nca_list = {ca}\n"
+            f"verify_certificate = {yes[tls.require_client_cert]}\n"
+            f"require_certificate = {yes[tls.require_client_cert]}\n\n"
+            f"[client:default]\nmethod = TLSv1.2+\nca_list = {ca}\n"
+            f"verify_certificate = {yes[tls.verify_server]}\nrequire_certificate = {yes[tls.verify_server]}\n")
 
 
 def _refuse(cfg: Config, in_failure_route: bool) -> str:
@@ -72,8 +124,19 @@ def _load_params(cfg: Config) -> str:
 
 def kamailio_config(cfg: Config, list_file: Path, modules: Path = MODULES) -> str:
     w = cfg.workers
+    acl_load, acl_check = _acl(cfg, list_file.with_name("address.list"))
     least = w.dispatch == "least_loaded"
-    listen = "".join(f"listen={proto}:{cfg.sip.listen}:{cfg.sip.port}\n" for proto in cfg.sip.transports)
+    public = cfg.sip.public_address
+    listen = ""
+    for proto in cfg.sip.transports:
+        port = cfg.sip.tls.port if proto == "tls" and cfg.sip.tls is not None else cfg.sip.port
+        listen += f"listen={proto}:{cfg.sip.listen}:{port}{f' advertise {public}:{port}' if public else ''}\n"
+        for alias in filter(None, (public, "127.0.0.1" if cfg.sip.listen == "0.0.0.0" else None)):
+            listen += f"alias={alias}:{port}\n"  # myself: the public address, and where the workers send
+    tls_load = ""
+    if "tls" in cfg.sip.transports:
+        tls_load = (f'enable_tls=yes\nloadmodule "tls.so"\n'
+                    f'modparam("tls", "config", "{list_file.with_name("tls.cfg")}")\n')
     return f"""#!KAMAILIO
 debug=1
 log_stderror=yes
@@ -95,7 +158,7 @@ loadmodule "sanity.so"
 loadmodule "pike.so"
 loadmodule "dispatcher.so"
 loadmodule "htable.so"
-modparam("tm", "fr_timer", {int(w.failover_timeout_s * 1000)})
+{acl_load}{tls_load}modparam("tm", "fr_timer", {int(w.failover_timeout_s * 1000)})
 modparam("tm", "fr_inv_timer", 120000)
 modparam("rr", "enable_full_lr", 1)
 modparam("rr", "append_fromtag", 0)
@@ -127,6 +190,21 @@ request_route {{
         t_check_trans();
     }}
     if (has_totag()) {{
+        $var(w) = $(ru{{uri.param,{WORKER_PARAM}}});
+        if (!ds_is_from_list() && uri==myself && ($var(w) != "" || $sht(calls=>$ci) != $null)) {{
+            # to a Contact that names the front door: a worker's (sip.public_address) names its port, a trunk
+            # registration's does not (the worker that took the Call-ID)
+            remove_hf("Route");
+            if ($var(w) != "") {{
+                $du = "sip:127.0.0.1:" + $var(w);
+            }} else {{
+                $du = $sht(calls=>$ci);
+            }}
+            if (is_method("BYE")) {{ $sht(calls=>$ci) = $null; }}
+            {'if (is_method("BYE")) { ds_load_update(); }' if least else ''}
+            t_relay();
+            exit;
+        }}
         if (loose_route()) {{
             if (is_method("BYE")) {{ $sht(calls=>$ci) = $null; }}
             {'if (is_method("BYE")) { ds_load_update(); }' if least else ''}
@@ -145,6 +223,13 @@ request_route {{
         if (!is_method("ACK")) {{ sl_send_reply("481", "Call Does Not Exist"); }}
         exit;
     }}
+    if (ds_is_from_list()) {{
+        # a worker's own request (a trunk's REGISTER, a call out) through the front door: to its Request-URI
+        loose_route();
+        if (is_method("INVITE")) {{ record_route(); }}
+        if (!t_relay()) {{ sl_reply_error(); }}
+        exit;
+    }}
     remove_hf("Route");
     if (is_method("OPTIONS")) {{ sl_send_reply("200", "OK"); exit; }}
     if (!is_method("INVITE")) {{
@@ -152,6 +237,9 @@ request_route {{
         sl_send_reply("405", "Method Not Allowed");
         exit;
     }}
+    {acl_check}
+    remove_hf("{SOURCE_HEADER}");
+    append_hf("{SOURCE_HEADER}: $siz:$sp\\r\\n");
     record_route();
     if (!ds_select_dst("1", "{ALGORITHMS[w.dispatch]}")) {{
         {_refuse(cfg, False)}
@@ -216,6 +304,8 @@ class FrontDoor:
         """Write the config and check it with `kamailio -c`; raise naming Kamailio's complaint."""
         lst = self.dir / "dispatcher.list"
         lst.write_text(dispatcher_list(self.cfg, self.count))
+        (self.dir / "address.list").write_text(address_list(self.cfg))
+        (self.dir / "tls.cfg").write_text(tls_config(self.cfg))
         path = self.dir / "kamailio.cfg"
         path.write_text(kamailio_config(self.cfg, lst))
         try:

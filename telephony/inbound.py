@@ -9,16 +9,23 @@ is refused with 403, so nobody can reach a carrier's numbers by sending INVITEs 
 A call from no trunk (a softphone, a PBX on the LAN) is checked the same way against the top-level `sip.allow`
 and `sip.users`: from an allowed address, or with the credentials of one of the users; with neither configured,
 any source may call.
+
+Behind the Kamailio front door every INVITE comes from the front door's address; the front door names the
+caller's own address in `X-VG-Source` (after removing any the caller sent), and a gateway believes that header
+only from the addresses in `sip.front_door`.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from telephony.config import SipConfig, TrunkConfig
 from telephony.digest import DigestServer, parse_authorization
+from telephony.logs import event
+from telephony.sip_uri import parse_sip_uri
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -52,12 +59,40 @@ def source_ip(address: str) -> str:
     return address.rsplit(":", 1)[0] if address.count(":") == 1 else address
 
 
+SOURCE_HEADER = "X-VG-Source"
+
+
+def caller_source(src: str, headers: Mapping[str, str], front_door: Sequence[str]) -> str:
+    """The address a call comes from: `src` (pjsip's `srcAddress`), or for an INVITE from one of the `front_door`
+    networks the caller's address that the front door wrote into `headers` (SOURCE_HEADER)."""
+    named = headers.get(SOURCE_HEADER, "").strip()
+    if named and _inside(source_ip(src), [ipaddress.ip_network(n, strict=False) for n in front_door]):
+        return named
+    return src
+
+
 def _inside(ip: str, nets: Sequence[Network]) -> bool:
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:
         return False
     return any(addr in n for n in nets)
+
+
+def resolve_sources(t: TrunkConfig) -> list[Network]:
+    """The networks a trunk's calls may come from: `allow`, plus every address the registrar and the outbound
+    proxy resolve to (looked up once, at start)."""
+    nets: list[Network] = [ipaddress.ip_network(a, strict=False) for a in t.allow]
+    for uri in filter(None, (t.registrar, t.outbound_proxy)):
+        host = parse_sip_uri(uri).host
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_UDP)
+        except OSError as e:
+            event("trunk_resolve_error", host=host, error=str(e))
+            continue
+        for info in infos:
+            nets.append(ipaddress.ip_network(str(info[4][0])))
+    return nets
 
 
 def inbound_realm(t: TrunkConfig) -> str:

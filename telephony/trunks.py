@@ -11,7 +11,6 @@ import contextlib
 import ipaddress
 import json
 import os
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ import pjsua2 as pj
 
 from telephony.config import Config, TrunkConfig
 from telephony.digest import nonce_key
+from telephony.inbound import resolve_sources
 from telephony.keepalive import Keepalive, OptionsPinger
 from telephony.logs import event
 from telephony.registration import Registration
@@ -43,22 +43,6 @@ def registrar_uri(t: TrunkConfig) -> str:
     return f"{t.registrar};transport={t.transport}"
 
 
-def resolve_sources(t: TrunkConfig) -> list[Network]:
-    """The networks a trunk's calls may come from: `allow`, plus every address the registrar and the outbound
-    proxy resolve to (looked up once, at start)."""
-    nets: list[Network] = [ipaddress.ip_network(a, strict=False) for a in t.allow]
-    for uri in filter(None, (t.registrar, t.outbound_proxy)):
-        host = parse_sip_uri(uri).host
-        try:
-            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_UDP)
-        except OSError as e:
-            event("trunk_resolve_error", host=host, error=str(e))
-            continue
-        for info in infos:
-            nets.append(ipaddress.ip_network(str(info[4][0])))
-    return nets
-
-
 def _account_config(t: TrunkConfig, ac: Any, user: str, registers: bool) -> Any:
     """`ac` (the gateway's media settings) set up for trunk `t` as `user`."""
     ac.idUri = f"sip:{user}@{parse_sip_uri(t.registrar).host}"
@@ -72,6 +56,10 @@ def _account_config(t: TrunkConfig, ac: Any, user: str, registers: bool) -> Any:
     ac.sipConfig.authCreds.append(pj.AuthCredInfo("digest", t.realm, t.username, 0, t.password))
     if t.outbound_proxy:
         ac.sipConfig.proxies.append(_with_lr(t.outbound_proxy))
+    if t.contact:  # as given: neither rewritten from the Via the registrar saw nor marked for RFC 5626 outbound
+        ac.sipConfig.contactForced = f"<{t.contact}>"
+        ac.natConfig.contactRewriteUse = 0
+        ac.natConfig.sipOutboundUse = 0
     return ac
 
 

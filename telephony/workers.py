@@ -4,12 +4,14 @@ A pjsua2 process serves at most 4 calls (DESIGN §2), so `voicegate serve --work
 Kamailio front door (more than one, or `workers.remote` gateways on other machines), each listens on loopback
 (`workers.first_port` + i, UDP) and owns one N-th of the configured RTP range; the stream transports and the
 metrics and control endpoints (fixed ports) run in worker 0. With `when_full: {reply: announcement}` one more
-worker (index N) answers the calls no worker has room for, says the text and hangs up.
+worker (index N) answers the calls no worker has room for, says the text and hangs up. With `sip.public_address`
+each worker writes it into its SDP (`rtp.public_address`) and names the front door in its Contact.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agents.config import ScriptedAgentConfig
@@ -21,6 +23,9 @@ if TYPE_CHECKING:
 PORTS_PER_CALL = 2
 """RTP and RTCP."""
 CALLS_PER_WORKER = 4
+WORKER_PARAM = "vgw"
+"""The Contact URI parameter with which a local worker behind `sip.public_address` names its port (the front
+door's address is its Contact's host)."""
 
 
 def behind_front_door(workers: WorkersConfig, count: int) -> bool:
@@ -43,16 +48,14 @@ def fit_problem(workers: WorkersConfig, count: int, sip: SipConfig, rtp: RtpConf
     if not behind_front_door(workers, count):
         return ""
     count = processes(workers, count)
-    if "tls" in sip.transports:
-        return "several workers with SIP over TLS are not there yet (the Kamailio front door would end TLS)"
-    if sip.public_address:
-        return ("several workers with sip.public_address are not there yet (each worker's SDP would need it, its "
-                "Contact must not)")
-    if sip.allow:
-        return ("several workers with sip.allow are not there yet (workers see the front door's address, not the "
-                "caller's; sip.users works)")
-    if any(t.registers for t in trunks.values()):
-        return "several workers with a registering trunk are not there yet (the registration belongs at the front door)"
+    registering = [n for n, t in trunks.items() if t.registers]
+    if registering and sip.listen == "0.0.0.0" and not sip.public_address:
+        return (f"trunk {registering[0]} registers through the front door, whose address the carrier must call: "
+                "set sip.listen or sip.public_address")
+    if tls := [n for n in registering if trunks[n].transport == "tls"]:
+        return f"several workers with a trunk that registers over TLS ({tls[0]}) are not there yet"
+    if proxied := [n for n in registering if trunks[n].outbound_proxy]:
+        return f"several workers with a registering trunk with an outbound_proxy ({proxied[0]}) are not there yet"
     span = range(workers.first_port, workers.first_port + count)
     if span.stop - 1 > 65535:
         return f"{count} workers from first_port {workers.first_port} run past port 65535"
@@ -76,23 +79,53 @@ def worker_port(cfg: Config, index: int, count: int) -> int:
     return cfg.workers.first_port + index if behind_front_door(cfg.workers, count) else cfg.sip.port
 
 
+def front_door_host(sip: SipConfig) -> str:
+    """Where the workers reach the front door."""
+    return "127.0.0.1" if sip.listen == "0.0.0.0" else sip.listen
+
+
+def _trunk_behind_front_door(cfg: Config, t: TrunkConfig, index: int) -> TrunkConfig:
+    """Worker 0 registers a registering trunk once for all, through the front door and with the front door's
+    address as Contact, so that the carrier's calls reach the front door and any worker; the others only take
+    the trunk's calls."""
+    if not t.registers:
+        return t
+    if index > 0:
+        return t.model_copy(update={"registers": False})
+    params = "" if t.transport == "udp" else f";transport={t.transport}"
+    host = cfg.sip.public_address or cfg.sip.listen
+    return t.model_copy(update={
+        "contact": t.contact or f"sip:{t.username}@{host}:{cfg.sip.port}{params}",
+        "outbound_proxy": f"sip:{front_door_host(cfg.sip)}:{cfg.sip.port}"})
+
+
 def worker_config(cfg: Config, index: int, count: int) -> Config:
     """The config worker `index` of `count` runs with. One worker alone is the gateway as configured; behind the
     front door every worker refuses a call it has no slot for with 486, so that the front door tries the next one."""
     if not behind_front_door(cfg.workers, count):
         return cfg
     lo, hi = rtp_slice(cfg.rtp, index, processes(cfg.workers, count))
+    public = cfg.sip.public_address
     sip = cfg.sip.model_copy(update={"listen": "127.0.0.1", "port": worker_port(cfg, index, count),
-                                     "transports": ["udp"], "public_address": None, "tls": None})
+                                     "transports": ["udp"], "public_address": None, "tls": None,
+                                     "front_door": [front_door_host(cfg.sip)],
+                                     "contact": (f"sip:voicegate@{public}:{cfg.sip.port};"
+                                                 f"{WORKER_PARAM}={worker_port(cfg, index, count)}")
+                                     if public else None})
+    rtp = cfg.rtp.model_copy(update={"port_min": lo, "port_max": hi,
+                                     "public_address": cfg.rtp.public_address or public})
     workers = cfg.workers.model_copy(update={
         "count": count, "when_full": cfg.workers.when_full.model_copy(update={"reply": 486})})
-    update: dict[str, object] = {"sip": sip, "rtp": cfg.rtp.model_copy(update={"port_min": lo, "port_max": hi}),
-                                 "workers": workers}
+    update: dict[str, object] = {"sip": sip, "rtp": rtp,
+                                 "workers": workers,
+                                 "trunks": {n: _trunk_behind_front_door(cfg, t, index) for n, t in cfg.trunks.items()}}
     if index > 0:
         update["transports"] = cfg.transports.model_copy(update={"media_stream": None, "audiosocket": None,
                                                                  "webrtc": None})
         update["metrics"] = cfg.metrics.model_copy(update={"enabled": False})
         update["control"] = None  # one control endpoint (dial), in worker 0
+        status = Path(cfg.trunk_status_path)
+        update["trunk_status_path"] = str(status.with_name(f"worker{index}-{status.name}"))  # `voicegate trunks`: 0's
     if index == count:  # the announcer: one scripted agent for every number
         full = cfg.workers.when_full
         busy = ScriptedAgentConfig.model_validate({"type": "scripted", "start": "busy", "voice": full.voice, "nodes": {

@@ -10,6 +10,10 @@ The router forwards and masquerades what leaves its WAN side (nftables, in the r
 a home router, lets in from the WAN only packets of connections the LAN opened. The server's default route points
 at the router, but the private 192.168.77.0/24 is unreachable from it except through those NAT mappings, so a
 peer that sends media to the address in a NATed caller's SDP loses it. `ip netns del` removes everything.
+
+`two_hosts` is the plainer lab of two machines on one link (a front door and a worker elsewhere):
+
+    front 198.18.78.1 ── 198.18.78.2 back
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ CALLER_IP = "192.168.77.2"
 ROUTER_LAN_IP = "192.168.77.1"
 ROUTER_WAN_IP = "198.18.77.1"
 SERVER_IP = "198.18.77.2"
+FRONT_IP = "198.18.78.1"
+BACK_IP = "198.18.78.2"
 
 _RULES = """
 table ip vgnat {
@@ -96,6 +102,37 @@ def nat_lab() -> Iterator[NatLab]:
         subprocess.run(lab.cmd(lab.router, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]), check=True, timeout=10)
         subprocess.run(lab.cmd(lab.router, ["nft", "-f", "-"]), input=_RULES, text=True, check=True, timeout=10)
         yield lab
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+
+@dataclass(frozen=True)
+class TwoHosts:
+    front: str
+    back: str
+
+    def cmd(self, ns: str, args: Sequence[str]) -> list[str]:
+        """`args` run inside namespace `ns`."""
+        return ["ip", "netns", "exec", ns, *args]
+
+
+@contextlib.contextmanager
+def two_hosts() -> Iterator[TwoHosts]:
+    """Two namespaces joined by one veth pair (FRONT_IP, BACK_IP), names unique to this process; removed after."""
+    tag = os.getpid()
+    hosts = TwoHosts(f"vgf{tag}", f"vgb{tag}")
+    made: list[str] = []
+    try:
+        for ns in (hosts.front, hosts.back):
+            _ip("netns", "add", ns)
+            made.append(ns)
+        _ip("link", "add", "eth0", "netns", hosts.front, "type", "veth", "peer", "name", "eth0", "netns", hosts.back)
+        for ns, addr in ((hosts.front, FRONT_IP), (hosts.back, BACK_IP)):
+            _ip("-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+        yield hosts
     finally:
         for ns in made:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)

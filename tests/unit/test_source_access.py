@@ -8,7 +8,7 @@ import pytest
 
 from telephony.config import ConfigError, parse_config
 from telephony.digest import NONCE_KEY_ENV, DigestServer, expected_response, nonce_key
-from telephony.inbound import Admission, Invite, admit
+from telephony.inbound import SOURCE_HEADER, Admission, Invite, admit, caller_source
 from telephony.supervisor import Supervisor
 
 BASE = """\
@@ -92,11 +92,17 @@ def test_bad_allow_and_missing_password_env_are_named_with_their_lines(monkeypat
                          "password) is not set or empty"), issues
 
 
-def test_several_workers_refuse_sip_allow_but_take_users(monkeypatch):
-    with pytest.raises(ConfigError) as e:
-        _cfg(monkeypatch, "  allow: [127.0.0.1]\nworkers: 2\n")
-    assert "several workers with sip.allow are not there yet" in str(e.value)
+def test_several_workers_take_sip_allow_and_users(monkeypatch):
+    assert _cfg(monkeypatch, "  allow: [127.0.0.1]\nworkers: 2\n").workers.count == 2
     assert _cfg(monkeypatch, "  users:\n    alice: {password_env: VG_ALICE_PW}\nworkers: 2\n").workers.count == 2
+
+
+def test_the_callers_address_is_the_front_doors_header_only_from_the_front_door():
+    named = {SOURCE_HEADER: "203.0.113.5:5060"}
+    assert caller_source("127.0.0.1:5060", named, ["127.0.0.1/32"]) == "203.0.113.5:5060"
+    assert caller_source("10.9.9.9:5060", named, ["127.0.0.1/32"]) == "10.9.9.9:5060"  # forged: not the door
+    assert caller_source("127.0.0.1:5060", named, []) == "127.0.0.1:5060"  # no front door: a single gateway
+    assert caller_source("127.0.0.1:5060", {}, ["127.0.0.1/32"]) == "127.0.0.1:5060"
 
 
 def test_workers_share_the_supervisors_nonce_key(monkeypatch):

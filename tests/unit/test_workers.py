@@ -10,8 +10,9 @@ import pytest
 
 from telephony.admission import Reply, decide, dialog_ids
 from telephony.config import ConfigError, parse_config
-from telephony.frontdoor import dispatcher_list, kamailio_config
+from telephony.frontdoor import address_list, dispatcher_list, kamailio_config, tls_config
 from telephony.workers import Restarts, rtp_slice, worker_config
+from tests.integration.test_tls import make_ca
 
 BASE = """\
 sip: {listen: 127.0.0.1, port: 5060}
@@ -44,9 +45,17 @@ def test_bad_workers_config_is_named_with_its_line(extra: str, line: int, words:
     assert words in issue.message, issue
 
 
-def test_several_workers_refuse_tls_public_address_and_registering_trunks():
-    with pytest.raises(ConfigError, match="public_address are not there yet"):
-        parse_config(BASE.replace("port: 5060}", "port: 5060, public_address: 192.0.2.1}") + "workers: 2\n")
+def test_several_workers_name_a_registering_trunk_with_an_outbound_proxy_or_over_tls(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("VG_X", "pw")
+    trunk = TRUNK.replace("transport: tcp}", "outbound_proxy: 'sip:10.0.0.9'}")
+    with pytest.raises(ConfigError, match=r"registering trunk with an outbound_proxy \(c\) are not there yet"):
+        parse_config(BASE + trunk + "workers: 2\n")
+    assert parse_config(BASE + trunk.replace("}", ", register: false}") + "workers: 2\n").workers.count == 2
+    tls = TRUNK.replace("transport: tcp", "transport: tls")
+    sip = "port: 5060, transports: [udp, tls], tls: {cert_file: %s, key_file: %s}}"
+    with pytest.raises(ConfigError, match=r"a trunk that registers over TLS \(c\) are not there yet"):
+        parse_config(BASE.replace("port: 5060}", sip % make_ca(tmp_path, "t")[1:]) + tls + "workers: 2\n")
 
 
 def test_rtp_slices_are_disjoint_and_cover_equal_parts():
@@ -136,3 +145,88 @@ def test_fixed_port_endpoints_run_in_worker_0_only(monkeypatch: pytest.MonkeyPat
     w0, w1 = worker_config(cfg, 0, 2), worker_config(cfg, 1, 2)
     assert w0.metrics.enabled and w0.control is not None and w0.transports.audiosocket is not None
     assert not w1.metrics.enabled and w1.control is None and w1.transports.audiosocket is None
+
+
+@pytest.mark.parametrize(("users", "checked"), [("", True), (", users: {bob: {password_env: VG_X}}", False)])
+def test_sip_allow_is_checked_at_the_front_door_unless_users_may_come_from_anywhere(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, users: str, checked: bool):
+    monkeypatch.setenv("VG_X", "pw")
+    cfg = parse_config(BASE.replace("port: 5060}", f"port: 5060, allow: [10.1.2.3, 192.168.0.0/16]{users}}}")
+                       + "workers: 2\n")
+    assert address_list(cfg) == "1 10.1.2.3 32 0\n1 192.168.0.0 16 0\n"
+    assert worker_config(cfg, 1, 2).sip.front_door == ["127.0.0.1"]  # workers believe the front door's header
+    lst = tmp_path / "dispatcher.list"
+    lst.write_text(dispatcher_list(cfg, 2))
+    (tmp_path / "address.list").write_text(address_list(cfg))
+    text = kamailio_config(cfg, lst)
+    (tmp_path / "kamailio.cfg").write_text(text)
+    check = subprocess.run(["/usr/sbin/kamailio", "-c", "-f", str(tmp_path / "kamailio.cfg")], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stderr[-2000:]
+    assert ('allow_source_address("1")' in text) == checked
+    assert 'append_hf("X-VG-Source: $siz:$sp\\r\\n")' in text
+
+
+TRUNK = """trunks:
+  c: {registrar: "sip:carrier.example:5080", username: vg, password_env: VG_X, transport: tcp}
+"""
+
+
+def test_worker_0_registers_a_trunk_once_through_the_front_door_with_its_contact(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("VG_X", "pw")
+    cfg = parse_config(BASE.replace("port: 5060}", "port: 5060, transports: [udp, tcp]}") + TRUNK
+                       + "workers: {count: 2, first_port: 6000}\n")
+    w0, w1 = (worker_config(cfg, i, 2).trunks["c"] for i in range(2))
+    assert (w0.registers, w0.contact, w0.outbound_proxy) == (
+        True, "sip:vg@127.0.0.1:5060;transport=tcp", "sip:127.0.0.1:5060")
+    assert (w1.registers, w1.contact, w1.outbound_proxy) == (False, None, None)
+    assert worker_config(cfg, 1, 2).trunk_status_path.endswith("worker1-trunks.json")
+    with pytest.raises(ConfigError, match="registers through the front door, whose address the carrier must call"):
+        parse_config(BASE.replace("listen: 127.0.0.1, port: 5060}", "listen: 0.0.0.0, port: 5060, transports: "
+                                                                     "[udp, tcp]}") + TRUNK + "workers: 2\n")
+
+
+def test_with_a_public_address_workers_put_it_in_sdp_and_the_front_doors_in_their_contact(tmp_path: Path):
+    cfg = parse_config(BASE.replace("listen: 127.0.0.1, port: 5060}", "listen: 0.0.0.0, port: 5060, "
+                                                                       "public_address: 203.0.113.7}") + "workers: 2\n")
+    w1 = worker_config(cfg, 1, 2)
+    assert (w1.sip.public_address, w1.rtp.public_address) == (None, "203.0.113.7")
+    assert w1.sip.contact == f"sip:voicegate@203.0.113.7:5060;vgw={cfg.workers.first_port + 1}"
+    lst = tmp_path / "dispatcher.list"
+    lst.write_text(dispatcher_list(cfg, 2))
+    text = kamailio_config(cfg, lst)
+    assert "listen=udp:0.0.0.0:5060 advertise 203.0.113.7:5060\n" in text
+    assert "alias=203.0.113.7:5060\nalias=127.0.0.1:5060\n" in text
+
+
+def test_tls_ends_at_the_front_door_with_the_sip_tls_settings(tmp_path: Path):
+    ca, cert, key = make_ca(tmp_path, "unit")
+    cfg = parse_config(BASE.replace("port: 5060}", f"port: 5060, transports: [udp, tls], tls: {{port: 5062, "
+                                                   f"cert_file: {cert}, key_file: {key}, ca_file: {ca}, "
+                                                   "require_client_cert: true}}") + "workers: 2\n")
+    assert worker_config(cfg, 0, 2).sip.transports == ["udp"] and worker_config(cfg, 0, 2).sip.tls is None
+    text = tls_config(cfg)
+    assert f"certificate = {cert}\nprivate_key = {key}\nca_list = {ca}\n" in text
+    assert "verify_certificate = yes\nrequire_certificate = yes\n\n[client:default]" in text
+    lst = tmp_path / "dispatcher.list"
+    lst.write_text(dispatcher_list(cfg, 2))
+    (tmp_path / "tls.cfg").write_text(text)
+    (tmp_path / "kamailio.cfg").write_text(kamailio_config(cfg, lst))
+    assert "listen=tls:127.0.0.1:5062\n" in (tmp_path / "kamailio.cfg").read_text()
+    check = subprocess.run(["/usr/sbin/kamailio", "-c", "-f", str(tmp_path / "kamailio.cfg")], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stderr[-2000:]
+
+
+def test_the_front_doors_acl_lets_the_trunks_addresses_in_and_leaves_inbound_auth_to_the_workers(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    monkeypatch.setenv("VG_X", "pw")
+    trunk = ("trunks:\n  c: {registrar: 'sip:192.0.2.9:5080', username: vg, password_env: VG_X, register: false, "
+             "allow: [198.51.100.0/24]}\n")
+    cfg = parse_config(BASE.replace("port: 5060}", "port: 5060, allow: [10.1.2.3]}") + trunk + "workers: 2\n")
+    assert address_list(cfg) == "1 10.1.2.3 32 0\n1 198.51.100.0 24 0\n1 192.0.2.9 32 0\n"
+    lst = tmp_path / "dispatcher.list"
+    assert 'allow_source_address("1")' in kamailio_config(cfg, lst)
+    auth = parse_config(BASE.replace("port: 5060}", "port: 5060, allow: [10.1.2.3]}")
+                        + trunk.replace("register: false", "register: false, inbound_auth: true") + "workers: 2\n")
+    assert 'allow_source_address("1")' not in kamailio_config(auth, lst)
