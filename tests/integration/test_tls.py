@@ -190,15 +190,17 @@ def test_a_call_over_mutual_tls_reaches_its_agent(tls_gw, pki: Pki):
 
 def test_a_sips_call_gets_a_sips_contact_and_its_route(tls_gw, pki: Pki):
     """RFC 3261 12.1.1: the INVITE went to a sips: URI, so the 200's Contact is sips: (the pjsua2 caller, strict
-    like any pjsip UA, refuses a sip: one with "480 SIPS Required"); the dialled user still picks the route."""
+    like any pjsip UA, refuses a sip: one with "480 SIPS Required"); the dialled user still picks the route, and the
+    agent's REFER and BYE reach the caller in that dialog."""
     gw, tls_port, *_ = tls_gw
-    res = call(f"sips:long@127.0.0.1:{tls_port}", "--tls-ca", str(pki.ca), "--tls-cert", str(pki.cert),
-               "--tls-key", str(pki.key), "--duration", "2")
+    res = call(f"sips:xfer@127.0.0.1:{tls_port}", "--tls-ca", str(pki.ca), "--tls-cert", str(pki.cert),
+               "--tls-key", str(pki.key), "--duration", "15")
     assert res["status"] == 200 and res["answered"], res
     assert res["agent_speech_start_frame"] is not None, res  # the caller heard the agent
-    inc = gw.wait_event("call_incoming", 5, called="long")
+    assert res["refer_to"] == ["sip:operator@example.com"] and res["remote_hangup"], res
+    inc = gw.wait_event("call_incoming", 5, called="xfer")
     end = gw.wait_event("call_end", 10, call=inc["call"])
-    assert end["agent"] == "long" and end["reason"] != "error", end
+    assert end["agent"] == "xfer" and end["reason"] == "transfer_failed", end
     assert answer_contact(end) == f"<sips:voicegate@127.0.0.1:{tls_port};transport=TLS>"
 
 
