@@ -33,8 +33,8 @@ def request_parts(message: str) -> tuple[str, str]:
 
 
 def first_header(message: str, *names: str) -> str:
-    """The value of the first of `names` (a header and its compact form, e.g. "Contact", "m") the message carries
-    first; "" if none."""
+    """The value of the first header the message carries under any of `names` (a header and its compact form,
+    e.g. "Contact", "m"); "" if none."""
     _start, msg = _headers(message)
     wanted = {n.lower() for n in names}
     return next((" ".join(str(v).split()) for k, v in msg.items() if k.lower() in wanted), "")
