@@ -33,6 +33,7 @@ from telephony.nat import DialogRoutes, nat_route
 from telephony.outbound import DialRefusedError
 from telephony.sip_headers import call_metadata, original_called, request_parts
 from telephony.sip_trace import MESSAGE_LEVEL, SipTrace
+from telephony.sips import needs_sips_contact
 from telephony.trunks import TrunkSet
 
 EXPECTED_MAX_CALLS = 4
@@ -86,6 +87,18 @@ class _Account(pj.Account):  # type: ignore[misc]
             event("sip_callback_error", where="onIncomingCall", error=repr(e))
 
 
+class _Endpoint(pj.Endpoint):  # type: ignore[misc]
+    def __init__(self, stack: SipStack) -> None:
+        super().__init__()
+        self.stack = stack
+
+    def onSelectAccount(self, prm: Any) -> None:  # noqa: N802
+        try:
+            prm.accountIndex = self.stack._select_account(int(prm.accountIndex), str(prm.rdata.wholeMsg))
+        except Exception as e:
+            event("sip_callback_error", where="onSelectAccount", error=repr(e))
+
+
 class _LogWriter(pj.LogWriter):  # type: ignore[misc]
     def __init__(self, level: int, trace: SipTrace | None) -> None:
         super().__init__()
@@ -115,6 +128,8 @@ class SipStack:
         self._periodic: list[tuple[float, float, Callable[[], None]]] = []
         self.ep: Any = None
         self.account: Any = None
+        self.sips_account: Any = None
+        """The gateway's account for requests that need a `sips:` Contact (telephony/sips.py); with TLS only."""
         self._logwriter: Any = None
         self.ports = PortPool()
         self.port = config.sip.port
@@ -191,7 +206,7 @@ class SipStack:
     def _init(self) -> None:
         cfg = self.config
         check_frame_layout()
-        self.ep = pj.Endpoint()
+        self.ep = _Endpoint(self)
         self.ep.libCreate()
         ec = pj.EpConfig()
         ec.uaConfig.threadCnt = 0
@@ -231,6 +246,7 @@ class SipStack:
         self.gate.install()
         self._routes = DialogRoutes(pj._pjsua2.__file__)
 
+        tls_transport: int | None = None
         for kind in cfg.sip.transports:
             tc = pj.TransportConfig()
             tc.port = cfg.sip.port
@@ -242,11 +258,13 @@ class SipStack:
                 ttype, tc.port = pj.PJSIP_TRANSPORT_TLS, cfg.sip.tls.port
                 _tls_settings(tc.tlsConfig, cfg.sip.tls)
             try:
-                self.ep.transportCreate(ttype, tc)
+                tid = self.ep.transportCreate(ttype, tc)
             except pj.Error as e:
                 raise SipStartError(
                     f"cannot listen on {kind} {cfg.sip.listen}:{tc.port}: {e.info()}"
                 ) from None
+            if ttype == pj.PJSIP_TRANSPORT_TLS:
+                tls_transport = tid
         self.ep.libStart()
         self.ep.audDevManager().setNullDev()
         self._set_codecs()
@@ -258,6 +276,12 @@ class SipStack:
             ac.sipConfig.contactForced = f"<{cfg.sip.contact}>"
         self.account = _Account(self)
         self.account.create(ac, True)
+        if tls_transport is not None and cfg.sip.tls is not None:
+            ac = self._account_config()
+            ac.idUri = f"sips:voicegate@{host}:{cfg.sip.tls.port}"
+            ac.sipConfig.transportId = tls_transport
+            self.sips_account = _Account(self)
+            self.sips_account.create(ac)
         self.trunks.start(self._account_config, self._incoming)
         event("sip_started", listen=cfg.sip.listen, port=cfg.sip.port, transports=cfg.sip.transports,
               max_calls=self.max_calls, pjsip=self.ep.libVersion().full)
@@ -273,6 +297,16 @@ class SipStack:
         ac.callConfig.timerUse = pj.PJSUA_SIP_TIMER_OPTIONAL
         ac.callConfig.timerSessExpiresSec = 1800
         return ac
+
+    def _select_account(self, chosen: int, message: str) -> int:
+        """The account for an incoming request pjsua gave to `chosen`: the gateway's `sips:` one when the answer
+        needs a `sips:` Contact, its `sip:` one otherwise; a trunk's account stays (pjsua thread)."""
+        if self.sips_account is None or self.account is None:
+            return chosen
+        own, secure = int(self.account.getId()), int(self.sips_account.getId())
+        if chosen not in (own, secure):
+            return chosen
+        return secure if needs_sips_contact(message) else own
 
     def _set_codecs(self) -> None:
         wanted = [CODEC_IDS[c] for c in self.config.media.codecs]
@@ -433,10 +467,11 @@ class SipStack:
         self._released.clear()
         self.ports.clear()
         self.trunks.shutdown()
-        if self.account is not None:
-            with contextlib.suppress(pj.Error):
-                self.account.shutdown()
-        self.account = None
+        for account in (self.sips_account, self.account):
+            if account is not None:
+                with contextlib.suppress(pj.Error):
+                    account.shutdown()
+        self.account = self.sips_account = None
         gc.collect()
         with contextlib.suppress(pj.Error):
             self.ep.libDestroy()

@@ -32,6 +32,14 @@ def request_parts(message: str) -> tuple[str, str]:
     return (parts[1] if len(parts) == 3 else ""), " ".join(str(msg.get("Authorization", "")).split())
 
 
+def first_header(message: str, *names: str) -> str:
+    """The value of the first header the message carries under any of `names` (a header and its compact form,
+    e.g. "Contact", "m"); "" if none."""
+    _start, msg = _headers(message)
+    wanted = {n.lower() for n in names}
+    return next((" ".join(str(v).split()) for k, v in msg.items() if k.lower() in wanted), "")
+
+
 def call_metadata(message: str) -> dict[str, str]:
     """The agent-relevant headers of a SIP request, by their usual spelling (X- headers as sent); a header sent
     several times is joined with ", " in order, as RFC 3261 7.3.1 allows."""

@@ -153,6 +153,7 @@ def tls_gw(pki: Pki, tmp_path_factory: pytest.TempPathFactory
     os.environ["VG_TEST_TLS_PW"] = "pw"
     port, tls_port = free_port(), free_port()
     cfg = yaml.safe_load(gateway_config(port))
+    cfg["records"] = {"sip_trace": True}  # the Contact voicegate answered with, as sent
     cfg["sip"].update(transports=["udp", "tls"], tls={"port": tls_port, "cert_file": str(pki.cert),
                                                        "key_file": str(pki.key), "ca_file": str(pki.ca),
                                                        "require_client_cert": True})
@@ -167,13 +168,40 @@ def tls_gw(pki: Pki, tmp_path_factory: pytest.TempPathFactory
         registrar.close()
 
 
+def answer_contact(end: dict) -> str:
+    """The Contact of the 200 OK voicegate sent to the INVITE of a finished call (from its SIP trace)."""
+    text = Path(end["sip_trace"]).read_text()
+    m = re.search(r"^SIP/2\.0 200 OK\r?\n(?:.+\n)*?(?:Contact|m):[ \t]*(.+?)\r?$", text, re.M | re.I)
+    assert m, text[:3000]
+    return m.group(1)
+
+
 def test_a_call_over_mutual_tls_reaches_its_agent(tls_gw, pki: Pki):
     gw, tls_port, *_ = tls_gw
     res = call(f"sip:echo@127.0.0.1:{tls_port};transport=tls", "--tls-ca", str(pki.ca), "--tls-cert",
                str(pki.cert), "--tls-key", str(pki.key), "--duration", "2")
     assert res["status"] == 200 and res["answered"], res
     inc = gw.wait_event("call_incoming", 5, called="echo")
-    assert gw.wait_event("call_end", 10, call=inc["call"])["agent"] == "echo"
+    end = gw.wait_event("call_end", 10, call=inc["call"])
+    assert end["agent"] == "echo"
+    # a sip: Request-URI keeps its sip: Contact (RFC 3261 12.1.1 asks for sips: only after a sips: one)
+    assert answer_contact(end) == f"<sip:voicegate@127.0.0.1:{tls_port};transport=TLS>"
+
+
+def test_a_sips_call_gets_a_sips_contact_and_its_route(tls_gw, pki: Pki):
+    """RFC 3261 12.1.1: the INVITE went to a sips: URI, so the 200's Contact is sips: (the pjsua2 caller, strict
+    like any pjsip UA, refuses a sip: one with "480 SIPS Required"); the dialled user still picks the route, and the
+    agent's REFER and BYE reach the caller in that dialog."""
+    gw, tls_port, *_ = tls_gw
+    res = call(f"sips:xfer@127.0.0.1:{tls_port}", "--tls-ca", str(pki.ca), "--tls-cert", str(pki.cert),
+               "--tls-key", str(pki.key), "--duration", "15")
+    assert res["status"] == 200 and res["answered"], res
+    assert res["agent_speech_start_frame"] is not None, res  # the caller heard the agent
+    assert res["refer_to"] == ["sip:operator@example.com"] and res["remote_hangup"], res
+    inc = gw.wait_event("call_incoming", 5, called="xfer")
+    end = gw.wait_event("call_end", 10, call=inc["call"])
+    assert end["agent"] == "xfer" and end["reason"] == "transfer_failed", end
+    assert answer_contact(end) == f"<sips:voicegate@127.0.0.1:{tls_port};transport=TLS>"
 
 
 @pytest.mark.parametrize("why", ["caller does not trust the gateway", "caller has no client certificate"])
