@@ -1,7 +1,7 @@
 """Speech recognition: the interface every engine implements, and the transcript it returns.
 
 Engines take a whole utterance (16 kHz mono float32 in [-1, 1]) and return a `Transcript`. Streaming comes from the
-caller: `agents.speech.incremental` re-runs the engine on the growing utterance while the caller speaks and passes
+caller: `agents.listener` re-runs the engine on the growing utterance while the caller speaks and passes
 the previous result as `hint`, which an engine may use to skip work it already did (moonshine verifies the hinted
 tokens in one decoder pass). Engines are CPU-heavy and run in a worker process (`agents.speech.worker`).
 """
