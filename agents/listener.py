@@ -7,7 +7,8 @@ already there (or one short pass away).
 An ended turn stays open until the agent commits its reply (starts playing it) or `MERGE_WINDOW_S` passes: if the
 caller speaks again before that, the pause was mid-sentence, so the new speech continues the same turn (one buffer,
 one transcript). The agent prepares its reply meanwhile, and before playing it checks `holding` (the caller is
-continuing) and `ended` (a longer version of the turn is coming) to drop a reply to half a sentence.
+continuing) and `continued` (a longer version of the turn is coming) to drop a reply to half a sentence; a reply
+that comes after the caller's next, separate turn (slow ASR under load) is still played.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class Listener:
         self.ended = 0
         """Turns ended so far; a HeardTurn's `seq` is this count when it ended."""
         self.heard: asyncio.Queue[HeardTurn] = asyncio.Queue()
+        self.continued: set[int] = set()
+        """`seq`s of ended turns the caller went on with: a reply to one of them is obsolete."""
         self._open_until: float | None = None
         """While set, the last turn has ended but may still be continued (until this clock time)."""
         self._start = 0.0
@@ -96,6 +99,7 @@ class Listener:
                     elif isinstance(ev, TurnDropped):
                         if self._continued:  # a click after a pause: the ended turn is open again
                             self._open_until = ev.t + MERGE_WINDOW_S
+                            self.continued.discard(self.ended)
                         else:
                             self._buf = []
         finally:
@@ -126,6 +130,7 @@ class Listener:
         """The caller speaks again before the agent answered: the same turn goes on, in the same buffer."""
         self._open_until = None
         self._continued = True
+        self.continued.add(self.ended)
         self._turn += 1  # results of passes over the shorter audio no longer count (but stay usable as hints)
         self._pause = None
 

@@ -21,8 +21,11 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from agents.speech.asr import cache_dir
 from agents.speech.tts_cache import TtsDiskCache
+from media.frames import SAMPLE_RATE
 from media.resample import resample
 
 
@@ -129,6 +132,20 @@ def engine_for(voice: str) -> Tts:
             _PIPER = PiperTts()
         return _PIPER
     return EspeakTts(voice)
+
+
+def for_playout(pcm: bytes, rate: int, rel_db: float = -40.0, keep_ms: int = 10) -> bytes:
+    """A rendering as the playout buffer takes it: 16 kHz, without the near-silence (below `rel_db` of its loudest
+    10 ms) that leads it, but for `keep_ms`. Piper starts every sentence with about 40 ms of it: waiting time."""
+    out = resample(pcm, rate)
+    x = np.frombuffer(out, dtype="<i2").astype(np.float32)
+    n = SAMPLE_RATE // 100
+    if len(x) < n:
+        return out
+    energy = (x[: len(x) // n * n].reshape(-1, n) ** 2).mean(axis=1)
+    first = int(np.argmax(energy >= energy.max() * 10 ** (rel_db / 10)))
+    start = max(0, first * n - SAMPLE_RATE * keep_ms // 1000)
+    return out[start * 2 :]
 
 
 @functools.cache
