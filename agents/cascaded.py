@@ -20,7 +20,7 @@ from agents.base import Agent, AgentFactory, BargeIn, CallControl, Dtmf, Handove
 from agents.brain import Act, Brain, DialogBrain, LlmBrain, Part, Say, UserTurn
 from agents.config import CascadedAgentConfig
 from agents.dialog import Dialog
-from agents.listener import HeardTurn, Listener
+from agents.listener import HeardTurn, Listener, reply_fate
 from agents.llm import LlmClient, LlmConfig
 from agents.speech.sentences import SentenceSplitter
 from agents.speech.tts import engine_for, for_playout, synthesize_fixed
@@ -230,11 +230,13 @@ class CascadedAgent(Agent):
         assert listener is not None
         commit_at = heard.speech_end + self.cfg.turn.commit_ms / 1000.0
         await asyncio.sleep(commit_at - time.monotonic())  # to the moment, not the next poll after it
-        while listener.ended == heard.seq and (listener.holding or time.monotonic() < commit_at):
+        while (fate := reply_fate(heard.seq, listener.ended, listener.continued, listener.holding, time.monotonic(),
+                                  commit_at)) == "wait":
             await asyncio.sleep(0.01)
-        if listener.ended != heard.seq:  # a later turn ended first: this one's continuation, or (a slow reply) not
-            return heard.seq not in listener.continued
-        listener.commit()
+        if fate == "drop":
+            return False
+        if listener.ended == heard.seq:  # else a later turn is the open one
+            listener.commit()
         return True
 
     async def _act(self, call: CallControl, act: Act) -> None:

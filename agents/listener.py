@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from agents.base import CallControl
 from agents.speech.asr import SAMPLE_RATE, AsrError, Transcript, pcm16_to_float
@@ -31,6 +32,16 @@ TAIL_S = 0.1
 """Silence kept after the last speech frame in the audio that is transcribed."""
 MERGE_WINDOW_S = 2.0
 """How long an ended, uncommitted turn can still be continued by the caller."""
+
+
+def reply_fate(seq: int, ended: int, continued: Collection[int], holding: bool, now: float, commit_at: float
+               ) -> Literal["wait", "play", "drop"]:
+    """What becomes of a prepared reply to turn `seq`, `ended` turns into the call: it waits for `commit_at` (and
+    while the caller, `holding`, goes on with the turn), plays, or is dropped because the caller went on with the
+    turn (`continued`). A later turn of its own ending first (a reply slowed by ASR under load) does not drop it."""
+    if ended != seq:
+        return "drop" if seq in continued else "play"
+    return "wait" if holding or now < commit_at else "play"
 
 
 @dataclass(frozen=True)
