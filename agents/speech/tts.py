@@ -136,7 +136,8 @@ def engine_for(voice: str) -> Tts:
 
 def for_playout(pcm: bytes, rate: int, rel_db: float = -40.0, keep_ms: int = 10) -> bytes:
     """A rendering as the playout buffer takes it: 16 kHz, without the near-silence (below `rel_db` of its loudest
-    10 ms) that leads it, but for `keep_ms`. Piper starts every sentence with about 40 ms of it: waiting time."""
+    10 ms) that leads it, but for `keep_ms`. Piper starts a sentence with 0-80 ms of it (median 40 ms over 154
+    cached sentences), time the caller only waits."""
     out = resample(pcm, rate)
     x = np.frombuffer(out, dtype="<i2").astype(np.float32)
     n = SAMPLE_RATE // 100
