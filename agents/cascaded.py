@@ -20,10 +20,10 @@ from agents.base import Agent, AgentFactory, BargeIn, CallControl, Dtmf, Handove
 from agents.brain import Act, Brain, DialogBrain, LlmBrain, Part, Say, UserTurn
 from agents.config import CascadedAgentConfig
 from agents.dialog import Dialog
-from agents.listener import HeardTurn, Listener
+from agents.listener import HeardTurn, Listener, reply_fate
 from agents.llm import LlmClient, LlmConfig
 from agents.speech.sentences import SentenceSplitter
-from agents.speech.tts import engine_for, synthesize_fixed, warm
+from agents.speech.tts import engine_for, for_playout, synthesize_fixed, warm
 from agents.speech.worker import AsrWorker, EngineSpec
 from agents.tools import CallTools, ToolConfig, ToolRunner
 from agents.turn import TurnDetector, TurnSettings
@@ -198,6 +198,7 @@ class CascadedAgent(Agent):
                         if not reply.sentences and isinstance(heard, HeardTurn) and not await self._commit(heard):
                             reply.superseded = True  # the caller went on talking: a longer turn is coming
                             return
+                        reply.marks.setdefault("play", time.monotonic())
                         reply.sentences.append(text)
                         reply.played.append(asyncio.ensure_future(call.enqueue(pcm, rate)))
                 elif isinstance(part, Act):
@@ -228,11 +229,14 @@ class CascadedAgent(Agent):
         listener = self.listener
         assert listener is not None
         commit_at = heard.speech_end + self.cfg.turn.commit_ms / 1000.0
-        while listener.ended == heard.seq and (listener.holding or time.monotonic() < commit_at):
+        await asyncio.sleep(commit_at - time.monotonic())  # to the moment, not the next poll after it
+        while (fate := reply_fate(heard.seq, listener.ended, listener.continued, listener.holding, time.monotonic(),
+                                  commit_at)) == "wait":
             await asyncio.sleep(0.01)
-        if listener.ended != heard.seq:
+        if fate == "drop":
             return False
-        listener.commit()
+        if listener.ended == heard.seq:  # else a later turn is the open one
+            listener.commit()
         return True
 
     async def _act(self, call: CallControl, act: Act) -> None:
@@ -267,6 +271,7 @@ def _turn_record(heard: HeardTurn, reply: _Reply, t0: float, interrupted: bool, 
         "speech_s": round(end - heard.start, 2), "asr_passes": heard.passes,
         "endpoint_ms": ms(heard.endpoint_at), "asr_final_ms": ms(heard.final_at), "brain_start_ms": ms(t0),
         "first_part_ms": ms(reply.marks.get("first_part")), "first_audio_ms": ms(reply.marks.get("first_audio")),
+        "play_ms": ms(reply.marks.get("play")),
         "reply": " ".join(reply.sentences)[:300], "heard": " ".join(spoken)[:300], "interrupted": interrupted,
         "continued": heard.continued, "superseded": reply.superseded,
         "segments": [[seg.language, seg.text] for seg in tr.segments] if len(tr.segments) > 1 else None,
@@ -286,6 +291,10 @@ def _fixed_lines(cfg: CascadedAgentConfig) -> list[str]:
         splitter = SentenceSplitter()
         out.extend(t for t in [*splitter.feed(text), *splitter.flush()] if "{" not in t)
     return out
+
+
+def _render(voice: str, text: str) -> tuple[bytes, int]:
+    return for_playout(*engine_for(voice).synthesize(text)), SAMPLE_RATE
 
 
 class CascadedFactory(AgentFactory):
@@ -308,16 +317,18 @@ class CascadedFactory(AgentFactory):
         await warm([self.cfg.voice, *self.cfg.voices.values()])
         if self.cfg.llm is None:  # the dialog's fixed lines, rendered before the first call
             for text in _fixed_lines(self.cfg):
-                self._tts[(self.cfg.voice, text)] = await asyncio.to_thread(synthesize_fixed, self.cfg.voice, text)
+                pcm, rate = await asyncio.to_thread(synthesize_fixed, self.cfg.voice, text)
+                self._tts[(self.cfg.voice, text)] = (for_playout(pcm, rate), SAMPLE_RATE)
 
     async def synthesize(self, voice: str, text: str) -> tuple[bytes, int]:
-        """TTS audio for one sentence; the last `TTS_CACHE` sentences are kept (dialog lines repeat)."""
+        """TTS audio for one sentence, ready to play (`for_playout`); the last `TTS_CACHE` sentences are kept
+        (dialog lines repeat)."""
         key = (voice, text)
         hit = self._tts.get(key)
         if hit is not None:
             self._tts.move_to_end(key)
             return hit
-        out = await asyncio.to_thread(engine_for(voice).synthesize, text)
+        out = await asyncio.to_thread(_render, voice, text)
         self._tts[key] = out
         if len(self._tts) > TTS_CACHE:
             self._tts.popitem(last=False)

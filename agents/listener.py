@@ -7,7 +7,8 @@ already there (or one short pass away).
 An ended turn stays open until the agent commits its reply (starts playing it) or `MERGE_WINDOW_S` passes: if the
 caller speaks again before that, the pause was mid-sentence, so the new speech continues the same turn (one buffer,
 one transcript). The agent prepares its reply meanwhile, and before playing it checks `holding` (the caller is
-continuing) and `ended` (a longer version of the turn is coming) to drop a reply to half a sentence.
+continuing) and `continued` (a longer version of the turn is coming) to drop a reply to half a sentence; a reply
+that comes after the caller's next, separate turn (slow ASR under load) is still played.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from agents.base import CallControl
 from agents.speech.asr import SAMPLE_RATE, AsrError, Transcript, pcm16_to_float
@@ -30,6 +32,16 @@ TAIL_S = 0.1
 """Silence kept after the last speech frame in the audio that is transcribed."""
 MERGE_WINDOW_S = 2.0
 """How long an ended, uncommitted turn can still be continued by the caller."""
+
+
+def reply_fate(seq: int, ended: int, continued: Collection[int], holding: bool, now: float, commit_at: float
+               ) -> Literal["wait", "play", "drop"]:
+    """What becomes of a prepared reply to turn `seq`, `ended` turns into the call: it waits for `commit_at` (and
+    while the caller, `holding`, goes on with the turn), plays, or is dropped because the caller went on with the
+    turn (`continued`). A later turn of its own ending first (a reply slowed by ASR under load) does not drop it."""
+    if ended != seq:
+        return "drop" if seq in continued else "play"
+    return "wait" if holding or now < commit_at else "play"
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,8 @@ class Listener:
         self.ended = 0
         """Turns ended so far; a HeardTurn's `seq` is this count when it ended."""
         self.heard: asyncio.Queue[HeardTurn] = asyncio.Queue()
+        self.continued: set[int] = set()
+        """`seq`s of ended turns the caller went on with: a reply to one of them is obsolete."""
         self._open_until: float | None = None
         """While set, the last turn has ended but may still be continued (until this clock time)."""
         self._start = 0.0
@@ -96,6 +110,7 @@ class Listener:
                     elif isinstance(ev, TurnDropped):
                         if self._continued:  # a click after a pause: the ended turn is open again
                             self._open_until = ev.t + MERGE_WINDOW_S
+                            self.continued.discard(self.ended)
                         else:
                             self._buf = []
         finally:
@@ -126,6 +141,7 @@ class Listener:
         """The caller speaks again before the agent answered: the same turn goes on, in the same buffer."""
         self._open_until = None
         self._continued = True
+        self.continued.add(self.ended)
         self._turn += 1  # results of passes over the shorter audio no longer count (but stay usable as hints)
         self._pause = None
 

