@@ -152,6 +152,7 @@ class CallSession:
         self._waiting: dict[int, asyncio.Future[Played]] = {}
         self._current_interruptible = False
         self._echo = False
+        self._held = False
         self._ended = asyncio.Event()
         self._last_activity = time.monotonic()
         self.voice = "joe"
@@ -189,6 +190,12 @@ class CallSession:
         if self._current_interruptible and self.media.playout.pending:
             self.media.flush(time.monotonic())  # a key press stops an interruptible prompt
         self._events.put_nowait(Dtmf(digit))
+
+    def on_hold(self, held: bool) -> None:
+        """The caller put the call on hold or took it off: no silence re-prompt or hang-up while held (the media
+        stops by itself: a held stream sends nothing, and the agent hears nothing of it)."""
+        self._held = held
+        self._touch()
 
     def on_transfer_result(self, code: int) -> None:
         self.record.end_reason = ""
@@ -399,7 +406,7 @@ class CallSession:
                 self.log("call_timeout", call=self.call_id, reason="max_call_length", limit_s=to.max_call_s)
                 await self.hangup("max_call_length")
                 return
-            if self._echo or self.media.playout.pending or self.media.detector.in_speech:
+            if self._echo or self._held or self.media.playout.pending or self.media.detector.in_speech:
                 self._touch()
                 reprompted = False
                 continue

@@ -271,6 +271,11 @@ class Gateway:
         leg.rtp = call.rtp
         self._loop.call_soon_threadsafe(self._finish, leg, why, code, reason)
 
+    def on_hold(self, call: SipCall, held: bool) -> None:
+        leg = self.legs.get(call.key)
+        if leg is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(leg.session.on_hold, held)
+
     def on_transfer_status(self, call: SipCall, code: int, reason: str) -> None:
         leg = self.legs.get(call.key)
         if leg is None or self._loop is None:
@@ -531,6 +536,7 @@ class Gateway:
         end = dict(call=leg.call_id, agent=leg.agent, reason=rec.end_reason, sip_code=code, sip_reason=reason,
                    duration_s=duration_s, codec=leg.codec, barge_ins=rec.barge_ins, resumed=rec.resumed,
                    paused_ms=rec.paused_ms, digits=rec.digits, frames_in=st.frames_in, frames_out=st.frames_out,
+                   speech_frames_out=st.speech_frames_out,
                    turns=rec.turns, transport=leg.transport, **st.tick_percentiles(), trunk=s.trunk,
                    sip_headers=s.sip_headers, direction=leg.direction)
         if leg.rtp:

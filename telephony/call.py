@@ -32,6 +32,8 @@ class CallListener(Protocol):
 
     def on_transfer_status(self, call: SipCall, code: int, reason: str) -> None: ...
 
+    def on_hold(self, call: SipCall, held: bool) -> None: ...
+
 
 _KEYS = itertools.count(1)
 _HOLD = (pj.PJSUA_CALL_MEDIA_LOCAL_HOLD, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD, pj.PJSUA_CALL_MEDIA_NONE)
@@ -110,9 +112,14 @@ class SipCall(pj.Call):  # type: ignore[misc]
             for i, mi in enumerate(ci.media):
                 if mi.type != pj.PJMEDIA_TYPE_AUDIO:
                     continue
-                self.on_hold = mi.status in _HOLD
+                held = mi.status in _HOLD
+                if held != self.on_hold and self.listener:
+                    self.listener.on_hold(self, held)
+                self.on_hold = held
                 if mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
                     self._connect(i)
+                # held: pjsua made the stream anew and its slot stays unconnected, so the agent neither plays (its
+                # queued audio waits) nor hears the hold music (tests/integration/test_call_control.py)
             si = self.getStreamInfo(0) if self.hasMedia() else None
             if si is not None:
                 self.codec = f"{si.codecName}/{si.codecClockRate}"

@@ -1,0 +1,128 @@
+"""Call control with real peers: hold and resume from a sipp caller (re-INVITEs with a=sendonly, then sendrecv)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from media.g711 import ulaw_decode
+from tests import audio
+from tests.integration.capture import Capture, Packet
+from tests.integration.peers import Gateway, ack, invite, rtp_range, sipp
+from tests.integration.test_outbound import rtp_pcap
+
+
+def sdp(version: int, direction: str) -> str:
+    return f"""v=0
+o=sipp 1 {version} IN IP4 [local_ip]
+s=-
+c=IN IP4 [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0
+a=rtpmap:0 PCMU/8000
+a={direction}"""
+
+
+def reinvite(cseq: int, body: str, answer: str) -> str:
+    """sipp scenario lines: an in-dialog INVITE carrying `body`, its 200 (whose SDP must have `a=ANSWER`), ACK."""
+    return f"""  <send retrans="500"><![CDATA[
+INVITE [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+[last_From:]
+[last_To:]
+Call-ID: [call_id]
+CSeq: {cseq} INVITE
+Contact: sip:sipp@[local_ip]:[local_port]
+Max-Forwards: 70
+Content-Type: application/sdp
+Content-Length: [len]
+
+{body}
+]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="200"><action>
+    <ereg regexp="a={answer}" search_in="body" check_it="true" assign_to="dir"/>
+  </action></recv>
+  <send><![CDATA[
+ACK [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+[last_From:]
+[last_To:]
+Call-ID: [call_id]
+CSeq: {cseq} ACK
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+"""
+
+
+ANSWER = {"sendonly": "recvonly", "inactive": "inactive"}
+
+
+def hold_scenario(pcap: str, direction: str) -> str:
+    """Call, 2 s of the agent, hold (`direction`: sendonly or inactive) for 3 s, resume (sendrecv), 3 s more, hang
+    up. On a sendonly hold the caller's side plays `pcap` (speech: hold music the agent must not take for a
+    barge-in)."""
+    play = f'  <nop><action><exec play_pcap_audio="{pcap}"/></action></nop>\n' if direction == "sendonly" else ""
+    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="hold and resume">
+{invite(sdp(1, "sendrecv"))}  <recv response="200" rrs="true"/>
+{ack(200)}  <pause milliseconds="2000"/>
+{reinvite(2, sdp(2, direction), ANSWER[direction])}{play}  <pause milliseconds="3000"/>
+{reinvite(3, sdp(3, "sendrecv"), "sendrecv")}  <pause milliseconds="3000"/>
+  <send retrans="500"><![CDATA[
+BYE [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+[last_From:]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 4 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>
+</scenario>
+"""
+
+
+def loud(p: Packet) -> bool:
+    """A packet of speech, not silence (µ-law)."""
+    return float(np.abs(audio.to_array(ulaw_decode(p.payload))).max(initial=0.0)) > 1000
+
+
+@pytest.mark.parametrize("direction", ["sendonly", "inactive"])
+def test_hold_from_sipp_stops_the_agent_and_resume_carries_on_where_it_stopped(gateway: Gateway, tmp_path: Path,
+                                                                               clips, direction: str):
+    speech = audio.to_pcm(np.tile(clips.caller, 2)[::2][: 8000 * 5 // 2])  # 2.5 s at 8 kHz: within the hold
+    rtp_pcap(tmp_path / "music.pcap", speech)
+    (tmp_path / "hold.xml").write_text(hold_scenario("music.pcap", direction))
+    media_port = rtp_range(10)[0]
+    cap = Capture(tmp_path / "caller.pcap", "lo", gateway.port)
+    try:
+        r = sipp(["-sf", "hold.xml", "-s", "long", f"127.0.0.1:{gateway.port}", "-mp", str(media_port)], tmp_path,
+                 timeout=40)
+    finally:
+        packets = cap.stop()
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    end = gateway.wait_event("call_end", 10, agent="long", reason="remote_200")
+    media = [e for e in gateway.events("call_media") if e["call"] == end["call"]]
+    assert [m["hold"] for m in media] == [False, True, False], media
+    held, resumed = media[1]["ts"], media[2]["ts"]
+    heard = [p for p in packets if p.dst[1] == media_port and p.src[1] != media_port]
+    during = [p for p in heard if held + 0.3 < p.t < resumed]
+    after = [p for p in heard if loud(p) and p.t > resumed]
+    print(f"\nhold: {len(heard)} RTP packets to the caller, {len(during)} of them in the {resumed - held:.1f} s of "
+          f"hold; {len(after)} loud after the resume; the agent played {end['speech_frames_out']} frames")
+    assert not during, f"{len(during)} RTP packets reached the caller while it held the call"
+    assert len(after) > 50, "the agent's message did not carry on after the resume"
+    # nothing the caller played on hold reached the agent: no barge-in, no pause
+    assert end["barge_ins"] == 0 and not [e for e in gateway.events("barge_in_paused") if e["call"] == end["call"]]
+    # the agent's audio waited during the hold: every frame it played went out (150 frames of hold, had it gone on)
+    first = next(p.t for p in heard if loud(p))
+    sent = len([p for p in heard if p.t >= first])
+    assert abs(end["speech_frames_out"] - sent) < 40, (end["speech_frames_out"], sent)
+
