@@ -93,6 +93,8 @@ class Announcement:
     voice: str | None = None
     consent_key: str | None = None
     timeout_s: float = 8.0
+    early_media: bool = False
+    """Played before the call is answered: the session's `on_announced` answers it."""
 
 
 @dataclass
@@ -157,6 +159,8 @@ class CallSession:
         self._last_activity = time.monotonic()
         self.voice = "joe"
         self._audio: asyncio.Queue[CallerAudio] | None = None
+        self.on_announced: Callable[[], None] | None = None
+        """Called once an early-media announcement has played (the SIP side answers the call then)."""
 
     # -- inputs (loop thread) -----------------------------------------------------------------------------
     def on_media_event(self, ev: MediaEvent) -> None:
@@ -378,6 +382,8 @@ class CallSession:
         self.record.announcement = {"played_ms": played.played_ms}
         if self._ended.is_set():
             return False
+        if a.early_media and self.on_announced is not None:
+            self.on_announced()
         if a.consent_key is None:
             return True
         deadline = time.monotonic() + a.timeout_s

@@ -220,7 +220,10 @@ class Gateway:
         call.media = leg.session.media
         call.listener = self
         self.legs[call.key] = leg
-        self._loop.call_soon_threadsafe(self._answer_when_ready, leg)
+        early = leg.session.announcement is not None and leg.session.announcement.early_media
+        if early:  # 183 with SDP now, the announcement on its media, 200 once it has played
+            leg.session.on_announced = lambda: self.stack.submit(lambda: self.stack.answer(leg.key, 200))
+        self._loop.call_soon_threadsafe(self._answer_when_ready, leg, 183 if early else 200)
         return None
 
     def _spend_watch(self, call_id: str, agent: str) -> SpendWatch | None:
@@ -508,10 +511,10 @@ class Gateway:
         self._finish(leg, why, code, reason)
 
     # -- loop thread --------------------------------------------------------------------------------------
-    def _answer_when_ready(self, leg: Leg) -> None:
+    def _answer_when_ready(self, leg: Leg, code: int = 200) -> None:
         async def answer() -> None:
             await self._ready.wait()
-            self.stack.submit(lambda: self.stack.answer(leg.key, 200))
+            self.stack.submit(lambda: self.stack.answer(leg.key, code))
 
         asyncio.ensure_future(answer())
 

@@ -1,4 +1,5 @@
-"""Call control with real peers: hold and resume from a sipp caller (re-INVITEs with a=sendonly, then sendrecv)."""
+"""Call control with real peers: hold and resume from a sipp caller (re-INVITEs with a=sendonly or inactive, then
+sendrecv); an early-media announcement (183 with SDP) before the answer."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 from media.g711 import ulaw_decode
 from tests import audio
 from tests.integration.capture import Capture, Packet
-from tests.integration.peers import Gateway, ack, invite, rtp_range, sipp
+from tests.integration.peers import EARLY_ANNOUNCEMENT, LONG_PROMPT, Gateway, ack, invite, rtp_range, sipp
 from tests.integration.test_outbound import rtp_pcap
 
 
@@ -126,3 +127,51 @@ def test_hold_from_sipp_stops_the_agent_and_resume_carries_on_where_it_stopped(g
     sent = len([p for p in heard if p.t >= first])
     assert abs(end["speech_frames_out"] - sent) < 40, (end["speech_frames_out"], sent)
 
+
+
+EARLY = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="early media, then the answer">
+{invite(sdp(1, "sendrecv"))}  <recv response="183"><action>
+    <ereg regexp="m=audio [0-9]+ RTP/AVP 0" search_in="body" check_it="true" assign_to="m"/>
+  </action></recv>
+  <recv response="200" rrs="true"/>
+{ack(200)}  <pause milliseconds="2500"/>
+  <send retrans="500"><![CDATA[
+BYE [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+[last_From:]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 2 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>
+  <Reference variables="m"/>
+</scenario>
+"""
+
+
+def test_early_media_announcement_is_heard_before_the_answer_then_the_agent(gateway: Gateway, tmp_path: Path):
+    (tmp_path / "early.xml").write_text(EARLY)
+    media_port = rtp_range(10)[0]
+    cap = Capture(tmp_path / "caller.pcap", "lo", gateway.port)
+    try:
+        r = sipp(["-sf", "early.xml", "-s", "early", f"127.0.0.1:{gateway.port}", "-mp", str(media_port)], tmp_path,
+                 timeout=40)
+    finally:
+        packets = cap.stop()
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    end = gateway.wait_event("call_end", 10, agent="long", reason="remote_200")
+    answered = gateway.wait_event("call_answered", 1, call=end["call"])
+    said = [e for e in gateway.events("agent_say") if e["call"] == end["call"]]
+    assert [e["text"][:30] for e in said] == [EARLY_ANNOUNCEMENT[:30], LONG_PROMPT[:30]], said
+    heard = [p for p in packets if p.dst[1] == media_port and p.src[1] != media_port and loud(p)]
+    before = [p for p in heard if p.t < answered["ts"]]
+    after = [p for p in heard if p.t > said[1]["ts"]]
+    print(f"\nearly media: {len(before)} loud packets before the answer ({answered['answer_ms']:.0f} ms after the "
+          f"INVITE), {len(after)} of the agent after it")
+    assert len(before) > 25, "the announcement was not heard before the 200 OK"
+    assert len(after) > 25, "the agent was not heard after the answer"
+    assert said[1]["ts"] >= answered["ts"] - 0.1, "the agent started before the call was answered"

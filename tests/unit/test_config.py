@@ -156,6 +156,17 @@ def test_an_announcement_is_text_or_a_mapping_with_a_consent_key():
     assert (issue.line, issue.field) == (7, "routes.0.announcement.consent_key"), issue
 
 
+def test_an_early_media_announcement_takes_no_consent_key_named_with_its_line():
+    base = "agents: {echo: {type: echo}}\nroutes:\n  - match: '*'\n    agent: echo\n    announcement:\n      text: Hi\n"
+    route = parse_config(base + "      early_media: true\n").route_for("1")
+    assert route is not None and route.announcement is not None and route.announcement.early_media
+    with pytest.raises(ConfigError) as e:
+        parse_config(base + "      early_media: true\n      consent_key: '1'\n", "x.yaml")
+    [issue] = e.value.issues
+    assert (issue.file, issue.line, issue.field) == ("x.yaml", 6, "routes.0.announcement")
+    assert "early_media cannot take a consent_key" in issue.message
+
+
 def test_a_pcap_route_needs_the_sip_trace_named_with_its_line(tmp_path: Path):
     text = "agents: {e: {type: echo}}\nroutes:\n  - {match: a, agent: e}\n  - match: b\n    agent: e\n    pcap: true\n"
     with pytest.raises(ConfigError) as e:
