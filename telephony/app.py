@@ -28,7 +28,7 @@ from media.events import MediaEvent
 from media.pipeline import CallMedia
 from telephony.call import SipCall
 from telephony.config import Config, ConfigError, load_config
-from telephony.control import ControlServer
+from telephony.control import ControlServer, ask_worker
 from telephony.dial_rate import DialRate
 from telephony.dtmf import DtmfDeduper
 from telephony.endpoint import Refusal, SipStack
@@ -42,6 +42,7 @@ from telephony.routes import announcement_for, announcements
 from telephony.sip_trace import trace_path
 from telephony.transfer_guard import guard_for
 from telephony.transports.servers import stream_transports
+from telephony.workers import control_peers
 
 NO_ACK_S = 5.0
 """A call whose 200 OK got no ACK within this long is hung up: its slot is one of only four (DESIGN §2), and a burst
@@ -110,10 +111,14 @@ def detector_settings(cfg: Config) -> DetectorSettings:
 
 
 class Gateway:
-    def __init__(self, config: Config, source: str | Path | None = None) -> None:
+    def __init__(self, config: Config, source: str | Path | None = None, worker: int | None = None) -> None:
         self.config = config
         self.source = source
         """The config file, re-read on SIGHUP (none: no reload)."""
+        self.worker = worker
+        """This process's worker index under `voicegate serve --workers N` (none: the gateway alone)."""
+        self.control_peers = control_peers(config, worker) if worker is not None else []
+        """The other workers' control endpoints, asked for the pcap of a call this one does not hold."""
         self._reload: asyncio.Task[bool] | None = None
         self.prompts = PromptCache(disk=True)
         self.factories: dict[str, AgentFactory] = {
@@ -156,7 +161,8 @@ class Gateway:
             self._ready.set()
             if self.config.control is not None:
                 c = self.config.control
-                self.control = ControlServer(self, self._loop, c.listen, c.port, c.token)
+                self.control = ControlServer(self, self._loop, c.listen, c.port, c.token,
+                                             pcap_only=self.worker not in (None, 0))
             for tr in self.transports:
                 await tr.start()
             event("gateway_ready", port=self.config.sip.port, agents=sorted(self.factories),
@@ -569,11 +575,34 @@ class Gateway:
         if not self.config.records.sip_trace:
             raise CaptureRefusedError(409, "pcap needs records.sip_trace: true (its SIP messages come from the trace)")
         leg = next((leg for leg in list(self.legs.values()) if leg.call_id == call_id), None)
+        if leg is None and self.control_peers:
+            return await self._capture_on_peers(call_id)
         if leg is None:
             raise CaptureRefusedError(404, f"no live SIP call with Call-ID {call_id!r}")
         pcap = self._want_pcap(leg)
         self._start_pcap(leg)
         return str(pcap.path)
+
+    async def _capture_on_peers(self, call_id: str) -> str:
+        """Worker 0: ask the other workers for the call's pcap; the first that holds the call answers 202."""
+        assert self.config.control is not None
+        silent = []
+        for index, port in self.control_peers:
+            try:
+                status, body = await asyncio.to_thread(ask_worker, port, call_id, self.config.control.token)
+            except OSError as e:
+                silent.append(f"worker {index} (127.0.0.1:{port}) did not answer: {getattr(e, 'reason', e)}")
+                continue
+            if status == 202 and isinstance(body.get("pcap"), str):
+                event("pcap_forwarded", call=call_id, held_by=index)
+                return str(body["pcap"])
+            if status != 404:
+                raise CaptureRefusedError(status, f"worker {index}: {body.get('error', status)}")
+        workers = len(self.control_peers) + 1
+        if silent:
+            raise CaptureRefusedError(503, f"no live SIP call with Call-ID {call_id!r} on the workers that answered; "
+                                           + "; ".join(silent))
+        raise CaptureRefusedError(404, f"no live SIP call with Call-ID {call_id!r} on any of the {workers} workers")
 
     def _want_pcap(self, leg: Leg) -> CallPcap:
         if leg.pcap is None:
