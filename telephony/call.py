@@ -142,6 +142,15 @@ class SipCall(pj.Call):  # type: ignore[misc]
         except Exception as e:
             event("sip_callback_error", call=self.call_id, where="onCallTransferStatus", error=repr(e))
 
+    def onCallTransferRequest(self, prm: Any) -> None:  # noqa: N802
+        """A REFER from the far end: refused (403). pjsua's default (202, then an INVITE to the Refer-To) would let
+        a caller make the gateway dial any number through its trunks; an agent transfers callers, not the reverse."""
+        try:
+            prm.statusCode = 403
+            event("refer_refused", call=self.call_id, target=str(prm.dstUri), source=self.source, code=403)
+        except Exception as e:
+            event("sip_callback_error", call=self.call_id, where="onCallTransferRequest", error=repr(e))
+
     def onStreamDestroyed(self, prm: Any) -> None:  # noqa: N802 (before DISCONNECTED: the stream still counts)
         try:
             self.rtp = with_quality(summarize(self.getStreamStat(int(prm.streamIdx))), self.codec)

@@ -1,8 +1,9 @@
 """Call control with real peers: hold and resume from a sipp caller (re-INVITEs with a=sendonly or inactive, then
-sendrecv); an early-media announcement (183 with SDP) before the answer."""
+sendrecv); an early-media announcement (183 with SDP) before the answer; a caller's REFER refused."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -175,3 +176,55 @@ def test_early_media_announcement_is_heard_before_the_answer_then_the_agent(gate
     assert len(before) > 25, "the announcement was not heard before the 200 OK"
     assert len(after) > 25, "the agent was not heard after the answer"
     assert said[1]["ts"] >= answered["ts"] - 0.1, "the agent started before the call was answered"
+
+
+def refer_scenario(target: str) -> str:
+    """Call, REFER the gateway to `target` (expect 403), then hang up: the call outlives the refusal."""
+    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="a caller's REFER">
+{invite(sdp(1, "sendrecv"))}  <recv response="200" rrs="true"/>
+{ack(200)}  <send retrans="500"><![CDATA[
+REFER [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+[last_From:]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 2 REFER
+Contact: sip:sipp@[local_ip]:[local_port]
+Refer-To: <{target}>
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="403"/>
+  <pause milliseconds="1000"/>
+  <send retrans="500"><![CDATA[
+BYE [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+[last_From:]
+[last_To:]
+Call-ID: [call_id]
+CSeq: 3 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>
+</scenario>
+"""
+
+
+def test_a_callers_refer_is_refused_and_nothing_is_dialled(gateway: Gateway, tmp_path: Path):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as target:
+        target.bind(("127.0.0.1", 0))
+        target.setblocking(False)
+        uri = f"sip:premium@127.0.0.1:{target.getsockname()[1]}"
+        (tmp_path / "refer.xml").write_text(refer_scenario(uri))
+        r = sipp(["-sf", "refer.xml", "-s", "echo", f"127.0.0.1:{gateway.port}", "-mp", str(rtp_range(10)[0])],
+                 tmp_path, timeout=30)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+        with pytest.raises(BlockingIOError):
+            target.recv(4096)  # pjsua's default would have sent an INVITE here within the second before the BYE
+    end = gateway.wait_event("call_end", 10, agent="echo", reason="remote_200")
+    refused = gateway.wait_event("refer_refused", 1, call=end["call"])
+    assert refused["target"] == f"<{uri}>" and refused["code"] == 403, refused
