@@ -151,6 +151,17 @@ class SipCall(pj.Call):  # type: ignore[misc]
         except Exception as e:
             event("sip_callback_error", call=self.call_id, where="onCallTransferRequest", error=repr(e))
 
+    def onCallReplaceRequest(self, prm: Any) -> None:  # noqa: N802
+        """An INVITE with Replaces for this call (RFC 3891; the far end's attended transfer to voicegate): refused
+        (403). pjsua's default answered it 200 itself, with no agent on the new call, and left this one up (seen
+        with a raw UDP peer); handing a running agent over to the new call is not there yet."""
+        try:
+            prm.statusCode = 403
+            prm.reason = "Replacing a voicegate call is not supported"
+            event("replaces_refused", call=self.call_id, code=403)
+        except Exception as e:
+            event("sip_callback_error", call=self.call_id, where="onCallReplaceRequest", error=repr(e))
+
     def onStreamDestroyed(self, prm: Any) -> None:  # noqa: N802 (before DISCONNECTED: the stream still counts)
         try:
             self.rtp = with_quality(summarize(self.getStreamStat(int(prm.streamIdx))), self.codec)

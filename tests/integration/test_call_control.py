@@ -1,8 +1,10 @@
 """Call control with real peers: hold and resume from a sipp caller (re-INVITEs with a=sendonly or inactive, then
-sendrecv); an early-media announcement (183 with SDP) before the answer; a caller's REFER refused."""
+sendrecv); an early-media announcement (183 with SDP) before the answer; a caller's REFER and an INVITE that would
+replace a call refused."""
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -228,3 +230,63 @@ def test_a_callers_refer_is_refused_and_nothing_is_dialled(gateway: Gateway, tmp
     end = gateway.wait_event("call_end", 10, agent="echo", reason="remote_200")
     refused = gateway.wait_event("refer_refused", 1, call=end["call"])
     assert refused["target"] == f"<{uri}>" and refused["code"] == 403, refused
+
+
+class RawUac:
+    """A UDP SIP peer for two dialogs at once (an INVITE with Replaces names another dialog's Call-ID and tags,
+    which a sipp scenario, bound to one Call-ID, cannot send)."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(5)
+        self.port = self.sock.getsockname()[1]
+
+    def send(self, method: str, call_id: str, tag: str, cseq: int, branch: str, remote_tag: str = "",
+             extra: str = "") -> None:
+        body = ("v=0\r\no=raw 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                f"m=audio {rtp_range(10)[0]} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n") if method == "INVITE" else ""
+        ruri = f"sip:echo@127.0.0.1:{self.gw.port}"
+        msg = (f"{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{branch};rport\r\n"
+               f"From: <sip:raw@127.0.0.1:{self.port}>;tag={tag}\r\n"
+               f"To: <{ruri}>{';tag=' + remote_tag if remote_tag else ''}\r\n"
+               f"Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\n"
+               f"Contact: <sip:raw@127.0.0.1:{self.port}>\r\nMax-Forwards: 70\r\n{extra}"
+               + ("Content-Type: application/sdp\r\n" if body else "") + f"Content-Length: {len(body)}\r\n\r\n{body}")
+        self.sock.sendto(msg.encode(), ("127.0.0.1", self.gw.port))
+
+    def final(self, call_id: str) -> tuple[int, str]:
+        """The next final response of `call_id` (status, the message)."""
+        while True:
+            msg = self.sock.recv(65535).decode()
+            if msg.startswith("SIP/2.0 ") and f"Call-ID: {call_id}" in msg and int(msg.split()[1]) >= 200:
+                return int(msg.split()[1]), msg
+
+
+def to_tag(msg: str) -> str:
+    m = re.search(r"^To:.*;tag=([^;\r\n]+)", msg, re.M)
+    assert m, msg
+    return m.group(1)
+
+
+def test_an_invite_replacing_a_live_call_is_refused_and_the_call_goes_on(gateway: Gateway):
+    uac = RawUac(gateway)
+    try:
+        uac.send("INVITE", "repl-a@raw", "ta", 1, "a1")
+        code, ok = uac.final("repl-a@raw")
+        assert code == 200, ok
+        uac.send("ACK", "repl-a@raw", "ta", 1, "a2", to_tag(ok))
+        gateway.wait_event("call_answered", 5, call="repl-a@raw")
+        replaces = f"Replaces: repl-a@raw;to-tag={to_tag(ok)};from-tag=ta\r\n"
+        uac.send("INVITE", "repl-b@raw", "tb", 1, "b1", extra=replaces)
+        code, refused = uac.final("repl-b@raw")
+        uac.send("ACK", "repl-b@raw", "tb", 1, "b1", to_tag(refused))  # a non-2xx's ACK: same branch
+        assert code == 403 and "not supported" in refused.splitlines()[0], refused
+        assert gateway.wait_event("replaces_refused", 1, call="repl-a@raw")["code"] == 403
+        assert not gateway.events("call_end") or all(e["call"] != "repl-a@raw" for e in gateway.events("call_end"))
+        uac.send("BYE", "repl-a@raw", "ta", 2, "a3", to_tag(ok))
+        assert uac.final("repl-a@raw")[0] == 200, "the replaced call was not up any more"
+        assert gateway.wait_event("call_end", 5, call="repl-a@raw")["reason"] == "remote_200"
+    finally:
+        uac.sock.close()
