@@ -93,6 +93,15 @@ Content-Length: 0
 """
 
 
+def sipp_call(gw: Gateway, scenario: str, service: str, media_port: int, cwd: Path) -> str:
+    """Run `scenario` (a file in `cwd`) against `service` from sipp; the Call-ID of the call it placed."""
+    before = len(gw.events("call_incoming"))
+    r = sipp(["-sf", scenario, "-s", service, f"127.0.0.1:{gw.port}", "-mp", str(media_port)], cwd, timeout=40)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    [incoming] = gw.events("call_incoming")[before:]
+    return str(incoming["call"])
+
+
 def loud(p: Packet) -> bool:
     """A packet of speech, not silence (µ-law)."""
     return float(np.abs(audio.to_array(ulaw_decode(p.payload))).max(initial=0.0)) > 1000
@@ -107,12 +116,11 @@ def test_hold_from_sipp_stops_the_agent_and_resume_carries_on_where_it_stopped(g
     media_port = rtp_range(10)[0]
     cap = Capture(tmp_path / "caller.pcap", "lo", gateway.port)
     try:
-        r = sipp(["-sf", "hold.xml", "-s", "long", f"127.0.0.1:{gateway.port}", "-mp", str(media_port)], tmp_path,
-                 timeout=40)
+        call_id = sipp_call(gateway, "hold.xml", "long", media_port, tmp_path)
     finally:
         packets = cap.stop()
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    end = gateway.wait_event("call_end", 10, agent="long", reason="remote_200")
+    end = gateway.wait_event("call_end", 10, call=call_id)
+    assert end["reason"] == "remote_200", end
     media = [e for e in gateway.events("call_media") if e["call"] == end["call"]]
     assert [m["hold"] for m in media] == [False, True, False], media
     held, resumed = media[1]["ts"], media[2]["ts"]
@@ -161,12 +169,11 @@ def test_early_media_announcement_is_heard_before_the_answer_then_the_agent(gate
     media_port = rtp_range(10)[0]
     cap = Capture(tmp_path / "caller.pcap", "lo", gateway.port)
     try:
-        r = sipp(["-sf", "early.xml", "-s", "early", f"127.0.0.1:{gateway.port}", "-mp", str(media_port)], tmp_path,
-                 timeout=40)
+        call_id = sipp_call(gateway, "early.xml", "early", media_port, tmp_path)
     finally:
         packets = cap.stop()
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    end = gateway.wait_event("call_end", 10, agent="long", reason="remote_200")
+    end = gateway.wait_event("call_end", 10, call=call_id)
+    assert end["reason"] == "remote_200", end
     answered = gateway.wait_event("call_answered", 1, call=end["call"])
     said = [e for e in gateway.events("agent_say") if e["call"] == end["call"]]
     assert [e["text"][:30] for e in said] == [EARLY_ANNOUNCEMENT[:30], LONG_PROMPT[:30]], said
@@ -222,12 +229,11 @@ def test_a_callers_refer_is_refused_and_nothing_is_dialled(gateway: Gateway, tmp
         target.setblocking(False)
         uri = f"sip:premium@127.0.0.1:{target.getsockname()[1]}"
         (tmp_path / "refer.xml").write_text(refer_scenario(uri))
-        r = sipp(["-sf", "refer.xml", "-s", "echo", f"127.0.0.1:{gateway.port}", "-mp", str(rtp_range(10)[0])],
-                 tmp_path, timeout=30)
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+        call_id = sipp_call(gateway, "refer.xml", "echo", rtp_range(10)[0], tmp_path)
         with pytest.raises(BlockingIOError):
             target.recv(4096)  # pjsua's default would have sent an INVITE here within the second before the BYE
-    end = gateway.wait_event("call_end", 10, agent="echo", reason="remote_200")
+    end = gateway.wait_event("call_end", 10, call=call_id)
+    assert end["reason"] == "remote_200", end
     refused = gateway.wait_event("refer_refused", 1, call=end["call"])
     assert refused["target"] == f"<{uri}>" and refused["code"] == 403, refused
 
