@@ -1,6 +1,6 @@
 """Call control with real peers: hold and resume from a sipp caller (re-INVITEs with a=sendonly or inactive, then
-sendrecv); an early-media announcement (183 with SDP) before the answer; a caller's REFER and an INVITE that would
-replace a call refused."""
+sendrecv); an early-media announcement (183 with SDP) before the answer; a blind transfer the caller carries out
+(REFER, 202, NOTIFY 200); a caller's REFER and an INVITE that would replace a call refused."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from media.g711 import ulaw_decode
 from tests import audio
 from tests.integration.capture import Capture, Packet
-from tests.integration.peers import EARLY_ANNOUNCEMENT, LONG_PROMPT, Gateway, ack, invite, rtp_range, sipp
+from tests.integration.peers import EARLY_ANNOUNCEMENT, LONG_PROMPT, Gateway, ack, invite, reply, rtp_range, sipp
 from tests.integration.test_outbound import rtp_pcap
 
 
@@ -185,6 +185,45 @@ def test_early_media_announcement_is_heard_before_the_answer_then_the_agent(gate
     assert len(before) > 25, "the announcement was not heard before the 200 OK"
     assert len(after) > 25, "the agent was not heard after the answer"
     assert said[1]["ts"] >= answered["ts"] - 0.1, "the agent started before the call was answered"
+
+
+TRANSFEREE = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="a caller that carries out the agent's REFER">
+{invite(sdp(1, "sendrecv"))}  <recv response="200" rrs="true"><action>
+    <ereg regexp=";tag=([^;> \r\n]+)" search_in="hdr" header="To:" check_it="true" assign_to="junk,gwtag"/>
+  </action></recv>
+{ack(200)}  <recv request="REFER" timeout="15000"><action>
+    <ereg regexp="sip:operator@example[.]com" search_in="hdr" header="Refer-To:" check_it="true" assign_to="target"/>
+  </action></recv>
+{reply("202 Accepted")}  <send retrans="500"><![CDATA[
+NOTIFY [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+To: <sip:[service]@[remote_ip]:[remote_port]>;tag=[$gwtag]
+Call-ID: [call_id]
+CSeq: 2 NOTIFY
+Contact: sip:sipp@[local_ip]:[local_port]
+Event: refer
+Subscription-State: terminated;reason=noresource
+Max-Forwards: 70
+Content-Type: message/sipfrag;version=2.0
+Content-Length: [len]
+
+SIP/2.0 200 OK
+]]></send>
+  <recv response="200"/>
+  <recv request="BYE" timeout="10000"/>
+{reply("200 OK")}  <Reference variables="junk,target"/>
+</scenario>
+"""
+
+
+def test_a_blind_transfer_the_caller_carries_out_ends_the_call_with_its_target(gateway: Gateway, tmp_path: Path):
+    (tmp_path / "transferee.xml").write_text(TRANSFEREE)
+    call_id = sipp_call(gateway, "transferee.xml", "xfer", rtp_range(10)[0], tmp_path)
+    end = gateway.wait_event("call_end", 10, call=call_id)
+    assert end["reason"] == "transfer:sip:operator@example.com", end  # a failed one says transfer_failed
+    assert gateway.wait_event("transfer_result", 1, call=call_id)["code"] == 200
 
 
 def refer_scenario(target: str) -> str:
