@@ -153,7 +153,7 @@ class SipCall(pj.Call):  # type: ignore[misc]
 
     def onCallReplaceRequest(self, prm: Any) -> None:  # noqa: N802
         """An INVITE with Replaces for this call (RFC 3891; the far end's attended transfer to voicegate): refused
-        (403). pjsua's default answered it 200 itself, with no agent on the new call, and left this one up (seen
+        (403). pjsua's default answered it 200 itself, with no agent on the new call, and hung this one up (seen
         with a raw UDP peer); handing a running agent over to the new call is not there yet."""
         try:
             prm.statusCode = 403
