@@ -64,14 +64,14 @@ class HangupStep(_Strict):
 
 class TransferStep(_Strict):
     transfer: str
-    """SIP URI to transfer the caller to (blind transfer with REFER)."""
+    """SIP URI to transfer the caller to (blind transfer with REFER, unless `attended`)."""
     headers: dict[str, str] = {}
     """X- or User-to-User headers for the transfer target (`{variables}` filled in), sent as headers of the
     Refer-To URI, which the transferee copies into its INVITE (RFC 3261 19.1.1, RFC 3515 2.1)."""
     timeout_s: float = Field(30.0, gt=0)
     """How long to wait for the transfer's outcome."""
     attended: bool = False
-    """Attended (consultative) transfer: not there yet, refused with the reason (ScriptedAgentConfig)."""
+    """Call the target first and transfer the caller once it answers (REFER with Replaces); else blind."""
 
 
 class EchoStep(_Strict):
@@ -119,11 +119,7 @@ class ScriptedAgentConfig(_Strict):
                     targets = [*step.cases.values(), step.default]
                 elif isinstance(step, ToolStep) and step.on_error is not None:
                     targets = [step.on_error]
-                elif isinstance(step, TransferStep) and step.attended:
-                    raise ValueError(f"node {node!r}: attended transfer is not there yet: voicegate places no "
-                                     "consultation call to the target beside the caller's (pjsua2's xferReplaces "
-                                     "would then send the REFER with Replaces); only blind transfer (REFER) is "
-                                     "offered: drop `attended`")
+
                 for t in targets:
                     if t not in names:
                         raise ValueError(f"node {node!r} jumps to unknown node {t!r}")

@@ -52,7 +52,7 @@ class CallActions(Protocol):
 
     def hangup(self) -> None: ...
 
-    def transfer(self, uri: str) -> None: ...
+    def transfer(self, uri: str, attended: bool = False) -> None: ...
 
     def send_dtmf(self, digits: str) -> None: ...
 
@@ -292,16 +292,16 @@ class CallSession:
             self.record.end_reason = reason
         self.actions.hangup()
 
-    async def transfer(self, uri: str) -> bool:
+    async def transfer(self, uri: str, attended: bool = False) -> bool:
         why = self.transfer_guard(uri) if self.transfer_guard is not None else ""
         if why:
             self.log("transfer_refused", call=self.call_id, target=uri, reason=why)
             self.record.transfers_refused.append({"target": uri, "reason": why})
             self._events.put_nowait(TransferFailed(403))
             return False
-        self.log("agent_transfer", call=self.call_id, target=uri)
+        self.log("agent_transfer", call=self.call_id, target=uri, attended=attended)
         self.record.end_reason = self.record.end_reason or f"transfer:{uri}"
-        self.actions.transfer(uri)
+        self.actions.transfer(uri, attended)
         return True
 
     async def send_dtmf(self, digits: str) -> None:

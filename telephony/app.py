@@ -62,8 +62,8 @@ class SipActions:
     def hangup(self) -> None:
         self.stack.submit(lambda: self.stack.hangup(self.key))
 
-    def transfer(self, uri: str) -> None:
-        self.stack.submit(lambda: self.stack.transfer(self.key, uri))
+    def transfer(self, uri: str, attended: bool = False) -> None:
+        self.stack.submit(lambda: self.stack.transfer(self.key, uri, attended))
 
     def send_dtmf(self, digits: str) -> None:
         self.stack.submit(lambda: self.stack.send_dtmf(self.key, digits))
@@ -272,6 +272,7 @@ class Gateway:
                 leg.recording.on_dtmf(digit)
 
     def on_disconnected(self, call: SipCall, code: int, reason: str) -> None:
+        self.stack.consults.end(call.key)
         leg = self.legs.pop(call.key, None)
         if leg is None or self._loop is None:
             return
@@ -290,6 +291,7 @@ class Gateway:
         if leg is None or self._loop is None:
             return
         event("transfer_result", call=call.call_id, code=code, reason=reason)
+        self.stack.consults.end(call.key)  # an attended transfer's consultation, if any, is over
         if 200 <= code < 300:
             leg.end_reason = "transferred"
             self.stack.hangup(leg.key)

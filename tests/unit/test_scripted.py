@@ -56,7 +56,7 @@ class Actions:
     def hangup(self) -> None:
         self.hung_up.set()
 
-    def transfer(self, uri: str) -> None:
+    def transfer(self, uri: str, attended: bool = False) -> None:
         raise AssertionError("no transfer in this flow")
 
     def send_dtmf(self, digits: str) -> None:
