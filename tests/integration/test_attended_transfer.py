@@ -32,8 +32,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
 
 
 def answerer(*args: str) -> subprocess.Popen[str]:
-    """The target, answering at TARGET for 12 s; returns once it listens."""
-    target = subprocess.Popen([sys.executable, "-m", "tests.integration.answerer", str(TARGET), "12", *args],
+    """The target, answering at TARGET (for 30 s at most); returns once it listens."""
+    target = subprocess.Popen([sys.executable, "-m", "tests.integration.answerer", str(TARGET), "30", *args],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert target.stdout is not None
     ready = next(ln for ln in target.stdout if ln.startswith("{"))  # pjlib prints its banner first
@@ -42,7 +42,9 @@ def answerer(*args: str) -> subprocess.Popen[str]:
 
 
 def events(target: subprocess.Popen[str]) -> list[dict[str, object]]:
-    out, _ = target.communicate(timeout=30)
+    """What the target saw (it is stopped: the caller's call is over, and every line is flushed as it happens)."""
+    target.kill()
+    out, _ = target.communicate(timeout=10)
     return [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
 
 
