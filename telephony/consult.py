@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import pjsua2 as pj
 
+from agents.config import CONSULT_RING_S
 from telephony.logs import event
 from telephony.outbound import DialRefusedError
 
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
     from telephony.call import SipCall
     from telephony.endpoint import SipStack
 
-RING_S = 30.0
+RING_S = CONSULT_RING_S
 """How long the target may ring before the consultation is given up (the agent hears 408)."""
 
 

@@ -23,7 +23,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     port = free_port()
     agents = {"att": {"type": "scripted", "voice": "en", "start": "a", "nodes": {"a": [
         {"say": "Connecting you."},
-        {"transfer": f"sip:desk@127.0.0.1:{TARGET}", "attended": True, "timeout_s": 10},
+        {"transfer": f"sip:desk@127.0.0.1:{TARGET}", "attended": True, "timeout_s": 25},
         {"say": "Sorry, nobody took the call."}, {"hangup": "transfer_failed"}]}}}
     cfg = yaml.safe_load(gateway_config(port, agents=agents, routes=[{"match": "att", "agent": "att"}]))
     g = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-att"), port)

@@ -185,3 +185,7 @@ def test_a_transfer_step_is_blind_unless_attended():
             "routes:\n  - {match: '*', agent: x}\n")
     steps = parse_config(text).agents["x"].nodes["a"]  # type: ignore[union-attr]
     assert [s.attended for s in steps] == [True, False]  # type: ignore[union-attr]
+    with pytest.raises(ConfigError) as e:  # the target may ring 20 s: a flow that waits less hangs the caller up
+        parse_config(text.replace("attended: true", "attended: true, timeout_s: 10"), "x.yaml")
+    [issue] = e.value.issues
+    assert issue.line == 3 and "timeout_s must be over 20 s" in issue.message, issue
