@@ -157,9 +157,11 @@ class CallControl(Protocol):
 
     async def hangup(self, reason: str = "agent") -> None: ...
 
-    async def transfer(self, uri: str) -> bool:
-        """Blind transfer (REFER); False when the gateway refused the target itself (the toll-fraud guard), which
-        also queues TransferFailed(403). A refusal by the far end comes later, as TransferFailed."""
+    async def transfer(self, uri: str, attended: bool = False) -> bool:
+        """Blind transfer (REFER), or `attended`: the gateway calls the target first and REFERs the caller with
+        Replaces once it answers (telephony/consult.py). False when the gateway refused the target itself (the
+        toll-fraud guard), which also queues TransferFailed(403). A refusal by the far end comes later, as
+        TransferFailed."""
         ...
 
     async def send_dtmf(self, digits: str) -> None: ...

@@ -62,14 +62,21 @@ class HangupStep(_Strict):
     hangup: str = "normal"
 
 
+CONSULT_RING_S = 20.0
+"""How long an attended transfer's target may ring before the transfer fails (telephony/consult.py)."""
+
+
 class TransferStep(_Strict):
     transfer: str
-    """SIP URI to transfer the caller to (blind transfer with REFER)."""
+    """SIP URI to transfer the caller to (blind transfer with REFER, unless `attended`)."""
     headers: dict[str, str] = {}
     """X- or User-to-User headers for the transfer target (`{variables}` filled in), sent as headers of the
     Refer-To URI, which the transferee copies into its INVITE (RFC 3261 19.1.1, RFC 3515 2.1)."""
     timeout_s: float = Field(30.0, gt=0)
     """How long to wait for the transfer's outcome."""
+    attended: bool = False
+    """Call the target first and transfer the caller once it answers (REFER with Replaces); else blind. The
+    target may ring `CONSULT_RING_S`: `timeout_s` must be longer."""
 
 
 class EchoStep(_Strict):
@@ -117,6 +124,11 @@ class ScriptedAgentConfig(_Strict):
                     targets = [*step.cases.values(), step.default]
                 elif isinstance(step, ToolStep) and step.on_error is not None:
                     targets = [step.on_error]
+                elif isinstance(step, TransferStep) and step.attended and step.timeout_s <= CONSULT_RING_S:
+                    raise ValueError(f"node {node!r}: an attended transfer's timeout_s must be over "
+                                     f"{CONSULT_RING_S:.0f} s: its target may ring that long before the transfer "
+                                     "fails (with less, the flow stops waiting and the caller is hung up)")
+
                 for t in targets:
                     if t not in names:
                         raise ValueError(f"node {node!r} jumps to unknown node {t!r}")

@@ -103,8 +103,8 @@ class _Tagged:
     async def hangup(self, reason: str = "agent") -> None:
         await self._call.hangup(reason)
 
-    async def transfer(self, uri: str) -> bool:
-        return await self._call.transfer(uri)
+    async def transfer(self, uri: str, attended: bool = False) -> bool:
+        return await self._call.transfer(uri, attended)
 
     async def send_dtmf(self, digits: str) -> None:
         await self._call.send_dtmf(digits)

@@ -106,7 +106,8 @@ class ScriptedAgent(Agent):
                 return None
             elif isinstance(step, TransferStep):
                 await call.transfer(uri_with_headers(step.transfer, {k: render_text(v, variables)
-                                                                     for k, v in step.headers.items()}))
+                                                                     for k, v in step.headers.items()}),
+                                    step.attended)
                 if not await _transfer_failed(call, step.timeout_s):
                     return None  # transferred: the call ends on the SIP side
                 # refused: the flow goes on with the next step (say sorry, go back to the menu)

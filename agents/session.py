@@ -52,7 +52,7 @@ class CallActions(Protocol):
 
     def hangup(self) -> None: ...
 
-    def transfer(self, uri: str) -> None: ...
+    def transfer(self, uri: str, attended: bool = False) -> None: ...
 
     def send_dtmf(self, digits: str) -> None: ...
 
@@ -93,6 +93,8 @@ class Announcement:
     voice: str | None = None
     consent_key: str | None = None
     timeout_s: float = 8.0
+    early_media: bool = False
+    """Played before the call is answered: the session's `on_announced` answers it."""
 
 
 @dataclass
@@ -152,10 +154,13 @@ class CallSession:
         self._waiting: dict[int, asyncio.Future[Played]] = {}
         self._current_interruptible = False
         self._echo = False
+        self._held = False
         self._ended = asyncio.Event()
         self._last_activity = time.monotonic()
         self.voice = "joe"
         self._audio: asyncio.Queue[CallerAudio] | None = None
+        self.on_announced: Callable[[], None] | None = None
+        """Called once an early-media announcement has played (the SIP side answers the call then)."""
 
     # -- inputs (loop thread) -----------------------------------------------------------------------------
     def on_media_event(self, ev: MediaEvent) -> None:
@@ -189,6 +194,12 @@ class CallSession:
         if self._current_interruptible and self.media.playout.pending:
             self.media.flush(time.monotonic())  # a key press stops an interruptible prompt
         self._events.put_nowait(Dtmf(digit))
+
+    def on_hold(self, held: bool) -> None:
+        """The caller put the call on hold or took it off: no silence re-prompt or hang-up while held (the media
+        stops by itself: a held stream sends nothing, and the agent hears nothing of it)."""
+        self._held = held
+        self._touch()
 
     def on_transfer_result(self, code: int) -> None:
         self.record.end_reason = ""
@@ -281,16 +292,16 @@ class CallSession:
             self.record.end_reason = reason
         self.actions.hangup()
 
-    async def transfer(self, uri: str) -> bool:
+    async def transfer(self, uri: str, attended: bool = False) -> bool:
         why = self.transfer_guard(uri) if self.transfer_guard is not None else ""
         if why:
             self.log("transfer_refused", call=self.call_id, target=uri, reason=why)
             self.record.transfers_refused.append({"target": uri, "reason": why})
             self._events.put_nowait(TransferFailed(403))
             return False
-        self.log("agent_transfer", call=self.call_id, target=uri)
+        self.log("agent_transfer", call=self.call_id, target=uri, attended=attended)
         self.record.end_reason = self.record.end_reason or f"transfer:{uri}"
-        self.actions.transfer(uri)
+        self.actions.transfer(uri, attended)
         return True
 
     async def send_dtmf(self, digits: str) -> None:
@@ -371,6 +382,8 @@ class CallSession:
         self.record.announcement = {"played_ms": played.played_ms}
         if self._ended.is_set():
             return False
+        if a.early_media and self.on_announced is not None:
+            self.on_announced()
         if a.consent_key is None:
             return True
         deadline = time.monotonic() + a.timeout_s
@@ -399,7 +412,7 @@ class CallSession:
                 self.log("call_timeout", call=self.call_id, reason="max_call_length", limit_s=to.max_call_s)
                 await self.hangup("max_call_length")
                 return
-            if self._echo or self.media.playout.pending or self.media.detector.in_speech:
+            if self._echo or self._held or self.media.playout.pending or self.media.detector.in_speech:
                 self._touch()
                 reprompted = False
                 continue

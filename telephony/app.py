@@ -28,7 +28,7 @@ from media.events import MediaEvent
 from media.pipeline import CallMedia
 from telephony.call import SipCall
 from telephony.config import Config, ConfigError, load_config
-from telephony.control import ControlServer
+from telephony.control import ControlServer, ask_worker
 from telephony.dial_rate import DialRate
 from telephony.dtmf import DtmfDeduper
 from telephony.endpoint import Refusal, SipStack
@@ -42,6 +42,7 @@ from telephony.routes import announcement_for, announcements
 from telephony.sip_trace import trace_path
 from telephony.transfer_guard import guard_for
 from telephony.transports.servers import stream_transports
+from telephony.workers import control_peers
 
 NO_ACK_S = 5.0
 """A call whose 200 OK got no ACK within this long is hung up: its slot is one of only four (DESIGN §2), and a burst
@@ -61,8 +62,8 @@ class SipActions:
     def hangup(self) -> None:
         self.stack.submit(lambda: self.stack.hangup(self.key))
 
-    def transfer(self, uri: str) -> None:
-        self.stack.submit(lambda: self.stack.transfer(self.key, uri))
+    def transfer(self, uri: str, attended: bool = False) -> None:
+        self.stack.submit(lambda: self.stack.transfer(self.key, uri, attended))
 
     def send_dtmf(self, digits: str) -> None:
         self.stack.submit(lambda: self.stack.send_dtmf(self.key, digits))
@@ -110,10 +111,14 @@ def detector_settings(cfg: Config) -> DetectorSettings:
 
 
 class Gateway:
-    def __init__(self, config: Config, source: str | Path | None = None) -> None:
+    def __init__(self, config: Config, source: str | Path | None = None, worker: int | None = None) -> None:
         self.config = config
         self.source = source
         """The config file, re-read on SIGHUP (none: no reload)."""
+        self.worker = worker
+        """This process's worker index under `voicegate serve --workers N` (none: the gateway alone)."""
+        self.control_peers = control_peers(config, worker) if worker is not None else []
+        """The other workers' control endpoints, asked for the pcap of a call this one does not hold."""
         self._reload: asyncio.Task[bool] | None = None
         self.prompts = PromptCache(disk=True)
         self.factories: dict[str, AgentFactory] = {
@@ -156,7 +161,8 @@ class Gateway:
             self._ready.set()
             if self.config.control is not None:
                 c = self.config.control
-                self.control = ControlServer(self, self._loop, c.listen, c.port, c.token)
+                self.control = ControlServer(self, self._loop, c.listen, c.port, c.token,
+                                             pcap_only=self.worker not in (None, 0))
             for tr in self.transports:
                 await tr.start()
             event("gateway_ready", port=self.config.sip.port, agents=sorted(self.factories),
@@ -220,7 +226,10 @@ class Gateway:
         call.media = leg.session.media
         call.listener = self
         self.legs[call.key] = leg
-        self._loop.call_soon_threadsafe(self._answer_when_ready, leg)
+        early = leg.session.announcement is not None and leg.session.announcement.early_media
+        if early:  # 183 with SDP now, the announcement on its media, 200 once it has played
+            leg.session.on_announced = lambda: self.stack.submit(lambda: self.stack.answer(leg.key, 200))
+        self._loop.call_soon_threadsafe(self._answer_when_ready, leg, 183 if early else 200)
         return None
 
     def _spend_watch(self, call_id: str, agent: str) -> SpendWatch | None:
@@ -263,6 +272,7 @@ class Gateway:
                 leg.recording.on_dtmf(digit)
 
     def on_disconnected(self, call: SipCall, code: int, reason: str) -> None:
+        self.stack.consults.end(call.key)
         leg = self.legs.pop(call.key, None)
         if leg is None or self._loop is None:
             return
@@ -271,11 +281,17 @@ class Gateway:
         leg.rtp = call.rtp
         self._loop.call_soon_threadsafe(self._finish, leg, why, code, reason)
 
+    def on_hold(self, call: SipCall, held: bool) -> None:
+        leg = self.legs.get(call.key)
+        if leg is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(leg.session.on_hold, held)
+
     def on_transfer_status(self, call: SipCall, code: int, reason: str) -> None:
         leg = self.legs.get(call.key)
         if leg is None or self._loop is None:
             return
         event("transfer_result", call=call.call_id, code=code, reason=reason)
+        self.stack.consults.end(call.key)  # an attended transfer's consultation, if any, is over
         if 200 <= code < 300:
             leg.end_reason = "transferred"
             self.stack.hangup(leg.key)
@@ -503,10 +519,10 @@ class Gateway:
         self._finish(leg, why, code, reason)
 
     # -- loop thread --------------------------------------------------------------------------------------
-    def _answer_when_ready(self, leg: Leg) -> None:
+    def _answer_when_ready(self, leg: Leg, code: int = 200) -> None:
         async def answer() -> None:
             await self._ready.wait()
-            self.stack.submit(lambda: self.stack.answer(leg.key, 200))
+            self.stack.submit(lambda: self.stack.answer(leg.key, code))
 
         asyncio.ensure_future(answer())
 
@@ -531,6 +547,7 @@ class Gateway:
         end = dict(call=leg.call_id, agent=leg.agent, reason=rec.end_reason, sip_code=code, sip_reason=reason,
                    duration_s=duration_s, codec=leg.codec, barge_ins=rec.barge_ins, resumed=rec.resumed,
                    paused_ms=rec.paused_ms, digits=rec.digits, frames_in=st.frames_in, frames_out=st.frames_out,
+                   speech_frames_out=st.speech_frames_out,
                    turns=rec.turns, transport=leg.transport, **st.tick_percentiles(), trunk=s.trunk,
                    sip_headers=s.sip_headers, direction=leg.direction)
         if leg.rtp:
@@ -560,11 +577,34 @@ class Gateway:
         if not self.config.records.sip_trace:
             raise CaptureRefusedError(409, "pcap needs records.sip_trace: true (its SIP messages come from the trace)")
         leg = next((leg for leg in list(self.legs.values()) if leg.call_id == call_id), None)
+        if leg is None and self.control_peers:
+            return await self._capture_on_peers(call_id)
         if leg is None:
             raise CaptureRefusedError(404, f"no live SIP call with Call-ID {call_id!r}")
         pcap = self._want_pcap(leg)
         self._start_pcap(leg)
         return str(pcap.path)
+
+    async def _capture_on_peers(self, call_id: str) -> str:
+        """Worker 0: ask the other workers for the call's pcap; the first that holds the call answers 202."""
+        assert self.config.control is not None
+        silent = []
+        for index, port in self.control_peers:
+            try:
+                status, body = await asyncio.to_thread(ask_worker, port, call_id, self.config.control.token)
+            except OSError as e:
+                silent.append(f"worker {index} (127.0.0.1:{port}) did not answer: {getattr(e, 'reason', e)}")
+                continue
+            if status == 202 and isinstance(body.get("pcap"), str):
+                event("pcap_forwarded", call=call_id, held_by=index)
+                return str(body["pcap"])
+            if status != 404:
+                raise CaptureRefusedError(status, f"worker {index}: {body.get('error', status)}")
+        workers = len(self.control_peers) + 1
+        if silent:
+            raise CaptureRefusedError(503, f"no live SIP call with Call-ID {call_id!r} on the workers that answered; "
+                                           + "; ".join(silent))
+        raise CaptureRefusedError(404, f"no live SIP call with Call-ID {call_id!r} on any of the {workers} workers")
 
     def _want_pcap(self, leg: Leg) -> CallPcap:
         if leg.pcap is None:

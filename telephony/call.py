@@ -32,6 +32,8 @@ class CallListener(Protocol):
 
     def on_transfer_status(self, call: SipCall, code: int, reason: str) -> None: ...
 
+    def on_hold(self, call: SipCall, held: bool) -> None: ...
+
 
 _KEYS = itertools.count(1)
 _HOLD = (pj.PJSUA_CALL_MEDIA_LOCAL_HOLD, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD, pj.PJSUA_CALL_MEDIA_NONE)
@@ -110,9 +112,14 @@ class SipCall(pj.Call):  # type: ignore[misc]
             for i, mi in enumerate(ci.media):
                 if mi.type != pj.PJMEDIA_TYPE_AUDIO:
                     continue
-                self.on_hold = mi.status in _HOLD
+                held = mi.status in _HOLD
+                if held != self.on_hold and self.listener:
+                    self.listener.on_hold(self, held)
+                self.on_hold = held
                 if mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
                     self._connect(i)
+                # held: pjsua made the stream anew and its slot stays unconnected, so the agent neither plays (its
+                # queued audio waits) nor hears the hold music (tests/integration/test_call_control.py)
             si = self.getStreamInfo(0) if self.hasMedia() else None
             if si is not None:
                 self.codec = f"{si.codecName}/{si.codecClockRate}"
@@ -134,6 +141,26 @@ class SipCall(pj.Call):  # type: ignore[misc]
                 self.listener.on_transfer_status(self, int(prm.statusCode), str(prm.reason))
         except Exception as e:
             event("sip_callback_error", call=self.call_id, where="onCallTransferStatus", error=repr(e))
+
+    def onCallTransferRequest(self, prm: Any) -> None:  # noqa: N802
+        """A REFER from the far end: refused (403). pjsua's default (202, then an INVITE to the Refer-To) would let
+        a caller make the gateway dial any number through its trunks; an agent transfers callers, not the reverse."""
+        try:
+            prm.statusCode = 403
+            event("refer_refused", call=self.call_id, target=str(prm.dstUri), source=self.source, code=403)
+        except Exception as e:
+            event("sip_callback_error", call=self.call_id, where="onCallTransferRequest", error=repr(e))
+
+    def onCallReplaceRequest(self, prm: Any) -> None:  # noqa: N802
+        """An INVITE with Replaces for this call (RFC 3891; the far end's attended transfer to voicegate): refused
+        (403). pjsua's default answered it 200 itself, with no agent on the new call, and hung this one up (seen
+        with a raw UDP peer); handing a running agent over to the new call is not there yet."""
+        try:
+            prm.statusCode = 403
+            prm.reason = "Replacing a voicegate call is not supported"
+            event("replaces_refused", call=self.call_id, code=403)
+        except Exception as e:
+            event("sip_callback_error", call=self.call_id, where="onCallReplaceRequest", error=repr(e))
 
     def onStreamDestroyed(self, prm: Any) -> None:  # noqa: N802 (before DISCONNECTED: the stream still counts)
         try:

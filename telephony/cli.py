@@ -66,7 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
 
         with ops_sinks(cfg):
             # a worker's config is derived from the file: re-reading the file (SIGHUP) would undo that
-            uvloop.run(Gateway(cfg, None if args.worker_index is not None else args.config).run())
+            uvloop.run(Gateway(cfg, None if args.worker_index is not None else args.config, args.worker_index).run())
     except VoicegateError as e:
         print(f"voicegate: {e}", file=sys.stderr)
         return 3

@@ -278,6 +278,16 @@ class AnnouncementConfig(_Strict):
     """A key the caller must press to go on; without it the call ends (reason `no_consent`)."""
     timeout_s: float = Field(8.0, gt=0, le=60)
     """How long after the announcement the consent key is waited for."""
+    early_media: bool = False
+    """Play it before answering, as early media (183 Session Progress with SDP), then answer (200) and start the
+    agent. SIP calls only; other transports play it after the answer as usual."""
+
+    @model_validator(mode="after")
+    def _early(self) -> AnnouncementConfig:
+        if self.early_media and self.consent_key is not None:
+            raise ValueError("early_media cannot take a consent_key: a call not answered yet may carry no audio "
+                             "(nor RFC 4733 keys) from the caller (early media is often one-way)")
+        return self
 
     @field_validator("voice")
     @classmethod

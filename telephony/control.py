@@ -5,6 +5,9 @@ asks for a live call's pcap (telephony/pcap.py), written when the call ends: 202
 HTTP on a thread (the standard library's WSGI server, as the metrics endpoint), authenticated by a bearer token
 compared in constant time. Each request hands the call to the gateway's loop and waits for the INVITE to be out:
 201 with `{"call", "uri", "trunk", "caller_id", "agent"}`, or the refusal's status with `{"error"}`.
+
+With workers, worker 0 serves this endpoint and asks the other workers' (`pcap_only`, on loopback) for the pcap of
+a call it does not hold (`ask_worker`, telephony/workers.py `control_peers`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import asyncio
 import hmac
 import json
 import threading
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Coroutine, Iterable
 from http import HTTPStatus
 from typing import Any, Protocol
@@ -26,6 +32,8 @@ from telephony.outbound import AmdOptions, DialPlan, DialRefusedError
 from telephony.pcap import CaptureRefusedError
 
 MAX_BODY = 4096
+PEER_TIMEOUT_S = 3.0
+"""How long worker 0 waits for another worker's answer about a call."""
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
@@ -77,7 +85,23 @@ def parse_request(body: bytes) -> tuple[str, str, str | None, float, AmdOptions 
     return req["number"], req["agent"], trunk, float(ring_s), None if amd is None else AmdOptions(**amd)
 
 
-def control_app(gateway: Originator, loop: asyncio.AbstractEventLoop, token: str) -> WsgiApp:
+def ask_worker(port: int, call_id: str, token: str) -> tuple[int, dict[str, Any]]:
+    """`POST /calls/<Call-ID>/pcap` to another worker's control endpoint on loopback: its status and JSON body.
+    Raises OSError when it does not answer (a worker restarting)."""
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/calls/{urllib.parse.quote(call_id, safe='@')}/pcap",
+                                 data=b"", method="POST", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=PEER_TIMEOUT_S) as r:
+            return int(r.status), json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            body = json.loads(e.read())
+        except ValueError:
+            body = {"error": f"HTTP {e.code}"}
+        return int(e.code), body if isinstance(body, dict) else {"error": str(body)}
+
+
+def control_app(gateway: Originator, loop: asyncio.AbstractEventLoop, token: str, pcap_only: bool = False) -> WsgiApp:
     expected = f"Bearer {token}".encode()
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -95,6 +119,9 @@ def control_app(gateway: Originator, loop: asyncio.AbstractEventLoop, token: str
             return _reply(start_response, 405, {"error": f"{method} {path}: only POST"}, [("Allow", "POST")])
         if pcap:
             return _capture(gateway, loop, path.removeprefix("/calls/").removesuffix("/pcap"), start_response)
+        if pcap_only:
+            return _reply(start_response, 404, {"error": "this worker serves only POST /calls/<Call-ID>/pcap: "
+                                                         "place calls through worker 0's control endpoint"})
         size = environ.get("CONTENT_LENGTH") or "0"
         try:
             if not size.isdigit() or int(size) > MAX_BODY:
@@ -128,10 +155,10 @@ class ControlServer:
     """The control endpoint's HTTP server, on a daemon thread."""
 
     def __init__(self, gateway: Originator, loop: asyncio.AbstractEventLoop, listen: str, port: int,
-                 token: str) -> None:
+                 token: str, pcap_only: bool = False) -> None:
         try:
-            self._server = make_server(listen, port, control_app(gateway, loop, token), ThreadingWSGIServer,
-                                       handler_class=_QuietHandler)
+            self._server = make_server(listen, port, control_app(gateway, loop, token, pcap_only),
+                                       ThreadingWSGIServer, handler_class=_QuietHandler)
         except OSError as e:
             raise VoicegateError(f"control: cannot listen on {listen}:{port}: {e.strerror or e}") from None
         self.port = int(self._server.server_port)

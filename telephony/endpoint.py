@@ -25,6 +25,7 @@ import pjsua2 as pj
 from telephony.admission import SipGate
 from telephony.call import SipCall
 from telephony.config import Config, SipTlsConfig
+from telephony.consult import Consultations
 from telephony.errors import PjsuaBuildError, SipStartError
 from telephony.inbound import SOURCE_HEADER, Invite, admit, caller_source
 from telephony.logs import event, event_at
@@ -139,6 +140,9 @@ class SipStack:
         self.gate: SipGate | None = None
         self._routes: DialogRoutes | None = None
         self.every(0.25, self._trunk_tick)  # trunks may come with a reloaded config
+        self.consults = Consultations(self)
+        """Attended transfers under way (telephony/consult.py)."""
+        self.every(1.0, self.consults.tick)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self, timeout: float = 10.0) -> None:
@@ -432,9 +436,13 @@ class SipStack:
         except pj.Error as e:
             event("sip_hangup_error", call=call.call_id, error=e.info())
 
-    def transfer(self, key: int, uri: str) -> None:
+    def transfer(self, key: int, uri: str, attended: bool = False) -> None:
+        """REFER the caller to `uri` (blind), or first call `uri` and REFER with Replaces once it answers."""
         call = self.calls.get(key)
         if call is None or call.disconnected:
+            return
+        if attended:
+            self.consults.start(call, uri)
             return
         if "?" in uri and not uri.startswith("<"):
             uri = f"<{uri}>"  # a URI with headers must be a name-addr in Refer-To (RFC 3261 20.10)

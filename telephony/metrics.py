@@ -35,6 +35,8 @@ JITTER_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1)
 RTT_BUCKETS = (0.001, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0)
 TRUNK_STATES = ("unregistered", "registering", "registered", "failed")
 """A trunk's registration states (telephony/registration.py); `failed` is backing off until its next retry."""
+KEEPALIVE_STATES = ("unknown", "up", "down")
+"""A trunk's OPTIONS keepalive states (telephony/keepalive.py); `unknown` until the first ping's outcome."""
 
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -88,6 +90,11 @@ class GatewayMetrics:
                                 "(pjsip's 408/503 for timeouts and transport errors)", ["trunk"], registry=r)
         self.trunk_failures = Gauge("voicegate_trunk_failures", "A trunk's failed REGISTERs in a row", ["trunk"],
                                     registry=r)
+        self.keepalive = Gauge("voicegate_trunk_keepalive", "1 for a pinging trunk's current OPTIONS keepalive state "
+                               "(up: its last ping was answered, down: timed out or a transport error), 0 for the "
+                               "others", ["trunk", "state"], registry=r)
+        self.keepalive_rtt = Gauge("voicegate_trunk_keepalive_rtt_seconds", "Round trip of a trunk's last answered "
+                                   "OPTIONS keepalive", ["trunk"], registry=r)
         self.ready = Gauge("voicegate_ready", "1 when SIP is up and new calls are taken", registry=r)
         self.state = "starting"
         self._lock = threading.Lock()
@@ -179,12 +186,28 @@ class GatewayMetrics:
         self.trunk_code.labels(trunk).set(float(f.get("code") or 0))
         self.trunk_failures.labels(trunk).set(float(f.get("failures") or 0))
 
+    def _trunk_added(self, f: Mapping[str, Any]) -> None:
+        if f.get("keepalive_s") is not None:
+            self._keepalive({"trunk": f["trunk"], "state": "unknown"})
+
+    def _keepalive(self, f: Mapping[str, Any]) -> None:
+        trunk, state = str(f["trunk"]), str(f["state"])
+        for s in KEEPALIVE_STATES:
+            self.keepalive.labels(trunk, s).set(1 if s == state else 0)
+
+    def _ping(self, f: Mapping[str, Any]) -> None:
+        if isinstance(f.get("rtt_ms"), int | float):
+            self.keepalive_rtt.labels(str(f["trunk"])).set(float(f["rtt_ms"]) / 1000)
+
     def _trunk_removed(self, f: Mapping[str, Any]) -> None:
         trunk = str(f["trunk"])
         for s in TRUNK_STATES:
             with contextlib.suppress(KeyError):
                 self.trunk_state.remove(trunk, s)
-        for gauge in (self.trunk_code, self.trunk_failures):
+        for s in KEEPALIVE_STATES:
+            with contextlib.suppress(KeyError):
+                self.keepalive.remove(trunk, s)
+        for gauge in (self.trunk_code, self.trunk_failures, self.keepalive_rtt):
             with contextlib.suppress(KeyError):
                 gauge.remove(trunk)
 
@@ -198,6 +221,7 @@ class GatewayMetrics:
         "transfer_refused": lambda m, f: m.transfers_refused.labels(*m._labels(f)).inc(),
         "dial_refused": lambda m, f: m.dials_refused.labels(str(f.get("status", ""))).inc(),
         "trunk_state": _trunk, "trunk_removed": _trunk_removed,
+        "trunk_added": _trunk_added, "trunk_keepalive": _keepalive, "trunk_keepalive_ping": _ping,
         "gateway_ready": lambda m, _: m._set_state("ready"),
         "gateway_draining": lambda m, _: m._set_state("draining"),
         "gateway_stopped": lambda m, _: m._set_state("stopped"),

@@ -7,7 +7,7 @@ from telephony.config import AnnouncementConfig, Config
 
 
 def _announcement(a: AnnouncementConfig) -> Announcement:
-    return Announcement(a.text, a.voice, a.consent_key, a.timeout_s)
+    return Announcement(a.text, a.voice, a.consent_key, a.timeout_s, a.early_media)
 
 
 def announcements(config: Config) -> list[Announcement]:

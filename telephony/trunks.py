@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from telephony.config import Config, TrunkConfig
 from telephony.digest import nonce_key
 from telephony.inbound import resolve_sources
 from telephony.keepalive import Keepalive, OptionsPinger
-from telephony.logs import event
+from telephony.logs import event, event_at
 from telephony.registration import Registration
 from telephony.reload import trunk_changes
 from telephony.sip_uri import parse_sip_uri
@@ -143,7 +144,8 @@ class TrunkSet:
         if t.keepalive_s is not None:
             self.keepalives[name] = Keepalive(name, t.keepalive_s)
         event("trunk_added", trunk=name, registrar=t.registrar, username=t.username, transport=t.transport,
-              srtp=t.srtp, expiry_s=t.expiry_s, register=t.registers, sources=[str(n) for n in self.sources[name]])
+              srtp=t.srtp, expiry_s=t.expiry_s, register=t.registers, sources=[str(n) for n in self.sources[name]],
+              keepalive_s=t.keepalive_s)
 
     def reconfigure(self, config: Config, calls_live: bool) -> None:
         """Take a reloaded config (pjsua thread): trunks added, removed or with new account settings get new
@@ -217,7 +219,10 @@ class TrunkSet:
         name, ka = self._pings.pop(token, ("", None))
         if ka is None or self.keepalives.get(name) is not ka:
             return
-        for ev in ka.result(time.monotonic(), code, answered):
+        changes = ka.result(time.monotonic(), code, answered)
+        # every ping's outcome, for the round-trip metric; logged only at debug level (one line per ping)
+        event_at(logging.DEBUG, "trunk_keepalive_ping", trunk=name, code=code, rtt_ms=ka.rtt_ms if answered else None)
+        for ev in changes:
             event("trunk_keepalive", **ev)
             self.write(running=True)
 

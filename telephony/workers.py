@@ -3,9 +3,10 @@
 A pjsua2 process serves at most 4 calls (DESIGN §2), so `voicegate serve --workers N` runs N gateways. Behind the
 Kamailio front door (more than one, or `workers.remote` gateways on other machines), each listens on loopback
 (`workers.first_port` + i, UDP) and owns one N-th of the configured RTP range; the stream transports and the
-metrics and control endpoints (fixed ports) run in worker 0. With `when_full: {reply: announcement}` one more
-worker (index N) answers the calls no worker has room for, says the text and hangs up. With `sip.public_address`
-each worker writes it into its SDP (`rtp.public_address`) and names the front door in its Contact.
+metrics and control endpoints (fixed ports) run in worker 0, which asks the others for the pcap of a call it does
+not hold (`control_peers`). With `when_full: {reply: announcement}` one more worker (index N) answers the calls no
+worker has room for, says the text and hangs up. With `sip.public_address` each worker writes it into its SDP
+(`rtp.public_address`) and names the front door in its Contact.
 """
 
 from __future__ import annotations
@@ -123,7 +124,9 @@ def worker_config(cfg: Config, index: int, count: int) -> Config:
         update["transports"] = cfg.transports.model_copy(update={"media_stream": None, "audiosocket": None,
                                                                  "webrtc": None})
         update["metrics"] = cfg.metrics.model_copy(update={"enabled": False})
-        update["control"] = None  # one control endpoint (dial), in worker 0
+        # one control endpoint for dialling, in worker 0; the others serve worker 0 the pcap of their calls
+        update["control"] = None if cfg.control is None or index == count else cfg.control.model_copy(
+            update={"listen": "127.0.0.1", "port": worker_port(cfg, index, count)})
         status = Path(cfg.trunk_status_path)
         update["trunk_status_path"] = str(status.with_name(f"worker{index}-{status.name}"))  # `voicegate trunks`: 0's
     if index == count:  # the announcer: one scripted agent for every number
@@ -132,6 +135,16 @@ def worker_config(cfg: Config, index: int, count: int) -> Config:
             "busy": [{"say": full.text, "interruptible": False}, {"hangup": "all_lines_busy"}]}})
         update.update(agents={"busy": busy}, routes=[RouteConfig(match="*", agent="busy")], spend={}, trunks={})
     return cfg.model_copy(update=update)
+
+
+def control_peers(cfg: Config, index: int) -> list[tuple[int, int]]:
+    """The workers whose calls worker `index` asks for a pcap it cannot find among its own: (index, port) of each
+    other local worker's control endpoint, for worker 0 of several with a control endpoint; else none. Worker i > 0
+    listens on TCP 127.0.0.1 at its SIP port's number (its SIP is UDP alone), serving `/calls/<Call-ID>/pcap` only."""
+    count = cfg.workers.count
+    if index != 0 or cfg.control is None or not behind_front_door(cfg.workers, count):
+        return []
+    return [(i, worker_port(cfg, i, count)) for i in range(1, count)]
 
 
 class Restarts:

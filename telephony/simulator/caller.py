@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> Result:
     phone.set_codecs(args.codec.split(","))
     call = phone.dial(args.uri)
     port = call.port
+    call.accept_transfer = args.accept_transfer
     if args.echo_db is not None:
         port.set_echo(10 ** (args.echo_db / 20), args.echo_delay_ms // FRAME_MS)
     dtmf = sorted((float(t), d) for d, t in (x.split("@") for x in args.dtmf)) if args.dtmf else []
@@ -96,6 +97,8 @@ def run(args: argparse.Namespace) -> Result:
             hung_up = True
             phone.hangup(call)
     phone.finish(call)
+    if call.transfer_call is not None:  # the call a carried-out REFER made: ended before its object goes
+        phone.finish(call.transfer_call)
     res.status = call.status
     res.reason = call.reason
     res.answered = call.confirmed_at is not None
@@ -136,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--echo-delay-ms", type=int, default=100)
     p.add_argument("--hold-at", type=float, help="put the call on hold this long after the answer (re-INVITE)")
     p.add_argument("--unhold-at", type=float, help="take it off hold at this time")
+    p.add_argument("--accept-transfer", action="store_true", help="carry out a REFER instead of declining it")
     p.add_argument("--codec", default="PCMU", help="comma-separated codec preference, e.g. G722,PCMA")
     p.add_argument("--rtp-port", type=int, default=40000)
     p.add_argument("--tcp", action="store_true")

@@ -165,6 +165,7 @@ def stream_stats(call: Any) -> RtpStats | None:
 class PhoneCall(pj.Call):  # type: ignore[misc]
     def __init__(self, acc: Any, port: PhonePort) -> None:
         super().__init__(acc)
+        self.acc = acc
         self.port = port
         self.status = 0
         self.reason = ""
@@ -173,6 +174,11 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         self.ended_at: float | None = None
         self.codec = ""
         self.refer_to: list[str] = []
+        self.accept_transfer = False
+        """Carry out a REFER (pjsua calls its target, with Replaces when the Refer-To names one) instead of
+        declining it."""
+        self.transfer_call: PhoneCall | None = None
+        """The call a carried-out REFER made (pjsua2 needs a Call object of its own for it)."""
         self.call_id = ""
         self.impairment: Impairment | None = None
         """With an impairment relay: what it did, once the call is finished."""
@@ -206,7 +212,11 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
 
     def onCallTransferRequest(self, prm: Any) -> None:  # noqa: N802
         self.refer_to.append(str(prm.dstUri))
-        prm.statusCode = 603  # the simulated caller records transfers and declines them
+        if not self.accept_transfer:
+            prm.statusCode = 603  # the simulated caller records transfers and declines them
+        elif self.transfer_call is None:
+            self.transfer_call = PhoneCall(self.acc, self.port)  # the target's audio reaches the same recorder
+            prm.newCall = self.transfer_call
 
     def onCallMediaState(self, prm: Any) -> None:  # noqa: N802
         try:

@@ -45,7 +45,7 @@ class _Actions:
     def hangup(self) -> None:
         self.call.hangup()
 
-    def transfer(self, uri: str) -> None:
+    def transfer(self, uri: str, attended: bool = False) -> None:
         c = self.call
         event("transfer_result", call=c.call_id, code=TRANSFER_UNSUPPORTED,
               reason=f"the {c.transport} transport cannot transfer (target {uri})")

@@ -62,6 +62,9 @@ LONG_PROMPT = (
 )
 
 
+EARLY_ANNOUNCEMENT = "This call is answered by an AI assistant."
+
+
 def gateway_config(port: int, **overrides: object) -> str:
     """The shipped voicegate.yaml, on test ports, with a `long` agent and no default route."""
     cfg = yaml.safe_load((ROOT / "voicegate.yaml").read_text())
@@ -86,6 +89,7 @@ def gateway_config(port: int, **overrides: object) -> str:
         {"match": "xfer", "agent": "xfer"},
         {"match": "echo", "agent": "echo"},
         {"match": "long", "agent": "long"},
+        {"match": "early", "agent": "long", "announcement": {"text": EARLY_ANNOUNCEMENT, "early_media": True}},
         {"match": "assistant", "agent": "assistant"},
         {"match": "/^demo$|^100$/", "agent": "demo"},
     ]

@@ -86,14 +86,16 @@ def loud(p: Packet) -> bool:
     return max(map(abs, array.array("h", alaw_decode(p.payload))), default=0) > 1000
 
 
-def caller(lab: NatLab, scenario: str, service: str, workdir: Path) -> None:
-    """sipp in the caller's namespace runs `scenario` against `service` on the gateway."""
+def caller(lab: NatLab, scenario: str, service: str, workdir: Path, transport: str = "u1") -> None:
+    """sipp in the caller's namespace runs `scenario` against `service` on the gateway (`transport`: sipp's -t,
+    u1 for UDP, t1 for TCP)."""
     if not (workdir / "pcap").exists():
         (workdir / "pcap").symlink_to("/usr/share/sip-tester")
     (workdir / "scenario.xml").write_text(scenario)
     r = subprocess.run(lab.cmd(lab.caller, [
         "sipp", "-sf", "scenario.xml", "-s", service, f"{SERVER_IP}:{SIP_PORT}", "-i", CALLER_IP, "-p", str(SIP_PORT),
-        "-mi", CALLER_IP, "-mp", str(MEDIA_PORT), "-m", "1", "-l", "1", "-nostdin", "-timeout", "30s"]),
+        "-mi", CALLER_IP, "-mp", str(MEDIA_PORT), "-m", "1", "-l", "1", "-nostdin", "-timeout", "30s",
+        "-t", transport]),
         capture_output=True, text=True, timeout=40, cwd=workdir)
     assert r.returncode == 0, f"sipp failed:\n{r.stdout[-1500:]}\n{r.stderr[-1500:]}"
 
@@ -133,4 +135,15 @@ def test_the_gateways_bye_reaches_a_caller_behind_nat(lab: NatLab, server: Gatew
     incoming = server.wait_event("call_incoming", 5, called="bye")
     nat = server.wait_event("call_nat", 5, call=incoming["call"])
     assert nat["applied"] and nat["route"] == f"<sip:{incoming['source']};lr>", nat
+    assert server.wait_event("call_end", 5, call=incoming["call"])["reason"] == "done"
+
+
+def test_the_gateways_bye_reaches_a_tcp_caller_behind_nat_over_its_connection(lab: NatLab, server: Gateway,
+                                                                               tmp_path: Path) -> None:
+    # the caller's Contact (its private address, no transport parameter) is unreachable from the gateway: the BYE
+    # must come back over the TCP connection the INVITE came on, through the NAT's mapping
+    caller(lab, HANGUP, "bye", tmp_path, transport="t1")
+    incoming = [e for e in server.events("call_incoming") if e["called"] == "bye"][-1]
+    nat = server.wait_event("call_nat", 5, call=incoming["call"])
+    assert nat["applied"] and nat["route"] == f"<sip:{incoming['source']};transport=tcp;lr>", nat
     assert server.wait_event("call_end", 5, call=incoming["call"])["reason"] == "done"

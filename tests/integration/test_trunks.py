@@ -320,6 +320,11 @@ def test_options_keepalives_reach_the_registrar_and_an_unreachable_one_is_report
                          capture_output=True, text=True, timeout=30)
     rows = {ln.split()[0]: ln for ln in out.stdout.splitlines()}
     assert " ms" in rows["main"].split("up ")[-1] and rows["unreachable"].endswith("down 408"), out.stdout
+    m = trunk_metrics(trunk_gw)
+    assert m[("voicegate_trunk_keepalive", "main", "up")] == 1 and m[("voicegate_trunk_keepalive", "main", "down")] == 0
+    assert 0 < m[("voicegate_trunk_keepalive_rtt_seconds", "main", "")] < 1
+    assert m[("voicegate_trunk_keepalive", "unreachable", "down")] == 1
+    assert ("voicegate_trunk_keepalive", "bad", "unknown") not in m  # no keepalive_s: no pings
 
 
 def test_kamailio_routes_a_did_call_to_the_trunks_agent(trunk_gw: Gateway, carrier: Kamailio):

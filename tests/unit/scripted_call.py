@@ -25,14 +25,14 @@ class Actions:
 
     def __init__(self) -> None:
         self.hung_up = asyncio.Event()
-        self.transfers: list[str] = []
+        self.transfers: list[tuple[str, bool]] = []
         self.dtmf: list[str] = []
 
     def hangup(self) -> None:
         self.hung_up.set()
 
-    def transfer(self, uri: str) -> None:
-        self.transfers.append(uri)
+    def transfer(self, uri: str, attended: bool = False) -> None:
+        self.transfers.append((uri, attended))
 
     def send_dtmf(self, digits: str) -> None:
         self.dtmf.append(digits)

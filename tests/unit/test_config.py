@@ -156,6 +156,17 @@ def test_an_announcement_is_text_or_a_mapping_with_a_consent_key():
     assert (issue.line, issue.field) == (7, "routes.0.announcement.consent_key"), issue
 
 
+def test_an_early_media_announcement_takes_no_consent_key_named_with_its_line():
+    base = "agents: {echo: {type: echo}}\nroutes:\n  - match: '*'\n    agent: echo\n    announcement:\n      text: Hi\n"
+    route = parse_config(base + "      early_media: true\n").route_for("1")
+    assert route is not None and route.announcement is not None and route.announcement.early_media
+    with pytest.raises(ConfigError) as e:
+        parse_config(base + "      early_media: true\n      consent_key: '1'\n", "x.yaml")
+    [issue] = e.value.issues
+    assert (issue.file, issue.line, issue.field) == ("x.yaml", 6, "routes.0.announcement")
+    assert "early_media cannot take a consent_key" in issue.message
+
+
 def test_a_pcap_route_needs_the_sip_trace_named_with_its_line(tmp_path: Path):
     text = "agents: {e: {type: echo}}\nroutes:\n  - {match: a, agent: e}\n  - match: b\n    agent: e\n    pcap: true\n"
     with pytest.raises(ConfigError) as e:
@@ -165,3 +176,16 @@ def test_a_pcap_route_needs_the_sip_trace_named_with_its_line(tmp_path: Path):
     (tmp_path / "vg.yaml").write_text(text + "records: {sip_trace: true}\n")
     cfg = load_config(tmp_path / "vg.yaml")
     assert cfg.routes[1].pcap and cfg.records.pcap_path == str(tmp_path.absolute() / "records/pcap")
+
+
+
+def test_a_transfer_step_is_blind_unless_attended():
+    text = ("agents:\n  x:\n    type: scripted\n    start: a\n    nodes:\n      a:\n"
+            "        - {transfer: 'sip:desk@pbx', attended: true}\n        - {transfer: 'sip:desk@pbx'}\n"
+            "routes:\n  - {match: '*', agent: x}\n")
+    steps = parse_config(text).agents["x"].nodes["a"]  # type: ignore[union-attr]
+    assert [s.attended for s in steps] == [True, False]  # type: ignore[union-attr]
+    with pytest.raises(ConfigError) as e:  # the target may ring 20 s: a flow that waits less hangs the caller up
+        parse_config(text.replace("attended: true", "attended: true, timeout_s: 10"), "x.yaml")
+    [issue] = e.value.issues
+    assert issue.line == 3 and "timeout_s must be over 20 s" in issue.message, issue

@@ -50,7 +50,7 @@ class Actions:
     def hangup(self) -> None:
         self.hung_up.set()
 
-    def transfer(self, uri: str) -> None:
+    def transfer(self, uri: str, attended: bool = False) -> None:
         self.transfers.append(uri)
         assert self.session is not None
         asyncio.get_running_loop().call_later(0.2, self.session.on_transfer_result, 603)

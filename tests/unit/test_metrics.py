@@ -143,3 +143,22 @@ def test_trunk_registration_state_and_last_code(m: GatewayMetrics) -> None:
     assert m.registry.get_sample_value("voicegate_trunk_registration", {"trunk": "main", "state": "registered"}) \
         is None
     assert m.registry.get_sample_value("voicegate_trunk_last_status_code", {"trunk": "main"}) is None
+
+
+def test_trunk_keepalive_state_and_last_round_trip(m: GatewayMetrics) -> None:
+    event("trunk_added", trunk="quiet", registrar="sip:x", keepalive_s=None)
+    assert m.registry.get_sample_value("voicegate_trunk_keepalive", {"trunk": "quiet", "state": "unknown"}) is None
+    event("trunk_added", trunk="main", registrar="sip:x", keepalive_s=5.0)
+    assert [get(m, "voicegate_trunk_keepalive", trunk="main", state=s) for s in ("unknown", "up", "down")] == [1, 0, 0]
+    event("trunk_keepalive_ping", trunk="main", code=200, rtt_ms=12.0)
+    event("trunk_keepalive", trunk="main", state="up", code=200, rtt_ms=12.0, sent=1, answered=1)
+    assert [get(m, "voicegate_trunk_keepalive", trunk="main", state=s) for s in ("unknown", "up", "down")] == [0, 1, 0]
+    event("trunk_keepalive_ping", trunk="main", code=200, rtt_ms=3.5)  # no state change: the round trip still moves
+    assert get(m, "voicegate_trunk_keepalive_rtt_seconds", trunk="main") == 0.0035
+    event("trunk_keepalive_ping", trunk="main", code=408, rtt_ms=None)
+    event("trunk_keepalive", trunk="main", state="down", code=408, rtt_ms=None, sent=3, answered=2)
+    assert [get(m, "voicegate_trunk_keepalive", trunk="main", state=s) for s in ("unknown", "up", "down")] == [0, 0, 1]
+    assert get(m, "voicegate_trunk_keepalive_rtt_seconds", trunk="main") == 0.0035, "the last answered ping's"
+    event("trunk_removed", trunk="main", replaced=False)
+    assert m.registry.get_sample_value("voicegate_trunk_keepalive", {"trunk": "main", "state": "down"}) is None
+    assert m.registry.get_sample_value("voicegate_trunk_keepalive_rtt_seconds", {"trunk": "main"}) is None

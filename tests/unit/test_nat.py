@@ -22,9 +22,20 @@ def test_a_contact_that_is_the_source_is_left_alone():
     assert nat_route(invite("sip:a@127.0.0.1"), "127.0.0.1:5060") is None  # the default port
 
 
-def test_only_udp_requests_without_record_route_and_with_an_address_in_contact():
+def test_a_tcp_caller_behind_nat_gets_a_route_over_its_connection():
     tcp = "SIP/2.0/TCP 192.168.1.20:5060;branch=z9hG4bK1"
-    assert nat_route(invite("<sip:a@192.168.1.20:5060;transport=tcp>", via=tcp), "198.51.100.7:40012") is None
+    route = "<sip:198.51.100.7:40012;transport=tcp;lr>"
+    assert nat_route(invite("<sip:a@192.168.1.20:5060;transport=tcp>", via=tcp), "198.51.100.7:40012") == route
+    assert nat_route(invite("<sip:a@192.168.1.20:5060>", via=tcp), "198.51.100.7:40012") == route
+    # not behind NAT: a TCP caller's source port is an ephemeral one, its Contact's port the one it listens on
+    assert nat_route(invite("<sip:a@198.51.100.7:5060;transport=tcp>", via=tcp), "198.51.100.7:40012") is None
+    assert nat_route(invite("<sip:a@192.168.1.20;transport=tls>", via=tcp), "198.51.100.7:40012") is None
+
+
+def test_only_udp_and_tcp_requests_without_record_route_and_with_an_address_in_contact():
+    tls = "SIP/2.0/TLS 192.168.1.20:5061;branch=z9hG4bK1"
+    assert nat_route(invite("<sip:a@192.168.1.20:5061;transport=tls>", via=tls), "198.51.100.7:40012") is None
+    assert nat_route(invite("<sip:a@192.168.1.20:5060;transport=tcp>"), "198.51.100.7:40012") is None  # UDP Via
     assert nat_route(invite("<sip:a@192.168.1.20:5060>", extra="Record-Route: <sip:sbc;lr>\r\n"),
                      "198.51.100.7:40012") is None  # a proxy on the path handles it
     assert nat_route(invite("<sip:a@phone.example.com>"), "198.51.100.7:40012") is None

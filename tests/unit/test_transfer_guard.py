@@ -86,7 +86,7 @@ class Actions:
     def hangup(self) -> None:
         pass
 
-    def transfer(self, uri: str) -> None:
+    def transfer(self, uri: str, attended: bool = False) -> None:
         self.refers.append(uri)
 
     def send_dtmf(self, digits: str) -> None:

@@ -3,6 +3,7 @@ front door config (checked by the real `kamailio -c`)."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import pytest
 
 from telephony.admission import Reply, decide, dialog_ids
 from telephony.config import ConfigError, parse_config
+from telephony.control import ask_worker
 from telephony.frontdoor import address_list, dispatcher_list, kamailio_config, tls_config
-from telephony.workers import Restarts, rtp_slice, worker_config
+from telephony.workers import Restarts, control_peers, rtp_slice, worker_config
 from tests.integration.test_tls import make_ca
 
 BASE = """\
@@ -144,8 +146,15 @@ def test_fixed_port_endpoints_run_in_worker_0_only(monkeypatch: pytest.MonkeyPat
                               "transports:\n  audiosocket: {port: 9999, agent: e}\n")
     w0, w1 = worker_config(cfg, 0, 2), worker_config(cfg, 1, 2)
     assert w0.metrics.enabled and w0.control is not None and w0.transports.audiosocket is not None
-    assert not w1.metrics.enabled and w1.control is None and w1.transports.audiosocket is None
-
+    assert not w1.metrics.enabled and w1.transports.audiosocket is None
+    # worker 1's control endpoint serves worker 0 its calls' pcaps, on loopback at its SIP port's number
+    assert w1.control is not None and (w1.control.listen, w1.control.port) == ("127.0.0.1", w1.sip.port)
+    assert control_peers(w0, 0) == [(1, w1.sip.port)] and control_peers(w1, 1) == []
+    assert control_peers(worker_config(parse_config(BASE + "workers: 2\n"), 0, 2), 0) == []  # no control endpoint
+    announcer = parse_config(BASE + "workers: {count: 2, when_full: {reply: announcement}}\n"
+                                    "control: {token_env: VG_TEST_TOKEN}\n")
+    assert worker_config(announcer, 2, 2).control is None  # the announcer holds no call worth a pcap
+    assert control_peers(worker_config(announcer, 0, 2), 0) == [(1, worker_config(announcer, 1, 2).sip.port)]
 
 @pytest.mark.parametrize(("users", "checked"), [("", True), (", users: {bob: {password_env: VG_X}}", False)])
 def test_sip_allow_is_checked_at_the_front_door_unless_users_may_come_from_anywhere(
@@ -230,3 +239,11 @@ def test_the_front_doors_acl_lets_the_trunks_addresses_in_and_leaves_inbound_aut
     auth = parse_config(BASE.replace("port: 5060}", "port: 5060, allow: [10.1.2.3]}")
                         + trunk.replace("register: false", "register: false, inbound_auth: true") + "workers: 2\n")
     assert 'allow_source_address("1")' not in kamailio_config(auth, lst)
+
+
+def test_asking_a_worker_that_does_not_listen_is_an_oserror():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    with pytest.raises(OSError):
+        ask_worker(port, "c1@host", "token")
