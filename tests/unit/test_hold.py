@@ -14,7 +14,7 @@ from agents.session import CallSession, SessionTimeouts
 from agents.speech.tts import PromptCache
 from media.frames import SILENCE
 from media.pipeline import CallMedia
-from tests.unit.test_scripted import Actions
+from tests.unit.scripted_call import Actions
 
 FLOW = """
 type: scripted
