@@ -1,4 +1,4 @@
-"""Delay each way in added by the transports (media stream, AudioSocket, SIP, WebRTC), with the echo agent, p50/p99.
+"""The delay each transport adds each way (media stream, AudioSocket, SIP, WebRTC), echo agent, p50/p99.
 
 The real gateway (`Gateway.run`: SIP on a spare port and the three stream transports) runs in this process on
 uvloop, and its `CallMedia.on_inbound` and `CallMedia.next_audio` are wrapped to stamp each frame. Every stamp is
