@@ -481,9 +481,17 @@ class WebRtcTransport(_Strict):
     listen: IpAddress = "127.0.0.1"
     port: int = Field(8766, ge=1, le=65535)
     token_env: str | None = None
-    """Environment variable holding a token the page's address must carry (`/phone?token=TOKEN`)."""
+    """Environment variable holding a token the page's address must carry (`/phone?token=TOKEN`); required when
+    `listen` is not a loopback address."""
     agent: str | None = None
     """The agent for a dialled number that matches no route."""
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> WebRtcTransport:
+        if self.token_env is None and not ipaddress.ip_address(self.listen).is_loopback:
+            raise ValueError(f"listen {self.listen} is not a loopback address, so anyone who reaches it could call "
+                             "the agents: set token_env (an environment variable holding the page's token)")
+        return self
 
 
 class ControlConfig(_Strict):

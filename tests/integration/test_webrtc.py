@@ -1,11 +1,12 @@
 """The WebRTC softphone through a running voicegate, with a real WebRTC peer (aiortc) in the page's place: it
-signals as the page does, sends a recording as Opus and records what it hears."""
+signals as the page does (with the page's token), sends a recording as Opus and records what it hears."""
 
 from __future__ import annotations
 
 import asyncio
 import fractions
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -20,8 +21,10 @@ from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from media.resample import resample
+from telephony.simulator import measure as wire
 from telephony.simulator.measure import echo_lag
 from tests import audio
 from tests.integration.peers import Gateway, free_port, gateway_config, start_gateway
@@ -29,13 +32,15 @@ from tests.integration.test_media_stream import prompt, speech_s
 
 pytestmark = pytest.mark.timeout(120)
 RATE = 48000
+TOKEN = "phone-token-for-tests"
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     port, http_port = free_port(), free_port()
-    g = start_gateway(gateway_config(port, transports={"webrtc": {"port": http_port, "agent": "echo"}}),
-                      tmp_path_factory.mktemp("gw-rtc"), port)
+    os.environ["VG_TEST_PHONE_TOKEN"] = TOKEN  # the gateway subprocess inherits it
+    webrtc = {"port": http_port, "agent": "echo", "token_env": "VG_TEST_PHONE_TOKEN"}
+    g = start_gateway(gateway_config(port, transports={"webrtc": webrtc}), tmp_path_factory.mktemp("gw-rtc"), port)
     g.http_port = http_port  # type: ignore[attr-defined]
     yield g
     assert g.stop() == 0
@@ -103,7 +108,7 @@ async def phone_call(port: int, to: str, x16: np.ndarray, seconds: float, speak_
     listeners: list[asyncio.Task[None]] = []
     pc.on("track", lambda t: listeners.append(asyncio.ensure_future(listen(t))))
     await pc.setLocalDescription(await pc.createOffer())
-    async with connect(f"ws://127.0.0.1:{port}/phone/ws") as ws:
+    async with connect(f"ws://127.0.0.1:{port}/phone/ws?token={TOKEN}") as ws:
         await ws.send(json.dumps({"type": "call", "to": to, "sdp": pc.localDescription.sdp}))
         answer = json.loads(await ws.recv())
         assert answer["type"] == "answer", answer
@@ -121,7 +126,8 @@ async def phone_call(port: int, to: str, x16: np.ndarray, seconds: float, speak_
             await ws.send(json.dumps({"type": "dtmf", "digit": digit}))
         await asyncio.sleep(max(0.0, t0 + seconds - time.monotonic()))
         await ws.send(json.dumps({"type": "hangup"}))
-        await asyncio.wait_for(ev, 10)
+        async with asyncio.timeout(10):
+            await ev
     await pc.close()
     for t in listeners:
         t.cancel()
@@ -130,15 +136,29 @@ async def phone_call(port: int, to: str, x16: np.ndarray, seconds: float, speak_
     return out
 
 
-def test_the_page_is_served(gw: Gateway) -> None:
+def test_the_page_is_served_with_its_token_only(gw: Gateway) -> None:
     base = f"http://127.0.0.1:{gw.http_port}"  # type: ignore[attr-defined]
-    with urllib.request.urlopen(f"{base}/phone", timeout=5) as r:
+    with urllib.request.urlopen(f"{base}/phone?token={TOKEN}", timeout=5) as r:
         page = r.read().decode()
         assert r.headers["Content-Type"].startswith("text/html")
     assert '<button id="call">Call</button>' in page and "RTCPeerConnection" in page
-    with pytest.raises(urllib.error.HTTPError) as e:
-        urllib.request.urlopen(f"{base}/elsewhere", timeout=5)
-    assert e.value.code == 404
+    for path, code in (("/phone", 401), (f"/phone?token={TOKEN}x", 401), ("/phone?token=", 401),
+                       (f"/elsewhere?token={TOKEN}", 404)):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(f"{base}{path}", timeout=5)
+        assert e.value.code == code, path
+
+
+def test_signalling_without_the_token_is_refused(gw: Gateway) -> None:
+    async def signal(token: str) -> None:
+        async with connect(f"ws://127.0.0.1:{gw.http_port}/phone/ws?token={token}"):  # type: ignore[attr-defined]
+            pass
+
+    for token in ("", "wrong"):
+        with pytest.raises(InvalidStatus) as e:
+            asyncio.run(signal(token))
+        assert e.value.response.status_code == 401, token
+    assert not [e for e in gw.events("call_answered") if e.get("transport") == "webrtc"], "a call got through"
 
 
 def test_echo_over_webrtc_returns_the_callers_audio(gw: Gateway) -> None:
@@ -158,3 +178,19 @@ def test_demo_speaks_and_the_page_sees_its_events(gw: Gateway) -> None:
     assert said[0] == "Hello, and thank you for calling voicegate." and any(t.startswith("The time here") for t in said)
     assert any(e.get("name") == "dtmf" and e.get("digit") == "2" for e in res.events)
     assert res.events[-1] == {"type": "event", "name": "call_end", "reason": "hangup"}, res.events[-1]
+
+
+def test_caller_speech_stops_the_agent_over_webrtc(gw: Gateway, clips) -> None:
+    """The caller speaks 2 s into the `long` agent's message: its audio stops, and stays stopped."""
+    res = asyncio.run(phone_call(gw.http_port, "long", clips.caller, 5.0, speak_at_s=2.0))  # type: ignore[attr-defined]
+    start = 100  # frames: 2.0 s
+    first_sound = wire.caller_onset_frame(res.sent, start, -40.0)
+    assert wire.talking_before(wire.frames_db(res.heard), first_sound), "the agent was not talking at the onset"
+    reaction = wire.reaction_ms(res.sent, res.heard, start)
+    print(f"webrtc barge-in: the agent's audio stopped {reaction:.0f} ms after the caller's onset")
+    assert reaction <= 1000, reaction  # generous: both aiortc receivers hold 4 packets (about 200 ms together)
+    last = wire.last_agent_frame(res.heard, wire.caller_onset_frame(res.sent, start))
+    assert wire.agent_audio_after(res.heard, last + 1, 1.5) == 0.0, "agent audio came back after the barge-in"
+    assert any(e.get("name") == "barge_in" for e in res.events), res.events
+    end = gw.wait_event("call_end", 10, agent="long", transport="webrtc")
+    assert end["barge_ins"] == 1, end

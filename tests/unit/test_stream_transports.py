@@ -157,3 +157,16 @@ def test_transport_config_errors_name_the_line() -> None:
     with pytest.raises(ConfigError) as e:
         parse_config(MINIMAL_CONFIG + "transports:\n  audiosocket:\n    uuids: {nope: e}\n", "vg.yaml")
     assert str(e.value.issues[0]).startswith("vg.yaml:7: transports.audiosocket.uuids: 'nope' is not a UUID")
+
+
+def test_a_phone_page_off_loopback_needs_a_token_named_with_its_line() -> None:
+    text = MINIMAL_CONFIG + "transports:\n  webrtc:\n    agent: e\n    listen: 0.0.0.0\n"
+    with pytest.raises(ConfigError) as e:
+        parse_config(text, "vg.yaml")
+    [issue] = e.value.issues
+    assert str(issue).startswith("vg.yaml:7: transports.webrtc: listen 0.0.0.0 is not a loopback address"), issue
+    assert "set token_env" in issue.message
+    webrtc = parse_config(text + "    token_env: VG_PHONE_TOKEN\n").transports.webrtc
+    assert webrtc is not None and webrtc.token_env == "VG_PHONE_TOKEN"
+    for loopback in ("127.0.0.1", "::1"):
+        assert parse_config(text.replace("0.0.0.0", loopback)).transports.webrtc is not None
