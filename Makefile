@@ -47,7 +47,7 @@ integration: deps
 test: deps
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy telephony media agents
-	$(PY) -m pytest -q -n 3 --dist loadfile tests
+	$(PY) -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 bench: deps bench-extra
 	$(PY) -m bench.run
