@@ -15,7 +15,9 @@ state per reply and queued at once. Barge-in: the gateway's detector (`turn_owne
 `speech_started` (`turn_owner: server`, which flushes our playout), whichever comes first; either way the client
 sends one `response.cancel` and one `conversation.item.truncate` to what the caller heard. The server never
 cancels on its own (`interrupt_response: false`), so the client is the one place that knows what was heard.
-A dead or dropped server gets a spoken apology at once and bounded reconnects; the call stays up meanwhile.
+A dead or dropped server gets a spoken apology at once and bounded reconnects; the call stays up meanwhile. When the
+reconnects are used up (or, with a `fallback` cascade, as soon as a connect is refused) the caller hears `goodbye`,
+or the `fallback` cascade carries the call on (agents.s2s_fallback).
 Every new session after the first is given the conversation so far as text items (agents.s2s_history): the caller's
 turns from `conversation.item.input_audio_transcription.completed`, the model's as heard. A session near its
 `expires_at` is renewed that way at a quiet moment, and one the server ends (`session_expired`) is replaced at once,
@@ -54,6 +56,7 @@ from agents.base import (
 )
 from agents.eventlog import emit
 from agents.redact import redact_fields
+from agents.s2s_fallback import fall_back, refused
 from agents.s2s_history import History, heard_text
 from agents.tools import CallTools, ToolConfig, ToolRunner
 from media.frames import FRAME_BYTES, SAMPLE_RATE
@@ -61,6 +64,7 @@ from media.g711 import ulaw_decode, ulaw_encode
 from media.polyphase import PolyphaseResampler
 
 if TYPE_CHECKING:
+    from agents.session import TakesOver
     from agents.speech.tts import PromptCache
 
 
@@ -109,6 +113,9 @@ class OpenAIRealtimeConfig(BaseModel):
     renew_before_s: float = Field(60.0, ge=0)
     """Open a new session this long before the server's `expires_at` (a session lasts at most 60 minutes), at a
     quiet moment, with the conversation replayed; 0: only when the server ends it (`session_expired`)."""
+    fallback: str | None = None
+    """A configured cascaded agent that carries the call on, with the conversation so far, when the server is dead
+    (a refused connect, the API key missing or refused, or `reconnect_attempts` used up); none: `goodbye`."""
 
     @field_validator("url")
     @classmethod
@@ -273,8 +280,12 @@ class _Request:
 
 class OpenAIRealtimeAgent(Agent):
     def __init__(self, cfg: OpenAIRealtimeConfig, handover: Handover | None = None,
-                 tools: Mapping[str, ToolConfig] | None = None) -> None:
+                 tools: Mapping[str, ToolConfig] | None = None, fallback: TakesOver | None = None) -> None:
         self.cfg = cfg
+        self.fallback = fallback
+        """The cascade of `cfg.fallback`, when the gateway linked it (agents.registry.link_fallbacks)."""
+        self._fell_back: str | None = None  # why the call moves to the fallback
+        self._apology: asyncio.Task[None] | None = None
         self.tools = {n: t for n, t in (tools or {}).items() if n in cfg.tools}
         """The business tools offered (agents.tools)."""
         self._business: CallTools | None = None
@@ -320,6 +331,9 @@ class OpenAIRealtimeAgent(Agent):
             await asyncio.gather(*aux, *self._tasks, *self._closing, return_exceptions=True)
             if runner is not None:
                 await runner.aclose()
+        if self._fell_back is not None and self.fallback is not None and self.cfg.fallback is not None:
+            await fall_back(call, self.fallback, self.cfg.fallback, "openai_realtime", self._fell_back,
+                            self.history.messages())
 
     async def _serve(self) -> None:
         """Connect, run the session, and on failure apologise and reconnect, until done or out of attempts."""
@@ -329,12 +343,12 @@ class OpenAIRealtimeAgent(Agent):
                 ws = await self._connect()
             except _FatalError as e:
                 _event("openai_realtime_error", call=self._call.call_id, error=str(e))
-                await self._give_up()
+                await self._give_up(str(e))
                 return
             except (OSError, TimeoutError, WebSocketException, _BadServerError) as e:
                 _event("openai_realtime_connect_failed", call=self._call.call_id, url=self.cfg.url,
                        attempt=self._failures + 1, error=repr(e)[:200])
-                if not await self._failed():
+                if not await self._failed(dead="connect refused" if refused(e) else None):
                     return
                 continue
             self._outage_t = None
@@ -347,15 +361,21 @@ class OpenAIRealtimeAgent(Agent):
             if not await self._failed():
                 return
 
-    async def _failed(self) -> bool:
-        """After a failed connect or a drop: apologise once per outage, wait, and say whether to try again."""
+    async def _failed(self, dead: str | None = None) -> bool:
+        """After a failed connect or a drop: apologise once per outage, wait, and say whether to try again; `dead`
+        (why the server is) moves the call to the fallback at once, if there is one."""
         self._failures += 1
         if self._outage_t is None:
             self._outage_t = time.monotonic()
             self._call.flush_playout()  # what was left of the broken reply
-            self._spawn(self._apologise(self._outage_t))
+            self._apology = asyncio.ensure_future(self._apologise(self._outage_t))
+            self._tasks.add(self._apology)
+            self._apology.add_done_callback(self._tasks.discard)
+        if dead is not None and self.fallback is not None:
+            await self._give_up(dead)
+            return False
         if self._failures > self.cfg.reconnect_attempts:
-            await self._give_up()
+            await self._give_up(f"{self._failures} failed connects or drops in a row")
             return False
         await asyncio.sleep(self.cfg.reconnect_backoff_s * 2 ** (self._failures - 1))
         return True
@@ -364,8 +384,16 @@ class OpenAIRealtimeAgent(Agent):
         _event("openai_realtime_apology", call=self._call.call_id, after_ms=round((time.monotonic() - since) * 1000))
         await self._call.say(self.cfg.apology)
 
-    async def _give_up(self) -> None:
-        _event("openai_realtime_give_up", call=self._call.call_id, failures=self._failures)
+    async def _give_up(self, why: str) -> None:
+        """The server is dead: the call moves to the fallback once the apology is heard, or ends after `goodbye`."""
+        _event("openai_realtime_give_up", call=self._call.call_id, failures=self._failures, reason=why,
+               fallback=self.cfg.fallback if self.fallback is not None else None)
+        if self.fallback is not None:
+            if self._apology is not None:
+                await asyncio.gather(self._apology, return_exceptions=True)
+            self._fell_back = why
+            self._done.set()
+            return
         self._done.set()
         await self._call.say(self.cfg.goodbye, interruptible=False)
         await self._call.hangup("agent_unavailable")
@@ -793,6 +821,8 @@ class OpenAIRealtimeFactory(AgentFactory):
         self.cfg = cfg
         self.prompts = prompts
         self.tools = dict(tools or {})
+        self.fallback: TakesOver | None = None
+        """The cascade named by `cfg.fallback`, set by agents.registry.link_fallbacks."""
 
     async def prepare(self) -> None:
         """Render the apology and goodbye now, so a dead server is answered within a frame or two."""
@@ -803,4 +833,7 @@ class OpenAIRealtimeFactory(AgentFactory):
             await self.prompts.prepare(text)
 
     def create(self, handover: Handover | None = None) -> Agent:
-        return OpenAIRealtimeAgent(self.cfg, handover, self.tools)
+        if self.cfg.fallback is not None and self.fallback is None:
+            raise RuntimeError(f"agent {self.name!r}: its fallback {self.cfg.fallback!r} was not linked "
+                               "(agents.registry.link_fallbacks)")
+        return OpenAIRealtimeAgent(self.cfg, handover, self.tools, self.fallback)

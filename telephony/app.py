@@ -18,7 +18,7 @@ import numpy as np
 
 from agents.base import AgentFactory
 from agents.cascaded import CascadedFactory
-from agents.registry import make_factory
+from agents.registry import link_fallbacks, make_factory
 from agents.session import CallActions, CallSession, Log, SessionTimeouts, SpendWatch
 from agents.speech.tts import PromptCache
 from agents.spend import DailySpend, SpendGuard
@@ -120,6 +120,7 @@ class Gateway:
             name: make_factory(name, a, self.prompts, config.agents, config.prices, config.tools)
             for name, a in config.agents.items()
         }
+        link_fallbacks(self.factories)
         self.stack = SipStack(config, self)
         self.stack.every(1.0, self._check_rtp)
         self.legs: dict[int, Leg] = {}
@@ -317,6 +318,7 @@ class Gateway:
             return False
         old = self.factories
         self.factories = {n: fresh.get(n) or old[n] for n in merged.agents}
+        link_fallbacks(self.factories)
         self.config = merged
         for tr in self.transports:
             if hasattr(tr, "config"):

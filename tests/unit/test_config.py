@@ -165,3 +165,13 @@ def test_a_pcap_route_needs_the_sip_trace_named_with_its_line(tmp_path: Path):
     (tmp_path / "vg.yaml").write_text(text + "records: {sip_trace: true}\n")
     cfg = load_config(tmp_path / "vg.yaml")
     assert cfg.routes[1].pcap and cfg.records.pcap_path == str(tmp_path.absolute() / "records/pcap")
+
+
+@pytest.mark.parametrize("kind", ["openai_realtime", "gemini_live"])
+def test_a_speech_to_speech_fallback_names_a_cascaded_agent_with_the_line(kind: str) -> None:
+    s2s = f"  s2s:\n    type: {kind}\n    api_key_env: null\n    fallback: FALLBACK\n"
+    text = MINIMAL.replace("routes:", s2s + "routes:")
+    assert _issues(text.replace("FALLBACK", "e")) == [
+        "vg.yaml:7: agents.s2s.fallback: 'e' is not a configured cascaded agent"]
+    ok = parse_config(text.replace("FALLBACK", "desk").replace("routes:", "  desk:\n    type: cascaded\nroutes:"))
+    assert ok.agents["s2s"].fallback == "desk"  # type: ignore[union-attr]
