@@ -8,7 +8,9 @@ Protocol followed: the GA Realtime API reference, client events (`session.update
 https://platform.openai.com/docs/api-reference/realtime-client-events and .../realtime-server-events (read in the
 Markdown mirror github.com/xiqi/openai-api-markdown), the WebSocket guide
 https://developers.openai.com/api/docs/guides/realtime-websocket (URL, `Authorization: Bearer`), and the audio
-formats `{"type": "audio/pcmu"}` (G.711 mu-law, 8 kHz) and `{"type": "audio/pcm", "rate": 24000}`.
+formats `{"type": "audio/pcmu"}` (G.711 mu-law, 8 kHz) and `{"type": "audio/pcm", "rate": 24000}`; `audio_format:
+auto` takes the first for a call whose codec is PCMU (the caller's own G.711, with no 24 kHz detour) and the second
+for any other (G.722, PCMA, a stream transport's L16), per call.
 
 The caller's 16 kHz frames go up as they arrive (20 ms each); the reply's audio deltas are decoded, resampled with
 state per reply and queued at once. Barge-in: the gateway's detector (`turn_owner: gateway`), or also the server's
@@ -84,8 +86,9 @@ class OpenAIRealtimeConfig(BaseModel):
     )
     greeting: str | None = "Greet the caller in one short sentence and ask how you can help."
     """Instructions for a first response as the call starts; None waits for the caller to speak."""
-    audio_format: Literal["pcmu", "pcm24"] = "pcmu"
-    """`pcmu`: G.711 mu-law 8 kHz both ways (the telephone band, no 24 kHz detour); `pcm24`: PCM16 24 kHz."""
+    audio_format: Literal["auto", "pcmu", "pcm24"] = "auto"
+    """`pcmu`: G.711 mu-law 8 kHz both ways (the telephone band, no 24 kHz detour); `pcm24`: PCM16 24 kHz; `auto`:
+    `pcmu` when the call's codec is PCMU, else `pcm24` (chosen per call)."""
     turn_detection: Literal["server_vad", "semantic_vad"] = "server_vad"
     silence_duration_ms: int = Field(500, ge=100, le=5000)
     """server_vad: silence that ends the caller's turn."""
@@ -136,6 +139,16 @@ def _event(event: str, **fields: object) -> None:
     emit(_log, logging.INFO, event, fields)
 
 
+Format = Literal["pcmu", "pcm24"]
+
+
+def audio_format_for(setting: Literal["auto", "pcmu", "pcm24"], codec: str) -> Format:
+    """The session's audio format for a call whose codec is `codec` (as SIP names it, `PCMU/8000`; "" unknown)."""
+    if setting != "auto":
+        return setting
+    return "pcmu" if codec.split("/")[0].upper() == "PCMU" else "pcm24"
+
+
 def _encoder(fmt: str) -> Callable[[bytes], bytes]:
     """16 kHz PCM16 caller frames -> the session's input audio."""
     if fmt == "pcmu":
@@ -171,11 +184,11 @@ def _tool_specs(cfg: OpenAIRealtimeConfig) -> list[dict[str, Any]]:
     return out
 
 
-def session_update(cfg: OpenAIRealtimeConfig, tools: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    """The `session.update` event for this config (GA shape), offering the call actions and `tools` (business tools'
-    specs, agents.tools)."""
-    fmt: dict[str, Any] = {"type": "audio/pcmu"} if cfg.audio_format == "pcmu" else {"type": "audio/pcm",
-                                                                                     "rate": 24000}
+def session_update(cfg: OpenAIRealtimeConfig, tools: Sequence[dict[str, Any]] = (), codec: str = "") -> dict[str, Any]:
+    """The `session.update` event for this config (GA shape) on a call whose codec is `codec`, offering the call
+    actions and `tools` (business tools' specs, agents.tools)."""
+    pcmu = audio_format_for(cfg.audio_format, codec) == "pcmu"
+    fmt: dict[str, Any] = {"type": "audio/pcmu"} if pcmu else {"type": "audio/pcm", "rate": 24000}
     turn: dict[str, Any] = {"type": cfg.turn_detection, "create_response": True, "interrupt_response": False}
     if cfg.turn_detection == "server_vad":
         turn["silence_duration_ms"] = cfg.silence_duration_ms
@@ -293,7 +306,9 @@ class OpenAIRealtimeAgent(Agent):
         """A call taken over: its first session gets the conversation so far and answers it, with no greeting."""
         self.call: CallControl | None = None
         self._out: asyncio.Queue[_Outgoing] | None = None
-        self._encode: Callable[[bytes], bytes] = _encoder(cfg.audio_format)
+        self.audio_format: Format = audio_format_for(cfg.audio_format, "")
+        """The session's audio format, chosen from the call's codec as the call starts."""
+        self._encode: Callable[[bytes], bytes] = _encoder(self.audio_format)
         self._active: str | None = None  # response in progress on the server
         self._cancelled: set[str] = set()
         self._requests: list[_Request] = []
@@ -318,6 +333,7 @@ class OpenAIRealtimeAgent(Agent):
     # -- running ------------------------------------------------------------------------------------------
     async def run(self, call: CallControl) -> None:
         self.call = call
+        self.audio_format = audio_format_for(self.cfg.audio_format, call.codec)
         runner = ToolRunner(self.tools, list(self.tools)) if self.tools else None
         self._business = CallTools(runner, call) if runner is not None else None
         if self._business is not None:
@@ -430,9 +446,10 @@ class OpenAIRealtimeAgent(Agent):
         before it expired, or expired)."""
         out: asyncio.Queue[_Outgoing] = asyncio.Queue()
         self._out = out
-        self._encode = _encoder(self.cfg.audio_format)
+        self._encode = _encoder(self.audio_format)
         self._expired = False
-        self._send(session_update(self.cfg, self._business.runner.realtime_specs() if self._business else ()))
+        self._send(session_update(self.cfg, self._business.runner.realtime_specs() if self._business else (),
+                                  self._call.codec))
         if not greet:
             items = handover_items(Handover(self.history.messages(), RESUME_NOTE))
             for item in items:
@@ -664,16 +681,16 @@ class OpenAIRealtimeAgent(Agent):
         if rid in self._cancelled:
             return
         data = base64.b64decode(ev["delta"], validate=True)
-        self._call.meter("openai_realtime_out_s", len(data) / BYTES_PER_MS[self.cfg.audio_format] / 1000)
+        self._call.meter("openai_realtime_out_s", len(data) / BYTES_PER_MS[self.audio_format] / 1000)
         reply = self._reply
         turn = self._turns.get(rid)
         if reply is None or reply.item_id != ev["item_id"]:
-            reply = self._reply = _Reply(ev["item_id"], rid, _decoder(self.cfg.audio_format))
+            reply = self._reply = _Reply(ev["item_id"], rid, _decoder(self.audio_format))
             if turn is not None:
                 turn.replies.append(reply)
         if reply.interrupted:
             return
-        reply.received_ms += len(data) / BYTES_PER_MS[self.cfg.audio_format]
+        reply.received_ms += len(data) / BYTES_PER_MS[self.audio_format]
         reply.pending += reply.decode(data)
         whole = len(reply.pending) // FRAME_BYTES * FRAME_BYTES
         if whole:

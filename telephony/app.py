@@ -236,6 +236,8 @@ class Gateway:
         leg = self.legs.get(call.key)
         # an outbound call's early media (183) is the network's, not the callee's: its agent starts on the answer
         answered = leg is not None and (leg.direction == "inbound" or call.connected_at is not None)
+        if leg is not None and not leg.codec:
+            leg.codec = call.codec
         if leg is not None and not leg.rtp_local and self._loop is not None:
             leg.rtp_local = call.rtp_local
             self._loop.call_soon_threadsafe(self._start_pcap, leg)
@@ -514,6 +516,7 @@ class Gateway:
 
     def _start_session(self, leg: Leg) -> None:
         if leg.task is None:
+            leg.session.codec = leg.codec  # an S2S agent chooses its audio format by it
             leg.task = asyncio.ensure_future(leg.session.run())
 
     def _finish(self, leg: Leg, why: str, code: int, reason: str) -> None:

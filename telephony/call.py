@@ -107,15 +107,15 @@ class SipCall(pj.Call):  # type: ignore[misc]
     def onCallMediaState(self, prm: Any) -> None:  # noqa: N802
         try:
             ci = self.getInfo()
+            si = self.getStreamInfo(0) if self.hasMedia() else None
+            if si is not None:  # before `_connect`, whose on_media_ready starts the agent: it may choose by codec
+                self.codec = f"{si.codecName}/{si.codecClockRate}"
             for i, mi in enumerate(ci.media):
                 if mi.type != pj.PJMEDIA_TYPE_AUDIO:
                     continue
                 self.on_hold = mi.status in _HOLD
                 if mi.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
                     self._connect(i)
-            si = self.getStreamInfo(0) if self.hasMedia() else None
-            if si is not None:
-                self.codec = f"{si.codecName}/{si.codecClockRate}"
             event("call_media", call=self.call_id, codec=self.codec, hold=self.on_hold, srtp=self.srtp)
         except Exception as e:
             event("sip_callback_error", call=self.call_id, where="onCallMediaState", error=repr(e))

@@ -22,7 +22,7 @@ import pytest
 
 from agents.base import Agent, AgentEvent, BargeIn, CallControl, CallerAudio, Handover, Played, TransferFailed
 from agents.cost import Meter
-from agents.openai_realtime import OpenAIRealtimeAgent, OpenAIRealtimeConfig
+from agents.openai_realtime import OpenAIRealtimeAgent, OpenAIRealtimeConfig, audio_format_for, session_update
 from agents.session import TakesOver
 from media.frames import FRAME_BYTES, SILENCE
 from media.resample import resample
@@ -51,6 +51,7 @@ class FakeCall:
     caller: str = "sip:caller@test"
     called: str = "rt"
     sip_headers: dict[str, str] = field(default_factory=dict)
+    codec: str = "PCMU/8000"
     heard: bytearray = field(default_factory=bytearray)
     said: list[tuple[float, str]] = field(default_factory=list)
     turns: list[dict[str, Any]] = field(default_factory=list)
@@ -263,6 +264,27 @@ def test_session_is_ga_shaped_and_the_greeting_is_heard_as_sent(rt: RealtimeServ
         ref = audio.telephone_band(ref)
     _, peak = correlation(ref, pcm_array(call.heard))
     assert peak > (0.9 if fmt == "pcmu" else 0.97), peak
+
+
+@pytest.mark.parametrize(("codec", "want"), [("PCMU/8000", "pcmu"), ("pcmu/8000", "pcmu"), ("PCMA/8000", "pcm24"),
+                                             ("G722/16000", "pcm24"), ("L16/16000", "pcm24"), ("", "pcm24")])
+def test_auto_audio_format_is_mu_law_only_for_a_pcmu_call(codec: str, want: str) -> None:
+    assert audio_format_for("auto", codec) == want
+    assert audio_format_for("pcm24", "PCMU/8000") == "pcm24" and audio_format_for("pcmu", "G722/16000") == "pcmu"
+    cfg = OpenAIRealtimeConfig(type="openai_realtime")
+    assert cfg.audio_format == "auto"
+    audio = session_update(cfg, codec=codec)["session"]["audio"]
+    fmt = {"type": "audio/pcmu"} if want == "pcmu" else {"type": "audio/pcm", "rate": 24000}
+    assert audio["input"]["format"] == audio["output"]["format"] == fmt
+
+
+@pytest.mark.parametrize(("codec", "rate"), [("PCMU/8000", 8000), ("G722/16000", 24000)])
+def test_an_auto_session_takes_the_format_of_the_call(rt: RealtimeServer, codec: str, rate: int) -> None:
+    rt.script(speak("Hello."))
+    call = FakeCall(codec=codec)
+    assert drive(config(rt), call, lambda: len(call.turns) >= 1)
+    assert rt.violations == [] and rt.input_rates == {0: rate}
+    assert call.turns[0]["status"] == "completed" and abs(call.turns[0]["heard_ms"] - rt.responses[0].sent_ms) <= 40
 
 
 @pytest.mark.parametrize("fmt", ["pcmu", "pcm24"])
