@@ -405,8 +405,9 @@ class OpenAIRealtimeAgent(Agent):
         _event("openai_realtime_give_up", call=self._call.call_id, failures=self._failures, reason=why,
                fallback=self.cfg.fallback if self.fallback is not None else None)
         if self.fallback is not None:
-            if self._apology is not None:
-                await asyncio.gather(self._apology, return_exceptions=True)
+            if self._apology is None:  # a key missing or refused: no outage began
+                self._apology = asyncio.ensure_future(self._apologise(time.monotonic()))
+            await asyncio.gather(self._apology, return_exceptions=True)
             self._fell_back = why
             self._done.set()
             return

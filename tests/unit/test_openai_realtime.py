@@ -441,6 +441,16 @@ def test_a_refused_connect_with_a_fallback_apologises_at_once_and_the_cascade_ca
     assert call.turns == [{"engine": "openai_realtime", "fallback": "desk", "reason": "connect refused"}]
 
 
+def test_a_missing_key_with_a_fallback_apologises_and_the_cascade_carries_on(
+        rt: RealtimeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEY_ENV)
+    call, cascade = FakeCall(), Takeover()
+    cfg = config(rt, fallback="desk")
+    assert drive(cfg, call, lambda: len(call.said) >= 2, timeout=5, fallback=cascade)
+    assert [t for _, t in call.said] == [cfg.apology, cascade.line] and rt.connections == 0 and not call.hangups
+    assert call.turns[0]["reason"] == f"environment variable {KEY_ENV} (api_key_env) is not set", call.turns
+
+
 def test_a_server_gone_mid_call_hands_the_conversation_to_the_fallback() -> None:
     greeting = "Hello, thank you for calling. How can I help you today?"
     with RealtimeServer() as server:
