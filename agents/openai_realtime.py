@@ -17,9 +17,9 @@ state per reply and queued at once. Barge-in: the gateway's detector (`turn_owne
 `speech_started` (`turn_owner: server`, which flushes our playout), whichever comes first; either way the client
 sends one `response.cancel` and one `conversation.item.truncate` to what the caller heard. The server never
 cancels on its own (`interrupt_response: false`), so the client is the one place that knows what was heard.
-A dead or dropped server gets a spoken apology at once and bounded reconnects; the call stays up meanwhile. When the
-reconnects are used up (or, with a `fallback` cascade, as soon as a connect is refused) the caller hears `goodbye`,
-or the `fallback` cascade carries the call on (agents.s2s_fallback).
+A dead or dropped server gets a spoken apology at once and bounded reconnects; the call stays up meanwhile. Without
+a `fallback` the caller hears `goodbye` once the reconnects are used up; with one, the cascade carries the call on as
+soon as the server is dead (agents.s2s_fallback).
 Every new session after the first is given the conversation so far as text items (agents.s2s_history): the caller's
 turns from `conversation.item.input_audio_transcription.completed`, the model's as heard. A session near its
 `expires_at` is renewed that way at a quiet moment, and one the server ends (`session_expired`) is replaced at once,
