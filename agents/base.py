@@ -111,6 +111,9 @@ class CallControl(Protocol):
     """Identity, diversion, X- and User-to-User headers of the inbound INVITE (empty on other transports)."""
     trunk: str
     """The SIP trunk the call came in on ("" for none or another transport)."""
+    codec: str
+    """The call's codec as SIP names it (`PCMU/8000`, `G722/16000`; a stream transport's `PCMU/8000` or `L16/16000`),
+    known when the agent starts; "" when unknown."""
 
     @property
     def digits(self) -> str:

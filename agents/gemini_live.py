@@ -23,7 +23,9 @@ the server's `interrupted` comes first drops the rest of that model turn; the ot
 Connection: the latest resumption handle is kept. On `goAway` the model turn in flight finishes, then the agent
 reconnects with the handle; a dropped or stalled connection is reconnected at once, then with backoff, and an outage
 longer than `apology_after_s` gets a spoken apology. Caller audio is buffered meanwhile (`BACKLOG_S`), and a model
-turn cut by the loss is asked to continue. Malformed server messages are logged and ignored.
+turn cut by the loss is asked to continue. With a `fallback` cascade, a refused connect (or `reconnect_attempts`
+failed ones in a row) gets the apology at once and the cascade carries the call on (agents.s2s_fallback); without,
+the agent keeps trying. Malformed server messages are logged and ignored.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import urllib.parse
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from websockets.asyncio.client import ClientConnection, connect
@@ -60,10 +62,14 @@ from agents.base import (
 )
 from agents.eventlog import emit
 from agents.redact import redact_fields
+from agents.s2s_fallback import fall_back, refused
 from agents.speech.tts import PromptCache
 from agents.tools import CallTools, ToolConfig, ToolRunner
 from media.frames import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
 from media.polyphase import PolyphaseResampler
+
+if TYPE_CHECKING:
+    from agents.session import TakesOver
 
 DEFAULT_URL = (
     "wss://generativelanguage.googleapis.com/ws/google.ai.generativelanguage.v1beta.GenerativeService.BidiGenerateContent"
@@ -138,6 +144,11 @@ class GeminiLiveConfig(BaseModel):
     """Caller audio is sent in chunks this long."""
     tools: tuple[str, ...] = ()
     """Business tools (names in the top-level `tools`), offered besides the call actions."""
+    fallback: str | None = None
+    """A configured cascaded agent that carries the call on, with the conversation so far, when the server is dead
+    (a refused connect, or `reconnect_attempts` failed connects in a row); none: the agent keeps trying."""
+    reconnect_attempts: int = Field(4, ge=0, le=20)
+    """With `fallback`: failed connects in a row (besides a refused one) before the call moves there."""
 
     @field_validator("url")
     @classmethod
@@ -232,6 +243,10 @@ class GeminiLiveAgent(Agent):
         self._tasks: set[asyncio.Future[Any]] = set()
         self._last_played: asyncio.Future[Played] | None = None
         self._lag_ms = 0.0
+        self.fallback = factory.fallback
+        self._fell_back: str | None = None  # why the call moves to the fallback
+        self._said: asyncio.Future[Played] | None = None  # the apology of this outage, once said
+        self._records: list[dict[str, Any]] = []  # this agent's turn records, for the fallback's handover
 
     @property
     def call(self) -> CallControl:
@@ -264,6 +279,10 @@ class GeminiLiveAgent(Agent):
             await asyncio.gather(*rest, return_exceptions=True)
             if runner is not None:
                 await runner.aclose()
+        if self._fell_back is not None and self.fallback is not None and self.cfg.fallback is not None:
+            before = self.handover.messages if self.handover is not None else ()
+            await fall_back(call, self.fallback, self.cfg.fallback, "gemini_live", self._fell_back,
+                            [*before, *Handover.from_turns(self._records).messages])
 
     # -- caller side ------------------------------------------------------------------------------------
     async def _uplink(self) -> None:
@@ -346,6 +365,9 @@ class GeminiLiveAgent(Agent):
             except (OSError, TimeoutError, WebSocketException) as e:
                 failures += 1
                 _event("gemini_connect_failed", call=self.call.call_id, attempt=failures, error=_why(e))
+                if self.fallback is not None and (refused(e) or failures > self.cfg.reconnect_attempts):
+                    await self._give_up("connect refused" if refused(e) else f"{failures} failed connects in a row")
+                    return
                 self._start_apology(self.cfg.apology_after_s)
                 await asyncio.sleep(min(MAX_BACKOFF_S, 0.25 * 2 ** (failures - 1)))
                 continue
@@ -410,6 +432,7 @@ class GeminiLiveAgent(Agent):
         if self._apology is not None:
             self._apology.cancel()  # a pending apology is not needed any more; one already said goes on
             self._apology = None
+        self._said = None
         if not self._greeted and self.handover is not None:
             self._send_request({"clientContent": {"turns": handover_turns(self.handover), "turnComplete": True}},
                                "handover")
@@ -502,6 +525,24 @@ class GeminiLiveAgent(Agent):
         if reason != "go_away":
             self._start_apology(0.0 if reason == "stalled" else self.cfg.apology_after_s)
 
+    async def _give_up(self, why: str) -> None:
+        """The server is dead: say the apology now (unless this outage had it), then let the fallback take over."""
+        if self._said is None:
+            if self._apology is not None:
+                self._apology.cancel()
+            self._say_apology()
+        _event("gemini_give_up", call=self.call.call_id, reason=why, fallback=self.cfg.fallback)
+        assert self._said is not None
+        await asyncio.gather(self._said, return_exceptions=True)
+        self._fell_back = why
+
+    def _say_apology(self) -> None:
+        assert self._down_since is not None
+        outage_ms = round((time.monotonic() - self._down_since) * 1000, 1)
+        _event("gemini_apology", call=self.call.call_id, outage_ms=outage_ms)
+        self._said = asyncio.ensure_future(self.call.say(self.cfg.apology))
+        self._keep(self._said)
+
     def _start_apology(self, delay: float) -> None:
         if self._apology is None:
             self._apology = asyncio.create_task(self._apologise(delay))
@@ -510,9 +551,7 @@ class GeminiLiveAgent(Agent):
     async def _apologise(self, delay: float) -> None:
         await asyncio.sleep(delay)
         if self._ws is None and self._down_since is not None:
-            _event("gemini_apology", call=self.call.call_id,
-                   outage_ms=round((time.monotonic() - self._down_since) * 1000, 1))
-            self._keep(asyncio.ensure_future(self.call.say(self.cfg.apology)))
+            self._say_apology()
 
     def _keep(self, fut: asyncio.Future[Any]) -> None:
         self._tasks.add(fut)
@@ -627,12 +666,13 @@ class GeminiLiveAgent(Agent):
 
         rx, enq = turn.first_rx, turn.first_enq
         gap = None if rx is None or enq is None else round((enq - rx) * 1000, 1)
-        self.call.record_turn({
+        self._records.append(record := {
             "backend": "gemini_live", "trigger": turn.trigger, "text": turn.text[:300], "heard": self._heard[:300],
             "first_audio_rx_ms": ms(turn.first_rx), "first_audio_ms": ms(turn.first_enq), "overhead_ms": gap,
             "uplink_lag_ms": round(self._lag_ms, 1), "audio_ms": round(turn.rx_ms),
             "interrupted_by": turn.dropped_by or None, "cut": cut, "connection": self.connections,
         })
+        self.call.record_turn(record)
         self._heard, self._lag_ms = "", 0.0
 
     # -- tools ------------------------------------------------------------------------------------------
@@ -749,6 +789,8 @@ class GeminiLiveFactory(AgentFactory):
         self.cfg = cfg
         self.prompts = prompts
         self.tools = {n: t for n, t in (tools or {}).items() if n in cfg.tools}
+        self.fallback: TakesOver | None = None
+        """The cascade named by `cfg.fallback`, set by agents.registry.link_fallbacks."""
 
     async def prepare(self) -> None:
         env = self.cfg.api_key_env
@@ -760,4 +802,7 @@ class GeminiLiveFactory(AgentFactory):
                 await self.prompts.prepare(text)
 
     def create(self, handover: Handover | None = None) -> Agent:
+        if self.cfg.fallback is not None and self.fallback is None:
+            raise RuntimeError(f"agent {self.name!r}: its fallback {self.cfg.fallback!r} was not linked "
+                               "(agents.registry.link_fallbacks)")
         return GeminiLiveAgent(self, handover)

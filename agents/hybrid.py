@@ -57,6 +57,7 @@ class _Tagged:
         self.call_id, self.caller, self.called = call.call_id, call.caller, call.called
         self.sip_headers = call.sip_headers
         self.trunk = call.trunk
+        self.codec = call.codec
         self.backend = "cascaded"
         self.note: dict[str, Any] = {}
         """Router facts for the next turn record."""

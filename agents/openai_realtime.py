@@ -8,14 +8,18 @@ Protocol followed: the GA Realtime API reference, client events (`session.update
 https://platform.openai.com/docs/api-reference/realtime-client-events and .../realtime-server-events (read in the
 Markdown mirror github.com/xiqi/openai-api-markdown), the WebSocket guide
 https://developers.openai.com/api/docs/guides/realtime-websocket (URL, `Authorization: Bearer`), and the audio
-formats `{"type": "audio/pcmu"}` (G.711 mu-law, 8 kHz) and `{"type": "audio/pcm", "rate": 24000}`.
+formats `{"type": "audio/pcmu"}` (G.711 mu-law, 8 kHz) and `{"type": "audio/pcm", "rate": 24000}`; `audio_format:
+auto` takes the first for a call whose codec is PCMU (the caller's own G.711, with no 24 kHz detour) and the second
+for any other (G.722, PCMA, a stream transport's L16), per call.
 
 The caller's 16 kHz frames go up as they arrive (20 ms each); the reply's audio deltas are decoded, resampled with
 state per reply and queued at once. Barge-in: the gateway's detector (`turn_owner: gateway`), or also the server's
 `speech_started` (`turn_owner: server`, which flushes our playout), whichever comes first; either way the client
 sends one `response.cancel` and one `conversation.item.truncate` to what the caller heard. The server never
 cancels on its own (`interrupt_response: false`), so the client is the one place that knows what was heard.
-A dead or dropped server gets a spoken apology at once and bounded reconnects; the call stays up meanwhile.
+A dead or dropped server gets a spoken apology at once and bounded reconnects; the call stays up meanwhile. Without
+a `fallback` the caller hears `goodbye` once the reconnects are used up; with one, the cascade carries the call on as
+soon as the server is dead (agents.s2s_fallback).
 Every new session after the first is given the conversation so far as text items (agents.s2s_history): the caller's
 turns from `conversation.item.input_audio_transcription.completed`, the model's as heard. A session near its
 `expires_at` is renewed that way at a quiet moment, and one the server ends (`session_expired`) is replaced at once,
@@ -54,6 +58,7 @@ from agents.base import (
 )
 from agents.eventlog import emit
 from agents.redact import redact_fields
+from agents.s2s_fallback import fall_back, refused
 from agents.s2s_history import History, heard_text
 from agents.tools import CallTools, ToolConfig, ToolRunner
 from media.frames import FRAME_BYTES, SAMPLE_RATE
@@ -61,6 +66,7 @@ from media.g711 import ulaw_decode, ulaw_encode
 from media.polyphase import PolyphaseResampler
 
 if TYPE_CHECKING:
+    from agents.session import TakesOver
     from agents.speech.tts import PromptCache
 
 
@@ -80,8 +86,9 @@ class OpenAIRealtimeConfig(BaseModel):
     )
     greeting: str | None = "Greet the caller in one short sentence and ask how you can help."
     """Instructions for a first response as the call starts; None waits for the caller to speak."""
-    audio_format: Literal["pcmu", "pcm24"] = "pcmu"
-    """`pcmu`: G.711 mu-law 8 kHz both ways (the telephone band, no 24 kHz detour); `pcm24`: PCM16 24 kHz."""
+    audio_format: Literal["auto", "pcmu", "pcm24"] = "auto"
+    """`pcmu`: G.711 mu-law 8 kHz both ways (the telephone band, no 24 kHz detour); `pcm24`: PCM16 24 kHz; `auto`:
+    `pcmu` when the call's codec is PCMU, else `pcm24` (chosen per call)."""
     turn_detection: Literal["server_vad", "semantic_vad"] = "server_vad"
     silence_duration_ms: int = Field(500, ge=100, le=5000)
     """server_vad: silence that ends the caller's turn."""
@@ -109,6 +116,9 @@ class OpenAIRealtimeConfig(BaseModel):
     renew_before_s: float = Field(60.0, ge=0)
     """Open a new session this long before the server's `expires_at` (a session lasts at most 60 minutes), at a
     quiet moment, with the conversation replayed; 0: only when the server ends it (`session_expired`)."""
+    fallback: str | None = None
+    """A configured cascaded agent that carries the call on, with the conversation so far, when the server is dead
+    (a refused connect, the API key missing or refused, or `reconnect_attempts` used up); none: `goodbye`."""
 
     @field_validator("url")
     @classmethod
@@ -127,6 +137,16 @@ _log = logging.getLogger("voicegate.openai_realtime")
 def _event(event: str, **fields: object) -> None:
     """One JSON log line, like the gateway's own events (and its sinks get it)."""
     emit(_log, logging.INFO, event, fields)
+
+
+Format = Literal["pcmu", "pcm24"]
+
+
+def audio_format_for(setting: Literal["auto", "pcmu", "pcm24"], codec: str) -> Format:
+    """The session's audio format for a call whose codec is `codec` (as SIP names it, `PCMU/8000`; "" unknown)."""
+    if setting != "auto":
+        return setting
+    return "pcmu" if codec.split("/")[0].upper() == "PCMU" else "pcm24"
 
 
 def _encoder(fmt: str) -> Callable[[bytes], bytes]:
@@ -164,11 +184,11 @@ def _tool_specs(cfg: OpenAIRealtimeConfig) -> list[dict[str, Any]]:
     return out
 
 
-def session_update(cfg: OpenAIRealtimeConfig, tools: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-    """The `session.update` event for this config (GA shape), offering the call actions and `tools` (business tools'
-    specs, agents.tools)."""
-    fmt: dict[str, Any] = {"type": "audio/pcmu"} if cfg.audio_format == "pcmu" else {"type": "audio/pcm",
-                                                                                     "rate": 24000}
+def session_update(cfg: OpenAIRealtimeConfig, tools: Sequence[dict[str, Any]] = (), codec: str = "") -> dict[str, Any]:
+    """The `session.update` event for this config (GA shape) on a call whose codec is `codec`, offering the call
+    actions and `tools` (business tools' specs, agents.tools)."""
+    pcmu = audio_format_for(cfg.audio_format, codec) == "pcmu"
+    fmt: dict[str, Any] = {"type": "audio/pcmu"} if pcmu else {"type": "audio/pcm", "rate": 24000}
     turn: dict[str, Any] = {"type": cfg.turn_detection, "create_response": True, "interrupt_response": False}
     if cfg.turn_detection == "server_vad":
         turn["silence_duration_ms"] = cfg.silence_duration_ms
@@ -273,8 +293,12 @@ class _Request:
 
 class OpenAIRealtimeAgent(Agent):
     def __init__(self, cfg: OpenAIRealtimeConfig, handover: Handover | None = None,
-                 tools: Mapping[str, ToolConfig] | None = None) -> None:
+                 tools: Mapping[str, ToolConfig] | None = None, fallback: TakesOver | None = None) -> None:
         self.cfg = cfg
+        self.fallback = fallback
+        """The cascade of `cfg.fallback`, when the gateway linked it (agents.registry.link_fallbacks)."""
+        self._fell_back: str | None = None  # why the call moves to the fallback
+        self._apology: asyncio.Task[None] | None = None
         self.tools = {n: t for n, t in (tools or {}).items() if n in cfg.tools}
         """The business tools offered (agents.tools)."""
         self._business: CallTools | None = None
@@ -282,7 +306,9 @@ class OpenAIRealtimeAgent(Agent):
         """A call taken over: its first session gets the conversation so far and answers it, with no greeting."""
         self.call: CallControl | None = None
         self._out: asyncio.Queue[_Outgoing] | None = None
-        self._encode: Callable[[bytes], bytes] = _encoder(cfg.audio_format)
+        self.audio_format: Format = audio_format_for(cfg.audio_format, "")
+        """The session's audio format, chosen from the call's codec as the call starts."""
+        self._encode: Callable[[bytes], bytes] = _encoder(self.audio_format)
         self._active: str | None = None  # response in progress on the server
         self._cancelled: set[str] = set()
         self._requests: list[_Request] = []
@@ -307,6 +333,7 @@ class OpenAIRealtimeAgent(Agent):
     # -- running ------------------------------------------------------------------------------------------
     async def run(self, call: CallControl) -> None:
         self.call = call
+        self.audio_format = audio_format_for(self.cfg.audio_format, call.codec)
         runner = ToolRunner(self.tools, list(self.tools)) if self.tools else None
         self._business = CallTools(runner, call) if runner is not None else None
         if self._business is not None:
@@ -320,6 +347,9 @@ class OpenAIRealtimeAgent(Agent):
             await asyncio.gather(*aux, *self._tasks, *self._closing, return_exceptions=True)
             if runner is not None:
                 await runner.aclose()
+        if self._fell_back is not None and self.fallback is not None and self.cfg.fallback is not None:
+            await fall_back(call, self.fallback, self.cfg.fallback, "openai_realtime", self._fell_back,
+                            self.history.messages())
 
     async def _serve(self) -> None:
         """Connect, run the session, and on failure apologise and reconnect, until done or out of attempts."""
@@ -329,12 +359,12 @@ class OpenAIRealtimeAgent(Agent):
                 ws = await self._connect()
             except _FatalError as e:
                 _event("openai_realtime_error", call=self._call.call_id, error=str(e))
-                await self._give_up()
+                await self._give_up(str(e))
                 return
             except (OSError, TimeoutError, WebSocketException, _BadServerError) as e:
                 _event("openai_realtime_connect_failed", call=self._call.call_id, url=self.cfg.url,
                        attempt=self._failures + 1, error=repr(e)[:200])
-                if not await self._failed():
+                if not await self._failed(dead="connect refused" if refused(e) else None):
                     return
                 continue
             self._outage_t = None
@@ -347,15 +377,21 @@ class OpenAIRealtimeAgent(Agent):
             if not await self._failed():
                 return
 
-    async def _failed(self) -> bool:
-        """After a failed connect or a drop: apologise once per outage, wait, and say whether to try again."""
+    async def _failed(self, dead: str | None = None) -> bool:
+        """After a failed connect or a drop: apologise once per outage, wait, and say whether to try again; `dead`
+        (why the server is) moves the call to the fallback at once, if there is one."""
         self._failures += 1
         if self._outage_t is None:
             self._outage_t = time.monotonic()
             self._call.flush_playout()  # what was left of the broken reply
-            self._spawn(self._apologise(self._outage_t))
+            self._apology = asyncio.ensure_future(self._apologise(self._outage_t))
+            self._tasks.add(self._apology)
+            self._apology.add_done_callback(self._tasks.discard)
+        if dead is not None and self.fallback is not None:
+            await self._give_up(dead)
+            return False
         if self._failures > self.cfg.reconnect_attempts:
-            await self._give_up()
+            await self._give_up(f"{self._failures} failed connects or drops in a row")
             return False
         await asyncio.sleep(self.cfg.reconnect_backoff_s * 2 ** (self._failures - 1))
         return True
@@ -364,8 +400,17 @@ class OpenAIRealtimeAgent(Agent):
         _event("openai_realtime_apology", call=self._call.call_id, after_ms=round((time.monotonic() - since) * 1000))
         await self._call.say(self.cfg.apology)
 
-    async def _give_up(self) -> None:
-        _event("openai_realtime_give_up", call=self._call.call_id, failures=self._failures)
+    async def _give_up(self, why: str) -> None:
+        """The server is dead: the call moves to the fallback once the apology is heard, or ends after `goodbye`."""
+        _event("openai_realtime_give_up", call=self._call.call_id, failures=self._failures, reason=why,
+               fallback=self.cfg.fallback if self.fallback is not None else None)
+        if self.fallback is not None:
+            if self._apology is None:  # a key missing or refused: no outage began
+                self._apology = asyncio.ensure_future(self._apologise(time.monotonic()))
+            await asyncio.gather(self._apology, return_exceptions=True)
+            self._fell_back = why
+            self._done.set()
+            return
         self._done.set()
         await self._call.say(self.cfg.goodbye, interruptible=False)
         await self._call.hangup("agent_unavailable")
@@ -402,9 +447,10 @@ class OpenAIRealtimeAgent(Agent):
         before it expired, or expired)."""
         out: asyncio.Queue[_Outgoing] = asyncio.Queue()
         self._out = out
-        self._encode = _encoder(self.cfg.audio_format)
+        self._encode = _encoder(self.audio_format)
         self._expired = False
-        self._send(session_update(self.cfg, self._business.runner.realtime_specs() if self._business else ()))
+        self._send(session_update(self.cfg, self._business.runner.realtime_specs() if self._business else (),
+                                  self._call.codec))
         if not greet:
             items = handover_items(Handover(self.history.messages(), RESUME_NOTE))
             for item in items:
@@ -636,16 +682,16 @@ class OpenAIRealtimeAgent(Agent):
         if rid in self._cancelled:
             return
         data = base64.b64decode(ev["delta"], validate=True)
-        self._call.meter("openai_realtime_out_s", len(data) / BYTES_PER_MS[self.cfg.audio_format] / 1000)
+        self._call.meter("openai_realtime_out_s", len(data) / BYTES_PER_MS[self.audio_format] / 1000)
         reply = self._reply
         turn = self._turns.get(rid)
         if reply is None or reply.item_id != ev["item_id"]:
-            reply = self._reply = _Reply(ev["item_id"], rid, _decoder(self.cfg.audio_format))
+            reply = self._reply = _Reply(ev["item_id"], rid, _decoder(self.audio_format))
             if turn is not None:
                 turn.replies.append(reply)
         if reply.interrupted:
             return
-        reply.received_ms += len(data) / BYTES_PER_MS[self.cfg.audio_format]
+        reply.received_ms += len(data) / BYTES_PER_MS[self.audio_format]
         reply.pending += reply.decode(data)
         whole = len(reply.pending) // FRAME_BYTES * FRAME_BYTES
         if whole:
@@ -793,6 +839,8 @@ class OpenAIRealtimeFactory(AgentFactory):
         self.cfg = cfg
         self.prompts = prompts
         self.tools = dict(tools or {})
+        self.fallback: TakesOver | None = None
+        """The cascade named by `cfg.fallback`, set by agents.registry.link_fallbacks."""
 
     async def prepare(self) -> None:
         """Render the apology and goodbye now, so a dead server is answered within a frame or two."""
@@ -803,4 +851,7 @@ class OpenAIRealtimeFactory(AgentFactory):
             await self.prompts.prepare(text)
 
     def create(self, handover: Handover | None = None) -> Agent:
-        return OpenAIRealtimeAgent(self.cfg, handover, self.tools)
+        if self.cfg.fallback is not None and self.fallback is None:
+            raise RuntimeError(f"agent {self.name!r}: its fallback {self.cfg.fallback!r} was not linked "
+                               "(agents.registry.link_fallbacks)")
+        return OpenAIRealtimeAgent(self.cfg, handover, self.tools, self.fallback)

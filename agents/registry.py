@@ -42,3 +42,16 @@ def make_factory(name: str, cfg: AgentConfig, prompts: PromptCache,
     if isinstance(cfg, HybridAgentConfig):
         return HybridFactory(name, cfg, *hybrid_parts(name, cfg, agents or {}), prompts, prices, tools)
     raise ValueError(f"agent {name!r}: unknown type {cfg.type!r}")
+
+
+def link_fallbacks(factories: Mapping[str, AgentFactory]) -> None:
+    """Give each speech-to-speech factory (a hybrid's too) the cascade its config names as `fallback`; ValueError
+    when that is not a configured cascaded agent (telephony.config checks this first, with the file's line)."""
+    for name, f in factories.items():
+        s2s = f.s2s if isinstance(f, HybridFactory) else f
+        if not isinstance(s2s, OpenAIRealtimeFactory | GeminiLiveFactory) or s2s.cfg.fallback is None:
+            continue
+        cascade = factories.get(s2s.cfg.fallback)
+        if not isinstance(cascade, CascadedFactory):
+            raise ValueError(f"agents.{name}.fallback: {s2s.cfg.fallback!r} is not a configured cascaded agent")
+        s2s.fallback = cascade

@@ -133,6 +133,8 @@ class CallSession:
         self.called = called
         self.trunk = ""
         """The SIP trunk the call came in on ("" for none or another transport)."""
+        self.codec = ""
+        """The call's codec as SIP names it (`PCMU/8000`), set by the transport before the agent starts."""
         self.sip_headers: dict[str, str] = {}
         """Identity, diversion, X- and User-to-User headers of the inbound INVITE (empty for other transports)."""
         self.factory = factory

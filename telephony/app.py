@@ -18,7 +18,7 @@ import numpy as np
 
 from agents.base import AgentFactory
 from agents.cascaded import CascadedFactory
-from agents.registry import make_factory
+from agents.registry import link_fallbacks, make_factory
 from agents.session import CallActions, CallSession, Log, SessionTimeouts, SpendWatch
 from agents.speech.tts import PromptCache
 from agents.spend import DailySpend, SpendGuard
@@ -125,6 +125,7 @@ class Gateway:
             name: make_factory(name, a, self.prompts, config.agents, config.prices, config.tools)
             for name, a in config.agents.items()
         }
+        link_fallbacks(self.factories)
         self.stack = SipStack(config, self)
         self.stack.every(1.0, self._check_rtp)
         self.legs: dict[int, Leg] = {}
@@ -244,6 +245,8 @@ class Gateway:
         leg = self.legs.get(call.key)
         # an outbound call's early media (183) is the network's, not the callee's: its agent starts on the answer
         answered = leg is not None and (leg.direction == "inbound" or call.connected_at is not None)
+        if leg is not None and not leg.codec:
+            leg.codec = call.codec
         if leg is not None and not leg.rtp_local and self._loop is not None:
             leg.rtp_local = call.rtp_local
             self._loop.call_soon_threadsafe(self._start_pcap, leg)
@@ -333,6 +336,7 @@ class Gateway:
             return False
         old = self.factories
         self.factories = {n: fresh.get(n) or old[n] for n in merged.agents}
+        link_fallbacks(self.factories)
         self.config = merged
         for tr in self.transports:
             if hasattr(tr, "config"):
@@ -528,6 +532,7 @@ class Gateway:
 
     def _start_session(self, leg: Leg) -> None:
         if leg.task is None:
+            leg.session.codec = leg.codec  # an S2S agent chooses its audio format by it
             leg.task = asyncio.ensure_future(leg.session.run())
 
     def _finish(self, leg: Leg, why: str, code: int, reason: str) -> None:

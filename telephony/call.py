@@ -109,6 +109,9 @@ class SipCall(pj.Call):  # type: ignore[misc]
     def onCallMediaState(self, prm: Any) -> None:  # noqa: N802
         try:
             ci = self.getInfo()
+            si = self.getStreamInfo(0) if self.hasMedia() else None
+            if si is not None:  # before `_connect`, whose on_media_ready starts the agent: it may choose by codec
+                self.codec = f"{si.codecName}/{si.codecClockRate}"
             for i, mi in enumerate(ci.media):
                 if mi.type != pj.PJMEDIA_TYPE_AUDIO:
                     continue
@@ -120,9 +123,6 @@ class SipCall(pj.Call):  # type: ignore[misc]
                     self._connect(i)
                 # held: pjsua made the stream anew and its slot stays unconnected, so the agent neither plays (its
                 # queued audio waits) nor hears the hold music (tests/integration/test_call_control.py)
-            si = self.getStreamInfo(0) if self.hasMedia() else None
-            if si is not None:
-                self.codec = f"{si.codecName}/{si.codecClockRate}"
             event("call_media", call=self.call_id, codec=self.codec, hold=self.on_hold, srtp=self.srtp)
         except Exception as e:
             event("sip_callback_error", call=self.call_id, where="onCallMediaState", error=repr(e))

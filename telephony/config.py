@@ -32,6 +32,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from agents.config import AgentConfig, CascadedAgentConfig, HybridAgentConfig, check_tools, hybrid_parts
 from agents.cost import Prices, s2s_per_min
+from agents.gemini_live import GeminiLiveConfig
+from agents.openai_realtime import OpenAIRealtimeConfig
 from agents.patterns import Regex, TextOrRegex
 from agents.speech.tts import TtsError, check_voice
 from agents.spend import SpendCap
@@ -693,6 +695,19 @@ class Config(_Strict):
                 if agent.budget is not None and agent.budget.usd_per_min is None and not s2s_per_min(
                         self.prices, s2s.type):
                     raise ValueError(f"agents.{name}.budget: no usd_per_min, and prices.s2s.{s2s.type} is 0")
+        return self
+
+    @model_validator(mode="after")
+    def _fallbacks(self) -> Config:
+        """A speech-to-speech agent's `fallback` names a cascaded agent: reported at its `fallback` line."""
+        faults = [(name, a.fallback) for name, a in self.agents.items() if isinstance(a, OpenAIRealtimeConfig
+                  | GeminiLiveConfig) and a.fallback is not None and not isinstance(self.agents.get(a.fallback),
+                                                                                    CascadedAgentConfig)]
+        if faults:
+            raise ValidationError.from_exception_data("Config", [
+                InitErrorDetails(type=PydanticCustomError("fallback", "{msg}", {
+                    "msg": f"{to!r} is not a configured cascaded agent"}),
+                    loc=("agents", name, "fallback"), input=to) for name, to in faults])
         return self
 
     @model_validator(mode="after")

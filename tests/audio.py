@@ -53,9 +53,10 @@ def piper(text: str) -> np.ndarray:
     return to_array(resample(pcm, rate))
 
 
-def espeak(text: str, voice: str = "en-us", speed: int = 175) -> np.ndarray:
-    out = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text], capture_output=True,
-                         check=True).stdout
+def espeak(text: str, voice: str = "en-us", speed: int = 175, pitch: int = 50, amplitude: int = 100) -> np.ndarray:
+    """espeak-ng speech at 16 kHz; `speed` words a minute, `pitch` 0-99 and `amplitude` 0-200 (its defaults 50, 100)."""
+    out = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-a", str(amplitude),
+                          "--stdout", text], capture_output=True, check=True).stdout
     import io
 
     with wave.open(io.BytesIO(out)) as w:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from media.vad import Vad
+from telephony.simulator.measure import caller_onset_frame, frames_db, last_agent_frame, talking_before
 from tests import audio
 from tests.integration.peers import Gateway, call, free_port, gateway_config, start_gateway
 from tests.servers.gemini_live import AFTER_TOOL, GeminiLiveServer, Reply
@@ -21,6 +22,8 @@ KEY_ENV = "VG_TEST_GEMINI_KEY"
 KEY = "test-key-123"
 SCENARIOS = ("audio", "tool", "goaway", "drop")
 OPENING = "Hello, and welcome. Let me tell you about our opening hours today."
+LONG = ("Thank you for calling the harbour hotel. Every room has a view of the water, breakfast is served on the "
+        "terrace from seven, and the restaurant opens at noon with fresh fish every day.")
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +127,35 @@ def test_gemini_live_calls(gw: Gateway, servers: dict[str, GeminiLiveServer], tm
     reconnects = [e for e in gw.events("gemini_connected") if e["call"] == end["call"]]
     numbers["drop_outage_ms"] = reconnects[-1]["ready_ms"]
     print(json.dumps(numbers))
+
+
+@pytest.mark.timeout(90)
+def test_a_caller_talking_over_a_long_reply_stops_it_and_the_server_sees_the_interruption(
+        gw: Gateway, servers: dict[str, GeminiLiveServer], tmp_path: Path) -> None:
+    server = servers["audio"]
+    server.script(Reply(LONG))
+    clip = audio.scale_to_db(audio.telephone_band(audio.trim(audio.espeak(audio.CALLER_SENTENCE))), -20.0)
+    wav = audio.write_wav(tmp_path / "say.wav", clip)
+    before = len(server.sessions)
+    res = call(f"sip:gemini-audio@127.0.0.1:{gw.port}", "--play", str(wav), "--speak-at-s", "4.0", "--duration", "9",
+               "--record", str(tmp_path / "rx.wav"), "--record-sent", str(tmp_path / "tx.wav"), timeout=40)
+    assert res["status"] == 200 and not res["remote_hangup"], res
+    [incoming] = [e for e in gw.events("call_incoming") if e["called"] == "gemini-audio"][-1:]
+    end = gw.wait_event("call_end", 15, call=incoming["call"])
+    assert server.violations == []
+    [s] = server.sessions[before:]
+    # the server saw the caller's activityStart over its reply, cancelled it and said `interrupted`
+    assert s.interrupted == 1 and s.replies[0] == LONG, s
+    [cut] = [t for t in server.when("interrupted") if t > incoming["ts"]]
+    barge = gw.wait_event("barge_in", 1, call=incoming["call"])
+    assert 0 <= cut - barge["ts"] < 0.5, (cut, barge)
+    # the caller stopped hearing the reply soon after starting to talk
+    rx, tx = audio.read_wav(tmp_path / "rx.wav"), audio.read_wav(tmp_path / "tx.wav")
+    onset = caller_onset_frame(tx, res["speak_start_frame"])
+    assert talking_before(frames_db(rx), onset), "the caller did not talk over the reply"
+    heard_after_ms = (last_agent_frame(rx, onset) - onset + 1) * 20
+    assert heard_after_ms < 600, heard_after_ms  # the playout pauses on the caller's onset, flushed on confirm
+    [turn] = [t for t in end["turns"] if t["trigger"] == "greeting"]
+    assert turn["interrupted_by"] == "gateway" and turn["audio_ms"] < 9000, turn
+    print(json.dumps({"heard_after_onset_ms": heard_after_ms, "server_cut_after_barge_in_ms": round(
+        (cut - barge["ts"]) * 1000), "turn": turn}))

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
+from agents.openai_realtime import OpenAIRealtimeConfig
 from media.resample import resample
 from media.vad import Vad
 from telephony.records import totals
@@ -40,6 +41,13 @@ def rt() -> Iterator[RealtimeServer]:
 
 
 @pytest.fixture(scope="module")
+def gone() -> Iterator[RealtimeServer]:
+    """A Realtime server that the fallback test stops before it calls."""
+    with RealtimeServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
 def llm() -> Iterator[LlmServer]:
     with LlmServer() as server:
         yield server
@@ -52,8 +60,8 @@ def hook() -> Iterator[Webhook]:
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory, rt: RealtimeServer, llm: LlmServer, hook: Webhook
-       ) -> Iterator[Gateway]:
+def gw(tmp_path_factory: pytest.TempPathFactory, rt: RealtimeServer, llm: LlmServer, hook: Webhook,
+       gone: RealtimeServer) -> Iterator[Gateway]:
     os.environ[KEY_ENV] = "sk-test"
     port = free_port()
     cfg = yaml.safe_load(gateway_config(port))
@@ -63,9 +71,14 @@ def gw(tmp_path_factory: pytest.TempPathFactory, rt: RealtimeServer, llm: LlmSer
                              "llm": {"base_url": llm.base_url, "model": "test-model", "api_key_env": None,
                                      "greeting": "Hi.", "first_token_timeout_s": 2.0}}
     cfg["agents"]["hytools"] = {"type": "hybrid", "cascade": "shop", "s2s": "rt"}
+    cfg["agents"]["hyangry"] = {"type": "hybrid", "cascade": "assistant", "s2s": "rt",
+                                "escalate_when": {"baseline_turns": 1}}  # one calm question sets the baseline
+    cfg["agents"]["rt_gone"] = {"type": "openai_realtime", "url": gone.url, "api_key_env": KEY_ENV,
+                                "fallback": "assistant"}
     cfg["tools"]["order_status"]["http"].update(url=hook.url + "/orders/{order_id}", timeout_s=1.0, retries=0)
     cfg["routes"] = [{"match": "hybrid", "agent": "hybrid"}, {"match": "rt", "agent": "rt"},
-                     {"match": "hytools", "agent": "hytools"}]
+                     {"match": "hytools", "agent": "hytools"}, {"match": "rt-gone", "agent": "rt_gone"},
+                     {"match": "hyangry", "agent": "hyangry"}]
     cfg["prices"] = {"asr_per_min": 0.006, "tts_per_char": 0.000015, "sip_per_min": 0.004,
                      "s2s": {"openai_realtime": {"in_per_min": 0.02, "out_per_min": 0.08}}}
     g = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-hybrid"), port)
@@ -195,3 +208,67 @@ def test_both_backends_of_a_hybrid_call_the_tool_and_the_s2s_agent_is_told_the_c
     outputs = [json.loads(i["output"]) for i in items if i["type"] == "function_call_output"]
     assert outputs[0] == {"ok": True, "result": {"found": True, "status": "shipped"}}
     assert "complaint" in items[items.index(call_item) + 2]["content"][0]["text"].lower()
+
+
+@pytest.mark.timeout(90)
+def test_a_dead_s2s_server_gets_an_apology_at_once_and_the_fallback_cascade_answers(
+    gw: Gateway, gone: RealtimeServer, tmp_path: Path
+) -> None:
+    gone.stop()
+    ask_at, call_s = 8.0, 14.0  # after the apology (3.5 s) and the cascade's greeting (3 s)
+    talk = np.zeros(int(call_s * 16000), np.float32)
+    x = audio.piper(QUESTION)
+    talk[int(ask_at * 16000) : int(ask_at * 16000) + len(x)] = x
+    wav = audio.write_wav(tmp_path / "talk.wav", talk)
+    res = call(f"sip:rt-gone@127.0.0.1:{gw.port}", "--play", str(wav), "--speak-at-s", "0", "--duration",
+               str(call_s), "--record", str(tmp_path / "rx.wav"), timeout=call_s + 30)
+    assert res["status"] == 200 and not res["remote_hangup"], res
+    c = gw.events("call_incoming")[-1]["call"]
+    end = gw.wait_event("call_end", 15, call=c)
+    answered = gw.wait_event("call_answered", 1, call=c)
+    said = [e for e in gw.events("agent_say") if e["call"] == c]
+    apology_ms = round((said[0]["ts"] - answered["ts"]) * 1000)
+    print(json.dumps({"apology_after_answer_ms": apology_ms, "turns": end["turns"]}))
+    apology = OpenAIRealtimeConfig(type="openai_realtime").apology
+    assert said[0]["text"] == apology and said[0]["ts"] - answered["ts"] < 1.0, (said[0], answered)
+    assert gw.wait_event("s2s_fallback", 1, call=c)["reason"] == "connect refused"
+    fell, *cascade = end["turns"]
+    assert fell == {"engine": "openai_realtime", "fallback": "assistant", "reason": "connect refused"}
+    # the cascade greets (there was no conversation yet) and answers the caller's question
+    [answer] = [t for t in cascade if t.get("backend") == "cascaded"]
+    assert "open" in answer["text"].lower() and answer["reply"].startswith("Reception is open"), answer
+    rx = audio.read_wav(tmp_path / "rx.wav")
+    assert speech_s(rx[int(4.5 * 16000) : int(ask_at * 16000)]) > 1.0  # the greeting, after the apology
+    assert speech_s(rx[int((ask_at + len(x) / 16000) * 16000) :]) > 1.0  # the answer
+
+
+@pytest.mark.timeout(90)
+def test_an_angry_voice_after_a_calm_question_moves_the_call_to_s2s(gw: Gateway, rt: RealtimeServer,
+                                                                     tmp_path: Path) -> None:
+    """The same words said calmly, then with raised pitch, level and rate (espeak-ng, as the router's unit test):
+    the router judges the second against the caller's first turn on the wire, not against absolute levels."""
+    rt.reset()
+    rt.script(speak("I can hear you are upset. Let me help."))
+    calm = audio.espeak(QUESTION)
+    angry = np.clip(audio.espeak("Is breakfast included with the room", pitch=85, amplitude=190, speed=230),
+                    -32768, 32767)
+    calm_at, angry_at, call_s = 5.0, 14.0, 18.5  # after the greeting (3 s); after the 5.5 s answer to the question
+    talk = np.zeros(int(call_s * 16000), np.float32)
+    for at, x in ((calm_at, calm), (angry_at, angry)):
+        talk[int(at * 16000) : int(at * 16000) + len(x)] = x
+    wav = audio.write_wav(tmp_path / "talk.wav", talk)
+    res = call(f"sip:hyangry@127.0.0.1:{gw.port}", "--play", str(wav), "--speak-at-s", "0", "--duration",
+               str(call_s), "--record", str(tmp_path / "rx.wav"), timeout=call_s + 30)
+    assert res["status"] == 200 and not res["remote_hangup"], res
+    end = gw.wait_event("call_end", 15, call=gw.events("call_incoming")[-1]["call"])
+    turns = end["turns"]
+    print(json.dumps(turns))
+    cascade = [t for t in turns if t.get("backend") == "cascaded"]
+    assert len(cascade) == 1 and "open" in cascade[0]["text"].lower(), turns  # the calm question, answered
+    assert not cascade[0]["interrupted"], cascade  # and heard in full: the angry turn is one of its own
+    [escalation] = [t for t in turns if "escalation" in t]
+    assert escalation["escalation"] == "arousal" and escalation["to"] == "openai_realtime", escalation
+    assert float(escalation["detail"].split()[1]) >= 2.0, escalation  # "z 2.8 (pitch +.., level +.., arousal +..)"
+    s2s = [t for t in turns if t.get("backend") == "openai_realtime"]
+    assert s2s and s2s[0]["trigger"] == "handover" and s2s[0]["status"] == "completed", s2s
+    assert rt.violations == []

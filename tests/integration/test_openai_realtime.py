@@ -41,6 +41,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory, rt: RealtimeServer) -> Iterator
         "rt_pcm": {**base, "audio_format": "pcm24", "turn_owner": "server", "turn_detection": "semantic_vad"},
         "rt_renew": {**base, "renew_before_s": 4.0},
         "rt_expire": {**base, "renew_before_s": 0},
+        "rt_auto": base,  # audio_format: auto
     }
     routes = [{"match": n.replace("_", "-"), "agent": n, "transfer_allowed": ["sip:sales@example.com"]}
               for n in agents]  # the model names this target itself: the route allows it (the transfer guard)
@@ -200,3 +201,14 @@ def test_a_session_the_server_ends_is_replaced_at_once_with_the_caller_words(
     assert replayed(rt, 1) == [("system", RESUME_NOTE), ("assistant", GREETING), ("user", "When are you open?"),
                                ("assistant", "We are open from seven.")]
     assert all(e["call"] != end["call"] for e in gw.events("openai_realtime_apology"))
+
+
+def test_auto_audio_format_follows_the_calls_codec(gw: Gateway, rt: RealtimeServer, tmp_path: Path) -> None:
+    rt.reset()
+    for codec in ("PCMU", "G722"):
+        res = call(uri(gw, "rt-auto"), "--codec", codec, "--duration", "4", "--record", str(tmp_path / f"{codec}.wav"))
+        assert res["status"] == 200 and res["codec"].startswith(codec), res
+        last_call(gw)
+        assert speech_s(audio.read_wav(tmp_path / f"{codec}.wav")) > 1.0  # the greeting, heard in either format
+    # mu-law passes a PCMU caller's audio through; a G.722 call (16 kHz) gets PCM 24 kHz
+    assert rt.input_rates == {0: 8000, 1: 24000} and rt.violations == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import threading
 from contextlib import AbstractAsyncContextManager
 from typing import Self
@@ -32,8 +33,13 @@ class ThreadedServer(abc.ABC):
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop serving (its connections close), at most once; a test may stop a server before its `with` ends."""
         if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+            with contextlib.suppress(RuntimeError):  # its loop is closed: stopped already
+                self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(5.0)
 
     async def _main(self) -> None:

@@ -178,7 +178,6 @@ def test_a_pcap_route_needs_the_sip_trace_named_with_its_line(tmp_path: Path):
     assert cfg.routes[1].pcap and cfg.records.pcap_path == str(tmp_path.absolute() / "records/pcap")
 
 
-
 def test_a_transfer_step_is_blind_unless_attended():
     text = ("agents:\n  x:\n    type: scripted\n    start: a\n    nodes:\n      a:\n"
             "        - {transfer: 'sip:desk@pbx', attended: true}\n        - {transfer: 'sip:desk@pbx'}\n"
@@ -189,3 +188,13 @@ def test_a_transfer_step_is_blind_unless_attended():
         parse_config(text.replace("attended: true", "attended: true, timeout_s: 10"), "x.yaml")
     [issue] = e.value.issues
     assert issue.line == 3 and "timeout_s must be over 20 s" in issue.message, issue
+
+
+@pytest.mark.parametrize("kind", ["openai_realtime", "gemini_live"])
+def test_a_speech_to_speech_fallback_names_a_cascaded_agent_with_the_line(kind: str) -> None:
+    s2s = f"  s2s:\n    type: {kind}\n    api_key_env: null\n    fallback: FALLBACK\n"
+    text = MINIMAL.replace("routes:", s2s + "routes:")
+    assert _issues(text.replace("FALLBACK", "e")) == [
+        "vg.yaml:7: agents.s2s.fallback: 'e' is not a configured cascaded agent"]
+    ok = parse_config(text.replace("FALLBACK", "desk").replace("routes:", "  desk:\n    type: cascaded\nroutes:"))
+    assert ok.agents["s2s"].fallback == "desk"  # type: ignore[union-attr]

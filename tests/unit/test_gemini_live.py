@@ -14,13 +14,16 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
+from agents.base import Handover
 from agents.gemini_live import RESUME_TEXT, GeminiLiveAgent, GeminiLiveConfig, GeminiLiveFactory
-from agents.session import CallSession, SessionTimeouts
+from agents.session import CallSession, SessionTimeouts, TakesOver
 from agents.speech.tts import PromptCache
 from media.frames import FRAME_SAMPLES, SILENCE, level_dbfs
 from media.pipeline import CallMedia
 from tests import audio
+from tests.integration.peers import free_port
 from tests.servers.gemini_live import AFTER_TOOL, GeminiLiveServer, Reply, Session
+from tests.unit.test_openai_realtime import Takeover
 
 LONG = ("This is a long answer from the test model, so that the caller has time to talk over it. It goes on for "
         "a while, and a caller who interrupts it should not hear the rest.")
@@ -92,12 +95,13 @@ class AgentLog(logging.Handler):
 
 
 async def _call(server: GeminiLiveServer, seconds: float, caller: list[tuple[float, np.ndarray]],
-                **options: Any) -> Call:
+                takeover: TakesOver | None = None, **options: Any) -> Call:
     cfg = GeminiLiveConfig.model_validate({
         "type": "gemini_live", "url": server.url, "api_key_env": None, "model": "models/test-live",
         "greeting": "Greet the caller.", "transfer_target": "sip:operator@example.com", **options})
     prompts = PromptCache()
     factory = GeminiLiveFactory("gemini", cfg, prompts)
+    factory.fallback = takeover
     await factory.prepare()
     actions = Actions()
     logs: list[dict[str, Any]] = []
@@ -154,9 +158,9 @@ async def _call(server: GeminiLiveServer, seconds: float, caller: list[tuple[flo
 
 
 def call(server: GeminiLiveServer, seconds: float, caller: list[tuple[float, np.ndarray]] | None = None,
-         **options: Any) -> Call:
+         takeover: TakesOver | None = None, **options: Any) -> Call:
     before = len(server.violations)
-    c = asyncio.run(_call(server, seconds, caller or [], **options))
+    c = asyncio.run(_call(server, seconds, caller or [], takeover, **options))
     assert server.violations[before:] == []
     return c
 
@@ -265,6 +269,32 @@ def test_dropped_connection_and_dead_server_get_an_apology_and_the_call_goes_on(
     assert cut["trigger"] == "greeting"
     print(json.dumps({"apology_after_drop_ms": round((apology["ts"] - drop) * 1000),
                       "outage_ms": c.events("gemini_connected")[1]["ready_ms"]}))
+
+
+@pytest.mark.timeout(60)
+def test_a_refused_connect_with_a_fallback_apologises_at_once_and_the_cascade_carries_on(server):
+    cascade = Takeover()
+    c = call(server, 6.0, takeover=cascade, url=f"ws://127.0.0.1:{free_port()}/live", fallback="desk")
+    apology, line = c.events("agent_say")
+    assert "trouble" in apology["text"] and line["text"] == cascade.line
+    assert c.at(apology["ts"]) < 1.0, c.at(apology["ts"])
+    assert cascade.handovers == [Handover(())] and not c.events("gemini_connected")
+    assert c.session.record.turns == [{"engine": "gemini_live", "fallback": "desk", "reason": "connect refused"}]
+
+
+@pytest.mark.timeout(60)
+def test_a_server_down_past_the_reconnects_hands_the_conversation_to_the_fallback(server):
+    server.script(Reply("Hello there."), Reply(OPENING, misbehave="drop", down_s=6.0))
+    cascade = Takeover()
+    c = call(server, 10.0, [(1.5, audio.scale_to_db(audio.trim(audio.piper("Hi.")), -20.0))], takeover=cascade,
+             fallback="desk", reconnect_attempts=1)
+    [apology] = [e for e in c.events("agent_say") if "trouble" in e["text"]]
+    [drop] = [t for t in server.when("drop") if t > c.t0]
+    assert apology["ts"] - drop < 1.0 and c.events("agent_say")[-1]["text"] == cascade.line
+    [handover] = cascade.handovers
+    assert handover is not None and handover.messages[0] == ("assistant", "Hello there."), handover
+    fell = c.session.record.turns[-1]
+    assert fell == {"engine": "gemini_live", "fallback": "desk", "reason": "2 failed connects in a row"}, fell
 
 
 @pytest.mark.timeout(60)

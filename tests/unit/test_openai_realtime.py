@@ -20,9 +20,10 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from agents.base import AgentEvent, BargeIn, CallerAudio, Played, TransferFailed
+from agents.base import Agent, AgentEvent, BargeIn, CallControl, CallerAudio, Handover, Played, TransferFailed
 from agents.cost import Meter
-from agents.openai_realtime import OpenAIRealtimeAgent, OpenAIRealtimeConfig
+from agents.openai_realtime import OpenAIRealtimeAgent, OpenAIRealtimeConfig, audio_format_for, session_update
+from agents.session import TakesOver
 from media.frames import FRAME_BYTES, SILENCE
 from media.resample import resample
 from tests import audio
@@ -50,6 +51,7 @@ class FakeCall:
     caller: str = "sip:caller@test"
     called: str = "rt"
     sip_headers: dict[str, str] = field(default_factory=dict)
+    codec: str = "PCMU/8000"
     heard: bytearray = field(default_factory=bytearray)
     said: list[tuple[float, str]] = field(default_factory=list)
     turns: list[dict[str, Any]] = field(default_factory=list)
@@ -164,7 +166,7 @@ STOP_S = 5.0
 
 
 def drive(cfg: OpenAIRealtimeConfig, call: FakeCall, until: Callable[[], bool], timeout: float = 10.0,
-          script: Callable[[FakeCall], Any] | None = None) -> bool:
+          script: Callable[[FakeCall], Any] | None = None, fallback: TakesOver | None = None) -> bool:
     """Run the agent on `call` until `until()` or the agent ends; returns whether `until()` came true.
 
     Fails (rather than hangs) when a task does not finish within `STOP_S` of being cancelled, with its stack.
@@ -172,7 +174,7 @@ def drive(cfg: OpenAIRealtimeConfig, call: FakeCall, until: Callable[[], bool], 
 
     async def main() -> bool:
         clock = asyncio.create_task(call.clock(), name="clock")
-        agent = asyncio.create_task(OpenAIRealtimeAgent(cfg).run(call), name="agent")
+        agent = asyncio.create_task(OpenAIRealtimeAgent(cfg, fallback=fallback).run(call), name="agent")
         side = asyncio.create_task(script(call), name="script") if script else None
         tasks = [t for t in (clock, agent, side) if t is not None]
         deadline = time.monotonic() + timeout
@@ -262,6 +264,27 @@ def test_session_is_ga_shaped_and_the_greeting_is_heard_as_sent(rt: RealtimeServ
         ref = audio.telephone_band(ref)
     _, peak = correlation(ref, pcm_array(call.heard))
     assert peak > (0.9 if fmt == "pcmu" else 0.97), peak
+
+
+@pytest.mark.parametrize(("codec", "want"), [("PCMU/8000", "pcmu"), ("pcmu/8000", "pcmu"), ("PCMA/8000", "pcm24"),
+                                             ("G722/16000", "pcm24"), ("L16/16000", "pcm24"), ("", "pcm24")])
+def test_auto_audio_format_is_mu_law_only_for_a_pcmu_call(codec: str, want: str) -> None:
+    assert audio_format_for("auto", codec) == want
+    assert audio_format_for("pcm24", "PCMU/8000") == "pcm24" and audio_format_for("pcmu", "G722/16000") == "pcmu"
+    cfg = OpenAIRealtimeConfig(type="openai_realtime")
+    assert cfg.audio_format == "auto"
+    audio = session_update(cfg, codec=codec)["session"]["audio"]
+    fmt = {"type": "audio/pcmu"} if want == "pcmu" else {"type": "audio/pcm", "rate": 24000}
+    assert audio["input"]["format"] == audio["output"]["format"] == fmt
+
+
+@pytest.mark.parametrize(("codec", "rate"), [("PCMU/8000", 8000), ("G722/16000", 24000)])
+def test_an_auto_session_takes_the_format_of_the_call(rt: RealtimeServer, codec: str, rate: int) -> None:
+    rt.script(speak("Hello."))
+    call = FakeCall(codec=codec)
+    assert drive(config(rt), call, lambda: len(call.turns) >= 1)
+    assert rt.violations == [] and rt.input_rates == {0: rate}
+    assert call.turns[0]["status"] == "completed" and abs(call.turns[0]["heard_ms"] - rt.responses[0].sent_ms) <= 40
 
 
 @pytest.mark.parametrize("fmt", ["pcmu", "pcm24"])
@@ -384,6 +407,69 @@ def test_dead_server_gets_an_apology_at_once_then_a_goodbye(rt: RealtimeServer) 
     assert [t for _, t in call.said] == [cfg.apology, cfg.goodbye]
     assert call.said[0][0] - call.start < 1.0
     assert call.hangups == ["agent_unavailable"]
+
+
+class _Line(Agent):
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    async def run(self, call: CallControl) -> None:
+        await call.say(self.text)
+
+
+@dataclass
+class Takeover:
+    """A `TakesOver` standing in for the cascade: it keeps the handover it is given and says one line."""
+
+    line: str = "This is the cascade. How can I help?"
+    handovers: list[Handover | None] = field(default_factory=list)
+
+    def create(self, handover: Handover | None = None) -> Agent:
+        self.handovers.append(handover)
+        return _Line(self.line)
+
+
+def test_a_refused_connect_with_a_fallback_apologises_at_once_and_the_cascade_carries_on() -> None:
+    dead = f"ws://127.0.0.1:{free_port()}/v1/realtime"
+    cfg = OpenAIRealtimeConfig(type="openai_realtime", url=dead, api_key_env=None, fallback="desk")
+    call, cascade = FakeCall(), Takeover()
+    assert drive(cfg, call, lambda: len(call.said) >= 2, timeout=5, fallback=cascade)
+    (t_apology, apology), (_, line) = call.said
+    assert (apology, line) == (cfg.apology, cascade.line)
+    assert t_apology - call.start < 1.0  # not after reconnect_attempts (4) and their backoff (7.5 s)
+    assert cascade.handovers == [Handover(())] and not call.hangups and cfg.goodbye not in [t for _, t in call.said]
+    assert call.turns == [{"engine": "openai_realtime", "fallback": "desk", "reason": "connect refused"}]
+
+
+def test_a_missing_key_with_a_fallback_apologises_and_the_cascade_carries_on(
+        rt: RealtimeServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(KEY_ENV)
+    call, cascade = FakeCall(), Takeover()
+    cfg = config(rt, fallback="desk")
+    assert drive(cfg, call, lambda: len(call.said) >= 2, timeout=5, fallback=cascade)
+    assert [t for _, t in call.said] == [cfg.apology, cascade.line] and rt.connections == 0 and not call.hangups
+    assert call.turns[0]["reason"] == f"environment variable {KEY_ENV} (api_key_env) is not set", call.turns
+
+
+def test_a_server_gone_mid_call_hands_the_conversation_to_the_fallback() -> None:
+    greeting = "Hello, thank you for calling. How can I help you today?"
+    with RealtimeServer() as server:
+        server.script(speak(greeting))
+        cfg = OpenAIRealtimeConfig(type="openai_realtime", url=server.url, api_key_env=None, fallback="desk",
+                                   reconnect_backoff_s=0.1)
+        call, cascade = FakeCall(), Takeover()
+
+        async def script(c: FakeCall) -> None:
+            while not c.turns:
+                await asyncio.sleep(0.02)
+            await asyncio.to_thread(server.stop)  # the connection drops, and reconnects are refused
+
+        assert drive(cfg, call, lambda: bool(cascade.handovers) and len(call.said) >= 2, timeout=8, script=script,
+                     fallback=cascade)
+    assert [t for _, t in call.said] == [cfg.apology, cascade.line]
+    assert cascade.handovers == [Handover((("assistant", greeting),))]
+    assert call.turns[-1] == {"engine": "openai_realtime", "fallback": "desk", "reason": "connect refused"}
+    assert not call.hangups
 
 
 def test_missing_api_key_ends_the_call_without_retrying(rt: RealtimeServer, monkeypatch: pytest.MonkeyPatch) -> None:
