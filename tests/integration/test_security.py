@@ -1,7 +1,9 @@
 """Security and robustness on the wire, against one gateway with `sip.allow` and `sip.users`: a source ACL and digest
 credentials for calls from no trunk (sipp from 127.0.0.1 and 127.0.0.2), the transfer guard (a scripted transfer
 to a target its route does not allow: no REFER, the fallback is spoken), and malformed RTP sent to a live call's
-RTP port (tests/fuzz_rtp.py): that call and another one keep echoing, and the gateway does not crash or spin."""
+RTP port (tests/fuzz_rtp.py): that call and another one keep echoing, and the gateway does not crash or spin.
+No secret (trunk password, control token, S2S API key, a digest user's password) reaches a log, trace, record or
+CLI output."""
 
 from __future__ import annotations
 
@@ -23,8 +25,11 @@ import pytest
 import yaml
 
 from media.g711 import ulaw_decode, ulaw_encode
+from telephony.records import read_records
 from tests.fuzz_rtp import blast
+from tests.integration.kamailio import REALM, Kamailio
 from tests.integration.peers import (
+    VENV_BIN,
     Gateway,
     ack,
     free_port,
@@ -36,32 +41,52 @@ from tests.integration.peers import (
     start_gateway,
 )
 from tests.integration.test_trunks import BYE, PCMU, authenticated_call, call_with_headers, scenario
+from tests.servers.openai_realtime import RealtimeServer
 
 PASSWORD = "alice-s3cret"
 CONTROL_TOKEN = "sec-control-token"
+TRUNK_PASSWORD = "trunk-pw-9d41c7"
+S2S_KEY = "sk-s2s-key-5be2f0"
 FRAUD_TARGET = "sip:+882100123@127.0.0.1:9"
 BYE_RECEIVED = f"""  <recv request="BYE"/>
 {reply("200 OK")}"""
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    os.environ["VG_TEST_ALICE_PW"] = PASSWORD
+def registrar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
+    k = Kamailio(free_port(), tmp_path_factory.mktemp("kamailio-sec"), TRUNK_PASSWORD, "vgsec")
+    k.start()
+    yield k
+    k.stop()
+
+
+@pytest.fixture(scope="module")
+def rt() -> Iterator[RealtimeServer]:
+    with RealtimeServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, registrar: Kamailio, rt: RealtimeServer) -> Iterator[Gateway]:
+    os.environ.update(VG_TEST_ALICE_PW=PASSWORD, VG_TEST_SEC_S2S_KEY=S2S_KEY)
     port = free_port()
     cfg = yaml.safe_load(gateway_config(port))
+    cfg["records"]["sip_trace"] = True
     cfg["sip"].update(allow=["127.0.0.1/32"], users={"alice": {"password_env": "VG_TEST_ALICE_PW"}})
     cfg["agents"] = {"echo": {"type": "echo"}, "fraud": {  # no speech engines to prepare: it starts in seconds
         "type": "scripted", "voice": "en", "start": "a",
         "nodes": {"a": [{"transfer": FRAUD_TARGET, "timeout_s": 5},
                         {"say": "Sorry, that number is not allowed."}, {"hangup": "transfer_refused"}]},
-    }}
+    }, "s2s": {"type": "openai_realtime", "url": rt.url, "api_key_env": "VG_TEST_SEC_S2S_KEY"}}
     cfg["routes"] = [{"match": "fraud", "agent": "fraud", "transfer_allowed": ["/^sip:\\+4420\\d+@/"]},
-                     {"match": "echo", "agent": "echo"}]
-    os.environ.update(VG_TEST_SEC_CONTROL=CONTROL_TOKEN, VG_TEST_SEC_TRUNK_PW="unused")
+                     {"match": "echo", "agent": "echo"}, {"match": "s2s", "agent": "s2s"}]
+    os.environ.update(VG_TEST_SEC_CONTROL=CONTROL_TOKEN, VG_TEST_SEC_TRUNK_PW=TRUNK_PASSWORD)
     cfg["control"] = {"listen": "127.0.0.1", "port": free_port(), "token_env": "VG_TEST_SEC_CONTROL"}
     cfg["trunks"] = {"limited": {"registrar": f"sip:127.0.0.1:{free_port()}", "register": False, "username": "vg",
                                  "password_env": "VG_TEST_SEC_TRUNK_PW", "allowed": [r"\+4930\d+"],
-                                 "max_calls_per_min": 1}}
+                                 "max_calls_per_min": 1},
+                     "carrier": {"registrar": f"sip:127.0.0.1:{registrar.port}", "username": "vgsec",
+                                 "password_env": "VG_TEST_SEC_TRUNK_PW", "realm": REALM}}
     g = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-security"), port)
     yield g
     assert g.stop() == 0, "\n".join(g.lines[-20:])
@@ -120,6 +145,46 @@ def test_a_transfer_its_route_does_not_allow_is_refused_and_the_fallback_spoken(
     with sqlite3.connect(db) as con:
         row = con.execute("select record from calls where call = ?", (refused["call"],)).fetchone()
     assert json.loads(row[0])["transfers_refused"] == end["transfers_refused"]
+
+
+def test_no_secret_reaches_the_log_the_sip_trace_the_records_or_the_cli(gw: Gateway, registrar: Kamailio,
+                                                                        rt: RealtimeServer, workdir: Path):
+    """Every secret is used (the trunk registers with its password, alice authenticates, the control endpoint
+    checks its token, the S2S agent sends its key), then looked for in everything the gateway wrote or printed."""
+    gw.wait_event("trunk_state", 15, trunk="carrier", state="registered")
+    assert any("registered vgsec" in ln for ln in registrar.lines)
+    (workdir / "auth.xml").write_text(authenticated_call(200))
+    r = sipp(["-sf", "auth.xml", "-s", "echo", "-i", "127.0.0.2", "-au", "alice", "-ap", PASSWORD, "-auth_uri",
+              f"echo@127.0.0.1:{gw.port}", "-mp", str(rtp_range(10)[0]), f"127.0.0.1:{gw.port}"], workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rt.reset()
+    (workdir / "s2s.xml").write_text(call_with_headers([]))
+    r = sipp(["-sf", "s2s.xml", "-s", "s2s", "-mp", str(rtp_range(10)[0]), f"127.0.0.1:{gw.port}"], workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert rt.headers and rt.headers[0]["authorization"] == f"Bearer {S2S_KEY}", rt.headers
+    control = yaml.safe_load(gw.config.read_text())["control"]
+    bad = httpx.post(f"http://127.0.0.1:{control['port']}/calls", json={"number": ""}, timeout=15,
+                     headers={"Authorization": f"Bearer {CONTROL_TOKEN}"})
+    assert bad.status_code == 400, bad.text  # past the token check
+    for e in gw.events("call_incoming")[-2:]:
+        gw.wait_event("call_end", 10, call=e["call"])
+    cli = [subprocess.run([str(VENV_BIN / "voicegate"), *cmd, str(gw.config)], capture_output=True, text=True,
+                          timeout=60) for cmd in (["check"], ["trunks", "--config"])]
+    assert [c.returncode for c in cli] == [0, 0], [c.stderr for c in cli]
+    assert "carrier" in cli[1].stdout, cli[1].stdout
+    records = gw.config.parent / "records"
+    traces = sorted((records / "sip").glob("*.sip"))
+    assert len(traces) >= 2
+    written: dict[str, str] = {
+        "gateway log": "\n".join(gw.lines),
+        **{f"voicegate {c.args[1]}": c.stdout + c.stderr for c in cli},
+        "call records": json.dumps(read_records(records / "calls.db")[0]),
+        **{str(f.relative_to(records)): f.read_bytes().decode("latin-1") for f in records.rglob("*") if f.is_file()},
+    }
+    assert "Authorization: Digest" in "".join(written[str(t.relative_to(records))] for t in traces)
+    assert '"user":"alice"' in written["gateway log"] and "calls.db" in written  # the search sees what was written
+    for secret in (PASSWORD, CONTROL_TOKEN, TRUNK_PASSWORD, S2S_KEY):
+        assert not [where for where, text in written.items() if secret in text], secret
 
 
 def test_a_trunk_places_at_most_max_calls_per_min(gw: Gateway):
