@@ -134,6 +134,13 @@ class SipUserConfig(_Strict):
         return os.environ.get(self.password_env, "")
 
 
+class InviteRateConfig(_Strict):
+    """INVITEs one source address may send in `window_s` before the next get 503 with Retry-After."""
+
+    per_source: int = Field(ge=1, le=100000)
+    window_s: float = Field(10.0, gt=0, le=3600)
+
+
 class SipConfig(_Strict):
     listen: IpAddress = "0.0.0.0"
     port: int = Field(5060, ge=1, le=65535)
@@ -157,6 +164,11 @@ class SipConfig(_Strict):
     front_door: list[NetworkText] = []
     """Addresses of the Kamailio front door in front of this gateway (a worker on another machine): the caller's
     address of an INVITE from there is the one the front door names in its X-VG-Source header."""
+    max_message_bytes: int = Field(16384, ge=1024, le=65535)
+    """A longer INVITE is refused with 513 Message Too Large (telephony/invite_rate.py)."""
+    invite_rate: InviteRateConfig | None = None
+    """Per-source INVITE limit (a flood would take the call slots); none: unlimited (a carrier sends every call from
+    one address)."""
 
     @field_validator("contact")
     @classmethod

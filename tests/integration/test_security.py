@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import time
@@ -67,7 +68,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, registrar: Kamailio, rt: Realti
     port = free_port()
     cfg = yaml.safe_load(gateway_config(port))
     cfg["records"]["sip_trace"] = True
-    cfg["sip"].update(allow=["127.0.0.1/32"], users={"alice": {"password_env": "VG_TEST_ALICE_PW"}})
+    cfg["sip"].update(allow=["127.0.0.1/32"], users={"alice": {"password_env": "VG_TEST_ALICE_PW"}},
+                      max_message_bytes=2048, invite_rate={"per_source": 8, "window_s": 2})
     cfg["agents"] = {"echo": {"type": "echo"}, "fraud": {  # no speech engines to prepare: it starts in seconds
         "type": "scripted", "voice": "en", "start": "a",
         "nodes": {"a": [{"transfer": FRAUD_TARGET, "timeout_s": 5},
@@ -118,6 +120,39 @@ def test_a_user_outside_sip_allow_is_admitted_by_digest_credentials(gw: Gateway,
     else:
         ev = gw.wait_event("call_refused", 5, code=403)
         assert ev["reason"] == "127.0.0.2 failed digest authentication as user alice: wrong password"
+
+
+FLOOD = f"""{invite(PCMU)}  <recv response="401" optional="true" next="ack"/>
+  <recv response="503">
+    <action><ereg regexp="Retry-After: [0-9]+" search_in="msg" check_it="true" assign_to="ra"/></action>
+  </recv>
+  <label id="ack"/>
+{ack(503)}  <Reference variables="ra"/>
+"""
+
+
+def test_a_flooding_source_gets_503_and_others_still_call(gw: Gateway, workdir: Path):
+    """20 INVITEs from 127.0.0.3 within the 2 s window: the first 8 are handled (401: outside sip.allow), the other
+    12 get 503 with Retry-After at once; a caller at another address still gets through."""
+    before = len(gw.events("call_refused"))
+    (workdir / "flood.xml").write_text(scenario(FLOOD))
+    r = subprocess.run(["sipp", "-nostdin", "-sf", "flood.xml", "-s", "echo", "-i", "127.0.0.3", "-m", "20", "-l",
+                        "20", "-r", "200", f"127.0.0.1:{gw.port}"], capture_output=True, text=True, timeout=60,
+                       cwd=workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    codes = [e["code"] for e in gw.events("call_refused")[before:] if e.get("source", "").startswith("127.0.0.3:")]
+    assert codes == [401] * 8 + [503] * 12, codes
+    (workdir / "ok.xml").write_text(call_with_headers([]))
+    r = sipp(["-sf", "ok.xml", "-s", "echo", "-mp", str(rtp_range(10)[0]), f"127.0.0.1:{gw.port}"], workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_an_invite_over_max_message_bytes_gets_513(gw: Gateway, workdir: Path):
+    (workdir / "big.xml").write_text(call_with_headers([f"X-Pad: {'a' * 3000}"], expect=513))
+    r = sipp(["-sf", "big.xml", "-s", "echo", f"127.0.0.1:{gw.port}"], workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    refused = gw.wait_event("call_refused", 5, code=513)
+    assert re.fullmatch(r"the INVITE is \d+ bytes, over the limit of 2048", refused["reason"]), refused
 
 
 def test_a_transfer_its_route_does_not_allow_is_refused_and_the_fallback_spoken(gw: Gateway, workdir: Path):
