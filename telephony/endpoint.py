@@ -337,7 +337,8 @@ class SipStack:
         call.sip_headers = call_metadata(message)
         call.source = caller_source(packet_source, call.sip_headers, self.config.sip.front_door)
         call.sip_headers.pop(SOURCE_HEADER, None)
-        if (limit := self.limits.check(source_ip(call.source), len(message.encode()), time.monotonic())) is not None:
+        length = len(message.encode(errors="replace"))  # a mutated INVITE's bad UTF-8 comes as surrogates
+        if (limit := self.limits.check(source_ip(call.source), length, time.monotonic())) is not None:
             event("call_refused", call=call.call_id, called=called, code=limit.code, reason=limit.reason,
                   source=call.source)
             self.answer(call.key, limit.code, headers=limit.headers or None)
