@@ -497,7 +497,8 @@ class Gateway:
         return leg
 
     def start_leg(self, leg: Leg) -> None:
-        """Run the leg's agent (loop thread), once."""
+        """Run the leg's agent (loop thread), once; its record row is in progress from here."""
+        self._record_started(leg)
         self._start_session(leg)
 
     def finish_leg(self, leg: Leg, why: str, code: int = 0, reason: str = "") -> None:
