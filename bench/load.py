@@ -3,16 +3,22 @@ under 0.1% (either way, as the simulated callers' RTP statistics count it) and t
 5 ms above its nominal 20 ms (every call's `tick_p99_ms` in voicegate's `call_end`).
 
 voicegate runs as `serve --workers BENCH_LOAD_WORKERS` (default 2, behind its Kamailio front door; 1: a single
-process, which serves at most 4 calls). Concurrency steps up from 1 (`voicegate simulate --calls C --concurrency C`,
-all C calls at once, BENCH_LOAD_S seconds each) and stops at the first step that fails, or at BENCH_LOAD_MAX
-(default 10): bounded in calls and time. Each step also takes the workers' CPU per call-second, and `sipp -rtp_echo`
-(sipp's own RTP echo) answers the same step for the side-by-side CPU figure. Prints a table and writes
+process, which serves at most 4 calls). Concurrency steps up from 1 and stops at the first step that fails, or at
+BENCH_LOAD_MAX (default 10): bounded in calls and time. BENCH_LOAD_CALLER picks the callers:
+- `simulate`: `voicegate simulate --calls C --concurrency C` (all C calls at once, BENCH_LOAD_S seconds each), one
+  pjsua2 process per call on the same cores as the gateway; loss either way as the callers' RTP statistics count it.
+- `sipp`: one sipp process places the C calls, each streaming G.711 (`rtp_stream`, a looped tone) for BENCH_LOAD_S
+  seconds; loss is what the gateway's call records say it received (sipp sends no RTCP, so the other way is not
+  known), which costs the callers far less CPU.
+Each step also takes the workers' CPU per call-second, and `sipp -rtp_echo` (sipp's own RTP echo) answers the same
+step (with simulate's callers) for the side-by-side CPU figure. Prints a table and writes
 bench/results/load.json.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -22,8 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.run import RESULTS, _cpu_s
+from media.g711 import ulaw_encode
+from telephony.records import read_records
 from tests.integration.cluster import cluster_config, free_block, start_cluster
-from tests.integration.peers import VENV_BIN, Gateway, free_port, gateway_config, rtp_range, start_gateway
+from tests.integration.peers import VENV_BIN, Gateway, ack, free_port, gateway_config, invite, rtp_range, start_gateway
+from tests.integration.test_trunks import scenario
 
 MAX_LOSS_PCT = 0.1
 MAX_TICK_P99_MS = 25.0
@@ -37,6 +46,45 @@ steps:
   - wait: {seconds}
   - hangup: {{}}
 """
+
+
+SIPP_SDP = """v=0
+o=sipp 1 1 IN IP4 [local_ip]
+s=-
+c=IN IP4 [local_ip]
+t=0 0
+m=audio [rtpstream_audio_port] RTP/AVP 0
+a=rtpmap:0 PCMU/8000"""
+SIPP_BYE = """  <send retrans="500"><![CDATA[
+BYE [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+[last_From:]
+[last_To:]
+[routes]
+Call-ID: [call_id]
+CSeq: 2 BYE
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200"/>
+"""
+
+
+def sipp_scenario(seconds: float, audio: Path) -> str:
+    """A sipp UAC call that streams `audio` (raw µ-law, looped) from the answer for `seconds`, then hangs up."""
+    return scenario(f'''{invite(SIPP_SDP)}  <recv response="200" rrs="true"/>
+{ack(200)}  <nop><action><exec rtp_stream="{audio},-1,0"/></action></nop>
+  <pause milliseconds="{int(seconds * 1000)}"/>
+{SIPP_BYE}''')
+
+
+def tone_ulaw(seconds: float = 2.0) -> bytes:
+    """A 440 Hz tone at -12 dBFS in µ-law 8 kHz, for sipp to loop."""
+    n = int(seconds * 8000)
+    pcm = b"".join(int(8200 * math.sin(2 * math.pi * 440 * i / 8000)).to_bytes(2, "little", signed=True)
+                   for i in range(n))
+    return ulaw_encode(pcm)
 
 
 def step_verdict(reports: list[dict[str, Any]], ticks_p99: list[float], calls: int) -> str:
@@ -91,6 +139,38 @@ def gateway_step(gw: Gateway, calls: int, seconds: float, tmp: Path) -> dict[str
             "fails": step_verdict(reports, ticks, calls)}
 
 
+def sipp_caller_step(gw: Gateway, calls: int, seconds: float, tmp: Path) -> dict[str, Any]:
+    """One step with sipp as the C callers; loss and tick p99 from the gateway's call records of the step."""
+    audio = tmp / "tone.ul"
+    if not audio.exists():
+        audio.write_bytes(tone_ulaw())
+    (tmp / "stream.xml").write_text(sipp_scenario(seconds, audio))
+    before = {e["call"] for e in gw.events("call_end")}
+    pids = media_pids(gw)
+    c0 = sum(_cpu_s(p) for p in pids)
+    sipp = subprocess.run(["sipp", "-nostdin", "-sf", "stream.xml", "-s", "echo", f"127.0.0.1:{gw.port}", "-p",
+                           str(free_port()), "-mp", str(rtp_range(4 * calls + 4)[0]), "-m", str(calls), "-l",
+                           str(calls), "-r", str(calls), "-rp", "1000", "-timeout", str(int(seconds + 60))],
+                          capture_output=True, text=True, cwd=tmp, timeout=seconds + 90)
+    cpu = sum(_cpu_s(p) for p in pids) - c0
+    deadline = time.monotonic() + 10
+    while len({e["call"] for e in gw.events("call_end")} - before) < calls and time.monotonic() < deadline:
+        time.sleep(0.1)
+    ids = {e["call"] for e in gw.events("call_end")} - before
+    db = gw.config.parent / "records" / "calls.db"
+    records = [r for r in read_records(db)[0] if r.get("call") in ids] if db.exists() else []
+    reports = [{"status": 200, "rtp": r.get("rtp") or None} for r in records]  # a record: the call was answered
+    reports += [{"status": 0}] * max(0, calls - len(records))  # no record: never answered
+    ticks = [float(r["tick_p99_ms"]) for r in records if r.get("tick_p99_ms") is not None]
+    call_s = sum(float(r.get("duration_s") or 0.0) for r in records)
+    losses = [r["rtp"]["rx_loss_pct"] for r in records if (r.get("rtp") or {}).get("rx_loss_pct") is not None]
+    return {"calls": calls, "answered": len(records), "max_loss_pct": max(losses, default=None),
+            "tick_p99_max_ms": max(ticks, default=None),
+            "cpu_ms_per_call_s": round(cpu * 1000 / call_s, 2) if call_s else None,
+            "fails": step_verdict(reports, ticks, calls) or ("" if sipp.returncode == 0 else
+                                                              f"sipp: {sipp.stderr.strip()[-300:]}")}
+
+
 def sipp_step(calls: int, seconds: float, tmp: Path) -> float | None:
     """CPU of `sipp -rtp_echo` per call-second for the same step (ms)."""
     port = free_port()
@@ -113,20 +193,27 @@ def main() -> int:
     top = int(os.environ.get("BENCH_LOAD_MAX", "10"))
     seconds = float(os.environ.get("BENCH_LOAD_S", "8"))
     workers = int(os.environ.get("BENCH_LOAD_WORKERS", "2"))
+    caller = os.environ.get("BENCH_LOAD_CALLER", "simulate")
+    if caller not in ("simulate", "sipp"):
+        raise SystemExit(f"BENCH_LOAD_CALLER must be simulate or sipp, not {caller!r}")
     steps: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         port = free_port()
         if workers > 1:
-            gw = start_cluster(cluster_config(port, {"count": workers, "first_port": free_block(workers)}), tmp, port,
-                               workers)
+            gw = start_cluster(cluster_config(port, {"count": workers, "first_port": free_block(workers)},
+                                              records={"enabled": True}), tmp, port, workers)
         else:
             gw = start_gateway(gateway_config(port), tmp, port)
         try:
             for calls in range(1, top + 1):
                 print(f"load step: {calls} concurrent echo calls ...", flush=True)
-                step = gateway_step(gw, calls, seconds, tmp)
-                step["sipp_rtp_echo_cpu_ms_per_call_s"] = sipp_step(calls, seconds, tmp)
+                if caller == "sipp":
+                    step = sipp_caller_step(gw, calls, seconds, tmp)
+                    step["sipp_rtp_echo_cpu_ms_per_call_s"] = None
+                else:
+                    step = gateway_step(gw, calls, seconds, tmp)
+                    step["sipp_rtp_echo_cpu_ms_per_call_s"] = sipp_step(calls, seconds, tmp)
                 steps.append(step)
                 if step["fails"]:
                     break
@@ -140,12 +227,12 @@ def main() -> int:
     for s in steps:
         print(f"{s['calls']:>5}  {s['answered']:>8}  {s['max_loss_pct']!s:>10}  {s['tick_p99_max_ms']!s:>11}  "
               f"{s['cpu_ms_per_call_s']!s:>13}  {s['sipp_rtp_echo_cpu_ms_per_call_s']!s:>8}  {s['fails'] or 'ok'}")
-    print(f"\nload figure: {best} concurrent echo calls at {workers} worker(s) (RTP loss < {MAX_LOSS_PCT}%, tick p99 < "
-          f"{MAX_TICK_P99_MS:g} ms)")
+    print(f"\nload figure ({caller} callers): {best} concurrent echo calls at {workers} worker(s) "
+          f"(RTP loss < {MAX_LOSS_PCT}%, tick p99 < {MAX_TICK_P99_MS:g} ms)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"bench": "load", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, "call_seconds": seconds,
-           "workers": workers,
+           "workers": workers, "caller": caller,
            "max_concurrent_echo_calls": best, "criteria": {"max_loss_pct": MAX_LOSS_PCT,
                                                            "max_tick_p99_ms": MAX_TICK_P99_MS}, "steps": steps}
     (RESULTS / "load.json").write_text(json.dumps(out, indent=2))

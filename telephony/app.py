@@ -36,7 +36,7 @@ from telephony.logs import event
 from telephony.outbound import AmdOptions, DialPlan, DialRefusedError, plan_dial
 from telephony.pcap import CallPcap, CaptureRefusedError, PcapError
 from telephony.recordings import CallRecording, start_recording
-from telephony.records import RecordWriter, call_record, read_records
+from telephony.records import RecordWriter, call_record, open_record, read_records
 from telephony.reload import ReloadRefusedError, agent_changes, merge
 from telephony.routes import announcement_for, announcements
 from telephony.sip_trace import trace_path
@@ -259,6 +259,8 @@ class Gateway:
         if leg is not None:
             event("call_answered", call=call.call_id, agent=leg.agent, codec=call.codec, direction=leg.direction,
                   answer_ms=round((time.monotonic() - leg.started) * 1000, 1))
+            if self.records is not None and self._loop is not None:
+                self._loop.call_soon_threadsafe(self._record_started, leg)
             if leg.direction == "outbound" and call.port is not None and self._loop is not None:
                 self._loop.call_soon_threadsafe(self._start_outbound, leg)
 
@@ -515,7 +517,8 @@ class Gateway:
         return leg
 
     def start_leg(self, leg: Leg) -> None:
-        """Run the leg's agent (loop thread), once."""
+        """Run the leg's agent (loop thread), once; its record row is in progress from here."""
+        self._record_started(leg)
         self._start_session(leg)
 
     def finish_leg(self, leg: Leg, why: str, code: int = 0, reason: str = "") -> None:
@@ -542,6 +545,12 @@ class Gateway:
         task = asyncio.ensure_future(self._end(leg, code, reason, round(time.monotonic() - leg.started, 2)))
         self._ending.add(task)
         task.add_done_callback(self._ending.discard)
+
+    def _record_started(self, leg: Leg) -> None:
+        """The call's in-progress row (loop thread), so that a worker killed mid-call leaves a record behind."""
+        if self.records is not None:
+            self.records.start(open_record(leg.call_id, leg.wall, leg.session.caller, leg.session.called, leg.agent,
+                                           self.config.agents[leg.agent].type))
 
     async def _end(self, leg: Leg, code: int, reason: str, duration_s: float) -> None:
         """Once the agent has stopped (its last turn and usage count): log `call_end` and append the call record."""

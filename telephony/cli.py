@@ -100,7 +100,7 @@ def ops_sinks(cfg: Config) -> Iterator[None]:
         yield
         return
     metrics = GatewayMetrics(lambda called: (r.match if (r := cfg.route_for(called)) else ""))
-    server = OpsServer(metrics, cfg.metrics.listen, cfg.metrics.port)
+    server = OpsServer(metrics, cfg.metrics.listen, cfg.metrics.port, cfg.metrics.token)
     unsubscribe = subscribe(metrics)
     try:
         yield

@@ -78,6 +78,17 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def off_loopback_without(listen: str, guard: object, needs: str) -> None:
+    """Refuse a listener on an address other machines reach (`0.0.0.0`, a LAN address) whose `guard` (a token
+    option, an allow list) is unset: raised at the section's `listen`, so the error names its line."""
+    if guard or ipaddress.ip_address(listen).is_loopback:
+        return
+    raise ValidationError.from_exception_data("listener", [InitErrorDetails(
+        type=PydanticCustomError("open_listener", "{msg}", {
+            "msg": f"{listen} is not a loopback address: set {needs}, or listen on 127.0.0.1"}),
+        loc=("listen",), input=listen)])
+
+
 class SipTlsConfig(_Strict):
     """SIP over TLS: the listener's certificate, and whom outgoing TLS connections (trunks) trust."""
 
@@ -125,6 +136,13 @@ class SipUserConfig(_Strict):
         return os.environ.get(self.password_env, "")
 
 
+class InviteRateConfig(_Strict):
+    """INVITEs one source address may send in `window_s` before the next get 503 with Retry-After."""
+
+    per_source: int = Field(ge=1, le=100000)
+    window_s: float = Field(10.0, gt=0, le=3600)
+
+
 class SipConfig(_Strict):
     listen: IpAddress = "0.0.0.0"
     port: int = Field(5060, ge=1, le=65535)
@@ -148,6 +166,11 @@ class SipConfig(_Strict):
     front_door: list[NetworkText] = []
     """Addresses of the Kamailio front door in front of this gateway (a worker on another machine): the caller's
     address of an INVITE from there is the one the front door names in its X-VG-Source header."""
+    max_message_bytes: int = Field(16384, ge=1024, le=65535)
+    """A longer INVITE is refused with 513 Message Too Large (telephony/invite_rate.py)."""
+    invite_rate: InviteRateConfig | None = None
+    """Per-source INVITE limit (a flood would take the call slots); none: unlimited (a carrier sends every call from
+    one address)."""
 
     @field_validator("contact")
     @classmethod
@@ -244,9 +267,20 @@ class RecordsConfig(_Strict):
 class MetricsConfig(_Strict):
     enabled: bool = False
     listen: IpAddress = "127.0.0.1"
-    """Loopback by default: the endpoint has no authentication."""
+    """Loopback by default; any other address needs `token_env`."""
     port: int = Field(9464, ge=1, le=65535)
     """HTTP port of `/metrics` (Prometheus text format) and `/healthz`."""
+    token_env: Annotated[str, env_var("the metrics token")] | None = None
+    """Environment variable holding a token every request must send as `Authorization: Bearer TOKEN`."""
+
+    @model_validator(mode="after")
+    def _guarded(self) -> MetricsConfig:
+        off_loopback_without(self.listen, self.token_env, "metrics.token_env (a bearer token)")
+        return self
+
+    @property
+    def token(self) -> str | None:
+        return os.environ.get(self.token_env) if self.token_env else None
 
 
 class RecordingConfig(_Strict):
@@ -441,6 +475,11 @@ class MediaStreamTransport(_Strict):
     agent: str | None = None
     """The agent for a stream whose `start.customParameters.to` is absent or matches no route."""
 
+    @model_validator(mode="after")
+    def _guarded(self) -> MediaStreamTransport:
+        off_loopback_without(self.listen, self.token_env, "transports.media_stream.token_env (a bearer token)")
+        return self
+
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
@@ -458,6 +497,21 @@ class AudioSocketTransport(_Strict):
     """The agent for a call whose UUID is not in `uuids`."""
     uuids: dict[str, str] = {}
     """Call UUID (as the dialplan's AudioSocket() passes it) -> agent name."""
+    allow: list[NetworkText] = []
+    """Addresses or networks connections may come from (checked on accept; others are closed at once); none: any.
+    Needed to listen off loopback, since the protocol carries no credentials."""
+
+    @model_validator(mode="after")
+    def _guarded(self) -> AudioSocketTransport:
+        off_loopback_without(self.listen, self.allow, "transports.audiosocket.allow (the Asterisk hosts' networks)")
+        return self
+
+    def admits(self, address: str) -> bool:
+        """Whether a peer at `address` may connect."""
+        ip = ipaddress.ip_address(address)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return not self.allow or any(ip in ipaddress.ip_network(n, strict=False) for n in self.allow)
 
     @field_validator("uuids")
     @classmethod

@@ -27,7 +27,8 @@ from telephony.call import SipCall
 from telephony.config import Config, SipTlsConfig
 from telephony.consult import Consultations
 from telephony.errors import PjsuaBuildError, SipStartError
-from telephony.inbound import SOURCE_HEADER, Invite, admit, caller_source
+from telephony.inbound import SOURCE_HEADER, Invite, admit, caller_source, source_ip
+from telephony.invite_rate import InviteLimits
 from telephony.logs import event, event_at
 from telephony.media_port import PortPool, check_frame_layout
 from telephony.nat import DialogRoutes, nat_route
@@ -135,6 +136,8 @@ class SipStack:
         self.ports = PortPool()
         self.port = config.sip.port
         self.trunks = TrunkSet(config)
+        r = config.sip.invite_rate
+        self.limits = InviteLimits(config.sip.max_message_bytes, r.per_source if r else None, r.window_s if r else 0)
         self.draining = False
         """Set when the gateway drains: new INVITEs and OPTIONS get 503 (telephony/admission.py)."""
         self.gate: SipGate | None = None
@@ -338,6 +341,12 @@ class SipStack:
         call.sip_headers = call_metadata(message)
         call.source = caller_source(packet_source, call.sip_headers, self.config.sip.front_door)
         call.sip_headers.pop(SOURCE_HEADER, None)
+        length = len(message.encode(errors="replace"))  # a mutated INVITE's bad UTF-8 comes as surrogates
+        if (limit := self.limits.check(source_ip(call.source), length, time.monotonic())) is not None:
+            event("call_refused", call=call.call_id, called=called, code=limit.code, reason=limit.reason,
+                  source=call.source)
+            self.answer(call.key, limit.code, headers=limit.headers or None)
+            return
         adm = admit(self.config.trunks, self.trunks.sources, self.trunks.trunk_of(account), called, call.source,
                     Invite(*request_parts(message)), time.time(), self.trunks.secret, self.config.sip)
         call.trunk = adm.trunk

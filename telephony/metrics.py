@@ -10,6 +10,7 @@ its own server answers every path with the metrics, and has no health check).
 from __future__ import annotations
 
 import contextlib
+import hmac
 import json
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -233,12 +234,17 @@ class _QuietHandler(WSGIRequestHandler):
         """Scrapes every few seconds would flood stderr; the JSON event log is the gateway's log."""
 
 
-def ops_app(metrics: GatewayMetrics) -> WsgiApp:
-    """`/metrics` (prometheus_client's app), `/healthz` (200 or 503 with JSON), 404 elsewhere."""
+def ops_app(metrics: GatewayMetrics, token: str | None = None) -> WsgiApp:
+    """`/metrics` (prometheus_client's app), `/healthz` (200 or 503 with JSON), 404 elsewhere; with a `token`, 401
+    for every request without `Authorization: Bearer TOKEN` (compared in constant time)."""
     prometheus = make_wsgi_app(metrics.registry)
+    expected = f"Bearer {token}".encode()
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        if token is not None and not hmac.compare_digest(environ.get("HTTP_AUTHORIZATION", "").encode(), expected):
+            start_response("401 Unauthorized", [("Content-Type", "text/plain"), ("WWW-Authenticate", "Bearer")])
+            return [b"a bearer token is required\n"]
         if path == "/metrics":
             return prometheus(environ, start_response)  # type: ignore[no-any-return]
         if path == "/healthz":
@@ -256,9 +262,9 @@ def ops_app(metrics: GatewayMetrics) -> WsgiApp:
 class OpsServer:
     """The HTTP server of `/metrics` and `/healthz`, on a daemon thread."""
 
-    def __init__(self, metrics: GatewayMetrics, listen: str, port: int) -> None:
+    def __init__(self, metrics: GatewayMetrics, listen: str, port: int, token: str | None = None) -> None:
         try:
-            self._server = make_server(listen, port, ops_app(metrics), ThreadingWSGIServer,
+            self._server = make_server(listen, port, ops_app(metrics, token), ThreadingWSGIServer,
                                        handler_class=_QuietHandler)
         except OSError as e:
             raise VoicegateError(f"metrics: cannot listen on {listen}:{port}: {e.strerror or e}") from None

@@ -2,8 +2,10 @@
 
 `call_record` builds a record (the `call_end` event's fields plus start time, caller, called, the agent's type, its
 backend mix, usage, cost and turn latency); `cdr` flattens it into the columns of the `calls` table (which also keeps
-the whole record as JSON); `RecordWriter` inserts it; `read_records`, `newest`, `totals`, `table` and `write_csv` are
-the reading side. `read_records` still reads the JSON-lines files of older versions.
+the whole record as JSON); `RecordWriter` inserts a call's row when it is answered (`status` in_progress, the
+worker's `pid`) and completes it at the end; `close_open` completes the open rows of a worker that died (the
+supervisor's side). `read_records`, `newest`, `totals`, `table` and `write_csv` are the reading side.
+`read_records` still reads the JSON-lines files of older versions.
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ CDR_COLUMNS = ("call", "start", "end", "caller", "caller_number", "called", "tru
                "rtt_ms", "r_factor", "mos")
 """The columns of a CDR, in the `calls` table and in `voicegate calls --csv`."""
 
+STATE_COLUMNS = ("status", "pid")
+"""`in_progress` or `ended`, and the pid of the process that answered the call (rows of a dead worker are closed)."""
+IN_PROGRESS, ENDED = "in_progress", "ended"
 SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS calls (
   id INTEGER PRIMARY KEY, start_ts REAL NOT NULL, {", ".join(f'"{c}"' for c in CDR_COLUMNS)}, record TEXT NOT NULL
@@ -78,8 +83,9 @@ CREATE TABLE IF NOT EXISTS calls (
 INDEXES = """
 CREATE INDEX IF NOT EXISTS calls_start ON calls (start_ts);
 CREATE INDEX IF NOT EXISTS calls_caller ON calls (caller_number);
+CREATE INDEX IF NOT EXISTS calls_open ON calls (pid) WHERE status = 'in_progress';
 """
-_GATEWAY_ENDS = frozenset({"shutdown", "rtp_timeout", "max_call_length", "caller_silence"})
+_GATEWAY_ENDS = frozenset({"shutdown", "rtp_timeout", "max_call_length", "caller_silence", "worker_died"})
 
 
 def hangup_side(reason: str) -> str:
@@ -110,7 +116,7 @@ def cdr(rec: Record) -> dict[str, Any]:
         "called": rec.get("called"), "trunk": rec.get("trunk"), "agent": rec.get("agent"),
         "agent_type": rec.get("agent_type"), "duration_s": duration, "reason": rec.get("reason"),
         "sip_code": rec.get("sip_code"), "sip_reason": rec.get("sip_reason"),
-        "hangup_side": hangup_side(str(rec.get("reason", ""))),
+        "hangup_side": hangup_side(str(rec["reason"])) if rec.get("reason") else None,
         "backends": ";".join(f"{b}:{n}" for b, n in (rec.get("backends") or {}).items()),
         "cost": cost.get("total"), "currency": cost.get("currency"),
         "turn_p50_ms": lat.get("turn_p50_ms"), "turn_p95_ms": lat.get("turn_p95_ms"),
@@ -128,35 +134,96 @@ def connect(path: Path) -> sqlite3.Connection:
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(SCHEMA)
     have = {str(row[1]) for row in db.execute("PRAGMA table_info(calls)")}
-    for column in CDR_COLUMNS:  # a table made by an older version lacks the newer columns
+    for column in (*CDR_COLUMNS, *STATE_COLUMNS):  # a table made by an older version lacks the newer columns
         if column not in have:
             db.execute(f'ALTER TABLE calls ADD COLUMN "{column}"')
     db.executescript(INDEXES)
     return db
 
 
+def open_record(call: str, start: float, caller: str, called: str, agent: str, agent_type: str) -> Record:
+    """The record of a call just answered: what is known before it ends."""
+    return {"call": call, "start": datetime.fromtimestamp(start).astimezone().isoformat(timespec="milliseconds"),
+            "caller": caller, "called": called, "agent": agent, "agent_type": agent_type, "status": IN_PROGRESS}
+
+
+def _row(record: Record, status: str) -> tuple[list[str], tuple[Any, ...]]:
+    row = cdr(record)
+    return (["start_ts", *row, "record", "status"],
+            (_started(record), *row.values(), json.dumps(record, default=str, separators=(",", ":")), status))
+
+
 class RecordWriter:
-    """Inserts records into the SQLite database at `path`, one row (one autocommitted statement) each; a failure is
-    logged, never raised."""
+    """Writes records into the SQLite database at `path` (one autocommitted statement each): `start` inserts an
+    in-progress row, `write` completes it (or inserts the record of a call that had none); a failure is logged,
+    never raised."""
 
     def __init__(self, path: Path, log: Log) -> None:
         self.path = path
         self.log = log
         self._db: sqlite3.Connection | None = None
         self._lock = threading.Lock()
+        self._open: dict[str, int] = {}
+        """Call-ID -> rowid of its in-progress row."""
+
+    def start(self, record: Record) -> None:
+        cols, values = _row(record, IN_PROGRESS)
+        cur = self._execute(record, f"INSERT INTO calls ({_names(cols)}, pid) VALUES ({_marks(values)}, ?)",
+                            (*values, os.getpid()))
+        if cur is not None and cur.lastrowid is not None:
+            self._open[str(record["call"])] = cur.lastrowid
 
     def write(self, record: Record) -> None:
-        row = cdr(record)
-        cols = ", ".join(f'"{c}"' for c in ("start_ts", *row, "record"))
-        values = (_started(record), *row.values(), json.dumps(record, default=str, separators=(",", ":")))
+        cols, values = _row({**record, "status": ENDED}, ENDED)
+        rowid = self._open.pop(str(record.get("call")), None)
+        if rowid is None:
+            self._execute(record, f"INSERT INTO calls ({_names(cols)}, pid) VALUES ({_marks(values)}, ?)",
+                          (*values, os.getpid()))
+        else:
+            self._execute(record, f"UPDATE calls SET {_sets(cols)} WHERE id = ?", (*values, rowid))
+
+    def _execute(self, record: Record, sql: str, values: tuple[Any, ...]) -> sqlite3.Cursor | None:
         try:
             with self._lock:
                 if self._db is None:
                     self._db = connect(self.path)
-                self._db.execute(f"INSERT INTO calls ({cols}) VALUES ({', '.join('?' * len(values))})", values)
+                return self._db.execute(sql, values)
         except (OSError, sqlite3.Error) as e:
             why = (e.strerror or str(e)) if isinstance(e, OSError) else f"{type(e).__name__}: {e}"
             self.log("records_error", call=record.get("call"), path=str(self.path), error=why)
+            return None
+
+
+def _names(cols: Sequence[str]) -> str:
+    return ", ".join(f'"{c}"' for c in cols)
+
+
+def _sets(cols: Sequence[str]) -> str:
+    return ", ".join(f'"{c}" = ?' for c in cols)
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" * len(values))
+
+
+def close_open(path: Path, pid: int, at: float, reason: str) -> list[str]:
+    """End the in-progress rows that process `pid` left (it died): `reason`, the duration up to `at` (wall time).
+    Returns their Call-IDs."""
+    if not path.exists():
+        return []
+    db = connect(path)
+    try:
+        closed = []
+        rows = db.execute("SELECT id, start_ts, record FROM calls WHERE status = ? AND pid = ?", (IN_PROGRESS, pid))
+        for rowid, start_ts, text in rows.fetchall():
+            rec = {**json.loads(text), "status": ENDED, "reason": reason,
+                   "duration_s": round(max(0.0, at - float(start_ts)), 2)}
+            cols, values = _row(rec, ENDED)
+            db.execute(f"UPDATE calls SET {_sets(cols)} WHERE id = ?", (*values, rowid))
+            closed.append(str(rec["call"]))
+        return closed
+    finally:
+        db.close()
 
 
 SQLITE_MAGIC = b"SQLite format 3\x00"

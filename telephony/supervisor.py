@@ -4,7 +4,8 @@ with backoff when one exits, and for N > 1 (or with `workers.remote`) the Kamail
 SIGTERM to the supervisor drains every worker, then stops Kamailio (it carries the workers' in-dialog requests
 until then). SIGTERM to one worker drains that worker alone: it answers OPTIONS with 503, Kamailio stops sending
 it calls, its calls finish, and it is started again. Workers write their own JSON log lines to the supervisor's
-stderr, each tagged with `worker`.
+stderr, each tagged with `worker`. A worker that died (kill -9, a crash) leaves its calls' rows in progress in the
+call records: the supervisor ends them (`worker_died`, the duration up to its death).
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ import ctypes
 import os
 import signal
 import socket
+import sqlite3
 import sys
 import time
 import uuid
+from pathlib import Path
 
 from telephony.config import Config
 from telephony.digest import NONCE_KEY_ENV
 from telephony.frontdoor import FrontDoor
 from telephony.logs import event
+from telephony.records import close_open
 from telephony.workers import Restarts, behind_front_door, processes, worker_port
 
 READY_TIMEOUT_S = 120.0
@@ -140,11 +144,25 @@ class Supervisor:
             self.procs[index] = proc
             event("worker_started", worker=index, pid=proc.pid, port=worker_port(self.cfg, index, self.count))
             rc = await proc.wait()
+            await self._close_records(index, proc.pid, time.time())
             if self._stop.is_set():
                 return
             delay = restarts.exited(started, time.monotonic())
             event("worker_exited", worker=index, pid=proc.pid, rc=rc, restart_in_s=delay)
             await self._pause(delay)
+
+    async def _close_records(self, index: int, pid: int, died: float) -> None:
+        """End the call records a worker left in progress (none after a clean exit)."""
+        if not self.cfg.records.enabled:
+            return
+        path = Path(self.cfg.records.path)
+        try:
+            calls = await asyncio.to_thread(close_open, path, pid, died, "worker_died")
+        except (OSError, sqlite3.Error, ValueError) as e:
+            event("records_error", worker=index, pid=pid, path=str(path), error=f"{type(e).__name__}: {e}")
+            return
+        if calls:
+            event("worker_calls_closed", worker=index, pid=pid, calls=calls, reason="worker_died")
 
     async def _keep_front_door(self, front: FrontDoor, ports: list[int]) -> None:
         ready = await asyncio.gather(*(wait_answering("127.0.0.1", p, READY_TIMEOUT_S) for p in ports))

@@ -4,7 +4,8 @@ One connection is one call. The UUID frame routes it (`transports.audiosocket.uu
 first audio frame fixes the format (0x10 slin 8 kHz or 0x12 slin 16 kHz) and we answer in the same; a 20 ms clock
 writes the agent's audio, and only while there is some, so a barge-in stops the writes in the tick it pauses
 playout. Hang-up is a 0x00 frame either way; a protocol error ends that call alone (a `transport_error` log line,
-a 0x00 frame, and the call's record). Framing rules are in `audiosocket_frames.py`.
+a 0x00 frame, and the call's record). The protocol has no credentials: a peer outside `allow` is closed on accept,
+before it reads a byte. Framing rules are in `audiosocket_frames.py`.
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class AudioSocketServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = writer.get_extra_info("peername")
         peer_s = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        if not isinstance(peer, tuple) or not self.cfg.admits(peer[0]):
+            event("transport_refused", transport=NAME, peer=peer_s, reason="not in transports.audiosocket.allow")
+            writer.close()
+            return
         self._conns.add(writer)
         parser = af.Parser()
         call: TransportCall | None = None

@@ -26,7 +26,8 @@ ECHO, DEMO, LONG = (str(uuid.UUID(int=n)) for n in (1, 2, 3))
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     port, as_port = free_port(), free_port()
-    transports = {"audiosocket": {"port": as_port, "agent": "echo", "uuids": {DEMO: "demo", LONG: "long"}}}
+    transports = {"audiosocket": {"port": as_port, "agent": "echo", "uuids": {DEMO: "demo", LONG: "long"},
+                                  "allow": ["127.0.0.1/32"]}}
     g = start_gateway(gateway_config(port, transports=transports), tmp_path_factory.mktemp("gw-as"), port)
     g.as_port = as_port  # type: ignore[attr-defined]
     yield g
@@ -145,3 +146,18 @@ def test_a_peer_error_frame_ends_the_call(gw: Gateway) -> None:
     end = gw.wait_event("call_end", 10, call=str(uuid.UUID(int=1050)))
     assert end["reason"] == "peer_error" and end["sip_reason"] == "error frame, code 2", end
 
+
+
+def test_a_peer_outside_allow_is_closed_before_a_call_starts(gw: Gateway) -> None:
+    """allow is 127.0.0.1/32: the same loopback listener reached from 127.0.0.2 is refused on accept."""
+    before = len(gw.events("call_answered"))
+    with socket.create_connection(("127.0.0.1", port(gw)), timeout=5, source_address=("127.0.0.2", 0)) as s:
+        s.sendall(_uuid(9) + frame(0x10, b"\x00" * 320))
+        try:
+            got = s.recv(4096)
+        except ConnectionResetError:  # closed with our frames unread
+            got = b""
+        assert got == b"", got  # closed by the gateway, nothing written
+    refused = gw.wait_event("transport_refused", 10, transport="audiosocket")
+    assert refused["peer"].startswith("127.0.0.2:") and "allow" in refused["reason"], refused
+    assert len(gw.events("call_answered")) == before

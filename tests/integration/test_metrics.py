@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import signal
 import time
 import urllib.error
@@ -22,22 +23,27 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 HTTP: dict[int, int] = {}
 """The metrics port of each gateway started here, by its SIP port."""
+TOKEN = "metrics-token-7f3a"
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     port, http = free_port(), free_port()
     timeouts = {"silence_reprompt_s": 30, "silence_hangup_s": 60, "shutdown_grace_s": 4}
-    text = gateway_config(port, timeouts=timeouts, metrics={"enabled": True, "port": http})
+    os.environ["VG_TEST_METRICS_TOKEN"] = TOKEN  # the gateway subprocess inherits it
+    text = gateway_config(port, timeouts=timeouts,
+                          metrics={"enabled": True, "port": http, "token_env": "VG_TEST_METRICS_TOKEN"})
     HTTP[port] = http
     g = start_gateway(text, tmp_path_factory.mktemp("gw-metrics"), port)
     yield g
     g.stop()
 
 
-def get(gw: Gateway, path: str) -> tuple[int, str]:
+def get(gw: Gateway, path: str, token: str | None = TOKEN) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{HTTP[gw.port]}{path}", timeout=5) as r:
+        req = urllib.request.Request(f"http://127.0.0.1:{HTTP[gw.port]}{path}", headers=headers)
+        with urllib.request.urlopen(req, timeout=5) as r:
             return int(r.status), r.read().decode()
     except urllib.error.HTTPError as e:
         return int(e.code), e.read().decode()
@@ -64,6 +70,11 @@ def test_healthz_is_ok_when_ready(gw: Gateway) -> None:
     status, body = get(gw, "/healthz")
     assert status == 200 and json.loads(body) == {"status": "ready", "calls_active": 0}
     assert get(gw, "/nothing")[0] == 404
+
+
+def test_a_missing_or_wrong_token_is_refused(gw: Gateway) -> None:
+    assert [get(gw, p, None)[0] for p in ("/metrics", "/healthz")] == [401, 401]
+    assert get(gw, "/metrics", "wrong")[0] == 401
 
 
 def test_calls_move_the_counts_by_exactly_the_calls_made(gw: Gateway) -> None:

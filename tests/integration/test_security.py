@@ -1,30 +1,30 @@
 """Security and robustness on the wire, against one gateway with `sip.allow` and `sip.users`: a source ACL and digest
 credentials for calls from no trunk (sipp from 127.0.0.1 and 127.0.0.2), the transfer guard (a scripted transfer
 to a target its route does not allow: no REFER, the fallback is spoken), and malformed RTP sent to a live call's
-RTP port (tests/fuzz_rtp.py): that call and another one keep echoing, and the gateway does not crash or spin."""
+RTP port (tests/fuzz_rtp.py): that call and another one keep echoing, and the gateway does not crash or spin.
+No secret (trunk password, control token, S2S API key, a digest user's password) reaches a log, trace, record or
+CLI output."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-import socket
 import sqlite3
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import yaml
 
-from media.g711 import ulaw_decode, ulaw_encode
+from telephony.records import read_records
 from tests.fuzz_rtp import blast
+from tests.integration.kamailio import REALM, Kamailio
 from tests.integration.peers import (
+    VENV_BIN,
     Gateway,
     ack,
     free_port,
@@ -35,33 +35,55 @@ from tests.integration.peers import (
     sipp,
     start_gateway,
 )
-from tests.integration.test_trunks import BYE, PCMU, authenticated_call, call_with_headers, scenario
+from tests.integration.rtp_peer import RtpPeer, answer_port, media_call
+from tests.integration.test_trunks import PCMU, authenticated_call, call_with_headers, scenario
+from tests.servers.openai_realtime import RealtimeServer
 
 PASSWORD = "alice-s3cret"
 CONTROL_TOKEN = "sec-control-token"
+TRUNK_PASSWORD = "trunk-pw-9d41c7"
+S2S_KEY = "sk-s2s-key-5be2f0"
 FRAUD_TARGET = "sip:+882100123@127.0.0.1:9"
 BYE_RECEIVED = f"""  <recv request="BYE"/>
 {reply("200 OK")}"""
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    os.environ["VG_TEST_ALICE_PW"] = PASSWORD
+def registrar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
+    k = Kamailio(free_port(), tmp_path_factory.mktemp("kamailio-sec"), TRUNK_PASSWORD, "vgsec")
+    k.start()
+    yield k
+    k.stop()
+
+
+@pytest.fixture(scope="module")
+def rt() -> Iterator[RealtimeServer]:
+    with RealtimeServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, registrar: Kamailio, rt: RealtimeServer) -> Iterator[Gateway]:
+    os.environ.update(VG_TEST_ALICE_PW=PASSWORD, VG_TEST_SEC_S2S_KEY=S2S_KEY)
     port = free_port()
     cfg = yaml.safe_load(gateway_config(port))
-    cfg["sip"].update(allow=["127.0.0.1/32"], users={"alice": {"password_env": "VG_TEST_ALICE_PW"}})
+    cfg["records"]["sip_trace"] = True
+    cfg["sip"].update(allow=["127.0.0.1/32"], users={"alice": {"password_env": "VG_TEST_ALICE_PW"}},
+                      max_message_bytes=2048, invite_rate={"per_source": 8, "window_s": 2})
     cfg["agents"] = {"echo": {"type": "echo"}, "fraud": {  # no speech engines to prepare: it starts in seconds
         "type": "scripted", "voice": "en", "start": "a",
         "nodes": {"a": [{"transfer": FRAUD_TARGET, "timeout_s": 5},
                         {"say": "Sorry, that number is not allowed."}, {"hangup": "transfer_refused"}]},
-    }}
+    }, "s2s": {"type": "openai_realtime", "url": rt.url, "api_key_env": "VG_TEST_SEC_S2S_KEY"}}
     cfg["routes"] = [{"match": "fraud", "agent": "fraud", "transfer_allowed": ["/^sip:\\+4420\\d+@/"]},
-                     {"match": "echo", "agent": "echo"}]
-    os.environ.update(VG_TEST_SEC_CONTROL=CONTROL_TOKEN, VG_TEST_SEC_TRUNK_PW="unused")
+                     {"match": "echo", "agent": "echo"}, {"match": "s2s", "agent": "s2s"}]
+    os.environ.update(VG_TEST_SEC_CONTROL=CONTROL_TOKEN, VG_TEST_SEC_TRUNK_PW=TRUNK_PASSWORD)
     cfg["control"] = {"listen": "127.0.0.1", "port": free_port(), "token_env": "VG_TEST_SEC_CONTROL"}
     cfg["trunks"] = {"limited": {"registrar": f"sip:127.0.0.1:{free_port()}", "register": False, "username": "vg",
                                  "password_env": "VG_TEST_SEC_TRUNK_PW", "allowed": [r"\+4930\d+"],
-                                 "max_calls_per_min": 1}}
+                                 "max_calls_per_min": 1},
+                     "carrier": {"registrar": f"sip:127.0.0.1:{registrar.port}", "username": "vgsec",
+                                 "password_env": "VG_TEST_SEC_TRUNK_PW", "realm": REALM}}
     g = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-security"), port)
     yield g
     assert g.stop() == 0, "\n".join(g.lines[-20:])
@@ -100,6 +122,39 @@ def test_a_user_outside_sip_allow_is_admitted_by_digest_credentials(gw: Gateway,
         assert ev["reason"] == "127.0.0.2 failed digest authentication as user alice: wrong password"
 
 
+FLOOD = f"""{invite(PCMU)}  <recv response="401" optional="true" next="ack"/>
+  <recv response="503">
+    <action><ereg regexp="Retry-After: [0-9]+" search_in="msg" check_it="true" assign_to="ra"/></action>
+  </recv>
+  <label id="ack"/>
+{ack(503)}  <Reference variables="ra"/>
+"""
+
+
+def test_a_flooding_source_gets_503_and_others_still_call(gw: Gateway, workdir: Path):
+    """20 INVITEs from 127.0.0.3 within the 2 s window: the first 8 are handled (401: outside sip.allow), the other
+    12 get 503 with Retry-After at once; a caller at another address still gets through."""
+    before = len(gw.events("call_refused"))
+    (workdir / "flood.xml").write_text(scenario(FLOOD))
+    r = subprocess.run(["sipp", "-nostdin", "-sf", "flood.xml", "-s", "echo", "-i", "127.0.0.3", "-m", "20", "-l",
+                        "20", "-r", "200", f"127.0.0.1:{gw.port}"], capture_output=True, text=True, timeout=60,
+                       cwd=workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    codes = [e["code"] for e in gw.events("call_refused")[before:] if e.get("source", "").startswith("127.0.0.3:")]
+    assert codes == [401] * 8 + [503] * 12, codes
+    (workdir / "ok.xml").write_text(call_with_headers([]))
+    r = sipp(["-sf", "ok.xml", "-s", "echo", "-mp", str(rtp_range(10)[0]), f"127.0.0.1:{gw.port}"], workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_an_invite_over_max_message_bytes_gets_513(gw: Gateway, workdir: Path):
+    (workdir / "big.xml").write_text(call_with_headers([f"X-Pad: {'a' * 3000}"], expect=513))
+    r = sipp(["-sf", "big.xml", "-s", "echo", f"127.0.0.1:{gw.port}"], workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    refused = gw.wait_event("call_refused", 5, code=513)
+    assert re.fullmatch(r"the INVITE is \d+ bytes, over the limit of 2048", refused["reason"]), refused
+
+
 def test_a_transfer_its_route_does_not_allow_is_refused_and_the_fallback_spoken(gw: Gateway, workdir: Path):
     # no REFER may reach the caller: sipp fails on any request but the BYE that ends the call
     (workdir / "s.xml").write_text(scenario(f'{invite(PCMU)}  <recv response="200" rrs="true"/>\n{ack(200)}'
@@ -122,6 +177,46 @@ def test_a_transfer_its_route_does_not_allow_is_refused_and_the_fallback_spoken(
     assert json.loads(row[0])["transfers_refused"] == end["transfers_refused"]
 
 
+def test_no_secret_reaches_the_log_the_sip_trace_the_records_or_the_cli(gw: Gateway, registrar: Kamailio,
+                                                                        rt: RealtimeServer, workdir: Path):
+    """Every secret is used (the trunk registers with its password, alice authenticates, the control endpoint
+    checks its token, the S2S agent sends its key), then looked for in everything the gateway wrote or printed."""
+    gw.wait_event("trunk_state", 15, trunk="carrier", state="registered")
+    assert any("registered vgsec" in ln for ln in registrar.lines)
+    (workdir / "auth.xml").write_text(authenticated_call(200))
+    r = sipp(["-sf", "auth.xml", "-s", "echo", "-i", "127.0.0.2", "-au", "alice", "-ap", PASSWORD, "-auth_uri",
+              f"echo@127.0.0.1:{gw.port}", "-mp", str(rtp_range(10)[0]), f"127.0.0.1:{gw.port}"], workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    rt.reset()
+    (workdir / "s2s.xml").write_text(call_with_headers([]))
+    r = sipp(["-sf", "s2s.xml", "-s", "s2s", "-mp", str(rtp_range(10)[0]), f"127.0.0.1:{gw.port}"], workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert rt.headers and rt.headers[0]["authorization"] == f"Bearer {S2S_KEY}", rt.headers
+    control = yaml.safe_load(gw.config.read_text())["control"]
+    bad = httpx.post(f"http://127.0.0.1:{control['port']}/calls", json={"number": ""}, timeout=15,
+                     headers={"Authorization": f"Bearer {CONTROL_TOKEN}"})
+    assert bad.status_code == 400, bad.text  # past the token check
+    for e in gw.events("call_incoming")[-2:]:
+        gw.wait_event("call_end", 10, call=e["call"])
+    cli = [subprocess.run([str(VENV_BIN / "voicegate"), *cmd, str(gw.config)], capture_output=True, text=True,
+                          timeout=60) for cmd in (["check"], ["trunks", "--config"])]
+    assert [c.returncode for c in cli] == [0, 0], [c.stderr for c in cli]
+    assert "carrier" in cli[1].stdout, cli[1].stdout
+    records = gw.config.parent / "records"
+    traces = sorted((records / "sip").glob("*.sip"))
+    assert len(traces) >= 2
+    written: dict[str, str] = {
+        "gateway log": "\n".join(gw.lines),
+        **{f"voicegate {c.args[1]}": c.stdout + c.stderr for c in cli},
+        "call records": json.dumps(read_records(records / "calls.db")[0]),
+        **{str(f.relative_to(records)): f.read_bytes().decode("latin-1") for f in records.rglob("*") if f.is_file()},
+    }
+    assert "Authorization: Digest" in "".join(written[str(t.relative_to(records))] for t in traces)
+    assert '"user":"alice"' in written["gateway log"] and "calls.db" in written  # the search sees what was written
+    for secret in (PASSWORD, CONTROL_TOKEN, TRUNK_PASSWORD, S2S_KEY):
+        assert not [where for where, text in written.items() if secret in text], secret
+
+
 def test_a_trunk_places_at_most_max_calls_per_min(gw: Gateway):
     control = yaml.safe_load(gw.config.read_text())["control"]
 
@@ -138,99 +233,6 @@ def test_a_trunk_places_at_most_max_calls_per_min(gw: Gateway):
     assert [e["number"] for e in gw.events("call_outgoing")] == ["+4930555000"]
 
 
-class RtpPeer:
-    """The media side of a sipp call: sends a 1 kHz PCMU tone every 20 ms from its own socket and keeps the level
-    of each packet that comes back."""
-
-    TONE = ulaw_encode((8000 * np.sin(2 * math.pi * 1000 * np.arange(160) / 8000)).astype("<i2").tobytes())
-
-    def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.settimeout(0.1)
-        self.port = self.sock.getsockname()[1]
-        self.ssrc = 0x5EC0A11
-        self.heard: list[tuple[float, float]] = []
-        self.remote: tuple[str, int] | None = None
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=f, daemon=True) for f in (self._send, self._recv)]
-
-    def start(self, remote: tuple[str, int]) -> None:
-        self.remote = remote
-        for t in self._threads:
-            t.start()
-
-    def _send(self) -> None:
-        seq, t0 = 0, time.monotonic()
-        while not self._stop.is_set():
-            head = bytes([0x80, 0]) + seq.to_bytes(2, "big") + (seq * 160).to_bytes(4, "big") + \
-                self.ssrc.to_bytes(4, "big")
-            assert self.remote is not None
-            self.sock.sendto(head + self.TONE, self.remote)
-            seq = (seq + 1) % 65536
-            time.sleep(max(0.0, t0 + seq * 0.02 - time.monotonic()))
-
-    def _recv(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, _ = self.sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if len(data) == 172 and data[1] & 0x7F == 0:
-                pcm = np.frombuffer(ulaw_decode(data[12:]), dtype="<i2").astype(np.float64)
-                power = np.abs(np.fft.rfft(pcm)) ** 2
-                tone = power[20] / max(power.sum(), 1e-9)  # bin 20 of 160 samples at 8 kHz: 1 kHz
-                self.heard.append((time.monotonic(), float(np.sqrt(np.mean(pcm**2))) if tone > 0.8 else 0.0))
-
-    def echoes(self, since: float, packets: int = 25) -> bool:
-        """Whether `packets` packets of our tone (1 kHz holding most of the power, level above 1000) came back
-        since `since` (echoed noise does not count)."""
-        return sum(1 for t, level in list(self.heard) if t >= since and level > 1000) >= packets
-
-    def wait_echo(self, since: float, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.echoes(since):
-                return True
-            time.sleep(0.05)
-        return False
-
-    def close(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            if t.is_alive():
-                t.join(2)
-        self.sock.close()
-
-
-def _media_call(gw: Gateway, workdir: Path, name: str, peer: RtpPeer, hold_ms: int) -> subprocess.Popen[str]:
-    """A sipp call to echo whose SDP offers `peer`'s port; sipp writes the port of the gateway's SDP answer to
-    `name`.port (its logs are written at exit)."""
-    sdp = PCMU.replace("[media_ip]", "127.0.0.1").replace("[media_port]", str(peer.port))
-    answer = ('<action><ereg regexp=".*" search_in="hdr" header="To:" assign_to="to"/>'
-              '<ereg regexp="m=audio ([0-9]+)" search_in="body" check_it="true" assign_to="m,rtpport"/>'
-              f'<exec command="echo RTPPORT [$rtpport] > {name}.port"/></action>')
-    (workdir / f"{name}.xml").write_text(scenario(
-        f'{invite(sdp)}  <recv response="200" rrs="true">{answer}</recv>\n{ack(200)}'
-        f'  <pause milliseconds="{hold_ms}"/>\n{BYE}  <Reference variables="m"/>\n'))
-    return subprocess.Popen(["sipp", "-nostdin", "-m", "1", "-l", "1", "-sf", f"{name}.xml", "-s", "echo",
-                             "-p", str(free_port()),
-                             f"127.0.0.1:{gw.port}"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-
-
-def _answer_port(log: Path, timeout: float = 10.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        m = re.search(r"RTPPORT (\d+)", log.read_text() if log.exists() else "")
-        if m:
-            return int(m.group(1))
-        time.sleep(0.05)
-    raise AssertionError(f"sipp wrote no SDP answer port within {timeout} s")
-
-
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -241,8 +243,8 @@ def test_malformed_rtp_leaves_the_call_and_another_one_echoing(gw: Gateway, work
     calls = []
     try:
         for name, peer in (("fuzzed", fuzzed), ("other", other)):
-            calls.append(_media_call(gw, workdir, name, peer, hold_ms=9000))
-            peer.start(("127.0.0.1", _answer_port(workdir / f"{name}.port")))
+            calls.append(media_call(gw, workdir, name, peer, hold_ms=9000))
+            peer.start(("127.0.0.1", answer_port(workdir / f"{name}.port")))
         t0 = time.monotonic()
         assert fuzzed.wait_echo(t0, 8) and other.wait_echo(t0, 8), "no echo before the fuzzing"
         rtp_port = fuzzed.remote[1]  # type: ignore[index]

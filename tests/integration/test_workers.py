@@ -12,12 +12,14 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from telephony.app import NO_ACK_S
+from telephony.records import read_records
 from telephony.supervisor import options_ping
 from tests import audio
 from tests.fuzz_sip import blast
@@ -32,6 +34,7 @@ from tests.integration.cluster import (
     wait_answered,
 )
 from tests.integration.peers import VENV_BIN, Gateway, call, free_port
+from tests.integration.rtp_peer import RtpPeer, answer_port, media_call
 
 BUSY = "All lines are busy. Please call again later."
 FUZZ_MESSAGES = int(os.environ.get("FUZZ_MESSAGES", "2000"))
@@ -45,7 +48,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     gw = start_cluster(cluster_config(port, {"count": 2, "first_port": first, "probe_interval_s": 1,
                                              "failover_timeout_s": 1.0, "flood_requests": 400, "flood_window_s": 1,
                                              "flood_block_s": 1, "when_full": {"reply": "announcement", "voice": "en",
-                                                                               "text": BUSY}}), tmp, port, 2)
+                                                                               "text": BUSY}},
+                                            records={"enabled": True}), tmp, port, 2)
     gw.wait_event("gateway_ready", 60, worker=2)  # the announcer
     gw.first_port = first  # type: ignore[attr-defined]
     yield gw
@@ -93,33 +97,58 @@ def test_all_workers_full_hears_the_announcement_then_a_hangup(cluster: Gateway,
 
 
 def test_killed_worker_is_replaced_and_the_other_keeps_its_calls(cluster: Gateway, tmp_path: Path):
+    """kill -9 of the worker holding an RTP echo call and sipp calls: its caller's RTP stops (Kamailio keeps no
+    dialog state, so no BYE comes), its calls get records ended `worker_died`, new calls go to the other worker,
+    whose calls run to their end, and the worker is restarted."""
     before = len(cluster.events("call_answered"))
-    hold = sipp_calls(cluster.port, tmp_path, 4, 5000)
-    held = wait_answered(cluster, before, 4)
-    on0 = {e["call"] for e in held if e["worker"] == 0}
-    assert len(on0) == 2
-    victim = worker_pid(cluster, 1)
-    killed = time.time()
-    os.kill(victim, signal.SIGKILL)
-    ok_at = None
-    while time.time() - killed < 10 and ok_at is None:
-        n = len(cluster.events("call_answered"))
-        p = sipp_calls(cluster.port, tmp_path, 1, 200)
-        p.communicate(timeout=30)
-        if p.returncode == 0:
-            ok_at = time.time()
-            assert answered_by(cluster)[cluster.events("call_answered")[n]["call"]] == 0
-    assert ok_at is not None and ok_at - killed < 5.0, "no new call got through within 5 s of the kill"
-    hold.communicate(timeout=40)
-    for cid in on0:  # the surviving worker's calls ran to their normal end
-        cluster.wait_event("call_end", 10, call=cid, reason="remote_200")
-    cluster.wait_event("worker_exited", 5, worker=1, pid=victim, rc=-9)
+    peer = RtpPeer()
+    media = media_call(cluster, tmp_path, "media", peer, hold_ms=8000)
+    try:
+        peer.start(("127.0.0.1", answer_port(tmp_path / "media.port")))
+        (first,) = wait_answered(cluster, before, 1)
+        index, other = int(first["worker"]), 1 - int(first["worker"])
+        assert peer.wait_echo(time.monotonic(), 5), "the echo call returns no audio"
+        hold = sipp_calls(cluster.port, tmp_path, 4, 5000)
+        held = wait_answered(cluster, before + 1, 4)[1:]
+        survivors = {e["call"] for e in held if e["worker"] == other}
+        doomed = {first["call"]} | {e["call"] for e in held if e["worker"] == index}
+        assert survivors and len(doomed) >= 2, held
+        victim = worker_pid(cluster, index)
+        killed, killed_mono = time.time(), time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        ok_at = None
+        while time.time() - killed < 10 and ok_at is None:
+            n = len(cluster.events("call_answered"))
+            p = sipp_calls(cluster.port, tmp_path, 1, 200)
+            p.communicate(timeout=30)
+            if p.returncode == 0:
+                ok_at = time.time()
+                assert answered_by(cluster)[cluster.events("call_answered")[n]["call"]] == other
+        assert ok_at is not None and ok_at - killed < 5.0, "no new call got through within 5 s of the kill"
+        hold.communicate(timeout=40)
+        for cid in survivors:  # the surviving worker's calls ran to their normal end
+            cluster.wait_event("call_end", 10, call=cid, reason="remote_200")
+        assert time.monotonic() - killed_mono > 2.0
+        assert not peer.echoes(killed_mono + 0.2, packets=1), "RTP still came back after the worker died"
+    finally:
+        peer.close()
+        media.kill()
+        media.communicate(timeout=10)
+    cluster.wait_event("worker_exited", 5, worker=index, pid=victim, rc=-9)
+    closed = cluster.wait_event("worker_calls_closed", 5, worker=index, pid=victim)
+    assert set(closed["calls"]) == doomed and closed["reason"] == "worker_died", closed
+    records = {r["call"]: r for r in read_records(cluster.config.parent / "records" / "calls.db")[0]}
+    for cid in doomed:
+        rec = records[cid]
+        died_after = killed - datetime.fromisoformat(rec["start"]).timestamp()
+        assert (rec["status"], rec["reason"]) == ("ended", "worker_died") and abs(rec["duration_s"] - died_after) < 1
+    assert all(records[cid]["reason"] == "remote_200" for cid in survivors)
     deadline = time.monotonic() + 20
     while not frontdoor_said(cluster, "worker up", killed) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert frontdoor_said(cluster, "worker up", killed), "\n".join(cluster.lines[-20:])
-    assert worker_pid(cluster, 1) != victim
-    assert options_ping("127.0.0.1", cluster.first_port + 1) == 200  # type: ignore[attr-defined]
+    assert worker_pid(cluster, index) != victim
+    assert options_ping("127.0.0.1", cluster.first_port + index) == 200  # type: ignore[attr-defined]
 
 
 def test_drained_worker_finishes_its_call_gets_no_new_ones_and_comes_back(cluster: Gateway, tmp_path: Path):
