@@ -2,7 +2,7 @@
 
 ```yaml
 name: demo menu
-target: sip:100@127.0.0.1:5060      # --target overrides it
+target: sip:demo@127.0.0.1:5060     # --target overrides it
 codecs: [PCMU]
 expect_status: 200
 dial:                                   # optional: how the INVITE looks
