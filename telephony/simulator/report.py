@@ -144,8 +144,14 @@ def summary(reports: list[CallReport]) -> str:
     return "\n".join(lines)
 
 
-def junit(reports: list[CallReport], path: Path) -> None:
+def junit(reports: list[CallReport], path: Path, invalid: list[tuple[str, list[str]]] | None = None) -> None:
+    """One suite per call, a case per step; `invalid` scripts (file, errors) that could not run come first, each a
+    suite with one failed case, `00 script`, whose failure message is the errors (`file:line: field: error`)."""
     root = ET.Element("testsuites")
+    for file, errors in invalid or []:
+        suite = ET.SubElement(root, "testsuite", name=file, tests="1", failures="1", time="0.000")
+        case = ET.SubElement(suite, "testcase", classname=file, name="00 script", time="0.000")
+        ET.SubElement(case, "failure", message="\n".join(errors)).text = "\n".join(errors)
     for r in reports:
         cases = [("00 dial", r.dial_ok, f"expected SIP {r.expected_status}, got {r.status} {r.error}".strip(),
                   r.answer_s or 0.0)]

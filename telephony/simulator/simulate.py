@@ -297,6 +297,19 @@ def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, 
     return reports
 
 
+def _not_run(invalid: list[tuple[str, list[str]]], junit_path: str | None, ran: list[CallReport] | None = None) -> int:
+    """Scripts that cannot run: their errors on stderr and, with --junit, as failed test cases (after the calls
+    that `ran` before one of them stopped the run); exit status 2."""
+    for _, errors in invalid:
+        for error in errors:
+            print(error, file=sys.stderr)
+    print(f"voicegate simulate: {len(invalid)} script(s) with errors, {'the run stopped' if ran else 'nothing run'}",
+          file=sys.stderr)
+    if junit_path:
+        junit(ran or [], Path(junit_path), invalid)
+    return 2
+
+
 def main(paths: list[str], target: str | None, junit_path: str | None, json_path: str | None,
          rtp_port: int = 40000, calls: int | None = None, concurrency: int = 1, rate: float = 1.0,
          html_path: str | None = None, loss_pct: float = 0.0, record_dir: str | None = None,
@@ -309,25 +322,21 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
             print(f"voicegate simulate: --{str(err['loc'][0]).split('_')[0]}: {err['msg']}", file=sys.stderr)
         return 2
     scripts: list[tuple[str, Script]] = []
-    errors = 0
+    invalid: list[tuple[str, list[str]]] = []
     for path in paths:
         try:
-            scripts.append((path, load_script(path)))
+            s = load_script(path)
         except ConfigError as e:
-            for issue in e.issues:
-                print(issue, file=sys.stderr)
-            errors += 1
-    if errors:
-        print(f"voicegate simulate: {errors} script(s) with errors, nothing run", file=sys.stderr)
-        return 2
-    for path, s in scripts:
+            invalid.append((path, [str(issue) for issue in e.issues]))
+            continue
+        scripts.append((path, s))
         if not (target or s.target):
-            print(f"{path}: no target: give --target or `target:` in the script", file=sys.stderr)
-            return 2
-        if tls is None and is_tls(target or s.target or ""):
-            print(f"{path}: {target or s.target} is a TLS target: give --tls-ca FILE (the CA that signs its "
-                  "certificate) or --insecure", file=sys.stderr)
-            return 2
+            invalid.append((path, [f"{path}: no target: give --target or `target:` in the script"]))
+        elif tls is None and is_tls(target or s.target or ""):
+            invalid.append((path, [f"{path}: {target or s.target} is a TLS target: give --tls-ca FILE (the CA that "
+                                   "signs its certificate) or --insecure"]))
+    if invalid:
+        return _not_run(invalid, junit_path)
     reports: list[CallReport] = []
     rec = Path(record_dir) if record_dir else None
     if seed is None:
@@ -346,8 +355,7 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
                     reports.append(run_call(phone, s, path, uri, _recording(rec, i, s),
                                             call_impairment(line, s, seed, i)))
                 except SimulationError as e:
-                    print(f"{path}: {e}", file=sys.stderr)
-                    return 2
+                    return _not_run([(path, [f"{path}: {e}"])], junit_path, reports)
         finally:
             phone.close()
     print(console(reports) if calls is None else summary(reports))
