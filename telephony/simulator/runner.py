@@ -213,8 +213,17 @@ class ScriptRunner:
             self._i += 1
             self._st = None
             if not self.results[-1].ok:
+                self._name_keys(self.results[-1])
                 self._skip_rest("an earlier step failed")
         return actions
+
+    def _name_keys(self, failed: StepResult) -> None:
+        """A step that fails after keys were sent names them: a menu without that branch shows as
+        `after dtmf '9' (step 3): expected 'time' in 'Sorry, I did not get that.'`."""
+        keys = next(((i, s) for i, s in reversed(list(enumerate(self.script.steps[: failed.index])))
+                     if isinstance(s, Dtmf)), None)
+        if keys is not None:
+            failed.message = f"after dtmf {keys[1].dtmf!r} (step {keys[0] + 1}): {failed.message}"
 
     def abort(self, why: str) -> None:
         """The call ended or timed out: the current and remaining steps fail."""

@@ -103,6 +103,28 @@ def test_a_prompt_that_does_not_stop_in_time_fails_with_the_reason(gateway: Gate
     assert "the agent stopped" in case.find("failure").get("message")
 
 
+MISSING_BRANCH = """\
+name: a key the menu does not have
+steps:
+  - wait_speech: {timeout_s: 5}
+  - wait: 4.5                             # into the menu (a key stops it and is collected at once)
+  - dtmf: "9"
+  - expect_speech: {contains: [time here], timeout_s: 5, max_s: 2.5}   # "The time here is ..." (key 2), cut short
+  - hangup: {}
+"""
+
+
+def test_a_missing_dtmf_branch_fails_naming_the_keys_and_the_expectation(gateway: Gateway, workdir: Path):
+    r, junit = simulate(gateway, workdir, MISSING_BRANCH)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-2000:]
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert cases["03 dtmf"].find("failure") is None
+    message = cases["04 expect_speech"].find("failure").get("message")
+    assert message.startswith("after dtmf '9' (step 3): expected 'time here' in "), message
+    assert "did not get that" in message.lower(), message  # the demo's answer to a key it has no branch for
+    assert " x 04 expect_speech" in r.stdout and "after dtmf '9' (step 3)" in r.stdout
+
+
 def test_third_party_peer_sipp_uas(workdir: Path):
     from tests.integration.peers import free_port
 

@@ -232,6 +232,21 @@ def test_dtmf_reply_time_from_the_key_to_the_agents_next_onset():
     assert not r.results[0].ok and "no agent audio within 1300 ms" in r.results[0].message
 
 
+def test_a_step_that_fails_after_keys_names_them():
+    """A menu without the pressed key's branch: the prompt the script expects never comes, and the failure says
+    which keys it followed and what was expected instead."""
+    steps = [{"wait_speech": {}}, {"dtmf": "9"}, {"expect_speech": {"contains": ["time"], "timeout_s": 3}},
+             {"hangup": {}}]
+    r = ScriptRunner(script(steps), speech)
+    drive(r, Line(10, 100, [Heard("Sorry, I did not get that.", 0.9)]), 400)
+    assert [x.ok for x in r.results] == [True, True, False, False]
+    assert r.results[2].message == "after dtmf '9' (step 2): expected 'time' in 'Sorry, I did not get that.'"
+    assert r.results[3].message == "an earlier step failed"
+    r = ScriptRunner(script(steps[1:]), speech)
+    drive(r, Line(500, 600), 400)  # nothing at all after the key
+    assert r.results[1].message == "after dtmf '9' (step 1): no agent speech within 3.0 s"
+
+
 def test_expect_transfer_matches_refer_to_by_glob_or_regex():
     def run(to: str, refers: tuple[str, ...], frames: int = 100) -> StepResult:
         r = ScriptRunner(script([{"expect_transfer": {"to": to, "timeout_s": 1}}]), speech)
