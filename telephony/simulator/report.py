@@ -45,6 +45,13 @@ class CallReport:
     """The SIP Call-ID of the call ('' when none was made)."""
 
     @property
+    def false_barge_ins(self) -> int | None:
+        """Times the agent's audio stopped while the caller was silent, over the call's `expect_no_barge_in` steps
+        (None: the call had none)."""
+        counts = [s.metrics["false_barge_ins"] for s in self.steps if "false_barge_ins" in s.metrics]
+        return int(sum(counts)) if counts else None
+
+    @property
     def dial_ok(self) -> bool:
         return self.status == self.expected_status and not self.error
 
@@ -101,6 +108,8 @@ def console(reports: list[CallReport]) -> str:
             lines.append(f"  rtp: {rtp_line(r)}")
         if r.impairment:
             lines.append(f"  impaired: {impairment_line(r.impairment)}")
+        if r.false_barge_ins is not None:
+            lines.append(f"  false barge-ins: {r.false_barge_ins}")
         for s in r.steps:
             lines.append(f"  {'ok' if s.ok else ' x'} {s.index + 1:02d} {s.name} {s.seconds:.2f}s "
                          f"{_fmt_metrics(s.metrics)} {s.message or _heard(s)}".rstrip())
@@ -162,6 +171,8 @@ def junit(reports: list[CallReport], path: Path, invalid: list[tuple[str, list[s
         metrics = [(f"{s.index + 1:02d} {s.name}", s.metrics) for s in r.steps if s.metrics]
         if r.rtp:
             metrics.insert(0, ("rtp", {k: v for k, v in r.rtp.items() if v is not None}))
+        if r.false_barge_ins is not None:
+            metrics.insert(0, ("call", {"false_barge_ins": r.false_barge_ins}))
         if metrics:  # measurements as suite properties, which JUnit readers show beside the cases
             props = ET.SubElement(suite, "properties")
             for name, m in metrics:
@@ -263,6 +274,8 @@ def html(reports: list[CallReport], path: Path, max_calls: int = 50, load: bool 
                    f"{r.answer_s if r.answer_s is not None else '-'} s, {r.duration_s:.1f} s {escape(r.error)}</p>")
         if r.rtp:
             out.append(f"<p class='rtp'>RTP: {escape(rtp_line(r))}</p>")
+        if r.false_barge_ins is not None:
+            out.append(f"<p class='false-barge-ins'>False barge-ins: {r.false_barge_ins}</p>")
         out.append("<table><tr><th>#</th><th>step</th><th>result</th><th>s</th><th>measured</th><th>heard</th>"
                    "<th>why</th></tr>")
         for s in r.steps:

@@ -22,6 +22,7 @@ from telephony.simulator.script import (
     Dtmf,
     Echo,
     ExpectHangup,
+    ExpectNoBargeIn,
     ExpectSpeech,
     ExpectTransfer,
     Hangup,
@@ -149,6 +150,33 @@ class _State:
     spoken: int = 0
     goal: bool = False
     llm_ms: float = 0.0
+    gaps: _Gaps = field(default_factory=lambda: _Gaps())
+
+
+@dataclass
+class _Gaps:
+    """The agent's silences, from the observations of one step: each (first silent frame, frames, whether the
+    caller was sending its own speech when it began). A silence ends when the agent's audio runs 2 frames again;
+    a single loud frame inside it (a click) does not end it."""
+
+    done: list[tuple[int, int, bool]] = field(default_factory=list)
+    start: int | None = None
+    caller_spoke: bool = False
+
+    def see(self, o: Observation) -> None:
+        if o.audio_run >= 2:
+            if self.start is not None:
+                run_start = o.frame - o.audio_run + 1
+                self.done.append((self.start, max(0, run_start - self.start), self.caller_spoke))
+                self.start = None
+        elif o.audio_run == 0 and self.start is None and o.last_audio >= 0:
+            self.start, self.caller_spoke = o.last_audio + 1, o.speaking
+
+    def all(self, now_frame: int) -> list[tuple[int, int, bool]]:
+        """The ended silences and the one under way (its length so far)."""
+        if self.start is None:
+            return self.done
+        return [*self.done, (self.start, now_frame - self.start + 1, self.caller_spoke)]
 
 
 class ScriptRunner:
@@ -292,6 +320,8 @@ class ScriptRunner:
             return self._expect_speech(step, st, o)
         if isinstance(step, Persona):
             return self._persona(step, st, o)
+        if isinstance(step, ExpectNoBargeIn):
+            return self._expect_no_barge_in(step, st, o)
         raise AssertionError(f"unhandled step {step!r}")
 
     def _speak(self, st: _State, o: Observation, wait: bool) -> list[Action]:
@@ -364,23 +394,58 @@ class ScriptRunner:
         return []
 
     def _backchannel(self, step: Backchannel, st: _State, o: Observation) -> list[Action]:
+        """Speak the backchannel into the agent's talk; pass when the agent's audio runs again within
+        `expect_continue_s` of its end and no silence of the agent since the caller's onset was longer than
+        `max_pause_ms` (`pause_ms`: the longest). A reply cancelled for a new prompt shows as a longer silence."""
         a = step.backchannel
         if st.phase == "start":
             if (o.now - st.started) * 1000 < a.after_ms:
                 return []
             st.phase = "speaking"
             return [Speak(self._speech[self._i][0])]
+        st.gaps.see(o)
+        if st.onset is None:
+            if o.speech_start is None:
+                return []
+            st.onset = o.speech_start + self._speech[self._i][1]
         if st.utter_end is None:
             if o.speaking or o.speech_end is None:
                 return []
             st.utter_end = o.speech_end
-        if o.last_audio > st.utter_end and st.resumed_at is None:
-            st.resumed_at = o.last_audio
+        if o.audio_run >= 2 and o.last_audio > st.utter_end and st.resumed_at is None:
+            st.resumed_at = o.frame - o.audio_run + 1
         deadline = st.utter_end + int(a.expect_continue_s * FRAMES_PER_S)
+        onset = st.onset
+        pause = max((n for start, n, _ in st.gaps.all(o.frame) if start + n > onset), default=0) * FRAME_MS
         if st.resumed_at is not None:
-            self._finish(True, resumed_after_ms=max(0, st.resumed_at - st.utter_end) * FRAME_MS)
+            ok = pause <= a.max_pause_ms
+            why = "" if ok else f"the agent paused {pause} ms for the backchannel (at most {a.max_pause_ms:g} ms)"
+            self._finish(ok, why, resumed_after_ms=max(0, st.resumed_at - st.utter_end) * FRAME_MS, pause_ms=pause)
         elif o.frame >= deadline or o.ended:
-            self._finish(False, f"the agent stopped for a backchannel (silent {a.expect_continue_s} s after it)")
+            self._finish(False, f"the agent stopped for a backchannel (silent {a.expect_continue_s} s after it)",
+                         pause_ms=pause)
+        return []
+
+    def _expect_no_barge_in(self, step: ExpectNoBargeIn, st: _State, o: Observation) -> list[Action]:
+        """For `for_s`, every silence of the agent's longer than `max_pause_ms` that began while the caller was
+        silent is a false barge-in (`false_barge_ins`; `max_pause_ms`: the agent's longest silence meanwhile)."""
+        a = step.expect_no_barge_in
+        st.gaps.see(o)
+        if o.now - st.started < a.for_s and not o.ended:
+            return []
+        silent = [(start, n) for start, n, spoke in st.gaps.all(o.frame) if not spoke and start + n > st.start_frame]
+        false = [(start, n) for start, n in silent if n * FRAME_MS > a.max_pause_ms]
+        longest = max((n for _, n in silent), default=0) * FRAME_MS
+        if o.ended and o.now - st.started < a.for_s:
+            self._finish(False, "the call ended while the agent should have been talking",
+                         false_barge_ins=len(false), max_pause_ms=longest)
+        elif false:
+            where = ", ".join(f"{n * FRAME_MS} ms at {start * FRAME_MS / 1000:.2f} s" for start, n in false)
+            self._finish(False, f"the agent's audio stopped {len(false)} time(s) while the caller was silent "
+                                f"(over {a.max_pause_ms:g} ms): {where}", false_barge_ins=len(false),
+                         max_pause_ms=longest)
+        else:
+            self._finish(True, false_barge_ins=0, max_pause_ms=longest)
         return []
 
     def _expect_speech(self, step: ExpectSpeech, st: _State, o: Observation) -> list[Action]:

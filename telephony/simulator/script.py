@@ -19,6 +19,7 @@ steps:
   - interrupt: {say: "Sorry, can I stop you?", after_ms: 1500, expect_stop_ms: 300}
   - backchannel: {say: "uh-huh", after_ms: 1000}
   - echo: {db: -12, delay_ms: 200}        # from now on the agent hears itself
+  - expect_no_barge_in: {for_s: 3, max_pause_ms: 450}  # ... and must not stop for its echo (false_barge_ins)
   - say: "I would like to check my order"
     voice: joe                            # piper; any other name is an espeak-ng voice (default en-us)
   - expect_speech:                        # the agent's next utterance, transcribed by the embedded ASR
@@ -122,7 +123,22 @@ class Interrupt(_Strict):
 class BackchannelArgs(Speech):
     after_ms: float = Field(1000.0, ge=0)
     expect_continue_s: float = Field(1.0, gt=0)
-    """Pass when the agent is heard again within this long after the backchannel ends."""
+    """Pass when the agent is heard again within this long after the backchannel ends ..."""
+    max_pause_ms: float = Field(1500.0, gt=0)
+    """... and its audio, from the caller's onset on, never stopped for longer than this (reported as `pause_ms`)."""
+
+
+class ExpectNoBargeInArgs(_Strict):
+    for_s: float = Field(3.0, gt=0, le=600)
+    """Watch the agent's audio this long; the step says nothing (an `echo:` step before it makes the caller
+    return the agent's own audio)."""
+    max_pause_ms: float = Field(450.0, gt=0)
+    """A silence of the agent's longer than this, begun while the caller was silent, is a false barge-in (piper's
+    pauses between sentences of the demo's long message measured up to 360 ms)."""
+
+
+class ExpectNoBargeIn(_Strict):
+    expect_no_barge_in: ExpectNoBargeInArgs = ExpectNoBargeInArgs()
 
 
 class Backchannel(_Strict):
@@ -332,7 +348,7 @@ _STEPS: dict[str, type[_Strict]] = {
     "wait_speech": WaitSpeech, "wait_silence": WaitSilence, "say": Say, "play": Play, "dtmf": Dtmf,
     "interrupt": Interrupt, "backchannel": Backchannel, "echo": Echo, "wait": Wait, "hangup": Hangup,
     "expect_hangup": ExpectHangup, "expect_speech": ExpectSpeech, "expect_transfer": ExpectTransfer,
-    "persona": Persona,
+    "persona": Persona, "expect_no_barge_in": ExpectNoBargeIn,
 }
 
 
@@ -353,7 +369,8 @@ Step = Annotated[
     | Annotated[Interrupt, Tag("Interrupt")] | Annotated[Backchannel, Tag("Backchannel")]
     | Annotated[Echo, Tag("Echo")] | Annotated[Wait, Tag("Wait")] | Annotated[Hangup, Tag("Hangup")]
     | Annotated[ExpectHangup, Tag("ExpectHangup")] | Annotated[ExpectSpeech, Tag("ExpectSpeech")]
-    | Annotated[ExpectTransfer, Tag("ExpectTransfer")] | Annotated[Persona, Tag("Persona")],
+    | Annotated[ExpectTransfer, Tag("ExpectTransfer")] | Annotated[Persona, Tag("Persona")]
+    | Annotated[ExpectNoBargeIn, Tag("ExpectNoBargeIn")],
     Discriminator(_step_kind, custom_error_type="unknown_step",
                   custom_error_message=f"not a step; steps are {', '.join(_STEPS)}"),
 ]

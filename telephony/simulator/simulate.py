@@ -364,6 +364,6 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
     if html_path:
         html(reports, Path(html_path), load=calls is not None)
     if json_path:
-        Path(json_path).write_text(json.dumps([asdict(r) | {"passed": r.passed} for r in reports], indent=2,
-                                              default=BaseModel.model_dump))
+        rows = [asdict(r) | {"passed": r.passed, "false_barge_ins": r.false_barge_ins} for r in reports]
+        Path(json_path).write_text(json.dumps(rows, indent=2, default=BaseModel.model_dump))
     return 0 if all(r.passed for r in reports) else 1

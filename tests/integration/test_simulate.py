@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import wave
 import xml.etree.ElementTree as ET
@@ -55,10 +56,15 @@ def test_example_scripts_pass_against_voicegate(gateway: Gateway, workdir: Path)
     assert len(paths) >= 3
     lo, _ = rtp_range(100)
     r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", *paths, "--target",
-                        f"sip:demo@127.0.0.1:{gateway.port}", "--rtp-port", str(lo)],
+                        f"sip:demo@127.0.0.1:{gateway.port}", "--rtp-port", str(lo), "--json", str(workdir / "r.json")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert f"{len(paths)} passed, 0 failed" in r.stdout
+    calls = {c["script"]: c for c in json.loads((workdir / "r.json").read_text())}
+    barge = calls["demo menu and barge-in"]
+    assert barge["false_barge_ins"] == 0 and calls["demo echo test"]["false_barge_ins"] is None
+    metrics = {s["name"]: s["metrics"] for s in barge["steps"]}
+    assert 0 <= metrics["backchannel"]["pause_ms"] <= 1500 and metrics["expect_no_barge_in"]["max_pause_ms"] <= 450
 
 
 HANDOVER = """\

@@ -30,8 +30,11 @@ class Line:
     The call ends at frame `end_at`; each `Transcribe` is answered with the next of `heard` on the following frame.
     """
 
-    def __init__(self, talk_from: int, talk_to: int, heard: list[Heard] | None = None, end_at: int = 10**9) -> None:
+    def __init__(self, talk_from: int, talk_to: int, heard: list[Heard] | None = None, end_at: int = 10**9,
+                 silent: tuple[range, ...] = ()) -> None:
         self.talk = (talk_from, talk_to)
+        self.silent = silent
+        """Frames inside the talk where the agent is silent (its pauses)."""
         self.heard = list(heard or [])
         self.asked: list[Transcribe] = []
         self.end_at = end_at
@@ -44,7 +47,7 @@ class Line:
 
     def step(self, runner: ScriptRunner) -> list:
         f = self.frame
-        if self.talk[0] <= f < self.talk[1]:
+        if self.talk[0] <= f < self.talk[1] and not any(f in r for r in self.silent):
             self.last_audio, self.run = f, self.run + 1
         else:
             self.run = 0
@@ -107,6 +110,45 @@ def test_backchannel_passes_only_if_the_agent_carries_on():
     r = ScriptRunner(script([{"backchannel": {"say": "x", "after_ms": 100, "expect_continue_s": 1}}]), speech)
     drive(r, Line(0, 20), 400)
     assert not r.results[0].ok
+
+
+def test_backchannel_fails_when_the_agent_pauses_too_long_and_reports_the_pause():
+    # the caller speaks frames 6-55 ("uh-huh" of 1 s); the agent pauses from frame 10
+    step = {"backchannel": {"say": "x", "after_ms": 100, "expect_continue_s": 1, "max_pause_ms": 1500}}
+    r = ScriptRunner(script([step]), speech)
+    drive(r, Line(0, 1000, silent=(range(10, 60),)), 400)
+    assert r.results[0].ok and r.results[0].metrics["pause_ms"] == 1000, r.results[0]
+    r = ScriptRunner(script([step]), speech)
+    drive(r, Line(0, 1000, silent=(range(10, 100),)), 400)  # resumes within 1 s of the end, after 1.8 s of silence
+    res = r.results[0]
+    assert not res.ok and res.metrics["pause_ms"] == 1800
+    assert res.message == "the agent paused 1800 ms for the backchannel (at most 1500 ms)"
+    r = ScriptRunner(script([step]), speech)
+    drive(r, Line(0, 1000, silent=(range(2, 5), range(200, 230))), 400)  # pauses before the onset do not count
+    assert r.results[0].ok and r.results[0].metrics["pause_ms"] == 0, r.results[0]
+
+
+def test_expect_no_barge_in_counts_the_agents_stops_while_the_caller_is_silent():
+    step = {"expect_no_barge_in": {"for_s": 3, "max_pause_ms": 400}}
+    r = ScriptRunner(script([step]), speech)
+    drive(r, Line(0, 1000, silent=(range(20, 35), range(60, 61))), 400)  # 300 ms between sentences, a 20 ms dip
+    assert r.results[0].ok and r.results[0].metrics == {"false_barge_ins": 0, "max_pause_ms": 300}, r.results[0]
+    r = ScriptRunner(script([step, {"hangup": {}}]), speech)
+    drive(r, Line(0, 1000, silent=(range(20, 50), range(100, 125))), 400)
+    res = r.results[0]
+    assert not res.ok and res.metrics == {"false_barge_ins": 2, "max_pause_ms": 600}
+    assert res.message == ("the agent's audio stopped 2 time(s) while the caller was silent (over 400 ms): "
+                           "600 ms at 0.40 s, 500 ms at 2.00 s")
+    # the caller talking over the agent is no false barge-in; an agent that stops for good is one
+    r = ScriptRunner(script([{"say": "x", "wait": False}, step]), speech)
+    drive(r, Line(0, 1000, silent=(range(10, 40),)), 400)
+    assert r.results[1].ok, r.results[1]
+    r = ScriptRunner(script([step]), speech)
+    drive(r, Line(0, 50), 400)
+    assert not r.results[0].ok and r.results[0].metrics["false_barge_ins"] == 1
+    report = CallReport("s", "s.yaml", "sip:a@b", 200, 200, 0.1, "PCMU/8000", 5.0, r.results)
+    assert report.false_barge_ins == 1 and "false barge-ins: 1" in console([report])
+    assert CallReport("s", "s.yaml", "sip:a@b", 200, 200, 0.1, "PCMU/8000", 5.0).false_barge_ins is None
 
 
 HOURS = "Reception is open from seven in the morning to eleven at night."
