@@ -16,7 +16,7 @@ import numpy as np
 
 from agents.llm import Message
 from media.frames import FRAME_MS, split_frames
-from telephony.simulator import measure, persona
+from telephony.simulator import measure, noise, persona
 from telephony.simulator.script import (
     Backchannel,
     Dtmf,
@@ -27,6 +27,7 @@ from telephony.simulator.script import (
     ExpectTransfer,
     Hangup,
     Interrupt,
+    Noise,
     Persona,
     Play,
     Say,
@@ -84,6 +85,13 @@ class SetEcho:
 
 
 @dataclass(frozen=True)
+class SetNoise:
+    """Add this noise (16 kHz float samples, sent in a loop) to every frame the caller sends; None: stop."""
+
+    samples: np.ndarray | None
+
+
+@dataclass(frozen=True)
 class HangUp:
     pass
 
@@ -106,7 +114,7 @@ class AskPersona:
     request: list[Message]
 
 
-Action = Speak | SendDtmf | SetEcho | HangUp | Transcribe | AskPersona
+Action = Speak | SendDtmf | SetEcho | SetNoise | HangUp | Transcribe | AskPersona
 
 
 @dataclass(frozen=True)
@@ -192,6 +200,12 @@ class ScriptRunner:
                 pcm = render(sp)
                 x = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
                 self._speech[i] = (split_frames(pcm), measure.onset_index(x))
+        self.speech_dbfs = noise.speech_level_dbfs([b"".join(frames) for frames, _ in self._speech.values()])
+        """The caller's speech level, which `noise` steps' SNR is relative to."""
+        self._noise = {i: (self.speech_dbfs - step.noise.snr_db, noise.noise(self.speech_dbfs - step.noise.snr_db,
+                                                                             step.noise.color, step.noise.seed))
+                       for i, step in enumerate(script.steps) if isinstance(step, Noise) and step.noise != "off"}
+        """Each noise step's level and samples, made before the call (pink noise takes a while)."""
         self._i = 0
         self._st: _State | None = None
         self._answer_frame: int | None = None
@@ -297,6 +311,13 @@ class ScriptRunner:
             if step.echo == "off":
                 return [SetEcho(0.0, 0)]
             return [SetEcho(10 ** (step.echo.db / 20), step.echo.delay_ms // FRAME_MS)]
+        if isinstance(step, Noise):
+            if step.noise == "off":
+                self._finish(True)
+                return [SetNoise(None)]
+            level, samples = self._noise[self._i]
+            self._finish(True, noise_dbfs=round(level, 1))
+            return [SetNoise(samples)]
         if isinstance(step, Wait):
             if waited >= step.wait:
                 self._finish(True)

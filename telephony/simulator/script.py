@@ -20,6 +20,7 @@ steps:
   - backchannel: {say: "uh-huh", after_ms: 1000}
   - echo: {db: -12, delay_ms: 200}        # from now on the agent hears itself
   - expect_no_barge_in: {for_s: 3, max_pause_ms: 450}  # ... and must not stop for its echo (false_barge_ins)
+  - noise: {snr_db: 30, color: pink}     # from now on noise 30 dB under the caller's speech, under all it sends
   - say: "I would like to check my order"
     voice: joe                            # piper; any other name is an espeak-ng voice (default en-us)
   - expect_speech:                        # the agent's next utterance, transcribed by the embedded ASR
@@ -152,6 +153,18 @@ class EchoArgs(_Strict):
 
 class Echo(_Strict):
     echo: EchoArgs | Literal["off"]
+
+
+class NoiseArgs(_Strict):
+    snr_db: float = Field(ge=-10, le=80)
+    """Noise this many dB under the caller's speech level (its utterances in this script, see simulator/noise.py)."""
+    color: Literal["white", "pink"] = "white"
+    seed: int = 0
+
+
+class Noise(_Strict):
+    noise: NoiseArgs | Literal["off"]
+    """From now on the caller sends this noise under everything (`off`: no more noise)."""
 
 
 class Wait(_Strict):
@@ -348,7 +361,7 @@ _STEPS: dict[str, type[_Strict]] = {
     "wait_speech": WaitSpeech, "wait_silence": WaitSilence, "say": Say, "play": Play, "dtmf": Dtmf,
     "interrupt": Interrupt, "backchannel": Backchannel, "echo": Echo, "wait": Wait, "hangup": Hangup,
     "expect_hangup": ExpectHangup, "expect_speech": ExpectSpeech, "expect_transfer": ExpectTransfer,
-    "persona": Persona, "expect_no_barge_in": ExpectNoBargeIn,
+    "persona": Persona, "expect_no_barge_in": ExpectNoBargeIn, "noise": Noise,
 }
 
 
@@ -370,7 +383,7 @@ Step = Annotated[
     | Annotated[Echo, Tag("Echo")] | Annotated[Wait, Tag("Wait")] | Annotated[Hangup, Tag("Hangup")]
     | Annotated[ExpectHangup, Tag("ExpectHangup")] | Annotated[ExpectSpeech, Tag("ExpectSpeech")]
     | Annotated[ExpectTransfer, Tag("ExpectTransfer")] | Annotated[Persona, Tag("Persona")]
-    | Annotated[ExpectNoBargeIn, Tag("ExpectNoBargeIn")],
+    | Annotated[ExpectNoBargeIn, Tag("ExpectNoBargeIn")] | Annotated[Noise, Tag("Noise")],
     Discriminator(_step_kind, custom_error_type="unknown_step",
                   custom_error_message=f"not a step; steps are {', '.join(_STEPS)}"),
 ]

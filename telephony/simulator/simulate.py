@@ -46,6 +46,7 @@ from telephony.simulator.runner import (
     ScriptRunner,
     SendDtmf,
     SetEcho,
+    SetNoise,
     Speak,
     Transcribe,
 )
@@ -154,6 +155,8 @@ def run_call(phone: Phone, script: Script, file: str, target: str, record: Path 
                 phone.send_dtmf(call, action.digits, action.info)
             elif isinstance(action, SetEcho):
                 call.port.set_echo(action.gain, action.delay_frames)
+            elif isinstance(action, SetNoise):
+                call.port.set_noise(action.samples)
             elif isinstance(action, HangUp):
                 phone.hangup(call)
             elif isinstance(action, Transcribe):

@@ -222,6 +222,39 @@ def test_load_mode_places_every_call_and_summarises(gateway: Gateway, workdir: P
     assert len(gateway.events("call_end")) - before == 8
 
 
+NOISY_ECHO_CALL = """\
+name: echo call with line noise
+steps:
+  - noise: {snr_db: 30}                     # white noise 30 dB under the caller's words
+  - wait: 1
+  - say: "testing one two three"
+    wait: false
+  - wait_speech: {timeout_s: 5}             # the words' echo, not the noise's
+  - wait: 0.5
+  - hangup: {}
+"""
+
+
+def test_noise_goes_on_the_wire_and_a_30_db_snr_echo_call_passes(gateway: Gateway, workdir: Path):
+    p = workdir / "noisy.yaml"
+    p.write_text(NOISY_ECHO_CALL)
+    lo, _ = rtp_range(100)
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(p), "--target",
+                        f"sip:echo@127.0.0.1:{gateway.port}", "--rtp-port", str(lo), "--json", str(workdir / "r.json")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    [call] = json.loads((workdir / "r.json").read_text())
+    noise_step, wait_step, _, heard_step = call["steps"][:4]
+    level = noise_step["metrics"]["noise_dbfs"]
+    assert -60 < level < -40, level  # espeak's words are about 20 dBFS loud
+    quiet = slice(wait_step["start_frame"] + 10, wait_step["end_frame"] - 5)  # the caller sends noise alone
+    sent, heard = np.median(call["sent_db"][quiet]), np.median(call["heard_db"][quiet])
+    assert abs(sent - level) < 1.0, (sent, level)
+    # the echo agent returned it: G.711 drops the half of white noise's power above 4 kHz (3 dB)
+    assert level - 6 < heard < level + 1, (heard, level)
+    assert heard_step["metrics"]["latency_ms"] >= 20  # the noise's echo was not taken for the agent speaking
+
+
 def test_lossy_line_and_stereo_recording(gateway: Gateway, workdir: Path):
     p = workdir / "echo.yaml"
     p.write_text(ECHO_CALL)
