@@ -195,8 +195,37 @@ def _envelope(levels: list[float], x0: float, scale: float, top: float, height: 
     return " ".join(pts)
 
 
+SPAN_METRIC = {"interrupt": "reaction_ms", "wait_speech": "latency_ms", "expect_speech": "latency_ms",
+               "dtmf": "reply_ms"}
+"""The measurement a step's first and last marks span, written on the timeline between them."""
+CALLER_MARKS = ("caller", "keys", "turn from", "step start")
+"""Marks of the caller's side (blue, dashed); the others are the agent's (red)."""
+
+
+def _marks_svg(s: StepResult, x0: float, scale: float) -> list[str]:
+    """A step's marks as vertical lines over both tracks, and its latency or reaction between them."""
+    parts = []
+    for name, frame in s.marks.items():
+        x = x0 + frame * scale
+        caller = name.startswith(CALLER_MARKS)
+        color, dash, y = ("#1f77b4", ' stroke-dasharray="3,2"', 20) if caller else ("#d62728", "", 100)
+        parts.append(f'<line class="mark {name.replace(" ", "-")}" x1="{x:.1f}" y1="10" x2="{x:.1f}" y2="160" '
+                     f'stroke="{color}"{dash}><title>{s.index + 1} {escape(s.name)}: {escape(name)}</title></line>')
+        parts.append(f'<text x="{x + 2:.1f}" y="{y}" font-size="9" fill="{color}">{escape(name)}</text>')
+    metric = SPAN_METRIC.get(s.name, "")
+    value = s.metrics.get(metric, float("inf"))
+    if len(s.marks) >= 2 and np.isfinite(value):
+        xa, xb = (x0 + f * scale for f in (min(s.marks.values()), max(s.marks.values())))
+        label = f"{metric.removesuffix('_ms')} {value:g} ms"
+        parts.append(f'<line class="span" x1="{xa:.1f}" y1="85" x2="{xb:.1f}" y2="85" stroke="#333" '
+                     f'stroke-width="2"/><text class="latency" x="{xa:.1f}" y="83" font-size="10">'
+                     f'{escape(label)}</text>')
+    return parts
+
+
 def timeline_svg(r: CallReport, width: int = 960) -> str:
-    """Caller and agent levels on one frame clock, with each step's span (green passed, red failed)."""
+    """Caller and agent levels on one frame clock, with each step's span (green passed, red failed), its marks
+    (the caller's onset and the agent's stop of a barge-in, ...) and the latency or reaction measured between."""
     n = max(len(r.sent_db), len(r.heard_db), 1)
     x0, scale = 90.0, (width - 100) / n
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="240" font-family="sans-serif" '
@@ -218,6 +247,7 @@ def timeline_svg(r: CallReport, width: int = 960) -> str:
             text = s.transcript if len(s.transcript) <= room else s.transcript[: room - 1] + "\u2026"
             parts.append(f'<text x="{xa:.1f}" y="102" fill="#7a3d00">\u201c{escape(text)}\u201d'
                          f'<title>{escape(s.transcript)}</title></text>')
+        parts += _marks_svg(s, x0, scale)
     seconds = n / 50
     for t in range(0, int(seconds) + 1, max(1, int(seconds // 10) or 1)):
         parts.append(f'<text x="{x0 + t * 50 * scale:.1f}" y="168" fill="#888">{t}s</text>')

@@ -139,6 +139,9 @@ class StepResult:
     end_frame: int = 0
     transcript: str | None = None
     """expect_speech: what the caller heard, as the ASR wrote it."""
+    marks: dict[str, int] = field(default_factory=dict)
+    """Frames of what the step measured between, by name: `caller onset` and `agent stop` (interrupt), `agent
+    onset` and where its latency counts from, `keys`, a backchannel's `agent resumed`, `false barge-in N`."""
 
 
 @dataclass
@@ -276,10 +279,11 @@ class ScriptRunner:
             self._finish(False, why)
             self._i += 1
 
-    def _finish(self, ok: bool, message: str = "", transcript: str | None = None, **metrics: float) -> None:
+    def _finish(self, ok: bool, message: str = "", transcript: str | None = None, *,
+                marks: dict[str, int] | None = None, **metrics: float) -> None:
         step = self.script.steps[self._i]
         self.results.append(StepResult(self._i, step_name(step), ok, message, 0.0, dict(metrics),
-                                       transcript=transcript))
+                                       transcript=transcript, marks=marks or {}))
 
     # -- steps --------------------------------------------------------------------------------------------
     def _run(self, step: Step, st: _State, o: Observation) -> list[Action]:
@@ -287,7 +291,8 @@ class ScriptRunner:
         if isinstance(step, WaitSpeech):
             if o.audio_run >= 2:
                 start = o.frame - o.audio_run + 1
-                self._finish(True, latency_ms=max(0, start - st.start_frame) * FRAME_MS)
+                self._finish(True, marks={"step start": st.start_frame, "agent onset": start},
+                             latency_ms=max(0, start - st.start_frame) * FRAME_MS)
             elif waited > step.wait_speech.timeout_s:
                 self._finish(False, f"no agent speech within {step.wait_speech.timeout_s} s")
             elif o.ended:
@@ -369,7 +374,8 @@ class ScriptRunner:
         if o.audio_run >= 2 and start > st.onset:
             reply = (start - st.onset) * FRAME_MS
             ok = reply <= step.expect_reply_ms
-            self._finish(ok, "" if ok else f"the agent answered the keys after {reply} ms", reply_ms=reply)
+            self._finish(ok, "" if ok else f"the agent answered the keys after {reply} ms",
+                         marks={"keys": st.onset, "agent onset": start}, reply_ms=reply)
         elif (o.frame - st.onset) * FRAME_MS > step.expect_reply_ms + 1000 or o.ended:
             self._finish(False, f"no agent audio within {step.expect_reply_ms + 1000:g} ms of the keys",
                          reply_ms=float("inf"))
@@ -409,9 +415,11 @@ class ScriptRunner:
             reaction = max(0, o.last_audio - st.onset + 1) * FRAME_MS
             ok = reaction <= a.expect_stop_ms
             self._finish(ok, "" if ok else f"the agent stopped {reaction} ms after the caller's onset",
+                         marks={"caller onset": st.onset, "agent stop": max(st.onset, o.last_audio + 1)},
                          reaction_ms=reaction)
         elif (o.frame - st.onset) * FRAME_MS > a.expect_stop_ms + 1000 or o.ended:
-            self._finish(False, "the agent did not stop talking", reaction_ms=float("inf"))
+            self._finish(False, "the agent did not stop talking", marks={"caller onset": st.onset},
+                         reaction_ms=float("inf"))
         return []
 
     def _backchannel(self, step: Backchannel, st: _State, o: Observation) -> list[Action]:
@@ -441,10 +449,11 @@ class ScriptRunner:
         if st.resumed_at is not None:
             ok = pause <= a.max_pause_ms
             why = "" if ok else f"the agent paused {pause} ms for the backchannel (at most {a.max_pause_ms:g} ms)"
-            self._finish(ok, why, resumed_after_ms=max(0, st.resumed_at - st.utter_end) * FRAME_MS, pause_ms=pause)
+            self._finish(ok, why, marks={"caller onset": onset, "agent resumed": st.resumed_at},
+                         resumed_after_ms=max(0, st.resumed_at - st.utter_end) * FRAME_MS, pause_ms=pause)
         elif o.frame >= deadline or o.ended:
             self._finish(False, f"the agent stopped for a backchannel (silent {a.expect_continue_s} s after it)",
-                         pause_ms=pause)
+                         marks={"caller onset": onset}, pause_ms=pause)
         return []
 
     def _expect_no_barge_in(self, step: ExpectNoBargeIn, st: _State, o: Observation) -> list[Action]:
@@ -457,14 +466,15 @@ class ScriptRunner:
         silent = [(start, n) for start, n, spoke in st.gaps.all(o.frame) if not spoke and start + n > st.start_frame]
         false = [(start, n) for start, n in silent if n * FRAME_MS > a.max_pause_ms]
         longest = max((n for _, n in silent), default=0) * FRAME_MS
+        marks = {f"false barge-in {k + 1}": start for k, (start, _) in enumerate(false)}
         if o.ended and o.now - st.started < a.for_s:
-            self._finish(False, "the call ended while the agent should have been talking",
+            self._finish(False, "the call ended while the agent should have been talking", marks=marks,
                          false_barge_ins=len(false), max_pause_ms=longest)
         elif false:
             where = ", ".join(f"{n * FRAME_MS} ms at {start * FRAME_MS / 1000:.2f} s" for start, n in false)
             self._finish(False, f"the agent's audio stopped {len(false)} time(s) while the caller was silent "
-                                f"(over {a.max_pause_ms:g} ms): {where}", false_barge_ins=len(false),
-                         max_pause_ms=longest)
+                                f"(over {a.max_pause_ms:g} ms): {where}", marks=marks,
+                         false_barge_ins=len(false), max_pause_ms=longest)
         else:
             self._finish(True, false_barge_ins=0, max_pause_ms=longest)
         return []
@@ -500,7 +510,8 @@ class ScriptRunner:
         metrics = {"latency_ms": st.latency_ms, "duration_s": round((st.utter_end - st.onset + 1) * FRAME_MS / 1000, 2),
                    "confidence": h.confidence, "asr_ms": h.asr_ms}
         why = f"ASR failed: {h.error}" if h.error else a.failure(h.text, h.confidence)
-        self._finish(not why, why, h.text, **metrics)
+        marks = {"turn from": st.onset - round(st.latency_ms / FRAME_MS), "agent onset": st.onset}
+        self._finish(not why, why, h.text, marks=marks, **metrics)
         return []
 
     def _persona(self, step: Persona, st: _State, o: Observation) -> list[Action]:

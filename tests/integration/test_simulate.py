@@ -177,6 +177,10 @@ def test_demo_script_passes_with_timings(gateway: Gateway, workdir: Path):
     assert "01 wait_speech.latency_ms" in props
     page = (workdir / "report.html").read_text()
     assert page.count("<svg") == 1 and "6 interrupt" in page and "polyline" in page
+    # the barge-in's onset and stop, the backchannel's onset, the reaction and latencies on the timeline
+    assert page.count('class="mark caller-onset"') == 2 and page.count('class="mark agent-stop"') == 1
+    assert f">reaction {props['06 interrupt.reaction_ms']:g} ms<" in page
+    assert f">latency {props['01 wait_speech.latency_ms']:g} ms<" in page
 
 
 def test_failed_expectation_fails_the_run_and_the_rest(gateway: Gateway, workdir: Path):

@@ -95,6 +95,23 @@ def test_interrupt_reaction_from_the_callers_onset():
     res = r.results[0]
     assert res.ok, res
     assert res.metrics["reaction_ms"] == (79 - 76 + 1) * 20  # onset at the first sent frame (76)
+    assert res.marks == {"caller onset": 76, "agent stop": 80}
+
+
+def test_timeline_marks_the_barge_in_and_writes_the_latencies(tmp_path: Path):
+    steps = [StepResult(0, "wait_speech", True, "", 1.0, {"latency_ms": 600}, 0, 30, marks={"step start": 0,
+                                                                                            "agent onset": 30}),
+             StepResult(1, "interrupt", True, "", 2.0, {"reaction_ms": 80}, 30, 120,
+                        marks={"caller onset": 76, "agent stop": 80}),
+             StepResult(2, "interrupt", False, "the agent did not stop talking", 2.0, {"reaction_ms": float("inf")},
+                        120, 200, marks={"caller onset": 150})]
+    r = CallReport("s", "s.yaml", "sip:a@b", 200, 200, 0.1, "PCMU/8000", 4.0, steps, sent_db=[-90.0] * 200,
+                   heard_db=[-20.0] * 200)
+    html([r], tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert page.count('class="mark caller-onset"') == 2 and page.count('class="mark agent-stop"') == 1
+    assert page.count('class="mark agent-onset"') == 1
+    assert ">reaction 80 ms<" in page and ">latency 600 ms<" in page and page.count('class="latency"') == 2
 
 
 def test_interrupt_fails_when_the_agent_keeps_talking():
