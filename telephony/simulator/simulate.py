@@ -36,6 +36,7 @@ from telephony.simulator.impair import ImpairError
 from telephony.simulator.listen import PAD_FRAMES, Ear, ear_for
 from telephony.simulator.persona import Mouth, PersonaLine
 from telephony.simulator.phone import Phone, PhoneCall, RtpStats
+from telephony.simulator.progress import Progress
 from telephony.simulator.relay_tls import TlsOptions, is_tls
 from telephony.simulator.report import CallReport, console, html, junit, summary
 from telephony.simulator.runner import (
@@ -277,6 +278,7 @@ def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, 
     reports: list[CallReport] = []
     limit = max(s.max_duration_s + s.answer_timeout_s for _, s in scripts) + 30
     last = time.monotonic()
+    progress = Progress(calls, sys.stderr)
     while len(reports) < calls:
         try:
             reports.append(results.get(timeout=1.0))
@@ -291,8 +293,8 @@ def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, 
                 break
             continue
         last = time.monotonic()
-        passed = sum(r.passed for r in reports)
-        print(f"[{len(reports)}/{calls}] {passed} passed, {len(reports) - passed} failed", file=sys.stderr, flush=True)
+        progress.call_done(reports[-1].passed)
+    progress.close()
     for p in procs:
         p.join(10)
         if p.is_alive():
