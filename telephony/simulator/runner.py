@@ -24,6 +24,7 @@ from telephony.simulator.script import (
     ExpectHangup,
     ExpectNoBargeIn,
     ExpectSpeech,
+    ExpectSpeechArgs,
     ExpectTransfer,
     Hangup,
     Interrupt,
@@ -45,6 +46,8 @@ INTERRUPT_WAIT_MS = 3000
 QUIET_AFTER_STOP = 10
 """Frames of silence that show the agent really stopped (200 ms)."""
 ASR_TIMEOUT_S = 60.0
+RESUME_LISTEN_S = 4
+"""A backchannel's `then_says` transcribes at most this much of what the agent says once it resumed."""
 
 
 @dataclass(frozen=True)
@@ -445,15 +448,44 @@ class ScriptRunner:
             st.resumed_at = o.frame - o.audio_run + 1
         deadline = st.utter_end + int(a.expect_continue_s * FRAMES_PER_S)
         onset = st.onset
-        pause = max((n for start, n, _ in st.gaps.all(o.frame) if start + n > onset), default=0) * FRAME_MS
+        pause = max((n for start, n, _ in st.gaps.all(o.frame)
+                     if start + n > onset and (st.resumed_at is None or start < st.resumed_at)), default=0) * FRAME_MS
         if st.resumed_at is not None:
-            ok = pause <= a.max_pause_ms
-            why = "" if ok else f"the agent paused {pause} ms for the backchannel (at most {a.max_pause_ms:g} ms)"
-            self._finish(ok, why, marks={"caller onset": onset, "agent resumed": st.resumed_at},
-                         resumed_after_ms=max(0, st.resumed_at - st.utter_end) * FRAME_MS, pause_ms=pause)
+            marks = {"caller onset": onset, "agent resumed": st.resumed_at}
+            resumed = max(0, st.resumed_at - st.utter_end) * FRAME_MS
+            if pause > a.max_pause_ms:
+                self._finish(False, f"the agent paused {pause} ms for the backchannel (at most {a.max_pause_ms:g} ms)",
+                             marks=marks, resumed_after_ms=resumed, pause_ms=pause)
+            elif a.then_says:
+                return self._resumed_words(step, st, o, marks, resumed, pause)
+            else:
+                self._finish(True, marks=marks, resumed_after_ms=resumed, pause_ms=pause)
         elif o.frame >= deadline or o.ended:
             self._finish(False, f"the agent stopped for a backchannel (silent {a.expect_continue_s} s after it)",
                          marks={"caller onset": onset}, pause_ms=pause)
+        return []
+
+    def _resumed_words(self, step: Backchannel, st: _State, o: Observation, marks: dict[str, int],
+                       resumed: float, pause: float) -> list[Action]:
+        """`then_says`: transcribe what the agent says from its resumption (until a second of quiet, at most
+        RESUME_LISTEN_S) and check it holds words of the reply it paused."""
+        a = step.backchannel
+        assert st.resumed_at is not None
+        if st.phase == "speaking":
+            quiet = (o.frame - o.last_audio) * FRAME_MS >= 1000
+            if not (quiet or o.frame - st.resumed_at >= RESUME_LISTEN_S * FRAMES_PER_S or o.ended):
+                return []
+            st.phase, st.started_asr = "transcribing", o.now
+            return [Transcribe(st.resumed_at, o.last_audio if quiet else o.frame, a.engine)]
+        h = st.heard
+        if h is None:
+            if o.now - st.started_asr > ASR_TIMEOUT_S:
+                self._finish(False, f"no transcript from {a.engine} within {ASR_TIMEOUT_S:g} s", marks=marks,
+                             resumed_after_ms=resumed, pause_ms=pause)
+            return []
+        why = f"ASR failed: {h.error}" if h.error else ExpectSpeechArgs(any_of=a.then_says).failure(h.text, 1.0)
+        self._finish(not why, f"after the backchannel, {why}" if why else "", h.text, marks=marks,
+                     resumed_after_ms=resumed, pause_ms=pause)
         return []
 
     def _expect_no_barge_in(self, step: ExpectNoBargeIn, st: _State, o: Observation) -> list[Action]:

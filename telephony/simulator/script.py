@@ -121,14 +121,6 @@ class Interrupt(_Strict):
     interrupt: InterruptArgs
 
 
-class BackchannelArgs(Speech):
-    after_ms: float = Field(1000.0, ge=0)
-    expect_continue_s: float = Field(1.0, gt=0)
-    """Pass when the agent is heard again within this long after the backchannel ends ..."""
-    max_pause_ms: float = Field(1500.0, gt=0)
-    """... and its audio, from the caller's onset on, never stopped for longer than this (reported as `pause_ms`)."""
-
-
 class ExpectNoBargeInArgs(_Strict):
     for_s: float = Field(3.0, gt=0, le=600)
     """Watch the agent's audio this long; the step says nothing (an `echo:` step before it makes the caller
@@ -140,10 +132,6 @@ class ExpectNoBargeInArgs(_Strict):
 
 class ExpectNoBargeIn(_Strict):
     expect_no_barge_in: ExpectNoBargeInArgs = ExpectNoBargeInArgs()
-
-
-class Backchannel(_Strict):
-    backchannel: BackchannelArgs
 
 
 class EchoArgs(_Strict):
@@ -276,6 +264,23 @@ def _engine(v: str) -> str:
 Phrase = Annotated[str, AfterValidator(_phrase)]
 """Words to look for in a transcript (case and punctuation ignored)."""
 AsrEngine = Annotated[str, AfterValidator(_engine)]
+
+
+class BackchannelArgs(Speech):
+    after_ms: float = Field(1000.0, ge=0)
+    expect_continue_s: float = Field(1.0, gt=0)
+    """Pass when the agent is heard again within this long after the backchannel ends ..."""
+    max_pause_ms: float = Field(1500.0, gt=0)
+    """... and its audio, from the caller's onset on, never stopped for longer than this (reported as `pause_ms`)."""
+    then_says: list[Phrase] = []
+    """Words of the reply the backchannel fell into: what the agent says once it resumed (until a second of quiet,
+    at most 4 s), transcribed, must contain one of them; a new prompt instead of the paused reply
+    fails."""
+    engine: AsrEngine = "moonshine"
+
+
+class Backchannel(_Strict):
+    backchannel: BackchannelArgs
 
 
 class ExpectSpeechArgs(_Strict):
@@ -417,9 +422,10 @@ def step_name(step: Step) -> str:
 
 
 def uses_asr(script: Script) -> set[str]:
-    """The ASR engines the script's `expect_speech` and `persona` steps need."""
+    """The ASR engines the script's `expect_speech`, `persona` and `backchannel` (with `then_says`) steps need."""
     return ({s.expect_speech.engine for s in script.steps if isinstance(s, ExpectSpeech)}
-            | {s.persona.engine for s in script.steps if isinstance(s, Persona)})
+            | {s.persona.engine for s in script.steps if isinstance(s, Persona)}
+            | {s.backchannel.engine for s in script.steps if isinstance(s, Backchannel) and s.backchannel.then_says})
 
 
 def load_script(path: str | Path) -> Script:

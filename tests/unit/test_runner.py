@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from telephony.config import ConfigError
 from telephony.simulator.report import CallReport, console, html, junit
 from telephony.simulator.runner import Heard, Observation, ScriptRunner, SendDtmf, Speak, StepResult, Transcribe
-from telephony.simulator.script import ExpectSpeechArgs, Script, load_script
+from telephony.simulator.script import ExpectSpeechArgs, Script, load_script, uses_asr
 
 
 def script(steps: list[dict]) -> Script:
@@ -143,6 +143,26 @@ def test_backchannel_fails_when_the_agent_pauses_too_long_and_reports_the_pause(
     r = ScriptRunner(script([step]), speech)
     drive(r, Line(0, 1000, silent=(range(2, 5), range(200, 230))), 400)  # pauses before the onset do not count
     assert r.results[0].ok and r.results[0].metrics["pause_ms"] == 0, r.results[0]
+
+
+def test_backchannel_then_says_checks_the_agent_resumed_its_reply():
+    """The agent resumes at frame 60; its words from there are transcribed: the paused reply passes, a new
+    prompt in its place fails."""
+    step = {"backchannel": {"say": "x", "after_ms": 100, "then_says": ["interrupting", "listens"]}}
+    r = ScriptRunner(script([step]), speech)
+    line = Line(0, 150, [Heard("interrupting me. Voicegate listens while it speaks.", 0.9)], silent=(range(10, 60),))
+    drive(r, line, 400)
+    assert line.asked == [Transcribe(60, 149, "moonshine")]  # from the resumption to a second of quiet
+    assert r.results[0].ok and r.results[0].transcript.startswith("interrupting"), r.results[0]
+    r = ScriptRunner(script([step]), speech)
+    line = Line(0, 1000, [Heard("Press 1 for an echo test.", 0.9)], silent=(range(10, 60),))
+    drive(r, line, 400)
+    res = r.results[0]
+    assert line.asked == [Transcribe(60, 260, "moonshine")]  # it talks on: cut after 4 s
+    assert not res.ok and res.metrics["pause_ms"] == 1000
+    assert res.message == ("after the backchannel, expected one of 'interrupting', 'listens' in "
+                           "'Press 1 for an echo test.'")
+    assert "moonshine" in uses_asr(script([step]))
 
 
 def test_expect_no_barge_in_counts_the_agents_stops_while_the_caller_is_silent():
