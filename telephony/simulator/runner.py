@@ -4,7 +4,8 @@ Every ~10 ms the driver passes an `Observation` (frame clock, agent audio heard,
 carries out the returned actions. Steps finish with a `StepResult` (pass/fail, message, measurements). Barge-in
 reaction is measured like the benchmark: the caller's onset (first frame within 20 dB of the utterance's peak, on the
 telephone band) to the end of the last agent frame heard. `expect_speech` asks the driver to `Transcribe` the agent's
-utterance and waits for the driver to hand the text back through `hear()`.
+utterance and waits for the driver to hand the text back through `hear()`. `backchannel` and `expect_no_barge_in`
+measure the agent's stops (silences from its last audio frame until it runs 2 frames again) on the same frame clock.
 """
 
 from __future__ import annotations
@@ -148,26 +149,6 @@ class StepResult:
 
 
 @dataclass
-class _State:
-    started: float
-    start_frame: int
-    phase: str = "start"
-    onset: int | None = None
-    utter_end: int | None = None
-    resumed_at: int | None = None
-    latency_ms: float = 0.0
-    started_asr: float = 0.0
-    heard: Heard | None = None
-    turns: list[tuple[str, str]] = field(default_factory=list)
-    """persona: (agent or caller, words) so far."""
-    said: persona.PersonaLine | None = None
-    spoken: int = 0
-    goal: bool = False
-    llm_ms: float = 0.0
-    gaps: _Gaps = field(default_factory=lambda: _Gaps())
-
-
-@dataclass
 class _Gaps:
     """The agent's silences, from the observations of one step: each (first silent frame, frames, whether the
     caller was sending its own speech when it began). A silence ends when the agent's audio runs 2 frames again;
@@ -191,6 +172,26 @@ class _Gaps:
         if self.start is None:
             return self.done
         return [*self.done, (self.start, now_frame - self.start + 1, self.caller_spoke)]
+
+
+@dataclass
+class _State:
+    started: float
+    start_frame: int
+    phase: str = "start"
+    onset: int | None = None
+    utter_end: int | None = None
+    resumed_at: int | None = None
+    latency_ms: float = 0.0
+    started_asr: float = 0.0
+    heard: Heard | None = None
+    turns: list[tuple[str, str]] = field(default_factory=list)
+    """persona: (agent or caller, words) so far."""
+    said: persona.PersonaLine | None = None
+    spoken: int = 0
+    goal: bool = False
+    llm_ms: float = 0.0
+    gaps: _Gaps = field(default_factory=_Gaps)
 
 
 class ScriptRunner:
