@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pjsua2 as pj
 
-from media.frames import FRAME_BYTES, SAMPLE_RATE, SILENCE, level_dbfs
+from media.frames import FRAME_BYTES, FRAME_SAMPLES, SAMPLE_RATE, SILENCE, level_dbfs
 from telephony.media_port import audio_format, read_buf, write_buf
 from telephony.simulator.impair import ImpairError, Impairment, SdpProxy, hop
 from telephony.simulator.relay_tls import TlsOptions, is_tls
@@ -51,6 +51,9 @@ class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
         self.speech_end: int | None = None
         self.echo_gain = 0.0
         self.echo_delay = 0
+        self.noise: np.ndarray | None = None
+        """Added to every sent frame, in a loop, from `noise_at` on."""
+        self.noise_at = 0
         self._peak = -100.0
         self.last_audio = -1
         """Index of the last received frame that carried agent audio (-1: none yet)."""
@@ -72,6 +75,10 @@ class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
     def set_echo(self, gain: float, delay_frames: int) -> None:
         with self.lock:
             self.echo_gain, self.echo_delay = gain, delay_frames
+
+    def set_noise(self, samples: np.ndarray | None) -> None:
+        with self.lock:
+            self.noise, self.noise_at = samples, 0
 
     @property
     def speaking(self) -> bool:
@@ -112,6 +119,12 @@ class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
                 if self.echo_gain > 0 and len(self.rx) > self.echo_delay:
                     echo = np.frombuffer(self.rx[-1 - self.echo_delay], dtype="<i2").astype(np.float32)
                     mix = np.frombuffer(out, dtype="<i2").astype(np.float32) + echo * self.echo_gain
+                    out = np.clip(mix, -32768, 32767).astype("<i2").tobytes()
+                if self.noise is not None:
+                    k = self.noise_at % (self.noise.size // FRAME_SAMPLES)
+                    self.noise_at += 1
+                    mix = (np.frombuffer(out, dtype="<i2").astype(np.float32)
+                           + self.noise[k * FRAME_SAMPLES : (k + 1) * FRAME_SAMPLES])
                     out = np.clip(mix, -32768, 32767).astype("<i2").tobytes()
                 self.tx.append(out)
             write_buf(frame.buf, out)

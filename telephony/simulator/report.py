@@ -45,6 +45,13 @@ class CallReport:
     """The SIP Call-ID of the call ('' when none was made)."""
 
     @property
+    def false_barge_ins(self) -> int | None:
+        """Times the agent's audio stopped while the caller was silent, over the call's `expect_no_barge_in` steps
+        (None: the call had none)."""
+        counts = [s.metrics["false_barge_ins"] for s in self.steps if "false_barge_ins" in s.metrics]
+        return int(sum(counts)) if counts else None
+
+    @property
     def dial_ok(self) -> bool:
         return self.status == self.expected_status and not self.error
 
@@ -101,6 +108,8 @@ def console(reports: list[CallReport]) -> str:
             lines.append(f"  rtp: {rtp_line(r)}")
         if r.impairment:
             lines.append(f"  impaired: {impairment_line(r.impairment)}")
+        if r.false_barge_ins is not None:
+            lines.append(f"  false barge-ins: {r.false_barge_ins}")
         for s in r.steps:
             lines.append(f"  {'ok' if s.ok else ' x'} {s.index + 1:02d} {s.name} {s.seconds:.2f}s "
                          f"{_fmt_metrics(s.metrics)} {s.message or _heard(s)}".rstrip())
@@ -144,8 +153,14 @@ def summary(reports: list[CallReport]) -> str:
     return "\n".join(lines)
 
 
-def junit(reports: list[CallReport], path: Path) -> None:
+def junit(reports: list[CallReport], path: Path, invalid: list[tuple[str, list[str]]] | None = None) -> None:
+    """One suite per call, a case per step; `invalid` scripts (file, errors) that could not run come first, each a
+    suite with one failed case, `00 script`, whose failure message is the errors (`file:line: field: error`)."""
     root = ET.Element("testsuites")
+    for file, errors in invalid or []:
+        suite = ET.SubElement(root, "testsuite", name=file, tests="1", failures="1", time="0.000")
+        case = ET.SubElement(suite, "testcase", classname=file, name="00 script", time="0.000")
+        ET.SubElement(case, "failure", message="\n".join(errors)).text = "\n".join(errors)
     for r in reports:
         cases = [("00 dial", r.dial_ok, f"expected SIP {r.expected_status}, got {r.status} {r.error}".strip(),
                   r.answer_s or 0.0)]
@@ -156,6 +171,8 @@ def junit(reports: list[CallReport], path: Path) -> None:
         metrics = [(f"{s.index + 1:02d} {s.name}", s.metrics) for s in r.steps if s.metrics]
         if r.rtp:
             metrics.insert(0, ("rtp", {k: v for k, v in r.rtp.items() if v is not None}))
+        if r.false_barge_ins is not None:
+            metrics.insert(0, ("call", {"false_barge_ins": r.false_barge_ins}))
         if metrics:  # measurements as suite properties, which JUnit readers show beside the cases
             props = ET.SubElement(suite, "properties")
             for name, m in metrics:
@@ -178,8 +195,37 @@ def _envelope(levels: list[float], x0: float, scale: float, top: float, height: 
     return " ".join(pts)
 
 
+SPAN_METRIC = {"interrupt": "reaction_ms", "wait_speech": "latency_ms", "expect_speech": "latency_ms",
+               "dtmf": "reply_ms"}
+"""The measurement a step's first and last marks span, written on the timeline between them."""
+CALLER_MARKS = ("caller", "keys", "turn from", "step start")
+"""Marks of the caller's side (blue, dashed); the others are the agent's (red)."""
+
+
+def _marks_svg(s: StepResult, x0: float, scale: float) -> list[str]:
+    """A step's marks as vertical lines over both tracks, and its latency or reaction between them."""
+    parts = []
+    for name, frame in s.marks.items():
+        x = x0 + frame * scale
+        caller = name.startswith(CALLER_MARKS)
+        color, dash, y = ("#1f77b4", ' stroke-dasharray="3,2"', 20) if caller else ("#d62728", "", 100)
+        parts.append(f'<line class="mark {name.replace(" ", "-")}" x1="{x:.1f}" y1="10" x2="{x:.1f}" y2="160" '
+                     f'stroke="{color}"{dash}><title>{s.index + 1} {escape(s.name)}: {escape(name)}</title></line>')
+        parts.append(f'<text x="{x + 2:.1f}" y="{y}" font-size="9" fill="{color}">{escape(name)}</text>')
+    metric = SPAN_METRIC.get(s.name, "")
+    value = s.metrics.get(metric, float("inf"))
+    if len(s.marks) >= 2 and np.isfinite(value):
+        xa, xb = (x0 + f * scale for f in (min(s.marks.values()), max(s.marks.values())))
+        label = f"{metric.removesuffix('_ms')} {value:g} ms"
+        parts.append(f'<line class="span" x1="{xa:.1f}" y1="85" x2="{xb:.1f}" y2="85" stroke="#333" '
+                     f'stroke-width="2"/><text class="latency" x="{xa:.1f}" y="83" font-size="10">'
+                     f'{escape(label)}</text>')
+    return parts
+
+
 def timeline_svg(r: CallReport, width: int = 960) -> str:
-    """Caller and agent levels on one frame clock, with each step's span (green passed, red failed)."""
+    """Caller and agent levels on one frame clock, with each step's span (green passed, red failed), its marks
+    (the caller's onset and the agent's stop of a barge-in, ...) and the latency or reaction measured between."""
     n = max(len(r.sent_db), len(r.heard_db), 1)
     x0, scale = 90.0, (width - 100) / n
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="240" font-family="sans-serif" '
@@ -201,6 +247,7 @@ def timeline_svg(r: CallReport, width: int = 960) -> str:
             text = s.transcript if len(s.transcript) <= room else s.transcript[: room - 1] + "\u2026"
             parts.append(f'<text x="{xa:.1f}" y="102" fill="#7a3d00">\u201c{escape(text)}\u201d'
                          f'<title>{escape(s.transcript)}</title></text>')
+        parts += _marks_svg(s, x0, scale)
     seconds = n / 50
     for t in range(0, int(seconds) + 1, max(1, int(seconds // 10) or 1)):
         parts.append(f'<text x="{x0 + t * 50 * scale:.1f}" y="168" fill="#888">{t}s</text>')
@@ -257,6 +304,8 @@ def html(reports: list[CallReport], path: Path, max_calls: int = 50, load: bool 
                    f"{r.answer_s if r.answer_s is not None else '-'} s, {r.duration_s:.1f} s {escape(r.error)}</p>")
         if r.rtp:
             out.append(f"<p class='rtp'>RTP: {escape(rtp_line(r))}</p>")
+        if r.false_barge_ins is not None:
+            out.append(f"<p class='false-barge-ins'>False barge-ins: {r.false_barge_ins}</p>")
         out.append("<table><tr><th>#</th><th>step</th><th>result</th><th>s</th><th>measured</th><th>heard</th>"
                    "<th>why</th></tr>")
         for s in r.steps:

@@ -4,7 +4,8 @@ Every ~10 ms the driver passes an `Observation` (frame clock, agent audio heard,
 carries out the returned actions. Steps finish with a `StepResult` (pass/fail, message, measurements). Barge-in
 reaction is measured like the benchmark: the caller's onset (first frame within 20 dB of the utterance's peak, on the
 telephone band) to the end of the last agent frame heard. `expect_speech` asks the driver to `Transcribe` the agent's
-utterance and waits for the driver to hand the text back through `hear()`.
+utterance and waits for the driver to hand the text back through `hear()`. `backchannel` and `expect_no_barge_in`
+measure the agent's stops (silences from its last audio frame until it runs 2 frames again) on the same frame clock.
 """
 
 from __future__ import annotations
@@ -16,16 +17,19 @@ import numpy as np
 
 from agents.llm import Message
 from media.frames import FRAME_MS, split_frames
-from telephony.simulator import measure, persona
+from telephony.simulator import measure, noise, persona
 from telephony.simulator.script import (
     Backchannel,
     Dtmf,
     Echo,
     ExpectHangup,
+    ExpectNoBargeIn,
     ExpectSpeech,
+    ExpectSpeechArgs,
     ExpectTransfer,
     Hangup,
     Interrupt,
+    Noise,
     Persona,
     Play,
     Say,
@@ -43,6 +47,8 @@ INTERRUPT_WAIT_MS = 3000
 QUIET_AFTER_STOP = 10
 """Frames of silence that show the agent really stopped (200 ms)."""
 ASR_TIMEOUT_S = 60.0
+RESUME_LISTEN_S = 4
+"""A backchannel's `then_says` transcribes at most this much of what the agent says once it resumed."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,13 @@ class SetEcho:
 
 
 @dataclass(frozen=True)
+class SetNoise:
+    """Add this noise (16 kHz float samples, sent in a loop) to every frame the caller sends; None: stop."""
+
+    samples: np.ndarray | None
+
+
+@dataclass(frozen=True)
 class HangUp:
     pass
 
@@ -105,7 +118,7 @@ class AskPersona:
     request: list[Message]
 
 
-Action = Speak | SendDtmf | SetEcho | HangUp | Transcribe | AskPersona
+Action = Speak | SendDtmf | SetEcho | SetNoise | HangUp | Transcribe | AskPersona
 
 
 @dataclass(frozen=True)
@@ -130,6 +143,35 @@ class StepResult:
     end_frame: int = 0
     transcript: str | None = None
     """expect_speech: what the caller heard, as the ASR wrote it."""
+    marks: dict[str, int] = field(default_factory=dict)
+    """Frames of what the step measured between, by name: `caller onset` and `agent stop` (interrupt), `agent
+    onset` and where its latency counts from, `keys`, a backchannel's `agent resumed`, `false barge-in N`."""
+
+
+@dataclass
+class _Gaps:
+    """The agent's silences, from the observations of one step: each (first silent frame, frames, whether the
+    caller was sending its own speech when it began). A silence ends when the agent's audio runs 2 frames again;
+    a single loud frame inside it (a click) does not end it."""
+
+    done: list[tuple[int, int, bool]] = field(default_factory=list)
+    start: int | None = None
+    caller_spoke: bool = False
+
+    def see(self, o: Observation) -> None:
+        if o.audio_run >= 2:
+            if self.start is not None:
+                run_start = o.frame - o.audio_run + 1
+                self.done.append((self.start, max(0, run_start - self.start), self.caller_spoke))
+                self.start = None
+        elif o.audio_run == 0 and self.start is None and o.last_audio >= 0:
+            self.start, self.caller_spoke = o.last_audio + 1, o.speaking
+
+    def all(self, now_frame: int) -> list[tuple[int, int, bool]]:
+        """The ended silences and the one under way (its length so far)."""
+        if self.start is None:
+            return self.done
+        return [*self.done, (self.start, now_frame - self.start + 1, self.caller_spoke)]
 
 
 @dataclass
@@ -149,6 +191,7 @@ class _State:
     spoken: int = 0
     goal: bool = False
     llm_ms: float = 0.0
+    gaps: _Gaps = field(default_factory=_Gaps)
 
 
 class ScriptRunner:
@@ -164,6 +207,12 @@ class ScriptRunner:
                 pcm = render(sp)
                 x = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
                 self._speech[i] = (split_frames(pcm), measure.onset_index(x))
+        self.speech_dbfs = noise.speech_level_dbfs([b"".join(frames) for frames, _ in self._speech.values()])
+        """The caller's speech level, which `noise` steps' SNR is relative to."""
+        self._noise = {i: (self.speech_dbfs - step.noise.snr_db, noise.noise(self.speech_dbfs - step.noise.snr_db,
+                                                                             step.noise.color, step.noise.seed))
+                       for i, step in enumerate(script.steps) if isinstance(step, Noise) and step.noise != "off"}
+        """Each noise step's level and samples, made before the call (pink noise takes a while)."""
         self._i = 0
         self._st: _State | None = None
         self._answer_frame: int | None = None
@@ -213,8 +262,17 @@ class ScriptRunner:
             self._i += 1
             self._st = None
             if not self.results[-1].ok:
+                self._name_keys(self.results[-1])
                 self._skip_rest("an earlier step failed")
         return actions
+
+    def _name_keys(self, failed: StepResult) -> None:
+        """A step that fails after keys were sent names them: a menu without that branch shows as
+        `after dtmf '9' (step 3): expected 'time' in 'Sorry, I did not get that.'`."""
+        keys = next(((i, s) for i, s in reversed(list(enumerate(self.script.steps[: failed.index])))
+                     if isinstance(s, Dtmf)), None)
+        if keys is not None:
+            failed.message = f"after dtmf {keys[1].dtmf!r} (step {keys[0] + 1}): {failed.message}"
 
     def abort(self, why: str) -> None:
         """The call ended or timed out: the current and remaining steps fail."""
@@ -225,10 +283,11 @@ class ScriptRunner:
             self._finish(False, why)
             self._i += 1
 
-    def _finish(self, ok: bool, message: str = "", transcript: str | None = None, **metrics: float) -> None:
+    def _finish(self, ok: bool, message: str = "", transcript: str | None = None, *,
+                marks: dict[str, int] | None = None, **metrics: float) -> None:
         step = self.script.steps[self._i]
         self.results.append(StepResult(self._i, step_name(step), ok, message, 0.0, dict(metrics),
-                                       transcript=transcript))
+                                       transcript=transcript, marks=marks or {}))
 
     # -- steps --------------------------------------------------------------------------------------------
     def _run(self, step: Step, st: _State, o: Observation) -> list[Action]:
@@ -236,7 +295,8 @@ class ScriptRunner:
         if isinstance(step, WaitSpeech):
             if o.audio_run >= 2:
                 start = o.frame - o.audio_run + 1
-                self._finish(True, latency_ms=max(0, start - st.start_frame) * FRAME_MS)
+                self._finish(True, marks={"step start": st.start_frame, "agent onset": start},
+                             latency_ms=max(0, start - st.start_frame) * FRAME_MS)
             elif waited > step.wait_speech.timeout_s:
                 self._finish(False, f"no agent speech within {step.wait_speech.timeout_s} s")
             elif o.ended:
@@ -260,6 +320,13 @@ class ScriptRunner:
             if step.echo == "off":
                 return [SetEcho(0.0, 0)]
             return [SetEcho(10 ** (step.echo.db / 20), step.echo.delay_ms // FRAME_MS)]
+        if isinstance(step, Noise):
+            if step.noise == "off":
+                self._finish(True)
+                return [SetNoise(None)]
+            level, samples = self._noise[self._i]
+            self._finish(True, noise_dbfs=round(level, 1))
+            return [SetNoise(samples)]
         if isinstance(step, Wait):
             if waited >= step.wait:
                 self._finish(True)
@@ -283,6 +350,8 @@ class ScriptRunner:
             return self._expect_speech(step, st, o)
         if isinstance(step, Persona):
             return self._persona(step, st, o)
+        if isinstance(step, ExpectNoBargeIn):
+            return self._expect_no_barge_in(step, st, o)
         raise AssertionError(f"unhandled step {step!r}")
 
     def _speak(self, st: _State, o: Observation, wait: bool) -> list[Action]:
@@ -309,7 +378,8 @@ class ScriptRunner:
         if o.audio_run >= 2 and start > st.onset:
             reply = (start - st.onset) * FRAME_MS
             ok = reply <= step.expect_reply_ms
-            self._finish(ok, "" if ok else f"the agent answered the keys after {reply} ms", reply_ms=reply)
+            self._finish(ok, "" if ok else f"the agent answered the keys after {reply} ms",
+                         marks={"keys": st.onset, "agent onset": start}, reply_ms=reply)
         elif (o.frame - st.onset) * FRAME_MS > step.expect_reply_ms + 1000 or o.ended:
             self._finish(False, f"no agent audio within {step.expect_reply_ms + 1000:g} ms of the keys",
                          reply_ms=float("inf"))
@@ -349,29 +419,97 @@ class ScriptRunner:
             reaction = max(0, o.last_audio - st.onset + 1) * FRAME_MS
             ok = reaction <= a.expect_stop_ms
             self._finish(ok, "" if ok else f"the agent stopped {reaction} ms after the caller's onset",
+                         marks={"caller onset": st.onset, "agent stop": max(st.onset, o.last_audio + 1)},
                          reaction_ms=reaction)
         elif (o.frame - st.onset) * FRAME_MS > a.expect_stop_ms + 1000 or o.ended:
-            self._finish(False, "the agent did not stop talking", reaction_ms=float("inf"))
+            self._finish(False, "the agent did not stop talking", marks={"caller onset": st.onset},
+                         reaction_ms=float("inf"))
         return []
 
     def _backchannel(self, step: Backchannel, st: _State, o: Observation) -> list[Action]:
+        """Speak the backchannel into the agent's talk; pass when the agent's audio runs again within
+        `expect_continue_s` of its end and no silence of the agent since the caller's onset was longer than
+        `max_pause_ms` (`pause_ms`: the longest). A reply cancelled for a new prompt shows as a longer silence."""
         a = step.backchannel
         if st.phase == "start":
             if (o.now - st.started) * 1000 < a.after_ms:
                 return []
             st.phase = "speaking"
             return [Speak(self._speech[self._i][0])]
+        st.gaps.see(o)
+        if st.onset is None:
+            if o.speech_start is None:
+                return []
+            st.onset = o.speech_start + self._speech[self._i][1]
         if st.utter_end is None:
             if o.speaking or o.speech_end is None:
                 return []
             st.utter_end = o.speech_end
-        if o.last_audio > st.utter_end and st.resumed_at is None:
-            st.resumed_at = o.last_audio
+        if o.audio_run >= 2 and o.last_audio > st.utter_end and st.resumed_at is None:
+            st.resumed_at = o.frame - o.audio_run + 1
         deadline = st.utter_end + int(a.expect_continue_s * FRAMES_PER_S)
+        onset = st.onset
+        pause = max((n for start, n, _ in st.gaps.all(o.frame)
+                     if start + n > onset and (st.resumed_at is None or start < st.resumed_at)), default=0) * FRAME_MS
         if st.resumed_at is not None:
-            self._finish(True, resumed_after_ms=max(0, st.resumed_at - st.utter_end) * FRAME_MS)
+            marks = {"caller onset": onset, "agent resumed": st.resumed_at}
+            resumed = max(0, st.resumed_at - st.utter_end) * FRAME_MS
+            if pause > a.max_pause_ms:
+                self._finish(False, f"the agent paused {pause} ms for the backchannel (at most {a.max_pause_ms:g} ms)",
+                             marks=marks, resumed_after_ms=resumed, pause_ms=pause)
+            elif a.then_says:
+                return self._resumed_words(step, st, o, marks, resumed, pause)
+            else:
+                self._finish(True, marks=marks, resumed_after_ms=resumed, pause_ms=pause)
         elif o.frame >= deadline or o.ended:
-            self._finish(False, f"the agent stopped for a backchannel (silent {a.expect_continue_s} s after it)")
+            self._finish(False, f"the agent stopped for a backchannel (silent {a.expect_continue_s} s after it)",
+                         marks={"caller onset": onset}, pause_ms=pause)
+        return []
+
+    def _resumed_words(self, step: Backchannel, st: _State, o: Observation, marks: dict[str, int],
+                       resumed: float, pause: float) -> list[Action]:
+        """`then_says`: transcribe what the agent says from its resumption (until a second of quiet, at most
+        RESUME_LISTEN_S) and check it holds words of the reply it paused."""
+        a = step.backchannel
+        assert st.resumed_at is not None
+        if st.phase == "speaking":
+            quiet = (o.frame - o.last_audio) * FRAME_MS >= 1000
+            if not (quiet or o.frame - st.resumed_at >= RESUME_LISTEN_S * FRAMES_PER_S or o.ended):
+                return []
+            st.phase, st.started_asr = "transcribing", o.now
+            return [Transcribe(st.resumed_at, o.last_audio if quiet else o.frame, a.engine)]
+        h = st.heard
+        if h is None:
+            if o.now - st.started_asr > ASR_TIMEOUT_S:
+                self._finish(False, f"no transcript from {a.engine} within {ASR_TIMEOUT_S:g} s", marks=marks,
+                             resumed_after_ms=resumed, pause_ms=pause)
+            return []
+        why = f"ASR failed: {h.error}" if h.error else ExpectSpeechArgs(any_of=a.then_says).failure(h.text, 1.0)
+        self._finish(not why, f"after the backchannel, {why}" if why else "", h.text, marks=marks,
+                     resumed_after_ms=resumed, pause_ms=pause)
+        return []
+
+    def _expect_no_barge_in(self, step: ExpectNoBargeIn, st: _State, o: Observation) -> list[Action]:
+        """For `for_s`, every silence of the agent's longer than `max_pause_ms` that began while the caller was
+        silent is a false barge-in (`false_barge_ins`; `max_pause_ms`: the agent's longest silence meanwhile)."""
+        a = step.expect_no_barge_in
+        st.gaps.see(o)
+        if o.now - st.started < a.for_s and not o.ended:
+            return []
+        silent = [(start, n) for start, n, spoke in st.gaps.all(o.frame) if not spoke and start + n > st.start_frame]
+        false = [(start, n) for start, n in silent if n * FRAME_MS > a.max_pause_ms]
+        longest = max((n for _, n in silent), default=0) * FRAME_MS
+        marks = {f"false barge-in {k + 1}": start for k, (start, _) in enumerate(false)}
+        if o.ended and o.now - st.started < a.for_s:
+            self._finish(False, "the call ended while the agent should have been talking", marks=marks,
+                         false_barge_ins=len(false), max_pause_ms=longest)
+        elif false:
+            where = ", ".join(f"{n * FRAME_MS} ms at {start * FRAME_MS / 1000:.2f} s" for start, n in false)
+            self._finish(False, f"the agent's audio stopped {len(false)} time(s) while the caller was silent "
+                                f"(over {a.max_pause_ms:g} ms): {where}", marks=marks,
+                         false_barge_ins=len(false), max_pause_ms=longest)
+        else:
+            self._finish(True, false_barge_ins=0, max_pause_ms=longest)
         return []
 
     def _expect_speech(self, step: ExpectSpeech, st: _State, o: Observation) -> list[Action]:
@@ -405,7 +543,8 @@ class ScriptRunner:
         metrics = {"latency_ms": st.latency_ms, "duration_s": round((st.utter_end - st.onset + 1) * FRAME_MS / 1000, 2),
                    "confidence": h.confidence, "asr_ms": h.asr_ms}
         why = f"ASR failed: {h.error}" if h.error else a.failure(h.text, h.confidence)
-        self._finish(not why, why, h.text, **metrics)
+        marks = {"turn from": st.onset - round(st.latency_ms / FRAME_MS), "agent onset": st.onset}
+        self._finish(not why, why, h.text, marks=marks, **metrics)
         return []
 
     def _persona(self, step: Persona, st: _State, o: Observation) -> list[Action]:

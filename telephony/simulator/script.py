@@ -2,7 +2,7 @@
 
 ```yaml
 name: demo menu
-target: sip:100@127.0.0.1:5060      # --target overrides it
+target: sip:demo@127.0.0.1:5060     # --target overrides it
 codecs: [PCMU]
 expect_status: 200
 dial:                                   # optional: how the INVITE looks
@@ -19,6 +19,8 @@ steps:
   - interrupt: {say: "Sorry, can I stop you?", after_ms: 1500, expect_stop_ms: 300}
   - backchannel: {say: "uh-huh", after_ms: 1000}
   - echo: {db: -12, delay_ms: 200}        # from now on the agent hears itself
+  - expect_no_barge_in: {for_s: 3, max_pause_ms: 450}  # ... and must not stop for its echo (false_barge_ins)
+  - noise: {snr_db: 30, color: pink}     # from now on noise 30 dB under the caller's speech, under all it sends
   - say: "I would like to check my order"
     voice: joe                            # piper; any other name is an espeak-ng voice (default en-us)
   - expect_speech:                        # the agent's next utterance, transcribed by the embedded ASR
@@ -119,14 +121,17 @@ class Interrupt(_Strict):
     interrupt: InterruptArgs
 
 
-class BackchannelArgs(Speech):
-    after_ms: float = Field(1000.0, ge=0)
-    expect_continue_s: float = Field(1.0, gt=0)
-    """Pass when the agent is heard again within this long after the backchannel ends."""
+class ExpectNoBargeInArgs(_Strict):
+    for_s: float = Field(3.0, gt=0, le=600)
+    """Watch the agent's audio this long; the step says nothing (an `echo:` step before it makes the caller
+    return the agent's own audio)."""
+    max_pause_ms: float = Field(450.0, gt=0)
+    """A silence of the agent's longer than this, begun while the caller was silent, is a false barge-in (piper's
+    pauses between sentences of the demo's long message measured up to 360 ms)."""
 
 
-class Backchannel(_Strict):
-    backchannel: BackchannelArgs
+class ExpectNoBargeIn(_Strict):
+    expect_no_barge_in: ExpectNoBargeInArgs = ExpectNoBargeInArgs()
 
 
 class EchoArgs(_Strict):
@@ -136,6 +141,18 @@ class EchoArgs(_Strict):
 
 class Echo(_Strict):
     echo: EchoArgs | Literal["off"]
+
+
+class NoiseArgs(_Strict):
+    snr_db: float = Field(ge=-10, le=80)
+    """Noise this many dB under the caller's speech level (its utterances in this script, see simulator/noise.py)."""
+    color: Literal["white", "pink"] = "white"
+    seed: int = 0
+
+
+class Noise(_Strict):
+    noise: NoiseArgs | Literal["off"]
+    """From now on the caller sends this noise under everything (`off`: no more noise)."""
 
 
 class Wait(_Strict):
@@ -249,6 +266,23 @@ Phrase = Annotated[str, AfterValidator(_phrase)]
 AsrEngine = Annotated[str, AfterValidator(_engine)]
 
 
+class BackchannelArgs(Speech):
+    after_ms: float = Field(1000.0, ge=0)
+    expect_continue_s: float = Field(1.0, gt=0)
+    """Pass when the agent is heard again within this long after the backchannel ends ..."""
+    max_pause_ms: float = Field(1500.0, gt=0)
+    """... and its audio, from the caller's onset on, never stopped for longer than this (reported as `pause_ms`)."""
+    then_says: list[Phrase] = []
+    """Words of the reply the backchannel fell into: what the agent says once it resumed (until a second of quiet,
+    at most 4 s), transcribed, must contain one of them; a new prompt instead of the paused reply
+    fails."""
+    engine: AsrEngine = "moonshine"
+
+
+class Backchannel(_Strict):
+    backchannel: BackchannelArgs
+
+
 class ExpectSpeechArgs(_Strict):
     contains: list[Phrase] = []
     """Every phrase must appear (whole words, case and punctuation ignored)."""
@@ -332,7 +366,7 @@ _STEPS: dict[str, type[_Strict]] = {
     "wait_speech": WaitSpeech, "wait_silence": WaitSilence, "say": Say, "play": Play, "dtmf": Dtmf,
     "interrupt": Interrupt, "backchannel": Backchannel, "echo": Echo, "wait": Wait, "hangup": Hangup,
     "expect_hangup": ExpectHangup, "expect_speech": ExpectSpeech, "expect_transfer": ExpectTransfer,
-    "persona": Persona,
+    "persona": Persona, "expect_no_barge_in": ExpectNoBargeIn, "noise": Noise,
 }
 
 
@@ -353,7 +387,8 @@ Step = Annotated[
     | Annotated[Interrupt, Tag("Interrupt")] | Annotated[Backchannel, Tag("Backchannel")]
     | Annotated[Echo, Tag("Echo")] | Annotated[Wait, Tag("Wait")] | Annotated[Hangup, Tag("Hangup")]
     | Annotated[ExpectHangup, Tag("ExpectHangup")] | Annotated[ExpectSpeech, Tag("ExpectSpeech")]
-    | Annotated[ExpectTransfer, Tag("ExpectTransfer")] | Annotated[Persona, Tag("Persona")],
+    | Annotated[ExpectTransfer, Tag("ExpectTransfer")] | Annotated[Persona, Tag("Persona")]
+    | Annotated[ExpectNoBargeIn, Tag("ExpectNoBargeIn")] | Annotated[Noise, Tag("Noise")],
     Discriminator(_step_kind, custom_error_type="unknown_step",
                   custom_error_message=f"not a step; steps are {', '.join(_STEPS)}"),
 ]
@@ -387,9 +422,10 @@ def step_name(step: Step) -> str:
 
 
 def uses_asr(script: Script) -> set[str]:
-    """The ASR engines the script's `expect_speech` and `persona` steps need."""
+    """The ASR engines the script's `expect_speech`, `persona` and `backchannel` (with `then_says`) steps need."""
     return ({s.expect_speech.engine for s in script.steps if isinstance(s, ExpectSpeech)}
-            | {s.persona.engine for s in script.steps if isinstance(s, Persona)})
+            | {s.persona.engine for s in script.steps if isinstance(s, Persona)}
+            | {s.backchannel.engine for s in script.steps if isinstance(s, Backchannel) and s.backchannel.then_says})
 
 
 def load_script(path: str | Path) -> Script:

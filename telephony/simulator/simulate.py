@@ -36,6 +36,7 @@ from telephony.simulator.impair import ImpairError
 from telephony.simulator.listen import PAD_FRAMES, Ear, ear_for
 from telephony.simulator.persona import Mouth, PersonaLine
 from telephony.simulator.phone import Phone, PhoneCall, RtpStats
+from telephony.simulator.progress import Progress
 from telephony.simulator.relay_tls import TlsOptions, is_tls
 from telephony.simulator.report import CallReport, console, html, junit, summary
 from telephony.simulator.runner import (
@@ -46,6 +47,7 @@ from telephony.simulator.runner import (
     ScriptRunner,
     SendDtmf,
     SetEcho,
+    SetNoise,
     Speak,
     Transcribe,
 )
@@ -154,6 +156,8 @@ def run_call(phone: Phone, script: Script, file: str, target: str, record: Path 
                 phone.send_dtmf(call, action.digits, action.info)
             elif isinstance(action, SetEcho):
                 call.port.set_echo(action.gain, action.delay_frames)
+            elif isinstance(action, SetNoise):
+                call.port.set_noise(action.samples)
             elif isinstance(action, HangUp):
                 phone.hangup(call)
             elif isinstance(action, Transcribe):
@@ -274,6 +278,7 @@ def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, 
     reports: list[CallReport] = []
     limit = max(s.max_duration_s + s.answer_timeout_s for _, s in scripts) + 30
     last = time.monotonic()
+    progress = Progress(calls, sys.stderr)
     while len(reports) < calls:
         try:
             reports.append(results.get(timeout=1.0))
@@ -288,13 +293,26 @@ def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, 
                 break
             continue
         last = time.monotonic()
-        passed = sum(r.passed for r in reports)
-        print(f"[{len(reports)}/{calls}] {passed} passed, {len(reports) - passed} failed", file=sys.stderr, flush=True)
+        progress.call_done(reports[-1].passed)
+    progress.close()
     for p in procs:
         p.join(10)
         if p.is_alive():
             p.kill()
     return reports
+
+
+def _not_run(invalid: list[tuple[str, list[str]]], junit_path: str | None, ran: list[CallReport] | None = None) -> int:
+    """Scripts that cannot run: their errors on stderr and, with --junit, as failed test cases (after the calls
+    that `ran` before one of them stopped the run); exit status 2."""
+    for _, errors in invalid:
+        for error in errors:
+            print(error, file=sys.stderr)
+    print(f"voicegate simulate: {len(invalid)} script(s) with errors, {'the run stopped' if ran else 'nothing run'}",
+          file=sys.stderr)
+    if junit_path:
+        junit(ran or [], Path(junit_path), invalid)
+    return 2
 
 
 def main(paths: list[str], target: str | None, junit_path: str | None, json_path: str | None,
@@ -309,25 +327,21 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
             print(f"voicegate simulate: --{str(err['loc'][0]).split('_')[0]}: {err['msg']}", file=sys.stderr)
         return 2
     scripts: list[tuple[str, Script]] = []
-    errors = 0
+    invalid: list[tuple[str, list[str]]] = []
     for path in paths:
         try:
-            scripts.append((path, load_script(path)))
+            s = load_script(path)
         except ConfigError as e:
-            for issue in e.issues:
-                print(issue, file=sys.stderr)
-            errors += 1
-    if errors:
-        print(f"voicegate simulate: {errors} script(s) with errors, nothing run", file=sys.stderr)
-        return 2
-    for path, s in scripts:
+            invalid.append((path, [str(issue) for issue in e.issues]))
+            continue
+        scripts.append((path, s))
         if not (target or s.target):
-            print(f"{path}: no target: give --target or `target:` in the script", file=sys.stderr)
-            return 2
-        if tls is None and is_tls(target or s.target or ""):
-            print(f"{path}: {target or s.target} is a TLS target: give --tls-ca FILE (the CA that signs its "
-                  "certificate) or --insecure", file=sys.stderr)
-            return 2
+            invalid.append((path, [f"{path}: no target: give --target or `target:` in the script"]))
+        elif tls is None and is_tls(target or s.target or ""):
+            invalid.append((path, [f"{path}: {target or s.target} is a TLS target: give --tls-ca FILE (the CA that "
+                                   "signs its certificate) or --insecure"]))
+    if invalid:
+        return _not_run(invalid, junit_path)
     reports: list[CallReport] = []
     rec = Path(record_dir) if record_dir else None
     if seed is None:
@@ -346,8 +360,7 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
                     reports.append(run_call(phone, s, path, uri, _recording(rec, i, s),
                                             call_impairment(line, s, seed, i)))
                 except SimulationError as e:
-                    print(f"{path}: {e}", file=sys.stderr)
-                    return 2
+                    return _not_run([(path, [f"{path}: {e}"])], junit_path, reports)
         finally:
             phone.close()
     print(console(reports) if calls is None else summary(reports))
@@ -356,6 +369,6 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
     if html_path:
         html(reports, Path(html_path), load=calls is not None)
     if json_path:
-        Path(json_path).write_text(json.dumps([asdict(r) | {"passed": r.passed} for r in reports], indent=2,
-                                              default=BaseModel.model_dump))
+        rows = [asdict(r) | {"passed": r.passed, "false_barge_ins": r.false_barge_ins} for r in reports]
+        Path(json_path).write_text(json.dumps(rows, indent=2, default=BaseModel.model_dump))
     return 0 if all(r.passed for r in reports) else 1

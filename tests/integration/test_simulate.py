@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import wave
 import xml.etree.ElementTree as ET
@@ -55,10 +56,15 @@ def test_example_scripts_pass_against_voicegate(gateway: Gateway, workdir: Path)
     assert len(paths) >= 3
     lo, _ = rtp_range(100)
     r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", *paths, "--target",
-                        f"sip:demo@127.0.0.1:{gateway.port}", "--rtp-port", str(lo)],
+                        f"sip:demo@127.0.0.1:{gateway.port}", "--rtp-port", str(lo), "--json", str(workdir / "r.json")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert f"{len(paths)} passed, 0 failed" in r.stdout
+    calls = {c["script"]: c for c in json.loads((workdir / "r.json").read_text())}
+    barge = calls["demo menu and barge-in"]
+    assert barge["false_barge_ins"] == 0 and calls["demo echo test"]["false_barge_ins"] is None
+    metrics = {s["name"]: s["metrics"] for s in barge["steps"]}
+    assert 0 <= metrics["backchannel"]["pause_ms"] <= 1500 and metrics["expect_no_barge_in"]["max_pause_ms"] <= 450
 
 
 HANDOVER = """\
@@ -101,6 +107,28 @@ def test_a_prompt_that_does_not_stop_in_time_fails_with_the_reason(gateway: Gate
     assert r.returncode == 1
     case = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}["06 interrupt"]
     assert "the agent stopped" in case.find("failure").get("message")
+
+
+MISSING_BRANCH = """\
+name: a key the menu does not have
+steps:
+  - wait_speech: {timeout_s: 5}
+  - wait: 4.5                             # into the menu (a key stops it and is collected at once)
+  - dtmf: "9"
+  - expect_speech: {contains: [time here], timeout_s: 5, max_s: 2.5}   # "The time here is ..." (key 2), cut short
+  - hangup: {}
+"""
+
+
+def test_a_missing_dtmf_branch_fails_naming_the_keys_and_the_expectation(gateway: Gateway, workdir: Path):
+    r, junit = simulate(gateway, workdir, MISSING_BRANCH)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-2000:]
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert cases["03 dtmf"].find("failure") is None
+    message = cases["04 expect_speech"].find("failure").get("message")
+    assert message.startswith("after dtmf '9' (step 3): expected 'time here' in "), message
+    assert "did not get that" in message.lower(), message  # the demo's answer to a key it has no branch for
+    assert " x 04 expect_speech" in r.stdout and "after dtmf '9' (step 3)" in r.stdout
 
 
 def test_third_party_peer_sipp_uas(workdir: Path):
@@ -149,6 +177,10 @@ def test_demo_script_passes_with_timings(gateway: Gateway, workdir: Path):
     assert "01 wait_speech.latency_ms" in props
     page = (workdir / "report.html").read_text()
     assert page.count("<svg") == 1 and "6 interrupt" in page and "polyline" in page
+    # the barge-in's onset and stop, the backchannel's onset, the reaction and latencies on the timeline
+    assert page.count('class="mark caller-onset"') == 2 and page.count('class="mark agent-stop"') == 1
+    assert f">reaction {props['06 interrupt.reaction_ms']:g} ms<" in page
+    assert f">latency {props['01 wait_speech.latency_ms']:g} ms<" in page
 
 
 def test_failed_expectation_fails_the_run_and_the_rest(gateway: Gateway, workdir: Path):
@@ -192,6 +224,39 @@ def test_load_mode_places_every_call_and_summarises(gateway: Gateway, workdir: P
     assert len(ET.parse(workdir / "j.xml").getroot().findall("testsuite")) == 8
     gateway.wait_event("call_end", 10)
     assert len(gateway.events("call_end")) - before == 8
+
+
+NOISY_ECHO_CALL = """\
+name: echo call with line noise
+steps:
+  - noise: {snr_db: 30}                     # white noise 30 dB under the caller's words
+  - wait: 1
+  - say: "testing one two three"
+    wait: false
+  - wait_speech: {timeout_s: 5}             # the words' echo, not the noise's
+  - wait: 0.5
+  - hangup: {}
+"""
+
+
+def test_noise_goes_on_the_wire_and_a_30_db_snr_echo_call_passes(gateway: Gateway, workdir: Path):
+    p = workdir / "noisy.yaml"
+    p.write_text(NOISY_ECHO_CALL)
+    lo, _ = rtp_range(100)
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(p), "--target",
+                        f"sip:echo@127.0.0.1:{gateway.port}", "--rtp-port", str(lo), "--json", str(workdir / "r.json")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    [call] = json.loads((workdir / "r.json").read_text())
+    noise_step, wait_step, _, heard_step = call["steps"][:4]
+    level = noise_step["metrics"]["noise_dbfs"]
+    assert -60 < level < -40, level  # espeak's words are about 20 dBFS loud
+    quiet = slice(wait_step["start_frame"] + 10, wait_step["end_frame"] - 5)  # the caller sends noise alone
+    sent, heard = np.median(call["sent_db"][quiet]), np.median(call["heard_db"][quiet])
+    assert abs(sent - level) < 1.0, (sent, level)
+    # the echo agent returned it: G.711 drops the half of white noise's power above 4 kHz (3 dB)
+    assert level - 6 < heard < level + 1, (heard, level)
+    assert heard_step["metrics"]["latency_ms"] >= 20  # the noise's echo was not taken for the agent speaking
 
 
 def test_lossy_line_and_stereo_recording(gateway: Gateway, workdir: Path):

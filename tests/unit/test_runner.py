@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from telephony.config import ConfigError
 from telephony.simulator.report import CallReport, console, html, junit
 from telephony.simulator.runner import Heard, Observation, ScriptRunner, SendDtmf, Speak, StepResult, Transcribe
-from telephony.simulator.script import ExpectSpeechArgs, Script, load_script
+from telephony.simulator.script import ExpectSpeechArgs, Script, load_script, uses_asr
 
 
 def script(steps: list[dict]) -> Script:
@@ -30,8 +30,11 @@ class Line:
     The call ends at frame `end_at`; each `Transcribe` is answered with the next of `heard` on the following frame.
     """
 
-    def __init__(self, talk_from: int, talk_to: int, heard: list[Heard] | None = None, end_at: int = 10**9) -> None:
+    def __init__(self, talk_from: int, talk_to: int, heard: list[Heard] | None = None, end_at: int = 10**9,
+                 silent: tuple[range, ...] = ()) -> None:
         self.talk = (talk_from, talk_to)
+        self.silent = silent
+        """Frames inside the talk where the agent is silent (its pauses)."""
         self.heard = list(heard or [])
         self.asked: list[Transcribe] = []
         self.end_at = end_at
@@ -44,7 +47,7 @@ class Line:
 
     def step(self, runner: ScriptRunner) -> list:
         f = self.frame
-        if self.talk[0] <= f < self.talk[1]:
+        if self.talk[0] <= f < self.talk[1] and not any(f in r for r in self.silent):
             self.last_audio, self.run = f, self.run + 1
         else:
             self.run = 0
@@ -92,6 +95,23 @@ def test_interrupt_reaction_from_the_callers_onset():
     res = r.results[0]
     assert res.ok, res
     assert res.metrics["reaction_ms"] == (79 - 76 + 1) * 20  # onset at the first sent frame (76)
+    assert res.marks == {"caller onset": 76, "agent stop": 80}
+
+
+def test_timeline_marks_the_barge_in_and_writes_the_latencies(tmp_path: Path):
+    steps = [StepResult(0, "wait_speech", True, "", 1.0, {"latency_ms": 600}, 0, 30, marks={"step start": 0,
+                                                                                            "agent onset": 30}),
+             StepResult(1, "interrupt", True, "", 2.0, {"reaction_ms": 80}, 30, 120,
+                        marks={"caller onset": 76, "agent stop": 80}),
+             StepResult(2, "interrupt", False, "the agent did not stop talking", 2.0, {"reaction_ms": float("inf")},
+                        120, 200, marks={"caller onset": 150})]
+    r = CallReport("s", "s.yaml", "sip:a@b", 200, 200, 0.1, "PCMU/8000", 4.0, steps, sent_db=[-90.0] * 200,
+                   heard_db=[-20.0] * 200)
+    html([r], tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert page.count('class="mark caller-onset"') == 2 and page.count('class="mark agent-stop"') == 1
+    assert page.count('class="mark agent-onset"') == 1
+    assert ">reaction 80 ms<" in page and ">latency 600 ms<" in page and page.count('class="latency"') == 2
 
 
 def test_interrupt_fails_when_the_agent_keeps_talking():
@@ -107,6 +127,65 @@ def test_backchannel_passes_only_if_the_agent_carries_on():
     r = ScriptRunner(script([{"backchannel": {"say": "x", "after_ms": 100, "expect_continue_s": 1}}]), speech)
     drive(r, Line(0, 20), 400)
     assert not r.results[0].ok
+
+
+def test_backchannel_fails_when_the_agent_pauses_too_long_and_reports_the_pause():
+    # the caller speaks frames 6-55 ("uh-huh" of 1 s); the agent pauses from frame 10
+    step = {"backchannel": {"say": "x", "after_ms": 100, "expect_continue_s": 1, "max_pause_ms": 1500}}
+    r = ScriptRunner(script([step]), speech)
+    drive(r, Line(0, 1000, silent=(range(10, 60),)), 400)
+    assert r.results[0].ok and r.results[0].metrics["pause_ms"] == 1000, r.results[0]
+    r = ScriptRunner(script([step]), speech)
+    drive(r, Line(0, 1000, silent=(range(10, 100),)), 400)  # resumes within 1 s of the end, after 1.8 s of silence
+    res = r.results[0]
+    assert not res.ok and res.metrics["pause_ms"] == 1800
+    assert res.message == "the agent paused 1800 ms for the backchannel (at most 1500 ms)"
+    r = ScriptRunner(script([step]), speech)
+    drive(r, Line(0, 1000, silent=(range(2, 5), range(200, 230))), 400)  # pauses before the onset do not count
+    assert r.results[0].ok and r.results[0].metrics["pause_ms"] == 0, r.results[0]
+
+
+def test_backchannel_then_says_checks_the_agent_resumed_its_reply():
+    """The agent resumes at frame 60; its words from there are transcribed: the paused reply passes, a new
+    prompt in its place fails."""
+    step = {"backchannel": {"say": "x", "after_ms": 100, "then_says": ["interrupting", "listens"]}}
+    r = ScriptRunner(script([step]), speech)
+    line = Line(0, 150, [Heard("interrupting me. Voicegate listens while it speaks.", 0.9)], silent=(range(10, 60),))
+    drive(r, line, 400)
+    assert line.asked == [Transcribe(60, 149, "moonshine")]  # from the resumption to a second of quiet
+    assert r.results[0].ok and r.results[0].transcript.startswith("interrupting"), r.results[0]
+    r = ScriptRunner(script([step]), speech)
+    line = Line(0, 1000, [Heard("Press 1 for an echo test.", 0.9)], silent=(range(10, 60),))
+    drive(r, line, 400)
+    res = r.results[0]
+    assert line.asked == [Transcribe(60, 260, "moonshine")]  # it talks on: cut after 4 s
+    assert not res.ok and res.metrics["pause_ms"] == 1000
+    assert res.message == ("after the backchannel, expected one of 'interrupting', 'listens' in "
+                           "'Press 1 for an echo test.'")
+    assert "moonshine" in uses_asr(script([step]))
+
+
+def test_expect_no_barge_in_counts_the_agents_stops_while_the_caller_is_silent():
+    step = {"expect_no_barge_in": {"for_s": 3, "max_pause_ms": 400}}
+    r = ScriptRunner(script([step]), speech)
+    drive(r, Line(0, 1000, silent=(range(20, 35), range(60, 61))), 400)  # 300 ms between sentences, a 20 ms dip
+    assert r.results[0].ok and r.results[0].metrics == {"false_barge_ins": 0, "max_pause_ms": 300}, r.results[0]
+    r = ScriptRunner(script([step, {"hangup": {}}]), speech)
+    drive(r, Line(0, 1000, silent=(range(20, 50), range(100, 125))), 400)
+    res = r.results[0]
+    assert not res.ok and res.metrics == {"false_barge_ins": 2, "max_pause_ms": 600}
+    assert res.message == ("the agent's audio stopped 2 time(s) while the caller was silent (over 400 ms): "
+                           "600 ms at 0.40 s, 500 ms at 2.00 s")
+    # the caller talking over the agent is no false barge-in; an agent that stops for good is one
+    r = ScriptRunner(script([{"say": "x", "wait": False}, step]), speech)
+    drive(r, Line(0, 1000, silent=(range(10, 40),)), 400)
+    assert r.results[1].ok, r.results[1]
+    r = ScriptRunner(script([step]), speech)
+    drive(r, Line(0, 50), 400)
+    assert not r.results[0].ok and r.results[0].metrics["false_barge_ins"] == 1
+    report = CallReport("s", "s.yaml", "sip:a@b", 200, 200, 0.1, "PCMU/8000", 5.0, r.results)
+    assert report.false_barge_ins == 1 and "false barge-ins: 1" in console([report])
+    assert CallReport("s", "s.yaml", "sip:a@b", 200, 200, 0.1, "PCMU/8000", 5.0).false_barge_ins is None
 
 
 HOURS = "Reception is open from seven in the morning to eleven at night."
@@ -230,6 +309,21 @@ def test_dtmf_reply_time_from_the_key_to_the_agents_next_onset():
     r = ScriptRunner(script([{"dtmf": "2", "expect_reply_ms": 300}]), speech)
     drive(r, Line(0, 1000), 200)
     assert not r.results[0].ok and "no agent audio within 1300 ms" in r.results[0].message
+
+
+def test_a_step_that_fails_after_keys_names_them():
+    """A menu without the pressed key's branch: the prompt the script expects never comes, and the failure says
+    which keys it followed and what was expected instead."""
+    steps = [{"wait_speech": {}}, {"dtmf": "9"}, {"expect_speech": {"contains": ["time"], "timeout_s": 3}},
+             {"hangup": {}}]
+    r = ScriptRunner(script(steps), speech)
+    drive(r, Line(10, 100, [Heard("Sorry, I did not get that.", 0.9)]), 400)
+    assert [x.ok for x in r.results] == [True, True, False, False]
+    assert r.results[2].message == "after dtmf '9' (step 2): expected 'time' in 'Sorry, I did not get that.'"
+    assert r.results[3].message == "an earlier step failed"
+    r = ScriptRunner(script(steps[1:]), speech)
+    drive(r, Line(500, 600), 400)  # nothing at all after the key
+    assert r.results[1].message == "after dtmf '9' (step 1): no agent speech within 3.0 s"
 
 
 def test_expect_transfer_matches_refer_to_by_glob_or_regex():
