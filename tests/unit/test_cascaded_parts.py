@@ -1,10 +1,13 @@
-"""Pure parts of the cascaded agent: mixed-script replies split per language for their voices, and what becomes of a
-prepared reply when the caller goes on or a later turn ends first."""
+"""Pure parts of the cascaded agent: mixed-script replies split per language for their voices, how long a reply
+waits for the caller's pause, and what becomes of a prepared reply when the caller goes on or a later turn ends
+first."""
 
 from __future__ import annotations
 
-from agents.cascaded import split_by_script
+from agents.cascaded import commit_wait_ms, split_by_script
+from agents.config import TurnConfig
 from agents.listener import reply_fate
+from agents.speech.asr import Transcript
 
 
 def test_english_text_is_one_segment() -> None:
@@ -31,3 +34,11 @@ def test_a_slow_reply_still_plays_after_the_callers_next_turn_of_its_own() -> No
     """ASR under load: turn 3's transcript came after turn 4 (not a continuation) had ended."""
     assert reply_fate(3, 4, set(), False, now=14.0, commit_at=10.45) == "play"
     assert reply_fate(3, 5, {4}, False, now=16.0, commit_at=10.45) == "play"  # turn 4 was continued, not 3
+
+
+def test_a_complete_sentence_is_answered_at_the_endpoint_an_unfinished_one_after_commit_ms() -> None:
+    turn = TurnConfig(commit_ms=450, commit_complete_ms=240)
+    assert commit_wait_ms(turn, Transcript("What time do you close tonight?", "en", 0.9, True, 1.6)) == 240
+    assert commit_wait_ms(turn, Transcript("My number is 0 7 7.", "en", 0.9, True, 1.6)) == 450
+    assert commit_wait_ms(turn, Transcript("i want to book a room", "en", 0.9, True, 1.6)) == 450
+    assert commit_wait_ms(turn, Transcript("What time do you close tonight?", "en", 0.2, True, 1.6)) == 450
