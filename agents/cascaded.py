@@ -151,6 +151,10 @@ class CascadedAgent(Agent):
         while True:
             ev = await call.next_event()
             if isinstance(ev, BargeIn) and self._reply is not None:
+                if self._current is not None:
+                    self._current.marks["barge_in"] = time.monotonic() if ev.t is None else ev.t
+                    if ev.onset_t is not None:
+                        self._current.marks["barge_in_onset"] = ev.onset_t
                 self._reply.cancel()
             elif isinstance(ev, Dtmf):
                 tools = self.brain.tools if isinstance(self.brain, LlmBrain | DialogBrain) else None
@@ -222,6 +226,8 @@ class CascadedAgent(Agent):
                 self.brain.heard(spoken, cut or interrupted)
                 if spoken:
                     self.transcript.append(("assistant", " ".join(spoken) + (" …" if cut or interrupted else "")))
+            if isinstance(self.brain, LlmBrain) and self.brain.first_token_at is not None:
+                reply.marks["llm_first_token"] = self.brain.first_token_at
             if isinstance(heard, HeardTurn):
                 call.record_turn(_turn_record(heard, reply, t0, cut or interrupted, spoken,
                                               commit_wait_ms(self.cfg.turn, heard.transcript)))
@@ -288,6 +294,8 @@ def _turn_record(heard: HeardTurn, reply: _Reply, t0: float, interrupted: bool, 
         "endpoint_ms": ms(heard.endpoint_at), "asr_final_ms": ms(heard.final_at), "brain_start_ms": ms(t0),
         "first_part_ms": ms(reply.marks.get("first_part")), "first_audio_ms": ms(reply.marks.get("first_audio")),
         "play_ms": ms(reply.marks.get("play")), "commit_wait_ms": commit_wait,
+        "llm_first_token_ms": ms(reply.marks.get("llm_first_token")), "barge_in_ms": ms(reply.marks.get("barge_in")),
+        "barge_in_onset_ms": ms(reply.marks.get("barge_in_onset")),
         "reply": " ".join(reply.sentences)[:300], "heard": " ".join(spoken)[:300], "interrupted": interrupted,
         "continued": heard.continued, "superseded": reply.superseded,
         "segments": [[seg.language, seg.text] for seg in tr.segments] if len(tr.segments) > 1 else None,

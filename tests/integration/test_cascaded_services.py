@@ -80,6 +80,8 @@ def test_barge_in_cancels_the_llm_stream_and_history_keeps_what_was_heard(
     assert history[-1]["role"] == "user" and "room" in history[-1]["content"].lower()
     turns = turns_of(gw, "llm", last=True)
     assert turns[0]["interrupted"] and turns[1]["reply"].startswith("Sure")
+    cut = turns[0]  # the caller's onset over the reply, then the barge-in's confirmation, from the end of speech
+    assert cut["play_ms"] < cut["barge_in_onset_ms"] < cut["barge_in_ms"] < cut["barge_in_onset_ms"] + 2000, cut
 
 
 def test_llm_failures_get_an_apology_and_the_call_goes_on(gw: Gateway, llm: LlmServer, tmp_path: Path) -> None:
@@ -91,6 +93,8 @@ def test_llm_failures_get_an_apology_and_the_call_goes_on(gw: Gateway, llm: LlmS
     turns = turns_of(gw, "llm", last=True)
     assert turns[0]["reply"].startswith("Sorry, I am having trouble"), turns
     assert turns[1]["reply"] == "We are open until eleven.", turns
+    assert turns[0]["llm_first_token_ms"] is None, turns  # the 500 carried no token
+    assert turns[1]["brain_start_ms"] < turns[1]["llm_first_token_ms"] <= turns[1]["first_audio_ms"], turns
 
 
 def test_an_llm_that_never_answers_gets_the_filler_then_the_apology_and_the_call_goes_on(
