@@ -84,6 +84,24 @@ def test_barge_in_cancels_the_llm_stream_and_history_keeps_what_was_heard(
     assert cut["play_ms"] < cut["barge_in_onset_ms"] < cut["barge_in_ms"] < cut["barge_in_onset_ms"] + 2000, cut
 
 
+def test_the_callers_raised_arousal_reaches_the_llm_and_a_neutral_tone_does_not(
+    gw: Gateway, llm: LlmServer, tmp_path: Path
+) -> None:
+    """Paralinguistics measured on the caller's audio through G.711: piper's excited question (mean pitch 157 Hz over
+    an 18-semitone range: `aroused`, 0.72 offline) is described to the model; a level request (0.48) is not."""
+    llm.script(text_reply(["Of course."]), text_reply(["Certainly."]))
+    excited = audio.piper("Wow, can you tell me more about it?")
+    level = audio.piper("I would like to book a table for two.")
+    wav = audio.write_wav(tmp_path / "talk.wav", sequence([(2.5, excited), (7.0, level)], 11.0))
+    n0 = len(llm.requests)
+    call(uri(gw, "llm"), "--play", str(wav), "--speak-at-s", "0", "--duration", "12", timeout=40)
+    asked = [r.body["messages"][-1] for r in llm.requests[n0:]]
+    assert [m["role"] for m in asked] == ["user", "user"], asked
+    assert "more about it" in asked[0]["content"].lower(), asked
+    assert "\n[caller sounds aroused: pitch " in asked[0]["content"], asked
+    assert "table for two" in asked[1]["content"].lower() and "[caller sounds" not in asked[1]["content"], asked
+
+
 def test_llm_failures_get_an_apology_and_the_call_goes_on(gw: Gateway, llm: LlmServer, tmp_path: Path) -> None:
     llm.script(error_reply(500, "model overloaded"), text_reply(["We are open until eleven."]))
     first = audio.piper("What time do you close tonight?")
