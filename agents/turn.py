@@ -61,7 +61,7 @@ def reads_as(text: str, confidence: float = 1.0) -> Reading:
     recogniser's closing `.`, `?` or `!`; without punctuation, a question of three words or more, a usual one-word
     answer, or a closing "please"/"thank you"); `open` otherwise (nothing heard, or unpunctuated words that may
     go on)."""
-    t = text.strip()
+    t = text.strip().strip("\"'")  # moonshine sometimes quotes a whole utterance
     if not t:
         return "open"
     if sounds_unfinished(t, confidence):

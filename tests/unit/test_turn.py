@@ -110,6 +110,7 @@ def test_unfinished_phrases() -> None:
 @pytest.mark.parametrize(("text", "reading"), [
     # complete: the recogniser's closing punctuation, or an unpunctuated question, answer or thanks
     ("What time do you close tonight?", "complete"),
+    ("\"'Can you tell me about your hotel?'", "complete"),  # as moonshine wrote it on a call
     ("I would like to check my booking.", "complete"),
     ("Operator please.", "complete"),
     ("Yes.", "complete"),
