@@ -64,7 +64,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, llm: LlmServer, orders: str) ->
 def test_barge_in_cancels_the_llm_stream_and_history_keeps_what_was_heard(
     gw: Gateway, llm: LlmServer, tmp_path: Path
 ) -> None:
-    llm.script(text_reply(LONG_REPLY, delay_s=1.3),  # still writing when the caller cuts in
+    # a chunk every 0.7 s: the first text (1.4 s) within first_token_timeout_s (2 s), still writing when cut
+    llm.script(text_reply(LONG_REPLY, delay_s=0.7),
                text_reply(["Sure, rooms start at ninety euros a night."]))
     first = audio.piper("Can you tell me about your hotel?")
     second = audio.piper("Sorry to stop you but how much is a room?")
@@ -80,8 +81,10 @@ def test_barge_in_cancels_the_llm_stream_and_history_keeps_what_was_heard(
     assert history[-1]["role"] == "user" and "room" in history[-1]["content"].lower()
     turns = turns_of(gw, "llm", last=True)
     assert turns[0]["interrupted"] and turns[1]["reply"].startswith("Sure")
-    cut = turns[0]  # the caller's onset over the reply, then the barge-in's confirmation, from the end of speech
-    assert cut["play_ms"] < cut["barge_in_onset_ms"] < cut["barge_in_ms"] < cut["barge_in_onset_ms"] + 2000, cut
+    cut = turns[0]  # the model's first text, the caller's onset over the reply, the barge-in's confirmation
+    assert cut["reply"].startswith("One moment. Our hotel sits right on the harbour"), cut
+    assert 1400 <= cut["llm_first_token_ms"] < cut["barge_in_onset_ms"] < cut["barge_in_ms"], cut
+    assert cut["play_ms"] < cut["barge_in_onset_ms"] and cut["barge_in_ms"] < cut["barge_in_onset_ms"] + 2000, cut
 
 
 def test_the_callers_raised_arousal_reaches_the_llm_and_a_neutral_tone_does_not(
