@@ -37,6 +37,11 @@ class CallerSpeech:
 class BargeIn:
     """The caller talked over the agent; its audio was already flushed."""
 
+    t: float | None = None
+    """When the barge-in was confirmed (the media clock, `time.monotonic()`), where known."""
+    onset_t: float | None = None
+    """When the caller's speech that cut in began (playout paused then), where known."""
+
 
 @dataclass(frozen=True)
 class HungUp:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import copy
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
@@ -114,6 +115,8 @@ class LlmBrain:
         """The call's usage meter (`CallControl.meter`), set by the agent running the call."""
         self.tools: CallTools | None = None
         """The call's business tools, set by the agent running the call."""
+        self.first_token_at: float | None = None
+        """`time.monotonic()` of the model's first streamed output (text or tool call) for the latest turn."""
 
     def greeting(self) -> str:
         return self._greeting
@@ -121,6 +124,7 @@ class LlmBrain:
     async def respond(self, turn: UserTurn) -> AsyncIterator[Part]:
         await self._settle()
         self._mark = len(self.history.history)
+        self.first_token_at = None
         if self.tools is not None:
             self.tools.language = turn.language
         self.history.add_user(_describe(turn))
@@ -219,6 +223,8 @@ class LlmBrain:
                         delta = await nxt
                     except StopAsyncIteration:
                         break
+                    if self.first_token_at is None and isinstance(delta, TextDelta | ToolCall):
+                        self.first_token_at = time.monotonic()
                     if isinstance(delta, TextDelta):
                         received += len(delta.text)
                         for sentence in splitter.feed(delta.text):

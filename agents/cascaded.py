@@ -18,15 +18,16 @@ from typing import Any, Literal
 
 from agents.base import Agent, AgentFactory, BargeIn, CallControl, Dtmf, Handover, HungUp, Played
 from agents.brain import Act, Brain, DialogBrain, LlmBrain, Part, Say, UserTurn
-from agents.config import CascadedAgentConfig
+from agents.config import CascadedAgentConfig, TurnConfig
 from agents.dialog import Dialog
 from agents.listener import HeardTurn, Listener, reply_fate
 from agents.llm import LlmClient, LlmConfig
+from agents.speech.asr import Transcript
 from agents.speech.sentences import SentenceSplitter
 from agents.speech.tts import engine_for, for_playout, synthesize_fixed, warm
 from agents.speech.worker import AsrWorker, EngineSpec
 from agents.tools import CallTools, ToolConfig, ToolRunner
-from agents.turn import TurnDetector, TurnSettings
+from agents.turn import TurnDetector, TurnSettings, reads_as
 from media.frames import SAMPLE_RATE
 from media.paralinguistics import analyse_pcm
 
@@ -150,6 +151,10 @@ class CascadedAgent(Agent):
         while True:
             ev = await call.next_event()
             if isinstance(ev, BargeIn) and self._reply is not None:
+                if self._current is not None:
+                    self._current.marks["barge_in"] = time.monotonic() if ev.t is None else ev.t
+                    if ev.onset_t is not None:
+                        self._current.marks["barge_in_onset"] = ev.onset_t
                 self._reply.cancel()
             elif isinstance(ev, Dtmf):
                 tools = self.brain.tools if isinstance(self.brain, LlmBrain | DialogBrain) else None
@@ -211,6 +216,9 @@ class CascadedAgent(Agent):
             raise
         finally:
             spoken, cut = reply.heard()
+            if (cut or interrupted) and isinstance(heard, HeardTurn) and self.listener is not None \
+                    and heard.seq in self.listener.continued:
+                reply.superseded = True  # played early, cut by the caller going on with the turn: a longer one comes
             if reply.superseded:
                 self.brain.retract()
                 self.transcript.pop()
@@ -218,25 +226,31 @@ class CascadedAgent(Agent):
                 self.brain.heard(spoken, cut or interrupted)
                 if spoken:
                     self.transcript.append(("assistant", " ".join(spoken) + (" …" if cut or interrupted else "")))
+            if isinstance(self.brain, LlmBrain) and self.brain.first_token_at is not None:
+                reply.marks["llm_first_token"] = self.brain.first_token_at
             if isinstance(heard, HeardTurn):
-                call.record_turn(_turn_record(heard, reply, t0, cut or interrupted, spoken))
+                call.record_turn(_turn_record(heard, reply, t0, cut or interrupted, spoken,
+                                              commit_wait_ms(self.cfg.turn, heard.transcript)))
             elif isinstance(heard, str) and reply.sentences:
                 call.record_turn({"backend": "cascaded", "dtmf": heard, "reply": " ".join(reply.sentences)[:300],
                                   "heard": " ".join(spoken)[:300], "interrupted": cut or interrupted})
 
     async def _commit(self, heard: HeardTurn) -> bool:
-        """Wait until the caller's pause has lasted `commit_ms`; False if the caller resumed the turn meanwhile."""
+        """Wait until the caller's pause has lasted `commit_complete_ms` when the transcript reads as a complete
+        sentence, else `commit_ms`; False if the caller resumed the turn meanwhile. (A turn that reads as unfinished
+        already waited `hold_ms` of silence to end, so its reply plays when ready.) Until `commit_ms`, the caller's
+        speech still continues the turn: the barge-in cuts the early reply, which is then dropped like a late one."""
         listener = self.listener
         assert listener is not None
-        commit_at = heard.speech_end + self.cfg.turn.commit_ms / 1000.0
+        commit_at = heard.speech_end + commit_wait_ms(self.cfg.turn, heard.transcript) / 1000.0
         await asyncio.sleep(commit_at - time.monotonic())  # to the moment, not the next poll after it
         while (fate := reply_fate(heard.seq, listener.ended, listener.continued, listener.holding, time.monotonic(),
                                   commit_at)) == "wait":
             await asyncio.sleep(0.01)
         if fate == "drop":
             return False
-        if listener.ended == heard.seq:  # else a later turn is the open one
-            listener.commit()
+        if listener.ended == heard.seq:  # else a later turn is the open one; an early reply leaves it open to commit_ms
+            listener.commit(heard.speech_end + self.cfg.turn.commit_ms / 1000.0)
         return True
 
     async def _act(self, call: CallControl, act: Act) -> None:
@@ -254,12 +268,20 @@ class CascadedAgent(Agent):
             await call.send_dtmf(act.arg)
 
 
+def commit_wait_ms(turn: TurnConfig, transcript: Transcript) -> int:
+    """The silence after the caller's speech before a reply to `transcript` plays."""
+    if reads_as(transcript.text, transcript.confidence) == "complete":
+        return turn.commit_complete_ms
+    return turn.commit_ms
+
+
 async def _parts(*parts: Part) -> AsyncIterator[Part]:
     for p in parts:
         yield p
 
 
-def _turn_record(heard: HeardTurn, reply: _Reply, t0: float, interrupted: bool, spoken: list[str]) -> dict[str, Any]:
+def _turn_record(heard: HeardTurn, reply: _Reply, t0: float, interrupted: bool, spoken: list[str],
+                 commit_wait: int) -> dict[str, Any]:
     end = heard.speech_end
 
     def ms(t: float | None) -> float | None:
@@ -271,7 +293,9 @@ def _turn_record(heard: HeardTurn, reply: _Reply, t0: float, interrupted: bool, 
         "speech_s": round(end - heard.start, 2), "asr_passes": heard.passes,
         "endpoint_ms": ms(heard.endpoint_at), "asr_final_ms": ms(heard.final_at), "brain_start_ms": ms(t0),
         "first_part_ms": ms(reply.marks.get("first_part")), "first_audio_ms": ms(reply.marks.get("first_audio")),
-        "play_ms": ms(reply.marks.get("play")),
+        "play_ms": ms(reply.marks.get("play")), "commit_wait_ms": commit_wait,
+        "llm_first_token_ms": ms(reply.marks.get("llm_first_token")), "barge_in_ms": ms(reply.marks.get("barge_in")),
+        "barge_in_onset_ms": ms(reply.marks.get("barge_in_onset")),
         "reply": " ".join(reply.sentences)[:300], "heard": " ".join(spoken)[:300], "interrupted": interrupted,
         "continued": heard.continued, "superseded": reply.superseded,
         "segments": [[seg.language, seg.text] for seg in tr.segments] if len(tr.segments) > 1 else None,

@@ -198,6 +198,16 @@ class TurnConfig(_Strict):
     """Silence after which a turn that sounds unfinished ends."""
     commit_ms: int = Field(450, ge=0, le=3000)
     """Silence after which the prepared reply starts playing; speech before that continues the caller's turn."""
+    commit_complete_ms: int = Field(240, ge=0, le=3000)
+    """The same for a turn whose transcript reads as a complete sentence (agents.turn.reads_as): at most
+    `commit_ms`; at or under `endpoint_ms` the reply plays as soon as it is ready."""
+
+    @model_validator(mode="after")
+    def _commit_complete_at_most_commit(self) -> TurnConfig:
+        if self.commit_complete_ms > self.commit_ms:
+            raise ValueError(f"commit_complete_ms ({self.commit_complete_ms}) must not exceed commit_ms "
+                             f"({self.commit_ms}), the longest wait before a reply plays")
+        return self
 
 
 class CascadedAgentConfig(_Strict):

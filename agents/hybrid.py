@@ -1,10 +1,11 @@
 """The hybrid agent: a call starts on the cascade and moves to a speech-to-speech agent when the router says so.
 
 `Router` (agents.router) sees the caller ID as the call starts, then each caller turn before the cascade answers it.
-On `Escalate` the cascade stops between replies, once the caller's pause has lasted `commit_ms` (a caller who goes
-on talking is not cut off: the longer turn escalates instead), and the S2S agent starts on the same call with a
-`Handover`: the conversation as the caller heard it, then the triggering turn's transcript, which it answers at
-once. The move is one way, so the caller hears the voice change once. A VIP caller starts on S2S, with its greeting.
+On `Escalate` the cascade stops between replies, once the caller's pause has lasted the reply's commit wait
+(`commit_complete_ms` or `commit_ms`, agents.cascaded; a caller who goes on talking is not cut off: the longer turn
+escalates instead), and the S2S agent starts on the same call with a `Handover`: the conversation as the caller
+heard it, then the triggering turn's transcript, which it answers at once. The move is one way, so the caller
+hears the voice change once. A VIP caller starts on S2S, with its greeting.
 
 Voice: `s2s_voice`, else `VOICE_MATCH` for the cascade's TTS voice, else the S2S agent's own. The table pairs piper's
 `joe` (US English, adult male, mid pitch) with a male voice of each service, OpenAI `cedar` and Gemini `Charon`,

@@ -8,7 +8,9 @@ An ended turn stays open until the agent commits its reply (starts playing it) o
 caller speaks again before that, the pause was mid-sentence, so the new speech continues the same turn (one buffer,
 one transcript). The agent prepares its reply meanwhile, and before playing it checks `holding` (the caller is
 continuing) and `continued` (a longer version of the turn is coming) to drop a reply to half a sentence; a reply
-that comes after the caller's next, separate turn (slow ASR under load) is still played.
+that comes after the caller's next, separate turn (slow ASR under load) is still played. A reply played early (the
+turn read as complete) leaves the turn open up to the longest commit wait: speech before then cuts the reply as a
+barge-in and continues the turn.
 """
 
 from __future__ import annotations
@@ -122,11 +124,17 @@ class Listener:
         """The caller resumed an ended turn and is still speaking."""
         return self._continued and self.turns.in_turn
 
-    def commit(self) -> None:
-        """The agent's reply is being played: the last turn is closed, new speech starts a new one."""
-        if self._open_until is not None:
-            self._open_until = None
-            self._preroll.extend(self._buf[-PREROLL_FRAMES:])
+    def commit(self, open_until: float | None = None) -> None:
+        """The agent's reply is being played: the last turn is closed, new speech starts a new one; with
+        `open_until` (a reply played before the longest commit wait), only speech after that time does, and the
+        caller's speech before it still continues the turn (and cuts the reply as a barge-in)."""
+        if self._open_until is None:
+            return
+        if open_until is not None and open_until < self._open_until:
+            self._open_until = open_until
+            return
+        self._open_until = None
+        self._preroll.extend(self._buf[-PREROLL_FRAMES:])
 
     def _begin(self, t: float) -> None:
         self._turn += 1

@@ -182,7 +182,7 @@ class CallSession:
         elif isinstance(ev, BargeInConfirmed):
             self.record.barge_ins += 1
             self.log("barge_in", call=self.call_id, reaction_ms=round((ev.t - ev.onset_t) * 1000, 1))
-            self._events.put_nowait(BargeIn())
+            self._events.put_nowait(BargeIn(ev.t, ev.onset_t))
         elif isinstance(ev, (PlayoutFinished, PlayoutFlushed)):
             self._touch()
             fut = self._waiting.pop(ev.item, None)

@@ -4,12 +4,17 @@ The caller's turn ends `endpoint_ms` after the last speech frame, unless the wor
 trailing "and", "my number is", a digit string being read out), or the agent expects a code, in which case the
 turn waits `hold_ms`. A transcript of everything up to the pause is requested `pause_ms` into the silence, so the
 decision and the final transcript are ready at about the same time.
+
+`reads_as` judges the final transcript for the reply's commit: a complete sentence is answered at the endpoint, an
+unfinished or doubtful one only after the longer `commit_ms` (agents.cascaded). The rules are a few word lists and
+the recogniser's own punctuation, hand-written because no library judges whether a phone caller's sentence is over.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from media.frames import FRAME_MS
 
@@ -39,6 +44,34 @@ def sounds_unfinished(text: str, confidence: float = 1.0) -> bool:
     if len(words) == 1 and words[0] not in _SHORT_ANSWERS:
         return True
     return confidence < 0.5 or bool(_UNFINISHED.search(t) or _DIGIT_WORDS.search(t))
+
+
+_QUESTION_START = re.compile(
+    r"^(what|when|where|who|whom|whose|why|how|which|can|could|would|will|do|does|did|is|are|was|were|may|should|"
+    r"have|has)\b", re.IGNORECASE,
+)
+_THANKS = re.compile(r"\b(please|thanks|thank you)\W*$", re.IGNORECASE)
+
+Reading = Literal["complete", "unfinished", "open"]
+
+
+def reads_as(text: str, confidence: float = 1.0) -> Reading:
+    """How a transcript reads at its end: `unfinished` where a speaker would go on (`sounds_unfinished`: a digit or
+    letter of a code, a conjunction or preposition, a filler, "my number is"); `complete` when it ends cleanly (the
+    recogniser's closing `.`, `?` or `!`; without punctuation, a question of three words or more, a usual one-word
+    answer, or a closing "please"/"thank you"); `open` otherwise (nothing heard, or unpunctuated words that may
+    go on)."""
+    t = text.strip().strip("\"'")  # moonshine sometimes quotes a whole utterance
+    if not t:
+        return "open"
+    if sounds_unfinished(t, confidence):
+        return "unfinished"
+    words = re.findall(r"[a-z']+", t.lower())
+    if t[-1] in ".?!" or _THANKS.search(t) or (len(words) == 1 and words[0] in _SHORT_ANSWERS):
+        return "complete"
+    if len(words) >= 3 and _QUESTION_START.match(t):
+        return "complete"
+    return "open"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ def test_a_recorded_request_for_an_operator_is_transferred(gateway: Gateway, tmp
     assert "operator" in turn["text"].lower()
     assert turn["reply"] == "Putting you through to reception."
     assert turn["asr_final_ms"] < 1500 and turn["first_audio_ms"] < 3000, turn  # generous: timings are the bench's
-    assert turn["play_ms"] >= 450 - 1, turn  # queued for playout only after commit_ms of silence
+    assert turn["commit_wait_ms"] == 240 and turn["play_ms"] >= 240 - 1, turn  # a complete sentence: at the endpoint
 
 
 def test_goodbye_ends_the_call_from_the_agent_side(gateway: Gateway, tmp_path: Path) -> None:

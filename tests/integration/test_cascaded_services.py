@@ -64,7 +64,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory, llm: LlmServer, orders: str) ->
 def test_barge_in_cancels_the_llm_stream_and_history_keeps_what_was_heard(
     gw: Gateway, llm: LlmServer, tmp_path: Path
 ) -> None:
-    llm.script(text_reply(LONG_REPLY, delay_s=1.3),  # still writing when the caller cuts in
+    # a chunk every 0.7 s: the first text (1.4 s) within first_token_timeout_s (2 s), still writing when cut
+    llm.script(text_reply(LONG_REPLY, delay_s=0.7),
                text_reply(["Sure, rooms start at ninety euros a night."]))
     first = audio.piper("Can you tell me about your hotel?")
     second = audio.piper("Sorry to stop you but how much is a room?")
@@ -80,6 +81,28 @@ def test_barge_in_cancels_the_llm_stream_and_history_keeps_what_was_heard(
     assert history[-1]["role"] == "user" and "room" in history[-1]["content"].lower()
     turns = turns_of(gw, "llm", last=True)
     assert turns[0]["interrupted"] and turns[1]["reply"].startswith("Sure")
+    cut = turns[0]  # the model's first text, the caller's onset over the reply, the barge-in's confirmation
+    assert cut["reply"].startswith("One moment. Our hotel sits right on the harbour"), cut
+    assert 1400 <= cut["llm_first_token_ms"] < cut["barge_in_onset_ms"] < cut["barge_in_ms"], cut
+    assert cut["play_ms"] < cut["barge_in_onset_ms"] and cut["barge_in_ms"] < cut["barge_in_onset_ms"] + 2000, cut
+
+
+def test_the_callers_raised_arousal_reaches_the_llm_and_a_neutral_tone_does_not(
+    gw: Gateway, llm: LlmServer, tmp_path: Path
+) -> None:
+    """Paralinguistics measured on the caller's audio through G.711: piper's excited question (mean pitch 157 Hz over
+    an 18-semitone range: `aroused`, 0.72 offline) is described to the model; a level request (0.48) is not."""
+    llm.script(text_reply(["Of course."]), text_reply(["Certainly."]))
+    excited = audio.piper("Wow, can you tell me more about it?")
+    level = audio.piper("I would like to book a table for two.")
+    wav = audio.write_wav(tmp_path / "talk.wav", sequence([(2.5, excited), (7.0, level)], 11.0))
+    n0 = len(llm.requests)
+    call(uri(gw, "llm"), "--play", str(wav), "--speak-at-s", "0", "--duration", "12", timeout=40)
+    asked = [r.body["messages"][-1] for r in llm.requests[n0:]]
+    assert [m["role"] for m in asked] == ["user", "user"], asked
+    assert "more about it" in asked[0]["content"].lower(), asked
+    assert "\n[caller sounds aroused: pitch " in asked[0]["content"], asked
+    assert "table for two" in asked[1]["content"].lower() and "[caller sounds" not in asked[1]["content"], asked
 
 
 def test_llm_failures_get_an_apology_and_the_call_goes_on(gw: Gateway, llm: LlmServer, tmp_path: Path) -> None:
@@ -91,6 +114,8 @@ def test_llm_failures_get_an_apology_and_the_call_goes_on(gw: Gateway, llm: LlmS
     turns = turns_of(gw, "llm", last=True)
     assert turns[0]["reply"].startswith("Sorry, I am having trouble"), turns
     assert turns[1]["reply"] == "We are open until eleven.", turns
+    assert turns[0]["llm_first_token_ms"] is None, turns  # the 500 carried no token
+    assert turns[1]["brain_start_ms"] < turns[1]["llm_first_token_ms"] <= turns[1]["first_audio_ms"], turns
 
 
 def test_an_llm_that_never_answers_gets_the_filler_then_the_apology_and_the_call_goes_on(

@@ -123,6 +123,13 @@ def test_spend_caps_name_their_agents_with_the_line() -> None:
     assert issues and issues[0].startswith("vg.yaml:9: spend.e.per_call:"), issues
 
 
+def test_the_commit_for_a_complete_sentence_is_no_longer_than_commit_ms() -> None:
+    text = ("agents:\n  a:\n    type: cascaded\n    turn:\n      commit_ms: 300\n      commit_complete_ms: 400\n"
+            "routes:\n  - match: \"*\"\n    agent: a\n")
+    [issue] = _issues(text)
+    assert issue.startswith("vg.yaml:") and "commit_complete_ms (400) must not exceed commit_ms (300)" in issue, issue
+
+
 def test_metrics_listen_address_is_checked_with_its_line():
     text = "agents: {echo: {type: echo}}\nroutes: [{match: '*', agent: echo}]\nmetrics:\n  listen: not-an-ip\n"
     with pytest.raises(ConfigError) as e:

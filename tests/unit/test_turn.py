@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from agents.turn import (
     TranscribeDue,
     TurnDetector,
@@ -9,6 +11,7 @@ from agents.turn import (
     TurnEnded,
     TurnSettings,
     TurnStarted,
+    reads_as,
     sounds_unfinished,
 )
 
@@ -102,3 +105,37 @@ def test_unfinished_phrases() -> None:
     assert sounds_unfinished("Press.")  # a lone word that is not an answer: the rest is coming
     assert not sounds_unfinished("Yes.")
     assert sounds_unfinished("what time do you open", confidence=0.3)
+
+
+@pytest.mark.parametrize(("text", "reading"), [
+    # complete: the recogniser's closing punctuation, or an unpunctuated question, answer or thanks
+    ("What time do you close tonight?", "complete"),
+    ("\"'Can you tell me about your hotel?'", "complete"),  # as moonshine wrote it on a call
+    ("I would like to check my booking.", "complete"),
+    ("Operator please.", "complete"),
+    ("Yes.", "complete"),
+    ("no", "complete"),
+    ("can I speak to someone", "complete"),
+    ("a table for tonight please", "complete"),
+    ("thank you", "complete"),
+    # unfinished: a code or number being read out, a conjunction, preposition or filler, "my number is"
+    ("It is KL4729.", "unfinished"),
+    ("my number is", "unfinished"),
+    ("My number is 0 7 7.", "unfinished"),
+    ("four five and", "unfinished"),
+    ("B as in bravo, C", "unfinished"),
+    ("double four", "unfinished"),
+    ("I want to book a room for", "unfinished"),
+    ("I'd like to, um", "unfinished"),
+    ("I was wondering if", "unfinished"),
+    ("Press.", "unfinished"),
+    # open: unpunctuated words that may go on, or nothing heard
+    ("i want to book a room", "open"),
+    ("", "open"),
+])
+def test_how_a_transcript_reads_at_its_end(text: str, reading: str) -> None:
+    assert reads_as(text) == reading
+
+
+def test_a_doubtful_transcript_is_not_complete() -> None:
+    assert reads_as("What time do you close tonight?", confidence=0.3) == "unfinished"
