@@ -38,7 +38,11 @@ def test_echo_returns_the_callers_audio(gateway: Gateway, workdir: Path, clips):
     res = call(uri(gateway, "echo"), "--play", str(wav), "--speak-at-s", "0.5", "--duration", "5",
                "--record", str(workdir / "rx.wav"), "--record-sent", str(workdir / "tx.wav"))
     assert res["status"] == 200 and res["answered"]
-    lag_ms, peak = echo_lag(audio.read_wav(workdir / "tx.wav"), audio.read_wav(workdir / "rx.wav"))
+    tx, rx = audio.read_wav(workdir / "tx.wav"), audio.read_wav(workdir / "rx.wav")
+    lag_ms, _ = echo_lag(tx, rx)
+    # piece by piece: a jitter buffer that drops or adds a frame under load shifts the rest of the echo (the whole
+    # clip's correlation fell to 0.45 in one loaded run)
+    peak = audio.piecewise_correlation(tx, rx)
     assert peak > 0.5, f"echo correlation {peak:.2f}"
     assert lag_ms < 200, f"echo delay {lag_ms:.0f} ms"
 

@@ -24,7 +24,7 @@ from telephony.records import totals
 from tests import audio
 from tests.integration.peers import VENV_BIN, Gateway, call, free_port, gateway_config, start_gateway
 from tests.servers.llm import LlmServer, text_reply, tool_reply
-from tests.servers.openai_realtime import RealtimeServer, piecewise_correlation, render, speak, tool
+from tests.servers.openai_realtime import RealtimeServer, render, speak, tool
 from tests.servers.webhook import Webhook
 
 KEY_ENV = "VG_TEST_REALTIME_KEY"
@@ -135,7 +135,7 @@ def test_a_complaint_moves_the_call_from_the_cascade_to_s2s_with_the_conversatio
     after = rx[int((TRIGGER_AT_S + len(trigger) / 16000) * 16000) :]
     assert speech_s(after) > 2.0, speech_s(after)
     ref = audio.telephone_band(audio.to_array(resample(render(ANSWER), 24000)))
-    peak = piecewise_correlation(ref, after)
+    peak = audio.piecewise_correlation(ref, after)
     assert peak > 0.7, peak  # 0.99 on a quiet machine; other speech 0.24, noise 0.05
 
 

@@ -16,7 +16,7 @@ from media.vad import Vad
 from telephony.simulator.measure import frames_db, last_agent_frame
 from tests import audio
 from tests.integration.peers import Gateway, call, free_port, gateway_config, start_gateway
-from tests.servers.openai_realtime import RealtimeServer, drop, piecewise_correlation, speak, tool
+from tests.servers.openai_realtime import RealtimeServer, drop, speak, tool
 
 KEY_ENV = "VG_TEST_REALTIME_KEY"
 GREETING = "Hello, thank you for calling. How can I help you today?"
@@ -84,7 +84,7 @@ def test_ulaw_audio_both_ways(gw: Gateway, rt: RealtimeServer, clip: np.ndarray,
     assert speech_s(rx[int(spoke_end * 16000) :]) > 1.0  # the answer
     # the server got the caller's own audio: mu-law from the caller, 16 kHz in the gateway, mu-law again
     got = audio.to_array(resample(bytes(rt.audio_in[0]), 8000))
-    peak = piecewise_correlation(tx, got)
+    peak = audio.piecewise_correlation(tx, got)
     assert peak > 0.7, peak  # 0.98 on a quiet machine (one whole-clip correlation fell to 0.62 under CI load)
     turns = [t for t in end["turns"] if t.get("engine") == "openai_realtime"]
     assert [t["trigger"] for t in turns] == ["greeting", "speech"], turns

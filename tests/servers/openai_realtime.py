@@ -585,27 +585,3 @@ class RealtimeServer(ThreadedServer):
         await self._send(conn, {"type": "response.done", "response": {
             "id": r.id, "object": "realtime.response", "status": status, "status_details": details,
             "output": output}})
-
-
-def correlation(sent: np.ndarray, got: np.ndarray) -> tuple[float, float]:
-    """The lag (s) at which `sent` best lines up with `got` (negative: `got` starts inside `sent`) and the normalised
-    correlation of their overlap there (1.0: a copy); 16 kHz arrays, by FFT."""
-    n = len(sent) + len(got)
-    c = np.fft.irfft(np.fft.rfft(got, n) * np.conj(np.fft.rfft(sent, n)), n)
-    k = int(np.argmax(c))
-    lag = k if k < len(got) else k - n
-    a, b = (sent, got[lag:]) if lag >= 0 else (sent[-lag:], got)
-    m = min(len(a), len(b))
-    a, b = a[:m], b[:m]
-    return lag / 16000, float(np.dot(a, b) / np.sqrt(np.dot(a, a) * np.dot(b, b) + 1e-9))
-
-
-def piecewise_correlation(sent: np.ndarray, got: np.ndarray, piece_s: float = 0.5) -> float:
-    """The median `correlation` of the voiced `piece_s` pieces of `sent`, each at its own lag in `got`: a jitter
-    buffer that drops or inserts a frame mid-utterance shifts the rest of the audio, which lowers one whole-clip
-    correlation but not the pieces'. 16 kHz arrays."""
-    n = int(piece_s * 16000)
-    pieces = [sent[i : i + n] for i in range(0, len(sent) - n + 1, n)]
-    loud = max(float(np.sqrt(np.mean(p**2))) for p in pieces)
-    voiced = [p for p in pieces if np.sqrt(np.mean(p**2)) > loud / 10]
-    return float(np.median([correlation(p, got)[1] for p in voiced]))

@@ -28,7 +28,7 @@ from media.frames import FRAME_BYTES, SILENCE
 from media.resample import resample
 from tests import audio
 from tests.integration.peers import free_port
-from tests.servers.openai_realtime import RealtimeServer, correlation, drop, malformed, render, speak, stall, tool
+from tests.servers.openai_realtime import RealtimeServer, drop, malformed, render, speak, stall, tool
 from tests.unit.conftest import KEY_ENV
 
 LONG = ("Thank you for calling the harbour hotel. Our rooms all face the water, breakfast is served from seven, "
@@ -262,7 +262,7 @@ def test_session_is_ga_shaped_and_the_greeting_is_heard_as_sent(rt: RealtimeServ
     ref = pcm_array(resample(render(text), 24000))
     if fmt == "pcmu":
         ref = audio.telephone_band(ref)
-    _, peak = correlation(ref, pcm_array(call.heard))
+    _, peak = audio.correlation(ref, pcm_array(call.heard))
     assert peak > (0.9 if fmt == "pcmu" else 0.97), peak
 
 
@@ -303,7 +303,7 @@ def test_caller_speech_goes_up_and_gets_an_answer_with_timings(rt: RealtimeServe
     sent = call.caller_audio[: int(3.0 * 16000)]
     if fmt == "pcmu":
         sent = audio.telephone_band(sent)
-    lag_s, peak = correlation(sent, pcm_array(got))
+    lag_s, peak = audio.correlation(sent, pcm_array(got))
     assert peak > 0.95 and -0.2 < lag_s < 0.01, (peak, lag_s)
 
 
