@@ -31,7 +31,17 @@ from bench.run import RESULTS, _cpu_s
 from media.g711 import ulaw_encode
 from telephony.records import read_records
 from tests.integration.cluster import cluster_config, free_block, start_cluster
-from tests.integration.peers import VENV_BIN, Gateway, ack, free_port, gateway_config, invite, rtp_range, start_gateway
+from tests.integration.peers import (
+    VENV_BIN,
+    Gateway,
+    ack,
+    bye,
+    free_port,
+    gateway_config,
+    invite,
+    rtp_range,
+    start_gateway,
+)
 from tests.integration.test_trunks import scenario
 
 MAX_LOSS_PCT = 0.1
@@ -55,20 +65,7 @@ c=IN IP4 [local_ip]
 t=0 0
 m=audio [rtpstream_audio_port] RTP/AVP 0
 a=rtpmap:0 PCMU/8000"""
-SIPP_BYE = """  <send retrans="500"><![CDATA[
-BYE [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-[last_From:]
-[last_To:]
-[routes]
-Call-ID: [call_id]
-CSeq: 2 BYE
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="200"/>
-"""
+SIPP_BYE = bye(routes=True)
 
 
 def sipp_scenario(seconds: float, audio: Path) -> str:

@@ -233,6 +233,16 @@ Content-Length: 0
 """
 
 
+def bye(cseq: int = 2, uri: str = "[next_url]", rport: bool = False, routes: bool = False) -> str:
+    """sipp scenario lines: BYE the call (to `uri`, in-dialog; `routes` adds the record-routed route set, `rport`
+    asks for the reply at the source port) and expect its 200."""
+    via = "Via: SIP/2.0/[transport] [local_ip]:[local_port];" + ("rport;" if rport else "") + "branch=[branch]"
+    lines = [f"BYE {uri} SIP/2.0", via, "[last_From:]", "[last_To:]", *(["[routes]"] if routes else []),
+             "Call-ID: [call_id]", f"CSeq: {cseq} BYE", "Max-Forwards: 70", "Content-Length: 0", ""]
+    body = "\n".join(lines)
+    return f'  <send retrans="500"><![CDATA[\n{body}\n]]></send>\n  <recv response="200"/>\n'
+
+
 def reply(status: str, headers: Sequence[str] = (), sdp: str = "", tag: bool = False, attrs: str = "") -> str:
     """sipp scenario lines: answer the request just received with `status` ("200 OK"), echoing its Via, From, To,
     Call-ID and CSeq; `tag` adds sipp's To tag (a UAS's first answer), `headers` and an `sdp` body follow, `attrs`

@@ -14,7 +14,7 @@ import pytest
 from media.g711 import ulaw_decode
 from tests import audio
 from tests.integration.capture import Capture, Packet
-from tests.integration.peers import EARLY_ANNOUNCEMENT, LONG_PROMPT, Gateway, ack, invite, reply, rtp_range, sipp
+from tests.integration.peers import EARLY_ANNOUNCEMENT, LONG_PROMPT, Gateway, ack, bye, invite, reply, rtp_range, sipp
 from tests.integration.test_outbound import rtp_pcap
 
 
@@ -77,19 +77,7 @@ def hold_scenario(pcap: str, direction: str) -> str:
 {ack(200)}  <pause milliseconds="2000"/>
 {reinvite(2, sdp(2, direction), ANSWER[direction])}{play}  <pause milliseconds="3000"/>
 {reinvite(3, sdp(3, "sendrecv"), "sendrecv")}  <pause milliseconds="3000"/>
-  <send retrans="500"><![CDATA[
-BYE [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-[last_From:]
-[last_To:]
-Call-ID: [call_id]
-CSeq: 4 BYE
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="200"/>
-</scenario>
+{bye(4)}</scenario>
 """
 
 
@@ -147,19 +135,7 @@ EARLY = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
   </action></recv>
   <recv response="200" rrs="true"/>
 {ack(200)}  <pause milliseconds="2500"/>
-  <send retrans="500"><![CDATA[
-BYE [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-[last_From:]
-[last_To:]
-Call-ID: [call_id]
-CSeq: 2 BYE
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="200"/>
-  <Reference variables="m"/>
+{bye()}  <Reference variables="m"/>
 </scenario>
 """
 
@@ -246,19 +222,7 @@ Content-Length: 0
 ]]></send>
   <recv response="403"/>
   <pause milliseconds="1000"/>
-  <send retrans="500"><![CDATA[
-BYE [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-[last_From:]
-[last_To:]
-Call-ID: [call_id]
-CSeq: 3 BYE
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="200"/>
-</scenario>
+{bye(3)}</scenario>
 """
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.integration.peers import Gateway, rtp_range, sipp
+from tests.integration.peers import Gateway, bye, rtp_range, sipp
 
 SDP = """v=0
 o=sipp 1 1 IN IP4 [local_ip]
@@ -81,19 +81,7 @@ Content-Length: 0
 
 ]]></send>
   <pause milliseconds="1000"/>
-  <send retrans="500"><![CDATA[
-BYE [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-[last_From:]
-[last_To:]
-Call-ID: [call_id]
-CSeq: 3 BYE
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="200"/>
-</scenario>
+{bye(3)}</scenario>
 """
 
 

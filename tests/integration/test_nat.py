@@ -20,7 +20,7 @@ import pytest
 from media.g711 import alaw_decode
 from tests.integration.capture import Capture, Packet
 from tests.integration.netns import CALLER_IP, ROUTER_WAN_IP, SERVER_IP, NatLab, nat_lab, unavailable
-from tests.integration.peers import Gateway, ack, gateway_config, invite, reply, start_gateway
+from tests.integration.peers import Gateway, ack, bye, gateway_config, invite, reply, start_gateway
 
 pytestmark = pytest.mark.skipif(unavailable() is not None, reason=f"no NAT lab here: {unavailable()}")
 
@@ -39,19 +39,7 @@ SCENARIO = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 {invite(SDP).replace(";branch=", ";rport;branch=", 1)}  <recv response="200" rtd="true"/>
 {ack(200)}  <nop><action><exec play_pcap_audio="pcap/g711a.pcap"/></action></nop>
   <pause milliseconds="3500"/>
-  <send retrans="500"><![CDATA[
-BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];rport;branch=[branch]
-[last_From:]
-[last_To:]
-Call-ID: [call_id]
-CSeq: 2 BYE
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="200"/>
-</scenario>
+{bye(uri="sip:[service]@[remote_ip]:[remote_port]", rport=True)}</scenario>
 """
 
 HANGUP = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
