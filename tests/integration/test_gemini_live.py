@@ -152,7 +152,8 @@ def test_a_caller_talking_over_a_long_reply_stops_it_and_the_server_sees_the_int
     # the caller stopped hearing the reply soon after starting to talk
     rx, tx = audio.read_wav(tmp_path / "rx.wav"), audio.read_wav(tmp_path / "tx.wav")
     onset = caller_onset_frame(tx, res["speak_start_frame"])
-    assert talking_before(frames_db(rx), onset), "the caller did not talk over the reply"
+    # within the second before the onset: the reply pauses up to 280 ms between sentences (a CI run's onset fell in one)
+    assert talking_before(frames_db(rx), onset, frames=50), "the caller did not talk over the reply"
     heard_after_ms = (last_agent_frame(rx, onset) - onset + 1) * 20
     assert heard_after_ms < 600, heard_after_ms  # the playout pauses on the caller's onset, flushed on confirm
     [turn] = [t for t in end["turns"] if t["trigger"] == "greeting"]

@@ -185,7 +185,9 @@ def test_caller_speech_stops_the_agent_over_webrtc(gw: Gateway, clips) -> None:
     res = asyncio.run(phone_call(gw.http_port, "long", clips.caller, 5.0, speak_at_s=2.0))  # type: ignore[attr-defined]
     start = 100  # frames: 2.0 s
     first_sound = wire.caller_onset_frame(res.sent, start, -40.0)
-    assert wire.talking_before(wire.frames_db(res.heard), first_sound), "the agent was not talking at the onset"
+    # within the second before: the message pauses between sentences
+    heard_db = wire.frames_db(res.heard)
+    assert wire.talking_before(heard_db, first_sound, frames=50), "the agent was not talking at the onset"
     reaction = wire.reaction_ms(res.sent, res.heard, start)
     print(f"webrtc barge-in: the agent's audio stopped {reaction:.0f} ms after the caller's onset")
     assert reaction <= 1000, reaction  # generous: both aiortc receivers hold 4 packets (about 200 ms together)
