@@ -58,7 +58,7 @@ bench: deps bench-extra
 	$(PY) -m bench.load
 
 # The call soak (bench/soak.py: SOAK_S=600 seconds of SOAK_C concurrent echo calls, by default 80% of the maximum in
-# bench/results/load.json, else 6; make test runs 12 s of 2), then malformed SIP at a worker and at the front door,
+# bench/results/load.json through as many workers as it was measured with, else 6 through 2; make test runs 12 s of 2), then malformed SIP at a worker and at the front door,
 # 10,000 mutated requests (make test sends 2,000).
 soak: deps
 	$(PY) -m bench.soak

@@ -1,4 +1,4 @@
-"""`make soak`: the call soak. `voicegate serve --workers 2` (behind its Kamailio front door, call records on)
+"""`make soak`: the call soak. `voicegate serve --workers N` (behind its Kamailio front door, call records on)
 takes echo calls from `voicegate simulate` at a steady concurrency for a while, each caller speaking so that audio
 flows both ways, a new call replacing each that ends (`simulate --duration`).
 
@@ -9,7 +9,8 @@ call are summarised from the records. Prints a table and writes bench/results/so
 
 Settings from the environment: SOAK_S (seconds during which calls start, default 600), SOAK_C (concurrent calls;
 default 80% of `max_concurrent_echo_calls` in bench/results/load.json, else 6), SOAK_CALL_S (seconds each call
-lasts after its speech came back, default 15), SOAK_RSS_GROWTH_MB (default 48).
+lasts after its speech came back, default 15), SOAK_RSS_GROWTH_MB (default 48), SOAK_WORKERS (default the workers
+the load maximum was measured with, else 2).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from telephony.records import read_records
 from tests.integration.cluster import cluster_config, free_block, start_cluster
 from tests.integration.peers import ROOT, VENV_BIN, Gateway, free_port, rtp_range
 
-WORKERS = 2
+DEFAULT_WORKERS = 2
 DEFAULT_C = 6
 DEFAULT_RSS_GROWTH_MB = 48.0
 PJ_LOG = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} ")
@@ -57,6 +58,14 @@ def default_concurrency(load_json: Path = RESULTS / "load.json") -> int:
     except (OSError, ValueError, KeyError, TypeError):
         return DEFAULT_C
     return max(1, math.floor(0.8 * best)) if best > 0 else DEFAULT_C
+
+
+def default_workers(load_json: Path = RESULTS / "load.json") -> int:
+    """The worker count the load maximum was measured with: 80% of 14 calls does not fit in 2 workers' 8 slots."""
+    try:
+        return max(1, int(json.loads(load_json.read_text())["workers"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_WORKERS
 
 
 def rss_kb(pid: int) -> int:
@@ -129,12 +138,12 @@ def verdict(summary: dict[str, Any], rss: dict[str, dict[str, int]], restarts: i
 
 
 def run_soak(concurrency: int, seconds: float, call_s: float, tmp: Path,
-             growth_mb: float = DEFAULT_RSS_GROWTH_MB) -> dict[str, Any]:
-    """One soak against a fresh `serve --workers 2`; the result (`fails` lists what failed)."""
+             growth_mb: float = DEFAULT_RSS_GROWTH_MB, workers: int = DEFAULT_WORKERS) -> dict[str, Any]:
+    """One soak against a fresh `serve --workers N`; the result (`fails` lists what failed)."""
     port = free_port()
     db = tmp / "calls.db"
-    gw = start_cluster(cluster_config(port, {"count": WORKERS, "first_port": free_block(WORKERS)},
-                                      records={"enabled": True, "path": str(db)}), tmp, port, WORKERS)
+    gw = start_cluster(cluster_config(port, {"count": workers, "first_port": free_block(workers)},
+                                      records={"enabled": True, "path": str(db)}), tmp, port, workers)
     try:
         pids = worker_pids(gw)
         started = len(gw.events("worker_started"))
@@ -183,7 +192,7 @@ def run_soak(concurrency: int, seconds: float, call_s: float, tmp: Path,
     if not reports:
         fails.append(f"simulate wrote no report (exit {sim.returncode}): {stderr[-500:]}")
     return {"concurrency": concurrency, "seconds": seconds, "call_s": call_s, "elapsed_s": round(elapsed, 1),
-            "workers": WORKERS, **summary, "rss": rss, "rss_samples_kb": samples, "rss_growth_bound_mb": growth_mb,
+            "workers": workers, **summary, "rss": rss, "rss_samples_kb": samples, "rss_growth_bound_mb": growth_mb,
             "worker_restarts": restarts,
             "simulate_summary": [ln for ln in stdout.splitlines() if not PJ_LOG.match(ln)][-12:], "fails": fails}
 
@@ -212,9 +221,11 @@ def main() -> int:
     concurrency = int(os.environ.get("SOAK_C") or default_concurrency())
     call_s = float(os.environ.get("SOAK_CALL_S", "15"))
     growth = float(os.environ.get("SOAK_RSS_GROWTH_MB", str(DEFAULT_RSS_GROWTH_MB)))
-    print(f"call soak: {concurrency} concurrent echo calls of about {call_s:g} s for {seconds:g} s ...", flush=True)
+    workers = int(os.environ.get("SOAK_WORKERS") or default_workers())
+    print(f"call soak: {concurrency} concurrent echo calls of about {call_s:g} s for {seconds:g} s "
+          f"through {workers} workers ...", flush=True)
     with tempfile.TemporaryDirectory() as d:
-        res = run_soak(concurrency, seconds, call_s, Path(d), growth)
+        res = run_soak(concurrency, seconds, call_s, Path(d), growth, workers)
     print("\n".join(table(res)))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"bench": "soak", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

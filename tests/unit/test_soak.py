@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.soak import DEFAULT_C, default_concurrency, summarise, verdict
+from bench.soak import DEFAULT_C, DEFAULT_WORKERS, default_concurrency, default_workers, summarise, verdict
 
 
 def report(call_id: str, passed: bool = True) -> dict:
@@ -53,3 +53,10 @@ def test_the_soak_runs_at_80_percent_of_the_measured_load_maximum(tmp_path: Path
     assert default_concurrency(load) == 6
     load.write_text(json.dumps({"max_concurrent_echo_calls": 1}))
     assert default_concurrency(load) == 1
+
+
+def test_the_soak_uses_as_many_workers_as_the_load_maximum_was_measured_with(tmp_path: Path):
+    load = tmp_path / "load.json"
+    assert default_workers(load) == DEFAULT_WORKERS  # not measured
+    load.write_text(json.dumps({"max_concurrent_echo_calls": 14, "workers": 4}))
+    assert (default_concurrency(load), default_workers(load)) == (11, 4)
