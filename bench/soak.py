@@ -181,9 +181,10 @@ def run_soak(concurrency: int, seconds: float, call_s: float, tmp: Path,
             if ids <= {str(r.get("call")) for r in records}:
                 break
             time.sleep(0.2)
-        for w, p in pids.items():
-            rss[str(w)]["end_kb"] = rss_kb(p)
-            rss[str(w)]["peak_kb"] = max(rss[str(w)]["peak_kb"], rss[str(w)]["end_kb"])
+        for worker, p in pids.items():
+            m = rss[str(worker)]
+            m["end_kb"] = rss_kb(p)
+            m["peak_kb"] = max(m["peak_kb"], m["end_kb"])
         restarts = len(gw.events("worker_started")) - started
     finally:
         gw.stop(60)
