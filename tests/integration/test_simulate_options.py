@@ -200,7 +200,7 @@ def test_a_seed_drops_the_same_packets_again(gateway: Gateway, workdir: Path):
     """--loss goes through a seeded relay: the same seed drops the same RTP packets each way, another seed others;
     pjmedia counts the relay's drops as the far end's losses."""
     runs = []
-    for seed in (7, 7, 8):
+    for seed in (7, 8):
         r = run(workdir, LISTEN, f"sip:echo@127.0.0.1:{gateway.port}", "--loss", "10", "--seed", str(seed))
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         assert f"seed {seed}:0, 10% loss" in r.stdout
@@ -210,16 +210,18 @@ def test_a_seed_drops_the_same_packets_again(gateway: Gateway, workdir: Path):
         # what the relay dropped towards the phone is what the phone's stream found missing
         assert abs(q["rx_lost"] - len(imp["rx_dropped"])) <= 2, (q, imp)
         runs.append({k: [i for i in imp[k] if i < 300] for k in ("rx_dropped", "tx_dropped")})
-    assert runs[0] == runs[1] and runs[0]["rx_dropped"] and runs[0]["tx_dropped"]
-    assert runs[0]["rx_dropped"] != runs[2]["rx_dropped"] and runs[0]["tx_dropped"] != runs[2]["tx_dropped"]
-    # load mode: the n-th call's drops depend on the seed and n alone, so call 0 drops what the single call did
+    assert runs[0]["rx_dropped"] and runs[0]["tx_dropped"]
+    assert runs[0]["rx_dropped"] != runs[1]["rx_dropped"] and runs[0]["tx_dropped"] != runs[1]["tx_dropped"]
+    # the same seed again, in load mode: the n-th call's drops depend on the seed and n alone, so call 0 drops what
+    # the single call with seed 7 did, and call 1 others
     lo, _ = rtp_range(400)
     r = run(workdir, LISTEN, f"sip:echo@127.0.0.1:{gateway.port}", "--loss", "10", "--seed", "7", "--calls", "2",
             "--concurrency", "2", "--rate", "5", "--rtp-port", str(lo))
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     load = {rep["impairment"]["seed"]: rep["impairment"] for rep in json.loads((workdir / "r.json").read_text())}
     assert set(load) == {"7:0", "7:1"}
-    assert {k: [i for i in load["7:0"][k] if i < 300] for k in ("rx_dropped", "tx_dropped")} == runs[0]
+    first = {n: {k: [i for i in load[n][k] if i < 300] for k in ("rx_dropped", "tx_dropped")} for n in load}
+    assert first["7:0"] == runs[0] and first["7:1"] != runs[0]
 
 
 JITTERY = """\
