@@ -87,6 +87,11 @@ class PauseStep(_Strict):
     pause_s: float = Field(gt=0, le=60)
 
 
+class DtmfStep(_Strict):
+    dtmf: str = Field(pattern=r"^[0-9*#A-D]{1,32}$")
+    """Keys to send on the line (to work another IVR), as the route or trunk's `dtmf_mode` says."""
+
+
 class ToolStep(_Strict):
     tool: str
     """A tool of the top-level `tools` (agents.tools)."""
@@ -100,7 +105,7 @@ class ToolStep(_Strict):
 
 
 Step = (SayStep | PlayStep | CollectStep | BranchStep | GotoStep | HangupStep | TransferStep | EchoStep | PauseStep
-        | ToolStep)
+        | ToolStep | DtmfStep)
 
 
 class ScriptedAgentConfig(_Strict):

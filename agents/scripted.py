@@ -12,6 +12,7 @@ from agents.base import Agent, AgentFactory, CallControl, Dtmf, HungUp, Transfer
 from agents.config import (
     BranchStep,
     CollectStep,
+    DtmfStep,
     EchoStep,
     GotoStep,
     HangupStep,
@@ -117,6 +118,8 @@ class ScriptedAgent(Agent):
                 call.set_echo(False)
             elif isinstance(step, PauseStep):
                 await asyncio.sleep(step.pause_s)
+            elif isinstance(step, DtmfStep):
+                await call.send_dtmf(step.dtmf)
             elif isinstance(step, ToolStep) and not await self._tool(call, step, variables) and step.on_error:
                 return step.on_error
         await call.hangup("flow_end")

@@ -41,6 +41,8 @@ from agents.tools import ToolConfig
 from telephony.sip_uri import parse_sip_uri
 
 KNOWN_CODECS = ("G722", "PCMU", "PCMA")
+DtmfMode = Literal["rfc4733", "info"]
+"""How an agent's keys go out: RFC 4733 events in the RTP stream, or SIP INFO (`application/dtmf-relay`)."""
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -348,6 +350,8 @@ class RouteConfig(_Strict):
     pcap: bool = False
     """Write each call's SIP and RTP to `records.pcap_path/<Call-ID>.pcap` (telephony/pcap.py; needs
     `records.sip_trace` and tcpdump)."""
+    dtmf_mode: DtmfMode | None = None
+    """How the agent's keys go out on this route's calls; none: the trunk's `dtmf_mode` (rfc4733 without one)."""
 
     @field_validator("announcement", mode="before")
     @classmethod
@@ -416,6 +420,9 @@ class TrunkConfig(_Strict):
     trunk places no calls (the toll-fraud guard)."""
     max_calls_per_min: int | None = Field(None, ge=1, le=10000)
     """Outbound calls this trunk places in any minute at most (telephony/dial_rate.py); none: no limit."""
+    dtmf_mode: DtmfMode = "rfc4733"
+    """How agents' keys go out on this trunk's calls (a route's own `dtmf_mode` comes first): `rfc4733` events in
+    the RTP stream, or `info` (SIP INFO, `application/dtmf-relay`) for carriers that want keys in signalling."""
 
     @field_validator("caller_id")
     @classmethod
@@ -778,6 +785,16 @@ class Config(_Strict):
             if r.matches(user, headers):
                 return r.agent
         return None
+
+    def dtmf_mode(self, user: str, trunk: str = "", headers: Mapping[str, str] | None = None) -> DtmfMode:
+        """How the agent's keys go out on a call: its route's `dtmf_mode` (the trunk's own routes first), else the
+        trunk's, else rfc4733."""
+        t = self.trunks.get(trunk)
+        routes = [*(t.routes if t is not None else []), *self.routes]
+        route = next((r for r in routes if r.matches(user, headers)), None)
+        if route is not None and route.dtmf_mode is not None:
+            return route.dtmf_mode
+        return t.dtmf_mode if t is not None else "rfc4733"
 
     def route_for(self, user: str) -> RouteConfig | None:
         """The first route that matches a called user part."""

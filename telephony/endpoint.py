@@ -24,7 +24,7 @@ import pjsua2 as pj
 
 from telephony.admission import SipGate
 from telephony.call import SipCall
-from telephony.config import Config, SipTlsConfig
+from telephony.config import Config, DtmfMode, SipTlsConfig
 from telephony.consult import Consultations
 from telephony.errors import PjsuaBuildError, SipStartError
 from telephony.inbound import SOURCE_HEADER, Invite, admit, caller_source, source_ip
@@ -460,14 +460,24 @@ class SipStack:
         except pj.Error as e:
             event("sip_transfer_error", call=call.call_id, target=uri, error=e.info())
 
-    def send_dtmf(self, key: int, digits: str) -> None:
+    def send_dtmf(self, key: int, digits: str, mode: DtmfMode = "rfc4733") -> None:
+        """Send `digits` as RFC 4733 events in the call's RTP, or with `mode` info as one SIP INFO per key
+        (`application/dtmf-relay`: `Signal=` and `Duration=`, as pjsua writes it)."""
         call = self.calls.get(key)
         if call is None or call.disconnected:
             return
         try:
-            call.dialDtmf(digits)
+            if mode == "info":
+                prm = pj.CallSendDtmfParam()
+                prm.method = pj.PJSUA_DTMF_METHOD_SIP_INFO
+                prm.digits = digits
+                call.sendDtmf(prm)
+            else:
+                call.dialDtmf(digits)
         except pj.Error as e:
-            event("sip_dtmf_error", call=call.call_id, error=e.info())
+            event("sip_dtmf_error", call=call.call_id, method=mode, error=e.info())
+            return
+        event("dtmf_sent", call=call.call_id, digits=digits, method=mode)
 
     def _destroy(self) -> None:
         if self.ep is None:

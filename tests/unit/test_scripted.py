@@ -159,3 +159,12 @@ def test_play_step_plays_the_wav_at_16k_and_a_bad_one_names_node_and_file(tmp_pa
     with pytest.raises(FlowError, match=r"a\[1\]: cannot read .*no\.wav"):
         asyncio.run(ScriptedAgent(cfg).run(call))  # type: ignore[arg-type]
     assert call.played == [(16000, 16000)]
+
+
+def test_a_dtmf_step_sends_its_keys_and_bad_keys_are_refused():
+    flow = "type: scripted\nvoice: en\nstart: a\nnodes:\n  a:\n    - dtmf: '1#9'\n    - hangup: sent\n"
+    session, _, actions = asyncio.run(run_scripted(flow, []))
+    assert actions.dtmf == ["1#9"] and session.record.end_reason == "sent"
+    with pytest.raises(ValueError, match="dtmf"):
+        TypeAdapter(AgentConfig).validate_python(
+            {"type": "scripted", "start": "a", "nodes": {"a": [{"dtmf": "12x"}]}})
