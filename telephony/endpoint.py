@@ -368,8 +368,14 @@ class SipStack:
 
     def dial(self, trunk: str, uri: str, prepare: Callable[[SipCall], None]) -> SipCall:
         """Place a call to `uri` from `trunk`'s caller account (the gateway's own for ""); pjsua thread only.
-        `prepare` sets the call's listener before the INVITE goes. Raises DialRefusedError if pjsua cannot."""
+        `prepare` sets the call's listener before the INVITE goes. Raises DialRefusedError if pjsua cannot.
+        A `sips:` URI dialled directly goes from the gateway's `sips:` account, since pjsua writes a `sips:` Contact
+        only for an account whose own URI is `sips:` (RFC 3261 8.1.1.8 wants one; telephony/sips.py)."""
         account = self.trunks.callers[trunk] if trunk else self.account
+        if not trunk and uri.lower().startswith("sips:"):
+            if self.sips_account is None:
+                raise DialRefusedError(503, f"{uri} needs SIP over TLS: sip.transports has no tls")
+            account = self.sips_account
         call = SipCall(account, pj.PJSUA_INVALID_ID, self._release, self.ports)
         call.codec_preference = self.config.media.codecs
         call.trunk = trunk

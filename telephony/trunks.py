@@ -45,8 +45,11 @@ def registrar_uri(t: TrunkConfig) -> str:
 
 
 def _account_config(t: TrunkConfig, ac: Any, user: str, registers: bool) -> Any:
-    """`ac` (the gateway's media settings) set up for trunk `t` as `user`."""
-    ac.idUri = f"sip:{user}@{parse_sip_uri(t.registrar).host}"
+    """`ac` (the gateway's media settings) set up for trunk `t` as `user`. A `sips:` registrar makes the account's
+    URI `sips:`, so that its REGISTER and calls (to `sips:` URIs) carry a `sips:` Contact (RFC 3261 8.1.1.8, 10.2.1:
+    pjsua writes one only for a `sips:` account)."""
+    reg = parse_sip_uri(t.registrar)
+    ac.idUri = f"{reg.scheme}:{user}@{reg.host}"
     rc = ac.regConfig
     rc.registrarUri = registrar_uri(t) if registers else ""
     rc.registerOnAdd = registers

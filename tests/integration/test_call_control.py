@@ -1,7 +1,7 @@
 """Call control with real peers: hold and resume from a sipp caller (re-INVITEs with a=sendonly or inactive, then
 sendrecv); an early-media announcement (183 with SDP) before the answer; a blind transfer the caller carries out
-(REFER, 202, NOTIFY 200); a caller's REFER and an INVITE that would replace a call refused; the agent's keys reaching the caller as RFC 4733
-events or SIP INFO, as the route's `dtmf_mode` says."""
+(REFER, 202, NOTIFY 200); a caller's REFER and an INVITE that would replace a call refused; the agent's keys reaching
+the caller as RFC 4733 events or SIP INFO, as the route's `dtmf_mode` says."""
 
 from __future__ import annotations
 

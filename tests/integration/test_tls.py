@@ -73,7 +73,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @dataclass
 class TlsRegistrar:
-    """A SIP registrar on TLS that grants every REGISTER; counts connections and keeps the requests it got."""
+    """A SIP registrar on TLS that grants every REGISTER and declines every INVITE (603, after keeping it); counts
+    connections and keeps the requests it got."""
 
     cert: Path
     key: Path
@@ -81,6 +82,7 @@ class TlsRegistrar:
     """Require a client certificate signed by this CA (mutual TLS)."""
     port: int = 0
     registers: list[str] = field(default_factory=list)
+    invites: list[str] = field(default_factory=list)
     connections: int = 0
     client_subjects: list[str] = field(default_factory=list)
 
@@ -123,16 +125,25 @@ class TlsRegistrar:
                     return
                 buf += data
                 while b"\r\n\r\n" in buf:
-                    head, buf = buf.split(b"\r\n\r\n", 1)  # REGISTERs carry no body
+                    head, rest = buf.split(b"\r\n\r\n", 1)
+                    m = re.search(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)", head, re.I | re.M)
+                    if len(rest) < (size := int(m.group(1)) if m else 0):
+                        break  # the body is still on its way
+                    buf = rest[size:]
                     tls.sendall(self._answer(head.decode()))
 
     def _answer(self, head: str) -> bytes:
         lines = head.split("\r\n")
-        if not lines[0].startswith("REGISTER "):
-            return b""
-        self.registers.append(head)
         hdr = {ln.split(":", 1)[0].strip().lower(): ln.split(":", 1)[1].strip() for ln in lines[1:] if ":" in ln}
         vias = [ln for ln in lines[1:] if ln.lower().startswith(("via:", "v:"))]
+        if lines[0].startswith("INVITE "):
+            self.invites.append(head)
+            out = ["SIP/2.0 603 Decline", *vias, f"From: {hdr['from']}", f"To: {hdr['to']};tag=tls-uas",
+                   f"Call-ID: {hdr['call-id']}", f"CSeq: {hdr['cseq']}", "Content-Length: 0"]
+            return ("\r\n".join(out) + "\r\n\r\n").encode()
+        if not lines[0].startswith("REGISTER "):
+            return b""  # the ACK of the 603
+        self.registers.append(head)
         m = re.search(r";expires=(\d+)", hdr["contact"])
         secs = m.group(1) if m else hdr.get("expires", "60")
         contact = hdr["contact"].split(";expires")[0]
@@ -160,7 +171,10 @@ def tls_gw(pki: Pki, tmp_path_factory: pytest.TempPathFactory
     trunk = {"username": "vg", "password_env": "VG_TEST_TLS_PW", "transport": "tls", "expiry_s": 60}
     cfg["trunks"] = {"good": {**trunk, "registrar": f"sip:127.0.0.1:{good.port}"},
                      "rogue": {**trunk, "registrar": f"sip:127.0.0.1:{rogue.port}"},
-                     "misnamed": {**trunk, "registrar": f"sip:127.0.0.1:{misnamed.port}"}}
+                     "misnamed": {**trunk, "registrar": f"sip:127.0.0.1:{misnamed.port}"},
+                     "secure": {**trunk, "registrar": f"sips:127.0.0.1:{good.port}", "allowed": [r"\+4930\d+"]}}
+    os.environ["VG_TEST_TLS_CONTROL"] = "tls-control-token"
+    cfg["control"] = {"port": free_port(), "token_env": "VG_TEST_TLS_CONTROL", "allow_uris": ["sips:callee@.*"]}
     gw = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-tls"), port)
     yield gw, tls_port, good, rogue, misnamed
     assert gw.stop() == 0, "\n".join(gw.lines[-20:])
@@ -281,3 +295,33 @@ def test_the_impairment_relay_refuses_a_tls_target_its_ca_did_not_sign(tls_gw, p
     failed = [s["message"] for s in rep["steps"] if not s["ok"]]
     assert any("certificate verify failed" in m and f"TLS to 127.0.0.1:{tls_port}" in m for m in failed), failed
     assert len(gw.events("call_incoming")) == before
+
+
+def dial(gw: Gateway, number: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(VENV_BIN / "voicegate"), "dial", number, "--config", str(gw.config), "--agent", "echo",
+                           *args], capture_output=True, text=True, timeout=30)
+
+
+def header(message: str, *names: str) -> str:
+    m = re.search(rf"^(?:{'|'.join(names)})[ \t]*:[ \t]*(.+?)\r?$", message, re.M | re.I)
+    assert m, message
+    return m.group(1)
+
+
+@pytest.mark.parametrize("how", ["a sips: URI", "a number on a sips: trunk"])
+def test_a_call_placed_to_a_sips_target_carries_a_sips_contact(tls_gw, how: str):
+    """RFC 3261 8.1.1.8: "If the Request-URI or top Route header field value contains a SIPS URI, the Contact header
+    field MUST contain a SIPS URI as well." The far end is the TLS registrar, which declines the call (603)."""
+    gw, _, good, *_ = tls_gw
+    before = len(good.invites)
+    if how == "a sips: URI":
+        r = dial(gw, f"sips:callee@127.0.0.1:{good.port}")
+    else:
+        gw.wait_event("trunk_state", 10, trunk="secure", state="registered")
+        r = dial(gw, "+4930555", "--trunk", "secure")
+    assert r.returncode == 0, r.stdout + r.stderr
+    end = gw.wait_event("call_end", 10, sip_code=603, direction="outbound", call=gw.events("call_outgoing")[-1]["call"])
+    [invite] = good.invites[before:]
+    assert invite.startswith("INVITE sips:"), invite
+    assert header(invite, "Contact", "m").startswith("<sips:"), invite
+    assert header(invite, "Call-ID", "i") == end["call"]
