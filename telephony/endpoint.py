@@ -36,6 +36,7 @@ from telephony.outbound import DialRefusedError
 from telephony.sip_headers import call_metadata, original_called, request_parts
 from telephony.sip_trace import MESSAGE_LEVEL, SipTrace
 from telephony.sips import needs_sips_contact
+from telephony.trunk_tls import TrunkTransports
 from telephony.trunks import TrunkSet
 
 EXPECTED_MAX_CALLS = 4
@@ -289,7 +290,7 @@ class SipStack:
             ac.sipConfig.transportId = tls_transport
             self.sips_account = _Account(self)
             self.sips_account.create(ac)
-        self.trunks.start(self._account_config, self._incoming)
+        self.trunks.start(self._account_config, self._incoming, TrunkTransports(self.ep, cfg.sip, tls_transport))
         event("sip_started", listen=cfg.sip.listen, port=cfg.sip.port, transports=cfg.sip.transports,
               max_calls=self.max_calls, pjsip=self.ep.libVersion().full)
 

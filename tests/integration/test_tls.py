@@ -156,13 +156,33 @@ class TlsRegistrar:
         self.sock.close()
 
 
+@dataclass(frozen=True)
+class Partner:
+    """A registrar that takes only client certificates of its own CA (not the one that signed the gateway's)."""
+
+    registrar: TlsRegistrar
+    cert: Path
+    """The client certificate its CA issued for voicegate's trunk (CN vg-trunk-partner)."""
+    key: Path
+
+
 @pytest.fixture(scope="module")
-def tls_gw(pki: Pki, tmp_path_factory: pytest.TempPathFactory
+def partner(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Partner]:
+    d = tmp_path_factory.mktemp("pki-partner")
+    ca, _, _ = make_ca(d, "partner")
+    cert, key = issue(d, "partner", "client", "vg-trunk-partner", "DNS:vg-trunk-partner")
+    registrar = TlsRegistrar(pki.cert, pki.key, client_ca=ca)
+    yield Partner(registrar, cert, key)
+    registrar.close()
+
+
+@pytest.fixture(scope="module")
+def tls_gw(pki: Pki, partner: Partner, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[tuple[Gateway, int, TlsRegistrar, TlsRegistrar, TlsRegistrar]]:
     good, rogue = TlsRegistrar(pki.cert, pki.key, client_ca=pki.ca), TlsRegistrar(pki.rogue_cert, pki.rogue_key)
     misnamed = TlsRegistrar(pki.other_name_cert, pki.other_name_key)
     os.environ["VG_TEST_TLS_PW"] = "pw"
-    port, tls_port = free_port(), free_port()
+    port, tls_port, partner_port = free_port(), free_port(), partner.registrar.port
     cfg = yaml.safe_load(gateway_config(port))
     cfg["records"] = {"sip_trace": True}  # the Contact voicegate answered with, as sent
     cfg["sip"].update(transports=["udp", "tls"], tls={"port": tls_port, "cert_file": str(pki.cert),
@@ -172,7 +192,11 @@ def tls_gw(pki: Pki, tmp_path_factory: pytest.TempPathFactory
     cfg["trunks"] = {"good": {**trunk, "registrar": f"sip:127.0.0.1:{good.port}"},
                      "rogue": {**trunk, "registrar": f"sip:127.0.0.1:{rogue.port}"},
                      "misnamed": {**trunk, "registrar": f"sip:127.0.0.1:{misnamed.port}"},
-                     "secure": {**trunk, "registrar": f"sips:127.0.0.1:{good.port}", "allowed": [r"\+4930\d+"]}}
+                     "secure": {**trunk, "registrar": f"sips:127.0.0.1:{good.port}", "allowed": [r"\+4930\d+"]},
+                     "partner": {**trunk, "username": "vg-own-cert", "registrar": f"sip:127.0.0.1:{partner_port}",
+                                 "tls": {"cert_file": str(partner.cert), "key_file": str(partner.key)}},
+                     "partner_default": {**trunk, "username": "vg-listener-cert",
+                                         "registrar": f"sip:127.0.0.1:{partner_port}"}}
     os.environ["VG_TEST_TLS_CONTROL"] = "tls-control-token"
     cfg["control"] = {"port": free_port(), "token_env": "VG_TEST_TLS_CONTROL", "allow_uris": ["sips:callee@.*"]}
     gw = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-tls"), port)
@@ -238,6 +262,20 @@ def test_a_tls_trunk_registers_only_with_a_trusted_certificate(tls_gw):
     assert bad["code"] >= 400 and "certificate" in bad["reason"].lower(), bad
     assert rogue.connections >= 1, "voicegate never tried the rogue registrar"
     assert not rogue.registers, "voicegate sent a REGISTER to a server whose certificate it does not trust"
+
+
+def test_a_trunk_presents_its_own_client_certificate_where_the_listeners_is_refused(tls_gw, partner: Partner):
+    """Mutual TLS per trunk: the partner's registrar takes only certificates of its own CA. The trunk with its own
+    `tls` presents the certificate that CA issued (and registers); the trunk without one presents the listener's,
+    which the registrar refuses in the handshake."""
+    gw, *_ = tls_gw
+    gw.wait_event("trunk_state", 10, trunk="partner", state="registered")
+    bad = gw.wait_event("trunk_state", 10, trunk="partner_default", state="failed")
+    assert bad["code"] >= 400, bad
+    reg = partner.registrar
+    assert reg.client_subjects and set(reg.client_subjects) == {"vg-trunk-partner"}, reg.client_subjects
+    assert reg.connections > len(reg.client_subjects), "the trunk without its own certificate never tried"
+    assert reg.registers and all("vg-own-cert@" in r and "vg-listener-cert" not in r for r in reg.registers)
 
 
 def test_a_tls_trunk_refuses_a_trusted_certificate_for_another_host(tls_gw):
