@@ -92,6 +92,12 @@ class DtmfStep(_Strict):
     """Keys to send on the line (to work another IVR), as the route or trunk's `dtmf_mode` says."""
 
 
+class RecordingStep(_Strict):
+    recording: Literal["pause", "resume"]
+    """Pause the call's recording (both channels silent, e.g. while a card number is read back) or resume it; the
+    call record lists the paused stretches. Nothing happens on a route that does not record."""
+
+
 class ToolStep(_Strict):
     tool: str
     """A tool of the top-level `tools` (agents.tools)."""
@@ -105,7 +111,7 @@ class ToolStep(_Strict):
 
 
 Step = (SayStep | PlayStep | CollectStep | BranchStep | GotoStep | HangupStep | TransferStep | EchoStep | PauseStep
-        | ToolStep | DtmfStep)
+        | ToolStep | DtmfStep | RecordingStep)
 
 
 class ScriptedAgentConfig(_Strict):

@@ -18,6 +18,7 @@ from agents.config import (
     HangupStep,
     PauseStep,
     PlayStep,
+    RecordingStep,
     SayStep,
     ScriptedAgentConfig,
     ToolStep,
@@ -120,6 +121,8 @@ class ScriptedAgent(Agent):
                 await asyncio.sleep(step.pause_s)
             elif isinstance(step, DtmfStep):
                 await call.send_dtmf(step.dtmf)
+            elif isinstance(step, RecordingStep):
+                call.pause_recording(step.recording == "pause")
             elif isinstance(step, ToolStep) and not await self._tool(call, step, variables) and step.on_error:
                 return step.on_error
         await call.hangup("flow_end")
