@@ -179,6 +179,11 @@ class CallControl(Protocol):
         card number or PIN being keyed)."""
         ...
 
+    def pause_recording(self, paused: bool) -> bool:
+        """Pause the call's recording (silence on both channels from now on, e.g. while a card number is spoken) or
+        resume it; the call record lists the paused stretches. False when the call is not recorded."""
+        ...
+
 
 class Agent(abc.ABC):
     """One instance per call, made by the agent's factory."""

@@ -21,7 +21,7 @@ from typing import Literal, Protocol
 from agents.dialog import Dialog, Reply
 from agents.llm import Conversation, Done, LlmClient, LlmError, Message, TextDelta, ToolCall, Usage
 from agents.speech.sentences import SentenceSplitter
-from agents.tools import CallTools, ToolResult
+from agents.tools import RECORDING_TOOLS, CallTools, ToolResult
 from media.paralinguistics import Prosody
 
 
@@ -40,7 +40,7 @@ class Say:
 
 @dataclass(frozen=True)
 class Act:
-    action: Literal["transfer", "hangup", "dtmf"]
+    action: Literal["transfer", "hangup", "dtmf", "pause_recording", "resume_recording"]
     arg: str = ""
 
 
@@ -83,6 +83,12 @@ CALL_TOOLS: tuple[dict[str, object], ...] = (
     {"type": "function", "function": {
         "name": "send_dtmf", "description": "Send touch-tone digits on the call (to navigate another IVR).",
         "parameters": {"type": "object", "properties": {"digits": {"type": "string"}}, "required": ["digits"]}}},
+    {"type": "function", "function": {
+        "name": "pause_recording", "description": RECORDING_TOOLS["pause_recording"],
+        "parameters": {"type": "object", "properties": {}}}},
+    {"type": "function", "function": {
+        "name": "resume_recording", "description": RECORDING_TOOLS["resume_recording"],
+        "parameters": {"type": "object", "properties": {}}}},
 )
 
 
@@ -259,6 +265,8 @@ class LlmBrain:
                 yield Act("hangup")
             elif call.name == "send_dtmf":
                 yield Act("dtmf", str(call.arguments.get("digits", "")))
+            elif call.name in RECORDING_TOOLS:
+                yield Act("pause_recording" if call.name == "pause_recording" else "resume_recording")
 
 
     def _report(self, messages: list[Message], tools: list[dict[str, object]], received: int,

@@ -266,6 +266,8 @@ class CascadedAgent(Agent):
             self._hangup_requested = True
         elif act.action == "dtmf":
             await call.send_dtmf(act.arg)
+        elif act.action in ("pause_recording", "resume_recording"):
+            call.pause_recording(act.action == "pause_recording")
 
 
 def commit_wait_ms(turn: TurnConfig, transcript: Transcript) -> int:

@@ -87,6 +87,17 @@ class PauseStep(_Strict):
     pause_s: float = Field(gt=0, le=60)
 
 
+class DtmfStep(_Strict):
+    dtmf: str = Field(pattern=r"^[0-9*#A-D]{1,32}$")
+    """Keys to send on the line (to work another IVR), as the route or trunk's `dtmf_mode` says."""
+
+
+class RecordingStep(_Strict):
+    recording: Literal["pause", "resume"]
+    """Pause the call's recording (both channels silent, e.g. while a card number is read back) or resume it; the
+    call record lists the paused stretches. Nothing happens on a route that does not record."""
+
+
 class ToolStep(_Strict):
     tool: str
     """A tool of the top-level `tools` (agents.tools)."""
@@ -100,7 +111,7 @@ class ToolStep(_Strict):
 
 
 Step = (SayStep | PlayStep | CollectStep | BranchStep | GotoStep | HangupStep | TransferStep | EchoStep | PauseStep
-        | ToolStep)
+        | ToolStep | DtmfStep | RecordingStep)
 
 
 class ScriptedAgentConfig(_Strict):

@@ -64,7 +64,7 @@ from agents.eventlog import emit
 from agents.redact import redact_fields
 from agents.s2s_fallback import fall_back, refused
 from agents.speech.tts import PromptCache
-from agents.tools import CallTools, ToolConfig, ToolRunner
+from agents.tools import RECORDING_TOOLS, CallTools, ToolConfig, ToolRunner
 from media.frames import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
 from media.polyphase import PolyphaseResampler
 
@@ -98,6 +98,7 @@ TOOLS: list[dict[str, Any]] = [
         "description": "Send touch-tone digits on the call (0-9, *, #, A-D), for example to work a phone menu.",
         "parameters": {"type": "OBJECT", "properties": {"digits": {"type": "STRING"}}, "required": ["digits"]},
     },
+    *({"name": name, "description": desc} for name, desc in RECORDING_TOOLS.items()),
 ]
 _DTMF = re.compile(r"[0-9*#A-D]{1,32}")
 _SIP_URI = re.compile(r"(sips?|tel):\S+")
@@ -753,6 +754,10 @@ class GeminiLiveAgent(Agent):
                 return {"error": f"bad digits {digits!r}: use 0-9, *, #, A-D"}
             await self.call.send_dtmf(digits)
             return {"result": f"sent {digits}"}
+        if name in RECORDING_TOOLS:
+            if not self.call.pause_recording(name == "pause_recording"):
+                return {"error": "the call is not recorded"}
+            return {"result": "recording paused" if name == "pause_recording" else "recording resumed"}
         return {"error": f"unknown function {name!r}"}
 
     async def _drain(self) -> None:

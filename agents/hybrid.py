@@ -114,6 +114,9 @@ class _Tagged:
     def secure_capture(self, on: bool) -> None:
         self._call.secure_capture(on)
 
+    def pause_recording(self, paused: bool) -> bool:
+        return self._call.pause_recording(paused)
+
 
 class _Cascade(CascadedAgent):
     """The cascade, asking the router about each turn before answering it."""

@@ -60,7 +60,7 @@ from agents.eventlog import emit
 from agents.redact import redact_fields
 from agents.s2s_fallback import fall_back, refused
 from agents.s2s_history import History, heard_text
-from agents.tools import CallTools, ToolConfig, ToolRunner
+from agents.tools import RECORDING_TOOLS, CallTools, ToolConfig, ToolRunner
 from media.frames import FRAME_BYTES, SAMPLE_RATE
 from media.g711 import ulaw_decode, ulaw_encode
 from media.polyphase import PolyphaseResampler
@@ -97,7 +97,8 @@ class OpenAIRealtimeConfig(BaseModel):
     turn_owner: Literal["gateway", "server"] = "gateway"
     """Who detects barge-in: the gateway's detector only, or also the server's VAD (whichever is first)."""
     tools: tuple[str, ...] = ("transfer_call", "end_call", "send_dtmf")
-    """Call actions (transfer_call, end_call, send_dtmf) and business tools of the top-level `tools`."""
+    """Call actions (transfer_call, end_call, send_dtmf; pause_recording and resume_recording when listed) and
+    business tools of the top-level `tools`."""
     transfer_target: str | None = None
     """SIP URI for transfer_call when the model names none."""
     apology: str = "Sorry, I lost my connection for a moment. Please say that again."
@@ -173,6 +174,7 @@ def _tool_specs(cfg: OpenAIRealtimeConfig) -> list[dict[str, Any]]:
         "end_call": ("Hang up, after you have said goodbye.", {}, []),
         "send_dtmf": ("Send touch-tone digits on the line (0-9, *, #, A-D), for example to work a phone menu.",
                       {"digits": {"type": "string", "pattern": "^[0-9*#A-D]{1,32}$"}}, ["digits"]),
+        **{name: (desc, {}, []) for name, desc in RECORDING_TOOLS.items()},
     }
     out = []
     for name in cfg.tools:
@@ -820,6 +822,10 @@ class OpenAIRealtimeAgent(Agent):
                 return {"ok": False, "error": f"digits must be 1-32 of 0-9*#A-D, got {digits[:40]!r}"}
             await self._call.send_dtmf(digits)
             return {"ok": True, "sent": digits}
+        if name in RECORDING_TOOLS:
+            if not self._call.pause_recording(name == "pause_recording"):
+                return {"ok": False, "error": "the call is not recorded"}
+            return {"ok": True}
         return {"ok": False, "error": f"unknown tool {name!r}"}
 
 

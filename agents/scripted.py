@@ -12,11 +12,13 @@ from agents.base import Agent, AgentFactory, CallControl, Dtmf, HungUp, Transfer
 from agents.config import (
     BranchStep,
     CollectStep,
+    DtmfStep,
     EchoStep,
     GotoStep,
     HangupStep,
     PauseStep,
     PlayStep,
+    RecordingStep,
     SayStep,
     ScriptedAgentConfig,
     ToolStep,
@@ -117,6 +119,10 @@ class ScriptedAgent(Agent):
                 call.set_echo(False)
             elif isinstance(step, PauseStep):
                 await asyncio.sleep(step.pause_s)
+            elif isinstance(step, DtmfStep):
+                await call.send_dtmf(step.dtmf)
+            elif isinstance(step, RecordingStep):
+                call.pause_recording(step.recording == "pause")
             elif isinstance(step, ToolStep) and not await self._tool(call, step, variables) and step.on_error:
                 return step.on_error
         await call.hangup("flow_end")

@@ -315,6 +315,12 @@ class CallSession:
             self.media.mask_recording(on)
             self.log("secure_capture", call=self.call_id, on=on)
 
+    def pause_recording(self, paused: bool) -> bool:
+        recorded = self.media.pause_recording(paused, "agent")
+        self.log("recording_paused" if paused else "recording_resumed", call=self.call_id, by="agent",
+                 recorded=recorded)
+        return recorded
+
     # -- running ------------------------------------------------------------------------------------------
     async def run(self) -> None:
         """Play the announcement, then run the agent until it finishes or the call ends; enforce the call's timers

@@ -35,7 +35,13 @@ from agents.redact import redact_fields
 CONFIRM_S = 8.0
 """How long the caller has to press 1 after a side-effect tool's confirmation prompt."""
 IDEMPOTENT = frozenset({"GET", "PUT", "DELETE", "HEAD"})
-CALL_TOOL_NAMES = frozenset({"transfer_call", "end_call", "send_dtmf"})
+RECORDING_TOOLS = {
+    "pause_recording": "Pause the call recording (it records silence), for example before the caller reads out a "
+                       "card number; resume it afterwards.",
+    "resume_recording": "Resume the call recording after pause_recording.",
+}
+"""The call actions that pause and resume the call's recording, with what the model is told about them."""
+CALL_TOOL_NAMES = frozenset({"transfer_call", "end_call", "send_dtmf", "pause_recording", "resume_recording"})
 """The built-in call actions; business tools may not reuse these names."""
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

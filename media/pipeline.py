@@ -156,6 +156,14 @@ class CallMedia:
         if rec is not None:
             rec.masked = on
 
+    def pause_recording(self, on: bool, by: str) -> bool:
+        """Pause (silence on both channels) or resume the call's recording; False when the call is not recorded."""
+        rec = self._recorder
+        if rec is None:
+            return False
+        rec.set_paused(on, by)
+        return True
+
     def set_loopback(self, on: bool) -> None:
         """Echo mode: inbound frames go straight back out on the clock thread (at most 3 frames queued)."""
         self._loop = deque(maxlen=3) if on else None

@@ -4,17 +4,28 @@ The clock thread hands each outbound frame (the conference bridge asks for one e
 opens the next slot, and each inbound frame to `inbound`, which fills the current slot; a tick without caller audio
 (no RTP, hold) is silence, so the channels never shift against each other. Wall-clock time is not used: a late tick
 on a busy machine still gets its own slot. The loop takes the interleaved PCM of finished slots with `take`. While
-`paused` or `masked` (secure capture), both channels record silence: the file stays as long as the call. The clock
-thread's share is about 1 us per tick for both frames (measured).
+`paused` or `masked` (secure capture), both channels record silence: the file stays as long as the call. Pauses
+(`set_paused`, by a DTMF code or the agent) are kept as intervals of the recording's own time line, for the call
+record. The clock thread's share is about 1 us per tick for both frames (measured).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
-from media.frames import FRAME_BYTES, FRAME_SAMPLES
+from media.frames import FRAME_BYTES, FRAME_MS, FRAME_SAMPLES
+
+
+@dataclass
+class Pause:
+    """A paused stretch of the recording, in slots (20 ms ticks) from its start; `end` None while it lasts."""
+
+    start: int
+    end: int | None
+    by: str
 
 
 class StereoRecorder:
@@ -30,6 +41,26 @@ class StereoRecorder:
         """Slots already returned by `take`."""
         self.paused_ticks = 0
         """Slots recorded as silence because of `paused`."""
+        self.pauses: list[Pause] = []
+
+    # -- loop (or the SIP thread, for a DTMF code) ----------------------------------------------------------
+    def set_paused(self, on: bool, by: str) -> bool:
+        """Pause (record silence from the next slot on) or resume; `by` says who (`agent`, `dtmf`). False when the
+        recording already was in that state."""
+        if on == self.paused:
+            return False
+        if on:
+            self.pauses.append(Pause(self.ticks, None, by))
+        else:
+            self.pauses[-1].end = self.ticks
+        self.paused = on
+        return True
+
+    def pause_intervals(self) -> list[dict[str, float | str]]:
+        """Each pause as `{start_s, end_s, by}` in seconds of the recording (a pause still on ends at its end)."""
+        return [{"start_s": round(p.start * FRAME_MS / 1000, 2),
+                 "end_s": round((self.ticks if p.end is None else p.end) * FRAME_MS / 1000, 2), "by": p.by}
+                for p in self.pauses]
 
     # -- clock thread -------------------------------------------------------------------------------------
     def outbound(self, frame: bytes) -> None:

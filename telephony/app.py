@@ -27,7 +27,7 @@ from media.call_progress import CallProgress, Human, Machine, MessageCue, Progre
 from media.events import MediaEvent
 from media.pipeline import CallMedia
 from telephony.call import SipCall
-from telephony.config import Config, ConfigError, load_config
+from telephony.config import Config, ConfigError, DtmfMode, load_config
 from telephony.control import ControlServer, ask_worker
 from telephony.dial_rate import DialRate
 from telephony.dtmf import DtmfDeduper
@@ -55,9 +55,11 @@ END_WAIT_S = 2.0
 class SipActions:
     """CallActions for a SIP call: every action runs on the pjsua thread."""
 
-    def __init__(self, stack: SipStack, key: int) -> None:
+    def __init__(self, stack: SipStack, key: int, dtmf_mode: DtmfMode = "rfc4733") -> None:
         self.stack = stack
         self.key = key
+        self.dtmf_mode = dtmf_mode
+        """How the agent's keys go out (the route's or trunk's `dtmf_mode`)."""
 
     def hangup(self) -> None:
         self.stack.submit(lambda: self.stack.hangup(self.key))
@@ -66,7 +68,7 @@ class SipActions:
         self.stack.submit(lambda: self.stack.transfer(self.key, uri, attended))
 
     def send_dtmf(self, digits: str) -> None:
-        self.stack.submit(lambda: self.stack.send_dtmf(self.key, digits))
+        self.stack.submit(lambda: self.stack.send_dtmf(self.key, digits, self.dtmf_mode))
 
 
 @dataclass
@@ -219,7 +221,8 @@ class Gateway:
             event("call_refused", call=call.call_id, called=called, code=404, reason="no route")
             return Refusal(404)
         assert self._loop is not None
-        leg = self.open_leg(call.key, call.call_id, caller, called, agent, SipActions(self.stack, call.key))
+        actions = SipActions(self.stack, call.key, self.config.dtmf_mode(called, call.trunk, call.sip_headers))
+        leg = self.open_leg(call.key, call.call_id, caller, called, agent, actions)
         leg.session.sip_headers = call.sip_headers
         leg.session.trunk = call.trunk
         if (route := self.config.route_for(called)) is not None and route.pcap:
@@ -403,8 +406,9 @@ class Gateway:
         call = self.stack.dial(plan.trunk, plan.uri, lambda c: setattr(c, "listener", self))
         if call.disconnected:
             raise DialRefusedError(502, f"the call to {plan.uri} failed at once")
+        mode = self.config.trunks[plan.trunk].dtmf_mode if plan.trunk else "rfc4733"
         leg = self.open_leg(call.key, call.call_id, plan.caller_id, plan.number, plan.agent,
-                            SipActions(self.stack, call.key))
+                            SipActions(self.stack, call.key, mode))
         leg.direction = "outbound"
         leg.amd = plan.amd
         leg.session.trunk = plan.trunk

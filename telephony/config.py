@@ -41,6 +41,8 @@ from agents.tools import ToolConfig
 from telephony.sip_uri import parse_sip_uri
 
 KNOWN_CODECS = ("G722", "PCMU", "PCMA")
+DtmfMode = Literal["rfc4733", "info"]
+"""How an agent's keys go out: RFC 4733 events in the RTP stream, or SIP INFO (`application/dtmf-relay`)."""
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -112,16 +114,45 @@ class SipTlsConfig(_Strict):
     @model_validator(mode="after")
     def _loadable(self) -> SipTlsConfig:
         """pjsip would start with a broken certificate and fail every handshake: load them here to name it."""
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        check_tls_files(self.cert_file, self.key_file, self.ca_file)
+        return self
+
+
+def check_tls_files(cert_file: str, key_file: str, ca_file: str | None) -> None:
+    """Load a certificate, its key and CA certificates as TLS would; raise ValueError naming the one that fails."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(Path(cert_file).expanduser(), Path(key_file).expanduser())
+    except (ssl.SSLError, OSError) as e:
+        raise ValueError(f"cannot use cert_file {cert_file} with key_file {key_file}: {e}") from None
+    if ca_file:
         try:
-            ctx.load_cert_chain(Path(self.cert_file).expanduser(), Path(self.key_file).expanduser())
+            ctx.load_verify_locations(Path(ca_file).expanduser())
         except (ssl.SSLError, OSError) as e:
-            raise ValueError(f"cannot use cert_file {self.cert_file} with key_file {self.key_file}: {e}") from None
-        if self.ca_file:
-            try:
-                ctx.load_verify_locations(Path(self.ca_file).expanduser())
-            except (ssl.SSLError, OSError) as e:
-                raise ValueError(f"ca_file {self.ca_file} holds no usable CA certificate: {e}") from None
+            raise ValueError(f"ca_file {ca_file} holds no usable CA certificate: {e}") from None
+
+
+class TrunkTlsConfig(_Strict):
+    """A trunk's own TLS client identity (mutual TLS with its registrar or proxy), instead of the listener's."""
+
+    cert_file: str
+    """The client certificate (PEM) presented to this trunk's servers."""
+    key_file: str
+    ca_file: str | None = None
+    """CA certificates (PEM) that verify this trunk's servers; default `sip.tls.ca_file`, else the system's."""
+    verify_server: bool = True
+    """Refuse a server whose certificate does not verify (chain and name)."""
+
+    @field_validator("cert_file", "key_file", "ca_file")
+    @classmethod
+    def _readable(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).expanduser().is_file():
+            raise ValueError(f"no such file: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _loadable(self) -> TrunkTlsConfig:
+        check_tls_files(self.cert_file, self.key_file, self.ca_file)
         return self
 
 
@@ -348,6 +379,8 @@ class RouteConfig(_Strict):
     pcap: bool = False
     """Write each call's SIP and RTP to `records.pcap_path/<Call-ID>.pcap` (telephony/pcap.py; needs
     `records.sip_trace` and tcpdump)."""
+    dtmf_mode: DtmfMode | None = None
+    """How the agent's keys go out on this route's calls; none: the trunk's `dtmf_mode` (rfc4733 without one)."""
 
     @field_validator("announcement", mode="before")
     @classmethod
@@ -416,6 +449,12 @@ class TrunkConfig(_Strict):
     trunk places no calls (the toll-fraud guard)."""
     max_calls_per_min: int | None = Field(None, ge=1, le=10000)
     """Outbound calls this trunk places in any minute at most (telephony/dial_rate.py); none: no limit."""
+    tls: TrunkTlsConfig | None = None
+    """With `transport: tls`: this trunk's own client certificate (and CA) for its TLS connections, in place of
+    `sip.tls`'s (telephony/trunk_tls.py)."""
+    dtmf_mode: DtmfMode = "rfc4733"
+    """How agents' keys go out on this trunk's calls (a route's own `dtmf_mode` comes first): `rfc4733` events in
+    the RTP stream, or `info` (SIP INFO, `application/dtmf-relay`) for carriers that want keys in signalling."""
 
     @field_validator("caller_id")
     @classmethod
@@ -451,6 +490,15 @@ class TrunkConfig(_Strict):
             raise ValueError(f"registrar says transport={given} but transport is {self.transport}")
         if self.retry_max_s < self.retry_min_s:
             raise ValueError("retry_max_s must be at least retry_min_s")
+        return self
+
+    @model_validator(mode="after")
+    def _tls_transport(self) -> TrunkConfig:
+        if self.tls is not None and self.transport != "tls":
+            raise ValidationError.from_exception_data("TrunkConfig", [InitErrorDetails(
+                type=PydanticCustomError("trunk_tls", "{msg}", {
+                    "msg": f"a trunk's own TLS certificate needs transport: tls, not {self.transport}"}),
+                loc=("tls",), input=self.tls)])
         return self
 
     @property
@@ -778,6 +826,16 @@ class Config(_Strict):
             if r.matches(user, headers):
                 return r.agent
         return None
+
+    def dtmf_mode(self, user: str, trunk: str = "", headers: Mapping[str, str] | None = None) -> DtmfMode:
+        """How the agent's keys go out on a call: its route's `dtmf_mode` (the trunk's own routes first), else the
+        trunk's, else rfc4733."""
+        t = self.trunks.get(trunk)
+        routes = [*(t.routes if t is not None else []), *self.routes]
+        route = next((r for r in routes if r.matches(user, headers)), None)
+        if route is not None and route.dtmf_mode is not None:
+            return route.dtmf_mode
+        return t.dtmf_mode if t is not None else "rfc4733"
 
     def route_for(self, user: str) -> RouteConfig | None:
         """The first route that matches a called user part."""

@@ -24,7 +24,7 @@ import pjsua2 as pj
 
 from telephony.admission import SipGate
 from telephony.call import SipCall
-from telephony.config import Config, SipTlsConfig
+from telephony.config import Config, DtmfMode, SipTlsConfig
 from telephony.consult import Consultations
 from telephony.errors import PjsuaBuildError, SipStartError
 from telephony.inbound import SOURCE_HEADER, Invite, admit, caller_source, source_ip
@@ -36,6 +36,7 @@ from telephony.outbound import DialRefusedError
 from telephony.sip_headers import call_metadata, original_called, request_parts
 from telephony.sip_trace import MESSAGE_LEVEL, SipTrace
 from telephony.sips import needs_sips_contact
+from telephony.trunk_tls import TrunkTransports
 from telephony.trunks import TrunkSet
 
 EXPECTED_MAX_CALLS = 4
@@ -289,7 +290,7 @@ class SipStack:
             ac.sipConfig.transportId = tls_transport
             self.sips_account = _Account(self)
             self.sips_account.create(ac)
-        self.trunks.start(self._account_config, self._incoming)
+        self.trunks.start(self._account_config, self._incoming, TrunkTransports(self.ep, cfg.sip, tls_transport))
         event("sip_started", listen=cfg.sip.listen, port=cfg.sip.port, transports=cfg.sip.transports,
               max_calls=self.max_calls, pjsip=self.ep.libVersion().full)
 
@@ -368,8 +369,14 @@ class SipStack:
 
     def dial(self, trunk: str, uri: str, prepare: Callable[[SipCall], None]) -> SipCall:
         """Place a call to `uri` from `trunk`'s caller account (the gateway's own for ""); pjsua thread only.
-        `prepare` sets the call's listener before the INVITE goes. Raises DialRefusedError if pjsua cannot."""
+        `prepare` sets the call's listener before the INVITE goes. Raises DialRefusedError if pjsua cannot.
+        A `sips:` URI dialled directly goes from the gateway's `sips:` account, since pjsua writes a `sips:` Contact
+        only for an account whose own URI is `sips:` (RFC 3261 8.1.1.8 wants one; telephony/sips.py)."""
         account = self.trunks.callers[trunk] if trunk else self.account
+        if not trunk and uri.lower().startswith("sips:"):
+            if self.sips_account is None:
+                raise DialRefusedError(503, f"{uri} needs SIP over TLS: sip.transports has no tls")
+            account = self.sips_account
         call = SipCall(account, pj.PJSUA_INVALID_ID, self._release, self.ports)
         call.codec_preference = self.config.media.codecs
         call.trunk = trunk
@@ -460,14 +467,24 @@ class SipStack:
         except pj.Error as e:
             event("sip_transfer_error", call=call.call_id, target=uri, error=e.info())
 
-    def send_dtmf(self, key: int, digits: str) -> None:
+    def send_dtmf(self, key: int, digits: str, mode: DtmfMode = "rfc4733") -> None:
+        """Send `digits` as RFC 4733 events in the call's RTP, or with `mode` info as one SIP INFO per key
+        (`application/dtmf-relay`: `Signal=` and `Duration=`, as pjsua writes it)."""
         call = self.calls.get(key)
         if call is None or call.disconnected:
             return
         try:
-            call.dialDtmf(digits)
+            if mode == "info":
+                prm = pj.CallSendDtmfParam()
+                prm.method = pj.PJSUA_DTMF_METHOD_SIP_INFO
+                prm.digits = digits
+                call.sendDtmf(prm)
+            else:
+                call.dialDtmf(digits)
         except pj.Error as e:
-            event("sip_dtmf_error", call=call.call_id, error=e.info())
+            event("sip_dtmf_error", call=call.call_id, method=mode, error=e.info())
+            return
+        event("dtmf_sent", call=call.call_id, digits=digits, method=mode)
 
     def _destroy(self) -> None:
         if self.ep is None:

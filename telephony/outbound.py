@@ -87,6 +87,8 @@ def _plan_uri(config: Config, uri: str, agent: str, trunk: str | None) -> DialPl
         parse_sip_uri(uri)
     except ValueError as e:
         raise DialRefusedError(400, str(e)) from None
+    if uri.lower().startswith("sips:") and "tls" not in config.sip.transports:
+        raise DialRefusedError(400, f"{uri} needs SIP over TLS: sip.transports has no tls")
     allowed = config.control.allow_uris if config.control is not None else []
     if not any(re.fullmatch(p, uri) for p in allowed):
         raise DialRefusedError(403, f"{uri} is not allowed (control.allow_uris: {', '.join(allowed) or 'none'})")

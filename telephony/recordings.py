@@ -2,9 +2,9 @@
 
 `start_recording` attaches a `media.recorder.StereoRecorder` to a call's media when its route has `recording:`; the
 loop appends the finished frames to the WAV every second (stdlib `wave`, which fixes the header on close), DTMF codes
-pause and resume it, and `close` at the call's end writes the rest and the transcript (the call's turns, already
-redacted) and returns the fields for the call record. A write error is logged (`recording_error`) and ends the
-recording, never the call.
+(and the agent, through the call's media) pause and resume it, and `close` at the call's end writes the rest and the
+transcript (the call's turns, already redacted) and returns the fields for the call record. A write error is logged
+(`recording_error`) and ends the recording, never the call.
 """
 
 from __future__ import annotations
@@ -53,14 +53,13 @@ class CallRecording:
         """A key the caller pressed (any thread; the agent gets it too): pause or resume when the last keys spell a
         code."""
         self._keys = (self._keys + digit)[-8:]
-        if self.cfg.pause_code and self._keys.endswith(self.cfg.pause_code) and not self.recorder.paused:
-            self.recorder.paused = True
+        if self.cfg.pause_code and self._keys.endswith(self.cfg.pause_code) and self.recorder.set_paused(True, "dtmf"):
             self._keys = ""
-            self.log("recording_paused", call=self.call_id)
-        elif self.cfg.resume_code and self._keys.endswith(self.cfg.resume_code) and self.recorder.paused:
-            self.recorder.paused = False
+            self.log("recording_paused", call=self.call_id, by="dtmf")
+        elif self.cfg.resume_code and self._keys.endswith(self.cfg.resume_code) and self.recorder.set_paused(False,
+                                                                                                            "dtmf"):
             self._keys = ""
-            self.log("recording_resumed", call=self.call_id)
+            self.log("recording_resumed", call=self.call_id, by="dtmf")
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start appending on `loop` (from any thread)."""
@@ -108,6 +107,8 @@ class CallRecording:
             return {"recording": str(self.path), "recording_error": True}  # what was written, for `voicegate erase`
         out: dict[str, Any] = {"recording": str(self.path), "recording_s": round(frames / SAMPLE_RATE, 2),
                                "recording_paused_s": round(self.recorder.paused_ticks * FRAME_MS / 1000, 2)}
+        if self.recorder.pauses:
+            out["recording_pauses"] = self.recorder.pause_intervals()
         if turns:
             transcript = self.path.with_suffix(".json")
             try:

@@ -12,7 +12,7 @@ from telephony.config import Config, TrunkConfig
 
 RELOADABLE = ("agents", "routes", "trunks", "spend", "prices")
 """Sections a reload applies; the others (ports, transports, records, ...) are fixed while the process runs."""
-_CALL_TIME = {"routes", "allow", "inbound_auth", "allowed", "max_calls_per_min"}
+_CALL_TIME = {"routes", "allow", "inbound_auth", "allowed", "max_calls_per_min", "dtmf_mode"}
 """Trunk options read per call: changing them keeps the trunk's accounts (and its registration)."""
 
 

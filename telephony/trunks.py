@@ -27,6 +27,7 @@ from telephony.logs import event, event_at
 from telephony.registration import Registration
 from telephony.reload import trunk_changes
 from telephony.sip_uri import parse_sip_uri
+from telephony.trunk_tls import TrunkTransports
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 SRTP_USE = {"off": pj.PJMEDIA_SRTP_DISABLED, "optional": pj.PJMEDIA_SRTP_OPTIONAL,
@@ -44,9 +45,15 @@ def registrar_uri(t: TrunkConfig) -> str:
     return f"{t.registrar};transport={t.transport}"
 
 
-def _account_config(t: TrunkConfig, ac: Any, user: str, registers: bool) -> Any:
-    """`ac` (the gateway's media settings) set up for trunk `t` as `user`."""
-    ac.idUri = f"sip:{user}@{parse_sip_uri(t.registrar).host}"
+def _account_config(t: TrunkConfig, ac: Any, user: str, registers: bool, transport: int | None = None) -> Any:
+    """`ac` (the gateway's media settings) set up for trunk `t` as `user`. A `sips:` registrar makes the account's
+    URI `sips:`, so that its REGISTER and calls (to `sips:` URIs) carry a `sips:` Contact (RFC 3261 8.1.1.8, 10.2.1:
+    pjsua writes one only for a `sips:` account). `transport`: the TLS transport its connections go through
+    (telephony/trunk_tls.py)."""
+    reg = parse_sip_uri(t.registrar)
+    ac.idUri = f"{reg.scheme}:{user}@{reg.host}"
+    if transport is not None:
+        ac.sipConfig.transportId = transport
     rc = ac.regConfig
     rc.registrarUri = registrar_uri(t) if registers else ""
     rc.registerOnAdd = registers
@@ -118,11 +125,12 @@ class TrunkSet:
         self._pinger: OptionsPinger | None = None
         self._base: Callable[[], Any] = lambda: None
         self._incoming: Callable[[Any, Any], None] = lambda account, prm: None
+        self._tls: TrunkTransports | None = None
 
-    def start(self, base: Callable[[], Any], incoming: Callable[[Any, Any], None]) -> None:
+    def start(self, base: Callable[[], Any], incoming: Callable[[Any, Any], None], tls: TrunkTransports) -> None:
         """Create one account per trunk (pjsua thread, after libStart); `base()` gives a fresh AccountConfig with
-        the gateway's media settings."""
-        self._base, self._incoming = base, incoming
+        the gateway's media settings; `tls` gives the transport each TLS trunk is bound to."""
+        self._base, self._incoming, self._tls = base, incoming, tls
         self._pinger = OptionsPinger(pj._pjsua2.__file__, self._pinged)
         for name, t in self.config.trunks.items():
             self._add(name, t)
@@ -132,12 +140,13 @@ class TrunkSet:
         self.sources[name] = resolve_sources(t)
         acc = TrunkAccount(name, self, self._incoming)
         self.accounts[name] = acc
-        acc.create(_account_config(t, self._base(), t.username, t.registers), False)
+        tid = self._tls.transport_for(name, t) if self._tls is not None else None
+        acc.create(_account_config(t, self._base(), t.username, t.registers, tid), False)
         if t.allowed and t.caller_id and t.caller_id != t.username:
             # pjsua puts an account's own URI in From: the caller ID needs an account of its own, which
             # never registers (the registration's address stays the username)
             caller = TrunkAccount(name, self, self._incoming)
-            caller.create(_account_config(t, self._base(), t.caller_id, False), False)
+            caller.create(_account_config(t, self._base(), t.caller_id, False, tid), False)
             self.callers[name] = caller
         elif t.allowed:
             self.callers[name] = acc
@@ -145,7 +154,7 @@ class TrunkSet:
             self.keepalives[name] = Keepalive(name, t.keepalive_s)
         event("trunk_added", trunk=name, registrar=t.registrar, username=t.username, transport=t.transport,
               srtp=t.srtp, expiry_s=t.expiry_s, register=t.registers, sources=[str(n) for n in self.sources[name]],
-              keepalive_s=t.keepalive_s)
+              keepalive_s=t.keepalive_s, tls_cert=t.tls.cert_file if t.tls is not None else None)
 
     def reconfigure(self, config: Config, calls_live: bool) -> None:
         """Take a reloaded config (pjsua thread): trunks added, removed or with new account settings get new

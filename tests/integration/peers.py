@@ -63,6 +63,8 @@ LONG_PROMPT = (
 
 
 EARLY_ANNOUNCEMENT = "This call is answered by an AI assistant."
+AGENT_KEYS = "1#9"
+"""What the `keys` agent sends once a call is up."""
 
 
 def gateway_config(port: int, **overrides: object) -> str:
@@ -85,7 +87,14 @@ def gateway_config(port: int, **overrides: object) -> str:
         "nodes": {"a": [{"say": "Transferring you."}, {"transfer": "sip:operator@example.com"},
                         {"say": "Sorry, the transfer failed."}, {"hangup": "transfer_failed"}]},
     }
+    cfg["agents"]["keys"] = {  # keys out, as the route's dtmf_mode says (test_call_control.py)
+        "type": "scripted",
+        "start": "a",
+        "nodes": {"a": [{"pause_s": 0.3}, {"dtmf": AGENT_KEYS}, {"pause_s": 2}, {"hangup": "keys_sent"}]},
+    }
     cfg["routes"] = [
+        {"match": "keys4733", "agent": "keys"},
+        {"match": "keysinfo", "agent": "keys", "dtmf_mode": "info"},
         {"match": "xfer", "agent": "xfer"},
         {"match": "echo", "agent": "echo"},
         {"match": "long", "agent": "long"},

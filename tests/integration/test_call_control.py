@@ -1,11 +1,13 @@
 """Call control with real peers: hold and resume from a sipp caller (re-INVITEs with a=sendonly or inactive, then
 sendrecv); an early-media announcement (183 with SDP) before the answer; a blind transfer the caller carries out
-(REFER, 202, NOTIFY 200); a caller's REFER and an INVITE that would replace a call refused."""
+(REFER, 202, NOTIFY 200); a caller's REFER and an INVITE that would replace a call refused; the agent's keys reaching
+the caller as RFC 4733 events or SIP INFO, as the route's `dtmf_mode` says."""
 
 from __future__ import annotations
 
 import re
 import socket
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +16,18 @@ import pytest
 from media.g711 import ulaw_decode
 from tests import audio
 from tests.integration.capture import Capture, Packet
-from tests.integration.peers import EARLY_ANNOUNCEMENT, LONG_PROMPT, Gateway, ack, bye, invite, reply, rtp_range, sipp
+from tests.integration.peers import (
+    AGENT_KEYS,
+    EARLY_ANNOUNCEMENT,
+    LONG_PROMPT,
+    Gateway,
+    ack,
+    bye,
+    invite,
+    reply,
+    rtp_range,
+    sipp,
+)
 from tests.integration.test_outbound import rtp_pcap
 
 
@@ -299,3 +312,98 @@ def test_an_invite_replacing_a_live_call_is_refused_and_the_call_goes_on(gateway
         assert gateway.wait_event("call_end", 5, call="repl-a@raw")["reason"] == "remote_200"
     finally:
         uac.sock.close()
+
+
+class EventSink:
+    """The caller's RTP socket: keeps the keys of the RFC 4733 events that reach it (RFC 4733 2.3: payload octet 0
+    is the event, the top bit of octet 1 ends it; the end packet is sent three times, with the event's timestamp)."""
+
+    KEYS = "0123456789*#ABCD"
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.1)
+        self.port = int(self.sock.getsockname()[1])
+        self.ended: dict[int, tuple[str, int, int]] = {}
+        """RTP timestamp -> (key, payload type, duration in samples) of each event whose end packet came."""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._recv, daemon=True)
+        self._thread.start()
+
+    def _recv(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data = self.sock.recv(2048)
+            except TimeoutError:
+                continue
+            pt, payload = data[1] & 0x7F, data[12:]
+            if len(payload) == 4 and payload[1] & 0x80:
+                ts = int.from_bytes(data[4:8], "big")
+                self.ended[ts] = (self.KEYS[payload[0]], pt, int.from_bytes(payload[2:4], "big"))
+
+    def keys(self) -> str:
+        return "".join(k for _, (k, _, _) in sorted(self.ended.items()))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self.sock.close()
+
+
+def info_step(key: str) -> str:
+    """sipp scenario lines: take the agent's SIP INFO for `key` (checking its dtmf-relay body) and answer 200."""
+    signal = re.escape(key).replace("\\#", "#")
+    return f"""  <recv request="INFO"><action>
+    <ereg regexp="application/dtmf-relay" search_in="hdr" header="Content-Type:" check_it="true" assign_to="ct"/>
+    <ereg regexp="^Signal=({signal})[[:space:]]+Duration=([1-9][0-9]*)" search_in="body" check_it="true"
+          assign_to="sig,key,ms"/>
+    <log message="INFO Signal=[$key] Duration=[$ms]"/>
+  </action></recv>
+{reply("200 OK")}"""
+
+
+def keys_scenario(port: int, infos: str) -> str:
+    """Call offering RTP to `port` (PCMU and telephone-event 101), take an INFO per key of `infos` (any other request
+    fails the call), then the agent's BYE."""
+    offer = f"""v=0
+o=sipp 1 1 IN IP4 127.0.0.1
+s=-
+c=IN IP4 127.0.0.1
+t=0 0
+m=audio {port} RTP/AVP 0 101
+a=rtpmap:0 PCMU/8000
+a=rtpmap:101 telephone-event/8000
+a=fmtp:101 0-16"""
+    return f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="keys from the agent">
+{invite(offer)}  <recv response="200" rrs="true"/>
+{ack(200)}{"".join(info_step(k) for k in infos)}  <recv request="BYE"/>
+{reply("200 OK")}{'  <Reference variables="ct,sig"/>' if infos else ""}
+</scenario>
+"""
+
+
+@pytest.mark.parametrize("mode", ["rfc4733", "info"])
+def test_the_agents_keys_reach_the_caller_as_rfc4733_events_or_sip_info(gateway: Gateway, tmp_path: Path, mode: str):
+    sink = EventSink()
+    try:
+        (tmp_path / "keys.xml").write_text(keys_scenario(sink.port, AGENT_KEYS if mode == "info" else ""))
+        before = len(gateway.events("call_incoming"))
+        r = sipp(["-sf", "keys.xml", "-s", "keys4733" if mode == "rfc4733" else "keysinfo",
+                  f"127.0.0.1:{gateway.port}", "-trace_logs"], tmp_path, timeout=30)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+        [incoming] = gateway.events("call_incoming")[before:]
+        call_id = incoming["call"]
+        sent = gateway.wait_event("dtmf_sent", 5, call=call_id)
+        assert (sent["digits"], sent["method"]) == (AGENT_KEYS, mode)
+        assert gateway.wait_event("call_end", 10, call=call_id)["reason"] == "keys_sent"
+        if mode == "rfc4733":
+            assert sink.keys() == AGENT_KEYS, sink.ended
+            assert {(pt, ms > 0) for _, pt, ms in sink.ended.values()} == {(101, True)}
+        else:  # sipp checked each INFO's Content-Type and body, in order; no RTP event came
+            logged = "".join(p.read_text() for p in tmp_path.glob("keys_*_logs.log"))
+            assert re.findall(r"INFO Signal=(\S) Duration=(\d+)", logged) == [(k, "160") for k in AGENT_KEYS], logged
+            assert sink.ended == {}
+    finally:
+        sink.close()

@@ -24,6 +24,7 @@ from tests.integration.stream_peers import twilio_call
 ANNOUNCEMENT = "This call is answered by an AI assistant. Press 1 to continue."
 
 
+CARD_READBACK = "Your card number is four one one one, one one one one, one one one one, one one one one."
 TOKEN = "compliance-token"
 WS_PORT: dict[int, int] = {}
 """The media-stream WebSocket port of each gateway started here, by its SIP port."""
@@ -46,6 +47,10 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "ok": [{"say": "Accepted."}, {"pause_s": 1}, {"hangup": "paid"}],
         "bad": [{"say": "Declined."}, {"hangup": "declined"}]}}
     cfg["routes"].insert(0, {"match": "pay", "agent": "pay", "recording": {}})
+    cfg["agents"]["readback"] = {"type": "scripted", "voice": "en", "start": "a", "nodes": {"a": [
+        {"say": "Let me read your card back."}, {"recording": "pause"}, {"say": CARD_READBACK},
+        {"recording": "resume"}, {"say": "Is that right?"}, {"pause_s": 1}, {"hangup": "read_back"}]}}
+    cfg["routes"].insert(0, {"match": "readback", "agent": "readback", "recording": {}})
     cfg["routes"].insert(0, {"match": "consent", "agent": "echo", "announcement": {
         "text": ANNOUNCEMENT, "consent_key": "1", "timeout_s": 3}})
     g = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-recordings"), port)
@@ -147,6 +152,29 @@ def test_a_secure_collect_over_the_media_stream_transport_is_masked_too(gw: Gate
     keys_logged = [e for e in gw.events("dtmf") if e["call"] == end["call"]]
     assert [e["digit"] for e in keys_logged] == ["x"] * 4, keys_logged
     assert "4242" not in "\n".join(line for line in gw.lines if end["call"] in line)
+
+
+def test_the_agent_pauses_the_recording_while_it_reads_a_card_number_back(gw: Gateway, tmp_path: Path) -> None:
+    t = np.arange(int(14 * 16000)) / 16000
+    tone = audio.write_wav(tmp_path / "tone.wav", 3000 * np.sin(2 * np.pi * 440 * t))
+    res = call(f"sip:readback@127.0.0.1:{gw.port}", "--play", str(tone), "--speak-at-s", "0.2", "--duration", "15")
+    assert res["answered"] and res["remote_hangup"]
+    end = _end_of(gw, "readback", -1)
+    assert end["reason"] == "read_back", end
+    [pause] = end["recording_pauses"]
+    assert pause["by"] == "agent" and end["recording_paused_s"] == round(pause["end_s"] - pause["start_s"], 2), end
+    said = [e["text"] for e in gw.events("agent_say") if e["call"] == end["call"]]
+    assert len(said) == 3 and said[1].startswith("Your card number is"), said  # the log has it redacted
+    with wave.open(str(end["recording"])) as w:
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
+    caller, agent = levels_db(pcm[:, 0]), levels_db(pcm[:, 1])
+    a, b = int(pause["start_s"] * 10), int(pause["end_s"] * 10)  # 100 ms windows
+    assert 2.5 < pause["end_s"] - pause["start_s"] < 8, pause  # the read-back, as espeak-ng says it
+    assert (caller[a + 1 : b - 1] < -80).all() and (agent[a + 1 : b - 1] < -80).all(), (a, b, agent.round())
+    assert (agent[:a] > -40).sum() >= 5 and (agent[b:] > -40).sum() >= 5, (a, b, agent.round())  # heard around it
+    assert (caller[b + 1 : b + 6] > -35).mean() >= 0.8, caller.round()  # the caller is recorded again
+    [rec] = [r for r in read_records(gw.config.parent / "records/calls.db")[0] if r["call"] == end["call"]]
+    assert rec["recording_pauses"] == [pause]
 
 
 def _end_of(gw: Gateway, called: str, index: int) -> dict[str, object]:

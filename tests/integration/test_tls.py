@@ -73,7 +73,8 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @dataclass
 class TlsRegistrar:
-    """A SIP registrar on TLS that grants every REGISTER; counts connections and keeps the requests it got."""
+    """A SIP registrar on TLS that grants every REGISTER and declines every INVITE (603, after keeping it); counts
+    connections and keeps the requests it got."""
 
     cert: Path
     key: Path
@@ -81,6 +82,7 @@ class TlsRegistrar:
     """Require a client certificate signed by this CA (mutual TLS)."""
     port: int = 0
     registers: list[str] = field(default_factory=list)
+    invites: list[str] = field(default_factory=list)
     connections: int = 0
     client_subjects: list[str] = field(default_factory=list)
 
@@ -123,16 +125,25 @@ class TlsRegistrar:
                     return
                 buf += data
                 while b"\r\n\r\n" in buf:
-                    head, buf = buf.split(b"\r\n\r\n", 1)  # REGISTERs carry no body
+                    head, rest = buf.split(b"\r\n\r\n", 1)
+                    m = re.search(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)", head, re.I | re.M)
+                    if len(rest) < (size := int(m.group(1)) if m else 0):
+                        break  # the body is still on its way
+                    buf = rest[size:]
                     tls.sendall(self._answer(head.decode()))
 
     def _answer(self, head: str) -> bytes:
         lines = head.split("\r\n")
-        if not lines[0].startswith("REGISTER "):
-            return b""
-        self.registers.append(head)
         hdr = {ln.split(":", 1)[0].strip().lower(): ln.split(":", 1)[1].strip() for ln in lines[1:] if ":" in ln}
         vias = [ln for ln in lines[1:] if ln.lower().startswith(("via:", "v:"))]
+        if lines[0].startswith("INVITE "):
+            self.invites.append(head)
+            out = ["SIP/2.0 603 Decline", *vias, f"From: {hdr['from']}", f"To: {hdr['to']};tag=tls-uas",
+                   f"Call-ID: {hdr['call-id']}", f"CSeq: {hdr['cseq']}", "Content-Length: 0"]
+            return ("\r\n".join(out) + "\r\n\r\n").encode()
+        if not lines[0].startswith("REGISTER "):
+            return b""  # the ACK of the 603
+        self.registers.append(head)
         m = re.search(r";expires=(\d+)", hdr["contact"])
         secs = m.group(1) if m else hdr.get("expires", "60")
         contact = hdr["contact"].split(";expires")[0]
@@ -145,13 +156,33 @@ class TlsRegistrar:
         self.sock.close()
 
 
+@dataclass(frozen=True)
+class Partner:
+    """A registrar that takes only client certificates of its own CA (not the one that signed the gateway's)."""
+
+    registrar: TlsRegistrar
+    cert: Path
+    """The client certificate its CA issued for voicegate's trunk (CN vg-trunk-partner)."""
+    key: Path
+
+
 @pytest.fixture(scope="module")
-def tls_gw(pki: Pki, tmp_path_factory: pytest.TempPathFactory
+def partner(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Partner]:
+    d = tmp_path_factory.mktemp("pki-partner")
+    ca, _, _ = make_ca(d, "partner")
+    cert, key = issue(d, "partner", "client", "vg-trunk-partner", "DNS:vg-trunk-partner")
+    registrar = TlsRegistrar(pki.cert, pki.key, client_ca=ca)
+    yield Partner(registrar, cert, key)
+    registrar.close()
+
+
+@pytest.fixture(scope="module")
+def tls_gw(pki: Pki, partner: Partner, tmp_path_factory: pytest.TempPathFactory
            ) -> Iterator[tuple[Gateway, int, TlsRegistrar, TlsRegistrar, TlsRegistrar]]:
     good, rogue = TlsRegistrar(pki.cert, pki.key, client_ca=pki.ca), TlsRegistrar(pki.rogue_cert, pki.rogue_key)
     misnamed = TlsRegistrar(pki.other_name_cert, pki.other_name_key)
     os.environ["VG_TEST_TLS_PW"] = "pw"
-    port, tls_port = free_port(), free_port()
+    port, tls_port, partner_port = free_port(), free_port(), partner.registrar.port
     cfg = yaml.safe_load(gateway_config(port))
     cfg["records"] = {"sip_trace": True}  # the Contact voicegate answered with, as sent
     cfg["sip"].update(transports=["udp", "tls"], tls={"port": tls_port, "cert_file": str(pki.cert),
@@ -160,7 +191,14 @@ def tls_gw(pki: Pki, tmp_path_factory: pytest.TempPathFactory
     trunk = {"username": "vg", "password_env": "VG_TEST_TLS_PW", "transport": "tls", "expiry_s": 60}
     cfg["trunks"] = {"good": {**trunk, "registrar": f"sip:127.0.0.1:{good.port}"},
                      "rogue": {**trunk, "registrar": f"sip:127.0.0.1:{rogue.port}"},
-                     "misnamed": {**trunk, "registrar": f"sip:127.0.0.1:{misnamed.port}"}}
+                     "misnamed": {**trunk, "registrar": f"sip:127.0.0.1:{misnamed.port}"},
+                     "secure": {**trunk, "registrar": f"sips:127.0.0.1:{good.port}", "allowed": [r"\+4930\d+"]},
+                     "partner": {**trunk, "username": "vg-own-cert", "registrar": f"sip:127.0.0.1:{partner_port}",
+                                 "tls": {"cert_file": str(partner.cert), "key_file": str(partner.key)}},
+                     "partner_default": {**trunk, "username": "vg-listener-cert",
+                                         "registrar": f"sip:127.0.0.1:{partner_port}"}}
+    os.environ["VG_TEST_TLS_CONTROL"] = "tls-control-token"
+    cfg["control"] = {"port": free_port(), "token_env": "VG_TEST_TLS_CONTROL", "allow_uris": ["sips:callee@.*"]}
     gw = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-tls"), port)
     yield gw, tls_port, good, rogue, misnamed
     assert gw.stop() == 0, "\n".join(gw.lines[-20:])
@@ -226,6 +264,20 @@ def test_a_tls_trunk_registers_only_with_a_trusted_certificate(tls_gw):
     assert not rogue.registers, "voicegate sent a REGISTER to a server whose certificate it does not trust"
 
 
+def test_a_trunk_presents_its_own_client_certificate_where_the_listeners_is_refused(tls_gw, partner: Partner):
+    """Mutual TLS per trunk: the partner's registrar takes only certificates of its own CA. The trunk with its own
+    `tls` presents the certificate that CA issued (and registers); the trunk without one presents the listener's,
+    which the registrar refuses in the handshake."""
+    gw, *_ = tls_gw
+    gw.wait_event("trunk_state", 10, trunk="partner", state="registered")
+    bad = gw.wait_event("trunk_state", 10, trunk="partner_default", state="failed")
+    assert bad["code"] >= 400, bad
+    reg = partner.registrar
+    assert reg.client_subjects and set(reg.client_subjects) == {"vg-trunk-partner"}, reg.client_subjects
+    assert reg.connections > len(reg.client_subjects), "the trunk without its own certificate never tried"
+    assert reg.registers and all("vg-own-cert@" in r and "vg-listener-cert" not in r for r in reg.registers)
+
+
 def test_a_tls_trunk_refuses_a_trusted_certificate_for_another_host(tls_gw):
     gw, *_, misnamed = tls_gw
     bad = gw.wait_event("trunk_state", 10, trunk="misnamed", state="failed")
@@ -281,3 +333,33 @@ def test_the_impairment_relay_refuses_a_tls_target_its_ca_did_not_sign(tls_gw, p
     failed = [s["message"] for s in rep["steps"] if not s["ok"]]
     assert any("certificate verify failed" in m and f"TLS to 127.0.0.1:{tls_port}" in m for m in failed), failed
     assert len(gw.events("call_incoming")) == before
+
+
+def dial(gw: Gateway, number: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(VENV_BIN / "voicegate"), "dial", number, "--config", str(gw.config), "--agent", "echo",
+                           *args], capture_output=True, text=True, timeout=30)
+
+
+def header(message: str, *names: str) -> str:
+    m = re.search(rf"^(?:{'|'.join(names)})[ \t]*:[ \t]*(.+?)\r?$", message, re.M | re.I)
+    assert m, message
+    return m.group(1)
+
+
+@pytest.mark.parametrize("how", ["a sips: URI", "a number on a sips: trunk"])
+def test_a_call_placed_to_a_sips_target_carries_a_sips_contact(tls_gw, how: str):
+    """RFC 3261 8.1.1.8: "If the Request-URI or top Route header field value contains a SIPS URI, the Contact header
+    field MUST contain a SIPS URI as well." The far end is the TLS registrar, which declines the call (603)."""
+    gw, _, good, *_ = tls_gw
+    before = len(good.invites)
+    if how == "a sips: URI":
+        r = dial(gw, f"sips:callee@127.0.0.1:{good.port}")
+    else:
+        gw.wait_event("trunk_state", 10, trunk="secure", state="registered")
+        r = dial(gw, "+4930555", "--trunk", "secure")
+    assert r.returncode == 0, r.stdout + r.stderr
+    end = gw.wait_event("call_end", 10, sip_code=603, direction="outbound", call=gw.events("call_outgoing")[-1]["call"])
+    [invite] = good.invites[before:]
+    assert invite.startswith("INVITE sips:"), invite
+    assert header(invite, "Contact", "m").startswith("<sips:"), invite
+    assert header(invite, "Call-ID", "i") == end["call"]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agents.base import Played
-from agents.brain import LlmBrain, Part, Say, UserTurn
+from agents.brain import Act, LlmBrain, Part, Say, UserTurn
 from agents.llm import LlmClient, LlmConfig
 from agents.tools import CallTools, ToolConfig, ToolRunner
 from tests.servers.llm import LlmServer, text_reply, tool_reply
@@ -79,7 +79,7 @@ def test_the_model_calls_the_webhook_and_speaks_the_status() -> None:
     assert [r.path for r in hook.requests] == ["/orders/1234"]
     assert hook.requests[0].headers["x-voicegate-caller-verified"] == "true"  # the call came in on a trunk
     offered = [t["function"]["name"] for t in server.requests[0].body["tools"]]
-    assert offered == ["transfer_call", "end_call", "send_dtmf", "order_status"]
+    assert offered == ["transfer_call", "end_call", "send_dtmf", "pause_recording", "resume_recording", "order_status"]
     second = server.requests[1].body["messages"]
     assert second[-2]["tool_calls"][0]["function"]["name"] == "order_status"
     assert second[-1] == {"role": "tool", "tool_call_id": "call_1",
@@ -172,3 +172,20 @@ def test_a_side_effect_tool_runs_only_after_the_caller_presses_1(key: str) -> No
     else:
         assert hook.requests == [] and result == {"ok": True, "result": {"done": False,
                                                                           "reason": "the caller did not confirm"}}
+
+
+def test_the_recording_call_actions_become_acts_after_what_the_model_says() -> None:
+    pause = tool_reply([("call_1", "pause_recording", ["{}"])])
+    resume = tool_reply([("call_2", "resume_recording", ["{}"])])
+
+    async def go(server: LlmServer) -> list[list[Part]]:
+        brain = LlmBrain(LlmClient(LlmConfig(server.base_url, "m")), "sys", "hi", "Hmm.", 5.0, "Sorry, error.")
+        try:
+            return [await turn(brain, text) for text in ("I will read my card number now.", "Done.")]
+        finally:
+            await brain.close()
+
+    with LlmServer() as server:
+        server.script(pause, resume)
+        first, second = asyncio.run(go(server))
+    assert first == [Act("pause_recording")] and second == [Act("resume_recording")]

@@ -224,7 +224,7 @@ def test_server_owned_turns_interrupted_flushes_our_playout_once(server, questio
 @pytest.mark.timeout(60)
 def test_tool_calls_become_call_actions_with_tool_responses(server):
     tools = (("send_dtmf", {"digits": "12#"}), ("send_dtmf", {"digits": "x"}), ("open_door", {}),
-             ("transfer_call", {"target": "sip:sales@example.com"}), ("end_call", {}))
+             ("pause_recording", {}), ("transfer_call", {"target": "sip:sales@example.com"}), ("end_call", {}))
     server.script(Reply("One moment.", misbehave="tool_call", tools=tools))
     c = call(server, 15.0)
     assert c.actions.hung_up.is_set() and c.session.record.end_reason == "agent"
@@ -232,9 +232,10 @@ def test_tool_calls_become_call_actions_with_tool_responses(server):
     [s] = c.sessions
     got = [(r["name"], r["response"]) for r in s.tool_responses]
     assert got[0] == ("send_dtmf", {"result": "sent 12#"})
-    assert [n for n, _ in got] == ["send_dtmf", "send_dtmf", "open_door", "transfer_call"]
-    assert all("error" in resp for _, resp in got[1:]) and "603" in got[3][1]["error"]
-    assert s.replies[1:] == [AFTER_TOOL["ok"]] + [AFTER_TOOL["error"]] * 3
+    assert [n for n, _ in got] == ["send_dtmf", "send_dtmf", "open_door", "pause_recording", "transfer_call"]
+    assert all("error" in resp for _, resp in got[1:]) and "603" in got[4][1]["error"]
+    assert got[3][1] == {"error": "the call is not recorded"}  # this route does not record
+    assert s.replies[1:] == [AFTER_TOOL["ok"]] + [AFTER_TOOL["error"]] * 4
 
 
 @pytest.mark.timeout(60)

@@ -63,6 +63,8 @@ class FakeCall:
     """Each enqueued utterance and the tick its first frame played at (-1: never)."""
     on_transfer: Callable[[FakeCall, str], None] | None = None
     usage: Meter = field(default_factory=Meter)
+    recording: list[bool] | None = None
+    """Each pause (True) and resume of the call's recording; None: the call is not recorded."""
 
     def __post_init__(self) -> None:
         self._queue: deque[_Item] = deque()
@@ -150,6 +152,12 @@ class FakeCall:
 
     async def send_dtmf(self, digits: str) -> None:
         self.dtmf.append(digits)
+
+    def pause_recording(self, paused: bool) -> bool:
+        if self.recording is None:
+            return False
+        self.recording.append(paused)
+        return True
 
     # -- what the gateway would do ------------------------------------------------------------------------
     def barge_in(self) -> None:
@@ -385,6 +393,20 @@ def test_dtmf_and_end_call_tools_act_on_the_call(rt: RealtimeServer) -> None:
     assert drive(config(rt), call, lambda: bool(call.hangups))
     assert call.dtmf == ["12#"] and call.hangups == ["agent"]
     assert json.loads(rt.function_outputs[0]["output"]) == {"ok": True, "sent": "12#"}
+
+
+def test_recording_tools_pause_and_resume_the_recording_when_listed(rt: RealtimeServer) -> None:
+    tools = ("pause_recording", "resume_recording", "end_call")
+    assert {t["name"] for t in session_update(config(rt, tools=tools))["session"]["tools"]} == set(tools)
+    rt.script(tool("pause_recording", {}), tool("resume_recording", {}), tool("end_call", {}))
+    call = FakeCall(recording=[])
+    assert drive(config(rt, tools=tools), call, lambda: bool(call.hangups))
+    assert call.recording == [True, False]
+    assert [json.loads(o["output"]) for o in rt.function_outputs] == [{"ok": True}, {"ok": True}]
+    rt.script(tool("pause_recording", {}), tool("end_call", {}))
+    unrecorded = FakeCall()
+    assert drive(config(rt, tools=tools), unrecorded, lambda: bool(unrecorded.hangups))
+    assert json.loads(rt.function_outputs[-1]["output"]) == {"ok": False, "error": "the call is not recorded"}
 
 
 def test_a_card_number_in_tool_arguments_is_sent_but_logged_redacted(rt: RealtimeServer,

@@ -78,6 +78,9 @@ def test_sip_uris_only_where_control_allows_them(monkeypatch: pytest.MonkeyPatch
     assert e.value.status == 403
     with pytest.raises(DialRefusedError, match="leave out the trunk"):
         plan_dial(cfg, "sip:desk@127.0.0.1", "bot", "carrier")
+    with pytest.raises(DialRefusedError, match="needs SIP over TLS: sip.transports has no tls") as e:
+        plan_dial(cfg, "sips:desk@127.0.0.1:5081", "bot")  # allowed, but the gateway has no TLS to place it with
+    assert e.value.status == 400
 
 
 def test_a_bad_pattern_and_a_missing_token_are_named_by_line(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -57,6 +57,33 @@ def test_paused_or_masked_frames_are_silence_in_both_channels() -> None:
     assert channels(r.take()) == ([7, 0, 0, 0, 7], [8, 0, 0, 0, 8])
 
 
+def test_pauses_are_intervals_of_the_recordings_time_line_with_who_paused() -> None:
+    r = StereoRecorder()
+    for i in range(100):
+        if i == 10:
+            assert r.set_paused(True, "agent") and not r.set_paused(True, "dtmf")  # already paused: no new stretch
+        if i == 30:
+            assert r.set_paused(False, "agent") and not r.set_paused(False, "agent")
+        if i == 90:
+            r.set_paused(True, "dtmf")
+        r.outbound(frame(2))
+        r.inbound(frame(1))
+    left, right = channels(r.take())
+    assert left == [1] * 10 + [0] * 20 + [1] * 60 + [0] * 10 and right == [2] * 10 + [0] * 20 + [2] * 60 + [0] * 10
+    assert r.pause_intervals() == [{"start_s": 0.2, "end_s": 0.6, "by": "agent"},
+                                   {"start_s": 1.8, "end_s": 2.0, "by": "dtmf"}]  # the last one lasts to the end
+    assert r.paused_ticks == 30
+
+
+def test_call_media_pauses_its_recorder_and_says_when_there_is_none() -> None:
+    media = CallMedia(lambda ev: None)
+    assert not media.pause_recording(True, "agent")
+    rec = StereoRecorder()
+    media.set_recorder(rec)
+    assert media.pause_recording(True, "agent") and rec.paused
+    assert media.pause_recording(False, "agent") and not rec.paused
+
+
 def test_call_media_feeds_the_recorder_in_echo_mode_and_with_an_agent() -> None:
     media = CallMedia(lambda ev: None)
     rec = StereoRecorder()
@@ -92,6 +119,7 @@ def test_call_recording_pauses_by_code_and_writes_wav_and_transcript(tmp_path: P
 
     out = asyncio.run(run())
     assert out == {"recording": str(tmp_path / "r/c.wav"), "recording_s": 2.0, "recording_paused_s": 1.0,
+                   "recording_pauses": [{"start_s": 0.5, "end_s": 1.5, "by": "dtmf"}],
                    "transcript": str(tmp_path / "r/c.json")}
     assert logged == ["recording_paused", "recording_resumed"]
     with wave.open(str(tmp_path / "r/c.wav")) as w:

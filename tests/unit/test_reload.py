@@ -52,4 +52,6 @@ def test_only_account_settings_replace_a_trunks_accounts(monkeypatch: pytest.Mon
     assert trunk_changes(running, _cfg(monkeypatch, allowed="['3', '4']")) == ([], [])
     assert trunk_changes(running, _cfg(monkeypatch, expiry=60)) == (["carrier"], ["carrier"])
     assert trunk_changes(running, _cfg(monkeypatch, allowed="[]")) == (["carrier"], ["carrier"])
+    info = running.trunks["carrier"].model_copy(update={"dtmf_mode": "info"})  # read per call: accounts stay
+    assert trunk_changes(running, running.model_copy(update={"trunks": {"carrier": info}})) == ([], [])
     assert agent_changes(running, _cfg(monkeypatch, extra="spend: {}\n")) == []

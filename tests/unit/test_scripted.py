@@ -159,3 +159,40 @@ def test_play_step_plays_the_wav_at_16k_and_a_bad_one_names_node_and_file(tmp_pa
     with pytest.raises(FlowError, match=r"a\[1\]: cannot read .*no\.wav"):
         asyncio.run(ScriptedAgent(cfg).run(call))  # type: ignore[arg-type]
     assert call.played == [(16000, 16000)]
+
+
+def test_a_dtmf_step_sends_its_keys_and_bad_keys_are_refused():
+    flow = "type: scripted\nvoice: en\nstart: a\nnodes:\n  a:\n    - dtmf: '1#9'\n    - hangup: sent\n"
+    session, _, actions = asyncio.run(run_scripted(flow, []))
+    assert actions.dtmf == ["1#9"] and session.record.end_reason == "sent"
+    with pytest.raises(ValueError, match="dtmf"):
+        TypeAdapter(AgentConfig).validate_python(
+            {"type": "scripted", "start": "a", "nodes": {"a": [{"dtmf": "12x"}]}})
+
+
+def test_recording_steps_pause_and_resume_the_recording_and_the_log_says_who():
+    flow = """
+type: scripted
+voice: en
+start: a
+nodes:
+  a:
+    - say: "Before."
+    - recording: pause
+    - say: "Your card number is four two four two."
+    - recording: resume
+    - say: "After."
+    - hangup: done
+"""
+    rec = StereoRecorder()
+    session, logs, _ = asyncio.run(run_scripted(flow, [], recorder=rec, caller_frame=CALLER))
+    assert [(e["event"], e["by"], e["recorded"]) for e in logs if e["event"].startswith("recording_")] == [
+        ("recording_paused", "agent", True), ("recording_resumed", "agent", True)]
+    [pause] = rec.pause_intervals()
+    agent = np.frombuffer(rec.take(), dtype="<i2")[1::2]
+    frames = agent[: len(agent) // 320 * 320].reshape(-1, 320)
+    start, end = round(pause["start_s"] * 50), round(pause["end_s"] * 50)
+    card = frames_of(session, ["Your card number is four two four two."])
+    assert abs((end - start) - card) <= 3, (start, end, card)  # the stretch is the sentence that was paused
+    assert not frames[start:end].any()  # silent while paused, agent and caller
+    assert np.abs(frames[:start]).max() > 1000 and np.abs(frames[end:]).max() > 1000  # heard before and after

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -269,3 +270,37 @@ def test_a_certificate_that_does_not_load_is_named(monkeypatch, tmp_path: Path):
                                 f"    key_file: {tmp_path}/c.pem\n")
     [issue] = _issues(text)
     assert issue.startswith(f"vg.yaml:21: sip.tls: cannot use cert_file {tmp_path}/c.pem with key_file")
+
+
+def test_dtmf_mode_comes_from_the_route_then_the_trunk_then_rfc4733(monkeypatch):
+    cfg = parse_config(_cfg(monkeypatch).replace("    transport: udp\n", "    transport: udp\n    dtmf_mode: info\n")
+                       .replace('  - match: "*"\n', '  - match: "4733"\n    agent: d\n    dtmf_mode: rfc4733\n'
+                                                    '  - match: "*"\n'))
+    assert cfg.dtmf_mode("+4930123", "carrier") == "info"  # the trunk's route says nothing: the trunk's mode
+    assert cfg.dtmf_mode("4733", "carrier") == "rfc4733"  # a global route's own mode wins over the trunk's
+    assert cfg.dtmf_mode("+4930999", "carrier") == "info"
+    assert cfg.dtmf_mode("+4930999") == "rfc4733"  # no trunk, no mode on the route
+
+
+def test_check_names_an_unknown_dtmf_mode_with_its_line(monkeypatch):
+    issues = _issues(_cfg(monkeypatch).replace("    transport: udp\n", "    transport: udp\n    dtmf_mode: inband\n"))
+    assert issues == ["vg.yaml:15: trunks.carrier.dtmf_mode: Input should be 'rfc4733' or 'info'"]
+    issues = _issues(_cfg(monkeypatch).replace("    agent: d\n", "    agent: d\n    dtmf_mode: 2833\n"))
+    assert issues == ["vg.yaml:9: routes.0.dtmf_mode: Input should be 'rfc4733' or 'info'"]
+
+
+def test_a_trunks_own_tls_certificate_needs_tls_and_files_that_load(monkeypatch, tmp_path):
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate\n")
+    own = f"    tls:\n      cert_file: {bad}\n      key_file: {bad}\n"
+    issues = _issues(_cfg(monkeypatch).replace("    transport: udp\n", "    transport: udp\n" + own))
+    assert issues[0].startswith(f"vg.yaml:16: trunks.carrier.tls: cannot use cert_file {bad} with key_file {bad}")
+    missing = own.replace(f"cert_file: {bad}", "cert_file: /nonexistent.pem")
+    issues = _issues(_cfg(monkeypatch).replace("    transport: udp\n", "    transport: udp\n" + missing))
+    assert issues == ["vg.yaml:16: trunks.carrier.tls.cert_file: no such file: /nonexistent.pem"]
+    key, cert = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=t"], check=True, capture_output=True)
+    good = f"    tls:\n      cert_file: {cert}\n      key_file: {key}\n"
+    issues = _issues(_cfg(monkeypatch).replace("    transport: udp\n", "    transport: udp\n" + good))
+    assert issues == ["vg.yaml:16: trunks.carrier.tls: a trunk's own TLS certificate needs transport: tls, not udp"]
