@@ -5,7 +5,8 @@ SIGTERM to the supervisor drains every worker, then stops Kamailio (it carries t
 until then). SIGTERM to one worker drains that worker alone: it answers OPTIONS with 503, Kamailio stops sending
 it calls, its calls finish, and it is started again. Workers write their own JSON log lines to the supervisor's
 stderr, each tagged with `worker`. A worker that died (kill -9, a crash) leaves its calls' rows in progress in the
-call records: the supervisor ends them (`worker_died`, the duration up to its death).
+call records: the supervisor ends them (`worker_died`, the duration up to its death), and has the front door send
+its callers a BYE (telephony/frontdoor_rpc.py), so that they hear the call end rather than silence.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from pathlib import Path
 
 from telephony.config import Config
 from telephony.digest import NONCE_KEY_ENV
-from telephony.frontdoor import FrontDoor
+from telephony.frontdoor import RPC_SOCKET, FrontDoor, worker_uri
+from telephony.frontdoor_rpc import RpcError, end_worker_calls
 from telephony.logs import event
 from telephony.records import close_open
 from telephony.workers import Restarts, behind_front_door, processes, worker_port
@@ -144,12 +146,25 @@ class Supervisor:
             self.procs[index] = proc
             event("worker_started", worker=index, pid=proc.pid, port=worker_port(self.cfg, index, self.count))
             rc = await proc.wait()
-            await self._close_records(index, proc.pid, time.time())
+            await asyncio.gather(self._end_calls(index, proc.pid), self._close_records(index, proc.pid, time.time()))
             if self._stop.is_set():
                 return
             delay = restarts.exited(started, time.monotonic())
             event("worker_exited", worker=index, pid=proc.pid, rc=rc, restart_in_s=delay)
             await self._pause(delay)
+
+    async def _end_calls(self, index: int, pid: int) -> None:
+        """Have the front door end the answered calls of a local worker that exited (none after a clean exit)."""
+        if self.front is None or self.front.proc is None or self.front.proc.returncode is not None:
+            return
+        uri = worker_uri(self.cfg, index, self.count)
+        try:
+            calls = await asyncio.to_thread(end_worker_calls, self.front.dir / RPC_SOCKET, uri)
+        except RpcError as e:
+            event("frontdoor_error", msg=f"ending the calls of worker {index} ({uri}): {e}", skipped=0)
+            return
+        if calls:
+            event("worker_calls_ended", worker=index, pid=pid, calls=calls, by="frontdoor_bye")
 
     async def _close_records(self, index: int, pid: int, died: float) -> None:
         """End the call records a worker left in progress (none after a clean exit)."""

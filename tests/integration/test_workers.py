@@ -97,12 +97,12 @@ def test_all_workers_full_hears_the_announcement_then_a_hangup(cluster: Gateway,
 
 
 def test_killed_worker_is_replaced_and_the_other_keeps_its_calls(cluster: Gateway, tmp_path: Path):
-    """kill -9 of the worker holding an RTP echo call and sipp calls: its caller's RTP stops (Kamailio keeps no
-    dialog state, so no BYE comes), its calls get records ended `worker_died`, new calls go to the other worker,
-    whose calls run to their end, and the worker is restarted."""
+    """kill -9 of the worker holding an RTP echo call and sipp calls: its caller's RTP stops and the front door
+    sends its callers a BYE, its calls get records ended `worker_died`, new calls go to the other worker, whose
+    calls run to their end, and the worker is restarted."""
     before = len(cluster.events("call_answered"))
     peer = RtpPeer()
-    media = media_call(cluster, tmp_path, "media", peer, hold_ms=8000)
+    media = media_call(cluster, tmp_path, "media", peer, hold_ms=8000, bye_in=True)
     try:
         peer.start(("127.0.0.1", answer_port(tmp_path / "media.port")))
         (first,) = wait_answered(cluster, before, 1)
@@ -130,12 +130,18 @@ def test_killed_worker_is_replaced_and_the_other_keeps_its_calls(cluster: Gatewa
             cluster.wait_event("call_end", 10, call=cid, reason="remote_200")
         assert time.monotonic() - killed_mono > 2.0
         assert not peer.echoes(killed_mono + 0.2, packets=1), "RTP still came back after the worker died"
+        media.communicate(timeout=10)  # it ends once it answered the BYE
+        bye = tmp_path / "media.bye"
+        assert bye.exists(), "the dead worker's caller got no BYE"
+        assert 0 < float(bye.read_text()) - killed < 5.0, "the BYE came more than 5 s after the kill"
     finally:
         peer.close()
-        media.kill()
-        media.communicate(timeout=10)
+        if media.poll() is None:
+            media.kill()
+            media.communicate(timeout=10)
     cluster.wait_event("worker_exited", 5, worker=index, pid=victim, rc=-9)
     closed = cluster.wait_event("worker_calls_closed", 5, worker=index, pid=victim)
+    assert set(cluster.wait_event("worker_calls_ended", 5, worker=index, pid=victim)["calls"]) == doomed
     assert set(closed["calls"]) == doomed and closed["reason"] == "worker_died", closed
     records = {r["call"]: r for r in read_records(cluster.config.parent / "records" / "calls.db")[0]}
     for cid in doomed:

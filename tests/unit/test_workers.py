@@ -13,6 +13,7 @@ from telephony.admission import Reply, decide, dialog_ids
 from telephony.config import ConfigError, parse_config
 from telephony.control import ask_worker
 from telephony.frontdoor import address_list, dispatcher_list, kamailio_config, tls_config
+from telephony.frontdoor_rpc import Dialog, answered
 from telephony.workers import Restarts, control_peers, rtp_slice, worker_config
 from tests.integration.test_tls import make_ca
 
@@ -107,6 +108,16 @@ def test_kamailio_accepts_the_front_door_config(tmp_path: Path, dispatch: str, r
     assert refusal in text and ("Retry-After: 30" in text) == (reply == 503)
     assert ('ds_select_dst("1", "10")' in text) == (dispatch == "least_loaded")
     assert ('"ds_hash_expire", 3660' in text) == (dispatch == "least_loaded")  # timeouts.max_call_s 3600 + 60
+
+
+def test_the_answered_calls_of_a_dlg_profile_list():
+    """Kamailio 5.6's `dlg.profile_list` result (JSON-RPC, trimmed): only confirmed dialogs (state 3, 4) count."""
+    def dlg(call: str, state: int) -> dict[str, object]:
+        return {"h_entry": 1702, "h_id": 6751, "ref": 2, "call-id": call, "state": state,
+                "caller": {"tag": "31937SIPpTag002"}, "profiles": [{"worker": "sip:127.0.0.1:40311"}]}
+    assert answered([dlg("a@h", 4), dlg("b@h", 1), dlg("c@h", 3)]) == [Dialog("a@h", 1702, 6751),
+                                                                       Dialog("c@h", 1702, 6751)]
+    assert answered(None) == answered([]) == []
 
 
 def test_dialog_ids_of_our_2xx():
