@@ -55,6 +55,8 @@ def _serve(args: argparse.Namespace) -> int:
     count = cfg.workers.count if args.workers is None else args.workers
     if args.worker_index is None and (count > 1 or args.workers is not None or cfg.workers.remote):
         return _supervise(cfg, args.config, count)
+    from telephony.workers import behind_front_door
+
     if args.worker_index is not None:
         from telephony.logs import tag_events
         from telephony.workers import worker_config
@@ -64,7 +66,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        with ops_sinks(cfg):
+        with ops_sinks(cfg, serve=args.worker_index is None or not behind_front_door(cfg.workers, count)):
             # a worker's config is derived from the file: re-reading the file (SIGHUP) would undo that
             uvloop.run(Gateway(cfg, None if args.worker_index is not None else args.config, args.worker_index).run())
     except VoicegateError as e:
@@ -91,8 +93,9 @@ def _supervise(cfg: Config, config_path: str, count: int) -> int:
 
 
 @contextlib.contextmanager
-def ops_sinks(cfg: Config) -> Iterator[None]:
-    """The event sinks of operations (metrics and /healthz), subscribed for the gateway's life."""
+def ops_sinks(cfg: Config, serve: bool = True) -> Iterator[None]:
+    """The event sinks of operations (metrics and /healthz), subscribed for the gateway's life; a worker behind the
+    front door keeps its metrics for the supervisor to serve (`serve` False; telephony/cluster_metrics.py)."""
     from telephony.logs import subscribe
     from telephony.metrics import GatewayMetrics, OpsServer
 
@@ -100,13 +103,14 @@ def ops_sinks(cfg: Config) -> Iterator[None]:
         yield
         return
     metrics = GatewayMetrics(lambda called: (r.match if (r := cfg.route_for(called)) else ""))
-    server = OpsServer(metrics, cfg.metrics.listen, cfg.metrics.port, cfg.metrics.token)
+    server = OpsServer(metrics, cfg.metrics.listen, cfg.metrics.port, cfg.metrics.token) if serve else None
     unsubscribe = subscribe(metrics)
     try:
         yield
     finally:
         unsubscribe()
-        server.close()
+        if server is not None:
+            server.close()
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -6,7 +6,8 @@ until then). SIGTERM to one worker drains that worker alone: it answers OPTIONS 
 it calls, its calls finish, and it is started again. Workers write their own JSON log lines to the supervisor's
 stderr, each tagged with `worker`. A worker that died (kill -9, a crash) leaves its calls' rows in progress in the
 call records: the supervisor ends them (`worker_died`, the duration up to its death), and has the front door send
-its callers a BYE (telephony/frontdoor_rpc.py), so that they hear the call end rather than silence.
+its callers a BYE (telephony/frontdoor_rpc.py), so that they hear the call end rather than silence. Behind the
+front door the supervisor serves `/metrics` and `/healthz` for every worker (telephony/cluster_metrics.py).
 """
 
 from __future__ import annotations
@@ -15,19 +16,24 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import sqlite3
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
+from telephony.cluster_metrics import MULTIPROC_ENV, ClusterMetrics
 from telephony.config import Config
 from telephony.digest import NONCE_KEY_ENV
+from telephony.errors import VoicegateError
 from telephony.frontdoor import RPC_SOCKET, FrontDoor, worker_uri
 from telephony.frontdoor_rpc import RpcError, end_worker_calls
 from telephony.logs import event
+from telephony.metrics import OpsServer
 from telephony.records import close_open
 from telephony.workers import Restarts, behind_front_door, processes, worker_port
 
@@ -80,6 +86,15 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._env = {**os.environ, NONCE_KEY_ENV: os.urandom(32).hex()}
         """The workers' environment: one nonce key for all, so a digest challenge may be answered to any."""
+        self.metrics: ClusterMetrics | None = None
+        if self.front is not None and cfg.metrics.enabled:
+            folder = Path(tempfile.mkdtemp(prefix="voicegate-metrics-"))
+            self._env[MULTIPROC_ENV] = str(folder)
+            self.metrics = ClusterMetrics(folder, processes(cfg.workers, count), self._front_door_up)
+
+    def _front_door_up(self) -> bool:
+        proc = self.front.proc if self.front is not None else None
+        return proc is not None and proc.returncode is None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -96,6 +111,17 @@ class Supervisor:
                 print(f"voicegate: {e}", file=sys.stderr)
                 self.front.remove()
                 return 3
+        ops = None
+        if self.metrics is not None:
+            m = self.cfg.metrics
+            try:
+                ops = OpsServer(self.metrics, m.listen, m.port, m.token)
+            except VoicegateError as e:
+                print(f"voicegate: {e}", file=sys.stderr)
+                self._remove_metrics()
+                if self.front is not None:
+                    self.front.remove()
+                return 3
         ports = [worker_port(self.cfg, i, self.count) for i in range(processes(self.cfg.workers, self.count))]
         event("supervisor_started", workers=self.count, worker_ports=ports, front_door=self.front is not None,
               announcer=len(ports) > self.count)
@@ -107,8 +133,15 @@ class Supervisor:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if ops is not None:
+            ops.close()
+        self._remove_metrics()
         event("supervisor_stopped")
         return 0
+
+    def _remove_metrics(self) -> None:
+        if self.metrics is not None:
+            shutil.rmtree(self.metrics.folder, ignore_errors=True)
 
     async def _shutdown(self) -> None:
         event("supervisor_stopping", workers=len(self.procs))
@@ -147,6 +180,8 @@ class Supervisor:
             event("worker_started", worker=index, pid=proc.pid, port=worker_port(self.cfg, index, self.count))
             rc = await proc.wait()
             await asyncio.gather(self._end_calls(index, proc.pid), self._close_records(index, proc.pid, time.time()))
+            if self.metrics is not None:
+                self.metrics.worker_exited(proc.pid)
             if self._stop.is_set():
                 return
             delay = restarts.exited(started, time.monotonic())

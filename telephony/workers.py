@@ -3,9 +3,10 @@
 A pjsua2 process serves at most 4 calls (DESIGN §2), so `voicegate serve --workers N` runs N gateways. Behind the
 Kamailio front door (more than one, or `workers.remote` gateways on other machines), each listens on loopback
 (`workers.first_port` + i, UDP) and owns one N-th of the configured RTP range; the stream transports and the
-metrics and control endpoints (fixed ports) run in worker 0, which asks the others for the pcap of a call it does
-not hold (`control_peers`). With `when_full: {reply: announcement}` one more worker (index N) answers the calls no
-worker has room for, says the text and hangs up. With `sip.public_address` each worker writes it into its SDP
+control endpoint (fixed ports) run in worker 0, which asks the others for the pcap of a call it does not hold
+(`control_peers`); every worker keeps metrics, which the supervisor serves summed (telephony/cluster_metrics.py).
+With `when_full: {reply: announcement}` one more worker (index N) answers the calls no worker has room for, says
+the text and hangs up. With `sip.public_address` each worker writes it into its SDP
 (`rtp.public_address`) and names the front door in its Contact.
 """
 
@@ -123,7 +124,6 @@ def worker_config(cfg: Config, index: int, count: int) -> Config:
     if index > 0:
         update["transports"] = cfg.transports.model_copy(update={"media_stream": None, "audiosocket": None,
                                                                  "webrtc": None})
-        update["metrics"] = cfg.metrics.model_copy(update={"enabled": False})
         # one control endpoint for dialling, in worker 0; the others serve worker 0 the pcap of their calls
         update["control"] = None if cfg.control is None or index == count else cfg.control.model_copy(
             update={"listen": "127.0.0.1", "port": worker_port(cfg, index, count)})
