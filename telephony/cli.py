@@ -57,18 +57,21 @@ def _serve(args: argparse.Namespace) -> int:
         return _supervise(cfg, args.config, count)
     from telephony.workers import behind_front_door
 
+    derive = None
     if args.worker_index is not None:
+        from functools import partial
+
         from telephony.logs import tag_events
         from telephony.workers import worker_config
 
-        cfg = worker_config(cfg, args.worker_index, count)
+        derive = partial(worker_config, index=args.worker_index, count=count)  # a reload derives from the file again
         tag_events(worker=args.worker_index)
     try:
         import uvloop
 
-        with ops_sinks(cfg, serve=args.worker_index is None or not behind_front_door(cfg.workers, count)):
-            # a worker's config is derived from the file: re-reading the file (SIGHUP) would undo that
-            uvloop.run(Gateway(cfg, None if args.worker_index is not None else args.config, args.worker_index).run())
+        gateway = Gateway(cfg, args.config, args.worker_index, derive)
+        with ops_sinks(gateway.config, serve=args.worker_index is None or not behind_front_door(cfg.workers, count)):
+            uvloop.run(gateway.run())
     except VoicegateError as e:
         print(f"voicegate: {e}", file=sys.stderr)
         return 3

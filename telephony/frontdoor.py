@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from telephony.config import Config
+from telephony.frontdoor_rpc import rpc
 from telephony.inbound import SOURCE_HEADER, resolve_sources
 from telephony.logs import event
 from telephony.workers import CALLS_PER_WORKER, WORKER_PARAM, announcing, worker_port
@@ -304,7 +305,7 @@ failure_route[NEXT] {{
 onreply_route[ANSWER] {{
     if (status =~ "2[0-9][0-9]") {{
         {'ds_load_update();' if least else ''}
-        if (!is_in_profile("worker")) {{ set_dlg_profile("worker", "$sht(calls=>$ci)"); }}
+        if (!is_in_profile("worker", "$sht(calls=>$ci)")) {{ set_dlg_profile("worker", "$sht(calls=>$ci)"); }}
     }}
 }}
 event_route[dispatcher:dst-down] {{
@@ -343,6 +344,23 @@ class FrontDoor:
         if check.returncode != 0:
             raise RuntimeError(f"kamailio rejected the front door config {path}: {check.stderr.strip()[-1500:]}")
         return path
+
+    def reload_acl(self, cfg: Config) -> bool:
+        """Give the running Kamailio the source ACL with the trunks of `cfg` (a reload): rewrite the address file
+        and have `permissions` read it again (RPC). Whether the ACL changed; raises RuntimeError when the reload
+        would turn the ACL on or off, which changes the routing script (a restart)."""
+        new = self.cfg.model_copy(update={"trunks": cfg.trunks})
+        path = self.dir / "address.list"
+        on, was_on = bool(_acl(new, path)[0]), bool(_acl(self.cfg, path)[0])
+        if on != was_on:
+            raise RuntimeError("the front door's source ACL would turn " + ("on" if on else "off") +
+                               " (sip.allow with trunks' inbound_auth): restart voicegate for that")
+        self.cfg = new
+        if not on or path.read_text() == (text := address_list(new)):
+            return False
+        path.write_text(text)
+        rpc(self.dir / RPC_SOCKET, "permissions.addressReload")
+        return True
 
     async def start(self, preexec: Callable[[], None] | None = None) -> int:
         """Start Kamailio; `preexec` runs in the child before it (the supervisor's die-with-parent)."""

@@ -8,6 +8,7 @@ stderr, each tagged with `worker`. A worker that died (kill -9, a crash) leaves 
 call records: the supervisor ends them (`worker_died`, the duration up to its death), and has the front door send
 its callers a BYE (telephony/frontdoor_rpc.py), so that they hear the call end rather than silence. Behind the
 front door the supervisor serves `/metrics` and `/healthz` for every worker (telephony/cluster_metrics.py).
+SIGHUP to the supervisor checks the config file and reloads it live in every worker, running calls kept.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import uuid
 from pathlib import Path
 
 from telephony.cluster_metrics import MULTIPROC_ENV, ClusterMetrics
-from telephony.config import Config
+from telephony.config import Config, ConfigError, load_config
 from telephony.digest import NONCE_KEY_ENV
 from telephony.errors import VoicegateError
 from telephony.frontdoor import RPC_SOCKET, FrontDoor, worker_uri
@@ -35,7 +36,7 @@ from telephony.frontdoor_rpc import RpcError, end_worker_calls
 from telephony.logs import event
 from telephony.metrics import OpsServer
 from telephony.records import close_open
-from telephony.workers import Restarts, behind_front_door, processes, worker_port
+from telephony.workers import Restarts, behind_front_door, fit_problem, processes, worker_port
 
 READY_TIMEOUT_S = 120.0
 """How long the front door waits for the workers' first OPTIONS answers (agents load models at start-up)."""
@@ -86,6 +87,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._env = {**os.environ, NONCE_KEY_ENV: os.urandom(32).hex()}
         """The workers' environment: one nonce key for all, so a digest challenge may be answered to any."""
+        self._reload: asyncio.Task[None] | None = None
         self.metrics: ClusterMetrics | None = None
         if self.front is not None and cfg.metrics.enabled:
             folder = Path(tempfile.mkdtemp(prefix="voicegate-metrics-"))
@@ -100,10 +102,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: event(
-            "config_reload_refused", file=self.config_path, errors=[
-                "with workers, a reload is a rolling restart: SIGTERM one worker at a time (pids in worker_started); "
-                "each starts again with the file as it is then"]))
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         if self.front is not None:
             try:
                 self.front.write()
@@ -138,6 +137,36 @@ class Supervisor:
         self._remove_metrics()
         event("supervisor_stopped")
         return 0
+
+    def _on_sighup(self) -> None:
+        if self._reload is not None and not self._reload.done():
+            event("config_reload_refused", file=self.config_path, errors=["a reload is still running"])
+        elif not self._stop.is_set():
+            self._reload = asyncio.ensure_future(self._reload_workers())
+
+    async def _reload_workers(self) -> None:
+        """Check the file (its errors are refused here, once, with file:line), then SIGHUP every running worker:
+        each reloads its part of the file live and keeps its calls (telephony/reload.py); the front door gets the
+        new trunks' addresses for its source ACL."""
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as e:
+            event("config_reload_refused", file=self.config_path, errors=[str(i) for i in e.issues])
+            return
+        if problem := fit_problem(new.workers, self.count, new.sip, new.rtp, new.trunks):
+            event("config_reload_refused", file=self.config_path, errors=[problem])
+            return
+        acl = False
+        if self.front is not None:
+            try:
+                acl = await asyncio.to_thread(self.front.reload_acl, new)
+            except (RuntimeError, OSError) as e:
+                event("config_reload_refused", file=self.config_path, errors=[str(e)])
+                return
+        live = sorted(i for i, p in self.procs.items() if p.returncode is None)
+        for i in live:
+            self.procs[i].send_signal(signal.SIGHUP)
+        event("config_reload_forwarded", file=self.config_path, workers=live, front_door_acl_reloaded=acl)
 
     def _remove_metrics(self) -> None:
         if self.metrics is not None:

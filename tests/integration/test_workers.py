@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from telephony.app import NO_ACK_S
@@ -107,6 +108,53 @@ def test_calls_spread_over_both_workers_and_logs_name_the_worker(cluster: Gatewa
     text = scrape(cluster)[1]
     assert sample_sum(text, "voicegate_calls_total", result="remote_200") == counted + 4, text
     assert sample_sum(text, "voicegate_calls_active") == 0 and sample_sum(text, "voicegate_ready") == 3
+
+
+def events_since(gw: Gateway, name: str, ts: float) -> list[dict[str, Any]]:
+    return [e for e in gw.events(name) if float(e["ts"]) >= ts]
+
+
+def wait_events_since(gw: Gateway, name: str, ts: float, count: int, timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while len(got := events_since(gw, name, ts)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(got) >= count, f"{count} {name} events not seen within {timeout}s:\n" + "\n".join(gw.lines[-20:])
+    return got
+
+
+def test_sighup_reloads_routes_and_agents_in_every_worker_and_keeps_their_calls(cluster: Gateway, tmp_path: Path):
+    """An invalid file is refused once, by the supervisor, with file:line; a valid one is reloaded live by every
+    worker (the announcer too) while calls on both run on. The new route stays in the file for the later tests."""
+    original = cluster.config.read_text()
+    cfg = yaml.safe_load(original)
+    cluster.config.write_text(original + "routes_typo: 1\n")
+    signalled = time.time()
+    cluster.proc.send_signal(signal.SIGHUP)
+    (refused,) = wait_events_since(cluster, "config_reload_refused", signalled, 1, 10)
+    assert "worker" not in refused and refused["errors"][0].startswith(f"{cluster.config}:"), refused
+    cfg["agents"]["reloaded"] = {"type": "echo"}
+    cfg["routes"].insert(0, {"match": "reloaded", "agent": "reloaded"})
+    cluster.config.write_text(yaml.safe_dump(cfg))
+    before = len(cluster.events("call_answered"))
+    hold = sipp_calls(cluster.port, tmp_path, 2, 4000)
+    held = wait_answered(cluster, before, 2)
+    signalled = time.time()
+    cluster.proc.send_signal(signal.SIGHUP)
+    reloaded = wait_events_since(cluster, "config_reloaded", signalled, 3, 15)
+    assert sorted(e["worker"] for e in reloaded) == [0, 1, 2] and not events_since(
+        cluster, "config_reload_refused", signalled)
+    assert all("reloaded" in e["agents"] and not e["needs_restart"] for e in reloaded if e["worker"] != 2), reloaded
+    n = len(cluster.events("call_answered"))
+    p = sipp_calls(cluster.port, tmp_path, 2, 200, service="reloaded")
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, out[-2000:] + err[-1000:]
+    new = wait_answered(cluster, n, 2)
+    assert {e["worker"] for e in new} == {0, 1} and {e["agent"] for e in new} == {"reloaded"}, new
+    out, err = hold.communicate(timeout=30)
+    assert hold.returncode == 0, out[-2000:] + err[-1000:]
+    assert {e["worker"] for e in held} == {0, 1}
+    for e in held:  # the calls held through the reload ran to the caller's BYE, with the agent they began with
+        assert cluster.wait_event("call_end", 10, call=e["call"])["reason"] == "remote_200"
 
 
 def test_all_workers_full_hears_the_announcement_then_a_hangup(cluster: Gateway, tmp_path: Path):
