@@ -56,8 +56,6 @@ def fit_problem(workers: WorkersConfig, count: int, sip: SipConfig, rtp: RtpConf
                 "set sip.listen or sip.public_address")
     if tls := [n for n in registering if trunks[n].transport == "tls"]:
         return f"several workers with a trunk that registers over TLS ({tls[0]}) are not there yet"
-    if proxied := [n for n in registering if trunks[n].outbound_proxy]:
-        return f"several workers with a registering trunk with an outbound_proxy ({proxied[0]}) are not there yet"
     span = range(workers.first_port, workers.first_port + count)
     if span.stop - 1 > 65535:
         return f"{count} workers from first_port {workers.first_port} run past port 65535"
@@ -87,18 +85,16 @@ def front_door_host(sip: SipConfig) -> str:
 
 
 def _trunk_behind_front_door(cfg: Config, t: TrunkConfig, index: int) -> TrunkConfig:
-    """Worker 0 registers a registering trunk once for all, through the front door and with the front door's
-    address as Contact, so that the carrier's calls reach the front door and any worker; the others only take
-    the trunk's calls."""
+    """Worker 0 registers a registering trunk once for all (through the front door, `sip.outbound_proxy`, then
+    the trunk's own proxy) with the front door's address as Contact, so that the carrier's calls reach the front
+    door and any worker; it alone sends the trunk's OPTIONS keepalives. The others only take the trunk's calls."""
+    if index > 0:
+        return t.model_copy(update={"registers": False, "keepalive_s": None})
     if not t.registers:
         return t
-    if index > 0:
-        return t.model_copy(update={"registers": False})
     params = "" if t.transport == "udp" else f";transport={t.transport}"
     host = cfg.sip.public_address or cfg.sip.listen
-    return t.model_copy(update={
-        "contact": t.contact or f"sip:{t.username}@{host}:{cfg.sip.port}{params}",
-        "outbound_proxy": f"sip:{front_door_host(cfg.sip)}:{cfg.sip.port}"})
+    return t.model_copy(update={"contact": t.contact or f"sip:{t.username}@{host}:{cfg.sip.port}{params}"})
 
 
 def worker_config(cfg: Config, index: int, count: int) -> Config:
@@ -111,6 +107,7 @@ def worker_config(cfg: Config, index: int, count: int) -> Config:
     sip = cfg.sip.model_copy(update={"listen": "127.0.0.1", "port": worker_port(cfg, index, count),
                                      "transports": ["udp"], "public_address": None, "tls": None,
                                      "front_door": [front_door_host(cfg.sip)],
+                                     "outbound_proxy": f"sip:{front_door_host(cfg.sip)}:{cfg.sip.port}",
                                      "contact": (f"sip:voicegate@{public}:{cfg.sip.port};"
                                                  f"{WORKER_PARAM}={worker_port(cfg, index, count)}")
                                      if public else None})

@@ -71,11 +71,11 @@ request_route {{
             exit;
         }}
         if (!save("location")) {{ sl_reply_error(); exit; }}
-        xlog("L_NOTICE", "KAM registered $tU contact=$ct expires=$hdr(Expires)\\n");
+        xlog("L_NOTICE", "KAM registered $tU contact=$ct expires=$hdr(Expires) src=$si:$sp\\n");
         exit;
     }}
     if (is_method("OPTIONS") && !has_totag()) {{
-        xlog("L_NOTICE", "KAM options from $fU\\n");
+        xlog("L_NOTICE", "KAM options from $fU src=$si:$sp\\n");
         sl_send_reply("200", "OK");
         exit;
     }}

@@ -27,6 +27,7 @@ from tests.integration.test_trunks import authenticated_call, call_with_headers
 PASSWORD = "bob-cluster-s3cret"
 TRUNK_PASSWORD = "door-trunk-s3cret"
 TRUNK_USER = "vgdoor"
+PROXIED_USER = "vgproxied"
 DID = "+4930555"
 PUBLIC = "127.0.0.3"
 
@@ -72,13 +73,18 @@ def carrier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
 
 @pytest.fixture(scope="module")
 def acl(carrier: Kamailio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """allow 127.0.0.1 only: the front door refuses other sources itself; a trunk registers with `carrier`; the
-    public address is another loopback address the front door also listens on."""
+    """allow 127.0.0.1 only: the front door refuses other sources itself; a trunk registers with `carrier` and
+    pings it, another registers through `carrier` as its outbound proxy; the public address is another loopback
+    address the front door also listens on."""
     os.environ["VG_TEST_DOOR_TRUNK_PW"] = TRUNK_PASSWORD
     trunk = {"registrar": f"sip:127.0.0.1:{carrier.port}", "username": TRUNK_USER, "realm": REALM,
-             "password_env": "VG_TEST_DOOR_TRUNK_PW", "expiry_s": 30, "routes": [{"match": DID, "agent": "echo"}]}
+             "password_env": "VG_TEST_DOOR_TRUNK_PW", "expiry_s": 30, "keepalive_s": 1,
+             "routes": [{"match": DID, "agent": "echo"}]}
+    proxied = {"registrar": "sip:127.0.0.4:9", "outbound_proxy": f"sip:127.0.0.1:{carrier.port}",  # nothing at :9
+               "username": PROXIED_USER, "realm": REALM, "password_env": "VG_TEST_DOOR_TRUNK_PW", "expiry_s": 30}
     gw = _cluster(tmp_path_factory.mktemp("door-acl"), {"allow": ["127.0.0.1/32"], "listen": "0.0.0.0",
-                                                       "public_address": PUBLIC}, trunks={"carrier": trunk})
+                                                       "public_address": PUBLIC},
+                  trunks={"carrier": trunk, "proxied": proxied})
     yield gw
     assert gw.stop(40) == 0, "\n".join(gw.lines[-20:])
 
@@ -186,6 +192,22 @@ def test_a_registering_trunk_registers_once_with_the_front_doors_contact_and_its
         assert acl.wait_event("call_end", 10, call=inc["call"])["agent"] == "echo"
         workers.add(inc["worker"])
     assert workers == {0, 1}
+
+
+def test_the_carrier_sees_registrations_through_its_proxy_and_keepalives_from_the_front_door_alone(
+        acl: Gateway, carrier: Kamailio):
+    """Everything a worker starts goes out through the front door (`sip.outbound_proxy`): REGISTER (also on to a
+    trunk's own outbound proxy, here the carrier itself, whose registrar address has nothing listening) and
+    OPTIONS keepalives, which worker 0 alone sends."""
+    src = f"src=127.0.0.1:{acl.port}"
+    assert acl.wait_event("trunk_state", 15, trunk="proxied", state="registered")["worker"] == 0
+    (proxied,) = carrier.wait_log(f"registered {PROXIED_USER}")
+    assert f"contact=<sip:{PROXIED_USER}@{PUBLIC}:{acl.port}>" in proxied and proxied.endswith(src), proxied
+    pings = carrier.wait_log(f"options from {TRUNK_USER}", 10, count=3)
+    assert all(p.endswith(src) for p in pings), pings
+    assert acl.wait_event("trunk_keepalive", 5, trunk="carrier", state="up")["worker"] == 0
+    assert not [e for e in acl.events("trunk_keepalive") if e["worker"] != 0]
+    assert all(line.endswith(src) for line in carrier.log("registered")), carrier.log("registered")
 
 
 def test_a_call_to_the_public_contact_keeps_its_in_dialog_requests_across_a_front_door_restart(acl: Gateway):

@@ -48,13 +48,8 @@ def test_bad_workers_config_is_named_with_its_line(extra: str, line: int, words:
     assert words in issue.message, issue
 
 
-def test_several_workers_name_a_registering_trunk_with_an_outbound_proxy_or_over_tls(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def test_several_workers_name_a_registering_trunk_over_tls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     monkeypatch.setenv("VG_X", "pw")
-    trunk = TRUNK.replace("transport: tcp}", "outbound_proxy: 'sip:10.0.0.9'}")
-    with pytest.raises(ConfigError, match=r"registering trunk with an outbound_proxy \(c\) are not there yet"):
-        parse_config(BASE + trunk + "workers: 2\n")
-    assert parse_config(BASE + trunk.replace("}", ", register: false}") + "workers: 2\n").workers.count == 2
     tls = TRUNK.replace("transport: tcp", "transport: tls")
     sip = "port: 5060, transports: [udp, tls], tls: {cert_file: %s, key_file: %s}}"
     with pytest.raises(ConfigError, match=r"a trunk that registers over TLS \(c\) are not there yet"):
@@ -198,9 +193,14 @@ def test_worker_0_registers_a_trunk_once_through_the_front_door_with_its_contact
     cfg = parse_config(BASE.replace("port: 5060}", "port: 5060, transports: [udp, tcp]}") + TRUNK
                        + "workers: {count: 2, first_port: 6000}\n")
     w0, w1 = (worker_config(cfg, i, 2).trunks["c"] for i in range(2))
-    assert (w0.registers, w0.contact, w0.outbound_proxy) == (
-        True, "sip:vg@127.0.0.1:5060;transport=tcp", "sip:127.0.0.1:5060")
+    assert (w0.registers, w0.contact, w0.outbound_proxy) == (True, "sip:vg@127.0.0.1:5060;transport=tcp", None)
     assert (w1.registers, w1.contact, w1.outbound_proxy) == (False, None, None)
+    # every request a worker starts goes through the front door first, then through a trunk's own proxy
+    assert {worker_config(cfg, i, 2).sip.outbound_proxy for i in range(2)} == {"sip:127.0.0.1:5060"}
+    proxied = parse_config(BASE + TRUNK.replace("}", ", outbound_proxy: 'sip:10.0.0.9', keepalive_s: 5}")
+                           + "workers: 2\n")
+    w0, w1 = (worker_config(proxied, i, 2).trunks["c"] for i in range(2))
+    assert (w0.outbound_proxy, w0.keepalive_s, w1.keepalive_s) == ("sip:10.0.0.9", 5, None)  # worker 0 pings
     assert worker_config(cfg, 1, 2).trunk_status_path.endswith("worker1-trunks.json")
     with pytest.raises(ConfigError, match="registers through the front door, whose address the carrier must call"):
         parse_config(BASE.replace("listen: 127.0.0.1, port: 5060}", "listen: 0.0.0.0, port: 5060, transports: "
