@@ -54,8 +54,6 @@ def fit_problem(workers: WorkersConfig, count: int, sip: SipConfig, rtp: RtpConf
     if registering and sip.listen == "0.0.0.0" and not sip.public_address:
         return (f"trunk {registering[0]} registers through the front door, whose address the carrier must call: "
                 "set sip.listen or sip.public_address")
-    if tls := [n for n in registering if trunks[n].transport == "tls"]:
-        return f"several workers with a trunk that registers over TLS ({tls[0]}) are not there yet"
     span = range(workers.first_port, workers.first_port + count)
     if span.stop - 1 > 65535:
         return f"{count} workers from first_port {workers.first_port} run past port 65535"
@@ -94,7 +92,8 @@ def _trunk_behind_front_door(cfg: Config, t: TrunkConfig, index: int) -> TrunkCo
         return t
     params = "" if t.transport == "udp" else f";transport={t.transport}"
     host = cfg.sip.public_address or cfg.sip.listen
-    return t.model_copy(update={"contact": t.contact or f"sip:{t.username}@{host}:{cfg.sip.port}{params}"})
+    port = cfg.sip.tls.port if t.transport == "tls" and cfg.sip.tls is not None else cfg.sip.port
+    return t.model_copy(update={"contact": t.contact or f"sip:{t.username}@{host}:{port}{params}"})
 
 
 def worker_config(cfg: Config, index: int, count: int) -> Config:

@@ -28,6 +28,8 @@ PASSWORD = "bob-cluster-s3cret"
 TRUNK_PASSWORD = "door-trunk-s3cret"
 TRUNK_USER = "vgdoor"
 PROXIED_USER = "vgproxied"
+TLS_USER = "vgtls"
+TLS_DID = "+4930777"
 DID = "+4930555"
 PUBLIC = "127.0.0.3"
 
@@ -48,16 +50,29 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def digest(pki: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def tls_carrier(pki: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
+    k = Kamailio(free_port(), tmp_path_factory.mktemp("door-tls-carrier"), TRUNK_PASSWORD, TLS_USER,
+                 tls_port=free_port(), pki=pki)
+    k.start()
+    yield k
+    k.stop()
+
+
+@pytest.fixture(scope="module")
+def digest(pki: tuple[Path, Path, Path], tls_carrier: Kamailio,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """allow 127.0.0.1 and a user: other sources get through the front door to a worker's challenge; SIP over
-    mutual TLS ends at the front door."""
-    os.environ["VG_TEST_BOB_PW"] = PASSWORD
+    mutual TLS ends at the front door; a trunk registers over TLS with `tls_carrier`."""
+    os.environ.update(VG_TEST_BOB_PW=PASSWORD, VG_TEST_DOOR_TRUNK_PW=TRUNK_PASSWORD)
     ca, cert, key = pki
     tls = {"port": free_port(), "cert_file": str(cert), "key_file": str(key), "ca_file": str(ca),
            "require_client_cert": True}
+    trunk = {"registrar": f"sip:127.0.0.1:{tls_carrier.tls_port}", "transport": "tls", "username": TLS_USER,
+             "realm": REALM, "password_env": "VG_TEST_DOOR_TRUNK_PW", "expiry_s": 30,
+             "routes": [{"match": TLS_DID, "agent": "echo"}]}
     gw = _cluster(tmp_path_factory.mktemp("door-digest"),
                   {"allow": ["127.0.0.1/32"], "users": {"bob": {"password_env": "VG_TEST_BOB_PW"}},
-                   "transports": ["udp", "tls"], "tls": tls})
+                   "transports": ["udp", "tls"], "tls": tls}, trunks={"secure": trunk})
     gw.tls_port = tls["port"]  # type: ignore[attr-defined]
     yield gw
     assert gw.stop(40) == 0, "\n".join(gw.lines[-20:])
@@ -127,6 +142,22 @@ def test_a_call_over_mutual_tls_ends_at_the_front_door_and_reaches_a_worker_over
     assert end["agent"] == "echo" and end["frames_in"] > 50, end  # the caller's audio reached the worker
     refused = call(f"sip:echo@127.0.0.1:{port};transport=tls", "--tls-ca", str(ca), "--duration", "1")
     assert not refused["answered"], refused  # no client certificate: the front door's handshake fails
+
+
+def test_a_trunk_registers_over_tls_from_the_front_door_and_its_calls_come_back_over_tls(
+        digest: Gateway, tls_carrier: Kamailio):
+    """Worker 0's REGISTER goes to the front door over UDP and on to the carrier over TLS, with the front door's
+    TLS address as Contact; the carrier's call to it comes over TLS (with the carrier's client certificate)."""
+    assert digest.wait_event("trunk_state", 15, trunk="secure", state="registered")["worker"] == 0
+    (registered,) = tls_carrier.wait_log(f"registered {TLS_USER}")
+    contact = f"contact=<sip:{TLS_USER}@127.0.0.1:{digest.tls_port};transport=tls>"  # type: ignore[attr-defined]
+    assert contact in registered and " proto=tls src=127.0.0.1:" in registered, registered
+    before = len(digest.events("call_incoming"))
+    res = call(f"sip:{TLS_DID}@127.0.0.1:{tls_carrier.port}", "--duration", "1")
+    assert res["status"] == 200 and res["answered"], res
+    inc = digest.events("call_incoming")[before]
+    assert (inc["trunk"], inc["called"]) == ("secure", TLS_DID), inc
+    assert digest.wait_event("call_end", 10, call=inc["call"])["agent"] == "echo"
 
 
 def test_the_front_door_refuses_a_source_outside_sip_allow_with_403(acl: Gateway, workdir: Path):

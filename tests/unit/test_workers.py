@@ -48,12 +48,16 @@ def test_bad_workers_config_is_named_with_its_line(extra: str, line: int, words:
     assert words in issue.message, issue
 
 
-def test_several_workers_name_a_registering_trunk_over_tls(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def test_a_trunk_registers_over_tls_through_a_front_door_that_speaks_tls(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path):
     monkeypatch.setenv("VG_X", "pw")
     tls = TRUNK.replace("transport: tcp", "transport: tls")
-    sip = "port: 5060, transports: [udp, tls], tls: {cert_file: %s, key_file: %s}}"
-    with pytest.raises(ConfigError, match=r"a trunk that registers over TLS \(c\) are not there yet"):
-        parse_config(BASE.replace("port: 5060}", sip % make_ca(tmp_path, "t")[1:]) + tls + "workers: 2\n")
+    with pytest.raises(ConfigError, match=r"trunks.c.transport: tls is not in sip.transports"):  # nor the front door's
+        parse_config(BASE + tls + "workers: 2\n")
+    sip = "port: 5060, transports: [udp, tls], tls: {port: 5071, cert_file: %s, key_file: %s}}"
+    cfg = parse_config(BASE.replace("port: 5060}", sip % make_ca(tmp_path, "t")[1:]) + tls
+                       + "workers: {count: 2, first_port: 6000}\n")
+    assert worker_config(cfg, 0, 2).trunks["c"].contact == "sip:vg@127.0.0.1:5071;transport=tls"
 
 
 def test_rtp_slices_are_disjoint_and_cover_equal_parts():
