@@ -16,6 +16,8 @@ the front door with the front door's address as Contact (telephony/workers.py): 
 retries and `voicegate trunks` where they are for one gateway, and no password in Kamailio's files; the carrier's
 calls then reach the front door like any other and go to any worker. TLS ends here (`tls` module, Debian
 `kamailio-tls-modules`, with the `sip.tls` certificate settings); the workers behind speak UDP on loopback.
+The `dialog` module keeps each answered call in a `worker` profile, and a JSON-RPC socket (`jsonrpcs`) lets the
+supervisor end a dead worker's calls and reload the ACL's addresses (telephony/frontdoor_rpc.py).
 """
 
 from __future__ import annotations

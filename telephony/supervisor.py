@@ -109,6 +109,7 @@ class Supervisor:
             except (RuntimeError, OSError) as e:
                 print(f"voicegate: {e}", file=sys.stderr)
                 self.front.remove()
+                self._remove_metrics()
                 return 3
         ops = None
         if self.metrics is not None:
