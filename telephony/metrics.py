@@ -9,7 +9,6 @@ its own server answers every path with the metrics, and has no health check).
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
 import threading
@@ -213,16 +212,15 @@ class GatewayMetrics:
             self.keepalive_rtt.labels(str(f["trunk"])).set(float(f["rtt_ms"]) / 1000)
 
     def _trunk_removed(self, f: Mapping[str, Any]) -> None:
+        """Drop the trunk's series; set to 0 first, since in multiprocess mode (workers) the value stays in the
+        process's file after `remove`."""
         trunk = str(f["trunk"])
-        for s in TRUNK_STATES:
-            with contextlib.suppress(KeyError):
-                self.trunk_state.remove(trunk, s)
-        for s in KEEPALIVE_STATES:
-            with contextlib.suppress(KeyError):
-                self.keepalive.remove(trunk, s)
-        for gauge in (self.trunk_code, self.trunk_failures, self.keepalive_rtt):
-            with contextlib.suppress(KeyError):
-                gauge.remove(trunk)
+        series: list[tuple[Gauge, tuple[str, ...]]] = [(self.trunk_state, (trunk, s)) for s in TRUNK_STATES]
+        series += [(self.keepalive, (trunk, s)) for s in KEEPALIVE_STATES]
+        series += [(g, (trunk,)) for g in (self.trunk_code, self.trunk_failures, self.keepalive_rtt)]
+        for gauge, labels in series:
+            gauge.labels(*labels).set(0)
+            gauge.remove(*labels)
 
     def _set_state(self, state: str) -> None:
         self.state = state

@@ -21,6 +21,9 @@ for n in range(int(sys.argv[1])):
     m("call_answered", {"call": f"c{n}", "agent": "echo"})
     if n % 2 == 0:
         m("call_end", {"call": f"c{n}", "agent": "echo", "reason": "remote_200"})
+m("trunk_state", {"trunk": "t", "state": "registered", "code": 200, "failures": 0})
+m("trunk_state", {"trunk": "gone", "state": "registered", "code": 200, "failures": 0})
+m("trunk_removed", {"trunk": "gone"})
 """
 
 
@@ -39,6 +42,7 @@ def test_the_sum_counts_every_worker_and_forgets_a_dead_ones_gauges(tmp_path: Pa
         pids.append(p.pid)
     assert sample(m, "voicegate_calls_total") == 3  # calls 0, 2 of the first, 0 of the second
     assert sample(m, "voicegate_calls_active") == 2 and sample(m, "voicegate_ready") == 2
+    assert sample(m, "voicegate_trunk_registration") == 2  # "t" in each; a trunk a reload removed counts nowhere
     assert m.health() == (True, {"status": "degraded", "front_door": True, "workers_ready": 2, "workers": 3,
                                  "calls_active": 2})
     m.worker_exited(pids[0])
