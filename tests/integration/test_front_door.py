@@ -241,6 +241,31 @@ def test_the_carrier_sees_registrations_through_its_proxy_and_keepalives_from_th
     assert all(line.endswith(src) for line in carrier.log("registered")), carrier.log("registered")
 
 
+def test_a_reload_gives_the_front_doors_acl_a_new_trunks_address(acl: Gateway, workdir: Path):
+    """SIGHUP to the supervisor: a trunk added to the file lets its address through the front door's `sip.allow`
+    ACL (refused with 403 before, by the test above) and each worker routes its calls."""
+    cfg = yaml.safe_load(acl.config.read_text())
+    cfg["trunks"]["pbx"] = {"registrar": "sip:127.0.0.2:9", "register": False, "username": "pbx",
+                            "password_env": "VG_TEST_DOOR_TRUNK_PW", "routes": [{"match": "pbx", "agent": "echo"}]}
+    acl.config.write_text(yaml.safe_dump(cfg))
+    signalled = time.time()
+    acl.proc.send_signal(signal.SIGHUP)
+    forwarded = acl.wait_event("config_reload_forwarded", 10)
+    assert forwarded["front_door_acl_reloaded"] and forwarded["workers"] == [0, 1], forwarded
+    deadline = time.monotonic() + 15
+    while len([e for e in acl.events("config_reloaded") if e["ts"] >= signalled]) < 2:
+        assert time.monotonic() < deadline, "\n".join(acl.lines[-20:])
+        time.sleep(0.05)
+    before = len(acl.events("call_incoming"))
+    (workdir / "s.xml").write_text(call_with_headers([]))
+    r = sipp(["-sf", "s.xml", "-s", "pbx", "-i", "127.0.0.2", "-mp", str(rtp_range(10)[0]),
+              f"127.0.0.1:{acl.port}"], workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    inc = acl.events("call_incoming")[before]
+    assert inc["trunk"] == "pbx" and inc["source"].startswith("127.0.0.2:"), inc
+    assert acl.wait_event("call_end", 10, call=inc["call"])["agent"] == "echo"
+
+
 def test_a_call_to_the_public_contact_keeps_its_in_dialog_requests_across_a_front_door_restart(acl: Gateway):
     result: dict[str, Any] = {}
     before = len(acl.events("call_answered"))
