@@ -113,7 +113,13 @@ def detector_settings(cfg: Config) -> DetectorSettings:
 
 
 class Gateway:
-    def __init__(self, config: Config, source: str | Path | None = None, worker: int | None = None) -> None:
+    def __init__(self, config: Config, source: str | Path | None = None, worker: int | None = None,
+                 derive: Callable[[Config], Config] | None = None) -> None:
+        self.file_config = config
+        """The config as the file has it; a reload merges the new file into it."""
+        self.derive = derive
+        """What this process runs of the file's config (a worker's part, telephony/workers.py), also on reload."""
+        config = derive(config) if derive is not None else config
         self.config = config
         self.source = source
         """The config file, re-read on SIGHUP (none: no reload)."""
@@ -323,13 +329,14 @@ class Gateway:
         file = str(self.source)
         try:
             new = await asyncio.to_thread(load_config, self.source)
-            merged, restart = merge(self.config, new)
+            merged_file, restart = merge(self.file_config, new)
         except ConfigError as e:
             event("config_reload_refused", file=file, errors=[str(i) for i in e.issues])
             return False
         except ReloadRefusedError as e:
             event("config_reload_refused", file=file, errors=e.problems)
             return False
+        merged = self.derive(merged_file) if self.derive is not None else merged_file
         changed = agent_changes(self.config, merged)
         fresh = {n: make_factory(n, merged.agents[n], self.prompts, merged.agents, merged.prices) for n in changed}
         try:
@@ -342,7 +349,7 @@ class Gateway:
         old = self.factories
         self.factories = {n: fresh.get(n) or old[n] for n in merged.agents}
         link_fallbacks(self.factories)
-        self.config = merged
+        self.config, self.file_config = merged, merged_file
         for tr in self.transports:
             if hasattr(tr, "config"):
                 tr.config = merged  # the stream transports route by it too

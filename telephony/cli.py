@@ -55,18 +55,23 @@ def _serve(args: argparse.Namespace) -> int:
     count = cfg.workers.count if args.workers is None else args.workers
     if args.worker_index is None and (count > 1 or args.workers is not None or cfg.workers.remote):
         return _supervise(cfg, args.config, count)
+    from telephony.workers import behind_front_door
+
+    derive = None
     if args.worker_index is not None:
+        from functools import partial
+
         from telephony.logs import tag_events
         from telephony.workers import worker_config
 
-        cfg = worker_config(cfg, args.worker_index, count)
+        derive = partial(worker_config, index=args.worker_index, count=count)  # a reload derives from the file again
         tag_events(worker=args.worker_index)
     try:
         import uvloop
 
-        with ops_sinks(cfg):
-            # a worker's config is derived from the file: re-reading the file (SIGHUP) would undo that
-            uvloop.run(Gateway(cfg, None if args.worker_index is not None else args.config, args.worker_index).run())
+        gateway = Gateway(cfg, args.config, args.worker_index, derive)
+        with ops_sinks(gateway.config, serve=args.worker_index is None or not behind_front_door(cfg.workers, count)):
+            uvloop.run(gateway.run())
     except VoicegateError as e:
         print(f"voicegate: {e}", file=sys.stderr)
         return 3
@@ -91,8 +96,9 @@ def _supervise(cfg: Config, config_path: str, count: int) -> int:
 
 
 @contextlib.contextmanager
-def ops_sinks(cfg: Config) -> Iterator[None]:
-    """The event sinks of operations (metrics and /healthz), subscribed for the gateway's life."""
+def ops_sinks(cfg: Config, serve: bool = True) -> Iterator[None]:
+    """The event sinks of operations (metrics and /healthz), subscribed for the gateway's life; a worker behind the
+    front door keeps its metrics for the supervisor to serve (`serve` False; telephony/cluster_metrics.py)."""
     from telephony.logs import subscribe
     from telephony.metrics import GatewayMetrics, OpsServer
 
@@ -100,13 +106,14 @@ def ops_sinks(cfg: Config) -> Iterator[None]:
         yield
         return
     metrics = GatewayMetrics(lambda called: (r.match if (r := cfg.route_for(called)) else ""))
-    server = OpsServer(metrics, cfg.metrics.listen, cfg.metrics.port, cfg.metrics.token)
+    server = OpsServer(metrics, cfg.metrics.listen, cfg.metrics.port, cfg.metrics.token) if serve else None
     unsubscribe = subscribe(metrics)
     try:
         yield
     finally:
         unsubscribe()
-        server.close()
+        if server is not None:
+            server.close()
 
 
 def _simulate(args: argparse.Namespace) -> int:

@@ -197,13 +197,16 @@ class SipConfig(_Strict):
     front_door: list[NetworkText] = []
     """Addresses of the Kamailio front door in front of this gateway (a worker on another machine): the caller's
     address of an INVITE from there is the one the front door names in its X-VG-Source header."""
+    outbound_proxy: str | None = None
+    """`sip:host:port`: every request the gateway starts (REGISTER, OPTIONS keepalives, calls out) goes through it,
+    before a trunk's own `outbound_proxy`. Workers behind the front door get the front door's."""
     max_message_bytes: int = Field(16384, ge=1024, le=65535)
     """A longer INVITE is refused with 513 Message Too Large (telephony/invite_rate.py)."""
     invite_rate: InviteRateConfig | None = None
     """Per-source INVITE limit (a flood would take the call slots); none: unlimited (a carrier sends every call from
     one address)."""
 
-    @field_validator("contact")
+    @field_validator("contact", "outbound_proxy")
     @classmethod
     def _contact(cls, v: str | None) -> str | None:
         if v is not None:

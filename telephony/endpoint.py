@@ -221,6 +221,9 @@ class SipStack:
         ec.uaConfig.mainThreadOnly = True
         ec.uaConfig.maxCalls = EXPECTED_MAX_CALLS
         ec.uaConfig.userAgent = cfg.sip.user_agent
+        if cfg.sip.outbound_proxy:  # pjsua puts it first in every account's route set
+            proxy = cfg.sip.outbound_proxy
+            ec.uaConfig.outboundProxies.append(proxy if ";lr" in proxy else f"{proxy};lr")
         level = 3 if cfg.log_level == "debug" else 2
         trace = SipTrace(cfg.records.sip_trace_path) if cfg.records.sip_trace else None
         self._logwriter = _LogWriter(level, trace)

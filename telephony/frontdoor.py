@@ -16,6 +16,8 @@ the front door with the front door's address as Contact (telephony/workers.py): 
 retries and `voicegate trunks` where they are for one gateway, and no password in Kamailio's files; the carrier's
 calls then reach the front door like any other and go to any worker. TLS ends here (`tls` module, Debian
 `kamailio-tls-modules`, with the `sip.tls` certificate settings); the workers behind speak UDP on loopback.
+The `dialog` module keeps each answered call in a `worker` profile, and a JSON-RPC socket (`jsonrpcs`) lets the
+supervisor end a dead worker's calls and reload the ACL's addresses (telephony/frontdoor_rpc.py).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from telephony.config import Config
+from telephony.frontdoor_rpc import rpc
 from telephony.inbound import SOURCE_HEADER, resolve_sources
 from telephony.logs import event
 from telephony.workers import CALLS_PER_WORKER, WORKER_PARAM, announcing, worker_port
@@ -42,17 +45,23 @@ ALGORITHMS = {"round_robin": 4, "least_loaded": 10}
 REASONS = {503: "Service Unavailable", 486: "Busy Here", 480: "Temporarily Unavailable"}
 SYSTEM_CAS = "/etc/ssl/certs/ca-certificates.crt"
 """Debian's CA bundle: whom TLS trusts when `sip.tls.ca_file` is not set."""
+RPC_SOCKET = "rpc.sock"
+"""Kamailio's JSON-RPC datagram socket, in the front door's folder."""
 MARK = "VG"
 """Kamailio's own log lines that voicegate reports as `frontdoor` events start with this."""
+
+
+def worker_uri(cfg: Config, index: int, count: int) -> str:
+    """Local worker `index`'s dispatcher destination, also the value of its calls in the `worker` dialog profile."""
+    return f"sip:127.0.0.1:{worker_port(cfg, index, count)}"
 
 
 def dispatcher_list(cfg: Config, count: int) -> str:
     """Destination set 1: the local workers, then the remote ones, each with a call-load id and its call limit
     (used by least_loaded)."""
-    local = [f"1 sip:127.0.0.1:{worker_port(cfg, i, count)} 0 0 duid=w{i};maxload={CALLS_PER_WORKER}\n"
-             for i in range(count)]
+    local = [f"1 {worker_uri(cfg, i, count)} 0 0 duid=w{i};maxload={CALLS_PER_WORKER}\n" for i in range(count)]
     remote = [f"1 {uri} 0 0 duid=r{j};maxload={CALLS_PER_WORKER}\n" for j, uri in enumerate(cfg.workers.remote)]
-    announcer = [f"2 sip:127.0.0.1:{worker_port(cfg, count, count)} 0 0 duid=a0\n"] if announcing(cfg.workers) else []
+    announcer = [f"2 {worker_uri(cfg, count, count)} 0 0 duid=a0\n"] if announcing(cfg.workers) else []
     return "".join(local + remote + announcer)
 
 
@@ -102,7 +111,8 @@ def _refuse(cfg: Config, in_failure_route: bool) -> str:
     lines = [f'xlog("L_NOTICE", "{MARK} full $ci\\n");']
     if full.reply == "announcement":
         lines += ['if (ds_select_dst("2", "4")) {', f'    xlog("L_NOTICE", "{MARK} announce $ci to $du\\n");',
-                  "    $sht(calls=>$ci) = $du;", "    t_relay();", "    exit;", "}", "$sht(calls=>$ci) = $null;",
+                  "    $sht(calls=>$ci) = $du;", *([] if in_failure_route else ["    dlg_manage();"]),
+                  '    t_on_reply("ANSWER");', "    t_relay();", "    exit;", "}", "$sht(calls=>$ci) = $null;",
                   f'{send}("486", "{REASONS[486]}");']
     else:
         code = int(full.reply)
@@ -120,6 +130,18 @@ def _load_params(cfg: Config) -> str:
     return "\n".join(['modparam("dispatcher", "ds_hash_size", 8)',
                       f'modparam("dispatcher", "ds_hash_expire", {expire})',
                       'modparam("dispatcher", "ds_hash_initexpire", 60)'])
+
+
+def _dialog_params(cfg: Config, rpc_socket: Path) -> str:
+    """Dialog tracking, so that the supervisor can end the calls of a worker that died (`dlg.end_dlg` over the
+    JSON-RPC socket, telephony/frontdoor_rpc.py): every answered call joins the `worker` profile with its worker's
+    URI as value; matching by Call-ID and tags alone (no cookie in Record-Route); a dialog whose BYE never came
+    is forgotten once it would have reached `timeouts.max_call_s`."""
+    return "\n".join(['modparam("dialog", "dlg_match_mode", 2)',
+                      'modparam("dialog", "profiles_with_value", "worker")',
+                      f'modparam("dialog", "default_timeout", {int(cfg.timeouts.max_call_s) + 60})',
+                      'modparam("jsonrpcs", "transport", 4)',
+                      f'modparam("jsonrpcs", "dgram_socket", "{rpc_socket}")'])
 
 
 def kamailio_config(cfg: Config, list_file: Path, modules: Path = MODULES) -> str:
@@ -158,6 +180,8 @@ loadmodule "sanity.so"
 loadmodule "pike.so"
 loadmodule "dispatcher.so"
 loadmodule "htable.so"
+loadmodule "dialog.so"
+loadmodule "jsonrpcs.so"
 {acl_load}{tls_load}modparam("tm", "fr_timer", {int(w.failover_timeout_s * 1000)})
 modparam("tm", "fr_inv_timer", 120000)
 modparam("rr", "enable_full_lr", 1)
@@ -175,6 +199,7 @@ modparam("dispatcher", "ds_inactive_threshold", 1)
 modparam("dispatcher", "ds_ping_reply_codes", "class=2")
 {_load_params(cfg) if least else ''}
 modparam("htable", "htable", "calls=>size=10;autoexpire=7200;")
+{_dialog_params(cfg, list_file.with_name(RPC_SOCKET))}
 modparam("pike", "sampling_time_unit", {w.flood_window_s})
 modparam("pike", "reqs_density_per_unit", {w.flood_requests})
 modparam("pike", "remove_latency", {w.flood_block_s})
@@ -202,6 +227,7 @@ request_route {{
             }}
             if (is_method("BYE")) {{ $sht(calls=>$ci) = $null; }}
             {'if (is_method("BYE")) { ds_load_update(); }' if least else ''}
+            dlg_manage();
             t_relay();
             exit;
         }}
@@ -217,6 +243,7 @@ request_route {{
             $du = $sht(calls=>$ci);
             if (is_method("BYE")) {{ $sht(calls=>$ci) = $null; }}
             {'if (is_method("BYE")) { ds_load_update(); }' if least else ''}
+            dlg_manage();
             t_relay();
             exit;
         }}
@@ -246,8 +273,9 @@ request_route {{
     }}
     xlog("L_NOTICE", "{MARK} invite $ci to $du\\n");
     $sht(calls=>$ci) = $du;
+    dlg_manage();
     t_on_failure("NEXT");
-    {'t_on_reply("LOAD");' if least else ''}
+    t_on_reply("ANSWER");
     if (!t_relay()) {{ sl_reply_error(); }}
     exit;
 }}
@@ -265,7 +293,7 @@ failure_route[NEXT] {{
             xlog("L_NOTICE", "{MARK} failover $ci to $du\\n");
             $sht(calls=>$ci) = $du;
             t_on_failure("NEXT");
-            {'t_on_reply("LOAD");' if least else ''}
+            t_on_reply("ANSWER");
             t_relay();
             exit;
         }}
@@ -275,11 +303,13 @@ failure_route[NEXT] {{
     {'ds_load_unset();' if least else ''}
     $sht(calls=>$ci) = $null;
 }}
-{'''
-onreply_route[LOAD] {
-    if (status =~ "2[0-9][0-9]") { ds_load_update(); }
-}
-''' if least else ''}
+
+onreply_route[ANSWER] {{
+    if (status =~ "2[0-9][0-9]") {{
+        {'ds_load_update();' if least else ''}
+        if (!is_in_profile("worker", "$sht(calls=>$ci)")) {{ set_dlg_profile("worker", "$sht(calls=>$ci)"); }}
+    }}
+}}
 event_route[dispatcher:dst-down] {{
     xlog("L_NOTICE", "{MARK} worker down $ru\\n");
 }}
@@ -316,6 +346,23 @@ class FrontDoor:
         if check.returncode != 0:
             raise RuntimeError(f"kamailio rejected the front door config {path}: {check.stderr.strip()[-1500:]}")
         return path
+
+    def reload_acl(self, cfg: Config) -> bool:
+        """Give the running Kamailio the source ACL with the trunks of `cfg` (a reload): rewrite the address file
+        and have `permissions` read it again (RPC). Whether the ACL changed; raises RuntimeError when the reload
+        would turn the ACL on or off, which changes the routing script (a restart)."""
+        new = self.cfg.model_copy(update={"trunks": cfg.trunks})
+        path = self.dir / "address.list"
+        on, was_on = bool(_acl(new, path)[0]), bool(_acl(self.cfg, path)[0])
+        if on != was_on:
+            raise RuntimeError("the front door's source ACL would turn " + ("on" if on else "off") +
+                               " (sip.allow with trunks' inbound_auth): restart voicegate for that")
+        self.cfg = new
+        if not on or path.read_text() == (text := address_list(new)):
+            return False
+        path.write_text(text)
+        rpc(self.dir / RPC_SOCKET, "permissions.addressReload")
+        return True
 
     async def start(self, preexec: Callable[[], None] | None = None) -> int:
         """Start Kamailio; `preexec` runs in the child before it (the supervisor's die-with-parent)."""

@@ -9,12 +9,11 @@ its own server answers every path with the metrics, and has no health check).
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import json
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
@@ -42,6 +41,15 @@ KEEPALIVE_STATES = ("unknown", "up", "down")
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
+class MetricsSource(Protocol):
+    """What `/metrics` and `/healthz` serve: one gateway's `GatewayMetrics`, or the workers' sum
+    (telephony/cluster_metrics.py)."""
+
+    registry: CollectorRegistry
+
+    def health(self) -> tuple[bool, dict[str, Any]]: ...
+
+
 def result_label(reason: str) -> str:
     """A call's end reason as a bounded label: `transfer:sip:x@y` -> `transfer`."""
     return reason.split(":", 1)[0] or "unknown"
@@ -55,7 +63,8 @@ class GatewayMetrics:
         self.route_of = route_of
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.active = Gauge("voicegate_calls_active", "Calls answered and not ended", ["route", "agent"], registry=r)
+        self.active = Gauge("voicegate_calls_active", "Calls answered and not ended", ["route", "agent"], registry=r,
+                            multiprocess_mode="livesum")
         self.calls = Counter("voicegate_calls", "Calls ended, by end reason", ["route", "agent", "result"],
                              registry=r)
         self.responses = Counter("voicegate_sip_responses", "Final responses to INVITEs: 200 once the caller ACKed "
@@ -86,17 +95,19 @@ class GatewayMetrics:
                                      "not allowed, 429: max_calls_per_min)", ["status"], registry=r)
         self.trunk_state = Gauge("voicegate_trunk_registration", "1 for a trunk's current registration state "
                                  "(failed: backing off before the next REGISTER), 0 for the others",
-                                 ["trunk", "state"], registry=r)
+                                 ["trunk", "state"], registry=r, multiprocess_mode="livesum")
         self.trunk_code = Gauge("voicegate_trunk_last_status_code", "Status code of a trunk's last REGISTER answer "
-                                "(pjsip's 408/503 for timeouts and transport errors)", ["trunk"], registry=r)
+                                "(pjsip's 408/503 for timeouts and transport errors)", ["trunk"], registry=r,
+                                multiprocess_mode="livesum")
         self.trunk_failures = Gauge("voicegate_trunk_failures", "A trunk's failed REGISTERs in a row", ["trunk"],
-                                    registry=r)
+                                    registry=r, multiprocess_mode="livesum")
         self.keepalive = Gauge("voicegate_trunk_keepalive", "1 for a pinging trunk's current OPTIONS keepalive state "
                                "(up: its last ping was answered, down: timed out or a transport error), 0 for the "
-                               "others", ["trunk", "state"], registry=r)
+                               "others", ["trunk", "state"], registry=r, multiprocess_mode="livesum")
         self.keepalive_rtt = Gauge("voicegate_trunk_keepalive_rtt_seconds", "Round trip of a trunk's last answered "
-                                   "OPTIONS keepalive", ["trunk"], registry=r)
-        self.ready = Gauge("voicegate_ready", "1 when SIP is up and new calls are taken", registry=r)
+                                   "OPTIONS keepalive", ["trunk"], registry=r, multiprocess_mode="livesum")
+        self.ready = Gauge("voicegate_ready", "1 when SIP is up and new calls are taken (with workers: how many "
+                           "are)", registry=r, multiprocess_mode="livesum")
         self.state = "starting"
         self._lock = threading.Lock()
         self._calls: dict[str, tuple[str, str]] = {}  # call id -> (route, agent), from call_incoming on
@@ -201,16 +212,15 @@ class GatewayMetrics:
             self.keepalive_rtt.labels(str(f["trunk"])).set(float(f["rtt_ms"]) / 1000)
 
     def _trunk_removed(self, f: Mapping[str, Any]) -> None:
+        """Drop the trunk's series; set to 0 first, since in multiprocess mode (workers) the value stays in the
+        process's file after `remove`."""
         trunk = str(f["trunk"])
-        for s in TRUNK_STATES:
-            with contextlib.suppress(KeyError):
-                self.trunk_state.remove(trunk, s)
-        for s in KEEPALIVE_STATES:
-            with contextlib.suppress(KeyError):
-                self.keepalive.remove(trunk, s)
-        for gauge in (self.trunk_code, self.trunk_failures, self.keepalive_rtt):
-            with contextlib.suppress(KeyError):
-                gauge.remove(trunk)
+        series: list[tuple[Gauge, tuple[str, ...]]] = [(self.trunk_state, (trunk, s)) for s in TRUNK_STATES]
+        series += [(self.keepalive, (trunk, s)) for s in KEEPALIVE_STATES]
+        series += [(g, (trunk,)) for g in (self.trunk_code, self.trunk_failures, self.keepalive_rtt)]
+        for gauge, labels in series:
+            gauge.labels(*labels).set(0)
+            gauge.remove(*labels)
 
     def _set_state(self, state: str) -> None:
         self.state = state
@@ -234,7 +244,7 @@ class _QuietHandler(WSGIRequestHandler):
         """Scrapes every few seconds would flood stderr; the JSON event log is the gateway's log."""
 
 
-def ops_app(metrics: GatewayMetrics, token: str | None = None) -> WsgiApp:
+def ops_app(metrics: MetricsSource, token: str | None = None) -> WsgiApp:
     """`/metrics` (prometheus_client's app), `/healthz` (200 or 503 with JSON), 404 elsewhere; with a `token`, 401
     for every request without `Authorization: Bearer TOKEN` (compared in constant time)."""
     prometheus = make_wsgi_app(metrics.registry)
@@ -262,7 +272,7 @@ def ops_app(metrics: GatewayMetrics, token: str | None = None) -> WsgiApp:
 class OpsServer:
     """The HTTP server of `/metrics` and `/healthz`, on a daemon thread."""
 
-    def __init__(self, metrics: GatewayMetrics, listen: str, port: int, token: str | None = None) -> None:
+    def __init__(self, metrics: MetricsSource, listen: str, port: int, token: str | None = None) -> None:
         try:
             self._server = make_server(listen, port, ops_app(metrics, token), ThreadingWSGIServer,
                                        handler_class=_QuietHandler)

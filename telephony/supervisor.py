@@ -5,7 +5,10 @@ SIGTERM to the supervisor drains every worker, then stops Kamailio (it carries t
 until then). SIGTERM to one worker drains that worker alone: it answers OPTIONS with 503, Kamailio stops sending
 it calls, its calls finish, and it is started again. Workers write their own JSON log lines to the supervisor's
 stderr, each tagged with `worker`. A worker that died (kill -9, a crash) leaves its calls' rows in progress in the
-call records: the supervisor ends them (`worker_died`, the duration up to its death).
+call records: the supervisor ends them (`worker_died`, the duration up to its death), and has the front door send
+its callers a BYE (telephony/frontdoor_rpc.py), so that they hear the call end rather than silence. Behind the
+front door the supervisor serves `/metrics` and `/healthz` for every worker (telephony/cluster_metrics.py).
+SIGHUP to the supervisor checks the config file and reloads it live in every worker, running calls kept.
 """
 
 from __future__ import annotations
@@ -14,20 +17,26 @@ import asyncio
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import sqlite3
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from telephony.config import Config
+from telephony.cluster_metrics import MULTIPROC_ENV, ClusterMetrics
+from telephony.config import Config, ConfigError, load_config
 from telephony.digest import NONCE_KEY_ENV
-from telephony.frontdoor import FrontDoor
+from telephony.errors import VoicegateError
+from telephony.frontdoor import RPC_SOCKET, FrontDoor, worker_uri
+from telephony.frontdoor_rpc import RpcError, end_worker_calls
 from telephony.logs import event
+from telephony.metrics import OpsServer
 from telephony.records import close_open
-from telephony.workers import Restarts, behind_front_door, processes, worker_port
+from telephony.workers import Restarts, behind_front_door, fit_problem, processes, worker_port
 
 READY_TIMEOUT_S = 120.0
 """How long the front door waits for the workers' first OPTIONS answers (agents load models at start-up)."""
@@ -78,21 +87,40 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._env = {**os.environ, NONCE_KEY_ENV: os.urandom(32).hex()}
         """The workers' environment: one nonce key for all, so a digest challenge may be answered to any."""
+        self._reload: asyncio.Task[None] | None = None
+        self.metrics: ClusterMetrics | None = None
+        if self.front is not None and cfg.metrics.enabled:
+            folder = Path(tempfile.mkdtemp(prefix="voicegate-metrics-"))
+            self._env[MULTIPROC_ENV] = str(folder)
+            self.metrics = ClusterMetrics(folder, processes(cfg.workers, count), self._front_door_up)
+
+    def _front_door_up(self) -> bool:
+        proc = self.front.proc if self.front is not None else None
+        return proc is not None and proc.returncode is None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: event(
-            "config_reload_refused", file=self.config_path, errors=[
-                "with workers, a reload is a rolling restart: SIGTERM one worker at a time (pids in worker_started); "
-                "each starts again with the file as it is then"]))
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         if self.front is not None:
             try:
                 self.front.write()
             except (RuntimeError, OSError) as e:
                 print(f"voicegate: {e}", file=sys.stderr)
                 self.front.remove()
+                self._remove_metrics()
+                return 3
+        ops = None
+        if self.metrics is not None:
+            m = self.cfg.metrics
+            try:
+                ops = OpsServer(self.metrics, m.listen, m.port, m.token)
+            except VoicegateError as e:
+                print(f"voicegate: {e}", file=sys.stderr)
+                self._remove_metrics()
+                if self.front is not None:
+                    self.front.remove()
                 return 3
         ports = [worker_port(self.cfg, i, self.count) for i in range(processes(self.cfg.workers, self.count))]
         event("supervisor_started", workers=self.count, worker_ports=ports, front_door=self.front is not None,
@@ -105,8 +133,45 @@ class Supervisor:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if ops is not None:
+            ops.close()
+        self._remove_metrics()
         event("supervisor_stopped")
         return 0
+
+    def _on_sighup(self) -> None:
+        if self._reload is not None and not self._reload.done():
+            event("config_reload_refused", file=self.config_path, errors=["a reload is still running"])
+        elif not self._stop.is_set():
+            self._reload = asyncio.ensure_future(self._reload_workers())
+
+    async def _reload_workers(self) -> None:
+        """Check the file (its errors are refused here, once, with file:line), then SIGHUP every running worker:
+        each reloads its part of the file live and keeps its calls (telephony/reload.py); the front door gets the
+        new trunks' addresses for its source ACL."""
+        try:
+            new = await asyncio.to_thread(load_config, self.config_path)
+        except ConfigError as e:
+            event("config_reload_refused", file=self.config_path, errors=[str(i) for i in e.issues])
+            return
+        if problem := fit_problem(new.workers, self.count, new.sip, new.rtp, new.trunks):
+            event("config_reload_refused", file=self.config_path, errors=[problem])
+            return
+        acl = False
+        if self.front is not None:
+            try:
+                acl = await asyncio.to_thread(self.front.reload_acl, new)
+            except (RuntimeError, OSError) as e:
+                event("config_reload_refused", file=self.config_path, errors=[str(e)])
+                return
+        live = sorted(i for i, p in self.procs.items() if p.returncode is None)
+        for i in live:
+            self.procs[i].send_signal(signal.SIGHUP)
+        event("config_reload_forwarded", file=self.config_path, workers=live, front_door_acl_reloaded=acl)
+
+    def _remove_metrics(self) -> None:
+        if self.metrics is not None:
+            shutil.rmtree(self.metrics.folder, ignore_errors=True)
 
     async def _shutdown(self) -> None:
         event("supervisor_stopping", workers=len(self.procs))
@@ -144,12 +209,27 @@ class Supervisor:
             self.procs[index] = proc
             event("worker_started", worker=index, pid=proc.pid, port=worker_port(self.cfg, index, self.count))
             rc = await proc.wait()
-            await self._close_records(index, proc.pid, time.time())
+            await asyncio.gather(self._end_calls(index, proc.pid), self._close_records(index, proc.pid, time.time()))
+            if self.metrics is not None:
+                self.metrics.worker_exited(proc.pid)
             if self._stop.is_set():
                 return
             delay = restarts.exited(started, time.monotonic())
             event("worker_exited", worker=index, pid=proc.pid, rc=rc, restart_in_s=delay)
             await self._pause(delay)
+
+    async def _end_calls(self, index: int, pid: int) -> None:
+        """Have the front door end the answered calls of a local worker that exited (none after a clean exit)."""
+        if self.front is None or self.front.proc is None or self.front.proc.returncode is not None:
+            return
+        uri = worker_uri(self.cfg, index, self.count)
+        try:
+            calls = await asyncio.to_thread(end_worker_calls, self.front.dir / RPC_SOCKET, uri)
+        except RpcError as e:
+            event("frontdoor_error", msg=f"ending the calls of worker {index} ({uri}): {e}", skipped=0)
+            return
+        if calls:
+            event("worker_calls_ended", worker=index, pid=pid, calls=calls, by="frontdoor_bye")
 
     async def _close_records(self, index: int, pid: int, died: float) -> None:
         """End the call records a worker left in progress (none after a clean exit)."""

@@ -3,9 +3,10 @@
 A pjsua2 process serves at most 4 calls (DESIGN §2), so `voicegate serve --workers N` runs N gateways. Behind the
 Kamailio front door (more than one, or `workers.remote` gateways on other machines), each listens on loopback
 (`workers.first_port` + i, UDP) and owns one N-th of the configured RTP range; the stream transports and the
-metrics and control endpoints (fixed ports) run in worker 0, which asks the others for the pcap of a call it does
-not hold (`control_peers`). With `when_full: {reply: announcement}` one more worker (index N) answers the calls no
-worker has room for, says the text and hangs up. With `sip.public_address` each worker writes it into its SDP
+control endpoint (fixed ports) run in worker 0, which asks the others for the pcap of a call it does not hold
+(`control_peers`); every worker keeps metrics, which the supervisor serves summed (telephony/cluster_metrics.py).
+With `when_full: {reply: announcement}` one more worker (index N) answers the calls no worker has room for, says
+the text and hangs up. With `sip.public_address` each worker writes it into its SDP
 (`rtp.public_address`) and names the front door in its Contact.
 """
 
@@ -53,10 +54,6 @@ def fit_problem(workers: WorkersConfig, count: int, sip: SipConfig, rtp: RtpConf
     if registering and sip.listen == "0.0.0.0" and not sip.public_address:
         return (f"trunk {registering[0]} registers through the front door, whose address the carrier must call: "
                 "set sip.listen or sip.public_address")
-    if tls := [n for n in registering if trunks[n].transport == "tls"]:
-        return f"several workers with a trunk that registers over TLS ({tls[0]}) are not there yet"
-    if proxied := [n for n in registering if trunks[n].outbound_proxy]:
-        return f"several workers with a registering trunk with an outbound_proxy ({proxied[0]}) are not there yet"
     span = range(workers.first_port, workers.first_port + count)
     if span.stop - 1 > 65535:
         return f"{count} workers from first_port {workers.first_port} run past port 65535"
@@ -86,18 +83,17 @@ def front_door_host(sip: SipConfig) -> str:
 
 
 def _trunk_behind_front_door(cfg: Config, t: TrunkConfig, index: int) -> TrunkConfig:
-    """Worker 0 registers a registering trunk once for all, through the front door and with the front door's
-    address as Contact, so that the carrier's calls reach the front door and any worker; the others only take
-    the trunk's calls."""
+    """Worker 0 registers a registering trunk once for all (through the front door, `sip.outbound_proxy`, then
+    the trunk's own proxy) with the front door's address as Contact, so that the carrier's calls reach the front
+    door and any worker; it alone sends the trunk's OPTIONS keepalives. The others only take the trunk's calls."""
+    if index > 0:
+        return t.model_copy(update={"registers": False, "keepalive_s": None})
     if not t.registers:
         return t
-    if index > 0:
-        return t.model_copy(update={"registers": False})
     params = "" if t.transport == "udp" else f";transport={t.transport}"
     host = cfg.sip.public_address or cfg.sip.listen
-    return t.model_copy(update={
-        "contact": t.contact or f"sip:{t.username}@{host}:{cfg.sip.port}{params}",
-        "outbound_proxy": f"sip:{front_door_host(cfg.sip)}:{cfg.sip.port}"})
+    port = cfg.sip.tls.port if t.transport == "tls" and cfg.sip.tls is not None else cfg.sip.port
+    return t.model_copy(update={"contact": t.contact or f"sip:{t.username}@{host}:{port}{params}"})
 
 
 def worker_config(cfg: Config, index: int, count: int) -> Config:
@@ -110,6 +106,7 @@ def worker_config(cfg: Config, index: int, count: int) -> Config:
     sip = cfg.sip.model_copy(update={"listen": "127.0.0.1", "port": worker_port(cfg, index, count),
                                      "transports": ["udp"], "public_address": None, "tls": None,
                                      "front_door": [front_door_host(cfg.sip)],
+                                     "outbound_proxy": f"sip:{front_door_host(cfg.sip)}:{cfg.sip.port}",
                                      "contact": (f"sip:voicegate@{public}:{cfg.sip.port};"
                                                  f"{WORKER_PARAM}={worker_port(cfg, index, count)}")
                                      if public else None})
@@ -123,7 +120,6 @@ def worker_config(cfg: Config, index: int, count: int) -> Config:
     if index > 0:
         update["transports"] = cfg.transports.model_copy(update={"media_stream": None, "audiosocket": None,
                                                                  "webrtc": None})
-        update["metrics"] = cfg.metrics.model_copy(update={"enabled": False})
         # one control endpoint for dialling, in worker 0; the others serve worker 0 the pcap of their calls
         update["control"] = None if cfg.control is None or index == count else cfg.control.model_copy(
             update={"listen": "127.0.0.1", "port": worker_port(cfg, index, count)})

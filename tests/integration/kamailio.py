@@ -4,7 +4,9 @@ it also carries calls out: an INVITE to a number starting with OUT_PREFIX is cha
 password) and, once it carries credentials, relayed to the UAS on that port.
 
 The password is fixed in the config (`pv_auth_check` with a plaintext password), so no subscriber database is
-needed. Its log (stderr, `-E`) carries one `KAM` line per decision for the tests to read.
+needed. Its log (stderr, `-E`) carries one `KAM` line per decision for the tests to read. With `tls_port` and
+`pki` (ca, cert, key) it also speaks TLS, presenting that certificate as server and as client (to a front door
+that asks for one), verifying no peer.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ tcp_children=1
 auto_aliases=no
 listen=udp:127.0.0.1:{port}
 listen=tcp:127.0.0.1:{port}
-mpath="{modules}"
+{tls_listen}mpath="{modules}"
 loadmodule "tm.so"
 loadmodule "sl.so"
 loadmodule "pv.so"
@@ -59,7 +61,7 @@ loadmodule "xlog.so"
 loadmodule "usrloc.so"
 loadmodule "registrar.so"
 loadmodule "auth.so"
-modparam("usrloc", "db_mode", 0)
+{tls_load}modparam("usrloc", "db_mode", 0)
 modparam("registrar", "min_expires", 5)
 
 request_route {{
@@ -71,11 +73,11 @@ request_route {{
             exit;
         }}
         if (!save("location")) {{ sl_reply_error(); exit; }}
-        xlog("L_NOTICE", "KAM registered $tU contact=$ct expires=$hdr(Expires)\\n");
+        xlog("L_NOTICE", "KAM registered $tU contact=$ct expires=$hdr(Expires) proto=$pr src=$si:$sp\\n");
         exit;
     }}
     if (is_method("OPTIONS") && !has_totag()) {{
-        xlog("L_NOTICE", "KAM options from $fU\\n");
+        xlog("L_NOTICE", "KAM options from $fU src=$si:$sp\\n");
         sl_send_reply("200", "OK");
         exit;
     }}
@@ -101,6 +103,8 @@ class Kamailio:
     user: str
     uas_port: int | None = None
     """Where calls out (to OUT_PREFIX numbers) go, once authenticated; none: not carried."""
+    tls_port: int | None = None
+    pki: tuple[Path, Path, Path] | None = None
     proc: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
 
@@ -108,8 +112,15 @@ class Kamailio:
         cfg = self.workdir / "kamailio.cfg"
         outbound = "" if self.uas_port is None else OUTBOUND.format(
             prefix=OUT_PREFIX, realm=REALM, password=self.password, uas_port=self.uas_port)
+        tls_listen = tls_load = ""
+        if self.tls_port is not None and self.pki is not None:
+            _, cert, key = self.pki
+            keys = f"certificate = {cert}\nprivate_key = {key}\nverify_certificate = no\nrequire_certificate = no\n"
+            (self.workdir / "tls.cfg").write_text(f"[server:default]\n{keys}\n[client:default]\n{keys}")
+            tls_listen = f"listen=tls:127.0.0.1:{self.tls_port}\nenable_tls=yes\n"
+            tls_load = f'loadmodule "tls.so"\nmodparam("tls", "config", "{self.workdir / "tls.cfg"}")\n'
         cfg.write_text(CFG.format(port=self.port, modules=MODULES, realm=REALM, password=self.password,
-                                  user=self.user, outbound=outbound))
+                                  user=self.user, outbound=outbound, tls_listen=tls_listen, tls_load=tls_load))
         check = subprocess.run(["/usr/sbin/kamailio", "-c", "-f", str(cfg)], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr[-3000:]
         self.proc = subprocess.Popen(

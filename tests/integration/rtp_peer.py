@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from media.g711 import ulaw_decode, ulaw_encode
-from tests.integration.peers import Gateway, ack, free_port, invite
+from tests.integration.peers import Gateway, ack, free_port, invite, reply
 from tests.integration.test_trunks import BYE, PCMU, scenario
 
 
@@ -85,20 +85,34 @@ class RtpPeer:
         self.sock.close()
 
 
-def media_call(gw: Gateway, workdir: Path, name: str, peer: RtpPeer, hold_ms: int) -> subprocess.Popen[str]:
+def media_call(gw: Gateway, workdir: Path, name: str, peer: RtpPeer, hold_ms: int,
+               bye_in: bool = False) -> subprocess.Popen[str]:
     """A sipp call to echo whose SDP offers `peer`'s port; sipp writes the port of the gateway's SDP answer to
-    `name`.port (its logs are written at exit)."""
+    `name`.port (its logs are written at exit). With `bye_in` a BYE from the gateway side within `hold_ms` is
+    answered and noted in `name`.bye (sipp's Unix time of it); else sipp sends its own BYE after `hold_ms`."""
     sdp = PCMU.replace("[media_ip]", "127.0.0.1").replace("[media_port]", str(peer.port))
     answer = ('<action><ereg regexp=".*" search_in="hdr" header="To:" assign_to="to"/>'
               '<ereg regexp="m=audio ([0-9]+)" search_in="body" check_it="true" assign_to="m,rtpport"/>'
               f'<exec command="echo RTPPORT [$rtpport] > {name}.port"/></action>')
     (workdir / f"{name}.xml").write_text(scenario(
-        f'{invite(sdp)}  <recv response="200" rrs="true">{answer}</recv>\n{ack(200)}'
-        f'  <pause milliseconds="{hold_ms}"/>\n{BYE}  <Reference variables="m"/>\n'))
+        f'{invite(sdp)}  <recv response="200" rrs="true">{answer}</recv>\n{ack(200)}{hold(name, hold_ms, bye_in)}'
+        f'{BYE}  <label id="end"/>\n  <Reference variables="m"/>\n'))
     return subprocess.Popen(["sipp", "-nostdin", "-m", "1", "-l", "1", "-sf", f"{name}.xml", "-s", "echo",
                              "-p", str(free_port()),
                              f"127.0.0.1:{gw.port}"], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+
+
+def hold(name: str, hold_ms: int, bye_in: bool) -> str:
+    """sipp scenario lines: wait `hold_ms`; with `bye_in`, answer a BYE that comes meanwhile, write the time of it
+    to `name`.bye and end the call (label "end")."""
+    if not bye_in:
+        return f'  <pause milliseconds="{hold_ms}"/>\n'
+    note = f'<action><exec command="date +%s.%N > {name}.bye"/></action>'
+    answer = reply("200 OK", attrs='next="end"')
+    return (f'  <recv request="BYE" timeout="{hold_ms}" ontimeout="hangup">{note}</recv>\n'
+            f'{answer}  <label id="hangup"/>\n')
+
 
 
 def answer_port(log: Path, timeout: float = 10.0) -> int:

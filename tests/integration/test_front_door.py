@@ -27,6 +27,9 @@ from tests.integration.test_trunks import authenticated_call, call_with_headers
 PASSWORD = "bob-cluster-s3cret"
 TRUNK_PASSWORD = "door-trunk-s3cret"
 TRUNK_USER = "vgdoor"
+PROXIED_USER = "vgproxied"
+TLS_USER = "vgtls"
+TLS_DID = "+4930777"
 DID = "+4930555"
 PUBLIC = "127.0.0.3"
 
@@ -47,16 +50,29 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def digest(pki: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def tls_carrier(pki: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
+    k = Kamailio(free_port(), tmp_path_factory.mktemp("door-tls-carrier"), TRUNK_PASSWORD, TLS_USER,
+                 tls_port=free_port(), pki=pki)
+    k.start()
+    yield k
+    k.stop()
+
+
+@pytest.fixture(scope="module")
+def digest(pki: tuple[Path, Path, Path], tls_carrier: Kamailio,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """allow 127.0.0.1 and a user: other sources get through the front door to a worker's challenge; SIP over
-    mutual TLS ends at the front door."""
-    os.environ["VG_TEST_BOB_PW"] = PASSWORD
+    mutual TLS ends at the front door; a trunk registers over TLS with `tls_carrier`."""
+    os.environ.update(VG_TEST_BOB_PW=PASSWORD, VG_TEST_DOOR_TRUNK_PW=TRUNK_PASSWORD)
     ca, cert, key = pki
     tls = {"port": free_port(), "cert_file": str(cert), "key_file": str(key), "ca_file": str(ca),
            "require_client_cert": True}
+    trunk = {"registrar": f"sip:127.0.0.1:{tls_carrier.tls_port}", "transport": "tls", "username": TLS_USER,
+             "realm": REALM, "password_env": "VG_TEST_DOOR_TRUNK_PW", "expiry_s": 30,
+             "routes": [{"match": TLS_DID, "agent": "echo"}]}
     gw = _cluster(tmp_path_factory.mktemp("door-digest"),
                   {"allow": ["127.0.0.1/32"], "users": {"bob": {"password_env": "VG_TEST_BOB_PW"}},
-                   "transports": ["udp", "tls"], "tls": tls})
+                   "transports": ["udp", "tls"], "tls": tls}, trunks={"secure": trunk})
     gw.tls_port = tls["port"]  # type: ignore[attr-defined]
     yield gw
     assert gw.stop(40) == 0, "\n".join(gw.lines[-20:])
@@ -72,13 +88,18 @@ def carrier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
 
 @pytest.fixture(scope="module")
 def acl(carrier: Kamailio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """allow 127.0.0.1 only: the front door refuses other sources itself; a trunk registers with `carrier`; the
-    public address is another loopback address the front door also listens on."""
+    """allow 127.0.0.1 only: the front door refuses other sources itself; a trunk registers with `carrier` and
+    pings it, another registers through `carrier` as its outbound proxy; the public address is another loopback
+    address the front door also listens on."""
     os.environ["VG_TEST_DOOR_TRUNK_PW"] = TRUNK_PASSWORD
     trunk = {"registrar": f"sip:127.0.0.1:{carrier.port}", "username": TRUNK_USER, "realm": REALM,
-             "password_env": "VG_TEST_DOOR_TRUNK_PW", "expiry_s": 30, "routes": [{"match": DID, "agent": "echo"}]}
+             "password_env": "VG_TEST_DOOR_TRUNK_PW", "expiry_s": 30, "keepalive_s": 1,
+             "routes": [{"match": DID, "agent": "echo"}]}
+    proxied = {"registrar": "sip:127.0.0.4:9", "outbound_proxy": f"sip:127.0.0.1:{carrier.port}",  # nothing at :9
+               "username": PROXIED_USER, "realm": REALM, "password_env": "VG_TEST_DOOR_TRUNK_PW", "expiry_s": 30}
     gw = _cluster(tmp_path_factory.mktemp("door-acl"), {"allow": ["127.0.0.1/32"], "listen": "0.0.0.0",
-                                                       "public_address": PUBLIC}, trunks={"carrier": trunk})
+                                                       "public_address": PUBLIC},
+                  trunks={"carrier": trunk, "proxied": proxied})
     yield gw
     assert gw.stop(40) == 0, "\n".join(gw.lines[-20:])
 
@@ -121,6 +142,22 @@ def test_a_call_over_mutual_tls_ends_at_the_front_door_and_reaches_a_worker_over
     assert end["agent"] == "echo" and end["frames_in"] > 50, end  # the caller's audio reached the worker
     refused = call(f"sip:echo@127.0.0.1:{port};transport=tls", "--tls-ca", str(ca), "--duration", "1")
     assert not refused["answered"], refused  # no client certificate: the front door's handshake fails
+
+
+def test_a_trunk_registers_over_tls_from_the_front_door_and_its_calls_come_back_over_tls(
+        digest: Gateway, tls_carrier: Kamailio):
+    """Worker 0's REGISTER goes to the front door over UDP and on to the carrier over TLS, with the front door's
+    TLS address as Contact; the carrier's call to it comes over TLS (with the carrier's client certificate)."""
+    assert digest.wait_event("trunk_state", 15, trunk="secure", state="registered")["worker"] == 0
+    (registered,) = tls_carrier.wait_log(f"registered {TLS_USER}")
+    contact = f"contact=<sip:{TLS_USER}@127.0.0.1:{digest.tls_port};transport=tls>"  # type: ignore[attr-defined]
+    assert contact in registered and " proto=tls src=127.0.0.1:" in registered, registered
+    before = len(digest.events("call_incoming"))
+    res = call(f"sip:{TLS_DID}@127.0.0.1:{tls_carrier.port}", "--duration", "1")
+    assert res["status"] == 200 and res["answered"], res
+    inc = digest.events("call_incoming")[before]
+    assert (inc["trunk"], inc["called"]) == ("secure", TLS_DID), inc
+    assert digest.wait_event("call_end", 10, call=inc["call"])["agent"] == "echo"
 
 
 def test_the_front_door_refuses_a_source_outside_sip_allow_with_403(acl: Gateway, workdir: Path):
@@ -186,6 +223,47 @@ def test_a_registering_trunk_registers_once_with_the_front_doors_contact_and_its
         assert acl.wait_event("call_end", 10, call=inc["call"])["agent"] == "echo"
         workers.add(inc["worker"])
     assert workers == {0, 1}
+
+
+def test_the_carrier_sees_registrations_through_its_proxy_and_keepalives_from_the_front_door_alone(
+        acl: Gateway, carrier: Kamailio):
+    """Everything a worker starts goes out through the front door (`sip.outbound_proxy`): REGISTER (also on to a
+    trunk's own outbound proxy, here the carrier itself, whose registrar address has nothing listening) and
+    OPTIONS keepalives, which worker 0 alone sends."""
+    src = f"src=127.0.0.1:{acl.port}"
+    assert acl.wait_event("trunk_state", 15, trunk="proxied", state="registered")["worker"] == 0
+    (proxied,) = carrier.wait_log(f"registered {PROXIED_USER}")
+    assert f"contact=<sip:{PROXIED_USER}@{PUBLIC}:{acl.port}>" in proxied and proxied.endswith(src), proxied
+    pings = carrier.wait_log(f"options from {TRUNK_USER}", 10, count=3)
+    assert all(p.endswith(src) for p in pings), pings
+    assert acl.wait_event("trunk_keepalive", 5, trunk="carrier", state="up")["worker"] == 0
+    assert not [e for e in acl.events("trunk_keepalive") if e["worker"] != 0]
+    assert all(line.endswith(src) for line in carrier.log("registered")), carrier.log("registered")
+
+
+def test_a_reload_gives_the_front_doors_acl_a_new_trunks_address(acl: Gateway, workdir: Path):
+    """SIGHUP to the supervisor: a trunk added to the file lets its address through the front door's `sip.allow`
+    ACL (refused with 403 before, by the test above) and each worker routes its calls."""
+    cfg = yaml.safe_load(acl.config.read_text())
+    cfg["trunks"]["pbx"] = {"registrar": "sip:127.0.0.2:9", "register": False, "username": "pbx",
+                            "password_env": "VG_TEST_DOOR_TRUNK_PW", "routes": [{"match": "pbx", "agent": "echo"}]}
+    acl.config.write_text(yaml.safe_dump(cfg))
+    signalled = time.time()
+    acl.proc.send_signal(signal.SIGHUP)
+    forwarded = acl.wait_event("config_reload_forwarded", 10)
+    assert forwarded["front_door_acl_reloaded"] and forwarded["workers"] == [0, 1], forwarded
+    deadline = time.monotonic() + 15
+    while len([e for e in acl.events("config_reloaded") if e["ts"] >= signalled]) < 2:
+        assert time.monotonic() < deadline, "\n".join(acl.lines[-20:])
+        time.sleep(0.05)
+    before = len(acl.events("call_incoming"))
+    (workdir / "s.xml").write_text(call_with_headers([]))
+    r = sipp(["-sf", "s.xml", "-s", "pbx", "-i", "127.0.0.2", "-mp", str(rtp_range(10)[0]),
+              f"127.0.0.1:{acl.port}"], workdir)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    inc = acl.events("call_incoming")[before]
+    assert inc["trunk"] == "pbx" and inc["source"].startswith("127.0.0.2:"), inc
+    assert acl.wait_event("call_end", 10, call=inc["call"])["agent"] == "echo"
 
 
 def test_a_call_to_the_public_contact_keeps_its_in_dialog_requests_across_a_front_door_restart(acl: Gateway):

@@ -4,12 +4,15 @@ the all-full reply, a worker killed under calls, a worker drained; and one super
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
@@ -17,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from telephony.app import NO_ACK_S
 from telephony.records import read_records
@@ -44,14 +49,16 @@ FUZZ_MESSAGES = int(os.environ.get("FUZZ_MESSAGES", "2000"))
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     tmp = tmp_path_factory.mktemp("cluster")
-    port, first = free_port(), free_block(2)
+    port, first, http = free_port(), free_block(2), free_port()
     gw = start_cluster(cluster_config(port, {"count": 2, "first_port": first, "probe_interval_s": 1,
                                              "failover_timeout_s": 1.0, "flood_requests": 400, "flood_window_s": 1,
                                              "flood_block_s": 1, "when_full": {"reply": "announcement", "voice": "en",
                                                                                "text": BUSY}},
-                                            records={"enabled": True}), tmp, port, 2)
+                                            records={"enabled": True}, metrics={"enabled": True, "port": http}),
+                       tmp, port, 2)
     gw.wait_event("gateway_ready", 60, worker=2)  # the announcer
     gw.first_port = first  # type: ignore[attr-defined]
+    gw.http = http  # type: ignore[attr-defined]
     yield gw
     rc = gw.stop(40)
     assert rc == 0, "\n".join(gw.lines[-20:])
@@ -68,16 +75,86 @@ def frontdoor_said(gw: Gateway, words: str, after: float) -> list[dict[str, obje
     return [e for e in gw.events("frontdoor") if words in str(e["msg"]) and float(e["ts"]) >= after]  # type: ignore[arg-type]
 
 
+def scrape(gw: Gateway, path: str = "/metrics") -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{gw.http}{path}", timeout=5) as r:  # type: ignore[attr-defined]
+            return int(r.status), r.read().decode()
+    except urllib.error.HTTPError as e:
+        return int(e.code), e.read().decode()
+
+
+def sample_sum(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels`."""
+    return sum(s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name == name and labels.items() <= s.labels.items())
+
+
 def test_calls_spread_over_both_workers_and_logs_name_the_worker(cluster: Gateway, tmp_path: Path):
+    """...and the supervisor's one /metrics counts every worker's calls."""
     assert {e["worker"] for e in cluster.events("gateway_ready")} == {0, 1, 2}  # 2: the announcer
+    status, health = scrape(cluster, "/healthz")
+    assert status == 200 and json.loads(health) == {"status": "ready", "front_door": True, "workers_ready": 3,
+                                                    "workers": 3, "calls_active": 0}, health
+    counted = sample_sum(scrape(cluster)[1], "voicegate_calls_total", result="remote_200")
     before = len(cluster.events("call_answered"))
-    p = sipp_calls(cluster.port, tmp_path, 4, 1000)
-    out, err = p.communicate(timeout=40)
-    assert p.returncode == 0, out[-2000:] + err[-1000:]
+    p = sipp_calls(cluster.port, tmp_path, 4, 3000)
     got = wait_answered(cluster, before, 4)
     assert sorted(e["worker"] for e in got) == [0, 0, 1, 1]
+    assert sample_sum(scrape(cluster)[1], "voicegate_calls_active") == 4
+    out, err = p.communicate(timeout=40)
+    assert p.returncode == 0, out[-2000:] + err[-1000:]
     for e in got:
         cluster.wait_event("call_end", 10, call=e["call"], reason="remote_200")
+    text = scrape(cluster)[1]
+    assert sample_sum(text, "voicegate_calls_total", result="remote_200") == counted + 4, text
+    assert sample_sum(text, "voicegate_calls_active") == 0 and sample_sum(text, "voicegate_ready") == 3
+
+
+def events_since(gw: Gateway, name: str, ts: float) -> list[dict[str, Any]]:
+    return [e for e in gw.events(name) if float(e["ts"]) >= ts]
+
+
+def wait_events_since(gw: Gateway, name: str, ts: float, count: int, timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    while len(got := events_since(gw, name, ts)) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(got) >= count, f"{count} {name} events not seen within {timeout}s:\n" + "\n".join(gw.lines[-20:])
+    return got
+
+
+def test_sighup_reloads_routes_and_agents_in_every_worker_and_keeps_their_calls(cluster: Gateway, tmp_path: Path):
+    """An invalid file is refused once, by the supervisor, with file:line; a valid one is reloaded live by every
+    worker (the announcer too) while calls on both run on. The new route stays in the file for the later tests."""
+    original = cluster.config.read_text()
+    cfg = yaml.safe_load(original)
+    cluster.config.write_text(original + "routes_typo: 1\n")
+    signalled = time.time()
+    cluster.proc.send_signal(signal.SIGHUP)
+    (refused,) = wait_events_since(cluster, "config_reload_refused", signalled, 1, 10)
+    assert "worker" not in refused and refused["errors"][0].startswith(f"{cluster.config}:"), refused
+    cfg["agents"]["reloaded"] = {"type": "echo"}
+    cfg["routes"].insert(0, {"match": "reloaded", "agent": "reloaded"})
+    cluster.config.write_text(yaml.safe_dump(cfg))
+    before = len(cluster.events("call_answered"))
+    hold = sipp_calls(cluster.port, tmp_path, 2, 4000)
+    held = wait_answered(cluster, before, 2)
+    signalled = time.time()
+    cluster.proc.send_signal(signal.SIGHUP)
+    reloaded = wait_events_since(cluster, "config_reloaded", signalled, 3, 15)
+    assert sorted(e["worker"] for e in reloaded) == [0, 1, 2] and not events_since(
+        cluster, "config_reload_refused", signalled)
+    assert all("reloaded" in e["agents"] and not e["needs_restart"] for e in reloaded if e["worker"] != 2), reloaded
+    n = len(cluster.events("call_answered"))
+    p = sipp_calls(cluster.port, tmp_path, 2, 200, service="reloaded")
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 0, out[-2000:] + err[-1000:]
+    new = wait_answered(cluster, n, 2)
+    assert {e["worker"] for e in new} == {0, 1} and {e["agent"] for e in new} == {"reloaded"}, new
+    out, err = hold.communicate(timeout=30)
+    assert hold.returncode == 0, out[-2000:] + err[-1000:]
+    assert {e["worker"] for e in held} == {0, 1}
+    for e in held:  # the calls held through the reload ran to the caller's BYE, with the agent they began with
+        assert cluster.wait_event("call_end", 10, call=e["call"])["reason"] == "remote_200"
 
 
 def test_all_workers_full_hears_the_announcement_then_a_hangup(cluster: Gateway, tmp_path: Path):
@@ -97,12 +174,12 @@ def test_all_workers_full_hears_the_announcement_then_a_hangup(cluster: Gateway,
 
 
 def test_killed_worker_is_replaced_and_the_other_keeps_its_calls(cluster: Gateway, tmp_path: Path):
-    """kill -9 of the worker holding an RTP echo call and sipp calls: its caller's RTP stops (Kamailio keeps no
-    dialog state, so no BYE comes), its calls get records ended `worker_died`, new calls go to the other worker,
-    whose calls run to their end, and the worker is restarted."""
+    """kill -9 of the worker holding an RTP echo call and sipp calls: its caller's RTP stops and the front door
+    sends its callers a BYE, its calls get records ended `worker_died`, new calls go to the other worker, whose
+    calls run to their end, and the worker is restarted."""
     before = len(cluster.events("call_answered"))
     peer = RtpPeer()
-    media = media_call(cluster, tmp_path, "media", peer, hold_ms=8000)
+    media = media_call(cluster, tmp_path, "media", peer, hold_ms=8000, bye_in=True)
     try:
         peer.start(("127.0.0.1", answer_port(tmp_path / "media.port")))
         (first,) = wait_answered(cluster, before, 1)
@@ -114,6 +191,7 @@ def test_killed_worker_is_replaced_and_the_other_keeps_its_calls(cluster: Gatewa
         doomed = {first["call"]} | {e["call"] for e in held if e["worker"] == index}
         assert survivors and len(doomed) >= 2, held
         victim = worker_pid(cluster, index)
+        counted = sample_sum(scrape(cluster)[1], "voicegate_calls_total")
         killed, killed_mono = time.time(), time.monotonic()
         os.kill(victim, signal.SIGKILL)
         ok_at = None
@@ -130,12 +208,18 @@ def test_killed_worker_is_replaced_and_the_other_keeps_its_calls(cluster: Gatewa
             cluster.wait_event("call_end", 10, call=cid, reason="remote_200")
         assert time.monotonic() - killed_mono > 2.0
         assert not peer.echoes(killed_mono + 0.2, packets=1), "RTP still came back after the worker died"
+        media.communicate(timeout=10)  # it ends once it answered the BYE
+        bye = tmp_path / "media.bye"
+        assert bye.exists(), "the dead worker's caller got no BYE"
+        assert 0 < float(bye.read_text()) - killed < 5.0, "the BYE came more than 5 s after the kill"
     finally:
         peer.close()
-        media.kill()
-        media.communicate(timeout=10)
+        if media.poll() is None:
+            media.kill()
+            media.communicate(timeout=10)
     cluster.wait_event("worker_exited", 5, worker=index, pid=victim, rc=-9)
     closed = cluster.wait_event("worker_calls_closed", 5, worker=index, pid=victim)
+    assert set(cluster.wait_event("worker_calls_ended", 5, worker=index, pid=victim)["calls"]) == doomed
     assert set(closed["calls"]) == doomed and closed["reason"] == "worker_died", closed
     records = {r["call"]: r for r in read_records(cluster.config.parent / "records" / "calls.db")[0]}
     for cid in doomed:
@@ -149,6 +233,9 @@ def test_killed_worker_is_replaced_and_the_other_keeps_its_calls(cluster: Gatewa
     assert frontdoor_said(cluster, "worker up", killed), "\n".join(cluster.lines[-20:])
     assert worker_pid(cluster, index) != victim
     assert options_ping("127.0.0.1", cluster.first_port + index) == 200  # type: ignore[attr-defined]
+    text = scrape(cluster)[1]  # the dead worker's counts stay in the sum, its calls no longer count as active
+    assert sample_sum(text, "voicegate_calls_total") >= counted + len(survivors) + 1, text
+    assert sample_sum(text, "voicegate_calls_active") == 0, text
 
 
 def test_drained_worker_finishes_its_call_gets_no_new_ones_and_comes_back(cluster: Gateway, tmp_path: Path):

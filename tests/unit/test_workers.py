@@ -13,6 +13,7 @@ from telephony.admission import Reply, decide, dialog_ids
 from telephony.config import ConfigError, parse_config
 from telephony.control import ask_worker
 from telephony.frontdoor import address_list, dispatcher_list, kamailio_config, tls_config
+from telephony.frontdoor_rpc import Dialog, answered
 from telephony.workers import Restarts, control_peers, rtp_slice, worker_config
 from tests.integration.test_tls import make_ca
 
@@ -47,17 +48,16 @@ def test_bad_workers_config_is_named_with_its_line(extra: str, line: int, words:
     assert words in issue.message, issue
 
 
-def test_several_workers_name_a_registering_trunk_with_an_outbound_proxy_or_over_tls(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def test_a_trunk_registers_over_tls_through_a_front_door_that_speaks_tls(monkeypatch: pytest.MonkeyPatch,
+                                                                        tmp_path: Path):
     monkeypatch.setenv("VG_X", "pw")
-    trunk = TRUNK.replace("transport: tcp}", "outbound_proxy: 'sip:10.0.0.9'}")
-    with pytest.raises(ConfigError, match=r"registering trunk with an outbound_proxy \(c\) are not there yet"):
-        parse_config(BASE + trunk + "workers: 2\n")
-    assert parse_config(BASE + trunk.replace("}", ", register: false}") + "workers: 2\n").workers.count == 2
     tls = TRUNK.replace("transport: tcp", "transport: tls")
-    sip = "port: 5060, transports: [udp, tls], tls: {cert_file: %s, key_file: %s}}"
-    with pytest.raises(ConfigError, match=r"a trunk that registers over TLS \(c\) are not there yet"):
-        parse_config(BASE.replace("port: 5060}", sip % make_ca(tmp_path, "t")[1:]) + tls + "workers: 2\n")
+    with pytest.raises(ConfigError, match=r"trunks.c.transport: tls is not in sip.transports"):  # nor the front door's
+        parse_config(BASE + tls + "workers: 2\n")
+    sip = "port: 5060, transports: [udp, tls], tls: {port: 5071, cert_file: %s, key_file: %s}}"
+    cfg = parse_config(BASE.replace("port: 5060}", sip % make_ca(tmp_path, "t")[1:]) + tls
+                       + "workers: {count: 2, first_port: 6000}\n")
+    assert worker_config(cfg, 0, 2).trunks["c"].contact == "sip:vg@127.0.0.1:5071;transport=tls"
 
 
 def test_rtp_slices_are_disjoint_and_cover_equal_parts():
@@ -109,6 +109,16 @@ def test_kamailio_accepts_the_front_door_config(tmp_path: Path, dispatch: str, r
     assert ('"ds_hash_expire", 3660' in text) == (dispatch == "least_loaded")  # timeouts.max_call_s 3600 + 60
 
 
+def test_the_answered_calls_of_a_dlg_profile_list():
+    """Kamailio 5.6's `dlg.profile_list` result (JSON-RPC, trimmed): only confirmed dialogs (state 3, 4) count."""
+    def dlg(call: str, state: int) -> dict[str, object]:
+        return {"h_entry": 1702, "h_id": 6751, "ref": 2, "call-id": call, "state": state,
+                "caller": {"tag": "31937SIPpTag002"}, "profiles": [{"worker": "sip:127.0.0.1:40311"}]}
+    assert answered([dlg("a@h", 4), dlg("b@h", 1), dlg("c@h", 3)]) == [Dialog("a@h", 1702, 6751),
+                                                                       Dialog("c@h", 1702, 6751)]
+    assert answered(None) == answered([]) == []
+
+
 def test_dialog_ids_of_our_2xx():
     ok = ("SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP 127.0.0.1:5;branch=z9hG4bK1\r\ni: abc@host\r\n"
           "From: \"a\" <sip:a@h>;tag=remote1\r\nTo: <sip:b@h>;TAG=local2;x=1\r\nCSeq: 1 INVITE\r\n\r\nv=0")
@@ -146,7 +156,8 @@ def test_fixed_port_endpoints_run_in_worker_0_only(monkeypatch: pytest.MonkeyPat
                               "transports:\n  audiosocket: {port: 9999, agent: e}\n")
     w0, w1 = worker_config(cfg, 0, 2), worker_config(cfg, 1, 2)
     assert w0.metrics.enabled and w0.control is not None and w0.transports.audiosocket is not None
-    assert not w1.metrics.enabled and w1.transports.audiosocket is None
+    assert w1.transports.audiosocket is None
+    assert w1.metrics.enabled  # every worker keeps metrics; the supervisor serves their sum
     # worker 1's control endpoint serves worker 0 its calls' pcaps, on loopback at its SIP port's number
     assert w1.control is not None and (w1.control.listen, w1.control.port) == ("127.0.0.1", w1.sip.port)
     assert control_peers(w0, 0) == [(1, w1.sip.port)] and control_peers(w1, 1) == []
@@ -186,9 +197,14 @@ def test_worker_0_registers_a_trunk_once_through_the_front_door_with_its_contact
     cfg = parse_config(BASE.replace("port: 5060}", "port: 5060, transports: [udp, tcp]}") + TRUNK
                        + "workers: {count: 2, first_port: 6000}\n")
     w0, w1 = (worker_config(cfg, i, 2).trunks["c"] for i in range(2))
-    assert (w0.registers, w0.contact, w0.outbound_proxy) == (
-        True, "sip:vg@127.0.0.1:5060;transport=tcp", "sip:127.0.0.1:5060")
+    assert (w0.registers, w0.contact, w0.outbound_proxy) == (True, "sip:vg@127.0.0.1:5060;transport=tcp", None)
     assert (w1.registers, w1.contact, w1.outbound_proxy) == (False, None, None)
+    # every request a worker starts goes through the front door first, then through a trunk's own proxy
+    assert {worker_config(cfg, i, 2).sip.outbound_proxy for i in range(2)} == {"sip:127.0.0.1:5060"}
+    proxied = parse_config(BASE + TRUNK.replace("}", ", outbound_proxy: 'sip:10.0.0.9', keepalive_s: 5}")
+                           + "workers: 2\n")
+    w0, w1 = (worker_config(proxied, i, 2).trunks["c"] for i in range(2))
+    assert (w0.outbound_proxy, w0.keepalive_s, w1.keepalive_s) == ("sip:10.0.0.9", 5, None)  # worker 0 pings
     assert worker_config(cfg, 1, 2).trunk_status_path.endswith("worker1-trunks.json")
     with pytest.raises(ConfigError, match="registers through the front door, whose address the carrier must call"):
         parse_config(BASE.replace("listen: 127.0.0.1, port: 5060}", "listen: 0.0.0.0, port: 5060, transports: "
