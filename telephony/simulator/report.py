@@ -43,6 +43,8 @@ class CallReport:
     """With --loss, --jitter, --reorder or --skew (or a script's `network:`): the call's seed, what the relay did."""
     call_id: str = ""
     """The SIP Call-ID of the call ('' when none was made)."""
+    phone: int = 0
+    """The process id of the phone that placed it (in load mode, one phone holds several calls at once)."""
 
     @property
     def false_barge_ins(self) -> int | None:
