@@ -296,11 +296,6 @@ def _worker(jobs: Any, results: Any, clock: Any, rate: float, target: str | None
     waiting: tuple[int, str, Script] | None = None
     """The next job, taken when a slot was free, until its start time."""
     more = True
-
-    def error_report(path: str, script: Script, e: Exception) -> CallReport:
-        return CallReport(script.name, path, target or script.target or "", 0, script.expect_status, None, "", 0.0,
-                          error=repr(e))
-
     try:
         while running or waiting is not None or more:
             if more and waiting is None and len(running) < slots:
@@ -317,7 +312,8 @@ def _worker(jobs: Any, results: Any, clock: Any, rate: float, target: str | None
                                            _recording(record_dir, index, script),
                                            call_impairment(line, script, seed, index)))
                 except Exception as e:  # a failed call is a result, not the end of the run
-                    results.put(error_report(path, script, e))
+                    results.put(CallReport(script.name, path, target or script.target or "", 0, script.expect_status,
+                                           None, "", 0.0, error=repr(e), phone=os.getpid()))
             phone.poll(10)
             for run in running:
                 try:
