@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--tls-key")
     m.add_argument("--insecure", action="store_true", help="accept any certificate from a TLS target (labs only)")
     m.add_argument("--duration", type=float, help="load mode: start no call after this many seconds (--calls, "
-                   "default then 10000, bounds the count); each phone process calls again as soon as its call ended")
+                   "default then 10000, bounds the count); a phone places a new call as soon as one of its calls ended")
     m.set_defaults(fn=_simulate)
     r = sub.add_parser("calls", help="list recent calls from the call records, newest first, with cost")
     r.add_argument("--config", default="voicegate.yaml", help="read records.path from this config")
