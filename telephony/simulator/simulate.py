@@ -45,6 +45,7 @@ from telephony.simulator.progress import Progress
 from telephony.simulator.relay_tls import TlsOptions, is_tls
 from telephony.simulator.report import CallReport, console, html, junit, summary
 from telephony.simulator.runner import (
+    Action,
     AskPersona,
     HangUp,
     Heard,
@@ -193,7 +194,7 @@ class CallRun:
         else:
             self.done = True  # it failed while closing: give up on a clean release
 
-    def _act(self, action: object) -> None:
+    def _act(self, action: Action) -> None:
         call, phone = self.call, self.phone
         if isinstance(action, Speak):
             call.port.speak(action.frames)
