@@ -53,6 +53,7 @@ bench: deps bench-extra
 	$(PY) -m bench.run
 	$(PY) -m bench.cascaded
 	$(PY) -m bench.s2s
+	$(PY) -m bench.turns
 	$(PY) -m bench.transports
 	$(PY) -m bench.scale
 	$(PY) -m bench.load

@@ -5,8 +5,9 @@ under 0.1% (either way, as the simulated callers' RTP statistics count it) and t
 voicegate runs as `serve --workers BENCH_LOAD_WORKERS` (default 2, behind its Kamailio front door; 1: a single
 process, which serves at most 4 calls). Concurrency steps up from 1 and stops at the first step that fails, or at
 BENCH_LOAD_MAX (default 10): bounded in calls and time. BENCH_LOAD_CALLER picks the callers:
-- `simulate`: `voicegate simulate --calls C --concurrency C` (all C calls at once, BENCH_LOAD_S seconds each), one
-  pjsua2 process per call on the same cores as the gateway; loss either way as the callers' RTP statistics count it.
+- `simulate`: `voicegate simulate --calls C --concurrency C` (all C calls at once, BENCH_LOAD_S seconds each), up
+  to 4 calls per pjsua2 phone process, on the same cores as the gateway; loss either way as the callers' RTP
+  statistics count it.
 - `sipp`: one sipp process places the C calls, each streaming G.711 (`rtp_stream`, a looped tone) for BENCH_LOAD_S
   seconds; loss is what the gateway's call records say it received (sipp sends no RTCP, so the other way is not
   known), which costs the callers far less CPU.

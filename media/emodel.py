@@ -17,8 +17,13 @@ here is a few lines of arithmetic. What is modelled:
   Ie,WB = 13. The search could open neither G.113 nor G.107.1 themselves: the wideband formulas and Ro,WB = 129
   were checked against a public G.107.1 implementation that cites G.107.1 (06/2019, Corrigendum 1) and G.113
   (09/2024) Appendix IV, and that table had no row for G.722, so Ie,WB = 13 is G.113 Appendix IV's value as
-  recalled, not as read. No Bpl,WB for G.722 was found, so a G.722 call with packet loss gets no estimate rather
-  than a borrowed robustness factor. Other codecs get no estimate either.
+  recalled, not as read (Mitel's MX-ONE 7.8 transmission planning guide lists Ie,wb = 14 for G.722 at 64 kbit/s,
+  next to an "Ie,wb = Ie + 15" conversion that belongs to an older wideband scale, and cites no table).
+  No Bpl,WB for G.722 was found, so a G.722 call with packet loss gets no estimate rather than a borrowed
+  robustness factor (`no_estimate_reason` says so in the reports). A second search (2026-11-26: ITU pages, papers
+  on the wideband impairment framework, open-source E-model code) found none either; the same public
+  implementation quotes G.113 (09/2024) Table IV.4 as publishing Bpl,WB for three AMR-WB (G.722.2) modes only,
+  for diotic listening and random loss. Other codecs get no estimate either.
 - MOS (conversational quality estimate, MOS-CQE) = 1 + 0.035 R + R (R - 60) (100 - R) 7e-6 for 0 < R < 100; on the
   wideband scale the same polynomial of Rx = R / 1.29 (G.107.1 Annex A, MOS-CQEW). The two are different
   scales: a G.722 call's 4.34 and a G.711 call's 4.41 say nothing about which sounded better.
@@ -82,6 +87,17 @@ def r_factor(codec: str, loss_pct: float, delay_ms: float, burst_r: float = 1.0)
         return None
     top = R_DEFAULT_WB if c.wideband else R_DEFAULT
     return max(0.0, min(top, top - delay_impairment(delay_ms) - ie_eff))
+
+
+def no_estimate_reason(codec: str, loss_pct: float) -> str:
+    """Why `r_factor` rates no call of `codec` with `loss_pct` percent loss ('' when it rates one)."""
+    name = codec.split("/")[0].upper()
+    c = CODECS.get(name)
+    if c is None:
+        return f"no G.113 impairment values for {name or 'an unknown codec'}"
+    if loss_pct > 0 and c.bpl is None:
+        return f"{loss_pct:g}% loss on {name}: no published packet-loss robustness factor (Bpl,WB) for {name}"
+    return ""
 
 
 def is_wideband(codec: str) -> bool:

@@ -117,6 +117,7 @@ def ops_sinks(cfg: Config, serve: bool = True) -> Iterator[None]:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from telephony.endpoint import EXPECTED_MAX_CALLS
     from telephony.simulator.simulate import main as simulate
 
     if not 0 <= args.loss <= 50:
@@ -140,9 +141,13 @@ def _simulate(args: argparse.Namespace) -> int:
         except TlsOptionsError as e:
             print(f"voicegate simulate: {e}", file=sys.stderr)
             return 2
+    if not 1 <= args.calls_per_phone <= EXPECTED_MAX_CALLS:
+        print(f"voicegate simulate: --calls-per-phone takes 1 to {EXPECTED_MAX_CALLS} (pjsua2's compiled call limit)",
+              file=sys.stderr)
+        return 2
     return simulate(args.scripts, args.target, args.junit, args.json, args.rtp_port, args.calls, args.concurrency,
                     args.rate, args.html, args.loss, args.record, args.seed, args.jitter, args.reorder, args.skew,
-                    args.duration, tls)
+                    args.duration, tls, args.calls_per_phone)
 
 
 def _calls(args: argparse.Namespace) -> int:
@@ -342,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--seed", type=int, help="seed of the random drops (--loss): the same seed drops the same packets")
     m.add_argument("--record", help="write each call as a stereo WAV (caller left, agent right) into this folder")
     m.add_argument("--calls", type=int, help="load mode: place this many calls in all (bounded: at most 10000)")
-    m.add_argument("--concurrency", type=int, default=4, help="load mode: calls at once (one process each)")
+    m.add_argument("--concurrency", type=int, default=4, help="load mode: calls at once")
+    m.add_argument("--calls-per-phone", type=int, default=4, help="load mode: calls one phone process holds at once "
+                   "(1-4; 4 is pjsua2's compiled limit)")
     m.add_argument("--rate", type=float, default=2.0, help="load mode: calls started per second, at most")
     m.add_argument("--tls-ca", help="a sips: or ;transport=tls target's certificate must be signed by a CA in this "
                    "PEM file")
@@ -350,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--tls-key")
     m.add_argument("--insecure", action="store_true", help="accept any certificate from a TLS target (labs only)")
     m.add_argument("--duration", type=float, help="load mode: start no call after this many seconds (--calls, "
-                   "default then 10000, bounds the count); each phone process calls again as soon as its call ended")
+                   "default then 10000, bounds the count); a phone places a new call as soon as one of its calls ended")
     m.set_defaults(fn=_simulate)
     r = sub.add_parser("calls", help="list recent calls from the call records, newest first, with cost")
     r.add_argument("--config", default="voicegate.yaml", help="read records.path from this config")

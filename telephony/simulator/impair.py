@@ -34,6 +34,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -222,7 +223,7 @@ class SdpProxy:
         self._sock.bind((host, 0))
         self.addr: Addr = (host, int(self._sock.getsockname()[1]))
         self.relays: dict[str, Relay] = {}
-        self._armed: tuple[LineImpairment, str] | None = None
+        self._armed: deque[tuple[LineImpairment, str]] = deque()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.errors: list[str] = []
@@ -262,9 +263,17 @@ class SdpProxy:
         return f"sips:{self.tls_addr[0]}:{self.tls_addr[1]};lr"
 
     def arm(self, line: LineImpairment, seed: str) -> None:
-        """The next new call (Call-ID) gets a relay impairing its RTP each way as `line` says."""
+        """The next new call (Call-ID) without a relay gets one impairing its RTP each way as `line` says. Arms queue
+        up in order: a phone that dials several calls arms each before its INVITE, and the INVITEs reach the proxy
+        in the order they were sent."""
         with self._lock:
-            self._armed = (line, seed)
+            self._armed.append((line, seed))
+
+    def disarm(self) -> None:
+        """Take back the newest arm (its call sent no INVITE)."""
+        with self._lock:
+            if self._armed:
+                self._armed.pop()
 
     def release(self, call_id: str) -> Impairment | None:
         """Stop the call's relay; what it dropped."""
@@ -407,9 +416,8 @@ class SdpProxy:
         i = _header(lines, "call-id", "i")
         call_id = lines[i].split(":", 1)[1].strip() if i > 0 else ""
         with self._lock:
-            if call_id not in self.relays and offer and self._armed is not None:
-                self.relays[call_id] = Relay(self.addr[0], *self._armed)
-                self._armed = None
+            if call_id not in self.relays and offer and self._armed:
+                self.relays[call_id] = Relay(self.addr[0], *self._armed.popleft())
             return self.relays.get(call_id)
 
     def _forward(self, msg: str) -> tuple[str, Addr, str]:

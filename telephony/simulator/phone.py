@@ -21,6 +21,7 @@ import numpy as np
 import pjsua2 as pj
 
 from media.frames import FRAME_BYTES, FRAME_SAMPLES, SAMPLE_RATE, SILENCE, level_dbfs
+from telephony.endpoint import EXPECTED_MAX_CALLS
 from telephony.media_port import audio_format, read_buf, write_buf
 from telephony.simulator.impair import ImpairError, Impairment, SdpProxy, hop
 from telephony.simulator.relay_tls import TlsOptions, is_tls
@@ -250,7 +251,9 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
 
 
 class Phone:
-    """One pjsua2 endpoint for sequential calls (pjsua allows one endpoint per process)."""
+    """One pjsua2 endpoint (pjsua allows one per process) for up to `EXPECTED_MAX_CALLS` calls at once (the wheel's
+    compiled limit, DESIGN §2), each with its own port and so its own tracks. Codecs are the endpoint's: `set_codecs`
+    right before `dial` shapes that call's offer."""
 
     def __init__(self, rtp_port: int = 40000, tcp: bool = False, loss_pct: float = 0.0,
                  tls_ca: str | None = None, tls_cert: tuple[str, str] | None = None, impair: bool = False,
@@ -266,6 +269,7 @@ class Phone:
         ec = pj.EpConfig()
         ec.uaConfig.threadCnt = 0
         ec.uaConfig.mainThreadOnly = True
+        ec.uaConfig.maxCalls = EXPECTED_MAX_CALLS
         ec.logConfig.level = 1
         ec.logConfig.consoleLevel = 1
         ec.medConfig.clockRate = SAMPLE_RATE
@@ -387,7 +391,13 @@ class Phone:
         if dial.to is not None:
             prm.txOption.targetUri = uri
             to = dial.to.uri(uri_host(uri))
-        call.makeCall(to, prm)
+        try:
+            call.makeCall(to, prm)
+        except pj.Error:
+            if impair is not None and self.proxy is not None:
+                self.proxy.disarm()  # no INVITE went out: the next call must not take this call's impairment
+            self._free.append(port)
+            raise
         return call
 
     def poll(self, ms: int = 10) -> None:
@@ -421,6 +431,10 @@ class Phone:
             self.poll(10)
         for _ in range(5):
             self.poll(10)
+        self.release(call)
+
+    def release(self, call: PhoneCall) -> None:
+        """After the call ended: stop its impairment relay (keeping what it did) and free its port for a later call."""
         if self.proxy is not None:
             call.impairment = self.proxy.release(call.call_id)
         if call.port not in self._free:

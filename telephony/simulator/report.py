@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from media.emodel import no_estimate_reason
 from telephony.simulator.charts import histogram_svg, percentiles_svg
 from telephony.simulator.impair import Impairment
 from telephony.simulator.runner import StepResult
@@ -43,6 +44,8 @@ class CallReport:
     """With --loss, --jitter, --reorder or --skew (or a script's `network:`): the call's seed, what the relay did."""
     call_id: str = ""
     """The SIP Call-ID of the call ('' when none was made)."""
+    phone: int = 0
+    """The process id of the phone that placed it (in load mode, one phone holds several calls at once)."""
 
     @property
     def false_barge_ins(self) -> int | None:
@@ -61,7 +64,8 @@ class CallReport:
 
 
 def rtp_line(r: CallReport) -> str:
-    """`rx loss 5.1%, jitter 0.4 ms, rtt 1.2 ms, MOS 3.92 (R 77.1)`; '' without statistics."""
+    """`rx loss 5.1%, jitter 0.4 ms, rtt 1.2 ms, MOS 3.92 (R 77.1)`, or why the E-model gave no MOS; '' without
+    statistics."""
     q = r.rtp
     if not q:
         return ""
@@ -74,6 +78,8 @@ def rtp_line(r: CallReport) -> str:
     if q.get("mos") is not None:
         wb = " of 129, wideband" if q.get("r_scale") == 129.0 else ""
         parts.append(f"MOS {q['mos']:.2f} (R {q['r_factor']:.1f}{wb})")
+    elif why := no_estimate_reason(r.codec, q["rx_loss_pct"] or 0.0):
+        parts.append(f"MOS not computed ({why})")
     return ", ".join(parts)
 
 

@@ -1,9 +1,11 @@
 """`voicegate simulate`: run call scripts against any SIP target and report pass/fail with timings.
 
-Without `--calls`, one pjsua2 phone runs each script once, one after another. With `--calls N`, a pool of
-`--concurrency` phone processes (one call each at a time: pjsua allows one endpoint per process) places N calls
-at most `--rate` per second, and the report adds percentiles over all calls. With `--duration S` as well, no call
-starts after S seconds (each process starts its next call as soon as its last one ended, so a rate above
+Without `--calls`, one pjsua2 phone runs each script once, one after another. With `--calls N`, phone processes
+place N calls, `--concurrency` at a time and at most `--rate` per second, and the report adds percentiles over all
+calls. A phone is one pjsua2 endpoint (one per process, pjsua's rule) and holds up to `--calls-per-phone` calls at
+once (at most 4, the wheel's compiled limit, DESIGN §2), so 14 concurrent calls take 4 processes. Each call has its
+own port, runner and report: one loop polls the phone and advances each call (`CallRun`). With `--duration S` as
+well, no call starts after S seconds (a phone starts its next call as soon as a slot is free, so a rate above
 concurrency / call length keeps the concurrency steady: a soak).
 """
 
@@ -12,11 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
+import os
 import queue
 import secrets
 import sys
 import time
 import wave
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict
 from pathlib import Path
@@ -32,6 +36,7 @@ from media.frames import SAMPLE_RATE, level_dbfs
 from media.resample import resample
 from media.wavfile import WavError, read_wav_16k
 from telephony.config import ConfigError
+from telephony.endpoint import EXPECTED_MAX_CALLS
 from telephony.simulator.impair import ImpairError
 from telephony.simulator.listen import PAD_FRAMES, Ear, ear_for
 from telephony.simulator.persona import Mouth, PersonaLine
@@ -40,6 +45,7 @@ from telephony.simulator.progress import Progress
 from telephony.simulator.relay_tls import TlsOptions, is_tls
 from telephony.simulator.report import CallReport, console, html, junit, summary
 from telephony.simulator.runner import (
+    Action,
     AskPersona,
     HangUp,
     Heard,
@@ -55,6 +61,8 @@ from telephony.simulator.script import Script, Speech, load_script, uses_asr
 from telephony.simulator.shaper import LineImpairment
 
 NO_IMPAIRMENT = LineImpairment()
+HANGUP_WAIT_S = 5.0
+"""How long a call may take to end after the phone hung up, before its report is written anyway."""
 
 
 class SimulationError(Exception):
@@ -118,84 +126,141 @@ def line_quality(stats: RtpStats | None, codec: str) -> dict[str, float | None] 
     return {**asdict(stats), **estimate(codec, stats.rx_loss_pct, stats.rtt_ms, stats.jbuf_delay_ms)}
 
 
+class CallRun:
+    """One script on one call, advanced by `step()` after each poll of the phone, so that one phone can run several
+    at once: each has its own port (tracks, RTP statistics, recording), runner, transcription and persona line."""
+
+    def __init__(self, phone: Phone, script: Script, file: str, target: str, record: Path | None = None,
+                 impair: tuple[LineImpairment, str] | None = None) -> None:
+        """Render the script's speech and dial; `impair` (line, seed) impairs its RTP through a seeded relay."""
+        base = Path(file).resolve().parent
+        self.phone, self.script, self.record = phone, script, record
+        self._render: Callable[[Speech], bytes] = lambda sp: render_speech(sp, base)
+        self.runner = ScriptRunner(script, self._render)
+        self.ears = _ears(script)
+        self.asr: Future[Heard] | None = None
+        self.mouth: Mouth | None = None
+        self.line: Future[PersonaLine] | None = None
+        phone.set_codecs(script.codecs)
+        try:
+            self.call = phone.dial(target, script.dial, impair)
+        except ImpairError as e:
+            raise SimulationError(str(e)) from None
+        self.report = CallReport(script.name, file, target, 0, script.expect_status, None, "", 0.0,
+                                 started=time.time(), phone=os.getpid())
+        self._closing_until: float | None = None
+        """Once the script is over: how long the call may take to end after the hang-up."""
+        self._settle = 5
+        """Polls between the end of the call and its release (pjsua finishes with the call)."""
+        self.done = False
+        """The report is complete and the call released."""
+
+    def step(self) -> None:
+        """Take what the phone observed since the last poll and carry out what the runner asks."""
+        if self._closing_until is not None:
+            self._close()
+            return
+        call, runner = self.call, self.runner
+        o = _observe(call)
+        if self.asr is not None and self.asr.done():
+            runner.hear(self.asr.result())
+            self.asr = None
+        if self.line is not None and self.line.done():
+            runner.persona_said(self.line.result())
+            self.line = None
+        if not o.answered:
+            if o.ended:
+                self._end()
+            elif o.now - call.started > self.script.answer_timeout_s:
+                self.report.error = f"no answer within {self.script.answer_timeout_s} s"
+                self._end()
+            return
+        for action in runner.tick(o):
+            self._act(action)
+        if runner.done:
+            self._end()
+        elif o.ended and not runner.transcribing:  # an utterance cut by the hang-up is still checked
+            runner.abort("the call ended")
+            self._end()
+        elif o.now - call.started > self.script.max_duration_s:
+            runner.abort(f"the call passed max_duration_s={self.script.max_duration_s}")
+            self._end()
+
+    def fail(self, error: Exception) -> None:
+        """An error of this call's own (the others go on): in its report, and the call hung up."""
+        self.report.error = repr(error)
+        if self._closing_until is None:
+            self._end()
+        else:
+            self.done = True  # it failed while closing: give up on a clean release
+
+    def _act(self, action: Action) -> None:
+        call, phone = self.call, self.phone
+        if isinstance(action, Speak):
+            call.port.speak(action.frames)
+        elif isinstance(action, SendDtmf):
+            phone.send_dtmf(call, action.digits, action.info)
+        elif isinstance(action, SetEcho):
+            call.port.set_echo(action.gain, action.delay_frames)
+        elif isinstance(action, SetNoise):
+            call.port.set_noise(action.samples)
+        elif isinstance(action, HangUp):
+            phone.hangup(call)
+        elif isinstance(action, Transcribe):
+            self.asr = _transcribe(self.ears, call, action)
+        elif isinstance(action, AskPersona):
+            self.mouth = self.mouth or Mouth(self._render)
+            self.line = self.mouth.submit(action.step.persona, action.request)
+
+    def _end(self) -> None:
+        """The script is over: hang up (if the call is still up) and wait for pjsua to finish it (`_close`)."""
+        if self.mouth is not None:
+            self.mouth.close()
+        if not self.call.confirmed_at and self.script.expect_status == 200:
+            self.runner.abort(f"the call was not answered ({self.call.status} {self.call.reason})"
+                              if self.call.status else "the call was not answered")
+        self.phone.hangup(self.call)
+        self._closing_until = time.monotonic() + HANGUP_WAIT_S
+
+    def _close(self) -> None:
+        call = self.call
+        assert self._closing_until is not None
+        if not call.ended and time.monotonic() < self._closing_until:
+            return
+        if self._settle > 0:
+            self._settle -= 1
+            return
+        self.phone.release(call)
+        report = self.report
+        report.status = call.status if call.confirmed_at is None else 200
+        report.answer_s = round(call.confirmed_at - call.started, 3) if call.confirmed_at else None
+        report.codec = call.codec
+        report.call_id = call.call_id
+        report.duration_s = round(time.monotonic() - call.started, 3)
+        report.steps = self.runner.results
+        with call.port.lock:
+            sent, heard = list(call.port.tx), list(call.port.rx)
+        report.rtp = line_quality(call.rtp, call.codec)
+        report.impairment = call.impairment
+        report.sent_db = [round(level_dbfs(f), 1) for f in sent]
+        report.heard_db = [round(level_dbfs(f), 1) for f in heard]
+        if self.record is not None:
+            self.record.parent.mkdir(parents=True, exist_ok=True)
+            write_stereo(self.record, sent, heard)
+        # The Call object goes now, not when this run is collected: by then a new call may have its pjsua call id,
+        # and the late destructor would clear that call's user data, so its callbacks no longer reach it.
+        del call, self.call
+        self.done = True
+
+
 def run_call(phone: Phone, script: Script, file: str, target: str, record: Path | None = None,
              impair: tuple[LineImpairment, str] | None = None) -> CallReport:
     """One script on one call; `impair` (line, seed) impairs its RTP through a seeded relay."""
-    base = Path(file).resolve().parent
-    runner = ScriptRunner(script, lambda sp: render_speech(sp, base))
-    ears = _ears(script)
-    asr: Future[Heard] | None = None
-    mouth: Mouth | None = None
-    line: Future[PersonaLine] | None = None
-    phone.set_codecs(script.codecs)
-    try:
-        call = phone.dial(target, script.dial, impair)
-    except ImpairError as e:
-        raise SimulationError(str(e)) from None
-    report = CallReport(script.name, file, target, 0, script.expect_status, None, "", 0.0, started=time.time())
-    while True:
+    run = CallRun(phone, script, file, target, record, impair)
+    while not run.done:
         phone.poll(10)
-        o = _observe(call)
-        if asr is not None and asr.done():
-            runner.hear(asr.result())
-            asr = None
-        if line is not None and line.done():
-            runner.persona_said(line.result())
-            line = None
-        if not o.answered:
-            if o.ended:
-                break
-            if o.now - call.started > script.answer_timeout_s:
-                report.error = f"no answer within {script.answer_timeout_s} s"
-                break
-            continue
-        for action in runner.tick(o):
-            if isinstance(action, Speak):
-                call.port.speak(action.frames)
-            elif isinstance(action, SendDtmf):
-                phone.send_dtmf(call, action.digits, action.info)
-            elif isinstance(action, SetEcho):
-                call.port.set_echo(action.gain, action.delay_frames)
-            elif isinstance(action, SetNoise):
-                call.port.set_noise(action.samples)
-            elif isinstance(action, HangUp):
-                phone.hangup(call)
-            elif isinstance(action, Transcribe):
-                asr = _transcribe(ears, call, action)
-            elif isinstance(action, AskPersona):
-                mouth = mouth or Mouth(lambda sp: render_speech(sp, base))
-                line = mouth.submit(action.step.persona, action.request)
-        if runner.done:
-            break
-        if o.ended and not runner.transcribing:  # an utterance cut by the hang-up is still checked
-            runner.abort("the call ended")
-            break
-        if o.now - call.started > script.max_duration_s:
-            runner.abort(f"the call passed max_duration_s={script.max_duration_s}")
-            break
-    if mouth is not None:
-        mouth.close()
-    if not call.confirmed_at and script.expect_status == 200:
-        runner.abort(f"the call was not answered ({call.status} {call.reason})" if call.status
-                     else "the call was not answered")
-    phone.finish(call)
-    report.status = call.status if call.confirmed_at is None else 200
-    report.answer_s = round(call.confirmed_at - call.started, 3) if call.confirmed_at else None
-    report.codec = call.codec
-    report.call_id = call.call_id
-    report.duration_s = round(time.monotonic() - call.started, 3)
-    report.steps = runner.results
-    with call.port.lock:
-        sent, heard = list(call.port.tx), list(call.port.rx)
-    report.rtp = line_quality(call.rtp, call.codec)
-    report.impairment = call.impairment
-    report.sent_db = [round(level_dbfs(f), 1) for f in sent]
-    report.heard_db = [round(level_dbfs(f), 1) for f in heard]
-    if record is not None:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        write_stereo(record, sent, heard)
-    del call
-    return report
+        run.step()
+    return run.report
 
 
 def _recording(record_dir: Path | None, index: int, script: Script) -> Path | None:
@@ -217,55 +282,74 @@ def _impairs(line: LineImpairment, scripts: list[tuple[str, Script]]) -> bool:
 
 
 def _worker(jobs: Any, results: Any, clock: Any, rate: float, target: str | None, rtp_port: int,
-            line: LineImpairment, impair: bool, seed: int, record_dir: Path | None, tls: TlsOptions | None) -> None:
-    """One load process: its own phone, jobs taken from the queue, each started no earlier than its slot and
-    none after the end of `--duration`. `clock` is (ready, go, times): the process says it is ready, and once
-    every one is (or after a minute), `times` holds the run's start and end on the monotonic clock (end 0: none)."""
+            line: LineImpairment, impair: bool, seed: int, record_dir: Path | None, tls: TlsOptions | None,
+            slots: int) -> None:
+    """One load process: its own phone with up to `slots` calls at once, jobs taken from the queue while a slot is
+    free, each started no earlier than its slot in time and none after the end of `--duration`. `clock` is (ready,
+    go, times): the process says it is ready, and once every one is (or after a minute), `times` holds the run's
+    start and end on the monotonic clock (end 0: none)."""
     ready, go, times = clock
     phone = Phone(rtp_port, impair=impair, tls=tls)
     ready.release()
     go.wait()
     t0, until = times[0], times[1] or None
+    running: list[CallRun] = []
+    waiting: tuple[int, str, Script] | None = None
+    """The next job, taken when a slot was free, until its start time."""
+    more = True
     try:
-        while True:
-            job = jobs.get()
-            if job is None:
-                return
-            index, path, script = job
-            delay = t0 + index / rate - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            if until is not None and time.monotonic() >= until:
-                return
-            try:
-                results.put(run_call(phone, script, path, target or script.target,
-                                     _recording(record_dir, index, script),
-                                     call_impairment(line, script, seed, index)))
-            except Exception as e:  # a failed call is a result, not the end of the run
-                results.put(CallReport(script.name, path, target or script.target or "", 0, script.expect_status,
-                                       None, "", 0.0, error=repr(e)))
+        while running or waiting is not None or more:
+            if more and waiting is None and len(running) < slots:
+                with contextlib.suppress(queue.Empty):  # with calls up, no job yet: ask again after the next poll
+                    waiting = jobs.get(timeout=0.001 if running else None)
+                    more = waiting is not None
+            if waiting is not None and until is not None and time.monotonic() >= until:
+                waiting, more = None, False
+            if waiting is not None and time.monotonic() >= t0 + waiting[0] / rate:
+                index, path, script = waiting
+                waiting = None
+                try:
+                    running.append(CallRun(phone, script, path, target or script.target or "",
+                                           _recording(record_dir, index, script),
+                                           call_impairment(line, script, seed, index)))
+                except Exception as e:  # a failed call is a result, not the end of the run
+                    results.put(CallReport(script.name, path, target or script.target or "", 0, script.expect_status,
+                                           None, "", 0.0, error=repr(e), phone=os.getpid()))
+            phone.poll(10)
+            for run in running:
+                try:
+                    run.step()
+                except Exception as e:
+                    run.fail(e)
+            for run in [r for r in running if r.done]:
+                running.remove(run)
+                results.put(run.report)
     finally:
         phone.close()
 
 
 def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, concurrency: int, rate: float,
              rtp_port: int, line: LineImpairment = NO_IMPAIRMENT, record_dir: Path | None = None,
-             seed: int = 0, duration_s: float | None = None, tls: TlsOptions | None = None) -> list[CallReport]:
-    """`calls` runs of the scripts (in turn), `concurrency` at a time, started at most `rate` per second; with
-    `duration_s`, only those that start within that many seconds."""
+             seed: int = 0, duration_s: float | None = None, tls: TlsOptions | None = None,
+             per_phone: int = EXPECTED_MAX_CALLS) -> list[CallReport]:
+    """`calls` runs of the scripts (in turn), `concurrency` at a time, started at most `rate` per second, from phone
+    processes of `per_phone` calls each (the last one takes the rest); with `duration_s`, only those that start
+    within that many seconds."""
+    slots = [min(per_phone, concurrency - k) for k in range(0, concurrency, per_phone)]
     ctx = multiprocessing.get_context("spawn")
     jobs = ctx.Queue()
     results = ctx.Queue()
     for i in range(calls):
         path, script = scripts[i % len(scripts)]
         jobs.put((i, path, script))
-    for _ in range(concurrency):
+    for _ in slots:
         jobs.put(None)
     jobs.cancel_join_thread()  # jobs left when --duration ends the run are dropped, not waited for at exit
     ready, go, times = ctx.Semaphore(0), ctx.Event(), ctx.Array("d", 2)
     procs = [ctx.Process(target=_worker, args=(jobs, results, (ready, go, times), rate, target, rtp_port + 200 * k,
-                                               line, _impairs(line, scripts), seed, record_dir, tls), daemon=True)
-             for k in range(concurrency)]
+                                               line, _impairs(line, scripts), seed, record_dir, tls, n),
+                          daemon=True)
+             for k, n in enumerate(slots)]
     for p in procs:
         p.start()
     waiting = time.monotonic() + 60
@@ -302,6 +386,7 @@ def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, 
     return reports
 
 
+
 def _not_run(invalid: list[tuple[str, list[str]]], junit_path: str | None, ran: list[CallReport] | None = None) -> int:
     """Scripts that cannot run: their errors on stderr and, with --junit, as failed test cases (after the calls
     that `ran` before one of them stopped the run); exit status 2."""
@@ -319,7 +404,8 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
          rtp_port: int = 40000, calls: int | None = None, concurrency: int = 1, rate: float = 1.0,
          html_path: str | None = None, loss_pct: float = 0.0, record_dir: str | None = None,
          seed: int | None = None, jitter_ms: float = 0.0, reorder_pct: float = 0.0, skew_ppm: float = 0.0,
-         duration_s: float | None = None, tls: TlsOptions | None = None) -> int:
+         duration_s: float | None = None, tls: TlsOptions | None = None,
+         per_phone: int = EXPECTED_MAX_CALLS) -> int:
     try:
         line = LineImpairment(loss_pct=loss_pct, jitter_ms=jitter_ms, reorder_pct=reorder_pct, skew_ppm=skew_ppm)
     except ValidationError as e:
@@ -349,7 +435,8 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
     if _impairs(line, scripts):
         print(f"voicegate simulate: seed {seed} (--seed {seed} impairs the same packets again)", file=sys.stderr)
     if calls is not None:
-        reports = run_load(scripts, target, calls, concurrency, rate, rtp_port, line, rec, seed, duration_s, tls)
+        reports = run_load(scripts, target, calls, concurrency, rate, rtp_port, line, rec, seed, duration_s, tls,
+                           per_phone)
     else:
         phone = Phone(rtp_port, impair=_impairs(line, scripts), tls=tls)
         try:

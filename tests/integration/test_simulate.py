@@ -226,6 +226,64 @@ def test_load_mode_places_every_call_and_summarises(gateway: Gateway, workdir: P
     assert len(gateway.events("call_end")) - before == 8
 
 
+SHARED_ECHO = """\
+name: echo call beside another
+target: sip:echo@127.0.0.1:{port}
+steps:
+  - wait: 1
+  - say: "testing one two three"
+    wait: false
+  - wait_speech: {{timeout_s: 5}}
+  - wait: 1
+  - hangup: {{}}
+"""
+
+SHARED_BARGE_IN = """\
+name: barge-in beside another
+target: sip:long@127.0.0.1:{port}
+steps:
+  - wait_speech: {{timeout_s: 5}}
+  - interrupt: {{say: "Sorry, can I stop you there?", after_ms: 1500, expect_stop_ms: 1000}}
+  - hangup: {{}}
+"""
+
+
+def test_one_phone_process_holds_two_calls_and_measures_each_on_its_own(gateway: Gateway, workdir: Path):
+    """Load mode with --concurrency 2: one phone process (4 calls each by default) places both calls at once, an
+    echo call and a barge-in on the long prompt; each report has its own tracks, measurements, RTP statistics and
+    WAV, so the echo call heard only its own words back, never the other call's prompt."""
+    paths = []
+    for name, text in (("echo", SHARED_ECHO), ("barge", SHARED_BARGE_IN)):
+        paths.append(str(workdir / f"{name}.yaml"))
+        Path(paths[-1]).write_text(text.format(port=gateway.port))
+    lo, _ = rtp_range(200)
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", *paths, "--calls", "2", "--concurrency", "2",
+                        "--rate", "10", "--rtp-port", str(lo), "--json", str(workdir / "r.json"),
+                        "--record", str(workdir / "wav")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    calls = {c["script"]: c for c in json.loads((workdir / "r.json").read_text())}
+    echo, barge = calls["echo call beside another"], calls["barge-in beside another"]
+    assert echo["phone"] == barge["phone"] != 0  # one process
+    assert barge["started"] < echo["started"] + echo["duration_s"] and echo["started"] < barge["started"] + barge[
+        "duration_s"]  # at the same time
+    said, heard = echo["steps"][1], echo["steps"][2]
+    assert 0 < heard["metrics"]["latency_ms"] < 1000, heard  # its own words came back
+    loud = np.nonzero(np.asarray(echo["heard_db"]) > max(echo["heard_db"]) - 30)[0]
+    assert loud.min() >= said["start_frame"], (loud.min(), said)  # nothing before the caller spoke: no prompt
+    interrupt = barge["steps"][1]
+    assert interrupt["ok"] and 0 <= interrupt["metrics"]["reaction_ms"] <= 1000, interrupt
+    assert max(barge["heard_db"][: interrupt["start_frame"]]) > -40  # the long prompt played on this call
+    for c in (echo, barge):  # each call's RTP statistics count its own packets: one a frame of its own tracks
+        assert abs(c["rtp"]["rx_packets"] - len(c["heard_db"])) <= 10, (len(c["heard_db"]), c["rtp"])
+        assert abs(c["rtp"]["tx_packets"] - len(c["sent_db"])) <= 10, (len(c["sent_db"]), c["rtp"])
+    wavs = sorted((workdir / "wav").glob("*.wav"))
+    assert len(wavs) == 2
+    for w in wavs:
+        with wave.open(str(w)) as f:
+            c = echo if "echo" in w.name else barge
+            assert f.getnchannels() == 2 and f.getnframes() == 320 * min(len(c["sent_db"]), len(c["heard_db"]))
+
+
 NOISY_ECHO_CALL = """\
 name: echo call with line noise
 steps:

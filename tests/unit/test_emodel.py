@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from media.emodel import delay_impairment, is_wideband, line_quality, mos, r_factor
+from media.emodel import delay_impairment, is_wideband, line_quality, mos, no_estimate_reason, r_factor
 from telephony.rtp_stats import with_quality
-from telephony.simulator.report import CallReport, series, summary
+from telephony.simulator.report import CallReport, rtp_line, series, summary
 
 
 def test_defaults_give_g107s_reference_rating():
@@ -61,6 +61,23 @@ def test_g722_is_rated_on_the_wideband_scale():
     assert mos(129.0 * 1.0, wideband=True) == 4.5 and mos(0.0, wideband=True) == 1.0
     # no published Bpl,WB for G.722: a lossy G.722 call gets no estimate instead of a borrowed one
     assert r_factor("G722/16000", 2.0, 0) is None
+
+
+def test_a_call_without_an_estimate_says_why():
+    assert no_estimate_reason("G722/16000", 2.0) == (
+        "2% loss on G722: no published packet-loss robustness factor (Bpl,WB) for G722")
+    assert no_estimate_reason("G722/16000", 0.0) == no_estimate_reason("PCMU/8000", 5.0) == ""
+    assert no_estimate_reason("GSM/8000", 0.0) == "no G.113 impairment values for GSM"
+    assert no_estimate_reason("", 0.0) == "no G.113 impairment values for an unknown codec"
+    q = line_quality("G722/16000", 2.0, 10.0, 20.0)
+    assert q["mos"] is None
+    lossy = CallReport("s", "s.yaml", "sip:x", 200, 200, 0.1, "G722/16000", 5.0,
+                       rtp={"rx_loss_pct": 2.0, "rx_jitter_ms": 1.0, **q})
+    assert rtp_line(lossy) == ("rx loss 2%, jitter 1 ms, MOS not computed (2% loss on G722: no published packet-loss "
+                               "robustness factor (Bpl,WB) for G722)")
+    clean = CallReport("s", "s.yaml", "sip:x", 200, 200, 0.1, "G722/16000", 5.0,
+                       rtp={"rx_loss_pct": 0.0, "rx_jitter_ms": 1.0, **line_quality("G722/16000", 0.0, 10.0, 20.0)})
+    assert rtp_line(clean) == "rx loss 0%, jitter 1 ms, MOS 4.34 (R 116.0 of 129, wideband)"
 
 
 def test_load_summaries_keep_wideband_and_narrowband_mos_apart():

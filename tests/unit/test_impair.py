@@ -49,6 +49,24 @@ def test_an_invite_gets_our_via_loses_our_route_and_offers_the_relay(proxy: SdpP
     assert relay.far == ("10.9.9.9", 6000) and f"m=audio {relay.port} " in out
 
 
+def test_arms_queue_up_for_the_calls_of_a_phone_in_the_order_their_invites_come(proxy: SdpProxy):
+    """One phone dials several calls: each arms before its INVITE; a call whose INVITE never went takes its arm
+    back; a digest retry (same Call-ID) takes none."""
+    line = LineImpairment(loss_pct=5)
+    for seed in ("7:0", "7:1", "7:2"):
+        proxy.arm(line, seed)
+    proxy.disarm()  # 7:2 sent no INVITE
+    proxy.arm(line, "7:3")
+
+    def invite(call_id: str) -> None:
+        proxy._forward(message("INVITE sip:100@127.0.0.7:5070 SIP/2.0", "Via: SIP/2.0/UDP 127.0.0.1:5999;rport",
+                               f"Call-ID: {call_id}", body=SDP))
+
+    for call_id in ("a", "a", "b", "c", "d"):
+        invite(call_id)
+    assert {k: r.seed for k, r in proxy.relays.items()} == {"a": "7:0", "b": "7:1", "c": "7:3"}
+
+
 def test_hop_refuses_what_it_cannot_relay():
     assert hop("<sip:127.0.0.1:5080;lr>") == ("127.0.0.1", 5080) and hop("sip:x@host") == ("host", 5060)
     assert next_hop("<sip:127.0.0.1:5080;transport=TCP;lr>") == (("127.0.0.1", 5080), "tcp")
