@@ -132,6 +132,23 @@ def _load_params(cfg: Config) -> str:
                       'modparam("dispatcher", "ds_hash_initexpire", 60)'])
 
 
+LOCAL_BYE_UNLOAD = """
+event_route[tm:local-request] {
+    # a BYE the dialog module sends (dlg.end_dlg: its worker died) passes no route of ours: the call's load
+    # leaves its worker here, once per call (the first of its two BYEs)
+    if (is_method("BYE") && $sht(calls=>$ci) != $null) {
+        $sht(calls=>$ci) = $null;
+        ds_load_update();
+    }
+}
+"""
+"""least_loaded: Kamailio's dispatcher counts a call on its worker until a BYE passes `ds_load_update()`. The BYEs
+of `dlg.end_dlg` are Kamailio's own and pass only `tm:local-request`; without this the dead worker's calls counted
+until `ds_hash_expire`, and a worker restarted after dying with 4 calls got none (its `maxload`). The dialog module's
+`dialog:end` event would not do: for `dlg.end_dlg` it runs on a stand-in message (dlg_bye_all in Kamailio's source),
+whose Call-ID is not the call's."""
+
+
 def _dialog_params(cfg: Config, rpc_socket: Path) -> str:
     """Dialog tracking, so that the supervisor can end the calls of a worker that died (`dlg.end_dlg` over the
     JSON-RPC socket, telephony/frontdoor_rpc.py): every answered call joins the `worker` profile with its worker's
@@ -317,7 +334,7 @@ event_route[dispatcher:dst-down] {{
 event_route[dispatcher:dst-up] {{
     xlog("L_NOTICE", "{MARK} worker up $ru\\n");
 }}
-"""
+{LOCAL_BYE_UNLOAD if least else ''}"""
 
 
 class FrontDoor:

@@ -107,6 +107,7 @@ def test_kamailio_accepts_the_front_door_config(tmp_path: Path, dispatch: str, r
     assert refusal in text and ("Retry-After: 30" in text) == (reply == 503)
     assert ('ds_select_dst("1", "10")' in text) == (dispatch == "least_loaded")
     assert ('"ds_hash_expire", 3660' in text) == (dispatch == "least_loaded")  # timeouts.max_call_s 3600 + 60
+    assert ("event_route[tm:local-request]" in text) == (dispatch == "least_loaded")  # dlg.end_dlg's BYEs unload
 
 
 def test_the_answered_calls_of_a_dlg_profile_list():
