@@ -15,7 +15,8 @@ digest, trunk addresses) as a single gateway would. A registering trunk register
 the front door with the front door's address as Contact (telephony/workers.py): that keeps registration state,
 retries and `voicegate trunks` where they are for one gateway, and no password in Kamailio's files; the carrier's
 calls then reach the front door like any other and go to any worker. TLS ends here (`tls` module, Debian
-`kamailio-tls-modules`, with the `sip.tls` certificate settings); the workers behind speak UDP on loopback.
+`kamailio-tls-modules`, with the `sip.tls` certificate settings, and a trunk's own client certificate for its
+servers: telephony/frontdoor_tls.py); the workers behind speak UDP on loopback.
 The `dialog` module keeps each answered call in a `worker` profile, and a JSON-RPC socket (`jsonrpcs`) lets the
 supervisor end a dead worker's calls and reload the ACL's addresses (telephony/frontdoor_rpc.py).
 """
@@ -36,6 +37,8 @@ from pathlib import Path
 
 from telephony.config import Config
 from telephony.frontdoor_rpc import rpc
+from telephony.frontdoor_tls import ROUTE, XAVP, client_profiles
+from telephony.frontdoor_tls import route as trunk_tls_route
 from telephony.inbound import SOURCE_HEADER, resolve_sources
 from telephony.logs import event
 from telephony.workers import CALLS_PER_WORKER, WORKER_PARAM, announcing, worker_port
@@ -89,7 +92,8 @@ def _acl(cfg: Config, address_file: Path) -> tuple[str, str]:
 
 def tls_config(cfg: Config) -> str:
     """The `tls` module's config file: `sip.tls` as a single gateway uses it. The server side ends the callers'
-    TLS (mutual with `require_client_cert`); the client side is for trunks the front door connects to."""
+    TLS (mutual with `require_client_cert`); the client side is for trunks the front door connects to, with a
+    profile of its own for each trunk with its own certificate (telephony/frontdoor_tls.py)."""
     tls = cfg.sip.tls
     if tls is None:
         return ""
@@ -100,7 +104,8 @@ def tls_config(cfg: Config) -> str:
             f"verify_certificate = {yes[tls.require_client_cert]}\n"
             f"require_certificate = {yes[tls.require_client_cert]}\n\n"
             f"[client:default]\nmethod = TLSv1.2+\nca_list = {ca}\n"
-            f"verify_certificate = {yes[tls.verify_server]}\nrequire_certificate = {yes[tls.verify_server]}\n")
+            f"verify_certificate = {yes[tls.verify_server]}\nrequire_certificate = {yes[tls.verify_server]}\n"
+            f"{client_profiles(cfg.trunks, ca)}")
 
 
 def _refuse(cfg: Config, in_failure_route: bool) -> str:
@@ -132,6 +137,23 @@ def _load_params(cfg: Config) -> str:
                       'modparam("dispatcher", "ds_hash_initexpire", 60)'])
 
 
+LOCAL_BYE_UNLOAD = """
+event_route[tm:local-request] {
+    # a BYE the dialog module sends (dlg.end_dlg: its worker died) passes no route of ours: the call's load
+    # leaves its worker here, once per call (the first of its two BYEs)
+    if (is_method("BYE") && $sht(calls=>$ci) != $null) {
+        $sht(calls=>$ci) = $null;
+        ds_load_update();
+    }
+}
+"""
+"""least_loaded: Kamailio's dispatcher counts a call on its worker until a BYE passes `ds_load_update()`. The BYEs
+of `dlg.end_dlg` are Kamailio's own and pass only `tm:local-request`; without this the dead worker's calls counted
+until `ds_hash_expire`, and a worker restarted after dying with 4 calls got none (its `maxload`). The dialog module's
+`dialog:end` event would not do: for `dlg.end_dlg` it runs on a stand-in message (dlg_bye_all in Kamailio's source),
+whose Call-ID is not the call's."""
+
+
 def _dialog_params(cfg: Config, rpc_socket: Path) -> str:
     """Dialog tracking, so that the supervisor can end the calls of a worker that died (`dlg.end_dlg` over the
     JSON-RPC socket, telephony/frontdoor_rpc.py): every answered call joins the `worker` profile with its worker's
@@ -158,7 +180,10 @@ def kamailio_config(cfg: Config, list_file: Path, modules: Path = MODULES) -> st
     tls_load = ""
     if "tls" in cfg.sip.transports:
         tls_load = (f'enable_tls=yes\nloadmodule "tls.so"\n'
-                    f'modparam("tls", "config", "{list_file.with_name("tls.cfg")}")\n')
+                    f'modparam("tls", "config", "{list_file.with_name("tls.cfg")}")\n'
+                    f'modparam("tls", "xavp_cfg", "{XAVP}")\n')
+    trunk_tls = trunk_tls_route(cfg.trunks) if "tls" in cfg.sip.transports else ""
+    to_trunk = f"route({ROUTE});" if trunk_tls else ""  # the trunk's own TLS certificate (frontdoor_tls.py)
     return f"""#!KAMAILIO
 debug=1
 log_stderror=yes
@@ -234,6 +259,7 @@ request_route {{
         if (loose_route()) {{
             if (is_method("BYE")) {{ $sht(calls=>$ci) = $null; }}
             {'if (is_method("BYE")) { ds_load_update(); }' if least else ''}
+            {to_trunk}
             t_relay();
             exit;
         }}
@@ -253,6 +279,7 @@ request_route {{
     if (ds_is_from_list()) {{
         # a worker's own request (a trunk's REGISTER, a call out) through the front door: to its Request-URI
         loose_route();
+        {to_trunk}
         if (is_method("INVITE")) {{ record_route(); }}
         if (!t_relay()) {{ sl_reply_error(); }}
         exit;
@@ -317,7 +344,7 @@ event_route[dispatcher:dst-down] {{
 event_route[dispatcher:dst-up] {{
     xlog("L_NOTICE", "{MARK} worker up $ru\\n");
 }}
-"""
+{LOCAL_BYE_UNLOAD if least else ''}{trunk_tls}"""
 
 
 class FrontDoor:
@@ -350,13 +377,17 @@ class FrontDoor:
     def reload_acl(self, cfg: Config) -> bool:
         """Give the running Kamailio the source ACL with the trunks of `cfg` (a reload): rewrite the address file
         and have `permissions` read it again (RPC). Whether the ACL changed; raises RuntimeError when the reload
-        would turn the ACL on or off, which changes the routing script (a restart)."""
+        would turn the ACL on or off, which changes the routing script (a restart), and when a trunk's own TLS
+        certificate or its servers change (its profile and route in Kamailio's config: a restart too)."""
         new = self.cfg.model_copy(update={"trunks": cfg.trunks})
         path = self.dir / "address.list"
         on, was_on = bool(_acl(new, path)[0]), bool(_acl(self.cfg, path)[0])
         if on != was_on:
             raise RuntimeError("the front door's source ACL would turn " + ("on" if on else "off") +
                                " (sip.allow with trunks' inbound_auth): restart voicegate for that")
+        if tls_config(new) != tls_config(self.cfg) or trunk_tls_route(new.trunks) != trunk_tls_route(self.cfg.trunks):
+            raise RuntimeError("a trunk's own TLS certificate (trunks.NAME.tls) or its servers changed, which the "
+                               "front door presents from its Kamailio config: restart voicegate for that")
         self.cfg = new
         if not on or path.read_text() == (text := address_list(new)):
             return False

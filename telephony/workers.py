@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from agents.config import ScriptedAgentConfig
 from telephony.config import RouteConfig
+from telephony.frontdoor_tls import problem as trunk_tls_problem
 
 if TYPE_CHECKING:
     from telephony.config import Config, RtpConfig, SipConfig, TrunkConfig, WorkersConfig
@@ -59,6 +60,8 @@ def fit_problem(workers: WorkersConfig, count: int, sip: SipConfig, rtp: RtpConf
         return f"{count} workers from first_port {workers.first_port} run past port 65535"
     if sip.port in span and sip.listen in ("0.0.0.0", "127.0.0.1"):
         return f"worker ports {span.start}-{span.stop - 1} include sip.port {sip.port} (the front door's)"
+    if problem := trunk_tls_problem(trunks):
+        return problem
     size = (rtp.port_max - rtp.port_min + 1) // count
     if size < CALLS_PER_WORKER * PORTS_PER_CALL:
         return (f"rtp range {rtp.port_min}-{rtp.port_max} gives each of {count} workers {size} ports; each needs "
@@ -85,7 +88,9 @@ def front_door_host(sip: SipConfig) -> str:
 def _trunk_behind_front_door(cfg: Config, t: TrunkConfig, index: int) -> TrunkConfig:
     """Worker 0 registers a registering trunk once for all (through the front door, `sip.outbound_proxy`, then
     the trunk's own proxy) with the front door's address as Contact, so that the carrier's calls reach the front
-    door and any worker; it alone sends the trunk's OPTIONS keepalives. The others only take the trunk's calls."""
+    door and any worker; it alone sends the trunk's OPTIONS keepalives. The others only take the trunk's calls.
+    The front door, which holds the TLS connections, presents a trunk's own certificate (telephony/frontdoor_tls.py)."""
+    t = t.model_copy(update={"tls": None})
     if index > 0:
         return t.model_copy(update={"registers": False, "keepalive_s": None})
     if not t.registers:

@@ -6,7 +6,8 @@ password) and, once it carries credentials, relayed to the UAS on that port.
 The password is fixed in the config (`pv_auth_check` with a plaintext password), so no subscriber database is
 needed. Its log (stderr, `-E`) carries one `KAM` line per decision for the tests to read. With `tls_port` and
 `pki` (ca, cert, key) it also speaks TLS, presenting that certificate as server and as client (to a front door
-that asks for one), verifying no peer.
+that asks for one), verifying no server; with `client_ca` it requires a client certificate that CA signed, and
+logs the common name of each REGISTER's.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ request_route {{
             auth_challenge("{realm}", "0");
             exit;
         }}
-        if (!save("location")) {{ sl_reply_error(); exit; }}
+        if (!save("location")) {{ sl_reply_error(); exit; }}{tls_log}
         xlog("L_NOTICE", "KAM registered $tU contact=$ct expires=$hdr(Expires) proto=$pr src=$si:$sp\\n");
         exit;
     }}
@@ -105,6 +106,8 @@ class Kamailio:
     """Where calls out (to OUT_PREFIX numbers) go, once authenticated; none: not carried."""
     tls_port: int | None = None
     pki: tuple[Path, Path, Path] | None = None
+    client_ca: Path | None = None
+    """Require of TLS clients a certificate this CA signed."""
     proc: subprocess.Popen[str] | None = None
     lines: list[str] = field(default_factory=list)
 
@@ -112,15 +115,22 @@ class Kamailio:
         cfg = self.workdir / "kamailio.cfg"
         outbound = "" if self.uas_port is None else OUTBOUND.format(
             prefix=OUT_PREFIX, realm=REALM, password=self.password, uas_port=self.uas_port)
-        tls_listen = tls_load = ""
+        tls_listen = tls_load = tls_log = ""
         if self.tls_port is not None and self.pki is not None:
             _, cert, key = self.pki
-            keys = f"certificate = {cert}\nprivate_key = {key}\nverify_certificate = no\nrequire_certificate = no\n"
-            (self.workdir / "tls.cfg").write_text(f"[server:default]\n{keys}\n[client:default]\n{keys}")
+            keys = f"certificate = {cert}\nprivate_key = {key}\n"
+            loose = "verify_certificate = no\nrequire_certificate = no\n"
+            server = loose if self.client_ca is None else (
+                f"ca_list = {self.client_ca}\nverify_certificate = yes\nrequire_certificate = yes\n")
+            (self.workdir / "tls.cfg").write_text(f"[server:default]\n{keys}{server}\n[client:default]\n{keys}{loose}")
+            if self.client_ca is not None:
+                tls_log = ('\n        if ($pr == "tls") { xlog("L_NOTICE", "KAM tls-client $tU '
+                           'cn=$tls_peer_subject_cn\\n"); }')
             tls_listen = f"listen=tls:127.0.0.1:{self.tls_port}\nenable_tls=yes\n"
             tls_load = f'loadmodule "tls.so"\nmodparam("tls", "config", "{self.workdir / "tls.cfg"}")\n'
         cfg.write_text(CFG.format(port=self.port, modules=MODULES, realm=REALM, password=self.password,
-                                  user=self.user, outbound=outbound, tls_listen=tls_listen, tls_load=tls_load))
+                                  user=self.user, outbound=outbound, tls_listen=tls_listen, tls_load=tls_load,
+                                  tls_log=tls_log))
         check = subprocess.run(["/usr/sbin/kamailio", "-c", "-f", str(cfg)], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr[-3000:]
         self.proc = subprocess.Popen(

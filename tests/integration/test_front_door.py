@@ -21,7 +21,7 @@ from tests.integration.cluster import cluster_config, free_block, start_cluster,
 from tests.integration.kamailio import REALM, Kamailio
 from tests.integration.netns import BACK_IP, FRONT_IP, two_hosts, unavailable
 from tests.integration.peers import Gateway, call, free_port, rtp_range, sipp, spawn_gateway, start_gateway
-from tests.integration.test_tls import make_ca
+from tests.integration.test_tls import issue, make_ca
 from tests.integration.test_trunks import authenticated_call, call_with_headers
 
 PASSWORD = "bob-cluster-s3cret"
@@ -30,6 +30,7 @@ TRUNK_USER = "vgdoor"
 PROXIED_USER = "vgproxied"
 TLS_USER = "vgtls"
 TLS_DID = "+4930777"
+TRUNK_CN = "vgtls trunk"
 DID = "+4930555"
 PUBLIC = "127.0.0.3"
 
@@ -50,26 +51,37 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def tls_carrier(pki: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
+def trunk_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """The certificate the TLS carrier issued for the trunk, which it requires as client certificate, from its own
+    CA (not the front door's): (carrier ca, cert, key)."""
+    d = tmp_path_factory.mktemp("door-trunk-pki")
+    ca = make_ca(d, "carrier")[0]
+    return (ca, *issue(d, "carrier", "trunk", TRUNK_CN, "DNS:vgtls.voicegate.test"))
+
+
+@pytest.fixture(scope="module")
+def tls_carrier(pki: tuple[Path, Path, Path], trunk_cert: tuple[Path, Path, Path],
+                tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
     k = Kamailio(free_port(), tmp_path_factory.mktemp("door-tls-carrier"), TRUNK_PASSWORD, TLS_USER,
-                 tls_port=free_port(), pki=pki)
+                 tls_port=free_port(), pki=pki, client_ca=trunk_cert[0])
     k.start()
     yield k
     k.stop()
 
 
 @pytest.fixture(scope="module")
-def digest(pki: tuple[Path, Path, Path], tls_carrier: Kamailio,
+def digest(pki: tuple[Path, Path, Path], trunk_cert: tuple[Path, Path, Path], tls_carrier: Kamailio,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """allow 127.0.0.1 and a user: other sources get through the front door to a worker's challenge; SIP over
-    mutual TLS ends at the front door; a trunk registers over TLS with `tls_carrier`."""
+    mutual TLS ends at the front door; a trunk registers over TLS with `tls_carrier`, with its own certificate."""
     os.environ.update(VG_TEST_BOB_PW=PASSWORD, VG_TEST_DOOR_TRUNK_PW=TRUNK_PASSWORD)
     ca, cert, key = pki
     tls = {"port": free_port(), "cert_file": str(cert), "key_file": str(key), "ca_file": str(ca),
            "require_client_cert": True}
     trunk = {"registrar": f"sip:127.0.0.1:{tls_carrier.tls_port}", "transport": "tls", "username": TLS_USER,
              "realm": REALM, "password_env": "VG_TEST_DOOR_TRUNK_PW", "expiry_s": 30,
-             "routes": [{"match": TLS_DID, "agent": "echo"}]}
+             "routes": [{"match": TLS_DID, "agent": "echo"}],
+             "tls": {"cert_file": str(trunk_cert[1]), "key_file": str(trunk_cert[2]), "ca_file": str(ca)}}
     gw = _cluster(tmp_path_factory.mktemp("door-digest"),
                   {"allow": ["127.0.0.1/32"], "users": {"bob": {"password_env": "VG_TEST_BOB_PW"}},
                    "transports": ["udp", "tls"], "tls": tls}, trunks={"secure": trunk})
@@ -147,8 +159,11 @@ def test_a_call_over_mutual_tls_ends_at_the_front_door_and_reaches_a_worker_over
 def test_a_trunk_registers_over_tls_from_the_front_door_and_its_calls_come_back_over_tls(
         digest: Gateway, tls_carrier: Kamailio):
     """Worker 0's REGISTER goes to the front door over UDP and on to the carrier over TLS, with the front door's
-    TLS address as Contact; the carrier's call to it comes over TLS (with the carrier's client certificate)."""
+    TLS address as Contact and the trunk's own client certificate (`trunks.secure.tls`), which the carrier requires
+    signed by its CA; the carrier's call to it comes over TLS (with the carrier's client certificate)."""
     assert digest.wait_event("trunk_state", 15, trunk="secure", state="registered")["worker"] == 0
+    (client,) = tls_carrier.wait_log(f"tls-client {TLS_USER}")
+    assert client.endswith(f"cn={TRUNK_CN}"), client
     (registered,) = tls_carrier.wait_log(f"registered {TLS_USER}")
     contact = f"contact=<sip:{TLS_USER}@127.0.0.1:{digest.tls_port};transport=tls>"  # type: ignore[attr-defined]
     assert contact in registered and " proto=tls src=127.0.0.1:" in registered, registered

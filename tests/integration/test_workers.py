@@ -360,15 +360,17 @@ def test_malformed_sip_crashes_nothing_leaks_no_slot_and_calls_work_after(cluste
 
 def test_the_front_door_also_sends_calls_to_a_gateway_elsewhere(tmp_path: Path):
     """"Elsewhere" is a second voicegate on loopback, listed in workers.remote like one on another machine. Dispatch
-    is least_loaded: calls alternate, and with 4 calls on each the front door refuses a ninth itself (503)."""
+    is least_loaded: calls alternate, and with 4 calls on each the front door refuses a ninth itself (503). The
+    local worker killed with its 4 calls (ended by the front door) takes calls again once restarted: its calls no
+    longer count in the front door's load."""
     (tmp_path / "remote").mkdir()
     (tmp_path / "front").mkdir()
-    rport, port = free_port(), free_port()
+    rport, port, first = free_port(), free_port(), free_block(1)
     with ThreadPoolExecutor(2) as pool:  # started side by side: the front door probes the remote one in when it is up
         remote_f = pool.submit(start_cluster, cluster_config(rport, {"when_full": {"reply": 486}}),
                                tmp_path / "remote", rport, 1)
         front_f = pool.submit(start_cluster, cluster_config(port, {
-            "first_port": free_block(1), "remote": [f"sip:127.0.0.1:{rport}"], "probe_interval_s": 1,
+            "first_port": first, "remote": [f"sip:127.0.0.1:{rport}"], "probe_interval_s": 1,
             "dispatch": "least_loaded"}), tmp_path / "front", port, 1, 60.0, True)
     started = [f.result() for f in (remote_f, front_f) if f.exception() is None]
     if len(started) < 2:
@@ -393,14 +395,28 @@ def test_the_front_door_also_sends_calls_to_a_gateway_elsewhere(tmp_path: Path):
         for gw in (front, remote):
             for e in gw.events("call_answered"):
                 gw.wait_event("call_end", 10, call=e["call"], reason="remote_200")
-        hold = sipp_calls(port, tmp_path, 8, 1500)  # the loads went back to 0 with the BYEs: 4 fit on each
-        wait_answered(front, 3, 4)
-        wait_answered(remote, 3, 4)
+        hold = sipp_calls(port, tmp_path, 8, 5000)  # the loads went back to 0 with the BYEs: 4 fit on each
+        doomed = {e["call"] for e in wait_answered(front, 3, 4)}
+        survivors = wait_answered(remote, 3, 4)
         refusals = len(front.events("call_refused"))
         assert expect_reply(port, tmp_path, 503, "Retry-After: 30") < 2.0
         assert len(front.events("call_refused")) == refusals  # refused at the door: no worker was asked
-        out, err = hold.communicate(timeout=40)
-        assert hold.returncode == 0, out[-2000:] + err[-1000:]
+        victim = worker_pid(front, 0)
+        os.kill(victim, signal.SIGKILL)
+        assert set(front.wait_event("worker_calls_ended", 10, worker=0, pid=victim)["calls"]) == doomed
+        hold.communicate(timeout=40)  # the killed worker's 4 calls failed, the remote's ran to their end:
+        for e in survivors:
+            remote.wait_event("call_end", 10, call=e["call"], reason="remote_200")
+        deadline = time.monotonic() + 20
+        while options_ping("127.0.0.1", first) != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert worker_pid(front, 0) != victim
+        n = len(front.events("call_answered"))
+        while len(front.events("call_answered")) == n and time.monotonic() < deadline:
+            p = sipp_calls(port, tmp_path, 2, 200)  # to the remote one until the front door probed it back in
+            out, err = p.communicate(timeout=30)
+            assert p.returncode == 0, out[-2000:] + err[-1000:]
+        assert len(front.events("call_answered")) > n, "the restarted worker got no call: its dead calls load it"
     finally:
         assert stop_all(front, remote) == [0, 0]
 

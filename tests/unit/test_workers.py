@@ -12,7 +12,7 @@ import pytest
 from telephony.admission import Reply, decide, dialog_ids
 from telephony.config import ConfigError, parse_config
 from telephony.control import ask_worker
-from telephony.frontdoor import address_list, dispatcher_list, kamailio_config, tls_config
+from telephony.frontdoor import FrontDoor, address_list, dispatcher_list, kamailio_config, tls_config
 from telephony.frontdoor_rpc import Dialog, answered
 from telephony.workers import Restarts, control_peers, rtp_slice, worker_config
 from tests.integration.test_tls import make_ca
@@ -107,6 +107,7 @@ def test_kamailio_accepts_the_front_door_config(tmp_path: Path, dispatch: str, r
     assert refusal in text and ("Retry-After: 30" in text) == (reply == 503)
     assert ('ds_select_dst("1", "10")' in text) == (dispatch == "least_loaded")
     assert ('"ds_hash_expire", 3660' in text) == (dispatch == "least_loaded")  # timeouts.max_call_s 3600 + 60
+    assert ("event_route[tm:local-request]" in text) == (dispatch == "least_loaded")  # dlg.end_dlg's BYEs unload
 
 
 def test_the_answered_calls_of_a_dlg_profile_list():
@@ -241,6 +242,66 @@ def test_tls_ends_at_the_front_door_with_the_sip_tls_settings(tmp_path: Path):
     check = subprocess.run(["/usr/sbin/kamailio", "-c", "-f", str(tmp_path / "kamailio.cfg")], capture_output=True,
                            text=True)
     assert check.returncode == 0, check.stderr[-2000:]
+
+
+def _tls_trunks(tmp_path: Path, trunks: str) -> str:
+    ca, cert, key = make_ca(tmp_path, "unit")
+    return (BASE.replace("port: 5060}", f"port: 5060, transports: [udp, tls], tls: {{port: 5062, cert_file: {cert}, "
+                                         f"key_file: {key}, ca_file: {ca}}}}}")
+            + trunks.format(cert=cert, key=key) + "workers: {count: 2, first_port: 6000}\n")
+
+
+def test_the_front_door_presents_a_trunks_own_certificate_to_its_servers(monkeypatch: pytest.MonkeyPatch,
+                                                                          tmp_path: Path):
+    """A client profile selected by server id, which the script sets for requests whose next hop is the trunk's
+    registrar or proxy; the workers behind present none (they speak UDP to the front door)."""
+    monkeypatch.setenv("VG_X", "pw")
+    cfg = parse_config(_tls_trunks(tmp_path, """trunks:
+  own: {{registrar: "sip:Carrier.example:5081", outbound_proxy: "sip:192.0.2.7", transport: tls, username: vg,
+        password_env: VG_X, tls: {{cert_file: {cert}, key_file: {key}, verify_server: false}}}}
+  plain: {{registrar: "sip:other.example:5061", transport: tls, username: vg, password_env: VG_X}}
+"""))
+    assert [worker_config(cfg, i, 2).trunks["own"].tls for i in (0, 1)] == [None, None]
+    text = tls_config(cfg)
+    profile = text.split("[client:any]\n", 1)[1]
+    assert profile.startswith("server_name = vg-trunk-own.invalid\nserver_id = vg-trunk-own\n"), text
+    assert f"certificate = {cfg.trunks['own'].tls.cert_file}\n" in profile  # type: ignore[union-attr]
+    assert "verify_certificate = no\n" in profile and text.count("[client:any]") == 1
+    lst = tmp_path / "dispatcher.list"
+    lst.write_text(dispatcher_list(cfg, 2))
+    (tmp_path / "tls.cfg").write_text(text)
+    script = kamailio_config(cfg, lst)
+    assert '$var(host) == "carrier.example" && $var(port) == "5081") { $xavp(tls=>server_id) = "vg-trunk-own"; }' \
+        in script and '$var(host) == "192.0.2.7" && $var(port) == "")' in script and "other.example" not in script
+    assert script.count("route(TRUNK_TLS);") == 2  # a worker's new request, and in-dialog ones
+    (tmp_path / "kamailio.cfg").write_text(script)
+    check = subprocess.run(["/usr/sbin/kamailio", "-c", "-f", str(tmp_path / "kamailio.cfg")], capture_output=True,
+                           text=True)
+    assert check.returncode == 0, check.stderr[-2000:]
+    door = FrontDoor(cfg, 2)
+    try:  # a reload cannot change the profiles of the running Kamailio
+        with pytest.raises(RuntimeError, match=r"trunks.NAME.tls\) or its servers changed"):
+            door.reload_acl(cfg.model_copy(update={"trunks": {"plain": cfg.trunks["plain"]}}))
+        assert not door.reload_acl(cfg)
+    finally:
+        door.remove()
+
+
+def test_two_trunks_to_one_server_with_different_certificates_are_refused(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path):
+    monkeypatch.setenv("VG_X", "pw")
+    trunks = """trunks:
+  a: {{registrar: "sips:carrier.example", username: a, password_env: VG_X, transport: tls}}
+  b: {{registrar: "sip:CARRIER.example:5061", username: b, password_env: VG_X, transport: tls,
+      tls: {{cert_file: {cert}, key_file: {key}}}}}
+"""
+    with pytest.raises(ConfigError) as e:
+        parse_config(_tls_trunks(tmp_path, trunks), "vg.yaml")
+    issue = e.value.issues[0]
+    assert (issue.field, issue.message) == ("workers", "trunks.b.tls: trunk a reaches carrier.example:5061 too, with "
+                                            "another client certificate; the front door keeps one TLS connection per "
+                                            "server"), issue
+    assert parse_config(_tls_trunks(tmp_path, trunks).replace("{count: 2, first_port: 6000}", "1"))  # one gateway
 
 
 def test_the_front_doors_acl_lets_the_trunks_addresses_in_and_leaves_inbound_auth_to_the_workers(
