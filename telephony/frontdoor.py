@@ -92,8 +92,9 @@ def _acl(cfg: Config, address_file: Path) -> tuple[str, str]:
 
 def tls_config(cfg: Config) -> str:
     """The `tls` module's config file: `sip.tls` as a single gateway uses it. The server side ends the callers'
-    TLS (mutual with `require_client_cert`); the client side is for trunks the front door connects to, with a
-    profile of its own for each trunk with its own certificate (telephony/frontdoor_tls.py)."""
+    TLS (mutual with `require_client_cert`); the client side is for trunks the front door connects to and presents
+    the listener's certificate, as a single gateway's TLS transport does, except for each trunk with its own
+    certificate, which gets a profile of its own (telephony/frontdoor_tls.py)."""
     tls = cfg.sip.tls
     if tls is None:
         return ""
@@ -103,7 +104,8 @@ def tls_config(cfg: Config) -> str:
             f"private_key = {Path(tls.key_file).expanduser()}\nca_list = {ca}\n"
             f"verify_certificate = {yes[tls.require_client_cert]}\n"
             f"require_certificate = {yes[tls.require_client_cert]}\n\n"
-            f"[client:default]\nmethod = TLSv1.2+\nca_list = {ca}\n"
+            f"[client:default]\nmethod = TLSv1.2+\ncertificate = {Path(tls.cert_file).expanduser()}\n"
+            f"private_key = {Path(tls.key_file).expanduser()}\nca_list = {ca}\n"
             f"verify_certificate = {yes[tls.verify_server]}\nrequire_certificate = {yes[tls.verify_server]}\n"
             f"{client_profiles(cfg.trunks, ca)}")
 

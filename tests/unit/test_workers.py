@@ -234,6 +234,8 @@ def test_tls_ends_at_the_front_door_with_the_sip_tls_settings(tmp_path: Path):
     text = tls_config(cfg)
     assert f"certificate = {cert}\nprivate_key = {key}\nca_list = {ca}\n" in text
     assert "verify_certificate = yes\nrequire_certificate = yes\n\n[client:default]" in text
+    # towards trunks the front door presents the listener's certificate, as a single gateway's TLS transport does
+    assert f"[client:default]\nmethod = TLSv1.2+\ncertificate = {cert}\nprivate_key = {key}\n" in text
     lst = tmp_path / "dispatcher.list"
     lst.write_text(dispatcher_list(cfg, 2))
     (tmp_path / "tls.cfg").write_text(text)
