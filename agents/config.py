@@ -218,7 +218,8 @@ class CascadedAgentConfig(_Strict):
     dialog: DialogConfig = DEMO_DIALOG
     voice: str = "joe"
     voices: dict[str, str] = {"hi": "hi"}
-    """TTS voice per language the caller speaks (espeak-ng voice names; `joe` is piper's)."""
+    """TTS voice per language (espeak-ng voice names; `joe` is piper's): a reply is voiced in the language the ASR
+    detected in the caller's latest turn, Devanagari text in `hi`'s; a language without one gets `voice`."""
     turn: TurnConfig = TurnConfig()
     apology: str = "Sorry, I am having trouble understanding right now. Please try again."
     transfer_refused: str = "Sorry, I cannot transfer you to that number."
