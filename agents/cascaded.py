@@ -18,13 +18,13 @@ from typing import Any, Literal
 
 from agents.base import Agent, AgentFactory, BargeIn, CallControl, Dtmf, Handover, HungUp, Played
 from agents.brain import Act, Brain, DialogBrain, LlmBrain, Part, Say, UserTurn
-from agents.config import CascadedAgentConfig, TurnConfig
+from agents.config import CascadedAgentConfig, EngineLoadError, TurnConfig
 from agents.dialog import Dialog
 from agents.listener import HeardTurn, Listener, reply_fate
 from agents.llm import LlmClient, LlmConfig
-from agents.speech.asr import Transcript
+from agents.speech.asr import AsrError, Transcript
 from agents.speech.sentences import SentenceSplitter
-from agents.speech.tts import engine_for, for_playout, synthesize_fixed, warm
+from agents.speech.tts import TtsError, engine_for, for_playout, load_voice, synthesize_fixed, warm
 from agents.speech.worker import AsrWorker, EngineSpec
 from agents.tools import CallTools, ToolConfig, ToolRunner
 from agents.turn import TurnDetector, TurnSettings, reads_as
@@ -347,19 +347,35 @@ def _render(voice: str, text: str) -> tuple[bytes, int]:
 class CascadedFactory(AgentFactory):
     _workers: dict[EngineSpec, AsrWorker] = {}
 
-    def __init__(self, name: str, cfg: CascadedAgentConfig, tools: Mapping[str, ToolConfig] | None = None) -> None:
+    def __init__(self, name: str, cfg: CascadedAgentConfig, tools: Mapping[str, ToolConfig] | None = None,
+                 where: tuple[str, ...] | None = None) -> None:
         self.name = name
         self.cfg = cfg
+        self.where = where if where is not None else ("agents", name)
+        """The config path of `cfg`, for errors that name the option at fault (EngineLoadError)."""
         self.tools = {n: t for n, t in (tools or {}).items() if n in cfg.business_tools}
         self.asr: AsrWorker | None = None
         self._tts: OrderedDict[tuple[str, str], tuple[bytes, int]] = OrderedDict()
 
     async def prepare(self) -> None:
+        """Start (or share) the ASR worker and load the voices; EngineLoadError names the option of one that fails."""
+        for loc, voice in self.cfg.voice_options():  # the quick part first
+            try:
+                await asyncio.to_thread(load_voice, voice)
+            except TtsError as e:
+                raise EngineLoadError((*self.where, *loc), str(e)) from None
         spec = self.cfg.asr.spec()
         worker = CascadedFactory._workers.get(spec)
         if worker is None:  # registered before it starts: factories prepared together share one worker
             worker = CascadedFactory._workers[spec] = AsrWorker(spec)
-            await worker.start()
+            try:
+                await worker.start()
+            except AsrError as e:
+                del CascadedFactory._workers[spec]
+                raise EngineLoadError((*self.where, "asr", self.cfg.asr.model_option), str(e)) from None
+        elif not await worker.started():
+            raise EngineLoadError((*self.where, "asr", self.cfg.asr.model_option),
+                                  f"{spec.engine}: the shared ASR worker failed to start")
         self.asr = worker
         await warm([self.cfg.voice, *self.cfg.voices.values()])
         if self.cfg.llm is None:  # the dialog's fixed lines, rendered before the first call

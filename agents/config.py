@@ -17,6 +17,16 @@ from agents.speech.worker import EngineSpec
 from agents.tools import CALL_TOOL_NAMES, ToolConfig, check_declared, check_tool_names
 
 
+class EngineLoadError(Exception):
+    """A speech engine that an agent's config names failed to load. `loc` is the config path of the option naming it
+    (`("agents", "front", "asr", "model_path")`), so the gateway can name the file's line."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        self.loc = loc
+        self.message = message
+        super().__init__(f"{'.'.join(str(p) for p in loc)}: {message}")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -158,6 +168,11 @@ class AsrConfig(_Strict):
             raise ValueError(f"model directory {v} does not exist")
         return v
 
+    @property
+    def model_option(self) -> str:
+        """The option that names the model the engine loads: `model_path` when set, else the engine's own."""
+        return "model_path" if self.model_path else "engine"
+
     def spec(self) -> EngineSpec:
         opts: dict[str, object]
         if self.engine == "moonshine":
@@ -250,6 +265,10 @@ class CascadedAgentConfig(_Strict):
         for name in v.values():
             cls._voice(name)
         return v
+
+    def voice_options(self) -> list[tuple[tuple[str, ...], str]]:
+        """Each voice with the config path of the option naming it (`("voice",)`, `("voices", "hi")`)."""
+        return [(("voice",), self.voice), *((("voices", lang), v) for lang, v in self.voices.items())]
 
 
 class HybridAgentConfig(_Strict):
