@@ -149,6 +149,13 @@ class AsrWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start_done = asyncio.Event()
 
+    @property
+    def pid(self) -> int:
+        """The worker process's id (for measuring its CPU); AsrError when it is not running."""
+        if self._proc is None or self._proc.pid is None:
+            raise AsrError(f"{self.spec.engine}: the ASR worker is not running")
+        return self._proc.pid
+
     async def started(self) -> bool:
         """Wait for `start` (run by whoever called it) to end; whether the worker runs."""
         await self._start_done.wait()
