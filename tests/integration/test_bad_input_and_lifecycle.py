@@ -154,6 +154,11 @@ def test_serve_refuses_a_voice_that_does_not_load_naming_its_line(tmp_path: Path
                        timeout=60)
     assert r.returncode == 2, r.stderr[-2000:]
     assert f"{cfg}:6: agents.desk.voice: piper: cannot load model {model}" in r.stderr, r.stderr[-2000:]
+    # with workers, the first worker's refusal stops the supervisor instead of a restart loop
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "serve", "--config", str(cfg), "--workers", "1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"{cfg}:6: agents.desk.voice:" in r.stderr and "worker_refused_config" in r.stderr, r.stderr[-2000:]
 
 
 def test_port_in_use_is_a_clear_error(tmp_path: Path):
