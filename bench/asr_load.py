@@ -4,8 +4,8 @@ processes; N calls share one worker, as the calls of one media worker do. The tr
 questions (piper, -20 dB), every call asking at the same moment as in `bench/cascaded.py`, the worst case.
 
 `python -m bench.asr_load [--calls 4] [--workers 1] [--partial-every-ms 600]` prints, over all turns, the endpoint
-and the final transcript's delay after the end of speech (p50 / p95), the passes per turn, and each ASR process's
-CPU time; `--partial-every-ms 0` turns partial passes off (only the pass at the pause).
+and the final transcript's delay after the end of speech (p50 / p95; the latter also per question), the passes per
+turn, and each ASR process's CPU time; `--partial-every-ms 0` turns partial passes off (only the pass at the pause).
 """
 
 from __future__ import annotations
@@ -83,15 +83,22 @@ async def run(calls: int, workers: int, partial_every_ms: int, spec: EngineSpec)
     for w in pool:
         w.close()
     heard: list[HeardTurn] = []
+    by_question: list[list[float]] = [[] for _ in QUESTIONS]
     for lst in listeners:
+        k = 0
         while not lst.heard.empty():
-            heard.append(lst.heard.get_nowait())
+            h = lst.heard.get_nowait()
+            heard.append(h)
+            if k < len(QUESTIONS):
+                by_question[k].append(round((h.final_at - h.speech_end) * 1000))
+            k += 1
     endpoint = [(h.endpoint_at - h.speech_end) * 1000 for h in heard]
     final = [(h.final_at - h.speech_end) * 1000 for h in heard]
     return {"calls": calls, "workers": workers, "partial_every_ms": partial_every_ms, "engine": spec.engine,
             "turns": len(heard), "expected_turns": calls * len(QUESTIONS),
             "endpoint_p50_ms": pct(endpoint, 50), "endpoint_p95_ms": pct(endpoint, 95),
             "asr_final_p50_ms": pct(final, 50), "asr_final_p95_ms": pct(final, 95),
+            "asr_final_by_question_ms": by_question,
             "passes_per_turn": round(float(np.mean([h.passes for h in heard])), 1) if heard else 0,
             "asr_cpu_s": cpu, "texts": sorted({h.transcript.text for h in heard}),
             "load": [round(x, 2) for x in os.getloadavg()]}
