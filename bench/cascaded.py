@@ -106,6 +106,9 @@ def calls_at_once(gw: Gateway, tmp: Path, n: int) -> dict[str, Any]:
             "first_audio_p50_ms": p50("first_audio_ms"), "play_p50_ms": p50("play_ms"),
             "over_1500_ms": sum(x > SLOW_TURN_MS for x in lats),
             "texts": [t["text"] for t in turns],
+            "gateway_turns": [[{k: t.get(k) for k in ("text", "speech_s", "asr_passes", "endpoint_ms", "asr_final_ms",
+                                                     "play_ms")} for t in e.get("turns", []) if "endpoint_ms" in t]
+                              for e in ends],
             "tick_p99_ms": max((e.get("tick_p99_ms", 0) for e in ends), default=0)}
 
 
@@ -214,7 +217,7 @@ def eight_only() -> int:
         load0 = os.getloadavg()
         c = eight_calls(Path(d))
     c["load"] = [load0, os.getloadavg()]
-    print(json.dumps({k: v for k, v in c.items() if k not in ("all_ms", "texts")}))
+    print(json.dumps({k: v for k, v in c.items() if k not in ("all_ms", "texts", "gateway_turns")}))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "cascaded-eight.json").write_text(json.dumps(c, indent=2))
     return 0
