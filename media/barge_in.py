@@ -7,7 +7,9 @@ agent and it is not our own echo, a key tone or a backchannel". The decision has
    echo we expect from what we played in the last 500 ms, and not a pure tone -> `BargeInPaused` (the caller of
    `process` pauses playout in the same tick);
 2. confirm: `confirm_ms` of speech since onset -> `BargeInConfirmed` (flush playout, cancel the agent's reply);
-3. otherwise, `resume_ms` of non-speech -> `BargeInResumed` (playout continues where it paused).
+3. otherwise, `resume_ms` of non-speech -> `BargeInResumed` (playout continues where it paused), or sooner when
+   the paused burst turns out to be our own audio coming back (`EchoPath.explain_burst`: an echo that started
+   mid-call, which the path learnt from quiet frames only could not know).
 
 Echo: once `EchoPath` knows the leg's delay and loss (about a second into our speech), caller speech must stand
 `echo_margin_db` above the echo expected of the frames we played that long ago; a leg with no echo leaves only
@@ -49,6 +51,11 @@ class DetectorSettings:
     """Per frame: the most the echo estimate may rise, so a quiet start of caller speech cannot ratchet it up."""
     ref_active_dbfs: float = -45.0
     """Played audio below this level teaches nothing about the echo path."""
+    echo_lead_frames: int = 0
+    """Frames before a paused burst's onset that `EchoPath.explain_burst` looks at with it."""
+    echo_burst_window_ms: int = 1500
+    """Pauses that begin within this long of the first one are looked at together (a short echo delay leaves only
+    a few frames of echo per pause)."""
 
 
 class BargeInDetector:
@@ -72,6 +79,8 @@ class BargeInDetector:
         self._pause_t = 0.0
         self._speech_ms = 0
         self._dtmf_until = -1.0
+        self._bursts_t = -1e9
+        """Onset of the first of the recent pauses, whose frames `EchoPath.explain_burst` looks at together."""
         self.echo = EchoPath()
         self.tones = ToneDetector()
         self._played_now = FLOOR_DBFS
@@ -122,10 +131,13 @@ class BargeInDetector:
             self._quiet_ms += FRAME_MS
 
         if not self.in_speech and self._run >= self.s.onset_frames:
-            self.in_speech = True
-            self._speech_start = self._run_start
-            events.append(SpeechStarted(self._run_start))
-            if agent_speaking and not self.paused:
+            if agent_speaking and not self.paused and self._own_echo(now):
+                self._run = 0  # our own audio coming back, recognised from the recent pauses: not the caller
+            else:
+                self.in_speech = True
+                self._speech_start = self._run_start
+                events.append(SpeechStarted(self._run_start))
+            if self.in_speech and agent_speaking and not self.paused:
                 self.paused = True
                 self._onset_t = self._run_start
                 self._pause_t = now
@@ -143,12 +155,27 @@ class BargeInDetector:
             elif self._quiet_ms >= self.s.resume_ms or now < self._dtmf_until:
                 self.paused = False
                 events.append(BargeInResumed(now, (now - self._pause_t) * 1000.0))
+            elif self._own_echo(now):
+                # the paused burst was our own audio (an echo that started mid-call): resume now, on the path it taught
+                self.paused = False
+                events.append(BargeInResumed(now, (now - self._pause_t) * 1000.0))
+                self._run = 0
+                self.in_speech = False
+                events.append(SpeechStopped(now, now - self._speech_start))
 
         if self.in_speech and self._quiet_ms >= self.s.speech_hangover_ms:
             self.in_speech = False
             end = now - self._quiet_ms / 1000.0 + FRAME_MS / 1000.0
             events.append(SpeechStopped(end, end - self._speech_start))
         return events
+
+    def _own_echo(self, now: float) -> bool:
+        """Whether the inbound frames since the first of the recent pauses' onsets (this run's, if none is recent)
+        are the echo of what we played (`EchoPath.explain_burst`, which then knows the path)."""
+        if now - self._bursts_t > self.s.echo_burst_window_ms / 1000.0:
+            self._bursts_t = self._run_start
+        frames = round((now - self._bursts_t) * 1000) // FRAME_MS + 1 + self.s.echo_lead_frames
+        return self.echo.explain_burst(frames)
 
     def _track(self, level_db: float, candidate: bool) -> None:
         # minimum statistics over the last 1.5 s of frames without caller speech: speech and echo have gaps

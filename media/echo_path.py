@@ -6,6 +6,12 @@ to be interrupted. Phone legs return our audio after 20-500 ms, 6-20 dB down; th
 and what came back correlate strongly at that lag, so every 200 ms the lag with the best correlation over the last
 2 s gives the delay, and the median level difference there gives the loss. The detector then expects echo at
 exactly `level played lag frames ago + loss`, instead of assuming the worst over the whole window.
+
+The estimate learns only from frames where the caller is quiet, so an echo that starts mid-call (the caller turns
+on a speakerphone) looked like caller speech, never taught anything, and paused the agent again and again.
+`explain_burst` takes the frames of a paused burst, caller speech or not: when one lag's played levels explain
+them closely (correlation, a tight and attenuated level difference), the burst was our own audio, and the path
+starts from it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,15 @@ class EchoPathSettings:
     none_loss_db: float = 40.0
     """No echo when everything that came back stayed this far below the loudest frame we played long enough ago:
     a silent leg (a phone on mute, digital silence) has no level to correlate."""
+    burst_min_frames: int = 6
+    """`explain_burst`: frames of the burst that met audio we played, at the lag tried, before it may decide."""
+    corr_burst: float = 0.85
+    burst_spread_db: float = 12.0
+    """... and the most its level may stray from what we played (10th to 90th percentile of the difference)."""
+    burst_quiet_db: float = 10.0
+    """... and frames with nothing played around the lag before them must be this far below its median level."""
+    burst_max_loss_db: float = -3.0
+    """... and the least an echo is attenuated (the loss it gives): louder is a person, not our audio coming back."""
 
 
 class EchoPath:
@@ -44,6 +59,8 @@ class EchoPath:
         n = self.s.window_frames + self.s.max_lag_frames + 2
         self._ref: deque[float] = deque([FLOOR_DBFS] * n, maxlen=n)
         self._in: deque[float] = deque([np.nan] * self.s.window_frames, maxlen=self.s.window_frames)
+        self._all: deque[float] = deque([np.nan] * self.s.window_frames, maxlen=self.s.window_frames)
+        """Every inbound level, caller speech or not (for `explain_burst`)."""
         self._tick = 0
         lags = np.arange(self.s.max_lag_frames + 1)
         self._rows = (n - self.s.window_frames - lags)[:, None] + np.arange(self.s.window_frames)[None, :]
@@ -58,6 +75,7 @@ class EchoPath:
         """Levels of this tick's outbound and inbound frames; `learn=False` while the caller may be speaking."""
         self._ref.append(played_db)
         self._in.append(inbound_db if learn else np.nan)
+        self._all.append(inbound_db)
         self._tick += 1
         if self._tick % self.s.every_frames == 0:
             self._estimate()
@@ -92,16 +110,9 @@ class EchoPath:
         # what we played `lag` frames before each inbound frame, `m` the frames of it that count
         ys = ref[self._rows]
         m = active[self._rows] & valid
-        count = m.sum(axis=1)
-        safe = np.maximum(count, 1)
-        xs = np.where(m, np.where(valid, x, 0.0), 0.0)
-        dx = np.where(m, xs - (xs.sum(axis=1) / safe)[:, None], 0.0)
-        dy = np.where(m, ys - (np.where(m, ys, 0.0).sum(axis=1) / safe)[:, None], 0.0)
-        vx, vy = (dx * dx).sum(axis=1), (dy * dy).sum(axis=1)
-        ok = (count >= s.min_active_frames) & (vx > 1e-12 * safe) & (vy > 1e-12 * safe)
-        if not ok.any():
+        c = _lag_correlations(np.where(valid, x, 0.0), ys, m, s.min_active_frames)
+        if c is None:
             return
-        c = np.where(ok, (dx * dy).sum(axis=1) / np.sqrt(np.where(ok, vx * vy, 1.0)), -np.inf)
         best_lag = int(np.argmax(c))
         best_c, best_mask = float(c[best_lag]), m[best_lag]
         self.corr = best_c
@@ -111,8 +122,56 @@ class EchoPath:
             # a high percentile, not the median: codecs, jitter and frames that straddle two of ours spread the
             # echo's level around its mean by several dB (on the wire, a -12 dB echo came back up to 7 dB louder)
             self.loss_db = percentile(x[best_mask] - y[best_mask], s.loss_percentile)
-        elif best_c < s.corr_none and covered_enough:
-            self.state = "none"
+        elif best_c < s.corr_none and covered_enough and (self.state != "echo" or bool(np.isfinite(c[self.lag]))):
+            self.state = "none"  # an echo known at a lag is only ruled out by frames at that lag
+
+    def explain_burst(self, frames: int) -> bool:
+        """Whether the last `frames` inbound frames (a burst the detector took for the caller) are our own echo;
+        if so the path is taken from them, and the quiet-caller history before them (another leg) is dropped."""
+        s = self.s
+        k = min(frames, s.window_frames)
+        x = np.asarray(self._all, dtype=np.float64)[-k:]
+        if k <= 0 or np.isnan(x).any():
+            return False
+        ref = np.asarray(self._ref, dtype=np.float64)
+        ys = ref[self._rows[:, -k:]]
+        m = ys > s.active_dbfs
+        c = _lag_correlations(x, ys, m, s.burst_min_frames)
+        if c is None:
+            return False
+        lag = int(np.argmax(c))
+        if c[lag] < s.corr_burst:
+            return False
+        # where nothing was played around `lag` frames before, an echo has nothing to return: those frames must be
+        # quiet (a person's burst runs on through the gaps of our speech and through our pause)
+        k2 = s.spread_frames
+        near = np.stack([ref[self._rows[min(max(lag + j, 0), s.max_lag_frames), -k:]] for j in range(-k2, k2 + 1)])
+        silent = (near <= s.active_dbfs).all(axis=0)
+        if not silent.any() or x[silent].max() > np.median(x[m[lag]]) - s.burst_quiet_db:
+            return False
+        d = x[m[lag]] - ys[lag][m[lag]]
+        loss = percentile(d, s.loss_percentile)
+        if loss - percentile(d, 100.0 - s.loss_percentile) > s.burst_spread_db or loss > s.burst_max_loss_db:
+            return False
+        self.state, self.lag, self.loss_db, self.corr = "echo", lag, loss, float(c[lag])
+        self._in = deque([np.nan] * (s.window_frames - k) + list(x), maxlen=s.window_frames)
+        return True
+
+
+def _lag_correlations(x: np.ndarray, ys: np.ndarray, m: np.ndarray, min_frames: int) -> np.ndarray | None:
+    """Correlation of `x` (finite where `m` may be set) with each row of `ys` over that row's frames in `m`;
+    -inf for a row with fewer than `min_frames` of them or no variance; None when no row has a figure."""
+    count = m.sum(axis=1)
+    safe = np.maximum(count, 1)
+    xs = np.where(m, x, 0.0)
+    dx = np.where(m, xs - (xs.sum(axis=1) / safe)[:, None], 0.0)
+    dy = np.where(m, ys - (np.where(m, ys, 0.0).sum(axis=1) / safe)[:, None], 0.0)
+    vx, vy = (dx * dx).sum(axis=1), (dy * dy).sum(axis=1)
+    ok = (count >= min_frames) & (vx > 1e-12 * safe) & (vy > 1e-12 * safe)
+    if not ok.any():
+        return None
+    c: np.ndarray = np.where(ok, (dx * dy).sum(axis=1) / np.sqrt(np.where(ok, vx * vy, 1.0)), -np.inf)
+    return c
 
 
 def percentile(a: np.ndarray, q: float) -> float:
