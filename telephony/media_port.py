@@ -11,10 +11,11 @@ about 1 us and `ByteVector.resize` several, on every frame.
 
 pjmedia's clock thread is not a Python thread, so each upcall's `PyGILState_Ensure` made a new Python thread state
 and its `PyGILState_Release` destroyed it again (CPython gh-146219): a memory map, page faults and interpreter setup
-twice a tick per call, about half of what voicegate's clock thread spent beyond a bare bridge's in a perf profile of
-4 echo calls. `pin_thread_state()` keeps one outer `PyGILState_Ensure` outstanding for the thread's life, the
-pattern CPython's documentation gives for foreign threads that call in repeatedly; the endpoint keeps the sound
-device's clock (and so that thread) for the life of the process (`sndAutoCloseTime = -1`).
+twice a tick per call. In a perf profile of 4 echo calls (6 s, one run each) the clock thread used 366 ms against a
+bare pjsua2 bridge's 168 ms, and 204 ms with the state kept. `pin_thread_state()` keeps one outer
+`PyGILState_Ensure` outstanding for the thread's life, the pattern CPython's documentation gives for foreign threads
+that call in repeatedly; the endpoint keeps the sound device's clock (and so that thread) for the life of the
+process (`sndAutoCloseTime = -1`).
 """
 
 from __future__ import annotations
