@@ -9,9 +9,12 @@ exactly `level played lag frames ago + loss`, instead of assuming the worst over
 
 The estimate learns only from frames where the caller is quiet, so an echo that starts mid-call (the caller turns
 on a speakerphone) looked like caller speech, never taught anything, and paused the agent again and again.
-`explain_burst` takes the frames of a paused burst, caller speech or not: when one lag's played levels explain
-them closely (correlation, a tight and attenuated level difference), the burst was our own audio, and the path
-starts from it.
+`explain_burst` takes the frames of the recent paused bursts, caller speech or not: when one lag's played levels
+explain them closely (correlation, a tight and attenuated level difference, quiet wherever nothing was played that
+long before), they were our own audio, and the path starts from them. On the clip set's 72 agent turns whose echo
+starts 3 s in, the agent paused 571 times before (the path stayed `none`), 111 times with it (median 1 a turn, a
+20 ms leg 2: each of its bursts has about 3 frames of echo of audio we played); quieter callers and backchannels
+(-23, -30 and -36 dBFS against the agent's -20) were never taken for echo.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ class EchoPathSettings:
     """... and the most its level may stray from what we played (10th to 90th percentile of the difference)."""
     burst_quiet_db: float = 10.0
     """... and frames with nothing played around the lag before them must be this far below its median level."""
-    burst_max_loss_db: float = -3.0
-    """... and the least an echo is attenuated (the loss it gives): louder is a person, not our audio coming back."""
+    burst_max_loss_db: float = -4.5
+    """... and the least an echo is attenuated (the median difference): louder is a person, not our audio."""
 
 
 class EchoPath:
@@ -151,7 +154,8 @@ class EchoPath:
             return False
         d = x[m[lag]] - ys[lag][m[lag]]
         loss = percentile(d, s.loss_percentile)
-        if loss - percentile(d, 100.0 - s.loss_percentile) > s.burst_spread_db or loss > s.burst_max_loss_db:
+        spread = loss - percentile(d, 100.0 - s.loss_percentile)
+        if spread > s.burst_spread_db or percentile(d, 50.0) > s.burst_max_loss_db:
             return False
         self.state, self.lag, self.loss_db, self.corr = "echo", lag, loss, float(c[lag])
         self._in = deque([np.nan] * (s.window_frames - k) + list(x), maxlen=s.window_frames)
