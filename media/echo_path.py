@@ -12,9 +12,9 @@ on a speakerphone) looked like caller speech, never taught anything, and paused 
 `explain_burst` takes the frames of the recent paused bursts, caller speech or not: when one lag's played levels
 explain them closely (correlation, a tight and attenuated level difference, quiet wherever nothing was played that
 long before), they were our own audio, and the path starts from them. On the clip set's 72 agent turns whose echo
-starts 3 s in, the agent paused 571 times before (the path stayed `none`), 111 times with it (median 1 a turn, a
-20 ms leg 2: each of its bursts has about 3 frames of echo of audio we played); quieter callers and backchannels
-(-23, -30 and -36 dBFS against the agent's -20) were never taken for echo.
+starts 3 s in, the agent paused 571 times before (the path stayed `none`), 111 times with it (41 of the 54
+turns with a 110-490 ms leg once; a 20 ms leg mostly twice: each of its bursts has about 3 frames of echo of audio
+we played); callers and backchannels at -23, -30 and -36 dBFS (the agent at -20) were never taken for echo.
 """
 
 from __future__ import annotations
