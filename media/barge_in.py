@@ -9,7 +9,8 @@ agent and it is not our own echo, a key tone or a backchannel". The decision has
 2. confirm: `confirm_ms` of speech since onset -> `BargeInConfirmed` (flush playout, cancel the agent's reply);
 3. otherwise, `resume_ms` of non-speech -> `BargeInResumed` (playout continues where it paused), or sooner when
    the paused burst turns out to be our own audio coming back (`EchoPath.explain_burst`: an echo that started
-   mid-call, which the path learnt from quiet frames only could not know).
+   mid-call, which the path learnt from quiet frames only could not know); a later onset that the recent bursts
+   explain so is not paused at all. Speech where such a path expects no echo refutes it.
 
 Echo: once `EchoPath` knows the leg's delay and loss (about a second into our speech), caller speech must stand
 `echo_margin_db` above the echo expected of the frames we played that long ago; a leg with no echo leaves only
@@ -118,6 +119,8 @@ class BargeInDetector:
         # fed every frame (it compares with the previous one); its spectrum is taken only when it can matter
         tone = self.tones.process(samples, level_db, needed=loud_speech)
         candidate = loud_speech and not tone
+        if candidate and self.echo.provisional and not self.echo.expects_echo():
+            self.echo.refute()  # a path taken from bursts, but this sound came where it expects no echo: a person
         self._track(level_db, candidate)
         self.candidate = candidate
         events: list[MediaEvent] = []
@@ -155,8 +158,8 @@ class BargeInDetector:
             elif self._quiet_ms >= self.s.resume_ms or now < self._dtmf_until:
                 self.paused = False
                 events.append(BargeInResumed(now, (now - self._pause_t) * 1000.0))
-            elif self._own_echo(now):
-                # the paused burst was our own audio (an echo that started mid-call): resume now, on the path it taught
+            elif self._quiet_ms and self._own_echo(now):
+                # the paused burst, over now, was our own audio (an echo that started mid-call): resume on its path
                 self.paused = False
                 events.append(BargeInResumed(now, (now - self._pause_t) * 1000.0))
                 self._run = 0
@@ -171,11 +174,14 @@ class BargeInDetector:
 
     def _own_echo(self, now: float) -> bool:
         """Whether the inbound frames since the first of the recent pauses' onsets (this run's, if none is recent)
-        are the echo of what we played (`EchoPath.explain_burst`, which then knows the path)."""
+        are the echo of what we played (`EchoPath.explain_burst`, which then knows the path); only while no echo is
+        known (a known one already sets the threshold)."""
         if now - self._bursts_t > self.s.echo_burst_window_ms / 1000.0:
             self._bursts_t = self._run_start
+        if self.echo.state == "echo":
+            return False
         frames = round((now - self._bursts_t) * 1000) // FRAME_MS + 1 + self.s.echo_lead_frames
-        return self.echo.explain_burst(frames)
+        return self.echo.explain_burst(frames) is not None
 
     def _track(self, level_db: float, candidate: bool) -> None:
         # minimum statistics over the last 1.5 s of frames without caller speech: speech and echo have gaps

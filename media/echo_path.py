@@ -11,10 +11,11 @@ The estimate learns only from frames where the caller is quiet, so an echo that 
 on a speakerphone) looked like caller speech, never taught anything, and paused the agent again and again.
 `explain_burst` takes the frames of the recent paused bursts, caller speech or not: when one lag's played levels
 explain them closely (correlation, a tight and attenuated level difference, quiet wherever nothing was played that
-long before), they were our own audio, and the path starts from them. On the clip set's 72 agent turns whose echo
-starts 3 s in, the agent paused 571 times before (the path stayed `none`), 111 times with it (41 of the 54
-turns with a 110-490 ms leg once; a 20 ms leg mostly twice: each of its bursts has about 3 frames of echo of audio
-we played); callers and backchannels at -23, -30 and -36 dBFS (the agent at -20) were never taken for echo.
+long before), they were our own audio, and the path starts from them, provisionally: sound above the threshold
+where that path expects no echo is a person, and `refute` restores the path before. On the clip set's 72 agent
+turns whose echo starts 3 s in, the agent paused 571 times before (the path stayed `none`) and 100 times with it
+(54 turns once, none more than 4 times); the clip set's other rows, also with callers at -30 and -36 dBFS, and 240
+random interruptions and backchannels at -40 to -20 dBFS (half over a known echo) confirmed the same barge-ins.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ class EchoPathSettings:
     none_loss_db: float = 40.0
     """No echo when everything that came back stayed this far below the loudest frame we played long enough ago:
     a silent leg (a phone on mute, digital silence) has no level to correlate."""
-    burst_min_frames: int = 6
+    burst_min_frames: int = 5
     """`explain_burst`: frames of the burst that met audio we played, at the lag tried, before it may decide."""
     corr_burst: float = 0.85
     burst_spread_db: float = 12.0
@@ -73,6 +74,8 @@ class EchoPath:
         self.lag = 0
         self.loss_db = 0.0
         self.corr = 0.0
+        self._before: tuple[str, int, float, float] | None = None
+        """The path before one taken from bursts (`explain_burst`), until the estimate confirms it."""
 
     def push(self, played_db: float, inbound_db: float, learn: bool) -> None:
         """Levels of this tick's outbound and inbound frames; `learn=False` while the caller may be speaking."""
@@ -92,6 +95,23 @@ class EchoPath:
         i = len(self._ref) - 1 - self.lag
         k = self.s.spread_frames
         return max(self._ref[j] for j in range(i - k, min(i + k, len(self._ref) - 1) + 1)) + self.loss_db
+
+    @property
+    def provisional(self) -> bool:
+        """The path was taken from bursts and the estimate has not confirmed it yet."""
+        return self._before is not None
+
+    def expects_echo(self) -> bool:
+        """Whether we played audio around `lag` frames ago (so the current inbound frame may hold its echo)."""
+        i = len(self._ref) - 1 - self.lag
+        k = self.s.spread_frames
+        return max(self._ref[j] for j in range(i - k, min(i + k, len(self._ref) - 1) + 1)) > self.s.active_dbfs
+
+    def refute(self) -> None:
+        """Drop a path taken from bursts (sound came back where it predicts none): back to the one before."""
+        if self._before is not None:
+            self.state, self.lag, self.loss_db, self.corr = self._before
+            self._before = None
 
     def _estimate(self) -> None:
         s = self.s
@@ -120,6 +140,7 @@ class EchoPath:
         best_c, best_mask = float(c[best_lag]), m[best_lag]
         self.corr = best_c
         if best_c >= s.corr_echo:
+            self._before = None
             y = ref[n - best_lag - s.window_frames : n - best_lag]
             self.state, self.lag = "echo", best_lag
             # a high percentile, not the median: codecs, jitter and frames that straddle two of ours spread the
@@ -128,38 +149,41 @@ class EchoPath:
         elif best_c < s.corr_none and covered_enough and (self.state != "echo" or bool(np.isfinite(c[self.lag]))):
             self.state = "none"  # an echo known at a lag is only ruled out by frames at that lag
 
-    def explain_burst(self, frames: int) -> bool:
-        """Whether the last `frames` inbound frames (a burst the detector took for the caller) are our own echo;
-        if so the path is taken from them, and the quiet-caller history before them (another leg) is dropped."""
+    def explain_burst(self, frames: int, adopt: bool = True) -> int | None:
+        """The lag at which the last `frames` inbound frames (bursts the detector took for the caller) are our own
+        echo, else None; with `adopt` the path is then taken from them, and the quiet-caller history before them
+        (another leg) is dropped."""
         s = self.s
         k = min(frames, s.window_frames)
         x = np.asarray(self._all, dtype=np.float64)[-k:]
         if k <= 0 or np.isnan(x).any():
-            return False
+            return None
         ref = np.asarray(self._ref, dtype=np.float64)
         ys = ref[self._rows[:, -k:]]
         m = ys > s.active_dbfs
         c = _lag_correlations(x, ys, m, s.burst_min_frames)
         if c is None:
-            return False
+            return None
         lag = int(np.argmax(c))
         if c[lag] < s.corr_burst:
-            return False
+            return None
         # where nothing was played around `lag` frames before, an echo has nothing to return: those frames must be
         # quiet (a person's burst runs on through the gaps of our speech and through our pause)
         k2 = s.spread_frames
         near = np.stack([ref[self._rows[min(max(lag + j, 0), s.max_lag_frames), -k:]] for j in range(-k2, k2 + 1)])
         silent = (near <= s.active_dbfs).all(axis=0)
         if not silent.any() or x[silent].max() > np.median(x[m[lag]]) - s.burst_quiet_db:
-            return False
+            return None
         d = x[m[lag]] - ys[lag][m[lag]]
         loss = percentile(d, s.loss_percentile)
         spread = loss - percentile(d, 100.0 - s.loss_percentile)
         if spread > s.burst_spread_db or percentile(d, 50.0) > s.burst_max_loss_db:
-            return False
-        self.state, self.lag, self.loss_db, self.corr = "echo", lag, loss, float(c[lag])
-        self._in = deque([np.nan] * (s.window_frames - k) + list(x), maxlen=s.window_frames)
-        return True
+            return None
+        if adopt:
+            self._before = (self.state, self.lag, self.loss_db, self.corr)
+            self.state, self.lag, self.loss_db, self.corr = "echo", lag, loss, float(c[lag])
+            self._in = deque([np.nan] * (s.window_frames - k) + list(x), maxlen=s.window_frames)
+        return lag
 
 
 def _lag_correlations(x: np.ndarray, ys: np.ndarray, m: np.ndarray, min_frames: int) -> np.ndarray | None:

@@ -40,4 +40,4 @@ def test_an_echo_that_starts_mid_call_is_learnt_after_a_pause_or_two():
     wrong = [c for c in clips if c.stops or c.echo_state != "echo"]
     assert not wrong
     pauses = sorted(c.pauses for c in clips)
-    assert pauses[len(pauses) // 2] == 1 and sum(pauses) <= 120 and pauses[-1] <= 5, pauses
+    assert pauses[len(pauses) // 2] == 1 and sum(pauses) <= 110 and pauses[-1] <= 4, pauses
