@@ -7,10 +7,13 @@ agent and it is not our own echo, a key tone or a backchannel". The decision has
    echo we expect from what we played in the last 500 ms, and not a pure tone -> `BargeInPaused` (the caller of
    `process` pauses playout in the same tick);
 2. confirm: `confirm_ms` of speech since onset -> `BargeInConfirmed` (flush playout, cancel the agent's reply);
-3. otherwise, `resume_ms` of non-speech -> `BargeInResumed` (playout continues where it paused), or sooner when
-   the paused burst turns out to be our own audio coming back (`EchoPath.explain_burst`: an echo that started
-   mid-call, which the path learnt from quiet frames only could not know); a later onset that the recent bursts
-   explain so is not paused at all. Speech where such a path expects no echo refutes it.
+3. otherwise, `resume_ms` of non-speech -> `BargeInResumed` (playout continues where it paused).
+
+An onset while no echo is known is first checked against the recent pauses: when the bursts since the first of them
+are our own audio coming back (`EchoPath.explain_burst`: an echo that started mid-call, which the path learnt from
+quiet frames only could not know), the path is taken from them and the onset does not pause; speech where that path
+expects no echo refutes it. (Resuming a pause early on the same test resumed a real barge-in on the wire: the "s" of
+"Sorry" and the silence after it fitted the agent's audio by chance.)
 
 Echo: once `EchoPath` knows the leg's delay and loss (about a second into our speech), caller speech must stand
 `echo_margin_db` above the echo expected of the frames we played that long ago; a leg with no echo leaves only
@@ -53,7 +56,7 @@ class DetectorSettings:
     ref_active_dbfs: float = -45.0
     """Played audio below this level teaches nothing about the echo path."""
     echo_lead_frames: int = 0
-    """Frames before a paused burst's onset that `EchoPath.explain_burst` looks at with it."""
+    """Frames before the first recent pause's onset that `EchoPath.explain_burst` looks at with the bursts."""
     echo_burst_window_ms: int = 1500
     """Pauses that begin within this long of the first one are looked at together (a short echo delay leaves only
     a few frames of echo per pause)."""
@@ -158,13 +161,6 @@ class BargeInDetector:
             elif self._quiet_ms >= self.s.resume_ms or now < self._dtmf_until:
                 self.paused = False
                 events.append(BargeInResumed(now, (now - self._pause_t) * 1000.0))
-            elif self._quiet_ms and self._own_echo(now):
-                # the paused burst, over now, was our own audio (an echo that started mid-call): resume on its path
-                self.paused = False
-                events.append(BargeInResumed(now, (now - self._pause_t) * 1000.0))
-                self._run = 0
-                self.in_speech = False
-                events.append(SpeechStopped(now, now - self._speech_start))
 
         if self.in_speech and self._quiet_ms >= self.s.speech_hangover_ms:
             self.in_speech = False
