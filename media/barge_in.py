@@ -55,8 +55,6 @@ class DetectorSettings:
     """Per frame: the most the echo estimate may rise, so a quiet start of caller speech cannot ratchet it up."""
     ref_active_dbfs: float = -45.0
     """Played audio below this level teaches nothing about the echo path."""
-    echo_lead_frames: int = 0
-    """Frames before the first recent pause's onset that `EchoPath.explain_burst` looks at with the bursts."""
     echo_burst_window_ms: int = 1500
     """Pauses that begin within this long of the first one are looked at together (a short echo delay leaves only
     a few frames of echo per pause)."""
@@ -176,7 +174,7 @@ class BargeInDetector:
             self._bursts_t = self._run_start
         if self.echo.state == "echo":
             return False
-        frames = round((now - self._bursts_t) * 1000) // FRAME_MS + 1 + self.s.echo_lead_frames
+        frames = round((now - self._bursts_t) * 1000) // FRAME_MS + 1
         return self.echo.explain_burst(frames) is not None
 
     def _track(self, level_db: float, candidate: bool) -> None:

@@ -150,9 +150,9 @@ class EchoPath:
         elif best_c < s.corr_none and covered_enough and (self.state != "echo" or bool(np.isfinite(c[self.lag]))):
             self.state = "none"  # an echo known at a lag is only ruled out by frames at that lag
 
-    def explain_burst(self, frames: int, adopt: bool = True) -> int | None:
+    def explain_burst(self, frames: int) -> int | None:
         """The lag at which the last `frames` inbound frames (bursts the detector took for the caller) are our own
-        echo, else None; with `adopt` the path is then taken from them, and the quiet-caller history before them
+        echo, else None; the path is then taken from them (provisionally), and the quiet-caller history before them
         (another leg) is dropped."""
         s = self.s
         k = min(frames, s.window_frames)
@@ -180,10 +180,9 @@ class EchoPath:
         spread = loss - percentile(d, 100.0 - s.loss_percentile)
         if spread > s.burst_spread_db or percentile(d, 50.0) > s.burst_max_loss_db:
             return None
-        if adopt:
-            self._before = (self.state, self.lag, self.loss_db, self.corr)
-            self.state, self.lag, self.loss_db, self.corr = "echo", lag, loss, float(c[lag])
-            self._in = deque([np.nan] * (s.window_frames - k) + list(x), maxlen=s.window_frames)
+        self._before = (self.state, self.lag, self.loss_db, self.corr)
+        self.state, self.lag, self.loss_db, self.corr = "echo", lag, loss, float(c[lag])
+        self._in = deque([np.nan] * (s.window_frames - k) + list(x), maxlen=s.window_frames)
         return lag
 
 
