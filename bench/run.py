@@ -3,7 +3,8 @@
 - barge-in reaction: caller speech onset (first frame within 20 dB of the utterance's peak, telephone band) ->
   last agent frame the caller hears, over BENCH_TRIALS calls (default 20);
 - echo round trip through voicegate's echo agent vs the same caller looped by `sipp -rtp_echo`, in this run;
-- media clock jitter (interval between a call's outbound ticks) with 4 concurrent echo calls.
+- media clock jitter (interval between a call's outbound ticks) with 4 concurrent echo calls;
+- the Python frame path's CPU per call-second, replayed without a clock (bench/frame_path.py), against a copy port.
 Prints a table and writes bench/results/foundation.json.
 """
 
@@ -207,6 +208,17 @@ def cpu_per_call_second(gw: Gateway, tmp: Path, seconds: float = 10.0) -> dict[s
         bridge.wait(10)
 
 
+def frame_path() -> dict[str, Any]:
+    """CPU of the Python frame path per call-second, replayed without a clock (bench/frame_path.py), in its own
+    process: an echo call and an agent call with echo, against a copy port in the same run."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / "frame_path.json"
+    subprocess.run([sys.executable, "-m", "bench.frame_path", "--json", str(out)], check=True, cwd=ROOT,
+                   capture_output=True, timeout=300)
+    res: dict[str, Any] = json.loads(out.read_text())
+    return res
+
+
 def clock_jitter(gw: Gateway, seconds: float = 10.0) -> dict[str, Any]:
     before = len(gw.events("call_end"))
     with ThreadPoolExecutor(4) as pool:
@@ -258,6 +270,8 @@ def pipecat_rows() -> list[dict[str, Any]]:
 def main() -> int:
     trials = int(os.environ.get("BENCH_TRIALS", "20"))
     seed = int(os.environ.get("BENCH_SEED", "1"))
+    print("Python frame path, replayed (CPU per call-second) ...", flush=True)
+    fp = frame_path()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         port = free_port()
@@ -293,6 +307,11 @@ def main() -> int:
         ("CPU per echo call-second, voicegate (ms)", cpu["voicegate_echo_ms"], "4 calls at once"),
         ("CPU per echo call-second, pjsua2 bridge (ms)", cpu["pjsua2_bridge_echo_ms"], "baseline, same run"),
         ("CPU ratio voicegate / bridge", cpu["ratio"], "target <= 1.5"),
+        ("Python frame path, echo / agent call (ms CPU per call-s)",
+         f"{fp['us_per_call_s']['echo'] / 1000:.2f}/{fp['us_per_call_s']['agent'] / 1000:.2f}",
+         f"replayed without a clock; a copy port {fp['us_per_call_s']['copy port'] / 1000:.2f}, same run"),
+        ("... ratio to the copy port, echo / agent call",
+         f"{fp['ratio_to_copy_port']['echo']}/{fp['ratio_to_copy_port']['agent']}", "baseline, same run"),
         ("echo round trip, voicegate (ms)", e["voicegate_ms"], ""),
         ("echo round trip, sipp -rtp_echo (ms)", e["sipp_rtp_echo_ms"], "baseline, same caller, same run"),
         ("added by voicegate (ms, round trip)", e["added_ms"], "target <= 60"),
@@ -321,7 +340,7 @@ def main() -> int:
     out = {"bench": "foundation", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seed": seed,
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
            "barge_in": b, "wire_false_stops": fs, "barge_in_impaired": bl, "cpu_per_call_second": cpu,
-           "echo_round_trip": e,
+           "frame_path": fp, "echo_round_trip": e,
            "clock_jitter": j, "clipset": c}
     (RESULTS / "foundation.json").write_text(json.dumps(out, indent=2))
     print(f"\nwrote {RESULTS / 'foundation.json'}")

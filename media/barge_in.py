@@ -9,6 +9,12 @@ agent and it is not our own echo, a key tone or a backchannel". The decision has
 2. confirm: `confirm_ms` of speech since onset -> `BargeInConfirmed` (flush playout, cancel the agent's reply);
 3. otherwise, `resume_ms` of non-speech -> `BargeInResumed` (playout continues where it paused).
 
+An onset while no echo is known is first checked against the recent pauses: when the bursts since the first of them
+are our own audio coming back (`EchoPath.explain_burst`: an echo that started mid-call, which the path learnt from
+quiet frames only could not know), the path is taken from them and the onset does not pause; speech where that path
+expects no echo refutes it. (Resuming a pause early on the same test resumed a real barge-in on the wire: the "s" of
+"Sorry" and the silence after it fitted the agent's audio by chance.)
+
 Echo: once `EchoPath` knows the leg's delay and loss (about a second into our speech), caller speech must stand
 `echo_margin_db` above the echo expected of the frames we played that long ago; a leg with no echo leaves only
 the noise floor. Until then the detector assumes the worst over the last 500 ms: the loudest frame we played plus a
@@ -49,6 +55,9 @@ class DetectorSettings:
     """Per frame: the most the echo estimate may rise, so a quiet start of caller speech cannot ratchet it up."""
     ref_active_dbfs: float = -45.0
     """Played audio below this level teaches nothing about the echo path."""
+    echo_burst_window_ms: int = 1500
+    """Pauses that begin within this long of the first one are looked at together (a short echo delay leaves only
+    a few frames of echo per pause)."""
 
 
 class BargeInDetector:
@@ -72,6 +81,8 @@ class BargeInDetector:
         self._pause_t = 0.0
         self._speech_ms = 0
         self._dtmf_until = -1.0
+        self._bursts_t = -1e9
+        """Onset of the first of the recent pauses, whose frames `EchoPath.explain_burst` looks at together."""
         self.echo = EchoPath()
         self.tones = ToneDetector()
         self._played_now = FLOOR_DBFS
@@ -109,6 +120,8 @@ class BargeInDetector:
         # fed every frame (it compares with the previous one); its spectrum is taken only when it can matter
         tone = self.tones.process(samples, level_db, needed=loud_speech)
         candidate = loud_speech and not tone
+        if candidate and self.echo.provisional and not self.echo.expects_echo():
+            self.echo.refute()  # a path taken from bursts, but this sound came where it expects no echo: a person
         self._track(level_db, candidate)
         self.candidate = candidate
         events: list[MediaEvent] = []
@@ -122,10 +135,13 @@ class BargeInDetector:
             self._quiet_ms += FRAME_MS
 
         if not self.in_speech and self._run >= self.s.onset_frames:
-            self.in_speech = True
-            self._speech_start = self._run_start
-            events.append(SpeechStarted(self._run_start))
-            if agent_speaking and not self.paused:
+            if agent_speaking and not self.paused and self._own_echo(now):
+                self._run = 0  # our own audio coming back, recognised from the recent pauses: not the caller
+            else:
+                self.in_speech = True
+                self._speech_start = self._run_start
+                events.append(SpeechStarted(self._run_start))
+            if self.in_speech and agent_speaking and not self.paused:
                 self.paused = True
                 self._onset_t = self._run_start
                 self._pause_t = now
@@ -149,6 +165,17 @@ class BargeInDetector:
             end = now - self._quiet_ms / 1000.0 + FRAME_MS / 1000.0
             events.append(SpeechStopped(end, end - self._speech_start))
         return events
+
+    def _own_echo(self, now: float) -> bool:
+        """Whether the inbound frames since the first of the recent pauses' onsets (this run's, if none is recent)
+        are the echo of what we played (`EchoPath.explain_burst`, which then knows the path); only while no echo is
+        known (a known one already sets the threshold)."""
+        if now - self._bursts_t > self.s.echo_burst_window_ms / 1000.0:
+            self._bursts_t = self._run_start
+        if self.echo.state == "echo":
+            return False
+        frames = round((now - self._bursts_t) * 1000) // FRAME_MS + 1
+        return self.echo.explain_burst(frames) is not None
 
     def _track(self, level_db: float, candidate: bool) -> None:
         # minimum statistics over the last 1.5 s of frames without caller speech: speech and echo have gaps

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import numpy.typing as npt
 
 SAMPLE_RATE = 16000
 FRAME_MS = 20
@@ -14,13 +17,18 @@ FLOOR_DBFS = -100.0
 
 def level_dbfs(frame: bytes) -> float:
     """RMS level of a PCM16 frame in dB relative to full scale (-100 for digital silence)."""
-    a = np.frombuffer(frame, dtype="<i2").astype(np.float32)
-    if a.size == 0:
+    return samples_dbfs(np.frombuffer(frame, dtype="<i2"))
+
+
+def samples_dbfs(samples: npt.NDArray[np.int16]) -> float:
+    """`level_dbfs` of samples already read (the sum of squares is exact in float64 for any frame length here)."""
+    if samples.size == 0:
         return FLOOR_DBFS
+    a = samples.astype(np.float64)
     ms = float(np.dot(a, a)) / a.size
     if ms <= 0.0:
         return FLOOR_DBFS
-    return max(FLOOR_DBFS, 10.0 * float(np.log10(ms / (32768.0 * 32768.0))))
+    return max(FLOOR_DBFS, 10.0 * math.log10(ms / (32768.0 * 32768.0)))
 
 
 def split_frames(pcm: bytes) -> list[bytes]:

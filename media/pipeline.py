@@ -16,7 +16,7 @@ import numpy as np
 
 from media.barge_in import BargeInDetector, DetectorSettings
 from media.events import BargeInConfirmed, BargeInPaused, BargeInResumed, MediaEvent
-from media.frames import FLOOR_DBFS, FRAME_BYTES, SILENCE, level_dbfs
+from media.frames import FLOOR_DBFS, FRAME_BYTES, SILENCE, level_dbfs, samples_dbfs
 from media.playout import PlayoutBuffer
 from media.recorder import StereoRecorder
 from media.vad import Vad
@@ -74,7 +74,7 @@ class CallMedia:
             self._loop.append(frame)
             return  # echo mode plays the caller back: nothing to detect
         samples = np.frombuffer(frame, dtype="<i2")
-        level = level_dbfs(frame)
+        level = samples_dbfs(samples)
         speech = self._vad.is_speech(frame)
         events: list[MediaEvent]
         with self._lock:

@@ -240,6 +240,7 @@ class SipStack:
         mc.ptime = 20
         mc.noVad = True
         mc.ecTailLen = 0
+        mc.sndAutoCloseTime = -1  # one clock thread for the process: media_port pins its Python thread state
         mc.jbInit = cfg.media.jitter_buffer_ms
         mc.jbMinPre = 20
         mc.jbMaxPre = max(cfg.media.jitter_buffer_ms * 2, 60)

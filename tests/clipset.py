@@ -128,6 +128,32 @@ def clip_specs(echo_loss_db: tuple[int, ...] = ECHO_LOSS_DB) -> list[ClipSpec]:
     return out
 
 
+@dataclass(frozen=True)
+class MidCallEcho:
+    """One agent turn whose line starts returning it `echo_from_s` in (a caller turning on a speakerphone)."""
+
+    agent: int
+    echo_delay_ms: int
+    echo_db: float
+    pauses: int
+    stops: int
+    echo_state: str
+    """What the detector's echo path believes at the end of the turn."""
+
+
+def mid_call_echo(echo_from_s: float = 3.0) -> list[MidCallEcho]:
+    """Every agent turn with an echo (the echo clips' delays and losses, 30 dB SNR noise) that starts mid-turn."""
+    out = []
+    for k, agent in enumerate(agent_turns()):
+        for d in ECHO_DELAYS_MS:
+            for loss in ECHO_LOSS_DB:
+                r = simulate(agent, echo_db=-float(loss), echo_delay_ms=d, noise_snr_db=30, seconds=agent.size / 16000,
+                             seed=k, echo_from_s=echo_from_s)
+                out.append(MidCallEcho(k, d, -float(loss), r.count(BargeInPaused), r.count(BargeInConfirmed),
+                                       r.media.detector.echo.state))
+    return out
+
+
 def evaluate(settings: DetectorSettings | None = None, echo_loss_db: tuple[int, ...] = ECHO_LOSS_DB) -> Evaluation:
     agents, callers, bcs = agent_turns(), caller_utterances(), backchannels()
     ev = Evaluation([], 0, 0, 0, 0, 0, 0, [])

@@ -53,7 +53,9 @@ def simulate(
     seconds: float = 6.0,
     settings: DetectorSettings | None = None,
     seed: int = 0,
+    echo_from_s: float = 0.0,
 ) -> SimResult:
+    """`echo_from_s`: the line returns the agent's audio only from then on (a caller who turns on a speakerphone)."""
     events: list[MediaEvent] = []
     media = CallMedia(events.append, settings)
     media.push(audio.to_pcm(agent), item=1)
@@ -71,7 +73,7 @@ def simulate(
         if caller is not None and k >= start:
             seg = caller[(k - start) * FRAME_SAMPLES : (k - start + 1) * FRAME_SAMPLES]
             x[: seg.size] += seg
-        if echo_db is not None:
+        if echo_db is not None and t >= echo_from_s:
             x += sent_x[: FRAME_SAMPLES] * 10 ** (echo_db / 20)
         if noise_db is not None:
             x += rng.standard_normal(FRAME_SAMPLES) * 32768 * 10 ** (noise_db / 20)

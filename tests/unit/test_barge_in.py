@@ -7,6 +7,7 @@ import pytest
 
 from media.events import BargeInConfirmed, BargeInPaused, BargeInResumed, PlayoutFinished, PlayoutFlushed
 from media.frames import FRAME_MS
+from tests import audio, clipset
 from tests.unit.sim import simulate, tone
 
 MAX_REACTION_FRAMES = 4  # pinned: caller onset -> last agent frame sent, in 20 ms frames
@@ -71,3 +72,12 @@ def test_no_agent_audio_means_speech_events_but_no_barge_in(clips):
     r = simulate(np.zeros(0), clips.caller, caller_at_s=0.5, seconds=4.0)
     assert r.count(BargeInPaused) == 0
     assert r.media.detector.in_speech is False  # the utterance ended and was reported
+
+
+def test_a_quiet_caller_whose_words_fit_our_audio_by_chance_still_barges_in():
+    """At -30 dBFS this caller's first words fit what the agent played 340 ms before them (a chance fit an echo
+    that starts mid-call would make): the path taken from them is refuted once the caller speaks where it expects
+    no echo, and the barge-in is confirmed."""
+    caller = audio.scale_to_db(clipset.caller_utterances()[3], -30.0)
+    r = simulate(clipset.agent_turns()[1], caller, caller_at_s=1.3, noise_snr_db=30, seconds=6.0, seed=193)
+    assert r.first(BargeInConfirmed) is not None

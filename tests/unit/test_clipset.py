@@ -30,3 +30,14 @@ def test_own_echo_never_pauses_the_agent(evaluation):
 def test_backchannels_do_not_stop_the_agent(evaluation):
     assert evaluation.backchannel_calls >= 10
     assert evaluation.backchannel_stops <= 1
+
+
+def test_an_echo_that_starts_mid_call_is_learnt_after_about_one_pause():
+    """The line starts returning the agent 3 s into its turn: the path learnt from quiet frames only never saw it
+    (every burst was taken for the caller), and paused the agent 571 times in these 72 turns (up to 19 in one)."""
+    clips = clipset.mid_call_echo()
+    assert len(clips) == 72
+    assert not [c for c in clips if c.stops]
+    assert sum(c.echo_state == "echo" for c in clips) >= 65  # 67: five 250-490 ms legs were still unlearnt at the end
+    pauses = sorted(c.pauses for c in clips)
+    assert pauses[len(pauses) // 2] == 1 and sum(pauses) <= 135 and pauses[-1] <= 7, pauses
