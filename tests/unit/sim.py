@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,7 +54,9 @@ def simulate(
     seconds: float = 6.0,
     settings: DetectorSettings | None = None,
     seed: int = 0,
+    inbound_filter: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> SimResult:
+    """`inbound_filter(played, inbound)`, when given, cleans each inbound frame before the detector sees it."""
     events: list[MediaEvent] = []
     media = CallMedia(events.append, settings)
     media.push(audio.to_pcm(agent), item=1)
@@ -75,6 +78,8 @@ def simulate(
             x += sent_x[: FRAME_SAMPLES] * 10 ** (echo_db / 20)
         if noise_db is not None:
             x += rng.standard_normal(FRAME_SAMPLES) * 32768 * 10 ** (noise_db / 20)
+        if inbound_filter is not None:
+            x = inbound_filter(audio.to_array(sent[-1]), x)
         media.on_inbound(t, audio.to_pcm(x))
     res = SimResult(events, sent, media)
     if caller is not None:
