@@ -14,6 +14,7 @@ and returns the cleaned inbound frame; a new filter per call.
 from __future__ import annotations
 
 import ctypes
+import weakref
 from typing import Protocol
 
 import numpy as np
@@ -54,18 +55,27 @@ def _pcm16(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.clip(np.round(x), -32768, 32767), dtype=np.int16)
 
 
+def _destroy_speex(lib: ctypes.CDLL, echo: int, pre: int | None) -> None:
+    if pre is not None:  # the preprocessor holds the echo state: it goes first
+        lib.speex_preprocess_state_destroy(pre)
+    lib.speex_echo_state_destroy(echo)
+
+
 class SpeexCanceller:
     """libspeexdsp's MDF echo canceller over `tail_ms` of echo path, then its residual echo suppressor."""
 
     def __init__(self, tail_ms: int = 600, residual: bool = True) -> None:
         self._lib = _speexdsp()
         self._echo = self._lib.speex_echo_state_init(FRAME_SAMPLES, tail_ms * SAMPLE_RATE // 1000)
+        if not self._echo:
+            raise RuntimeError(f"libspeexdsp could not make an echo canceller with a {tail_ms} ms tail")
         rate = ctypes.c_int(SAMPLE_RATE)
         self._lib.speex_echo_ctl(self._echo, SPEEX_ECHO_SET_SAMPLING_RATE, ctypes.byref(rate))
         self._pre = None
         if residual:
             self._pre = self._lib.speex_preprocess_state_init(FRAME_SAMPLES, SAMPLE_RATE)
             self._lib.speex_preprocess_ctl(self._pre, SPEEX_PREPROCESS_SET_ECHO_STATE, self._echo)
+        weakref.finalize(self, _destroy_speex, self._lib, self._echo, self._pre)
         self._out = np.zeros(FRAME_SAMPLES, dtype=np.int16)
 
     def __call__(self, played: np.ndarray, inbound: np.ndarray) -> np.ndarray:
@@ -76,11 +86,6 @@ class SpeexCanceller:
         if self._pre is not None:
             self._lib.speex_preprocess_run(self._pre, self._out.ctypes.data_as(short_p))
         return self._out.astype(np.float32)
-
-    def __del__(self) -> None:
-        if self._pre is not None:
-            self._lib.speex_preprocess_state_destroy(self._pre)
-        self._lib.speex_echo_state_destroy(self._echo)
 
 
 class RNNoiseSuppressor:
@@ -93,22 +98,19 @@ class RNNoiseSuppressor:
         self._frame = int(rnnoise.FRAME_SIZE)
         self._rate = int(rnnoise.SAMPLE_RATE)
         self._st = self._lib.rnnoise_create(None)
+        weakref.finalize(self, self._lib.rnnoise_destroy, self._st)
         self._up = PolyphaseResampler(SAMPLE_RATE, self._rate)
         self._down = PolyphaseResampler(self._rate, SAMPLE_RATE)
         self._buf = np.zeros(self._frame, dtype=np.float32)
-        self.speech_prob = 0.0
 
     def __call__(self, played: np.ndarray, inbound: np.ndarray) -> np.ndarray:
         up = np.frombuffer(self._up.process(_pcm16(inbound).tobytes()), dtype="<i2").astype(np.float32)
         ptr = self._buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
         for i in range(0, up.size - self._frame + 1, self._frame):  # 320 samples in -> 960 -> two 480s exactly
             self._buf[:] = up[i : i + self._frame]
-            self.speech_prob = float(self._lib.rnnoise_process_frame(self._st, ptr, ptr))
+            self._lib.rnnoise_process_frame(self._st, ptr, ptr)  # returns the frame's speech probability
             up[i : i + self._frame] = self._buf
         return np.frombuffer(self._down.process(_pcm16(up).tobytes()), dtype="<i2").astype(np.float32)
-
-    def __del__(self) -> None:
-        self._lib.rnnoise_destroy(self._st)
 
 
 class Chain:
