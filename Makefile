@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PKGS := sip-tester baresip espeak-ng sox asterisk-core-sounds-en-wav kamailio kamailio-tls-modules chromium nftables tcpdump iproute2
+APT_PKGS := sip-tester baresip espeak-ng sox asterisk-core-sounds-en-wav kamailio kamailio-tls-modules chromium nftables tcpdump iproute2 libspeexdsp1
 CONFIG ?= voicegate.yaml
 ORDER_SERVICE ?= 8090
 

@@ -1,11 +1,18 @@
 """Where our own audio comes back: the echo path's delay and loss, estimated from level envelopes (sans-IO).
 
-Written here because a canceller does not fit the clock thread: libspeexdsp's MDF canceller took 290-370 us a
-frame and reached under 7 dB of echo loss in the first 5 s of speech (measured), when the greeting is most likely
-to be interrupted. Phone legs return our audio after 20-500 ms, 6-20 dB down; the frame levels of what we played
-and what came back correlate strongly at that lag, so every 200 ms the lag with the best correlation over the last
-2 s gives the delay, and the median level difference there gives the loss. The detector then expects echo at
-exactly `level played lag frames ago + loss`, instead of assuming the worst over the whole window.
+Written here instead of running a canceller or a noise suppressor, because the numbers favour it
+(`python -m bench.aec_eval`, the labelled clip set's default subset of 56 clips, 2026-11-26, load average 9.5): the
+detector with this estimate reacted in 40 / 69 ms (p50 / p95), paused on none of 24 echo clips and stopped for
+none of 14 backchannels. libspeexdsp's MDF canceller (600 ms tail) with its residual echo suppressor removed 1.3 dB
+of echo in the first second and 27.1 dB once converged (from 4 s), at 223 us a frame, but paused the agent on 12 of
+the 24 echo clips and reacted in 60 / 177 ms; without the suppressor it removed 1.0 / 12.0 dB and reacted in
+40 / 225 ms. RNNoise removed no echo (0.4 dB), missed 2 of 18 interruptions and cost 3.4 ms a frame. The greeting,
+before any canceller has converged, is when callers interrupt most.
+
+Phone legs return our audio after 20-500 ms, 6-20 dB down; the frame levels of what we played and what came back
+correlate strongly at that lag, so every 200 ms the lag with the best correlation over the last 2 s gives the delay,
+and the median level difference there gives the loss. The detector then expects echo at exactly `level played lag
+frames ago + loss`, instead of assuming the worst over the whole window.
 
 The estimate learns only from frames where the caller is quiet, so an echo that starts mid-call (the caller turns
 on a speakerphone) looked like caller speech, never taught anything, and paused the agent again and again.

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,14 +155,21 @@ def mid_call_echo(echo_from_s: float = 3.0) -> list[MidCallEcho]:
     return out
 
 
-def evaluate(settings: DetectorSettings | None = None, echo_loss_db: tuple[int, ...] = ECHO_LOSS_DB) -> Evaluation:
+def evaluate(
+    settings: DetectorSettings | None = None,
+    echo_loss_db: tuple[int, ...] = ECHO_LOSS_DB,
+    specs: list[ClipSpec] | None = None,
+    inbound_filter: Callable[[ClipSpec], Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
+) -> Evaluation:
+    """Every clip of `clip_specs(echo_loss_db)`, or `specs`; `inbound_filter(spec)` makes a filter for each clip's
+    inbound frames (bench/aec_eval.py: an echo canceller or noise suppressor before the detector)."""
     agents, callers, bcs = agent_turns(), caller_utterances(), backchannels()
     ev = Evaluation([], 0, 0, 0, 0, 0, 0, [])
-    for c in clip_specs(echo_loss_db):
+    for c in clip_specs(echo_loss_db) if specs is None else specs:
         sound = None if c.caller is None else (bcs if c.kind == "backchannel" else callers)[c.caller]
         r = simulate(agents[c.agent], sound, caller_at_s=c.caller_at_s, echo_db=c.echo_db,
                      echo_delay_ms=c.echo_delay_ms, noise_snr_db=c.noise_snr_db, seconds=c.seconds,
-                     settings=settings, seed=c.seed)
+                     settings=settings, seed=c.seed, inbound_filter=inbound_filter(c) if inbound_filter else None)
         if c.kind == "interrupt":
             assert r.caller_frame is not None
             if r.first(BargeInConfirmed) is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -54,8 +55,10 @@ def simulate(
     settings: DetectorSettings | None = None,
     seed: int = 0,
     echo_from_s: float = 0.0,
+    inbound_filter: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
 ) -> SimResult:
-    """`echo_from_s`: the line returns the agent's audio only from then on (a caller who turns on a speakerphone)."""
+    """`echo_from_s`: the line returns the agent's audio only from then on (a caller who turns on a speakerphone).
+    `inbound_filter(played, inbound)`, when given, cleans each inbound frame before the detector sees it."""
     events: list[MediaEvent] = []
     media = CallMedia(events.append, settings)
     media.push(audio.to_pcm(agent), item=1)
@@ -77,6 +80,8 @@ def simulate(
             x += sent_x[: FRAME_SAMPLES] * 10 ** (echo_db / 20)
         if noise_db is not None:
             x += rng.standard_normal(FRAME_SAMPLES) * 32768 * 10 ** (noise_db / 20)
+        if inbound_filter is not None:
+            x = inbound_filter(audio.to_array(sent[-1]), x)
         media.on_inbound(t, audio.to_pcm(x))
     res = SimResult(events, sent, media)
     if caller is not None:
