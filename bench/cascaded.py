@@ -5,6 +5,7 @@
 - concurrency: 1, 2 and 4 simultaneous calls of three questions each (4 is pjsua2's compiled call limit per
   process), and 8 through `voicegate serve --workers 2` (Kamailio in front of two worker processes, each with its
   own ASR worker): turn latency p50/p95, turns over 1.5 s, and the media clock's tick p99 while the engines run;
+  every caller asks once the greeting has ended (its end per call is in the results);
 - ASR: word error rate, real-time factor and the final transcript's delay after the endpoint (the listener's
   incremental schedule, offline) on Asterisk's recorded prompts through G.711, per engine: moonshine, whisper-base
   and vosk with the Korean model the tests use (the only vosk model a package ships: its English WER is no quality
