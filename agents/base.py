@@ -18,6 +18,8 @@ class Played:
 
     played_ms: int
     interrupted: bool
+    started_at: float | None = None
+    """Monotonic time of the media tick that sent its first frame (None: none went out)."""
 
 
 @dataclass(frozen=True)

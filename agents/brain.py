@@ -168,14 +168,18 @@ class LlmBrain:
 
     async def _complete(self) -> AsyncIterator[Part]:
         """The model's reply; business tool calls run and the model is asked again with their results (up to
-        `TOOL_ROUNDS` times); a failed tool gets its apology spoken and the turn ends there."""
+        `TOOL_ROUNDS` times), as it is when a call action it asked for cannot be done; a failed business tool gets
+        its apology spoken and the turn ends there."""
         for _ in range(TOOL_ROUNDS):
             calls: list[ToolCall] = []
-            async for part in self._request(calls):
+            refused: list[ToolCall] = []
+            async for part in self._request(calls, refused):
                 yield part
             runner = self.tools.runner if self.tools is not None else None
             business = [c for c in calls if runner is not None and c.name in runner.tools]
             if not business:
+                if refused:
+                    continue  # the model reads why in the tool result and tells the caller
                 break
             failed: ToolResult | None = None
             results: list[tuple[ToolCall, ToolResult]] = []
@@ -207,7 +211,9 @@ class LlmBrain:
             if not task.done():
                 task.cancel()  # CallTools.run keeps a non-idempotent call running (agents.tools)
 
-    async def _request(self, calls: list[ToolCall]) -> AsyncIterator[Part]:
+    async def _request(self, calls: list[ToolCall], refused: list[ToolCall]) -> AsyncIterator[Part]:
+        """One streamed request: its sentences and call actions; the tool calls it made go to `calls`, and the call
+        actions that cannot be done (their error is the tool result) to `refused`."""
         splitter = SentenceSplitter()
         messages, tools = self.history.messages, list(CALL_TOOLS)
         if self.tools is not None:
@@ -255,18 +261,30 @@ class LlmBrain:
         for call in calls:
             if self.tools is not None and call.name in self.tools.runner.tools:
                 continue  # a business tool: `_complete` runs it
+            act = self._call_action(call)
             self.history.add_tool_calls([call])
-            self.history.add_tool_result(call.id, "done")
-            if call.name == "transfer_call":
-                target = str(call.arguments.get("target") or self.transfer_default or "")
-                if target:
-                    yield Act("transfer", target)
-            elif call.name == "end_call":
-                yield Act("hangup")
-            elif call.name == "send_dtmf":
-                yield Act("dtmf", str(call.arguments.get("digits", "")))
-            elif call.name in RECORDING_TOOLS:
-                yield Act("pause_recording" if call.name == "pause_recording" else "resume_recording")
+            if isinstance(act, Act):
+                self.history.add_tool_result(call.id, "done")
+                yield act
+            else:
+                self.history.add_tool_result(call.id, json.dumps(ToolResult(call.name, False, error=act).for_model()))
+                refused.append(call)
+
+    def _call_action(self, call: ToolCall) -> Act | str:
+        """The call action a call tool asks for, or why it cannot be done (the model gets that, never a no-op)."""
+        if call.name == "transfer_call":
+            target = str(call.arguments.get("target") or self.transfer_default or "")
+            return Act("transfer", target) if target else "no transfer target configured"
+        if call.name == "end_call":
+            return Act("hangup")
+        if call.name == "send_dtmf":
+            digits = str(call.arguments.get("digits") or "")
+            return Act("dtmf", digits) if digits else "no digits to send"
+        if call.name == "pause_recording":
+            return Act("pause_recording")
+        if call.name == "resume_recording":
+            return Act("resume_recording")
+        return f"no tool named {call.name!r}"
 
 
     def _report(self, messages: list[Message], tools: list[dict[str, object]], received: int,

@@ -73,6 +73,13 @@ class _Reply:
     marks: dict[str, float] = field(default_factory=dict)
     superseded: bool = False
 
+    def first_rtp(self) -> float | None:
+        """The media tick that sent the reply's first frame (None: none went out, or not known yet)."""
+        fut = self.played[0] if self.played else None
+        if fut is None or not fut.done() or fut.cancelled():
+            return None
+        return fut.result().started_at
+
     def heard(self) -> tuple[list[str], bool]:
         spoken: list[str] = []
         for text, fut in zip(self.sentences, self.played, strict=True):
@@ -317,7 +324,8 @@ def _turn_record(heard: HeardTurn, reply: _Reply, t0: float, interrupted: bool, 
         "speech_s": round(end - heard.start, 2), "asr_passes": heard.passes,
         "endpoint_ms": ms(heard.endpoint_at), "asr_final_ms": ms(heard.final_at), "brain_start_ms": ms(t0),
         "first_part_ms": ms(reply.marks.get("first_part")), "first_audio_ms": ms(reply.marks.get("first_audio")),
-        "play_ms": ms(reply.marks.get("play")), "commit_wait_ms": commit_wait,
+        "play_ms": ms(reply.marks.get("play")), "first_rtp_ms": ms(reply.first_rtp()),
+        "commit_wait_ms": commit_wait,
         "llm_first_token_ms": ms(reply.marks.get("llm_first_token")), "barge_in_ms": ms(reply.marks.get("barge_in")),
         "barge_in_onset_ms": ms(reply.marks.get("barge_in_onset")),
         "reply": " ".join(reply.sentences)[:300], "voices": list(dict.fromkeys(reply.voices)),

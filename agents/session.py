@@ -40,6 +40,7 @@ from media.events import (
     MediaEvent,
     PlayoutFinished,
     PlayoutFlushed,
+    PlayoutStarted,
     SpeechStarted,
     SpeechStopped,
 )
@@ -154,6 +155,8 @@ class CallSession:
         self._events: asyncio.Queue[AgentEvent] = asyncio.Queue()
         self._items = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Played]] = {}
+        self._started: dict[int, float] = {}
+        """When the first frame of each waiting item went out."""
         self._current_interruptible = False
         self._echo = False
         self._held = False
@@ -183,11 +186,15 @@ class CallSession:
             self.record.barge_ins += 1
             self.log("barge_in", call=self.call_id, reaction_ms=round((ev.t - ev.onset_t) * 1000, 1))
             self._events.put_nowait(BargeIn(ev.t, ev.onset_t))
+        elif isinstance(ev, PlayoutStarted):
+            if ev.item in self._waiting:
+                self._started[ev.item] = ev.t
         elif isinstance(ev, (PlayoutFinished, PlayoutFlushed)):
             self._touch()
             fut = self._waiting.pop(ev.item, None)
+            started = self._started.pop(ev.item, None)
             if fut is not None and not fut.done():
-                fut.set_result(Played(ev.played_ms, isinstance(ev, PlayoutFlushed)))
+                fut.set_result(Played(ev.played_ms, isinstance(ev, PlayoutFlushed), started))
 
     def on_dtmf(self, digit: str) -> None:
         self._touch()
@@ -211,10 +218,11 @@ class CallSession:
         if not self.record.end_reason:
             self.record.end_reason = reason
         self._events.put_nowait(HungUp(reason))
-        for fut in self._waiting.values():
+        for item, fut in self._waiting.items():
             if not fut.done():
-                fut.set_result(Played(0, True))
+                fut.set_result(Played(0, True, self._started.get(item)))
         self._waiting.clear()
+        self._started.clear()
         self.media.set_tap(None)
         self._ended.set()
 

@@ -5,6 +5,7 @@
 - concurrency: 1, 2 and 4 simultaneous calls of three questions each (4 is pjsua2's compiled call limit per
   process), and 8 through `voicegate serve --workers 2` (Kamailio in front of two worker processes, each with its
   own ASR worker): turn latency p50/p95, turns over 1.5 s, and the media clock's tick p99 while the engines run;
+  every caller asks once the greeting has ended (its end per call is in the results);
 - ASR: word error rate, real-time factor and the final transcript's delay after the endpoint (the listener's
   incremental schedule, offline) on Asterisk's recorded prompts through G.711, per engine: moonshine, whisper-base
   and vosk with the Korean model the tests use (the only vosk model a package ships: its English WER is no quality
@@ -49,48 +50,67 @@ QUESTIONS = ("What are your opening hours?", "When are you open?", "What time do
 SLOW_TURN_MS = 1500.0
 OVERLAP_MS = 20.0
 """A turn "latency" of one frame: agent audio (a greeting late under load) was already playing as the question ended."""
+ASK_AFTER_MS = 800
+"""The callers' first question starts once the greeting has been silent this long (longer than its sentence gap)."""
+OLD_ASK_S = 4.0
+"""Where the first question started before (4 s after the answer): the greeting still played past it under load."""
 
 
 def _question_wav(tmp: Path, i: int) -> tuple[Path, list[tuple[float, int]]]:
-    """Three questions 7 s apart, from 4 s into the call (after the greeting); (start s, length frames) each."""
-    out = np.zeros(16000 * 26, np.float32)
+    """Three questions 7 s apart, the first at the start of the WAV (spoken after the greeting); (start s, length
+    frames) each, from the WAV's start."""
+    out = np.zeros(16000 * 16, np.float32)
     marks = []
     for k, q in enumerate(QUESTIONS):
         x = audio.scale_to_db(audio.trim(audio.piper(q)), -20.0)
-        at = 4.0 + 7.0 * k
+        at = 7.0 * k
         out[int(at * 16000) : int(at * 16000) + len(x)] = x
         marks.append((at, len(x) // 320))
     return audio.write_wav(tmp / f"questions{i}.wav", out), marks
 
 
-def _latencies(tmp: Path, i: int, marks: list[tuple[float, int]]) -> tuple[list[float], int]:
-    """Turn latencies of one call, and how many questions ended while agent audio was playing (not turns)."""
+def _greeting_end_s(heard: np.ndarray, asked: int) -> float:
+    """When the greeting's last audible frame ended, in s on the call's frame clock: the last received frame within
+    40 dB of the call's loudest before the caller's first question (`asked`, a frame index)."""
+    e = wire.frames_db(heard)
+    loud = np.nonzero(e[:asked] > e.max() - 40.0)[0]
+    return float((loud[-1] + 1) / 50) if loud.size else 0.0
+
+
+def _latencies(tmp: Path, i: int, marks: list[tuple[float, int]], asked: int | None
+               ) -> tuple[list[float], int, float | None]:
+    """Turn latencies of one call, how many questions ended while agent audio was playing (not turns), and when
+    the greeting ended (s); `asked` is the frame the caller began speaking at (None: it never did)."""
+    if asked is None:
+        return [], 0, None
     sent, heard = audio.read_wav(tmp / f"tx{i}.wav"), audio.read_wav(tmp / f"rx{i}.wav")
     out, overlapped = [], 0
     for at, _ in marks:
-        start = int(at * 50)
+        start = asked + int(at * 50)
         window = sent[: (start + 300) * 320]
         lat = wire.turn_latency_ms(window, heard[: (start + 300) * 320], start)
         if lat > OVERLAP_MS:
             out.append(lat)
         elif lat > 0:
             overlapped += 1
-    return out, overlapped
+    return out, overlapped, _greeting_end_s(heard, asked)
 
 
 def calls_at_once(gw: Gateway, tmp: Path, n: int) -> dict[str, Any]:
     before = len(gw.events("call_end"))
     wavs = [_question_wav(tmp, i) for i in range(n)]
 
-    def one(i: int) -> tuple[list[float], int]:
-        call(f"sip:assistant@127.0.0.1:{gw.port}", "--play", str(wavs[i][0]), "--speak-at-s", "0", "--duration",
-             "26", "--record", str(tmp / f"rx{i}.wav"), "--record-sent", str(tmp / f"tx{i}.wav"), timeout=90)
-        return _latencies(tmp, i, wavs[i][1])
+    def one(i: int) -> tuple[list[float], int, float | None]:
+        res = call(f"sip:assistant@127.0.0.1:{gw.port}", "--play", str(wavs[i][0]), "--speak-after-agent-silence-ms",
+                   str(ASK_AFTER_MS), "--duration", "30", "--record", str(tmp / f"rx{i}.wav"), "--record-sent",
+                   str(tmp / f"tx{i}.wav"), timeout=90)
+        return _latencies(tmp, i, wavs[i][1], res.get("speak_start_frame"))
 
     with ThreadPoolExecutor(n) as pool:
         per_call = list(pool.map(one, range(n)))
-    lats = [x for xs, _ in per_call for x in xs]
-    overlapped = sum(k for _, k in per_call)
+    lats = [x for xs, _, _ in per_call for x in xs]
+    overlapped = sum(k for _, k, _ in per_call)
+    greeting_end = [g for _, _, g in per_call if g is not None]
     deadline = time.monotonic() + 15 + 2 * n
     while len(gw.events("call_end")) < before + n and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -104,12 +124,14 @@ def calls_at_once(gw: Gateway, tmp: Path, n: int) -> dict[str, Any]:
             "missed": 3 * n - len(lats) - overlapped, "overlapped": overlapped,
             "endpoint_p50_ms": p50("endpoint_ms"), "asr_final_p50_ms": p50("asr_final_ms"),
             "first_audio_p50_ms": p50("first_audio_ms"), "play_p50_ms": p50("play_ms"),
+            "first_rtp_p50_ms": p50("first_rtp_ms"),
             "over_1500_ms": sum(x > SLOW_TURN_MS for x in lats),
             "texts": [t["text"] for t in turns],
             "gateway_turns": [[{k: t.get(k) for k in ("text", "speech_s", "asr_passes", "endpoint_ms", "asr_final_ms",
-                                                     "play_ms")} for t in e.get("turns", []) if "endpoint_ms" in t]
-                              for e in ends],
-            "tick_p99_ms": max((e.get("tick_p99_ms", 0) for e in ends), default=0)}
+                                                     "play_ms", "first_rtp_ms")}
+                               for t in e.get("turns", []) if "endpoint_ms" in t] for e in ends],
+            "tick_p99_ms": max((e.get("tick_p99_ms", 0) for e in ends), default=0),
+            "greeting_end_s": greeting_end, "greeting_past_old_ask": sum(g > OLD_ASK_S for g in greeting_end)}
 
 
 def turn_latency(gw: Gateway, tmp: Path, trials: int) -> dict[str, Any]:

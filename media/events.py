@@ -45,6 +45,14 @@ class BargeInConfirmed:
 
 
 @dataclass(frozen=True)
+class PlayoutStarted:
+    """The first frame of one pushed item went out on this tick (`t`): the caller's first packet of it."""
+
+    t: float
+    item: int
+
+
+@dataclass(frozen=True)
 class PlayoutFinished:
     """Every frame of one pushed item reached the caller."""
 
@@ -63,5 +71,6 @@ class PlayoutFlushed:
 
 
 MediaEvent = (
-    SpeechStarted | SpeechStopped | BargeInPaused | BargeInResumed | BargeInConfirmed | PlayoutFinished | PlayoutFlushed
+    SpeechStarted | SpeechStopped | BargeInPaused | BargeInResumed | BargeInConfirmed | PlayoutStarted
+    | PlayoutFinished | PlayoutFlushed
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from media.events import MediaEvent, PlayoutFinished, PlayoutFlushed
+from media.events import MediaEvent, PlayoutFinished, PlayoutFlushed, PlayoutStarted
 from media.frames import FRAME_MS, split_frames
 
 
@@ -48,6 +48,8 @@ class PlayoutBuffer:
             frame, item, last = self._frames.popleft()
             events: list[MediaEvent] = []
             if frame:
+                if not self._played[item]:
+                    events.append(PlayoutStarted(now, item))
                 self._played[item] += FRAME_MS
             if last:
                 self._open.discard(item)

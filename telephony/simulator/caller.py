@@ -74,6 +74,10 @@ def run(args: argparse.Namespace) -> Result:
             if speech and not spoke:
                 if args.speak_at_s is not None:
                     due = since >= args.speak_at_s
+                elif args.speak_after_agent_silence_ms is not None:
+                    with port.lock:
+                        quiet = len(port.rx) - 1 - port.last_audio
+                    due = port.first_audio >= 0 and quiet * FRAME_MS >= args.speak_after_agent_silence_ms
                 else:
                     wait_frames = (args.speak_after_agent_ms or 0) / FRAME_MS
                     due = port.first_audio >= 0 and len(port.tx) >= port.first_audio + wait_frames
@@ -129,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--play", help="WAV the caller speaks (any rate, 16-bit)")
     p.add_argument("--speak-at-s", type=float, help="start speaking this long after the call is set up")
     p.add_argument("--speak-after-agent-ms", type=float, help="start speaking this long after agent audio starts")
+    p.add_argument("--speak-after-agent-silence-ms", type=float,
+                   help="start speaking once agent audio came and then stopped for this long (after the greeting)")
     p.add_argument("--record", help="WAV of what the caller hears (16 kHz)")
     p.add_argument("--record-sent", help="WAV of what the caller sends (16 kHz), on the same frame clock")
     p.add_argument("--duration", type=float, default=5.0, help="hang up this long after the answer")

@@ -189,3 +189,40 @@ def test_the_recording_call_actions_become_acts_after_what_the_model_says() -> N
         server.script(pause, resume)
         first, second = asyncio.run(go(server))
     assert first == [Act("pause_recording")] and second == [Act("resume_recording")]
+
+
+def call_actions(*replies: Any, transfer_default: str | None = None) -> tuple[list[Part], LlmServer]:
+    """One caller turn of a brain with no business tools, against the scripted replies."""
+    async def go(server: LlmServer) -> list[Part]:
+        brain = LlmBrain(LlmClient(LlmConfig(server.base_url, "m")), "sys", "hi", "Hmm.", 5.0, "Sorry, error.",
+                         transfer_default)
+        try:
+            return await turn(brain, "Please put me through.")
+        finally:
+            await brain.close()
+
+    with LlmServer() as server:
+        server.script(*replies)
+        parts = asyncio.run(go(server))
+    return parts, server
+
+
+@pytest.mark.parametrize(("name", "args", "default", "act"), [
+    ("transfer_call", '{"target": "sip:desk@example.com"}', None, Act("transfer", "sip:desk@example.com")),
+    ("transfer_call", "{}", "sip:operator@example.com", Act("transfer", "sip:operator@example.com")),
+    ("end_call", "{}", None, Act("hangup")),
+    ("send_dtmf", '{"digits": "12#"}', None, Act("dtmf", "12#")),
+])
+def test_the_call_actions_become_acts(name: str, args: str, default: str | None, act: Act) -> None:
+    parts, server = call_actions(tool_reply([("call_1", name, [args])]), transfer_default=default)
+    assert parts == [act] and len(server.requests) == 1  # done: the model is not asked again this turn
+
+
+def test_a_transfer_with_no_target_anywhere_is_a_tool_error_the_model_answers() -> None:
+    parts, server = call_actions(tool_reply([("call_1", "transfer_call", ["{}"])]),
+                                 text_reply(["I cannot transfer you right now."]))
+    assert parts == [Say("I cannot transfer you right now.")]  # no Act: nothing to transfer to
+    assert len(server.requests) == 2
+    assert server.requests[1].body["messages"][-1] == {
+        "role": "tool", "tool_call_id": "call_1",
+        "content": json.dumps({"ok": False, "error": "no transfer target configured"})}

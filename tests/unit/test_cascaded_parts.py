@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 import time
 
+from agents.base import Played
 from agents.brain import LlmBrain, Part, Say, UserTurn
 from agents.cascaded import _Reply, _turn_record, commit_wait_ms, split_by_script, voice_runs
 from agents.config import TurnConfig
 from agents.listener import HeardTurn, reply_fate
 from agents.llm import LlmClient, LlmConfig
 from agents.speech.asr import Transcript
+from media.events import PlayoutStarted
+from media.frames import FRAME_BYTES
+from media.playout import PlayoutBuffer
 from tests.servers.llm import LlmServer, text_reply
 
 
@@ -56,11 +60,22 @@ def test_the_turn_record_has_the_llms_first_token_and_the_barge_in_from_the_end_
     reply = _Reply(sentences=["We have twelve rooms."],
                    marks={"llm_first_token": 100.62, "first_audio": 100.7, "play": 100.71, "barge_in_onset": 101.5,
                           "barge_in": 101.9})
+    playout = PlayoutBuffer()  # the reply queued at "play" goes out on the media ticks after it
+    playout.push(b"\x01" * FRAME_BYTES * 3, item=1)
+    started = [e for i in range(3) for e in playout.next_frame(100.72 + 0.02 * i)[1] if isinstance(e, PlayoutStarted)]
+    loop = asyncio.new_event_loop()
+    try:
+        reply.played.append(loop.create_future())
+    finally:
+        loop.close()
+    reply.played[0].set_result(Played(60, True, started[0].t))  # how the session resolves it (agents/session.py)
     rec = _turn_record(heard, reply, 100.31, True, ["We have twelve rooms."], 240)
     assert (rec["llm_first_token_ms"], rec["barge_in_onset_ms"], rec["barge_in_ms"]) == (620.0, 1500.0, 1900.0), rec
+    assert rec["first_rtp_ms"] == 720.0 and rec["first_rtp_ms"] >= rec["play_ms"] == 710.0, rec
     assert rec["interrupted"] and rec["commit_wait_ms"] == 240
     quiet = _turn_record(heard, _Reply(marks={"first_audio": 100.7}), 100.31, False, [], 240)
     assert quiet["llm_first_token_ms"] is None and quiet["barge_in_ms"] is None  # the dialog, heard to the end
+    assert quiet["first_rtp_ms"] is None  # nothing went out
 
 
 def test_the_llm_brain_notes_when_the_models_first_token_came() -> None:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from media.events import PlayoutFinished, PlayoutFlushed
+from media.events import PlayoutFinished, PlayoutFlushed, PlayoutStarted
 from media.frames import FRAME_BYTES
 from media.playout import PlayoutBuffer
 
@@ -15,19 +15,20 @@ def test_plays_items_in_order_and_reports_each():
     p.push(frames(1, 2), item=2)
     out = [p.next_frame(i * 0.02) for i in range(4)]
     assert [f[0][:1] if f[0] else None for f in out] == [b"\x01", b"\x01", b"\x02", None]
-    done = [e for _, evs in out for e in evs]
-    assert done == [PlayoutFinished(0.02, 1, 40), PlayoutFinished(0.04, 2, 20)]
+    evs = [e for _, evs in out for e in evs]
+    assert evs == [PlayoutStarted(0.0, 1), PlayoutFinished(0.02, 1, 40), PlayoutStarted(0.04, 2),
+                   PlayoutFinished(0.04, 2, 20)]
 
 
 def test_pause_holds_position_and_resume_continues():
     p = PlayoutBuffer()
     p.push(frames(1, 1) + frames(1, 2) + frames(1, 3), item=7)
-    assert p.next_frame(0)[0][:1] == b"\x01"
+    assert p.next_frame(0) == (frames(1, 1), [PlayoutStarted(0, 7)])
     p.pause()
     assert p.next_frame(0.02) == (None, [])
     assert not p.speaking and p.pending
     p.resume()
-    assert p.next_frame(0.04)[0][:1] == b"\x02"
+    assert p.next_frame(0.04) == (frames(1, 2), [])  # started once: a resume is no new start
 
 
 def test_flush_reports_what_was_heard():
@@ -44,4 +45,4 @@ def test_partial_last_frame_is_padded():
     p.push(b"\x05" * 100, item=1)
     f, evs = p.next_frame(0)
     assert f is not None and len(f) == FRAME_BYTES and f[:100] == b"\x05" * 100
-    assert evs == [PlayoutFinished(0, 1, 20)]
+    assert evs == [PlayoutStarted(0, 1), PlayoutFinished(0, 1, 20)]
