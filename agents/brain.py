@@ -22,6 +22,7 @@ from agents.dialog import Dialog, Reply
 from agents.llm import Conversation, Done, LlmClient, LlmError, Message, TextDelta, ToolCall, Usage
 from agents.speech.sentences import SentenceSplitter
 from agents.tools import RECORDING_TOOLS, CallTools, ToolResult
+from agents.transfer_headers import OBJECT_SCHEMA, HeaderError, transfer_headers, uri_with_headers
 from media.paralinguistics import Prosody
 
 
@@ -75,7 +76,8 @@ class Brain(Protocol):
 CALL_TOOLS: tuple[dict[str, object], ...] = (
     {"type": "function", "function": {
         "name": "transfer_call", "description": "Transfer the caller to a person or another number.",
-        "parameters": {"type": "object", "properties": {"target": {"type": "string", "description": "SIP URI"}},
+        "parameters": {"type": "object", "properties": {"target": {"type": "string", "description": "SIP URI"},
+                                                        "headers": OBJECT_SCHEMA},
                        "required": ["target"]}}},
     {"type": "function", "function": {
         "name": "end_call", "description": "Hang up after saying goodbye.",
@@ -171,11 +173,14 @@ class LlmBrain:
         `TOOL_ROUNDS` times); a failed tool gets its apology spoken and the turn ends there."""
         for _ in range(TOOL_ROUNDS):
             calls: list[ToolCall] = []
-            async for part in self._request(calls):
+            refused: list[ToolCall] = []
+            async for part in self._request(calls, refused):
                 yield part
             runner = self.tools.runner if self.tools is not None else None
             business = [c for c in calls if runner is not None and c.name in runner.tools]
             if not business:
+                if refused:
+                    continue  # the model hears why and may try again or tell the caller
                 break
             failed: ToolResult | None = None
             results: list[tuple[ToolCall, ToolResult]] = []
@@ -207,7 +212,7 @@ class LlmBrain:
             if not task.done():
                 task.cancel()  # CallTools.run keeps a non-idempotent call running (agents.tools)
 
-    async def _request(self, calls: list[ToolCall]) -> AsyncIterator[Part]:
+    async def _request(self, calls: list[ToolCall], refused: list[ToolCall]) -> AsyncIterator[Part]:
         splitter = SentenceSplitter()
         messages, tools = self.history.messages, list(CALL_TOOLS)
         if self.tools is not None:
@@ -256,12 +261,20 @@ class LlmBrain:
             if self.tools is not None and call.name in self.tools.runner.tools:
                 continue  # a business tool: `_complete` runs it
             self.history.add_tool_calls([call])
-            self.history.add_tool_result(call.id, "done")
             if call.name == "transfer_call":
+                try:
+                    headers = transfer_headers(call.arguments.get("headers"))
+                except HeaderError as e:
+                    self.history.add_tool_result(call.id, json.dumps({"ok": False, "error": str(e)}))
+                    refused.append(call)
+                    continue
+                self.history.add_tool_result(call.id, "done")
                 target = str(call.arguments.get("target") or self.transfer_default or "")
                 if target:
-                    yield Act("transfer", target)
-            elif call.name == "end_call":
+                    yield Act("transfer", uri_with_headers(target, headers))
+                continue
+            self.history.add_tool_result(call.id, "done")
+            if call.name == "end_call":
                 yield Act("hangup")
             elif call.name == "send_dtmf":
                 yield Act("dtmf", str(call.arguments.get("digits", "")))

@@ -189,3 +189,26 @@ def test_the_recording_call_actions_become_acts_after_what_the_model_says() -> N
         server.script(pause, resume)
         first, second = asyncio.run(go(server))
     assert first == [Act("pause_recording")] and second == [Act("resume_recording")]
+
+
+def test_transfer_headers_go_on_the_refer_to_and_a_forbidden_name_goes_back_to_the_model() -> None:
+    forbidden = tool_reply([("call_1", "transfer_call", ['{"target": "sip:desk@pbx", "headers": {"Via": "x"}}'])])
+    allowed = tool_reply([("call_2", "transfer_call",
+                           ['{"target": "sip:desk@pbx", "headers": {"X-Case": "42 a", "User-to-User": "0a"}}'])])
+
+    async def go(server: LlmServer) -> list[Part]:
+        brain = LlmBrain(LlmClient(LlmConfig(server.base_url, "m")), "sys", "hi", "Hmm.", 5.0, "Sorry, error.")
+        try:
+            return await turn(brain, "Put me through to the desk about case 42.")
+        finally:
+            await brain.close()
+
+    with LlmServer() as server:
+        server.script(forbidden, allowed)
+        parts = asyncio.run(go(server))
+    assert parts == [Act("transfer", "sip:desk@pbx?X-Case=42%20a&User-to-User=0a")]
+    refusal = server.requests[1].body["messages"][-1]
+    assert refusal["role"] == "tool" and refusal["tool_call_id"] == "call_1", refusal
+    assert "'Via' may not be sent on a transfer" in json.loads(refusal["content"])["error"], refusal
+    spec = server.requests[0].body["tools"][0]["function"]
+    assert spec["name"] == "transfer_call" and spec["parameters"]["properties"]["headers"]["type"] == "object"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.scripted import uri_with_headers
+from agents.transfer_headers import uri_with_headers
 from telephony.cli import main
 from telephony.config import ConfigError, load_config, parse_config
 from telephony.digest import DigestServer, expected_response
