@@ -126,22 +126,31 @@ def check_tls_files(cert_file: str, key_file: str, ca_file: str | None) -> None:
     except (ssl.SSLError, OSError) as e:
         raise ValueError(f"cannot use cert_file {cert_file} with key_file {key_file}: {e}") from None
     if ca_file:
-        try:
-            ctx.load_verify_locations(Path(ca_file).expanduser())
-        except (ssl.SSLError, OSError) as e:
-            raise ValueError(f"ca_file {ca_file} holds no usable CA certificate: {e}") from None
+        check_ca_file(ca_file, ctx)
+
+
+def check_ca_file(ca_file: str, ctx: ssl.SSLContext | None = None) -> None:
+    try:
+        (ctx or ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)).load_verify_locations(Path(ca_file).expanduser())
+    except (ssl.SSLError, OSError) as e:
+        raise ValueError(f"ca_file {ca_file} holds no usable CA certificate: {e}") from None
 
 
 class TrunkTlsConfig(_Strict):
-    """A trunk's own TLS client identity (mutual TLS with its registrar or proxy), instead of the listener's."""
+    """Mutual TLS with a trunk: its own client identity for its registrar or proxy, instead of the listener's, and
+    client certificates its own calls must come with."""
 
-    cert_file: str
-    """The client certificate (PEM) presented to this trunk's servers."""
-    key_file: str
+    cert_file: str | None = None
+    """The client certificate (PEM) presented to this trunk's servers; none: the listener's (`sip.tls`)."""
+    key_file: str | None = None
     ca_file: str | None = None
-    """CA certificates (PEM) that verify this trunk's servers; default `sip.tls.ca_file`, else the system's."""
+    """CA certificates (PEM) that verify this trunk's servers, default `sip.tls.ca_file`, else the system's; and,
+    with `require_client_cert`, the certificates of its calls."""
     verify_server: bool = True
     """Refuse a server whose certificate does not verify (chain and name)."""
+    require_client_cert: bool = False
+    """Admit this trunk's calls only over TLS with a client certificate `ca_file` verifies; others get 403
+    (telephony/client_certs.py). The TLS listener then asks every client for a certificate but requires none."""
 
     @field_validator("cert_file", "key_file", "ca_file")
     @classmethod
@@ -152,7 +161,16 @@ class TrunkTlsConfig(_Strict):
 
     @model_validator(mode="after")
     def _loadable(self) -> TrunkTlsConfig:
-        check_tls_files(self.cert_file, self.key_file, self.ca_file)
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.require_client_cert and not self.ca_file:
+            raise ValueError("require_client_cert needs ca_file: the CA that signs this trunk's client certificates")
+        if self.cert_file is None and not self.require_client_cert:
+            raise ValueError("a trunk's tls needs cert_file and key_file, or require_client_cert")
+        if self.cert_file is not None and self.key_file is not None:
+            check_tls_files(self.cert_file, self.key_file, self.ca_file)
+        elif self.ca_file:
+            check_ca_file(self.ca_file)
         return self
 
 
