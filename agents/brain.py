@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from agents.dialog import Dialog, Reply
+from agents.eventlog import trace
 from agents.llm import Conversation, Done, LlmClient, LlmError, Message, TextDelta, ToolCall, Usage
 from agents.speech.sentences import SentenceSplitter
 from agents.tools import RECORDING_TOOLS, CallTools, ToolResult
@@ -217,6 +218,7 @@ class LlmBrain:
         messages, tools = self.history.messages, list(CALL_TOOLS)
         if self.tools is not None:
             tools += self.tools.runner.chat_specs()
+        asked = time.monotonic()
         stream = self.client.stream(messages, tools)
         nxt: asyncio.Task[object] | None = None
         received, usage, failed = 0, None, False
@@ -255,6 +257,8 @@ class LlmBrain:
                 nxt.cancel()
             if not (failed and not received):  # a request that failed before any output is not counted
                 self._report(messages, tools, received, usage)
+            trace("llm_request", messages=len(messages), chars_out=received, tool_calls=len(calls), failed=failed,
+                  first_token_ms=None if self.first_token_at is None else round((self.first_token_at - asked) * 1000))
         for sentence in splitter.flush():
             yield Say(sentence)
         for call in calls:
