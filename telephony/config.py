@@ -301,6 +301,9 @@ class RecordsConfig(_Strict):
     retention_days: float | None = Field(None, gt=0)
     """`voicegate purge` deletes calls older than this (with their recordings), unless their route says otherwise;
     none: kept until erased."""
+    purge_every_h: float = Field(24.0, gt=0)
+    """`voicegate serve` runs the purge at start and then this often (telephony/purge_job.py), with any
+    `retention_days` set."""
     sip_trace: bool = False
     """Write every SIP message of each call to `sip/<Call-ID>.sip` beside `path` (named in the call's record)."""
     pcap_path: str = "records/pcap"
