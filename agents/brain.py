@@ -19,9 +19,11 @@ from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from agents.dialog import Dialog, Reply
+from agents.eventlog import trace
 from agents.llm import Conversation, Done, LlmClient, LlmError, Message, TextDelta, ToolCall, Usage
 from agents.speech.sentences import SentenceSplitter
 from agents.tools import RECORDING_TOOLS, CallTools, ToolResult
+from agents.transfer_headers import OBJECT_SCHEMA, HeaderError, transfer_headers, uri_with_headers
 from media.paralinguistics import Prosody
 
 
@@ -75,7 +77,8 @@ class Brain(Protocol):
 CALL_TOOLS: tuple[dict[str, object], ...] = (
     {"type": "function", "function": {
         "name": "transfer_call", "description": "Transfer the caller to a person or another number.",
-        "parameters": {"type": "object", "properties": {"target": {"type": "string", "description": "SIP URI"}},
+        "parameters": {"type": "object", "properties": {"target": {"type": "string", "description": "SIP URI"},
+                                                        "headers": OBJECT_SCHEMA},
                        "required": ["target"]}}},
     {"type": "function", "function": {
         "name": "end_call", "description": "Hang up after saying goodbye.",
@@ -218,6 +221,7 @@ class LlmBrain:
         messages, tools = self.history.messages, list(CALL_TOOLS)
         if self.tools is not None:
             tools += self.tools.runner.chat_specs()
+        asked = time.monotonic()
         stream = self.client.stream(messages, tools)
         nxt: asyncio.Task[object] | None = None
         received, usage, failed = 0, None, False
@@ -256,6 +260,8 @@ class LlmBrain:
                 nxt.cancel()
             if not (failed and not received):  # a request that failed before any output is not counted
                 self._report(messages, tools, received, usage)
+            trace("llm_request", messages=len(messages), chars_out=received, tool_calls=len(calls), failed=failed,
+                  first_token_ms=None if self.first_token_at is None else round((self.first_token_at - asked) * 1000))
         for sentence in splitter.flush():
             yield Say(sentence)
         for call in calls:
@@ -273,8 +279,12 @@ class LlmBrain:
     def _call_action(self, call: ToolCall) -> Act | str:
         """The call action a call tool asks for, or why it cannot be done (the model gets that, never a no-op)."""
         if call.name == "transfer_call":
+            try:
+                headers = transfer_headers(call.arguments.get("headers"))
+            except HeaderError as e:
+                return str(e)
             target = str(call.arguments.get("target") or self.transfer_default or "")
-            return Act("transfer", target) if target else "no transfer target configured"
+            return Act("transfer", uri_with_headers(target, headers)) if target else "no transfer target configured"
         if call.name == "end_call":
             return Act("hangup")
         if call.name == "send_dtmf":

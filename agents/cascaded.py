@@ -20,6 +20,7 @@ from agents.base import Agent, AgentFactory, BargeIn, CallControl, Dtmf, Handove
 from agents.brain import Act, Brain, DialogBrain, LlmBrain, Part, Say, UserTurn
 from agents.config import CascadedAgentConfig, EngineLoadError, TurnConfig
 from agents.dialog import Dialog
+from agents.eventlog import trace
 from agents.listener import HeardTurn, Listener, reply_fate
 from agents.llm import LlmClient, LlmConfig
 from agents.speech.asr import AsrError, Transcript
@@ -208,6 +209,8 @@ class CascadedAgent(Agent):
         if not tr.text:
             return None
         prosody = analyse_pcm(heard.pcm) if self.cfg.paralinguistics else None
+        trace("asr_final", chars=len(tr.text), language=tr.language or "en", confidence=round(tr.confidence, 2),
+              passes=heard.passes, speech_s=round(len(heard.pcm) / 2 / SAMPLE_RATE, 2))
         return UserTurn(tr.text, tr.language or "en", tr.confidence, prosody)
 
     def _voice_runs(self, text: str) -> list[tuple[str, str]]:
@@ -224,8 +227,11 @@ class CascadedAgent(Agent):
                 reply.marks.setdefault("first_part", time.monotonic())
                 if isinstance(part, Say):
                     for voice, text in self._voice_runs(part.text):
+                        started = time.monotonic()
                         pcm, rate = await self.f.synthesize(voice, text)
                         call.meter("tts_chars", len(text))
+                        trace("tts_synth", voice=voice, chars=len(text), audio_ms=round(len(pcm) / 2 / rate
+                              * 1000), ms=round((time.monotonic() - started) * 1000, 1))
                         reply.marks.setdefault("first_audio", time.monotonic())
                         if not reply.sentences and isinstance(heard, HeardTurn) and not await self._commit(heard):
                             reply.superseded = True  # the caller went on talking: a longer turn is coming

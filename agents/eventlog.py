@@ -63,3 +63,12 @@ def emit(logger: logging.Logger, level: int, name: str, fields: Mapping[str, Any
     if logger.isEnabledFor(level):
         rec = {"ts": round(time.time(), 3), "event": name, **_tags, **fields}
         logger.log(level, json.dumps(rec, default=str, separators=(",", ":")))
+
+
+_stages = logging.getLogger("voicegate.stages")
+
+
+def trace(name: str, /, **fields: Any) -> None:
+    """A pipeline stage's event (`asr_*`, `llm_*`, `tts_*`, `tool_*`), carrying the call bound to this context
+    (`bind_call`): one trace id follows a call from its INVITE through every stage. Sizes and times, never text."""
+    emit(_stages, logging.INFO, name, fields)

@@ -65,6 +65,7 @@ from agents.redact import redact_fields
 from agents.s2s_fallback import fall_back, refused
 from agents.speech.tts import PromptCache
 from agents.tools import RECORDING_TOOLS, CallTools, ToolConfig, ToolRunner
+from agents.transfer_headers import GEMINI_SCHEMA, HeaderError, transfer_headers, uri_with_headers
 from media.frames import FRAME_BYTES, FRAME_MS, SAMPLE_RATE
 from media.polyphase import PolyphaseResampler
 
@@ -90,6 +91,7 @@ TOOLS: list[dict[str, Any]] = [
         "description": "Transfer the caller to a person or another number (blind transfer). Say so first.",
         "parameters": {"type": "OBJECT", "properties": {
             "target": {"type": "STRING", "description": "SIP URI to transfer to; omit it for the default operator."},
+            "headers": GEMINI_SCHEMA,
         }},
     },
     {"name": "end_call", "description": "Hang up the call, after you have said goodbye."},
@@ -737,9 +739,13 @@ class GeminiLiveAgent(Agent):
             target = str(args.get("target") or self.cfg.transfer_target or "")
             if not _SIP_URI.fullmatch(target):
                 return {"error": f"no valid transfer target (got {target!r}); ask for a SIP URI"}
+            try:
+                headers = transfer_headers(args.get("headers"))
+            except HeaderError as e:
+                return {"error": str(e)}
             await self._drain()
             self._transfer = asyncio.get_running_loop().create_future()
-            await self.call.transfer(target)
+            await self.call.transfer(uri_with_headers(target, headers))
             try:
                 async with asyncio.timeout(TRANSFER_TIMEOUT_S):  # not wait_for: see _receive
                     code = await self._transfer

@@ -61,6 +61,7 @@ from agents.redact import redact_fields
 from agents.s2s_fallback import fall_back, refused
 from agents.s2s_history import History, heard_text
 from agents.tools import RECORDING_TOOLS, CallTools, ToolConfig, ToolRunner
+from agents.transfer_headers import OBJECT_SCHEMA, HeaderError, transfer_headers, uri_with_headers
 from media.frames import FRAME_BYTES, SAMPLE_RATE
 from media.g711 import ulaw_decode, ulaw_encode
 from media.polyphase import PolyphaseResampler
@@ -170,7 +171,7 @@ def _tool_specs(cfg: OpenAIRealtimeConfig) -> list[dict[str, Any]]:
     target = {"type": "string", "description": "SIP URI to transfer to, for example sip:sales@pbx.example.com"}
     specs: dict[str, tuple[str, dict[str, Any], list[str]]] = {
         "transfer_call": ("Transfer the caller to another number or department (blind SIP transfer).",
-                          {"target": target}, [] if cfg.transfer_target else ["target"]),
+                          {"target": target, "headers": OBJECT_SCHEMA}, [] if cfg.transfer_target else ["target"]),
         "end_call": ("Hang up, after you have said goodbye.", {}, []),
         "send_dtmf": ("Send touch-tone digits on the line (0-9, *, #, A-D), for example to work a phone menu.",
                       {"digits": {"type": "string", "pattern": "^[0-9*#A-D]{1,32}$"}}, ["digits"]),
@@ -804,8 +805,12 @@ class OpenAIRealtimeAgent(Agent):
             target = str(args.get("target") or self.cfg.transfer_target or "")
             if not target:
                 return {"ok": False, "error": "no transfer target given"}
+            try:
+                headers = transfer_headers(args.get("headers"))
+            except HeaderError as e:
+                return {"ok": False, "error": str(e)}
             self._transfer = asyncio.get_running_loop().create_future()
-            await self._call.transfer(target)
+            await self._call.transfer(uri_with_headers(target, headers))
             try:
                 async with asyncio.timeout(self.cfg.transfer_timeout_s):  # not wait_for: see _read
                     code = await self._transfer

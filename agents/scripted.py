@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from urllib.parse import quote
 
 from agents.base import Agent, AgentFactory, CallControl, Dtmf, HungUp, TransferFailed
 from agents.config import (
@@ -27,21 +26,13 @@ from agents.config import (
 )
 from agents.speech.tts import PromptCache, TtsError, load_voice, warm
 from agents.tools import CallTools, ToolConfig, ToolResult, ToolRunner
+from agents.transfer_headers import uri_with_headers
 from media.frames import SAMPLE_RATE
 from media.wavfile import WavError, read_wav_16k
 
 
 class FlowError(Exception):
     """The flow cannot go on (a missing WAV, an unknown variable): names the node and step."""
-
-
-def uri_with_headers(uri: str, headers: Mapping[str, str]) -> str:
-    """`uri` with `headers` as URI headers (`?name=value&...`, escaped as RFC 3261 25.1 asks)."""
-    if not headers:
-        return uri
-    safe = "[]/?:+$"
-    fields = "&".join(f"{quote(k, safe=safe)}={quote(v, safe=safe)}" for k, v in headers.items())
-    return f"{uri}{'&' if '?' in uri else '?'}{fields}"
 
 
 def render_text(text: str, variables: Mapping[str, str]) -> str:

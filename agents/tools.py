@@ -30,6 +30,7 @@ import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from agents.base import CallControl, ToolOutcome
+from agents.eventlog import trace
 from agents.redact import redact_fields
 
 CONFIRM_S = 8.0
@@ -459,6 +460,8 @@ class CallTools:
 
     def _finished(self, call_id: str, arguments: dict[str, Any], result: ToolResult) -> None:
         self.call.record_turn(result.record(arguments))
+        trace("tool_result", tool=result.name, ok=result.ok, latency_ms=round(result.latency_ms, 1),
+              result_chars=result.result_chars)
         cid = call_id or f"call_{len(self.outcomes) + 1}"
         self.outcomes.append(ToolOutcome(cid, result.name, json.dumps(arguments, ensure_ascii=False),
                                          json.dumps(result.for_model(), ensure_ascii=False)))

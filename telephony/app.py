@@ -35,6 +35,7 @@ from telephony.endpoint import Refusal, SipStack
 from telephony.logs import event
 from telephony.outbound import AmdOptions, DialPlan, DialRefusedError, plan_dial
 from telephony.pcap import CallPcap, CaptureRefusedError, PcapError
+from telephony.purge_job import purge_every
 from telephony.recordings import CallRecording, start_recording
 from telephony.records import RecordWriter, call_record, open_record, read_records
 from telephony.reload import ReloadRefusedError, agent_changes, merge
@@ -159,6 +160,8 @@ class Gateway:
             self._loop.add_signal_handler(sig, self._stop.set)
         self._loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         await asyncio.to_thread(self.stack.start)
+        purging = (asyncio.ensure_future(purge_every(lambda: self.config, self._stop))
+                   if self.config.records.enabled and self.worker in (None, 0) else None)
         try:
             t0 = time.monotonic()
             await asyncio.gather(
@@ -179,6 +182,9 @@ class Gateway:
             await self._stop.wait()
             await self._drain()
         finally:
+            if purging is not None:
+                purging.cancel()
+                await asyncio.gather(purging, return_exceptions=True)
             if self.control is not None:
                 self.control.close()
             await asyncio.gather(*(tr.close() for tr in self.transports), return_exceptions=True)

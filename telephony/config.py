@@ -127,22 +127,31 @@ def check_tls_files(cert_file: str, key_file: str, ca_file: str | None) -> None:
     except (ssl.SSLError, OSError) as e:
         raise ValueError(f"cannot use cert_file {cert_file} with key_file {key_file}: {e}") from None
     if ca_file:
-        try:
-            ctx.load_verify_locations(Path(ca_file).expanduser())
-        except (ssl.SSLError, OSError) as e:
-            raise ValueError(f"ca_file {ca_file} holds no usable CA certificate: {e}") from None
+        check_ca_file(ca_file, ctx)
+
+
+def check_ca_file(ca_file: str, ctx: ssl.SSLContext | None = None) -> None:
+    try:
+        (ctx or ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)).load_verify_locations(Path(ca_file).expanduser())
+    except (ssl.SSLError, OSError) as e:
+        raise ValueError(f"ca_file {ca_file} holds no usable CA certificate: {e}") from None
 
 
 class TrunkTlsConfig(_Strict):
-    """A trunk's own TLS client identity (mutual TLS with its registrar or proxy), instead of the listener's."""
+    """Mutual TLS with a trunk: its own client identity for its registrar or proxy, instead of the listener's, and
+    client certificates its own calls must come with."""
 
-    cert_file: str
-    """The client certificate (PEM) presented to this trunk's servers."""
-    key_file: str
+    cert_file: str | None = None
+    """The client certificate (PEM) presented to this trunk's servers; none: the listener's (`sip.tls`)."""
+    key_file: str | None = None
     ca_file: str | None = None
-    """CA certificates (PEM) that verify this trunk's servers; default `sip.tls.ca_file`, else the system's."""
+    """CA certificates (PEM) that verify this trunk's servers, default `sip.tls.ca_file`, else the system's; and,
+    with `require_client_cert`, the certificates of its calls."""
     verify_server: bool = True
     """Refuse a server whose certificate does not verify (chain and name)."""
+    require_client_cert: bool = False
+    """Admit this trunk's calls only over TLS with a client certificate `ca_file` verifies; others get 403
+    (telephony/client_certs.py). The TLS listener then asks every client for a certificate but requires none."""
 
     @field_validator("cert_file", "key_file", "ca_file")
     @classmethod
@@ -153,7 +162,16 @@ class TrunkTlsConfig(_Strict):
 
     @model_validator(mode="after")
     def _loadable(self) -> TrunkTlsConfig:
-        check_tls_files(self.cert_file, self.key_file, self.ca_file)
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        if self.require_client_cert and not self.ca_file:
+            raise ValueError("require_client_cert needs ca_file: the CA that signs this trunk's client certificates")
+        if self.cert_file is None and not self.require_client_cert:
+            raise ValueError("a trunk's tls needs cert_file and key_file, or require_client_cert")
+        if self.cert_file is not None and self.key_file is not None:
+            check_tls_files(self.cert_file, self.key_file, self.ca_file)
+        elif self.ca_file:
+            check_ca_file(self.ca_file)
         return self
 
 
@@ -284,6 +302,9 @@ class RecordsConfig(_Strict):
     retention_days: float | None = Field(None, gt=0)
     """`voicegate purge` deletes calls older than this (with their recordings), unless their route says otherwise;
     none: kept until erased."""
+    purge_every_h: float = Field(24.0, gt=0)
+    """`voicegate serve` runs the purge at start and then this often (telephony/purge_job.py), with any
+    `retention_days` set."""
     sip_trace: bool = False
     """Write every SIP message of each call to `sip/<Call-ID>.sip` beside `path` (named in the call's record)."""
     pcap_path: str = "records/pcap"

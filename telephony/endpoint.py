@@ -16,7 +16,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,6 +24,7 @@ import pjsua2 as pj
 
 from telephony.admission import SipGate
 from telephony.call import SipCall
+from telephony.client_certs import TlsPeers, client_cert_problem
 from telephony.config import Config, DtmfMode, SipTlsConfig
 from telephony.consult import Consultations
 from telephony.errors import PjsuaBuildError, SipStartError
@@ -42,6 +43,13 @@ from telephony.trunks import TrunkSet
 EXPECTED_MAX_CALLS = 4
 CODEC_IDS = {"G722": "G722/16000", "PCMU": "PCMU/8000", "PCMA": "PCMA/8000"}
 _USER_RE = re.compile(r"sips?:([^@;>]+)@")
+_VIA = re.compile(r"^(?:Via|v)[ \t]*:[ \t]*SIP/2\.0/([A-Za-z]+)", re.I | re.M)
+
+
+def _over_tls(message: str) -> bool:
+    """The request's top Via says TLS (the connection it came over is looked up by its source address)."""
+    m = _VIA.search(message)
+    return m is not None and m.group(1).upper() == "TLS"
 
 
 @dataclass(frozen=True)
@@ -95,6 +103,13 @@ class _Endpoint(pj.Endpoint):  # type: ignore[misc]
         super().__init__()
         self.stack = stack
 
+    def onTransportState(self, prm: Any) -> None:  # noqa: N802
+        try:
+            if prm.type.upper().startswith("TLS"):
+                self.stack._tls_state(prm)
+        except Exception as e:
+            event("sip_callback_error", where="onTransportState", error=repr(e))
+
     def onSelectAccount(self, prm: Any) -> None:  # noqa: N802
         try:
             prm.accountIndex = self.stack._select_account(int(prm.accountIndex), str(prm.rdata.wholeMsg))
@@ -137,6 +152,8 @@ class SipStack:
         self.ports = PortPool()
         self.port = config.sip.port
         self.trunks = TrunkSet(config)
+        self.tls_peers = TlsPeers()
+        """Client certificates of the open TLS connections, for trunks that require one (telephony/client_certs)."""
         r = config.sip.invite_rate
         self.limits = InviteLimits(config.sip.max_message_bytes, r.per_source if r else None, r.window_s if r else 0)
         self.draining = False
@@ -359,6 +376,10 @@ class SipStack:
         event("call_incoming", call=call.call_id, called=called, caller=caller, source=call.source, trunk=adm.trunk,
               authenticated=adm.authenticated, user=adm.user, original_called=original_called(call.sip_headers),
               sip_headers=call.sip_headers)
+        trunk_tls = self.config.trunks[adm.trunk].tls if adm.trunk in self.config.trunks else None
+        if not adm.refused and trunk_tls is not None and (why := client_cert_problem(
+                adm.trunk, trunk_tls, _over_tls(message), self.tls_peers.cert_of(packet_source))):
+            adm = replace(adm, refused=why)
         if adm.refused:
             code = 401 if adm.challenge else 403
             event("call_refused", call=call.call_id, called=called, code=code, reason=adm.refused,
@@ -370,6 +391,14 @@ class SipStack:
             self.answer(call.key, refusal.code, headers=refusal.headers)
         else:
             self.answer(call.key, 180)
+
+    def _tls_state(self, prm: Any) -> None:
+        handle = int(prm.hnd)
+        if prm.state == pj.PJSIP_TP_STATE_CONNECTED and prm.tlsInfo.established:
+            cert = prm.tlsInfo.remoteCertInfo
+            self.tls_peers.connected(handle, str(prm.tlsInfo.remoteAddr), "" if cert.isEmpty() else str(cert.raw))
+        elif prm.state != pj.PJSIP_TP_STATE_CONNECTED:
+            self.tls_peers.disconnected(handle)
 
     def dial(self, trunk: str, uri: str, prepare: Callable[[SipCall], None]) -> SipCall:
         """Place a call to `uri` from `trunk`'s caller account (the gateway's own for ""); pjsua thread only.

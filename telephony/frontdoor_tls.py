@@ -38,7 +38,8 @@ def _servers(t: TrunkConfig) -> list[tuple[str, int | None]]:
 
 
 def _own(trunks: Mapping[str, TrunkConfig]) -> dict[str, TrunkTlsConfig]:
-    return {n: t.tls for n, t in trunks.items() if t.transport == "tls" and t.tls is not None}
+    return {n: t.tls for n, t in trunks.items()
+            if t.transport == "tls" and t.tls is not None and t.tls.cert_file is not None}
 
 
 def server_id(trunk: str) -> str:
@@ -49,6 +50,9 @@ def problem(trunks: Mapping[str, TrunkConfig]) -> str:
     """Why the front door cannot present each TLS trunk's own certificate to its servers ("" when it can)."""
     holder: dict[tuple[str, int], tuple[str, TrunkTlsConfig | None]] = {}
     for name, t in trunks.items():
+        if t.tls is not None and t.tls.require_client_cert:
+            return (f"trunks.{name}.tls.require_client_cert: not supported behind the front door yet (TLS ends at "
+                    "Kamailio, which does not tell the workers the caller's certificate)")
         if t.transport != "tls":
             continue
         for host, port in _servers(t):
@@ -66,6 +70,7 @@ def client_profiles(trunks: Mapping[str, TrunkConfig], default_ca: str) -> str:
     out = ""
     for name, tls in _own(trunks).items():
         ca = str(Path(tls.ca_file).expanduser()) if tls.ca_file else default_ca
+        assert tls.cert_file is not None and tls.key_file is not None  # _own keeps only those
         out += (f"\n[client:any]\nserver_name = {server_id(name)}.invalid\nserver_id = {server_id(name)}\n"
                 f"method = TLSv1.2+\ncertificate = {Path(tls.cert_file).expanduser()}\n"
                 f"private_key = {Path(tls.key_file).expanduser()}\nca_list = {ca}\n"

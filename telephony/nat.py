@@ -5,15 +5,13 @@ A caller behind NAT writes its private address in Contact; pjsip sends responses
 the gateway never reached the caller of tests/integration/test_nat.py, over UDP or TCP). Kamailio's nathelper
 rewrites such a Contact; pjsip has no option for it, but a dialog's route set can be set: a loose Route to the
 INVITE's source sends every in-dialog request there, with the caller's Contact still as Request-URI. Over TCP the
-Route names `transport=tcp`, and pjsip sends on the connection the INVITE came on (its transport manager finds an
-open connection to that address; the NAT lets nothing else in). `nat_route` decides (pure); `DialogRoutes` sets it
-through ctypes on the library pjsua2 loaded (pjsip_ua_find_dialog, pjsip_parse_hdr, pjsip_dlg_set_route_set:
-pjsua2 does not expose dialogs).
+Route names `transport=tcp` (over TLS `transport=tls`), and pjsip sends on the connection the INVITE came on (its
+transport manager finds an open connection to that address; the NAT lets nothing else in). `nat_route` decides
+(pure); `DialogRoutes` sets it through ctypes on the library pjsua2 loaded (pjsip_ua_find_dialog, pjsip_parse_hdr,
+pjsip_dlg_set_route_set: pjsua2 does not expose dialogs).
 
 Left alone: callers through a proxy (more than one Via, or a Record-Route), since the proxy's Record-Route already
-puts it on the path of every in-dialog request and NAT is its business (Kamailio's nathelper); and TLS callers,
-since no test here shows a TLS caller behind NAT (the NAT lab's caller has no certificate set-up), so pjsip sends
-to their Contact as before.
+puts it on the path of every in-dialog request and NAT is its business (Kamailio's nathelper).
 """
 
 from __future__ import annotations
@@ -36,8 +34,8 @@ def _contact_uri(value: str) -> str:
 def nat_route(message: str, source: str) -> str | None:
     """The Route to the source of INVITE `message` when it came straight from the caller (one Via) and its
     Contact (an IP address) is not where it came from: over UDP another address or port (`<sip:ip:port;lr>`), over
-    TCP another address (`<sip:ip:port;transport=tcp;lr>`: a TCP caller's source port is never its listening
-    port, NAT or not). Else None."""
+    TCP or TLS another address (`<sip:ip:port;transport=tcp;lr>`, `transport=tls`: a connection's source port is
+    never the caller's listening port, NAT or not). Else None."""
     head = message.replace("\r\n", "\n").split("\n\n", 1)[0].partition("\n")[2]
     hdrs = HeaderParser(policy=compat32).parsestr(head, headersonly=True)
     vias = [v.strip() for h in ("Via", "v") for value in hdrs.get_all(h, []) for v in str(value).split(",")]
@@ -45,9 +43,9 @@ def nat_route(message: str, source: str) -> str | None:
     if len(vias) != 1 or not contact or hdrs.get("Record-Route"):
         return None  # through a proxy (more Vias), its source is the proxy's: NAT is the proxy's business
     via = vias[0].upper().split(None, 1)[0]
-    if via not in ("SIP/2.0/UDP", "SIP/2.0/TCP"):
-        return None  # TLS (or another transport): left to pjsip
-    tcp = via == "SIP/2.0/TCP"
+    if via not in ("SIP/2.0/UDP", "SIP/2.0/TCP", "SIP/2.0/TLS"):
+        return None  # another transport (SCTP, WebSocket): left to pjsip
+    conn = via.rpartition("/")[2].lower() if via != "SIP/2.0/UDP" else ""
     host, _, port = source.rpartition(":")
     try:
         uri = parse_sip_uri(_contact_uri(contact))
@@ -55,11 +53,12 @@ def nat_route(message: str, source: str) -> str | None:
         written = ipaddress.ip_address(uri.host)
     except ValueError:
         return None  # a Contact with a host name, or a malformed one: left to pjsip
-    if uri.params.get("transport", "udp").lower() not in (("udp", "tcp") if tcp else ("udp",)):
+    allowed = {"udp", conn or "udp"} | ({"tcp"} if uri.scheme == "sips" else set())  # sips: over TCP is TLS
+    if uri.params.get("transport", "udp").lower() not in allowed:
         return None
-    if written == src and (tcp or (uri.port or 5060) == int(port)):
+    if written == src and (conn or (uri.port or 5060) == int(port)):
         return None
-    return f"<sip:{host}:{port};transport=tcp;lr>" if tcp else f"<sip:{host}:{port};lr>"
+    return f"<sip:{host}:{port};transport={conn};lr>" if conn else f"<sip:{host}:{port};lr>"
 
 
 class _PjStr(ctypes.Structure):

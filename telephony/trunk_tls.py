@@ -34,7 +34,7 @@ class TrunkTransports:
         first use) or the listener; none for UDP and TCP."""
         if trunk.transport != "tls":
             return None
-        if trunk.tls is None:
+        if trunk.tls is None or trunk.tls.cert_file is None:
             return self._listener
         return self._own(name, trunk.tls)
 
@@ -47,6 +47,7 @@ class TrunkTransports:
         if self._sip.public_address:
             tc.publicAddress = self._sip.public_address
         t = tc.tlsConfig
+        assert tls.cert_file is not None and tls.key_file is not None  # transport_for asks only then
         t.certFile = str(Path(tls.cert_file).expanduser())
         t.privKeyFile = str(Path(tls.key_file).expanduser())
         ca = tls.ca_file or (self._sip.tls.ca_file if self._sip.tls is not None else None)

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> Result:
     except WavError as e:
         raise SystemExit(str(e)) from None
     phone = Phone(args.rtp_port, args.tcp, args.loss, args.tls_ca,
-                  (args.tls_cert, args.tls_key) if args.tls_cert else None)
+                  (args.tls_cert, args.tls_key) if args.tls_cert else None, bind=args.bind)
     phone.set_codecs(args.codec.split(","))
     call = phone.dial(args.uri)
     port = call.port
@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tls-cert", help="client certificate (PEM) to present over TLS; needs --tls-key")
     p.add_argument("--tls-key")
     p.add_argument("--loss", type=float, default=0.0, help="drop this percentage of RTP packets each way")
+    p.add_argument("--bind", default="127.0.0.1", help="SIP address to bind; empty: every address")
     args = p.parse_args(argv)
     res = run(args)
     print(json.dumps(asdict(res)))

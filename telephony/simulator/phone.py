@@ -257,7 +257,7 @@ class Phone:
 
     def __init__(self, rtp_port: int = 40000, tcp: bool = False, loss_pct: float = 0.0,
                  tls_ca: str | None = None, tls_cert: tuple[str, str] | None = None, impair: bool = False,
-                 tls: TlsOptions | None = None) -> None:
+                 tls: TlsOptions | None = None, bind: str = "127.0.0.1") -> None:
         """`loss_pct`: RTP packets dropped in each direction, at random (pjmedia's own impairment); `tls_ca`: call
         over TLS, trusting only the CA certificates in this PEM file; `tls_cert`: (certificate, key) PEM files
         to present as a TLS client; `impair`: calls go through an `SdpProxy`, so `dial(impair=...)` can put a
@@ -281,7 +281,7 @@ class Phone:
         self.ep.libInit(ec)
         tc = pj.TransportConfig()
         tc.port = 0
-        tc.boundAddress = "127.0.0.1"
+        tc.boundAddress = bind  # "": every address (a caller in a namespace behind NAT, tests/integration/netns.py)
         if tls_ca:
             tc.tlsConfig.CaListFile = tls_ca
             tc.tlsConfig.verifyServer = True

@@ -25,6 +25,8 @@ import subprocess
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import pytest
+
 CALLER_IP = "192.168.77.2"
 ROUTER_LAN_IP = "192.168.77.1"
 ROUTER_WAN_IP = "198.18.77.1"
@@ -77,6 +79,17 @@ def unavailable() -> str | None:
         return f"cannot create a network namespace: {r.stderr.strip()}"
     subprocess.run(["ip", "netns", "del", probe], capture_output=True, timeout=10)
     return None
+
+
+def need_lab() -> None:
+    """Skip the calling test when this machine cannot build the lab, but fail it under CI (`CI` set): CI runs
+    `make test` as root (.ci/run; the Makefile needs no sudo then), so a lab test it skips would pass unseen."""
+    why = unavailable()
+    if why is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI needs the network namespace lab: {why}")
+    pytest.skip(f"no network namespace lab here: {why}")
 
 
 @contextlib.contextmanager

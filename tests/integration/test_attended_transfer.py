@@ -1,7 +1,8 @@
 """Attended transfer (telephony/consult.py): the scripted agent's `transfer` with `attended: true` calls the
 target (a pjsua2 answerer), and once it answers REFERs the caller (the pjsua2 test phone, carrying REFERs out)
 with Replaces; the caller's INVITE takes the consultation over at the target, the gateway hangs up. A busy target:
-the caller is never REFERred and the agent goes on."""
+the caller is never REFERred and the agent goes on. A blind transfer to the same target: the caller's own INVITE
+reaches it."""
 
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     agents = {"att": {"type": "scripted", "voice": "en", "start": "a", "nodes": {"a": [
         {"say": "Connecting you."},
         {"transfer": f"sip:desk@127.0.0.1:{TARGET}", "attended": True, "timeout_s": 25},
-        {"say": "Sorry, nobody took the call."}, {"hangup": "transfer_failed"}]}}}
-    cfg = yaml.safe_load(gateway_config(port, agents=agents, routes=[{"match": "att", "agent": "att"}]))
+        {"say": "Sorry, nobody took the call."}, {"hangup": "transfer_failed"}]}},
+              "blind": {"type": "scripted", "voice": "en", "start": "a", "nodes": {"a": [
+                  {"say": "Connecting you."}, {"transfer": f"sip:desk@127.0.0.1:{TARGET}"}]}}}
+    routes = [{"match": "att", "agent": "att"}, {"match": "blind", "agent": "blind"}]
+    cfg = yaml.safe_load(gateway_config(port, agents=agents, routes=routes))
     g = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-att"), port)
     yield g
     assert g.stop() == 0, "\n".join(g.lines[-20:])
@@ -79,3 +83,20 @@ def test_a_busy_target_is_not_transferred_to_and_the_agent_goes_on(gw: Gateway):
     assert gw.wait_event("transfer_result", 1, call=end["call"])["code"] == 486
     said = [e["text"] for e in gw.events("agent_say") if e["call"] == end["call"]]
     assert said == ["Connecting you.", "Sorry, nobody took the call."], said
+
+
+def test_a_blind_transfer_brings_the_caller_to_the_answering_target(gw: Gateway):
+    target = answerer()
+    try:
+        res = call(f"sip:blind@127.0.0.1:{gw.port}", "--accept-transfer", "--duration", "8")
+        seen = events(target)
+    finally:
+        target.kill()
+    end = gw.wait_event("call_end", 10, agent="blind")
+    assert res["refer_to"] == [f"sip:desk@127.0.0.1:{TARGET}"] and res["remote_hangup"], res
+    assert end["reason"] == f"transfer:sip:desk@127.0.0.1:{TARGET}", end
+    assert gw.wait_event("transfer_result", 1, call=end["call"])["code"] == 200
+    incoming = [e for e in seen if "incoming" in e]
+    confirmed = [e["confirmed"] for e in seen if "confirmed" in e]
+    assert len(incoming) == 1 and incoming[0]["incoming"] != end["call"], seen  # the caller's new call, not ours
+    assert confirmed == [incoming[0]["incoming"]], seen  # the target answered it and the caller ACKed

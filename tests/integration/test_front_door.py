@@ -19,7 +19,7 @@ import yaml
 
 from tests.integration.cluster import cluster_config, free_block, start_cluster, stop_all, wait_answered
 from tests.integration.kamailio import REALM, Kamailio
-from tests.integration.netns import BACK_IP, FRONT_IP, two_hosts, unavailable
+from tests.integration.netns import BACK_IP, FRONT_IP, need_lab, two_hosts
 from tests.integration.peers import Gateway, call, free_port, rtp_range, sipp, spawn_gateway, start_gateway
 from tests.integration.test_tls import issue, make_ca
 from tests.integration.test_trunks import authenticated_call, call_with_headers
@@ -298,10 +298,10 @@ def test_a_call_to_the_public_contact_keeps_its_in_dialog_requests_across_a_fron
     assert end["reason"] == "remote_200", end
 
 
-@pytest.mark.skipif(unavailable() is not None, reason=f"no namespaces here: {unavailable()}")
 def test_a_worker_on_another_machine_takes_calls_and_believes_the_front_doors_caller_address(tmp_path: Path):
     """Two network namespaces as two machines: the front door with one local worker in one, a plain gateway listed
     in `workers.remote` in the other; a caller it allows only by the address the front door names."""
+    need_lab()
     sip = {"port": 5060, "transports": ["udp"], "allow": ["127.0.0.1/32"]}
     back_cfg = yaml.safe_load(cluster_config(5060, {"when_full": {"reply": 486}}))
     back_cfg["sip"] = {**sip, "listen": BACK_IP, "front_door": [FRONT_IP]}

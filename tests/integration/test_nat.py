@@ -11,7 +11,9 @@ source address on its first packet when nothing came from the SDP's address befo
 from __future__ import annotations
 
 import array
+import json
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,12 +21,17 @@ import pytest
 
 from media.g711 import alaw_decode
 from tests.integration.capture import Capture, Packet
-from tests.integration.netns import CALLER_IP, ROUTER_WAN_IP, SERVER_IP, NatLab, nat_lab, unavailable
-from tests.integration.peers import Gateway, ack, bye, gateway_config, invite, reply, start_gateway
+from tests.integration.netns import CALLER_IP, ROUTER_WAN_IP, SERVER_IP, NatLab, nat_lab, need_lab
+from tests.integration.peers import ROOT, Gateway, ack, bye, gateway_config, invite, reply, start_gateway
+from tests.integration.test_tls import issue, make_ca
 
-pytestmark = pytest.mark.skipif(unavailable() is not None, reason=f"no NAT lab here: {unavailable()}")
+
+@pytest.fixture(autouse=True)
+def _lab_here() -> None:
+    need_lab()
 
 SIP_PORT = 5060
+TLS_PORT = 5061
 MEDIA_PORT = 6000
 SDP = """v=0
 o=caller 1 1 IN IP4 [local_ip]
@@ -57,12 +64,23 @@ def lab() -> Iterator[NatLab]:
 
 
 @pytest.fixture(scope="module")
-def server(lab: NatLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """voicegate in the server namespace, on its WAN address, with two small agents alone (it starts faster)."""
+def ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """A CA and the gateway's certificate for its WAN address: (ca, cert, key)."""
+    d = tmp_path_factory.mktemp("natpki")
+    ca, _, _ = make_ca(d, "nat")
+    return (ca, *issue(d, "nat", "natgw", SERVER_IP, f"IP:{SERVER_IP}"))
+
+
+@pytest.fixture(scope="module")
+def server(lab: NatLab, ca: tuple[Path, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """voicegate in the server namespace, on its WAN address (UDP, TCP and TLS), with two small agents alone (it
+    starts faster)."""
     tmp = tmp_path_factory.mktemp("natgw")
     agents = {"echo": {"type": "echo"},
               "bye": {"type": "scripted", "start": "a", "nodes": {"a": [{"pause_s": 1}, {"hangup": "done"}]}}}
-    config = gateway_config(SIP_PORT, sip={"listen": SERVER_IP, "port": SIP_PORT}, agents=agents,
+    sip = {"listen": SERVER_IP, "port": SIP_PORT, "transports": ["udp", "tcp", "tls"],
+           "tls": {"port": TLS_PORT, "cert_file": str(ca[1]), "key_file": str(ca[2])}}
+    config = gateway_config(SIP_PORT, sip=sip, agents=agents,
                             routes=[{"match": "echo", "agent": "echo"}, {"match": "bye", "agent": "bye"}])
     gw = start_gateway(config, tmp, SIP_PORT, prefix=lab.cmd(lab.server, []))
     yield gw
@@ -134,4 +152,23 @@ def test_the_gateways_bye_reaches_a_tcp_caller_behind_nat_over_its_connection(la
     incoming = [e for e in server.events("call_incoming") if e["called"] == "bye"][-1]
     nat = server.wait_event("call_nat", 5, call=incoming["call"])
     assert nat["applied"] and nat["route"] == f"<sip:{incoming['source']};transport=tcp;lr>", nat
+    assert server.wait_event("call_end", 5, call=incoming["call"])["reason"] == "done"
+
+
+def test_the_gateways_bye_reaches_a_tls_caller_behind_nat_over_its_connection(lab: NatLab, server: Gateway,
+                                                                               ca: tuple[Path, Path, Path]) -> None:
+    """sipp here has no TLS: the pjsua2 test caller, bound to every address of the caller namespace, so its Contact
+    is its private address; the agent's BYE must come back over the caller's TLS connection through the NAT."""
+    r = subprocess.run(lab.cmd(lab.caller, [
+        sys.executable, "-m", "telephony.simulator.caller", f"sip:bye@{SERVER_IP}:{TLS_PORT};transport=tls",
+        "--tls-ca", str(ca[0]), "--bind", "", "--rtp-port", str(MEDIA_PORT), "--duration", "8"]),
+        capture_output=True, text=True, timeout=40, cwd=ROOT)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+    assert r.returncode == 0 and lines, f"caller failed:\n{r.stdout[-1500:]}\n{r.stderr[-1500:]}"
+    res = json.loads(lines[-1])
+    incoming = [e for e in server.events("call_incoming") if e["called"] == "bye"][-1]
+    nat = server.wait_event("call_nat", 5, call=incoming["call"])
+    assert nat["applied"] and nat["route"] == f"<sip:{incoming['source']};transport=tls;lr>", nat
+    assert incoming["source"].startswith(f"{ROUTER_WAN_IP}:"), incoming
+    assert res["answered"] and res["remote_hangup"], res  # the BYE reached the caller
     assert server.wait_event("call_end", 5, call=incoming["call"])["reason"] == "done"

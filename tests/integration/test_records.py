@@ -14,20 +14,32 @@ from typing import Any
 
 import pytest
 
+from agents.cost import Prices
 from media.emodel import mos, r_factor
-from telephony.records import read_records
+from telephony.records import RecordWriter, call_record, read_records
 from tests.integration.peers import VENV_BIN, Gateway, call, free_port, gateway_config, start_gateway
 from tests.prompts import SOUNDS
 
 PRICES = {"currency": "USD", "sip_per_min": 0.01, "asr_per_min": 0.006, "tts_per_char": 0.0001}
 
 
+OLD_DAYS = 40
+"""The age of a call seeded into the records before the gateway starts, past its `retention_days` (30)."""
+
+
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     port = free_port()
     timeouts = {"silence_reprompt_s": 30, "silence_hangup_s": 60, "shutdown_grace_s": 0.5}
-    g = start_gateway(gateway_config(port, prices=PRICES, timeouts=timeouts), tmp_path_factory.mktemp("gw-rec"),
-                      port)
+    tmp = tmp_path_factory.mktemp("gw-rec")
+    (tmp / "records").mkdir()
+    (tmp / "records" / "old.wav").write_bytes(b"RIFF")
+    end = {"call": "old-call", "agent": "echo", "reason": "agent", "sip_code": 200, "duration_s": 5.0, "turns": []}
+    old = call_record(end, time.time() - OLD_DAYS * 86400, "sip:1@x", "echo", "echo", {}, Prices())
+    RecordWriter(tmp / "records" / "calls.db", lambda name, **f: None).write(
+        {**old, "recording": str(tmp / "records" / "old.wav")})
+    keep = {"retention_days": 30, "purge_every_h": 24}
+    g = start_gateway(gateway_config(port, prices=PRICES, timeouts=timeouts, records=keep), tmp, port)
     yield g
     g.stop()
 
@@ -107,3 +119,9 @@ def test_a_call_cut_by_sigterm_is_recorded(gw: Gateway) -> None:
         assert caller.result()["remote_hangup"]
     rec = records(gw)[cut]
     assert rec["reason"] == "shutdown" and rec["cost"]["by_backend"]["sip"] > 0
+
+
+def test_the_running_gateway_purges_a_call_past_its_retention_at_start(gw: Gateway) -> None:
+    purged = gw.wait_event("records_purged", 5)
+    assert purged["calls"] == ["old-call"] and purged["files_removed"] == 1 and purged["audit_seq"] == 1, purged
+    assert "old-call" not in records(gw) and not (gw.config.parent / "records" / "old.wav").exists()

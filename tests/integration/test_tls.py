@@ -363,3 +363,46 @@ def test_a_call_placed_to_a_sips_target_carries_a_sips_contact(tls_gw, how: str)
     assert invite.startswith("INVITE sips:"), invite
     assert header(invite, "Contact", "m").startswith("<sips:"), invite
     assert header(invite, "Call-ID", "i") == end["call"]
+
+
+@pytest.fixture(scope="module")
+def carrier_gw(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Gateway, int, Path, Path]]:
+    """A gateway whose TLS listener requires no client certificate, with a trunk (calls for 4930100 from
+    127.0.0.1) that requires one its own CA signed: (gateway, TLS port, the carrier's client cert, key)."""
+    d = tmp_path_factory.mktemp("pki-carrier")
+    ca, _, _ = make_ca(d, "carrier")
+    cert, key = issue(d, "carrier", "carrier-client", "sbc.carrier.example", "DNS:sbc.carrier.example")
+    os.environ["VG_TEST_TLS_PW"] = "pw"
+    port, tls_port = free_port(), free_port()
+    cfg = yaml.safe_load(gateway_config(port))
+    cfg["sip"].update(transports=["udp", "tls"], tls={"port": tls_port, "cert_file": str(pki.cert),
+                                                       "key_file": str(pki.key), "ca_file": str(pki.ca)})
+    cfg["trunks"] = {"carrier": {
+        "registrar": "sip:127.0.0.1:9", "register": False, "username": "vg", "password_env": "VG_TEST_TLS_PW",
+        "transport": "tls", "routes": [{"match": "4930100", "agent": "echo"}],
+        "tls": {"require_client_cert": True, "ca_file": str(ca)}}}
+    gw = start_gateway(yaml.safe_dump(cfg), tmp_path_factory.mktemp("gw-carrier"), port)
+    yield gw, tls_port, cert, key
+    assert gw.stop() == 0, "\n".join(gw.lines[-20:])
+
+
+@pytest.mark.parametrize(("called", "cert", "code"), [
+    ("4930100", "carrier", 200), ("4930100", "listener CA's", 403), ("4930100", "none", 403), ("echo", "none", 200)])
+def test_a_trunk_requiring_client_certificates_admits_only_its_own_ca(carrier_gw, pki: Pki, called: str, cert: str,
+                                                                      code: int):
+    """Mutual TLS per trunk, inbound: the trunk's calls need a certificate its CA signed (one the listener's CA
+    signed is not enough); a call from no trunk needs none, as the listener requires none from everybody."""
+    gw, tls_port, carrier_cert, carrier_key = carrier_gw
+    given = {"carrier": ["--tls-cert", str(carrier_cert), "--tls-key", str(carrier_key)],
+             "listener CA's": ["--tls-cert", str(pki.cert), "--tls-key", str(pki.key)], "none": []}[cert]
+    before = len(gw.events("call_incoming"))
+    res = call(f"sip:{called}@127.0.0.1:{tls_port};transport=tls", "--tls-ca", str(pki.ca), *given,
+               "--duration", "1")
+    [inc] = gw.events("call_incoming")[before:]
+    assert inc["trunk"] == ("carrier" if called != "echo" else ""), inc
+    assert res["status"] == code, (res, gw.events("call_refused")[-1:])
+    if code == 403:
+        refused = gw.wait_event("call_refused", 1, call=inc["call"])
+        assert refused["code"] == 403 and "trunk carrier" in refused["reason"], refused
+    else:
+        assert gw.wait_event("call_end", 10, call=inc["call"])["agent"] == "echo"

@@ -106,6 +106,7 @@ def test_the_llm_calls_the_tool_and_the_caller_hears_its_answer(gw: Gateway, hoo
     wav = tmp_path / "ask.wav"
     audio.write_wav(wav, np.concatenate([np.zeros(int(2.5 * 16000), np.float32), question,
                                          np.zeros(7 * 16000, np.float32)]))
+    start = time.time()
     call(f"sip:shop@127.0.0.1:{gw.port}", "--play", str(wav), "--speak-at-s", "0", "--duration", "13", timeout=50)
     calls = [e["call"] for e in gw.events("call_incoming") if e["called"] == "shop"]
     turns = gw.wait_event("call_end", 15, call=calls[-1])["turns"]
@@ -117,6 +118,11 @@ def test_the_llm_calls_the_tool_and_the_caller_hears_its_answer(gw: Gateway, hoo
     assert tool_turns and tool_turns[0]["ok"] and tool_turns[0]["arguments"] == {"order_id": "1001"}
     replies = [t["reply"] for t in turns if t.get("backend") == "cascaded" and "reply" in t]
     assert "Order 1001 has shipped and arrives on Friday." in replies, turns
+    # one trace id through SIP, ASR, LLM, TTS and tools: every such event of the call names its Call-ID
+    stages = ("asr_", "llm_", "tts_", "tool_")
+    traced = [e for e in gw.events() if str(e.get("event", "")).startswith(stages) and e["ts"] >= start]
+    assert {str(e["event"]).split("_")[0] + "_" for e in traced} == set(stages), traced
+    assert all(e.get("call") == calls[-1] for e in traced), [e for e in traced if e.get("call") != calls[-1]]
 
 
 def test_the_example_order_service_answers_from_sqlite(tmp_path: Path) -> None:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from agents.cost import Prices
+from agents.eventlog import subscribe
 from telephony.audit import AuditError, append, entry_hash, verify
 from telephony.cli import main
+from telephony.config import load_config
+from telephony.purge_job import purge_every
 from telephony.records import RecordWriter, call_record, read_records
 
 
@@ -156,3 +161,40 @@ def test_purge_deletes_calls_past_their_routes_retention_and_audits_it(tmp_path:
     cfg.write_text("agents: {e: {type: echo}}\nroutes: [{match: '*', agent: e}]\n")
     assert main(["purge", "--config", str(cfg)]) == 0
     assert capsys.readouterr().out == f"no retention_days set in {cfg}: nothing is purged\n"
+
+
+def test_the_purge_job_runs_at_start_and_again_every_period(tmp_path: Path) -> None:
+    cfg = tmp_path / "vg.yaml"
+    cfg.write_text("agents: {e: {type: echo}}\nrecords: {retention_days: 30, purge_every_h: 0.0002}\n"
+                   "routes: [{match: '*', agent: e}]\n")
+    config = load_config(str(cfg))
+    w = RecordWriter(tmp_path / "records/calls.db", lambda name, **f: None)
+
+    def old(call: str) -> None:
+        end = {"call": call, "agent": "e", "reason": "agent", "sip_code": 200, "duration_s": 5.0, "turns": []}
+        w.write(call_record(end, time.time() - 40 * 86400, "sip:1@x", "x", "echo", {}, Prices()))
+
+    runs: list[list[str]] = []
+
+    async def go() -> None:
+        stop = asyncio.Event()
+
+        def seen(name: str, fields: Mapping[str, Any]) -> None:
+            if name == "records_purged":
+                runs.append(list(fields["calls"]))
+                if len(runs) == 1:
+                    old("second")  # expired too: the next run takes it
+                else:
+                    stop.set()
+
+        unsubscribe = subscribe(seen)
+        try:
+            async with asyncio.timeout(10):
+                await purge_every(lambda: config, stop)
+        finally:
+            unsubscribe()
+
+    old("first")
+    asyncio.run(go())
+    assert runs == [["first"], ["second"]]  # 0.72 s apart
+    assert read_records(tmp_path / "records/calls.db")[0] == []

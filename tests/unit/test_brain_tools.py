@@ -226,3 +226,16 @@ def test_a_transfer_with_no_target_anywhere_is_a_tool_error_the_model_answers() 
     assert server.requests[1].body["messages"][-1] == {
         "role": "tool", "tool_call_id": "call_1",
         "content": json.dumps({"ok": False, "error": "no transfer target configured"})}
+
+
+def test_transfer_headers_go_on_the_refer_to_and_a_forbidden_name_goes_back_to_the_model() -> None:
+    forbidden = tool_reply([("call_1", "transfer_call", ['{"target": "sip:desk@pbx", "headers": {"Via": "x"}}'])])
+    allowed = tool_reply([("call_2", "transfer_call",
+                           ['{"target": "sip:desk@pbx", "headers": {"X-Case": "42 a", "User-to-User": "0a"}}'])])
+    parts, server = call_actions(forbidden, allowed)
+    assert parts == [Act("transfer", "sip:desk@pbx?X-Case=42%20a&User-to-User=0a")]
+    refusal = server.requests[1].body["messages"][-1]
+    assert refusal["role"] == "tool" and refusal["tool_call_id"] == "call_1", refusal
+    assert "'Via' may not be sent on a transfer" in json.loads(refusal["content"])["error"], refusal
+    spec = server.requests[0].body["tools"][0]["function"]
+    assert spec["name"] == "transfer_call" and spec["parameters"]["properties"]["headers"]["type"] == "object"

@@ -299,7 +299,7 @@ def test_llm_brain_reports_the_endpoints_token_counts_or_characters():
         "llm_in_tokens": 321, "llm_out_tokens": 5}
     used = _reply(_Client(TextDelta("It is noon."), ToolCall("c1", "end_call", {}), Done("stop")))
     assert used["llm_out_chars"] == len("It is noon.") + len("end_call") + len("{}")
-    assert 500 < used["llm_in_chars"] < 1300  # the system prompt, the question and the five call-action schemas
+    assert 500 < used["llm_in_chars"] < 1600  # the prompt, the question and the five call-action schemas (1320)
     assert _reply(_Client(fail=True)) == {}  # a request that failed before any output costs nothing
 
 

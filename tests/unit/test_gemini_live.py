@@ -224,18 +224,23 @@ def test_server_owned_turns_interrupted_flushes_our_playout_once(server, questio
 @pytest.mark.timeout(60)
 def test_tool_calls_become_call_actions_with_tool_responses(server):
     tools = (("send_dtmf", {"digits": "12#"}), ("send_dtmf", {"digits": "x"}), ("open_door", {}),
-             ("pause_recording", {}), ("transfer_call", {"target": "sip:sales@example.com"}), ("end_call", {}))
+             ("pause_recording", {}),
+             ("transfer_call", {"target": "sip:sales@example.com", "headers": [{"name": "Via", "value": "x"}]}),
+             ("transfer_call", {"target": "sip:sales@example.com", "headers": [{"name": "X-Case", "value": "42"}]}),
+             ("end_call", {}))
     server.script(Reply("One moment.", misbehave="tool_call", tools=tools))
     c = call(server, 15.0)
     assert c.actions.hung_up.is_set() and c.session.record.end_reason == "agent"
-    assert c.actions.dtmf == ["12#"] and c.actions.transfers == ["sip:sales@example.com"]
+    assert c.actions.dtmf == ["12#"] and c.actions.transfers == ["sip:sales@example.com?X-Case=42"]
     [s] = c.sessions
     got = [(r["name"], r["response"]) for r in s.tool_responses]
     assert got[0] == ("send_dtmf", {"result": "sent 12#"})
-    assert [n for n, _ in got] == ["send_dtmf", "send_dtmf", "open_door", "pause_recording", "transfer_call"]
-    assert all("error" in resp for _, resp in got[1:]) and "603" in got[4][1]["error"]
+    assert [n for n, _ in got] == ["send_dtmf", "send_dtmf", "open_door", "pause_recording", "transfer_call",
+                                   "transfer_call"]
+    assert all("error" in resp for _, resp in got[1:]) and "603" in got[5][1]["error"]
+    assert "'Via' may not be sent" in got[4][1]["error"]  # refused before any REFER
     assert got[3][1] == {"error": "the call is not recorded"}  # this route does not record
-    assert s.replies[1:] == [AFTER_TOOL["ok"]] + [AFTER_TOOL["error"]] * 4
+    assert s.replies[1:] == [AFTER_TOOL["ok"]] + [AFTER_TOOL["error"]] * 5
 
 
 @pytest.mark.timeout(60)

@@ -32,9 +32,19 @@ def test_a_tcp_caller_behind_nat_gets_a_route_over_its_connection():
     assert nat_route(invite("<sip:a@192.168.1.20;transport=tls>", via=tcp), "198.51.100.7:40012") is None
 
 
-def test_only_udp_and_tcp_requests_without_record_route_and_with_an_address_in_contact():
+def test_a_tls_caller_behind_nat_gets_a_route_over_its_connection():
     tls = "SIP/2.0/TLS 192.168.1.20:5061;branch=z9hG4bK1"
-    assert nat_route(invite("<sip:a@192.168.1.20:5061;transport=tls>", via=tls), "198.51.100.7:40012") is None
+    route = "<sip:198.51.100.7:40012;transport=tls;lr>"
+    assert nat_route(invite("<sip:a@192.168.1.20:5061;transport=tls>", via=tls), "198.51.100.7:40012") == route
+    assert nat_route(invite("<sips:a@192.168.1.20:5061>", via=tls), "198.51.100.7:40012") == route
+    assert nat_route(invite("<sips:a@192.168.1.20:5061;transport=tcp>", via=tls), "198.51.100.7:40012") == route
+    assert nat_route(invite("<sip:a@198.51.100.7:5061;transport=tls>", via=tls), "198.51.100.7:40012") is None
+    assert nat_route(invite("<sip:a@192.168.1.20;transport=tcp>", via=tls), "198.51.100.7:40012") is None
+
+
+def test_only_requests_without_record_route_and_with_an_address_in_contact():
+    ws = "SIP/2.0/WS 192.168.1.20;branch=z9hG4bK1"
+    assert nat_route(invite("<sip:a@192.168.1.20;transport=ws>", via=ws), "198.51.100.7:40012") is None
     assert nat_route(invite("<sip:a@192.168.1.20:5060;transport=tcp>"), "198.51.100.7:40012") is None  # UDP Via
     assert nat_route(invite("<sip:a@192.168.1.20:5060>", extra="Record-Route: <sip:sbc;lr>\r\n"),
                      "198.51.100.7:40012") is None  # a proxy on the path handles it

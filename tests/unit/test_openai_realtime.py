@@ -387,6 +387,24 @@ def test_transfer_tool_reports_a_refusal_and_the_model_answers(rt: RealtimeServe
     assert rt.responses[1].by == "client" and rt.violations == []
 
 
+def test_transfer_headers_reach_the_refer_to_and_other_header_names_are_refused(rt: RealtimeServer) -> None:
+    target = "sip:sales@example.com"
+    rt.script(tool("transfer_call", {"target": target, "headers": {"Contact": "<sip:x@evil>"}}),
+              tool("transfer_call", {"target": target, "headers": {"X-Case": "42 a", "User-to-User": "0a"}}),
+              speak("Sorry, sales is busy."))
+
+    def refuse(c: FakeCall, uri: str) -> None:
+        asyncio.get_running_loop().call_later(0.2, c.event, TransferFailed(603))
+
+    call = FakeCall(on_transfer=refuse)
+    assert drive(config(rt), call, done(rt, 3))
+    assert call.transfers == [f"{target}?X-Case=42%20a&User-to-User=0a"]
+    refused, _ = (json.loads(o["output"]) for o in rt.function_outputs)
+    assert refused["ok"] is False and "'Contact' may not be sent" in refused["error"], refused
+    [spec] = [t for t in session_update(config(rt))["session"]["tools"] if t["name"] == "transfer_call"]
+    assert spec["parameters"]["properties"]["headers"]["type"] == "object"
+
+
 def test_dtmf_and_end_call_tools_act_on_the_call(rt: RealtimeServer) -> None:
     rt.script(tool("send_dtmf", {"digits": "12#"}), tool("end_call", {}))
     call = FakeCall()

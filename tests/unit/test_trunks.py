@@ -7,15 +7,17 @@ from pathlib import Path
 
 import pytest
 
-from agents.scripted import uri_with_headers
+from agents.transfer_headers import uri_with_headers
 from telephony.cli import main
-from telephony.config import ConfigError, load_config, parse_config
+from telephony.client_certs import client_cert_problem
+from telephony.config import ConfigError, TrunkTlsConfig, load_config, parse_config
 from telephony.digest import DigestServer, expected_response
 from telephony.inbound import Admission, Invite, admit, source_ip
 from telephony.registration import Registration
 from telephony.sip_headers import call_metadata, original_called, request_parts
 from telephony.sip_uri import parse_sip_uri
 from telephony.trunk_status import status_table
+from tests.integration.test_tls import issue, make_ca
 
 BASE = """\
 agents:
@@ -304,3 +306,21 @@ def test_a_trunks_own_tls_certificate_needs_tls_and_files_that_load(monkeypatch,
     good = f"    tls:\n      cert_file: {cert}\n      key_file: {key}\n"
     issues = _issues(_cfg(monkeypatch).replace("    transport: udp\n", "    transport: udp\n" + good))
     assert issues == ["vg.yaml:16: trunks.carrier.tls: a trunk's own TLS certificate needs transport: tls, not udp"]
+
+
+def test_a_trunk_requiring_client_certificates_needs_its_ca_and_checks_the_chain(monkeypatch, tmp_path):
+    need = "    tls:\n      require_client_cert: true\n"
+    issues = _issues(_cfg(monkeypatch, transport="tls").replace("    transport: tls\n", "    transport: tls\n" + need))
+    assert issues == ["vg.yaml:16: trunks.carrier.tls: require_client_cert needs ca_file: the CA that "
+                      "signs this trunk's client certificates"]
+    ca, _, _ = make_ca(tmp_path, "carrier")
+    rogue_ca, _, _ = make_ca(tmp_path, "rogue")
+    cert, _ = issue(tmp_path, "carrier", "sbc", "sbc.carrier.example", "DNS:sbc.carrier.example")
+    rogue, _ = issue(tmp_path, "rogue", "other", "sbc.carrier.example", "DNS:sbc.carrier.example")
+    tls = TrunkTlsConfig(require_client_cert=True, ca_file=str(ca))
+    assert client_cert_problem("carrier", tls, True, cert.read_text()) == ""
+    assert "'sbc.carrier.example' does not verify against its ca_file" in client_cert_problem(
+        "carrier", tls, True, rogue.read_text())
+    assert "presented none" in client_cert_problem("carrier", tls, True, "")
+    assert "came without TLS" in client_cert_problem("carrier", tls, True, None)
+    assert "came without TLS" in client_cert_problem("carrier", tls, False, cert.read_text())

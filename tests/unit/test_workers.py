@@ -326,3 +326,14 @@ def test_asking_a_worker_that_does_not_listen_is_an_oserror():
         port = s.getsockname()[1]  # closed again: nothing listens there
     with pytest.raises(OSError):
         ask_worker(port, "c1@host", "token")
+
+
+def test_a_trunk_requiring_client_certificates_is_refused_behind_the_front_door(monkeypatch: pytest.MonkeyPatch,
+                                                                                 tmp_path: Path):
+    monkeypatch.setenv("VG_X", "pw")
+    text = _tls_trunks(tmp_path, """trunks:
+  carrier: {{registrar: "sip:carrier.example", transport: tls, username: vg, password_env: VG_X,
+            tls: {{require_client_cert: true, ca_file: {cert}}}}}
+""")
+    with pytest.raises(ConfigError, match="require_client_cert: not supported behind the front door yet"):
+        parse_config(text)
