@@ -3,9 +3,11 @@
 Every ~10 ms the driver passes an `Observation` (frame clock, agent audio heard, own speech, call state) and
 carries out the returned actions. Steps finish with a `StepResult` (pass/fail, message, measurements). Barge-in
 reaction is measured like the benchmark: the caller's onset (first frame within 20 dB of the utterance's peak, on the
-telephone band) to the end of the last agent frame heard. `expect_speech` asks the driver to `Transcribe` the agent's
-utterance and waits for the driver to hand the text back through `hear()`. `backchannel` and `expect_no_barge_in`
-measure the agent's stops (silences from its last audio frame until it runs 2 frames again) on the same frame clock.
+telephone band) to the end of the last agent frame heard; an `interrupt` starts `after_ms` into the agent's talk
+(its audio runs with no silence of TALK_GAP_MS), which the runner follows across steps. `expect_speech` asks the
+driver to `Transcribe` the agent's utterance and waits for the driver to hand the text back through `hear()`.
+`backchannel` and `expect_no_barge_in` measure the agent's stops (silences from its last audio frame until it runs 2
+frames again) on the same frame clock.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ from telephony.simulator.script import (
 )
 
 FRAMES_PER_S = 1000 // FRAME_MS
-INTERRUPT_WAIT_MS = 3000
+TALK_GAP_MS = 1000
+"""Agent silence this long ends its talk (as it ends an utterance for `expect_speech` by default); shorter pauses,
+between sentences or for a lost packet, belong to the talk."""
 QUIET_AFTER_STOP = 10
 """Frames of silence that show the agent really stopped (200 ms)."""
 ASR_TIMEOUT_S = 60.0
@@ -175,11 +179,34 @@ class _Gaps:
 
 
 @dataclass
+class _Talk:
+    """The agent's talk, followed on every observation: its onset frame and the last frame of its audio runs."""
+
+    onset: int | None = None
+    last: int = -1
+
+    def see(self, o: Observation) -> None:
+        if o.audio_run >= 2:
+            start = o.frame - o.audio_run + 1
+            if self.onset is None or (start - self.last - 1) * FRAME_MS >= TALK_GAP_MS:
+                self.onset = start
+            self.last = o.frame
+
+    def onset_at(self, frame: int) -> int | None:
+        """The onset of the talk under way at `frame`; None when the agent has been silent TALK_GAP_MS."""
+        if self.onset is None or (frame - self.last - 1) * FRAME_MS >= TALK_GAP_MS:
+            return None
+        return self.onset
+
+
+@dataclass
 class _State:
     started: float
     start_frame: int
     phase: str = "start"
     onset: int | None = None
+    talk: int | None = None
+    """interrupt: the onset of the agent's talk it speaks into."""
     utter_end: int | None = None
     resumed_at: int | None = None
     latency_ms: float = 0.0
@@ -218,6 +245,7 @@ class ScriptRunner:
         self._answer_frame: int | None = None
         self._refers_seen = 0
         """REFERs an earlier expect_transfer step already accounted for."""
+        self._talk = _Talk()
 
     @property
     def done(self) -> bool:
@@ -248,6 +276,7 @@ class ScriptRunner:
     def tick(self, o: Observation) -> list[Action]:
         if self._answer_frame is None:
             self._answer_frame = o.frame
+        self._talk.see(o)
         actions: list[Action] = []
         while not self.done:
             step = self.script.steps[self._i]
@@ -401,29 +430,34 @@ class ScriptRunner:
         return []
 
     def _interrupt(self, step: Interrupt, st: _State, o: Observation) -> list[Action]:
+        """Speak `after_ms` into the agent's talk (the one under way when the step starts, else its next), on a
+        frame where its audio runs; pass when its audio stops within `expect_stop_ms` of the caller's onset
+        (`into_talk_ms`: from the talk's onset to the caller's)."""
         a = step.interrupt
         if st.phase == "start":
-            if (o.now - st.started) * 1000 < a.after_ms:
-                return []
-            if o.audio_run < 2:  # wait for the agent's next words rather than speak into a pause
-                if (o.now - st.started) * 1000 > a.after_ms + INTERRUPT_WAIT_MS or o.ended:
-                    self._finish(False, "the agent was not speaking, so there was nothing to interrupt")
-                return []
-            st.phase = "speaking"
-            return [Speak(self._speech[self._i][0])]
+            talk = self._talk.onset_at(o.frame)
+            if talk is not None and (o.frame - talk) * FRAME_MS >= a.after_ms and o.audio_run >= 2:
+                st.phase, st.talk = "speaking", talk
+                return [Speak(self._speech[self._i][0])]
+            if o.ended or o.now - st.started > a.timeout_s + a.after_ms / 1000:
+                self._finish(False, f"the agent did not talk for {a.after_ms:g} ms within "
+                                    f"{a.timeout_s + a.after_ms / 1000:g} s, so there was nothing to interrupt")
+            return []
         if st.onset is None:
             if o.speech_start is None:
                 return []
             st.onset = o.speech_start + self._speech[self._i][1]
+        assert st.talk is not None
+        into = (st.onset - st.talk) * FRAME_MS
         if o.frame - o.last_audio >= QUIET_AFTER_STOP and o.frame > st.onset:
             reaction = max(0, o.last_audio - st.onset + 1) * FRAME_MS
             ok = reaction <= a.expect_stop_ms
             self._finish(ok, "" if ok else f"the agent stopped {reaction} ms after the caller's onset",
                          marks={"caller onset": st.onset, "agent stop": max(st.onset, o.last_audio + 1)},
-                         reaction_ms=reaction)
+                         reaction_ms=reaction, into_talk_ms=into)
         elif (o.frame - st.onset) * FRAME_MS > a.expect_stop_ms + 1000 or o.ended:
             self._finish(False, "the agent did not stop talking", marks={"caller onset": st.onset},
-                         reaction_ms=float("inf"))
+                         reaction_ms=float("inf"), into_talk_ms=into)
         return []
 
     def _backchannel(self, step: Backchannel, st: _State, o: Observation) -> list[Action]:

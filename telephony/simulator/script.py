@@ -16,7 +16,7 @@ steps:
   - wait_silence: {min_s: 0.8, timeout_s: 20}
   - dtmf: "3"
     expect_reply_ms: 1500                 # optional: the agent answers the key this fast (reply_ms)
-  - interrupt: {say: "Sorry, can I stop you?", after_ms: 1500, expect_stop_ms: 300}
+  - interrupt: {say: "Sorry, can I stop you?", after_ms: 1500, expect_stop_ms: 300}  # 1.5 s into the agent's talk
   - backchannel: {say: "uh-huh", after_ms: 1000}
   - echo: {db: -12, delay_ms: 200}        # from now on the agent hears itself
   - expect_no_barge_in: {for_s: 3, max_pause_ms: 450}  # ... and must not stop for its echo (false_barge_ins)
@@ -112,7 +112,10 @@ class Dtmf(_Strict):
 
 class InterruptArgs(Speech):
     after_ms: float = Field(1000.0, ge=0)
-    """Start speaking this long after the step starts (the agent should be talking by then)."""
+    """Start speaking this long after the agent's talk began (the talk under way when the step starts, else its
+    next; pauses under a second belong to it), at a moment its audio runs."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Fail when the caller has not started within `after_ms` plus this long of the step's start."""
     expect_stop_ms: float = Field(300.0, gt=0)
     """Pass when the agent's audio stops within this long of the caller's speech onset."""
 

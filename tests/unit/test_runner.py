@@ -95,7 +95,36 @@ def test_interrupt_reaction_from_the_callers_onset():
     res = r.results[0]
     assert res.ok, res
     assert res.metrics["reaction_ms"] == (79 - 76 + 1) * 20  # onset at the first sent frame (76)
+    assert res.metrics["into_talk_ms"] == 76 * 20
     assert res.marks == {"caller onset": 76, "agent stop": 80}
+
+
+def test_interrupt_counts_after_ms_from_the_agents_onset():
+    """`after_ms` runs from the onset of the agent's talk, not from the step's start: of the talk it begins later,
+    or of the talk under way when the step starts (a pause under a second is part of it, a longer one is not)."""
+    step = {"interrupt": {"say": "x", "after_ms": 500, "expect_stop_ms": 5000}}
+
+    def caller_onset(steps: list[dict], line: Line) -> tuple[int, float]:
+        r = ScriptRunner(script(steps), speech)
+        drive(r, line, 200)
+        res = r.results[-1]
+        return res.marks["caller onset"], res.metrics["into_talk_ms"]
+
+    assert caller_onset([step], Line(50, 100)) == (76, 520)  # the agent starts at frame 50: speaks at 75
+    # the step starts at frame 30, in a 300 ms pause of a talk begun at frame 0: at its next words (frame 35)
+    assert caller_onset([{"wait": 0.6}, step], Line(0, 100, silent=(range(20, 35),))) == (37, 740)
+    # after 1.1 s of silence the agent's words from frame 75 are a new talk: 500 ms into it
+    assert caller_onset([{"wait": 0.6}, step], Line(0, 150, silent=(range(20, 75),))) == (101, 520)
+
+
+def test_interrupt_fails_when_the_agent_never_talks_long_enough():
+    step = {"interrupt": {"say": "x", "after_ms": 500, "timeout_s": 1}}
+    r = ScriptRunner(script([step]), speech)
+    actions = drive(r, Line(10, 30), 200)  # 400 ms of talk, then silence
+    res = r.results[0]
+    assert not res.ok and not any(isinstance(a, Speak) for a in actions)
+    assert res.message == "the agent did not talk for 500 ms within 1.5 s, so there was nothing to interrupt"
+    assert res.end_frame == 76
 
 
 def test_timeline_marks_the_barge_in_and_writes_the_latencies(tmp_path: Path):
