@@ -3,7 +3,8 @@ request and the TTS of its line, on a background thread).
 
 The conversation goes to the model as the agent's words in `user` messages and the caller's own lines in
 `assistant` ones, so the model writes the caller's next line. It ends a line with `GOAL_MARK` when the goal is
-reached; the runner strips the mark and ends the step.
+reached; the runner strips the mark and ends the step. Requests go at temperature 0 with the run's seed
+(`--seed`, else drawn), so a run given the same seed asks the same way again.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ async def _complete(cfg: LlmConfig, request: list[Message]) -> str:
 class Mouth:
     """Asks the persona's model for its next line and renders it with `render`, one request at a time."""
 
-    def __init__(self, render: Callable[[Speech], bytes]) -> None:
-        self._render = render
+    def __init__(self, render: Callable[[Speech], bytes], seed: int) -> None:
+        self._render, self._seed = render, seed
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="persona")
 
     def submit(self, p: PersonaArgs, request: list[Message]) -> Future[PersonaLine]:
@@ -72,7 +73,8 @@ class Mouth:
         return self._pool.submit(self._line, p, request)
 
     def _line(self, p: PersonaArgs, request: list[Message]) -> PersonaLine:
-        cfg = LlmConfig(p.url, p.model, p.api_key, first_token_timeout_s=20.0, total_timeout_s=60.0)
+        cfg = LlmConfig(p.url, p.model, p.api_key, temperature=0.0, first_token_timeout_s=20.0, total_timeout_s=60.0,
+                        seed=self._seed)
         t0 = time.perf_counter()
         try:
             text, goal = parse_line(asyncio.run(_complete(cfg, request)))

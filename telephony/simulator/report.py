@@ -46,6 +46,8 @@ class CallReport:
     """The SIP Call-ID of the call ('' when none was made)."""
     phone: int = 0
     """The process id of the phone that placed it (in load mode, one phone holds several calls at once)."""
+    seed: int | None = None
+    """The run's seed (`--seed`, else drawn): the line's impairment and the persona's requests follow from it."""
 
     @property
     def false_barge_ins(self) -> int | None:
@@ -102,12 +104,16 @@ def _heard(s: StepResult) -> str:
     return f"heard {s.transcript!r}" if s.transcript is not None else ""
 
 
+def _seed(r: CallReport) -> str:
+    return f", seed {r.seed}" if r.seed is not None else ""
+
+
 def console(reports: list[CallReport]) -> str:
     lines = []
     for r in reports:
         mark = "PASS" if r.passed else "FAIL"
         lines.append(f"{mark} {r.script} ({r.file}) -> {r.target}: SIP {r.status}, codec {r.codec or '-'}, "
-                     f"answer {r.answer_s if r.answer_s is not None else '-'} s, {r.duration_s:.1f} s")
+                     f"answer {r.answer_s if r.answer_s is not None else '-'} s, {r.duration_s:.1f} s{_seed(r)}")
         if not r.dial_ok:
             lines.append(f"  x dial: expected {r.expected_status}, got {r.status} {r.error}".rstrip())
         if r.rtp:
@@ -179,11 +185,14 @@ def junit(reports: list[CallReport], path: Path, invalid: list[tuple[str, list[s
             metrics.insert(0, ("rtp", {k: v for k, v in r.rtp.items() if v is not None}))
         if r.false_barge_ins is not None:
             metrics.insert(0, ("call", {"false_barge_ins": r.false_barge_ins}))
+        if r.seed is not None:
+            metrics.insert(0, ("call", {"seed": r.seed}))
         if metrics:  # measurements as suite properties, which JUnit readers show beside the cases
             props = ET.SubElement(suite, "properties")
             for name, m in metrics:
                 for k, v in m.items():
-                    ET.SubElement(props, "property", name=f"{name}.{k}", value=f"{v:g}")
+                    value = str(v) if isinstance(v, int) else f"{v:g}"  # a seed's every digit
+                    ET.SubElement(props, "property", name=f"{name}.{k}", value=value)
         for name, ok, message, seconds in cases:
             case = ET.SubElement(suite, "testcase", classname=r.script, name=name, time=f"{seconds:.3f}")
             if not ok:
@@ -307,7 +316,8 @@ def html(reports: list[CallReport], path: Path, max_calls: int = 50, load: bool 
         cls = "ok" if r.passed else "x"
         out.append(f"<h2 class='{cls}'>{i + 1}. {escape(r.script)}: {'PASS' if r.passed else 'FAIL'}</h2>")
         out.append(f"<p>{escape(r.target)}, SIP {r.status}, codec {escape(r.codec or '-')}, answer "
-                   f"{r.answer_s if r.answer_s is not None else '-'} s, {r.duration_s:.1f} s {escape(r.error)}</p>")
+                   f"{r.answer_s if r.answer_s is not None else '-'} s, {r.duration_s:.1f} s{_seed(r)} "
+                   f"{escape(r.error)}</p>")
         if r.rtp:
             out.append(f"<p class='rtp'>RTP: {escape(rtp_line(r))}</p>")
         if r.false_barge_ins is not None:

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from telephony.config import ConfigError
-from telephony.simulator.persona import GOAL_MARK, SILENT, PersonaLine, messages, parse_line
+from telephony.simulator.persona import GOAL_MARK, SILENT, Mouth, PersonaLine, messages, parse_line
 from telephony.simulator.runner import AskPersona, Heard, ScriptRunner
 from telephony.simulator.script import PersonaArgs, load_script
+from tests.servers.llm import LlmServer, text_reply
 from tests.unit.test_runner import Line, script, speech
 
 PERSONA = {"url": "http://127.0.0.1:9/v1", "model": "m", "role": "a hotel guest", "goal": "learn the opening hours",
@@ -99,3 +100,17 @@ def test_persona_errors_name_the_line(tmp_path: Path, monkeypatch: pytest.Monkey
     assert f"{f}:4: steps.0.Persona.persona.url" in text, text
     assert f"{f}:8: steps.0.Persona.persona.api_key_env" in text, text
     assert "VG_PERSONA_KEY" in text
+
+
+def test_the_persona_asks_at_temperature_0_with_the_runs_seed():
+    p = PersonaArgs.model_validate({**PERSONA, "url": "http://127.0.0.1:1/v1"})
+    with LlmServer() as llm:
+        llm.script(text_reply(["Hello."]))
+        mouth = Mouth(lambda _sp: b"\0\0" * 320, 1234)
+        try:
+            line = mouth.submit(p.model_copy(update={"url": llm.base_url}), messages(p, [])).result(10)
+        finally:
+            mouth.close()
+        [req] = llm.requests
+    assert line.text == "Hello." and not line.error
+    assert req.body["seed"] == 1234 and req.body["temperature"] == 0

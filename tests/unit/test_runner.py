@@ -312,6 +312,17 @@ def test_reports_show_what_expect_speech_heard(tmp_path: Path):
     assert page.count("Harbor Hotel &lt;hi&gt;") == 3  # the table, the timeline label and its tooltip
 
 
+def test_every_report_names_the_seed(tmp_path: Path):
+    """The run's seed is in each call's report, impaired or not, with every digit (JUnit writes floats as %g)."""
+    r = CallReport("s", "s.yaml", "sip:a@b", 200, 200, 0.1, "PCMU/8000", 5.0, seed=2147483646)
+    assert "5.0 s, seed 2147483646" in console([r]).splitlines()[0]
+    junit([r], tmp_path / "j.xml")
+    props = {p.get("name"): p.get("value") for p in ET.parse(tmp_path / "j.xml").getroot().iter("property")}
+    assert props == {"call.seed": "2147483646"}
+    html([r], tmp_path / "r.html")
+    assert "seed 2147483646" in (tmp_path / "r.html").read_text()
+
+
 def test_dial_options_are_checked_with_their_lines(tmp_path: Path):
     f = tmp_path / "s.yaml"
     f.write_text("name: x\ndial:\n  headers:\n    Call-ID: abc\n    'X Bad': '1'\n  from: {user: 'a b'}\n"
