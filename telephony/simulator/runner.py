@@ -122,7 +122,16 @@ class AskPersona:
     request: list[Message]
 
 
-Action = Speak | SendDtmf | SetEcho | SetNoise | HangUp | Transcribe | AskPersona
+@dataclass(frozen=True)
+class AskJudge:
+    """Ask the persona step's endpoint whether the transcript shows the goal met (`request`: the chat messages),
+    then call `ScriptRunner.judged` with the verdict."""
+
+    step: Persona
+    request: list[Message]
+
+
+Action = Speak | SendDtmf | SetEcho | SetNoise | HangUp | Transcribe | AskPersona | AskJudge
 
 
 @dataclass(frozen=True)
@@ -215,6 +224,7 @@ class _State:
     turns: list[tuple[str, str]] = field(default_factory=list)
     """persona: (agent or caller, words) so far."""
     said: persona.PersonaLine | None = None
+    verdict: persona.Verdict | None = None
     spoken: int = 0
     goal: bool = False
     llm_ms: float = 0.0
@@ -272,6 +282,17 @@ class ScriptRunner:
         if self.asking:
             assert self._st is not None
             self._st.said = line
+
+    @property
+    def judging(self) -> bool:
+        """An `AskJudge` is out and its step waits for `judged()` (even after the call ended)."""
+        return self._st is not None and self._st.phase == "judging"
+
+    def judged(self, verdict: persona.Verdict) -> None:
+        """The verdict the last `AskJudge` asked for; the step ends with it on the next tick."""
+        if self.judging:
+            assert self._st is not None
+            self._st.verdict = verdict
 
     def tick(self, o: Observation) -> list[Action]:
         if self._answer_frame is None:
@@ -583,9 +604,22 @@ class ScriptRunner:
 
     def _persona(self, step: Persona, st: _State, o: Observation) -> list[Action]:
         """Turns of: listen to the agent (onset to `silence_s` of quiet, or `timeout_s` of silence), transcribe,
-        ask the LLM for the caller's line, speak it; until the LLM marks the goal reached or the agent says an
-        `until` phrase (passed), or `max_turns` lines are spoken without either (failed)."""
+        ask the LLM for the caller's line, speak it; until the LLM marks the goal reached (passed if `judge` is off
+        or the judge finds it met in the transcript) or the agent says an `until` phrase (passed), or `max_turns`
+        lines are spoken without either (failed)."""
         a = step.persona
+        if st.phase == "judging":
+            v = st.verdict
+            if v is not None:
+                st.llm_ms = max(st.llm_ms, v.llm_ms)
+                if v.error:
+                    self._persona_end(st, False, f"persona judge: {v.error}")
+                elif v.met:
+                    self._persona_end(st, True, "goal reached; the judge found it met in the transcript")
+                else:
+                    self._persona_end(st, False, f"the persona said its goal was reached, but the judge found it not "
+                                                 f"met in the transcript: {a.goal}")
+            return []
         if st.phase == "start":
             st.phase, st.started_asr = "listen", o.now
         if st.phase == "listen":
@@ -635,7 +669,7 @@ class ScriptRunner:
                 return []
             if not line.text:
                 if st.goal:
-                    self._persona_end(st, True, "goal reached")
+                    return self._goal_reached(step, st)
                 else:
                     self._persona_end(st, False, "the persona's LLM gave an empty line")
                 return []
@@ -646,7 +680,7 @@ class ScriptRunner:
             st.onset = o.frame - o.audio_run + 1
         if not o.speaking and o.speech_end is not None:
             if st.goal:
-                self._persona_end(st, True, "goal reached")
+                return self._goal_reached(step, st)
             else:
                 st.phase, st.started_asr = ("listen" if st.onset is None else "utterance"), o.now
         elif o.ended:
@@ -657,9 +691,16 @@ class ScriptRunner:
         st.phase, st.said = "asking", None
         return [AskPersona(step, persona.messages(step.persona, st.turns))]
 
+    def _goal_reached(self, step: Persona, st: _State) -> list[Action]:
+        """The LLM marked the goal reached: the step passes, or, with `judge`, asks the judge."""
+        if not step.persona.judge:
+            self._persona_end(st, True, "goal reached")
+            return []
+        st.phase, st.verdict = "judging", None
+        return [AskJudge(step, persona.judge_messages(step.persona, st.turns))]
+
     def _persona_end(self, st: _State, ok: bool, why: str) -> None:
-        transcript = "\n".join(f"{who}: {text or persona.SILENT}" for who, text in st.turns)
-        self._finish(ok, why, transcript, turns=st.spoken, llm_ms=st.llm_ms)
+        self._finish(ok, why, persona.transcript(st.turns), turns=st.spoken, llm_ms=st.llm_ms)
 
     def _turn_latency(self, onset: int, o: Observation) -> float:
         """The end of the caller's last utterance (else the answer) to the agent's onset; 0 if they overlap."""

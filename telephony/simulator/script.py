@@ -34,6 +34,7 @@ steps:
       role: a hotel guest called Sam
       goal: find out when reception is open
       max_turns: 3                        # lines spoken at most; passes when the LLM says the goal is reached
+      judge: true                         # ... and a separate yes/no request finds it met in the transcript
       until: [goodbye]                    # optional: the agent saying one of these also ends it (passed)
   - wait: 1.5
   - hangup: {}
@@ -350,6 +351,9 @@ class PersonaArgs(_Strict):
     silence_s: float = Field(1.0, gt=0)
     """Quiet this long ends the agent's utterance."""
     engine: AsrEngine = "moonshine"
+    judge: bool = True
+    """When the LLM marks the goal reached, ask the same endpoint once more, at temperature 0, only whether the
+    transcript shows the goal met (yes/no); the step passes only on yes. An `until` phrase passes without it."""
 
     @property
     def api_key(self) -> str | None:

@@ -39,13 +39,14 @@ from telephony.config import ConfigError
 from telephony.endpoint import EXPECTED_MAX_CALLS
 from telephony.simulator.impair import ImpairError
 from telephony.simulator.listen import PAD_FRAMES, Ear, ear_for
-from telephony.simulator.persona import Mouth, PersonaLine
+from telephony.simulator.persona import Mouth, PersonaLine, Verdict
 from telephony.simulator.phone import Phone, PhoneCall, RtpStats
 from telephony.simulator.progress import Progress
 from telephony.simulator.relay_tls import TlsOptions, is_tls
 from telephony.simulator.report import CallReport, console, html, junit, summary
 from telephony.simulator.runner import (
     Action,
+    AskJudge,
     AskPersona,
     HangUp,
     Heard,
@@ -142,6 +143,7 @@ class CallRun:
         self.asr: Future[Heard] | None = None
         self.mouth: Mouth | None = None
         self.line: Future[PersonaLine] | None = None
+        self.verdict: Future[Verdict] | None = None
         phone.set_codecs(script.codecs)
         try:
             self.call = phone.dial(target, script.dial, impair)
@@ -170,6 +172,9 @@ class CallRun:
         if self.line is not None and self.line.done():
             runner.persona_said(self.line.result())
             self.line = None
+        if self.verdict is not None and self.verdict.done():
+            runner.judged(self.verdict.result())
+            self.verdict = None
         if not o.answered:
             if o.ended:
                 self._end()
@@ -181,7 +186,7 @@ class CallRun:
             self._act(action)
         if runner.done:
             self._end()
-        elif o.ended and not runner.transcribing:  # an utterance cut by the hang-up is still checked
+        elif o.ended and not (runner.transcribing or runner.judging):  # what was said is still checked
             runner.abort("the call ended")
             self._end()
         elif o.now - call.started > self.script.max_duration_s:
@@ -213,6 +218,9 @@ class CallRun:
         elif isinstance(action, AskPersona):
             self.mouth = self.mouth or Mouth(self._render, self.seed)
             self.line = self.mouth.submit(action.step.persona, action.request)
+        elif isinstance(action, AskJudge):
+            self.mouth = self.mouth or Mouth(self._render, self.seed)
+            self.verdict = self.mouth.judge(action.step.persona, action.request)
 
     def _end(self) -> None:
         """The script is over: hang up (if the call is still up) and wait for pjsua to finish it (`_close`)."""
