@@ -43,7 +43,7 @@ from telephony.simulator.persona import Mouth, PersonaLine, Verdict
 from telephony.simulator.phone import Phone, PhoneCall, RtpStats
 from telephony.simulator.progress import Progress
 from telephony.simulator.relay_tls import TlsOptions, is_tls
-from telephony.simulator.report import CallReport, console, html, junit, summary
+from telephony.simulator.report import CallReport, audio_runs, console, html, junit, summary
 from telephony.simulator.runner import (
     Action,
     AskJudge,
@@ -250,6 +250,10 @@ class CallRun:
         report.steps = self.runner.results
         with call.port.lock:
             sent, heard = list(call.port.tx), list(call.port.rx)
+            port = call.port
+            cut = [(port.speech_start, len(sent) - 1)] if port.queue and port.speech_start is not None else []
+            report.caller_speech, flags = [*port.utterances, *cut], bytes(port.heard_audio)  # cut: by the hang-up
+        report.agent_audio = audio_runs(flags)
         report.rtp = line_quality(call.rtp, call.codec)
         report.impairment = call.impairment
         report.sent_db = [round(level_dbfs(f), 1) for f in sent]

@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from telephony.config import ConfigError
-from telephony.simulator.report import CallReport, console, html, junit
+from telephony.simulator.report import CallReport, audio_runs, console, html, junit
 from telephony.simulator.runner import Heard, Observation, ScriptRunner, SendDtmf, Speak, StepResult, Transcribe
 from telephony.simulator.script import ExpectSpeechArgs, Script, load_script, uses_asr
 
@@ -135,9 +135,13 @@ def test_timeline_marks_the_barge_in_and_writes_the_latencies(tmp_path: Path):
              StepResult(2, "interrupt", False, "the agent did not stop talking", 2.0, {"reaction_ms": float("inf")},
                         120, 200, marks={"caller onset": 150})]
     r = CallReport("s", "s.yaml", "sip:a@b", 200, 200, 0.1, "PCMU/8000", 4.0, steps, sent_db=[-90.0] * 200,
-                   heard_db=[-20.0] * 200)
+                   heard_db=[-20.0] * 200, caller_speech=[(76, 125)],
+                   agent_audio=audio_runs(bytes([0] * 30 + [1] * 50 + [0, 1, 0] + [1] * 20)))
+    assert r.agent_audio == [(30, 79), (83, 102)]  # a lone loud frame is no run
     html([r], tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text()
+    assert page.count('class="segment caller-speech"') == 1 and page.count('class="segment agent-audio"') == 2
+    assert "<title>caller speech 1.52-2.52 s</title>" in page and "<title>agent audio 0.60-1.60 s</title>" in page
     assert page.count('class="mark caller-onset"') == 2 and page.count('class="mark agent-stop"') == 1
     assert page.count('class="mark agent-onset"') == 1
     assert ">reaction 80 ms<" in page and ">latency 600 ms<" in page and page.count('class="latency"') == 2
