@@ -158,11 +158,13 @@ def test_unreachable_target_fails_the_dial_quickly(workdir: Path):
 
     (workdir / "s.yaml").write_text("name: nobody home\nanswer_timeout_s: 3\nsteps:\n  - hangup: {}\n")
     lo, _ = rtp_range(100)
-    r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(workdir / "s.yaml"), "--target",
-                        f"sip:x@127.0.0.1:{free_port()}", "--rtp-port", str(lo)],
-                       capture_output=True, text=True, timeout=40)
+    target = f"sip:x@127.0.0.1:{free_port()}"
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(workdir / "s.yaml"), "--target", target,
+                        "--rtp-port", str(lo)], capture_output=True, text=True, timeout=40)
     assert r.returncode == 1
-    assert "x dial" in r.stdout and "0 passed, 1 failed" in r.stdout
+    assert f"FAIL nobody home ({workdir / 's.yaml'}) -> {target}: " in r.stdout and "0 passed, 1 failed" in r.stdout
+    [dial] = [line for line in r.stdout.splitlines() if " x dial: " in line]
+    assert "no answer within 3.0 s" in dial or "127.0.0.1" in dial, dial  # the timeout, or the target's failure
 
 
 def test_demo_script_passes_with_timings(gateway: Gateway, workdir: Path):
