@@ -42,6 +42,8 @@ class LlmConfig:
     """From the request to the end of the reply."""
     tools: tuple[ToolSchema, ...] = ()
     """OpenAI tool schemas (`{"type": "function", "function": {...}}`) offered with every request."""
+    seed: int | None = None
+    """Sent as the request's `seed` (the OpenAI API's best-effort determinism) when set."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,8 @@ class LlmClient:
             "temperature": cfg.temperature,
             "max_tokens": cfg.max_tokens,
         }
+        if cfg.seed is not None:
+            body["seed"] = cfg.seed
         offered = cfg.tools if tools is None else tools
         if offered:
             body["tools"] = list(offered)

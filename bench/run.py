@@ -74,9 +74,9 @@ IMPAIRED = LineImpairment(loss_pct=1.0, jitter_ms=20.0)
 
 def barge_in_impaired(gw: Gateway, tmp: Path, trials: int, seed: int) -> dict[str, Any]:
     """Barge-in reaction through `voicegate simulate` on the IMPAIRED line: one interrupt script per call, the caller
-    starting 1.5-3 s into the agent's long message; reactions as in `barge_in` (the simulator measures them the same
-    way), with the RTP jitter the simulated phone measured. A quarter more calls than `trials` are made, for those
-    that begin in a pause of the agent's."""
+    starting 1.5-3 s into the agent's long message (the step counts `after_ms` from its onset); reactions as in
+    `barge_in` (the simulator measures them the same way), with the RTP jitter the simulated phone measured. A
+    quarter more calls than `trials` are made, for those that begin in a pause of the agent's."""
     rng = random.Random(seed)
     caller = audio.scale_to_db(audio.telephone_band(audio.trim(audio.espeak(audio.CALLER_SENTENCE))), -23.0)
     wav = audio.write_wav(tmp / "caller.wav", caller)

@@ -50,6 +50,10 @@ class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
         self.speech_start: int | None = None
         """Frame index at which the current (or last) utterance started."""
         self.speech_end: int | None = None
+        self.utterances: list[tuple[int, int]] = []
+        """First and last sent frame of each utterance (a `speak` while one is sent starts the next one there)."""
+        self.heard_audio = bytearray()
+        """1 for each received frame that carried agent audio (as `last_audio` counts it), else 0."""
         self.echo_gain = 0.0
         self.echo_delay = 0
         self.noise: np.ndarray | None = None
@@ -69,6 +73,8 @@ class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
     # -- phone thread -------------------------------------------------------------------------------------
     def speak(self, frames: list[bytes]) -> None:
         with self.lock:
+            if self.queue and self.speech_start is not None:
+                self.utterances.append((self.speech_start, len(self.tx) - 1))
             self.queue.extend(frames)
             self.speech_start = None
             self.speech_end = None
@@ -94,7 +100,9 @@ class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
             with self.lock:
                 self.rx.append(data)
                 self._peak = max(self._peak, level)
-                if level > AUDIBLE_DBFS and level > self._peak - 35.0:
+                audio = level > AUDIBLE_DBFS and level > self._peak - 35.0
+                self.heard_audio.append(audio)
+                if audio:
                     self.last_audio = len(self.rx) - 1
                     self.audio_run += 1
                     if self.first_audio < 0:
@@ -117,6 +125,7 @@ class PhonePort(pj.AudioMediaPort):  # type: ignore[misc]
                     out = self.queue.popleft()
                     if not self.queue:
                         self.speech_end = n
+                        self.utterances.append((self.speech_start, n))
                 if self.echo_gain > 0 and len(self.rx) > self.echo_delay:
                     echo = np.frombuffer(self.rx[-1 - self.echo_delay], dtype="<i2").astype(np.float32)
                     mix = np.frombuffer(out, dtype="<i2").astype(np.float32) + echo * self.echo_gain

@@ -34,6 +34,10 @@ class CallReport:
     sent_db: list[float] = field(default_factory=list)
     """Level of every frame the caller sent (dBFS, 20 ms each); `heard_db` of every frame it received."""
     heard_db: list[float] = field(default_factory=list)
+    caller_speech: list[tuple[int, int]] = field(default_factory=list)
+    """First and last frame of each utterance the caller sent; `agent_audio` of each run of agent audio it heard (2
+    frames or more, as the runner counts the agent talking)."""
+    agent_audio: list[tuple[int, int]] = field(default_factory=list)
     rtp: dict[str, float | None] | None = None
     """The phone's RTP statistics at hang-up (phone.RtpStats), with `delay_ms` (the one-way delay the E-model
     used), `r_factor` on the scale `r_scale` (100, or 129 for G.722's wideband E-model) and `mos` (None for codecs
@@ -46,6 +50,8 @@ class CallReport:
     """The SIP Call-ID of the call ('' when none was made)."""
     phone: int = 0
     """The process id of the phone that placed it (in load mode, one phone holds several calls at once)."""
+    seed: int | None = None
+    """The run's seed (`--seed`, else drawn): the line's impairment and the persona's requests follow from it."""
 
     @property
     def false_barge_ins(self) -> int | None:
@@ -102,12 +108,16 @@ def _heard(s: StepResult) -> str:
     return f"heard {s.transcript!r}" if s.transcript is not None else ""
 
 
+def _seed(r: CallReport) -> str:
+    return f", seed {r.seed}" if r.seed is not None else ""
+
+
 def console(reports: list[CallReport]) -> str:
     lines = []
     for r in reports:
         mark = "PASS" if r.passed else "FAIL"
         lines.append(f"{mark} {r.script} ({r.file}) -> {r.target}: SIP {r.status}, codec {r.codec or '-'}, "
-                     f"answer {r.answer_s if r.answer_s is not None else '-'} s, {r.duration_s:.1f} s")
+                     f"answer {r.answer_s if r.answer_s is not None else '-'} s, {r.duration_s:.1f} s{_seed(r)}")
         if not r.dial_ok:
             lines.append(f"  x dial: expected {r.expected_status}, got {r.status} {r.error}".rstrip())
         if r.rtp:
@@ -179,11 +189,14 @@ def junit(reports: list[CallReport], path: Path, invalid: list[tuple[str, list[s
             metrics.insert(0, ("rtp", {k: v for k, v in r.rtp.items() if v is not None}))
         if r.false_barge_ins is not None:
             metrics.insert(0, ("call", {"false_barge_ins": r.false_barge_ins}))
+        if r.seed is not None:
+            metrics.insert(0, ("call", {"seed": r.seed}))
         if metrics:  # measurements as suite properties, which JUnit readers show beside the cases
             props = ET.SubElement(suite, "properties")
             for name, m in metrics:
                 for k, v in m.items():
-                    ET.SubElement(props, "property", name=f"{name}.{k}", value=f"{v:g}")
+                    value = str(v) if isinstance(v, int) else f"{v:g}"  # a seed's every digit
+                    ET.SubElement(props, "property", name=f"{name}.{k}", value=value)
         for name, ok, message, seconds in cases:
             case = ET.SubElement(suite, "testcase", classname=r.script, name=name, time=f"{seconds:.3f}")
             if not ok:
@@ -191,6 +204,20 @@ def junit(reports: list[CallReport], path: Path, invalid: list[tuple[str, list[s
             if name in heard:
                 ET.SubElement(case, "system-out").text = heard[name]
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def audio_runs(flags: bytes | bytearray, min_frames: int = 2) -> list[tuple[int, int]]:
+    """First and last index of each run of nonzero flags at least `min_frames` long."""
+    x = np.frombuffer(bytes(flags), dtype=np.uint8) > 0
+    edges = np.flatnonzero(np.diff(np.concatenate(([False], x, [False])).astype(np.int8)))
+    return [(int(a), int(b) - 1) for a, b in zip(edges[::2], edges[1::2], strict=True) if b - a >= min_frames]
+
+
+def _segments(runs: list[tuple[int, int]], who: str, x0: float, scale: float, top: float, color: str) -> str:
+    """Each run as a shaded bar over its track, with its times as the tooltip."""
+    return "".join(f'<rect class="segment {who}" x="{x0 + a * scale:.1f}" y="{top}" width="{(b - a + 1) * scale:.1f}" '
+                   f'height="70" fill="{color}" opacity="0.18"><title>{who.replace("-", " ")} {a / 50:.2f}-'
+                   f'{(b + 1) / 50:.2f} s</title></rect>' for a, b in runs)
 
 
 def _envelope(levels: list[float], x0: float, scale: float, top: float, height: float) -> str:
@@ -230,15 +257,19 @@ def _marks_svg(s: StepResult, x0: float, scale: float) -> list[str]:
 
 
 def timeline_svg(r: CallReport, width: int = 960) -> str:
-    """Caller and agent levels on one frame clock, with each step's span (green passed, red failed), its marks
+    """Caller and agent levels on one frame clock over shaded bars of their speech (the caller's utterances, the
+    agent's audio runs), with each step's span (green passed, red failed), its marks
     (the caller's onset and the agent's stop of a barge-in, ...) and the latency or reaction measured between."""
     n = max(len(r.sent_db), len(r.heard_db), 1)
     x0, scale = 90.0, (width - 100) / n
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="240" font-family="sans-serif" '
              f'font-size="11">']
-    for label, levels, top, color in (("caller", r.sent_db, 10, "#1f77b4"), ("agent", r.heard_db, 90, "#ff7f0e")):
+    tracks = (("caller", r.sent_db, 10, "#1f77b4", r.caller_speech, "caller-speech"),
+              ("agent", r.heard_db, 90, "#ff7f0e", r.agent_audio, "agent-audio"))
+    for label, levels, top, color, runs, who in tracks:
         parts.append(f'<text x="4" y="{top + 40}">{label}</text>')
         parts.append(f'<rect x="{x0}" y="{top}" width="{n * scale:.1f}" height="70" fill="#f6f6f6"/>')
+        parts.append(_segments(runs, who, x0, scale, top, color))
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="1" '
                      f'points="{_envelope(levels, x0, scale, top, 70)}"/>')
     for s in r.steps:
@@ -307,7 +338,8 @@ def html(reports: list[CallReport], path: Path, max_calls: int = 50, load: bool 
         cls = "ok" if r.passed else "x"
         out.append(f"<h2 class='{cls}'>{i + 1}. {escape(r.script)}: {'PASS' if r.passed else 'FAIL'}</h2>")
         out.append(f"<p>{escape(r.target)}, SIP {r.status}, codec {escape(r.codec or '-')}, answer "
-                   f"{r.answer_s if r.answer_s is not None else '-'} s, {r.duration_s:.1f} s {escape(r.error)}</p>")
+                   f"{r.answer_s if r.answer_s is not None else '-'} s, {r.duration_s:.1f} s{_seed(r)} "
+                   f"{escape(r.error)}</p>")
         if r.rtp:
             out.append(f"<p class='rtp'>RTP: {escape(rtp_line(r))}</p>")
         if r.false_barge_ins is not None:

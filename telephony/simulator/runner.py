@@ -3,9 +3,11 @@
 Every ~10 ms the driver passes an `Observation` (frame clock, agent audio heard, own speech, call state) and
 carries out the returned actions. Steps finish with a `StepResult` (pass/fail, message, measurements). Barge-in
 reaction is measured like the benchmark: the caller's onset (first frame within 20 dB of the utterance's peak, on the
-telephone band) to the end of the last agent frame heard. `expect_speech` asks the driver to `Transcribe` the agent's
-utterance and waits for the driver to hand the text back through `hear()`. `backchannel` and `expect_no_barge_in`
-measure the agent's stops (silences from its last audio frame until it runs 2 frames again) on the same frame clock.
+telephone band) to the end of the last agent frame heard; an `interrupt` starts `after_ms` into the agent's talk
+(its audio runs with no silence of TALK_GAP_MS), which the runner follows across steps. `expect_speech` asks the
+driver to `Transcribe` the agent's utterance and waits for the driver to hand the text back through `hear()`.
+`backchannel` and `expect_no_barge_in` measure the agent's stops (silences from its last audio frame until it runs 2
+frames again) on the same frame clock.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ from telephony.simulator.script import (
 )
 
 FRAMES_PER_S = 1000 // FRAME_MS
-INTERRUPT_WAIT_MS = 3000
+TALK_GAP_MS = 1000
+"""Agent silence this long ends its talk (as it ends an utterance for `expect_speech` by default); shorter pauses,
+between sentences or for a lost packet, belong to the talk."""
 QUIET_AFTER_STOP = 10
 """Frames of silence that show the agent really stopped (200 ms)."""
 ASR_TIMEOUT_S = 60.0
@@ -118,7 +122,16 @@ class AskPersona:
     request: list[Message]
 
 
-Action = Speak | SendDtmf | SetEcho | SetNoise | HangUp | Transcribe | AskPersona
+@dataclass(frozen=True)
+class AskJudge:
+    """Ask the persona step's endpoint whether the transcript shows the goal met (`request`: the chat messages),
+    then call `ScriptRunner.judged` with the verdict."""
+
+    step: Persona
+    request: list[Message]
+
+
+Action = Speak | SendDtmf | SetEcho | SetNoise | HangUp | Transcribe | AskPersona | AskJudge
 
 
 @dataclass(frozen=True)
@@ -175,11 +188,34 @@ class _Gaps:
 
 
 @dataclass
+class _Talk:
+    """The agent's talk, followed on every observation: its onset frame and the last frame of its audio runs."""
+
+    onset: int | None = None
+    last: int = -1
+
+    def see(self, o: Observation) -> None:
+        if o.audio_run >= 2:
+            start = o.frame - o.audio_run + 1
+            if self.onset is None or (start - self.last - 1) * FRAME_MS >= TALK_GAP_MS:
+                self.onset = start
+            self.last = o.frame
+
+    def onset_at(self, frame: int) -> int | None:
+        """The onset of the talk under way at `frame`; None when the agent has been silent TALK_GAP_MS."""
+        if self.onset is None or (frame - self.last - 1) * FRAME_MS >= TALK_GAP_MS:
+            return None
+        return self.onset
+
+
+@dataclass
 class _State:
     started: float
     start_frame: int
     phase: str = "start"
     onset: int | None = None
+    talk: int | None = None
+    """interrupt: the onset of the agent's talk it speaks into."""
     utter_end: int | None = None
     resumed_at: int | None = None
     latency_ms: float = 0.0
@@ -188,6 +224,7 @@ class _State:
     turns: list[tuple[str, str]] = field(default_factory=list)
     """persona: (agent or caller, words) so far."""
     said: persona.PersonaLine | None = None
+    verdict: persona.Verdict | None = None
     spoken: int = 0
     goal: bool = False
     llm_ms: float = 0.0
@@ -218,6 +255,7 @@ class ScriptRunner:
         self._answer_frame: int | None = None
         self._refers_seen = 0
         """REFERs an earlier expect_transfer step already accounted for."""
+        self._talk = _Talk()
 
     @property
     def done(self) -> bool:
@@ -245,9 +283,21 @@ class ScriptRunner:
             assert self._st is not None
             self._st.said = line
 
+    @property
+    def judging(self) -> bool:
+        """An `AskJudge` is out and its step waits for `judged()` (even after the call ended)."""
+        return self._st is not None and self._st.phase == "judging"
+
+    def judged(self, verdict: persona.Verdict) -> None:
+        """The verdict the last `AskJudge` asked for; the step ends with it on the next tick."""
+        if self.judging:
+            assert self._st is not None
+            self._st.verdict = verdict
+
     def tick(self, o: Observation) -> list[Action]:
         if self._answer_frame is None:
             self._answer_frame = o.frame
+        self._talk.see(o)
         actions: list[Action] = []
         while not self.done:
             step = self.script.steps[self._i]
@@ -401,29 +451,34 @@ class ScriptRunner:
         return []
 
     def _interrupt(self, step: Interrupt, st: _State, o: Observation) -> list[Action]:
+        """Speak `after_ms` into the agent's talk (the one under way when the step starts, else its next), on a
+        frame where its audio runs; pass when its audio stops within `expect_stop_ms` of the caller's onset
+        (`into_talk_ms`: from the talk's onset to the caller's)."""
         a = step.interrupt
         if st.phase == "start":
-            if (o.now - st.started) * 1000 < a.after_ms:
-                return []
-            if o.audio_run < 2:  # wait for the agent's next words rather than speak into a pause
-                if (o.now - st.started) * 1000 > a.after_ms + INTERRUPT_WAIT_MS or o.ended:
-                    self._finish(False, "the agent was not speaking, so there was nothing to interrupt")
-                return []
-            st.phase = "speaking"
-            return [Speak(self._speech[self._i][0])]
+            talk = self._talk.onset_at(o.frame)
+            if talk is not None and (o.frame - talk) * FRAME_MS >= a.after_ms and o.audio_run >= 2:
+                st.phase, st.talk = "speaking", talk
+                return [Speak(self._speech[self._i][0])]
+            if o.ended or o.now - st.started > a.timeout_s + a.after_ms / 1000:
+                self._finish(False, f"the agent did not talk for {a.after_ms:g} ms within "
+                                    f"{a.timeout_s + a.after_ms / 1000:g} s, so there was nothing to interrupt")
+            return []
         if st.onset is None:
             if o.speech_start is None:
                 return []
             st.onset = o.speech_start + self._speech[self._i][1]
+        assert st.talk is not None
+        into = (st.onset - st.talk) * FRAME_MS
         if o.frame - o.last_audio >= QUIET_AFTER_STOP and o.frame > st.onset:
             reaction = max(0, o.last_audio - st.onset + 1) * FRAME_MS
             ok = reaction <= a.expect_stop_ms
             self._finish(ok, "" if ok else f"the agent stopped {reaction} ms after the caller's onset",
                          marks={"caller onset": st.onset, "agent stop": max(st.onset, o.last_audio + 1)},
-                         reaction_ms=reaction)
+                         reaction_ms=reaction, into_talk_ms=into)
         elif (o.frame - st.onset) * FRAME_MS > a.expect_stop_ms + 1000 or o.ended:
             self._finish(False, "the agent did not stop talking", marks={"caller onset": st.onset},
-                         reaction_ms=float("inf"))
+                         reaction_ms=float("inf"), into_talk_ms=into)
         return []
 
     def _backchannel(self, step: Backchannel, st: _State, o: Observation) -> list[Action]:
@@ -549,9 +604,22 @@ class ScriptRunner:
 
     def _persona(self, step: Persona, st: _State, o: Observation) -> list[Action]:
         """Turns of: listen to the agent (onset to `silence_s` of quiet, or `timeout_s` of silence), transcribe,
-        ask the LLM for the caller's line, speak it; until the LLM marks the goal reached or the agent says an
-        `until` phrase (passed), or `max_turns` lines are spoken without either (failed)."""
+        ask the LLM for the caller's line, speak it; until the LLM marks the goal reached (passed if `judge` is off
+        or the judge finds it met in the transcript) or the agent says an `until` phrase (passed), or `max_turns`
+        lines are spoken without either (failed)."""
         a = step.persona
+        if st.phase == "judging":
+            v = st.verdict
+            if v is not None:
+                st.llm_ms = max(st.llm_ms, v.llm_ms)
+                if v.error:
+                    self._persona_end(st, False, f"persona judge: {v.error}")
+                elif v.met:
+                    self._persona_end(st, True, "goal reached; the judge found it met in the transcript")
+                else:
+                    self._persona_end(st, False, f"the persona said its goal was reached, but the judge found it not "
+                                                 f"met in the transcript: {a.goal}")
+            return []
         if st.phase == "start":
             st.phase, st.started_asr = "listen", o.now
         if st.phase == "listen":
@@ -601,7 +669,7 @@ class ScriptRunner:
                 return []
             if not line.text:
                 if st.goal:
-                    self._persona_end(st, True, "goal reached")
+                    return self._goal_reached(step, st)
                 else:
                     self._persona_end(st, False, "the persona's LLM gave an empty line")
                 return []
@@ -612,7 +680,7 @@ class ScriptRunner:
             st.onset = o.frame - o.audio_run + 1
         if not o.speaking and o.speech_end is not None:
             if st.goal:
-                self._persona_end(st, True, "goal reached")
+                return self._goal_reached(step, st)
             else:
                 st.phase, st.started_asr = ("listen" if st.onset is None else "utterance"), o.now
         elif o.ended:
@@ -623,9 +691,16 @@ class ScriptRunner:
         st.phase, st.said = "asking", None
         return [AskPersona(step, persona.messages(step.persona, st.turns))]
 
+    def _goal_reached(self, step: Persona, st: _State) -> list[Action]:
+        """The LLM marked the goal reached: the step passes, or, with `judge`, asks the judge."""
+        if not step.persona.judge:
+            self._persona_end(st, True, "goal reached")
+            return []
+        st.phase, st.verdict = "judging", None
+        return [AskJudge(step, persona.judge_messages(step.persona, st.turns))]
+
     def _persona_end(self, st: _State, ok: bool, why: str) -> None:
-        transcript = "\n".join(f"{who}: {text or persona.SILENT}" for who, text in st.turns)
-        self._finish(ok, why, transcript, turns=st.spoken, llm_ms=st.llm_ms)
+        self._finish(ok, why, persona.transcript(st.turns), turns=st.spoken, llm_ms=st.llm_ms)
 
     def _turn_latency(self, onset: int, o: Observation) -> float:
         """The end of the caller's last utterance (else the answer) to the agent's onset; 0 if they overlap."""

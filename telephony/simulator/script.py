@@ -16,7 +16,7 @@ steps:
   - wait_silence: {min_s: 0.8, timeout_s: 20}
   - dtmf: "3"
     expect_reply_ms: 1500                 # optional: the agent answers the key this fast (reply_ms)
-  - interrupt: {say: "Sorry, can I stop you?", after_ms: 1500, expect_stop_ms: 300}
+  - interrupt: {say: "Sorry, can I stop you?", after_ms: 1500, expect_stop_ms: 300}  # 1.5 s into the agent's talk
   - backchannel: {say: "uh-huh", after_ms: 1000}
   - echo: {db: -12, delay_ms: 200}        # from now on the agent hears itself
   - expect_no_barge_in: {for_s: 3, max_pause_ms: 450}  # ... and must not stop for its echo (false_barge_ins)
@@ -34,6 +34,7 @@ steps:
       role: a hotel guest called Sam
       goal: find out when reception is open
       max_turns: 3                        # lines spoken at most; passes when the LLM says the goal is reached
+      judge: true                         # ... and a separate yes/no request finds it met in the transcript
       until: [goodbye]                    # optional: the agent saying one of these also ends it (passed)
   - wait: 1.5
   - hangup: {}
@@ -112,7 +113,10 @@ class Dtmf(_Strict):
 
 class InterruptArgs(Speech):
     after_ms: float = Field(1000.0, ge=0)
-    """Start speaking this long after the step starts (the agent should be talking by then)."""
+    """Start speaking this long after the agent's talk began (the talk under way when the step starts, else its
+    next; pauses under a second belong to it), at a moment its audio runs."""
+    timeout_s: float = Field(10.0, gt=0)
+    """Fail when the caller has not started within `after_ms` plus this long of the step's start."""
     expect_stop_ms: float = Field(300.0, gt=0)
     """Pass when the agent's audio stops within this long of the caller's speech onset."""
 
@@ -347,6 +351,9 @@ class PersonaArgs(_Strict):
     silence_s: float = Field(1.0, gt=0)
     """Quiet this long ends the agent's utterance."""
     engine: AsrEngine = "moonshine"
+    judge: bool = True
+    """When the LLM marks the goal reached, ask the same endpoint once more, at temperature 0, only whether the
+    transcript shows the goal met (yes/no); the step passes only on yes. An `until` phrase passes without it."""
 
     @property
     def api_key(self) -> str | None:

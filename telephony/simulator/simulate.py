@@ -39,13 +39,14 @@ from telephony.config import ConfigError
 from telephony.endpoint import EXPECTED_MAX_CALLS
 from telephony.simulator.impair import ImpairError
 from telephony.simulator.listen import PAD_FRAMES, Ear, ear_for
-from telephony.simulator.persona import Mouth, PersonaLine
+from telephony.simulator.persona import Mouth, PersonaLine, Verdict
 from telephony.simulator.phone import Phone, PhoneCall, RtpStats
 from telephony.simulator.progress import Progress
 from telephony.simulator.relay_tls import TlsOptions, is_tls
-from telephony.simulator.report import CallReport, console, html, junit, summary
+from telephony.simulator.report import CallReport, audio_runs, console, html, junit, summary
 from telephony.simulator.runner import (
     Action,
+    AskJudge,
     AskPersona,
     HangUp,
     Heard,
@@ -131,8 +132,9 @@ class CallRun:
     at once: each has its own port (tracks, RTP statistics, recording), runner, transcription and persona line."""
 
     def __init__(self, phone: Phone, script: Script, file: str, target: str, record: Path | None = None,
-                 impair: tuple[LineImpairment, str] | None = None) -> None:
-        """Render the script's speech and dial; `impair` (line, seed) impairs its RTP through a seeded relay."""
+                 impair: tuple[LineImpairment, str] | None = None, seed: int = 0) -> None:
+        """Render the script's speech and dial; `impair` (line, seed) impairs its RTP through a seeded relay; `seed`
+        (the run's) goes to the persona's model and into the report."""
         base = Path(file).resolve().parent
         self.phone, self.script, self.record = phone, script, record
         self._render: Callable[[Speech], bytes] = lambda sp: render_speech(sp, base)
@@ -141,13 +143,15 @@ class CallRun:
         self.asr: Future[Heard] | None = None
         self.mouth: Mouth | None = None
         self.line: Future[PersonaLine] | None = None
+        self.verdict: Future[Verdict] | None = None
         phone.set_codecs(script.codecs)
         try:
             self.call = phone.dial(target, script.dial, impair)
         except ImpairError as e:
             raise SimulationError(str(e)) from None
+        self.seed = seed
         self.report = CallReport(script.name, file, target, 0, script.expect_status, None, "", 0.0,
-                                 started=time.time(), phone=os.getpid())
+                                 started=time.time(), phone=os.getpid(), seed=seed)
         self._closing_until: float | None = None
         """Once the script is over: how long the call may take to end after the hang-up."""
         self._settle = 5
@@ -168,6 +172,9 @@ class CallRun:
         if self.line is not None and self.line.done():
             runner.persona_said(self.line.result())
             self.line = None
+        if self.verdict is not None and self.verdict.done():
+            runner.judged(self.verdict.result())
+            self.verdict = None
         if not o.answered:
             if o.ended:
                 self._end()
@@ -179,7 +186,7 @@ class CallRun:
             self._act(action)
         if runner.done:
             self._end()
-        elif o.ended and not runner.transcribing:  # an utterance cut by the hang-up is still checked
+        elif o.ended and not (runner.transcribing or runner.judging):  # what was said is still checked
             runner.abort("the call ended")
             self._end()
         elif o.now - call.started > self.script.max_duration_s:
@@ -209,8 +216,11 @@ class CallRun:
         elif isinstance(action, Transcribe):
             self.asr = _transcribe(self.ears, call, action)
         elif isinstance(action, AskPersona):
-            self.mouth = self.mouth or Mouth(self._render)
+            self.mouth = self.mouth or Mouth(self._render, self.seed)
             self.line = self.mouth.submit(action.step.persona, action.request)
+        elif isinstance(action, AskJudge):
+            self.mouth = self.mouth or Mouth(self._render, self.seed)
+            self.verdict = self.mouth.judge(action.step.persona, action.request)
 
     def _end(self) -> None:
         """The script is over: hang up (if the call is still up) and wait for pjsua to finish it (`_close`)."""
@@ -240,6 +250,10 @@ class CallRun:
         report.steps = self.runner.results
         with call.port.lock:
             sent, heard = list(call.port.tx), list(call.port.rx)
+            port = call.port
+            cut = [(port.speech_start, len(sent) - 1)] if port.queue and port.speech_start is not None else []
+            report.caller_speech, flags = [*port.utterances, *cut], bytes(port.heard_audio)  # cut: by the hang-up
+        report.agent_audio = audio_runs(flags)
         report.rtp = line_quality(call.rtp, call.codec)
         report.impairment = call.impairment
         report.sent_db = [round(level_dbfs(f), 1) for f in sent]
@@ -254,9 +268,9 @@ class CallRun:
 
 
 def run_call(phone: Phone, script: Script, file: str, target: str, record: Path | None = None,
-             impair: tuple[LineImpairment, str] | None = None) -> CallReport:
+             impair: tuple[LineImpairment, str] | None = None, seed: int = 0) -> CallReport:
     """One script on one call; `impair` (line, seed) impairs its RTP through a seeded relay."""
-    run = CallRun(phone, script, file, target, record, impair)
+    run = CallRun(phone, script, file, target, record, impair, seed)
     while not run.done:
         phone.poll(10)
         run.step()
@@ -311,10 +325,10 @@ def _worker(jobs: Any, results: Any, clock: Any, rate: float, target: str | None
                 try:
                     running.append(CallRun(phone, script, path, target or script.target or "",
                                            _recording(record_dir, index, script),
-                                           call_impairment(line, script, seed, index)))
+                                           call_impairment(line, script, seed, index), seed))
                 except Exception as e:  # a failed call is a result, not the end of the run
                     results.put(CallReport(script.name, path, target or script.target or "", 0, script.expect_status,
-                                           None, "", 0.0, error=repr(e), phone=os.getpid()))
+                                           None, "", 0.0, error=repr(e), phone=os.getpid(), seed=seed))
             phone.poll(10)
             for run in running:
                 try:
@@ -432,8 +446,8 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
     rec = Path(record_dir) if record_dir else None
     if seed is None:
         seed = secrets.randbelow(2**31)
-    if _impairs(line, scripts):
-        print(f"voicegate simulate: seed {seed} (--seed {seed} impairs the same packets again)", file=sys.stderr)
+    print(f"voicegate simulate: seed {seed} (--seed {seed} repeats the line's impairment and the persona's requests)",
+          file=sys.stderr)
     if calls is not None:
         reports = run_load(scripts, target, calls, concurrency, rate, rtp_port, line, rec, seed, duration_s, tls,
                            per_phone)
@@ -445,7 +459,7 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
                 assert uri is not None
                 try:
                     reports.append(run_call(phone, s, path, uri, _recording(rec, i, s),
-                                            call_impairment(line, s, seed, i)))
+                                            call_impairment(line, s, seed, i), seed))
                 except SimulationError as e:
                     return _not_run([(path, [f"{path}: {e}"])], junit_path, reports)
         finally:

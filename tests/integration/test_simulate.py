@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from tests.integration.peers import VENV_BIN, Gateway, rtp_range
+from tests.integration.test_simulate_report import chromium
 
 DEMO = """\
 name: demo menu
@@ -157,11 +158,13 @@ def test_unreachable_target_fails_the_dial_quickly(workdir: Path):
 
     (workdir / "s.yaml").write_text("name: nobody home\nanswer_timeout_s: 3\nsteps:\n  - hangup: {}\n")
     lo, _ = rtp_range(100)
-    r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(workdir / "s.yaml"), "--target",
-                        f"sip:x@127.0.0.1:{free_port()}", "--rtp-port", str(lo)],
-                       capture_output=True, text=True, timeout=40)
+    target = f"sip:x@127.0.0.1:{free_port()}"
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(workdir / "s.yaml"), "--target", target,
+                        "--rtp-port", str(lo)], capture_output=True, text=True, timeout=40)
     assert r.returncode == 1
-    assert "x dial" in r.stdout and "0 passed, 1 failed" in r.stdout
+    assert f"FAIL nobody home ({workdir / 's.yaml'}) -> {target}: " in r.stdout and "0 passed, 1 failed" in r.stdout
+    [dial] = [line for line in r.stdout.splitlines() if " x dial: " in line]
+    assert "no answer within 3.0 s" in dial or "127.0.0.1" in dial, dial  # the timeout, or the target's failure
 
 
 def test_demo_script_passes_with_timings(gateway: Gateway, workdir: Path):
@@ -181,6 +184,13 @@ def test_demo_script_passes_with_timings(gateway: Gateway, workdir: Path):
     assert page.count('class="mark caller-onset"') == 2 and page.count('class="mark agent-stop"') == 1
     assert f">reaction {props['06 interrupt.reaction_ms']:g} ms<" in page
     assert f">latency {props['01 wait_speech.latency_ms']:g} ms<" in page
+    dom = chromium("--dump-dom", (workdir / "report.html").as_uri(), cwd=workdir)  # as a browser renders it
+    assert dom.returncode == 0 and "Uncaught" not in dom.stderr, dom.stderr[-2000:]
+    svg = dom.stdout[dom.stdout.index("<svg"):]
+    assert svg.count("<polyline") == 2 and svg.count('class="mark caller-onset"') == 2
+    assert svg.count('class="segment caller-speech"') == 2  # "uh-huh" and the interruption
+    assert svg.count('class="segment agent-audio"') >= 3  # the greeting, the menu, the long message
+    assert f">reaction {props['06 interrupt.reaction_ms']:g} ms<" in svg
 
 
 def test_failed_expectation_fails_the_run_and_the_rest(gateway: Gateway, workdir: Path):

@@ -28,16 +28,23 @@ steps:
 
 def test_an_llm_persona_talks_to_the_echo_agent_until_its_goal(gateway: Gateway, workdir: Path):
     """The echo agent says nothing first (a silent turn), then repeats the persona's line; the second request
-    carries that line as the agent's words, and the persona's goal mark ends the step."""
+    carries that line as the agent's words, and the persona's goal mark ends the step once a third request, the
+    judge's, finds the goal met in the transcript. Every request goes at temperature 0 with the run's seed."""
     with LlmServer() as llm:
         llm.script(text_reply(["I would like ", "to book a table ", "for two."]),
-                   text_reply(["Thank you, goodbye. [GOAL REACHED]"]))
+                   text_reply(["Thank you, goodbye. [GOAL REACHED]"]), text_reply(["Yes."]))
         r = run(workdir, SCRIPT.format(url=llm.base_url), f"sip:echo@127.0.0.1:{gateway.port}",
-                "--junit", str(workdir / "j.xml"), env={"VG_PERSONA_TEST_KEY": "sekrit"}, timeout=120)
+                "--junit", str(workdir / "j.xml"), "--seed", "41", env={"VG_PERSONA_TEST_KEY": "sekrit"}, timeout=120)
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-        first, second = llm.requests
-    step = report(workdir)["steps"][0]
-    assert step["ok"] and step["message"] == "goal reached" and step["metrics"]["turns"] == 2, step
+        first, second, judge = llm.requests
+    call = report(workdir)
+    step = call["steps"][0]
+    assert call["seed"] == 41 and ", seed 41" in r.stdout
+    assert step["ok"] and step["metrics"]["turns"] == 2, step
+    assert step["message"] == "goal reached; the judge found it met in the transcript", step
+    assert all(q.body["seed"] == 41 and q.body["temperature"] == 0 for q in (first, second, judge))
+    assert "book a table for two" in judge.body["messages"][1]["content"]
+    assert step["transcript"] in judge.body["messages"][1]["content"]
     assert first.headers["authorization"] == "Bearer sekrit" and first.body["model"] == "persona-test"
     system, silent = first.body["messages"]
     assert "a diner called Sam" in system["content"] and "book a table for two" in system["content"]

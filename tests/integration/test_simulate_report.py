@@ -43,6 +43,13 @@ def test_load_report_charts_render_in_chromium(gateway: Gateway, workdir: Path):
     assert len(charts) == 2 * len(names)
     assert html.count('class="bar"') >= len(names) and html.count('class="p95"') == len(names)
     assert "<script" not in html.lower() and "Uncaught" not in dom.stderr
+    calls = html.split('<h2 class="')[1:]
+    assert len(calls) == 6
+    for call in calls:  # each timeline: both waveforms over the bars of the caller's words and of their echo
+        timeline = call[call.index("<svg"):]
+        assert timeline.count("<polyline") == 2, timeline[:500]
+        assert timeline.count('class="segment caller-speech"') == 1, timeline[:500]
+        assert timeline.count('class="segment agent-audio"') >= 1, timeline[:500]
     shot = workdir / "load.png"
     s = chromium(f"--screenshot={shot}", "--window-size=1000,1400", page.as_uri(), cwd=workdir)
     assert s.returncode == 0 and shot.stat().st_size > 20_000, s.stderr[-2000:]

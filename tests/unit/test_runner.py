@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from telephony.config import ConfigError
-from telephony.simulator.report import CallReport, console, html, junit
+from telephony.simulator.report import CallReport, audio_runs, console, html, junit
 from telephony.simulator.runner import Heard, Observation, ScriptRunner, SendDtmf, Speak, StepResult, Transcribe
 from telephony.simulator.script import ExpectSpeechArgs, Script, load_script, uses_asr
 
@@ -95,7 +95,36 @@ def test_interrupt_reaction_from_the_callers_onset():
     res = r.results[0]
     assert res.ok, res
     assert res.metrics["reaction_ms"] == (79 - 76 + 1) * 20  # onset at the first sent frame (76)
+    assert res.metrics["into_talk_ms"] == 76 * 20
     assert res.marks == {"caller onset": 76, "agent stop": 80}
+
+
+def test_interrupt_counts_after_ms_from_the_agents_onset():
+    """`after_ms` runs from the onset of the agent's talk, not from the step's start: of the talk it begins later,
+    or of the talk under way when the step starts (a pause under a second is part of it, a longer one is not)."""
+    step = {"interrupt": {"say": "x", "after_ms": 500, "expect_stop_ms": 5000}}
+
+    def caller_onset(steps: list[dict], line: Line) -> tuple[int, float]:
+        r = ScriptRunner(script(steps), speech)
+        drive(r, line, 200)
+        res = r.results[-1]
+        return res.marks["caller onset"], res.metrics["into_talk_ms"]
+
+    assert caller_onset([step], Line(50, 100)) == (76, 520)  # the agent starts at frame 50: speaks at 75
+    # the step starts at frame 30, in a 300 ms pause of a talk begun at frame 0: at its next words (frame 35)
+    assert caller_onset([{"wait": 0.6}, step], Line(0, 100, silent=(range(20, 35),))) == (37, 740)
+    # after 1.1 s of silence the agent's words from frame 75 are a new talk: 500 ms into it
+    assert caller_onset([{"wait": 0.6}, step], Line(0, 150, silent=(range(20, 75),))) == (101, 520)
+
+
+def test_interrupt_fails_when_the_agent_never_talks_long_enough():
+    step = {"interrupt": {"say": "x", "after_ms": 500, "timeout_s": 1}}
+    r = ScriptRunner(script([step]), speech)
+    actions = drive(r, Line(10, 30), 200)  # 400 ms of talk, then silence
+    res = r.results[0]
+    assert not res.ok and not any(isinstance(a, Speak) for a in actions)
+    assert res.message == "the agent did not talk for 500 ms within 1.5 s, so there was nothing to interrupt"
+    assert res.end_frame == 76
 
 
 def test_timeline_marks_the_barge_in_and_writes_the_latencies(tmp_path: Path):
@@ -106,9 +135,13 @@ def test_timeline_marks_the_barge_in_and_writes_the_latencies(tmp_path: Path):
              StepResult(2, "interrupt", False, "the agent did not stop talking", 2.0, {"reaction_ms": float("inf")},
                         120, 200, marks={"caller onset": 150})]
     r = CallReport("s", "s.yaml", "sip:a@b", 200, 200, 0.1, "PCMU/8000", 4.0, steps, sent_db=[-90.0] * 200,
-                   heard_db=[-20.0] * 200)
+                   heard_db=[-20.0] * 200, caller_speech=[(76, 125)],
+                   agent_audio=audio_runs(bytes([0] * 30 + [1] * 50 + [0, 1, 0] + [1] * 20)))
+    assert r.agent_audio == [(30, 79), (83, 102)]  # a lone loud frame is no run
     html([r], tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text()
+    assert page.count('class="segment caller-speech"') == 1 and page.count('class="segment agent-audio"') == 2
+    assert "<title>caller speech 1.52-2.52 s</title>" in page and "<title>agent audio 0.60-1.60 s</title>" in page
     assert page.count('class="mark caller-onset"') == 2 and page.count('class="mark agent-stop"') == 1
     assert page.count('class="mark agent-onset"') == 1
     assert ">reaction 80 ms<" in page and ">latency 600 ms<" in page and page.count('class="latency"') == 2
@@ -281,6 +314,17 @@ def test_reports_show_what_expect_speech_heard(tmp_path: Path):
     html([r], tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text()
     assert page.count("Harbor Hotel &lt;hi&gt;") == 3  # the table, the timeline label and its tooltip
+
+
+def test_every_report_names_the_seed(tmp_path: Path):
+    """The run's seed is in each call's report, impaired or not, with every digit (JUnit writes floats as %g)."""
+    r = CallReport("s", "s.yaml", "sip:a@b", 200, 200, 0.1, "PCMU/8000", 5.0, seed=2147483646)
+    assert "5.0 s, seed 2147483646" in console([r]).splitlines()[0]
+    junit([r], tmp_path / "j.xml")
+    props = {p.get("name"): p.get("value") for p in ET.parse(tmp_path / "j.xml").getroot().iter("property")}
+    assert props == {"call.seed": "2147483646"}
+    html([r], tmp_path / "r.html")
+    assert "seed 2147483646" in (tmp_path / "r.html").read_text()
 
 
 def test_dial_options_are_checked_with_their_lines(tmp_path: Path):
