@@ -1,0 +1,87 @@
+"""CoquiTts loads a tiny coqui VITS model through coqui's real loader and speaks (noise) at the config's rate."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agents.speech.coqui_tts import CoquiTts
+from agents.speech.tts import TtsError
+from tests.audio import rms_db, to_array
+from tests.coqui_tiny import HOP_LENGTH, SAMPLE_RATE, build_tiny_model
+
+TEXT = "Hello from voicegate"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    return build_tiny_model(tmp_path_factory.mktemp("coqui-tiny"))
+
+
+@pytest.fixture(scope="module")
+def tiny_speakers(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    return build_tiny_model(tmp_path_factory.mktemp("coqui-tiny-speakers"), speakers=("ana", "ben"))
+
+
+def test_speaks_pcm16_at_the_config_rate(tiny: tuple[str, str]) -> None:
+    pcm, rate = CoquiTts(*tiny).synthesize(TEXT)
+    assert rate == SAMPLE_RATE
+    x = to_array(pcm)
+    # whole frames of HOP_LENGTH samples, so coqui's trailing pad of 10000 zeros is cut; VITS gives each character
+    # and each blank between them at least one frame
+    assert len(x) % HOP_LENGTH == 0
+    assert len(x) >= (2 * len(TEXT) + 1) * HOP_LENGTH
+    assert rms_db(x) > -40.0
+
+
+def test_blank_text_gives_no_audio(tiny: tuple[str, str]) -> None:
+    assert CoquiTts(*tiny).synthesize("  ") == (b"", SAMPLE_RATE)
+
+
+def test_multi_speaker_model_speaks_with_the_chosen_speaker(tiny_speakers: tuple[str, str]) -> None:
+    pcm, rate = CoquiTts(*tiny_speakers, speaker="ben").synthesize(TEXT)
+    assert rate == SAMPLE_RATE
+    assert rms_db(to_array(pcm)) > -40.0
+
+
+def test_speaker_must_be_one_the_model_has(tiny: tuple[str, str], tiny_speakers: tuple[str, str]) -> None:
+    with pytest.raises(TtsError, match=r"no speaker 'zed'.*\['ana', 'ben'\]"):
+        CoquiTts(*tiny_speakers, speaker="zed").synthesize(TEXT)
+    with pytest.raises(TtsError, match=r"several speakers"):
+        CoquiTts(*tiny_speakers).synthesize(TEXT)
+    with pytest.raises(TtsError, match=r"single speaker"):
+        CoquiTts(*tiny, speaker="ana").synthesize(TEXT)
+
+
+def test_missing_files_are_named(tiny: tuple[str, str], tmp_path: Path) -> None:
+    missing = str(tmp_path / "nowhere.pth")
+    with pytest.raises(TtsError, match=re.escape(f"checkpoint file {missing} does not exist")):
+        CoquiTts(missing, tiny[1]).synthesize(TEXT)
+    missing = str(tmp_path / "nowhere.json")
+    with pytest.raises(TtsError, match=re.escape(f"config file {missing} does not exist")):
+        CoquiTts(tiny[0], missing).synthesize(TEXT)
+
+
+def test_bad_checkpoint_names_the_model(tiny: tuple[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "model.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(TtsError, match=re.escape(f"coqui model {bad}: cannot load it")):
+        CoquiTts(str(bad), tiny[1]).synthesize(TEXT)
+
+
+def test_missing_coqui_says_how_to_install(tiny: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "TTS.api", None)  # makes `from TTS.api import TTS` fail as if not installed
+    with pytest.raises(TtsError, match=r"pip install coqui-tts") as err:
+        CoquiTts(*tiny).synthesize(TEXT)
+    assert tiny[0] in str(err.value)
+
+
+def test_import_loads_neither_torch_nor_coqui() -> None:
+    code = "import sys, agents.speech.coqui_tts; print(sorted({'torch', 'TTS'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
