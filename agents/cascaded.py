@@ -18,13 +18,13 @@ from typing import Any, Literal
 
 from agents.base import Agent, AgentFactory, BargeIn, CallControl, Dtmf, Handover, HungUp, Played
 from agents.brain import Act, Brain, DialogBrain, LlmBrain, Part, Say, UserTurn
-from agents.config import CascadedAgentConfig, TurnConfig
+from agents.config import CascadedAgentConfig, EngineLoadError, TurnConfig
 from agents.dialog import Dialog
 from agents.listener import HeardTurn, Listener, reply_fate
 from agents.llm import LlmClient, LlmConfig
-from agents.speech.asr import Transcript
+from agents.speech.asr import AsrError, Transcript
 from agents.speech.sentences import SentenceSplitter
-from agents.speech.tts import engine_for, for_playout, synthesize_fixed, warm
+from agents.speech.tts import TtsError, engine_for, for_playout, load_voice, synthesize_fixed, warm
 from agents.speech.worker import AsrWorker, EngineSpec
 from agents.tools import CallTools, ToolConfig, ToolRunner
 from agents.turn import TurnDetector, TurnSettings, reads_as
@@ -47,11 +47,28 @@ def split_by_script(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def voice_runs(text: str, caller_language: str | None, voices: Mapping[str, str], default: str
+               ) -> list[tuple[str, str]]:
+    """The (voice, text) runs to synthesise `text` with: Devanagari in the `hi` voice, any other script in the voice
+    of the caller's language (the one detected in their latest turn), each falling back to `default`; neighbouring
+    runs of one voice are joined, so the engine keeps the sentence's prosody."""
+    out: list[tuple[str, str]] = []
+    for lang, run in split_by_script(text):
+        voice = voices.get(lang if lang == "hi" or caller_language is None else caller_language, default)
+        if out and out[-1][0] == voice:
+            out[-1] = (voice, f"{out[-1][1]} {run}")
+        else:
+            out.append((voice, run))
+    return out
+
+
 @dataclass
 class _Reply:
     """One reply being spoken: the sentences queued, and how each ended."""
 
     sentences: list[str] = field(default_factory=list)
+    voices: list[str] = field(default_factory=list)
+    """The voice of each sentence."""
     played: list[asyncio.Future[Played]] = field(default_factory=list)
     marks: dict[str, float] = field(default_factory=dict)
     superseded: bool = False
@@ -81,6 +98,8 @@ class CascadedAgent(Agent):
         self._hangup_requested = False
         self._asr_s = 0.0
         self.listener: Listener | None = None
+        self.language: str | None = None
+        """The language the caller spoke in their latest turn (from the ASR); replies are voiced in it."""
         self.transcript: list[tuple[Literal["user", "assistant"], str]] = []
         """The conversation as the caller heard it: their turns and keys, and what they heard of each reply."""
 
@@ -119,6 +138,7 @@ class CascadedAgent(Agent):
                     if await self.hand_over(turn, item):
                         return
                     self.transcript.append(("user", turn.text))
+                    self.language = turn.language
                     parts = self.brain.respond(turn)
                     marks = {"speech_end": item.speech_end}
                 reply = self._reply = asyncio.create_task(self._speak(call, parts, marks, item))
@@ -183,8 +203,8 @@ class CascadedAgent(Agent):
         prosody = analyse_pcm(heard.pcm) if self.cfg.paralinguistics else None
         return UserTurn(tr.text, tr.language or "en", tr.confidence, prosody)
 
-    def _voice(self, language: str) -> str:
-        return self.cfg.voices.get(language, self.cfg.voice)
+    def _voice_runs(self, text: str) -> list[tuple[str, str]]:
+        return voice_runs(text, self.language, self.cfg.voices, self.cfg.voice)
 
     async def _speak(self, call: CallControl, parts: AsyncIterator[Part], marks: dict[str, float],
                      heard: HeardTurn | str | None = None) -> None:
@@ -196,8 +216,8 @@ class CascadedAgent(Agent):
             async for part in parts:
                 reply.marks.setdefault("first_part", time.monotonic())
                 if isinstance(part, Say):
-                    for lang, text in split_by_script(part.text):
-                        pcm, rate = await self.f.synthesize(self._voice(lang), text)
+                    for voice, text in self._voice_runs(part.text):
+                        pcm, rate = await self.f.synthesize(voice, text)
                         call.meter("tts_chars", len(text))
                         reply.marks.setdefault("first_audio", time.monotonic())
                         if not reply.sentences and isinstance(heard, HeardTurn) and not await self._commit(heard):
@@ -205,6 +225,7 @@ class CascadedAgent(Agent):
                             return
                         reply.marks.setdefault("play", time.monotonic())
                         reply.sentences.append(text)
+                        reply.voices.append(voice)
                         reply.played.append(asyncio.ensure_future(call.enqueue(pcm, rate)))
                 elif isinstance(part, Act):
                     await asyncio.gather(*reply.played)  # finish speaking before acting
@@ -258,9 +279,10 @@ class CascadedAgent(Agent):
             if await call.transfer(act.arg):
                 self._hangup_requested = True
             else:  # the gateway refused the target (toll-fraud guard): say so, the conversation goes on
-                pcm, rate = await self.f.synthesize(self.cfg.voice, self.cfg.transfer_refused)
-                call.meter("tts_chars", len(self.cfg.transfer_refused))
-                await call.enqueue(pcm, rate)
+                for voice, text in self._voice_runs(self.cfg.transfer_refused):
+                    pcm, rate = await self.f.synthesize(voice, text)
+                    call.meter("tts_chars", len(text))
+                    await call.enqueue(pcm, rate)
         elif act.action == "hangup":
             await call.hangup("agent")
             self._hangup_requested = True
@@ -298,7 +320,8 @@ def _turn_record(heard: HeardTurn, reply: _Reply, t0: float, interrupted: bool, 
         "play_ms": ms(reply.marks.get("play")), "commit_wait_ms": commit_wait,
         "llm_first_token_ms": ms(reply.marks.get("llm_first_token")), "barge_in_ms": ms(reply.marks.get("barge_in")),
         "barge_in_onset_ms": ms(reply.marks.get("barge_in_onset")),
-        "reply": " ".join(reply.sentences)[:300], "heard": " ".join(spoken)[:300], "interrupted": interrupted,
+        "reply": " ".join(reply.sentences)[:300], "voices": list(dict.fromkeys(reply.voices)),
+        "heard": " ".join(spoken)[:300], "interrupted": interrupted,
         "continued": heard.continued, "superseded": reply.superseded,
         "segments": [[seg.language, seg.text] for seg in tr.segments] if len(tr.segments) > 1 else None,
     }
@@ -326,19 +349,35 @@ def _render(voice: str, text: str) -> tuple[bytes, int]:
 class CascadedFactory(AgentFactory):
     _workers: dict[EngineSpec, AsrWorker] = {}
 
-    def __init__(self, name: str, cfg: CascadedAgentConfig, tools: Mapping[str, ToolConfig] | None = None) -> None:
+    def __init__(self, name: str, cfg: CascadedAgentConfig, tools: Mapping[str, ToolConfig] | None = None,
+                 where: tuple[str, ...] | None = None) -> None:
         self.name = name
         self.cfg = cfg
+        self.where = where if where is not None else ("agents", name)
+        """The config path of `cfg`, for errors that name the option at fault (EngineLoadError)."""
         self.tools = {n: t for n, t in (tools or {}).items() if n in cfg.business_tools}
         self.asr: AsrWorker | None = None
         self._tts: OrderedDict[tuple[str, str], tuple[bytes, int]] = OrderedDict()
 
     async def prepare(self) -> None:
+        """Start (or share) the ASR worker and load the voices; EngineLoadError names the option of one that fails."""
+        for loc, voice in self.cfg.voice_options():  # the quick part first
+            try:
+                await asyncio.to_thread(load_voice, voice)
+            except TtsError as e:
+                raise EngineLoadError((*self.where, *loc), str(e)) from None
         spec = self.cfg.asr.spec()
         worker = CascadedFactory._workers.get(spec)
         if worker is None:  # registered before it starts: factories prepared together share one worker
             worker = CascadedFactory._workers[spec] = AsrWorker(spec)
-            await worker.start()
+            try:
+                await worker.start()
+            except AsrError as e:
+                del CascadedFactory._workers[spec]
+                raise EngineLoadError((*self.where, "asr", self.cfg.asr.model_option), str(e)) from None
+        elif not await worker.started():
+            raise EngineLoadError((*self.where, "asr", self.cfg.asr.model_option),
+                                  f"{spec.engine}: the shared ASR worker failed to start")
         self.asr = worker
         await warm([self.cfg.voice, *self.cfg.voices.values()])
         if self.cfg.llm is None:  # the dialog's fixed lines, rendered before the first call

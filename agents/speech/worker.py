@@ -26,6 +26,12 @@ class EngineSpec:
     engine: str
     options: tuple[tuple[str, Any], ...] = ()
 
+    @property
+    def model(self) -> str:
+        """The model it loads, for messages: the configured path, or the packaged default."""
+        opts = dict(self.options)
+        return str(opts.get("model_path") or opts.get("model_dir") or "(the packaged model)")
+
 
 def make_engine(spec: EngineSpec) -> AsrEngine:
     if spec.engine == "moonshine":
@@ -141,8 +147,27 @@ class AsrWorker:
         self._pending: dict[int, asyncio.Future[Transcript | None]] = {}
         self._send_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._start_done = asyncio.Event()
+
+    @property
+    def pid(self) -> int:
+        """The worker process's id (for measuring its CPU); AsrError when it is not running."""
+        if self._proc is None or self._proc.pid is None:
+            raise AsrError(f"{self.spec.engine}: the ASR worker is not running")
+        return self._proc.pid
+
+    async def started(self) -> bool:
+        """Wait for `start` (run by whoever called it) to end; whether the worker runs."""
+        await self._start_done.wait()
+        return self._proc is not None and self._proc.is_alive()
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        finally:
+            self._start_done.set()
+
+    async def _start(self) -> None:
         ctx = mp.get_context("spawn")  # never fork a process that runs pjsua's threads
         parent, child = ctx.Pipe()
         self._proc = ctx.Process(target=_child, args=(child, self.spec), name=f"asr-{self.spec.engine}",
@@ -153,11 +178,12 @@ class AsrWorker:
         self._loop = asyncio.get_running_loop()
         if not await asyncio.to_thread(parent.poll, self._timeout):
             self.close()
-            raise AsrError(f"{self.spec.engine}: the ASR worker did not start within {self._timeout:.0f} s")
+            raise AsrError(f"{self.spec.engine}: the ASR worker did not load {self.spec.model} within "
+                           f"{self._timeout:.0f} s")
         try:
             kind, detail = parent.recv()
         except EOFError:
-            kind, detail = "error", f"{self.spec.engine}: the ASR worker process exited while starting"
+            kind, detail = "error", f"{self.spec.engine}: the ASR worker process died loading {self.spec.model}"
         if kind != "ready":
             self.close()
             raise AsrError(str(detail))

@@ -142,6 +142,25 @@ def test_check_names_each_error_and_serve_refuses(tmp_path: Path):
     assert r.returncode == 0, r.stderr
 
 
+def test_serve_refuses_a_voice_that_does_not_load_naming_its_line(tmp_path: Path):
+    """The file validates (the model file is there) but piper cannot load it: serve stops before answering a call."""
+    model = tmp_path / "broken.onnx"
+    for f in (model, tmp_path / "broken.onnx.json"):
+        f.write_bytes(b"junk")
+    cfg = tmp_path / "vg.yaml"
+    cfg.write_text(f"sip:\n  port: {free_port()}\nagents:\n  desk:\n    type: cascaded\n    voice: {model}\n"
+                   "routes:\n  - match: '*'\n    agent: desk\n")
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "serve", "--config", str(cfg)], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"{cfg}:6: agents.desk.voice: piper: cannot load model {model}" in r.stderr, r.stderr[-2000:]
+    # with workers, the first worker's refusal stops the supervisor instead of a restart loop
+    r = subprocess.run([str(VENV_BIN / "voicegate"), "serve", "--config", str(cfg), "--workers", "1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert f"{cfg}:6: agents.desk.voice:" in r.stderr and "worker_refused_config" in r.stderr, r.stderr[-2000:]
+
+
 def test_port_in_use_is_a_clear_error(tmp_path: Path):
     import socket
 

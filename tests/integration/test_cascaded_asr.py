@@ -60,6 +60,33 @@ def test_a_hindi_english_turn_is_transcribed_in_both_languages(gw: Gateway, tmp_
     assert "balance" in english_text.lower(), english_text
 
 
+def test_the_reply_is_voiced_in_the_language_the_caller_spoke(gw: Gateway, tmp_path: Path) -> None:
+    """A Hindi turn, then an English one: the agent's "Okay." comes in espeak-ng's Hindi voice after the first, as
+    the turn record says and the caller hears (espeak-ng's rendering found by correlation after that turn), and in
+    piper's joe after the second (a reply is heard there, and it is not espeak-ng's; piper samples its output, so
+    two renderings of one line differ and the test cannot look for a copy of it)."""
+    hindi = audio.espeak("नमस्ते, मेरा नाम राहुल है", voice="hi")
+    english = audio.piper("Where is my room?")
+    at_hi, at_en = 1.5, 1.5 + len(hindi) / 16000 + 4.5
+    hi_end, en_end = at_hi + len(hindi) / 16000, at_en + len(english) / 16000
+    length = en_end + 4.0
+    wav = audio.write_wav(tmp_path / "caller.wav", sequence([(at_hi, hindi), (at_en, english)], length))
+    heard = tmp_path / "heard.wav"
+    call(uri(gw, "hinglish"), "--play", str(wav), "--speak-at-s", "0", "--duration", f"{length:.1f}",
+         "--record", str(heard), timeout=length + 30)
+    turns = [t for t in turns_of(gw, "hinglish", last=True) if t.get("text")]
+    print(json.dumps(turns, ensure_ascii=False))
+    assert [(t["language"], t["voices"]) for t in turns] == [("hi", ["hi"]), ("en", ["joe"])], turns
+    got = audio.read_wav(heard)
+    hindi_okay = audio.espeak("Okay.", voice="hi")
+    lag, corr = audio.correlation(hindi_okay, got[: int(at_en * 16000)])
+    after_english = got[int(en_end * 16000) :]
+    _, corr_en = audio.correlation(hindi_okay, after_english)
+    print(json.dumps({"hi_lag_s": lag, "hi_corr": corr, "corr_after_english": corr_en}))
+    assert corr > 0.5 and hi_end < lag, (lag, corr)  # 0.68-0.99 measured; 0.13-0.2 against piper
+    assert audio.rms_db(audio.trim(after_english)) > -40 and corr_en < 0.35, corr_en
+
+
 def test_word_error_rate_of_fifty_prompts_through_g711_calls(gw: Gateway, tmp_path: Path) -> None:
     ps = prompts(52)
     groups = [ps[i::4] for i in range(4)]

@@ -8,7 +8,7 @@ import asyncio
 import time
 
 from agents.brain import LlmBrain, Part, Say, UserTurn
-from agents.cascaded import _Reply, _turn_record, commit_wait_ms, split_by_script
+from agents.cascaded import _Reply, _turn_record, commit_wait_ms, split_by_script, voice_runs
 from agents.config import TurnConfig
 from agents.listener import HeardTurn, reply_fate
 from agents.llm import LlmClient, LlmConfig
@@ -78,3 +78,19 @@ def test_the_llm_brain_notes_when_the_models_first_token_came() -> None:
         t0, first, parts = asyncio.run(go(server))
     assert parts == [Say("Yes, two.")]
     assert first is not None and 0.3 <= first - t0 < 3.0, (t0, first)
+
+
+def test_a_reply_is_voiced_in_the_language_the_caller_spoke() -> None:
+    voices = {"hi": "hi"}
+    assert voice_runs("Okay.", None, voices, "joe") == [("joe", "Okay.")]  # the greeting: nobody has spoken yet
+    assert voice_runs("Okay.", "en", voices, "joe") == [("joe", "Okay.")]
+    assert voice_runs("Okay.", "hi", voices, "joe") == [("hi", "Okay.")]
+    assert voice_runs("Okay.", "ta", voices, "joe") == [("joe", "Okay.")]  # a language without a voice
+
+
+def test_devanagari_keeps_the_hindi_voice_and_runs_of_one_voice_are_joined() -> None:
+    text = "आपका कमरा तैयार है, and breakfast is at seven."
+    assert voice_runs(text, "en", {"hi": "hi"}, "joe") == [("hi", "आपका कमरा तैयार है,"),
+                                                           ("joe", "and breakfast is at seven.")]
+    assert voice_runs(text, "hi", {"hi": "hi"}, "joe") == [("hi", "आपका कमरा तैयार है, and breakfast is at seven.")]
+    assert voice_runs(text, "en", {"hi": "hi", "en": "en-gb"}, "joe")[1][0] == "en-gb"
