@@ -60,7 +60,7 @@ def test_speaker_must_be_one_the_model_has(tiny: tuple[str, str], tiny_speakers:
 
 def test_missing_files_are_named(tiny: tuple[str, str], tmp_path: Path) -> None:
     missing = str(tmp_path / "nowhere.pth")
-    with pytest.raises(TtsError, match=re.escape(f"checkpoint file {missing} does not exist")):
+    with pytest.raises(TtsError, match=re.escape(f"checkpoint {missing} does not exist")):
         CoquiTts(missing, tiny[1]).synthesize(TEXT)
     missing = str(tmp_path / "nowhere.json")
     with pytest.raises(TtsError, match=re.escape(f"config file {missing} does not exist")):
