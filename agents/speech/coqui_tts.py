@@ -115,7 +115,9 @@ class CoquiTts:
         try:
             tts = TTS(model_path=self.model_path, config_path=self.config_path, progress_bar=False)
         except Exception as e:
-            raise TtsError(f"{where}: cannot load it with config {self.config_path}: {type(e).__name__}: {e}") from e
+            reason = " ".join(str(e).split())  # one line: torch's unpickling errors span several
+            raise TtsError(f"{where}: cannot load it with config {self.config_path}: {type(e).__name__}: {reason}"
+                           ) from e
         speakers: list[str] = list(tts.speakers or [])
         if self.speaker is None and speakers:
             raise TtsError(f"{where} has several speakers; choose one of {speakers}")

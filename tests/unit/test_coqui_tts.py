@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from agents.config import ScriptedAgentConfig
 from agents.speech.coqui_tts import CoquiTts
-from agents.speech.tts import TtsError
+from agents.speech.tts import TtsError, engine_for
+from telephony.cli import main
 from tests.audio import rms_db, to_array
 from tests.coqui_tiny import HOP_LENGTH, SAMPLE_RATE, build_tiny_model
 
@@ -81,7 +83,62 @@ def test_missing_coqui_says_how_to_install(tiny: tuple[str, str], monkeypatch: p
     assert tiny[0] in str(err.value)
 
 
-def test_import_loads_neither_torch_nor_coqui() -> None:
-    code = "import sys, agents.speech.coqui_tts; print(sorted({'torch', 'TTS'} & set(sys.modules)))"
+def test_the_gateway_imports_neither_torch_nor_coqui_until_a_coqui_voice_loads() -> None:
+    code = ("import sys, agents.speech.coqui_tts, agents.config, agents.engines, agents.scripted, agents.cascaded, "
+            "telephony.app; print(sorted({'torch', 'TTS'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def _scripted(agent: str) -> str:
+    """A scripted agent's six lines from `name: voice`, its voice on the third."""
+    name, voice = agent.split(": ", 1)
+    return f"""\
+  {name}:
+    type: scripted
+    voice: {voice}
+    start: a
+    nodes:
+      a: [{{say: "Hello."}}]
+"""
+
+
+def test_a_voice_mapping_names_a_coqui_model(tiny_speakers: tuple[str, str]) -> None:
+    model, config = tiny_speakers
+    cfg = ScriptedAgentConfig.model_validate({"type": "scripted", "start": "a", "nodes": {"a": [{"say": "Hi."}]},
+                                              "voice": {"engine": "coqui", "model_path": model, "speaker": "ana"}})
+    engine = engine_for(cfg.voice)
+    assert isinstance(engine, CoquiTts) and engine is engine_for(cfg.voice)
+    assert (engine.model_path, engine.config_path, engine.speaker) == (model, config, "ana")  # config.json beside it
+    assert rms_db(to_array(engine.synthesize(TEXT)[0])) > -40.0
+
+
+def test_check_names_the_line_of_each_coqui_voice_at_fault(tiny: tuple[str, str], tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    cfg = tmp_path / "vg.yaml"
+    cfg.write_text("agents:\n" + "".join(_scripted(v) for v in [
+        f"good: {{engine: coqui, model_path: {tiny[0]}}}",
+        f"corrupt: {{engine: coqui, model_path: {bad}, config_path: {tiny[1]}}}",
+        f"gone: {{engine: coqui, model_path: {tmp_path / 'nowhere.pth'}}}",
+        f"typo: {{engine: coqui, model: {tiny[0]}}}",
+        f"other: {{engine: piper, model_path: {tiny[0]}}}",
+    ]) + "routes:\n  - match: '*'\n    agent: good\n")
+    assert main(["check", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    print(err)
+    lines = err.splitlines()
+    assert lines[0] == (f"{cfg}:16: agents.gone.scripted.voice: coqui model {tmp_path / 'nowhere.pth'}: checkpoint "
+                        f"{tmp_path / 'nowhere.pth'} does not exist")
+    assert lines[1].startswith(f"{cfg}:22: agents.typo.scripted.voice: unknown key 'model'")
+    assert lines[2].startswith(f"{cfg}:28: agents.other.scripted.voice: a voice mapping needs engine: coqui")
+    assert len(lines) == 4  # the file does not validate: no engine is loaded yet
+    cfg.write_text("agents:\n" + "".join(_scripted(v) for v in [
+        f"good: {{engine: coqui, model_path: {tiny[0]}}}",
+        f"corrupt: {{engine: coqui, model_path: {bad}, config_path: {tiny[1]}}}",
+    ]) + "routes:\n  - match: '*'\n    agent: good\n")
+    assert main(["check", str(cfg)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith(f"{cfg}:10: agents.corrupt.voice: coqui model {bad}: cannot load it"), lines
+    assert lines[1:] == [f"{cfg}: 1 error(s)"]
