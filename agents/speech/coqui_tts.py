@@ -118,6 +118,9 @@ class CoquiTts:
             reason = " ".join(str(e).split())  # one line: torch's unpickling errors span several
             raise TtsError(f"{where}: cannot load it with config {self.config_path}: {type(e).__name__}: {reason}"
                            ) from e
+        if tts.is_multi_lingual:
+            raise TtsError(f"{where} is multilingual (its config lists {tts.languages}): it needs a language for each "
+                           "line, as XTTS and YourTTS do, and voicegate does not pass one yet")
         speakers: list[str] = list(tts.speakers or [])
         if self.speaker is None and speakers:
             raise TtsError(f"{where} has several speakers; choose one of {speakers}")

@@ -60,6 +60,12 @@ def test_speaker_must_be_one_the_model_has(tiny: tuple[str, str], tiny_speakers:
         CoquiTts(*tiny, speaker="ana").synthesize(TEXT)
 
 
+def test_a_multilingual_model_is_refused_as_not_supported_yet(tmp_path: Path) -> None:
+    model = build_tiny_model(tmp_path, languages=("en", "de"))
+    with pytest.raises(TtsError, match=r"is multilingual.*\['de', 'en'\].*does not pass one yet"):
+        CoquiTts(*model).synthesize(TEXT)
+
+
 def test_missing_files_are_named(tiny: tuple[str, str], tmp_path: Path) -> None:
     missing = str(tmp_path / "nowhere.pth")
     with pytest.raises(TtsError, match=re.escape(f"checkpoint {missing} does not exist")):
