@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -9,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from agents.config import ScriptedAgentConfig
+from agents.config import EngineLoadError, ScriptedAgentConfig
+from agents.scripted import ScriptedFactory
 from agents.speech.coqui_tts import CoquiTts
-from agents.speech.tts import TtsError, engine_for
+from agents.speech.tts import PromptCache, TtsError, engine_for
 from telephony.cli import main
 from tests.audio import rms_db, to_array
 from tests.coqui_tiny import HOP_LENGTH, SAMPLE_RATE, build_tiny_model
@@ -148,3 +150,14 @@ def test_check_names_the_line_of_each_coqui_voice_at_fault(tiny: tuple[str, str]
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith(f"{cfg}:10: agents.corrupt.voice: coqui model {bad}: cannot load it"), lines
     assert lines[1:] == [f"{cfg}: 1 error(s)"]
+
+
+def test_a_scripted_agent_whose_coqui_voice_does_not_load_fails_to_prepare_at_the_option(
+        tiny_speakers: tuple[str, str]) -> None:
+    """What `serve` turns into the file:line refusal (telephony.cli), as for piper."""
+    cfg = ScriptedAgentConfig.model_validate({
+        "type": "scripted", "start": "a", "nodes": {"a": [{"say": "Hi."}]},
+        "voice": {"engine": "coqui", "model_path": tiny_speakers[0], "speaker": "zed"}})
+    with pytest.raises(EngineLoadError) as e:
+        asyncio.run(ScriptedFactory("desk", cfg, PromptCache()).prepare())
+    assert e.value.loc == ("agents", "desk", "voice") and "no speaker 'zed'" in e.value.message
