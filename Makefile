@@ -24,6 +24,9 @@ $(VENV)/.installed: setup.cfg requirements.lock
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
+	@# torchaudio's PyPI wheel is built for CUDA torch: beside the CPU torch its C++ extension fails to load
+	@# (libc10_cuda.so), so it goes, and torchaudio runs its Python part, all that coqui's inference uses
+	rm -f $(VENV)/lib/python3*/site-packages/torchaudio/lib/*.so
 	$(PY) -m pip install -q --no-deps -e .
 	@touch $@
 

@@ -6,12 +6,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from agents.dialog import DEMO_DIALOG, DialogConfig
 from agents.gemini_live import GeminiLiveConfig
 from agents.openai_realtime import OpenAIRealtimeConfig
 from agents.router import Budget, EscalateWhen
+from agents.speech.coqui_tts import coqui_voice
 from agents.speech.tts import TtsError, check_voice
 from agents.speech.worker import EngineSpec
 from agents.tools import CALL_TOOL_NAMES, ToolConfig, check_declared, check_tool_names
@@ -25,6 +26,15 @@ class EngineLoadError(Exception):
         self.loc = loc
         self.message = message
         super().__init__(f"{'.'.join(str(p) for p in loc)}: {message}")
+
+
+def _voice_name(v: Any) -> Any:
+    return coqui_voice(v) if isinstance(v, Mapping) else v
+
+
+Voice = Annotated[str, BeforeValidator(_voice_name)]
+"""A TTS voice: `joe` (piper, bundled), a piper `.onnx` file, an espeak-ng voice name, or a coqui model as a mapping
+`{engine: coqui, model_path, config_path, speaker}` (agents.speech.coqui_tts), which becomes a `coqui:` name."""
 
 
 class _Strict(BaseModel):
@@ -128,8 +138,18 @@ class ScriptedAgentConfig(_Strict):
     type: Literal["scripted"]
     start: str
     nodes: dict[str, list[Step]]
-    voice: str = "joe"
-    """TTS voice: `joe` (piper, bundled) or an espeak-ng voice name."""
+    voice: Voice = "joe"
+    """TTS voice (see `Voice`)."""
+
+    @field_validator("voice")
+    @classmethod
+    def _voice(cls, v: str) -> str:
+        if v.startswith("coqui:"):  # the model's files; `joe` and espeak-ng voices are checked when it prepares
+            try:
+                check_voice(v)
+            except TtsError as e:
+                raise ValueError(str(e)) from None
+        return v
 
     @model_validator(mode="after")
     def _targets(self) -> ScriptedAgentConfig:
@@ -242,8 +262,8 @@ class CascadedAgentConfig(_Strict):
     llm: LlmAgentConfig | None = None
     """With no LLM, the rule-based `dialog` answers."""
     dialog: DialogConfig = DEMO_DIALOG
-    voice: str = "joe"
-    voices: dict[str, str] = {"hi": "hi"}
+    voice: Voice = "joe"
+    voices: dict[str, Voice] = {"hi": "hi"}
     """TTS voice per language (espeak-ng voice names; `joe` is piper's): a reply is voiced in the language the ASR
     detected in the caller's latest turn, Devanagari text in `hi`'s; a language without one gets `voice`."""
     turn: TurnConfig = TurnConfig()

@@ -4,6 +4,7 @@
   model file (a voice named `path/to/model.onnx`, its config `model.onnx.json` beside it, piper's layout);
   onnxruntime releases the GIL while it synthesises.
 - `EspeakTts`: the espeak-ng program (about 100 languages, Hindi among them), for voices piper lacks.
+- `CoquiTts` (coqui_tts.py): a coqui-tts model the config names (a `coqui:` voice); torch loads only for one.
 `PromptCache` renders each (voice, text) once, at 16 kHz, so a greeting starts with the first RTP packet; the lines a
 configuration fixes come from the disk cache (tts_cache.py) when an earlier run rendered them.
 """
@@ -22,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -30,6 +31,9 @@ from agents.speech.asr import cache_dir
 from agents.speech.tts_cache import TtsDiskCache
 from media.frames import SAMPLE_RATE
 from media.resample import resample
+
+if TYPE_CHECKING:
+    from agents.speech.coqui_tts import CoquiTts
 
 
 class TtsError(Exception):
@@ -139,6 +143,11 @@ def check_voice(voice: str) -> None:
     or a voice espeak-ng has. (Whether a model file loads is `engine_for(voice).load()`'s to say.)"""
     if voice == "joe":
         return
+    if voice.startswith("coqui:"):
+        from agents.speech import coqui_tts
+
+        coqui_tts.check_files(coqui_tts.parse_coqui_voice(voice))
+        return
     if is_piper_model(voice):
         for f in (Path(voice).expanduser(), Path(voice).expanduser().with_suffix(".onnx.json")):
             if not f.is_file():
@@ -153,23 +162,38 @@ def check_voice(voice: str) -> None:
 
 
 _PIPER: dict[str, PiperTts] = {}
+_COQUI: dict[str, CoquiTts] = {}
 
 
 def engine_for(voice: str) -> Tts:
-    """`joe` is piper's bundled voice, a `.onnx` path a piper model; any other name is an espeak-ng voice."""
+    """`joe` is piper's bundled voice, a `.onnx` path a piper model, a `coqui:` name a coqui model; any other name
+    is an espeak-ng voice."""
     if voice == "joe" or is_piper_model(voice):
         if voice not in _PIPER:
             path = None if voice == "joe" else str(Path(voice).expanduser())
             _PIPER[voice] = PiperTts(path, None if path is None else f"{path}.json")
         return _PIPER[voice]
+    if voice.startswith("coqui:"):
+        return _coqui(voice)
     return EspeakTts(voice)
 
 
+def _coqui(voice: str) -> CoquiTts:
+    if voice not in _COQUI:
+        from agents.speech.coqui_tts import CoquiTts
+
+        _COQUI[voice] = CoquiTts.from_voice(voice)
+    return _COQUI[voice]
+
+
 def load_voice(voice: str) -> None:
-    """Load `voice`'s engine (a piper model) or check that espeak-ng speaks it: TtsError naming the model if not."""
+    """Load `voice`'s engine (a piper or coqui model) or check that espeak-ng speaks it: TtsError naming the model
+    if not."""
     engine = engine_for(voice)
     if isinstance(engine, PiperTts):
         engine.load()
+    elif voice.startswith("coqui:"):
+        _coqui(voice).load()
     else:
         check_voice(voice)
 

@@ -1,5 +1,5 @@
 """What the cascaded agent hears on real SIP calls: the word error rate of recorded human prompts through G.711,
-and a Hindi-English turn transcribed per language."""
+and a Hindi-English turn transcribed per language; and a scripted agent speaking with a tiny coqui model."""
 
 from __future__ import annotations
 
@@ -11,8 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
+from agents.speech.coqui_tts import CoquiTts
+from agents.speech.tts import for_playout
 from tests import audio
+from tests.coqui_tiny import SAMPLE_RATE as COQUI_RATE
+from tests.coqui_tiny import build_tiny_model
 from tests.integration.cascaded_calls import clip, sequence, start_cascaded_gateway, turns_of, uri
 from tests.integration.peers import Gateway, call
 from tests.prompts import prompts, wer
@@ -27,13 +32,20 @@ LISTENER = {
 }
 """Answers every turn with "Okay.", so a caller can read prompts to it one after another."""
 
+COQUI_LINE = "Hello from voicegate."
+
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    agents = {"listener": LISTENER, "hinglish": {**LISTENER, "asr": {"engine": "whisper", "language": "hi,en"}}}
+    model, _ = build_tiny_model(tmp_path_factory.mktemp("coqui-tiny"))
+    coqui = {"type": "scripted", "voice": {"engine": "coqui", "model_path": model}, "start": "a",
+             "nodes": {"a": [{"say": COQUI_LINE}, {"pause_s": 2}, {"hangup": "done"}]}}
+    agents = {"listener": LISTENER, "hinglish": {**LISTENER, "asr": {"engine": "whisper", "language": "hi,en"}},
+              "coqui": coqui, "coquidesk": {**LISTENER, "voice": coqui["voice"]}}
     g = start_cascaded_gateway(tmp_path_factory, "gw-cascaded-asr", agents,
                                [{"match": "/^listen\\d$/", "agent": "listener"},
-                                {"match": "hinglish", "agent": "hinglish"}])
+                                {"match": "hinglish", "agent": "hinglish"}, {"match": "coqui", "agent": "coqui"},
+                                {"match": "coquidesk", "agent": "coquidesk"}])
     yield g
     assert g.stop() == 0
 
@@ -58,6 +70,41 @@ def test_a_hindi_english_turn_is_transcribed_in_both_languages(gw: Gateway, tmp_
     # whisper-base writes Hindi in Devanagari or, often, in Urdu's Perso-Arabic script (agents/speech/whisper_asr.py)
     assert re.search("[\u0900-\u097F\u0600-\u06FF]", hindi_text), hindi_text
     assert "balance" in english_text.lower(), english_text
+
+
+def _heard_line(path: Path) -> tuple[float, float]:
+    """Length (s) and level (dBFS) of what the caller heard within 30 dB of its loudest 20 ms."""
+    line = audio.trim(audio.read_wav(path), rel_db=-30.0)
+    return len(line) / 16000, audio.rms_db(line)
+
+
+def test_a_scripted_agent_speaks_with_a_coqui_model(gw: Gateway, tmp_path: Path) -> None:
+    """The tiny coqui VITS model (tests/coqui_tiny.py) speaks noise, so the caller checks what it can: a line as long
+    as the model renders it (its durations do not depend on the noise; three times piper's, so a line piper spoke
+    instead would fail), loud enough, then the agent's hang-up."""
+    model = yaml.safe_load(gw.config.read_text())["agents"]["coqui"]["voice"]["model_path"]
+    pcm, _ = CoquiTts(model, str(Path(model).with_name("config.json"))).synthesize(COQUI_LINE)
+    expected_s = len(pcm) / 2 / COQUI_RATE
+    heard = tmp_path / "heard.wav"
+    call(uri(gw, "coqui"), "--duration", "8", "--record", str(heard), timeout=40)
+    incoming = [e["call"] for e in gw.events("call_incoming") if e["called"] == "coqui"]
+    assert gw.wait_event("call_end", 15, call=incoming[-1])["reason"] == "done"
+    span_s, level_db = _heard_line(heard)
+    print(json.dumps({"expected_s": expected_s, "span_s": span_s, "level_dbfs": round(level_db, 1)}))
+    assert level_db > -40 and abs(span_s - expected_s) < 0.2, (span_s, expected_s, level_db)
+
+
+def test_a_cascaded_agent_greets_with_a_coqui_model(gw: Gateway, tmp_path: Path) -> None:
+    """The same model as a cascaded agent's voice: its greeting ("Hello.", through the agent's sentence rendering)
+    is heard as long as the model renders it, loud enough."""
+    model = yaml.safe_load(gw.config.read_text())["agents"]["coquidesk"]["voice"]["model_path"]
+    pcm, rate = CoquiTts(model, str(Path(model).with_name("config.json"))).synthesize("Hello.")
+    expected_s = len(for_playout(pcm, rate)) / 2 / 16000
+    heard = tmp_path / "heard.wav"
+    call(uri(gw, "coquidesk"), "--duration", "3", "--record", str(heard), timeout=40)
+    span_s, level_db = _heard_line(heard)
+    print(json.dumps({"expected_s": expected_s, "span_s": span_s, "level_dbfs": round(level_db, 1)}))
+    assert level_db > -40 and abs(span_s - expected_s) < 0.2, (span_s, expected_s, level_db)
 
 
 def test_the_reply_is_voiced_in_the_language_the_caller_spoke(gw: Gateway, tmp_path: Path) -> None:
