@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 
 from telephony.config import TrunkTlsConfig
@@ -56,7 +57,9 @@ def client_cert_problem(trunk: str, tls: TrunkTlsConfig, over_tls: bool, pem: st
         leaf = crypto.load_certificate(crypto.FILETYPE_PEM, pem.encode())
     except crypto.Error as e:
         return f"trunk {trunk}: cannot check the client certificate against ca_file {tls.ca_file}: {e}"
-    subject = leaf.get_subject().CN or str(leaf.get_subject())
+    name = leaf.to_cryptography().subject
+    cn = name.get_attributes_for_oid(NameOID.COMMON_NAME)
+    subject = str(cn[0].value) if cn else name.rfc4514_string()
     try:
         crypto.X509StoreContext(store, leaf).verify_certificate()
     except crypto.X509StoreContextError as e:

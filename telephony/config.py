@@ -92,7 +92,18 @@ def off_loopback_without(listen: str, guard: object, needs: str) -> None:
         loc=("listen",), input=listen)])
 
 
-class SipTlsConfig(_Strict):
+class _TlsFiles(_Strict):
+    """A TLS section's certificate, key and CA files must exist (each section declares which it has)."""
+
+    @field_validator("cert_file", "key_file", "ca_file", check_fields=False)
+    @classmethod
+    def _readable(cls, v: str | None) -> str | None:
+        if v is not None and not Path(v).expanduser().is_file():
+            raise ValueError(f"no such file: {v}")
+        return v
+
+
+class SipTlsConfig(_TlsFiles):
     """SIP over TLS: the listener's certificate, and whom outgoing TLS connections (trunks) trust."""
 
     port: int = Field(5061, ge=1, le=65535)
@@ -104,13 +115,6 @@ class SipTlsConfig(_Strict):
     """Refuse a trunk whose certificate does not verify (chain and name)."""
     require_client_cert: bool = False
     """Mutual TLS: refuse TLS clients without a certificate that `ca_file` verifies."""
-
-    @field_validator("cert_file", "key_file", "ca_file")
-    @classmethod
-    def _readable(cls, v: str | None) -> str | None:
-        if v is not None and not Path(v).expanduser().is_file():
-            raise ValueError(f"no such file: {v}")
-        return v
 
     @model_validator(mode="after")
     def _loadable(self) -> SipTlsConfig:
@@ -137,7 +141,7 @@ def check_ca_file(ca_file: str, ctx: ssl.SSLContext | None = None) -> None:
         raise ValueError(f"ca_file {ca_file} holds no usable CA certificate: {e}") from None
 
 
-class TrunkTlsConfig(_Strict):
+class TrunkTlsConfig(_TlsFiles):
     """Mutual TLS with a trunk: its own client identity for its registrar or proxy, instead of the listener's, and
     client certificates its own calls must come with."""
 
@@ -152,13 +156,6 @@ class TrunkTlsConfig(_Strict):
     require_client_cert: bool = False
     """Admit this trunk's calls only over TLS with a client certificate `ca_file` verifies; others get 403
     (telephony/client_certs.py). The TLS listener then asks every client for a certificate but requires none."""
-
-    @field_validator("cert_file", "key_file", "ca_file")
-    @classmethod
-    def _readable(cls, v: str | None) -> str | None:
-        if v is not None and not Path(v).expanduser().is_file():
-            raise ValueError(f"no such file: {v}")
-        return v
 
     @model_validator(mode="after")
     def _loadable(self) -> TrunkTlsConfig:
