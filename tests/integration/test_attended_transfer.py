@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -52,13 +53,20 @@ def events(target: subprocess.Popen[str]) -> list[dict[str, object]]:
     return [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
 
 
-def test_the_caller_is_transferred_to_the_answered_target_replacing_the_consultation(gw: Gateway):
-    target = answerer()
+def transferred_call(gw: Gateway, user: str, *answerer_args: str) -> tuple[dict[str, Any], list[dict[str, object]]]:
+    """The caller (accepting transfers) calls `user` while the target answers as told: its result, and what the
+    target saw."""
+    target = answerer(*answerer_args)
     try:
-        res = call(f"sip:att@127.0.0.1:{gw.port}", "--accept-transfer", "--duration", "8")
+        res = call(f"sip:{user}@127.0.0.1:{gw.port}", "--accept-transfer", "--duration", "8")
         seen = events(target)
     finally:
         target.kill()
+    return res, seen
+
+
+def test_the_caller_is_transferred_to_the_answered_target_replacing_the_consultation(gw: Gateway):
+    res, seen = transferred_call(gw, "att")
     print("\ncaller:", res["refer_to"], "target:", seen)
     end = gw.wait_event("call_end", 10, agent="att")
     consult = gw.wait_event("transfer_consult", 1, call=end["call"])
@@ -72,12 +80,7 @@ def test_the_caller_is_transferred_to_the_answered_target_replacing_the_consulta
 
 
 def test_a_busy_target_is_not_transferred_to_and_the_agent_goes_on(gw: Gateway):
-    target = answerer("--code", "486")
-    try:
-        res = call(f"sip:att@127.0.0.1:{gw.port}", "--accept-transfer", "--duration", "8")
-        events(target)
-    finally:
-        target.kill()
+    res, _ = transferred_call(gw, "att", "--code", "486")
     assert res["refer_to"] == [] and res["remote_hangup"], res
     end = gw.wait_event("call_end", 10, agent="att", reason="transfer_failed")
     assert gw.wait_event("transfer_result", 1, call=end["call"])["code"] == 486
@@ -86,12 +89,7 @@ def test_a_busy_target_is_not_transferred_to_and_the_agent_goes_on(gw: Gateway):
 
 
 def test_a_blind_transfer_brings_the_caller_to_the_answering_target(gw: Gateway):
-    target = answerer()
-    try:
-        res = call(f"sip:blind@127.0.0.1:{gw.port}", "--accept-transfer", "--duration", "8")
-        seen = events(target)
-    finally:
-        target.kill()
+    res, seen = transferred_call(gw, "blind")
     end = gw.wait_event("call_end", 10, agent="blind")
     assert res["refer_to"] == [f"sip:desk@127.0.0.1:{TARGET}"] and res["remote_hangup"], res
     assert end["reason"] == f"transfer:sip:desk@127.0.0.1:{TARGET}", end

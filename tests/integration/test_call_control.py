@@ -9,6 +9,7 @@ import re
 import socket
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -103,6 +104,20 @@ def sipp_call(gw: Gateway, scenario: str, service: str, media_port: int, cwd: Pa
     return str(incoming["call"])
 
 
+def captured_sipp_call(gw: Gateway, scenario: str, service: str, cwd: Path) -> tuple[dict[str, Any], list[Packet], int]:
+    """`sipp_call` with the loopback captured: the call's `call_end` (the caller hung up), the packets, and the
+    caller's media port."""
+    media_port = rtp_range(10)[0]
+    cap = Capture(cwd / "caller.pcap", "lo", gw.port)
+    try:
+        call_id = sipp_call(gw, scenario, service, media_port, cwd)
+    finally:
+        packets = cap.stop()
+    end = gw.wait_event("call_end", 10, call=call_id)
+    assert end["reason"] == "remote_200", end
+    return end, packets, media_port
+
+
 def loud(p: Packet) -> bool:
     """A packet of speech, not silence (µ-law)."""
     return float(np.abs(audio.to_array(ulaw_decode(p.payload))).max(initial=0.0)) > 1000
@@ -114,14 +129,7 @@ def test_hold_from_sipp_stops_the_agent_and_resume_carries_on_where_it_stopped(g
     speech = audio.to_pcm(np.tile(clips.caller, 2)[::2][: 8000 * 5 // 2])  # 2.5 s at 8 kHz: within the hold
     rtp_pcap(tmp_path / "music.pcap", speech)
     (tmp_path / "hold.xml").write_text(hold_scenario("music.pcap", direction))
-    media_port = rtp_range(10)[0]
-    cap = Capture(tmp_path / "caller.pcap", "lo", gateway.port)
-    try:
-        call_id = sipp_call(gateway, "hold.xml", "long", media_port, tmp_path)
-    finally:
-        packets = cap.stop()
-    end = gateway.wait_event("call_end", 10, call=call_id)
-    assert end["reason"] == "remote_200", end
+    end, packets, media_port = captured_sipp_call(gateway, "hold.xml", "long", tmp_path)
     media = [e for e in gateway.events("call_media") if e["call"] == end["call"]]
     assert [m["hold"] for m in media] == [False, True, False], media
     held, resumed = media[1]["ts"], media[2]["ts"]
@@ -155,14 +163,7 @@ EARLY = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 
 def test_early_media_announcement_is_heard_before_the_answer_then_the_agent(gateway: Gateway, tmp_path: Path):
     (tmp_path / "early.xml").write_text(EARLY)
-    media_port = rtp_range(10)[0]
-    cap = Capture(tmp_path / "caller.pcap", "lo", gateway.port)
-    try:
-        call_id = sipp_call(gateway, "early.xml", "early", media_port, tmp_path)
-    finally:
-        packets = cap.stop()
-    end = gateway.wait_event("call_end", 10, call=call_id)
-    assert end["reason"] == "remote_200", end
+    end, packets, media_port = captured_sipp_call(gateway, "early.xml", "early", tmp_path)
     answered = gateway.wait_event("call_answered", 1, call=end["call"])
     said = [e for e in gateway.events("agent_say") if e["call"] == end["call"]]
     assert [e["text"][:30] for e in said] == [EARLY_ANNOUNCEMENT[:30], LONG_PROMPT[:30]], said
