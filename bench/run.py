@@ -2,6 +2,8 @@
 
 - barge-in reaction: caller speech onset (first frame within 20 dB of the utterance's peak, telephone band) ->
   last agent frame the caller hears, over BENCH_TRIALS calls (default 20);
+- false stops: BENCH_TRIALS callers who only return the agent's echo over line noise, and as many who only say a
+  backchannel, through `voicegate simulate` (`BENCH_ONLY=false_stops` runs these alone, into false_stops.json);
 - echo round trip through voicegate's echo agent vs the same caller looped by `sipp -rtp_echo`, in this run;
 - media clock jitter (interval between a call's outbound ticks) with 4 concurrent echo calls;
 - the Python frame path's CPU per call-second, replayed without a clock (bench/frame_path.py), against a copy port.
@@ -67,6 +69,24 @@ def barge_in(gw: Gateway, tmp: Path, trials: int, seed: int) -> dict[str, Any]:
             "p95_ms": pct(reactions, 95), "all_ms": reactions}
 
 
+def simulate(gw: Gateway, tmp: Path, name: str, docs: list[dict[str, Any]], seed: int,
+             line: LineImpairment | None = None) -> list[dict[str, Any]]:
+    """Run `docs` (call scripts) one after another through `voicegate simulate` against `long`, on `line` through
+    the simulator's seeded relay (None: a clean loopback line); the per-call JSON reports."""
+    scripts = []
+    for i, doc in enumerate(docs):
+        path = tmp / f"{name}-{i}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        scripts.append(str(path))
+    report = tmp / f"{name}.json"
+    impair = ["--loss", str(line.loss_pct), "--jitter", str(line.jitter_ms)] if line else []
+    subprocess.run([str(VENV_BIN / "voicegate"), "simulate", *scripts, "--target", f"sip:long@127.0.0.1:{gw.port}",
+                    "--json", str(report), *impair, "--seed", str(seed), "--rtp-port", str(rtp_range(100)[0])],
+                   cwd=ROOT, capture_output=True, timeout=60 * len(scripts), check=False)
+    reports: list[dict[str, Any]] = json.loads(report.read_text())
+    return reports
+
+
 IMPAIRED = LineImpairment(loss_pct=1.0, jitter_ms=20.0)
 """The issue's impaired line: 1% loss each way, and 20 ms jitter (each packet delayed 0-40 ms, netem's `delay 20
 20`), applied by the simulator's seeded relay."""
@@ -80,23 +100,16 @@ def barge_in_impaired(gw: Gateway, tmp: Path, trials: int, seed: int) -> dict[st
     rng = random.Random(seed)
     caller = audio.scale_to_db(audio.telephone_band(audio.trim(audio.espeak(audio.CALLER_SENTENCE))), -23.0)
     wav = audio.write_wav(tmp / "caller.wav", caller)
-    scripts = []
+    docs = []
     for i in range(trials + trials // 4):
         step = {"interrupt": {"play": str(wav), "after_ms": round(rng.uniform(1500, 3000)), "expect_stop_ms": 1000}}
-        doc = {"name": f"impaired barge-in {i + 1}", "codecs": ["PCMU"],
-               "steps": [{"wait_speech": {"timeout_s": 5}}, step, {"wait": 1}, {"hangup": {}}]}
-        path = tmp / f"impaired-{i}.yaml"
-        path.write_text(yaml.safe_dump(doc))
-        scripts.append(str(path))
-    report = tmp / "impaired.json"
-    subprocess.run([str(VENV_BIN / "voicegate"), "simulate", *scripts, "--target", f"sip:long@127.0.0.1:{gw.port}",
-                    "--json", str(report), "--loss", str(IMPAIRED.loss_pct), "--jitter", str(IMPAIRED.jitter_ms),
-                    "--seed", str(seed), "--rtp-port", str(rtp_range(100)[0])],
-                   cwd=ROOT, capture_output=True, timeout=60 * len(scripts), check=False)
+        docs.append({"name": f"impaired barge-in {i + 1}", "codecs": ["PCMU"],
+                     "steps": [{"wait_speech": {"timeout_s": 5}}, step, {"wait": 1}, {"hangup": {}}]})
+    reports = simulate(gw, tmp, "impaired", docs, seed, IMPAIRED)
     reactions: list[float] = []
     jitter: list[float] = []
     silent = 0
-    for r in json.loads(report.read_text()):
+    for r in reports:
         (step,) = [s for s in r["steps"] if s["name"] == "interrupt"]
         sent, heard = np.asarray(r["sent_db"]), np.asarray(r["heard_db"])
         said = np.nonzero(sent[step["start_frame"] :] > sent.max() - 40.0)[0]
@@ -139,23 +152,43 @@ def echo_round_trip(gw: Gateway, tmp: Path, trials: int) -> dict[str, Any]:
             "ratio": round(vg / sp, 2) if sp else None, "n": trials}
 
 
+ECHO_DELAYS_MS = (20, 100, 250, 500)
+ECHO_LOSS_DB = (6, 12, 20)
+LINE_NOISE_SNR_DB = 30.0
+"""The issue's echo-only caller: the agent's audio returned 20-500 ms late and 6-20 dB down, with line noise 30 dB
+under the caller's speech level (the simulator's `noise` step; a caller who says nothing takes P.56's nominal
+-26 dBov, so the noise is white at -56 dBFS)."""
+
+
+def call_ends(gw: Gateway, since: int, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    """The gateway's `call_end` events after the first `since`, once `count` of them arrived (or `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while len(gw.events("call_end")) < since + count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return gw.events("call_end")[since:]
+
+
 def wire_false_stops(gw: Gateway, tmp: Path, calls: int, seed: int) -> dict[str, Any]:
-    """Callers who only return the agent's echo (20-500 ms, 6-20 dB down), then callers who only say a backchannel."""
+    """Callers who only return the agent's echo over line noise (LINE_NOISE_SNR_DB; delays and losses spread over
+    ECHO_DELAYS_MS x ECHO_LOSS_DB), then callers who only say a backchannel. Paused and stopped are the gateway's
+    own events per call (`barge_in_paused`, `call_end.barge_ins`); `echo_false_barge_ins_heard` counts the agent's
+    silences over 450 ms that the caller heard (the simulator's `expect_no_barge_in`)."""
     rng = random.Random(seed)
-
-    def outcome(since: int) -> list[dict[str, Any]]:
-        time.sleep(0.5)
-        return gw.events("call_end")[since:]
-
-    before = len(gw.events("call_end"))
+    docs = []
     for i in range(calls):
-        delay = (20, 100, 250, 500)[i % 4]
-        loss = (6, 12, 20)[i % 3]
-        call(f"sip:long@127.0.0.1:{gw.port}", "--echo-db", str(-loss), "--echo-delay-ms", str(delay),
-             "--duration", "6")
-        print(f"  echo-only call {i + 1}/{calls} ({delay} ms, -{loss} dB)", flush=True)
-    echo_ends = outcome(before)
+        delay, loss = ECHO_DELAYS_MS[i % len(ECHO_DELAYS_MS)], ECHO_LOSS_DB[i % len(ECHO_LOSS_DB)]
+        docs.append({"name": f"echo-only {i + 1} ({delay} ms, -{loss} dB)", "codecs": ["PCMU"],
+                     "steps": [{"wait_speech": {"timeout_s": 5}}, {"echo": {"db": -loss, "delay_ms": delay}},
+                               {"noise": {"snr_db": LINE_NOISE_SNR_DB, "seed": seed * 1000 + i}},
+                               {"expect_no_barge_in": {"for_s": 4.5}}, {"hangup": {}}]})
+    before = len(gw.events("call_end"))
+    echo = simulate(gw, tmp, "echo-only", docs, seed)
+    for r in echo:
+        print(f"  {r['script']}: {r['duration_s']:.1f} s, the caller heard {r['false_barge_ins']} false barge-ins",
+              flush=True)
+    echo_ends = call_ends(gw, before, calls)
     paused_calls = {e["call"] for e in gw.events("barge_in_paused")}
+    noise = [s["metrics"]["noise_dbfs"] for r in echo for s in r["steps"] if s["name"] == "noise"]
     words = clipset.backchannels()
     before = len(gw.events("call_end"))
     for i in range(calls):
@@ -163,12 +196,15 @@ def wire_false_stops(gw: Gateway, tmp: Path, calls: int, seed: int) -> dict[str,
         call(f"sip:long@127.0.0.1:{gw.port}", "--play", str(wav), "--speak-after-agent-ms",
              f"{rng.uniform(1500, 3000):.0f}", "--duration", "6")
         print(f"  backchannel call {i + 1}/{calls}", flush=True)
-    bc_ends = outcome(before)
+    bc_ends = call_ends(gw, before, calls)
     paused = [p for e in bc_ends for p in e.get("paused_ms", [])]
     return {
         "echo_calls": len(echo_ends),
         "echo_calls_paused": sum(e["call"] in paused_calls for e in echo_ends),
         "echo_calls_stopped": sum(e["barge_ins"] > 0 for e in echo_ends),
+        "echo_false_barge_ins_heard": sum(r["false_barge_ins"] or 0 for r in echo),
+        "echo_delays_ms": list(ECHO_DELAYS_MS), "echo_loss_db": list(ECHO_LOSS_DB),
+        "line_noise_dbfs": sorted(set(noise)),
         "backchannel_calls": len(bc_ends),
         "backchannel_calls_stopped": sum(e["barge_ins"] > 0 for e in bc_ends),
         "backchannel_pause_p50_ms": pct(paused, 50) if paused else 0.0,
@@ -271,9 +307,56 @@ def pipecat_rows() -> list[dict[str, Any]]:
     return rows
 
 
+Row = tuple[str, Any, str]
+"""A table row: metric, value, note."""
+
+
+def false_stop_rows(fs: dict[str, Any]) -> list[Row]:
+    return [
+        ("echo-only calls paused / stopped", f"{fs['echo_calls_paused']}/{fs['echo_calls_stopped']}",
+         f"of {fs['echo_calls']}; target 0; echo {fs['echo_delays_ms'][0]}-{fs['echo_delays_ms'][-1]} ms, "
+         f"-{fs['echo_loss_db'][0]} to -{fs['echo_loss_db'][-1]} dB, noise {LINE_NOISE_SNR_DB:g} dB SNR "
+         f"({'/'.join(map(str, fs['line_noise_dbfs']))} dBFS); the caller heard "
+         f"{fs['echo_false_barge_ins_heard']} stops over 450 ms"),
+        ("backchannel calls stopped", fs["backchannel_calls_stopped"], f"of {fs['backchannel_calls']}; target <= 1"),
+        ("backchannel pause p50 (ms)", fs["backchannel_pause_p50_ms"], "audible gap, resumed where it paused"),
+    ]
+
+
+def print_rows(rows: list[Row]) -> None:
+    width = max(len(r[0]) for r in rows)
+    print()
+    print(f"{'metric':<{width}}  {'value':>8}  note")
+    for name, value, note in rows:
+        print(f"{name:<{width}}  {value!s:>8}  {note}")
+    print()
+
+
+def false_stops_only(trials: int, seed: int) -> int:
+    """`BENCH_ONLY=false_stops`: only the wire's echo-only and backchannel calls, written to false_stops.json."""
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        port = free_port()
+        gw = start_gateway(gateway_config(port), tmp, port)
+        try:
+            print("false stops on the wire: echo-only and backchannel callers ...", flush=True)
+            fs = wire_false_stops(gw, tmp, trials, seed)
+        finally:
+            gw.stop()
+    print_rows(false_stop_rows(fs))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {"bench": "false_stops", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seed": seed,
+           "wire_false_stops": fs}
+    (RESULTS / "false_stops.json").write_text(json.dumps(out, indent=2))
+    print(f"wrote {RESULTS / 'false_stops.json'}")
+    return 0
+
+
 def main() -> int:
     trials = int(os.environ.get("BENCH_TRIALS", "20"))
     seed = int(os.environ.get("BENCH_SEED", "1"))
+    if os.environ.get("BENCH_ONLY") == "false_stops":
+        return false_stops_only(trials, seed)
     print("Python frame path, replayed (CPU per call-second) ...", flush=True)
     fp = frame_path()
     with tempfile.TemporaryDirectory() as d:
@@ -299,13 +382,10 @@ def main() -> int:
             gw.stop()
     RESULTS.mkdir(parents=True, exist_ok=True)
     c += pipecat_rows()
-    rows = [
+    rows: list[Row] = [
         ("barge-in reaction p50 (ms)", b["p50_ms"], "target p95 <= 100"),
         ("barge-in reaction p95 (ms)", b["p95_ms"], f"n={b['n']} ({b['agent_silent_at_onset']} began in a pause)"),
-        ("echo-only calls paused / stopped", f"{fs['echo_calls_paused']}/{fs['echo_calls_stopped']}",
-         f"of {fs['echo_calls']}; target 0"),
-        ("backchannel calls stopped", fs["backchannel_calls_stopped"], f"of {fs['backchannel_calls']}; target <= 1"),
-        ("backchannel pause p50 (ms)", fs["backchannel_pause_p50_ms"], "audible gap, resumed where it paused"),
+        *false_stop_rows(fs),
         ("barge-in p50 / p95, impaired line (ms)", f"{bl['p50_ms']}/{bl['p95_ms']}",
          f"{bl['line']}; n={bl['n']}; caller's RTP jitter p50 {bl['caller_rx_jitter_p50_ms']} ms"),
         ("CPU per echo call-second, voicegate (ms)", cpu["voicegate_echo_ms"],
@@ -325,12 +405,7 @@ def main() -> int:
         ("clock tick p50, 4 calls (ms)", j["tick_p50_ms"], "nominal 20"),
         ("clock tick p99, 4 calls (ms)", j["tick_p99_ms"], ""),
     ]
-    width = max(len(r[0]) for r in rows)
-    print()
-    print(f"{'metric':<{width}}  {'value':>8}  note")
-    for name, value, note in rows:
-        print(f"{name:<{width}}  {value!s:>8}  {note}")
-    print()
+    print_rows(rows)
     cols = {"reaction_p50_ms": "p50 ms", "reaction_p95_ms": "p95 ms", "missed": "missed",
             "echo_false_pauses": "echo pauses", "echo_false_stops": "echo stops", "backchannel_stops": "bc stops",
             "backchannel_pause_p50_ms": "bc pause ms"}
