@@ -168,37 +168,48 @@ def call_ends(gw: Gateway, since: int, count: int, timeout: float = 10.0) -> lis
     return gw.events("call_end")[since:]
 
 
-def wire_false_stops(gw: Gateway, tmp: Path, calls: int, seed: int) -> dict[str, Any]:
-    """Callers who only return the agent's echo over line noise (LINE_NOISE_SNR_DB; delays and losses spread over
-    ECHO_DELAYS_MS x ECHO_LOSS_DB), then callers who only say a backchannel. Paused and stopped are the gateway's
-    own events per call (`barge_in_paused`, `call_end.barge_ins`); `echo_false_barge_ins_heard` counts the agent's
-    silences over 450 ms that the caller heard (the simulator's `expect_no_barge_in`)."""
+def wire_false_stops(gw: Gateway, tmp: Path, calls: int, seed: int,
+                     line: LineImpairment | None = None) -> dict[str, Any]:
+    """Callers who only return the agent's echo over line noise from the answer on (LINE_NOISE_SNR_DB; delays and
+    losses spread over ECHO_DELAYS_MS x ECHO_LOSS_DB), then callers who only say a backchannel 1.5-3 s into the
+    agent's talk, on `line` (None: clean). Paused and stopped are the gateway's own events per call
+    (`barge_in_paused`, `call_end.barge_ins`, `call_end.paused_ms`); `echo_false_barge_ins_heard` counts the agent's
+    silences over 450 ms that the echo-only callers heard, `backchannel_pause_heard_p50_ms` the backchannel callers'
+    longest silence of the agent (the simulator's `expect_no_barge_in` and `backchannel` steps)."""
     rng = random.Random(seed)
     docs = []
     for i in range(calls):
         delay, loss = ECHO_DELAYS_MS[i % len(ECHO_DELAYS_MS)], ECHO_LOSS_DB[i % len(ECHO_LOSS_DB)]
         docs.append({"name": f"echo-only {i + 1} ({delay} ms, -{loss} dB)", "codecs": ["PCMU"],
-                     "steps": [{"wait_speech": {"timeout_s": 5}}, {"echo": {"db": -loss, "delay_ms": delay}},
+                     "steps": [{"echo": {"db": -loss, "delay_ms": delay}},
                                {"noise": {"snr_db": LINE_NOISE_SNR_DB, "seed": seed * 1000 + i}},
-                               {"expect_no_barge_in": {"for_s": 4.5}}, {"hangup": {}}]})
+                               {"wait_speech": {"timeout_s": 5}}, {"expect_no_barge_in": {"for_s": 4.5}},
+                               {"hangup": {}}]})
+    words = [str(audio.write_wav(tmp / f"bc-{k}.wav", w)) for k, w in enumerate(clipset.backchannels())]
+    bc_docs = [{"name": f"backchannel {i + 1}", "codecs": ["PCMU"],
+                "steps": [{"wait_speech": {"timeout_s": 5}},
+                          {"backchannel": {"play": words[i % len(words)], "after_ms": round(rng.uniform(1500, 3000)),
+                                           "expect_continue_s": 1.5}},
+                          {"wait": 0.5}, {"hangup": {}}]} for i in range(calls)]
+    tag = "-impaired" if line else ""
     before = len(gw.events("call_end"))
-    echo = simulate(gw, tmp, "echo-only", docs, seed)
+    echo = simulate(gw, tmp, f"echo-only{tag}", docs, seed, line)
     for r in echo:
         print(f"  {r['script']}: {r['duration_s']:.1f} s, the caller heard {r['false_barge_ins']} false barge-ins",
               flush=True)
     echo_ends = call_ends(gw, before, calls)
     paused_calls = {e["call"] for e in gw.events("barge_in_paused")}
     noise = [s["metrics"]["noise_dbfs"] for r in echo for s in r["steps"] if s["name"] == "noise"]
-    words = clipset.backchannels()
     before = len(gw.events("call_end"))
-    for i in range(calls):
-        wav = audio.write_wav(tmp / "bc.wav", words[i % len(words)])
-        call(f"sip:long@127.0.0.1:{gw.port}", "--play", str(wav), "--speak-after-agent-ms",
-             f"{rng.uniform(1500, 3000):.0f}", "--duration", "6")
-        print(f"  backchannel call {i + 1}/{calls}", flush=True)
+    bc = simulate(gw, tmp, f"backchannel{tag}", bc_docs, seed, line)
+    heard = [s["metrics"]["pause_ms"] for r in bc for s in r["steps"]
+             if s["name"] == "backchannel" and "pause_ms" in s["metrics"]]
+    for r in bc:
+        print(f"  {r['script']}: {'passed' if r['passed'] else 'failed'}", flush=True)
     bc_ends = call_ends(gw, before, calls)
     paused = [p for e in bc_ends for p in e.get("paused_ms", [])]
     return {
+        "line": line.describe() if line else "clean",
         "echo_calls": len(echo_ends),
         "echo_calls_paused": sum(e["call"] in paused_calls for e in echo_ends),
         "echo_calls_stopped": sum(e["barge_ins"] > 0 for e in echo_ends),
@@ -208,6 +219,7 @@ def wire_false_stops(gw: Gateway, tmp: Path, calls: int, seed: int) -> dict[str,
         "backchannel_calls": len(bc_ends),
         "backchannel_calls_stopped": sum(e["barge_ins"] > 0 for e in bc_ends),
         "backchannel_pause_p50_ms": pct(paused, 50) if paused else 0.0,
+        "backchannel_pause_heard_p50_ms": pct(heard, 50),
     }
 
 
@@ -311,15 +323,28 @@ Row = tuple[str, Any, str]
 """A table row: metric, value, note."""
 
 
-def false_stop_rows(fs: dict[str, Any]) -> list[Row]:
+def false_stop_rows(clean: dict[str, Any], impaired: dict[str, Any]) -> list[Row]:
+    """The echo-only and backchannel rows, each clean beside impaired."""
+    fs, fi = clean, impaired
+    line = f"{fi['line']}, same calls"
+    echo = (f"echo {fs['echo_delays_ms'][0]}-{fs['echo_delays_ms'][-1]} ms, -{fs['echo_loss_db'][0]} to "
+            f"-{fs['echo_loss_db'][-1]} dB, noise {LINE_NOISE_SNR_DB:g} dB SNR "
+            f"({'/'.join(map(str, fs['line_noise_dbfs']))} dBFS)")
     return [
         ("echo-only calls paused / stopped", f"{fs['echo_calls_paused']}/{fs['echo_calls_stopped']}",
-         f"of {fs['echo_calls']}; target 0; echo {fs['echo_delays_ms'][0]}-{fs['echo_delays_ms'][-1]} ms, "
-         f"-{fs['echo_loss_db'][0]} to -{fs['echo_loss_db'][-1]} dB, noise {LINE_NOISE_SNR_DB:g} dB SNR "
-         f"({'/'.join(map(str, fs['line_noise_dbfs']))} dBFS); the caller heard "
-         f"{fs['echo_false_barge_ins_heard']} stops over 450 ms"),
-        ("backchannel calls stopped", fs["backchannel_calls_stopped"], f"of {fs['backchannel_calls']}; target <= 1"),
-        ("backchannel pause p50 (ms)", fs["backchannel_pause_p50_ms"], "audible gap, resumed where it paused"),
+         f"of {fs['echo_calls']}; target 0; {echo}; the caller heard {fs['echo_false_barge_ins_heard']} stops over "
+         "450 ms"),
+        ("... impaired line", f"{fi['echo_calls_paused']}/{fi['echo_calls_stopped']}",
+         f"of {fi['echo_calls']}; {line}; target 0; the caller heard {fi['echo_false_barge_ins_heard']} stops "
+         "over 450 ms"),
+        ("backchannel calls stopped", fs["backchannel_calls_stopped"],
+         f"of {fs['backchannel_calls']}; target <= 1"),
+        ("... impaired line", fi["backchannel_calls_stopped"],
+         f"of {fi['backchannel_calls']}; {line}; target <= 1"),
+        ("backchannel pause p50 (ms)", fs["backchannel_pause_p50_ms"],
+         f"audible gap, resumed where it paused; the caller heard p50 {fs['backchannel_pause_heard_p50_ms']} ms"),
+        ("... impaired line", fi["backchannel_pause_p50_ms"],
+         f"{line}; the caller heard p50 {fi['backchannel_pause_heard_p50_ms']} ms"),
     ]
 
 
@@ -332,6 +357,13 @@ def print_rows(rows: list[Row]) -> None:
     print()
 
 
+def false_stops_both(gw: Gateway, tmp: Path, trials: int, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    print("false stops on the wire: echo-only and backchannel callers ...", flush=True)
+    fs = wire_false_stops(gw, tmp, trials, seed)
+    print(f"... the same on an impaired line ({IMPAIRED.describe()}) ...", flush=True)
+    return fs, wire_false_stops(gw, tmp, trials, seed, IMPAIRED)
+
+
 def false_stops_only(trials: int, seed: int) -> int:
     """`BENCH_ONLY=false_stops`: only the wire's echo-only and backchannel calls, written to false_stops.json."""
     with tempfile.TemporaryDirectory() as d:
@@ -339,14 +371,13 @@ def false_stops_only(trials: int, seed: int) -> int:
         port = free_port()
         gw = start_gateway(gateway_config(port), tmp, port)
         try:
-            print("false stops on the wire: echo-only and backchannel callers ...", flush=True)
-            fs = wire_false_stops(gw, tmp, trials, seed)
+            fs, fi = false_stops_both(gw, tmp, trials, seed)
         finally:
             gw.stop()
-    print_rows(false_stop_rows(fs))
+    print_rows(false_stop_rows(fs, fi))
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"bench": "false_stops", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seed": seed,
-           "wire_false_stops": fs}
+           "wire_false_stops": fs, "wire_false_stops_impaired": fi}
     (RESULTS / "false_stops.json").write_text(json.dumps(out, indent=2))
     print(f"wrote {RESULTS / 'false_stops.json'}")
     return 0
@@ -368,8 +399,7 @@ def main() -> int:
             c = clipset_table()
             print("barge-in reaction on the wire ...", flush=True)
             b = barge_in(gw, tmp, trials, seed)
-            print("false stops on the wire: echo-only and backchannel callers ...", flush=True)
-            fs = wire_false_stops(gw, tmp, trials, seed)
+            fs, fi = false_stops_both(gw, tmp, trials, seed)
             print(f"barge-in on an impaired line ({IMPAIRED.describe()}) ...", flush=True)
             bl = barge_in_impaired(gw, tmp, trials, seed + 1)
             print("CPU per echo call-second, 4 calls: voicegate vs pjsua2 bridge echo ...", flush=True)
@@ -385,9 +415,9 @@ def main() -> int:
     rows: list[Row] = [
         ("barge-in reaction p50 (ms)", b["p50_ms"], "target p95 <= 100"),
         ("barge-in reaction p95 (ms)", b["p95_ms"], f"n={b['n']} ({b['agent_silent_at_onset']} began in a pause)"),
-        *false_stop_rows(fs),
         ("barge-in p50 / p95, impaired line (ms)", f"{bl['p50_ms']}/{bl['p95_ms']}",
          f"{bl['line']}; n={bl['n']}; caller's RTP jitter p50 {bl['caller_rx_jitter_p50_ms']} ms"),
+        *false_stop_rows(fs, fi),
         ("CPU per echo call-second, voicegate (ms)", cpu["voicegate_echo_ms"],
          f"4 calls at once; median of {len(cpu['runs_ms']['voicegate_echo'])} runs {cpu['runs_ms']['voicegate_echo']}"),
         ("CPU per echo call-second, pjsua2 bridge (ms)", cpu["pjsua2_bridge_echo_ms"],
@@ -420,7 +450,8 @@ def main() -> int:
                   "echo before the caller spoke (not in p50/p95)")
     out = {"bench": "foundation", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seed": seed,
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-           "barge_in": b, "wire_false_stops": fs, "barge_in_impaired": bl, "cpu_per_call_second": cpu,
+           "barge_in": b, "wire_false_stops": fs, "wire_false_stops_impaired": fi,
+           "barge_in_impaired": bl, "cpu_per_call_second": cpu,
            "frame_path": fp, "echo_round_trip": e,
            "clock_jitter": j, "clipset": c}
     (RESULTS / "foundation.json").write_text(json.dumps(out, indent=2))
