@@ -7,7 +7,8 @@
 - echo round trip through voicegate's echo agent vs the same caller looped by `sipp -rtp_echo`, in this run;
 - media clock jitter (interval between a call's outbound ticks) with 4 concurrent echo calls;
 - the Python frame path's CPU per call-second, replayed without a clock (bench/frame_path.py), against a copy port.
-Prints a table and writes bench/results/foundation.json.
+Prints a table with each target of issue #10 (bench/targets.py) and PASS or FAIL, writes
+bench/results/foundation.json, and exits 1 when a target was missed.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from bench import export_clipset
+from bench import export_clipset, targets
 from media.barge_in import DetectorSettings
 from telephony.simulator import measure as wire
 from telephony.simulator.shaper import LineImpairment
@@ -319,42 +321,54 @@ def pipecat_rows() -> list[dict[str, Any]]:
     return rows
 
 
-Row = tuple[str, Any, str]
-"""A table row: metric, value, note."""
+Row = tuple[str, Any, str, str]
+"""A table row: metric, value, the key of its target in `targets.verdicts` ("": none), note."""
 
 
 def false_stop_rows(clean: dict[str, Any], impaired: dict[str, Any]) -> list[Row]:
     """The echo-only and backchannel rows, each clean beside impaired."""
     fs, fi = clean, impaired
-    line = f"{fi['line']}, same calls"
+    line = f"{fi['line']}, same scripts"
     echo = (f"echo {fs['echo_delays_ms'][0]}-{fs['echo_delays_ms'][-1]} ms, -{fs['echo_loss_db'][0]} to "
             f"-{fs['echo_loss_db'][-1]} dB, noise {LINE_NOISE_SNR_DB:g} dB SNR "
             f"({'/'.join(map(str, fs['line_noise_dbfs']))} dBFS)")
     return [
         ("echo-only calls paused / stopped", f"{fs['echo_calls_paused']}/{fs['echo_calls_stopped']}",
-         f"of {fs['echo_calls']}; target 0; {echo}; the caller heard {fs['echo_false_barge_ins_heard']} stops over "
-         "450 ms"),
+         "wire_false_stops.echo_only",
+         f"of {fs['echo_calls']}; {echo}; the caller heard {fs['echo_false_barge_ins_heard']} stops over 450 ms"),
         ("... impaired line", f"{fi['echo_calls_paused']}/{fi['echo_calls_stopped']}",
-         f"of {fi['echo_calls']}; {line}; target 0; the caller heard {fi['echo_false_barge_ins_heard']} stops "
-         "over 450 ms"),
-        ("backchannel calls stopped", fs["backchannel_calls_stopped"],
-         f"of {fs['backchannel_calls']}; target <= 1"),
-        ("... impaired line", fi["backchannel_calls_stopped"],
-         f"of {fi['backchannel_calls']}; {line}; target <= 1"),
-        ("backchannel pause p50 (ms)", fs["backchannel_pause_p50_ms"],
+         "wire_false_stops_impaired.echo_only",
+         f"of {fi['echo_calls']}; {line}; the caller heard {fi['echo_false_barge_ins_heard']} stops over 450 ms"),
+        ("backchannel calls stopped", fs["backchannel_calls_stopped"], "wire_false_stops.backchannel",
+         f"of {fs['backchannel_calls']}"),
+        ("... impaired line", fi["backchannel_calls_stopped"], "wire_false_stops_impaired.backchannel",
+         f"of {fi['backchannel_calls']}; {line}"),
+        ("backchannel pause p50 (ms)", fs["backchannel_pause_p50_ms"], "",
          f"audible gap, resumed where it paused; the caller heard p50 {fs['backchannel_pause_heard_p50_ms']} ms"),
-        ("... impaired line", fi["backchannel_pause_p50_ms"],
+        ("... impaired line", fi["backchannel_pause_p50_ms"], "",
          f"{line}; the caller heard p50 {fi['backchannel_pause_heard_p50_ms']} ms"),
     ]
 
 
-def print_rows(rows: list[Row]) -> None:
+def print_rows(rows: list[Row], judged: dict[str, targets.Verdict]) -> None:
+    """The table, with each row's target and PASS or FAIL where it has one."""
     width = max(len(r[0]) for r in rows)
+    values = max(8, *(len(str(r[1])) for r in rows))
+    aim = max(len(v.target) for v in judged.values()) if judged else 0
     print()
-    print(f"{'metric':<{width}}  {'value':>8}  note")
-    for name, value, note in rows:
-        print(f"{name:<{width}}  {value!s:>8}  {note}")
+    print(f"{'metric':<{width}}  {'value':>{values}}  {'target':<{aim}}  {'':<4}  note")
+    for name, value, key, note in rows:
+        v = judged.get(key)
+        target, result = (v.target, "PASS" if v.passed else "FAIL") if v else ("", "")
+        print(f"{name:<{width}}  {value!s:>{values}}  {target:<{aim}}  {result:<4}  {note}".rstrip())
     print()
+
+
+def report_targets(judged: dict[str, targets.Verdict]) -> int:
+    """Print the missed targets; the exit status: 1 when any was missed."""
+    missed = [f"{k}: {v.measured} (target {v.target})" for k, v in judged.items() if not v.passed]
+    print(f"targets: {len(judged) - len(missed)} of {len(judged)} met" + "".join(f"\n  MISSED {m}" for m in missed))
+    return 1 if missed else 0
 
 
 def false_stops_both(gw: Gateway, tmp: Path, trials: int, seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -374,13 +388,15 @@ def false_stops_only(trials: int, seed: int) -> int:
             fs, fi = false_stops_both(gw, tmp, trials, seed)
         finally:
             gw.stop()
-    print_rows(false_stop_rows(fs, fi))
+    out: dict[str, Any] = {"bench": "false_stops", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "seed": seed, "wire_false_stops": fs, "wire_false_stops_impaired": fi}
+    judged = targets.verdicts(out)
+    print_rows(false_stop_rows(fs, fi), judged)
+    out["targets"] = {k: asdict(v) for k, v in judged.items()}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {"bench": "false_stops", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seed": seed,
-           "wire_false_stops": fs, "wire_false_stops_impaired": fi}
     (RESULTS / "false_stops.json").write_text(json.dumps(out, indent=2))
     print(f"wrote {RESULTS / 'false_stops.json'}")
-    return 0
+    return report_targets(judged)
 
 
 def main() -> int:
@@ -413,29 +429,37 @@ def main() -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     c += pipecat_rows()
     rows: list[Row] = [
-        ("barge-in reaction p50 (ms)", b["p50_ms"], "target p95 <= 100"),
-        ("barge-in reaction p95 (ms)", b["p95_ms"], f"n={b['n']} ({b['agent_silent_at_onset']} began in a pause)"),
-        ("barge-in p50 / p95, impaired line (ms)", f"{bl['p50_ms']}/{bl['p95_ms']}",
+        ("barge-in reaction p50 (ms)", b["p50_ms"], "", ""),
+        ("barge-in reaction p95 (ms)", b["p95_ms"], "barge_in",
+         f"n={b['n']} ({b['agent_silent_at_onset']} began in a pause)"),
+        ("barge-in p50 / p95, impaired line (ms)", f"{bl['p50_ms']}/{bl['p95_ms']}", "barge_in_impaired",
          f"{bl['line']}; n={bl['n']}; caller's RTP jitter p50 {bl['caller_rx_jitter_p50_ms']} ms"),
         *false_stop_rows(fs, fi),
-        ("CPU per echo call-second, voicegate (ms)", cpu["voicegate_echo_ms"],
+        ("CPU per echo call-second, voicegate (ms)", cpu["voicegate_echo_ms"], "",
          f"4 calls at once; median of {len(cpu['runs_ms']['voicegate_echo'])} runs {cpu['runs_ms']['voicegate_echo']}"),
-        ("CPU per echo call-second, pjsua2 bridge (ms)", cpu["pjsua2_bridge_echo_ms"],
+        ("CPU per echo call-second, pjsua2 bridge (ms)", cpu["pjsua2_bridge_echo_ms"], "",
          f"baseline, interleaved in the same run {cpu['runs_ms']['pjsua2_bridge_echo']}"),
-        ("CPU ratio voicegate / bridge", cpu["ratio"], "target <= 1.5"),
+        ("CPU ratio voicegate / bridge", cpu["ratio"], "cpu_per_call_second", ""),
         ("Python frame path, echo / agent call (ms CPU per call-s)",
-         f"{fp['us_per_call_s']['echo'] / 1000:.2f}/{fp['us_per_call_s']['agent'] / 1000:.2f}",
+         f"{fp['us_per_call_s']['echo'] / 1000:.2f}/{fp['us_per_call_s']['agent'] / 1000:.2f}", "",
          f"replayed without a clock; a copy port {fp['us_per_call_s']['copy port'] / 1000:.2f}, same run"),
         ("... ratio to the copy port, echo / agent call",
-         f"{fp['ratio_to_copy_port']['echo']}/{fp['ratio_to_copy_port']['agent']}", "baseline, same run"),
-        ("echo round trip, voicegate (ms)", e["voicegate_ms"], ""),
-        ("echo round trip, sipp -rtp_echo (ms)", e["sipp_rtp_echo_ms"], "baseline, same caller, same run"),
-        ("added by voicegate (ms, round trip)", e["added_ms"], "target <= 60"),
-        ("voicegate / sipp ratio", e["ratio"], ""),
-        ("clock tick p50, 4 calls (ms)", j["tick_p50_ms"], "nominal 20"),
-        ("clock tick p99, 4 calls (ms)", j["tick_p99_ms"], ""),
+         f"{fp['ratio_to_copy_port']['echo']}/{fp['ratio_to_copy_port']['agent']}", "", "baseline, same run"),
+        ("echo round trip, voicegate (ms)", e["voicegate_ms"], "", ""),
+        ("echo round trip, sipp -rtp_echo (ms)", e["sipp_rtp_echo_ms"], "", "baseline, same caller, same run"),
+        ("added by voicegate (ms, round trip)", e["added_ms"], "echo_round_trip", ""),
+        ("voicegate / sipp ratio", e["ratio"], "", ""),
+        ("clock tick p50, 4 calls (ms)", j["tick_p50_ms"], "", "nominal 20"),
+        ("clock tick p99, 4 calls (ms)", j["tick_p99_ms"], "", ""),
     ]
-    print_rows(rows)
+    out: dict[str, Any] = {
+        "bench": "foundation", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seed": seed,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "barge_in": b, "wire_false_stops": fs, "wire_false_stops_impaired": fi, "barge_in_impaired": bl,
+        "cpu_per_call_second": cpu, "frame_path": fp, "echo_round_trip": e, "clock_jitter": j, "clipset": c}
+    judged = targets.verdicts(out)
+    out["targets"] = {k: asdict(v) for k, v in judged.items()}
+    print_rows(rows, judged)
     cols = {"reaction_p50_ms": "p50 ms", "reaction_p95_ms": "p95 ms", "missed": "missed",
             "echo_false_pauses": "echo pauses", "echo_false_stops": "echo stops", "backchannel_stops": "bc stops",
             "backchannel_pause_p50_ms": "bc pause ms"}
@@ -448,15 +472,9 @@ def main() -> int:
         if "note" in row:
             print(f"{row['settings']}: {row['note']}; {row['stopped_before_onset']} interruption clips stopped on "
                   "echo before the caller spoke (not in p50/p95)")
-    out = {"bench": "foundation", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "seed": seed,
-           "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-           "barge_in": b, "wire_false_stops": fs, "wire_false_stops_impaired": fi,
-           "barge_in_impaired": bl, "cpu_per_call_second": cpu,
-           "frame_path": fp, "echo_round_trip": e,
-           "clock_jitter": j, "clipset": c}
     (RESULTS / "foundation.json").write_text(json.dumps(out, indent=2))
     print(f"\nwrote {RESULTS / 'foundation.json'}")
-    return 0
+    return report_targets(judged)
 
 
 if __name__ == "__main__":
