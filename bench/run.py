@@ -74,7 +74,8 @@ def barge_in(gw: Gateway, tmp: Path, trials: int, seed: int) -> dict[str, Any]:
 def simulate(gw: Gateway, tmp: Path, name: str, docs: list[dict[str, Any]], seed: int,
              line: LineImpairment | None = None) -> list[dict[str, Any]]:
     """Run `docs` (call scripts) one after another through `voicegate simulate` against `long`, on `line` through
-    the simulator's seeded relay (None: a clean loopback line); the per-call JSON reports."""
+    the simulator's seeded relay (None: a clean loopback line); the per-call JSON reports (failed steps included:
+    a false barge-in fails its call's script)."""
     scripts = []
     for i, doc in enumerate(docs):
         path = tmp / f"{name}-{i}.yaml"
@@ -82,9 +83,13 @@ def simulate(gw: Gateway, tmp: Path, name: str, docs: list[dict[str, Any]], seed
         scripts.append(str(path))
     report = tmp / f"{name}.json"
     impair = ["--loss", str(line.loss_pct), "--jitter", str(line.jitter_ms)] if line else []
-    subprocess.run([str(VENV_BIN / "voicegate"), "simulate", *scripts, "--target", f"sip:long@127.0.0.1:{gw.port}",
-                    "--json", str(report), *impair, "--seed", str(seed), "--rtp-port", str(rtp_range(100)[0])],
-                   cwd=ROOT, capture_output=True, timeout=60 * len(scripts), check=False)
+    proc = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", *scripts, "--target",
+                           f"sip:long@127.0.0.1:{gw.port}", "--json", str(report), *impair, "--seed", str(seed),
+                           "--rtp-port", str(rtp_range(100)[0])],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60 * len(scripts), check=False)
+    if not report.exists():  # exit 1 (a step failed) still writes one; no report is the bench's own fault
+        raise RuntimeError(f"voicegate simulate wrote no report (exit {proc.returncode}):\n{proc.stdout[-2000:]}"
+                           f"\n{proc.stderr[-2000:]}")
     reports: list[dict[str, Any]] = json.loads(report.read_text())
     return reports
 
