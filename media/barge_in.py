@@ -4,8 +4,8 @@ Written here because no library decides barge-in: VAD libraries say "speech", no
 agent and it is not our own echo, a key tone or a backchannel". The decision has three steps:
 
 1. onset: `onset_frames` consecutive frames that the VAD calls speech, above the tracked noise floor, above the
-   echo we expect from what we played in the last 500 ms, and not a pure tone -> `BargeInPaused` (the caller of
-   `process` pauses playout in the same tick);
+   echo we expect from what we played in the last `echo_window_ms`, and not a pure tone -> `BargeInPaused` (the
+   caller of `process` pauses playout in the same tick);
 2. confirm: `confirm_ms` of speech since onset -> `BargeInConfirmed` (flush playout, cancel the agent's reply);
 3. otherwise, `resume_ms` of non-speech -> `BargeInResumed` (playout continues where it paused).
 
@@ -17,38 +17,52 @@ expects no echo refutes it. (Resuming a pause early on the same test resumed a r
 
 Echo: once `EchoPath` knows the leg's delay and loss (about a second into our speech), caller speech must stand
 `echo_margin_db` above the echo expected of the frames we played that long ago; a leg with no echo leaves only
-the noise floor. Until then the detector assumes the worst over the last 500 ms: the loudest frame we played plus a
-decaying peak of (inbound - that frame) over frames without caller speech, starting at -6 dB.
-The noise floor is the quietest frame of the last 1.5 s without caller speech (minimum statistics).
+the noise floor. Until then the detector assumes the worst over the last `echo_window_ms`: the loudest frame we
+played plus a decaying peak of (inbound - that frame) over frames without caller speech, starting at
+`initial_echo_gain_db`. The noise floor is the quietest of the last `noise_window_frames` frames without caller
+speech (minimum statistics). Every threshold is a `DetectorSettings` field (the config's `barge_in` section); the
+defaults are what the labelled clip set (tests/clipset.py) was tuned and measured with.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from media.echo_path import EchoPath
+from media.echo_path import EchoPath, EchoPathSettings
 from media.events import BargeInConfirmed, BargeInPaused, BargeInResumed, MediaEvent, SpeechStarted, SpeechStopped
 from media.frames import FLOOR_DBFS, FRAME_MS
-from media.tones import ToneDetector
+from media.tones import ToneDetector, ToneSettings
 
 
 @dataclass(frozen=True)
 class DetectorSettings:
     onset_frames: int = 2
+    """Consecutive 20 ms caller-speech frames that pause playout (in the tick of the last one)."""
     confirm_ms: int = 600
+    """Caller speech since the onset that confirms the barge-in (flush, cancel the reply)."""
     resume_ms: int = 300
+    """Silence after a pause that resumes playout where it paused."""
     echo_margin_db: float = 6.0
+    """How far (dB) caller speech must stand above the echo expected of what we played."""
     noise_margin_db: float = 12.0
+    """How far (dB) caller speech must stand above the tracked noise floor."""
     min_level_dbfs: float = -55.0
+    """Inbound frames at or below this level (dBFS) are never caller speech."""
     echo_window_ms: int = 500
+    """Until the echo path is known, the loudest frame played this long ago bounds the echo expected now."""
     speech_hangover_ms: int = 300
+    """Silence that ends the caller's speech (`SpeechStopped`)."""
     dtmf_guard_ms: int = 300
+    """After a key press, inbound sound this long is never speech (and a pause resumes)."""
     noise_window_frames: int = 75
+    """The noise floor is the quietest of this many 20 ms frames without caller speech (75 = 1.5 s)."""
     initial_echo_gain_db: float = -6.0
+    """Until the echo path is known: the echo assumed at the start, relative to what we played (dB)."""
     echo_gain_floor_db: float = -40.0
+    """... the least echo that estimate may fall to (dB)."""
     echo_gain_decay_db: float = 0.1
     """Per frame while we play: how fast the echo estimate falls when the leg stops returning our audio."""
     echo_gain_rise_db: float = 1.0
@@ -58,6 +72,10 @@ class DetectorSettings:
     echo_burst_window_ms: int = 1500
     """Pauses that begin within this long of the first one are looked at together (a short echo delay leaves only
     a few frames of echo per pause)."""
+    echo: EchoPathSettings = field(default_factory=EchoPathSettings)
+    """The echo path estimate's own thresholds (media/echo_path.py)."""
+    tones: ToneSettings = field(default_factory=ToneSettings)
+    """The tone rejector's thresholds (media/tones.py)."""
 
 
 class BargeInDetector:
@@ -83,8 +101,8 @@ class BargeInDetector:
         self._dtmf_until = -1.0
         self._bursts_t = -1e9
         """Onset of the first of the recent pauses, whose frames `EchoPath.explain_burst` looks at together."""
-        self.echo = EchoPath()
-        self.tones = ToneDetector()
+        self.echo = EchoPath(self.s.echo)
+        self.tones = ToneDetector(self.s.tones)
         self._played_now = FLOOR_DBFS
 
     def played(self, level_db: float) -> None:
@@ -178,7 +196,7 @@ class BargeInDetector:
         return self.echo.explain_burst(frames) is not None
 
     def _track(self, level_db: float, candidate: bool) -> None:
-        # minimum statistics over the last 1.5 s of frames without caller speech: speech and echo have gaps
+        # minimum statistics over the last `noise_window_frames` frames without caller speech: speech and echo have gaps
         if not (self.in_speech or self.paused):
             self._levels.append(level_db)
             self.noise_floor = min(self._levels)
