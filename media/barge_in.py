@@ -9,6 +9,10 @@ agent and it is not our own echo, a key tone or a backchannel". The decision has
 2. confirm: `confirm_ms` of speech since onset -> `BargeInConfirmed` (flush playout, cancel the agent's reply);
 3. otherwise, `resume_ms` of non-speech -> `BargeInResumed` (playout continues where it paused).
 
+An agent that hears words (an ASR) decides too (`hold_for_words`, `decide`): a pause that reaches `confirm_ms` then
+stays paused up to `wait_ms` more for the burst's transcript, which resumes it (a backchannel) or confirms it at once
+(anything else; also after a resume by duration); with no verdict by then, the duration confirms it.
+
 An onset while no echo is known is first checked against the recent pauses: when the bursts since the first of them
 are our own audio coming back (`EchoPath.explain_burst`: an echo that started mid-call, which the path learnt from
 quiet frames only could not know), the path is taken from them and the onset does not pause; speech where that path
@@ -101,6 +105,9 @@ class BargeInDetector:
         self._dtmf_until = -1.0
         self._bursts_t = -1e9
         """Onset of the first of the recent pauses, whose frames `EchoPath.explain_burst` looks at together."""
+        self._words_wait_ms: int | None = None
+        self._held_until: float | None = None
+        """While set, the pause outlasted `confirm_ms` and waits for words until then."""
         self.echo = EchoPath(self.s.echo)
         self.tones = ToneDetector(self.s.tones)
         self._played_now = FLOOR_DBFS
@@ -109,6 +116,19 @@ class BargeInDetector:
         """Level of the frame sent to the caller this tick (FLOOR_DBFS for silence)."""
         self._ref.append(level_db)
         self._played_now = level_db
+
+    def hold_for_words(self, wait_ms: int | None) -> None:
+        """An agent that hears words (`decide`): a pause that reaches `confirm_ms` waits up to `wait_ms` more for
+        them before its duration confirms it; None: duration alone (the default)."""
+        self._words_wait_ms = wait_ms
+
+    def decide(self, now: float, backchannel: bool) -> list[MediaEvent]:
+        """The words of the burst that paused playout: a backchannel resumes the pause (nothing when not paused);
+        anything else confirms the barge-in at once, also when its pause already resumed by duration."""
+        was_paused, self.paused, self._held_until = self.paused, False, None
+        if backchannel:
+            return [BargeInResumed(now, (now - self._pause_t) * 1000.0, by="words")] if was_paused else []
+        return [BargeInConfirmed(now, self._onset_t, by="words")]
 
     def note_dtmf(self, now: float) -> None:
         """A key was pressed: tones around it are never speech."""
@@ -161,6 +181,7 @@ class BargeInDetector:
                 events.append(SpeechStarted(self._run_start))
             if self.in_speech and agent_speaking and not self.paused:
                 self.paused = True
+                self._held_until = None
                 self._onset_t = self._run_start
                 self._pause_t = now
                 self._speech_ms = self._run * FRAME_MS
@@ -171,7 +192,14 @@ class BargeInDetector:
             self._speech_ms += FRAME_MS
 
         if self.paused:
-            if self._speech_ms >= self.s.confirm_ms:
+            held = self._held_until
+            if held is None and self._words_wait_ms is not None and self._speech_ms >= self.s.confirm_ms:
+                held = self._held_until = now + self._words_wait_ms / 1000.0
+            if held is not None:
+                if now >= held - 1e-9:  # no words came in time: the duration decides
+                    self.paused, self._held_until = False, None
+                    events.append(BargeInConfirmed(now, self._onset_t))
+            elif self._speech_ms >= self.s.confirm_ms:
                 self.paused = False
                 events.append(BargeInConfirmed(now, self._onset_t))
             elif self._quiet_ms >= self.s.resume_ms or now < self._dtmf_until:
