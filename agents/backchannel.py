@@ -5,9 +5,10 @@ The media detector pauses playout at the caller's onset and, alone, decides by d
 cancels the reply, a shorter burst resumes it (media/barge_in.py). An agent with an ASR also hears the words: when
 the transcript (partial or final) of the burst that paused playout is only backchannel words, the pause resumes,
 even when the burst outlasts `confirm_ms` (the detector holds it up to `wait_ms` for the words); when it has other
-words, the barge-in is confirmed at once. The burst is transcribed `first_words_ms` after the pause, so the words
-of a short interruption come before `confirm_ms` does. A partial "yeah" of "yeah, but ..." resumes playout and the
-next transcript ("yeah but") confirms the barge-in then.
+words, the barge-in is confirmed: at once with `confirm_early` (the burst is transcribed `first_words_ms` after the
+pause, so the words of a short interruption can come before `confirm_ms` does), else no sooner than `confirm_ms`
+(the default: on the clip set, moonshine heard 5 of 14 short backchannels as other words; bench/backchannel_words.py).
+A partial "yeah" of "yeah, but ..." resumes playout and the next transcript ("yeah but") confirms the barge-in then.
 Hand-written: a word list and a little state; no library judges backchannels.
 """
 
@@ -21,8 +22,8 @@ from typing import Literal
 Verdict = Literal["backchannel", "interruption"]
 
 DEFAULT_WORDS = (
-    "uh-huh", "uh huh", "mm-hmm", "mhm", "hmm", "mm", "yeah", "yep", "yes", "okay", "ok", "right", "sure",
-    "alright", "all right", "i see", "got it",
+    "uh-huh", "uh huh", "mm-hmm", "mhm", "hmm", "mm", "uh", "um", "ah", "oh", "yeah", "yep", "yes", "okay", "ok",
+    "right", "sure", "alright", "all right", "i see", "got it",
 )
 _WORD = re.compile(r"[a-z0-9']+")
 
@@ -57,6 +58,10 @@ class BackchannelSettings:
     """After a pause, the burst's audio is transcribed this early (its first words)."""
     wait_ms: int = 800
     """How long a pause that outlasts `confirm_ms` waits for words before its duration confirms it."""
+    confirm_early: bool = False
+    """Words that are no backchannel confirm the barge-in at once; False (the default, which the clip set favours:
+    moonshine mishears short backchannels as other words): no sooner than `confirm_ms`, so a shorter burst resumes
+    by its duration whatever its words."""
 
 
 class BackchannelJudge:

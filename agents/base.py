@@ -159,9 +159,10 @@ class CallControl(Protocol):
         """Add one turn's timings and text to the call record."""
         ...
 
-    def hold_barge_in(self, wait_ms: int | None) -> None:
+    def hold_barge_in(self, wait_ms: int | None, confirm_early: bool = True) -> None:
         """This agent hears the caller's words and gives `barge_in_verdict`s: a pause that outlasts the barge-in's
-        confirm time waits up to `wait_ms` more for one; None: the duration alone decides (the default)."""
+        confirm time waits up to `wait_ms` more for one; None: the duration alone decides (the default). Without
+        `confirm_early`, a verdict that is no backchannel confirms no sooner than the confirm time."""
         ...
 
     def barge_in_verdict(self, backchannel: bool) -> None:

@@ -119,7 +119,7 @@ class CascadedAgent(Agent):
         listener = self.listener = Listener(call, self.f.asr, turns,
                                             BackchannelJudge(bc.settings()) if bc is not None else None)
         if bc is not None:
-            call.hold_barge_in(bc.wait_ms)
+            call.hold_barge_in(bc.wait_ms, bc.confirm_early)
         runner = ToolRunner(self.f.tools, list(self.f.tools)) if self.f.tools else None
         if isinstance(self.brain, LlmBrain):
             self.brain.meter = call.meter

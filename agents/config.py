@@ -270,6 +270,8 @@ class BackchannelConfig(_Strict):
     """After a pause, the caller's speech is transcribed this early."""
     wait_ms: int = Field(_BC.wait_ms, ge=0, le=5000)
     """How long a pause past `confirm_ms` waits for words before the duration confirms it."""
+    confirm_early: bool = _BC.confirm_early
+    """Words that are no backchannel confirm the barge-in at once; false: no sooner than `confirm_ms`."""
 
     @field_validator("words")
     @classmethod
@@ -280,7 +282,7 @@ class BackchannelConfig(_Strict):
         return v
 
     def settings(self) -> BackchannelSettings:
-        return BackchannelSettings(tuple(self.words), self.first_words_ms, self.wait_ms)
+        return BackchannelSettings(tuple(self.words), self.first_words_ms, self.wait_ms, self.confirm_early)
 
 
 class CascadedAgentConfig(_Strict):

@@ -288,8 +288,8 @@ class CallSession:
     def meter(self, kind: str, amount: float) -> None:
         self.record.usage.add(kind, amount)
 
-    def hold_barge_in(self, wait_ms: int | None) -> None:
-        self.media.hold_for_words(wait_ms)
+    def hold_barge_in(self, wait_ms: int | None, confirm_early: bool = True) -> None:
+        self.media.hold_for_words(wait_ms, confirm_early)
 
     def barge_in_verdict(self, backchannel: bool) -> None:
         self.media.decide(time.monotonic(), backchannel)

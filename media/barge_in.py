@@ -11,7 +11,8 @@ agent and it is not our own echo, a key tone or a backchannel". The decision has
 
 An agent that hears words (an ASR) decides too (`hold_for_words`, `decide`): a pause that reaches `confirm_ms` then
 stays paused up to `wait_ms` more for the burst's transcript, which resumes it (a backchannel) or confirms it at once
-(anything else; also after a resume by duration); with no verdict by then, the duration confirms it.
+(anything else; also after a resume by duration, unless words may not confirm before `confirm_ms`); with no verdict
+by then, the duration confirms it.
 
 An onset while no echo is known is first checked against the recent pauses: when the bursts since the first of them
 are our own audio coming back (`EchoPath.explain_burst`: an echo that started mid-call, which the path learnt from
@@ -106,8 +107,13 @@ class BargeInDetector:
         self._bursts_t = -1e9
         """Onset of the first of the recent pauses, whose frames `EchoPath.explain_burst` looks at together."""
         self._words_wait_ms: int | None = None
+        self._words_early = True
         self._held_until: float | None = None
         """While set, the pause outlasted `confirm_ms` and waits for words until then."""
+        self._words_interrupt = False
+        """Words that are no backchannel came before `confirm_ms` (without `confirm_early`)."""
+        self._words_resumed = False
+        """The last pause was resumed by words."""
         self.echo = EchoPath(self.s.echo)
         self.tones = ToneDetector(self.s.tones)
         self._played_now = FLOOR_DBFS
@@ -117,17 +123,27 @@ class BargeInDetector:
         self._ref.append(level_db)
         self._played_now = level_db
 
-    def hold_for_words(self, wait_ms: int | None) -> None:
+    def hold_for_words(self, wait_ms: int | None, confirm_early: bool = True) -> None:
         """An agent that hears words (`decide`): a pause that reaches `confirm_ms` waits up to `wait_ms` more for
-        them before its duration confirms it; None: duration alone (the default)."""
+        them before its duration confirms it; None: duration alone (the default). With `confirm_early` False, words
+        that are no backchannel confirm no sooner than `confirm_ms` (a shorter burst resumes by its duration)."""
         self._words_wait_ms = wait_ms
+        self._words_early = confirm_early
 
     def decide(self, now: float, backchannel: bool) -> list[MediaEvent]:
         """The words of the burst that paused playout: a backchannel resumes the pause (nothing when not paused);
-        anything else confirms the barge-in at once, also when its pause already resumed by duration."""
-        was_paused, self.paused, self._held_until = self.paused, False, None
+        anything else confirms the barge-in at once, also when its pause already resumed (by its duration, or by
+        words: "yeah" of "yeah, but ..."); without `confirm_early`, only once the burst reaches `confirm_ms` or its
+        pause was resumed by words."""
         if backchannel:
-            return [BargeInResumed(now, (now - self._pause_t) * 1000.0, by="words")] if was_paused else []
+            if not self.paused:
+                return []
+            self.paused, self._held_until, self._words_resumed = False, None, True
+            return [BargeInResumed(now, (now - self._pause_t) * 1000.0, by="words")]
+        if not (self._words_early or self._words_resumed or self._held_until is not None):
+            self._words_interrupt = self.paused  # confirmed when the burst reaches confirm_ms
+            return []
+        self.paused, self._held_until = False, None
         return [BargeInConfirmed(now, self._onset_t, by="words")]
 
     def note_dtmf(self, now: float) -> None:
@@ -181,7 +197,7 @@ class BargeInDetector:
                 events.append(SpeechStarted(self._run_start))
             if self.in_speech and agent_speaking and not self.paused:
                 self.paused = True
-                self._held_until = None
+                self._held_until, self._words_interrupt, self._words_resumed = None, False, False
                 self._onset_t = self._run_start
                 self._pause_t = now
                 self._speech_ms = self._run * FRAME_MS
@@ -194,11 +210,12 @@ class BargeInDetector:
         if self.paused:
             held = self._held_until
             if held is None and self._words_wait_ms is not None and self._speech_ms >= self.s.confirm_ms:
-                held = self._held_until = now + self._words_wait_ms / 1000.0
+                held = self._held_until = now + (0.0 if self._words_interrupt else self._words_wait_ms / 1000.0)
             if held is not None:
-                if now >= held - 1e-9:  # no words came in time: the duration decides
+                if now >= held - 1e-9:  # no words came in time (or they came early): the duration decides
                     self.paused, self._held_until = False, None
-                    events.append(BargeInConfirmed(now, self._onset_t))
+                    events.append(BargeInConfirmed(now, self._onset_t, "words" if self._words_interrupt
+                                                   else "duration"))
             elif self._speech_ms >= self.s.confirm_ms:
                 self.paused = False
                 events.append(BargeInConfirmed(now, self._onset_t))

@@ -143,10 +143,10 @@ class CallMedia:
         for ev in events:
             self._emit(ev)
 
-    def hold_for_words(self, wait_ms: int | None) -> None:
+    def hold_for_words(self, wait_ms: int | None, confirm_early: bool = True) -> None:
         """The agent hears words and decides pauses too (`decide`; BargeInDetector.hold_for_words)."""
         with self._lock:
-            self.detector.hold_for_words(wait_ms)
+            self.detector.hold_for_words(wait_ms, confirm_early)
 
     def decide(self, now: float, backchannel: bool) -> None:
         """The words of the caller's burst over the agent: a backchannel resumes a pause where it stopped, anything

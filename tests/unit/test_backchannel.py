@@ -11,6 +11,7 @@ from agents.backchannel import BackchannelJudge, BackchannelSettings, is_backcha
 from media.events import BargeInConfirmed, BargeInPaused, BargeInResumed, PlayoutFinished, PlayoutFlushed
 from media.frames import FRAME_MS
 from media.pipeline import CallMedia
+from telephony.config import ConfigError, parse_config
 from tests.unit.sim import simulate
 
 PHRASES = [words_of(w) for w in BackchannelSettings().words]
@@ -87,7 +88,7 @@ def test_a_new_pause_in_the_same_turn_is_judged_again():
 def _verdict_at(at_s: float, backchannel: bool):
     done: list[bool] = []
 
-    def after(t: float, media: CallMedia) -> None:
+    def after(t: float, media: CallMedia, frame: bytes) -> None:
         if t >= at_s and not done:
             done.append(True)
             media.decide(t, backchannel)
@@ -145,3 +146,46 @@ def test_a_verdict_with_nothing_left_to_cut_does_nothing(clips):
     r = simulate(np.zeros(0), clips.caller, caller_at_s=0.5, seconds=2.0, words_wait_ms=800,
                  after_frame=_verdict_at(1.0, False))
     assert r.count(BargeInConfirmed) == 0 and r.count(BargeInResumed) == 0
+
+
+def test_without_confirm_early_words_confirm_when_the_burst_reaches_confirm_ms(clips):
+    early = simulate(clips.agent, clips.caller, caller_at_s=2.0, seconds=4.0, words_wait_ms=800,
+                     after_frame=_verdict_at(2.35, False)).first(BargeInConfirmed)
+    plain = simulate(clips.agent, clips.caller, caller_at_s=2.0, seconds=4.0).first(BargeInConfirmed)
+    late = simulate(clips.agent, clips.caller, caller_at_s=2.0, seconds=4.0, words_wait_ms=800,
+                    words_confirm_early=False, after_frame=_verdict_at(2.35, False)).first(BargeInConfirmed)
+    assert isinstance(early, BargeInConfirmed) and isinstance(plain, BargeInConfirmed)
+    assert isinstance(late, BargeInConfirmed) and late.by == "words"
+    assert early.t < plain.t and late.t == plain.t  # not before confirm_ms, and not held for more words
+
+
+def test_without_confirm_early_a_short_burst_resumes_by_its_duration_whatever_its_words(clips):
+    r = simulate(clips.agent, clips.backchannels["okay"], caller_at_s=2.0, seconds=4.0, words_wait_ms=800,
+                 words_confirm_early=False, after_frame=_verdict_at(2.3, False))
+    assert r.count(BargeInConfirmed) == 0
+    resumed = r.first(BargeInResumed)
+    assert isinstance(resumed, BargeInResumed) and resumed.by == "duration"
+
+
+def test_without_confirm_early_words_that_resumed_a_pause_may_still_confirm_it(clips):
+    verdicts = [_verdict_at(2.3, True), _verdict_at(2.5, False)]
+    r = simulate(clips.agent, clips.caller, caller_at_s=2.0, seconds=4.0, words_wait_ms=800, words_confirm_early=False,
+                 after_frame=lambda t, media, frame: [v(t, media, frame) for v in verdicts])
+    resumed, confirmed = r.first(BargeInResumed), r.first(BargeInConfirmed)
+    assert isinstance(resumed, BargeInResumed) and resumed.by == "words"
+    assert isinstance(confirmed, BargeInConfirmed) and confirmed.by == "words" and confirmed.t < 2.52
+
+
+def test_the_agent_config_validates_its_backchannels_with_their_line():
+    base = "agents:\n  a:\n    type: cascaded\n    backchannels:\n"
+    cfg = parse_config(base + "      words: [haan, theek hai]\n      confirm_early: true\nroutes:\n"
+                       "  - {match: '*', agent: a}\n")
+    s = cfg.agents["a"].backchannels.settings()  # type: ignore[union-attr]
+    assert s.words == ("haan", "theek hai") and s.confirm_early and s.wait_ms == BackchannelSettings().wait_ms
+    with pytest.raises(ConfigError) as e:
+        parse_config(base + "      words: [yeah, '...']\n      wait_ms: -5\nroutes:\n  - {match: '*', agent: a}\n",
+                     "vg.yaml")
+    issues = [str(i) for i in e.value.issues]
+    assert any(i.startswith("vg.yaml:5: agents.a.cascaded.backchannels.words") and "no word" in i
+               for i in issues), issues
+    assert any(i.startswith("vg.yaml:6: agents.a.cascaded.backchannels.wait_ms") for i in issues), issues
