@@ -55,7 +55,8 @@ class BackchannelSettings:
     words: tuple[str, ...] = DEFAULT_WORDS
     """Backchannel words and phrases; a burst whose transcript is only these (in any order, repeated) resumes."""
     first_words_ms: int = 300
-    """After a pause, the burst's audio is transcribed this early (its first words)."""
+    """After a pause, the burst's audio is transcribed this early (its first words); transcripts of less of it are
+    not judged."""
     wait_ms: int = 800
     """How long a pause that outlasts `confirm_ms` waits for words before its duration confirms it."""
     confirm_early: bool = False
@@ -96,9 +97,10 @@ class BackchannelJudge:
 
     def words(self, text: str, until: float, turn: int) -> Verdict | None:
         """A transcript of turn `turn`'s audio up to `until`: the verdict to act on now, or None (no words, no pause
-        to judge, or nothing new: a backchannel that already resumed its pause)."""
-        if turn != self._turn or self._done or until < self._paused_at:
-            return None
+        to judge, under `first_words_ms` of audio since the pause, or nothing new: a backchannel that already
+        resumed its pause)."""
+        if turn != self._turn or self._done or until < self._paused_at + self.s.first_words_ms / 1000.0:
+            return None  # not this pause's speech, or too little of it: a syllable came back as "So?"
         bc = is_backchannel(text, self._phrases)
         if bc is None:
             return None

@@ -267,7 +267,7 @@ class BackchannelConfig(_Strict):
     """Backchannel words and phrases: speech over the agent whose transcript is only these resumes the reply where
     it paused, even past the barge-in's `confirm_ms`; other words confirm the barge-in at once."""
     first_words_ms: int = Field(_BC.first_words_ms, ge=20, le=5000)
-    """After a pause, the caller's speech is transcribed this early."""
+    """After a pause, the caller's speech is transcribed this early; transcripts of less of it are not judged."""
     wait_ms: int = Field(_BC.wait_ms, ge=0, le=5000)
     """How long a pause past `confirm_ms` waits for words before the duration confirms it."""
     confirm_early: bool = _BC.confirm_early

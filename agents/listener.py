@@ -26,8 +26,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agents.backchannel import BackchannelJudge
+from agents.backchannel import BackchannelJudge, words_of
 from agents.base import CallControl
+from agents.eventlog import trace
 from agents.speech.asr import SAMPLE_RATE, AsrError, Transcript, pcm16_to_float
 from agents.speech.worker import AsrWorker
 from agents.turn import TranscribeDue, TurnDetector, TurnDropped, TurnEnded, TurnStarted
@@ -194,6 +195,7 @@ class Listener:
         if result is not None and self.judge is not None:
             verdict = self.judge.words(result.text, until, turn)
             if verdict is not None:
+                trace("barge_in_words", verdict=verdict, words=len(words_of(result.text)), final=final)
                 self.call.barge_in_verdict(verdict == "backchannel")
         return result
 

@@ -62,7 +62,7 @@ def test_backchannel_words_resume_once_then_other_words_confirm():
 def test_other_words_confirm_at_once():
     j = BackchannelJudge()
     frames(j, 5.0, 3, True, 2)
-    assert j.words("", 5.2, 2) is None
+    assert j.words("", 5.3, 2) is None
     assert j.words("Stop", 5.3, 2) == "interruption"
 
 
@@ -71,6 +71,7 @@ def test_transcripts_of_other_turns_or_of_audio_before_the_pause_are_not_judged(
     assert j.words("Stop", 1.0, 1) is None  # no pause yet
     frames(j, 5.0, 3, True, 2)
     assert j.words("Stop", 4.9, 2) is None  # audio up to before the pause
+    assert j.words("So?", 5.2, 2) is None  # under first_words_ms of it: a syllable
     assert j.words("Stop", 5.5, 1) is None  # an earlier turn
     frames(j, 8.0, 3, False, 3)
     assert j.words("Stop", 8.5, 3) is None  # a later turn that paused nothing
