@@ -5,9 +5,10 @@ The media detector pauses playout at the caller's onset and, alone, decides by d
 cancels the reply, a shorter burst resumes it (media/barge_in.py). An agent with an ASR also hears the words: when
 the transcript (partial or final) of the burst that paused playout is only backchannel words, the pause resumes,
 even when the burst outlasts `confirm_ms` (the detector holds it up to `wait_ms` for the words); when it has other
-words, the barge-in is confirmed: at once with `confirm_early` (the burst is transcribed `first_words_ms` after the
-pause, so the words of a short interruption can come before `confirm_ms` does), else no sooner than `confirm_ms`
-(the default: on the clip set, moonshine heard 5 of 14 short backchannels as other words; bench/backchannel_words.py).
+words, the barge-in is confirmed: at once with `confirm_early` (the default; the burst is transcribed
+`first_words_ms` after the pause, so the words of a short interruption can come before `confirm_ms` does), else no
+sooner than `confirm_ms`. Transcripts of under `first_words_ms` of the burst are not judged: moonshine heard a
+syllable as "So?" (bench/backchannel_words.py measures the clip set either way).
 A partial "yeah" of "yeah, but ..." resumes playout and the next transcript ("yeah but") confirms the barge-in then.
 Hand-written: a word list and a little state; no library judges backchannels.
 """
@@ -59,10 +60,9 @@ class BackchannelSettings:
     not judged."""
     wait_ms: int = 800
     """How long a pause that outlasts `confirm_ms` waits for words before its duration confirms it."""
-    confirm_early: bool = False
-    """Words that are no backchannel confirm the barge-in at once; False (the default, which the clip set favours:
-    moonshine mishears short backchannels as other words): no sooner than `confirm_ms`, so a shorter burst resumes
-    by its duration whatever its words."""
+    confirm_early: bool = True
+    """Words that are no backchannel confirm the barge-in at once; False: no sooner than `confirm_ms`, so a shorter
+    burst resumes by its duration whatever its words (the clip set stopped as often either way)."""
 
 
 class BackchannelJudge:

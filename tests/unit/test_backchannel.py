@@ -179,10 +179,10 @@ def test_without_confirm_early_words_that_resumed_a_pause_may_still_confirm_it(c
 
 def test_the_agent_config_validates_its_backchannels_with_their_line():
     base = "agents:\n  a:\n    type: cascaded\n    backchannels:\n"
-    cfg = parse_config(base + "      words: [haan, theek hai]\n      confirm_early: true\nroutes:\n"
+    cfg = parse_config(base + "      words: [haan, theek hai]\n      confirm_early: false\nroutes:\n"
                        "  - {match: '*', agent: a}\n")
     s = cfg.agents["a"].backchannels.settings()  # type: ignore[union-attr]
-    assert s.words == ("haan", "theek hai") and s.confirm_early and s.wait_ms == BackchannelSettings().wait_ms
+    assert s.words == ("haan", "theek hai") and not s.confirm_early and s.wait_ms == BackchannelSettings().wait_ms
     with pytest.raises(ConfigError) as e:
         parse_config(base + "      words: [yeah, '...']\n      wait_ms: -5\nroutes:\n  - {match: '*', agent: a}\n",
                      "vg.yaml")
