@@ -64,6 +64,8 @@ class CallerAudio:
     t: float
     pcm: bytes
     speech: bool
+    paused: bool = False
+    """Playout is paused for the caller's speech after this frame (a barge-in not yet confirmed or resumed)."""
 
 
 AgentEvent = Dtmf | CallerSpeech | BargeIn | HungUp | TransferFailed
@@ -155,6 +157,17 @@ class CallControl(Protocol):
 
     def record_turn(self, turn: dict[str, Any]) -> None:
         """Add one turn's timings and text to the call record."""
+        ...
+
+    def hold_barge_in(self, wait_ms: int | None, confirm_early: bool = True) -> None:
+        """This agent hears the caller's words and gives `barge_in_verdict`s: a pause that outlasts the barge-in's
+        confirm time waits up to `wait_ms` more for one; None: the duration alone decides (the default). Without
+        `confirm_early`, a verdict that is no backchannel confirms no sooner than the confirm time."""
+        ...
+
+    def barge_in_verdict(self, backchannel: bool) -> None:
+        """The words of the caller's speech over the agent: a backchannel resumes paused playout where it stopped;
+        anything else confirms the barge-in at once (the audio is flushed, a BargeIn event follows)."""
         ...
 
     def meter(self, kind: str, amount: float) -> None:

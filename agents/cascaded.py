@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from agents.backchannel import BackchannelJudge
 from agents.base import Agent, AgentFactory, BargeIn, CallControl, Dtmf, Handover, HungUp, Played
 from agents.brain import Act, Brain, DialogBrain, LlmBrain, Part, Say, UserTurn
 from agents.config import CascadedAgentConfig, EngineLoadError, TurnConfig
@@ -114,7 +115,11 @@ class CascadedAgent(Agent):
     async def run(self, call: CallControl) -> None:
         assert self.f.asr is not None
         turns = TurnDetector(TurnSettings(endpoint_ms=self.cfg.turn.endpoint_ms, hold_ms=self.cfg.turn.hold_ms))
-        listener = self.listener = Listener(call, self.f.asr, turns)
+        bc = self.cfg.backchannels
+        listener = self.listener = Listener(call, self.f.asr, turns,
+                                            BackchannelJudge(bc.settings()) if bc is not None else None)
+        if bc is not None:
+            call.hold_barge_in(bc.wait_ms, bc.confirm_early)
         runner = ToolRunner(self.f.tools, list(self.f.tools)) if self.f.tools else None
         if isinstance(self.brain, LlmBrain):
             self.brain.meter = call.meter
@@ -159,6 +164,8 @@ class CascadedAgent(Agent):
                 if self._hangup_requested:
                     return
         finally:
+            if bc is not None:
+                call.hold_barge_in(None)  # a backend taking over (agents.hybrid) may hear no words
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from agents.backchannel import BackchannelSettings, words_of
 from agents.dialog import DEMO_DIALOG, DialogConfig
 from agents.gemini_live import GeminiLiveConfig
 from agents.openai_realtime import OpenAIRealtimeConfig
@@ -256,6 +257,34 @@ class TurnConfig(_Strict):
         return self
 
 
+_BC = BackchannelSettings()
+
+
+class BackchannelConfig(_Strict):
+    """`backchannels`: the caller's speech over the agent judged by its words too (agents/backchannel.py)."""
+
+    words: list[str] = Field(list(_BC.words), min_length=1)
+    """Backchannel words and phrases: speech over the agent whose transcript is only these resumes the reply where
+    it paused, even past the barge-in's `confirm_ms`; other words confirm the barge-in at once."""
+    first_words_ms: int = Field(_BC.first_words_ms, ge=20, le=5000)
+    """After a pause, the caller's speech is transcribed this early; transcripts of less of it are not judged."""
+    wait_ms: int = Field(_BC.wait_ms, ge=0, le=5000)
+    """How long a pause past `confirm_ms` waits for words before the duration confirms it."""
+    confirm_early: bool = _BC.confirm_early
+    """Words that are no backchannel confirm the barge-in at once; false: no sooner than `confirm_ms`."""
+
+    @field_validator("words")
+    @classmethod
+    def _words(cls, v: list[str]) -> list[str]:
+        for w in v:
+            if not words_of(w):
+                raise ValueError(f"{w!r} has no word in it")
+        return v
+
+    def settings(self) -> BackchannelSettings:
+        return BackchannelSettings(tuple(self.words), self.first_words_ms, self.wait_ms, self.confirm_early)
+
+
 class CascadedAgentConfig(_Strict):
     type: Literal["cascaded"]
     asr: AsrConfig = AsrConfig()
@@ -273,6 +302,8 @@ class CascadedAgentConfig(_Strict):
     paralinguistics: bool = True
     tools: list[str] = []
     """Business tools (names in the top-level `tools`) offered to the LLM, besides the call actions."""
+    backchannels: BackchannelConfig | None = BackchannelConfig()
+    """Speech over the agent judged by its words; null: by the barge-in's duration alone."""
 
     @property
     def business_tools(self) -> list[str]:

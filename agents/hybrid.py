@@ -117,6 +117,12 @@ class _Tagged:
     def pause_recording(self, paused: bool) -> bool:
         return self._call.pause_recording(paused)
 
+    def hold_barge_in(self, wait_ms: int | None, confirm_early: bool = True) -> None:
+        self._call.hold_barge_in(wait_ms, confirm_early)
+
+    def barge_in_verdict(self, backchannel: bool) -> None:
+        self._call.barge_in_verdict(backchannel)
+
 
 class _Cascade(CascadedAgent):
     """The cascade, asking the router about each turn before answering it."""

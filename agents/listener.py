@@ -11,6 +11,10 @@ continuing) and `continued` (a longer version of the turn is coming) to drop a r
 that comes after the caller's next, separate turn (slow ASR under load) is still played. A reply played early (the
 turn read as complete) leaves the turn open up to the longest commit wait: speech before then cuts the reply as a
 barge-in and continues the turn.
+
+With a `BackchannelJudge`, the words of speech that paused the agent's playout decide the pause too: the burst is
+transcribed early, and each transcript of it resumes playout (backchannel words) or confirms the barge-in at once
+(`CallControl.barge_in_verdict`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from agents.backchannel import BackchannelJudge, words_of
 from agents.base import CallControl
+from agents.eventlog import trace
 from agents.speech.asr import SAMPLE_RATE, AsrError, Transcript, pcm16_to_float
 from agents.speech.worker import AsrWorker
 from agents.turn import TranscribeDue, TurnDetector, TurnDropped, TurnEnded, TurnStarted
@@ -65,10 +71,13 @@ class HeardTurn:
 
 
 class Listener:
-    def __init__(self, call: CallControl, asr: AsrWorker, turns: TurnDetector) -> None:
+    def __init__(self, call: CallControl, asr: AsrWorker, turns: TurnDetector,
+                 judge: BackchannelJudge | None = None) -> None:
         self.call = call
         self.asr = asr
         self.turns = turns
+        self.judge = judge
+        """Judges the caller's speech over the agent by its words (None: the barge-in's duration alone does)."""
         self.ended = 0
         """Turns ended so far; a HeardTurn's `seq` is this count when it ended."""
         self.heard: asyncio.Queue[HeardTurn] = asyncio.Queue()
@@ -115,6 +124,8 @@ class Listener:
                             self.continued.discard(self.ended)
                         else:
                             self._buf = []
+                if self.judge is not None and self.judge.frame(fr.t, fr.paused, self._turn) and self.turns.in_turn:
+                    self._transcribe(fr.t + FRAME_MS / 1000.0, False)  # the first words of a burst over the agent
         finally:
             for t in self._tasks:
                 t.cancel()
@@ -181,6 +192,11 @@ class Listener:
             self._best, self._best_until = result, until  # also a good hint for a continued turn
             if turn == self._turn:
                 self.turns.transcript(result.text, until, result.confidence)
+        if result is not None and self.judge is not None:
+            verdict = self.judge.words(result.text, until, turn)
+            if verdict is not None:
+                trace("barge_in_words", verdict=verdict, words=len(words_of(result.text)), final=final)
+                self.call.barge_in_verdict(verdict == "backchannel")
         return result
 
     async def _finish(self, turn: int, ev: TurnEnded, pcm: bytes,

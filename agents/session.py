@@ -181,10 +181,10 @@ class CallSession:
         elif isinstance(ev, BargeInResumed):
             self.record.resumed += 1
             self.record.paused_ms.append(round(ev.paused_ms, 1))
-            self.log("barge_in_resumed", call=self.call_id, paused_ms=round(ev.paused_ms, 1))
+            self.log("barge_in_resumed", call=self.call_id, paused_ms=round(ev.paused_ms, 1), by=ev.by)
         elif isinstance(ev, BargeInConfirmed):
             self.record.barge_ins += 1
-            self.log("barge_in", call=self.call_id, reaction_ms=round((ev.t - ev.onset_t) * 1000, 1))
+            self.log("barge_in", call=self.call_id, reaction_ms=round((ev.t - ev.onset_t) * 1000, 1), by=ev.by)
             self._events.put_nowait(BargeIn(ev.t, ev.onset_t))
         elif isinstance(ev, PlayoutStarted):
             if ev.item in self._waiting:
@@ -271,8 +271,10 @@ class CallSession:
             queue: asyncio.Queue[CallerAudio] = asyncio.Queue()
             loop = asyncio.get_running_loop()
 
-            def tap(t: float, pcm: bytes, speech: bool) -> None:  # clock thread
-                loop.call_soon_threadsafe(queue.put_nowait, CallerAudio(t, pcm, speech))
+            detector = self.media.detector
+
+            def tap(t: float, pcm: bytes, speech: bool) -> None:  # clock thread, right after the detector
+                loop.call_soon_threadsafe(queue.put_nowait, CallerAudio(t, pcm, speech, detector.paused))
 
             self._audio = queue
             self.media.set_tap(tap)
@@ -285,6 +287,12 @@ class CallSession:
 
     def meter(self, kind: str, amount: float) -> None:
         self.record.usage.add(kind, amount)
+
+    def hold_barge_in(self, wait_ms: int | None, confirm_early: bool = True) -> None:
+        self.media.hold_for_words(wait_ms, confirm_early)
+
+    def barge_in_verdict(self, backchannel: bool) -> None:
+        self.media.decide(time.monotonic(), backchannel)
 
     async def next_event(self, timeout: float | None = None) -> AgentEvent | None:
         try:

@@ -4,10 +4,15 @@ Written here because no library decides barge-in: VAD libraries say "speech", no
 agent and it is not our own echo, a key tone or a backchannel". The decision has three steps:
 
 1. onset: `onset_frames` consecutive frames that the VAD calls speech, above the tracked noise floor, above the
-   echo we expect from what we played in the last 500 ms, and not a pure tone -> `BargeInPaused` (the caller of
-   `process` pauses playout in the same tick);
+   echo we expect from what we played in the last `echo_window_ms`, and not a pure tone -> `BargeInPaused` (the
+   caller of `process` pauses playout in the same tick);
 2. confirm: `confirm_ms` of speech since onset -> `BargeInConfirmed` (flush playout, cancel the agent's reply);
 3. otherwise, `resume_ms` of non-speech -> `BargeInResumed` (playout continues where it paused).
+
+An agent that hears words (an ASR) decides too (`hold_for_words`, `decide`): a pause that reaches `confirm_ms` then
+stays paused up to `wait_ms` more for the burst's transcript, which resumes it (a backchannel) or confirms it at once
+(anything else; also after a resume by duration, unless words may not confirm before `confirm_ms`); with no verdict
+by then, the duration confirms it.
 
 An onset while no echo is known is first checked against the recent pauses: when the bursts since the first of them
 are our own audio coming back (`EchoPath.explain_burst`: an echo that started mid-call, which the path learnt from
@@ -17,38 +22,52 @@ expects no echo refutes it. (Resuming a pause early on the same test resumed a r
 
 Echo: once `EchoPath` knows the leg's delay and loss (about a second into our speech), caller speech must stand
 `echo_margin_db` above the echo expected of the frames we played that long ago; a leg with no echo leaves only
-the noise floor. Until then the detector assumes the worst over the last 500 ms: the loudest frame we played plus a
-decaying peak of (inbound - that frame) over frames without caller speech, starting at -6 dB.
-The noise floor is the quietest frame of the last 1.5 s without caller speech (minimum statistics).
+the noise floor. Until then the detector assumes the worst over the last `echo_window_ms`: the loudest frame we
+played plus a decaying peak of (inbound - that frame) over frames without caller speech, starting at
+`initial_echo_gain_db`. The noise floor is the quietest of the last `noise_window_frames` frames without caller
+speech (minimum statistics). Every threshold is a `DetectorSettings` field (the config's `barge_in` section); the
+defaults are what the labelled clip set (tests/clipset.py) was tuned and measured with.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from media.echo_path import EchoPath
+from media.echo_path import EchoPath, EchoPathSettings
 from media.events import BargeInConfirmed, BargeInPaused, BargeInResumed, MediaEvent, SpeechStarted, SpeechStopped
 from media.frames import FLOOR_DBFS, FRAME_MS
-from media.tones import ToneDetector
+from media.tones import ToneDetector, ToneSettings
 
 
 @dataclass(frozen=True)
 class DetectorSettings:
     onset_frames: int = 2
+    """Consecutive 20 ms caller-speech frames that pause playout (in the tick of the last one)."""
     confirm_ms: int = 600
+    """Caller speech since the onset that confirms the barge-in (flush, cancel the reply)."""
     resume_ms: int = 300
+    """Silence after a pause that resumes playout where it paused."""
     echo_margin_db: float = 6.0
+    """How far (dB) caller speech must stand above the echo expected of what we played."""
     noise_margin_db: float = 12.0
+    """How far (dB) caller speech must stand above the tracked noise floor."""
     min_level_dbfs: float = -55.0
+    """Inbound frames at or below this level (dBFS) are never caller speech."""
     echo_window_ms: int = 500
+    """Until the echo path is known, the loudest frame played this long ago bounds the echo expected now."""
     speech_hangover_ms: int = 300
+    """Silence that ends the caller's speech (`SpeechStopped`)."""
     dtmf_guard_ms: int = 300
+    """After a key press, inbound sound this long is never speech (and a pause resumes)."""
     noise_window_frames: int = 75
+    """The noise floor is the quietest of this many 20 ms frames without caller speech (75 = 1.5 s)."""
     initial_echo_gain_db: float = -6.0
+    """Until the echo path is known: the echo assumed at the start, relative to what we played (dB)."""
     echo_gain_floor_db: float = -40.0
+    """... the least echo that estimate may fall to (dB)."""
     echo_gain_decay_db: float = 0.1
     """Per frame while we play: how fast the echo estimate falls when the leg stops returning our audio."""
     echo_gain_rise_db: float = 1.0
@@ -58,6 +77,10 @@ class DetectorSettings:
     echo_burst_window_ms: int = 1500
     """Pauses that begin within this long of the first one are looked at together (a short echo delay leaves only
     a few frames of echo per pause)."""
+    echo: EchoPathSettings = field(default_factory=EchoPathSettings)
+    """The echo path estimate's own thresholds (media/echo_path.py)."""
+    tones: ToneSettings = field(default_factory=ToneSettings)
+    """The tone rejector's thresholds (media/tones.py)."""
 
 
 class BargeInDetector:
@@ -83,14 +106,45 @@ class BargeInDetector:
         self._dtmf_until = -1.0
         self._bursts_t = -1e9
         """Onset of the first of the recent pauses, whose frames `EchoPath.explain_burst` looks at together."""
-        self.echo = EchoPath()
-        self.tones = ToneDetector()
+        self._words_wait_ms: int | None = None
+        self._words_early = True
+        self._held_until: float | None = None
+        """While set, the pause outlasted `confirm_ms` and waits for words until then."""
+        self._words_interrupt = False
+        """Words that are no backchannel came before `confirm_ms` (without `confirm_early`)."""
+        self._words_resumed = False
+        """The last pause was resumed by words."""
+        self.echo = EchoPath(self.s.echo)
+        self.tones = ToneDetector(self.s.tones)
         self._played_now = FLOOR_DBFS
 
     def played(self, level_db: float) -> None:
         """Level of the frame sent to the caller this tick (FLOOR_DBFS for silence)."""
         self._ref.append(level_db)
         self._played_now = level_db
+
+    def hold_for_words(self, wait_ms: int | None, confirm_early: bool = True) -> None:
+        """An agent that hears words (`decide`): a pause that reaches `confirm_ms` waits up to `wait_ms` more for
+        them before its duration confirms it; None: duration alone (the default). With `confirm_early` False, words
+        that are no backchannel confirm no sooner than `confirm_ms` (a shorter burst resumes by its duration)."""
+        self._words_wait_ms = wait_ms
+        self._words_early = confirm_early
+
+    def decide(self, now: float, backchannel: bool) -> list[MediaEvent]:
+        """The words of the burst that paused playout: a backchannel resumes the pause (nothing when not paused);
+        anything else confirms the barge-in at once, also when its pause already resumed (by its duration, or by
+        words: "yeah" of "yeah, but ..."); without `confirm_early`, only once the burst reaches `confirm_ms` or its
+        pause was resumed by words."""
+        if backchannel:
+            if not self.paused:
+                return []
+            self.paused, self._held_until, self._words_resumed = False, None, True
+            return [BargeInResumed(now, (now - self._pause_t) * 1000.0, by="words")]
+        if not (self._words_early or self._words_resumed or self._held_until is not None):
+            self._words_interrupt = self.paused  # confirmed when the burst reaches confirm_ms
+            return []
+        self.paused, self._held_until = False, None
+        return [BargeInConfirmed(now, self._onset_t, by="words")]
 
     def note_dtmf(self, now: float) -> None:
         """A key was pressed: tones around it are never speech."""
@@ -143,6 +197,7 @@ class BargeInDetector:
                 events.append(SpeechStarted(self._run_start))
             if self.in_speech and agent_speaking and not self.paused:
                 self.paused = True
+                self._held_until, self._words_interrupt, self._words_resumed = None, False, False
                 self._onset_t = self._run_start
                 self._pause_t = now
                 self._speech_ms = self._run * FRAME_MS
@@ -153,7 +208,15 @@ class BargeInDetector:
             self._speech_ms += FRAME_MS
 
         if self.paused:
-            if self._speech_ms >= self.s.confirm_ms:
+            held = self._held_until
+            if held is None and self._words_wait_ms is not None and self._speech_ms >= self.s.confirm_ms:
+                held = self._held_until = now + (0.0 if self._words_interrupt else self._words_wait_ms / 1000.0)
+            if held is not None:
+                if now >= held - 1e-9:  # no words came in time (or they came early): the duration decides
+                    self.paused, self._held_until = False, None
+                    events.append(BargeInConfirmed(now, self._onset_t, "words" if self._words_interrupt
+                                                   else "duration"))
+            elif self._speech_ms >= self.s.confirm_ms:
                 self.paused = False
                 events.append(BargeInConfirmed(now, self._onset_t))
             elif self._quiet_ms >= self.s.resume_ms or now < self._dtmf_until:
@@ -178,7 +241,7 @@ class BargeInDetector:
         return self.echo.explain_burst(frames) is not None
 
     def _track(self, level_db: float, candidate: bool) -> None:
-        # minimum statistics over the last 1.5 s of frames without caller speech: speech and echo have gaps
+        # minimum statistics over the last `noise_window_frames` frames without caller speech: speech and echo have gaps
         if not (self.in_speech or self.paused):
             self._levels.append(level_db)
             self.noise_floor = min(self._levels)

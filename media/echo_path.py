@@ -39,14 +39,22 @@ from media.frames import FLOOR_DBFS
 @dataclass(frozen=True)
 class EchoPathSettings:
     max_lag_frames: int = 30
-    """Longest echo delay looked for (30 frames = 600 ms: a 500 ms leg plus our own media path)."""
+    """Longest echo delay looked for, in 20 ms frames (30 = 600 ms: a 500 ms leg plus our own media path)."""
     window_frames: int = 100
+    """Frames of history (20 ms each) each estimate correlates: 100 = the last 2 s."""
     every_frames: int = 10
+    """Frames between two estimates (10 = every 200 ms)."""
     active_dbfs: float = -45.0
+    """Played frames at or below this level (dBFS) carry nothing to correlate with."""
     min_active_frames: int = 25
+    """Frames of played audio (with their returned frames, the caller quiet) an estimate needs before it decides."""
     corr_echo: float = 0.6
+    """Correlation (0-1) of played and returned levels at the best lag that makes it the echo path."""
     corr_none: float = 0.3
+    """Best correlation below which, with enough played audio, the leg has no echo."""
     loss_percentile: float = 90.0
+    """Percentile (50-100) of (returned - played) level at the lag taken as the echo's loss (a loud echo frame
+    must not pass for the caller)."""
     spread_frames: int = 2
     """The echo of one frame is expected within this many frames either side of the estimated lag."""
     none_loss_db: float = 40.0
@@ -55,6 +63,7 @@ class EchoPathSettings:
     burst_min_frames: int = 5
     """`explain_burst`: frames of the burst that met audio we played, at the lag tried, before it may decide."""
     corr_burst: float = 0.85
+    """... and the correlation (0-1) its levels need with what we played at one lag."""
     burst_spread_db: float = 12.0
     """... and the most its level may stray from what we played (10th to 90th percentile of the difference)."""
     burst_quiet_db: float = 10.0

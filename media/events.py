@@ -34,6 +34,8 @@ class BargeInResumed:
 
     t: float
     paused_ms: float
+    by: str = "duration"
+    """What decided: `duration` (the burst ended within `confirm_ms`) or `words` (its transcript was a backchannel)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,8 @@ class BargeInConfirmed:
 
     t: float
     onset_t: float
+    by: str = "duration"
+    """What decided: `duration` (speech lasted `confirm_ms`) or `words` (its transcript was no backchannel)."""
 
 
 @dataclass(frozen=True)

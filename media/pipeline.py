@@ -79,19 +79,24 @@ class CallMedia:
         events: list[MediaEvent]
         with self._lock:
             speaking = self.barge_in and self.interruptible and self.playout.speaking
-            events = self.detector.process(now, samples, level, speech, speaking)
-            for ev in events:
-                if isinstance(ev, BargeInPaused):
-                    self.playout.pause()
-                elif isinstance(ev, BargeInResumed):
-                    self.playout.resume()
-                elif isinstance(ev, BargeInConfirmed):
-                    events = events + self.playout.flush(now)
+            events = self._apply(now, self.detector.process(now, samples, level, speech, speaking))
         for ev in events:
             self._emit(ev)
         tap = self._tap
         if tap is not None:
             tap(now, frame, self.detector.candidate)
+
+    def _apply(self, now: float, events: list[MediaEvent]) -> list[MediaEvent]:
+        """Pause, resume or flush playout as the detector's events say (under the lock); the events with the
+        flush's."""
+        for ev in list(events):
+            if isinstance(ev, BargeInPaused):
+                self.playout.pause()
+            elif isinstance(ev, BargeInResumed):
+                self.playout.resume()
+            elif isinstance(ev, BargeInConfirmed):
+                events = events + self.playout.flush(now)
+        return events
 
     def next_outbound(self, now: float) -> bytes:
         out = self.next_audio(now)
@@ -135,6 +140,22 @@ class CallMedia:
     def flush(self, now: float) -> None:
         with self._lock:
             events = self.playout.flush(now)
+        for ev in events:
+            self._emit(ev)
+
+    def hold_for_words(self, wait_ms: int | None, confirm_early: bool = True) -> None:
+        """The agent hears words and decides pauses too (`decide`; BargeInDetector.hold_for_words)."""
+        with self._lock:
+            self.detector.hold_for_words(wait_ms, confirm_early)
+
+    def decide(self, now: float, backchannel: bool) -> None:
+        """The words of the caller's burst over the agent: a backchannel resumes a pause where it stopped, anything
+        else confirms the barge-in at once (flush), unless nothing interruptible is left to cut."""
+        with self._lock:
+            if not (backchannel or self.detector.paused or (self.barge_in and self.interruptible
+                                                              and self.playout.pending)):
+                return
+            events = self._apply(now, self.detector.decide(now, backchannel))
         for ev in events:
             self._emit(ev)
 

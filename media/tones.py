@@ -9,6 +9,8 @@ second frame (measured). Hand-written: no Python library does per-frame tone cla
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import numpy.typing as npt
 
@@ -17,16 +19,23 @@ TONE_HZ = (
     350, 440, 480, 620,  # call progress (dial, ring-back, busy)
     1000, 1004, 1100, 1400, 2100, 2225,  # test tones, fax CNG and CED, modem answer
 )
-_MIN_SHARE = 0.95
-_SECOND_PEAK = 0.1
-"""A second peak with less energy than this share is leakage of the first (a single tone)."""
-_LEVEL_STEADY_DB = 1.5
+
+
+@dataclass(frozen=True)
+class ToneSettings:
+    min_share: float = 0.95
+    """Share of a frame's energy (0-1) its one or two dominant peaks must hold for the frame to look like a tone."""
+    second_peak: float = 0.1
+    """A second peak with less energy than this share (0-1) is leakage of the first (a single tone)."""
+    level_steady_db: float = 1.5
+    """The most a tone's level may change from one frame to the next, in dB."""
 
 
 class ToneDetector:
     """Feed every inbound frame (16 kHz PCM16 samples and its level); True while a steady tone is on the line."""
 
-    def __init__(self, frame_samples: int = 320, rate: int = 16000) -> None:
+    def __init__(self, settings: ToneSettings | None = None, frame_samples: int = 320, rate: int = 16000) -> None:
+        self.s = settings or ToneSettings()
         self._window = np.hanning(frame_samples).astype(np.float32)
         hz_per_bin = rate / frame_samples
         self._bins = {b for f in TONE_HZ for b in (int(np.floor(f / hz_per_bin)), int(np.ceil(f / hz_per_bin)))}
@@ -45,7 +54,8 @@ class ToneDetector:
             peaks.append((k, float(spec[lo:hi].sum()) / total))
             spec[lo:hi] = 0.0
         (k1, s1), (k2, s2) = peaks
-        return s1 + s2 >= _MIN_SHARE and k1 in self._bins and (s2 < _SECOND_PEAK or k2 in self._bins)
+        s = self.s
+        return s1 + s2 >= s.min_share and k1 in self._bins and (s2 < s.second_peak or k2 in self._bins)
 
     def process(self, samples: npt.NDArray[np.int16], level_db: float, needed: bool = True) -> bool:
         """Whether this frame and the previous one are the same steady tone. With `needed=False` (the caller has
@@ -57,7 +67,7 @@ class ToneDetector:
             return False
         tone = samples.size == self._window.size and self._looks_like_tone(samples)
         self._prev = (samples, level_db, tone)
-        if not tone or abs(level_db - prev_level) >= _LEVEL_STEADY_DB:
+        if not tone or abs(level_db - prev_level) >= self.s.level_steady_db:
             return False
         if prev_tone is None:
             prev_tone = prev is not None and prev.size == self._window.size and self._looks_like_tone(prev)

@@ -103,14 +103,7 @@ class Leg:
 
 
 def detector_settings(cfg: Config) -> DetectorSettings:
-    b = cfg.barge_in
-    return DetectorSettings(
-        onset_frames=b.onset_frames,
-        confirm_ms=b.confirm_ms,
-        resume_ms=b.resume_ms,
-        echo_margin_db=b.echo_margin_db,
-        noise_margin_db=b.noise_margin_db,
-    )
+    return cfg.barge_in.settings()
 
 
 class Gateway:

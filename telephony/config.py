@@ -39,6 +39,9 @@ from agents.patterns import Regex, TextOrRegex
 from agents.speech.tts import TtsError, check_voice
 from agents.spend import SpendCap
 from agents.tools import ToolConfig
+from media.barge_in import DetectorSettings
+from media.echo_path import EchoPathSettings
+from media.tones import ToneSettings
 from telephony.sip_uri import parse_sip_uri
 
 KNOWN_CODECS = ("G722", "PCMU", "PCMA")
@@ -266,6 +269,108 @@ class MediaConfig(_Strict):
         return [c.upper() for c in v]
 
 
+def _field_error(field: str, msg: str) -> ValidationError:
+    """A fault found across fields, raised at `field` so the error names its line."""
+    return ValidationError.from_exception_data("settings", [InitErrorDetails(
+        type=PydanticCustomError("bad_setting", "{msg}", {"msg": msg}), loc=(field,), input=None)])
+
+
+_DETECTOR, _ECHO, _TONES = DetectorSettings(), EchoPathSettings(), ToneSettings()
+"""The sans-IO cores' defaults, which the config's defaults are (one place for each figure)."""
+
+
+class EchoPathConfig(_Strict):
+    """`barge_in.advanced.echo_path`: how the echo path's delay and loss are estimated (media/echo_path.py)."""
+
+    max_lag_frames: int = Field(_ECHO.max_lag_frames, ge=1, le=50)
+    """Longest echo delay looked for, in 20 ms frames (30 = 600 ms: a 500 ms leg plus our own media path)."""
+    window_frames: int = Field(_ECHO.window_frames, ge=20, le=500)
+    """20 ms frames of history each estimate correlates (100 = 2 s)."""
+    every_frames: int = Field(_ECHO.every_frames, ge=1, le=100)
+    """20 ms frames between two estimates."""
+    active_dbfs: float = Field(_ECHO.active_dbfs, ge=-90, le=0)
+    """Played frames at or below this level (dBFS) carry nothing to correlate with."""
+    min_active_frames: int = Field(_ECHO.min_active_frames, ge=2, le=500)
+    """Frames of played audio, the caller quiet, an estimate needs before it decides (at most `window_frames`)."""
+    corr_echo: float = Field(_ECHO.corr_echo, gt=0, le=1)
+    """Correlation of played and returned levels at the best delay that makes it the echo path."""
+    corr_none: float = Field(_ECHO.corr_none, ge=-1, lt=1)
+    """Best correlation below which the leg has no echo (below `corr_echo`)."""
+    loss_percentile: float = Field(_ECHO.loss_percentile, ge=50, le=100)
+    """Percentile of (returned - played) level at the delay taken as the echo's loss."""
+    spread_frames: int = Field(_ECHO.spread_frames, ge=0, le=10)
+    """The echo of one frame is expected within this many 20 ms frames either side of the estimated delay."""
+    none_loss_db: float = Field(_ECHO.none_loss_db, gt=0, le=90)
+    """No echo when all that came back stayed this many dB below the loudest frame we played long enough ago."""
+    burst_min_frames: int = Field(_ECHO.burst_min_frames, ge=2, le=100)
+    """Bursts taken for the caller are checked for our own echo only with this many frames that met our audio."""
+    corr_burst: float = Field(_ECHO.corr_burst, gt=0, le=1)
+    """... the correlation their levels need with what we played at one delay."""
+    burst_spread_db: float = Field(_ECHO.burst_spread_db, gt=0, le=60)
+    """... the most their level may stray from what we played (10th to 90th percentile of the difference, dB)."""
+    burst_quiet_db: float = Field(_ECHO.burst_quiet_db, ge=0, le=60)
+    """... how far (dB) below their median level frames with nothing played before them must be."""
+    burst_max_loss_db: float = Field(_ECHO.burst_max_loss_db, ge=-60, le=0)
+    """... the least an echo is attenuated (median difference, dB): louder is a person, not our audio."""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EchoPathConfig:
+        if self.corr_none >= self.corr_echo:
+            raise _field_error("corr_none", f"corr_none ({self.corr_none}) must be below corr_echo ({self.corr_echo})")
+        if self.min_active_frames > self.window_frames:
+            raise _field_error("min_active_frames", f"min_active_frames ({self.min_active_frames}) must not exceed "
+                               f"window_frames ({self.window_frames}): no estimate could ever decide")
+        return self
+
+
+class ToneConfig(_Strict):
+    """`barge_in.advanced.tones`: when an inbound frame is a telephony tone, never speech (media/tones.py)."""
+
+    min_share: float = Field(_TONES.min_share, gt=0.5, le=1)
+    """Share of a frame's energy its one or two dominant peaks must hold for it to look like a tone."""
+    second_peak: float = Field(_TONES.second_peak, ge=0, lt=0.5)
+    """A second peak with less than this share of the energy is leakage of the first (a single tone)."""
+    level_steady_db: float = Field(_TONES.level_steady_db, gt=0, le=20)
+    """The most (dB) a tone's level changes from one frame to the next."""
+
+
+class BargeInAdvancedConfig(_Strict):
+    """`barge_in.advanced`: the detector's thresholds beyond the usual five (media/barge_in.py). The defaults are what
+    the labelled clip set (tests/clipset.py, `make bench`) was tuned and measured with."""
+
+    min_level_dbfs: float = Field(_DETECTOR.min_level_dbfs, ge=-96, le=0)
+    """Inbound frames at or below this level (dBFS) are never caller speech."""
+    echo_window_ms: int = Field(_DETECTOR.echo_window_ms, ge=20, le=2000)
+    """Until the echo path is known, the loudest frame played this long ago bounds the echo expected now."""
+    speech_hangover_ms: int = Field(_DETECTOR.speech_hangover_ms, ge=20, le=5000)
+    """Silence that ends the caller's speech."""
+    dtmf_guard_ms: int = Field(_DETECTOR.dtmf_guard_ms, ge=0, le=5000)
+    """After a key press, inbound sound this long is never speech."""
+    noise_window_frames: int = Field(_DETECTOR.noise_window_frames, ge=5, le=1500)
+    """The noise floor is the quietest of this many 20 ms frames without caller speech (75 = 1.5 s)."""
+    initial_echo_gain_db: float = Field(_DETECTOR.initial_echo_gain_db, ge=-60, le=0)
+    """Until the echo path is known: the echo assumed at first, relative to what we played (dB)."""
+    echo_gain_floor_db: float = Field(_DETECTOR.echo_gain_floor_db, ge=-90, le=0)
+    """... the least echo that estimate falls to (dB; at most `initial_echo_gain_db`)."""
+    echo_gain_decay_db: float = Field(_DETECTOR.echo_gain_decay_db, ge=0, le=10)
+    """... how fast it falls (dB per 20 ms frame we play) when the leg stops returning our audio."""
+    echo_gain_rise_db: float = Field(_DETECTOR.echo_gain_rise_db, ge=0, le=20)
+    """... the most it rises in one frame (dB)."""
+    ref_active_dbfs: float = Field(_DETECTOR.ref_active_dbfs, ge=-90, le=0)
+    """Played audio at or below this level (dBFS) teaches that estimate nothing."""
+    echo_burst_window_ms: int = Field(_DETECTOR.echo_burst_window_ms, ge=20, le=10000)
+    """Pauses that begin within this long of the first one are checked together for our own echo."""
+    echo_path: EchoPathConfig = EchoPathConfig()
+    tones: ToneConfig = ToneConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BargeInAdvancedConfig:
+        if self.echo_gain_floor_db > self.initial_echo_gain_db:
+            raise _field_error("echo_gain_floor_db", f"echo_gain_floor_db ({self.echo_gain_floor_db}) must not be "
+                               f"above initial_echo_gain_db ({self.initial_echo_gain_db})")
+        return self
+
+
 class BargeInConfig(_Strict):
     enabled: bool = True
     onset_frames: int = Field(2, ge=1, le=25)
@@ -278,6 +383,17 @@ class BargeInConfig(_Strict):
     """Inbound audio must be this far above the loudest frame we played 0-500 ms ago minus the echo loss."""
     noise_margin_db: float = Field(12.0, ge=0, le=40)
     vad_aggressiveness: int = Field(2, ge=0, le=3)
+    advanced: BargeInAdvancedConfig = BargeInAdvancedConfig()
+    """The detector's other thresholds; the defaults are what the labelled clip set was tuned and measured with."""
+
+    def settings(self) -> DetectorSettings:
+        """The sans-IO detector's settings (media/barge_in.py), every threshold from this section."""
+        a = self.advanced
+        return DetectorSettings(
+            onset_frames=self.onset_frames, confirm_ms=self.confirm_ms, resume_ms=self.resume_ms,
+            echo_margin_db=self.echo_margin_db, noise_margin_db=self.noise_margin_db,
+            **a.model_dump(exclude={"echo_path", "tones"}),
+            echo=EchoPathSettings(**a.echo_path.model_dump()), tones=ToneSettings(**a.tones.model_dump()))
 
 
 class TimeoutsConfig(_Strict):

@@ -33,6 +33,8 @@ CALLER_TEXTS = (
     "No no, I want to cancel my order.",
 )
 BACKCHANNEL_TEXTS = ("uh-huh", "yeah", "okay", "mm-hmm", "right")
+LONG_BACKCHANNEL_TEXTS = ("yeah okay sure", "okay sure yeah", "mm-hmm okay", "uh-huh right", "right right okay")
+"""Strings of backchannels said in one breath: many outlast `confirm_ms`, which alone cancels the reply."""
 ECHO_DELAYS_MS = (20, 110, 250, 490)
 ECHO_LOSS_DB = (6, 12, 20)
 AGENT_DB = -20.0
@@ -66,6 +68,13 @@ def backchannels() -> tuple[np.ndarray, ...]:
             if y.size / 16000 < 0.6:
                 out.append(audio.scale_to_db(audio.telephone_band(y), CALLER_DB))
     return tuple(out)
+
+
+@functools.cache
+def long_backchannels() -> tuple[np.ndarray, ...]:
+    """`LONG_BACKCHANNEL_TEXTS` in the three voices, through the telephone band (0.5-1.1 s)."""
+    return tuple(audio.scale_to_db(audio.telephone_band(audio.trim(x)), CALLER_DB)
+                 for t in LONG_BACKCHANNEL_TEXTS for x in _voices(t))
 
 
 @dataclass

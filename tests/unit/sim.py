@@ -56,11 +56,17 @@ def simulate(
     seed: int = 0,
     echo_from_s: float = 0.0,
     inbound_filter: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    after_frame: Callable[[float, CallMedia, bytes], None] | None = None,
+    words_wait_ms: int | None = None,
+    words_confirm_early: bool = True,
 ) -> SimResult:
     """`echo_from_s`: the line returns the agent's audio only from then on (a caller who turns on a speakerphone).
-    `inbound_filter(played, inbound)`, when given, cleans each inbound frame before the detector sees it."""
+    `inbound_filter(played, inbound)`, when given, cleans each inbound frame before the detector sees it;
+    `after_frame(t, media, frame)` is called after each inbound frame (an agent's verdicts: `media.decide`);
+    `words_wait_ms`, `words_confirm_early`: the agent hears words (`CallMedia.hold_for_words`)."""
     events: list[MediaEvent] = []
     media = CallMedia(events.append, settings)
+    media.hold_for_words(words_wait_ms, words_confirm_early)
     media.push(audio.to_pcm(agent), item=1)
     rng = np.random.default_rng(seed)
     noise_db = audio.rms_db(agent) - noise_snr_db if noise_snr_db is not None else None
@@ -82,7 +88,10 @@ def simulate(
             x += rng.standard_normal(FRAME_SAMPLES) * 32768 * 10 ** (noise_db / 20)
         if inbound_filter is not None:
             x = inbound_filter(audio.to_array(sent[-1]), x)
-        media.on_inbound(t, audio.to_pcm(x))
+        pcm = audio.to_pcm(x)
+        media.on_inbound(t, pcm)
+        if after_frame is not None:
+            after_frame(t, media, pcm)
     res = SimResult(events, sent, media)
     if caller is not None:
         res.caller_frame = start + audio.onset_index(caller)
