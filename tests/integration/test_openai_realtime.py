@@ -89,7 +89,7 @@ def test_ulaw_audio_both_ways(gw: Gateway, rt: RealtimeServer, clip: np.ndarray,
     turns = [t for t in end["turns"] if t.get("engine") == "openai_realtime"]
     assert [t["trigger"] for t in turns] == ["greeting", "speech"], turns
     answer = turns[1]
-    assert answer["from"] in ("gateway", "server") and answer["overhead_ms"] < 20, answer
+    assert answer["from"] in ("gateway", "server") and answer["overhead_ms"] < 100, answer
     assert 0 < answer["first_delta_ms"] <= answer["first_audio_ms"] < 1500, answer
 
 

@@ -185,7 +185,7 @@ def test_gateway_owned_turns_stream_both_ways_and_time_each_turn(server, questio
     # from the end of the caller's speech: the gateway's 300 ms hangover, then the server answers at once (bounds
     # generous for a loaded machine: bench.s2s has the figures)
     assert 250 < turn["first_audio_ms"] < 1500, turn
-    assert turn["overhead_ms"] < 60 and turn["uplink_lag_ms"] < 100, turn
+    assert turn["overhead_ms"] < 150 and turn["uplink_lag_ms"] < 100, turn
     used = c.session.record.usage.usage  # the cost meter: audio seconds each way
     assert abs(used["gemini_live_in_s"] * 1000 - s.audio_in_ms) <= 20
     assert abs(used["gemini_live_out_s"] * 1000 - greeting["audio_ms"] - turn["audio_ms"]) <= 2

@@ -264,7 +264,7 @@ def test_session_is_ga_shaped_and_the_greeting_is_heard_as_sent(rt: RealtimeServ
     sent = rt.responses[0].sent_ms
     assert turn["trigger"] == "greeting" and turn["status"] == "completed" and not turn["interrupted"]
     assert abs(turn["heard_ms"] - sent) <= 40 and abs(turn["audio_ms"] - sent) <= 1, (turn, sent)
-    assert turn["overhead_ms"] < 50 and turn["first_audio_ms"] >= turn["first_delta_ms"] > 0, turn
+    assert turn["overhead_ms"] < 150 and turn["first_audio_ms"] >= turn["first_delta_ms"] > 0, turn
     assert turn["text"] == text
     # the caller heard the reply itself: it lines up with piper's audio, decoded without gaps or clicks
     ref = pcm_array(resample(render(text), 24000))
@@ -303,7 +303,7 @@ def test_caller_speech_goes_up_and_gets_an_answer_with_timings(rt: RealtimeServe
     assert [k for _, k, _ in rt.speech[:2]] == ["speech_started", "speech_stopped"]
     [turn] = call.turns
     assert turn["trigger"] == "speech" and turn["from"] == "server" and turn["text"] == rt.default_reply
-    assert 0 < turn["first_delta_ms"] <= turn["first_audio_ms"] < 200 and turn["overhead_ms"] < 50, turn
+    assert 0 < turn["first_delta_ms"] <= turn["first_audio_ms"] < 200 and turn["overhead_ms"] < 150, turn
     used = call.usage.usage  # the cost meter: audio seconds each way
     assert abs(used["openai_realtime_out_s"] * 1000 - turn["audio_ms"]) <= 1 and used["openai_realtime_in_s"] > 3
     # what the server got is what the caller said (mu-law at 8 kHz, or PCM at 24 kHz)
