@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.load import config_rtp
 from bench.run import RESULTS
 from telephony.records import read_records
 from tests.integration.cluster import cluster_config, free_block, start_cluster
@@ -147,9 +148,10 @@ def run_soak(concurrency: int, seconds: float, call_s: float, tmp: Path,
     writes every call's SIP trace beside the records, the simulator each failed call's into `tmp/phone-trace`."""
     port = free_port()
     db = tmp / "records" / "calls.db"
-    gw = start_cluster(cluster_config(port, {"count": workers, "first_port": free_block(workers)},
-                                      records={"enabled": True, "path": str(db), "sip_trace": trace}),
-                       tmp, port, workers)
+    text = cluster_config(port, {"count": workers, "first_port": free_block(workers)},
+                          records={"enabled": True, "path": str(db), "sip_trace": trace})
+    phones = rtp_range(200 * math.ceil(concurrency / 4), avoid=[config_rtp(text)])[0]  # not in a worker's range
+    gw = start_cluster(text, tmp, port, workers)
     try:
         pids = worker_pids(gw)
         started = len(gw.events("worker_started"))
@@ -162,7 +164,7 @@ def run_soak(concurrency: int, seconds: float, call_s: float, tmp: Path,
         bound = concurrency * (math.ceil(seconds / call_s) + 2)
         cmd = [str(VENV_BIN / "voicegate"), "simulate", str(script), "--target", f"sip:echo@127.0.0.1:{port}",
                "--calls", str(bound), "--concurrency", str(concurrency), "--rate", str(max(2, concurrency)),
-               "--duration", str(seconds), "--rtp-port", str(rtp_range(200 * concurrency)[0]), "--json", str(out),
+               "--duration", str(seconds), "--rtp-port", str(phones), "--json", str(out),
                *(["--sip-trace", str(tmp / "phone-trace")] if trace else [])]
         t0 = time.monotonic()
         with (tmp / "simulate.out").open("w") as so, (tmp / "simulate.err").open("w") as se:
