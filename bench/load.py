@@ -16,6 +16,10 @@ the figure is then a lower bound (`capped` in the JSON, "at least" in the table)
 Each step also takes the workers' CPU per call-second, and `sipp -rtp_echo` (sipp's own RTP echo) answers the same
 step (with simulate's callers) for the side-by-side CPU figure. Prints a table and writes
 bench/results/load.json.
+
+The callers' RTP ports are one block for the whole run, outside the gateway's range: a block taken per step wrapped
+around the tests' port span onto the workers' range, a caller then held a worker's RTP ports, its calls failed
+("Address already in use") and, with every other worker full, the front door answered 503.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from bench.run import RESULTS, _cpu_s
 from media.g711 import ulaw_encode
@@ -103,11 +109,23 @@ def step_verdict(reports: list[dict[str, Any]], ticks_p99: list[float], calls: i
     return ""
 
 
-def run_step(uri: str, calls: int, seconds: float, tmp: Path) -> list[dict[str, Any]]:
+def config_rtp(config_text: str) -> tuple[int, int]:
+    """The gateway's RTP port range in a config."""
+    rtp = yaml.safe_load(config_text)["rtp"]
+    return int(rtp["port_min"]), int(rtp["port_max"])
+
+
+def caller_ports(top: int, gateway: tuple[int, int]) -> tuple[int, int]:
+    """First RTP port of the simulated callers' block (simulate's phones of 4 calls sit 200 ports apart) and of
+    sipp's echo, for every step up to `top` calls, both outside the gateway's range."""
+    callers = rtp_range(200 * max(1, math.ceil(top / 4)), avoid=[gateway])
+    return callers[0], rtp_range(4 * top + 4, avoid=[gateway, callers])[0]
+
+
+def run_step(uri: str, calls: int, seconds: float, tmp: Path, lo: int) -> list[dict[str, Any]]:
     script = tmp / "echo.yaml"
     script.write_text(SCRIPT.format(seconds=seconds))
     out = tmp / f"load-{calls}.json"
-    lo, _ = rtp_range(200 * calls)
     subprocess.run([str(VENV_BIN / "voicegate"), "simulate", str(script), "--target", uri, "--calls", str(calls),
                     "--concurrency", str(calls), "--rate", "50", "--rtp-port", str(lo), "--json", str(out)],
                    capture_output=True, text=True, timeout=seconds + 120)
@@ -120,11 +138,11 @@ def media_pids(gw: Gateway) -> list[int]:
     return list(workers.values()) or [gw.proc.pid]
 
 
-def gateway_step(gw: Gateway, calls: int, seconds: float, tmp: Path) -> dict[str, Any]:
+def gateway_step(gw: Gateway, calls: int, seconds: float, tmp: Path, rtp_lo: int) -> dict[str, Any]:
     before = len(gw.events("call_end"))
     pids = media_pids(gw)
     c0 = sum(_cpu_s(p) for p in pids)
-    reports = run_step(f"sip:echo@127.0.0.1:{gw.port}", calls, seconds, tmp)
+    reports = run_step(f"sip:echo@127.0.0.1:{gw.port}", calls, seconds, tmp, rtp_lo)
     cpu = sum(_cpu_s(p) for p in pids) - c0
     deadline = time.monotonic() + 10
     while len(gw.events("call_end")) < before + calls and time.monotonic() < deadline:
@@ -139,7 +157,7 @@ def gateway_step(gw: Gateway, calls: int, seconds: float, tmp: Path) -> dict[str
             "fails": step_verdict(reports, ticks, calls)}
 
 
-def sipp_caller_step(gw: Gateway, calls: int, seconds: float, tmp: Path) -> dict[str, Any]:
+def sipp_caller_step(gw: Gateway, calls: int, seconds: float, tmp: Path, rtp_lo: int) -> dict[str, Any]:
     """One step with sipp as the C callers; loss and tick p99 from the gateway's call records of the step."""
     audio = tmp / "tone.ul"
     if not audio.exists():
@@ -149,7 +167,7 @@ def sipp_caller_step(gw: Gateway, calls: int, seconds: float, tmp: Path) -> dict
     pids = media_pids(gw)
     c0 = sum(_cpu_s(p) for p in pids)
     sipp = subprocess.run(["sipp", "-nostdin", "-sf", "stream.xml", "-s", "echo", f"127.0.0.1:{gw.port}", "-p",
-                           str(free_port()), "-mp", str(rtp_range(4 * calls + 4)[0]), "-m", str(calls), "-l",
+                           str(free_port()), "-mp", str(rtp_lo), "-m", str(calls), "-l",
                            str(calls), "-r", str(calls), "-rp", "1000", "-timeout", str(int(seconds + 60))],
                           capture_output=True, text=True, cwd=tmp, timeout=seconds + 90)
     cpu = sum(_cpu_s(p) for p in pids) - c0
@@ -171,16 +189,17 @@ def sipp_caller_step(gw: Gateway, calls: int, seconds: float, tmp: Path) -> dict
                                                               f"sipp: {sipp.stderr.strip()[-300:]}")}
 
 
-def sipp_step(calls: int, seconds: float, tmp: Path) -> float | None:
-    """CPU of `sipp -rtp_echo` per call-second for the same step (ms)."""
+def sipp_step(calls: int, seconds: float, tmp: Path, rtp_lo: int, echo_lo: int) -> float | None:
+    """CPU of `sipp -rtp_echo` per call-second for the same step (ms); the callers' RTP from `rtp_lo`, sipp's
+    from `echo_lo`."""
     port = free_port()
     sipp = subprocess.Popen(["sipp", "-sn", "uas", "-rtp_echo", "-i", "127.0.0.1", "-p", str(port), "-mp",
-                             str(rtp_range(20)[0]), "-nostdin", "-m", str(calls), "-timeout", str(seconds + 60)],
+                             str(echo_lo), "-nostdin", "-m", str(calls), "-timeout", str(seconds + 60)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp)
     try:
         time.sleep(0.5)
         c0 = _cpu_s(sipp.pid)
-        reports = run_step(f"sip:echo@127.0.0.1:{port}", calls, seconds, tmp)
+        reports = run_step(f"sip:echo@127.0.0.1:{port}", calls, seconds, tmp, rtp_lo)
         cpu = _cpu_s(sipp.pid) - c0
         call_s = sum(r.get("duration_s", 0.0) for r in reports if r.get("status") == 200)
         return round(cpu * 1000 / call_s, 2) if call_s else None
@@ -202,20 +221,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         port = free_port()
-        if workers > 1:
-            gw = start_cluster(cluster_config(port, {"count": workers, "first_port": free_block(workers)},
-                                              records={"enabled": True}), tmp, port, workers)
-        else:
-            gw = start_gateway(gateway_config(port), tmp, port)
+        text = (cluster_config(port, {"count": workers, "first_port": free_block(workers)}, records={"enabled": True})
+                if workers > 1 else gateway_config(port))
+        rtp_lo, echo_lo = caller_ports(top, config_rtp(text))
+        gw = start_cluster(text, tmp, port, workers) if workers > 1 else start_gateway(text, tmp, port)
         try:
             for calls in range(first, top + 1, stride):
                 print(f"load step: {calls} concurrent echo calls ...", flush=True)
                 if caller == "sipp":
-                    step = sipp_caller_step(gw, calls, seconds, tmp)
+                    step = sipp_caller_step(gw, calls, seconds, tmp, echo_lo)
                     step["sipp_rtp_echo_cpu_ms_per_call_s"] = None
                 else:
-                    step = gateway_step(gw, calls, seconds, tmp)
-                    step["sipp_rtp_echo_cpu_ms_per_call_s"] = sipp_step(calls, seconds, tmp)
+                    step = gateway_step(gw, calls, seconds, tmp, rtp_lo)
+                    step["sipp_rtp_echo_cpu_ms_per_call_s"] = sipp_step(calls, seconds, tmp, rtp_lo, echo_lo)
                 steps.append(step)
                 if step["fails"]:
                     break

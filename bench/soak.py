@@ -10,7 +10,9 @@ call are summarised from the records. Prints a table and writes bench/results/so
 Settings from the environment: SOAK_S (seconds during which calls start, default 600), SOAK_C (concurrent calls;
 default 80% of `max_concurrent_echo_calls` in bench/results/load.json, else 6), SOAK_CALL_S (seconds each call
 lasts after its speech came back, default 15), SOAK_RSS_GROWTH_MB (default 48), SOAK_WORKERS (default the workers
-the load maximum was measured with, else 2).
+the load maximum was measured with, else 2), SOAK_KEEP=1 (keep the run's folder and print its path: the gateway's
+call records and SIP trace of every call in `records/`, each failed call's phone-side SIP messages and pjsua log in
+`phone-trace/`, the simulator's report and output, the gateway's event log).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import subprocess
 import tempfile
 import time
@@ -28,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from bench.load import config_rtp
 from bench.run import RESULTS
 from telephony.records import read_records
 from tests.integration.cluster import cluster_config, free_block, start_cluster
@@ -138,12 +142,16 @@ def verdict(summary: dict[str, Any], rss: dict[str, dict[str, int]], restarts: i
 
 
 def run_soak(concurrency: int, seconds: float, call_s: float, tmp: Path,
-             growth_mb: float = DEFAULT_RSS_GROWTH_MB, workers: int = DEFAULT_WORKERS) -> dict[str, Any]:
-    """One soak against a fresh `serve --workers N`; the result (`fails` lists what failed)."""
+             growth_mb: float = DEFAULT_RSS_GROWTH_MB, workers: int = DEFAULT_WORKERS,
+             trace: bool = False) -> dict[str, Any]:
+    """One soak against a fresh `serve --workers N`; the result (`fails` lists what failed). `trace`: the gateway
+    writes every call's SIP trace beside the records, the simulator each failed call's into `tmp/phone-trace`."""
     port = free_port()
-    db = tmp / "calls.db"
-    gw = start_cluster(cluster_config(port, {"count": workers, "first_port": free_block(workers)},
-                                      records={"enabled": True, "path": str(db)}), tmp, port, workers)
+    db = tmp / "records" / "calls.db"
+    text = cluster_config(port, {"count": workers, "first_port": free_block(workers)},
+                          records={"enabled": True, "path": str(db), "sip_trace": trace})
+    phones = rtp_range(200 * math.ceil(concurrency / 4), avoid=[config_rtp(text)])[0]  # not in a worker's range
+    gw = start_cluster(text, tmp, port, workers)
     try:
         pids = worker_pids(gw)
         started = len(gw.events("worker_started"))
@@ -156,7 +164,8 @@ def run_soak(concurrency: int, seconds: float, call_s: float, tmp: Path,
         bound = concurrency * (math.ceil(seconds / call_s) + 2)
         cmd = [str(VENV_BIN / "voicegate"), "simulate", str(script), "--target", f"sip:echo@127.0.0.1:{port}",
                "--calls", str(bound), "--concurrency", str(concurrency), "--rate", str(max(2, concurrency)),
-               "--duration", str(seconds), "--rtp-port", str(rtp_range(200 * concurrency)[0]), "--json", str(out)]
+               "--duration", str(seconds), "--rtp-port", str(phones), "--json", str(out),
+               *(["--sip-trace", str(tmp / "phone-trace")] if trace else [])]
         t0 = time.monotonic()
         with (tmp / "simulate.out").open("w") as so, (tmp / "simulate.err").open("w") as se:
             sim = subprocess.Popen(cmd, stdout=so, stderr=se, text=True, cwd=ROOT)
@@ -188,6 +197,8 @@ def run_soak(concurrency: int, seconds: float, call_s: float, tmp: Path,
         restarts = len(gw.events("worker_started")) - started
     finally:
         gw.stop(60)
+        if trace:
+            (tmp / "gateway.log").write_text("\n".join(gw.lines) + "\n")
     summary = summarise(reports, records)
     fails = verdict(summary, rss, restarts, growth_mb)
     if not reports:
@@ -225,9 +236,16 @@ def main() -> int:
     workers = int(os.environ.get("SOAK_WORKERS") or default_workers())
     print(f"call soak: {concurrency} concurrent echo calls of about {call_s:g} s for {seconds:g} s "
           f"through {workers} workers ...", flush=True)
-    with tempfile.TemporaryDirectory() as d:
-        res = run_soak(concurrency, seconds, call_s, Path(d), growth, workers)
+    keep = os.environ.get("SOAK_KEEP", "") not in ("", "0")
+    tmp = Path(tempfile.mkdtemp(prefix="voicegate-soak-"))
+    try:
+        res = run_soak(concurrency, seconds, call_s, tmp, growth, workers, trace=keep)
+    finally:
+        if not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
     print("\n".join(table(res)))
+    if keep:
+        print(f"kept the run's folder: {tmp}")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"bench": "soak", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}, **res}

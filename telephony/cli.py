@@ -164,7 +164,7 @@ def _simulate(args: argparse.Namespace) -> int:
         return 2
     return simulate(args.scripts, args.target, args.junit, args.json, args.rtp_port, args.calls, args.concurrency,
                     args.rate, args.html, args.loss, args.record, args.seed, args.jitter, args.reorder, args.skew,
-                    args.duration, tls, args.calls_per_phone)
+                    args.duration, tls, args.calls_per_phone, args.sip_trace)
 
 
 def _calls(args: argparse.Namespace) -> int:
@@ -375,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--insecure", action="store_true", help="accept any certificate from a TLS target (labs only)")
     m.add_argument("--duration", type=float, help="load mode: start no call after this many seconds (--calls, "
                    "default then 10000, bounds the count); a phone places a new call as soon as one of its calls ended")
+    m.add_argument("--sip-trace", metavar="DIR", help="write each failed call's SIP messages and the phone's pjsua "
+                   "log while it lasted into DIR/<Call-ID>.log")
     m.set_defaults(fn=_simulate)
     r = sub.add_parser("calls", help="list recent calls from the call records, newest first, with cost")
     r.add_argument("--config", default="voicegate.yaml", help="read records.path from this config")

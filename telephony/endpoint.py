@@ -23,6 +23,7 @@ import pjsua2 as pj
 
 from telephony.admission import SipGate
 from telephony.call import SipCall
+from telephony.call_ids import Graveyard, owns
 from telephony.client_certs import TlsPeers, client_cert_problem
 from telephony.config import Config, DtmfMode, SipTlsConfig
 from telephony.consult import Consultations
@@ -134,6 +135,8 @@ class SipStack:
         self.max_calls = EXPECTED_MAX_CALLS
         self._cmds: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._released: list[SipCall] = []
+        self._ended = Graveyard()
+        """Released calls, each destroyed once its pjsua call id is free or still its own (telephony/call_ids.py)."""
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -209,10 +212,12 @@ class SipStack:
             except Exception as e:
                 event("sip_command_error", error=repr(e))
         if self._released:
-            # pjsua is done with these calls' disconnects: only now may the Python objects go
+            # pjsua is done with these calls' disconnects: the objects go once no later call has their id
             for call in self._released:
                 self.calls.pop(call.key, None)
+                self._ended.bury(call)
             self._released.clear()
+        self._ended.sweep()
         now = time.monotonic()
         for i, (interval, due, fn) in enumerate(self._periodic):
             if now >= due:
@@ -471,7 +476,7 @@ class SipStack:
 
     def hangup(self, key: int, code: int = 200) -> None:
         call = self.calls.get(key)
-        if call is None or call.disconnected:
+        if call is None or call.disconnected or not owns(call):  # not its id: that would hang up another call
             return
         op = pj.CallOpParam(True)
         op.statusCode = code
@@ -527,6 +532,7 @@ class SipStack:
             self.ep.audDevManager().setNoDev()  # stops the media clock, so the ports can go
         self.calls.clear()
         self._released.clear()
+        self._ended.clear()
         self.ports.clear()
         self.trunks.shutdown()
         for account in (self.sips_account, self.account):

@@ -4,11 +4,16 @@ Sent and received audio pass through one AudioMediaPort on the phone's media clo
 index: what the caller said at frame k and what it heard at frame k are simultaneous on the wire. All pjsua2 calls
 happen on the thread that created the Phone (it runs `poll()`); the port's callbacks run on the clock thread and
 only touch the port's own state under its lock.
+
+A pjsua2 `Call` object must not outlive its pjsua call id (telephony/call_ids.py): the phone keeps every released call
+in a `Graveyard` swept after each poll, acts on a call only while it `owns` its id, and dials only while pjsua has a
+free call slot (`can_dial`: a hung-up call holds its slot until the far end answered the BYE).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import sys
 import threading
@@ -21,16 +26,21 @@ import numpy as np
 import pjsua2 as pj
 
 from media.frames import FRAME_BYTES, FRAME_SAMPLES, SAMPLE_RATE, SILENCE, level_dbfs
+from telephony.call_ids import Graveyard, owns
 from telephony.endpoint import EXPECTED_MAX_CALLS
 from telephony.media_port import audio_format, read_buf, write_buf
+from telephony.simulator.calllog import CallLog
 from telephony.simulator.impair import ImpairError, Impairment, SdpProxy, hop
 from telephony.simulator.relay_tls import TlsOptions, is_tls
 from telephony.simulator.script import Dial
 from telephony.simulator.shaper import LineImpairment
+from telephony.sip_trace import is_message
 
 MAX_ACCOUNTS = 6
 """Distinct From/credential combinations one phone process keeps (pjsua allows 8 accounts)."""
 
+TRACE_LEVEL = 5
+"""pjsua's log level with a trace: SIP messages (4) and the transactions' state changes (5)."""
 AUDIBLE_DBFS = -50.0
 """Received frames must be at least this loud, and within 35 dB of the loudest so far, to count as agent audio."""
 
@@ -185,11 +195,29 @@ def stream_stats(call: Any) -> RtpStats | None:
     )
 
 
+class _LogWriter(pj.LogWriter):  # type: ignore[misc]
+    """pjsua's log entries into a CallLog (called on the pjsua thread and the media clock's)."""
+
+    def __init__(self, log: CallLog) -> None:
+        super().__init__()
+        self.log = log
+
+    def write(self, entry: Any) -> None:
+        try:
+            msg = str(entry.msg)
+            self.log.add(time.time(), msg if is_message(msg) else f"[{entry.threadName}] {msg}")
+        except Exception as e:  # never into pjsip
+            print(f"phone log error: {e!r}", file=sys.stderr)
+
+
 class PhoneCall(pj.Call):  # type: ignore[misc]
-    def __init__(self, acc: Any, port: PhonePort) -> None:
+    def __init__(self, acc: Any, port: PhonePort, log: CallLog | None = None) -> None:
         super().__init__(acc)
         self.acc = acc
         self.port = port
+        self.log = log
+        """With a trace: where `onCallState` notes each state it was told of."""
+        self.wall_started = time.time()
         self.status = 0
         self.reason = ""
         self.started = time.monotonic()
@@ -226,6 +254,9 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
             self.call_id = str(ci.callIdString)
             self.status = int(ci.lastStatusCode)
             self.reason = str(ci.lastReason)
+            if self.log is not None:
+                self.log.add(time.time(), f"[phone] onCallState {self.call_id} pjsua call {ci.id}: {ci.stateText} "
+                                          f"({self.status} {self.reason})")
             if ci.state == pj.PJSIP_INV_STATE_CONFIRMED and self.confirmed_at is None:
                 self.confirmed_at = time.monotonic()
             if ci.state == pj.PJSIP_INV_STATE_DISCONNECTED:
@@ -238,7 +269,8 @@ class PhoneCall(pj.Call):  # type: ignore[misc]
         if not self.accept_transfer:
             prm.statusCode = 603  # the simulated caller records transfers and declines them
         elif self.transfer_call is None:
-            self.transfer_call = PhoneCall(self.acc, self.port)  # the target's audio reaches the same recorder
+            # the target's audio reaches the same recorder
+            self.transfer_call = PhoneCall(self.acc, self.port, self.log)
             prm.newCall = self.transfer_call
 
     def onCallMediaState(self, prm: Any) -> None:  # noqa: N802
@@ -266,13 +298,15 @@ class Phone:
 
     def __init__(self, rtp_port: int = 40000, tcp: bool = False, loss_pct: float = 0.0,
                  tls_ca: str | None = None, tls_cert: tuple[str, str] | None = None, impair: bool = False,
-                 tls: TlsOptions | None = None, bind: str = "127.0.0.1") -> None:
+                 tls: TlsOptions | None = None, bind: str = "127.0.0.1", trace: bool = False) -> None:
         """`loss_pct`: RTP packets dropped in each direction, at random (pjmedia's own impairment); `tls_ca`: call
         over TLS, trusting only the CA certificates in this PEM file; `tls_cert`: (certificate, key) PEM files
         to present as a TLS client; `impair`: calls go through an `SdpProxy`, so `dial(impair=...)` can put a
         seeded impairment relay into their media path; `tls`: how to reach `sips:` and `;transport=tls` targets
-        (through the proxy's TLS with `impair`)."""
+        (through the proxy's TLS with `impair`); `trace`: keep pjsua's log and every call's SIP messages in `log`
+        (a CallLog) for `trace_of`."""
         self.proxy = SdpProxy(tls=tls) if impair else None
+        self.log = CallLog() if trace else None
         self.ep = pj.Endpoint()
         self.ep.libCreate()
         ec = pj.EpConfig()
@@ -281,6 +315,12 @@ class Phone:
         ec.uaConfig.maxCalls = EXPECTED_MAX_CALLS
         ec.logConfig.level = 1
         ec.logConfig.consoleLevel = 1
+        if self.log is not None:
+            self._logwriter = _LogWriter(self.log)
+            ec.logConfig.writer = self._logwriter
+            ec.logConfig.level = ec.logConfig.consoleLevel = TRACE_LEVEL  # the writer gets up to consoleLevel
+            ec.logConfig.msgLogging = True
+            ec.logConfig.decor = 0
         ec.medConfig.clockRate = SAMPLE_RATE
         ec.medConfig.sndClockRate = SAMPLE_RATE
         ec.medConfig.noVad = True
@@ -317,6 +357,9 @@ class Phone:
         self._accounts: dict[tuple[str, str, str, str, str], pj.Account] = {}
         self._ports: list[PhonePort] = []
         self._free: list[PhonePort] = []
+        self._released = Graveyard()
+        self._lib = ctypes.CDLL(pj._pjsua2.__file__)
+        self._lib.pjsua_call_get_count.restype = ctypes.c_uint
 
     def _tls_transport(self, tls: TlsOptions) -> Any:
         """pjsua's TLS: it trusts the proxy's certificate (when there is a proxy) and the options' CA."""
@@ -390,7 +433,7 @@ class Phone:
             port = PhonePort()
             port.createPort(f"phone-{len(self._ports)}", audio_format())
             self._ports.append(port)
-        call = PhoneCall(acc, port)
+        call = PhoneCall(acc, port, self.log)
         prm = pj.CallOpParam(True)
         for name, value in dial.headers.items():
             h = pj.SipHeader()
@@ -411,6 +454,16 @@ class Phone:
 
     def poll(self, ms: int = 10) -> None:
         self.ep.libHandleEvents(ms)
+        self._released.sweep()
+
+    def can_dial(self) -> bool:
+        """pjsua has a free call slot (a hung-up call holds its slot until the far end answered the BYE)."""
+        return int(self._lib.pjsua_call_get_count()) < EXPECTED_MAX_CALLS
+
+    @property
+    def releasing(self) -> int:
+        """Released calls whose object the phone still keeps (a later call has their pjsua call id)."""
+        return len(self._released)
 
     def send_dtmf(self, call: PhoneCall, digits: str, info: bool = False) -> None:
         prm = pj.CallSendDtmfParam()
@@ -419,7 +472,7 @@ class Phone:
         call.sendDtmf(prm)
 
     def hangup(self, call: PhoneCall) -> None:
-        if not call.ended:
+        if not call.ended and owns(call):
             call.read_rtp()
             with contextlib.suppress(pj.Error):
                 call.hangup(pj.CallOpParam(True))
@@ -443,11 +496,24 @@ class Phone:
         self.release(call)
 
     def release(self, call: PhoneCall) -> None:
-        """After the call ended: stop its impairment relay (keeping what it did) and free its port for a later call."""
+        """After the call ended: stop its impairment relay (keeping what it did) and free its port for a later call.
+        The phone keeps the call object until it can go (telephony/call_ids.py): drop every other reference to it."""
         if self.proxy is not None:
             call.impairment = self.proxy.release(call.call_id)
         if call.port not in self._free:
             self._free.append(call.port)
+        for c in (call, call.transfer_call):
+            if c is not None:
+                self._released.bury(c)
+
+    def trace_of(self, call: PhoneCall) -> str:
+        """With `trace`: the call's SIP messages and what pjsua logged from its dial to now; the log then forgets its
+        messages. '' without."""
+        if self.log is None:
+            return ""
+        text = self.log.dump(call.call_id, call.wall_started - 1.0, time.time())
+        self.log.forget(call.call_id)
+        return text
 
     def close(self) -> None:
         with contextlib.suppress(pj.Error):
@@ -455,6 +521,7 @@ class Phone:
             self.ep.audDevManager().setNoDev()  # stop the media clock before the ports go
         self._free.clear()
         self._ports.clear()
+        self._released.clear()
         for acc in self._accounts.values():
             acc.shutdown()
         self._accounts.clear()

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pjsua2 as pj
 from pydantic import BaseModel, ValidationError
 
 from agents.speech.asr import AsrError
@@ -60,6 +61,7 @@ from telephony.simulator.runner import (
 )
 from telephony.simulator.script import Script, Speech, load_script, uses_asr
 from telephony.simulator.shaper import LineImpairment
+from telephony.sip_trace import trace_path
 
 NO_IMPAIRMENT = LineImpairment()
 HANGUP_WAIT_S = 5.0
@@ -81,6 +83,11 @@ def render_speech(sp: Speech, base: Path) -> bytes:
     assert sp.say is not None
     pcm, rate = synthesize_fixed(sp.voice, sp.say)
     return resample(pcm, rate)
+
+
+def error_text(e: Exception) -> str:
+    """What went wrong, for a report: pjsua2's errors say it in `info()` (their repr names only a SWIG object)."""
+    return f"pjsua: {e.info()}" if isinstance(e, pj.Error) else repr(e)
 
 
 def _observe(call: PhoneCall) -> Observation:
@@ -132,11 +139,12 @@ class CallRun:
     at once: each has its own port (tracks, RTP statistics, recording), runner, transcription and persona line."""
 
     def __init__(self, phone: Phone, script: Script, file: str, target: str, record: Path | None = None,
-                 impair: tuple[LineImpairment, str] | None = None, seed: int = 0) -> None:
+                 impair: tuple[LineImpairment, str] | None = None, seed: int = 0, trace: Path | None = None) -> None:
         """Render the script's speech and dial; `impair` (line, seed) impairs its RTP through a seeded relay; `seed`
-        (the run's) goes to the persona's model and into the report."""
+        (the run's) goes to the persona's model and into the report; `trace`: the folder for the phone's trace of
+        the call if it fails (a Phone made with `trace`)."""
         base = Path(file).resolve().parent
-        self.phone, self.script, self.record = phone, script, record
+        self.phone, self.script, self.record, self.trace = phone, script, record, trace
         self._render: Callable[[Speech], bytes] = lambda sp: render_speech(sp, base)
         self.runner = ScriptRunner(script, self._render)
         self.ears = _ears(script)
@@ -195,7 +203,7 @@ class CallRun:
 
     def fail(self, error: Exception) -> None:
         """An error of this call's own (the others go on): in its report, and the call hung up."""
-        self.report.error = repr(error)
+        self.report.error = error_text(error)
         if self._closing_until is None:
             self._end()
         else:
@@ -261,16 +269,21 @@ class CallRun:
         if self.record is not None:
             self.record.parent.mkdir(parents=True, exist_ok=True)
             write_stereo(self.record, sent, heard)
-        # The Call object goes now, not when this run is collected: by then a new call may have its pjsua call id,
-        # and the late destructor would clear that call's user data, so its callbacks no longer reach it.
+        text = self.phone.trace_of(call)
+        if self.trace is not None and text and not report.passed:
+            self.trace.mkdir(parents=True, exist_ok=True)
+            trace_path(self.trace, call.call_id or f"no-call-id-{os.getpid()}-{int(call.wall_started)}").with_suffix(
+                ".log").write_text(text)
+        # The phone alone holds the Call object now and destroys it once no later call has its pjsua call id
+        # (Phone._sweep): its destructor would clear that call's user data and hang it up.
         del call, self.call
         self.done = True
 
 
 def run_call(phone: Phone, script: Script, file: str, target: str, record: Path | None = None,
-             impair: tuple[LineImpairment, str] | None = None, seed: int = 0) -> CallReport:
+             impair: tuple[LineImpairment, str] | None = None, seed: int = 0, trace: Path | None = None) -> CallReport:
     """One script on one call; `impair` (line, seed) impairs its RTP through a seeded relay."""
-    run = CallRun(phone, script, file, target, record, impair, seed)
+    run = CallRun(phone, script, file, target, record, impair, seed, trace)
     while not run.done:
         phone.poll(10)
         run.step()
@@ -297,13 +310,13 @@ def _impairs(line: LineImpairment, scripts: list[tuple[str, Script]]) -> bool:
 
 def _worker(jobs: Any, results: Any, clock: Any, rate: float, target: str | None, rtp_port: int,
             line: LineImpairment, impair: bool, seed: int, record_dir: Path | None, tls: TlsOptions | None,
-            slots: int) -> None:
+            slots: int, trace: Path | None = None) -> None:
     """One load process: its own phone with up to `slots` calls at once, jobs taken from the queue while a slot is
     free, each started no earlier than its slot in time and none after the end of `--duration`. `clock` is (ready,
     go, times): the process says it is ready, and once every one is (or after a minute), `times` holds the run's
     start and end on the monotonic clock (end 0: none)."""
     ready, go, times = clock
-    phone = Phone(rtp_port, impair=impair, tls=tls)
+    phone = Phone(rtp_port, impair=impair, tls=tls, trace=trace is not None)
     ready.release()
     go.wait()
     t0, until = times[0], times[1] or None
@@ -319,16 +332,16 @@ def _worker(jobs: Any, results: Any, clock: Any, rate: float, target: str | None
                     more = waiting is not None
             if waiting is not None and until is not None and time.monotonic() >= until:
                 waiting, more = None, False
-            if waiting is not None and time.monotonic() >= t0 + waiting[0] / rate:
+            if waiting is not None and time.monotonic() >= t0 + waiting[0] / rate and phone.can_dial():
                 index, path, script = waiting
                 waiting = None
                 try:
                     running.append(CallRun(phone, script, path, target or script.target or "",
                                            _recording(record_dir, index, script),
-                                           call_impairment(line, script, seed, index), seed))
+                                           call_impairment(line, script, seed, index), seed, trace))
                 except Exception as e:  # a failed call is a result, not the end of the run
                     results.put(CallReport(script.name, path, target or script.target or "", 0, script.expect_status,
-                                           None, "", 0.0, error=repr(e), phone=os.getpid(), seed=seed))
+                                           None, "", 0.0, error=error_text(e), phone=os.getpid(), seed=seed))
             phone.poll(10)
             for run in running:
                 try:
@@ -345,10 +358,10 @@ def _worker(jobs: Any, results: Any, clock: Any, rate: float, target: str | None
 def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, concurrency: int, rate: float,
              rtp_port: int, line: LineImpairment = NO_IMPAIRMENT, record_dir: Path | None = None,
              seed: int = 0, duration_s: float | None = None, tls: TlsOptions | None = None,
-             per_phone: int = EXPECTED_MAX_CALLS) -> list[CallReport]:
+             per_phone: int = EXPECTED_MAX_CALLS, trace: Path | None = None) -> list[CallReport]:
     """`calls` runs of the scripts (in turn), `concurrency` at a time, started at most `rate` per second, from phone
     processes of `per_phone` calls each (the last one takes the rest); with `duration_s`, only those that start
-    within that many seconds."""
+    within that many seconds; with `trace`, each failed call's SIP messages and pjsua log go into that folder."""
     slots = [min(per_phone, concurrency - k) for k in range(0, concurrency, per_phone)]
     ctx = multiprocessing.get_context("spawn")
     jobs = ctx.Queue()
@@ -361,7 +374,7 @@ def run_load(scripts: list[tuple[str, Script]], target: str | None, calls: int, 
     jobs.cancel_join_thread()  # jobs left when --duration ends the run are dropped, not waited for at exit
     ready, go, times = ctx.Semaphore(0), ctx.Event(), ctx.Array("d", 2)
     procs = [ctx.Process(target=_worker, args=(jobs, results, (ready, go, times), rate, target, rtp_port + 200 * k,
-                                               line, _impairs(line, scripts), seed, record_dir, tls, n),
+                                               line, _impairs(line, scripts), seed, record_dir, tls, n, trace),
                           daemon=True)
              for k, n in enumerate(slots)]
     for p in procs:
@@ -419,7 +432,7 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
          html_path: str | None = None, loss_pct: float = 0.0, record_dir: str | None = None,
          seed: int | None = None, jitter_ms: float = 0.0, reorder_pct: float = 0.0, skew_ppm: float = 0.0,
          duration_s: float | None = None, tls: TlsOptions | None = None,
-         per_phone: int = EXPECTED_MAX_CALLS) -> int:
+         per_phone: int = EXPECTED_MAX_CALLS, trace_dir: str | None = None) -> int:
     try:
         line = LineImpairment(loss_pct=loss_pct, jitter_ms=jitter_ms, reorder_pct=reorder_pct, skew_ppm=skew_ppm)
     except ValidationError as e:
@@ -444,22 +457,23 @@ def main(paths: list[str], target: str | None, junit_path: str | None, json_path
         return _not_run(invalid, junit_path)
     reports: list[CallReport] = []
     rec = Path(record_dir) if record_dir else None
+    trace = Path(trace_dir) if trace_dir else None
     if seed is None:
         seed = secrets.randbelow(2**31)
     print(f"voicegate simulate: seed {seed} (--seed {seed} repeats the line's impairment and the persona's requests)",
           file=sys.stderr)
     if calls is not None:
         reports = run_load(scripts, target, calls, concurrency, rate, rtp_port, line, rec, seed, duration_s, tls,
-                           per_phone)
+                           per_phone, trace)
     else:
-        phone = Phone(rtp_port, impair=_impairs(line, scripts), tls=tls)
+        phone = Phone(rtp_port, impair=_impairs(line, scripts), tls=tls, trace=trace is not None)
         try:
             for i, (path, s) in enumerate(scripts):
                 uri = target or s.target
                 assert uri is not None
                 try:
                     reports.append(run_call(phone, s, path, uri, _recording(rec, i, s),
-                                            call_impairment(line, s, seed, i), seed))
+                                            call_impairment(line, s, seed, i), seed, trace))
                 except SimulationError as e:
                     return _not_run([(path, [f"{path}: {e}"])], junit_path, reports)
         finally:

@@ -45,14 +45,21 @@ _rtp_next = [_RTP_LO + (os.getpid() % 40) * 200]
 _rtp_lock = threading.Lock()
 
 
-def rtp_range(size: int = 40) -> tuple[int, int]:
-    """A block of RTP ports for one peer; blocks wrap within this worker's third of 30000-60999."""
+def rtp_range(size: int = 40, avoid: Sequence[tuple[int, int]] = ()) -> tuple[int, int]:
+    """A block of RTP ports for one peer; blocks wrap within this worker's third of 30000-60999. `avoid`: blocks
+    still in use (a gateway's range while callers come and go), which a wrapped block must not overlap: a caller
+    bound in a worker's range left that worker no port for its calls' RTP (bench/load.py's 503s)."""
     with _rtp_lock:
-        if _rtp_next[0] + size > _RTP_LO + _RTP_SPAN:
-            _rtp_next[0] = _RTP_LO
-        lo = _rtp_next[0]
-        _rtp_next[0] += size
-    return lo, lo + size - 1
+        for _ in range(2 * len(avoid) + 2):
+            if _rtp_next[0] + size > _RTP_LO + _RTP_SPAN:
+                _rtp_next[0] = _RTP_LO
+            lo = _rtp_next[0]
+            _rtp_next[0] += size
+            hit = [hi for a_lo, hi in avoid if lo <= hi and lo + size - 1 >= a_lo]
+            if not hit:
+                return lo, lo + size - 1
+            _rtp_next[0] = max(hit) + 1  # the next try starts past the block in use
+    raise RuntimeError(f"no block of {size} RTP ports outside {list(avoid)}")
 
 
 LONG_PROMPT = (
