@@ -529,10 +529,9 @@ class SipStack:
         except pj.Error:
             pass
         with contextlib.suppress(pj.Error):
-            self.ep.audDevManager().setNoDev()  # stops the media clock, so the ports can go
+            self.ep.audDevManager().setNoDev()  # stops the media clock: no more frame callbacks
         self.calls.clear()
         self._released.clear()
-        self.ports.clear()
         self.trunks.shutdown()
         for account in (self.sips_account, self.account):
             if account is not None:
@@ -544,5 +543,6 @@ class SipStack:
             self.ep.libDestroy()
         self.ep = None
         self.gate = None  # pjsip held its module until libDestroy
+        self.ports.clear()  # and the conference bridge its media ports
         self._routes = None
         gc.collect()
