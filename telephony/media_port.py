@@ -4,12 +4,12 @@ Its callbacks run on pjmedia's clock thread for every call, every 20 ms, so they
 is a `pjmedia_port` of our own, made with ctypes and added to the bridge with `pjsua_conf_add_port`; its `put_frame`
 and `get_frame` are ctypes callbacks that read and write the bridge's frame buffer in place. pjsua2's
 `AudioMediaPort` does the same through a SWIG director, which wraps every frame in a new Python proxy object, looks
-the method up by name and copies the audio through a C++ std::vector both ways: on a real clock (8 ports looped to
-themselves, the null sound device) that cost 44-51 us of clock-thread CPU per port and tick, and this port 19-23 us
-(the bridge with C ports alone: 3.4 us) (measured). No library offers a cheaper Python port: this is the one
-hand-written part, and it follows pjmedia's C headers (pjmedia/port.h, pjmedia/frame.h), whose layout pjsua2 2.x has
-kept; `check_frame_layout()` drives a port through the library's own `pjmedia_port_put_frame`/`get_frame` at
-start-up and fails clearly if the layout is not the one assumed.
+the method up by name and copies the audio through a C++ std::vector both ways. On a real clock (8 echo ports looped
+to themselves, the null sound device, 2-4 runs each) that cost 39-51 us of clock-thread CPU per port and tick, this
+port 18-23 us, and C ports alone 2.4-3.4 us (measured). No library offers a cheaper Python port, so this part is
+written by hand, after pjmedia's C headers (pjmedia/port.h, pjmedia/frame.h), whose layout pjsua2 2.x has kept;
+`check_frame_layout()` drives a port through the library's own `pjmedia_port_put_frame`/`get_frame` at start-up and
+fails clearly if the layout is not the one assumed.
 
 A port in the pool (no call) has no callbacks: the bridge skips a port without `put_frame` instead of handing it a
 heart-beat frame every tick (conference.c), an upcall per idle port and tick before.
