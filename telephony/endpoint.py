@@ -69,6 +69,13 @@ def called_user(uri: str) -> str:
     return m.group(1) if m else ""
 
 
+POLL_MS = 20
+"""How long the pjsua thread's `libHandleEvents` waits: also the longest a submitted command or a callback that
+pjsua2 defers to this thread waits. SIP packets and pjsip's timers wake it at once. Each wake-up costs 65-90 us of
+CPU on this kind of machine, so with a 10 ms poll an idle gateway's pjsua thread used 9.3-10 ms of CPU per second,
+and 5.2 ms with 20 ms (measured, one run each, load 8-10)."""
+
+
 def compiled_max_calls() -> int:
     """The call limit the loaded pjsua library really applies (after libInit)."""
     lib = ctypes.CDLL(pj._pjsua2.__file__)
@@ -198,7 +205,7 @@ class SipStack:
         self._ready.set()
         try:
             while not self._stop.is_set():
-                self.ep.libHandleEvents(10)
+                self.ep.libHandleEvents(POLL_MS)
                 self._drain()
         finally:
             self._destroy()
