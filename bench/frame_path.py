@@ -1,15 +1,15 @@
 """CPU of the Python frame path per call-second, replayed without a clock (a sans-IO micro-benchmark).
 
-Each scenario feeds one call's 20 ms frames through the real `CallMediaPort` callbacks, in the bridge's order (a
-frame requested, then one received, every tick), with pjsua2 `MediaFrame`s filled the way pjsua2's port fills them:
+Each scenario feeds one call's 20 ms frames through the real `CallMediaPort`, in the bridge's order (a frame
+requested, then one received, every tick), through pjmedia's own `pjmedia_port_get_frame`/`put_frame`, so the C ->
+Python upcall of each callback is in the figures:
 - `echo`: the echo agent (loopback), the caller's speech coming in;
 - `agent`: an agent prompt playing, its echo coming back 200 ms later 12 dB down with line noise (VAD, barge-in
   detector, echo path estimator and tone rejector all at work);
-- `copy port`: the baseline, in the same run: a Python port that only copies each received frame back through the
-  same buffers, the floor of any Python port.
+- `copy port`: the baseline, in the same run: a port that only copies each received frame back through the same
+  buffers, the floor of any Python port.
 CPU is `time.process_time` (this process's CPU time, not wall time, so other work on the machine barely moves it),
-the least of `repeats` runs. Not in these figures: the C++ -> Python upcall and GIL hand-over around each callback,
-which are the same for every Python port.
+the least of `repeats` runs. Not in these figures: the GIL hand-over between the clock thread and the others.
 
 Usage: python -m bench.frame_path [--seconds S] [--profile agent|echo] [--json PATH]
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import gc
+import ctypes
 import json
 import pstats
 import time
@@ -31,39 +31,34 @@ import pjsua2 as pj
 
 from media.frames import FRAME_BYTES, FRAME_SAMPLES, SAMPLE_RATE, SILENCE
 from media.pipeline import CallMedia
-from telephony.media_port import CallMediaPort, FrameWriter, read_frame
+from telephony.media_port import CallMediaPort, PjFrame, get_frame, put_frame
 from tests import audio, clipset
 
-_AUDIO = pj.PJMEDIA_FRAME_TYPE_AUDIO
+_AUDIO = int(pj.PJMEDIA_FRAME_TYPE_AUDIO)
 
 
-class _CopyPort(pj.AudioMediaPort):  # type: ignore[misc]
+class _CopyPort(CallMediaPort):
     """The baseline: each received frame goes back out on the next request, through the same frame access."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__("copy")
         self._last = SILENCE
-        self._writer = FrameWriter()
+        self.attach(CallMedia(lambda e: None), "copy")
 
-    def onFrameReceived(self, frame: Any) -> None:  # noqa: N802 (pjsua2's name)
-        self._last = read_frame(frame) or SILENCE
+    def _on_put(self, _port: int | None, frame: int | None) -> int:
+        if not frame:
+            return 0
+        f = PjFrame.from_address(frame)
+        self._last = ctypes.string_at(f.buf, FRAME_BYTES) if f.type == _AUDIO else SILENCE
+        return 0
 
-    def onFrameRequested(self, frame: Any) -> None:  # noqa: N802
-        self._writer.write(frame, self._last)
-
-
-def _received(pcm: bytes) -> Any:
-    f = pj.MediaFrame()
-    f.type = _AUDIO
-    f.buf = pj.ByteVector(pcm)
-    f.size = len(pcm)
-    return f
-
-
-def _requested() -> Any:
-    f = pj.MediaFrame()
-    f.size = FRAME_BYTES  # pjsua2's get_frame hands over an empty buffer and the size the bridge wants
-    return f
+    def _on_get(self, _port: int | None, frame: int | None) -> int:
+        if not frame:
+            return 0
+        f = PjFrame.from_address(frame)
+        ctypes.memmove(f.buf, self._last, FRAME_BYTES)
+        f.type, f.size = _AUDIO, FRAME_BYTES
+        return 0
 
 
 def _frames(x: np.ndarray, n: int) -> list[bytes]:
@@ -72,14 +67,18 @@ def _frames(x: np.ndarray, n: int) -> list[bytes]:
     return [pcm[i * FRAME_BYTES : (i + 1) * FRAME_BYTES] for i in range(n)]
 
 
-def _run(port: Any, inbound: list[bytes]) -> float:
-    """CPU seconds of one replay of `inbound` through `port`, a frame requested before each one received."""
-    received = [_received(f) for f in inbound]
-    requested = [_requested() for _ in inbound]
+def _run(port: CallMediaPort, inbound: list[bytes]) -> float:
+    """CPU seconds of one replay of `inbound` through `port`, a frame requested before each one received, in
+    buffers of the bridge's own."""
+    rx_buf, tx_buf = ctypes.create_string_buffer(FRAME_BYTES), ctypes.create_string_buffer(FRAME_BYTES)
+    rx = PjFrame(type=_AUDIO, buf=ctypes.addressof(rx_buf), size=FRAME_BYTES)
+    tx = PjFrame(buf=ctypes.addressof(tx_buf))
     c0 = time.process_time()
-    for rq, rx in zip(requested, received, strict=True):
-        port.onFrameRequested(rq)
-        port.onFrameReceived(rx)
+    for pcm in inbound:
+        tx.size = FRAME_BYTES  # the bridge asks for one frame
+        get_frame(port, tx)
+        ctypes.memmove(rx_buf, pcm, FRAME_BYTES)
+        put_frame(port, rx)
     return time.process_time() - c0
 
 
@@ -97,15 +96,17 @@ def scenarios(seconds: float) -> dict[str, Callable[[], float]]:
     agent_pcm = audio.to_pcm(agent[: n * FRAME_SAMPLES])
 
     def echo_call() -> float:
-        port = CallMediaPort()
-        port.media = CallMedia(lambda e: None)
-        port.media.set_loopback(True)
+        media = CallMedia(lambda e: None)
+        media.set_loopback(True)
+        port = CallMediaPort("echo")
+        port.attach(media, "echo")
         return _run(port, caller_in)
 
     def agent_call() -> float:
-        port = CallMediaPort()
-        port.media = CallMedia(lambda e: None)
-        port.media.push(agent_pcm, item=1)
+        media = CallMedia(lambda e: None)
+        media.push(agent_pcm, item=1)
+        port = CallMediaPort("agent")
+        port.attach(media, "agent")
         return _run(port, agent_in)
 
     def copy_port() -> float:
@@ -132,17 +133,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--profile", choices=["echo", "agent"], help="cProfile one replay of this scenario instead")
     ap.add_argument("--json", type=Path)
-    a = ap.parse_args()
-    ep = pj.Endpoint()  # ports unregister from an endpoint when freed (without one pjsua2 prints an error each)
-    ep.libCreate()
-    ec = pj.EpConfig()
-    ec.logConfig.level = ec.logConfig.consoleLevel = 0
-    ep.libInit(ec)
-    try:
-        return _main(a)
-    finally:
-        gc.collect()
-        ep.libDestroy()
+    return _main(ap.parse_args())
 
 
 def _main(a: argparse.Namespace) -> int:

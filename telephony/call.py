@@ -6,7 +6,6 @@ process) and hand work to the listener, which must return at once.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import time
 from typing import Any, Protocol
@@ -55,7 +54,8 @@ class SipCall(pj.Call):  # type: ignore[misc]
         self.listener: CallListener | None = None
         self.media: CallMedia | None = None
         self.port: CallMediaPort | None = None
-        self._conf: Any = None
+        self._conf: int | None = None
+        """The call's conference slot that the port is connected to."""
         self.on_hold = False
         self.codec = ""
         self.srtp = False
@@ -183,19 +183,16 @@ class SipCall(pj.Call):  # type: ignore[misc]
             if self.listener:
                 self.listener.on_media_ready(self)
         # a re-INVITE can give the stream a new conference slot: (re)connect both directions
-        aud.startTransmit(self.port)
-        self.port.startTransmit(aud)
-        self._conf = aud
+        self._conf = int(aud.getPortId())
+        self.port.connect(self._conf)
 
     def _disconnect_media(self) -> None:
         port, self.port = self.port, None
-        aud, self._conf = self._conf, None
+        slot, self._conf = self._conf, None
         if port is None:
             return
-        if aud is not None:
-            for a, b in ((aud, port), (port, aud)):
-                with contextlib.suppress(pj.Error):
-                    a.stopTransmit(b)
+        if slot is not None:
+            port.disconnect(slot)
         self._ports.release(port)
 
     def rtp_idle_s(self, now: float) -> float:

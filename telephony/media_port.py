@@ -1,13 +1,18 @@
-"""The per-call pjsua2 AudioMediaPort: 16 kHz mono 20 ms frames between the conference bridge and CallMedia.
+"""The per-call media port: 16 kHz mono 20 ms frames between pjsua's conference bridge and CallMedia.
 
-Its callbacks run on pjmedia's clock thread for every call, every 20 ms, so they do microseconds of work: the
-frame buffer (a SWIG proxy of a C++ std::vector<unsigned char>) is read and written through ctypes, since
-`bytes(frame.buf)` costs about 300 us and building a new ByteVector about 30 us (measured). The layout trick
-(the proxy's `this` is the address of the vector, whose first word points at its data) belongs to libstdc++ and
-to this wheel, so `check_frame_layout()` verifies it at start-up. The port's callbacks go further and read a
-frame's type, size and data pointer in one ctypes view of the C++ `MediaFrame` (`FrameView`, checked at start-up
-too), and hand back audio by assigning a ByteVector of their own (`FrameWriter`): each SWIG attribute access costs
-about 1 us and `ByteVector.resize` several, on every frame.
+Its callbacks run on pjmedia's clock thread for every call, every 20 ms, so they must cost microseconds. The port
+is a `pjmedia_port` of our own, made with ctypes and added to the bridge with `pjsua_conf_add_port`; its `put_frame`
+and `get_frame` are ctypes callbacks that read and write the bridge's frame buffer in place. pjsua2's
+`AudioMediaPort` does the same through a SWIG director, which wraps every frame in a new Python proxy object, looks
+the method up by name and copies the audio through a C++ std::vector both ways. On a real clock (8 echo ports looped
+to themselves, the null sound device, 2-4 runs each) that cost 39-51 us of clock-thread CPU per port and tick, this
+port 18-23 us, and C ports alone 2.4-3.4 us (measured). No library offers a cheaper Python port, so this part is
+written by hand, after pjmedia's C headers (pjmedia/port.h, pjmedia/frame.h), whose layout pjsua2 2.x has kept;
+`check_frame_layout()` drives a port through the library's own `pjmedia_port_put_frame`/`get_frame` at start-up and
+fails clearly if the layout is not the one assumed.
+
+A port in the pool (no call) has no callbacks: the bridge skips a port without `put_frame` instead of handing it a
+heart-beat frame every tick (conference.c), an upcall per idle port and tick before.
 
 pjmedia's clock thread is not a Python thread, so each upcall's `PyGILState_Ensure` made a new Python thread state
 and its `PyGILState_Release` destroyed it again (CPython gh-146219): a memory map, page faults and interpreter setup
@@ -16,6 +21,8 @@ bare pjsua2 bridge's 168 ms, and 204 ms with the state kept. `pin_thread_state()
 `PyGILState_Ensure` outstanding for the thread's life, the pattern CPython's documentation gives for foreign threads
 that call in repeatedly; the endpoint keeps the sound device's clock (and so that thread) for the life of the
 process (`sndAutoCloseTime = -1`).
+
+`read_buf`, `write_buf` and `audio_format` serve the simulator's phone, which keeps pjsua2's `AudioMediaPort`.
 """
 
 from __future__ import annotations
@@ -27,12 +34,66 @@ from typing import Any
 
 import pjsua2 as pj
 
-from media.frames import FRAME_BYTES, FRAME_MS, SAMPLE_RATE, SILENCE
+from media.frames import FRAME_BYTES, FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, SILENCE
 from media.pipeline import CallMedia
-from telephony.errors import PjsuaBuildError
+from telephony.errors import PjsuaBuildError, VoicegateError
 from telephony.logs import event
 
-_AUDIO = pj.PJMEDIA_FRAME_TYPE_AUDIO
+_AUDIO = int(pj.PJMEDIA_FRAME_TYPE_AUDIO)
+_lib = ctypes.CDLL(pj._pjsua2.__file__)  # the pjmedia/pjsua C API inside pjsua2's extension
+_FRAME_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+_DESTROY_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
+_INFO_BYTES = 64
+"""sizeof(pjmedia_port_info): pj_str_t name, signature, direction, pjmedia_format (id, type, detail type, a
+24-byte detail union), padded to 8."""
+_SIGNATURE = 0x56474D50  # PJMEDIA_SIGNATURE('V','G','M','P'), ours
+_SENTINEL = 0x5A5A5A5A  # in port_data, which pjmedia_port_info_init must not touch
+
+
+class _PjStr(ctypes.Structure):
+    _fields_ = [("ptr", ctypes.c_char_p), ("slen", ctypes.c_ssize_t)]
+
+
+class _Port(ctypes.Structure):
+    """`pjmedia_port`; its `pjmedia_port_info` is filled by `pjmedia_port_info_init` and otherwise opaque here."""
+
+    _fields_ = [("info", ctypes.c_ubyte * _INFO_BYTES), ("pdata", ctypes.c_void_p), ("ldata", ctypes.c_long),
+                ("grp_lock", ctypes.c_void_p), ("get_clock_src", ctypes.c_void_p), ("put_frame", _FRAME_CB),
+                ("get_frame", _FRAME_CB), ("on_destroy", _DESTROY_CB)]
+
+
+class PjFrame(ctypes.Structure):
+    """`pjmedia_frame`: type, buffer, size in bytes, timestamp, bit info."""
+
+    _fields_ = [("type", ctypes.c_int), ("buf", ctypes.c_void_p), ("size", ctypes.c_size_t),
+                ("timestamp", ctypes.c_uint64), ("bit_info", ctypes.c_uint32)]
+
+
+_lib.pjmedia_port_info_init.argtypes = [ctypes.c_void_p, ctypes.POINTER(_PjStr), ctypes.c_uint, ctypes.c_uint,
+                                        ctypes.c_uint, ctypes.c_uint, ctypes.c_uint]
+_lib.pjmedia_port_put_frame.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+_lib.pjmedia_port_get_frame.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+_lib.pjsua_pool_create.restype = ctypes.c_void_p
+_lib.pjsua_pool_create.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t]
+_lib.pjsua_conf_add_port.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int)]
+_lib.pjsua_conf_connect.argtypes = [ctypes.c_int, ctypes.c_int]
+_lib.pjsua_conf_disconnect.argtypes = [ctypes.c_int, ctypes.c_int]
+_NO_FRAME_CB = _FRAME_CB()  # a NULL function pointer
+_frame_at = PjFrame.from_address
+_string_at = ctypes.string_at
+_memmove = ctypes.memmove
+_monotonic = time.monotonic
+
+
+def _destroyed(_port: int | None) -> int:
+    return 0  # the memory is the CallMediaPort's; pjmedia only asks that a port with a group lock has this
+
+
+_on_destroy = _DESTROY_CB(_destroyed)
+
+
+class MediaPortError(VoicegateError):
+    """pjsua's conference bridge refused an operation on a call's media port."""
 
 
 def _data_ptr(vec: Any) -> int:
@@ -49,44 +110,6 @@ def write_buf(vec: Any, data: bytes) -> None:
     ctypes.memmove(_data_ptr(vec), data, len(data))
 
 
-class FrameView(ctypes.Structure):
-    """pjsua2's `MediaFrame` as this wheel lays it out: `type`, `buf` (a std::vector: data, end, capacity), `size`."""
-
-    _fields_ = [("type", ctypes.c_int), ("data", ctypes.c_void_p), ("end", ctypes.c_void_p),
-                ("capacity", ctypes.c_void_p), ("size", ctypes.c_uint)]
-
-
-def read_frame(frame: Any) -> bytes | None:
-    """The audio of a received `MediaFrame` when it holds one whole frame, else None."""
-    v = FrameView.from_address(int(frame.this))
-    if v.type != _AUDIO or v.size != FRAME_BYTES or (v.end or 0) - (v.data or 0) < FRAME_BYTES:
-        return None
-    return ctypes.string_at(v.data, FRAME_BYTES)
-
-
-class FrameWriter:
-    """Fills requested `MediaFrame`s from a ByteVector of its own (one per port: the clock thread's alone)."""
-
-    _silent = pj.ByteVector(SILENCE)
-
-    def __init__(self) -> None:
-        self._vec = pj.ByteVector(SILENCE)
-        self._data = _data_ptr(self._vec)
-
-    def write(self, frame: Any, pcm: bytes) -> None:
-        """`pcm` (one whole frame) as the audio of `frame`."""
-        if pcm is SILENCE:
-            frame.buf = self._silent
-        elif len(pcm) == FRAME_BYTES:
-            ctypes.memmove(self._data, pcm, FRAME_BYTES)
-            frame.buf = self._vec
-        else:
-            raise ValueError(f"outbound frame of {len(pcm)} bytes, not {FRAME_BYTES}")
-        v = FrameView.from_address(int(frame.this))
-        v.type = _AUDIO
-        v.size = FRAME_BYTES
-
-
 _pinned: set[int] = set()
 
 
@@ -99,8 +122,113 @@ def pin_thread_state() -> None:
         ctypes.pythonapi.PyGILState_Ensure()  # an outer Ensure never released: the upcalls' own pairs nest in it
 
 
+class CallMediaPort:
+    """One slot of our own on the conference bridge, for one call's CallMedia at a time (`media` None: idle).
+
+    Made, attached and detached on the pjsua thread; the callbacks run on the clock thread. A port is never
+    freed while the media clock runs (the bridge keeps its address): `PortPool` reuses them.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.media: CallMedia | None = None
+        self.call_id = ""
+        self.slot = -1
+        self._errors = 0
+        self._name = name.encode()
+        self._put = _FRAME_CB(self._on_put)
+        self._get = _FRAME_CB(self._on_get)
+        self.struct = _Port(pdata=_SENTINEL, ldata=_SENTINEL, on_destroy=_on_destroy)
+        _lib.pjmedia_port_info_init(ctypes.byref(self.struct), _PjStr(self._name, len(self._name)), _SIGNATURE,
+                                    SAMPLE_RATE, 1, 16, FRAME_SAMPLES)
+
+    def register(self, pool: int) -> None:
+        """Add the port to pjsua's conference bridge (pjsua thread; once)."""
+        slot = ctypes.c_int(-1)
+        status = _lib.pjsua_conf_add_port(pool, ctypes.byref(self.struct), ctypes.byref(slot))
+        if status != 0:
+            raise MediaPortError(f"pjsua_conf_add_port({self._name.decode()}) failed with status {status}")
+        self.slot = slot.value
+
+    def attach(self, media: CallMedia, call_id: str) -> None:
+        self.call_id = call_id
+        self._errors = 0
+        self.media = media
+        self.struct.put_frame = self._put
+        self.struct.get_frame = self._get
+
+    def detach(self) -> None:
+        self.struct.put_frame = _NO_FRAME_CB  # the bridge's next tick skips the port
+        self.struct.get_frame = _NO_FRAME_CB
+        self.media = None
+
+    def connect(self, call_slot: int) -> None:
+        """Both directions between the call's conference slot and this port."""
+        for src, dst in ((call_slot, self.slot), (self.slot, call_slot)):
+            status = _lib.pjsua_conf_connect(src, dst)
+            if status != 0:
+                raise MediaPortError(f"pjsua_conf_connect({src}, {dst}) for call {self.call_id} failed with "
+                                     f"status {status}")
+
+    def disconnect(self, call_slot: int) -> None:
+        """Undo `connect`; a slot pjsua has already removed (the call's stream is gone) is not an error."""
+        _lib.pjsua_conf_disconnect(call_slot, self.slot)
+        _lib.pjsua_conf_disconnect(self.slot, call_slot)
+
+    # -- clock thread -------------------------------------------------------------------------------------
+    def _on_put(self, _port: int | None, frame: int | None) -> int:
+        """A frame from the call (the bridge's put_frame)."""
+        try:
+            pin_thread_state()
+            media = self.media
+            if media is not None and frame:
+                f = _frame_at(frame)
+                if f.type == _AUDIO and f.size == FRAME_BYTES and f.buf:
+                    media.on_inbound(_monotonic(), _string_at(f.buf, FRAME_BYTES))
+        except Exception as e:  # never let an exception cross into pjmedia's clock thread
+            self._report(e)
+        return 0
+
+    def _on_get(self, _port: int | None, frame: int | None) -> int:
+        """This tick's frame for the call (the bridge's get_frame), written into the bridge's buffer."""
+        try:
+            pin_thread_state()
+            if not frame:
+                return 0
+            f = _frame_at(frame)
+            media = self.media
+            pcm = media.next_outbound(_monotonic()) if media is not None else SILENCE
+            if f.size < FRAME_BYTES or not f.buf:
+                f.type = 0  # PJMEDIA_FRAME_TYPE_NONE: the bridge asked for less than a frame
+                raise ValueError(f"the bridge asked for {f.size} bytes, not {FRAME_BYTES}")
+            if len(pcm) != FRAME_BYTES:
+                f.type = 0
+                raise ValueError(f"outbound frame of {len(pcm)} bytes, not {FRAME_BYTES}")
+            _memmove(f.buf, pcm, FRAME_BYTES)
+            f.type = _AUDIO
+            f.size = FRAME_BYTES
+        except Exception as e:
+            self._report(e)
+        return 0
+
+    def _report(self, e: Exception) -> None:
+        self._errors += 1
+        if self._errors <= 3:
+            event("media_error", call=self.call_id, error=repr(e))
+
+
+def put_frame(port: CallMediaPort, frame: PjFrame) -> int:
+    """Hand `frame` to the port as the bridge does (through pjmedia's `pjmedia_port_put_frame`); pjmedia's status."""
+    return int(_lib.pjmedia_port_put_frame(ctypes.byref(port.struct), ctypes.byref(frame)))
+
+
+def get_frame(port: CallMediaPort, frame: PjFrame) -> int:
+    """Ask the port for a frame as the bridge does (`pjmedia_port_get_frame`); pjmedia's status."""
+    return int(_lib.pjmedia_port_get_frame(ctypes.byref(port.struct), ctypes.byref(frame)))
+
+
 def check_frame_layout() -> None:
-    """Fail clearly if ByteVector's or MediaFrame's memory layout is not what the frame access here assumes."""
+    """Fail clearly if pjmedia's port and frame structures, or pjsua2's ByteVector (the phone's frames), are not laid
+    out as the frame access here assumes: a port is driven through the library's own put_frame/get_frame."""
     probe = bytes(range(256)) * 3
     vec = pj.ByteVector(probe)
     if read_buf(vec, len(probe)) != probe:
@@ -109,13 +237,25 @@ def check_frame_layout() -> None:
     write_buf(out, probe[::-1])
     if out.size() != len(probe) or read_buf(out, len(probe)) != probe[::-1]:
         raise PjsuaBuildError("pjsua2 ByteVector cannot be written through its data pointer")
+    port = CallMediaPort("vg-layout-check")
+    info = bytes(port.struct.info)
+    rate, channels, usec, bits = (int.from_bytes(info[o : o + 4], "little") for o in (36, 40, 44, 48))
+    sentinels = (port.struct.pdata, port.struct.ldata)
+    if sentinels != (_SENTINEL, _SENTINEL) or (rate, channels, usec, bits) != (SAMPLE_RATE, 1, FRAME_MS * 1000, 16):
+        raise PjsuaBuildError("pjmedia_port_info is not laid out as pjmedia 2.x's port.h: media ports would be wrong")
+    media = CallMedia(lambda e: None)
+    media.set_loopback(True)
+    port.attach(media, "layout-check")
     pcm = probe[:FRAME_BYTES]
-    rx = pj.MediaFrame()
-    rx.type, rx.buf, rx.size = _AUDIO, pj.ByteVector(pcm), FRAME_BYTES
-    tx = pj.MediaFrame()
-    FrameWriter().write(tx, pcm)
-    if read_frame(rx) != pcm or tx.type != _AUDIO or tx.size != FRAME_BYTES or read_buf(tx.buf, FRAME_BYTES) != pcm:
-        raise PjsuaBuildError("pjsua2 MediaFrame layout is not (type, ByteVector buf, size): frames would be wrong")
+    buf = ctypes.create_string_buffer(pcm, FRAME_BYTES)
+    rx = PjFrame(type=_AUDIO, buf=ctypes.addressof(buf), size=FRAME_BYTES)
+    out_buf = ctypes.create_string_buffer(FRAME_BYTES)
+    tx = PjFrame(type=0, buf=ctypes.addressof(out_buf), size=FRAME_BYTES)
+    put, get = put_frame(port, rx), get_frame(port, tx)
+    port.detach()
+    if (put, get, tx.type, tx.size, out_buf.raw) != (0, 0, _AUDIO, FRAME_BYTES, pcm) or port._errors:
+        raise PjsuaBuildError("pjmedia_port/pjmedia_frame are not laid out as pjmedia 2.x's headers: frames would be "
+                              "wrong")
 
 
 def audio_format() -> Any:
@@ -124,70 +264,34 @@ def audio_format() -> Any:
     return fmt
 
 
-class CallMediaPort(pj.AudioMediaPort):  # type: ignore[misc]
-    """Connects one call's conference slot to its CallMedia (`media` None: the port is idle in the pool).
-
-    Ports are never destroyed while the media clock runs: a port freed by Python while the clock thread was inside
-    its callback crashed the process (seen as "object has no attribute" followed by a segfault). `PortPool`
-    reuses them instead.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.media: CallMedia | None = None
-        self.call_id = ""
-        self._errors = 0
-        self._writer = FrameWriter()
-
-    def onFrameReceived(self, frame: Any) -> None:  # noqa: N802 (pjsua2's name)
-        try:
-            pin_thread_state()
-            media = self.media
-            if media is not None:
-                pcm = read_frame(frame)
-                if pcm is not None:
-                    media.on_inbound(time.monotonic(), pcm)
-        except Exception as e:  # never let an exception cross into pjmedia's clock thread
-            self._report(e)
-
-    def onFrameRequested(self, frame: Any) -> None:  # noqa: N802
-        try:
-            pin_thread_state()
-            media = self.media
-            self._writer.write(frame, media.next_outbound(time.monotonic()) if media is not None else SILENCE)
-        except Exception as e:
-            self._report(e)
-
-    def _report(self, e: Exception) -> None:
-        self._errors += 1
-        if self._errors <= 3:
-            event("media_error", call=self.call_id, error=repr(e))
-
-
 class PortPool:
     """Media ports made once and reused by later calls; pjsua thread only."""
 
     def __init__(self) -> None:
         self._free: list[CallMediaPort] = []
         self._all: list[CallMediaPort] = []
+        self._pool: int | None = None
 
     def acquire(self, media: CallMedia, call_id: str) -> CallMediaPort:
         if self._free:
             port = self._free.pop()
         else:
-            port = CallMediaPort()
-            port.createPort(f"vg-port-{len(self._all)}", audio_format())
+            if self._pool is None:  # pjsua's, freed by libDestroy
+                self._pool = _lib.pjsua_pool_create(b"vg-ports", 512, 512)
+                if not self._pool:
+                    raise MediaPortError("pjsua_pool_create failed: out of memory")
+            port = CallMediaPort(f"vg-port-{len(self._all)}")
+            port.register(self._pool)
             self._all.append(port)
-        port.call_id = call_id
-        port._errors = 0
-        port.media = media
+        port.attach(media, call_id)
         return port
 
     def release(self, port: CallMediaPort) -> None:
-        port.media = None
+        port.detach()
         self._free.append(port)
 
     def clear(self) -> None:
-        """Drop every port: only once the media clock has stopped."""
+        """Drop every port: only after libDestroy (the bridge keeps their addresses until then)."""
         self._free.clear()
         self._all.clear()
+        self._pool = None
