@@ -1,7 +1,9 @@
 """Baseline for the CPU benchmark: a bare pjsua2 answerer that echoes each call through its conference bridge.
 
 `python -m bench.bridge_echo PORT RTP_PORT` answers every call and connects the call's audio to itself, with the
-same endpoint settings as voicegate (16 kHz bridge, null sound device, no VAD). Runs until SIGTERM.
+same endpoint settings as voicegate (16 kHz bridge, null sound device, no VAD) and the same pjsua poll interval
+(`POLL_MS`; polled every 10 ms, the gateway's pjsua thread took 9.0 ms of CPU a second instead of 5.9). Runs
+until SIGTERM.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import sys
 from typing import Any
 
 import pjsua2 as pj
+
+from telephony.endpoint import POLL_MS
 
 
 class _Call(pj.Call):  # type: ignore[misc]
@@ -66,7 +70,7 @@ def main() -> int:
     acc.create(ac, True)
     print("ready", flush=True)
     while not stop:
-        ep.libHandleEvents(10)
+        ep.libHandleEvents(POLL_MS)
     ep.hangupAllCalls()
     for _ in range(20):
         ep.libHandleEvents(10)
