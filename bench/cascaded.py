@@ -128,7 +128,8 @@ def calls_at_once(gw: Gateway, tmp: Path, n: int) -> dict[str, Any]:
             "over_1500_ms": sum(x > SLOW_TURN_MS for x in lats),
             "texts": [t["text"] for t in turns],
             "gateway_turns": [[{k: t.get(k) for k in ("text", "speech_s", "asr_passes", "endpoint_ms", "asr_final_ms",
-                                                     "asr_wait_ms", "asr_run_ms", "play_ms", "first_rtp_ms")}
+                                                     "asr_wait_ms", "asr_run_ms", "asr_cpu_ms", "play_ms",
+                                                     "first_rtp_ms")}
                                for t in e.get("turns", []) if "endpoint_ms" in t] for e in ends],
             "tick_p99_ms": max((e.get("tick_p99_ms", 0) for e in ends), default=0),
             "greeting_end_s": greeting_end, "greeting_past_old_ask": sum(g > OLD_ASK_S for g in greeting_end)}

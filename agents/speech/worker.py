@@ -67,10 +67,12 @@ class AsrRequest:
 
 @dataclass(frozen=True)
 class PassTiming:
-    """Where one request's time went in the child: waiting in its queue (behind other passes), then running."""
+    """Where one request's time went in the child: waiting in its queue (behind other passes), then running, of
+    which `cpu_s` on a core (less than `run_s` when other processes took the cores)."""
 
     wait_s: float
     run_s: float
+    cpu_s: float = 0.0
 
 
 class RequestQueue:
@@ -137,12 +139,12 @@ def _child(conn: Connection, spec: EngineSpec) -> None:
                 req = queue.take()
             if closed or req is None:
                 return
-        began = time.monotonic()
+        began, cpu = time.monotonic(), time.thread_time()
         try:
             result: object = engine.transcribe(req.audio, req.final, req.hint)
         except Exception as e:
             result = AsrError(f"{spec.engine}: {e!r}")
-        timing = PassTiming(began - arrived.pop(req.rid, began), time.monotonic() - began)
+        timing = PassTiming(began - arrived.pop(req.rid, began), time.monotonic() - began, time.thread_time() - cpu)
         with cond:
             try:
                 conn.send((req.rid, result, timing))
