@@ -10,7 +10,7 @@
   incremental schedule, offline) on Asterisk's recorded prompts through G.711, per engine: moonshine, whisper-base
   and vosk with the Korean model the tests use (the only vosk model a package ships: its English WER is no quality
   figure, its RTF and delay are the engine's); `python -m bench.cascaded asr [N]` runs these rows alone, and
-  `python -m bench.cascaded eight` the 8-call row;
+  `python -m bench.cascaded eight [WORKERS]` the 8-call row (through `--workers 2` unless WORKERS is given);
 - TTS: time to the first audio of a sentence, per engine.
 Prints a table and writes bench/results/cascaded.json.
 """
@@ -146,13 +146,13 @@ def turn_latency(gw: Gateway, tmp: Path, trials: int) -> dict[str, Any]:
             "tick_p99_ms": max(r["tick_p99_ms"] for r in runs)}
 
 
-def eight_calls(tmp: Path) -> dict[str, Any]:
-    """8 calls at once through `--workers 2` (4 calls per pjsua2 process) behind the Kamailio front door."""
+def eight_calls(tmp: Path, workers: int = 2) -> dict[str, Any]:
+    """8 calls at once through `--workers N` (2: 4 calls per pjsua2 process) behind the Kamailio front door."""
     port = free_port()
-    cfg = gateway_config(port, workers={"count": 2, "first_port": free_block(2)})
-    gw = start_cluster(cfg, tmp, port, 2, timeout=180)
+    cfg = gateway_config(port, workers={"count": workers, "first_port": free_block(workers)})
+    gw = start_cluster(cfg, tmp, port, workers, timeout=180)
     try:
-        return calls_at_once(gw, tmp, 8)
+        return {**calls_at_once(gw, tmp, 8), "workers": workers}
     finally:
         gw.stop()
 
@@ -234,11 +234,11 @@ def asr_only(n: int) -> int:
     return 0
 
 
-def eight_only() -> int:
-    """`python -m bench.cascaded eight`: the 8-call row alone (`--workers 2`)."""
+def eight_only(workers: int) -> int:
+    """`python -m bench.cascaded eight [WORKERS]`: the 8-call row alone (`--workers 2` unless given)."""
     with tempfile.TemporaryDirectory() as d:
         load0 = os.getloadavg()
-        c = eight_calls(Path(d))
+        c = eight_calls(Path(d), workers)
     c["load"] = [load0, os.getloadavg()]
     print(json.dumps({k: v for k, v in c.items() if k not in ("all_ms", "texts", "gateway_turns")}))
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -250,7 +250,7 @@ def main() -> int:
     if sys.argv[1:2] == ["asr"]:
         return asr_only(int(sys.argv[2]) if len(sys.argv) > 2 else 50)
     if sys.argv[1:2] == ["eight"]:
-        return eight_only()
+        return eight_only(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
     trials = int(os.environ.get("BENCH_TRIALS", "20"))
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
