@@ -13,6 +13,13 @@
   `python -m bench.cascaded eight [WORKERS]` the 8-call row (through `--workers 2` unless WORKERS is given);
 - TTS: time to the first audio of a sentence, per engine.
 Prints a table and writes bench/results/cascaded.json.
+
+Each concurrent row keeps the gateway's turn records (`gateway_turns`), with the final ASR pass's wait in the ASR
+worker's queue, its run time and its CPU time there. On 2026-11-26 (the 2 cores shared with other engineers' runs,
+load average 4.5-17.7) they put the 8-call tail in the ASR: the slowest final of a run waited 0.5-3.1 s and ran
+0.4-3.3 s, for about 0.1 s of CPU. Moonshine's decoder on int8 weights cut the final pass's CPU p50 from 111-163 to
+73-110 ms; turn p95 with 8 calls was 1057-3015 ms in 14 runs with it (2 under the 1.2 s goal), too noisy on that
+machine to show the goal met.
 """
 
 from __future__ import annotations
