@@ -332,10 +332,14 @@ def _turn_record(heard: HeardTurn, reply: _Reply, t0: float, interrupted: bool, 
         return None if t is None else round((t - end) * 1000, 1)
 
     tr = heard.transcript
+    timing = heard.final_timing
     return {
         "backend": "cascaded", "text": tr.text, "language": tr.language, "confidence": tr.confidence,
         "speech_s": round(end - heard.start, 2), "asr_passes": heard.passes,
         "endpoint_ms": ms(heard.endpoint_at), "asr_final_ms": ms(heard.final_at), "brain_start_ms": ms(t0),
+        "asr_wait_ms": None if timing is None else round(timing.wait_s * 1000, 1),
+        "asr_run_ms": None if timing is None else round(timing.run_s * 1000, 1),
+        "asr_cpu_ms": None if timing is None else round(timing.cpu_s * 1000, 1),
         "first_part_ms": ms(reply.marks.get("first_part")), "first_audio_ms": ms(reply.marks.get("first_audio")),
         "play_ms": ms(reply.marks.get("play")), "first_rtp_ms": ms(reply.first_rtp()),
         "commit_wait_ms": commit_wait,

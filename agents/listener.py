@@ -30,7 +30,7 @@ from agents.backchannel import BackchannelJudge, words_of
 from agents.base import CallControl
 from agents.eventlog import trace
 from agents.speech.asr import SAMPLE_RATE, AsrError, Transcript, pcm16_to_float
-from agents.speech.worker import AsrWorker
+from agents.speech.worker import AsrWorker, PassTiming
 from agents.turn import TranscribeDue, TurnDetector, TurnDropped, TurnEnded, TurnStarted
 from media.frames import FRAME_MS
 
@@ -40,6 +40,9 @@ TAIL_S = 0.1
 """Silence kept after the last speech frame in the audio that is transcribed."""
 MERGE_WINDOW_S = 2.0
 """How long an ended, uncommitted turn can still be continued by the caller."""
+
+_Pass = tuple[Transcript | None, PassTiming | None]
+"""A pass's transcript (None: replaced by a newer partial, or a failed partial) and the ASR worker's timing of it."""
 
 
 def reply_fate(seq: int, ended: int, continued: Collection[int], holding: bool, now: float, commit_at: float
@@ -68,6 +71,8 @@ class HeardTurn:
     """This turn continues the previous one (the caller resumed after a pause): it replaces it."""
     error: str = ""
     """Why there is no transcript (the ASR engine failed); the agent apologises and the call goes on."""
+    final_timing: PassTiming | None = None
+    """How long the final pass waited in the ASR worker's queue and ran there."""
 
 
 class Listener:
@@ -93,7 +98,7 @@ class Listener:
         self._turn = 0
         self._best: Transcript | None = None
         self._best_until = 0.0
-        self._pause: tuple[float, asyncio.Task[Transcript | None]] | None = None
+        self._pause: tuple[float, asyncio.Task[_Pass]] | None = None
         self._passes = 0
         self._tasks: set[asyncio.Future[Any]] = set()
 
@@ -180,14 +185,18 @@ class Listener:
         if at_pause:
             self._pause = (until, task)
 
-    async def _pass(self, turn: int, pcm: bytes, until: float, final: bool) -> Transcript | None:
+    async def _pass(self, turn: int, pcm: bytes, until: float, final: bool) -> _Pass:
         self._passes += 1
         try:
-            result = await self.asr.transcribe(self.call.call_id, pcm16_to_float(pcm), final, self._best)
+            result, timing = await self.asr.transcribe_timed(self.call.call_id, pcm16_to_float(pcm), final,
+                                                             self._best)
         except AsrError:
             if final:
                 raise
-            return None  # a failed partial only costs its hint; the final pass reports the error
+            return None, None  # a failed partial only costs its hint; the final pass reports the error
+        trace("asr_pass", final=final, audio_s=round(len(pcm) / 2 / SAMPLE_RATE, 2), ran=result is not None,
+              wait_ms=round(timing.wait_s * 1000, 1), run_ms=round(timing.run_s * 1000, 1),
+              cpu_ms=round(timing.cpu_s * 1000, 1))
         if result is not None and until >= self._best_until:
             self._best, self._best_until = result, until  # also a good hint for a continued turn
             if turn == self._turn:
@@ -197,22 +206,23 @@ class Listener:
             if verdict is not None:
                 trace("barge_in_words", verdict=verdict, words=len(words_of(result.text)), final=final)
                 self.call.barge_in_verdict(verdict == "backchannel")
-        return result
+        return result, timing
 
     async def _finish(self, turn: int, ev: TurnEnded, pcm: bytes,
-                      pause: tuple[float, asyncio.Task[Transcript | None]] | None, start: float, continued: bool,
+                      pause: tuple[float, asyncio.Task[_Pass]] | None, start: float, continued: bool,
                       seq: int) -> None:
         until = ev.speech_end + TAIL_S
         result: Transcript | None = None
+        timing: PassTiming | None = None
         error = ""
         try:
             if pause is not None and pause[0] >= until - 1e-6:
-                result = await pause[1]
+                result, timing = await pause[1]
             if result is None:
-                result = await self._pass(turn, pcm, until, True)
+                result, timing = await self._pass(turn, pcm, until, True)
         except AsrError as e:
             error = str(e)
         if result is None:
             result = Transcript("", "", 0.0, True, len(pcm) / 2 / SAMPLE_RATE)
         self.heard.put_nowait(HeardTurn(result, pcm, start, ev.speech_end, ev.t, time.monotonic(), self._passes,
-                                        seq, continued, error))
+                                        seq, continued, error, timing))

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import multiprocessing as mp
 import threading
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -64,6 +65,16 @@ class AsrRequest:
     hint: Transcript | None
 
 
+@dataclass(frozen=True)
+class PassTiming:
+    """Where one request's time went in the child: waiting in its queue (behind other passes), then running, of
+    which `cpu_s` on a core (less than `run_s` when other processes took the cores)."""
+
+    wait_s: float
+    run_s: float
+    cpu_s: float = 0.0
+
+
 class RequestQueue:
     """The child's schedule, without I/O: finals first in arrival order, then the latest partial of each stream."""
 
@@ -94,6 +105,8 @@ def _child(conn: Connection, spec: EngineSpec) -> None:
         return
     conn.send(("ready", spec.engine))
     queue = RequestQueue()
+    arrived: dict[int, float] = {}
+    """When each waiting request came in (monotonic s)."""
     cond = threading.Condition()
     closed = False
 
@@ -108,9 +121,11 @@ def _child(conn: Connection, spec: EngineSpec) -> None:
                 if req is None:
                     closed = True
                 else:
+                    arrived[req.rid] = time.monotonic()
                     replaced = queue.put(req)
                     if replaced is not None:
-                        conn.send((replaced, None))  # superseded before it ran
+                        waited = time.monotonic() - arrived.pop(replaced)
+                        conn.send((replaced, None, PassTiming(waited, 0.0)))  # superseded before it ran
                 cond.notify()
             if req is None:
                 return
@@ -124,13 +139,15 @@ def _child(conn: Connection, spec: EngineSpec) -> None:
                 req = queue.take()
             if closed or req is None:
                 return
+        began, cpu = time.monotonic(), time.thread_time()
         try:
             result: object = engine.transcribe(req.audio, req.final, req.hint)
         except Exception as e:
             result = AsrError(f"{spec.engine}: {e!r}")
+        timing = PassTiming(began - arrived.pop(req.rid, began), time.monotonic() - began, time.thread_time() - cpu)
         with cond:
             try:
-                conn.send((req.rid, result))
+                conn.send((req.rid, result, timing))
             except (BrokenPipeError, OSError):
                 return  # the gateway is gone
 
@@ -144,7 +161,7 @@ class AsrWorker:
         self._conn: Connection | None = None
         self._proc: mp.process.BaseProcess | None = None
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Transcript | None]] = {}
+        self._pending: dict[int, asyncio.Future[tuple[Transcript | None, PassTiming]]] = {}
         self._send_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start_done = asyncio.Event()
@@ -193,24 +210,24 @@ class AsrWorker:
     def _receive(self, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
         while True:
             try:
-                rid, result = conn.recv()
+                rid, result, timing = conn.recv()
             except (EOFError, OSError, TypeError):  # TypeError: closed by close() while waiting
                 if not loop.is_closed():
                     loop.call_soon_threadsafe(self._fail_all)
                 return
             try:
-                loop.call_soon_threadsafe(self._resolve, rid, result)
+                loop.call_soon_threadsafe(self._resolve, rid, result, timing)
             except RuntimeError:  # the loop is closed: nobody waits any more
                 return
 
-    def _resolve(self, rid: int, result: object) -> None:
+    def _resolve(self, rid: int, result: object, timing: PassTiming) -> None:
         fut = self._pending.pop(rid, None)
         if fut is None or fut.done():
             return
         if isinstance(result, Exception):
             fut.set_exception(result)
         else:
-            fut.set_result(result if isinstance(result, Transcript) else None)
+            fut.set_result((result if isinstance(result, Transcript) else None, timing))
 
     def _fail_all(self) -> None:
         for fut in self._pending.values():
@@ -220,10 +237,15 @@ class AsrWorker:
 
     async def transcribe(self, stream: str, audio: Audio, final: bool, hint: Transcript | None = None
                          ) -> Transcript | None:
+        return (await self.transcribe_timed(stream, audio, final, hint))[0]
+
+    async def transcribe_timed(self, stream: str, audio: Audio, final: bool, hint: Transcript | None = None
+                               ) -> tuple[Transcript | None, PassTiming]:
+        """`transcribe`, and how long the request waited in the child's queue and ran there."""
         if self._conn is None or self._proc is None or not self._proc.is_alive():
             raise AsrError(f"{self.spec.engine}: the ASR worker is not running")
         rid = next(self._ids)
-        fut: asyncio.Future[Transcript | None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[tuple[Transcript | None, PassTiming]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = fut
         req = AsrRequest(rid, stream, audio, final, hint)
         with self._send_lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,10 +77,16 @@ def test_worker_answers_the_latest_partial_and_every_final() -> None:
             # three partials of one stream sent at once: which earlier ones run depends on timing, the last always does
             jobs = [asyncio.ensure_future(worker.transcribe("call-1", a, False)) for a in audios]
             await asyncio.sleep(0)
-            final = asyncio.ensure_future(worker.transcribe("call-2", audios[0], True))
-            results = await asyncio.gather(*jobs, final)
+            t0 = time.monotonic()
+            final = asyncio.ensure_future(worker.transcribe_timed("call-2", audios[0], True))
+            *results, (final_result, timing) = await asyncio.gather(*jobs, final)
+            results.append(final_result)
             assert any(r is None for r in results[:2])  # at least one waited behind a newer partial
             assert results[2] is not None and results[3] is not None
+            # the child's timing of the final: it ran (a prompt takes moonshine tens of ms), after its wait
+            assert timing.run_s > 0.01 and timing.wait_s >= 0.0
+            assert 0.005 < timing.cpu_s <= timing.run_s + 0.005
+            assert timing.wait_s + timing.run_s <= time.monotonic() - t0
             assert wer([ps[2].text], [results[2].text]) <= 0.2
             assert wer([ps[0].text], [results[3].text]) <= 0.2
         finally:
