@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,9 +56,16 @@ _TOKENS_PER_S = 40
 _NO_SPEECH_PROB = 0.6
 _SILENCE_LOGPROB = -1.0
 """Whisper's silence rule: no_speech_prob above 0.6 and mean log-probability below -1 means nothing was said."""
+_MAX_COMPRESSION = 2.4
+"""Whisper's fallback rule: a decode whose text compresses (zlib) more than this repeats itself."""
 _PREPEND = "\"'“¿([{-"
 _APPEND = "\"'.。,，!！?？:：”)]}、"
 _CACHED = 64
+
+
+def _compression_ratio(text: str) -> float:
+    raw = text.encode()
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
 
 
 def choose_language(probs: Mapping[str, float], languages: tuple[str, ...]) -> str:
@@ -116,7 +124,9 @@ class WhisperAsr:
     name = "whisper"
 
     def __init__(self, model_path: str, compute_type: str = "int8", cpu_threads: int = 1,
-                 languages: tuple[str, ...] | None = None, beam_size: int = 1, window_s: float = 10.0) -> None:
+                 languages: tuple[str, ...] | None = None, beam_size: int = 1, window_s: float = 10.0,
+                 prompts: Mapping[str, str] | None = None, temperatures: tuple[float, ...] = (0.0,),
+                 vad_filter: bool = False) -> None:
         path = Path(model_path)
         # without tokenizer.json faster-whisper would fetch a tokenizer from the Hugging Face hub
         missing = [n for n in ("model.bin", "config.json", "tokenizer.json") if not (path / n).is_file()]
@@ -137,6 +147,9 @@ class WhisperAsr:
             raise AsrError(f"whisper: model {model_path} does not know the languages {unknown}")
         self._languages = tuple(languages or ())
         self._beam_size = beam_size
+        self._prompts = dict(prompts or {})
+        self._temperatures = temperatures
+        self._vad_filter = vad_filter
         self._window_frames = int(min(MAX_AUDIO_S, window_s) * _FRAMES_PER_S)
         self._tokenizers: dict[str, Any] = {}
         self._cache: OrderedDict[bytes, _Chunk] = OrderedDict()
@@ -193,6 +206,15 @@ class WhisperAsr:
         from faster_whisper.audio import pad_or_trim
 
         m = self._model
+        offset_s = 0.0
+        if self._vad_filter:
+            from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+
+            spans = get_speech_timestamps(audio, VadOptions(speech_pad_ms=200))
+            if not spans:
+                return _Chunk("", self._languages[0] if self._languages else "en", 0.0, ())
+            offset_s = spans[0]["start"] / SAMPLE_RATE
+            audio = np.concatenate(collect_chunks(audio, spans)[0])
         features = m.feature_extractor(audio)
         frames = features.shape[-1] - 1
         window = min(int(MAX_AUDIO_S * _FRAMES_PER_S), max(self._window_frames, frames + int(PAD_S * _FRAMES_PER_S)))
@@ -204,17 +226,31 @@ class WhisperAsr:
             language = choose_language(probs, self._languages)
         tok = self._tokenizer(language)
         prompt = [*tok.sot_sequence, tok.no_timestamps]
+        if previous := self._prompts.get(language):
+            prompt = [tok.sot_prev, *tok.encode(" " + previous.strip()), *prompt]
         limit = min(_MAX_TOKENS, len(prompt) + 8 + int(_TOKENS_PER_S * len(audio) / SAMPLE_RATE))
-        result = m.model.generate(encoded, [prompt], beam_size=self._beam_size, max_length=limit,
-                                  return_scores=True, return_no_speech_prob=True, suppress_blank=True,
-                                  suppress_tokens=self._suppressed(tok))[0]
-        ids = [t for t in result.sequences_ids[0] if t < tok.eot]
-        n = len(result.sequences_ids[0])
-        logprob = float(result.scores[0]) * n / (n + 1)  # the score is the log-probability divided by n
-        text = tok.decode(ids).strip()
-        if not text or (result.no_speech_prob > _NO_SPEECH_PROB and logprob < _SILENCE_LOGPROB):
+        tries: list[tuple[bool, float, str, list[int], float]] = []  # (not repeating, logprob, text, ids, no speech)
+        for temperature in self._temperatures:  # Whisper's fallback: a failed decode is sampled again, hotter
+            result = m.model.generate(encoded, [prompt], beam_size=self._beam_size if temperature == 0 else 1,
+                                      sampling_topk=1 if temperature == 0 else 0,
+                                      sampling_temperature=temperature or 1.0, max_length=limit,
+                                      return_scores=True, return_no_speech_prob=True, suppress_blank=True,
+                                      suppress_tokens=self._suppressed(tok))[0]
+            ids = [t for t in result.sequences_ids[0] if t < tok.eot]
+            n = len(result.sequences_ids[0])
+            logprob = float(result.scores[0]) * n / (n + 1)  # the score is the log-probability divided by n
+            text = tok.decode(ids).strip()
+            tries.append((_compression_ratio(text) <= _MAX_COMPRESSION, logprob, text, ids, result.no_speech_prob))
+            if tries[-1][0] and logprob >= _SILENCE_LOGPROB:
+                break
+        else:  # none passed: the likeliest that does not repeat itself, as faster-whisper keeps
+            tries.sort(key=lambda t: (t[0], t[1]))
+        _, logprob, text, ids, no_speech = tries[-1]
+        if not text or (no_speech > _NO_SPEECH_PROB and logprob < _SILENCE_LOGPROB):
             return _Chunk("", language, logprob, ())
-        return _Chunk(text, language, logprob, self._words(tok, ids, encoded, frames))
+        words = tuple(Word(w.text, round(w.start_s + offset_s, 2), round(w.end_s + offset_s, 2), w.confidence)
+                      for w in self._words(tok, ids, encoded, frames))
+        return _Chunk(text, language, logprob, words)
 
     def _words(self, tok: Any, ids: list[int], encoded: Any, frames: int) -> tuple[Word, ...]:
         from faster_whisper.transcribe import merge_punctuations
