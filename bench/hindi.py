@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import unicodedata
 from typing import Any
@@ -58,13 +57,15 @@ SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
                                        "temperatures": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)}),
     ("prompt + beam 5 + temperature fallback", {**BEFORE, "prompts": {"hi": "नमस्ते।"}, "beam_size": 5,
                                                 "temperatures": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)}),
+    ("kept, the engine's defaults: prompt + beam 5 + silero VAD filter", {}),
 )
-_PUNCT = re.compile(r"[^\w\s]|_")
 
 
 def normalise(text: str) -> str:
-    """NFC, no punctuation (Latin, Devanagari's danda, Urdu's), one space between words."""
-    return " ".join(_PUNCT.sub(" ", unicodedata.normalize("NFC", text)).split())
+    """NFC, no punctuation or symbols (Latin, Devanagari's danda, Urdu's), one space between words; vowel signs and
+    the virama (combining marks) stay."""
+    text = "".join(" " if unicodedata.category(c)[0] in "PS" else c for c in unicodedata.normalize("NFC", text))
+    return " ".join(text.split())
 
 
 def char_errors(ref: str, hyp: str) -> tuple[int, int]:

@@ -2,7 +2,7 @@
 
 Whisper gives a whole window one language, so a turn is first cut at its pauses of `MIN_PAUSE_S` or more (webrtcvad)
 into chunks of at least `MIN_CHUNK_S`; each chunk is encoded once, its language is read from that encoder output,
-and it is decoded greedily in that language from the same output. Adjacent chunks in one language form one
+and it is decoded in that language from the same output (Decoding, below). Adjacent chunks in one language form one
 `Segment`; a switch of language without a pause stays inside one chunk and gets that chunk's language. Chunks where
 webrtcvad hears no speech are skipped: Whisper makes words up in silence (2 s of zeros came out as "bhajj").
 
@@ -14,10 +14,17 @@ webrtcvad hears no speech are skipped: Whisper makes words up in silence (2 s of
   `MIN_LANGUAGE_PROBABILITY`; below that Whisper is unsure and the first of `languages` is reported. whisper-base
   is sure of English (0.98-1.0 on piper's voice) and seldom of Hindi (espeak's Hindi scores as Thai, Chinese, even
   English at 0.2-0.5), so a Hindi-English deployment lists `hi` first. Without `languages`, Whisper's top language
-  is taken. whisper-base writes much Hindi in Urdu script even when told `hi` (espeak-ng's Hindi, 3 sentences, at
-  16 kHz and through G.711: all 6 in Perso-Arabic or Latin letters). A Devanagari previous-text prompt (" नमस्ते।")
-  turned all 6 into Devanagari, but one came out as the prompt's word alone and 2 repeated a word ("लो लो लो ..."),
-  so none is given.
+  is taken.
+- Decoding, chosen by `python -m bench.cascaded hindi` (bench/hindi.py: 12 turns of espeak-ng Hindi and piper
+  English through G.711; one run, 2026-11-26, on the shared 2-core machine): beam 5, a Devanagari previous-text
+  prompt for Hindi chunks (`PROMPTS`), and faster-whisper's silero VAD trimming each chunk's non-speech before it is
+  encoded (word times are put back on the turn's clock). Greedy decoding without them wrote the Hindi in Urdu's
+  Perso-Arabic or Latin letters (17% Devanagari) at a CER of 138.8%, and took one English chunk for Hindi (English
+  WER 9.4%); with them the Hindi was all Devanagari at a CER of 55.5%, English WER 1.6%, CPU RTF 0.42 against 0.33.
+  The prompt still comes out alone for a sentence that starts with its word, and some chunks repeat a syllable.
+  Whisper's temperature fallback (`temperatures`: a decode that compresses over 2.4 or scores under -1 is sampled
+  again, hotter) did not help (CER 96.3% alone, 64.2% with the prompt and beam 5, the same as without it) at up to
+  twice the CPU, so it is off.
 - Confidence: exp of the mean token log-probability of the decoded text, averaged over chunks weighted by length;
   0 when nothing was recognised. A word's confidence is the mean probability of its tokens.
 - Word timings come from the cross-attention alignment (CTranslate2 `align`), in seconds from the audio's start.
@@ -56,6 +63,8 @@ _TOKENS_PER_S = 40
 _NO_SPEECH_PROB = 0.6
 _SILENCE_LOGPROB = -1.0
 """Whisper's silence rule: no_speech_prob above 0.6 and mean log-probability below -1 means nothing was said."""
+PROMPTS = {"hi": "नमस्ते।"}
+"""Previous text given to the decoder per language: a Devanagari word has Hindi written in Devanagari."""
 _MAX_COMPRESSION = 2.4
 """Whisper's fallback rule: a decode whose text compresses (zlib) more than this repeats itself."""
 _PREPEND = "\"'“¿([{-"
@@ -124,9 +133,9 @@ class WhisperAsr:
     name = "whisper"
 
     def __init__(self, model_path: str, compute_type: str = "int8", cpu_threads: int = 1,
-                 languages: tuple[str, ...] | None = None, beam_size: int = 1, window_s: float = 10.0,
-                 prompts: Mapping[str, str] | None = None, temperatures: tuple[float, ...] = (0.0,),
-                 vad_filter: bool = False) -> None:
+                 languages: tuple[str, ...] | None = None, beam_size: int = 5, window_s: float = 10.0,
+                 prompts: Mapping[str, str] | None = PROMPTS, temperatures: tuple[float, ...] = (0.0,),
+                 vad_filter: bool = True) -> None:
         path = Path(model_path)
         # without tokenizer.json faster-whisper would fetch a tokenizer from the Hugging Face hub
         missing = [n for n in ("model.bin", "config.json", "tokenizer.json") if not (path / n).is_file()]
