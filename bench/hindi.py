@@ -43,7 +43,8 @@ TURNS = (
     ("होटल का पता क्या है", "How much does it cost?"),
     ("धन्यवाद, आपका दिन शुभ हो", "See you next week."),
 )
-BEFORE: dict[str, Any] = {"beam_size": 1, "prompts": None, "temperatures": (0.0,), "vad_filter": False}
+BEFORE: dict[str, Any] = {"beam_size": 1, "beam_sizes": None, "prompts": None, "temperatures": (0.0,),
+                          "vad_filter": False}
 """The engine's settings before this bench."""
 SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("before: greedy, language per chunk (hi or en)", BEFORE),
@@ -57,7 +58,9 @@ SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
                                        "temperatures": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)}),
     ("prompt + beam 5 + temperature fallback", {**BEFORE, "prompts": {"hi": "नमस्ते।"}, "beam_size": 5,
                                                 "temperatures": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)}),
-    ("kept, the engine's defaults: prompt + beam 5 + silero VAD filter", {}),
+    ("prompt + beam 5 + silero VAD filter", {**BEFORE, "prompts": {"hi": "नमस्ते।"}, "beam_size": 5,
+                                            "vad_filter": True}),
+    ("kept, the engine's defaults: prompt + beam 5 for hi chunks, en greedy", {}),
 )
 
 

@@ -16,15 +16,15 @@ webrtcvad hears no speech are skipped: Whisper makes words up in silence (2 s of
   English at 0.2-0.5), so a Hindi-English deployment lists `hi` first. Without `languages`, Whisper's top language
   is taken.
 - Decoding, chosen by `python -m bench.cascaded hindi` (bench/hindi.py: 12 turns of espeak-ng Hindi and piper
-  English through G.711; one run, 2026-11-26, on the shared 2-core machine): beam 5, a Devanagari previous-text
-  prompt for Hindi chunks (`PROMPTS`), and faster-whisper's silero VAD trimming each chunk's non-speech before it is
-  encoded (word times are put back on the turn's clock). Greedy decoding without them wrote the Hindi in Urdu's
-  Perso-Arabic or Latin letters (17% Devanagari) at a CER of 138.8%, and took one English chunk for Hindi (English
-  WER 9.4%); with them the Hindi was all Devanagari at a CER of 55.5%, English WER 1.6%, CPU RTF 0.42 against 0.33.
-  The prompt still comes out alone for a sentence that starts with its word, and some chunks repeat a syllable.
-  Whisper's temperature fallback (`temperatures`: a decode that compresses over 2.4 or scores under -1 is sampled
-  again, hotter) did not help (CER 96.3% alone, 64.2% with the prompt and beam 5, the same as without it) at up to
-  twice the CPU, so it is off.
+  English through G.711; one run, 2026-11-26, on the shared 2-core machine): for Hindi chunks beam 5 (`BEAMS`) and
+  a Devanagari previous-text prompt (`PROMPTS`); for every chunk faster-whisper's silero VAD trimming its non-speech
+  before it is encoded (word times are put back on the turn's clock); English stays greedy, its final pass being on
+  the turn's critical path. Greedy decoding without them wrote the Hindi in Urdu's Perso-Arabic or Latin letters
+  (17% Devanagari) at a CER of 138.8%, and took one English chunk for Hindi (English WER 9.4%); with them the Hindi
+  was all Devanagari at a CER of 55.5%, English WER 1.6%, CPU RTF 0.41 against 0.36. The prompt still comes out
+  alone for a sentence that starts with its word, and some chunks repeat a syllable. Whisper's temperature fallback
+  (`temperatures`: a decode that compresses over 2.4 or scores under -1 is sampled again, hotter) did not help (CER
+  96.3% alone; 64.2% with the prompt and beam 5, as without it) at up to twice the CPU, so it is off.
 - Confidence: exp of the mean token log-probability of the decoded text, averaged over chunks weighted by length;
   0 when nothing was recognised. A word's confidence is the mean probability of its tokens.
 - Word timings come from the cross-attention alignment (CTranslate2 `align`), in seconds from the audio's start.
@@ -65,6 +65,9 @@ _SILENCE_LOGPROB = -1.0
 """Whisper's silence rule: no_speech_prob above 0.6 and mean log-probability below -1 means nothing was said."""
 PROMPTS = {"hi": "नमस्ते।"}
 """Previous text given to the decoder per language: a Devanagari word has Hindi written in Devanagari."""
+BEAMS = {"hi": 5}
+"""Beam size per language (others: `beam_size`): beam search for Hindi, greedy for English, whose final pass is on
+the turn's critical path."""
 _MAX_COMPRESSION = 2.4
 """Whisper's fallback rule: a decode whose text compresses (zlib) more than this repeats itself."""
 _PREPEND = "\"'“¿([{-"
@@ -133,9 +136,10 @@ class WhisperAsr:
     name = "whisper"
 
     def __init__(self, model_path: str, compute_type: str = "int8", cpu_threads: int = 1,
-                 languages: tuple[str, ...] | None = None, beam_size: int = 5, window_s: float = 10.0,
-                 prompts: Mapping[str, str] | None = PROMPTS, temperatures: tuple[float, ...] = (0.0,),
-                 vad_filter: bool = True) -> None:
+                 languages: tuple[str, ...] | None = None, beam_size: int = 1, window_s: float = 10.0,
+                 prompts: Mapping[str, str] | None = PROMPTS, beam_sizes: Mapping[str, int] | None = BEAMS,
+                 temperatures: tuple[float, ...] = (0.0,),
+                 vad_filter: bool = False) -> None:
         path = Path(model_path)
         # without tokenizer.json faster-whisper would fetch a tokenizer from the Hugging Face hub
         missing = [n for n in ("model.bin", "config.json", "tokenizer.json") if not (path / n).is_file()]
@@ -155,7 +159,7 @@ class WhisperAsr:
         if unknown:
             raise AsrError(f"whisper: model {model_path} does not know the languages {unknown}")
         self._languages = tuple(languages or ())
-        self._beam_size = beam_size
+        self._beams = {**dict.fromkeys(self._model.supported_languages, beam_size), **(beam_sizes or {})}
         self._prompts = dict(prompts or {})
         self._temperatures = temperatures
         self._vad_filter = vad_filter
@@ -240,7 +244,7 @@ class WhisperAsr:
         limit = min(_MAX_TOKENS, len(prompt) + 8 + int(_TOKENS_PER_S * len(audio) / SAMPLE_RATE))
         tries: list[tuple[bool, float, str, list[int], float]] = []  # (not repeating, logprob, text, ids, no speech)
         for temperature in self._temperatures:  # Whisper's fallback: a failed decode is sampled again, hotter
-            result = m.model.generate(encoded, [prompt], beam_size=self._beam_size if temperature == 0 else 1,
+            result = m.model.generate(encoded, [prompt], beam_size=self._beams[language] if temperature == 0 else 1,
                                       sampling_topk=1 if temperature == 0 else 0,
                                       sampling_temperature=temperature or 1.0, max_length=limit,
                                       return_scores=True, return_no_speech_prob=True, suppress_blank=True,
