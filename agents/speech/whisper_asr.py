@@ -16,15 +16,17 @@ webrtcvad hears no speech are skipped: Whisper makes words up in silence (2 s of
   English at 0.2-0.5), so a Hindi-English deployment lists `hi` first. Without `languages`, Whisper's top language
   is taken.
 - Decoding, chosen by `python -m bench.cascaded hindi` (bench/hindi.py: 12 turns of espeak-ng Hindi and piper
-  English through G.711; one run, 2026-11-26, on the shared 2-core machine): for Hindi chunks beam 5 (`BEAMS`) and
-  a Devanagari previous-text prompt (`PROMPTS`); for every chunk faster-whisper's silero VAD trimming its non-speech
-  before it is encoded (word times are put back on the turn's clock); English stays greedy, its final pass being on
-  the turn's critical path. Greedy decoding without them wrote the Hindi in Urdu's Perso-Arabic or Latin letters
-  (17% Devanagari) at a CER of 138.8%, and took one English chunk for Hindi (English WER 9.4%); with them the Hindi
-  was all Devanagari at a CER of 55.5%, English WER 1.6%, CPU RTF 0.41 against 0.36. The prompt still comes out
-  alone for a sentence that starts with its word, and some chunks repeat a syllable. Whisper's temperature fallback
-  (`temperatures`: a decode that compresses over 2.4 or scores under -1 is sampled again, hotter) did not help (CER
-  96.3% alone; 64.2% with the prompt and beam 5, as without it) at up to twice the CPU, so it is off.
+  English through G.711; one run, 2026-11-26, on the shared 2-core machine): Hindi chunks get beam 5 (`BEAMS`) and
+  a Devanagari previous-text prompt (`PROMPTS`); English stays greedy, its final pass being on the turn's critical
+  path. Greedy decoding without a prompt wrote the Hindi in Urdu's Perso-Arabic or Latin letters (17% Devanagari)
+  at a CER of 138.8%; with them 96% was Devanagari, CER 64.2%, CPU RTF 0.36 against 0.33. The prompt still comes
+  out alone for a sentence that starts with its word, and some chunks repeat a syllable. Left off, as options:
+  Whisper's temperature fallback (`temperatures`: a decode that compresses over 2.4 or scores under -1 is sampled
+  again, hotter; CER 96.3% alone, 64.2% with the prompt and beam 5, as without it, at up to twice the CPU), and
+  faster-whisper's silero VAD trimming each chunk (`vad_filter`, word times put back on the turn's clock): with a
+  200 ms pad it lowered the CER to 55.5% and the English WER from 9.4 to 1.6% by letting one English chunk be
+  recognised as English, but it clipped the quiet onsets of Asterisk's English prompts (12 prompts: WER 4% -> 7%);
+  with a 400 ms pad the prompts kept 4% and the Hindi-English turns lost the gain.
 - Confidence: exp of the mean token log-probability of the decoded text, averaged over chunks weighted by length;
   0 when nothing was recognised. A word's confidence is the mean probability of its tokens.
 - Word timings come from the cross-attention alignment (CTranslate2 `align`), in seconds from the audio's start.
