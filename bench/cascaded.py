@@ -10,9 +10,9 @@
   incremental schedule, offline) on Asterisk's recorded prompts through G.711, per engine: moonshine, whisper-base
   and vosk with the Korean model the tests use (the only vosk model a package ships: its English WER is no quality
   figure, its RTF and delay are the engine's); `python -m bench.cascaded asr [N]` runs these rows alone, and
-  `python -m bench.cascaded eight` the 8-call row, and `python -m bench.cascaded hindi` whisper-base's Hindi
-  quality per decoding setting (bench/hindi.py);
+  `python -m bench.cascaded eight` the 8-call row;
 - TTS: time to the first audio of a sentence, per engine.
+- `python -m bench.cascaded hindi` (alone, not in the full run): whisper-base's Hindi per decoding setting (bench/hindi.py).
 Prints a table and writes bench/results/cascaded.json.
 """
 
@@ -247,12 +247,12 @@ def eight_only() -> int:
 
 
 def main() -> int:
-    if sys.argv[1:2] == ["asr"]:
-        return asr_only(int(sys.argv[2]) if len(sys.argv) > 2 else 50)
     if sys.argv[1:2] == ["hindi"]:
         from bench import hindi
 
         return hindi.main()
+    if sys.argv[1:2] == ["asr"]:
+        return asr_only(int(sys.argv[2]) if len(sys.argv) > 2 else 50)
     if sys.argv[1:2] == ["eight"]:
         return eight_only()
     trials = int(os.environ.get("BENCH_TRIALS", "20"))
