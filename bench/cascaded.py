@@ -12,7 +12,8 @@
   figure, its RTF and delay are the engine's); `python -m bench.cascaded asr [N]` runs these rows alone, and
   `python -m bench.cascaded eight` the 8-call row;
 - TTS: time to the first audio of a sentence, per engine.
-- `python -m bench.cascaded hindi` (alone, not in the full run): whisper-base's Hindi per decoding setting (bench/hindi.py).
+- `python -m bench.cascaded hindi` (alone, not in the full run): whisper-base's Hindi per decoding setting
+  (bench/hindi.py).
 Prints a table and writes bench/results/cascaded.json.
 """
 
