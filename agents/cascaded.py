@@ -26,7 +26,7 @@ from agents.listener import HeardTurn, Listener, reply_fate
 from agents.llm import LlmClient, LlmConfig
 from agents.speech.asr import AsrError, Transcript
 from agents.speech.sentences import SentenceSplitter
-from agents.speech.tts import TtsError, engine_for, for_playout, load_voice, synthesize_fixed, warm
+from agents.speech.tts import TtsError, engine_for, for_playout, load_voice, speaking, synthesize_fixed, warm
 from agents.speech.worker import AsrWorker, EngineSpec
 from agents.tools import CallTools, ToolConfig, ToolRunner
 from agents.turn import TurnDetector, TurnSettings, reads_as
@@ -52,11 +52,16 @@ def split_by_script(text: str) -> list[tuple[str, str]]:
 def voice_runs(text: str, caller_language: str | None, voices: Mapping[str, str], default: str
                ) -> list[tuple[str, str]]:
     """The (voice, text) runs to synthesise `text` with: Devanagari in the `hi` voice, any other script in the voice
-    of the caller's language (the one detected in their latest turn), each falling back to `default`; neighbouring
-    runs of one voice are joined, so the engine keeps the sentence's prosody."""
+    of the caller's language (the one detected in their latest turn), each falling back to `default`; a
+    multilingual voice speaks the run's language (`speaking`); neighbouring runs of one voice are joined, so the
+    engine keeps the sentence's prosody."""
     out: list[tuple[str, str]] = []
     for lang, run in split_by_script(text):
-        voice = voices.get(lang if lang == "hi" or caller_language is None else caller_language, default)
+        key = lang if lang == "hi" or caller_language is None else caller_language
+        if key in voices:
+            voice = speaking(voices[key], key)
+        else:
+            voice = speaking(default, "hi" if lang == "hi" else caller_language)
         if out and out[-1][0] == voice:
             out[-1] = (voice, f"{out[-1][1]} {run}")
         else:
@@ -404,7 +409,7 @@ class CascadedFactory(AgentFactory):
             raise EngineLoadError((*self.where, "asr", self.cfg.asr.model_option),
                                   f"{spec.engine}: the shared ASR worker failed to start")
         self.asr = worker
-        await warm([self.cfg.voice, *self.cfg.voices.values()])
+        await warm([voice for _, voice in self.cfg.voice_options()])
         if self.cfg.llm is None:  # the dialog's fixed lines, rendered before the first call
             for text in _fixed_lines(self.cfg):
                 pcm, rate = await asyncio.to_thread(synthesize_fixed, self.cfg.voice, text)

@@ -13,7 +13,7 @@ from agents.dialog import DEMO_DIALOG, DialogConfig
 from agents.gemini_live import GeminiLiveConfig
 from agents.openai_realtime import OpenAIRealtimeConfig
 from agents.router import Budget, EscalateWhen
-from agents.speech.coqui_tts import coqui_voice
+from agents.speech.coqui_tts import coqui_voice, with_language
 from agents.speech.tts import TtsError, check_voice
 from agents.speech.worker import EngineSpec
 from agents.tools import CALL_TOOL_NAMES, ToolConfig, check_declared, check_tool_names
@@ -201,6 +201,13 @@ class AsrConfig(_Strict):
         return v
 
     @property
+    def languages(self) -> tuple[str, ...]:
+        """The languages the engine reports for callers' turns; () when it may report any (whisper unrestricted)."""
+        if self.engine == "whisper":
+            return tuple(self.language.split(",")) if self.language else ()
+        return (self.language or "en",) if self.engine == "vosk" else ("en",)
+
+    @property
     def model_option(self) -> str:
         """The option that names the model the engine loads: `model_path` when set, else the engine's own."""
         return "model_path" if self.model_path else "engine"
@@ -329,8 +336,14 @@ class CascadedAgentConfig(_Strict):
         return v
 
     def voice_options(self) -> list[tuple[tuple[str, ...], str]]:
-        """Each voice with the config path of the option naming it (`("voice",)`, `("voices", "hi")`)."""
-        return [(("voice",), self.voice), *((("voices", lang), v) for lang, v in self.voices.items())]
+        """Each voice the agent may speak with, and the config path of the option naming it (`("voice",)`,
+        `("voices", "hi")`): a multilingual voice once per language it may be asked for (the key of `voices`; for
+        `voice`, each language the ASR reports that has no voice of its own), so loading them refuses a language
+        the model lacks at the line that asks for it."""
+        out: list[tuple[tuple[str, ...], str]] = [(("voice",), self.voice)]
+        out += [(("voices", lang), with_language(v, lang)) for lang, v in self.voices.items()]
+        out += [(("voice",), with_language(self.voice, lang)) for lang in self.asr.languages if lang not in self.voices]
+        return list(dict.fromkeys(out))
 
 
 class HybridAgentConfig(_Strict):

@@ -12,6 +12,8 @@
   figure, its RTF and delay are the engine's); `python -m bench.cascaded asr [N]` runs these rows alone, and
   `python -m bench.cascaded eight [WORKERS]` the 8-call row (through `--workers 2` unless WORKERS is given);
 - TTS: time to the first audio of a sentence, per engine.
+- `python -m bench.cascaded hindi` (alone, not in the full run): whisper-base's Hindi per decoding setting
+  (bench/hindi.py).
 Prints a table and writes bench/results/cascaded.json.
 
 Each concurrent row keeps the gateway's turn records (`gateway_turns`), with the final ASR pass's wait in the ASR
@@ -255,6 +257,10 @@ def eight_only(workers: int) -> int:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["hindi"]:
+        from bench import hindi
+
+        return hindi.main()
     if sys.argv[1:2] == ["asr"]:
         return asr_only(int(sys.argv[2]) if len(sys.argv) > 2 else 50)
     if sys.argv[1:2] == ["eight"]:

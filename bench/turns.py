@@ -8,6 +8,12 @@ the wire by `voicegate simulate` (the caller's frame clock):
   question stays on the cascade; a complaint moves the call to S2S, which answers at once. `expect_speech` measures
   `latency_ms`, end of the caller's words -> the agent's first audio, and checks who answered by the words. The
   local server has no model delay: the S2S row is what the gateway adds (commit wait, handover), not a model's time.
+- S2S agents alone: an OpenAI Realtime agent and a Gemini Live agent (their defaults: the server's `server_vad` ends
+  an OpenAI turn after `silence_duration_ms`, the gateway ends a Gemini turn with `activityEnd` after `turn_end_ms`),
+  each against its local protocol server (tests/servers/), which has no model: it answers the end of a turn at once
+  with piper speech. `expect_speech` measures `latency_ms` as for the hybrid. Beside it, the server's own part,
+  measured at the server: OpenAI, its VAD's silence wait plus response start -> first audio delta; Gemini,
+  `activityEnd` -> first audio chunk. The rest is the gateway's (media path both ways, and for Gemini its turn end).
 
 BENCH_TURN_CALLS calls per agent (default 10). Prints a table and writes bench/results/turns.json.
 """
@@ -27,6 +33,7 @@ import yaml
 from bench.run import pct
 from tests import audio
 from tests.integration.peers import ROOT, VENV_BIN, Gateway, free_port, gateway_config, rtp_range, start_gateway
+from tests.servers.gemini_live import GeminiLiveServer
 from tests.servers.openai_realtime import RealtimeServer
 
 RESULTS = ROOT / "bench" / "results"
@@ -35,13 +42,17 @@ QUESTION = "When are you open today?"
 COMPLAINT = "I want to speak to someone about a complaint."
 S2S_REPLY = "Sure. I can help you with that."
 """The local server's default reply: the words that show S2S answered the complaint."""
+S2S_TARGET_MS = 300.0
+"""Issue #6's target for the gateway's side of an S2S turn."""
 
 
-def _config(port: int, rt: RealtimeServer) -> str:
+def _config(port: int, rt: RealtimeServer, gem: GeminiLiveServer) -> str:
     cfg = yaml.safe_load(gateway_config(port))
     cfg["agents"]["rt"] = {"type": "openai_realtime", "url": rt.url, "api_key_env": KEY_ENV, "audio_format": "pcmu"}
     cfg["agents"]["hybrid"] = {"type": "hybrid", "cascade": "assistant", "s2s": "rt"}
-    cfg["routes"] = [{"match": "demo", "agent": "demo"}, {"match": "hybrid", "agent": "hybrid"}]
+    cfg["agents"]["gem"] = {"type": "gemini_live", "url": gem.url, "api_key_env": KEY_ENV,
+                            "model": "models/bench-live", "greeting": "Greet the caller."}
+    cfg["routes"] = [{"match": n, "agent": n} for n in ("demo", "hybrid", "rt", "gem")]
     return yaml.safe_dump(cfg)
 
 
@@ -70,8 +81,15 @@ def _scripts(tmp: Path) -> dict[str, Path]:
         {"expect_speech": {"contains": ["help"], "timeout_s": 15}},
         {"hangup": {}},
     ]}
+    s2s = {name: {"name": f"{name} turn", "codecs": ["PCMU"], "steps": [
+        {"wait_speech": {"timeout_s": 10}},
+        {"wait_silence": {"min_s": 1.0, "timeout_s": 20}},  # the greeting
+        {"play": _line(tmp, "question", QUESTION)},
+        {"expect_speech": {"contains": [word], "timeout_s": 15}},
+        {"hangup": {}},
+    ]} for name, word in (("rt", "help"), ("gem", "heard"))}
     out = {}
-    for name, doc in (("scripted", keys), ("hybrid", hybrid)):
+    for name, doc in (("scripted", keys), ("hybrid", hybrid), *s2s.items()):
         out[name] = tmp / f"{name}.yaml"
         out[name].write_text(yaml.safe_dump(doc, sort_keys=False))
     return out
@@ -97,13 +115,36 @@ def _row(xs: list[float], failed: int) -> dict[str, Any]:
             "max_ms": round(max(xs), 1) if xs else float("nan"), "all_ms": xs}
 
 
+def _rt_server_ms(rt: RealtimeServer) -> tuple[list[float], list[float]]:
+    """Per response the server's VAD started: (arrival of the audio where its VAD put the end of speech -> the
+    response started, i.e. its silence wait), and (response started -> its first audio delta sent)."""
+    arrivals: dict[int, list[tuple[float, float]]] = {}  # conn -> (arrival time, audio ms received by then)
+    for ev in rt.received:
+        if ev.type == "input_audio_buffer.append":
+            per_ms = 8 if rt.input_rates.get(ev.conn) == 8000 else rt.input_rates.get(ev.conn, 24000) * 2 / 1000
+            got = arrivals.setdefault(ev.conn, [])
+            got.append((ev.t, (got[-1][1] if got else 0.0) + float(ev.event["audio"]) / per_ms))
+    wait, start = [], []
+    for r in rt.responses:
+        if r.by != "vad" or r.first_delta_t is None:
+            continue
+        ends = [next(t for t, ms in arrivals[r.conn] if ms >= end) for c, kind, end in rt.speech
+                if c == r.conn and kind == "speech_stopped" and any(ms >= end for _, ms in arrivals[r.conn])]
+        ends = [t for t in ends if t <= r.created_t]
+        if ends:
+            wait.append(round((r.created_t - ends[-1]) * 1000, 1))
+        start.append(round((r.first_delta_t - r.created_t) * 1000, 1))
+    return wait, start
+
+
 def main() -> int:
     calls = int(os.environ.get("BENCH_TURN_CALLS", "10"))
     os.environ[KEY_ENV] = "bench-key"
-    with tempfile.TemporaryDirectory() as d, RealtimeServer(default_reply=S2S_REPLY) as rt:
+    with (tempfile.TemporaryDirectory() as d, RealtimeServer(default_reply=S2S_REPLY) as rt,
+          GeminiLiveServer("bench-key") as gem):
         tmp = Path(d)
         port = free_port()
-        gw = start_gateway(_config(port, rt), tmp, port)
+        gw = start_gateway(_config(port, rt, gem), tmp, port)
         try:
             scripts = _scripts(tmp)
             print(f"scripted agent, key routes, {calls} calls ...", flush=True)
@@ -114,6 +155,17 @@ def main() -> int:
             time.sleep(1.0)
             escalations = [t for e in gw.events("call_end") if e.get("agent") == "hybrid" for t in e.get("turns", [])
                            if t.get("escalation")]
+            print(f"OpenAI Realtime agent, {calls} calls ...", flush=True)
+            rt.reset()
+            rt_reports = _simulate(gw, scripts["rt"], "rt", calls, tmp)
+            rt_wait, rt_start = _rt_server_ms(rt)
+            print(f"Gemini Live agent, {calls} calls ...", flush=True)
+            gem_reports = _simulate(gw, scripts["gem"], "gem", calls, tmp)
+            gem_first = [ms for sess in gem.sessions for ms in sess.first_audio_after_turn_ms]
+            time.sleep(1.0)
+            s2s_turns = {agent: [t for e in gw.events("call_end") if e.get("agent") == agent
+                                 for t in e.get("turns", []) if t.get("overhead_ms") is not None]
+                         for agent in ("rt", "gem")}
         finally:
             gw.stop()
     res: dict[str, Any] = {
@@ -123,7 +175,17 @@ def main() -> int:
         "hybrid_s2s": _row(*_metric(hybrid, 6, "latency_ms")),
         "hybrid_handover_p50_ms": pct([float(t["handover_ms"]) for t in escalations], 50),
         "escalations": len(escalations), "s2s_responses": len(rt.responses), "calls": calls,
+        "openai_realtime": _row(*_metric(rt_reports, 3, "latency_ms")),
+        "openai_server_vad_wait_ms": rt_wait, "openai_server_first_delta_ms": rt_start,
+        "gemini_live": _row(*_metric(gem_reports, 3, "latency_ms")),
+        "gemini_server_first_chunk_ms": gem_first,
+        "s2s_overhead_ms": {a: [float(t["overhead_ms"]) for t in ts] for a, ts in s2s_turns.items()},
     }
+    server = {"openai_realtime": pct(rt_wait, 50) + pct(rt_start, 50), "gemini_live": pct(gem_first, 50)}
+    for key in server:
+        res[key]["server_p50_ms"] = round(server[key], 1)
+        res[key]["gateway_p50_ms"] = round(res[key]["p50_ms"] - server[key], 1)
+        res[key]["gateway_p95_ms"] = round(res[key]["p95_ms"] - server[key], 1)
     rows: list[tuple[str, dict[str, Any], str]] = [
         ("scripted, key 2 -> reply (ms)", res["scripted_key_rendered_in_call"],
          "keys sent -> first agent audio; 'The time here is ...' rendered by piper during the call"),
@@ -134,6 +196,15 @@ def main() -> int:
          f"the complaint; local Realtime server, no model delay; {res['escalations']} escalations, "
          f"handover p50 {res['hybrid_handover_p50_ms']} ms"),
     ]
+    for key, label, own in (
+            ("openai_realtime", "OpenAI Realtime", f"its server_vad waits out the silence "
+             f"(p50 {pct(rt_wait, 50)} ms) and sends the first delta {pct(rt_start, 50)} ms after"),
+            ("gemini_live", "Gemini Live", f"activityEnd -> first chunk p50 {pct(gem_first, 50)} ms; the gateway's "
+             "turn_end_ms wait is on the gateway's side")):
+        r = res[key]
+        rows.append((f"{label} agent, caller's words end -> reply (ms)", r,
+                     f"local server's own part {r['server_p50_ms']} ms ({own}); gateway's part p50 / p95 "
+                     f"{r['gateway_p50_ms']} / {r['gateway_p95_ms']} ms against issue #6's {S2S_TARGET_MS:.0f}"))
     width = max(len(r[0]) for r in rows)
     print(f"\n{'metric':<{width}}  {'p50/p95/max':>20}  note")
     for name, r, note in rows:

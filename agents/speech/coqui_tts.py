@@ -4,6 +4,11 @@ A config names it as a mapping, `voice: {engine: coqui, model_path: ..., config_
 `coqui_voice` turns into a voice name (`coqui:` and the mapping as JSON) so the prompt caches, the turn records and
 `engine_for` handle it like `joe` or an espeak-ng voice. torch and coqui are imported on first load, so a gateway
 that configures no coqui voice never loads them.
+
+A multilingual model (XTTS, YourTTS, a VITS with a language embedding) speaks each line in a language: the mapping's
+`language` for lines said before the caller's language is known, and the caller's (`with_language`, from the
+cascade) after. A language the model lacks is refused when the voice loads. One loaded model serves every language
+and speaker of it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 from agents.speech.tts import TtsError
 
 PREFIX = "coqui:"
-_KEYS = ("engine", "model_path", "config_path", "speaker")
+_KEYS = ("engine", "model_path", "config_path", "speaker", "language")
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,8 @@ class CoquiVoice:
     """A checkpoint file (`model.pth`) or, for XTTS, the model's directory."""
     config_path: str
     speaker: str | None = None
+    language: str | None = None
+    """For a multilingual model, the language it speaks (ignored by a model of one language)."""
 
 
 def is_coqui_voice(voice: str) -> bool:
@@ -44,7 +51,7 @@ def coqui_voice(spec: Mapping[str, Any]) -> str:
     if spec.get("engine") != "coqui":
         raise ValueError(f"a voice mapping needs engine: coqui (got {spec.get('engine')!r}); other engines take a "
                          "voice name (`joe`, a piper .onnx file, an espeak-ng voice)")
-    for key in ("model_path", "config_path", "speaker"):
+    for key in ("model_path", "config_path", "speaker", "language"):
         if spec.get(key) is not None and not isinstance(spec[key], str):
             raise ValueError(f"coqui voice: {key} must be a string")
     model = spec.get("model_path")
@@ -53,15 +60,34 @@ def coqui_voice(spec: Mapping[str, Any]) -> str:
     path = Path(model).expanduser()
     config = spec.get("config_path") or str((path if path.is_dir() else path.parent) / "config.json")
     voice = {"model_path": str(path), "config_path": str(Path(config).expanduser()), "speaker": spec.get("speaker")}
+    if spec.get("language") is not None:
+        voice["language"] = spec["language"]
     return PREFIX + json.dumps(voice, sort_keys=True)
 
 
 def parse_coqui_voice(voice: str) -> CoquiVoice:
     try:
         fields = json.loads(voice[len(PREFIX):])
-        return CoquiVoice(fields["model_path"], fields["config_path"], fields.get("speaker"))
+        return CoquiVoice(fields["model_path"], fields["config_path"], fields.get("speaker"), fields.get("language"))
     except (ValueError, KeyError, TypeError) as e:
         raise TtsError(f"not a coqui voice name: {voice!r} (write the voice as a mapping with engine: coqui)") from e
+
+
+def with_language(voice: str, language: str) -> str:
+    """A coqui voice's name speaking `language`; any other voice's name unchanged."""
+    if not is_coqui_voice(voice):
+        return voice
+    fields = json.loads(voice[len(PREFIX):])
+    return PREFIX + json.dumps({**fields, "language": language}, sort_keys=True)
+
+
+def model_language(language: str, languages: list[str]) -> str | None:
+    """The model's name for `language` (an ASR's code such as `fr`): itself, or the one name of that language with
+    a region (YourTTS says `fr-fr`); None if the model has no such language."""
+    if language in languages:
+        return language
+    regional = [name for name in languages if name.split("-")[0] == language]
+    return regional[0] if len(regional) == 1 else None
 
 
 def check_files(voice: CoquiVoice) -> None:
@@ -73,34 +99,66 @@ def check_files(voice: CoquiVoice) -> None:
         raise TtsError(f"{where}: config file {voice.config_path} does not exist")
 
 
+_models: dict[tuple[str, str], tuple[Any, threading.Lock]] = {}
+"""Loaded models by (model_path, config_path), each with its lock: coqui's Synthesizer is not thread-safe."""
+_models_lock = threading.Lock()
+
+
 class CoquiTts:
     """Speaks with a coqui model through `TTS.api.TTS(model_path=..., config_path=...)`, one sentence at a time."""
 
-    def __init__(self, model_path: str, config_path: str, speaker: str | None = None) -> None:
+    def __init__(self, model_path: str, config_path: str, speaker: str | None = None, language: str | None = None
+                 ) -> None:
         self.model_path = model_path
         self.config_path = config_path
         self.speaker = speaker
+        self.language = language
         self._tts: Any = None
-        self._load_lock = threading.Lock()
-        self._run_lock = threading.Lock()  # one synthesis at a time: coqui's Synthesizer is not thread-safe
+        self._language: str | None = None
+        """The model's name for `language`; None for a model of one language."""
+        self._run_lock = threading.Lock()
 
     @classmethod
     def from_voice(cls, voice: str) -> CoquiTts:
         v = parse_coqui_voice(voice)
-        return cls(v.model_path, v.config_path, v.speaker)
+        return cls(v.model_path, v.config_path, v.speaker, v.language)
 
     @property
     def identity(self) -> str:
         stamps = " ".join(f"{p}:{st.st_size}:{st.st_mtime_ns}"
                           for p in (self.model_path, self.config_path) for st in [Path(p).stat()])
-        return f"coqui-tts {version('coqui-tts')} {stamps} speaker={self.speaker}"
+        return f"coqui-tts {version('coqui-tts')} {stamps} speaker={self.speaker} language={self.language}"
 
     def load(self) -> Any:
-        """Load the model once (TtsError naming it if it does not load); later calls return it."""
-        with self._load_lock:
-            if self._tts is None:
-                self._tts = self._open()
-            return self._tts
+        """Load the model once (TtsError naming it if it does not load, or if it lacks the speaker or language);
+        later calls return it."""
+        if self._tts is None:
+            with _models_lock:
+                key = (self.model_path, self.config_path)
+                if key not in _models:
+                    _models[key] = (self._open(), threading.Lock())
+                tts, self._run_lock = _models[key]
+            self._check(tts)
+            self._tts = tts
+        return self._tts
+
+    def _check(self, tts: Any) -> None:
+        where = f"coqui model {self.model_path}"
+        speakers: list[str] = list(tts.speakers or [])
+        if self.speaker is None and speakers:
+            raise TtsError(f"{where} has several speakers; choose one of {speakers}")
+        if self.speaker is not None and self.speaker not in speakers:
+            has = f"its speakers are {speakers}" if speakers else "it has a single speaker"
+            raise TtsError(f"{where} has no speaker {self.speaker!r}: {has}")
+        if not tts.is_multi_lingual:
+            return
+        languages: list[str] = list(tts.languages or [])
+        if self.language is None:
+            raise TtsError(f"{where} is multilingual (its languages are {languages}): add `language:` (one of them) "
+                           "to its voice mapping, for lines said before the caller's language is known")
+        self._language = model_language(self.language, languages)
+        if self._language is None:
+            raise TtsError(f"{where} has no language {self.language!r}: its languages are {languages}")
 
     def _open(self) -> Any:
         where = f"coqui model {self.model_path}"
@@ -118,15 +176,6 @@ class CoquiTts:
             reason = " ".join(str(e).split())  # one line: torch's unpickling errors span several
             raise TtsError(f"{where}: cannot load it with config {self.config_path}: {type(e).__name__}: {reason}"
                            ) from e
-        if tts.is_multi_lingual:
-            raise TtsError(f"{where} is multilingual (its config lists {tts.languages}): it needs a language for each "
-                           "line, as XTTS and YourTTS do, and voicegate does not pass one yet")
-        speakers: list[str] = list(tts.speakers or [])
-        if self.speaker is None and speakers:
-            raise TtsError(f"{where} has several speakers; choose one of {speakers}")
-        if self.speaker is not None and self.speaker not in speakers:
-            has = f"its speakers are {speakers}" if speakers else "it has a single speaker"
-            raise TtsError(f"{where} has no speaker {self.speaker!r}: {has}")
         return tts
 
     @property
@@ -141,7 +190,7 @@ class CoquiTts:
             return b"", rate
         try:
             with self._run_lock:
-                wav = tts.tts(text, speaker=self.speaker, split_sentences=False)
+                wav = tts.tts(text, speaker=self.speaker, language=self._language, split_sentences=False)
         except Exception as e:
             raise TtsError(f"coqui model {self.model_path} failed on {text[:40]!r}: {type(e).__name__}: {e}") from e
         x = np.asarray(wav, dtype=np.float32)

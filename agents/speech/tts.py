@@ -186,6 +186,20 @@ def _coqui(voice: str) -> CoquiTts:
     return _COQUI[voice]
 
 
+def speaking(voice: str, language: str | None) -> str:
+    """The voice that says a line in `language` (None: not known): a multilingual coqui voice set to it, when its
+    model has it; any other voice as it is. (A model without that language keeps its configured one: the config
+    check refuses the languages the ASR may report that a model lacks, `CascadedAgentConfig.voice_options`.)"""
+    if language is None or not voice.startswith("coqui:"):
+        return voice
+    from agents.speech.coqui_tts import model_language, with_language
+
+    tts = _coqui(voice).load()
+    if not tts.is_multi_lingual or model_language(language, list(tts.languages or [])) is None:
+        return voice
+    return with_language(voice, language)
+
+
 def load_voice(voice: str) -> None:
     """Load `voice`'s engine (a piper or coqui model) or check that espeak-ng speaks it: TtsError naming the model
     if not."""

@@ -2,7 +2,7 @@
 
 Whisper gives a whole window one language, so a turn is first cut at its pauses of `MIN_PAUSE_S` or more (webrtcvad)
 into chunks of at least `MIN_CHUNK_S`; each chunk is encoded once, its language is read from that encoder output,
-and it is decoded greedily in that language from the same output. Adjacent chunks in one language form one
+and it is decoded in that language from the same output (Decoding, below). Adjacent chunks in one language form one
 `Segment`; a switch of language without a pause stays inside one chunk and gets that chunk's language. Chunks where
 webrtcvad hears no speech are skipped: Whisper makes words up in silence (2 s of zeros came out as "bhajj").
 
@@ -14,10 +14,19 @@ webrtcvad hears no speech are skipped: Whisper makes words up in silence (2 s of
   `MIN_LANGUAGE_PROBABILITY`; below that Whisper is unsure and the first of `languages` is reported. whisper-base
   is sure of English (0.98-1.0 on piper's voice) and seldom of Hindi (espeak's Hindi scores as Thai, Chinese, even
   English at 0.2-0.5), so a Hindi-English deployment lists `hi` first. Without `languages`, Whisper's top language
-  is taken. whisper-base writes much Hindi in Urdu script even when told `hi` (espeak-ng's Hindi, 3 sentences, at
-  16 kHz and through G.711: all 6 in Perso-Arabic or Latin letters). A Devanagari previous-text prompt (" नमस्ते।")
-  turned all 6 into Devanagari, but one came out as the prompt's word alone and 2 repeated a word ("लो लो लो ..."),
-  so none is given.
+  is taken.
+- Decoding, chosen by `python -m bench.cascaded hindi` (bench/hindi.py: 12 turns of espeak-ng Hindi and piper
+  English through G.711; one run, 2026-11-26, on the shared 2-core machine): Hindi chunks get beam 5 (`BEAMS`) and
+  a Devanagari previous-text prompt (`PROMPTS`); English stays greedy, its final pass being on the turn's critical
+  path. Greedy decoding without a prompt wrote the Hindi in Urdu's Perso-Arabic or Latin letters (17% Devanagari)
+  at a CER of 138.8%; with them 96% was Devanagari, CER 64.2%, CPU RTF 0.36 against 0.33. The prompt still comes
+  out alone for a sentence that starts with its word, and some chunks repeat a syllable. Left off, as options:
+  Whisper's temperature fallback (`temperatures`: a decode that compresses over 2.4 or scores under -1 is sampled
+  again, hotter; CER 96.3% alone, 64.2% with the prompt and beam 5, as without it, at up to twice the CPU), and
+  faster-whisper's silero VAD trimming each chunk (`vad_filter`, word times put back on the turn's clock): with a
+  200 ms pad it lowered the CER to 55.5% and the English WER from 9.4 to 1.6% by letting one English chunk be
+  recognised as English, but it clipped the quiet onsets of Asterisk's English prompts (12 prompts: WER 4% -> 7%);
+  with a 400 ms pad the prompts kept 4% and the Hindi-English turns lost the gain.
 - Confidence: exp of the mean token log-probability of the decoded text, averaged over chunks weighted by length;
   0 when nothing was recognised. A word's confidence is the mean probability of its tokens.
 - Word timings come from the cross-attention alignment (CTranslate2 `align`), in seconds from the audio's start.
@@ -30,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,9 +65,21 @@ _TOKENS_PER_S = 40
 _NO_SPEECH_PROB = 0.6
 _SILENCE_LOGPROB = -1.0
 """Whisper's silence rule: no_speech_prob above 0.6 and mean log-probability below -1 means nothing was said."""
+PROMPTS = {"hi": "नमस्ते।"}
+"""Previous text given to the decoder per language: a Devanagari word has Hindi written in Devanagari."""
+BEAMS = {"hi": 5}
+"""Beam size per language (others: `beam_size`): beam search for Hindi, greedy for English, whose final pass is on
+the turn's critical path."""
+_MAX_COMPRESSION = 2.4
+"""Whisper's fallback rule: a decode whose text compresses (zlib) more than this repeats itself."""
 _PREPEND = "\"'“¿([{-"
 _APPEND = "\"'.。,，!！?？:：”)]}、"
 _CACHED = 64
+
+
+def _compression_ratio(text: str) -> float:
+    raw = text.encode()
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
 
 
 def choose_language(probs: Mapping[str, float], languages: tuple[str, ...]) -> str:
@@ -116,7 +138,10 @@ class WhisperAsr:
     name = "whisper"
 
     def __init__(self, model_path: str, compute_type: str = "int8", cpu_threads: int = 1,
-                 languages: tuple[str, ...] | None = None, beam_size: int = 1, window_s: float = 10.0) -> None:
+                 languages: tuple[str, ...] | None = None, beam_size: int = 1, window_s: float = 10.0,
+                 prompts: Mapping[str, str] | None = PROMPTS, beam_sizes: Mapping[str, int] | None = BEAMS,
+                 temperatures: tuple[float, ...] = (0.0,),
+                 vad_filter: bool = False) -> None:
         path = Path(model_path)
         # without tokenizer.json faster-whisper would fetch a tokenizer from the Hugging Face hub
         missing = [n for n in ("model.bin", "config.json", "tokenizer.json") if not (path / n).is_file()]
@@ -136,7 +161,10 @@ class WhisperAsr:
         if unknown:
             raise AsrError(f"whisper: model {model_path} does not know the languages {unknown}")
         self._languages = tuple(languages or ())
-        self._beam_size = beam_size
+        self._beams = {**dict.fromkeys(self._model.supported_languages, beam_size), **(beam_sizes or {})}
+        self._prompts = dict(prompts or {})
+        self._temperatures = temperatures
+        self._vad_filter = vad_filter
         self._window_frames = int(min(MAX_AUDIO_S, window_s) * _FRAMES_PER_S)
         self._tokenizers: dict[str, Any] = {}
         self._cache: OrderedDict[bytes, _Chunk] = OrderedDict()
@@ -193,6 +221,15 @@ class WhisperAsr:
         from faster_whisper.audio import pad_or_trim
 
         m = self._model
+        offset_s = 0.0
+        if self._vad_filter:
+            from faster_whisper.vad import VadOptions, collect_chunks, get_speech_timestamps
+
+            spans = get_speech_timestamps(audio, VadOptions(speech_pad_ms=200))
+            if not spans:
+                return _Chunk("", self._languages[0] if self._languages else "en", 0.0, ())
+            offset_s = spans[0]["start"] / SAMPLE_RATE
+            audio = np.concatenate(collect_chunks(audio, spans)[0])
         features = m.feature_extractor(audio)
         frames = features.shape[-1] - 1
         window = min(int(MAX_AUDIO_S * _FRAMES_PER_S), max(self._window_frames, frames + int(PAD_S * _FRAMES_PER_S)))
@@ -204,17 +241,31 @@ class WhisperAsr:
             language = choose_language(probs, self._languages)
         tok = self._tokenizer(language)
         prompt = [*tok.sot_sequence, tok.no_timestamps]
+        if previous := self._prompts.get(language):
+            prompt = [tok.sot_prev, *tok.encode(" " + previous.strip()), *prompt]
         limit = min(_MAX_TOKENS, len(prompt) + 8 + int(_TOKENS_PER_S * len(audio) / SAMPLE_RATE))
-        result = m.model.generate(encoded, [prompt], beam_size=self._beam_size, max_length=limit,
-                                  return_scores=True, return_no_speech_prob=True, suppress_blank=True,
-                                  suppress_tokens=self._suppressed(tok))[0]
-        ids = [t for t in result.sequences_ids[0] if t < tok.eot]
-        n = len(result.sequences_ids[0])
-        logprob = float(result.scores[0]) * n / (n + 1)  # the score is the log-probability divided by n
-        text = tok.decode(ids).strip()
-        if not text or (result.no_speech_prob > _NO_SPEECH_PROB and logprob < _SILENCE_LOGPROB):
+        tries: list[tuple[bool, float, str, list[int], float]] = []  # (not repeating, logprob, text, ids, no speech)
+        for temperature in self._temperatures:  # Whisper's fallback: a failed decode is sampled again, hotter
+            result = m.model.generate(encoded, [prompt], beam_size=self._beams[language] if temperature == 0 else 1,
+                                      sampling_topk=1 if temperature == 0 else 0,
+                                      sampling_temperature=temperature or 1.0, max_length=limit,
+                                      return_scores=True, return_no_speech_prob=True, suppress_blank=True,
+                                      suppress_tokens=self._suppressed(tok))[0]
+            ids = [t for t in result.sequences_ids[0] if t < tok.eot]
+            n = len(result.sequences_ids[0])
+            logprob = float(result.scores[0]) * n / (n + 1)  # the score is the log-probability divided by n
+            text = tok.decode(ids).strip()
+            tries.append((_compression_ratio(text) <= _MAX_COMPRESSION, logprob, text, ids, result.no_speech_prob))
+            if tries[-1][0] and logprob >= _SILENCE_LOGPROB:
+                break
+        else:  # none passed: the likeliest that does not repeat itself, as faster-whisper keeps
+            tries.sort(key=lambda t: (t[0], t[1]))
+        _, logprob, text, ids, no_speech = tries[-1]
+        if not text or (no_speech > _NO_SPEECH_PROB and logprob < _SILENCE_LOGPROB):
             return _Chunk("", language, logprob, ())
-        return _Chunk(text, language, logprob, self._words(tok, ids, encoded, frames))
+        words = tuple(Word(w.text, round(w.start_s + offset_s, 2), round(w.end_s + offset_s, 2), w.confidence)
+                      for w in self._words(tok, ids, encoded, frames))
+        return _Chunk(text, language, logprob, words)
 
     def _words(self, tok: Any, ids: list[int], encoded: Any, frames: int) -> tuple[Word, ...]:
         from faster_whisper.transcribe import merge_punctuations

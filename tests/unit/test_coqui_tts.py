@@ -1,4 +1,5 @@
-"""CoquiTts loads a tiny coqui VITS model through coqui's real loader and speaks (noise) at the config's rate."""
+"""CoquiTts loads a tiny coqui VITS model through coqui's real loader and speaks (noise) at the config's rate; a
+multilingual one speaks the language the voice or the cascade gives it."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from agents.config import EngineLoadError, ScriptedAgentConfig
+from agents.cascaded import voice_runs
+from agents.config import CascadedAgentConfig, EngineLoadError, ScriptedAgentConfig
 from agents.scripted import ScriptedFactory
-from agents.speech.coqui_tts import CoquiTts
-from agents.speech.tts import PromptCache, TtsError, engine_for
+from agents.speech import coqui_tts
+from agents.speech.coqui_tts import CoquiTts, coqui_voice, model_language, with_language
+from agents.speech.tts import PromptCache, TtsError, engine_for, load_voice
 from telephony.cli import main
 from tests.audio import rms_db, to_array
 from tests.coqui_tiny import HOP_LENGTH, SAMPLE_RATE, build_tiny_model
@@ -62,10 +65,93 @@ def test_speaker_must_be_one_the_model_has(tiny: tuple[str, str], tiny_speakers:
         CoquiTts(*tiny, speaker="ana").synthesize(TEXT)
 
 
-def test_a_multilingual_model_is_refused_as_not_supported_yet(tmp_path: Path) -> None:
-    model = build_tiny_model(tmp_path, languages=("en", "de"))
-    with pytest.raises(TtsError, match=r"is multilingual.*\['de', 'en'\].*does not pass one yet"):
-        CoquiTts(*model).synthesize(TEXT)
+@pytest.fixture(scope="module")
+def tiny_multilingual(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    return build_tiny_model(tmp_path_factory.mktemp("coqui-tiny-languages"), languages=("en", "de"))
+
+
+def _seeded(engine: CoquiTts, text: str) -> bytes:
+    """VITS samples noise: seed it so that two renderings differ only by what the model was given."""
+    import torch
+
+    torch.manual_seed(0)
+    return engine.synthesize(text)[0]
+
+
+def test_a_multilingual_model_speaks_the_language_it_is_given(tiny_multilingual: tuple[str, str]) -> None:
+    en, de = CoquiTts(*tiny_multilingual, language="en"), CoquiTts(*tiny_multilingual, language="de")
+    assert en.load() is de.load()  # one model serves both languages
+    english = _seeded(en, TEXT)
+    assert rms_db(to_array(english)) > -40.0
+    assert _seeded(en, TEXT) == english
+    assert _seeded(de, TEXT) != english  # the language embedding differs: the language reached the model
+
+
+def test_a_multilingual_model_refuses_a_missing_or_unknown_language(tiny_multilingual: tuple[str, str]) -> None:
+    with pytest.raises(TtsError, match=r"is multilingual \(its languages are \['de', 'en'\]\): add `language:`"):
+        CoquiTts(*tiny_multilingual).synthesize(TEXT)
+    with pytest.raises(TtsError, match=r"has no language 'fr': its languages are \['de', 'en'\]") as err:
+        CoquiTts(*tiny_multilingual, language="fr").synthesize(TEXT)
+    assert tiny_multilingual[0] in str(err.value)
+
+
+def test_an_asr_language_code_finds_the_models_regional_name() -> None:
+    names = ["en", "fr-fr", "pt-br", "pt-pt"]
+    assert model_language("en", names) == "en"
+    assert model_language("fr", names) == "fr-fr"  # YourTTS names its languages with a region
+    assert model_language("pt", names) is None  # two regions: not a guess
+    assert model_language("de", names) is None
+
+
+def test_the_cascade_voices_a_reply_in_the_callers_language(tiny_multilingual: tuple[str, str]) -> None:
+    voice = coqui_voice({"engine": "coqui", "model_path": tiny_multilingual[0], "language": "en"})
+    assert voice_runs("Hallo.", None, {}, voice) == [(voice, "Hallo.")]  # nobody has spoken yet: its own language
+    [(german, _)] = voice_runs("Hallo.", "de", {}, voice)
+    assert german == with_language(voice, "de") and engine_for(german).synthesize("Hallo.")[0]
+    assert voice_runs("Bonjour.", "fr", {}, voice) == [(voice, "Bonjour.")]  # a language the model lacks
+    assert voice_runs("Okay.", "de", {"de": "de"}, voice) == [("de", "Okay.")]  # a voice of its own comes first
+
+
+def test_check_names_the_line_that_asks_a_model_for_a_language_it_lacks(
+        tiny_multilingual: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tiny_multilingual[0]
+    cfg = tmp_path / "vg.yaml"
+    cfg.write_text(f"""\
+agents:
+  desk:
+    type: cascaded
+    voice: {{engine: coqui, model_path: {model}, language: en}}
+    voices:
+      de: {{engine: coqui, model_path: {model}}}
+      fr: {{engine: coqui, model_path: {model}}}
+  greeter:
+    type: scripted
+    voice: {{engine: coqui, model_path: {model}}}
+    start: a
+    nodes:
+      a: [{{say: "Hello."}}]
+routes:
+  - match: '*'
+    agent: desk
+""")
+    assert main(["check", str(cfg)]) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"{cfg}:7: agents.desk.voices.fr: coqui model {model} has no language 'fr': its languages " \
+                       "are ['de', 'en']", lines
+    assert lines[1].startswith(f"{cfg}:10: agents.greeter.voice: coqui model {model} is multilingual"), lines
+    assert lines[2:] == [f"{cfg}: 2 error(s)"]
+
+
+def test_each_language_the_asr_reports_is_asked_of_the_default_voice(tiny_multilingual: tuple[str, str]) -> None:
+    voice = coqui_voice({"engine": "coqui", "model_path": tiny_multilingual[0], "language": "en"})
+    cfg = CascadedAgentConfig.model_validate({"type": "cascaded", "voice": voice, "voices": {"hi": "hi"},
+                                              "asr": {"engine": "whisper", "language": "hi,de,ta"}})
+    options = cfg.voice_options()
+    assert options == [(("voice",), voice), (("voices", "hi"), "hi"), (("voice",), with_language(voice, "de")),
+                       (("voice",), with_language(voice, "ta"))]
+    load_voice(options[2][1])
+    with pytest.raises(TtsError, match="has no language 'ta'"):
+        load_voice(options[3][1])
 
 
 def test_missing_files_are_named(tiny: tuple[str, str], tmp_path: Path) -> None:
@@ -86,6 +172,7 @@ def test_bad_checkpoint_names_the_model(tiny: tuple[str, str], tmp_path: Path) -
 
 def test_missing_coqui_says_how_to_install(tiny: tuple[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "TTS.api", None)  # makes `from TTS.api import TTS` fail as if not installed
+    monkeypatch.setattr(coqui_tts, "_models", {})  # and no model loaded by an earlier test
     with pytest.raises(TtsError, match=r"pip install coqui-tts") as err:
         CoquiTts(*tiny).synthesize(TEXT)
     assert tiny[0] in str(err.value)
