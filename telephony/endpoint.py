@@ -17,7 +17,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Protocol
 
 import pjsua2 as pj
@@ -37,7 +36,7 @@ from telephony.outbound import DialRefusedError
 from telephony.sip_headers import call_metadata, original_called, request_parts
 from telephony.sip_trace import MESSAGE_LEVEL, SipTrace
 from telephony.sips import needs_sips_contact
-from telephony.trunk_tls import TrunkTransports
+from telephony.trunk_tls import TrunkTransports, fill_tls
 from telephony.trunks import TrunkSet
 
 EXPECTED_MAX_CALLS = 4
@@ -77,11 +76,7 @@ def compiled_max_calls() -> int:
 
 
 def _tls_settings(tls: Any, cfg: SipTlsConfig) -> None:
-    tls.certFile = str(Path(cfg.cert_file).expanduser())
-    tls.privKeyFile = str(Path(cfg.key_file).expanduser())
-    if cfg.ca_file:
-        tls.CaListFile = str(Path(cfg.ca_file).expanduser())
-    tls.verifyServer = cfg.verify_server
+    fill_tls(tls, cfg.cert_file, cfg.key_file, cfg.ca_file, cfg.verify_server)
     tls.verifyClient = cfg.require_client_cert
     tls.requireClientCert = cfg.require_client_cert
 

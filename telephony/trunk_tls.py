@@ -21,6 +21,15 @@ from telephony.config import SipConfig, TrunkConfig, TrunkTlsConfig
 from telephony.errors import SipStartError
 
 
+def fill_tls(t: Any, cert: str, key: str, ca: str | None, verify_server: bool) -> None:
+    """Fill a pjsua `TlsConfig` with a certificate, its key, an optional CA list and server verification."""
+    t.certFile = str(Path(cert).expanduser())
+    t.privKeyFile = str(Path(key).expanduser())
+    if ca:
+        t.CaListFile = str(Path(ca).expanduser())
+    t.verifyServer = verify_server
+
+
 class TrunkTransports:
     def __init__(self, ep: Any, sip: SipConfig, listener: int | None) -> None:
         self._ep = ep
@@ -46,14 +55,9 @@ class TrunkTransports:
         tc.boundAddress = self._sip.listen
         if self._sip.public_address:
             tc.publicAddress = self._sip.public_address
-        t = tc.tlsConfig
         assert tls.cert_file is not None and tls.key_file is not None  # transport_for asks only then
-        t.certFile = str(Path(tls.cert_file).expanduser())
-        t.privKeyFile = str(Path(tls.key_file).expanduser())
         ca = tls.ca_file or (self._sip.tls.ca_file if self._sip.tls is not None else None)
-        if ca:
-            t.CaListFile = str(Path(ca).expanduser())
-        t.verifyServer = tls.verify_server
+        fill_tls(tc.tlsConfig, tls.cert_file, tls.key_file, ca, tls.verify_server)
         try:
             tid = int(self._ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, tc))
         except pj.Error as e:
