@@ -56,8 +56,9 @@ class DetectorSettings:
     """How far (dB) caller speech must stand above the tracked noise floor."""
     min_level_dbfs: float = -55.0
     """Inbound frames at or below this level (dBFS) are never caller speech."""
-    echo_window_ms: int = 500
-    """Until the echo path is known, the loudest frame played this long ago bounds the echo expected now."""
+    echo_window_ms: int = 1000
+    """Until the echo path is known, the loudest frame played this long ago bounds the echo expected now (as long as
+    the longest delay `EchoPath` looks for: 500 ms let an 800 ms echo of a loud start through)."""
     speech_hangover_ms: int = 300
     """Silence that ends the caller's speech (`SpeechStopped`)."""
     dtmf_guard_ms: int = 300
@@ -117,6 +118,8 @@ class BargeInDetector:
         self.echo = EchoPath(self.s.echo)
         self.tones = ToneDetector(self.s.tones)
         self._played_now = FLOOR_DBFS
+        self._judged: tuple[int, int] | None = None
+        """The lag range of the known echo path that set this frame's threshold (None: none known)."""
 
     def played(self, level_db: float) -> None:
         """Level of the frame sent to the caller this tick (FLOOR_DBFS for silence)."""
@@ -170,6 +173,7 @@ class BargeInDetector:
     ) -> list[MediaEvent]:
         """One inbound frame at `now` (its start time); `agent_speaking`: agent audio is queued for the caller."""
         threshold = self.threshold_db()
+        self._judged = self.echo.lag_range if self.echo.state == "echo" else None
         loud_speech = vad_speech and level_db > threshold and now >= self._dtmf_until
         # fed every frame (it compares with the previous one); its spectrum is taken only when it can matter
         tone = self.tones.process(samples, level_db, needed=loud_speech)
@@ -235,6 +239,9 @@ class BargeInDetector:
         known (a known one already sets the threshold)."""
         if now - self._bursts_t > self.s.echo_burst_window_ms / 1000.0:
             self._bursts_t = self._run_start
+        if self.echo.explains_onset(self._run, self.s.echo_margin_db, self._judged):
+            self.echo.learn_last(self._run)
+            return True
         if self.echo.state == "echo":
             return False
         frames = round((now - self._bursts_t) * 1000) // FRAME_MS + 1

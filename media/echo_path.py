@@ -38,8 +38,13 @@ from media.frames import FLOOR_DBFS
 
 @dataclass(frozen=True)
 class EchoPathSettings:
-    max_lag_frames: int = 30
-    """Longest echo delay looked for, in 20 ms frames (30 = 600 ms: a 500 ms leg plus our own media path)."""
+    max_lag_frames: int = 50
+    """Longest echo delay looked for, in 20 ms frames (50 = 1 s: a 500 ms leg plus our own media path and both
+    jitter buffers, which grow on an impaired line)."""
+    none_lag_frames: int = 30
+    """`none` is decided once what we played this many frames ago (30 = 600 ms) could have come back (or
+    `max_lag_frames`, if shorter): a leg without echo must not hold the cautious start for a whole second. A longer
+    echo found later still makes the path `echo`; until then `explains_onset` keeps it from pausing playout."""
     window_frames: int = 100
     """Frames of history (20 ms each) each estimate correlates: 100 = the last 2 s."""
     every_frames: int = 10
@@ -70,6 +75,20 @@ class EchoPathSettings:
     """... and frames with nothing played around the lag before them must be this far below its median level."""
     burst_max_loss_db: float = -4.5
     """... and the least an echo is attenuated (the median difference): louder is a person, not our audio."""
+    drift_estimates: int = 15
+    """The echo is expected over the range of lags of this many estimates (15 = 3 s) taken since the path was
+    last found elsewhere: the jitter buffers of an impaired line move the delay by a frame or more now and then."""
+    max_drift_frames: int = 6
+    """... as long as those lags stay within this many frames (6 = 120 ms); a lag further off starts a new range."""
+    echo_over_noise_db: float = 6.0
+    """An estimate takes a lag as the echo path only when the returned frames there stand this far (dB, median) over
+    the quietest tenth of the window: a chance correlation early in the call put an echo in the line noise."""
+    onset_context_frames: int = 50
+    """`explains_onset`: inbound frames before a burst (50 = 1 s) that may show it is our own echo at some lag."""
+    onset_min_frames: int = 10
+    """... of which this many must have met audio we played at that lag."""
+    corr_onset: float = 0.7
+    """... and correlate (0-1) with it."""
 
 
 class EchoPath:
@@ -89,9 +108,11 @@ class EchoPath:
         self.state = "unknown"
         """`unknown` (not enough played audio yet), `echo` (lag and loss known) or `none` (no audible echo)."""
         self.lag = 0
+        self._lags: deque[int] = deque(maxlen=self.s.drift_estimates)
+        """The lags of the recent estimates that found the echo (`drift_estimates`)."""
         self.loss_db = 0.0
         self.corr = 0.0
-        self._before: tuple[str, int, float, float] | None = None
+        self._before: tuple[str, int, float, float, list[int]] | None = None
         """The path before one taken from bursts (`explain_burst`), until the estimate confirms it."""
 
     def push(self, played_db: float, inbound_db: float, learn: bool) -> None:
@@ -109,9 +130,7 @@ class EchoPath:
             return None
         if self.state == "none":
             return FLOOR_DBFS
-        i = len(self._ref) - 1 - self.lag
-        k = self.s.spread_frames
-        return max(self._ref[j] for j in range(i - k, min(i + k, len(self._ref) - 1) + 1)) + self.loss_db
+        return self._near_played() + self.loss_db
 
     @property
     def provisional(self) -> bool:
@@ -120,14 +139,24 @@ class EchoPath:
 
     def expects_echo(self) -> bool:
         """Whether we played audio around `lag` frames ago (so the current inbound frame may hold its echo)."""
-        i = len(self._ref) - 1 - self.lag
-        k = self.s.spread_frames
-        return max(self._ref[j] for j in range(i - k, min(i + k, len(self._ref) - 1) + 1)) > self.s.active_dbfs
+        return self._near_played() > self.s.active_dbfs
+
+    @property
+    def lag_range(self) -> tuple[int, int]:
+        """The lags the echo has come back at lately (`drift_estimates`), `lag` included."""
+        return min(self._lags, default=self.lag), max(self._lags, default=self.lag)
+
+    def _near_played(self) -> float:
+        """The loudest frame we played `lag_range` frames ago, give or take `spread_frames`."""
+        lo, hi = self.lag_range
+        last, k = len(self._ref) - 1, self.s.spread_frames
+        return max(self._ref[j] for j in range(last - hi - k, min(last - lo + k, last) + 1))
 
     def refute(self) -> None:
         """Drop a path taken from bursts (sound came back where it predicts none): back to the one before."""
         if self._before is not None:
-            self.state, self.lag, self.loss_db, self.corr = self._before
+            self.state, self.lag, self.loss_db, self.corr, lags = self._before
+            self._lags = deque(lags, maxlen=self.s.drift_estimates)
             self._before = None
 
     def _estimate(self) -> None:
@@ -140,9 +169,10 @@ class EchoPath:
             return  # nothing learnable (the caller talked, or we played nothing): the estimate cannot change
         n = len(ref)
         # the echo of what we played window..max_lag frames ago, at any lag looked for, has come back within x
-        covered = int((active[n - s.max_lag_frames - s.window_frames : n - s.max_lag_frames] & valid).sum())
+        lag_n = min(s.none_lag_frames, s.max_lag_frames)
+        covered = int((active[n - lag_n - s.window_frames : n - lag_n] & valid).sum())
         covered_enough = covered >= s.min_active_frames
-        returned = ref[n - s.window_frames : n - s.max_lag_frames]
+        returned = ref[n - s.window_frames : n - lag_n]
         if covered_enough and x[valid].max() < returned.max() - s.none_loss_db:
             self.state, self.corr = "none", 0.0
             return
@@ -156,15 +186,54 @@ class EchoPath:
         best_lag = int(np.argmax(c))
         best_c, best_mask = float(c[best_lag]), m[best_lag]
         self.corr = best_c
-        if best_c >= s.corr_echo:
+        if best_c >= s.corr_echo and percentile(x[best_mask], 50.0) >= (
+                percentile(x[valid], 10.0) + s.echo_over_noise_db):
             self._before = None
             y = ref[n - best_lag - s.window_frames : n - best_lag]
             self.state, self.lag = "echo", best_lag
+            if self._lags and max(abs(best_lag - lo) for lo in self.lag_range) > s.max_drift_frames:
+                self._lags.clear()
+            self._lags.append(best_lag)
             # a high percentile, not the median: codecs, jitter and frames that straddle two of ours spread the
             # echo's level around its mean by several dB (on the wire, a -12 dB echo came back up to 7 dB louder)
             self.loss_db = percentile(x[best_mask] - y[best_mask], s.loss_percentile)
         elif best_c < s.corr_none and covered_enough and (self.state != "echo" or bool(np.isfinite(c[self.lag]))):
             self.state = "none"  # an echo known at a lag is only ruled out by frames at that lag
+
+    def learn_last(self, frames: int) -> None:
+        """The last `frames` inbound frames were our own echo after all (`explains_onset`): learn from them."""
+        w = self.s.window_frames
+        k = min(frames, w)
+        self._in = deque(list(self._in)[: w - k] + list(self._all)[w - k :], maxlen=w)
+
+    def explains_onset(self, run: int, margin_db: float, judged: tuple[int, int] | None) -> bool:
+        """Whether the last `run` inbound frames (a burst about to pause playout) are our own echo: at the lag up to
+        `max_lag_frames` where the `onset_context_frames` before them follow what we played best (correlation, loss
+        as in the estimate), every frame of the burst stays within `margin_db` of the echo expected there. So an
+        echo path that is still unknown, wrongly taken for none, or drifted off its lag (jitter buffers) cannot pause
+        playout with our own audio; `judged`, the lag range of the known path that set the burst's threshold, has
+        already judged a burst at a lag within it."""
+        s = self.s
+        k = min(s.onset_context_frames + run, s.window_frames)
+        x = np.asarray(self._all, dtype=np.float64)[-k:]
+        if run <= 0 or k <= run or np.isnan(x).any():
+            return False
+        ref = np.asarray(self._ref, dtype=np.float64)
+        ys = ref[self._rows[:, -k:]]
+        m = ys > s.active_dbfs
+        m[:, -run:] = False  # the context only: the burst itself may be the caller
+        c = _lag_correlations(x, ys, m, s.onset_min_frames)
+        if c is None:
+            return False
+        lag = int(np.argmax(c))
+        if c[lag] < s.corr_onset or (judged is not None and judged[0] <= lag <= judged[1]):
+            return False
+        loss = percentile(x[m[lag]] - ys[lag][m[lag]], s.loss_percentile)
+        n = len(ref)
+        # the loudest frame played within spread_frames of `lag` before each frame of the burst
+        idx = n - run - lag + np.arange(run)[:, None] + np.arange(-s.spread_frames, s.spread_frames + 1)[None, :]
+        near = ref[np.clip(idx, 0, n - 1)].max(axis=1)
+        return bool((x[-run:] <= near + loss + margin_db).all())
 
     def explain_burst(self, frames: int) -> int | None:
         """The lag at which the last `frames` inbound frames (bursts the detector took for the caller) are our own
@@ -196,8 +265,9 @@ class EchoPath:
         spread = loss - percentile(d, 100.0 - s.loss_percentile)
         if spread > s.burst_spread_db or percentile(d, 50.0) > s.burst_max_loss_db:
             return None
-        self._before = (self.state, self.lag, self.loss_db, self.corr)
+        self._before = (self.state, self.lag, self.loss_db, self.corr, list(self._lags))
         self.state, self.lag, self.loss_db, self.corr = "echo", lag, loss, float(c[lag])
+        self._lags.clear()
         self._in = deque([np.nan] * (s.window_frames - k) + list(x), maxlen=s.window_frames)
         return lag
 
