@@ -160,7 +160,7 @@ class BargeInDetector:
     def threshold_db(self) -> float:
         """Level an inbound frame must exceed to count as caller speech now."""
         t = max(self.s.min_level_dbfs, self.noise_floor + self.s.noise_margin_db)
-        predicted = self.echo.predicted_db()
+        predicted = self.echo.predicted_db(self._played_now)
         if predicted is not None:
             return max(t, predicted + self.s.echo_margin_db)
         ref = self.echo_ref_db  # echo path not known yet: assume the worst over the whole window
@@ -178,7 +178,7 @@ class BargeInDetector:
         # fed every frame (it compares with the previous one); its spectrum is taken only when it can matter
         tone = self.tones.process(samples, level_db, needed=loud_speech)
         candidate = loud_speech and not tone
-        if candidate and self.echo.provisional and not self.echo.expects_echo():
+        if candidate and self.echo.provisional and not self.echo.expects_echo(self._played_now):
             self.echo.refute()  # a path taken from bursts, but this sound came where it expects no echo: a person
         self._track(level_db, candidate)
         self.candidate = candidate

@@ -80,14 +80,18 @@ class EchoPathSettings:
     last found elsewhere: the jitter buffers of an impaired line move the delay by a frame or more now and then."""
     max_drift_frames: int = 6
     """... as long as those lags stay within this many frames (6 = 120 ms); a lag further off starts a new range."""
+    min_echo_frames: int = 50
+    """No lag is taken as the echo path in the first this many frames of the call (50 = 1 s): on the wire, the echo's
+    onset in the line noise correlated best with what we played 0-20 ms before (until then the cautious start and
+    `explains_onset` hold)."""
     echo_over_noise_db: float = 6.0
     """An estimate takes a lag as the echo path only when the returned frames there stand this far (dB, median) over
     the quietest tenth of the window: a chance correlation early in the call put an echo in the line noise."""
     onset_context_frames: int = 50
     """`explains_onset`: inbound frames before a burst (50 = 1 s) that may show it is our own echo at some lag."""
-    onset_min_frames: int = 10
+    onset_min_frames: int = 5
     """... of which this many must have met audio we played at that lag."""
-    corr_onset: float = 0.7
+    corr_onset: float = 0.6
     """... and correlate (0-1) with it."""
 
 
@@ -124,33 +128,37 @@ class EchoPath:
         if self._tick % self.s.every_frames == 0:
             self._estimate()
 
-    def predicted_db(self) -> float | None:
-        """Expected echo level of the current inbound frame: None when unknown, FLOOR_DBFS when there is none."""
+    def predicted_db(self, played_now: float) -> float | None:
+        """Expected echo level of this tick's inbound frame, before `push` (`played_now`: this tick's outbound
+        level): None when unknown, FLOOR_DBFS when there is none."""
         if self.state == "unknown":
             return None
         if self.state == "none":
             return FLOOR_DBFS
-        return self._near_played() + self.loss_db
+        return self._near_played(played_now) + self.loss_db
 
     @property
     def provisional(self) -> bool:
         """The path was taken from bursts and the estimate has not confirmed it yet."""
         return self._before is not None
 
-    def expects_echo(self) -> bool:
-        """Whether we played audio around `lag` frames ago (so the current inbound frame may hold its echo)."""
-        return self._near_played() > self.s.active_dbfs
+    def expects_echo(self, played_now: float) -> bool:
+        """Whether we played audio around `lag` frames ago (so this tick's inbound frame, before `push`, may hold
+        its echo)."""
+        return self._near_played(played_now) > self.s.active_dbfs
 
     @property
     def lag_range(self) -> tuple[int, int]:
         """The lags the echo has come back at lately (`drift_estimates`), `lag` included."""
         return min(self._lags, default=self.lag), max(self._lags, default=self.lag)
 
-    def _near_played(self) -> float:
-        """The loudest frame we played `lag_range` frames ago, give or take `spread_frames`."""
+    def _near_played(self, played_now: float) -> float:
+        """The loudest frame we played `lag_range` frames before this tick's (`played_now`, not pushed yet), give
+        or take `spread_frames`."""
         lo, hi = self.lag_range
-        last, k = len(self._ref) - 1, self.s.spread_frames
-        return max(self._ref[j] for j in range(last - hi - k, min(last - lo + k, last) + 1))
+        now, k = len(self._ref), self.s.spread_frames
+        ref = self._ref
+        return max(ref[j] if j < now else played_now for j in range(now - hi - k, min(now - lo + k, now) + 1))
 
     def refute(self) -> None:
         """Drop a path taken from bursts (sound came back where it predicts none): back to the one before."""
@@ -186,7 +194,7 @@ class EchoPath:
         best_lag = int(np.argmax(c))
         best_c, best_mask = float(c[best_lag]), m[best_lag]
         self.corr = best_c
-        if best_c >= s.corr_echo and percentile(x[best_mask], 50.0) >= (
+        if best_c >= s.corr_echo and self._tick >= s.min_echo_frames and percentile(x[best_mask], 50.0) >= (
                 percentile(x[valid], 10.0) + s.echo_over_noise_db):
             self._before = None
             y = ref[n - best_lag - s.window_frames : n - best_lag]
@@ -214,7 +222,7 @@ class EchoPath:
         playout with our own audio; `judged`, the lag range of the known path that set the burst's threshold, has
         already judged a burst at a lag within it."""
         s = self.s
-        k = min(s.onset_context_frames + run, s.window_frames)
+        k = min(s.onset_context_frames + run, s.window_frames, self._tick)  # early in the call: what there is
         x = np.asarray(self._all, dtype=np.float64)[-k:]
         if run <= 0 or k <= run or np.isnan(x).any():
             return False
@@ -222,9 +230,15 @@ class EchoPath:
         ys = ref[self._rows[:, -k:]]
         m = ys > s.active_dbfs
         m[:, -run:] = False  # the context only: the burst itself may be the caller
-        c = _lag_correlations(x, ys, m, s.onset_min_frames)
+        # every frame of the context, our silences included (raised to `active_dbfs`): on the wire, the echo's
+        # level within our words follows ours loosely (codec, lost packets), its coming and going closely (a call
+        # recorded on the wire: 0.96 at its true lag, where our words alone gave 0.88 at another)
+        context = np.ones_like(m)
+        context[:, -run:] = False
+        c = _lag_correlations(x, np.maximum(ys, s.active_dbfs), context, s.onset_min_frames)
         if c is None:
             return False
+        c[m.sum(axis=1) < s.onset_min_frames] = -np.inf
         lag = int(np.argmax(c))
         if c[lag] < s.corr_onset or (judged is not None and judged[0] <= lag <= judged[1]):
             return False

@@ -320,6 +320,8 @@ class EchoPathConfig(_Strict):
     """The echo is expected over the lags of this many recent estimates (jitter buffers move the delay)."""
     max_drift_frames: int = Field(_ECHO.max_drift_frames, ge=0, le=50)
     """... while they stay within this many 20 ms frames of each other."""
+    min_echo_frames: int = Field(_ECHO.min_echo_frames, ge=0, le=1000)
+    """No delay is taken as the echo path in the call's first this many 20 ms frames (a chance fit at its start)."""
     echo_over_noise_db: float = Field(_ECHO.echo_over_noise_db, ge=0, le=60)
     """A lag is the echo path only when the returned frames there stand this far (dB) over the window's quietest
     tenth."""
