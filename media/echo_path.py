@@ -228,15 +228,20 @@ class EchoPath:
 
     def explains_onset(self, run: int, margin_db: float, judged: tuple[int, int] | None) -> bool:
         """Whether the last `run` inbound frames (a burst about to pause playout) are our own echo: at the lag up to
-        `max_lag_frames` where the `onset_context_frames` before them follow what we played best (correlation, loss
-        as in the estimate), every frame of the burst stays within `margin_db` of the echo expected there. So an
-        echo path that is still unknown, wrongly taken for none, or drifted off its lag (jitter buffers) cannot pause
-        playout with our own audio; `judged`, the lag range of the known path that set the burst's threshold, has
-        already judged a burst at a lag within it."""
+        `max_lag_frames` where the `onset_context_frames` before them (or the latter half of those, when the delay
+        has just jumped) follow what we played best, every frame of the burst stays within `margin_db` of the echo
+        expected there (loss as in the estimate). So an echo path that is still unknown, wrongly taken for none, or
+        moved by jitter buffers cannot pause playout with our own audio; `judged`, the lag range of the known path
+        that set the burst's threshold, has already judged a burst at a lag within it."""
         s = self.s
-        k = min(s.onset_context_frames + run, s.window_frames, self._tick)  # early in the call: what there is
+        full = min(s.onset_context_frames, s.window_frames - run, self._tick - run)  # early in the call: what there is
+        return any(self._explains(run, ctx, margin_db, judged) for ctx in dict.fromkeys((full, full // 2)))
+
+    def _explains(self, run: int, ctx: int, margin_db: float, judged: tuple[int, int] | None) -> bool:
+        s = self.s
+        k = ctx + run
         x = np.asarray(self._all, dtype=np.float64)[-k:]
-        if run <= 0 or k <= run or np.isnan(x).any():
+        if run <= 0 or ctx <= 0 or np.isnan(x).any():
             return False
         ref = np.asarray(self._ref, dtype=np.float64)
         ys = ref[self._rows[:, -k:]]
