@@ -19,8 +19,9 @@ On the wire the delay is longer and moves: 24 echo-only calls of the wire bench,
 impaired line (1% loss, 20 ms jitter) the best-fitting delay moved by up to 500 ms within a call. Hence a 1 s search
 (`max_lag_frames`), the echo expected over the delays of the last 3 s of estimates (`drift_estimates`), no delay
 taken in the call's first second (its onset in the line noise fitted a 0-20 ms delay), and `explains_onset`: every
-burst about to pause playout is checked against the second before it at every delay, our silences counted (within
-our words the echo's level follows ours loosely on the wire, its coming and going closely). On the clip set's
+burst about to pause playout is checked against the second before it (and its latter half, for a delay that just
+jumped) at every delay, our silences counted (within our words the echo's level follows ours loosely on the wire, its
+coming and going closely). On the clip set's
 wire-like echo-only clips (`tests.clipset.wire_echo_specs`: 20-800 ms, -56 dBFS noise, clean and with a drifting
 delay and lost frames) that took the agent's pauses from 26 of 72 clips to none, and left the clip set's reaction
 (40 / 69 ms), its 24 echo and 14 backchannel clips as they were.
@@ -32,7 +33,7 @@ explain them closely (correlation, a tight and attenuated level difference, quie
 long before), they were our own audio, and the path starts from them, provisionally: sound above the threshold
 where that path expects no echo is a person, and `refute` restores the path before. On the clip set's 72 agent
 turns whose echo starts 3 s in, the agent paused 571 times before (the path stayed `none` in most), 127 times with
-it (48 turns once, none more than 7 times, the path `echo` at the end of 67) and 80 with `explains_onset` too (none
+it (48 turns once, none more than 7 times, the path `echo` at the end of 67) and 60 with `explains_onset` too (none
 more than twice, the path `echo` at the end of all 72); the clip set's other rows, also
 with callers at -30 and -36 dBFS, and 240 random interruptions and backchannels at -40 to -20 dBFS (half over a
 known echo) confirmed the same barge-ins.
