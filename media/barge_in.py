@@ -14,7 +14,11 @@ stays paused up to `wait_ms` more for the burst's transcript, which resumes it (
 (anything else; also after a resume by duration, unless words may not confirm before `confirm_ms`); with no verdict
 by then, the duration confirms it.
 
-An onset while no echo is known is first checked against the recent pauses: when the bursts since the first of them
+Every onset while the agent talks is first checked against the second before it (`EchoPath.explains_onset`): when
+that second follows what we played at a delay other than the known path's, and the onset stays within
+`echo_margin_db` of the echo expected there, it is our own audio (an echo path not known yet, taken for none, or
+moved by jitter buffers) and does not pause; its frames then teach the path. An onset while no echo is known is
+then checked against the recent pauses: when the bursts since the first of them
 are our own audio coming back (`EchoPath.explain_burst`: an echo that started mid-call, which the path learnt from
 quiet frames only could not know), the path is taken from them and the onset does not pause; speech where that path
 expects no echo refutes it. (Resuming a pause early on the same test resumed a real barge-in on the wire: the "s" of
@@ -56,8 +60,9 @@ class DetectorSettings:
     """How far (dB) caller speech must stand above the tracked noise floor."""
     min_level_dbfs: float = -55.0
     """Inbound frames at or below this level (dBFS) are never caller speech."""
-    echo_window_ms: int = 500
-    """Until the echo path is known, the loudest frame played this long ago bounds the echo expected now."""
+    echo_window_ms: int = 1000
+    """Until the echo path is known, the loudest frame played this long ago bounds the echo expected now (as long as
+    the longest delay `EchoPath` looks for: 500 ms let an 800 ms echo of a loud start through)."""
     speech_hangover_ms: int = 300
     """Silence that ends the caller's speech (`SpeechStopped`)."""
     dtmf_guard_ms: int = 300
@@ -117,6 +122,8 @@ class BargeInDetector:
         self.echo = EchoPath(self.s.echo)
         self.tones = ToneDetector(self.s.tones)
         self._played_now = FLOOR_DBFS
+        self._judged: tuple[int, int] | None = None
+        """The lag range of the known echo path that set this frame's threshold (None: none known)."""
 
     def played(self, level_db: float) -> None:
         """Level of the frame sent to the caller this tick (FLOOR_DBFS for silence)."""
@@ -157,7 +164,7 @@ class BargeInDetector:
     def threshold_db(self) -> float:
         """Level an inbound frame must exceed to count as caller speech now."""
         t = max(self.s.min_level_dbfs, self.noise_floor + self.s.noise_margin_db)
-        predicted = self.echo.predicted_db()
+        predicted = self.echo.predicted_db(self._played_now)
         if predicted is not None:
             return max(t, predicted + self.s.echo_margin_db)
         ref = self.echo_ref_db  # echo path not known yet: assume the worst over the whole window
@@ -170,11 +177,12 @@ class BargeInDetector:
     ) -> list[MediaEvent]:
         """One inbound frame at `now` (its start time); `agent_speaking`: agent audio is queued for the caller."""
         threshold = self.threshold_db()
+        self._judged = self.echo.lag_range if self.echo.state == "echo" else None
         loud_speech = vad_speech and level_db > threshold and now >= self._dtmf_until
         # fed every frame (it compares with the previous one); its spectrum is taken only when it can matter
         tone = self.tones.process(samples, level_db, needed=loud_speech)
         candidate = loud_speech and not tone
-        if candidate and self.echo.provisional and not self.echo.expects_echo():
+        if candidate and self.echo.provisional and not self.echo.expects_echo(self._played_now):
             self.echo.refute()  # a path taken from bursts, but this sound came where it expects no echo: a person
         self._track(level_db, candidate)
         self.candidate = candidate
@@ -235,6 +243,9 @@ class BargeInDetector:
         known (a known one already sets the threshold)."""
         if now - self._bursts_t > self.s.echo_burst_window_ms / 1000.0:
             self._bursts_t = self._run_start
+        if self.echo.explains_onset(self._run, self.s.echo_margin_db, self._judged):
+            self.echo.learn_last(self._run)
+            return True
         if self.echo.state == "echo":
             return False
         frames = round((now - self._bursts_t) * 1000) // FRAME_MS + 1

@@ -14,14 +14,27 @@ correlate strongly at that lag, so every 200 ms the lag with the best correlatio
 and the median level difference there gives the loss. The detector then expects echo at exactly `level played lag
 frames ago + loss`, instead of assuming the worst over the whole window.
 
+On the wire the delay is longer and moves: 24 echo-only calls of the wire bench, recorded at the gateway
+(2026-11-26), came back after 100-200 ms on their nominal 20 ms legs and 640-700 ms on their 500 ms ones, and on the
+impaired line (1% loss, 20 ms jitter) the best-fitting delay moved by up to 500 ms within a call. Hence a 1 s search
+(`max_lag_frames`), the echo expected over the delays of the last 3 s of estimates (`drift_estimates`), no delay
+taken in the call's first second (its onset in the line noise fitted a 0-20 ms delay), and `explains_onset`: every
+burst about to pause playout is checked against the second before it (and its latter half, for a delay that just
+jumped) at every delay, our silences counted (within our words the echo's level follows ours loosely on the wire, its
+coming and going closely). On the clip set's
+wire-like echo-only clips (`tests.clipset.wire_echo_specs`: 20-800 ms, -56 dBFS noise, clean and with a drifting
+delay and lost frames) that took the agent's pauses from 26 of 72 clips to none, and left the clip set's reaction
+(40 / 69 ms), its 24 echo and 14 backchannel clips as they were.
+
 The estimate learns only from frames where the caller is quiet, so an echo that starts mid-call (the caller turns
 on a speakerphone) looked like caller speech, never taught anything, and paused the agent again and again.
 `explain_burst` takes the frames of the recent paused bursts, caller speech or not: when one lag's played levels
 explain them closely (correlation, a tight and attenuated level difference, quiet wherever nothing was played that
 long before), they were our own audio, and the path starts from them, provisionally: sound above the threshold
 where that path expects no echo is a person, and `refute` restores the path before. On the clip set's 72 agent
-turns whose echo starts 3 s in, the agent paused 571 times before (the path stayed `none` in most) and 127 times
-with it (48 turns once, none more than 7 times, the path `echo` at the end of 67); the clip set's other rows, also
+turns whose echo starts 3 s in, the agent paused 571 times before (the path stayed `none` in most), 127 times with
+it (48 turns once, none more than 7 times, the path `echo` at the end of 67) and 60 with `explains_onset` too (none
+more than twice, the path `echo` at the end of all 72); the clip set's other rows, also
 with callers at -30 and -36 dBFS, and 240 random interruptions and backchannels at -40 to -20 dBFS (half over a
 known echo) confirmed the same barge-ins.
 """
@@ -38,8 +51,13 @@ from media.frames import FLOOR_DBFS
 
 @dataclass(frozen=True)
 class EchoPathSettings:
-    max_lag_frames: int = 30
-    """Longest echo delay looked for, in 20 ms frames (30 = 600 ms: a 500 ms leg plus our own media path)."""
+    max_lag_frames: int = 50
+    """Longest echo delay looked for, in 20 ms frames (50 = 1 s: a 500 ms leg plus our own media path and both
+    jitter buffers, which grow on an impaired line)."""
+    none_lag_frames: int = 30
+    """`none` is decided once what we played this many frames ago (30 = 600 ms) could have come back (or
+    `max_lag_frames`, if shorter): a leg without echo must not hold the cautious start for a whole second. A longer
+    echo found later still makes the path `echo`; until then `explains_onset` keeps it from pausing playout."""
     window_frames: int = 100
     """Frames of history (20 ms each) each estimate correlates: 100 = the last 2 s."""
     every_frames: int = 10
@@ -70,6 +88,24 @@ class EchoPathSettings:
     """... and frames with nothing played around the lag before them must be this far below its median level."""
     burst_max_loss_db: float = -4.5
     """... and the least an echo is attenuated (the median difference): louder is a person, not our audio."""
+    drift_estimates: int = 15
+    """The echo is expected over the range of lags of this many estimates (15 = 3 s) taken since the path was
+    last found elsewhere: the jitter buffers of an impaired line move the delay by a frame or more now and then."""
+    max_drift_frames: int = 6
+    """... as long as those lags stay within this many frames (6 = 120 ms); a lag further off starts a new range."""
+    min_echo_frames: int = 50
+    """No lag is taken as the echo path in the first this many frames of the call (50 = 1 s): on the wire, the echo's
+    onset in the line noise correlated best with what we played 0-20 ms before (until then the cautious start and
+    `explains_onset` hold)."""
+    echo_over_noise_db: float = 6.0
+    """An estimate takes a lag as the echo path only when the returned frames there stand this far (dB, median) over
+    the quietest tenth of the window: a chance correlation early in the call put an echo in the line noise."""
+    onset_context_frames: int = 50
+    """`explains_onset`: inbound frames before a burst (50 = 1 s) that may show it is our own echo at some lag."""
+    onset_min_frames: int = 5
+    """... of which this many must have met audio we played at that lag."""
+    corr_onset: float = 0.6
+    """... and correlate (0-1) with it."""
 
 
 class EchoPath:
@@ -89,9 +125,11 @@ class EchoPath:
         self.state = "unknown"
         """`unknown` (not enough played audio yet), `echo` (lag and loss known) or `none` (no audible echo)."""
         self.lag = 0
+        self._lags: deque[int] = deque(maxlen=self.s.drift_estimates)
+        """The lags of the recent estimates that found the echo (`drift_estimates`)."""
         self.loss_db = 0.0
         self.corr = 0.0
-        self._before: tuple[str, int, float, float] | None = None
+        self._before: tuple[str, int, float, float, list[int]] | None = None
         """The path before one taken from bursts (`explain_burst`), until the estimate confirms it."""
 
     def push(self, played_db: float, inbound_db: float, learn: bool) -> None:
@@ -103,31 +141,43 @@ class EchoPath:
         if self._tick % self.s.every_frames == 0:
             self._estimate()
 
-    def predicted_db(self) -> float | None:
-        """Expected echo level of the current inbound frame: None when unknown, FLOOR_DBFS when there is none."""
+    def predicted_db(self, played_now: float) -> float | None:
+        """Expected echo level of this tick's inbound frame, before `push` (`played_now`: this tick's outbound
+        level): None when unknown, FLOOR_DBFS when there is none."""
         if self.state == "unknown":
             return None
         if self.state == "none":
             return FLOOR_DBFS
-        i = len(self._ref) - 1 - self.lag
-        k = self.s.spread_frames
-        return max(self._ref[j] for j in range(i - k, min(i + k, len(self._ref) - 1) + 1)) + self.loss_db
+        return self._near_played(played_now) + self.loss_db
 
     @property
     def provisional(self) -> bool:
         """The path was taken from bursts and the estimate has not confirmed it yet."""
         return self._before is not None
 
-    def expects_echo(self) -> bool:
-        """Whether we played audio around `lag` frames ago (so the current inbound frame may hold its echo)."""
-        i = len(self._ref) - 1 - self.lag
-        k = self.s.spread_frames
-        return max(self._ref[j] for j in range(i - k, min(i + k, len(self._ref) - 1) + 1)) > self.s.active_dbfs
+    def expects_echo(self, played_now: float) -> bool:
+        """Whether we played audio around `lag` frames ago (so this tick's inbound frame, before `push`, may hold
+        its echo)."""
+        return self._near_played(played_now) > self.s.active_dbfs
+
+    @property
+    def lag_range(self) -> tuple[int, int]:
+        """The lags the echo has come back at lately (`drift_estimates`), `lag` included."""
+        return min(self._lags, default=self.lag), max(self._lags, default=self.lag)
+
+    def _near_played(self, played_now: float) -> float:
+        """The loudest frame we played `lag_range` frames before this tick's (`played_now`, not pushed yet), give
+        or take `spread_frames`."""
+        lo, hi = self.lag_range
+        now, k = len(self._ref), self.s.spread_frames
+        ref = self._ref
+        return max(ref[j] if j < now else played_now for j in range(now - hi - k, min(now - lo + k, now) + 1))
 
     def refute(self) -> None:
         """Drop a path taken from bursts (sound came back where it predicts none): back to the one before."""
         if self._before is not None:
-            self.state, self.lag, self.loss_db, self.corr = self._before
+            self.state, self.lag, self.loss_db, self.corr, lags = self._before
+            self._lags = deque(lags, maxlen=self.s.drift_estimates)
             self._before = None
 
     def _estimate(self) -> None:
@@ -140,9 +190,10 @@ class EchoPath:
             return  # nothing learnable (the caller talked, or we played nothing): the estimate cannot change
         n = len(ref)
         # the echo of what we played window..max_lag frames ago, at any lag looked for, has come back within x
-        covered = int((active[n - s.max_lag_frames - s.window_frames : n - s.max_lag_frames] & valid).sum())
+        lag_n = min(s.none_lag_frames, s.max_lag_frames)
+        covered = int((active[n - lag_n - s.window_frames : n - lag_n] & valid).sum())
         covered_enough = covered >= s.min_active_frames
-        returned = ref[n - s.window_frames : n - s.max_lag_frames]
+        returned = ref[n - s.window_frames : n - lag_n]
         if covered_enough and x[valid].max() < returned.max() - s.none_loss_db:
             self.state, self.corr = "none", 0.0
             return
@@ -156,15 +207,65 @@ class EchoPath:
         best_lag = int(np.argmax(c))
         best_c, best_mask = float(c[best_lag]), m[best_lag]
         self.corr = best_c
-        if best_c >= s.corr_echo:
+        if best_c >= s.corr_echo and self._tick >= s.min_echo_frames and percentile(x[best_mask], 50.0) >= (
+                percentile(x[valid], 10.0) + s.echo_over_noise_db):
             self._before = None
             y = ref[n - best_lag - s.window_frames : n - best_lag]
             self.state, self.lag = "echo", best_lag
+            if self._lags and max(abs(best_lag - lo) for lo in self.lag_range) > s.max_drift_frames:
+                self._lags.clear()
+            self._lags.append(best_lag)
             # a high percentile, not the median: codecs, jitter and frames that straddle two of ours spread the
             # echo's level around its mean by several dB (on the wire, a -12 dB echo came back up to 7 dB louder)
             self.loss_db = percentile(x[best_mask] - y[best_mask], s.loss_percentile)
         elif best_c < s.corr_none and covered_enough and (self.state != "echo" or bool(np.isfinite(c[self.lag]))):
             self.state = "none"  # an echo known at a lag is only ruled out by frames at that lag
+
+    def learn_last(self, frames: int) -> None:
+        """The last `frames` inbound frames were our own echo after all (`explains_onset`): learn from them."""
+        w = self.s.window_frames
+        k = min(frames, w)
+        self._in = deque(list(self._in)[: w - k] + list(self._all)[w - k :], maxlen=w)
+
+    def explains_onset(self, run: int, margin_db: float, judged: tuple[int, int] | None) -> bool:
+        """Whether the last `run` inbound frames (a burst about to pause playout) are our own echo: at the lag up to
+        `max_lag_frames` where the `onset_context_frames` before them (or the latter half of those, when the delay
+        has just jumped) follow what we played best, every frame of the burst stays within `margin_db` of the echo
+        expected there (loss as in the estimate). So an echo path that is still unknown, wrongly taken for none, or
+        moved by jitter buffers cannot pause playout with our own audio; `judged`, the lag range of the known path
+        that set the burst's threshold, has already judged a burst at a lag within it."""
+        s = self.s
+        full = min(s.onset_context_frames, s.window_frames - run, self._tick - run)  # early in the call: what there is
+        return any(self._explains(run, ctx, margin_db, judged) for ctx in dict.fromkeys((full, full // 2)))
+
+    def _explains(self, run: int, ctx: int, margin_db: float, judged: tuple[int, int] | None) -> bool:
+        s = self.s
+        k = ctx + run
+        x = np.asarray(self._all, dtype=np.float64)[-k:]
+        if run <= 0 or ctx <= 0 or np.isnan(x).any():
+            return False
+        ref = np.asarray(self._ref, dtype=np.float64)
+        ys = ref[self._rows[:, -k:]]
+        m = ys > s.active_dbfs
+        m[:, -run:] = False  # the context only: the burst itself may be the caller
+        # every frame of the context, our silences included (raised to `active_dbfs`): on the wire, the echo's
+        # level within our words follows ours loosely (codec, lost packets), its coming and going closely (a call
+        # recorded on the wire: 0.96 at its true lag, where our words alone gave 0.88 at another)
+        context = np.ones_like(m)
+        context[:, -run:] = False
+        c = _lag_correlations(x, np.maximum(ys, s.active_dbfs), context, s.onset_min_frames)
+        if c is None:
+            return False
+        c[m.sum(axis=1) < s.onset_min_frames] = -np.inf
+        lag = int(np.argmax(c))
+        if c[lag] < s.corr_onset or (judged is not None and judged[0] <= lag <= judged[1]):
+            return False
+        loss = percentile(x[m[lag]] - ys[lag][m[lag]], s.loss_percentile)
+        n = len(ref)
+        # the loudest frame played within spread_frames of `lag` before each frame of the burst
+        idx = n - run - lag + np.arange(run)[:, None] + np.arange(-s.spread_frames, s.spread_frames + 1)[None, :]
+        near = ref[np.clip(idx, 0, n - 1)].max(axis=1)
+        return bool((x[-run:] <= near + loss + margin_db).all())
 
     def explain_burst(self, frames: int) -> int | None:
         """The lag at which the last `frames` inbound frames (bursts the detector took for the caller) are our own
@@ -196,8 +297,9 @@ class EchoPath:
         spread = loss - percentile(d, 100.0 - s.loss_percentile)
         if spread > s.burst_spread_db or percentile(d, 50.0) > s.burst_max_loss_db:
             return None
-        self._before = (self.state, self.lag, self.loss_db, self.corr)
+        self._before = (self.state, self.lag, self.loss_db, self.corr, list(self._lags))
         self.state, self.lag, self.loss_db, self.corr = "echo", lag, loss, float(c[lag])
+        self._lags.clear()
         self._in = deque([np.nan] * (s.window_frames - k) + list(x), maxlen=s.window_frames)
         return lag
 

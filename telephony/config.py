@@ -282,8 +282,12 @@ _DETECTOR, _ECHO, _TONES = DetectorSettings(), EchoPathSettings(), ToneSettings(
 class EchoPathConfig(_Strict):
     """`barge_in.advanced.echo_path`: how the echo path's delay and loss are estimated (media/echo_path.py)."""
 
-    max_lag_frames: int = Field(_ECHO.max_lag_frames, ge=1, le=50)
-    """Longest echo delay looked for, in 20 ms frames (30 = 600 ms: a 500 ms leg plus our own media path)."""
+    max_lag_frames: int = Field(_ECHO.max_lag_frames, ge=1, le=100)
+    """Longest echo delay looked for, in 20 ms frames (50 = 1 s: a 500 ms leg, our own media path and both jitter
+    buffers)."""
+    none_lag_frames: int = Field(_ECHO.none_lag_frames, ge=1, le=100)
+    """`none` (no echo) is decided once what we played this many 20 ms frames ago could have come back (or
+    `max_lag_frames`, if that is shorter)."""
     window_frames: int = Field(_ECHO.window_frames, ge=20, le=500)
     """20 ms frames of history each estimate correlates (100 = 2 s)."""
     every_frames: int = Field(_ECHO.every_frames, ge=1, le=100)
@@ -312,6 +316,22 @@ class EchoPathConfig(_Strict):
     """... how far (dB) below their median level frames with nothing played before them must be."""
     burst_max_loss_db: float = Field(_ECHO.burst_max_loss_db, ge=-60, le=0)
     """... the least an echo is attenuated (median difference, dB): louder is a person, not our audio."""
+    drift_estimates: int = Field(_ECHO.drift_estimates, ge=1, le=100)
+    """The echo is expected over the lags of this many recent estimates (jitter buffers move the delay)."""
+    max_drift_frames: int = Field(_ECHO.max_drift_frames, ge=0, le=50)
+    """... while they stay within this many 20 ms frames of each other."""
+    min_echo_frames: int = Field(_ECHO.min_echo_frames, ge=0, le=1000)
+    """No delay is taken as the echo path in the call's first this many 20 ms frames (a chance fit at its start)."""
+    echo_over_noise_db: float = Field(_ECHO.echo_over_noise_db, ge=0, le=60)
+    """A lag is the echo path only when the returned frames there stand this far (dB) over the window's quietest
+    tenth."""
+    onset_context_frames: int = Field(_ECHO.onset_context_frames, ge=2, le=500)
+    """A burst about to pause playout is our own echo when the 20 ms frames this far before it follow what we played
+    at one lag (at most `window_frames`) ..."""
+    onset_min_frames: int = Field(_ECHO.onset_min_frames, ge=2, le=500)
+    """... with this many of them met by our audio at that lag ..."""
+    corr_onset: float = Field(_ECHO.corr_onset, gt=0, le=1)
+    """... correlating this well (0-1), and the burst stays within `echo_margin_db` of the echo expected there."""
 
     @model_validator(mode="after")
     def _consistent(self) -> EchoPathConfig:
@@ -320,6 +340,10 @@ class EchoPathConfig(_Strict):
         if self.min_active_frames > self.window_frames:
             raise _field_error("min_active_frames", f"min_active_frames ({self.min_active_frames}) must not exceed "
                                f"window_frames ({self.window_frames}): no estimate could ever decide")
+        if self.onset_min_frames > min(self.onset_context_frames, self.window_frames):
+            raise _field_error("onset_min_frames", f"onset_min_frames ({self.onset_min_frames}) must not exceed "
+                               f"onset_context_frames ({self.onset_context_frames}) or window_frames "
+                               f"({self.window_frames}): no burst could ever be explained")
         return self
 
 
@@ -341,7 +365,8 @@ class BargeInAdvancedConfig(_Strict):
     min_level_dbfs: float = Field(_DETECTOR.min_level_dbfs, ge=-96, le=0)
     """Inbound frames at or below this level (dBFS) are never caller speech."""
     echo_window_ms: int = Field(_DETECTOR.echo_window_ms, ge=20, le=2000)
-    """Until the echo path is known, the loudest frame played this long ago bounds the echo expected now."""
+    """Until the echo path is known, the loudest frame played this long ago bounds the echo expected now (1000: as
+    long as the longest delay the echo path looks for)."""
     speech_hangover_ms: int = Field(_DETECTOR.speech_hangover_ms, ge=20, le=5000)
     """Silence that ends the caller's speech."""
     dtmf_guard_ms: int = Field(_DETECTOR.dtmf_guard_ms, ge=0, le=5000)

@@ -18,7 +18,7 @@ import numpy as np
 from media.barge_in import DetectorSettings
 from media.events import BargeInConfirmed, BargeInPaused, BargeInResumed
 from tests import audio
-from tests.unit.sim import simulate
+from tests.unit.sim import WireLine, simulate
 
 PROMPTS = Path("/usr/share/asterisk/sounds/en")
 AGENT_PROMPTS = (
@@ -119,6 +119,25 @@ class ClipSpec:
     echo_db: float | None = None
     echo_delay_ms: int = 100
     noise_snr_db: float | None = None
+    line: WireLine | None = None
+
+
+WIRE_ECHO_DELAYS_MS = (20, 100, 250, 500, 650, 800)
+"""The wire's echo-only callers return 20-500 ms late; our media path and both jitter buffers add up to ~300 ms."""
+WIRE_CLEAN = WireLine(noise_dbfs=-56.0)
+WIRE_IMPAIRED = WireLine(drift_ms=120.0, loss=0.01, noise_dbfs=-56.0)
+"""The bench's impaired line (1% loss, 20 ms jitter): jitter buffers that grow by up to 120 ms in 20 ms steps."""
+
+
+def wire_echo_specs() -> list[ClipSpec]:
+    """Echo-only clips as the wire bench's callers make them: echo from the agent's first frame, line noise at
+    -56 dBFS (30 dB under a nominal -26 dBov talker), every delay of WIRE_ECHO_DELAYS_MS with the losses taken in
+    turn, on a clean and on an impaired line."""
+    agents = agent_turns()
+    return [ClipSpec("echo", k, None, 0.0, agents[k].size / 16000, k * 10 + i,
+                     -float(ECHO_LOSS_DB[(k + i) % len(ECHO_LOSS_DB)]), d, None, line)
+            for line in (WIRE_CLEAN, WIRE_IMPAIRED) for k in range(len(agents))
+            for i, d in enumerate(WIRE_ECHO_DELAYS_MS)]
 
 
 def clip_specs(echo_loss_db: tuple[int, ...] = ECHO_LOSS_DB) -> list[ClipSpec]:
@@ -178,7 +197,8 @@ def evaluate(
         sound = None if c.caller is None else (bcs if c.kind == "backchannel" else callers)[c.caller]
         r = simulate(agents[c.agent], sound, caller_at_s=c.caller_at_s, echo_db=c.echo_db,
                      echo_delay_ms=c.echo_delay_ms, noise_snr_db=c.noise_snr_db, seconds=c.seconds,
-                     settings=settings, seed=c.seed, inbound_filter=inbound_filter(c) if inbound_filter else None)
+                     settings=settings, seed=c.seed, inbound_filter=inbound_filter(c) if inbound_filter else None,
+                     line=c.line)
         if c.kind == "interrupt":
             assert r.caller_frame is not None
             if r.first(BargeInConfirmed) is None:

@@ -38,6 +38,31 @@ class SimResult:
         return last
 
 
+@dataclass(frozen=True)
+class WireLine:
+    """How a real leg bends the echo: a delay that wanders as both jitter buffers grow and shrink, lost packets
+    concealed by a repeated frame, and line noise at an absolute level (the wire bench's echo-only caller)."""
+
+    drift_ms: float = 0.0
+    """The echo's delay wanders between its nominal value and this much more, in steps of `step_ms`."""
+    step_ms: float = 20.0
+    every_s: float = 0.5
+    """How often the delay may step (a jitter buffer adapts every few hundred ms)."""
+    loss: float = 0.0
+    """Share of inbound frames lost."""
+    noise_dbfs: float | None = None
+    """White line noise at this level (dBFS), instead of `noise_snr_db` under the agent."""
+
+    def delays_ms(self, base_ms: float, frames: int, rng: np.random.Generator) -> np.ndarray:
+        """The echo's delay in each frame: a bounded random walk from `base_ms`."""
+        out, d, every = np.empty(frames), 0.0, max(1, round(self.every_s * 50))
+        for k in range(frames):
+            if k % every == 0 and self.drift_ms > 0:
+                d = float(np.clip(d + rng.choice((-1.0, 0.0, 1.0)) * self.step_ms, 0.0, self.drift_ms))
+            out[k] = base_ms + d
+        return out
+
+
 def tone(freqs: tuple[float, float], seconds: float, level_db: float = -20.0) -> np.ndarray:
     t = np.arange(int(seconds * 16000)) / 16000
     x = sum(np.sin(2 * np.pi * f * t) for f in freqs)
@@ -59,11 +84,13 @@ def simulate(
     after_frame: Callable[[float, CallMedia, bytes], None] | None = None,
     words_wait_ms: int | None = None,
     words_confirm_early: bool = True,
+    line: WireLine | None = None,
 ) -> SimResult:
     """`echo_from_s`: the line returns the agent's audio only from then on (a caller who turns on a speakerphone).
     `inbound_filter(played, inbound)`, when given, cleans each inbound frame before the detector sees it;
     `after_frame(t, media, frame)` is called after each inbound frame (an agent's verdicts: `media.decide`);
-    `words_wait_ms`, `words_confirm_early`: the agent hears words (`CallMedia.hold_for_words`)."""
+    `words_wait_ms`, `words_confirm_early`: the agent hears words (`CallMedia.hold_for_words`);
+    `line`: the echo comes back as over a real leg (`WireLine`: drift, lost frames, absolute noise level)."""
     events: list[MediaEvent] = []
     media = CallMedia(events.append, settings)
     media.hold_for_words(words_wait_ms, words_confirm_early)
@@ -72,20 +99,31 @@ def simulate(
     noise_db = audio.rms_db(agent) - noise_snr_db if noise_snr_db is not None else None
     start = int(caller_at_s * 50)
     sent: list[bytes] = []
-    delay = int(echo_delay_ms * 16)  # in samples: phone legs' delays are no multiple of our 20 ms frames
-    sent_x = np.zeros(delay + FRAME_SAMPLES)
-    for k in range(int(seconds * 50)):
+    if line is not None and line.noise_dbfs is not None:
+        noise_db = line.noise_dbfs
+    frames = int(seconds * 50)
+    delays = line.delays_ms(echo_delay_ms, frames, rng) if line is not None else np.full(frames, echo_delay_ms)
+    lost = rng.random(frames) < line.loss if line is not None else np.zeros(frames, dtype=bool)
+    delay_max = int(delays.max() * 16)  # in samples: phone legs' delays are no multiple of our 20 ms frames
+    hist = np.zeros(delay_max + frames * FRAME_SAMPLES)
+    """Everything we sent, after `delay_max` samples of silence before the call."""
+    prev = np.zeros(FRAME_SAMPLES)
+    for k in range(frames):
         t = k * 0.02
         sent.append(media.next_outbound(t))
-        sent_x = np.concatenate([sent_x[FRAME_SAMPLES:], audio.to_array(sent[-1])])
+        hist[delay_max + k * FRAME_SAMPLES : delay_max + (k + 1) * FRAME_SAMPLES] = audio.to_array(sent[-1])
         x = np.zeros(FRAME_SAMPLES)
         if caller is not None and k >= start:
             seg = caller[(k - start) * FRAME_SAMPLES : (k - start + 1) * FRAME_SAMPLES]
             x[: seg.size] += seg
         if echo_db is not None and t >= echo_from_s:
-            x += sent_x[: FRAME_SAMPLES] * 10 ** (echo_db / 20)
+            i = delay_max + (k + 1) * FRAME_SAMPLES - int(delays[k] * 16) - FRAME_SAMPLES
+            x += hist[i : i + FRAME_SAMPLES] * 10 ** (echo_db / 20)
         if noise_db is not None:
             x += rng.standard_normal(FRAME_SAMPLES) * 32768 * 10 ** (noise_db / 20)
+        if lost[k]:
+            x = prev * 0.5  # a lost packet, concealed by repeating the last frame half as loud
+        prev = x
         if inbound_filter is not None:
             x = inbound_filter(audio.to_array(sent[-1]), x)
         pcm = audio.to_pcm(x)

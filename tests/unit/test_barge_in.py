@@ -81,3 +81,13 @@ def test_a_quiet_caller_whose_words_fit_our_audio_by_chance_still_barges_in():
     caller = audio.scale_to_db(clipset.caller_utterances()[3], -30.0)
     r = simulate(clipset.agent_turns()[1], caller, caller_at_s=1.3, noise_snr_db=30, seconds=6.0, seed=193)
     assert r.first(BargeInConfirmed) is not None
+
+
+def test_caller_speech_over_a_drifting_echo_on_an_impaired_line_still_interrupts(clips):
+    """The echo of an impaired line (delay drifting 250-370 ms, lost frames, -56 dBFS noise) is known over a range of
+    lags; a caller talking over it still pauses the agent at once."""
+    r = simulate(clips.agent, clips.caller, caller_at_s=2.5, echo_db=-12, echo_delay_ms=250, seconds=5.5,
+                 line=clipset.WIRE_IMPAIRED)
+    assert r.first(BargeInConfirmed) is not None
+    assert r.caller_frame is not None
+    assert r.last_agent_frame_after(r.caller_frame) - r.caller_frame <= MAX_REACTION_FRAMES
