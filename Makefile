@@ -52,14 +52,10 @@ test: deps
 	$(VENV)/bin/mypy telephony media agents
 	$(PY) -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=15 tests
 
+# Every module runs even when one misses a target (bench.run exits 1 then); make bench fails at the end if any did.
 bench: deps bench-extra
-	$(PY) -m bench.run
-	$(PY) -m bench.cascaded
-	$(PY) -m bench.s2s
-	$(PY) -m bench.turns
-	$(PY) -m bench.transports
-	$(PY) -m bench.scale
-	$(PY) -m bench.load
+	@status=0; for m in run cascaded s2s turns transports scale load; do \
+	  echo "$(PY) -m bench.$$m"; $(PY) -m bench.$$m || status=1; done; exit $$status
 
 # The call soak (bench/soak.py: SOAK_S=600 seconds of SOAK_C concurrent echo calls, by default 80% of the maximum in
 # bench/results/load.json through as many workers as it was measured with, else 6 through 2; make test runs 12 s of 2), then malformed SIP at a worker and at the front door,
