@@ -89,7 +89,7 @@ class CallMedia:
     def _apply(self, now: float, events: list[MediaEvent]) -> list[MediaEvent]:
         """Pause, resume or flush playout as the detector's events say (under the lock); the events with the
         flush's."""
-        for ev in list(events):
+        for ev in events:
             if isinstance(ev, BargeInPaused):
                 self.playout.pause()
             elif isinstance(ev, BargeInResumed):

@@ -9,7 +9,6 @@ loop runs; call objects are released by the loop after pjsua has finished with t
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import queue
 import re
@@ -34,6 +33,7 @@ from telephony.logs import event, event_at
 from telephony.media_port import PortPool, check_frame_layout
 from telephony.nat import DialogRoutes, nat_route
 from telephony.outbound import DialRefusedError
+from telephony.pjsua_c import max_call_count
 from telephony.sip_headers import call_metadata, original_called, request_parts
 from telephony.sip_trace import MESSAGE_LEVEL, SipTrace
 from telephony.sips import needs_sips_contact
@@ -78,9 +78,7 @@ and 5.2 ms with 20 ms (measured, one run each, load 8-10)."""
 
 def compiled_max_calls() -> int:
     """The call limit the loaded pjsua library really applies (after libInit)."""
-    lib = ctypes.CDLL(pj._pjsua2.__file__)
-    lib.pjsua_call_get_max_count.restype = ctypes.c_uint
-    return int(lib.pjsua_call_get_max_count())
+    return max_call_count()
 
 
 def _tls_settings(tls: Any, cfg: SipTlsConfig) -> None:

@@ -38,9 +38,9 @@ from media.frames import FRAME_BYTES, FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, SILE
 from media.pipeline import CallMedia
 from telephony.errors import PjsuaBuildError, VoicegateError
 from telephony.logs import event
+from telephony.pjsua_c import lib as _lib
 
 _AUDIO = int(pj.PJMEDIA_FRAME_TYPE_AUDIO)
-_lib = ctypes.CDLL(pj._pjsua2.__file__)  # the pjmedia/pjsua C API inside pjsua2's extension
 _FRAME_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
 _DESTROY_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
 _INFO_BYTES = 64

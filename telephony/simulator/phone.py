@@ -13,7 +13,6 @@ free call slot (`can_dial`: a hung-up call holds its slot until the far end answ
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import sys
 import threading
@@ -29,6 +28,7 @@ from media.frames import FRAME_BYTES, FRAME_SAMPLES, SAMPLE_RATE, SILENCE, level
 from telephony.call_ids import Graveyard, owns
 from telephony.endpoint import EXPECTED_MAX_CALLS
 from telephony.media_port import audio_format, read_buf, write_buf
+from telephony.pjsua_c import call_count
 from telephony.simulator.calllog import CallLog
 from telephony.simulator.impair import ImpairError, Impairment, SdpProxy, hop
 from telephony.simulator.relay_tls import TlsOptions, is_tls
@@ -358,8 +358,6 @@ class Phone:
         self._ports: list[PhonePort] = []
         self._free: list[PhonePort] = []
         self._released = Graveyard()
-        self._lib = ctypes.CDLL(pj._pjsua2.__file__)
-        self._lib.pjsua_call_get_count.restype = ctypes.c_uint
 
     def _tls_transport(self, tls: TlsOptions) -> Any:
         """pjsua's TLS: it trusts the proxy's certificate (when there is a proxy) and the options' CA."""
@@ -458,7 +456,7 @@ class Phone:
 
     def can_dial(self) -> bool:
         """pjsua has a free call slot (a hung-up call holds its slot until the far end answered the BYE)."""
-        return int(self._lib.pjsua_call_get_count()) < EXPECTED_MAX_CALLS
+        return call_count() < EXPECTED_MAX_CALLS
 
     @property
     def releasing(self) -> int:
