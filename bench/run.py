@@ -44,13 +44,18 @@ def pct(xs: list[float], q: float) -> float:
     return round(float(np.percentile(np.asarray(xs, dtype=np.float64), q)), 1) if xs else float("nan")
 
 
+def interrupter_wav(tmp: Path) -> Path:
+    """The caller's interruption for the reaction rows: espeak-ng's sentence, telephone band, at -23 dBFS."""
+    caller = audio.scale_to_db(audio.telephone_band(audio.trim(audio.espeak(audio.CALLER_SENTENCE))), -23.0)
+    return audio.write_wav(tmp / "caller.wav", caller)
+
+
 def barge_in(gw: Gateway, tmp: Path, trials: int, seed: int) -> dict[str, Any]:
     """`trials` reactions; a caller who began in a pause between the agent's sentences (nothing to stop) does not
     count, and another call is made, up to 2 x `trials` calls. A reaction of 0 ms or less: the agent stopped on the
     caller's first quiet sound, before the onset the issue defines (the first frame within 20 dB of the peak)."""
     rng = random.Random(seed)
-    caller = audio.scale_to_db(audio.telephone_band(audio.trim(audio.espeak(audio.CALLER_SENTENCE))), -23.0)
-    wav = audio.write_wav(tmp / "caller.wav", caller)
+    wav = interrupter_wav(tmp)
     reactions: list[float] = []
     silent = 0
     for i in range(2 * trials):
@@ -105,8 +110,7 @@ def barge_in_impaired(gw: Gateway, tmp: Path, trials: int, seed: int) -> dict[st
     `barge_in` (the simulator measures them the same way), with the RTP jitter the simulated phone measured. A
     quarter more calls than `trials` are made, for those that begin in a pause of the agent's."""
     rng = random.Random(seed)
-    caller = audio.scale_to_db(audio.telephone_band(audio.trim(audio.espeak(audio.CALLER_SENTENCE))), -23.0)
-    wav = audio.write_wav(tmp / "caller.wav", caller)
+    wav = interrupter_wav(tmp)
     docs = []
     for i in range(trials + trials // 4):
         step = {"interrupt": {"play": str(wav), "after_ms": round(rng.uniform(1500, 3000)), "expect_stop_ms": 1000}}
