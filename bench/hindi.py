@@ -22,11 +22,9 @@ import numpy as np
 from agents.speech.asr import Audio, pcm16_to_float
 from agents.speech.whisper_asr import WhisperAsr
 from agents.speech.whisper_model import whisper_base_dir
-from media.g711 import ulaw_decode, ulaw_encode
-from media.resample import resample
 from tests import audio
 from tests.integration.peers import ROOT
-from tests.prompts import edit_distance, wer
+from tests.prompts import edit_distance, g711_round_trip, wer
 
 RESULTS = ROOT / "bench" / "results"
 TURNS = (
@@ -83,8 +81,7 @@ def devanagari_share(text: str) -> float:
 
 
 def _g711(x: np.ndarray) -> Audio:
-    pcm = resample(audio.to_pcm(x), 16000, 8000)
-    return pcm16_to_float(resample(ulaw_decode(ulaw_encode(pcm)), 8000))
+    return pcm16_to_float(g711_round_trip(audio.to_pcm(x), 16000))
 
 
 def turns() -> list[Audio]:

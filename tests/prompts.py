@@ -51,7 +51,11 @@ def prompts(n: int, min_words: int = 3, max_words: int = 20) -> list[Prompt]:
 def through_g711(path: Path) -> bytes:
     """The prompt as 16 kHz PCM16 after a mu-law round trip at 8 kHz."""
     with wave.open(str(path)) as w:
-        pcm, rate = w.readframes(w.getnframes()), w.getframerate()
+        return g711_round_trip(w.readframes(w.getnframes()), w.getframerate())
+
+
+def g711_round_trip(pcm: bytes, rate: int) -> bytes:
+    """PCM16 at `rate` as 16 kHz PCM16 after a mu-law round trip at 8 kHz."""
     if rate != 8000:
         pcm = resample(pcm, rate, 8000)
     return resample(ulaw_decode(ulaw_encode(pcm)), 8000)
