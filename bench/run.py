@@ -140,8 +140,8 @@ def echo_round_trip(gw: Gateway, tmp: Path, trials: int) -> dict[str, Any]:
     wav = audio.write_wav(tmp / "speech.wav", speech)
     sipp_port = free_port()
     sipp = subprocess.Popen(
-        ["sipp", "-sn", "uas", "-rtp_echo", "-i", "127.0.0.1", "-p", str(sipp_port), "-mp", "48600", "-nostdin",
-         "-m", str(trials), "-timeout", "300"],
+        ["sipp", "-sn", "uas", "-rtp_echo", "-i", "127.0.0.1", "-p", str(sipp_port), "-mp", str(rtp_range(4)[0]),
+         "-nostdin", "-m", str(trials), "-timeout", "300"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp,
     )
     time.sleep(0.5)
@@ -248,7 +248,7 @@ def cpu_per_call_second(gw: Gateway, tmp: Path, seconds: float = 10.0, rounds: i
     """CPU of the answering process per echo call-second, 4 calls at once: voicegate vs a bare pjsua2 bridge echo,
     `rounds` interleaved runs of each (one 10 s sample moved the ratio between 1.49x and 2.27x); the medians."""
     port = free_port()
-    bridge = subprocess.Popen([sys.executable, "-m", "bench.bridge_echo", str(port), "48400"],
+    bridge = subprocess.Popen([sys.executable, "-m", "bench.bridge_echo", str(port), str(rtp_range(40)[0])],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
     try:
         assert bridge.stdout is not None

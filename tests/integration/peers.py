@@ -36,17 +36,31 @@ def free_port() -> int:
     raise RuntimeError("no free port")
 
 
+def _rtp_space() -> tuple[int, int]:
+    """Ports for the tests' RTP outside the kernel's ephemeral range, so that no socket bound to port 0 (a gateway's
+    SIP port from `free_port`, an HTTP client) takes one from under a peer: sipp failed in CI with "Unable to bind
+    video RTP socket ... Address already in use" when its block lay in 32768-60999. Above 21000, clear of the
+    shipped config's 20000-20999."""
+    try:
+        eph_lo, eph_hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        eph_lo, eph_hi = 32768, 60999
+    below, above = (21000, eph_lo - 1), (eph_hi + 1, 65535)
+    return max(below, above, key=lambda r: r[1] - r[0])
+
+
 _WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 _WORKERS = 3
-_RTP_SPAN = 31000 // _WORKERS
-_RTP_LO = 30000 + (_WORKER % _WORKERS) * _RTP_SPAN
-"""Each pytest-xdist worker (make test runs three) gets a third of 30000-60999, away from the gateway."""
-_rtp_next = [_RTP_LO + (os.getpid() % 40) * 200]
+_SPACE = _rtp_space()
+_RTP_SPAN = (_SPACE[1] - _SPACE[0] + 1) // _WORKERS
+_RTP_LO = _SPACE[0] + (_WORKER % _WORKERS) * _RTP_SPAN
+"""Each pytest-xdist worker (make test runs three) gets a third of the space."""
+_rtp_next = [_RTP_LO + (os.getpid() * 200) % (_RTP_SPAN - 200)]
 _rtp_lock = threading.Lock()
 
 
 def rtp_range(size: int = 40, avoid: Sequence[tuple[int, int]] = ()) -> tuple[int, int]:
-    """A block of RTP ports for one peer; blocks wrap within this worker's third of 30000-60999. `avoid`: blocks
+    """A block of RTP ports for one peer; blocks wrap within this worker's third of `_rtp_space()`. `avoid`: blocks
     still in use (a gateway's range while callers come and go), which a wrapped block must not overlap: a caller
     bound in a worker's range left that worker no port for its calls' RTP (bench/load.py's 503s)."""
     with _rtp_lock:

@@ -57,10 +57,12 @@ def test_a_shorter_echo_delay_search_lets_a_250_ms_echo_pause_the_agent(clips):
 
 
 def test_a_tone_rejector_that_wants_all_the_energy_in_two_peaks_lets_a_key_tone_pause_the_agent(clips):
+    # at 2 s the echo path is known (none): at 1 s the worst-case echo threshold still hid a -15 dBFS tone from the
+    # detector for 7 of 30 piper renderings of the prompt (piper's output differs per run; CI renders it afresh)
     key = np.concatenate([tone((770, 1336), 0.2, -15), np.zeros(1600), tone((852, 1477), 0.2, -15)])
-    assert simulate(clips.agent, key, caller_at_s=1.0, seconds=3.0, settings=settings()).count(BargeInPaused) == 0
+    assert simulate(clips.agent, key, caller_at_s=2.0, seconds=4.0, settings=settings()).count(BargeInPaused) == 0
     s = settings("  advanced:\n    tones:\n      min_share: 1.0\n")
-    assert simulate(clips.agent, key, caller_at_s=1.0, seconds=3.0, settings=s).count(BargeInPaused) > 0
+    assert simulate(clips.agent, key, caller_at_s=2.0, seconds=4.0, settings=s).count(BargeInPaused) > 0
 
 
 def test_a_higher_speech_level_keeps_a_minus_23_dbfs_caller_from_barging_in(clips):
