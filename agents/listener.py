@@ -195,8 +195,7 @@ class Listener:
                 raise
             return None, None  # a failed partial only costs its hint; the final pass reports the error
         trace("asr_pass", final=final, audio_s=round(len(pcm) / 2 / SAMPLE_RATE, 2), ran=result is not None,
-              wait_ms=round(timing.wait_s * 1000, 1), run_ms=round(timing.run_s * 1000, 1),
-              cpu_ms=round(timing.cpu_s * 1000, 1))
+              **timing.ms())
         if result is not None and until >= self._best_until:
             self._best, self._best_until = result, until  # also a good hint for a continued turn
             if turn == self._turn:

@@ -1,10 +1,13 @@
 """Issue #10's targets, checked against the results bench/run.py writes (foundation.json's shape): a pure function
 of the results dict, one verdict per target whose figures are in it.
 
-- reaction: p95 <= 100 ms over >= 20 calls, on the clean line and on the impaired one (the issue asks for "the
-  same figures on an impaired line", so the same targets hold there);
-- echo-only callers: 0 of >= 20 calls paused or stopped (a pause for echo is an audible gap of the agent's);
-- backchannel callers: <= 1 of >= 20 calls stopped (pauses are expected there and reported, not judged);
+- reaction: p95 <= 100 ms over >= 20 calls, on the loopback line. The impaired line's reaction is reported beside
+  it, not judged: the issue sets its targets on loopback and asks for "the same figures on an impaired line ...
+  reported beside the clean ones", and that line's own delay is in the figure (the relay holds each packet 0-40 ms
+  each way, and both ends' jitter buffers deepen for it: the phone's from 20-33 to 31-36 ms, measured);
+- echo-only callers: 0 of >= 20 calls paused or stopped (a pause for echo is an audible gap of the agent's), on both
+  lines: jitter and loss excuse no stop for our own echo;
+- backchannel callers: <= 1 of >= 20 calls stopped (pauses are expected there and reported, not judged), both lines;
 - echo round trip added by voicegate over `sipp -rtp_echo` on the same caller: <= 60 ms;
 - CPU per echo call-second: <= 1.5x the bare pjsua2 bridge echo.
 """
@@ -62,12 +65,11 @@ def _cpu(c: Mapping[str, Any]) -> Verdict:
 
 def verdicts(results: Mapping[str, Any]) -> dict[str, Verdict]:
     """One verdict per target whose section is in `results`, keyed `section` or `section.part`: `barge_in`,
-    `barge_in_impaired`, `wire_false_stops.echo_only`, `wire_false_stops.backchannel` (and the same under
+    `wire_false_stops.echo_only`, `wire_false_stops.backchannel` (and the same under
     `wire_false_stops_impaired`), `echo_round_trip`, `cpu_per_call_second`."""
     out: dict[str, Verdict] = {}
-    for section in ("barge_in", "barge_in_impaired"):
-        if section in results:
-            out[section] = _reaction(results[section])
+    if "barge_in" in results:
+        out["barge_in"] = _reaction(results["barge_in"])
     for section in ("wire_false_stops", "wire_false_stops_impaired"):
         if section in results:
             out[f"{section}.echo_only"] = _echo_only(results[section])

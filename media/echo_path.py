@@ -261,11 +261,7 @@ class EchoPath:
         if c[lag] < s.corr_onset or (judged is not None and judged[0] <= lag <= judged[1]):
             return False
         loss = percentile(x[m[lag]] - ys[lag][m[lag]], s.loss_percentile)
-        n = len(ref)
-        # the loudest frame played within spread_frames of `lag` before each frame of the burst
-        idx = n - run - lag + np.arange(run)[:, None] + np.arange(-s.spread_frames, s.spread_frames + 1)[None, :]
-        near = ref[np.clip(idx, 0, n - 1)].max(axis=1)
-        return bool((x[-run:] <= near + loss + margin_db).all())
+        return bool((x[-run:] <= self._loudest_played(ref, lag, run) + loss + margin_db).all())
 
     def explain_burst(self, frames: int) -> int | None:
         """The lag at which the last `frames` inbound frames (bursts the detector took for the caller) are our own
@@ -287,9 +283,7 @@ class EchoPath:
             return None
         # where nothing was played around `lag` frames before, an echo has nothing to return: those frames must be
         # quiet (a person's burst runs on through the gaps of our speech and through our pause)
-        k2 = s.spread_frames
-        near = np.stack([ref[self._rows[min(max(lag + j, 0), s.max_lag_frames), -k:]] for j in range(-k2, k2 + 1)])
-        silent = (near <= s.active_dbfs).all(axis=0)
+        silent = self._loudest_played(ref, lag, k) <= s.active_dbfs
         if not silent.any() or x[silent].max() > np.median(x[m[lag]]) - s.burst_quiet_db:
             return None
         d = x[m[lag]] - ys[lag][m[lag]]
@@ -302,6 +296,15 @@ class EchoPath:
         self._lags.clear()
         self._in = deque([np.nan] * (s.window_frames - k) + list(x), maxlen=s.window_frames)
         return lag
+
+    def _loudest_played(self, ref: np.ndarray, lag: int, frames: int) -> np.ndarray:
+        """For each of the last `frames` inbound frames, the loudest frame in `ref` (`_ref` as an array) played `lag`
+        frames before it, give or take `spread_frames`, never after it."""
+        k = self.s.spread_frames
+        lags = np.arange(max(lag - k, 0), lag + k + 1)
+        idx = len(ref) - frames + np.arange(frames)[:, None] - lags[None, :]
+        played: np.ndarray = ref[np.maximum(idx, 0)].max(axis=1)
+        return played
 
 
 def _lag_correlations(x: np.ndarray, ys: np.ndarray, m: np.ndarray, min_frames: int) -> np.ndarray | None:

@@ -280,58 +280,32 @@ _DETECTOR, _ECHO, _TONES = DetectorSettings(), EchoPathSettings(), ToneSettings(
 
 
 class EchoPathConfig(_Strict):
-    """`barge_in.advanced.echo_path`: how the echo path's delay and loss are estimated (media/echo_path.py)."""
+    """`barge_in.advanced.echo_path`: how the echo path's delay and loss are estimated. Each field, its default and
+    its meaning are `media.echo_path.EchoPathSettings`'s; this class adds only the bounds a config may set."""
 
     max_lag_frames: int = Field(_ECHO.max_lag_frames, ge=1, le=100)
-    """Longest echo delay looked for, in 20 ms frames (50 = 1 s: a 500 ms leg, our own media path and both jitter
-    buffers)."""
     none_lag_frames: int = Field(_ECHO.none_lag_frames, ge=1, le=100)
-    """`none` (no echo) is decided once what we played this many 20 ms frames ago could have come back (or
-    `max_lag_frames`, if that is shorter)."""
     window_frames: int = Field(_ECHO.window_frames, ge=20, le=500)
-    """20 ms frames of history each estimate correlates (100 = 2 s)."""
     every_frames: int = Field(_ECHO.every_frames, ge=1, le=100)
-    """20 ms frames between two estimates."""
     active_dbfs: float = Field(_ECHO.active_dbfs, ge=-90, le=0)
-    """Played frames at or below this level (dBFS) carry nothing to correlate with."""
     min_active_frames: int = Field(_ECHO.min_active_frames, ge=2, le=500)
-    """Frames of played audio, the caller quiet, an estimate needs before it decides (at most `window_frames`)."""
     corr_echo: float = Field(_ECHO.corr_echo, gt=0, le=1)
-    """Correlation of played and returned levels at the best delay that makes it the echo path."""
     corr_none: float = Field(_ECHO.corr_none, ge=-1, lt=1)
-    """Best correlation below which the leg has no echo (below `corr_echo`)."""
     loss_percentile: float = Field(_ECHO.loss_percentile, ge=50, le=100)
-    """Percentile of (returned - played) level at the delay taken as the echo's loss."""
     spread_frames: int = Field(_ECHO.spread_frames, ge=0, le=10)
-    """The echo of one frame is expected within this many 20 ms frames either side of the estimated delay."""
     none_loss_db: float = Field(_ECHO.none_loss_db, gt=0, le=90)
-    """No echo when all that came back stayed this many dB below the loudest frame we played long enough ago."""
     burst_min_frames: int = Field(_ECHO.burst_min_frames, ge=2, le=100)
-    """Bursts taken for the caller are checked for our own echo only with this many frames that met our audio."""
     corr_burst: float = Field(_ECHO.corr_burst, gt=0, le=1)
-    """... the correlation their levels need with what we played at one delay."""
     burst_spread_db: float = Field(_ECHO.burst_spread_db, gt=0, le=60)
-    """... the most their level may stray from what we played (10th to 90th percentile of the difference, dB)."""
     burst_quiet_db: float = Field(_ECHO.burst_quiet_db, ge=0, le=60)
-    """... how far (dB) below their median level frames with nothing played before them must be."""
     burst_max_loss_db: float = Field(_ECHO.burst_max_loss_db, ge=-60, le=0)
-    """... the least an echo is attenuated (median difference, dB): louder is a person, not our audio."""
     drift_estimates: int = Field(_ECHO.drift_estimates, ge=1, le=100)
-    """The echo is expected over the lags of this many recent estimates (jitter buffers move the delay)."""
     max_drift_frames: int = Field(_ECHO.max_drift_frames, ge=0, le=50)
-    """... while they stay within this many 20 ms frames of each other."""
     min_echo_frames: int = Field(_ECHO.min_echo_frames, ge=0, le=1000)
-    """No delay is taken as the echo path in the call's first this many 20 ms frames (a chance fit at its start)."""
     echo_over_noise_db: float = Field(_ECHO.echo_over_noise_db, ge=0, le=60)
-    """A lag is the echo path only when the returned frames there stand this far (dB) over the window's quietest
-    tenth."""
     onset_context_frames: int = Field(_ECHO.onset_context_frames, ge=2, le=500)
-    """A burst about to pause playout is our own echo when the 20 ms frames this far before it follow what we played
-    at one lag (at most `window_frames`) ..."""
     onset_min_frames: int = Field(_ECHO.onset_min_frames, ge=2, le=500)
-    """... with this many of them met by our audio at that lag ..."""
     corr_onset: float = Field(_ECHO.corr_onset, gt=0, le=1)
-    """... correlating this well (0-1), and the burst stays within `echo_margin_db` of the echo expected there."""
 
     @model_validator(mode="after")
     def _consistent(self) -> EchoPathConfig:
@@ -348,43 +322,30 @@ class EchoPathConfig(_Strict):
 
 
 class ToneConfig(_Strict):
-    """`barge_in.advanced.tones`: when an inbound frame is a telephony tone, never speech (media/tones.py)."""
+    """`barge_in.advanced.tones`: when an inbound frame is a telephony tone, never speech. Each field, its default and
+    its meaning are `media.tones.ToneSettings`'s; this class adds only the bounds."""
 
     min_share: float = Field(_TONES.min_share, gt=0.5, le=1)
-    """Share of a frame's energy its one or two dominant peaks must hold for it to look like a tone."""
     second_peak: float = Field(_TONES.second_peak, ge=0, lt=0.5)
-    """A second peak with less than this share of the energy is leakage of the first (a single tone)."""
     level_steady_db: float = Field(_TONES.level_steady_db, gt=0, le=20)
-    """The most (dB) a tone's level changes from one frame to the next."""
 
 
 class BargeInAdvancedConfig(_Strict):
-    """`barge_in.advanced`: the detector's thresholds beyond the usual five (media/barge_in.py). The defaults are what
-    the labelled clip set (tests/clipset.py, `make bench`) was tuned and measured with."""
+    """`barge_in.advanced`: the detector's thresholds beyond the usual five. Each field, its default and its meaning
+    are `media.barge_in.DetectorSettings`'s (the defaults are what the labelled clip set, tests/clipset.py, was
+    tuned and measured with); this class adds only the bounds."""
 
     min_level_dbfs: float = Field(_DETECTOR.min_level_dbfs, ge=-96, le=0)
-    """Inbound frames at or below this level (dBFS) are never caller speech."""
     echo_window_ms: int = Field(_DETECTOR.echo_window_ms, ge=20, le=2000)
-    """Until the echo path is known, the loudest frame played this long ago bounds the echo expected now (1000: as
-    long as the longest delay the echo path looks for)."""
     speech_hangover_ms: int = Field(_DETECTOR.speech_hangover_ms, ge=20, le=5000)
-    """Silence that ends the caller's speech."""
     dtmf_guard_ms: int = Field(_DETECTOR.dtmf_guard_ms, ge=0, le=5000)
-    """After a key press, inbound sound this long is never speech."""
     noise_window_frames: int = Field(_DETECTOR.noise_window_frames, ge=5, le=1500)
-    """The noise floor is the quietest of this many 20 ms frames without caller speech (75 = 1.5 s)."""
     initial_echo_gain_db: float = Field(_DETECTOR.initial_echo_gain_db, ge=-60, le=0)
-    """Until the echo path is known: the echo assumed at first, relative to what we played (dB)."""
     echo_gain_floor_db: float = Field(_DETECTOR.echo_gain_floor_db, ge=-90, le=0)
-    """... the least echo that estimate falls to (dB; at most `initial_echo_gain_db`)."""
     echo_gain_decay_db: float = Field(_DETECTOR.echo_gain_decay_db, ge=0, le=10)
-    """... how fast it falls (dB per 20 ms frame we play) when the leg stops returning our audio."""
     echo_gain_rise_db: float = Field(_DETECTOR.echo_gain_rise_db, ge=0, le=20)
-    """... the most it rises in one frame (dB)."""
     ref_active_dbfs: float = Field(_DETECTOR.ref_active_dbfs, ge=-90, le=0)
-    """Played audio at or below this level (dBFS) teaches that estimate nothing."""
     echo_burst_window_ms: int = Field(_DETECTOR.echo_burst_window_ms, ge=20, le=10000)
-    """Pauses that begin within this long of the first one are checked together for our own echo."""
     echo_path: EchoPathConfig = EchoPathConfig()
     tones: ToneConfig = ToneConfig()
 
@@ -397,17 +358,16 @@ class BargeInAdvancedConfig(_Strict):
 
 
 class BargeInConfig(_Strict):
+    """`barge_in`: the five usual thresholds are `media.barge_in.DetectorSettings`'s (meaning and default there)."""
+
     enabled: bool = True
-    onset_frames: int = Field(2, ge=1, le=25)
-    """Consecutive 20 ms speech frames that pause playout (same clock tick)."""
-    confirm_ms: int = Field(600, ge=20, le=5000)
-    """Speech that lasts this long confirms the barge-in and cancels the agent's reply."""
-    resume_ms: int = Field(300, ge=20, le=5000)
-    """Silence after a pause that resumes playout where it paused (a backchannel or a click)."""
-    echo_margin_db: float = Field(6.0, ge=0, le=40)
-    """Inbound audio must be this far above the loudest frame we played 0-500 ms ago minus the echo loss."""
-    noise_margin_db: float = Field(12.0, ge=0, le=40)
+    onset_frames: int = Field(_DETECTOR.onset_frames, ge=1, le=25)
+    confirm_ms: int = Field(_DETECTOR.confirm_ms, ge=20, le=5000)
+    resume_ms: int = Field(_DETECTOR.resume_ms, ge=20, le=5000)
+    echo_margin_db: float = Field(_DETECTOR.echo_margin_db, ge=0, le=40)
+    noise_margin_db: float = Field(_DETECTOR.noise_margin_db, ge=0, le=40)
     vad_aggressiveness: int = Field(2, ge=0, le=3)
+    """WebRTC VAD's mode, 0 (least) to 3 (most aggressive in calling audio non-speech)."""
     advanced: BargeInAdvancedConfig = BargeInAdvancedConfig()
     """The detector's other thresholds; the defaults are what the labelled clip set was tuned and measured with."""
 

@@ -74,6 +74,11 @@ class PassTiming:
     run_s: float
     cpu_s: float = 0.0
 
+    def ms(self) -> dict[str, float]:
+        """`wait_ms`, `run_ms` and `cpu_ms`, to 0.1 ms, as traces and turn records report them."""
+        return {"wait_ms": round(self.wait_s * 1000, 1), "run_ms": round(self.run_s * 1000, 1),
+                "cpu_ms": round(self.cpu_s * 1000, 1)}
+
 
 class RequestQueue:
     """The child's schedule, without I/O: finals first in arrival order, then the latest partial of each stream."""

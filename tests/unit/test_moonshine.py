@@ -11,7 +11,7 @@ import pytest
 
 from agents.speech.asr import AsrError, pcm16_to_float
 from agents.speech.moonshine_asr import MoonshineAsr, load_tokenizer, wheel_model_dir
-from agents.speech.worker import AsrRequest, AsrWorker, EngineSpec, RequestQueue
+from agents.speech.worker import AsrRequest, AsrWorker, EngineSpec, PassTiming, RequestQueue
 from tests.prompts import prompts, through_g711, wer
 
 
@@ -102,3 +102,7 @@ def test_worker_that_cannot_load_says_why(tmp_path: Path) -> None:
             await worker.start()
 
     asyncio.run(main())
+
+
+def test_a_pass_timing_reports_milliseconds_to_a_tenth():
+    assert PassTiming(0.01234, 0.5, 0.12345).ms() == {"wait_ms": 12.3, "run_ms": 500.0, "cpu_ms": 123.5}
