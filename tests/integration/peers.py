@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -11,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,16 +129,60 @@ def gateway_config(port: int, **overrides: object) -> str:
     return yaml.safe_dump(cfg)
 
 
+class LogLines:
+    """The lines a process writes to a pipe, read by a thread (so the pipe never fills and blocks the writer) and by
+    `sync()`, which takes whatever is in the pipe at once: after it, every line written before the call is in
+    `lines`. A test that reads the log as soon as its peer got the gateway's reply (a 403 logged, then sent) saw it
+    without that line when only the thread read: the thread had not run yet (CI, twice)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self._fd = os.dup(stream.fileno())  # ours alone, closed at its end: never a number reused by another file
+        stream.close()
+        os.set_blocking(self._fd, False)
+        self._lock = threading.Lock()
+        self._partial = b""
+        self._eof = False
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def sync(self) -> list[str]:
+        with self._lock:
+            while not self._eof:
+                try:
+                    chunk = os.read(self._fd, 1 << 16)
+                except BlockingIOError:
+                    break
+                if not chunk:
+                    self._eof = True
+                    os.close(self._fd)
+                    chunk = b"\n" if self._partial else b""
+                *done, self._partial = (self._partial + chunk).split(b"\n")
+                self.lines.extend(d.decode(errors="replace") for d in done)
+        return self.lines
+
+    def _pump(self) -> None:
+        while not self._eof:
+            try:
+                select.select([self._fd], [], [], 0.5)
+            except OSError:
+                continue  # `sync()` in another thread reached the end and closed it
+            self.sync()
+
+
 @dataclass
 class Gateway:
     proc: subprocess.Popen[str]
     port: int
     config: Path
-    lines: list[str] = field(default_factory=list)
+    log: LogLines
+
+    @property
+    def lines(self) -> list[str]:
+        return self.log.lines
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
         out = []
-        for line in list(self.lines):
+        for line in list(self.log.sync()):
             if line.startswith("{"):
                 try:
                     ev = json.loads(line)
@@ -178,15 +223,7 @@ def spawn_gateway(config_text: str, tmp: Path, port: int, *serve_args: str, pref
         [*prefix, str(VENV_BIN / "voicegate"), "serve", "--config", str(cfg), *serve_args],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp,
     )
-    gw = Gateway(proc, port, cfg)
-
-    def pump() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            gw.lines.append(line.rstrip("\n"))
-
-    threading.Thread(target=pump, daemon=True).start()
-    return gw
+    return Gateway(proc, port, cfg, LogLines(proc.stderr))
 
 
 def start_gateway(config_text: str, tmp: Path, port: int, ready_timeout: float = 90.0,
