@@ -35,7 +35,7 @@ class Clips:
 
 @pytest.fixture(scope="session")
 def clips() -> Clips:
-    agent = audio.scale_to_db(audio.trim(audio.piper(audio.AGENT_PROMPT)), -20.0)
+    agent = audio.scale_to_db(audio.trim(audio.piper_steady(audio.AGENT_PROMPT)), -20.0)
     caller = audio.scale_to_db(audio.telephone_band(audio.trim(audio.espeak(audio.CALLER_SENTENCE))), -23.0)
     bcs = {
         b: audio.scale_to_db(audio.telephone_band(audio.trim(audio.espeak(b, speed=220))), -23.0)
