@@ -267,7 +267,12 @@ class MoonshineAsr:
                 tokens.append(tok)
                 logprobs.append(lp)
                 continue
-            if i < len(hint):  # disagreement: drop the cache past the agreed prefix
+            if i == 0 < len(hint):
+                # the pass over BOS + hint predicted EOS at its first position for a partial "When are you open?",
+                # which emptied the whole question's final transcript: decode from BOS alone, as without a hint
+                step = self._run(dec, outputs, [_BOS], hidden, None)
+                tok, lp = _pick(step.logits[-1])
+            elif i < len(hint):  # disagreement: drop the cache past the agreed prefix
                 keep = len(tokens) + 1
                 step = _Step(step.logits, {k: (v[:, :, :keep] if ".decoder." in k else v)
                                            for k, v in step.past.items()})

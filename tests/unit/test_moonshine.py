@@ -106,3 +106,17 @@ def test_worker_that_cannot_load_says_why(tmp_path: Path) -> None:
 
 def test_a_pass_timing_reports_milliseconds_to_a_tenth():
     assert PassTiming(0.01234, 0.5, 0.12345).ms() == {"wait_ms": 12.3, "run_ms": 500.0, "cpu_ms": 123.5}
+
+
+def test_a_hint_never_changes_the_final_transcript():
+    """The hint (an earlier pass's tokens) only saves decoder steps: with or without it the final is the same. The
+    partial "When are you open?" once made the pass over BOS + hint predict EOS first, and the whole question's
+    final came back empty (a caller's question lost, tests/integration/test_hybrid.py under load)."""
+    asr = MoonshineAsr()
+    # what the gateway's listener cut for that question: espeak-ng's "When are you open today?" from a G.711 call
+    full = pcm16_to_float((Path(__file__).parents[1] / "data" / "when-are-you-open.pcm").read_bytes())
+    plain = asr.transcribe(full, True).text
+    assert plain
+    for cut_s in np.arange(0.5, 1.3, 0.05):
+        hint = asr.transcribe(full[: int(cut_s * 16000)], False)
+        assert asr.transcribe(full, True, hint).text == plain, (cut_s, hint.text)
