@@ -216,5 +216,8 @@ def test_a_recorded_route_records_the_stream_call(gw: Gateway) -> None:
         assert (w.getnchannels(), w.getframerate()) == (2, 16000)
         pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2).astype(np.float64)
     assert abs(len(pcm) / 16000 - end["duration_s"]) < 0.5, (len(pcm), end["duration_s"])
-    lag_ms, peak = echo_lag(pcm[: 3 * 16000, 0], pcm[: 3 * 16000, 1])  # the agent's channel: the caller, echoed
-    assert peak > 0.5, (lag_ms, peak)
+    # each channel is what crossed the wire: the caller's audio as sent, the agent's as the peer heard it (the echo
+    # agent's own copy of the caller drops frames when the loaded loop reads a backlog, so not channel vs channel)
+    caller = echo_lag(res.sent[: 3 * 16000].astype(np.float64), pcm[: 3 * 16000, 0])
+    agent = echo_lag(pcm[: 3 * 16000, 1], res.heard[: 3 * 16000].astype(np.float64))
+    assert caller[1] > 0.5 and agent[1] > 0.5, (caller, agent)

@@ -44,7 +44,8 @@ def simulate(gw: Gateway, tmp: Path, *scripts: str, user: str = "demo") -> tuple
     out = tmp / "junit.xml"
     lo, _ = rtp_range(100)
     r = subprocess.run([str(VENV_BIN / "voicegate"), "simulate", *paths, "--target", f"sip:{user}@127.0.0.1:{gw.port}",
-                        "--junit", str(out), "--html", str(tmp / "report.html"), "--rtp-port", str(lo)],
+                        "--junit", str(out), "--html", str(tmp / "report.html"), "--rtp-port", str(lo),
+                        "--json", str(tmp / "report.json")],
                        capture_output=True, text=True, timeout=120)
     return r, out
 
@@ -103,9 +104,17 @@ def test_expect_speech_checks_the_assistants_words(gateway: Gateway, workdir: Pa
 
 
 def test_a_prompt_that_does_not_stop_in_time_fails_with_the_reason(gateway: Gateway, workdir: Path):
+    """A 1 ms bound fails with the measured reaction. A reaction of 0 ms (the agent's audio ended before the caller's
+    onset: it stopped on the quiet first sound, or a loaded machine stalled its audio) meets any bound; that call
+    proves nothing here and is made again (CI saw one)."""
     strict = DEMO.replace("expect_stop_ms: 500", "expect_stop_ms: 1")
-    r, junit = simulate(gateway, workdir, strict)
-    assert r.returncode == 1
+    for _ in range(3):
+        r, junit = simulate(gateway, workdir, strict)
+        [call] = json.loads((workdir / "report.json").read_text())
+        [step] = [s for s in call["steps"] if s["name"] == "interrupt"]
+        if step["metrics"]["reaction_ms"] > 0:
+            break
+    assert r.returncode == 1, (step, r.stdout[-2000:])
     case = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}["06 interrupt"]
     assert "the agent stopped" in case.find("failure").get("message")
 

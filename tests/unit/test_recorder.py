@@ -35,16 +35,29 @@ def test_each_tick_is_one_slot_and_a_tick_without_caller_audio_is_silence() -> N
     assert r.take() == b""
 
 
-def test_take_upto_keeps_the_newest_slots_and_drops_a_frame_for_a_taken_slot() -> None:
+def test_take_upto_keeps_the_newest_slots() -> None:
     r = StereoRecorder()
     for _ in range(10):
         r.outbound(frame(2))
         r.inbound(frame(1))
     assert len(r.take(upto=5)) == 5 * FRAME_BYTES * 2 and r.taken == 5
-    assert channels(r.take()) == ([1] * 5, [2] * 5)
-    r.inbound(frame(9))  # a second caller frame for the last slot, already taken: dropped
-    r.outbound(frame(2))
-    assert channels(r.take()) == ([0], [2])
+    assert channels(r.take(upto=8)) == ([1] * 3, [2] * 3)
+    assert channels(r.take()) == ([1] * 2, [2] * 2)
+
+
+def test_a_backlog_of_caller_frames_fills_the_next_slots_and_nothing_is_lost() -> None:
+    """A stream transport's clock stalled (ticks skipped) and then read five caller frames in one tick: the echo
+    agent plays them back one per tick, and the recording keeps all five, a tick apart, as the agent heard them."""
+    r = StereoRecorder()
+    r.outbound(frame(-1))
+    r.inbound(frame(1))
+    for i in range(2, 7):  # the backlog, in the same tick
+        r.inbound(frame(i))
+    for i in range(1, 4):
+        r.outbound(frame(-i - 1))
+        r.inbound(frame(i + 6))
+    assert channels(r.take(upto=4)) == ([1, 2, 3, 4], [-1, -2, -3, -4])
+    assert channels(r.take()) == ([5, 6, 7, 8, 9], [0] * 5)  # the call's end: the caller's queued frames too
 
 
 def test_paused_or_masked_frames_are_silence_in_both_channels() -> None:
