@@ -15,7 +15,7 @@ stays paused up to `wait_ms` more for the burst's transcript, which resumes it (
 by then, the duration confirms it.
 
 Every onset while the agent talks is first checked against the second before it (`EchoPath.explains_onset`): when
-that second follows what we played at a delay other than the known path's, and the onset stays within
+that second follows what we played at a delay other than the known path's, attenuated, and the onset stays within
 `echo_margin_db` of the echo expected there, it is our own audio (an echo path not known yet, taken for none, or
 moved by jitter buffers) and does not pause; its frames then teach the path. An onset while no echo is known is
 then checked against the recent pauses: when the bursts since the first of them
