@@ -218,11 +218,12 @@ class CascadedAgent(Agent):
             call.record_turn({"backend": "cascaded", "error": heard.error})
             await call.say(self.cfg.apology)
             return None
+        speech_s = round(len(heard.pcm) / 2 / SAMPLE_RATE, 2)
+        trace("asr_final", chars=len(tr.text), language=tr.language or "en", confidence=round(tr.confidence, 2),
+              passes=heard.passes, speech_s=speech_s)  # chars 0: no words in it (a cough), or the ASR lost them
         if not tr.text:
             return None
         prosody = analyse_pcm(heard.pcm) if self.cfg.paralinguistics else None
-        trace("asr_final", chars=len(tr.text), language=tr.language or "en", confidence=round(tr.confidence, 2),
-              passes=heard.passes, speech_s=round(len(heard.pcm) / 2 / SAMPLE_RATE, 2))
         return UserTurn(tr.text, tr.language or "en", tr.confidence, prosody)
 
     def _voice_runs(self, text: str) -> list[tuple[str, str]]:

@@ -82,9 +82,10 @@ class PiperTts:
                     raise TtsError(f"piper: cannot load model {model} (config {config}): {e}") from e
             return self._voice
 
-    def synthesize(self, text: str) -> tuple[bytes, int]:
+    def synthesize(self, text: str, syn_config: Any = None) -> tuple[bytes, int]:
+        """PCM16 and its rate; `syn_config`: a `piper.SynthesisConfig` (None: the voice's own)."""
         voice = self.load()
-        chunks = list(voice.synthesize(text))
+        chunks = list(voice.synthesize(text, syn_config=syn_config))
         if not chunks:
             return b"", int(voice.config.sample_rate)
         return b"".join(c.audio_int16_bytes for c in chunks), int(chunks[0].sample_rate)
