@@ -15,13 +15,13 @@ stays paused up to `wait_ms` more for the burst's transcript, which resumes it (
 by then, the duration confirms it.
 
 Every onset while the agent talks is first checked against the second before it (`EchoPath.explains_onset`): when
-that second follows what we played at a delay other than the known path's, attenuated, and the onset stays within
-`echo_margin_db` of the echo expected there, it is our own audio (an echo path not known yet, taken for none, or
-moved by jitter buffers) and does not pause; its frames then teach the path. An onset while no echo is known is
-then checked against the recent pauses: when the bursts since the first of them
-are our own audio coming back (`EchoPath.explain_burst`: an echo that started mid-call, which the path learnt from
-quiet frames only could not know), the path is taken from them and the onset does not pause; speech where that path
-expects no echo refutes it. (Resuming a pause early on the same test resumed a real barge-in on the wire: the "s" of
+that second (but its last frame) follows what we played at a delay other than the known path's, attenuated, and the
+onset stays within `echo_margin_db` of the echo expected there, it is our own audio (an echo path not known yet,
+taken for none, or moved by jitter buffers) and does not pause; its frames then teach the path. An onset while no
+echo is known is then checked against the recent pauses: when the bursts since the first of them are our own audio
+coming back (`EchoPath.explain_burst`: an echo that started mid-call, which the path learnt from quiet frames only
+could not know), the path is taken from them and the onset does not pause; speech where that path expects no echo
+refutes it. (Resuming a pause early on the same test resumed a real barge-in on the wire: the "s" of
 "Sorry" and the silence after it fitted the agent's audio by chance.)
 
 Echo: once `EchoPath` knows the leg's delay and loss (about a second into our speech), caller speech must stand

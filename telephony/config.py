@@ -306,8 +306,8 @@ class EchoPathConfig(_Strict):
     onset_context_frames: int = Field(_ECHO.onset_context_frames, ge=2, le=500)
     onset_min_frames: int = Field(_ECHO.onset_min_frames, ge=2, le=500)
     corr_onset: float = Field(_ECHO.corr_onset, gt=0, le=1)
+    onset_guard_frames: int = Field(_ECHO.onset_guard_frames, ge=0, le=50)
     onset_max_loss_db: float = Field(_ECHO.onset_max_loss_db, ge=-60, le=0)
-    onset_spread_db: float = Field(_ECHO.onset_spread_db, gt=0, le=60)
 
     @model_validator(mode="after")
     def _consistent(self) -> EchoPathConfig:

@@ -37,11 +37,11 @@ def test_caller_speech_over_echo_and_noise_still_interrupts(clips):
     assert r.last_agent_frame_after(r.caller_frame) - r.caller_frame <= MAX_REACTION_FRAMES
 
 
-def test_a_caller_over_echo_is_never_fitted_to_an_echo_louder_than_the_agent(clips):
+def test_a_callers_first_words_are_never_fitted_to_an_echo_louder_than_the_agent(clips):
     """One of piper's renderings of the agent's prompt (3.5 s, tests/data; 4 of 60 fresh ones did the same): with
-    the echo known (200 ms, -12 dB), half a second of context fitted the caller's first words to a 980 ms delay at
-    +4 dB, so every onset was taken for our own echo (and taught the path the caller's voice) until 2.5 s, and the
-    bursts left never reached `confirm_ms`. An echo must come back attenuated and tight."""
+    the echo known (200 ms, -12 dB), the caller's first frame, too quiet to join the burst, fitted the second before
+    it to a 980 ms delay at +4 dB, so every onset was taken for our own echo until 2.5 s and the bursts left never
+    reached `confirm_ms`. The frame before a burst is no context, and an echo comes back attenuated."""
     agent = audio.to_array((Path(__file__).parents[1] / "data" / "agent-prompt-over-echo.pcm").read_bytes())
     r = simulate(agent, clips.caller, echo_db=-12, echo_delay_ms=200, noise_snr_db=30, seconds=5.0)
     assert r.first(BargeInConfirmed) is not None and r.caller_frame is not None

@@ -105,12 +105,12 @@ def test_an_onset_is_explained_by_the_echo_before_it_and_a_louder_one_is_not():
 
 
 def test_an_onset_just_after_the_delay_jumped_is_explained_by_the_half_second_before_it():
-    """An impaired line's jitter buffers grew: the echo came back after 10 frames, and from 0.6 s before the burst
+    """An impaired line's jitter buffers grew: the echo came back after 10 frames, and from 0.44 s before the burst
     after 30; the second before the burst fits no one delay, its latter half fits the new one."""
     played = speech_levels(200, seed=5)
     ep = EchoPath()
     for k, p in enumerate(played):
-        d = 10 if k < 170 else 30
+        d = 10 if k < 178 else 30
         back = played[k - d] - 10.0 if k < 198 else max(played[k - d], -30.0) - 10.0
         ep.push(p, max(back, -56.0), learn=False)
     assert ep.explains_onset(2, 6.0, None)
